@@ -1,0 +1,506 @@
+//! Applying changes from other nodes.
+//!
+//! One call is one SQLite transaction on the writer's apply connection (whose
+//! triggers are disabled, so remote changes are never re-captured). For each
+//! changeset the bookkeeping decides: already held (skip), a cleared range
+//! (mark held), a complete version (merge now) or a piece of one (buffer in
+//! `__corro_buffered` until every seq is there, then merge all of it at once).
+//! A version naming a table or column this node does not have yet stays
+//! buffered and is retried after the next schema change; it is never dropped.
+//!
+//! Merging groups all changes by row, loads each row's clock once, runs the
+//! pure merge in `clock.rs`, then writes the data row, the clock and the
+//! version index. Bookkeeping is persisted in the same transaction.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use rusqlite::Connection;
+
+use crate::actor::ActorId;
+use crate::bookkeeping::{ActorBooks, PieceOutcome};
+use crate::catalog::{Catalog, TableMeta};
+use crate::change::{Change, Changeset};
+use crate::clock::{Origin, RowMerge};
+use crate::error::StoreError;
+use crate::store::{Store, actor_index};
+use crate::value::{SqlValue, decode_key};
+use crate::write::{get_clock, reindex_row};
+
+/// What an [`Store::apply`] call did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct ApplyOutcome {
+    /// Versions merged by this call: (actor, version).
+    pub applied: Vec<(ActorId, u64)>,
+    /// Changes that were merged (winning or not), for re-broadcast and
+    /// subscriptions.
+    pub changes: usize,
+    /// Versions recorded as cleared.
+    pub cleared: u64,
+    /// Pieces of versions that are still incomplete.
+    pub buffered: usize,
+    /// Changesets skipped because their version was already held.
+    pub duplicates: usize,
+    /// Complete versions kept aside until the schema knows their tables/columns.
+    pub pending_schema: usize,
+}
+
+struct Ready {
+    actor: u32,
+    version: u64,
+    last_seq: u64,
+    ts: u64,
+    changes: Vec<Change>,
+}
+
+impl Store {
+    /// Merges changesets received from peers. All-or-nothing per call.
+    pub fn apply(&self, sets: Vec<Changeset>) -> Result<ApplyOutcome, StoreError> {
+        let w = self.inner.writer.lock();
+        let conn = &w.apply;
+        // New actors get their index in a transaction of their own: the actor
+        // table only grows, and the catalog must never name an index that a
+        // rolled-back transaction removed.
+        let mut catalog = self.inner.catalog.read().clone();
+        let unknown: Vec<ActorId> = sets
+            .iter()
+            .map(Changeset::actor)
+            .filter(|a| !catalog.actor_idx.contains_key(a))
+            .collect();
+        if !unknown.is_empty() {
+            let tx = conn.unchecked_transaction()?;
+            let mut cat = (*catalog).clone();
+            for a in unknown {
+                let idx = actor_index(&tx, &a)?;
+                cat.add_actor(idx, a);
+            }
+            tx.commit()?;
+            catalog = Arc::new(cat);
+            *self.inner.catalog.write() = catalog.clone();
+        }
+
+        let tx = conn.unchecked_transaction()?;
+        let mut out = ApplyOutcome::default();
+        let mut staged: HashMap<u32, ActorBooks> = HashMap::new();
+        let mut ready: Vec<Ready> = Vec::new();
+        let mut readied: std::collections::HashSet<(u32, u64)> = Default::default();
+        {
+            let committed = self.inner.books.read();
+            for set in sets {
+                let idx = catalog.actor_idx[&set.actor()];
+                let books = staged
+                    .entry(idx)
+                    .or_insert_with(|| committed.get(&idx).cloned().unwrap_or_default());
+                match set {
+                    Changeset::Cleared { versions, .. } => {
+                        let (lo, hi) = (*versions.start(), *versions.end());
+                        if lo == 0 || lo > hi {
+                            continue;
+                        }
+                        let newly = (lo..=hi).filter(|v| !books.holds(*v)).count() as u64;
+                        books.mark_held(lo..=hi);
+                        tx.prepare_cached(
+                            "DELETE FROM __corro_buffered WHERE actor = ?1 AND version BETWEEN ?2 AND ?3",
+                        )?
+                        .execute(rusqlite::params![idx, lo, hi])?;
+                        out.cleared += newly;
+                    }
+                    Changeset::Version {
+                        actor,
+                        version,
+                        seqs,
+                        last_seq,
+                        ts,
+                        changes,
+                    } => {
+                        validate_piece(&actor, &seqs, last_seq, &changes)?;
+                        if readied.contains(&(idx, version)) {
+                            out.duplicates += 1;
+                            continue;
+                        }
+                        let had_partial = books.partials.contains_key(&version);
+                        match books.add_piece(version, seqs.clone(), last_seq, ts) {
+                            PieceOutcome::AlreadyHeld => out.duplicates += 1,
+                            PieceOutcome::Complete if !had_partial => {
+                                readied.insert((idx, version));
+                                ready.push(Ready {
+                                    actor: idx,
+                                    version,
+                                    last_seq,
+                                    ts,
+                                    changes,
+                                })
+                            }
+                            outcome => {
+                                buffer(&tx, idx, version, &changes)?;
+                                if outcome == PieceOutcome::Complete {
+                                    readied.insert((idx, version));
+                                    let changes = take_buffered(&tx, idx, version)?;
+                                    ready.push(Ready {
+                                        actor: idx,
+                                        version,
+                                        last_seq,
+                                        ts,
+                                        changes,
+                                    });
+                                } else {
+                                    out.buffered += 1;
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+
+        // Versions whose tables or columns are unknown wait for a schema change.
+        let (ready, pending): (Vec<Ready>, Vec<Ready>) = ready
+            .into_iter()
+            .partition(|r| schema_knows(&catalog, &r.changes));
+        for p in pending {
+            tracing::warn!(actor = %catalog.actor(p.actor), version = p.version, "version names a table or column this node does not have yet; keeping it until the schema catches up");
+            buffer(&tx, p.actor, p.version, &p.changes)?;
+            out.pending_schema += 1;
+        }
+
+        merge(&tx, &catalog, &ready)?;
+        for r in &ready {
+            if let Some(b) = staged.get_mut(&r.actor) {
+                b.mark_held(r.version..=r.version);
+            }
+            out.applied.push((catalog.actor(r.actor), r.version));
+            out.changes += r.changes.len();
+        }
+        for (idx, b) in &staged {
+            tx.prepare_cached("UPDATE __corro_actors SET head = ?1, books = ?2 WHERE idx = ?3")?
+                .execute(rusqlite::params![b.head, b.encode(), idx])?;
+        }
+        tx.commit()?;
+        let mut books = self.inner.books.write();
+        for (idx, b) in staged {
+            books.insert(idx, b);
+        }
+        Ok(out)
+    }
+
+    /// Retries complete versions that were waiting for the schema.
+    pub(crate) fn retry_pending(&self) -> Result<usize, StoreError> {
+        let pending: Vec<(ActorId, u64)> = {
+            let cat = self.inner.catalog.read().clone();
+            self.inner
+                .books
+                .read()
+                .iter()
+                .flat_map(|(idx, b)| {
+                    b.partials
+                        .iter()
+                        .filter(|(_, p)| p.is_complete())
+                        .map(|(v, _)| (cat.actor(*idx), *v))
+                        .collect::<Vec<_>>()
+                })
+                .collect()
+        };
+        if pending.is_empty() {
+            return Ok(0);
+        }
+        let mut sets = Vec::new();
+        {
+            let r = self.reader();
+            let cat = self.inner.catalog.read().clone();
+            for (actor, version) in &pending {
+                let idx = cat.actor_idx[actor];
+                let changes = read_buffered(&r, idx, *version)?;
+                let last_seq = self.inner.books.read()[&idx].partials[version].last_seq;
+                if schema_knows(&cat, &changes) {
+                    sets.push((idx, *actor, *version, last_seq, changes));
+                }
+            }
+        }
+        let n = sets.len();
+        if n == 0 {
+            return Ok(0);
+        }
+        let w = self.inner.writer.lock();
+        let tx = w.apply.unchecked_transaction()?;
+        let catalog = self.inner.catalog.read().clone();
+        let mut ready = Vec::new();
+        let mut staged = HashMap::new();
+        for (idx, _actor, version, last_seq, _) in &sets {
+            let changes = take_buffered(&tx, *idx, *version)?;
+            let ts = self.inner.books.read()[idx].partials[version].ts;
+            ready.push(Ready {
+                actor: *idx,
+                version: *version,
+                last_seq: *last_seq,
+                ts,
+                changes,
+            });
+        }
+        merge(&tx, &catalog, &ready)?;
+        {
+            let books = self.inner.books.read();
+            for r in &ready {
+                let b = staged
+                    .entry(r.actor)
+                    .or_insert_with(|| books.get(&r.actor).cloned().unwrap_or_default());
+                b.mark_held(r.version..=r.version);
+            }
+        }
+        for (idx, b) in &staged {
+            tx.prepare_cached("UPDATE __corro_actors SET head = ?1, books = ?2 WHERE idx = ?3")?
+                .execute(rusqlite::params![b.head, b.encode(), idx])?;
+        }
+        tx.commit()?;
+        let mut books = self.inner.books.write();
+        for (idx, b) in staged {
+            books.insert(idx, b);
+        }
+        tracing::info!(
+            versions = n,
+            "applied versions that were waiting for the schema"
+        );
+        Ok(n)
+    }
+}
+
+fn validate_piece(
+    actor: &ActorId,
+    seqs: &std::ops::RangeInclusive<u64>,
+    last_seq: u64,
+    changes: &[Change],
+) -> Result<(), StoreError> {
+    let bad = |reason: String| StoreError::InvalidChange {
+        actor: actor.to_string(),
+        reason,
+    };
+    if seqs.start() > seqs.end() || *seqs.end() > last_seq {
+        return Err(bad(format!("seq range {seqs:?} outside 0..={last_seq}")));
+    }
+    for c in changes {
+        if !seqs.contains(&c.seq) {
+            return Err(bad(format!(
+                "change seq {} outside its piece {seqs:?}",
+                c.seq
+            )));
+        }
+        if c.cl == 0 || (!c.is_sentinel() && c.cl % 2 == 0) {
+            return Err(bad(format!(
+                "impossible causal length {} for a {} change",
+                c.cl,
+                if c.is_sentinel() { "row" } else { "cell" }
+            )));
+        }
+        if decode_key(&c.pk).is_err() {
+            return Err(bad("undecodable primary key".into()));
+        }
+    }
+    Ok(())
+}
+
+fn schema_knows(catalog: &Catalog, changes: &[Change]) -> bool {
+    changes
+        .iter()
+        .all(|c| match catalog.table_by_name(&c.table) {
+            None => false,
+            Some(meta) => match &c.column {
+                None => decode_key(&c.pk).is_ok_and(|k| k.len() == meta.pk.len()),
+                Some(col) => meta.col(col).is_some(),
+            },
+        })
+}
+
+fn buffer(
+    conn: &Connection,
+    actor: u32,
+    version: u64,
+    changes: &[Change],
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT OR IGNORE INTO __corro_buffered (actor, version, seq, change) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for c in changes {
+        stmt.execute(rusqlite::params![
+            actor,
+            version,
+            c.seq,
+            postcard::to_stdvec(c)?
+        ])?;
+    }
+    Ok(())
+}
+
+pub(crate) fn read_buffered(
+    conn: &Connection,
+    actor: u32,
+    version: u64,
+) -> Result<Vec<Change>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT change FROM __corro_buffered WHERE actor = ?1 AND version = ?2 ORDER BY seq",
+    )?;
+    let blobs: Vec<Vec<u8>> = stmt
+        .query_map(rusqlite::params![actor, version], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    blobs
+        .iter()
+        .map(|b| postcard::from_bytes(b).map_err(StoreError::from))
+        .collect()
+}
+
+fn take_buffered(conn: &Connection, actor: u32, version: u64) -> Result<Vec<Change>, StoreError> {
+    let changes = read_buffered(conn, actor, version)?;
+    conn.prepare_cached("DELETE FROM __corro_buffered WHERE actor = ?1 AND version = ?2")?
+        .execute(rusqlite::params![actor, version])?;
+    Ok(changes)
+}
+
+/// Merges complete versions into the tables.
+fn merge(conn: &Connection, catalog: &Catalog, ready: &[Ready]) -> Result<(), StoreError> {
+    let mut rows: BTreeMap<(u32, &[u8]), Vec<(Origin, &Change)>> = BTreeMap::new();
+    let mut last_seqs: HashMap<(u32, u64), u64> = HashMap::new();
+    let mut ts_of: HashMap<(u32, u64), u64> = HashMap::new();
+    for r in ready {
+        last_seqs.insert((r.actor, r.version), r.last_seq);
+        ts_of.insert((r.actor, r.version), r.ts);
+        for c in &r.changes {
+            let Some(meta) = catalog.table_by_name(&c.table) else {
+                continue;
+            };
+            let origin = Origin {
+                actor: r.actor,
+                version: r.version,
+                seq: c.seq,
+            };
+            rows.entry((meta.id, &c.pk)).or_default().push((origin, c));
+        }
+    }
+    let actor_of = |idx: u32| catalog.actor(idx);
+    let last_seq_of = |a: u32, v: u64| last_seqs.get(&(a, v)).copied().unwrap_or(0);
+    for ((tbl, key), changes) in rows {
+        let Some(meta) = catalog.table(tbl) else {
+            continue;
+        };
+        let (cl, clock) = get_clock(conn, meta, key)?;
+        let before = clock.origins();
+        let mut m = RowMerge::new(cl, clock, meta.cols.len());
+        let mut stored: Option<Vec<SqlValue>> = None;
+        for (origin, c) in changes {
+            match &c.column {
+                None => {
+                    m.sentinel(c.cl, origin, &actor_of);
+                }
+                Some(col) => {
+                    let Some(i) = meta.col(col) else { continue };
+                    m.cell(
+                        i,
+                        c.cl,
+                        c.col_version,
+                        &c.value,
+                        origin,
+                        &actor_of,
+                        &mut |i| {
+                            if stored.is_none() {
+                                stored = Some(load_values(conn, meta, key)?);
+                            }
+                            Ok::<_, StoreError>(
+                                stored
+                                    .as_ref()
+                                    .and_then(|v| v.get(i).cloned())
+                                    .unwrap_or(SqlValue::Null),
+                            )
+                        },
+                    )?;
+                }
+            }
+            if let Some(ts) = ts_of.get(&(origin.actor, origin.version)) {
+                m.clock.ts = m.clock.ts.max(*ts);
+            }
+        }
+        if !m.clock_dirty {
+            continue;
+        }
+        write_row(conn, meta, key, &m)?;
+        conn.prepare_cached(&meta.sql_put_clock)?
+            .execute(rusqlite::params![key, m.cl, m.clock.encode()])?;
+        reindex_row(conn, meta, key, &before, &m.clock.origins(), &last_seq_of)?;
+    }
+    Ok(())
+}
+
+fn bind_key(stmt: &mut rusqlite::CachedStatement<'_>, key: &[SqlValue]) -> rusqlite::Result<()> {
+    for (i, v) in key.iter().enumerate() {
+        stmt.raw_bind_parameter(i + 1, v)?;
+    }
+    Ok(())
+}
+
+fn load_values(
+    conn: &Connection,
+    meta: &TableMeta,
+    key: &[u8],
+) -> Result<Vec<SqlValue>, StoreError> {
+    let pk = decode_key(key)?;
+    let mut stmt = conn.prepare_cached(&meta.sql_select_values)?;
+    bind_key(&mut stmt, &pk)?;
+    let mut rows = stmt.raw_query();
+    match rows.next()? {
+        Some(row) => (0..meta.cols.len())
+            .map(|i| row.get::<_, SqlValue>(i).map_err(StoreError::from))
+            .collect(),
+        None => Ok(vec![SqlValue::Null; meta.cols.len()]),
+    }
+}
+
+/// Writes the data row so it matches the merged clock.
+fn write_row(
+    conn: &Connection,
+    meta: &TableMeta,
+    key: &[u8],
+    m: &RowMerge,
+) -> Result<(), StoreError> {
+    let was_alive = m.old_cl % 2 == 1;
+    let pk = decode_key(key)?;
+    let delete = |conn: &Connection| -> Result<(), StoreError> {
+        let mut stmt = conn.prepare_cached(&meta.sql_delete_row)?;
+        bind_key(&mut stmt, &pk)?;
+        stmt.raw_execute()?;
+        Ok(())
+    };
+    let written: Vec<usize> = (0..m.written.len())
+        .filter(|i| m.written[*i].is_some())
+        .collect();
+    if !m.alive() {
+        if was_alive {
+            delete(conn)?;
+        }
+        return Ok(());
+    }
+    if was_alive && !m.life_changed() {
+        if written.is_empty() {
+            return Ok(());
+        }
+        let mut stmt = conn.prepare_cached(&meta.sql_update(&written))?;
+        bind_key(&mut stmt, &pk)?;
+        for (n, i) in written.iter().enumerate() {
+            stmt.raw_bind_parameter(
+                pk.len() + n + 1,
+                m.written[*i].as_ref().unwrap_or(&SqlValue::Null),
+            )?;
+        }
+        stmt.raw_execute()?;
+        return Ok(());
+    }
+    if was_alive {
+        // A new life: columns from the previous one must not survive.
+        delete(conn)?;
+    }
+    let mut stmt = conn.prepare_cached(&meta.sql_insert(&written))?;
+    bind_key(&mut stmt, &pk)?;
+    for (n, i) in written.iter().enumerate() {
+        stmt.raw_bind_parameter(
+            pk.len() + n + 1,
+            m.written[*i].as_ref().unwrap_or(&SqlValue::Null),
+        )?;
+    }
+    stmt.raw_execute()?;
+    Ok(())
+}

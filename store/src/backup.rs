@@ -1,0 +1,118 @@
+//! Backup and restore.
+//!
+//! A backup is a consistent copy (`VACUUM INTO` from a read connection, so the
+//! writer keeps going) with this node's identity removed, so a node seeded from
+//! it gets its own actor id while keeping every other actor's history. Restore
+//! writes a backup into a database through SQLite's online backup API, which
+//! takes the database lock and swaps the content atomically for other
+//! connections. The caller (the agent's CLI) makes sure no agent is running.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::error::StoreError;
+use crate::store::Store;
+
+/// Options for [`restore`].
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Keep the actor id of the database being replaced (only for restoring a
+    /// node's own backup after losing its disk; never for seeding another node).
+    pub keep_actor: bool,
+}
+
+impl Store {
+    /// Writes a consistent copy of the database to `dest` without this node's
+    /// actor id. `dest` must not exist.
+    pub fn backup(&self, dest: impl AsRef<Path>) -> Result<(), StoreError> {
+        let dest = dest.as_ref();
+        if dest.exists() {
+            return Err(StoreError::Backup(format!(
+                "{} already exists",
+                dest.display()
+            )));
+        }
+        let dest_str = dest
+            .to_str()
+            .ok_or_else(|| StoreError::Backup(format!("{} is not valid UTF-8", dest.display())))?;
+        {
+            let r = self.reader();
+            r.execute("VACUUM INTO ?1", [dest_str])?;
+        }
+        let copy = Connection::open(dest)?;
+        copy.execute(
+            "DELETE FROM __corro_meta WHERE key IN ('actor_id', 'file_id')",
+            [],
+        )?;
+        tracing::info!(dest = %dest.display(), "backup written");
+        Ok(())
+    }
+}
+
+/// Replaces the database at `db_path` with the backup at `backup`.
+pub fn restore(
+    db_path: impl AsRef<Path>,
+    backup: impl AsRef<Path>,
+    opts: RestoreOptions,
+) -> Result<(), StoreError> {
+    let (db_path, backup) = (db_path.as_ref(), backup.as_ref());
+    let bad = |m: String| StoreError::Backup(format!("{}: {m}", backup.display()));
+    {
+        let src = Connection::open_with_flags(backup, OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .map_err(|e| bad(e.to_string()))?;
+        let format: Option<i64> = src
+            .query_row(
+                "SELECT value FROM __corro_meta WHERE key = 'format'",
+                [],
+                |r| r.get(0),
+            )
+            .optional()
+            .map_err(|_| bad("not a corrosion database".into()))?;
+        if format.is_none() {
+            return Err(bad("not a corrosion database".into()));
+        }
+        let check: String = src
+            .query_row("PRAGMA quick_check", [], |r| r.get(0))
+            .map_err(|e| bad(e.to_string()))?;
+        if check != "ok" {
+            return Err(bad(format!("integrity check failed: {check}")));
+        }
+    }
+    let keep: Option<Vec<u8>> = if opts.keep_actor && db_path.exists() {
+        let cur = Connection::open_with_flags(db_path, OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+        cur.query_row(
+            "SELECT value FROM __corro_meta WHERE key = 'actor_id'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?
+    } else {
+        None
+    };
+    let mut dst = Connection::open(db_path).map_err(|source| StoreError::Open {
+        path: PathBuf::from(db_path),
+        source,
+    })?;
+    dst.busy_timeout(std::time::Duration::from_secs(10))?;
+    dst.restore(
+        rusqlite::MAIN_DB,
+        backup,
+        None::<fn(rusqlite::backup::Progress)>,
+    )?;
+    dst.pragma_update(None, "journal_mode", "WAL")?;
+    let tx = dst.transaction()?;
+    tx.execute(
+        "DELETE FROM __corro_meta WHERE key IN ('actor_id', 'file_id')",
+        [],
+    )?;
+    if let Some(a) = keep {
+        tx.execute(
+            "INSERT INTO __corro_meta (key, value) VALUES ('actor_id', ?1)",
+            [a],
+        )?;
+    }
+    tx.commit()?;
+    tracing::info!(db = %db_path.display(), backup = %backup.display(), keep_actor = opts.keep_actor, "restored");
+    Ok(())
+}

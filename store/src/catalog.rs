@@ -1,0 +1,218 @@
+//! What the store knows about its replicated tables and the actors it has met,
+//! and the SQL it generates for them.
+//!
+//! Each replicated table gets a `<table>__corro_clock` shadow table (one row
+//! per data row, keyed by the encoded primary key, never by rowid) and three
+//! `AFTER` triggers that hand old and new row images to the `corro_capture`
+//! function. That function only exists on the agent's writer connection, so a
+//! write from a bare `sqlite3` shell fails with "no such function" instead of
+//! bypassing change capture.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use corro_schema::Table;
+
+use crate::actor::ActorId;
+
+/// Internal tables, created on open.
+pub(crate) const INTERNAL_DDL: &str = "
+CREATE TABLE IF NOT EXISTS __corro_meta (key TEXT NOT NULL PRIMARY KEY, value) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS __corro_actors (
+    idx INTEGER PRIMARY KEY,
+    actor_id BLOB NOT NULL UNIQUE,
+    head INTEGER NOT NULL DEFAULT 0,
+    books BLOB NOT NULL DEFAULT x''
+);
+CREATE TABLE IF NOT EXISTS __corro_tables (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS __corro_row_versions (
+    actor INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    tbl INTEGER NOT NULL,
+    key BLOB NOT NULL,
+    last_seq INTEGER NOT NULL,
+    PRIMARY KEY (actor, version, tbl, key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS __corro_buffered (
+    actor INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    change BLOB NOT NULL,
+    PRIMARY KEY (actor, version, seq)
+) WITHOUT ROWID;
+";
+
+/// The on-disk layout version, stored in `__corro_meta`.
+pub(crate) const FORMAT_VERSION: i64 = 1;
+
+pub(crate) fn quote(ident: &str) -> String {
+    format!("\"{}\"", ident.replace('"', "\"\""))
+}
+
+/// One replicated table and its precomputed statements.
+#[derive(Debug)]
+pub(crate) struct TableMeta {
+    pub id: u32,
+    pub name: String,
+    pub pk: Vec<String>,
+    /// Replicated non-key columns in table order.
+    pub cols: Vec<String>,
+    col_idx: HashMap<String, usize>,
+    pub q_name: String,
+    pub sql_get_clock: String,
+    pub sql_put_clock: String,
+    pub sql_select_values: String,
+    pub sql_delete_row: String,
+    pub sql_all_clocks: String,
+}
+
+impl TableMeta {
+    pub(crate) fn new(id: u32, table: &Table) -> Self {
+        let pk: Vec<String> = table.pk_columns().iter().map(|c| c.name.clone()).collect();
+        let cols: Vec<String> = table
+            .value_columns()
+            .iter()
+            .map(|c| c.name.clone())
+            .collect();
+        let col_idx = cols
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.to_ascii_lowercase(), i))
+            .collect();
+        let q_name = quote(&table.name);
+        let q_clock = quote(&format!("{}__corro_clock", table.name));
+        let pk_where = pk
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} = ?{}", quote(c), i + 1))
+            .collect::<Vec<_>>()
+            .join(" AND ");
+        let select_cols = if cols.is_empty() {
+            "1".to_string()
+        } else {
+            cols.iter().map(|c| quote(c)).collect::<Vec<_>>().join(", ")
+        };
+        TableMeta {
+            id,
+            name: table.name.clone(),
+            sql_get_clock: format!("SELECT cl, clock FROM {q_clock} WHERE key = ?1"),
+            sql_put_clock: format!(
+                "INSERT OR REPLACE INTO {q_clock} (key, cl, clock) VALUES (?1, ?2, ?3)"
+            ),
+            sql_select_values: format!("SELECT {select_cols} FROM {q_name} WHERE {pk_where}"),
+            sql_delete_row: format!("DELETE FROM {q_name} WHERE {pk_where}"),
+            sql_all_clocks: format!("SELECT key, cl, clock FROM {q_clock}"),
+            q_name,
+            pk,
+            cols,
+            col_idx,
+        }
+    }
+
+    pub(crate) fn col(&self, name: &str) -> Option<usize> {
+        self.col_idx.get(&name.to_ascii_lowercase()).copied()
+    }
+
+    /// `INSERT` of the key plus the given columns.
+    pub(crate) fn sql_insert(&self, cols: &[usize]) -> String {
+        let names: Vec<String> = self
+            .pk
+            .iter()
+            .map(|c| quote(c))
+            .chain(cols.iter().map(|&i| quote(&self.cols[i])))
+            .collect();
+        let params: Vec<String> = (1..=names.len()).map(|i| format!("?{i}")).collect();
+        format!(
+            "INSERT INTO {} ({}) VALUES ({})",
+            self.q_name,
+            names.join(", "),
+            params.join(", ")
+        )
+    }
+
+    /// `UPDATE` of the given columns (params after the key's).
+    pub(crate) fn sql_update(&self, cols: &[usize]) -> String {
+        let npk = self.pk.len();
+        let sets: Vec<String> = cols
+            .iter()
+            .enumerate()
+            .map(|(n, &i)| format!("{} = ?{}", quote(&self.cols[i]), npk + n + 1))
+            .collect();
+        let pk_where: Vec<String> = self
+            .pk
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{} = ?{}", quote(c), i + 1))
+            .collect();
+        format!(
+            "UPDATE {} SET {} WHERE {}",
+            self.q_name,
+            sets.join(", "),
+            pk_where.join(" AND ")
+        )
+    }
+
+    /// Shadow table and capture triggers (recreated whenever columns change).
+    pub(crate) fn replication_ddl(&self) -> String {
+        let q_clock = quote(&format!("{}__corro_clock", self.name));
+        let image = |prefix: &str| -> String {
+            self.pk
+                .iter()
+                .chain(self.cols.iter())
+                .map(|c| format!("{prefix}.{}", quote(c)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (id, npk) = (self.id, self.pk.len());
+        let trig = |suffix: &str| quote(&format!("{}__corro_{suffix}", self.name));
+        let (t_ins, t_upd, t_del) = (trig("ins"), trig("upd"), trig("del"));
+        let (old, new) = (image("OLD"), image("NEW"));
+        let q = &self.q_name;
+        format!(
+            "CREATE TABLE IF NOT EXISTS {q_clock} (key BLOB NOT NULL PRIMARY KEY, cl INTEGER NOT NULL, clock BLOB NOT NULL) WITHOUT ROWID;
+DROP TRIGGER IF EXISTS {t_ins};
+DROP TRIGGER IF EXISTS {t_upd};
+DROP TRIGGER IF EXISTS {t_del};
+CREATE TRIGGER {t_ins} AFTER INSERT ON {q} BEGIN SELECT corro_capture({id}, 1, {npk}, {new}); END;
+CREATE TRIGGER {t_upd} AFTER UPDATE ON {q} BEGIN SELECT corro_capture({id}, 0, {npk}, {old}); SELECT corro_capture({id}, 1, {npk}, {new}); END;
+CREATE TRIGGER {t_del} AFTER DELETE ON {q} BEGIN SELECT corro_capture({id}, 0, {npk}, {old}); END;"
+        )
+    }
+}
+
+/// Replicated tables and known actors, shared by the writer and readers.
+#[derive(Debug, Default, Clone)]
+pub(crate) struct Catalog {
+    pub tables: HashMap<u32, Arc<TableMeta>>,
+    by_name: HashMap<String, u32>,
+    pub actors: HashMap<u32, ActorId>,
+    pub actor_idx: HashMap<ActorId, u32>,
+}
+
+impl Catalog {
+    pub(crate) fn add_table(&mut self, meta: TableMeta) {
+        self.by_name.insert(meta.name.to_ascii_lowercase(), meta.id);
+        self.tables.insert(meta.id, Arc::new(meta));
+    }
+
+    pub(crate) fn table(&self, id: u32) -> Option<&Arc<TableMeta>> {
+        self.tables.get(&id)
+    }
+
+    pub(crate) fn table_by_name(&self, name: &str) -> Option<&Arc<TableMeta>> {
+        self.by_name
+            .get(&name.to_ascii_lowercase())
+            .and_then(|id| self.tables.get(id))
+    }
+
+    pub(crate) fn add_actor(&mut self, idx: u32, actor: ActorId) {
+        self.actors.insert(idx, actor);
+        self.actor_idx.insert(actor, idx);
+    }
+
+    /// Actor id of a local index (unknown indexes sort first; they cannot occur
+    /// in a consistent database).
+    pub(crate) fn actor(&self, idx: u32) -> ActorId {
+        self.actors.get(&idx).copied().unwrap_or(ActorId([0; 16]))
+    }
+}

@@ -1,0 +1,160 @@
+//! Serving stored versions to peers (the data side of anti-entropy sync).
+//!
+//! A version is rebuilt from current state: `__corro_row_versions` lists the
+//! rows whose clock still references it, and each row's clock says which of
+//! its cells (and whether its row-life sentinel) came from that version; the
+//! values come from the data table. Changes that were overwritten since are
+//! simply absent, and the pieces still cover the whole seq range. A held
+//! version with nothing left is answered as cleared. Versions held only in
+//! part are served from the buffer, one piece per held seq range.
+//!
+//! Everything is read in one read transaction, bookkeeping included, so the
+//! answer is a consistent snapshot even while the writer commits.
+
+use std::ops::RangeInclusive;
+
+use rusqlite::OptionalExtension;
+
+use crate::actor::ActorId;
+use crate::apply::read_buffered;
+use crate::bookkeeping::ActorBooks;
+use crate::change::{CHUNK_BYTES, Change, Changeset, chunk_version};
+use crate::clock::RowClock;
+use crate::error::StoreError;
+use crate::store::Store;
+use crate::value::{SqlValue, decode_key};
+
+impl Store {
+    /// The changesets for `versions` of `actor` that this node can provide.
+    /// Versions it does not hold at all are skipped.
+    pub fn changes_for(
+        &self,
+        actor: ActorId,
+        versions: RangeInclusive<u64>,
+    ) -> Result<Vec<Changeset>, StoreError> {
+        let conn = self.reader();
+        let tx = conn.unchecked_transaction()?;
+        let row: Option<(u32, u64, Vec<u8>)> = tx
+            .prepare_cached("SELECT idx, head, books FROM __corro_actors WHERE actor_id = ?1")?
+            .query_row([&actor.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+            .optional()?;
+        let Some((idx, head, books)) = row else {
+            return Ok(Vec::new());
+        };
+        let books = ActorBooks::decode(head, &books)?;
+        let catalog = self.inner.catalog.read().clone();
+        let mut out = Vec::new();
+        let mut cleared: Option<RangeInclusive<u64>> = None;
+        let flush_cleared =
+            |out: &mut Vec<Changeset>, cleared: &mut Option<RangeInclusive<u64>>| {
+                if let Some(r) = cleared.take() {
+                    out.push(Changeset::Cleared { actor, versions: r });
+                }
+            };
+        let hi = (*versions.end()).min(books.head);
+        for v in (*versions.start()).max(1)..=hi {
+            if let Some(p) = books.partials.get(&v) {
+                flush_cleared(&mut out, &mut cleared);
+                let held = read_buffered(&tx, idx, v)?;
+                for r in p.seqs.iter() {
+                    let changes: Vec<Change> = held
+                        .iter()
+                        .filter(|c| r.contains(&c.seq))
+                        .cloned()
+                        .collect();
+                    out.push(Changeset::Version {
+                        actor,
+                        version: v,
+                        seqs: r.clone(),
+                        last_seq: p.last_seq,
+                        ts: p.ts,
+                        changes,
+                    });
+                }
+                continue;
+            }
+            if !books.holds(v) {
+                flush_cleared(&mut out, &mut cleared);
+                continue;
+            }
+            let rows: Vec<(u32, Vec<u8>, u64)> = tx
+                .prepare_cached("SELECT tbl, key, last_seq FROM __corro_row_versions WHERE actor = ?1 AND version = ?2")?
+                .query_map(rusqlite::params![idx, v], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+                .collect::<rusqlite::Result<_>>()?;
+            if rows.is_empty() {
+                cleared = Some(match cleared.take() {
+                    Some(r) => *r.start()..=v,
+                    None => v..=v,
+                });
+                continue;
+            }
+            flush_cleared(&mut out, &mut cleared);
+            let mut changes = Vec::new();
+            let mut last_seq = 0;
+            let mut ts = 0;
+            for (tbl, key, ls) in rows {
+                last_seq = ls;
+                let Some(meta) = catalog.table(tbl) else {
+                    continue;
+                };
+                let Some((cl, clock)) = tx
+                    .prepare_cached(&meta.sql_get_clock)?
+                    .query_row([&key], |r| {
+                        Ok((r.get::<_, u64>(0)?, r.get::<_, Vec<u8>>(1)?))
+                    })
+                    .optional()?
+                else {
+                    continue;
+                };
+                let clock = RowClock::decode(&clock)?;
+                ts = ts.max(clock.ts);
+                if let Some(o) = clock.cl_origin.filter(|o| o.actor == idx && o.version == v) {
+                    changes.push(Change {
+                        table: meta.name.clone(),
+                        pk: key.clone(),
+                        column: None,
+                        value: SqlValue::Null,
+                        col_version: 0,
+                        cl,
+                        seq: o.seq,
+                    });
+                }
+                let mine: Vec<usize> = (0..meta.cols.len())
+                    .filter(|i| {
+                        clock
+                            .col(*i)
+                            .is_some_and(|c| c.origin.actor == idx && c.origin.version == v)
+                    })
+                    .collect();
+                if mine.is_empty() {
+                    continue;
+                }
+                let pk = decode_key(&key)?;
+                let mut stmt = tx.prepare_cached(&meta.sql_select_values)?;
+                for (i, p) in pk.iter().enumerate() {
+                    stmt.raw_bind_parameter(i + 1, p)?;
+                }
+                let mut q = stmt.raw_query();
+                let Some(row) = q.next()? else { continue };
+                for i in mine {
+                    let c = clock
+                        .col(i)
+                        .unwrap_or_else(|| unreachable!("filtered above"));
+                    changes.push(Change {
+                        table: meta.name.clone(),
+                        pk: key.clone(),
+                        column: Some(meta.cols[i].clone()),
+                        value: row.get::<_, SqlValue>(i)?,
+                        col_version: c.col_version,
+                        cl,
+                        seq: c.origin.seq,
+                    });
+                }
+            }
+            changes.sort_by_key(|c| c.seq);
+            out.extend(chunk_version(actor, v, last_seq, ts, changes, CHUNK_BYTES));
+        }
+        flush_cleared(&mut out, &mut cleared);
+        Ok(out)
+    }
+}

@@ -1,0 +1,468 @@
+//! Opening the store, its connections and the schema it replicates.
+//!
+//! `Store::open` creates the internal tables, loads (or creates) this node's
+//! actor id, registers the capture function and the authorizer on the writer
+//! connection, and reloads bookkeeping. A database file copied to another path
+//! or machine (different device/inode) gets a fresh actor id, so two nodes
+//! never issue versions under one id.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use corro_schema::{Schema, SchemaDiff};
+use parking_lot::{Mutex, RwLock};
+use rusqlite::config::DbConfig;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+use rusqlite::{Connection, OpenFlags, OptionalExtension};
+
+use crate::actor::ActorId;
+use crate::bookkeeping::ActorBooks;
+use crate::capture::{self, SharedCapture};
+use crate::catalog::{Catalog, FORMAT_VERSION, INTERNAL_DDL, TableMeta};
+use crate::error::StoreError;
+use crate::pool::{ReadConn, ReadPool};
+
+/// Tuning for [`Store::open`].
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    /// Read-only connections in the pool.
+    pub readers: usize,
+    /// How long a connection waits for a lock before failing.
+    pub busy_timeout: std::time::Duration,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            readers: 4,
+            busy_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+/// The replicated store (cheap to clone; all clones share one database).
+#[derive(Clone)]
+pub struct Store {
+    pub(crate) inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    pub path: PathBuf,
+    pub actor: ActorId,
+    pub self_idx: u32,
+    pub writer: Mutex<Writer>,
+    pub readers: ReadPool,
+    pub catalog: RwLock<Arc<Catalog>>,
+    /// Committed bookkeeping, by actor index (updated after each commit).
+    pub books: RwLock<HashMap<u32, ActorBooks>>,
+}
+
+pub(crate) struct Writer {
+    /// Captures local writes (triggers on, authorizer on).
+    pub local: Connection,
+    /// Applies remote changes (triggers off).
+    pub apply: Connection,
+    pub capture: SharedCapture,
+    pub user_mode: Arc<AtomicBool>,
+}
+
+fn pragmas(conn: &Connection, busy: std::time::Duration) -> rusqlite::Result<()> {
+    conn.busy_timeout(busy)?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "foreign_keys", false)?;
+    conn.set_prepared_statement_cache_capacity(256);
+    Ok(())
+}
+
+fn file_id(path: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(format!("{}:{}", m.dev(), m.ino()))
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path`.
+    pub fn open(path: impl AsRef<Path>, opts: StoreOptions) -> Result<Store, StoreError> {
+        let path = path.as_ref().to_path_buf();
+        let open_err = |source| StoreError::Open {
+            path: path.clone(),
+            source,
+        };
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| StoreError::Io {
+                path: dir.to_path_buf(),
+                source,
+            })?;
+        }
+        let mut local = Connection::open(&path).map_err(open_err)?;
+        pragmas(&local, opts.busy_timeout).map_err(open_err)?;
+        local
+            .pragma_update(None, "recursive_triggers", true)
+            .map_err(open_err)?;
+        local.execute_batch(INTERNAL_DDL).map_err(open_err)?;
+
+        let (actor, self_idx) = init_identity(&local, &path)?;
+
+        let capture: SharedCapture = Arc::default();
+        capture::register(&local, capture.clone()).map_err(open_err)?;
+        let user_mode = Arc::new(AtomicBool::new(false));
+        install_authorizer(&mut local, user_mode.clone()).map_err(open_err)?;
+
+        let apply = Connection::open(&path).map_err(open_err)?;
+        pragmas(&apply, opts.busy_timeout).map_err(open_err)?;
+        apply
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)
+            .map_err(open_err)?;
+
+        let mut readers = Vec::with_capacity(opts.readers.max(1));
+        for _ in 0..opts.readers.max(1) {
+            let r = Connection::open_with_flags(
+                &path,
+                OpenFlags::SQLITE_OPEN_READ_ONLY
+                    | OpenFlags::SQLITE_OPEN_NO_MUTEX
+                    | OpenFlags::SQLITE_OPEN_URI,
+            )
+            .map_err(open_err)?;
+            r.busy_timeout(opts.busy_timeout).map_err(open_err)?;
+            r.set_prepared_statement_cache_capacity(128);
+            readers.push(r);
+        }
+
+        let catalog = load_catalog(&local)?;
+        let books = load_books(&local)?;
+        tracing::info!(actor_id = %actor, path = %path.display(), tables = catalog.tables.len(), "store opened");
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path,
+                actor,
+                self_idx,
+                writer: Mutex::new(Writer {
+                    local,
+                    apply,
+                    capture,
+                    user_mode,
+                }),
+                readers: ReadPool::new(readers),
+                catalog: RwLock::new(Arc::new(catalog)),
+                books: RwLock::new(books),
+            }),
+        })
+    }
+
+    /// This node's actor id.
+    pub fn actor_id(&self) -> ActorId {
+        self.inner.actor
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Names of the replicated tables.
+    pub fn tables(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .inner
+            .catalog
+            .read()
+            .tables
+            .values()
+            .map(|t| t.name.clone())
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// A read-only connection from the pool.
+    pub fn reader(&self) -> ReadConn<'_> {
+        self.inner.readers.get()
+    }
+
+    /// Snapshot of every actor's bookkeeping.
+    pub fn books(&self) -> HashMap<ActorId, ActorBooks> {
+        let cat = self.inner.catalog.read().clone();
+        self.inner
+            .books
+            .read()
+            .iter()
+            .map(|(idx, b)| (cat.actor(*idx), b.clone()))
+            .collect()
+    }
+
+    /// Highest version this node has issued (or received back) for itself.
+    pub fn head(&self) -> u64 {
+        self.inner
+            .books
+            .read()
+            .get(&self.inner.self_idx)
+            .map_or(0, |b| b.head)
+    }
+
+    /// Runs `f` on the writer connection for host-local (non-replicated)
+    /// tables. Writes to replicated tables fail inside it: they must go through
+    /// [`Store::transact`].
+    pub fn local_write<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
+        let w = self.inner.writer.lock();
+        Ok(f(&w.local)?)
+    }
+
+    /// Brings the live schema to `wanted`: creates new tables (and their
+    /// replication bookkeeping), adds columns, replaces indexes, all in one
+    /// transaction. Destructive or unsupported changes are rejected and
+    /// nothing is applied. Returns what was done.
+    pub fn apply_schema(&self, wanted: &Schema) -> Result<SchemaDiff, StoreError> {
+        corro_schema::validate(wanted)?;
+        let w = self.inner.writer.lock();
+        let conn = &w.local;
+        let live = live_schema(conn)?;
+        let diff = corro_schema::diff(&live, wanted)?;
+        for t in &diff.kept_tables {
+            tracing::warn!(table = %t, "table is no longer in the schema files; keeping it (tables are never dropped)");
+        }
+        if diff.is_empty() {
+            return Ok(diff);
+        }
+        let tx = conn.unchecked_transaction()?;
+        let ctx = |table: &str, e: rusqlite::Error| {
+            StoreError::Schema(corro_schema::SchemaError::Table {
+                file: wanted
+                    .tables
+                    .get(table)
+                    .map(|t| t.file.clone())
+                    .unwrap_or_default(),
+                table: table.to_string(),
+                reason: e.to_string(),
+            })
+        };
+        for name in &diff.drop_indexes {
+            tx.execute_batch(&format!(
+                "DROP INDEX IF EXISTS {}",
+                crate::catalog::quote(name)
+            ))?;
+        }
+        for t in &diff.new_tables {
+            tracing::info!(table = %t.name, "creating table");
+            tx.execute_batch(&t.sql).map_err(|e| ctx(&t.name, e))?;
+            tx.execute("INSERT INTO __corro_tables (name) VALUES (?1)", [&t.name])?;
+        }
+        for (table, col) in &diff.new_columns {
+            tracing::info!(table = %table, column = %col.name, "adding column");
+            tx.execute_batch(&format!(
+                "ALTER TABLE {} ADD COLUMN {}",
+                crate::catalog::quote(table),
+                col.definition()
+            ))
+            .map_err(|e| ctx(table, e))?;
+        }
+        for idx in &diff.create_indexes {
+            tx.execute_batch(&idx.sql).map_err(|e| ctx(&idx.table, e))?;
+        }
+        // (Re)generate shadow tables and triggers for every new or altered table.
+        let catalog = load_catalog(&tx)?;
+        let touched: Vec<&str> = diff
+            .new_tables
+            .iter()
+            .map(|t| t.name.as_str())
+            .chain(diff.new_columns.iter().map(|(t, _)| t.as_str()))
+            .collect();
+        for name in touched {
+            if let Some(meta) = catalog.table_by_name(name) {
+                tx.execute_batch(&meta.replication_ddl())
+                    .map_err(|e| ctx(name, e))?;
+            }
+        }
+        tx.commit()?;
+        *self.inner.catalog.write() = Arc::new(catalog);
+        drop(w);
+        // Changes that named these tables or columns before they existed.
+        self.retry_pending()?;
+        Ok(diff)
+    }
+
+    /// Loads, validates and applies the schema files under `paths`.
+    pub fn apply_schema_paths<P: AsRef<Path>>(
+        &self,
+        paths: &[P],
+    ) -> Result<SchemaDiff, StoreError> {
+        let wanted = corro_schema::from_paths(paths)?;
+        self.apply_schema(&wanted)
+    }
+
+    /// The live replicated schema.
+    pub fn schema(&self) -> Result<Schema, StoreError> {
+        let r = self.reader();
+        live_schema(&r)
+    }
+}
+
+/// Live schema restricted to replicated tables and their indexes (host-local
+/// tables are not managed by schema files).
+pub(crate) fn live_schema(conn: &Connection) -> Result<Schema, StoreError> {
+    let mut s = corro_schema::read_live(conn, Path::new("<database>"))?;
+    let mut stmt = conn.prepare_cached("SELECT name FROM __corro_tables")?;
+    let names: Vec<String> = stmt
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let lower: Vec<String> = names.iter().map(|n| n.to_ascii_lowercase()).collect();
+    s.tables
+        .retain(|n, _| lower.contains(&n.to_ascii_lowercase()));
+    s.indexes
+        .retain(|_, i| lower.contains(&i.table.to_ascii_lowercase()));
+    Ok(s)
+}
+
+pub(crate) fn load_catalog(conn: &Connection) -> Result<Catalog, StoreError> {
+    let schema = corro_schema::read_live(conn, Path::new("<database>"))?;
+    let mut cat = Catalog::default();
+    let mut stmt = conn.prepare_cached("SELECT id, name FROM __corro_tables")?;
+    let rows: Vec<(u32, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (id, name) in rows {
+        if let Some(t) = schema.tables.get(&name) {
+            cat.add_table(TableMeta::new(id, t));
+        } else {
+            tracing::warn!(table = %name, "replicated table is missing from the database");
+        }
+    }
+    let mut stmt = conn.prepare_cached("SELECT idx, actor_id FROM __corro_actors")?;
+    let actors: Vec<(u32, Vec<u8>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (idx, id) in actors {
+        let a =
+            ActorId::from_slice(&id).ok_or_else(|| StoreError::Corrupt("bad actor id".into()))?;
+        cat.add_actor(idx, a);
+    }
+    Ok(cat)
+}
+
+pub(crate) fn load_books(conn: &Connection) -> Result<HashMap<u32, ActorBooks>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT idx, head, books FROM __corro_actors")?;
+    let rows: Vec<(u32, u64, Vec<u8>)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut out = HashMap::new();
+    for (idx, head, b) in rows {
+        out.insert(idx, ActorBooks::decode(head, &b)?);
+    }
+    Ok(out)
+}
+
+/// Index of `actor` in `__corro_actors`, inserting it if new.
+pub(crate) fn actor_index(conn: &Connection, actor: &ActorId) -> rusqlite::Result<u32> {
+    conn.prepare_cached("INSERT OR IGNORE INTO __corro_actors (actor_id) VALUES (?1)")?
+        .execute([&actor.0[..]])?;
+    conn.prepare_cached("SELECT idx FROM __corro_actors WHERE actor_id = ?1")?
+        .query_row([&actor.0[..]], |r| r.get(0))
+}
+
+/// Loads this node's actor id, creating one for a new database and rotating it
+/// for a file that was copied from elsewhere.
+fn init_identity(conn: &Connection, path: &Path) -> Result<(ActorId, u32), StoreError> {
+    let tx = conn.unchecked_transaction()?;
+    let format: Option<i64> = tx
+        .query_row(
+            "SELECT value FROM __corro_meta WHERE key = 'format'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    match format {
+        None => {
+            tx.execute(
+                "INSERT INTO __corro_meta (key, value) VALUES ('format', ?1)",
+                [FORMAT_VERSION],
+            )?;
+        }
+        Some(v) if v > FORMAT_VERSION => {
+            return Err(StoreError::Corrupt(format!(
+                "database format {v} is newer than this build understands ({FORMAT_VERSION})"
+            )));
+        }
+        Some(_) => {}
+    }
+    let stored: Option<Vec<u8>> = tx
+        .query_row(
+            "SELECT value FROM __corro_meta WHERE key = 'actor_id'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let recorded_file: Option<String> = tx
+        .query_row(
+            "SELECT value FROM __corro_meta WHERE key = 'file_id'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let here = file_id(path);
+    let actor = match stored.as_deref().and_then(ActorId::from_slice) {
+        Some(a) if recorded_file.is_none() || recorded_file == here => a,
+        Some(old) => {
+            let new = ActorId::random();
+            tracing::warn!(old_actor = %old, new_actor = %new, "database file was copied or moved from elsewhere; using a fresh actor id so two nodes never share one");
+            new
+        }
+        None => ActorId::random(),
+    };
+    tx.execute(
+        "INSERT OR REPLACE INTO __corro_meta (key, value) VALUES ('actor_id', ?1)",
+        [&actor.0[..]],
+    )?;
+    if let Some(f) = here {
+        tx.execute(
+            "INSERT OR REPLACE INTO __corro_meta (key, value) VALUES ('file_id', ?1)",
+            [f],
+        )?;
+    }
+    let idx = actor_index(&tx, &actor)?;
+    tx.commit()?;
+    Ok((actor, idx))
+}
+
+/// Names of internal objects API statements may not write.
+fn is_internal(name: &str) -> bool {
+    corro_schema::is_internal_name(name)
+}
+
+/// While `user_mode` is set (statements from API clients), refuse DDL,
+/// PRAGMA, ATTACH, transaction control and writes to internal tables. The
+/// authorizer runs when a statement is prepared, so internal statements
+/// prepared outside user mode keep working from the statement cache.
+fn install_authorizer(conn: &mut Connection, user_mode: Arc<AtomicBool>) -> rusqlite::Result<()> {
+    conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+        if !user_mode.load(Ordering::Relaxed) {
+            return Authorization::Allow;
+        }
+        match ctx.action {
+            AuthAction::Insert { table_name }
+            | AuthAction::Delete { table_name }
+            | AuthAction::Update { table_name, .. } => {
+                if is_internal(table_name) {
+                    Authorization::Deny
+                } else {
+                    Authorization::Allow
+                }
+            }
+            AuthAction::Function { function_name } => {
+                // The capture function may only run inside our triggers.
+                if function_name.eq_ignore_ascii_case("corro_capture") && ctx.accessor.is_none() {
+                    Authorization::Deny
+                } else {
+                    Authorization::Allow
+                }
+            }
+            AuthAction::Read { .. } | AuthAction::Select | AuthAction::Recursive => {
+                Authorization::Allow
+            }
+            _ => Authorization::Deny,
+        }
+    }))
+}

@@ -1,0 +1,390 @@
+//! Local write transactions: run statements, capture what changed, assign the
+//! next version, persist clocks and bookkeeping, commit.
+//!
+//! At commit each touched row's first old image and last new image (from
+//! `capture.rs`) are compared with its clock:
+//! - old and new image: an update; every column whose value differs (same
+//!   storage class and value counts as equal) gets `col_version + 1`;
+//! - only a new image: an insert or re-insert; the causal length moves to the
+//!   next odd number and every column is written at it, defaults included;
+//! - only an old image: a delete; the causal length moves to the next even number;
+//! - neither: inserted and deleted in one transaction, nothing happened.
+//!
+//! A primary-key update shows up as the old key's delete plus the new key's
+//! insert. A transaction that changes nothing consumes no version.
+
+use std::sync::atomic::Ordering;
+
+use rusqlite::{Connection, OptionalExtension, Statement};
+
+use crate::catalog::TableMeta;
+use crate::change::{CHUNK_BYTES, Change, Changeset, chunk_version};
+use crate::clock::{CellClock, Origin, RowClock};
+use crate::error::StoreError;
+use crate::store::{Store, Writer};
+use crate::value::SqlValue;
+
+/// Statements of one local transaction run through this handle.
+pub struct WriteTx<'a> {
+    conn: &'a Connection,
+    writer: &'a Writer,
+}
+
+/// A committed local transaction.
+#[derive(Debug)]
+pub struct Committed<T> {
+    /// What the closure returned.
+    pub value: T,
+    /// The version issued, `None` if nothing changed.
+    pub version: Option<u64>,
+    /// Changes of that version, sorted by seq.
+    pub changes: Vec<Change>,
+    /// Commit time, ms since the epoch.
+    pub ts: u64,
+}
+
+impl<T> Committed<T> {
+    /// The version as changesets of about [`CHUNK_BYTES`] each, ready to broadcast.
+    pub fn changesets(&self, actor: crate::ActorId) -> Vec<Changeset> {
+        match self.version {
+            None => Vec::new(),
+            Some(v) => {
+                let last_seq = self.changes.last().map_or(0, |c| c.seq);
+                chunk_version(
+                    actor,
+                    v,
+                    last_seq,
+                    self.ts,
+                    self.changes.clone(),
+                    CHUNK_BYTES,
+                )
+            }
+        }
+    }
+}
+
+impl WriteTx<'_> {
+    /// Runs one statement with positional parameters; returns rows affected.
+    pub fn execute(&mut self, sql: &str, params: &[SqlValue]) -> Result<usize, StoreError> {
+        self.run(sql, |stmt| {
+            let expected = stmt.parameter_count();
+            if expected != params.len() {
+                return Err(rusqlite::Error::InvalidParameterCount(
+                    params.len(),
+                    expected,
+                ));
+            }
+            for (i, p) in params.iter().enumerate() {
+                stmt.raw_bind_parameter(i + 1, p)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Runs one statement with named parameters (`:name`, `@name` or `$name`).
+    pub fn execute_named(
+        &mut self,
+        sql: &str,
+        params: &[(String, SqlValue)],
+    ) -> Result<usize, StoreError> {
+        self.run(sql, |stmt| {
+            for (name, v) in params {
+                let idx = stmt
+                    .parameter_index(name)?
+                    .ok_or_else(|| rusqlite::Error::InvalidParameterName(name.clone()))?;
+                stmt.raw_bind_parameter(idx, v)?;
+            }
+            Ok(())
+        })
+    }
+
+    fn run(
+        &mut self,
+        sql: &str,
+        bind: impl FnOnce(&mut Statement<'_>) -> rusqlite::Result<()>,
+    ) -> Result<usize, StoreError> {
+        let mode = &self.writer.user_mode;
+        mode.store(true, Ordering::Relaxed);
+        let out = (|| {
+            // Internal statements are cached by their text and all name a
+            // `__corro` table; never hand such a cached statement to a client.
+            if sql.contains("__corro") {
+                let mut stmt = self.conn.prepare(sql)?;
+                exec(self.conn, &mut stmt, bind)
+            } else {
+                let mut stmt = self.conn.prepare_cached(sql)?;
+                exec(self.conn, &mut stmt, bind)
+            }
+        })();
+        mode.store(false, Ordering::Relaxed);
+        out.map_err(|e| match e {
+            rusqlite::Error::SqliteFailure(f, Some(msg)) if f.code == rusqlite::ErrorCode::AuthorizationForStatementDenied => {
+                StoreError::NotAllowed(format!("{msg} (DDL, PRAGMA, ATTACH, transaction control and writes to internal tables are refused)"))
+            }
+            other => StoreError::Sqlite(other),
+        })
+    }
+}
+
+fn exec(
+    conn: &Connection,
+    stmt: &mut Statement<'_>,
+    bind: impl FnOnce(&mut Statement<'_>) -> rusqlite::Result<()>,
+) -> rusqlite::Result<usize> {
+    stmt.clear_bindings();
+    bind(stmt)?;
+    if stmt.column_count() == 0 {
+        stmt.raw_execute()
+    } else {
+        let mut rows = stmt.raw_query();
+        while rows.next()?.is_some() {}
+        Ok(conn.changes() as usize)
+    }
+}
+
+pub(crate) fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Rolls back on drop unless disarmed.
+struct TxGuard<'a> {
+    conn: &'a Connection,
+    armed: bool,
+}
+
+impl Drop for TxGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = self.conn.execute_batch("ROLLBACK");
+        }
+    }
+}
+
+pub(crate) fn get_clock(
+    conn: &Connection,
+    meta: &TableMeta,
+    key: &[u8],
+) -> Result<(u64, RowClock), StoreError> {
+    let row: Option<(u64, Vec<u8>)> = conn
+        .prepare_cached(&meta.sql_get_clock)?
+        .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(match row {
+        Some((cl, blob)) => (cl, RowClock::decode(&blob)?),
+        None => (0, RowClock::default()),
+    })
+}
+
+/// Updates the version -> rows index after a row's clock changed.
+pub(crate) fn reindex_row(
+    conn: &Connection,
+    meta: &TableMeta,
+    key: &[u8],
+    before: &[(u32, u64)],
+    after: &[(u32, u64)],
+    last_seq_of: &dyn Fn(u32, u64) -> u64,
+) -> rusqlite::Result<()> {
+    for o in before.iter().filter(|o| !after.contains(o)) {
+        conn.prepare_cached(
+            "DELETE FROM __corro_row_versions WHERE actor = ?1 AND version = ?2 AND tbl = ?3 AND key = ?4",
+        )?
+        .execute(rusqlite::params![o.0, o.1, meta.id, key])?;
+    }
+    for o in after.iter().filter(|o| !before.contains(o)) {
+        conn.prepare_cached(
+            "INSERT OR IGNORE INTO __corro_row_versions (actor, version, tbl, key, last_seq) VALUES (?1, ?2, ?3, ?4, ?5)",
+        )?
+        .execute(rusqlite::params![o.0, o.1, meta.id, key, last_seq_of(o.0, o.1)])?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Runs `f` as one local write transaction. All or nothing: if `f` or the
+    /// commit fails, nothing is written and no version is consumed.
+    pub fn transact<T>(
+        &self,
+        f: impl FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError>,
+    ) -> Result<Committed<T>, StoreError> {
+        let w = self.inner.writer.lock();
+        let conn = &w.local;
+        conn.execute_batch("BEGIN IMMEDIATE")?;
+        let mut guard = TxGuard { conn, armed: true };
+        {
+            let mut cap = w.capture.lock();
+            cap.rows.clear();
+            cap.active = true;
+        }
+        let result = (|| -> Result<_, StoreError> {
+            let value = f(&mut WriteTx { conn, writer: &w })?;
+            let version = self.head() + 1;
+            let ts = now_ms();
+            let changes = self.flush(&w, version, ts)?;
+            Ok((value, version, ts, changes))
+        })();
+        {
+            let mut cap = w.capture.lock();
+            cap.active = false;
+            cap.rows.clear();
+        }
+        let (value, version, ts, changes) = result?;
+        conn.execute_batch("COMMIT")?;
+        guard.armed = false;
+        let version = if changes.is_empty() {
+            None
+        } else {
+            let mut books = self.inner.books.write();
+            books
+                .entry(self.inner.self_idx)
+                .or_default()
+                .mark_held(version..=version);
+            Some(version)
+        };
+        Ok(Committed {
+            value,
+            version,
+            changes,
+            ts,
+        })
+    }
+
+    /// Turns the captured row images into clock updates and changes.
+    fn flush(&self, w: &Writer, version: u64, ts: u64) -> Result<Vec<Change>, StoreError> {
+        let rows = std::mem::take(&mut w.capture.lock().rows);
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let conn = &w.local;
+        let catalog = self.inner.catalog.read().clone();
+        let me = self.inner.self_idx;
+        let mut seq = 0u64;
+        let next = |seq: &mut u64| {
+            let o = Origin {
+                actor: me,
+                version,
+                seq: *seq,
+            };
+            *seq += 1;
+            o
+        };
+        let mut changes = Vec::new();
+        let mut writes = Vec::new();
+        for ((tbl, key), img) in rows {
+            let meta = catalog.table(tbl).ok_or_else(|| {
+                StoreError::Corrupt(format!("capture for unknown table id {tbl}"))
+            })?;
+            let (cl, mut clock) = get_clock(conn, meta, &key)?;
+            let before_origins = clock.origins();
+            let ncols = meta.cols.len();
+            let new_cl = match (img.before, img.after) {
+                (None, None) => continue,
+                (Some(b), Some(a)) if cl % 2 == 1 => {
+                    let mut any = false;
+                    for i in 0..ncols {
+                        let (old, new) = (
+                            b.get(i).unwrap_or(&SqlValue::Null),
+                            a.get(i).unwrap_or(&SqlValue::Null),
+                        );
+                        if old.same_as(new) {
+                            continue;
+                        }
+                        let col_version = clock.col(i).map_or(0, |c| c.col_version) + 1;
+                        let origin = next(&mut seq);
+                        clock.set_col(
+                            i,
+                            Some(CellClock {
+                                col_version,
+                                origin,
+                            }),
+                        );
+                        changes.push(Change {
+                            table: meta.name.clone(),
+                            pk: key.clone(),
+                            column: Some(meta.cols[i].clone()),
+                            value: new.clone(),
+                            col_version,
+                            cl,
+                            seq: origin.seq,
+                        });
+                        any = true;
+                    }
+                    if !any {
+                        continue;
+                    }
+                    cl
+                }
+                (_, Some(a)) => {
+                    let new_cl = if cl % 2 == 1 { cl + 2 } else { cl + 1 };
+                    let origin = next(&mut seq);
+                    clock = RowClock {
+                        cl_origin: Some(origin),
+                        cols: vec![None; ncols],
+                        ts,
+                    };
+                    changes.push(sentinel(meta, &key, new_cl, origin.seq));
+                    for (i, v) in a.into_iter().enumerate().take(ncols) {
+                        let origin = next(&mut seq);
+                        clock.set_col(
+                            i,
+                            Some(CellClock {
+                                col_version: 1,
+                                origin,
+                            }),
+                        );
+                        changes.push(Change {
+                            table: meta.name.clone(),
+                            pk: key.clone(),
+                            column: Some(meta.cols[i].clone()),
+                            value: v,
+                            col_version: 1,
+                            cl: new_cl,
+                            seq: origin.seq,
+                        });
+                    }
+                    new_cl
+                }
+                (Some(_), None) => {
+                    let new_cl = if cl % 2 == 1 { cl + 1 } else { cl + 2 };
+                    let origin = next(&mut seq);
+                    clock = RowClock {
+                        cl_origin: Some(origin),
+                        cols: Vec::new(),
+                        ts,
+                    };
+                    changes.push(sentinel(meta, &key, new_cl, origin.seq));
+                    new_cl
+                }
+            };
+            clock.ts = ts;
+            writes.push((meta.clone(), key, new_cl, clock, before_origins));
+        }
+        if changes.is_empty() {
+            return Ok(changes);
+        }
+        let last_seq = seq - 1;
+        for (meta, key, cl, clock, before) in writes {
+            conn.prepare_cached(&meta.sql_put_clock)?
+                .execute(rusqlite::params![key, cl, clock.encode()])?;
+            reindex_row(conn, &meta, &key, &before, &clock.origins(), &|_, _| {
+                last_seq
+            })?;
+        }
+        conn.prepare_cached("UPDATE __corro_actors SET head = ?1 WHERE idx = ?2")?
+            .execute(rusqlite::params![version, me])?;
+        Ok(changes)
+    }
+}
+
+fn sentinel(meta: &TableMeta, key: &[u8], cl: u64, seq: u64) -> Change {
+    Change {
+        table: meta.name.clone(),
+        pk: key.to_vec(),
+        column: None,
+        value: SqlValue::Null,
+        col_version: 0,
+        cl,
+        seq,
+    }
+}
