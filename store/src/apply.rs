@@ -25,7 +25,8 @@ use crate::clock::{Origin, RowMerge};
 use crate::error::StoreError;
 use crate::store::{Store, actor_index};
 use crate::value::{SqlValue, decode_key};
-use crate::write::{get_clock, reindex_row};
+use crate::versions::RefChanges;
+use crate::write::get_clock;
 
 /// What an [`Store::apply`] call did.
 #[derive(Debug, Default, Clone, PartialEq)]
@@ -53,8 +54,18 @@ struct Ready {
     changes: Vec<Change>,
 }
 
+/// Pieces of one version received in one call.
+struct Pieces {
+    last_seq: u64,
+    ts: u64,
+    pieces: Vec<(std::ops::RangeInclusive<u64>, Vec<Change>)>,
+}
+
 impl Store {
     /// Merges changesets received from peers. All-or-nothing per call.
+    ///
+    /// Pieces of one version passed in the same call are assembled in memory;
+    /// pieces of versions that stay incomplete are buffered on disk.
     pub fn apply(&self, sets: Vec<Changeset>) -> Result<ApplyOutcome, StoreError> {
         let w = self.inner.writer.lock();
         let conn = &w.apply;
@@ -82,8 +93,8 @@ impl Store {
         let tx = conn.unchecked_transaction()?;
         let mut out = ApplyOutcome::default();
         let mut staged: HashMap<u32, ActorBooks> = HashMap::new();
+        let mut groups: BTreeMap<(u32, u64), Pieces> = BTreeMap::new();
         let mut ready: Vec<Ready> = Vec::new();
-        let mut readied: std::collections::HashSet<(u32, u64)> = Default::default();
         {
             let committed = self.inner.books.read();
             for set in sets {
@@ -103,6 +114,7 @@ impl Store {
                             "DELETE FROM __corro_buffered WHERE actor = ?1 AND version BETWEEN ?2 AND ?3",
                         )?
                         .execute(rusqlite::params![idx, lo, hi])?;
+                        groups.retain(|(a, v), _| *a != idx || *v < lo || *v > hi);
                         out.cleared += newly;
                     }
                     Changeset::Version {
@@ -114,43 +126,52 @@ impl Store {
                         changes,
                     } => {
                         validate_piece(&actor, &seqs, last_seq, &changes)?;
-                        if readied.contains(&(idx, version)) {
+                        if books.holds(version) {
                             out.duplicates += 1;
                             continue;
                         }
-                        let had_partial = books.partials.contains_key(&version);
-                        match books.add_piece(version, seqs.clone(), last_seq, ts) {
-                            PieceOutcome::AlreadyHeld => out.duplicates += 1,
-                            PieceOutcome::Complete if !had_partial => {
-                                readied.insert((idx, version));
-                                ready.push(Ready {
-                                    actor: idx,
-                                    version,
-                                    last_seq,
-                                    ts,
-                                    changes,
-                                })
-                            }
-                            outcome => {
-                                buffer(&tx, idx, version, &changes)?;
-                                if outcome == PieceOutcome::Complete {
-                                    readied.insert((idx, version));
-                                    let changes = take_buffered(&tx, idx, version)?;
-                                    ready.push(Ready {
-                                        actor: idx,
-                                        version,
-                                        last_seq,
-                                        ts,
-                                        changes,
-                                    });
-                                } else {
-                                    out.buffered += 1;
-                                }
-                            }
-                        }
+                        let g = groups.entry((idx, version)).or_insert_with(|| Pieces {
+                            last_seq,
+                            ts,
+                            pieces: Vec::new(),
+                        });
+                        g.pieces.push((seqs, changes));
                     }
                 }
             }
+        }
+        for ((idx, version), g) in groups {
+            let books = staged.entry(idx).or_default();
+            let had_partial = books.partials.contains_key(&version);
+            let mut complete = false;
+            for (seqs, _) in &g.pieces {
+                complete |= books.add_piece(version, seqs.clone(), g.last_seq, g.ts)
+                    == PieceOutcome::Complete;
+            }
+            if !complete {
+                for (seqs, changes) in &g.pieces {
+                    buffer(&tx, idx, version, seqs, changes)?;
+                }
+                out.buffered += g.pieces.len();
+                continue;
+            }
+            let mut changes: Vec<Change> = if had_partial {
+                take_buffered(&tx, idx, version)?
+            } else {
+                Vec::new()
+            };
+            for (_, mut c) in g.pieces {
+                changes.append(&mut c);
+            }
+            changes.sort_by_key(|c| c.seq);
+            changes.dedup_by_key(|c| c.seq);
+            ready.push(Ready {
+                actor: idx,
+                version,
+                last_seq: g.last_seq,
+                ts: g.ts,
+                changes,
+            });
         }
 
         // Versions whose tables or columns are unknown wait for a schema change.
@@ -159,7 +180,7 @@ impl Store {
             .partition(|r| schema_knows(&catalog, &r.changes));
         for p in pending {
             tracing::warn!(actor = %catalog.actor(p.actor), version = p.version, "version names a table or column this node does not have yet; keeping it until the schema catches up");
-            buffer(&tx, p.actor, p.version, &p.changes)?;
+            buffer(&tx, p.actor, p.version, &(0..=p.last_seq), &p.changes)?;
             out.pending_schema += 1;
         }
 
@@ -171,10 +192,7 @@ impl Store {
             out.applied.push((catalog.actor(r.actor), r.version));
             out.changes += r.changes.len();
         }
-        for (idx, b) in &staged {
-            tx.prepare_cached("UPDATE __corro_actors SET head = ?1, books = ?2 WHERE idx = ?3")?
-                .execute(rusqlite::params![b.head, b.encode(), idx])?;
-        }
+        persist_books(&tx, &staged)?;
         tx.commit()?;
         let mut books = self.inner.books.write();
         for (idx, b) in staged {
@@ -185,72 +203,56 @@ impl Store {
 
     /// Retries complete versions that were waiting for the schema.
     pub(crate) fn retry_pending(&self) -> Result<usize, StoreError> {
-        let pending: Vec<(ActorId, u64)> = {
-            let cat = self.inner.catalog.read().clone();
-            self.inner
-                .books
-                .read()
-                .iter()
-                .flat_map(|(idx, b)| {
-                    b.partials
-                        .iter()
-                        .filter(|(_, p)| p.is_complete())
-                        .map(|(v, _)| (cat.actor(*idx), *v))
-                        .collect::<Vec<_>>()
-                })
-                .collect()
-        };
+        let w = self.inner.writer.lock();
+        let catalog = self.inner.catalog.read().clone();
+        let pending: Vec<(u32, u64, u64, u64)> = self
+            .inner
+            .books
+            .read()
+            .iter()
+            .flat_map(|(idx, b)| {
+                b.partials
+                    .iter()
+                    .filter(|(_, p)| p.is_complete())
+                    .map(|(v, p)| (*idx, *v, p.last_seq, p.ts))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         if pending.is_empty() {
             return Ok(0);
         }
-        let mut sets = Vec::new();
-        {
-            let r = self.reader();
-            let cat = self.inner.catalog.read().clone();
-            for (actor, version) in &pending {
-                let idx = cat.actor_idx[actor];
-                let changes = read_buffered(&r, idx, *version)?;
-                let last_seq = self.inner.books.read()[&idx].partials[version].last_seq;
-                if schema_knows(&cat, &changes) {
-                    sets.push((idx, *actor, *version, last_seq, changes));
-                }
+        let tx = w.apply.unchecked_transaction()?;
+        let mut ready = Vec::new();
+        for (idx, version, last_seq, ts) in pending {
+            let changes = read_buffered(&tx, idx, version)?;
+            if schema_knows(&catalog, &changes) {
+                take_buffered(&tx, idx, version)?;
+                ready.push(Ready {
+                    actor: idx,
+                    version,
+                    last_seq,
+                    ts,
+                    changes,
+                });
             }
         }
-        let n = sets.len();
-        if n == 0 {
+        if ready.is_empty() {
             return Ok(0);
         }
-        let w = self.inner.writer.lock();
-        let tx = w.apply.unchecked_transaction()?;
-        let catalog = self.inner.catalog.read().clone();
-        let mut ready = Vec::new();
-        let mut staged = HashMap::new();
-        for (idx, _actor, version, last_seq, _) in &sets {
-            let changes = take_buffered(&tx, *idx, *version)?;
-            let ts = self.inner.books.read()[idx].partials[version].ts;
-            ready.push(Ready {
-                actor: *idx,
-                version: *version,
-                last_seq: *last_seq,
-                ts,
-                changes,
-            });
-        }
         merge(&tx, &catalog, &ready)?;
+        let mut staged: HashMap<u32, ActorBooks> = HashMap::new();
         {
             let books = self.inner.books.read();
             for r in &ready {
-                let b = staged
+                staged
                     .entry(r.actor)
-                    .or_insert_with(|| books.get(&r.actor).cloned().unwrap_or_default());
-                b.mark_held(r.version..=r.version);
+                    .or_insert_with(|| books.get(&r.actor).cloned().unwrap_or_default())
+                    .mark_held(r.version..=r.version);
             }
         }
-        for (idx, b) in &staged {
-            tx.prepare_cached("UPDATE __corro_actors SET head = ?1, books = ?2 WHERE idx = ?3")?
-                .execute(rusqlite::params![b.head, b.encode(), idx])?;
-        }
+        persist_books(&tx, &staged)?;
         tx.commit()?;
+        let n = ready.len();
         let mut books = self.inner.books.write();
         for (idx, b) in staged {
             books.insert(idx, b);
@@ -261,6 +263,14 @@ impl Store {
         );
         Ok(n)
     }
+}
+
+fn persist_books(conn: &Connection, staged: &HashMap<u32, ActorBooks>) -> Result<(), StoreError> {
+    for (idx, b) in staged {
+        conn.prepare_cached("UPDATE __corro_actors SET head = ?1, books = ?2 WHERE idx = ?3")?
+            .execute(rusqlite::params![b.head, b.encode(), idx])?;
+    }
+    Ok(())
 }
 
 fn validate_piece(
@@ -313,37 +323,46 @@ fn buffer(
     conn: &Connection,
     actor: u32,
     version: u64,
+    seqs: &std::ops::RangeInclusive<u64>,
     changes: &[Change],
 ) -> Result<(), StoreError> {
-    let mut stmt = conn.prepare_cached(
-        "INSERT OR IGNORE INTO __corro_buffered (actor, version, seq, change) VALUES (?1, ?2, ?3, ?4)",
-    )?;
-    for c in changes {
-        stmt.execute(rusqlite::params![
-            actor,
-            version,
-            c.seq,
-            postcard::to_stdvec(c)?
-        ])?;
-    }
+    conn.prepare_cached(
+        "INSERT OR IGNORE INTO __corro_buffered (actor, version, first_seq, end_seq, changes) VALUES (?1, ?2, ?3, ?4, ?5)",
+    )?
+    .execute(rusqlite::params![actor, version, seqs.start(), seqs.end(), postcard::to_stdvec(changes)?])?;
     Ok(())
 }
 
-pub(crate) fn read_buffered(
+/// Buffered pieces of a version: (seq range, changes).
+pub(crate) type Piece = (std::ops::RangeInclusive<u64>, Vec<Change>);
+
+pub(crate) fn buffered_pieces(
     conn: &Connection,
     actor: u32,
     version: u64,
-) -> Result<Vec<Change>, StoreError> {
+) -> Result<Vec<Piece>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT change FROM __corro_buffered WHERE actor = ?1 AND version = ?2 ORDER BY seq",
+        "SELECT first_seq, end_seq, changes FROM __corro_buffered WHERE actor = ?1 AND version = ?2 ORDER BY first_seq",
     )?;
-    let blobs: Vec<Vec<u8>> = stmt
-        .query_map(rusqlite::params![actor, version], |r| r.get(0))?
+    let rows: Vec<(u64, u64, Vec<u8>)> = stmt
+        .query_map(rusqlite::params![actor, version], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })?
         .collect::<rusqlite::Result<_>>()?;
-    blobs
-        .iter()
-        .map(|b| postcard::from_bytes(b).map_err(StoreError::from))
+    rows.into_iter()
+        .map(|(a, b, blob)| Ok((a..=b, postcard::from_bytes(&blob)?)))
         .collect()
+}
+
+/// All buffered changes of a version, by seq, without duplicates.
+fn read_buffered(conn: &Connection, actor: u32, version: u64) -> Result<Vec<Change>, StoreError> {
+    let mut all: Vec<Change> = buffered_pieces(conn, actor, version)?
+        .into_iter()
+        .flat_map(|(_, c)| c)
+        .collect();
+    all.sort_by_key(|c| c.seq);
+    all.dedup_by_key(|c| c.seq);
+    Ok(all)
 }
 
 fn take_buffered(conn: &Connection, actor: u32, version: u64) -> Result<Vec<Change>, StoreError> {
@@ -374,7 +393,7 @@ fn merge(conn: &Connection, catalog: &Catalog, ready: &[Ready]) -> Result<(), St
         }
     }
     let actor_of = |idx: u32| catalog.actor(idx);
-    let last_seq_of = |a: u32, v: u64| last_seqs.get(&(a, v)).copied().unwrap_or(0);
+    let mut refs = RefChanges::default();
     for ((tbl, key), changes) in rows {
         let Some(meta) = catalog.table(tbl) else {
             continue;
@@ -421,8 +440,14 @@ fn merge(conn: &Connection, catalog: &Catalog, ready: &[Ready]) -> Result<(), St
         write_row(conn, meta, key, &m)?;
         conn.prepare_cached(&meta.sql_put_clock)?
             .execute(rusqlite::params![key, m.cl, m.clock.encode()])?;
-        reindex_row(conn, meta, key, &before, &m.clock.origins(), &last_seq_of)?;
+        refs.row(meta.id, key, &before, &m.clock.origins());
     }
+    refs.persist(conn, &|a, v| {
+        (
+            last_seqs.get(&(a, v)).copied().unwrap_or(0),
+            ts_of.get(&(a, v)).copied().unwrap_or(0),
+        )
+    })?;
     Ok(())
 }
 
@@ -478,7 +503,7 @@ fn write_row(
         if written.is_empty() {
             return Ok(());
         }
-        let mut stmt = conn.prepare_cached(&meta.sql_update(&written))?;
+        let mut stmt = conn.prepare_cached(&meta.sql_write(false, &written))?;
         bind_key(&mut stmt, &pk)?;
         for (n, i) in written.iter().enumerate() {
             stmt.raw_bind_parameter(
@@ -493,7 +518,7 @@ fn write_row(
         // A new life: columns from the previous one must not survive.
         delete(conn)?;
     }
-    let mut stmt = conn.prepare_cached(&meta.sql_insert(&written))?;
+    let mut stmt = conn.prepare_cached(&meta.sql_write(true, &written))?;
     bind_key(&mut stmt, &pk)?;
     for (n, i) in written.iter().enumerate() {
         stmt.raw_bind_parameter(

@@ -25,20 +25,29 @@ CREATE TABLE IF NOT EXISTS __corro_actors (
     books BLOB NOT NULL DEFAULT x''
 );
 CREATE TABLE IF NOT EXISTS __corro_tables (id INTEGER PRIMARY KEY, name TEXT NOT NULL UNIQUE);
-CREATE TABLE IF NOT EXISTS __corro_row_versions (
+CREATE TABLE IF NOT EXISTS __corro_versions (
     actor INTEGER NOT NULL,
     version INTEGER NOT NULL,
-    tbl INTEGER NOT NULL,
-    key BLOB NOT NULL,
     last_seq INTEGER NOT NULL,
-    PRIMARY KEY (actor, version, tbl, key)
+    ts INTEGER NOT NULL,
+    live INTEGER NOT NULL,
+    rows BLOB,
+    PRIMARY KEY (actor, version)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS __corro_version_rows (
+    actor INTEGER NOT NULL,
+    version INTEGER NOT NULL,
+    part INTEGER NOT NULL,
+    rows BLOB NOT NULL,
+    PRIMARY KEY (actor, version, part)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS __corro_buffered (
     actor INTEGER NOT NULL,
     version INTEGER NOT NULL,
-    seq INTEGER NOT NULL,
-    change BLOB NOT NULL,
-    PRIMARY KEY (actor, version, seq)
+    first_seq INTEGER NOT NULL,
+    end_seq INTEGER NOT NULL,
+    changes BLOB NOT NULL,
+    PRIMARY KEY (actor, version, first_seq, end_seq)
 ) WITHOUT ROWID;
 ";
 
@@ -53,10 +62,12 @@ pub(crate) fn quote(ident: &str) -> String {
 #[derive(Debug)]
 pub(crate) struct TableMeta {
     pub id: u32,
-    pub name: String,
+    pub name: Arc<str>,
     pub pk: Vec<String>,
     /// Replicated non-key columns in table order.
-    pub cols: Vec<String>,
+    pub cols: Vec<Arc<str>>,
+    /// Cached INSERT/UPDATE statements by column subset.
+    sql_cache: parking_lot::Mutex<HashMap<(bool, Vec<usize>), Arc<str>>>,
     col_idx: HashMap<String, usize>,
     pub q_name: String,
     pub sql_get_clock: String,
@@ -69,10 +80,10 @@ pub(crate) struct TableMeta {
 impl TableMeta {
     pub(crate) fn new(id: u32, table: &Table) -> Self {
         let pk: Vec<String> = table.pk_columns().iter().map(|c| c.name.clone()).collect();
-        let cols: Vec<String> = table
+        let cols: Vec<Arc<str>> = table
             .value_columns()
             .iter()
-            .map(|c| c.name.clone())
+            .map(|c| Arc::from(c.name.as_str()))
             .collect();
         let col_idx = cols
             .iter()
@@ -94,7 +105,8 @@ impl TableMeta {
         };
         TableMeta {
             id,
-            name: table.name.clone(),
+            name: Arc::from(table.name.as_str()),
+            sql_cache: Default::default(),
             sql_get_clock: format!("SELECT cl, clock FROM {q_clock} WHERE key = ?1"),
             sql_put_clock: format!(
                 "INSERT OR REPLACE INTO {q_clock} (key, cl, clock) VALUES (?1, ?2, ?3)"
@@ -110,11 +122,31 @@ impl TableMeta {
     }
 
     pub(crate) fn col(&self, name: &str) -> Option<usize> {
+        if let Some(i) = self.cols.iter().position(|c| &**c == name) {
+            return Some(i);
+        }
         self.col_idx.get(&name.to_ascii_lowercase()).copied()
     }
 
+    /// Cached `INSERT` (true) or `UPDATE` (false) statement text for `cols`.
+    pub(crate) fn sql_write(&self, insert: bool, cols: &[usize]) -> Arc<str> {
+        let mut cache = self.sql_cache.lock();
+        if let Some(s) = cache.get(&(insert, cols.to_vec())) {
+            return s.clone();
+        }
+        let sql: Arc<str> = if insert {
+            self.sql_insert(cols).into()
+        } else {
+            self.sql_update(cols).into()
+        };
+        if cache.len() < 1024 {
+            cache.insert((insert, cols.to_vec()), sql.clone());
+        }
+        sql
+    }
+
     /// `INSERT` of the key plus the given columns.
-    pub(crate) fn sql_insert(&self, cols: &[usize]) -> String {
+    fn sql_insert(&self, cols: &[usize]) -> String {
         let names: Vec<String> = self
             .pk
             .iter()
@@ -131,7 +163,7 @@ impl TableMeta {
     }
 
     /// `UPDATE` of the given columns (params after the key's).
-    pub(crate) fn sql_update(&self, cols: &[usize]) -> String {
+    fn sql_update(&self, cols: &[usize]) -> String {
         let npk = self.pk.len();
         let sets: Vec<String> = cols
             .iter()
@@ -158,7 +190,8 @@ impl TableMeta {
         let image = |prefix: &str| -> String {
             self.pk
                 .iter()
-                .chain(self.cols.iter())
+                .map(|c| c.as_str())
+                .chain(self.cols.iter().map(|c| &**c))
                 .map(|c| format!("{prefix}.{}", quote(c)))
                 .collect::<Vec<_>>()
                 .join(", ")
@@ -191,6 +224,7 @@ pub(crate) struct Catalog {
 
 impl Catalog {
     pub(crate) fn add_table(&mut self, meta: TableMeta) {
+        self.by_name.insert(meta.name.to_string(), meta.id);
         self.by_name.insert(meta.name.to_ascii_lowercase(), meta.id);
         self.tables.insert(meta.id, Arc::new(meta));
     }
@@ -201,7 +235,8 @@ impl Catalog {
 
     pub(crate) fn table_by_name(&self, name: &str) -> Option<&Arc<TableMeta>> {
         self.by_name
-            .get(&name.to_ascii_lowercase())
+            .get(name)
+            .or_else(|| self.by_name.get(&name.to_ascii_lowercase()))
             .and_then(|id| self.tables.get(id))
     }
 

@@ -11,6 +11,7 @@
 //! says a range of versions has nothing left to send.
 
 use std::ops::RangeInclusive;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -23,11 +24,11 @@ pub const CHUNK_BYTES: usize = 8 * 1024;
 /// One change to one row.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Change {
-    pub table: String,
+    pub table: Arc<str>,
     /// Encoded primary key (see [`crate::encode_key`]).
     pub pk: Vec<u8>,
     /// The column written, or `None` for a row-life sentinel.
-    pub column: Option<String>,
+    pub column: Option<Arc<str>>,
     /// The value written (`Null` for sentinels).
     pub value: SqlValue,
     pub col_version: u64,

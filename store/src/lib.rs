@@ -36,6 +36,7 @@ mod serve;
 mod store;
 mod value;
 mod verify;
+mod versions;
 mod write;
 
 pub use actor::ActorId;

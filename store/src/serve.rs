@@ -1,7 +1,7 @@
 //! Serving stored versions to peers (the data side of anti-entropy sync).
 //!
-//! A version is rebuilt from current state: `__corro_row_versions` lists the
-//! rows whose clock still references it, and each row's clock says which of
+//! A version is rebuilt from current state: the version index (`versions.rs`)
+//! lists the rows that referenced it, and each row's clock says which of
 //! its cells (and whether its row-life sentinel) came from that version; the
 //! values come from the data table. Changes that were overwritten since are
 //! simply absent, and the pieces still cover the whole seq range. A held
@@ -16,13 +16,14 @@ use std::ops::RangeInclusive;
 use rusqlite::OptionalExtension;
 
 use crate::actor::ActorId;
-use crate::apply::read_buffered;
+use crate::apply::buffered_pieces;
 use crate::bookkeeping::ActorBooks;
 use crate::change::{CHUNK_BYTES, Change, Changeset, chunk_version};
 use crate::clock::RowClock;
 use crate::error::StoreError;
 use crate::store::Store;
 use crate::value::{SqlValue, decode_key};
+use crate::versions::{version_entry, version_rows};
 
 impl Store {
     /// The changesets for `versions` of `actor` that this node can provide.
@@ -41,7 +42,14 @@ impl Store {
         let Some((idx, head, books)) = row else {
             return Ok(Vec::new());
         };
-        let books = ActorBooks::decode(head, &books)?;
+        let mut books = ActorBooks::decode(head, &books)?;
+        if idx == self.inner.self_idx {
+            // Own commits are recorded only in the version index.
+            let own = crate::versions::max_version(&tx, idx)?;
+            if own > 0 {
+                books.mark_held(1..=own);
+            }
+        }
         let catalog = self.inner.catalog.read().clone();
         let mut out = Vec::new();
         let mut cleared: Option<RangeInclusive<u64>> = None;
@@ -53,19 +61,14 @@ impl Store {
             };
         let hi = (*versions.end()).min(books.head);
         for v in (*versions.start()).max(1)..=hi {
-            if let Some(p) = books.partials.get(&v) {
+            if books.partials.contains_key(&v) {
                 flush_cleared(&mut out, &mut cleared);
-                let held = read_buffered(&tx, idx, v)?;
-                for r in p.seqs.iter() {
-                    let changes: Vec<Change> = held
-                        .iter()
-                        .filter(|c| r.contains(&c.seq))
-                        .cloned()
-                        .collect();
+                let p = &books.partials[&v];
+                for (seqs, changes) in buffered_pieces(&tx, idx, v)? {
                     out.push(Changeset::Version {
                         actor,
                         version: v,
-                        seqs: r.clone(),
+                        seqs,
                         last_seq: p.last_seq,
                         ts: p.ts,
                         changes,
@@ -77,23 +80,18 @@ impl Store {
                 flush_cleared(&mut out, &mut cleared);
                 continue;
             }
-            let rows: Vec<(u32, Vec<u8>, u64)> = tx
-                .prepare_cached("SELECT tbl, key, last_seq FROM __corro_row_versions WHERE actor = ?1 AND version = ?2")?
-                .query_map(rusqlite::params![idx, v], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<rusqlite::Result<_>>()?;
-            if rows.is_empty() {
+            let entry = version_entry(&tx, idx, v)?.filter(|e| e.live > 0);
+            let Some(entry) = entry else {
                 cleared = Some(match cleared.take() {
                     Some(r) => *r.start()..=v,
                     None => v..=v,
                 });
                 continue;
-            }
+            };
+            let rows = version_rows(&tx, idx, v)?;
             flush_cleared(&mut out, &mut cleared);
             let mut changes = Vec::new();
-            let mut last_seq = 0;
-            let mut ts = 0;
-            for (tbl, key, ls) in rows {
-                last_seq = ls;
+            for (tbl, key) in rows {
                 let Some(meta) = catalog.table(tbl) else {
                     continue;
                 };
@@ -107,7 +105,6 @@ impl Store {
                     continue;
                 };
                 let clock = RowClock::decode(&clock)?;
-                ts = ts.max(clock.ts);
                 if let Some(o) = clock.cl_origin.filter(|o| o.actor == idx && o.version == v) {
                     changes.push(Change {
                         table: meta.name.clone(),
@@ -152,7 +149,14 @@ impl Store {
                 }
             }
             changes.sort_by_key(|c| c.seq);
-            out.extend(chunk_version(actor, v, last_seq, ts, changes, CHUNK_BYTES));
+            out.extend(chunk_version(
+                actor,
+                v,
+                entry.last_seq,
+                entry.ts,
+                changes,
+                CHUNK_BYTES,
+            ));
         }
         flush_cleared(&mut out, &mut cleared);
         Ok(out)

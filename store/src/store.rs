@@ -132,7 +132,7 @@ impl Store {
         }
 
         let catalog = load_catalog(&local)?;
-        let books = load_books(&local)?;
+        let books = load_books(&local, self_idx)?;
         tracing::info!(actor_id = %actor, path = %path.display(), tables = catalog.tables.len(), "store opened");
         Ok(Store {
             inner: Arc::new(Inner {
@@ -170,7 +170,7 @@ impl Store {
             .read()
             .tables
             .values()
-            .map(|t| t.name.clone())
+            .map(|t| t.name.to_string())
             .collect();
         v.sort();
         v
@@ -343,7 +343,13 @@ pub(crate) fn load_catalog(conn: &Connection) -> Result<Catalog, StoreError> {
     Ok(cat)
 }
 
-pub(crate) fn load_books(conn: &Connection) -> Result<HashMap<u32, ActorBooks>, StoreError> {
+/// Loads every actor's bookkeeping. This node's own commits are recorded only
+/// in the version index (one write fewer per commit), so versions
+/// `1..=max(own version in index)` are added to its books here.
+pub(crate) fn load_books(
+    conn: &Connection,
+    self_idx: u32,
+) -> Result<HashMap<u32, ActorBooks>, StoreError> {
     let mut stmt = conn.prepare_cached("SELECT idx, head, books FROM __corro_actors")?;
     let rows: Vec<(u32, u64, Vec<u8>)> = stmt
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
@@ -351,6 +357,10 @@ pub(crate) fn load_books(conn: &Connection) -> Result<HashMap<u32, ActorBooks>, 
     let mut out = HashMap::new();
     for (idx, head, b) in rows {
         out.insert(idx, ActorBooks::decode(head, &b)?);
+    }
+    let own_head = crate::versions::max_version(conn, self_idx)?;
+    if own_head > 0 {
+        out.entry(self_idx).or_default().mark_held(1..=own_head);
     }
     Ok(out)
 }

@@ -13,6 +13,7 @@ use crate::clock::RowClock;
 use crate::error::StoreError;
 use crate::store::{Store, load_books};
 use crate::value::decode_key;
+use crate::versions::version_rows;
 
 impl Store {
     /// Checks every invariant; the error names the first one broken.
@@ -21,7 +22,7 @@ impl Store {
         let tx = conn.unchecked_transaction()?;
         let bad = |m: String| Err(StoreError::Integrity(m));
         let catalog = self.inner.catalog.read().clone();
-        let books = load_books(&tx)?;
+        let books = load_books(&tx, self.inner.self_idx)?;
         let mut referenced: BTreeSet<(u32, u64, u32, Vec<u8>)> = BTreeSet::new();
         for meta in catalog.tables.values() {
             let mut stmt = tx.prepare(&meta.sql_all_clocks)?;
@@ -66,15 +67,39 @@ impl Store {
                 ));
             }
         }
-        let mut stmt = tx.prepare("SELECT actor, version, tbl, key FROM __corro_row_versions")?;
-        let index: BTreeSet<(u32, u64, u32, Vec<u8>)> = stmt
-            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+        // Every referenced version lists the row, and its live count is exact.
+        let mut live: std::collections::BTreeMap<(u32, u64), i64> = Default::default();
+        for (a, v, _, _) in &referenced {
+            *live.entry((*a, *v)).or_default() += 1;
+        }
+        let mut stmt = tx.prepare("SELECT actor, version, live FROM __corro_versions")?;
+        let entries: Vec<(u32, u64, i64)> = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
             .collect::<rusqlite::Result<_>>()?;
-        if index != referenced {
-            let extra = index.difference(&referenced).count();
-            let missing = referenced.difference(&index).count();
+        for (a, v, n) in entries {
+            let want = live.remove(&(a, v)).unwrap_or(0);
+            if n != want {
+                return bad(format!(
+                    "version {v} of actor #{a}: index says {n} live rows, clocks say {want}"
+                ));
+            }
+            if want > 0 {
+                let rows: BTreeSet<(u32, Vec<u8>)> = version_rows(&tx, a, v)?.into_iter().collect();
+                for (ra, rv, t, k) in referenced.range((a, v, 0, Vec::new())..) {
+                    if (*ra, *rv) != (a, v) {
+                        break;
+                    }
+                    if !rows.contains(&(*t, k.clone())) {
+                        return bad(format!(
+                            "version {v} of actor #{a} does not list a row that references it"
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(((a, v), n)) = live.into_iter().next() {
             return bad(format!(
-                "version index disagrees with clocks ({extra} stale entries, {missing} missing)"
+                "{n} rows reference version {v} of actor #{a} which has no index entry"
             ));
         }
         let mem = self.inner.books.read().clone();

@@ -23,6 +23,7 @@ use crate::clock::{CellClock, Origin, RowClock};
 use crate::error::StoreError;
 use crate::store::{Store, Writer};
 use crate::value::SqlValue;
+use crate::versions::RefChanges;
 
 /// Statements of one local transaction run through this handle.
 pub struct WriteTx<'a> {
@@ -175,30 +176,6 @@ pub(crate) fn get_clock(
         Some((cl, blob)) => (cl, RowClock::decode(&blob)?),
         None => (0, RowClock::default()),
     })
-}
-
-/// Updates the version -> rows index after a row's clock changed.
-pub(crate) fn reindex_row(
-    conn: &Connection,
-    meta: &TableMeta,
-    key: &[u8],
-    before: &[(u32, u64)],
-    after: &[(u32, u64)],
-    last_seq_of: &dyn Fn(u32, u64) -> u64,
-) -> rusqlite::Result<()> {
-    for o in before.iter().filter(|o| !after.contains(o)) {
-        conn.prepare_cached(
-            "DELETE FROM __corro_row_versions WHERE actor = ?1 AND version = ?2 AND tbl = ?3 AND key = ?4",
-        )?
-        .execute(rusqlite::params![o.0, o.1, meta.id, key])?;
-    }
-    for o in after.iter().filter(|o| !before.contains(o)) {
-        conn.prepare_cached(
-            "INSERT OR IGNORE INTO __corro_row_versions (actor, version, tbl, key, last_seq) VALUES (?1, ?2, ?3, ?4, ?5)",
-        )?
-        .execute(rusqlite::params![o.0, o.1, meta.id, key, last_seq_of(o.0, o.1)])?;
-    }
-    Ok(())
 }
 
 impl Store {
@@ -364,15 +341,24 @@ impl Store {
             return Ok(changes);
         }
         let last_seq = seq - 1;
-        for (meta, key, cl, clock, before) in writes {
-            conn.prepare_cached(&meta.sql_put_clock)?
-                .execute(rusqlite::params![key, cl, clock.encode()])?;
-            reindex_row(conn, &meta, &key, &before, &clock.origins(), &|_, _| {
-                last_seq
-            })?;
+        let mut refs = RefChanges::default();
+        {
+            let mut put = None;
+            let mut put_for = u32::MAX;
+            for (meta, key, cl, clock, before) in writes {
+                if put_for != meta.id {
+                    put = Some(conn.prepare_cached(&meta.sql_put_clock)?);
+                    put_for = meta.id;
+                }
+                if let Some(stmt) = put.as_mut() {
+                    stmt.execute(rusqlite::params![key, cl, clock.encode()])?;
+                }
+                refs.row(meta.id, &key, &before, &clock.origins());
+            }
         }
-        conn.prepare_cached("UPDATE __corro_actors SET head = ?1 WHERE idx = ?2")?
-            .execute(rusqlite::params![version, me])?;
+        // The version's own index entry also records this node's head, so a
+        // local commit writes no separate bookkeeping row.
+        refs.persist(conn, &|_, _| (last_seq, ts))?;
         Ok(changes)
     }
 }

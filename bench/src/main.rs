@@ -1,0 +1,30 @@
+//! `corro-bench`: reproducible benchmarks that print their baseline.
+//!
+//! Every figure is measured next to a baseline from the same run on the same
+//! machine (plain SQLite doing the same work), and the ratio is what
+//! `docs/BENCHMARKS.md` records. Run with `cargo run --release -p corro-bench -- store`.
+#![allow(clippy::print_stdout)]
+
+mod store;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "Corrosion benchmarks (each prints its plain baseline)")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Replicated store vs plain SQLite: single-row writes, bulk insert,
+    /// remote apply, disk size.
+    Store(store::StoreArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().cmd {
+        Cmd::Store(args) => store::run(args),
+    }
+}

@@ -1,0 +1,181 @@
+//! The version index: for every (actor, version) that still has changes in
+//! the database, which rows reference it and how many.
+//!
+//! `__corro_versions` has one small row per version (last seq, commit time,
+//! `live` = number of rows whose clock still references the version, and the
+//! row list inline when short); long row lists go to `__corro_version_rows` in
+//! parts. A version's row list is written once, when the version is applied
+//! or committed. Later, when a row's clock stops referencing a version (its
+//! cells were overwritten), only the small row's `live` count is decremented;
+//! at zero the version is *cleared*: held, but nothing left to send. This
+//! costs one index write per version instead of one per row, and serving a
+//! version costs what the version holds, not what the database holds.
+
+use std::collections::{BTreeMap, HashMap};
+
+use rusqlite::{Connection, OptionalExtension};
+
+use crate::error::StoreError;
+
+/// Row lists longer than this are stored in parts of this many rows.
+const INLINE_ROWS: usize = 512;
+
+/// A row reference: (table id, encoded key).
+pub(crate) type RowRef = (u32, Vec<u8>);
+
+/// Reference changes accumulated over one write or apply transaction.
+#[derive(Default)]
+pub(crate) struct RefChanges {
+    added: BTreeMap<(u32, u64), Vec<RowRef>>,
+    removed: HashMap<(u32, u64), i64>,
+}
+
+impl RefChanges {
+    /// Records that row (tbl, key) referenced `before` and now references `after`.
+    pub(crate) fn row(
+        &mut self,
+        tbl: u32,
+        key: &[u8],
+        before: &[(u32, u64)],
+        after: &[(u32, u64)],
+    ) {
+        for o in before.iter().filter(|o| !after.contains(o)) {
+            *self.removed.entry(*o).or_default() += 1;
+        }
+        for o in after.iter().filter(|o| !before.contains(o)) {
+            self.added.entry(*o).or_default().push((tbl, key.to_vec()));
+        }
+    }
+
+    /// Writes the accumulated changes. `meta(actor, version)` gives the
+    /// (last_seq, ts) of versions gaining references.
+    pub(crate) fn persist(
+        self,
+        conn: &Connection,
+        meta: &dyn Fn(u32, u64) -> (u64, u64),
+    ) -> Result<(), StoreError> {
+        for ((actor, version), mut rows) in self.added {
+            let existing: Option<i64> = conn
+                .prepare_cached(
+                    "SELECT live FROM __corro_versions WHERE actor = ?1 AND version = ?2",
+                )?
+                .query_row(rusqlite::params![actor, version], |r| r.get(0))
+                .optional()?;
+            let mut live = rows.len() as i64;
+            if let Some(n) = existing {
+                // Only reachable if a version gains references twice; keep the
+                // union so serving still finds every row.
+                let mut old = version_rows(conn, actor, version)?;
+                old.append(&mut rows);
+                rows = old;
+                live += n;
+                conn.prepare_cached(
+                    "DELETE FROM __corro_version_rows WHERE actor = ?1 AND version = ?2",
+                )?
+                .execute(rusqlite::params![actor, version])?;
+            }
+            let (last_seq, ts) = meta(actor, version);
+            let inline = if rows.len() <= INLINE_ROWS {
+                Some(postcard::to_stdvec(&rows)?)
+            } else {
+                let mut stmt = conn.prepare_cached(
+                    "INSERT INTO __corro_version_rows (actor, version, part, rows) VALUES (?1, ?2, ?3, ?4)",
+                )?;
+                for (part, chunk) in rows.chunks(INLINE_ROWS * 4).enumerate() {
+                    stmt.execute(rusqlite::params![
+                        actor,
+                        version,
+                        part as u64,
+                        postcard::to_stdvec(chunk)?
+                    ])?;
+                }
+                None
+            };
+            conn.prepare_cached(
+                "INSERT OR REPLACE INTO __corro_versions (actor, version, last_seq, ts, live, rows) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            )?
+            .execute(rusqlite::params![actor, version, last_seq, ts, live, inline])?;
+        }
+        for ((actor, version), n) in self.removed {
+            let left: Option<i64> = conn
+                .prepare_cached(
+                    "UPDATE __corro_versions SET live = live - ?3 WHERE actor = ?1 AND version = ?2 RETURNING live",
+                )?
+                .query_row(rusqlite::params![actor, version, n], |r| r.get(0))
+                .optional()?;
+            if left.is_some_and(|l| l <= 0) {
+                // Cleared: keep the small row (it records the version existed),
+                // drop the row list.
+                conn.prepare_cached("UPDATE __corro_versions SET live = 0, rows = NULL WHERE actor = ?1 AND version = ?2")?
+                    .execute(rusqlite::params![actor, version])?;
+                conn.prepare_cached(
+                    "DELETE FROM __corro_version_rows WHERE actor = ?1 AND version = ?2",
+                )?
+                .execute(rusqlite::params![actor, version])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the index says about one version.
+pub(crate) struct VersionEntry {
+    pub last_seq: u64,
+    pub ts: u64,
+    pub live: i64,
+}
+
+pub(crate) fn version_entry(
+    conn: &Connection,
+    actor: u32,
+    version: u64,
+) -> Result<Option<VersionEntry>, StoreError> {
+    Ok(conn
+        .prepare_cached(
+            "SELECT last_seq, ts, live FROM __corro_versions WHERE actor = ?1 AND version = ?2",
+        )?
+        .query_row(rusqlite::params![actor, version], |r| {
+            Ok(VersionEntry {
+                last_seq: r.get(0)?,
+                ts: r.get(1)?,
+                live: r.get(2)?,
+            })
+        })
+        .optional()?)
+}
+
+/// Rows that referenced the version when it was applied (some may no longer).
+pub(crate) fn version_rows(
+    conn: &Connection,
+    actor: u32,
+    version: u64,
+) -> Result<Vec<RowRef>, StoreError> {
+    let inline: Option<Option<Vec<u8>>> = conn
+        .prepare_cached("SELECT rows FROM __corro_versions WHERE actor = ?1 AND version = ?2")?
+        .query_row(rusqlite::params![actor, version], |r| r.get(0))
+        .optional()?;
+    if let Some(Some(blob)) = inline {
+        return Ok(postcard::from_bytes(&blob)?);
+    }
+    let mut stmt = conn.prepare_cached(
+        "SELECT rows FROM __corro_version_rows WHERE actor = ?1 AND version = ?2 ORDER BY part",
+    )?;
+    let parts: Vec<Vec<u8>> = stmt
+        .query_map(rusqlite::params![actor, version], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut out = Vec::new();
+    for p in parts {
+        let mut rows: Vec<RowRef> = postcard::from_bytes(&p)?;
+        out.append(&mut rows);
+    }
+    Ok(out)
+}
+
+/// Highest version of `actor` in the index (this node's own head survives in
+/// it even when every change of the version was overwritten).
+pub(crate) fn max_version(conn: &Connection, actor: u32) -> Result<u64, StoreError> {
+    Ok(conn
+        .prepare_cached("SELECT max(version) FROM __corro_versions WHERE actor = ?1")?
+        .query_row([actor], |r| r.get::<_, Option<u64>>(0))?
+        .unwrap_or(0))
+}
