@@ -181,13 +181,14 @@ impl Store {
         self.inner.readers.get()
     }
 
-    /// Snapshot of every actor's bookkeeping.
+    /// Snapshot of the bookkeeping of every actor this node knows a version of.
     pub fn books(&self) -> HashMap<ActorId, ActorBooks> {
         let cat = self.inner.catalog.read().clone();
         self.inner
             .books
             .read()
             .iter()
+            .filter(|(_, b)| b.head > 0)
             .map(|(idx, b)| (cat.actor(*idx), b.clone()))
             .collect()
     }
