@@ -89,6 +89,16 @@ pub fn parse(sources: &[SchemaSource]) -> Result<Schema, SchemaError> {
             origin.entry(name).or_insert_with(|| src.path.clone());
         }
     }
+    // Internal names are invisible to `read_live`, so refuse them here.
+    for (name, file) in &origin {
+        if is_internal_name(name) && !name.starts_with("sqlite_autoindex") {
+            return Err(SchemaError::table(
+                file,
+                name,
+                "names starting with '__corro' or 'sqlite_', or containing '__corro_', are reserved",
+            ));
+        }
+    }
     conn.authorizer(None::<fn(AuthContext<'_>) -> Authorization>)
         .map_err(|e| sql_err(Path::new(":memory:"), e))?;
     let mut schema = read_live(&conn, Path::new("<schema files>")).map_err(|e| match e {

@@ -41,10 +41,9 @@ impl Store {
             r.execute("VACUUM INTO ?1", [dest_str])?;
         }
         let copy = Connection::open(dest)?;
-        copy.execute(
-            "DELETE FROM __corro_meta WHERE key IN ('actor_id', 'file_id')",
-            [],
-        )?;
+        let tx = copy.unchecked_transaction()?;
+        crate::store::retire_identity(&tx)?;
+        tx.commit()?;
         tracing::info!(dest = %dest.display(), "backup written");
         Ok(())
     }
@@ -102,10 +101,7 @@ pub fn restore(
     )?;
     dst.pragma_update(None, "journal_mode", "WAL")?;
     let tx = dst.transaction()?;
-    tx.execute(
-        "DELETE FROM __corro_meta WHERE key IN ('actor_id', 'file_id')",
-        [],
-    )?;
+    crate::store::retire_identity(&tx)?;
     if let Some(a) = keep {
         tx.execute(
             "INSERT INTO __corro_meta (key, value) VALUES ('actor_id', ?1)",

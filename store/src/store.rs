@@ -374,6 +374,42 @@ pub(crate) fn actor_index(conn: &Connection, actor: &ActorId) -> rusqlite::Resul
         .query_row([&actor.0[..]], |r| r.get(0))
 }
 
+/// Removes this database's actor identity (for a backup, a restore or a copied
+/// file), first writing that actor's own versions into its bookkeeping row:
+/// while it was this node's identity they were recorded only in the version
+/// index.
+pub(crate) fn retire_identity(conn: &Connection) -> Result<(), StoreError> {
+    let stored: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT value FROM __corro_meta WHERE key = 'actor_id'",
+            [],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(actor) = stored.as_deref().and_then(ActorId::from_slice) {
+        let idx = actor_index(conn, &actor)?;
+        let own = crate::versions::max_version(conn, idx)?;
+        let (head, blob): (u64, Vec<u8>) = conn.query_row(
+            "SELECT head, books FROM __corro_actors WHERE idx = ?1",
+            [idx],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )?;
+        let mut books = ActorBooks::decode(head, &blob)?;
+        if own > 0 {
+            books.mark_held(1..=own);
+        }
+        conn.execute(
+            "UPDATE __corro_actors SET head = ?1, books = ?2 WHERE idx = ?3",
+            rusqlite::params![books.head, books.encode(), idx],
+        )?;
+    }
+    conn.execute(
+        "DELETE FROM __corro_meta WHERE key IN ('actor_id', 'file_id')",
+        [],
+    )?;
+    Ok(())
+}
+
 /// Loads this node's actor id, creating one for a new database and rotating it
 /// for a file that was copied from elsewhere.
 fn init_identity(conn: &Connection, path: &Path) -> Result<(ActorId, u32), StoreError> {
@@ -419,6 +455,7 @@ fn init_identity(conn: &Connection, path: &Path) -> Result<(ActorId, u32), Store
         Some(old) => {
             let new = ActorId::random();
             tracing::warn!(old_actor = %old, new_actor = %new, "database file was copied or moved from elsewhere; using a fresh actor id so two nodes never share one");
+            retire_identity(&tx)?;
             new
         }
         None => ActorId::random(),

@@ -118,11 +118,15 @@ impl WriteTx<'_> {
             }
         })();
         mode.store(false, Ordering::Relaxed);
-        out.map_err(|e| match e {
-            rusqlite::Error::SqliteFailure(f, Some(msg)) if f.code == rusqlite::ErrorCode::AuthorizationForStatementDenied => {
-                StoreError::NotAllowed(format!("{msg} (DDL, PRAGMA, ATTACH, transaction control and writes to internal tables are refused)"))
+        out.map_err(|e| {
+            let text = e.to_string();
+            if text.contains("not authorized") {
+                StoreError::NotAllowed(format!(
+                    "{text} (DDL, PRAGMA, ATTACH, transaction control and writes to internal tables are refused)"
+                ))
+            } else {
+                StoreError::Sqlite(e)
             }
-            other => StoreError::Sqlite(other),
         })
     }
 }

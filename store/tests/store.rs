@@ -1,0 +1,533 @@
+//! Behaviour of one store: capture, versions, refusals, schema changes and
+//! skew, partial and cleared versions, bookkeeping reload, backup/restore and
+//! bad input from peers.
+
+use std::path::{Path, PathBuf};
+
+use corro_store::{
+    Change, Changeset, RestoreOptions, SqlValue, Store, StoreError, StoreOptions, chunk_version,
+    encode_key,
+};
+
+const TODOS: &str = "CREATE TABLE todos (id BLOB NOT NULL PRIMARY KEY, title TEXT NOT NULL DEFAULT '', completed_at INTEGER);";
+
+fn schema_file(dir: &Path, name: &str, sql: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, sql).unwrap();
+    p
+}
+
+fn open_with(dir: &Path, name: &str, sql: &str) -> Store {
+    let s = Store::open(dir.join(name), StoreOptions::default()).unwrap();
+    s.apply_schema_paths(&[schema_file(dir, &format!("{name}.sql"), sql)])
+        .unwrap();
+    s
+}
+
+fn insert(s: &Store, id: &str, title: &str) -> corro_store::Committed<usize> {
+    s.transact(|tx| {
+        tx.execute(
+            "INSERT INTO todos (id, title) VALUES (?, ?)",
+            &[id.into(), title.into()],
+        )
+    })
+    .unwrap()
+}
+
+fn titles(s: &Store) -> Vec<(String, String)> {
+    let r = s.reader();
+    let mut stmt = r
+        .prepare("SELECT id, title FROM todos ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+#[test]
+fn plain_sqlite_reads_but_cannot_write_replicated_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_with(dir.path(), "a.db", TODOS);
+    insert(&s, "some-id", "Write some Corrosion docs!");
+    // A bare connection with nothing loaded, like the sqlite3 shell.
+    let bare = rusqlite::Connection::open(dir.path().join("a.db")).unwrap();
+    let row: (String, String, Option<i64>) = bare
+        .query_row("SELECT * FROM todos", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!(
+        row,
+        ("some-id".into(), "Write some Corrosion docs!".into(), None)
+    );
+    for sql in [
+        "INSERT INTO todos (id) VALUES ('x')",
+        "UPDATE todos SET title = 'sneaky'",
+        "DELETE FROM todos",
+    ] {
+        let e = bare.execute(sql, []).unwrap_err().to_string();
+        assert!(e.contains("no such function: corro_capture"), "{sql}: {e}");
+    }
+    drop(bare);
+    assert_eq!(
+        titles(&s),
+        [(
+            "some-id".to_string(),
+            "Write some Corrosion docs!".to_string()
+        )]
+    );
+    s.verify().unwrap();
+}
+
+#[test]
+fn versions_are_contiguous_and_empty_transactions_consume_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_with(dir.path(), "a.db", TODOS);
+    assert_eq!(insert(&s, "a", "one").version, Some(1));
+    let none = s
+        .transact(|tx| tx.execute("UPDATE todos SET title = 'x' WHERE id = 'missing'", &[]))
+        .unwrap();
+    assert_eq!((none.value, none.version), (0, None));
+    let same = s
+        .transact(|tx| tx.execute("UPDATE todos SET title = 'one'", &[]))
+        .unwrap();
+    assert_eq!(
+        (same.value, same.version),
+        (1, None),
+        "writing the current value is not a change"
+    );
+    let gone = s
+        .transact(|tx| {
+            tx.execute("INSERT INTO todos (id) VALUES ('tmp')", &[])?;
+            tx.execute("DELETE FROM todos WHERE id = 'tmp'", &[])
+        })
+        .unwrap();
+    assert_eq!(
+        gone.version, None,
+        "insert and delete in one transaction is nothing"
+    );
+    let two = insert(&s, "b", "two");
+    assert_eq!(two.version, Some(2));
+    let seqs: Vec<u64> = two.changes.iter().map(|c| c.seq).collect();
+    assert_eq!(seqs, [0, 1, 2]);
+    assert!(two.changes[0].is_sentinel() && two.changes[0].cl == 1);
+    assert_eq!(s.head(), 2);
+}
+
+#[test]
+fn failed_transactions_leave_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_with(dir.path(), "a.db", TODOS);
+    insert(&s, "a", "one");
+    let e = s
+        .transact(|tx| {
+            tx.execute("INSERT INTO todos (id, title) VALUES ('b', 'two')", &[])?;
+            tx.execute("INSERT INTO todos (id, title) VALUES ('a', 'dup')", &[])
+        })
+        .unwrap_err();
+    assert!(e.to_string().contains("UNIQUE constraint failed"), "{e}");
+    assert_eq!(titles(&s).len(), 1);
+    assert_eq!(s.head(), 1);
+    assert_eq!(
+        insert(&s, "c", "three").version,
+        Some(2),
+        "the failed transaction consumed no version"
+    );
+    s.verify().unwrap();
+}
+
+#[test]
+fn api_statements_cannot_touch_schema_or_bookkeeping() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_with(dir.path(), "a.db", TODOS);
+    insert(&s, "a", "one");
+    for sql in [
+        "CREATE TABLE evil (id INTEGER PRIMARY KEY)",
+        "DROP TABLE todos",
+        "ALTER TABLE todos ADD COLUMN x",
+        "PRAGMA journal_mode = DELETE",
+        "ATTACH 'other.db' AS other",
+        "DELETE FROM __corro_versions",
+        "UPDATE __corro_actors SET head = 0",
+        "DELETE FROM todos__corro_clock",
+        "SELECT corro_capture(1, 1, 1, 'x', 'y', NULL)",
+        "BEGIN",
+        "COMMIT",
+    ] {
+        let e = s.transact(|tx| tx.execute(sql, &[])).unwrap_err();
+        assert!(matches!(e, StoreError::NotAllowed(_)), "{sql}: {e}");
+    }
+    assert_eq!(titles(&s).len(), 1);
+    assert_eq!(s.head(), 1);
+    s.verify().unwrap();
+}
+
+#[test]
+fn real_primary_key_values_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_with(
+        dir.path(),
+        "a.db",
+        "CREATE TABLE k (id NOT NULL PRIMARY KEY, v);",
+    );
+    let e = s
+        .transact(|tx| tx.execute("INSERT INTO k (id, v) VALUES (1.5, 'x')", &[]))
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("REAL primary key values are not supported"),
+        "{e}"
+    );
+    // Integers and text are fine, and 1.0 into an INTEGER key column becomes 1.
+    let s2 = open_with(
+        dir.path(),
+        "b.db",
+        "CREATE TABLE k (id INTEGER NOT NULL PRIMARY KEY, v);",
+    );
+    let c = s2
+        .transact(|tx| tx.execute("INSERT INTO k (id, v) VALUES (1.0, 'x')", &[]))
+        .unwrap();
+    assert_eq!(c.changes[0].pk, encode_key(&[SqlValue::Integer(1)]));
+}
+
+#[test]
+fn primary_key_updates_replicate_as_delete_plus_insert() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open_with(dir.path(), "a.db", TODOS);
+    let b = open_with(dir.path(), "b.db", TODOS);
+    let c1 = insert(&a, "old", "title");
+    let c2 = a
+        .transact(|tx| tx.execute("UPDATE todos SET id = 'new' WHERE id = 'old'", &[]))
+        .unwrap();
+    assert_eq!(c2.changes.iter().filter(|c| c.is_sentinel()).count(), 2);
+    b.apply(c2.changesets(a.actor_id())).unwrap();
+    b.apply(c1.changesets(a.actor_id())).unwrap();
+    assert_eq!(titles(&b), [("new".to_string(), "title".to_string())]);
+    assert_eq!(titles(&a), titles(&b));
+}
+
+#[test]
+fn schema_changes_apply_additively_and_bad_ones_keep_the_old_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open_with(dir.path(), "a.db", TODOS);
+    insert(&a, "x", "before");
+    let p = schema_file(
+        dir.path(),
+        "v2.sql",
+        "CREATE TABLE todos (id BLOB NOT NULL PRIMARY KEY, title TEXT NOT NULL DEFAULT '', completed_at INTEGER, owner TEXT NOT NULL DEFAULT 'nobody');
+         CREATE INDEX todos_owner ON todos (owner);",
+    );
+    let d = a.apply_schema_paths(&[&p]).unwrap();
+    assert_eq!(d.new_columns.len(), 1);
+    let c = a
+        .transact(|tx| tx.execute("UPDATE todos SET owner = 'me'", &[]))
+        .unwrap();
+    assert_eq!(c.changes[0].column.as_deref(), Some("owner"));
+    let owner: String = a
+        .reader()
+        .query_row("SELECT owner FROM todos", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(owner, "me");
+
+    let bad = schema_file(
+        dir.path(),
+        "bad.sql",
+        "CREATE TABLE todos (id BLOB NOT NULL PRIMARY KEY, title TEXT NOT NULL DEFAULT '');",
+    );
+    let e = a.apply_schema_paths(&[&bad]).unwrap_err().to_string();
+    assert!(
+        e.contains("bad.sql") && e.contains("table 'todos'") && e.contains("dropping column"),
+        "{e}"
+    );
+    // Still the v2 schema: the column is there and writes work.
+    insert(&a, "y", "after");
+    assert_eq!(a.schema().unwrap().tables["todos"].columns.len(), 4);
+    assert!(a.schema().unwrap().indexes.contains_key("todos_owner"));
+    a.verify().unwrap();
+}
+
+#[test]
+fn changes_for_unknown_columns_wait_for_the_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let v2 = "CREATE TABLE todos (id BLOB NOT NULL PRIMARY KEY, title TEXT NOT NULL DEFAULT '', completed_at INTEGER, owner TEXT);";
+    let a = open_with(dir.path(), "a.db", v2);
+    let b = open_with(dir.path(), "b.db", TODOS);
+    let c = a
+        .transact(|tx| {
+            tx.execute(
+                "INSERT INTO todos (id, title, owner) VALUES ('x', 't', 'me')",
+                &[],
+            )
+        })
+        .unwrap();
+    let out = b.apply(c.changesets(a.actor_id())).unwrap();
+    assert_eq!((out.applied.len(), out.pending_schema), (0, 1));
+    assert!(titles(&b).is_empty());
+    assert!(
+        !b.books()[&a.actor_id()].holds(1),
+        "a version kept aside is not held"
+    );
+    b.apply_schema_paths(&[schema_file(dir.path(), "b2.sql", v2)])
+        .unwrap();
+    assert_eq!(titles(&b), [("x".to_string(), "t".to_string())]);
+    assert!(b.books()[&a.actor_id()].holds(1));
+    b.verify().unwrap();
+}
+
+#[test]
+fn big_versions_arrive_in_chunks_survive_a_restart_and_apply_atomically() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open_with(dir.path(), "a.db", TODOS);
+    let c = a
+        .transact(|tx| {
+            for i in 0..2000 {
+                tx.execute(
+                    "INSERT INTO todos (id, title) VALUES (?, ?)",
+                    &[format!("id-{i:05}").into(), format!("title {i}").into()],
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let pieces = c.changesets(a.actor_id());
+    assert!(pieces.len() > 10, "{} pieces", pieces.len());
+    let (first, rest) = pieces.split_at(pieces.len() / 2);
+    {
+        let b = open_with(dir.path(), "b.db", TODOS);
+        for p in first {
+            let out = b.apply(vec![p.clone()]).unwrap();
+            assert_eq!(out.buffered, 1);
+        }
+        assert!(
+            titles(&b).is_empty(),
+            "nothing visible before the version is complete"
+        );
+        // Pieces held so far can be served onwards.
+        assert_eq!(
+            b.changes_for(a.actor_id(), 1..=1).unwrap().len(),
+            first.len()
+        );
+    }
+    let b = Store::open(dir.path().join("b.db"), StoreOptions::default()).unwrap();
+    assert_eq!(
+        b.books()[&a.actor_id()].partials.len(),
+        1,
+        "partial reloaded"
+    );
+    let out = b.apply(rest.to_vec()).unwrap();
+    assert_eq!(out.applied, [(a.actor_id(), 1)]);
+    assert_eq!(titles(&b), titles(&a));
+    b.verify().unwrap();
+}
+
+#[test]
+fn fully_overwritten_versions_are_served_as_cleared() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open_with(dir.path(), "a.db", TODOS);
+    let b = open_with(dir.path(), "b.db", TODOS);
+    insert(&a, "x", "one");
+    a.transact(|tx| tx.execute("DELETE FROM todos", &[]))
+        .unwrap();
+    a.transact(|tx| tx.execute("INSERT INTO todos (id, title) VALUES ('x', 'two')", &[]))
+        .unwrap();
+    let served = a.changes_for(a.actor_id(), 1..=3).unwrap();
+    assert!(
+        matches!(&served[0], Changeset::Cleared { versions, .. } if *versions == (1..=2)),
+        "{served:?}"
+    );
+    b.apply(served).unwrap();
+    assert_eq!(titles(&b), [("x".to_string(), "two".to_string())]);
+    assert_eq!(b.books(), a.books());
+    b.verify().unwrap();
+    a.verify().unwrap();
+}
+
+#[test]
+fn bookkeeping_gaps_reload_after_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open_with(dir.path(), "a.db", TODOS);
+    let sets: Vec<Vec<Changeset>> = (0..5)
+        .map(|i| insert(&a, &format!("r{i}"), "t").changesets(a.actor_id()))
+        .collect();
+    {
+        let b = open_with(dir.path(), "b.db", TODOS);
+        b.apply(sets[1].clone()).unwrap();
+        b.apply(sets[4].clone()).unwrap();
+        assert_eq!(b.books()[&a.actor_id()].needed(), vec![1..=1, 3..=4]);
+    }
+    let b = Store::open(dir.path().join("b.db"), StoreOptions::default()).unwrap();
+    let books = &b.books()[&a.actor_id()];
+    assert_eq!((books.head, books.needed()), (5, vec![1..=1, 3..=4]));
+    b.verify().unwrap();
+}
+
+#[test]
+fn backup_has_no_identity_and_restore_replaces_the_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open_with(dir.path(), "a.db", TODOS);
+    insert(&a, "x", "one");
+    let backup = dir.path().join("backup.db");
+    a.backup(&backup).unwrap();
+    assert!(
+        a.backup(&backup)
+            .unwrap_err()
+            .to_string()
+            .contains("already exists")
+    );
+    let id: Option<Vec<u8>> = rusqlite::Connection::open(&backup)
+        .unwrap()
+        .query_row(
+            "SELECT value FROM __corro_meta WHERE key = 'actor_id'",
+            [],
+            |r| r.get(0),
+        )
+        .ok();
+    assert_eq!(id, None);
+    // Seed a new node from it: same rows, new actor, old actor's history kept.
+    let seeded = Store::open(&backup, StoreOptions::default()).unwrap();
+    assert_ne!(seeded.actor_id(), a.actor_id());
+    assert_eq!(titles(&seeded), titles(&a));
+    assert!(seeded.books()[&a.actor_id()].holds(1));
+    seeded.verify().unwrap();
+    drop(seeded);
+
+    // Restore over another node's database (not running), keeping its actor.
+    let target = dir.path().join("b.db");
+    let b_actor = {
+        let b = open_with(dir.path(), "b.db", TODOS);
+        insert(&b, "y", "other");
+        b.actor_id()
+    };
+    corro_store::restore(&target, &backup, RestoreOptions { keep_actor: true }).unwrap();
+    let b = Store::open(&target, StoreOptions::default()).unwrap();
+    assert_eq!(b.actor_id(), b_actor);
+    assert_eq!(titles(&b), [("x".to_string(), "one".to_string())]);
+    b.verify().unwrap();
+    drop(b);
+    corro_store::restore(&target, &backup, RestoreOptions::default()).unwrap();
+    let b = Store::open(&target, StoreOptions::default()).unwrap();
+    assert_ne!(
+        b.actor_id(),
+        b_actor,
+        "without keep_actor a restore gets a fresh id"
+    );
+
+    let junk = schema_file(dir.path(), "junk.db", "not a database");
+    assert!(corro_store::restore(&target, &junk, RestoreOptions::default()).is_err());
+}
+
+#[test]
+fn a_copied_database_file_gets_a_fresh_actor_id() {
+    let dir = tempfile::tempdir().unwrap();
+    let actor = {
+        let a = open_with(dir.path(), "a.db", TODOS);
+        insert(&a, "x", "one");
+        a.actor_id()
+    };
+    std::fs::copy(dir.path().join("a.db"), dir.path().join("copy.db")).unwrap();
+    let copy = Store::open(dir.path().join("copy.db"), StoreOptions::default()).unwrap();
+    assert_ne!(copy.actor_id(), actor);
+    assert!(copy.books()[&actor].holds(1));
+    let again = Store::open(dir.path().join("a.db"), StoreOptions::default()).unwrap();
+    assert_eq!(again.actor_id(), actor, "the original keeps its id");
+    assert_eq!(again.head(), 1);
+}
+
+#[test]
+fn host_local_tables_live_beside_replicated_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open_with(dir.path(), "a.db", TODOS);
+    a.local_write(|c| c.execute_batch("CREATE TABLE local_notes (k TEXT PRIMARY KEY, v); INSERT INTO local_notes VALUES ('a', 1);"))
+        .unwrap();
+    let e = a
+        .local_write(|c| c.execute("INSERT INTO todos (id) VALUES ('x')", []))
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("must go through the corrosion agent"),
+        "{e}"
+    );
+    // Schema reloads ignore host-local tables.
+    let d = a
+        .apply_schema_paths(&[schema_file(dir.path(), "same.sql", TODOS)])
+        .unwrap();
+    assert!(d.kept_tables.is_empty() && d.is_empty());
+    let n: i64 = a
+        .reader()
+        .query_row("SELECT count(*) FROM local_notes", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(a.tables(), ["todos"]);
+}
+
+fn cell(pk: &str, column: Option<&str>, cl: u64, seq: u64) -> Change {
+    Change {
+        table: "todos".into(),
+        pk: encode_key(&[SqlValue::Text(pk.into())]),
+        column: column.map(Into::into),
+        value: SqlValue::Text("v".into()),
+        col_version: 1,
+        cl,
+        seq,
+    }
+}
+
+#[test]
+fn malformed_changes_from_peers_are_rejected_and_change_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let b = open_with(dir.path(), "b.db", TODOS);
+    let actor = corro_store::ActorId::random();
+    let good = chunk_version(
+        actor,
+        1,
+        1,
+        0,
+        vec![cell("a", None, 1, 0), cell("a", Some("title"), 1, 1)],
+        8192,
+    );
+    let mut bad_pk = cell("a", Some("title"), 1, 0);
+    bad_pk.pk = vec![0xff, 0xff];
+    let cases: Vec<(Changeset, &str)> = vec![
+        (
+            chunk_version(actor, 2, 0, 0, vec![cell("b", Some("title"), 2, 0)], 8192).remove(0),
+            "impossible causal length",
+        ),
+        (
+            chunk_version(actor, 2, 0, 0, vec![bad_pk], 8192).remove(0),
+            "undecodable primary key",
+        ),
+        (
+            Changeset::Version {
+                actor,
+                version: 2,
+                seqs: 0..=5,
+                last_seq: 3,
+                ts: 0,
+                changes: vec![],
+            },
+            "outside 0..=3",
+        ),
+        (
+            Changeset::Version {
+                actor,
+                version: 2,
+                seqs: 0..=0,
+                last_seq: 3,
+                ts: 0,
+                changes: vec![cell("c", None, 1, 2)],
+            },
+            "outside its piece",
+        ),
+    ];
+    for (set, want) in cases {
+        let mut batch = good.clone();
+        batch.push(set);
+        let e = b.apply(batch).unwrap_err().to_string();
+        assert!(e.contains(want) && e.contains(&actor.to_string()), "{e}");
+        assert!(titles(&b).is_empty(), "the whole batch is rejected");
+    }
+    b.apply(good).unwrap();
+    assert_eq!(titles(&b).len(), 1);
+    b.verify().unwrap();
+}
