@@ -153,16 +153,23 @@ pub(crate) fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-/// Rolls back on drop unless disarmed.
+/// Ends a local transaction however the closure exits (including a panic):
+/// capture is switched off, and the transaction is rolled back unless it
+/// was committed.
 struct TxGuard<'a> {
-    conn: &'a Connection,
+    writer: &'a Writer,
     armed: bool,
 }
 
 impl Drop for TxGuard<'_> {
     fn drop(&mut self) {
+        {
+            let mut cap = self.writer.capture.lock();
+            cap.active = false;
+            cap.rows.clear();
+        }
         if self.armed {
-            let _ = self.conn.execute_batch("ROLLBACK");
+            let _ = self.writer.local.execute_batch("ROLLBACK");
         }
     }
 }
@@ -192,7 +199,10 @@ impl Store {
         let w = self.inner.writer.lock();
         let conn = &w.local;
         conn.execute_batch("BEGIN IMMEDIATE")?;
-        let mut guard = TxGuard { conn, armed: true };
+        let mut guard = TxGuard {
+            writer: &w,
+            armed: true,
+        };
         {
             let mut cap = w.capture.lock();
             cap.rows.clear();
@@ -205,11 +215,6 @@ impl Store {
             let changes = self.flush(&w, version, ts)?;
             Ok((value, version, ts, changes))
         })();
-        {
-            let mut cap = w.capture.lock();
-            cap.active = false;
-            cap.rows.clear();
-        }
         let (value, version, ts, changes) = result?;
         conn.execute_batch("COMMIT")?;
         guard.armed = false;
