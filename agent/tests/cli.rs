@@ -2,6 +2,8 @@
 //! re-applies them on SIGHUP, stops cleanly on SIGTERM; backup and restore
 //! from the command line; bad config is one clear error line.
 
+#![allow(clippy::unwrap_used, clippy::print_stdout, reason = "test code")]
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

@@ -1,6 +1,8 @@
 //! Schema files: what is accepted, what is rejected (with the message an
 //! operator sees), and how a wanted schema diffs against a live one.
 
+#![allow(clippy::unwrap_used, clippy::print_stdout, reason = "test code")]
+
 use std::path::{Path, PathBuf};
 
 use corro_schema::{SchemaError, diff, from_paths, parse, read_live, validate};

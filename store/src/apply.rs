@@ -372,9 +372,12 @@ fn take_buffered(conn: &Connection, actor: u32, version: u64) -> Result<Vec<Chan
     Ok(changes)
 }
 
+/// The changes to one row in a merge batch, with their origins.
+type RowChanges<'a> = Vec<(Origin, &'a Change)>;
+
 /// Merges complete versions into the tables.
 fn merge(conn: &Connection, catalog: &Catalog, ready: &[Ready]) -> Result<(), StoreError> {
-    let mut rows: BTreeMap<(u32, &[u8]), Vec<(Origin, &Change)>> = BTreeMap::new();
+    let mut rows: BTreeMap<(u32, &[u8]), RowChanges<'_>> = BTreeMap::new();
     let mut last_seqs: HashMap<(u32, u64), u64> = HashMap::new();
     let mut ts_of: HashMap<(u32, u64), u64> = HashMap::new();
     for r in ready {

@@ -58,6 +58,9 @@ pub(crate) fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
+/// Cache key of a generated statement: (is insert, column subset).
+type SqlKey = (bool, Vec<usize>);
+
 /// One replicated table and its precomputed statements.
 #[derive(Debug)]
 pub(crate) struct TableMeta {
@@ -67,7 +70,7 @@ pub(crate) struct TableMeta {
     /// Replicated non-key columns in table order.
     pub cols: Vec<Arc<str>>,
     /// Cached INSERT/UPDATE statements by column subset.
-    sql_cache: parking_lot::Mutex<HashMap<(bool, Vec<usize>), Arc<str>>>,
+    sql_cache: parking_lot::Mutex<HashMap<SqlKey, Arc<str>>>,
     col_idx: HashMap<String, usize>,
     pub q_name: String,
     pub sql_get_clock: String,

@@ -160,6 +160,10 @@ impl RowMerge {
 
     /// Applies a cell write. `current` fetches the stored value of a column
     /// (only called on a `col_version` tie). Returns true if the write won.
+    #[expect(
+        clippy::too_many_arguments,
+        reason = "the inputs are one change's fields plus two lookups; a struct per call would only move them"
+    )]
     pub(crate) fn cell<E>(
         &mut self,
         col: usize,

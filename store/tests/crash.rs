@@ -6,6 +6,8 @@
 //! `CORRO_CRASH_CHILD` set (see `crash_child_writer`), so the crash is a real
 //! process death, not a simulated one.
 
+#![allow(clippy::unwrap_used, clippy::print_stdout, reason = "test code")]
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

@@ -8,6 +8,8 @@
 //!   the merged state equals running the same statements one after another on
 //!   a plain SQLite table (the oracle).
 
+#![allow(clippy::unwrap_used, clippy::print_stdout, reason = "test code")]
+
 use std::path::Path;
 
 use corro_store::{Changeset, SqlValue, Store, StoreOptions, chunk_version};

@@ -1,3 +1,8 @@
+//! The reference quick start at store level: a row written on one node is
+//! readable on another, and an update flows back.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout, reason = "test code")]
+
 use corro_store::{SqlValue, Store, StoreOptions};
 
 fn schema(dir: &std::path::Path, sql: &str) -> std::path::PathBuf {

@@ -2,6 +2,8 @@
 //! skew, partial and cleared versions, bookkeeping reload, backup/restore and
 //! bad input from peers.
 
+#![allow(clippy::unwrap_used, clippy::print_stdout, reason = "test code")]
+
 use std::path::{Path, PathBuf};
 
 use corro_store::{
