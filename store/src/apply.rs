@@ -377,7 +377,7 @@ type RowChanges<'a> = Vec<(Origin, &'a Change)>;
 
 /// Merges complete versions into the tables.
 fn merge(conn: &Connection, catalog: &Catalog, ready: &[Ready]) -> Result<(), StoreError> {
-    let mut rows: BTreeMap<(u32, &[u8]), RowChanges<'_>> = BTreeMap::new();
+    let mut rows: BTreeMap<(u32, &Arc<[u8]>), RowChanges<'_>> = BTreeMap::new();
     let mut last_seqs: HashMap<(u32, u64), u64> = HashMap::new();
     let mut ts_of: HashMap<(u32, u64), u64> = HashMap::new();
     for r in ready {

@@ -75,6 +75,7 @@ pub(crate) struct TableMeta {
     pub q_name: String,
     pub sql_get_clock: String,
     pub sql_put_clock: String,
+    pub sql_new_clock: String,
     pub sql_select_values: String,
     pub sql_delete_row: String,
     pub sql_all_clocks: String,
@@ -111,6 +112,9 @@ impl TableMeta {
             name: Arc::from(table.name.as_str()),
             sql_cache: Default::default(),
             sql_get_clock: format!("SELECT cl, clock FROM {q_clock} WHERE key = ?1"),
+            sql_new_clock: format!(
+                "INSERT OR IGNORE INTO {q_clock} (key, cl, clock) VALUES (?1, ?2, ?3)"
+            ),
             sql_put_clock: format!(
                 "INSERT OR REPLACE INTO {q_clock} (key, cl, clock) VALUES (?1, ?2, ?3)"
             ),

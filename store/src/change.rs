@@ -26,7 +26,7 @@ pub const CHUNK_BYTES: usize = 8 * 1024;
 pub struct Change {
     pub table: Arc<str>,
     /// Encoded primary key (see [`crate::encode_key`]).
-    pub pk: Vec<u8>,
+    pub pk: Arc<[u8]>,
     /// The column written, or `None` for a row-life sentinel.
     pub column: Option<Arc<str>>,
     /// The value written (`Null` for sentinels).
@@ -150,7 +150,7 @@ mod tests {
     fn change(seq: u64, len: usize) -> Change {
         Change {
             table: "t".into(),
-            pk: vec![1],
+            pk: vec![1].into(),
             column: Some("c".into()),
             value: SqlValue::Blob(vec![0; len]),
             col_version: 1,

@@ -73,6 +73,9 @@ fn pragmas(conn: &Connection, busy: std::time::Duration) -> rusqlite::Result<()>
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "NORMAL")?;
     conn.pragma_update(None, "foreign_keys", false)?;
+    // 64 MiB of page cache for the writer connections: big transactions and
+    // merges touch the data table, its clock table and the version index.
+    conn.pragma_update(None, "cache_size", -65536)?;
     conn.set_prepared_statement_cache_capacity(256);
     Ok(())
 }

@@ -84,7 +84,10 @@ impl Store {
                 ));
             }
             if want > 0 {
-                let rows: BTreeSet<(u32, Vec<u8>)> = version_rows(&tx, a, v)?.into_iter().collect();
+                let rows: BTreeSet<(u32, Vec<u8>)> = version_rows(&tx, a, v)?
+                    .into_iter()
+                    .map(|(t, k)| (t, k.to_vec()))
+                    .collect();
                 for (ra, rv, t, k) in referenced.range((a, v, 0, Vec::new())..) {
                     if (*ra, *rv) != (a, v) {
                         break;

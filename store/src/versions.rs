@@ -12,6 +12,7 @@
 //! version costs what the version holds, not what the database holds.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension};
 
@@ -21,7 +22,7 @@ use crate::error::StoreError;
 const INLINE_ROWS: usize = 512;
 
 /// A row reference: (table id, encoded key).
-pub(crate) type RowRef = (u32, Vec<u8>);
+pub(crate) type RowRef = (u32, Arc<[u8]>);
 
 /// Reference changes accumulated over one write or apply transaction.
 #[derive(Default)]
@@ -35,7 +36,7 @@ impl RefChanges {
     pub(crate) fn row(
         &mut self,
         tbl: u32,
-        key: &[u8],
+        key: &Arc<[u8]>,
         before: &[(u32, u64)],
         after: &[(u32, u64)],
     ) {
@@ -43,7 +44,7 @@ impl RefChanges {
             *self.removed.entry(*o).or_default() += 1;
         }
         for o in after.iter().filter(|o| !before.contains(o)) {
-            self.added.entry(*o).or_default().push((tbl, key.to_vec()));
+            self.added.entry(*o).or_default().push((tbl, key.clone()));
         }
     }
 

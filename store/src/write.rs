@@ -15,6 +15,8 @@
 
 use std::sync::atomic::Ordering;
 
+use std::sync::Arc;
+
 use rusqlite::{Connection, OptionalExtension, Statement};
 
 use crate::catalog::TableMeta;
@@ -245,126 +247,129 @@ impl Store {
         let conn = &w.local;
         let catalog = self.inner.catalog.read().clone();
         let me = self.inner.self_idx;
-        let mut seq = 0u64;
-        let next = |seq: &mut u64| {
-            let o = Origin {
-                actor: me,
-                version,
-                seq: *seq,
-            };
-            *seq += 1;
-            o
+        let mine = [(me, version)];
+        let origin = |seq: u64| Origin {
+            actor: me,
+            version,
+            seq,
         };
-        let mut changes = Vec::new();
-        let mut writes = Vec::new();
+        let mut seq = 0u64;
+        let mut changes = Vec::with_capacity(rows.len() * 2);
+        let mut refs = RefChanges::default();
+        // Rows come sorted by table, so statements are prepared once per table.
+        let mut stmts: Option<(u32, [rusqlite::CachedStatement<'_>; 3])> = None;
         for ((tbl, key), img) in rows {
             let meta = catalog.table(tbl).ok_or_else(|| {
                 StoreError::Corrupt(format!("capture for unknown table id {tbl}"))
             })?;
-            let (cl, mut clock) = get_clock(conn, meta, &key)?;
-            let before_origins = clock.origins();
-            let ncols = meta.cols.len();
-            let new_cl = match (img.before, img.after) {
-                (None, None) => continue,
-                (Some(b), Some(a)) if cl % 2 == 1 => {
-                    let mut any = false;
-                    for i in 0..ncols {
-                        let (old, new) = (
-                            b.get(i).unwrap_or(&SqlValue::Null),
-                            a.get(i).unwrap_or(&SqlValue::Null),
-                        );
-                        if old.same_as(new) {
-                            continue;
-                        }
-                        let col_version = clock.col(i).map_or(0, |c| c.col_version) + 1;
-                        let origin = next(&mut seq);
-                        clock.set_col(
-                            i,
-                            Some(CellClock {
-                                col_version,
-                                origin,
-                            }),
-                        );
-                        changes.push(Change {
-                            table: meta.name.clone(),
-                            pk: key.clone(),
-                            column: Some(meta.cols[i].clone()),
-                            value: new.clone(),
-                            col_version,
-                            cl,
-                            seq: origin.seq,
-                        });
-                        any = true;
-                    }
-                    if !any {
-                        continue;
-                    }
-                    cl
-                }
-                (_, Some(a)) => {
-                    let new_cl = if cl % 2 == 1 { cl + 2 } else { cl + 1 };
-                    let origin = next(&mut seq);
-                    clock = RowClock {
-                        cl_origin: Some(origin),
-                        cols: vec![None; ncols],
-                        ts,
-                    };
-                    changes.push(sentinel(meta, &key, new_cl, origin.seq));
-                    for (i, v) in a.into_iter().enumerate().take(ncols) {
-                        let origin = next(&mut seq);
-                        clock.set_col(
-                            i,
-                            Some(CellClock {
-                                col_version: 1,
-                                origin,
-                            }),
-                        );
-                        changes.push(Change {
-                            table: meta.name.clone(),
-                            pk: key.clone(),
-                            column: Some(meta.cols[i].clone()),
-                            value: v,
-                            col_version: 1,
-                            cl: new_cl,
-                            seq: origin.seq,
-                        });
-                    }
-                    new_cl
-                }
-                (Some(_), None) => {
-                    let new_cl = if cl % 2 == 1 { cl + 1 } else { cl + 2 };
-                    let origin = next(&mut seq);
-                    clock = RowClock {
-                        cl_origin: Some(origin),
-                        cols: Vec::new(),
-                        ts,
-                    };
-                    changes.push(sentinel(meta, &key, new_cl, origin.seq));
-                    new_cl
-                }
+            if stmts.as_ref().is_none_or(|(t, _)| *t != tbl) {
+                stmts = Some((
+                    tbl,
+                    [
+                        conn.prepare_cached(&meta.sql_get_clock)?,
+                        conn.prepare_cached(&meta.sql_put_clock)?,
+                        conn.prepare_cached(&meta.sql_new_clock)?,
+                    ],
+                ));
+            }
+            let Some((_, [get, put, fresh])) = stmts.as_mut() else {
+                unreachable!("prepared above")
             };
-            clock.ts = ts;
-            writes.push((meta.clone(), key, new_cl, clock, before_origins));
+            let key: Arc<[u8]> = key.into();
+            let ncols = meta.cols.len();
+            match (img.before, img.after) {
+                (None, None) => {}
+                (None, Some(a)) => {
+                    // A new row: write its clock at cl 1 unless a tombstone is
+                    // there, in which case this is a re-insert at the next odd cl.
+                    let clock = insert_clock(ncols, seq, version, me, ts);
+                    let blob = clock.encode();
+                    let (cl, before) =
+                        if fresh.execute(rusqlite::params![&key[..], 1u64, &blob])? == 1 {
+                            (1, Vec::new())
+                        } else {
+                            let (old_cl, old) = read_clock(get, &key)?;
+                            let cl = if old_cl % 2 == 1 {
+                                old_cl + 2
+                            } else {
+                                old_cl + 1
+                            };
+                            put.execute(rusqlite::params![&key[..], cl, &blob])?;
+                            (cl, old.origins())
+                        };
+                    push_insert(&mut changes, meta, &key, cl, &mut seq, a);
+                    refs.row(tbl, &key, &before, &mine);
+                }
+                (before_img, after_img) => {
+                    let (cl, old) = read_clock(get, &key)?;
+                    let before = old.origins();
+                    let mut clock = old;
+                    let new_cl = match (before_img, after_img) {
+                        (Some(b), Some(a)) if cl % 2 == 1 => {
+                            let first = seq;
+                            for i in 0..ncols {
+                                let (old_v, new_v) = (
+                                    b.get(i).unwrap_or(&SqlValue::Null),
+                                    a.get(i).unwrap_or(&SqlValue::Null),
+                                );
+                                if old_v.same_as(new_v) {
+                                    continue;
+                                }
+                                let col_version = clock.col(i).map_or(0, |c| c.col_version) + 1;
+                                clock.set_col(
+                                    i,
+                                    Some(CellClock {
+                                        col_version,
+                                        origin: origin(seq),
+                                    }),
+                                );
+                                changes.push(Change {
+                                    table: meta.name.clone(),
+                                    pk: key.clone(),
+                                    column: Some(meta.cols[i].clone()),
+                                    value: new_v.clone(),
+                                    col_version,
+                                    cl,
+                                    seq,
+                                });
+                                seq += 1;
+                            }
+                            if seq == first {
+                                continue; // every value written was the current one
+                            }
+                            cl
+                        }
+                        (_, Some(a)) => {
+                            // The clock says the row is gone although it existed:
+                            // treat it as a re-insert.
+                            let new_cl = if cl % 2 == 1 { cl + 2 } else { cl + 1 };
+                            clock = insert_clock(ncols, seq, version, me, ts);
+                            push_insert(&mut changes, meta, &key, new_cl, &mut seq, a);
+                            new_cl
+                        }
+                        (_, None) => {
+                            let new_cl = if cl % 2 == 1 { cl + 1 } else { cl + 2 };
+                            clock = RowClock {
+                                cl_origin: Some(origin(seq)),
+                                cols: Vec::new(),
+                                ts,
+                            };
+                            changes.push(sentinel(meta, &key, new_cl, seq));
+                            seq += 1;
+                            new_cl
+                        }
+                    };
+                    clock.ts = ts;
+                    put.execute(rusqlite::params![&key[..], new_cl, clock.encode()])?;
+                    refs.row(tbl, &key, &before, &clock.origins());
+                }
+            }
         }
+        drop(stmts);
         if changes.is_empty() {
             return Ok(changes);
         }
         let last_seq = seq - 1;
-        let mut refs = RefChanges::default();
-        {
-            let mut put = None;
-            let mut put_for = u32::MAX;
-            for (meta, key, cl, clock, before) in writes {
-                if put_for != meta.id {
-                    put = Some(conn.prepare_cached(&meta.sql_put_clock)?);
-                    put_for = meta.id;
-                }
-                if let Some(stmt) = put.as_mut() {
-                    stmt.execute(rusqlite::params![key, cl, clock.encode()])?;
-                }
-                refs.row(meta.id, &key, &before, &clock.origins());
-            }
-        }
         // The version's own index entry also records this node's head, so a
         // local commit writes no separate bookkeeping row.
         refs.persist(conn, &|_, _| (last_seq, ts))?;
@@ -372,10 +377,70 @@ impl Store {
     }
 }
 
-fn sentinel(meta: &TableMeta, key: &[u8], cl: u64, seq: u64) -> Change {
+fn read_clock(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    key: &[u8],
+) -> Result<(u64, RowClock), StoreError> {
+    let row: Option<(u64, Vec<u8>)> = stmt
+        .query_row([key], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    Ok(match row {
+        Some((cl, blob)) => (cl, RowClock::decode(&blob)?),
+        None => (0, RowClock::default()),
+    })
+}
+
+/// Clock of a row (re)inserted by this version: the sentinel at `seq`, then
+/// every column at col_version 1 with the following seqs.
+fn insert_clock(ncols: usize, seq: u64, version: u64, me: u32, ts: u64) -> RowClock {
+    let origin = |s: u64| Origin {
+        actor: me,
+        version,
+        seq: s,
+    };
+    RowClock {
+        cl_origin: Some(origin(seq)),
+        cols: (0..ncols as u64)
+            .map(|i| {
+                Some(CellClock {
+                    col_version: 1,
+                    origin: origin(seq + 1 + i),
+                })
+            })
+            .collect(),
+        ts,
+    }
+}
+
+/// The changes of an insert: a sentinel, then every column (defaults included).
+fn push_insert(
+    changes: &mut Vec<Change>,
+    meta: &TableMeta,
+    key: &Arc<[u8]>,
+    cl: u64,
+    seq: &mut u64,
+    values: Vec<SqlValue>,
+) {
+    changes.push(sentinel(meta, key, cl, *seq));
+    *seq += 1;
+    for (i, v) in values.into_iter().enumerate().take(meta.cols.len()) {
+        changes.push(Change {
+            table: meta.name.clone(),
+            pk: key.clone(),
+            column: Some(meta.cols[i].clone()),
+            value: v,
+            col_version: 1,
+            cl,
+            seq: *seq,
+        });
+        *seq += 1;
+    }
+}
+
+fn sentinel(meta: &TableMeta, key: &Arc<[u8]>, cl: u64, seq: u64) -> Change {
     Change {
         table: meta.name.clone(),
-        pk: key.to_vec(),
+        pk: key.clone(),
         column: None,
         value: SqlValue::Null,
         col_version: 0,
