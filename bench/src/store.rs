@@ -179,11 +179,9 @@ pub(crate) fn run(args: StoreArgs) -> anyhow::Result<()> {
             let s = store(&path)?;
             let t = Instant::now();
             let c = s.transact(|tx| {
+                let mut stmt = tx.prepare("INSERT INTO todos (id, title) VALUES (?1, ?2)")?;
                 for (id, title) in &bulk {
-                    tx.execute(
-                        "INSERT INTO todos (id, title) VALUES (?1, ?2)",
-                        &[id.as_str().into(), title.as_str().into()],
-                    )?;
+                    stmt.execute(&[id.as_str().into(), title.as_str().into()])?;
                 }
                 Ok(())
             })?;

@@ -12,7 +12,9 @@
 //! pure merge in `clock.rs`, then writes the data row, the clock and the
 //! version index. Bookkeeping is persisted in the same transaction.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use rusqlite::Connection;
@@ -21,7 +23,7 @@ use crate::actor::ActorId;
 use crate::bookkeeping::{ActorBooks, PieceOutcome};
 use crate::catalog::{Catalog, TableMeta};
 use crate::change::{Change, Changeset};
-use crate::clock::{Origin, RowMerge};
+use crate::clock::{Origin, RowClock, RowMerge};
 use crate::error::StoreError;
 use crate::store::{Store, actor_index};
 use crate::value::{SqlValue, decode_key};
@@ -92,7 +94,7 @@ impl Store {
 
         let tx = conn.unchecked_transaction()?;
         let mut out = ApplyOutcome::default();
-        let mut staged: HashMap<u32, ActorBooks> = HashMap::new();
+        let mut staged: HashMap<u32, ActorBooks> = HashMap::default();
         let mut groups: BTreeMap<(u32, u64), Pieces> = BTreeMap::new();
         let mut ready: Vec<Ready> = Vec::new();
         {
@@ -240,7 +242,7 @@ impl Store {
             return Ok(0);
         }
         merge(&tx, &catalog, &ready)?;
-        let mut staged: HashMap<u32, ActorBooks> = HashMap::new();
+        let mut staged: HashMap<u32, ActorBooks> = HashMap::default();
         {
             let books = self.inner.books.read();
             for r in &ready {
@@ -377,9 +379,12 @@ type RowChanges<'a> = Vec<(Origin, &'a Change)>;
 
 /// Merges complete versions into the tables.
 fn merge(conn: &Connection, catalog: &Catalog, ready: &[Ready]) -> Result<(), StoreError> {
-    let mut rows: BTreeMap<(u32, &Arc<[u8]>), RowChanges<'_>> = BTreeMap::new();
-    let mut last_seqs: HashMap<(u32, u64), u64> = HashMap::new();
-    let mut ts_of: HashMap<(u32, u64), u64> = HashMap::new();
+    // Rows in first-seen order (a version's changes come in key order, which
+    // keeps B-tree writes local); hashing beats ordered maps on long keys.
+    let mut slot: HashMap<(u32, &Arc<[u8]>), usize> = HashMap::default();
+    let mut rows: Vec<((u32, &Arc<[u8]>), RowChanges<'_>)> = Vec::new();
+    let mut last_seqs: HashMap<(u32, u64), u64> = HashMap::default();
+    let mut ts_of: HashMap<(u32, u64), u64> = HashMap::default();
     for r in ready {
         last_seqs.insert((r.actor, r.version), r.last_seq);
         ts_of.insert((r.actor, r.version), r.ts);
@@ -392,51 +397,50 @@ fn merge(conn: &Connection, catalog: &Catalog, ready: &[Ready]) -> Result<(), St
                 version: r.version,
                 seq: c.seq,
             };
-            rows.entry((meta.id, &c.pk)).or_default().push((origin, c));
+            let i = *slot.entry((meta.id, &c.pk)).or_insert_with(|| {
+                rows.push(((meta.id, &c.pk), Vec::new()));
+                rows.len() - 1
+            });
+            rows[i].1.push((origin, c));
         }
     }
+    drop(slot);
     let actor_of = |idx: u32| catalog.actor(idx);
     let mut refs = RefChanges::default();
     for ((tbl, key), changes) in rows {
         let Some(meta) = catalog.table(tbl) else {
             continue;
         };
+        // Fast path: most rows a peer sends are new here. Merge as if the row
+        // had no history and create its clock only if none exists; a conflict
+        // means it has history, and the full merge below runs instead.
+        let mut fresh = RowMerge::new(0, RowClock::default(), meta.cols.len());
+        merge_row(&mut fresh, &changes, meta, &actor_of, &ts_of, &mut |_| {
+            Ok(SqlValue::Null)
+        })?;
+        if fresh.clock_dirty
+            && conn
+                .prepare_cached(&meta.sql_new_clock)?
+                .execute(rusqlite::params![&key[..], fresh.cl, fresh.clock.encode()])?
+                == 1
+        {
+            write_row(conn, meta, key, &fresh)?;
+            refs.row(meta.id, key, &[], &fresh.clock.origins());
+            continue;
+        }
         let (cl, clock) = get_clock(conn, meta, key)?;
         let before = clock.origins();
         let mut m = RowMerge::new(cl, clock, meta.cols.len());
         let mut stored: Option<Vec<SqlValue>> = None;
-        for (origin, c) in changes {
-            match &c.column {
-                None => {
-                    m.sentinel(c.cl, origin, &actor_of);
-                }
-                Some(col) => {
-                    let Some(i) = meta.col(col) else { continue };
-                    m.cell(
-                        i,
-                        c.cl,
-                        c.col_version,
-                        &c.value,
-                        origin,
-                        &actor_of,
-                        &mut |i| {
-                            if stored.is_none() {
-                                stored = Some(load_values(conn, meta, key)?);
-                            }
-                            Ok::<_, StoreError>(
-                                stored
-                                    .as_ref()
-                                    .and_then(|v| v.get(i).cloned())
-                                    .unwrap_or(SqlValue::Null),
-                            )
-                        },
-                    )?;
-                }
+        merge_row(&mut m, &changes, meta, &actor_of, &ts_of, &mut |i| {
+            if stored.is_none() {
+                stored = Some(load_values(conn, meta, key)?);
             }
-            if let Some(ts) = ts_of.get(&(origin.actor, origin.version)) {
-                m.clock.ts = m.clock.ts.max(*ts);
-            }
-        }
+            Ok(stored
+                .as_ref()
+                .and_then(|v| v.get(i).cloned())
+                .unwrap_or(SqlValue::Null))
+        })?;
         if !m.clock_dirty {
             continue;
         }
@@ -451,6 +455,32 @@ fn merge(conn: &Connection, catalog: &Catalog, ready: &[Ready]) -> Result<(), St
             ts_of.get(&(a, v)).copied().unwrap_or(0),
         )
     })?;
+    Ok(())
+}
+
+/// Runs one row's changes through the merge state machine.
+fn merge_row(
+    m: &mut RowMerge,
+    changes: &RowChanges<'_>,
+    meta: &TableMeta,
+    actor_of: &dyn Fn(u32) -> ActorId,
+    ts_of: &HashMap<(u32, u64), u64>,
+    current: &mut dyn FnMut(usize) -> Result<SqlValue, StoreError>,
+) -> Result<(), StoreError> {
+    for (origin, c) in changes {
+        match &c.column {
+            None => {
+                m.sentinel(c.cl, *origin, actor_of);
+            }
+            Some(col) => {
+                let Some(i) = meta.col(col) else { continue };
+                m.cell(i, c.cl, c.col_version, &c.value, *origin, actor_of, current)?;
+            }
+        }
+        if let Some(ts) = ts_of.get(&(origin.actor, origin.version)) {
+            m.clock.ts = m.clock.ts.max(*ts);
+        }
+    }
     Ok(())
 }
 

@@ -11,7 +11,7 @@
 //! The writer connection runs with `recursive_triggers = ON` so that
 //! `INSERT OR REPLACE` reports the row it replaces as a delete.
 
-use std::collections::BTreeMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -27,12 +27,54 @@ pub(crate) struct RowImage {
     pub after: Option<Vec<SqlValue>>,
 }
 
-/// Rows touched by the current local transaction, in (table id, key) order so
-/// seq numbers are assigned deterministically.
+/// A touched row: (table id, encoded key).
+pub(crate) type RowKey = (u32, Arc<[u8]>);
+
+/// Rows touched by the current local transaction, in the order they were first
+/// touched (so seqs follow the statements, and clock writes follow the data
+/// writes' locality).
 #[derive(Debug, Default)]
 pub(crate) struct CaptureBuffer {
     pub active: bool,
-    pub rows: BTreeMap<(u32, Vec<u8>), RowImage>,
+    index: HashMap<RowKey, usize>,
+    rows: Vec<(RowKey, RowImage)>,
+}
+
+impl CaptureBuffer {
+    /// Starts (or ends) capturing with an empty buffer.
+    pub(crate) fn reset(&mut self, active: bool) {
+        self.active = active;
+        self.index.clear();
+        self.rows.clear();
+    }
+
+    /// The touched rows, leaving the buffer empty.
+    pub(crate) fn take(&mut self) -> Vec<(RowKey, RowImage)> {
+        self.index.clear();
+        std::mem::take(&mut self.rows)
+    }
+
+    fn record(&mut self, tbl: u32, key: Vec<u8>, op: i64, vals: Vec<SqlValue>) {
+        let key: Arc<[u8]> = key.into();
+        match self.index.get(&(tbl, key.clone())) {
+            Some(&i) => self.rows[i].1.after = if op == 0 { None } else { Some(vals) },
+            None => {
+                let img = if op == 0 {
+                    RowImage {
+                        before: Some(vals),
+                        after: None,
+                    }
+                } else {
+                    RowImage {
+                        before: None,
+                        after: Some(vals),
+                    }
+                };
+                self.index.insert((tbl, key.clone()), self.rows.len());
+                self.rows.push(((tbl, key), img));
+            }
+        }
+    }
 }
 
 pub(crate) type SharedCapture = Arc<Mutex<CaptureBuffer>>;
@@ -73,20 +115,7 @@ pub(crate) fn register(conn: &Connection, buffer: SharedCapture) -> rusqlite::Re
                 "writes to replicated tables must go through the corrosion agent",
             ));
         }
-        let entry = buf.rows.entry((tbl, key));
-        match entry {
-            std::collections::btree_map::Entry::Vacant(e) => {
-                let img = if op == 0 {
-                    RowImage { before: Some(vals), after: None }
-                } else {
-                    RowImage { before: None, after: Some(vals) }
-                };
-                e.insert(img);
-            }
-            std::collections::btree_map::Entry::Occupied(mut e) => {
-                e.get_mut().after = if op == 0 { None } else { Some(vals) };
-            }
-        }
+        buf.record(tbl, key, op, vals);
         Ok(None::<i64>)
     })
 }

@@ -8,7 +8,7 @@
 //! write from a bare `sqlite3` shell fails with "no such function" instead of
 //! bypassing change capture.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use corro_schema::Table;

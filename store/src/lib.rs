@@ -48,4 +48,4 @@ pub use error::StoreError;
 pub use pool::ReadConn;
 pub use store::{Store, StoreOptions};
 pub use value::{SqlValue, decode_key, encode_key};
-pub use write::{Committed, WriteTx};
+pub use write::{Committed, WriteStmt, WriteTx};

@@ -11,7 +11,9 @@
 //! costs one index write per version instead of one per row, and serving a
 //! version costs what the version holds, not what the database holds.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension};
@@ -55,47 +57,51 @@ impl RefChanges {
         conn: &Connection,
         meta: &dyn Fn(u32, u64) -> (u64, u64),
     ) -> Result<(), StoreError> {
-        for ((actor, version), mut rows) in self.added {
-            let existing: Option<i64> = conn
+        for ((actor, version), rows) in self.added {
+            let (last_seq, ts) = meta(actor, version);
+            let inline = (rows.len() <= INLINE_ROWS)
+                .then(|| postcard::to_stdvec(&rows))
+                .transpose()?;
+            let inserted = conn
+                .prepare_cached(
+                    "INSERT INTO __corro_versions (actor, version, last_seq, ts, live, rows)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6) ON CONFLICT (actor, version) DO NOTHING",
+                )?
+                .execute(rusqlite::params![
+                    actor,
+                    version,
+                    last_seq,
+                    ts,
+                    rows.len() as i64,
+                    inline
+                ])?;
+            if inserted == 1 {
+                if inline.is_none() {
+                    write_parts(conn, actor, version, &rows)?;
+                }
+                continue;
+            }
+            // Only reachable if a version gains references twice; keep the
+            // union so serving still finds every row.
+            let live: i64 = conn
                 .prepare_cached(
                     "SELECT live FROM __corro_versions WHERE actor = ?1 AND version = ?2",
                 )?
-                .query_row(rusqlite::params![actor, version], |r| r.get(0))
-                .optional()?;
-            let mut live = rows.len() as i64;
-            if let Some(n) = existing {
-                // Only reachable if a version gains references twice; keep the
-                // union so serving still finds every row.
-                let mut old = version_rows(conn, actor, version)?;
-                old.append(&mut rows);
-                rows = old;
-                live += n;
-                conn.prepare_cached(
-                    "DELETE FROM __corro_version_rows WHERE actor = ?1 AND version = ?2",
-                )?
-                .execute(rusqlite::params![actor, version])?;
-            }
-            let (last_seq, ts) = meta(actor, version);
-            let inline = if rows.len() <= INLINE_ROWS {
-                Some(postcard::to_stdvec(&rows)?)
-            } else {
-                let mut stmt = conn.prepare_cached(
-                    "INSERT INTO __corro_version_rows (actor, version, part, rows) VALUES (?1, ?2, ?3, ?4)",
-                )?;
-                for (part, chunk) in rows.chunks(INLINE_ROWS * 4).enumerate() {
-                    stmt.execute(rusqlite::params![
-                        actor,
-                        version,
-                        part as u64,
-                        postcard::to_stdvec(chunk)?
-                    ])?;
-                }
-                None
-            };
+                .query_row(rusqlite::params![actor, version], |r| r.get(0))?;
+            let mut all = version_rows(conn, actor, version)?;
+            all.extend(rows.iter().cloned());
             conn.prepare_cached(
-                "INSERT OR REPLACE INTO __corro_versions (actor, version, last_seq, ts, live, rows) VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "DELETE FROM __corro_version_rows WHERE actor = ?1 AND version = ?2",
             )?
-            .execute(rusqlite::params![actor, version, last_seq, ts, live, inline])?;
+            .execute(rusqlite::params![actor, version])?;
+            let inline = (all.len() <= INLINE_ROWS)
+                .then(|| postcard::to_stdvec(&all))
+                .transpose()?;
+            conn.prepare_cached("UPDATE __corro_versions SET live = ?3, rows = ?4 WHERE actor = ?1 AND version = ?2")?
+                .execute(rusqlite::params![actor, version, live + rows.len() as i64, inline])?;
+            if inline.is_none() {
+                write_parts(conn, actor, version, &all)?;
+            }
         }
         for ((actor, version), n) in self.removed {
             let left: Option<i64> = conn
@@ -117,6 +123,26 @@ impl RefChanges {
         }
         Ok(())
     }
+}
+
+fn write_parts(
+    conn: &Connection,
+    actor: u32,
+    version: u64,
+    rows: &[RowRef],
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "INSERT INTO __corro_version_rows (actor, version, part, rows) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for (part, chunk) in rows.chunks(INLINE_ROWS * 4).enumerate() {
+        stmt.execute(rusqlite::params![
+            actor,
+            version,
+            part as u64,
+            postcard::to_stdvec(chunk)?
+        ])?;
+    }
+    Ok(())
 }
 
 /// What the index says about one version.

@@ -101,6 +101,19 @@ impl WriteTx<'_> {
         })
     }
 
+    /// Prepares a statement to run many times in this transaction (bulk
+    /// loads): checked once against the same rules as [`WriteTx::execute`].
+    pub fn prepare(&self, sql: &str) -> Result<WriteStmt<'_>, StoreError> {
+        let mode = &self.writer.user_mode;
+        mode.store(true, Ordering::Relaxed);
+        let stmt = self.conn.prepare(sql);
+        mode.store(false, Ordering::Relaxed);
+        Ok(WriteStmt {
+            conn: self.conn,
+            stmt: stmt.map_err(user_error)?,
+        })
+    }
+
     fn run(
         &mut self,
         sql: &str,
@@ -120,16 +133,45 @@ impl WriteTx<'_> {
             }
         })();
         mode.store(false, Ordering::Relaxed);
-        out.map_err(|e| {
-            let text = e.to_string();
-            if text.contains("not authorized") {
-                StoreError::NotAllowed(format!(
-                    "{text} (DDL, PRAGMA, ATTACH, transaction control and writes to internal tables are refused)"
-                ))
-            } else {
-                StoreError::Sqlite(e)
+        out.map_err(user_error)
+    }
+}
+
+/// A statement prepared by [`WriteTx::prepare`].
+pub struct WriteStmt<'a> {
+    conn: &'a Connection,
+    stmt: Statement<'a>,
+}
+
+impl WriteStmt<'_> {
+    /// Runs the statement with positional parameters; returns rows affected.
+    pub fn execute(&mut self, params: &[SqlValue]) -> Result<usize, StoreError> {
+        exec(self.conn, &mut self.stmt, |stmt| {
+            let expected = stmt.parameter_count();
+            if expected != params.len() {
+                return Err(rusqlite::Error::InvalidParameterCount(
+                    params.len(),
+                    expected,
+                ));
             }
+            for (i, p) in params.iter().enumerate() {
+                stmt.raw_bind_parameter(i + 1, p)?;
+            }
+            Ok(())
         })
+        .map_err(user_error)
+    }
+}
+
+/// Maps SQLite's refusal of a client statement to [`StoreError::NotAllowed`].
+fn user_error(e: rusqlite::Error) -> StoreError {
+    let text = e.to_string();
+    if text.contains("not authorized") {
+        StoreError::NotAllowed(format!(
+            "{text} (DDL, PRAGMA, ATTACH, transaction control and writes to internal tables are refused)"
+        ))
+    } else {
+        StoreError::Sqlite(e)
     }
 }
 
@@ -166,9 +208,7 @@ struct TxGuard<'a> {
 impl Drop for TxGuard<'_> {
     fn drop(&mut self) {
         {
-            let mut cap = self.writer.capture.lock();
-            cap.active = false;
-            cap.rows.clear();
+            self.writer.capture.lock().reset(false);
         }
         if self.armed {
             let _ = self.writer.local.execute_batch("ROLLBACK");
@@ -205,11 +245,7 @@ impl Store {
             writer: &w,
             armed: true,
         };
-        {
-            let mut cap = w.capture.lock();
-            cap.rows.clear();
-            cap.active = true;
-        }
+        w.capture.lock().reset(true);
         let result = (|| -> Result<_, StoreError> {
             let value = f(&mut WriteTx { conn, writer: &w })?;
             let version = self.head() + 1;
@@ -240,7 +276,7 @@ impl Store {
 
     /// Turns the captured row images into clock updates and changes.
     fn flush(&self, w: &Writer, version: u64, ts: u64) -> Result<Vec<Change>, StoreError> {
-        let rows = std::mem::take(&mut w.capture.lock().rows);
+        let rows = w.capture.lock().take();
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -275,7 +311,6 @@ impl Store {
             let Some((_, [get, put, fresh])) = stmts.as_mut() else {
                 unreachable!("prepared above")
             };
-            let key: Arc<[u8]> = key.into();
             let ncols = meta.cols.len();
             match (img.before, img.after) {
                 (None, None) => {}
