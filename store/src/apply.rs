@@ -69,7 +69,7 @@ impl Store {
     /// Pieces of one version passed in the same call are assembled in memory;
     /// pieces of versions that stay incomplete are buffered on disk.
     pub fn apply(&self, sets: Vec<Changeset>) -> Result<ApplyOutcome, StoreError> {
-        let w = self.inner.writer.lock();
+        let w = self.inner.writer.remote();
         let conn = &w.apply;
         // New actors get their index in a transaction of their own: the actor
         // table only grows, and the catalog must never name an index that a
@@ -205,7 +205,7 @@ impl Store {
 
     /// Retries complete versions that were waiting for the schema.
     pub(crate) fn retry_pending(&self) -> Result<usize, StoreError> {
-        let w = self.inner.writer.lock();
+        let w = self.inner.writer.remote();
         let catalog = self.inner.catalog.read().clone();
         let pending: Vec<(u32, u64, u64, u64)> = self
             .inner

@@ -38,6 +38,7 @@ mod value;
 mod verify;
 mod versions;
 mod write;
+mod writer;
 
 pub use actor::ActorId;
 pub use apply::ApplyOutcome;
@@ -49,3 +50,4 @@ pub use pool::ReadConn;
 pub use store::{Store, StoreOptions};
 pub use value::{SqlValue, decode_key, encode_key};
 pub use write::{Committed, WriteStmt, WriteTx};
+pub use writer::{MAX_REMOTE_WAIT, WriterStats};

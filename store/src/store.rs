@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use corro_schema::{Schema, SchemaDiff};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use rusqlite::config::DbConfig;
 use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
@@ -23,6 +23,7 @@ use crate::capture::{self, SharedCapture};
 use crate::catalog::{Catalog, FORMAT_VERSION, INTERNAL_DDL, TableMeta};
 use crate::error::StoreError;
 use crate::pool::{ReadConn, ReadPool};
+use crate::writer::{WriterLock, WriterStats};
 
 /// Tuning for [`Store::open`].
 #[derive(Debug, Clone)]
@@ -52,7 +53,7 @@ pub(crate) struct Inner {
     pub path: PathBuf,
     pub actor: ActorId,
     pub self_idx: u32,
-    pub writer: Mutex<Writer>,
+    pub writer: WriterLock,
     pub readers: ReadPool,
     pub catalog: RwLock<Arc<Catalog>>,
     /// Committed bookkeeping, by actor index (updated after each commit).
@@ -142,7 +143,7 @@ impl Store {
                 path,
                 actor,
                 self_idx,
-                writer: Mutex::new(Writer {
+                writer: WriterLock::new(Writer {
                     local,
                     apply,
                     capture,
@@ -179,6 +180,11 @@ impl Store {
         v
     }
 
+    /// Writer queue depths (local transactions, waiting remote applications).
+    pub fn writer_stats(&self) -> WriterStats {
+        self.inner.writer.stats()
+    }
+
     /// A read-only connection from the pool.
     pub fn reader(&self) -> ReadConn<'_> {
         self.inner.readers.get()
@@ -212,7 +218,7 @@ impl Store {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
-        let w = self.inner.writer.lock();
+        let w = self.inner.writer.local();
         Ok(f(&w.local)?)
     }
 
@@ -222,7 +228,7 @@ impl Store {
     /// nothing is applied. Returns what was done.
     pub fn apply_schema(&self, wanted: &Schema) -> Result<SchemaDiff, StoreError> {
         corro_schema::validate(wanted)?;
-        let w = self.inner.writer.lock();
+        let w = self.inner.writer.remote();
         let conn = &w.local;
         let live = live_schema(conn)?;
         let diff = corro_schema::diff(&live, wanted)?;

@@ -238,7 +238,7 @@ impl Store {
         &self,
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError>,
     ) -> Result<Committed<T>, StoreError> {
-        let w = self.inner.writer.lock();
+        let w = self.inner.writer.local();
         let conn = &w.local;
         conn.execute_batch("BEGIN IMMEDIATE")?;
         let mut guard = TxGuard {

@@ -536,3 +536,102 @@ fn malformed_changes_from_peers_are_rejected_and_change_nothing() {
     assert_eq!(titles(&b).len(), 1);
     b.verify().unwrap();
 }
+
+/// Waits (bounded) until `cond` holds.
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::yield_now();
+    }
+}
+
+#[test]
+fn local_writes_go_before_waiting_remote_application() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open_with(dir.path(), "a.db", TODOS);
+    let b = open_with(dir.path(), "b.db", TODOS);
+    let remote = insert(&b, "from-b", "remote").changesets(b.actor_id());
+    let order = std::sync::Mutex::new(Vec::new());
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    std::thread::scope(|s| {
+        // A local transaction holds the writer until told to finish.
+        let a_ref = &a;
+        let order_ref = &order;
+        s.spawn(move || {
+            a_ref
+                .transact(|tx| {
+                    release_rx.recv().unwrap();
+                    tx.execute("INSERT INTO todos (id) VALUES ('first')", &[])
+                })
+                .unwrap();
+            order_ref.lock().unwrap().push("first local");
+        });
+        wait_for("the first local transaction", || {
+            a.writer_stats().local_active == 1
+        });
+        s.spawn(|| {
+            a.apply(remote.clone()).unwrap();
+            order.lock().unwrap().push("remote");
+        });
+        wait_for("the remote application to queue", || {
+            a.writer_stats().remote_waiting == 1
+        });
+        s.spawn(|| {
+            insert(&a, "second", "local");
+            order.lock().unwrap().push("second local");
+        });
+        wait_for("the second local transaction to queue", || {
+            a.writer_stats().local_active == 2
+        });
+        release_tx.send(()).unwrap();
+    });
+    assert_eq!(order.lock().unwrap().len(), 3);
+    // Rowids are assigned under the writer, so they give the real order.
+    let r = a.reader();
+    let mut stmt = r.prepare("SELECT id FROM todos ORDER BY rowid").unwrap();
+    let ids: Vec<String> = stmt
+        .query_map([], |r| r.get(0))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(ids, ["first", "second", "from-b"]);
+    assert_eq!(a.writer_stats(), corro_store::WriterStats::default());
+}
+
+#[test]
+fn remote_application_is_not_starved_by_local_writes() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open_with(dir.path(), "a.db", TODOS);
+    let b = open_with(dir.path(), "b.db", TODOS);
+    let remote = insert(&b, "from-b", "remote").changesets(b.actor_id());
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // Two writers keep a local transaction queued at all times.
+        for w in 0..2 {
+            let (a, stop) = (&a, &stop);
+            s.spawn(move || {
+                let mut i = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    i += 1;
+                    insert(a, &format!("w{w}-{i}"), "busy");
+                }
+            });
+        }
+        wait_for("local writers", || a.writer_stats().local_active > 0);
+        let started = std::time::Instant::now();
+        a.apply(remote.clone()).unwrap();
+        let waited = started.elapsed();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        // Bounded by MAX_REMOTE_WAIT plus one local transaction; generous
+        // slack because this only guards against starvation, not speed.
+        assert!(
+            waited < corro_store::MAX_REMOTE_WAIT * 20,
+            "remote waited {waited:?}"
+        );
+    });
+    assert!(titles(&a).iter().any(|(id, _)| id == "from-b"));
+}
