@@ -21,10 +21,15 @@ enum Cmd {
     /// Replicated store vs plain SQLite: single-row writes, bulk insert,
     /// remote apply, disk size.
     Store(store::StoreArgs),
+    /// One bulk load on one side only, for instruction counting under
+    /// `valgrind --tool=callgrind` (deterministic, unlike wall-clock time here).
+    #[command(hide = true)]
+    StoreOnce(store::OnceArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Store(args) => store::run(args),
+        Cmd::StoreOnce(args) => store::once(args),
     }
 }

@@ -29,6 +29,10 @@ pub(crate) struct StoreArgs {
     /// Skip the large-table apply case (slow to set up).
     #[arg(long)]
     skip_large: bool,
+    /// Directory for the scratch databases (e.g. /dev/shm to take the
+    /// disk's fsync latency out of the comparison).
+    #[arg(long)]
+    dir: Option<PathBuf>,
 }
 
 const SCHEMA: &str = "CREATE TABLE todos (id TEXT NOT NULL PRIMARY KEY, title TEXT NOT NULL DEFAULT '', completed_at INTEGER);";
@@ -108,8 +112,12 @@ fn compare(
         b.push(y);
         r.push(x / y);
     }
+    let (lo, hi) = (
+        r.iter().copied().fold(f64::INFINITY, f64::min),
+        r.iter().copied().fold(0.0, f64::max),
+    );
     println!(
-        "{name:<40} {:>10.0} {unit:<10} plain {:>10.0} {unit:<10} ratio {:>5.2}x  (target {target})",
+        "{name:<40} {:>10.0} {unit:<10} plain {:>10.0} {unit:<10} ratio {:>5.2}x [{lo:.2}-{hi:.2}]  (target {target})",
         median(a),
         median(b),
         median(r)
@@ -119,12 +127,19 @@ fn compare(
 
 pub(crate) fn run(args: StoreArgs) -> anyhow::Result<()> {
     let scratch = Scratch {
-        dir: tempfile::tempdir()?,
+        dir: match &args.dir {
+            Some(d) => tempfile::tempdir_in(d)?,
+            None => tempfile::tempdir()?,
+        },
         n: Default::default(),
     };
     println!(
-        "corro-bench store: single={} bulk={} large={} rounds={} (medians over rounds)",
-        args.single, args.bulk, args.large, args.rounds
+        "corro-bench store: single={} bulk={} large={} rounds={} dir={} (medians over rounds)",
+        args.single,
+        args.bulk,
+        args.large,
+        args.rounds,
+        scratch.dir.path().display()
     );
     let single = rows(0..args.single);
     let bulk = rows(0..args.bulk);
@@ -186,7 +201,7 @@ pub(crate) fn run(args: StoreArgs) -> anyhow::Result<()> {
                 Ok(())
             })?;
             let r = rate(bulk.len(), t.elapsed());
-            repl_paths.borrow_mut().push((path, c.changes));
+            repl_paths.borrow_mut().push((path, c.changes()));
             Ok(r)
         },
         || {
@@ -234,8 +249,9 @@ pub(crate) fn run(args: StoreArgs) -> anyhow::Result<()> {
         args.rounds,
         || {
             let s = store(&scratch.path("apply"))?;
+            let sets = sets.clone();
             let t = Instant::now();
-            s.apply(sets.clone())?;
+            s.apply(sets)?;
             Ok(rate(nchanges, t.elapsed()))
         },
         || {
@@ -289,8 +305,9 @@ pub(crate) fn run(args: StoreArgs) -> anyhow::Result<()> {
             let copy = big_path.with_extension(format!("r{}.db", round.get()));
             std::fs::copy(&big_path, &copy)?;
             let s = store(&copy)?;
+            let sets = sets.clone();
             let t = Instant::now();
-            s.apply(sets.clone())?;
+            s.apply(sets)?;
             Ok(rate(nchanges, t.elapsed()))
         },
         || {
@@ -341,4 +358,48 @@ fn synthetic_version(actor: ActorId, version: u64, start: usize, n: usize) -> Ch
         ts: 0,
         changes,
     }
+}
+
+#[derive(clap::Args)]
+pub(crate) struct OnceArgs {
+    /// `plain`, `repl` (local bulk insert) or `apply` (remote apply of the same rows).
+    side: String,
+    #[arg(long, default_value_t = 100_000)]
+    rows: usize,
+}
+
+/// One bulk load on one side (see `Cmd::StoreOnce`).
+pub(crate) fn once(args: OnceArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = rows(0..args.rows);
+    match args.side.as_str() {
+        "plain" => {
+            let p = plain(&dir.path().join("p.db"))?;
+            p.execute_batch("BEGIN IMMEDIATE")?;
+            {
+                let mut stmt = p.prepare_cached("INSERT INTO todos (id, title) VALUES (?1, ?2)")?;
+                for (id, title) in &data {
+                    stmt.execute((id, title))?;
+                }
+            }
+            p.execute_batch("COMMIT")?;
+        }
+        "repl" | "apply" => {
+            let s = store(&dir.path().join("r.db"))?;
+            let c = s.transact(|tx| {
+                let mut stmt = tx.prepare("INSERT INTO todos (id, title) VALUES (?1, ?2)")?;
+                for (id, title) in &data {
+                    stmt.execute(&[id.as_str().into(), title.as_str().into()])?;
+                }
+                Ok(())
+            })?;
+            if args.side == "apply" {
+                let sets = c.changesets(ActorId::random());
+                let t = store(&dir.path().join("a.db"))?;
+                t.apply(sets)?;
+            }
+        }
+        other => anyhow::bail!("unknown side {other:?} (plain, repl, apply)"),
+    }
+    Ok(())
 }

@@ -288,6 +288,7 @@ fn validate_piece(
     if seqs.start() > seqs.end() || *seqs.end() > last_seq {
         return Err(bad(format!("seq range {seqs:?} outside 0..={last_seq}")));
     }
+    let mut prev_pk: Option<&[u8]> = None;
     for c in changes {
         if !seqs.contains(&c.seq) {
             return Err(bad(format!(
@@ -302,6 +303,11 @@ fn validate_piece(
                 if c.is_sentinel() { "row" } else { "cell" }
             )));
         }
+        // Consecutive changes usually share a row; check each key once.
+        if prev_pk.is_some_and(|p: &[u8]| p == &c.pk[..]) {
+            continue;
+        }
+        prev_pk = Some(&c.pk[..]);
         if decode_key(&c.pk).is_err() {
             return Err(bad("undecodable primary key".into()));
         }
@@ -315,10 +321,18 @@ fn schema_knows(catalog: &Catalog, changes: &[Change]) -> bool {
         .all(|c| match catalog.table_by_name(&c.table) {
             None => false,
             Some(meta) => match &c.column {
-                None => decode_key(&c.pk).is_ok_and(|k| k.len() == meta.pk.len()),
+                None => key_arity(&c.pk) == Some(meta.pk.len()),
                 Some(col) => meta.col(col).is_some(),
             },
         })
+}
+
+/// Number of values in an encoded key, read from its length prefix.
+fn key_arity(key: &[u8]) -> Option<usize> {
+    match key.first() {
+        Some(&n) if n < 0x80 => Some(usize::from(n)),
+        _ => decode_key(key).ok().map(|k| k.len()),
+    }
 }
 
 fn buffer(

@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use rusqlite::Connection;
 use rusqlite::functions::FunctionFlags;
 
-use crate::value::{SqlValue, encode_key};
+use crate::value::{SqlValue, SqlValueRef, encode_key};
 
 /// Before/after images of one row within the current transaction.
 #[derive(Debug, Default)]
@@ -97,18 +97,21 @@ pub(crate) fn register(conn: &Connection, buffer: SharedCapture) -> rusqlite::Re
         }
         let mut pk = Vec::with_capacity(npk);
         for i in 3..3 + npk {
-            let v = SqlValue::from_ref(ctx.get_raw(i));
-            if matches!(v, SqlValue::Real(_)) {
+            let raw = ctx.get_raw(i);
+            if matches!(raw, rusqlite::types::ValueRef::Real(_)) {
                 return Err(user_err(
                     "REAL primary key values are not supported (1 and 1.0 would name one row but replicate as two); use INTEGER or TEXT keys",
                 ));
             }
-            pk.push(v);
+            pk.push(raw);
         }
+        let key = match pk.iter().map(|v| SqlValueRef::from_ref(*v)).collect::<Option<Vec<_>>>() {
+            Some(refs) => postcard::to_stdvec(&refs).unwrap_or_default(),
+            None => encode_key(&pk.iter().map(|v| SqlValue::from_ref(*v)).collect::<Vec<_>>()),
+        };
         let vals: Vec<SqlValue> = (3 + npk..ctx.len())
             .map(|i| SqlValue::from_ref(ctx.get_raw(i)))
             .collect();
-        let key = encode_key(&pk);
         let mut buf = buffer.lock();
         if !buf.active {
             return Err(user_err(

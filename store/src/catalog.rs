@@ -58,8 +58,8 @@ pub(crate) fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))
 }
 
-/// Cache key of a generated statement: (is insert, column subset).
-type SqlKey = (bool, Vec<usize>);
+/// New rows whose clocks are inserted with one statement.
+pub(crate) const CLOCK_BATCH: usize = 64;
 
 /// One replicated table and its precomputed statements.
 #[derive(Debug)]
@@ -69,13 +69,15 @@ pub(crate) struct TableMeta {
     pub pk: Vec<String>,
     /// Replicated non-key columns in table order.
     pub cols: Vec<Arc<str>>,
-    /// Cached INSERT/UPDATE statements by column subset.
-    sql_cache: parking_lot::Mutex<HashMap<SqlKey, Arc<str>>>,
+    /// Generated INSERT (index 1) and UPDATE (index 0) statements by column subset.
+    sql_cache: parking_lot::Mutex<[HashMap<Vec<usize>, Arc<str>>; 2]>,
     col_idx: HashMap<String, usize>,
     pub q_name: String,
     pub sql_get_clock: String,
     pub sql_put_clock: String,
     pub sql_new_clock: String,
+    /// Clocks of [`CLOCK_BATCH`] new rows at once; returns the keys inserted.
+    pub sql_new_clock_batch: String,
     pub sql_select_values: String,
     pub sql_delete_row: String,
     pub sql_all_clocks: String,
@@ -112,6 +114,13 @@ impl TableMeta {
             name: Arc::from(table.name.as_str()),
             sql_cache: Default::default(),
             sql_get_clock: format!("SELECT cl, clock FROM {q_clock} WHERE key = ?1"),
+            sql_new_clock_batch: format!(
+                "INSERT OR IGNORE INTO {q_clock} (key, cl, clock) VALUES {} RETURNING key",
+                (0..CLOCK_BATCH)
+                    .map(|i| format!("(?{}, 1, ?{})", 2 * i + 1, 2 * i + 2))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             sql_new_clock: format!(
                 "INSERT OR IGNORE INTO {q_clock} (key, cl, clock) VALUES (?1, ?2, ?3)"
             ),
@@ -138,7 +147,8 @@ impl TableMeta {
     /// Cached `INSERT` (true) or `UPDATE` (false) statement text for `cols`.
     pub(crate) fn sql_write(&self, insert: bool, cols: &[usize]) -> Arc<str> {
         let mut cache = self.sql_cache.lock();
-        if let Some(s) = cache.get(&(insert, cols.to_vec())) {
+        let cache = &mut cache[usize::from(insert)];
+        if let Some(s) = cache.get(cols) {
             return s.clone();
         }
         let sql: Arc<str> = if insert {
@@ -146,13 +156,12 @@ impl TableMeta {
         } else {
             self.sql_update(cols).into()
         };
-        if cache.len() < 1024 {
-            cache.insert((insert, cols.to_vec()), sql.clone());
+        if cache.len() < 512 {
+            cache.insert(cols.to_vec(), sql.clone());
         }
         sql
     }
 
-    /// `INSERT` of the key plus the given columns.
     fn sql_insert(&self, cols: &[usize]) -> String {
         let names: Vec<String> = self
             .pk

@@ -106,19 +106,19 @@ pub fn chunk_version(
     version: u64,
     last_seq: u64,
     ts: u64,
-    changes: Vec<Change>,
+    changes: impl IntoIterator<Item = Change>,
     max_bytes: usize,
 ) -> Vec<Changeset> {
     let mut out = Vec::new();
     let mut start = 0u64;
     let mut cur: Vec<Change> = Vec::new();
     let mut size = 0usize;
-    let total = changes.len();
-    for (i, ch) in changes.into_iter().enumerate() {
+    let mut changes = changes.into_iter().peekable();
+    while let Some(ch) = changes.next() {
         size += ch.encoded_len();
         let seq = ch.seq;
         cur.push(ch);
-        let last = i + 1 == total;
+        let last = changes.peek().is_none();
         if size >= max_bytes && !last {
             out.push(Changeset::Version {
                 actor,

@@ -157,6 +157,30 @@ pub fn encode_key(values: &[SqlValue]) -> Vec<u8> {
     postcard::to_stdvec(values).unwrap_or_default()
 }
 
+/// Borrowed mirror of [`SqlValue`] with the same serde shape, so a key can
+/// be encoded straight from SQLite's values without copying them first.
+#[derive(Serialize)]
+pub(crate) enum SqlValueRef<'a> {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(&'a str),
+    Blob(&'a [u8]),
+}
+
+impl<'a> SqlValueRef<'a> {
+    /// `None` for text that is not UTF-8 (the caller falls back to [`SqlValue`]).
+    pub(crate) fn from_ref(v: ValueRef<'a>) -> Option<Self> {
+        Some(match v {
+            ValueRef::Null => SqlValueRef::Null,
+            ValueRef::Integer(i) => SqlValueRef::Integer(i),
+            ValueRef::Real(f) => SqlValueRef::Real(f),
+            ValueRef::Text(t) => SqlValueRef::Text(std::str::from_utf8(t).ok()?),
+            ValueRef::Blob(b) => SqlValueRef::Blob(b),
+        })
+    }
+}
+
 /// Decodes a row key produced by [`encode_key`].
 pub fn decode_key(key: &[u8]) -> Result<Vec<SqlValue>, postcard::Error> {
     postcard::from_bytes(key)
@@ -202,6 +226,28 @@ mod tests {
         assert!(!SqlValue::Integer(1).same_as(&SqlValue::Real(1.0)));
         assert!(!SqlValue::Integer(1).same_as(&SqlValue::Text("1".into())));
         assert!(SqlValue::Null.same_as(&SqlValue::Null));
+    }
+
+    #[test]
+    fn borrowed_and_owned_values_encode_the_same_key() {
+        let owned = vec![
+            SqlValue::Text("a".into()),
+            SqlValue::Integer(-7),
+            SqlValue::Blob(vec![1, 2]),
+            SqlValue::Null,
+            SqlValue::Real(0.5),
+        ];
+        let borrowed = [
+            SqlValueRef::Text("a"),
+            SqlValueRef::Integer(-7),
+            SqlValueRef::Blob(&[1, 2]),
+            SqlValueRef::Null,
+            SqlValueRef::Real(0.5),
+        ];
+        assert_eq!(
+            postcard::to_stdvec(&borrowed[..]).unwrap(),
+            encode_key(&owned)
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, Statement};
 
-use crate::catalog::TableMeta;
+use crate::catalog::{CLOCK_BATCH, TableMeta};
 use crate::change::{CHUNK_BYTES, Change, Changeset, chunk_version};
 use crate::clock::{CellClock, Origin, RowClock};
 use crate::error::StoreError;
@@ -40,29 +40,106 @@ pub struct Committed<T> {
     pub value: T,
     /// The version issued, `None` if nothing changed.
     pub version: Option<u64>,
-    /// Changes of that version, sorted by seq.
-    pub changes: Vec<Change>,
     /// Commit time, ms since the epoch.
     pub ts: u64,
+    /// What changed, one compact record per row; [`Change`]s are produced
+    /// from it on demand (a bulk load would otherwise hold three ~100-byte
+    /// structs per row).
+    rows: Vec<RowChange>,
+    last_seq: u64,
+}
+
+/// One row's part of a local version.
+#[derive(Debug)]
+struct RowChange {
+    meta: Arc<TableMeta>,
+    pk: Arc<[u8]>,
+    /// Causal length after the change.
+    cl: u64,
+    /// Seq of the first change of this row; the rest follow consecutively.
+    first_seq: u64,
+    op: RowOp,
+}
+
+#[derive(Debug)]
+enum RowOp {
+    /// Sentinel, then every column in table order.
+    Insert(Vec<SqlValue>),
+    /// Changed columns: (column index, col_version, value).
+    Update(Vec<(usize, u64, SqlValue)>),
+    /// Sentinel only.
+    Delete,
+}
+
+impl RowChange {
+    fn push_changes(&self, out: &mut Vec<Change>) {
+        let cell = |i: usize, col_version: u64, value: &SqlValue, seq: u64| Change {
+            table: self.meta.name.clone(),
+            pk: self.pk.clone(),
+            column: Some(self.meta.cols[i].clone()),
+            value: value.clone(),
+            col_version,
+            cl: self.cl,
+            seq,
+        };
+        let sentinel = || Change {
+            table: self.meta.name.clone(),
+            pk: self.pk.clone(),
+            column: None,
+            value: SqlValue::Null,
+            col_version: 0,
+            cl: self.cl,
+            seq: self.first_seq,
+        };
+        match &self.op {
+            RowOp::Insert(values) => {
+                out.push(sentinel());
+                for (i, v) in values.iter().enumerate() {
+                    out.push(cell(i, 1, v, self.first_seq + 1 + i as u64));
+                }
+            }
+            RowOp::Update(cells) => {
+                for (n, (i, cv, v)) in cells.iter().enumerate() {
+                    out.push(cell(*i, *cv, v, self.first_seq + n as u64));
+                }
+            }
+            RowOp::Delete => out.push(sentinel()),
+        }
+    }
 }
 
 impl<T> Committed<T> {
-    /// The version as changesets of about [`CHUNK_BYTES`] each, ready to broadcast.
-    pub fn changesets(&self, actor: crate::ActorId) -> Vec<Changeset> {
-        match self.version {
-            None => Vec::new(),
-            Some(v) => {
-                let last_seq = self.changes.last().map_or(0, |c| c.seq);
-                chunk_version(
-                    actor,
-                    v,
-                    last_seq,
-                    self.ts,
-                    self.changes.clone(),
-                    CHUNK_BYTES,
-                )
-            }
+    /// Every change of the version, sorted by seq.
+    pub fn changes(&self) -> Vec<Change> {
+        let mut out = Vec::new();
+        for r in &self.rows {
+            r.push_changes(&mut out);
         }
+        out
+    }
+
+    /// Number of changes in the version.
+    pub fn change_count(&self) -> u64 {
+        if self.version.is_some() {
+            self.last_seq + 1
+        } else {
+            0
+        }
+    }
+
+    /// The version as changesets of about [`CHUNK_BYTES`] each, ready to
+    /// broadcast; built row by row without materializing the whole version.
+    pub fn changesets(&self, actor: crate::ActorId) -> Vec<Changeset> {
+        let Some(v) = self.version else {
+            return Vec::new();
+        };
+        let mut buf = Vec::new();
+        let changes = self.rows.iter().flat_map(|r| {
+            buf.clear();
+            r.push_changes(&mut buf);
+            std::mem::take(&mut buf)
+        });
+        chunk_version(actor, v, self.last_seq, self.ts, changes, CHUNK_BYTES)
     }
 }
 
@@ -250,13 +327,13 @@ impl Store {
             let value = f(&mut WriteTx { conn, writer: &w })?;
             let version = self.head() + 1;
             let ts = now_ms();
-            let changes = self.flush(&w, version, ts)?;
-            Ok((value, version, ts, changes))
+            let (rows, nchanges) = self.flush(&w, version, ts)?;
+            Ok((value, version, ts, rows, nchanges))
         })();
-        let (value, version, ts, changes) = result?;
+        let (value, version, ts, rows, nchanges) = result?;
         conn.execute_batch("COMMIT")?;
         guard.armed = false;
-        let version = if changes.is_empty() {
+        let version = if nchanges == 0 {
             None
         } else {
             let mut books = self.inner.books.write();
@@ -269,16 +346,23 @@ impl Store {
         Ok(Committed {
             value,
             version,
-            changes,
             ts,
+            rows,
+            last_seq: nchanges.saturating_sub(1),
         })
     }
 
-    /// Turns the captured row images into clock updates and changes.
-    fn flush(&self, w: &Writer, version: u64, ts: u64) -> Result<Vec<Change>, StoreError> {
+    /// Turns the captured row images into clock updates and per-row change
+    /// records; returns them with the number of changes (the next seq).
+    fn flush(
+        &self,
+        w: &Writer,
+        version: u64,
+        ts: u64,
+    ) -> Result<(Vec<RowChange>, u64), StoreError> {
         let rows = w.capture.lock().take();
         if rows.is_empty() {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), 0));
         }
         let conn = &w.local;
         let catalog = self.inner.catalog.read().clone();
@@ -290,15 +374,32 @@ impl Store {
             seq,
         };
         let mut seq = 0u64;
-        let mut changes = Vec::with_capacity(rows.len() * 2);
+        let mut out = Vec::with_capacity(rows.len());
         let mut refs = RefChanges::default();
-        // Rows come sorted by table, so statements are prepared once per table.
+        let mut pending: Vec<NewRow> = Vec::with_capacity(CLOCK_BATCH);
+        // Statements are prepared once per run of rows of the same table.
         let mut stmts: Option<(u32, [rusqlite::CachedStatement<'_>; 3])> = None;
         for ((tbl, key), img) in rows {
             let meta = catalog.table(tbl).ok_or_else(|| {
                 StoreError::Corrupt(format!("capture for unknown table id {tbl}"))
             })?;
             if stmts.as_ref().is_none_or(|(t, _)| *t != tbl) {
+                if let Some((t, [get, put, fresh])) = stmts.as_mut() {
+                    let prev = catalog
+                        .table(*t)
+                        .ok_or_else(|| StoreError::Corrupt("table vanished".into()))?;
+                    insert_new_clocks(
+                        conn,
+                        prev,
+                        get,
+                        put,
+                        fresh,
+                        &mut pending,
+                        &mut out,
+                        &mut refs,
+                        &mine,
+                    )?;
+                }
                 stmts = Some((
                     tbl,
                     [
@@ -312,42 +413,51 @@ impl Store {
                 unreachable!("prepared above")
             };
             let ncols = meta.cols.len();
+            let first_seq = seq;
+            let row = |cl: u64, op: RowOp| RowChange {
+                meta: meta.clone(),
+                pk: key.clone(),
+                cl,
+                first_seq,
+                op,
+            };
             match (img.before, img.after) {
                 (None, None) => {}
-                (None, Some(a)) => {
-                    // A new row: write its clock at cl 1 unless a tombstone is
-                    // there, in which case this is a re-insert at the next odd cl.
-                    let clock = insert_clock(ncols, seq, version, me, ts);
-                    let blob = clock.encode();
-                    let (cl, before) =
-                        if fresh.execute(rusqlite::params![&key[..], 1u64, &blob])? == 1 {
-                            (1, Vec::new())
-                        } else {
-                            let (old_cl, old) = read_clock(get, &key)?;
-                            let cl = if old_cl % 2 == 1 {
-                                old_cl + 2
-                            } else {
-                                old_cl + 1
-                            };
-                            put.execute(rusqlite::params![&key[..], cl, &blob])?;
-                            (cl, old.origins())
-                        };
-                    push_insert(&mut changes, meta, &key, cl, &mut seq, a);
-                    refs.row(tbl, &key, &before, &mine);
+                (None, Some(mut a)) => {
+                    // A new row: its clock goes in at cl 1 with the next batch;
+                    // if a tombstone is there it becomes a re-insert instead.
+                    let blob = insert_clock(ncols, seq, version, me, ts).encode();
+                    a.resize(ncols, SqlValue::Null);
+                    seq += 1 + ncols as u64;
+                    pending.push(NewRow {
+                        key: key.clone(),
+                        blob,
+                        out: out.len(),
+                    });
+                    out.push(row(1, RowOp::Insert(a)));
+                    if pending.len() == CLOCK_BATCH {
+                        insert_new_clocks(
+                            conn,
+                            meta,
+                            get,
+                            put,
+                            fresh,
+                            &mut pending,
+                            &mut out,
+                            &mut refs,
+                            &mine,
+                        )?;
+                    }
                 }
                 (before_img, after_img) => {
                     let (cl, old) = read_clock(get, &key)?;
                     let before = old.origins();
                     let mut clock = old;
-                    let new_cl = match (before_img, after_img) {
+                    let (new_cl, op) = match (before_img, after_img) {
                         (Some(b), Some(a)) if cl % 2 == 1 => {
-                            let first = seq;
-                            for i in 0..ncols {
-                                let (old_v, new_v) = (
-                                    b.get(i).unwrap_or(&SqlValue::Null),
-                                    a.get(i).unwrap_or(&SqlValue::Null),
-                                );
-                                if old_v.same_as(new_v) {
+                            let mut cells = Vec::new();
+                            for (i, new_v) in a.into_iter().enumerate().take(ncols) {
+                                if b.get(i).is_some_and(|old_v| old_v.same_as(&new_v)) {
                                     continue;
                                 }
                                 let col_version = clock.col(i).map_or(0, |c| c.col_version) + 1;
@@ -358,29 +468,22 @@ impl Store {
                                         origin: origin(seq),
                                     }),
                                 );
-                                changes.push(Change {
-                                    table: meta.name.clone(),
-                                    pk: key.clone(),
-                                    column: Some(meta.cols[i].clone()),
-                                    value: new_v.clone(),
-                                    col_version,
-                                    cl,
-                                    seq,
-                                });
+                                cells.push((i, col_version, new_v));
                                 seq += 1;
                             }
-                            if seq == first {
+                            if cells.is_empty() {
                                 continue; // every value written was the current one
                             }
-                            cl
+                            (cl, RowOp::Update(cells))
                         }
-                        (_, Some(a)) => {
+                        (_, Some(mut a)) => {
                             // The clock says the row is gone although it existed:
                             // treat it as a re-insert.
                             let new_cl = if cl % 2 == 1 { cl + 2 } else { cl + 1 };
                             clock = insert_clock(ncols, seq, version, me, ts);
-                            push_insert(&mut changes, meta, &key, new_cl, &mut seq, a);
-                            new_cl
+                            a.resize(ncols, SqlValue::Null);
+                            seq += 1 + ncols as u64;
+                            (new_cl, RowOp::Insert(a))
                         }
                         (_, None) => {
                             let new_cl = if cl % 2 == 1 { cl + 1 } else { cl + 2 };
@@ -389,27 +492,105 @@ impl Store {
                                 cols: Vec::new(),
                                 ts,
                             };
-                            changes.push(sentinel(meta, &key, new_cl, seq));
                             seq += 1;
-                            new_cl
+                            (new_cl, RowOp::Delete)
                         }
                     };
                     clock.ts = ts;
                     put.execute(rusqlite::params![&key[..], new_cl, clock.encode()])?;
                     refs.row(tbl, &key, &before, &clock.origins());
+                    out.push(row(new_cl, op));
                 }
             }
         }
-        drop(stmts);
-        if changes.is_empty() {
-            return Ok(changes);
+        if let Some((t, [get, put, fresh])) = stmts.as_mut() {
+            let last = catalog
+                .table(*t)
+                .ok_or_else(|| StoreError::Corrupt("table vanished".into()))?;
+            insert_new_clocks(
+                conn,
+                last,
+                get,
+                put,
+                fresh,
+                &mut pending,
+                &mut out,
+                &mut refs,
+                &mine,
+            )?;
         }
-        let last_seq = seq - 1;
-        // The version's own index entry also records this node's head, so a
-        // local commit writes no separate bookkeeping row.
-        refs.persist(conn, &|_, _| (last_seq, ts))?;
-        Ok(changes)
+        drop(stmts);
+        if seq > 0 {
+            let last_seq = seq - 1;
+            // The version's own index entry also records this node's head, so a
+            // local commit writes no separate bookkeeping row.
+            refs.persist(conn, &|_, _| (last_seq, ts))?;
+        }
+        Ok((out, seq))
     }
+}
+
+/// A row inserted by this transaction whose clock is not written yet.
+struct NewRow {
+    key: Arc<[u8]>,
+    blob: Vec<u8>,
+    /// Its record in the flush output (the cl is fixed up on a tombstone).
+    out: usize,
+}
+
+/// Writes the clocks of new rows: a full batch with one statement, a partial
+/// one row by row. A row whose key has a tombstone is re-inserted at the next
+/// odd causal length.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the flush's statements and accumulators"
+)]
+fn insert_new_clocks(
+    conn: &Connection,
+    meta: &TableMeta,
+    get: &mut rusqlite::CachedStatement<'_>,
+    put: &mut rusqlite::CachedStatement<'_>,
+    fresh: &mut rusqlite::CachedStatement<'_>,
+    pending: &mut Vec<NewRow>,
+    out: &mut [RowChange],
+    refs: &mut RefChanges,
+    mine: &[(u32, u64)],
+) -> Result<(), StoreError> {
+    let mut inserted: rustc_hash::FxHashSet<Arc<[u8]>> = Default::default();
+    if pending.len() == CLOCK_BATCH {
+        let mut stmt = conn.prepare_cached(&meta.sql_new_clock_batch)?;
+        for (i, r) in pending.iter().enumerate() {
+            stmt.raw_bind_parameter(2 * i + 1, &r.key[..])?;
+            stmt.raw_bind_parameter(2 * i + 2, &r.blob)?;
+        }
+        let mut rows = stmt.raw_query();
+        while let Some(row) = rows.next()? {
+            let key: Vec<u8> = row.get(0)?;
+            inserted.insert(Arc::from(key));
+        }
+    } else {
+        for r in pending.iter() {
+            if fresh.execute(rusqlite::params![&r.key[..], 1u64, &r.blob])? == 1 {
+                inserted.insert(r.key.clone());
+            }
+        }
+    }
+    for r in pending.drain(..) {
+        if inserted.contains(&r.key) {
+            refs.row(meta.id, &r.key, &[], mine);
+            continue;
+        }
+        let (old_cl, old) = read_clock(get, &r.key)?;
+        let cl = if old_cl % 2 == 1 {
+            old_cl + 2
+        } else {
+            old_cl + 1
+        };
+        put.execute(rusqlite::params![&r.key[..], cl, &r.blob])?;
+        refs.row(meta.id, &r.key, &old.origins(), mine);
+        out[r.out].cl = cl;
+    }
+    Ok(())
 }
 
 fn read_clock(
@@ -444,42 +625,5 @@ fn insert_clock(ncols: usize, seq: u64, version: u64, me: u32, ts: u64) -> RowCl
             })
             .collect(),
         ts,
-    }
-}
-
-/// The changes of an insert: a sentinel, then every column (defaults included).
-fn push_insert(
-    changes: &mut Vec<Change>,
-    meta: &TableMeta,
-    key: &Arc<[u8]>,
-    cl: u64,
-    seq: &mut u64,
-    values: Vec<SqlValue>,
-) {
-    changes.push(sentinel(meta, key, cl, *seq));
-    *seq += 1;
-    for (i, v) in values.into_iter().enumerate().take(meta.cols.len()) {
-        changes.push(Change {
-            table: meta.name.clone(),
-            pk: key.clone(),
-            column: Some(meta.cols[i].clone()),
-            value: v,
-            col_version: 1,
-            cl,
-            seq: *seq,
-        });
-        *seq += 1;
-    }
-}
-
-fn sentinel(meta: &TableMeta, key: &Arc<[u8]>, cl: u64, seq: u64) -> Change {
-    Change {
-        table: meta.name.clone(),
-        pk: key.clone(),
-        column: None,
-        value: SqlValue::Null,
-        col_version: 0,
-        cl,
-        seq,
     }
 }

@@ -32,7 +32,7 @@ fn two_stores_converge_on_quick_start_rows() {
         .unwrap();
     assert_eq!(c.value, 1);
     assert_eq!(c.version, Some(1));
-    assert_eq!(c.changes.len(), 3);
+    assert_eq!(c.changes().len(), 3);
     let out = b.apply(c.changesets(a.actor_id())).unwrap();
     assert_eq!(out.applied.len(), 1);
     let title: String = b
@@ -48,7 +48,7 @@ fn two_stores_converge_on_quick_start_rows() {
             )
         })
         .unwrap();
-    assert_eq!(c2.changes.len(), 1);
+    assert_eq!(c2.changes().len(), 1);
     a.apply(c2.changesets(b.actor_id())).unwrap();
     let done: i64 = a
         .reader()

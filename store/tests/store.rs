@@ -111,9 +111,9 @@ fn versions_are_contiguous_and_empty_transactions_consume_none() {
     );
     let two = insert(&s, "b", "two");
     assert_eq!(two.version, Some(2));
-    let seqs: Vec<u64> = two.changes.iter().map(|c| c.seq).collect();
+    let seqs: Vec<u64> = two.changes().iter().map(|c| c.seq).collect();
     assert_eq!(seqs, [0, 1, 2]);
-    assert!(two.changes[0].is_sentinel() && two.changes[0].cl == 1);
+    assert!(two.changes()[0].is_sentinel() && two.changes()[0].cl == 1);
     assert_eq!(s.head(), 2);
 }
 
@@ -191,7 +191,7 @@ fn real_primary_key_values_are_refused() {
         .transact(|tx| tx.execute("INSERT INTO k (id, v) VALUES (1.0, 'x')", &[]))
         .unwrap();
     assert_eq!(
-        &c.changes[0].pk[..],
+        &c.changes()[0].pk[..],
         &encode_key(&[SqlValue::Integer(1)])[..]
     );
 }
@@ -205,7 +205,7 @@ fn primary_key_updates_replicate_as_delete_plus_insert() {
     let c2 = a
         .transact(|tx| tx.execute("UPDATE todos SET id = 'new' WHERE id = 'old'", &[]))
         .unwrap();
-    assert_eq!(c2.changes.iter().filter(|c| c.is_sentinel()).count(), 2);
+    assert_eq!(c2.changes().iter().filter(|c| c.is_sentinel()).count(), 2);
     b.apply(c2.changesets(a.actor_id())).unwrap();
     b.apply(c1.changesets(a.actor_id())).unwrap();
     assert_eq!(titles(&b), [("new".to_string(), "title".to_string())]);
@@ -228,7 +228,7 @@ fn schema_changes_apply_additively_and_bad_ones_keep_the_old_schema() {
     let c = a
         .transact(|tx| tx.execute("UPDATE todos SET owner = 'me'", &[]))
         .unwrap();
-    assert_eq!(c.changes[0].column.as_deref(), Some("owner"));
+    assert_eq!(c.changes()[0].column.as_deref(), Some("owner"));
     let owner: String = a
         .reader()
         .query_row("SELECT owner FROM todos", [], |r| r.get(0))
@@ -634,4 +634,66 @@ fn remote_application_is_not_starved_by_local_writes() {
         );
     });
     assert!(titles(&a).iter().any(|(id, _)| id == "from-b"));
+}
+
+#[test]
+fn bulk_reinserts_over_tombstones_get_the_next_causal_length() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open_with(dir.path(), "a.db", TODOS);
+    let b = open_with(dir.path(), "b.db", TODOS);
+    let mut sets = Vec::new();
+    let bulk = |range: std::ops::Range<usize>, title: &'static str| {
+        move |tx: &mut corro_store::WriteTx<'_>| {
+            let mut stmt = tx.prepare("INSERT INTO todos (id, title) VALUES (?, ?)")?;
+            for i in range.clone() {
+                stmt.execute(&[format!("id-{i:04}").into(), title.into()])?;
+            }
+            Ok(())
+        }
+    };
+    sets.extend(
+        a.transact(bulk(0..300, "first"))
+            .unwrap()
+            .changesets(a.actor_id()),
+    );
+    // Tombstones on every other row.
+    sets.extend(
+        a.transact(|tx| {
+            tx.execute(
+                "DELETE FROM todos WHERE CAST(substr(id, 4) AS INTEGER) % 2 = 0",
+                &[],
+            )
+        })
+        .unwrap()
+        .changesets(a.actor_id()),
+    );
+    // One transaction re-inserting them among brand-new rows (several batches,
+    // each mixing fresh keys and tombstoned ones).
+    let c = a
+        .transact(|tx| {
+            let mut stmt = tx.prepare("INSERT INTO todos (id, title) VALUES (?, ?)")?;
+            for i in (0..300).filter(|i| i % 2 == 0).chain(300..500) {
+                stmt.execute(&[format!("id-{i:04}").into(), "second".into()])?;
+            }
+            Ok(())
+        })
+        .unwrap();
+    let sentinels: Vec<(Vec<u8>, u64)> = c
+        .changes()
+        .iter()
+        .filter(|c| c.is_sentinel())
+        .map(|c| (c.pk.to_vec(), c.cl))
+        .collect();
+    assert_eq!(sentinels.len(), 350);
+    let key = |i: usize| encode_key(&[SqlValue::Text(format!("id-{i:04}"))]);
+    for (pk, cl) in &sentinels {
+        let reinserted = (0..300).step_by(2).any(|i| key(i) == *pk);
+        assert_eq!(*cl, if reinserted { 3 } else { 1 }, "key {pk:?}");
+    }
+    sets.extend(c.changesets(a.actor_id()));
+    a.verify().unwrap();
+    b.apply(sets).unwrap();
+    assert_eq!(titles(&a), titles(&b));
+    assert_eq!(titles(&a).len(), 500);
+    b.verify().unwrap();
 }
