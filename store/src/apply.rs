@@ -388,6 +388,9 @@ fn take_buffered(conn: &Connection, actor: u32, version: u64) -> Result<Vec<Chan
     Ok(changes)
 }
 
+/// A row in a merge batch: (table id, encoded key).
+type RowId<'a> = (u32, &'a Arc<[u8]>);
+
 /// The changes to one row in a merge batch, with their origins.
 type RowChanges<'a> = Vec<(Origin, &'a Change)>;
 
@@ -395,8 +398,8 @@ type RowChanges<'a> = Vec<(Origin, &'a Change)>;
 fn merge(conn: &Connection, catalog: &Catalog, ready: &[Ready]) -> Result<(), StoreError> {
     // Rows in first-seen order (a version's changes come in key order, which
     // keeps B-tree writes local); hashing beats ordered maps on long keys.
-    let mut slot: HashMap<(u32, &Arc<[u8]>), usize> = HashMap::default();
-    let mut rows: Vec<((u32, &Arc<[u8]>), RowChanges<'_>)> = Vec::new();
+    let mut slot: HashMap<RowId<'_>, usize> = HashMap::default();
+    let mut rows: Vec<(RowId<'_>, RowChanges<'_>)> = Vec::new();
     let mut last_seqs: HashMap<(u32, u64), u64> = HashMap::default();
     let mut ts_of: HashMap<(u32, u64), u64> = HashMap::default();
     for r in ready {
