@@ -76,7 +76,7 @@ pub(crate) struct TableMeta {
     pub sql_get_clock: String,
     pub sql_put_clock: String,
     pub sql_new_clock: String,
-    /// Clocks of [`CLOCK_BATCH`] new rows at once; returns the keys inserted.
+    /// Clocks of [`CLOCK_BATCH`] new rows at once.
     pub sql_new_clock_batch: String,
     pub sql_select_values: String,
     pub sql_delete_row: String,
@@ -115,7 +115,7 @@ impl TableMeta {
             sql_cache: Default::default(),
             sql_get_clock: format!("SELECT cl, clock FROM {q_clock} WHERE key = ?1"),
             sql_new_clock_batch: format!(
-                "INSERT OR IGNORE INTO {q_clock} (key, cl, clock) VALUES {} RETURNING key",
+                "INSERT OR IGNORE INTO {q_clock} (key, cl, clock) VALUES {}",
                 (0..CLOCK_BATCH)
                     .map(|i| format!("(?{}, 1, ?{})", 2 * i + 1, 2 * i + 2))
                     .collect::<Vec<_>>()

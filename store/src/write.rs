@@ -556,27 +556,30 @@ fn insert_new_clocks(
     refs: &mut RefChanges,
     mine: &[(u32, u64)],
 ) -> Result<(), StoreError> {
-    let mut inserted: rustc_hash::FxHashSet<Arc<[u8]>> = Default::default();
-    if pending.len() == CLOCK_BATCH {
+    // A full batch goes in with one statement. Usually every row is new; if
+    // not, each row is checked: a stored clock equal to ours carries this
+    // version's unique origins, so it is the one just written.
+    let batched = pending.len() == CLOCK_BATCH;
+    let all_in = batched && {
         let mut stmt = conn.prepare_cached(&meta.sql_new_clock_batch)?;
         for (i, r) in pending.iter().enumerate() {
             stmt.raw_bind_parameter(2 * i + 1, &r.key[..])?;
             stmt.raw_bind_parameter(2 * i + 2, &r.blob)?;
         }
-        let mut rows = stmt.raw_query();
-        while let Some(row) = rows.next()? {
-            let key: Vec<u8> = row.get(0)?;
-            inserted.insert(Arc::from(key));
-        }
-    } else {
-        for r in pending.iter() {
-            if fresh.execute(rusqlite::params![&r.key[..], 1u64, &r.blob])? == 1 {
-                inserted.insert(r.key.clone());
-            }
-        }
-    }
+        stmt.raw_execute()? == CLOCK_BATCH
+    };
     for r in pending.drain(..) {
-        if inserted.contains(&r.key) {
+        let inserted = if all_in {
+            true
+        } else if batched {
+            let stored: Option<(u64, Vec<u8>)> = get
+                .query_row([&r.key[..]], |row| Ok((row.get(0)?, row.get(1)?)))
+                .optional()?;
+            stored.is_some_and(|(cl, blob)| cl == 1 && blob == r.blob)
+        } else {
+            fresh.execute(rusqlite::params![&r.key[..], 1u64, &r.blob])? == 1
+        };
+        if inserted {
             refs.row(meta.id, &r.key, &[], mine);
             continue;
         }
