@@ -1,0 +1,271 @@
+//! JSON shapes of the agent's HTTP API.
+//!
+//! SQL values travel as plain JSON: `null`, numbers (integers stay integers),
+//! strings, and blobs as arrays of byte values. Statements are accepted as a
+//! string, `[sql, [params]]`, `[sql, {":name": value}]` or
+//! `{"query": sql, "params": [...], "named_params": {...}}`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One SQL value as the API carries it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "serde_json::Value", into = "serde_json::Value")]
+pub enum Value {
+    Null,
+    Integer(i64),
+    Real(f64),
+    Text(String),
+    Blob(Vec<u8>),
+}
+
+impl TryFrom<serde_json::Value> for Value {
+    type Error = String;
+
+    fn try_from(v: serde_json::Value) -> Result<Self, Self::Error> {
+        use serde_json::Value as J;
+        Ok(match v {
+            J::Null => Value::Null,
+            J::Bool(b) => Value::Integer(i64::from(b)),
+            J::Number(n) => match n.as_i64() {
+                Some(i) => Value::Integer(i),
+                None => Value::Real(
+                    n.as_f64()
+                        .ok_or_else(|| format!("number {n} is out of range"))?,
+                ),
+            },
+            J::String(s) => Value::Text(s),
+            J::Array(items) => Value::Blob(
+                items
+                    .into_iter()
+                    .map(|i| {
+                        i.as_u64()
+                            .and_then(|b| u8::try_from(b).ok())
+                            .ok_or_else(|| "a blob is an array of byte values (0-255)".to_string())
+                    })
+                    .collect::<Result<_, _>>()?,
+            ),
+            J::Object(_) => return Err("an SQL value cannot be an object".into()),
+        })
+    }
+}
+
+impl From<Value> for serde_json::Value {
+    fn from(v: Value) -> Self {
+        match v {
+            Value::Null => serde_json::Value::Null,
+            Value::Integer(i) => i.into(),
+            // NaN and infinities have no JSON form; SQLite stores NaN as NULL.
+            Value::Real(f) => {
+                serde_json::Number::from_f64(f).map_or(serde_json::Value::Null, Into::into)
+            }
+            Value::Text(s) => s.into(),
+            Value::Blob(b) => b.into_iter().map(serde_json::Value::from).collect(),
+        }
+    }
+}
+
+impl From<&str> for Value {
+    fn from(s: &str) -> Self {
+        Value::Text(s.to_string())
+    }
+}
+impl From<String> for Value {
+    fn from(s: String) -> Self {
+        Value::Text(s)
+    }
+}
+impl From<i64> for Value {
+    fn from(i: i64) -> Self {
+        Value::Integer(i)
+    }
+}
+impl From<f64> for Value {
+    fn from(f: f64) -> Self {
+        Value::Real(f)
+    }
+}
+
+impl std::fmt::Display for Value {
+    /// How the CLI prints a cell: NULL as nothing, blobs as text when UTF-8.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Value::Null => Ok(()),
+            Value::Integer(i) => write!(f, "{i}"),
+            Value::Real(r) => write!(f, "{r}"),
+            Value::Text(s) => f.write_str(s),
+            Value::Blob(b) => match std::str::from_utf8(b) {
+                Ok(s) => f.write_str(s),
+                Err(_) => b.iter().try_for_each(|x| write!(f, "{x:02x}")),
+            },
+        }
+    }
+}
+
+/// One SQL statement with its parameters.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Statement {
+    Simple(String),
+    WithParams(String, Vec<Value>),
+    WithNamedParams(String, BTreeMap<String, Value>),
+    Verbose {
+        query: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        params: Option<Vec<Value>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        named_params: Option<BTreeMap<String, Value>>,
+    },
+}
+
+impl Statement {
+    pub fn sql(&self) -> &str {
+        match self {
+            Statement::Simple(s)
+            | Statement::WithParams(s, _)
+            | Statement::WithNamedParams(s, _) => s,
+            Statement::Verbose { query, .. } => query,
+        }
+    }
+}
+
+impl From<&str> for Statement {
+    fn from(s: &str) -> Self {
+        Statement::Simple(s.to_string())
+    }
+}
+
+/// Response of `POST /v1/transactions`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecResponse {
+    pub results: Vec<ExecResult>,
+    /// Seconds spent running the whole transaction.
+    pub time: f64,
+    /// The version this transaction created (absent when nothing changed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<u64>,
+    /// This node's actor id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor_id: Option<String>,
+}
+
+/// One statement's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExecResult {
+    pub rows_affected: usize,
+    /// Seconds spent on this statement.
+    pub time: f64,
+}
+
+/// One line of the NDJSON answer to `POST /v1/queries`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum QueryEvent {
+    Columns(Vec<String>),
+    /// (row id within this result, cells)
+    Row(u64, Vec<Value>),
+    #[serde(rename = "eoq")]
+    EndOfQuery {
+        time: f64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        change_id: Option<u64>,
+    },
+    Error(String),
+}
+
+/// Body of `POST /v1/table_stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableStatsRequest {
+    pub tables: Vec<String>,
+}
+
+/// Response of `POST /v1/table_stats`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TableStatsResponse {
+    pub total_row_count: u64,
+    pub invalid_tables: Vec<String>,
+}
+
+/// Response of `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HealthResponse {
+    /// "ok" when the agent can serve reads and writes.
+    pub status: String,
+    pub actor_id: String,
+    /// Highest version this node has issued.
+    pub head: u64,
+    /// Members this node sees (itself excluded).
+    pub members: usize,
+}
+
+/// One entry of `GET /v1/members`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Member {
+    pub actor_id: String,
+    pub addr: String,
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtt_ms: Option<f64>,
+}
+
+/// Error body of every non-2xx response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statement_forms_parse() {
+        let s: Vec<Statement> = serde_json::from_str(
+            r#"["SELECT 1", ["SELECT ?", [1, "a", null, 1.5, [1,2]]], ["SELECT :x", {":x": 2}], {"query": "SELECT ?", "params": [true]}]"#,
+        )
+        .unwrap();
+        assert_eq!(s[0], Statement::Simple("SELECT 1".into()));
+        assert_eq!(
+            s[1],
+            Statement::WithParams(
+                "SELECT ?".into(),
+                vec![
+                    Value::Integer(1),
+                    "a".into(),
+                    Value::Null,
+                    Value::Real(1.5),
+                    Value::Blob(vec![1, 2])
+                ]
+            )
+        );
+        assert!(matches!(&s[2], Statement::WithNamedParams(_, m) if m[":x"] == Value::Integer(2)));
+        assert!(
+            matches!(&s[3], Statement::Verbose { params: Some(p), .. } if p == &[Value::Integer(1)])
+        );
+    }
+
+    #[test]
+    fn query_events_have_the_reference_shapes() {
+        let lines = [
+            QueryEvent::Columns(vec!["sandwich".into()]),
+            QueryEvent::Row(1, vec!["burger".into()]),
+            QueryEvent::EndOfQuery {
+                time: 5e-8,
+                change_id: None,
+            },
+            QueryEvent::Error("boom".into()),
+        ]
+        .map(|e| serde_json::to_string(&e).unwrap());
+        assert_eq!(lines[0], r#"{"columns":["sandwich"]}"#);
+        assert_eq!(lines[1], r#"{"row":[1,["burger"]]}"#);
+        assert_eq!(lines[2], r#"{"eoq":{"time":5e-8}}"#);
+        assert_eq!(lines[3], r#"{"error":"boom"}"#);
+    }
+
+    #[test]
+    fn bad_values_are_rejected() {
+        assert!(serde_json::from_str::<Value>(r#"{"a":1}"#).is_err());
+        assert!(serde_json::from_str::<Value>("[300]").is_err());
+    }
+}
