@@ -1,12 +1,12 @@
-//! The agent's TOML configuration.
+//! The agent's TOML configuration (reference chapter "Configuration").
 //!
-//! This first version reads the `[db]` section the store needs; the other
-//! sections of the reference (`[gossip]`, `[api]`, `[admin]`, `[telemetry]`,
-//! `[log]`, `[consul]`) are accepted so the reference's config files load,
-//! and are given meaning by the agent, cluster and discovery work that
-//! follows. Unknown sections and unknown `[db]` keys are errors naming the
-//! file and the key.
+//! Every section and key of the reference is parsed into typed values
+//! (addresses, paths, durations) even where a later feature gives it meaning
+//! (`[gossip]` for the cluster, `[consul]` for the bridge). Unknown sections
+//! and keys, and values of the wrong type, fail at start with the file, the
+//! key and the reason. Defaults are documented on each field.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -32,30 +32,267 @@ addr = "127.0.0.1:8080"
 path = "./corrosion-data/admin.sock"
 "#;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Config {
+    pub db: DbConfig,
+    pub gossip: GossipConfig,
+    #[serde(default)]
+    pub api: ApiConfig,
+    #[serde(default)]
+    pub admin: AdminConfig,
+    #[serde(default)]
+    pub telemetry: TelemetryConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+    #[serde(default)]
+    #[expect(dead_code, reason = "parsed now; the Consul bridge gives it meaning")]
+    pub consul: Option<ConsulConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DbConfig {
+    /// Path of the SQLite database (required).
+    pub path: PathBuf,
+    /// Schema files, or directories whose `*.sql` files are all loaded.
+    #[serde(default)]
+    pub schema_paths: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[expect(dead_code, reason = "parsed now; the cluster gives these meaning")]
+pub(crate) struct GossipConfig {
+    /// UDP address the QUIC endpoint binds (required).
+    pub addr: SocketAddr,
+    /// Address advertised to peers (default: `addr`).
+    pub external_addr: Option<SocketAddr>,
+    /// Peers to join through: `host:port`, or `host:port@dns-server:port`.
+    #[serde(default)]
+    pub bootstrap: Vec<String>,
+    /// QUIC without encryption (toy clusters, or a network that encrypts).
+    #[serde(default)]
+    pub plaintext: bool,
+    /// Upper bound for QUIC's path MTU.
+    pub max_mtu: Option<u16>,
+    /// Idle timeout of QUIC connections (default 30 s).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout_secs: u64,
+    /// Skip generic segmentation offload.
+    #[serde(default)]
+    pub disable_gso: bool,
+    pub tls: Option<TlsConfig>,
+}
+
+fn default_idle_timeout() -> u64 {
+    30
+}
+
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 #[expect(
     dead_code,
-    reason = "sections other than [db] are accepted now and used by later features"
+    reason = "parsed now; the cluster's TLS gives these meaning"
 )]
-pub(crate) struct Config {
-    pub db: DbConfig,
-    pub gossip: Option<toml::Table>,
-    pub api: Option<toml::Table>,
-    pub admin: Option<toml::Table>,
-    pub telemetry: Option<toml::Table>,
-    pub log: Option<toml::Table>,
-    pub consul: Option<toml::Table>,
+pub(crate) struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    pub ca_file: Option<PathBuf>,
+    /// Do not check the peer certificate's authority.
+    #[serde(default)]
+    pub insecure: bool,
+    /// Client certificate for mutual TLS.
+    pub client: Option<TlsClientConfig>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub(crate) struct DbConfig {
-    /// Path of the SQLite database.
-    pub path: PathBuf,
-    /// Schema files or directories of `.sql` files.
+#[expect(dead_code, reason = "parsed now; mutual TLS gives these meaning")]
+pub(crate) struct TlsClientConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ApiConfig {
+    /// HTTP API listener (default 127.0.0.1:8080).
+    #[serde(default = "default_api_addr")]
+    pub addr: SocketAddr,
     #[serde(default)]
-    pub schema_paths: Vec<PathBuf>,
+    pub authz: AuthzConfig,
+    /// PostgreSQL wire protocol listener (not served yet).
+    pub pg: Option<PgConfig>,
+    /// Largest request body accepted (default 8 MiB); larger gets 413.
+    #[serde(default = "default_max_body")]
+    pub max_body_bytes: usize,
+    /// Most statements in one transaction (default 1000); more gets 413.
+    #[serde(default = "default_max_statements")]
+    pub max_statements: usize,
+    /// Most rows one transaction may change (default 100,000); more gets 413.
+    #[serde(default = "default_max_changes")]
+    pub max_changes: usize,
+    /// Default query timeout in seconds (default 30); `?timeout=` overrides.
+    #[serde(default = "default_query_timeout")]
+    pub query_timeout_secs: f64,
+}
+
+fn default_api_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8080))
+}
+fn default_max_body() -> usize {
+    8 * 1024 * 1024
+}
+fn default_max_statements() -> usize {
+    1000
+}
+fn default_max_changes() -> usize {
+    100_000
+}
+fn default_query_timeout() -> f64 {
+    30.0
+}
+
+impl Default for ApiConfig {
+    fn default() -> Self {
+        ApiConfig {
+            addr: default_api_addr(),
+            authz: AuthzConfig::default(),
+            pg: None,
+            max_body_bytes: default_max_body(),
+            max_statements: default_max_statements(),
+            max_changes: default_max_changes(),
+            query_timeout_secs: default_query_timeout(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AuthzConfig {
+    /// Every API request must send `Authorization: Bearer <token>`.
+    #[serde(rename = "bearer-token")]
+    pub bearer_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[expect(
+    dead_code,
+    reason = "parsed now; the PostgreSQL listener is a later stage"
+)]
+pub(crate) struct PgConfig {
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct AdminConfig {
+    /// Unix socket of the admin interface (default /var/run/corrosion/admin.sock).
+    #[serde(default = "default_admin_path")]
+    pub path: PathBuf,
+}
+
+fn default_admin_path() -> PathBuf {
+    PathBuf::from("/var/run/corrosion/admin.sock")
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            path: default_admin_path(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[expect(dead_code, reason = "parsed now; metrics export gives these meaning")]
+pub(crate) struct TelemetryConfig {
+    pub prometheus: Option<PrometheusConfig>,
+    /// `"from_env"` or `{ exporter = { endpoint = "..." } }`.
+    #[serde(rename = "open-telemetry")]
+    pub open_telemetry: Option<toml::Value>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[expect(dead_code, reason = "parsed now; metrics export gives it meaning")]
+pub(crate) struct PrometheusConfig {
+    pub addr: SocketAddr,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct LogConfig {
+    /// ANSI colors in plain logs (default true).
+    #[serde(default = "yes")]
+    pub colors: bool,
+    /// `plain` (default) or `json`.
+    #[serde(default)]
+    pub format: LogFormat,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            colors: true,
+            format: LogFormat::Plain,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum LogFormat {
+    #[default]
+    Plain,
+    Json,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[expect(
+    dead_code,
+    reason = "parsed now; the Consul bridge gives these meaning"
+)]
+pub(crate) struct ConsulConfig {
+    pub client: ConsulClientConfig,
+    /// Node name for this host's services (default: the hostname).
+    pub node_name: Option<String>,
+    /// Datacenter name (default "dc1").
+    pub datacenter: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[expect(
+    dead_code,
+    reason = "parsed now; the Consul bridge gives these meaning"
+)]
+pub(crate) struct ConsulClientConfig {
+    /// Local Consul agent address.
+    pub addr: SocketAddr,
+    /// ACL token sent as X-Consul-Token.
+    pub token: Option<String>,
+    pub tls: Option<ConsulTlsConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[expect(
+    dead_code,
+    reason = "parsed now; the Consul bridge gives these meaning"
+)]
+pub(crate) struct ConsulTlsConfig {
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
 }
 
 /// Where a loaded config came from.
@@ -65,9 +302,36 @@ pub(crate) enum Source {
 }
 
 impl Config {
-    /// Parses `text`; errors name `origin` and the offending key.
+    /// Parses `text`; errors name `origin`, the key and the reason.
     pub(crate) fn parse(text: &str, origin: &str) -> anyhow::Result<Config> {
-        toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))
+        let config: Config = toml::from_str(text).map_err(|e| anyhow::anyhow!("{origin}: {e}"))?;
+        config.check(origin)?;
+        Ok(config)
+    }
+
+    /// Rules that span keys.
+    fn check(&self, origin: &str) -> anyhow::Result<()> {
+        if self.gossip.tls.is_none() && !self.gossip.plaintext {
+            // The cluster is not served yet; say what will be needed.
+            tracing::warn!(
+                "{origin}: [gossip] has neither plaintext = true nor a [gossip.tls] section; peers will be refused once clustering is enabled"
+            );
+        }
+        if self.api.max_statements == 0 || self.api.max_body_bytes == 0 || self.api.max_changes == 0
+        {
+            anyhow::bail!(
+                "{origin}: api.max_statements, api.max_body_bytes and api.max_changes must be positive"
+            );
+        }
+        if !(self.api.query_timeout_secs > 0.0) {
+            anyhow::bail!("{origin}: api.query_timeout_secs must be positive");
+        }
+        if let Some(t) = &self.api.authz.bearer_token {
+            if t.trim().is_empty() {
+                anyhow::bail!("{origin}: api.authz.bearer-token is empty");
+            }
+        }
+        Ok(())
     }
 
     /// Loads `path`; when it is the default path and does not exist, falls
@@ -95,43 +359,82 @@ mod tests {
     fn embedded_default_parses() {
         let c = Config::parse(EMBEDDED_DEFAULT, "embedded").unwrap();
         assert_eq!(c.db.path, PathBuf::from("./corrosion-data/state.db"));
+        assert_eq!(c.api.addr, "127.0.0.1:8080".parse().unwrap());
     }
 
     #[test]
-    fn reference_quick_start_config_parses() {
+    fn every_reference_section_parses() {
         let c = Config::parse(
             r#"
 [db]
 path = "/var/lib/corrosion/state.db"
-schema_paths = ["/etc/corrosion/schema"]
+schema_paths = ["/etc/corrosion/schema", "/path/to/table_name.sql"]
 [gossip]
 addr = "[::]:8787" # the address we bind to
 external_addr = "[::1]:8787" # the address we advertise as
-plaintext = true
+bootstrap = ["127.0.0.1:3333", "my-fly-app.internal:3333@[fdaa::3]:53"]
+plaintext = false
+max_mtu = 1372
+disable_gso = true
+idle_timeout_secs = 10
+[gossip.tls]
+cert_file = "/path/to/server_cert.pem"
+key_file = "/path/to/server_key.pem"
+ca_file = "/path/to/ca_cert.pem"
+insecure = false
+[gossip.tls.client]
+cert_file = "/path/to/client_cert.pem"
+key_file = "/path/to/client_key.pem"
 [api]
 addr = "127.0.0.1:8080"
+authz.bearer-token = "s3cret"
+pg.addr = "127.0.0.1:5470"
 [admin]
 path = "/var/run/corrosion/admin.sock"
+[telemetry]
+prometheus.addr = "0.0.0.0:9090"
+open-telemetry.exporter = { endpoint = "10.0.0.0:9999" }
+[log]
+colors = false
+[consul.client]
+addr = "127.0.0.1:8500"
 "#,
-            "quick start",
+            "full",
         )
         .unwrap();
-        assert_eq!(c.db.schema_paths, [PathBuf::from("/etc/corrosion/schema")]);
+        assert_eq!(c.api.authz.bearer_token.as_deref(), Some("s3cret"));
+        assert_eq!(c.gossip.idle_timeout_secs, 10);
+        assert!(c.gossip.tls.as_ref().unwrap().client.is_some());
+        assert!(!c.log.colors);
     }
 
     #[test]
-    fn unknown_keys_name_file_and_key() {
-        let e = Config::parse("[db]\npath = 'x'\nschema_path = []\n", "my.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("my.toml") && e.contains("schema_path"), "{e}");
-        let e = Config::parse("[db]\npath = 'x'\n[gosip]\n", "my.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("gosip"), "{e}");
-        let e = Config::parse("[gossip]\n", "my.toml")
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("db"), "{e}");
+    fn unknown_keys_and_bad_values_name_file_and_key() {
+        for (text, want) in [
+            (
+                "[db]\npath = 'x'\nschema_path = []\n[gossip]\naddr='127.0.0.1:1'\n",
+                "schema_path",
+            ),
+            (
+                "[db]\npath = 'x'\n[gossip]\naddr='127.0.0.1:1'\n[gosip]\n",
+                "gosip",
+            ),
+            ("[gossip]\naddr='127.0.0.1:1'\n", "db"),
+            (
+                "[db]\npath = 'x'\n[gossip]\naddr='not an address'\n",
+                "addr",
+            ),
+            (
+                "[db]\npath = 'x'\n[gossip]\naddr='127.0.0.1:1'\n[api]\nmax_statements = 0\n",
+                "max_statements",
+            ),
+            (
+                "[db]\npath = 'x'\n[gossip]\naddr='127.0.0.1:1'\n[log]\nformat = 'xml'\n",
+                "xml",
+            ),
+        ] {
+            let e = format!("{:#}", Config::parse(text, "my.toml").unwrap_err());
+            assert!(e.contains("my.toml") && e.contains(want), "{text}\n -> {e}");
+        }
     }
 }

@@ -3,27 +3,88 @@
 //! Readers never block the writer (WAL) and never see uncommitted data. The
 //! pool hands out a guard that returns the connection on drop; when every
 //! connection is busy, callers wait on a condition variable.
+//!
+//! Client queries are prepared through [`ReadConn::prepare_user`], under an
+//! authorizer that refuses ATTACH/DETACH, transaction control, PRAGMA
+//! assignments and any write (the connection is read-only anyway), so a
+//! client cannot leave a pooled connection in a changed state. The store's own
+//! reads prepare normally.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::{Condvar, Mutex};
 use rusqlite::Connection;
+use rusqlite::hooks::{AuthAction, AuthContext, Authorization};
+
+use crate::error::StoreError;
+
+/// Pragmas whose argument names what to describe rather than a new setting.
+const INFO_PRAGMAS: &[&str] = &[
+    "table_info",
+    "table_xinfo",
+    "table_list",
+    "index_info",
+    "index_xinfo",
+    "index_list",
+    "foreign_key_list",
+    "integrity_check",
+    "quick_check",
+];
+
+struct Pooled {
+    conn: Connection,
+    user_mode: Arc<AtomicBool>,
+}
 
 pub(crate) struct ReadPool {
-    idle: Mutex<Vec<Connection>>,
+    idle: Mutex<Vec<Pooled>>,
     ready: Condvar,
 }
 
 /// A borrowed read connection.
 pub struct ReadConn<'a> {
     pool: &'a ReadPool,
-    conn: Option<Connection>,
+    conn: Option<Pooled>,
 }
 
 impl ReadPool {
-    pub(crate) fn new(conns: Vec<Connection>) -> Self {
-        ReadPool {
-            idle: Mutex::new(conns),
-            ready: Condvar::new(),
+    pub(crate) fn new(conns: Vec<Connection>) -> rusqlite::Result<Self> {
+        let mut pooled = Vec::with_capacity(conns.len());
+        for mut conn in conns {
+            let user_mode = Arc::new(AtomicBool::new(false));
+            let flag = user_mode.clone();
+            conn.authorizer(Some(move |ctx: AuthContext<'_>| {
+                if !flag.load(Ordering::Relaxed) {
+                    return Authorization::Allow;
+                }
+                match ctx.action {
+                    AuthAction::Read { .. } | AuthAction::Select | AuthAction::Recursive => {
+                        Authorization::Allow
+                    }
+                    AuthAction::Function { function_name }
+                        if !function_name.eq_ignore_ascii_case("load_extension") =>
+                    {
+                        Authorization::Allow
+                    }
+                    // Reading pragmas is fine; setting them is not.
+                    AuthAction::Pragma {
+                        pragma_value: None, ..
+                    } => Authorization::Allow,
+                    AuthAction::Pragma { pragma_name, .. }
+                        if INFO_PRAGMAS.contains(&pragma_name.to_ascii_lowercase().as_str()) =>
+                    {
+                        Authorization::Allow
+                    }
+                    _ => Authorization::Deny,
+                }
+            }))?;
+            pooled.push(Pooled { conn, user_mode });
         }
+        Ok(ReadPool {
+            idle: Mutex::new(pooled),
+            ready: Condvar::new(),
+        })
     }
 
     pub(crate) fn get(&self) -> ReadConn<'_> {
@@ -40,19 +101,64 @@ impl ReadPool {
     }
 }
 
-impl std::ops::Deref for ReadConn<'_> {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
+impl ReadConn<'_> {
+    fn pooled(&self) -> &Pooled {
         // Present from creation until drop.
         self.conn
             .as_ref()
             .unwrap_or_else(|| unreachable!("read connection taken"))
     }
+
+    /// Prepares a client's query: one read-only statement; ATTACH, PRAGMA
+    /// assignments, transaction control and writes are refused with
+    /// [`StoreError::NotAllowed`].
+    pub fn prepare_user(&self, sql: &str) -> Result<rusqlite::Statement<'_>, StoreError> {
+        let p = self.pooled();
+        p.user_mode.store(true, Ordering::Relaxed);
+        let stmt = p.conn.prepare(sql);
+        p.user_mode.store(false, Ordering::Relaxed);
+        let stmt = stmt.map_err(|e| {
+            let text = e.to_string();
+            if text.contains("not authorized") {
+                StoreError::NotAllowed(format!(
+                    "{text} (queries must be read-only: writes, ATTACH, PRAGMA assignments and transaction control are refused)"
+                ))
+            } else {
+                StoreError::Sqlite(e)
+            }
+        })?;
+        if !stmt.readonly() {
+            return Err(StoreError::NotAllowed(
+                "queries must be read-only; use /v1/transactions to write".into(),
+            ));
+        }
+        Ok(stmt)
+    }
+}
+
+impl std::ops::Deref for ReadConn<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        &self.pooled().conn
+    }
+}
+
+impl std::ops::DerefMut for ReadConn<'_> {
+    fn deref_mut(&mut self) -> &mut Connection {
+        &mut self
+            .conn
+            .as_mut()
+            .unwrap_or_else(|| unreachable!("read connection taken"))
+            .conn
+    }
 }
 
 impl Drop for ReadConn<'_> {
     fn drop(&mut self) {
-        if let Some(conn) = self.conn.take() {
+        if let Some(mut conn) = self.conn.take() {
+            // A progress handler installed for a query timeout must not
+            // outlive that query.
+            let _ = conn.conn.progress_handler(0, None::<fn() -> bool>);
             self.pool.idle.lock().push(conn);
             self.pool.ready.notify_one();
         }

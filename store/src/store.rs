@@ -135,6 +135,7 @@ impl Store {
             readers.push(r);
         }
 
+        let readers = ReadPool::new(readers).map_err(open_err)?;
         let catalog = load_catalog(&local)?;
         let books = load_books(&local, self_idx)?;
         tracing::info!(actor_id = %actor, path = %path.display(), tables = catalog.tables.len(), "store opened");
@@ -149,7 +150,7 @@ impl Store {
                     capture,
                     user_mode,
                 }),
-                readers: ReadPool::new(readers),
+                readers,
                 catalog: RwLock::new(Arc::new(catalog)),
                 books: RwLock::new(books),
             }),

@@ -697,3 +697,41 @@ fn bulk_reinserts_over_tombstones_get_the_next_causal_length() {
     assert_eq!(titles(&a).len(), 500);
     b.verify().unwrap();
 }
+
+#[test]
+fn client_queries_are_read_only_and_cannot_change_pooled_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open(
+        dir.path().join("a.db"),
+        StoreOptions {
+            readers: 1,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    a.apply_schema_paths(&[schema_file(dir.path(), "s.sql", TODOS)])
+        .unwrap();
+    insert(&a, "x", "one");
+    let r = a.reader();
+    for sql in [
+        "INSERT INTO todos (id) VALUES ('y')",
+        "DELETE FROM todos",
+        "ATTACH 'other.db' AS other",
+        "BEGIN",
+        "PRAGMA query_only = 0",
+        "CREATE TABLE t (x)",
+        "SELECT load_extension('evil')",
+    ] {
+        let e = r.prepare_user(sql).map(|_| ()).unwrap_err();
+        assert!(matches!(e, StoreError::NotAllowed(_)), "{sql}: {e}");
+    }
+    let mut ok = r.prepare_user("SELECT title FROM todos").unwrap();
+    let title: String = ok.query_row([], |row| row.get(0)).unwrap();
+    assert_eq!(title, "one");
+    // Reading pragmas is fine.
+    r.prepare_user("PRAGMA table_info(todos)").unwrap();
+    assert!(
+        r.prepare_user("SELECT 1; SELECT 2").is_err(),
+        "one statement only"
+    );
+}
