@@ -42,6 +42,7 @@ pub(crate) struct Config {
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
+    #[expect(dead_code, reason = "parsed now; metrics export gives it meaning")]
     pub telemetry: TelemetryConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -123,6 +124,10 @@ pub(crate) struct ApiConfig {
     #[serde(default)]
     pub authz: AuthzConfig,
     /// PostgreSQL wire protocol listener (not served yet).
+    #[expect(
+        dead_code,
+        reason = "parsed now; the PostgreSQL listener is a later stage"
+    )]
     pub pg: Option<PgConfig>,
     /// Largest request body accepted (default 8 MiB); larger gets 413.
     #[serde(default = "default_max_body")]

@@ -1,19 +1,21 @@
 //! `corrosion`: the agent and its command-line interface.
 //!
 //! This is the binary's edge: it parses arguments, loads the config, and
-//! turns library errors into one clear line and a non-zero exit. The agent
-//! currently opens the replicated store, applies the schema files (again on
-//! SIGHUP) and runs until SIGINT/SIGTERM; the HTTP API, the cluster and the
-//! discovery features attach here as they land.
+//! turns library errors into one clear line (`Error: ...`) and exit code 1.
+//! `agent` runs the agent (`run.rs`); the other commands are clients of a
+//! running agent or of its database (`commands.rs`).
 
+mod admin;
+mod api;
+mod commands;
 mod config;
+mod logging;
+mod run;
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::time::Instant;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
-use corro_store::{RestoreOptions, Store, StoreOptions};
 
 use crate::config::{Config, DEFAULT_CONFIG_PATH, Source};
 
@@ -32,9 +34,15 @@ struct Cli {
         value_name = "CONFIG_PATH"
     )]
     config: Option<PathBuf>,
+    /// Override api.addr (for client commands: the agent to talk to)
+    #[arg(long, global = true, value_name = "API_ADDR")]
+    api_addr: Option<SocketAddr>,
     /// Override db.path
     #[arg(long, global = true, value_name = "DB_PATH")]
     db_path: Option<PathBuf>,
+    /// Override admin.path
+    #[arg(long, global = true, value_name = "ADMIN_PATH")]
+    admin_path: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Command,
 }
@@ -43,6 +51,31 @@ struct Cli {
 enum Command {
     /// Launches the agent
     Agent,
+    /// Execute a SQL statement that mutates the state of Corrosion
+    Exec {
+        /// Positional parameter (repeat for each `?`)
+        #[arg(long)]
+        param: Vec<String>,
+        /// Print how long the transaction took
+        #[arg(long)]
+        timer: bool,
+        query: String,
+    },
+    /// Query data from Corrosion w/ a SQL statement
+    Query {
+        /// Print column names first
+        #[arg(long)]
+        columns: bool,
+        /// Print how long the query took
+        #[arg(long)]
+        timer: bool,
+        /// Positional parameter (repeat for each `?`)
+        #[arg(long)]
+        param: Vec<String>,
+        query: String,
+    },
+    /// Reload the config (re-apply the schema files)
+    Reload,
     /// Backup the Corrosion DB
     Backup {
         /// Where to write the backup (must not exist)
@@ -59,9 +92,6 @@ enum Command {
 }
 
 fn main() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("Error: {e:#}");
         std::process::exit(1);
@@ -72,89 +102,83 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let explicit = cli.config.is_some();
     let path = cli
         .config
+        .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
-    let (mut config, source) = Config::load(&path, explicit)?;
-    if let Some(p) = cli.db_path {
-        config.db.path = p;
+    // Client commands aimed at an agent with --api-addr need no config file.
+    let needs_config = !(cli.api_addr.is_some()
+        && matches!(cli.cmd, Command::Exec { .. } | Command::Query { .. }));
+    let loaded = if needs_config || path.exists() {
+        Some(Config::load(&path, explicit)?)
+    } else {
+        None
+    };
+    let (mut config, source) = match loaded {
+        Some((c, s)) => (Some(c), Some(s)),
+        None => (None, None),
+    };
+    if let Some(c) = config.as_mut() {
+        if let Some(p) = &cli.db_path {
+            c.db.path = p.clone();
+        }
+        if let Some(a) = cli.api_addr {
+            c.api.addr = a;
+        }
+        if let Some(p) = &cli.admin_path {
+            c.admin.path = p.clone();
+        }
     }
+    let api_addr = cli.api_addr.or(config.as_ref().map(|c| c.api.addr));
+    let token = config
+        .as_ref()
+        .and_then(|c| c.api.authz.bearer_token.clone());
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+    };
+    let config_of = |c: Option<Config>| c.ok_or_else(|| anyhow::anyhow!("no config"));
     match cli.cmd {
-        Command::Agent => agent(config, source),
+        Command::Agent => {
+            let config = config_of(config)?;
+            let log = logging::init_agent(&config.log);
+            let source = source.unwrap_or(Source::Embedded);
+            runtime()?.block_on(run::agent(config, source, log))
+        }
+        Command::Exec {
+            param,
+            timer,
+            query,
+        } => {
+            logging::init_client();
+            let addr = api_addr.ok_or_else(|| anyhow::anyhow!("no API address"))?;
+            runtime()?.block_on(commands::exec(addr, token, query, param, timer))
+        }
+        Command::Query {
+            columns,
+            timer,
+            param,
+            query,
+        } => {
+            logging::init_client();
+            let addr = api_addr.ok_or_else(|| anyhow::anyhow!("no API address"))?;
+            runtime()?.block_on(commands::query(addr, token, query, param, columns, timer))
+        }
+        Command::Reload => {
+            logging::init_client();
+            let config = config_of(config)?;
+            runtime()?.block_on(commands::reload(&config.admin.path))
+        }
         Command::Backup { path } => {
-            let store = Store::open(&config.db.path, StoreOptions::default())
-                .with_context(|| format!("opening {}", config.db.path.display()))?;
-            store.backup(&path)?;
-            tracing::info!(path = %path.display(), "backup written");
-            Ok(())
+            logging::init_client();
+            commands::backup(&config_of(config)?.db.path, &path)
         }
         Command::Restore {
             path,
             keep_actor_id,
         } => {
-            corro_store::restore(
-                &config.db.path,
-                &path,
-                RestoreOptions {
-                    keep_actor: keep_actor_id,
-                },
-            )?;
-            tracing::info!(db = %config.db.path.display(), "restored from {}", path.display());
-            Ok(())
+            logging::init_client();
+            commands::restore(&config_of(config)?.db.path, &path, keep_actor_id)
         }
     }
-}
-
-fn apply_schema(store: &Store, config: &Config) -> anyhow::Result<()> {
-    let paths: Vec<&PathBuf> = config
-        .db
-        .schema_paths
-        .iter()
-        .filter(|p| p.exists())
-        .collect();
-    for missing in config.db.schema_paths.iter().filter(|p| !p.exists()) {
-        tracing::warn!(path = %missing.display(), "schema path does not exist; skipping");
-    }
-    let started = Instant::now();
-    let diff = store.apply_schema_paths(&paths)?;
-    for t in &diff.new_tables {
-        tracing::info!("creating table '{}'", t.name);
-    }
-    tracing::info!("Applied schema in {}s", started.elapsed().as_secs_f64());
-    Ok(())
-}
-
-fn agent(config: Config, source: Source) -> anyhow::Result<()> {
-    tracing::info!("Starting Corrosion Agent v{}", env!("CARGO_PKG_VERSION"));
-    match &source {
-        Source::File(p) => tracing::info!(config = %p.display(), "loaded config"),
-        Source::Embedded => tracing::info!(
-            "no config file at {DEFAULT_CONFIG_PATH}; using the embedded default (data in ./corrosion-data)"
-        ),
-    }
-    if let Source::Embedded = source {
-        for p in &config.db.schema_paths {
-            std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
-        }
-    }
-    let store = Store::open(&config.db.path, StoreOptions::default())
-        .with_context(|| format!("opening {}", config.db.path.display()))?;
-    tracing::info!("Actor ID: {}", store.actor_id());
-    apply_schema(&store, &config)?;
-
-    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
-    let mut signals = signal_hook::iterator::Signals::new([SIGHUP, SIGINT, SIGTERM])?;
-    for sig in signals.forever() {
-        match sig {
-            SIGHUP => {
-                tracing::info!("SIGHUP: re-applying schema files");
-                if let Err(e) = apply_schema(&store, &config) {
-                    tracing::error!("schema not applied, the previous one stays in force: {e:#}");
-                }
-            }
-            _ => {
-                tracing::info!("shutting down");
-                break;
-            }
-        }
-    }
-    Ok(())
 }

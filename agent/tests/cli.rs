@@ -1,104 +1,122 @@
-//! The built `corrosion` binary: starts on a config, applies schema files,
-//! re-applies them on SIGHUP, stops cleanly on SIGTERM; backup and restore
-//! from the command line; bad config is one clear error line.
+//! The built `corrosion` binary from the command line: the reference quick
+//! start for node A with its exact outputs, schema reload on SIGHUP and
+//! through `corrosion reload`, clean stop, restart keeping data and identity,
+//! backup/restore, and one clear error line for bad input.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, reason = "test code")]
 
-use std::io::{BufRead, BufReader};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
-use std::time::Duration;
+mod common;
 
-const BIN: &str = env!("CARGO_BIN_EXE_corrosion");
+use std::process::{Command, Stdio};
 
-struct Agent {
-    child: Child,
-    lines: mpsc::Receiver<String>,
-}
+use common::{BIN, Node, stderr, stdout};
 
-impl Agent {
-    fn start(config: &Path) -> Agent {
-        let mut child = Command::new(BIN)
-            .args(["-c", config.to_str().unwrap(), "agent"])
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let (tx, lines) = mpsc::channel();
-        for out in [
-            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
-            Box::new(child.stderr.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(out).lines().map_while(Result::ok) {
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        Agent { child, lines }
-    }
+#[test]
+fn quick_start_node_a_prints_what_the_reference_shows() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::new(dir.path(), "");
+    let agent = node.start();
+    let addr = agent.api.to_string();
+    let out = node.cli(&[
+        "--api-addr",
+        &addr,
+        "exec",
+        "--param",
+        "some-id",
+        "--param",
+        "Write some Corrosion docs!",
+        "INSERT INTO todos (id, title) VALUES (?, ?)",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "INFO corrosion: Rows affected: 1\n");
 
-    /// Waits (with a deadline) for a log line containing `needle`.
-    fn expect(&self, needle: &str) -> String {
-        loop {
-            match self.lines.recv_timeout(Duration::from_secs(20)) {
-                Ok(l) if l.contains(needle) => return l,
-                Ok(_) => {}
-                Err(_) => panic!("no log line containing {needle:?}"),
-            }
-        }
-    }
+    let out = node.cli(&["--api-addr", &addr, "query", "SELECT * FROM todos;"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "some-id|Write some Corrosion docs!|\n");
 
-    fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([&format!("-{sig}"), &self.child.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    }
-}
+    let out = node.cli(&[
+        "--api-addr",
+        &addr,
+        "query",
+        "SELECT * FROM todos;",
+        "--columns",
+    ]);
+    assert_eq!(
+        stdout(&out),
+        "id|title|completed_at\nsome-id|Write some Corrosion docs!|\n"
+    );
 
-impl Drop for Agent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+    // The same bytes straight from SQLite, as `sqlite3 state.db 'SELECT * FROM todos;'`.
+    let conn = rusqlite::Connection::open(&node.db).unwrap();
+    let row: (String, String, Option<i64>) = conn
+        .query_row("SELECT * FROM todos", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+        })
+        .unwrap();
+    assert_eq!(
+        row,
+        ("some-id".into(), "Write some Corrosion docs!".into(), None)
+    );
 
-fn setup(dir: &Path) -> std::path::PathBuf {
-    std::fs::create_dir_all(dir.join("schema")).unwrap();
-    std::fs::write(
-        dir.join("schema/todo.sql"),
-        "CREATE TABLE todos (id BLOB NOT NULL PRIMARY KEY, title TEXT NOT NULL DEFAULT '', completed_at INTEGER);",
-    )
-    .unwrap();
-    let cfg = dir.join("config.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "[db]\npath = \"{0}/state.db\"\nschema_paths = [\"{0}/schema\"]\n[gossip]\naddr = \"[::]:8787\"\nplaintext = true\n[api]\naddr = \"127.0.0.1:8080\"\n",
-            dir.display()
-        ),
-    )
-    .unwrap();
-    cfg
+    let out = node.cli(&[
+        "--api-addr",
+        &addr,
+        "exec",
+        "UPDATE todos SET completed_at = 1234567890",
+    ]);
+    assert_eq!(stdout(&out), "INFO corrosion: Rows affected: 1\n");
+    let out = node.cli(&[
+        "--api-addr",
+        &addr,
+        "query",
+        "--timer",
+        "SELECT completed_at FROM todos",
+    ]);
+    let text = stdout(&out);
+    assert!(
+        text.starts_with("1234567890\ntime: ") && text.ends_with("s\n"),
+        "{text}"
+    );
+    agent.stop();
 }
 
 #[test]
-fn agent_applies_schema_reloads_on_sighup_and_stops_on_sigterm() {
+fn client_commands_use_the_config_api_address_and_token() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = setup(dir.path());
-    let mut agent = Agent::start(&cfg);
-    agent.expect("Starting Corrosion Agent");
-    let actor = agent.expect("Actor ID: ");
-    assert_eq!(actor.rsplit("Actor ID: ").next().unwrap().trim().len(), 32);
-    agent.expect("creating table 'todos'");
-    agent.expect("Applied schema in");
+    // A fixed port is needed for the config to name it; take a free one.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let node = Node::new(dir.path(), "authz.bearer-token = \"s3cret\"");
+    let text = std::fs::read_to_string(&node.config).unwrap().replace(
+        "127.0.0.1:0\"\nauthz",
+        &format!("127.0.0.1:{port}\"\nauthz"),
+    );
+    std::fs::write(&node.config, text).unwrap();
+    let agent = node.start();
+    assert_eq!(agent.api.port(), port);
+    let out = node.cli(&["exec", "INSERT INTO todos (id) VALUES ('a')"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Without the token (no config, address on the command line): refused.
+    let out = Command::new(BIN)
+        .args(["--api-addr", &agent.api.to_string(), "query", "SELECT 1"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("Error: missing or wrong bearer token (HTTP 401)"),
+        "{}",
+        stderr(&out)
+    );
+}
 
+#[test]
+fn schema_reloads_on_sighup_and_reload_command_and_bad_changes_keep_the_old_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::new(dir.path(), "");
+    let agent = node.start();
     std::fs::write(
         dir.path().join("schema/more.sql"),
         "CREATE TABLE extra (id INTEGER NOT NULL PRIMARY KEY, v TEXT);",
@@ -106,7 +124,6 @@ fn agent_applies_schema_reloads_on_sighup_and_stops_on_sigterm() {
     .unwrap();
     agent.signal("HUP");
     agent.expect("creating table 'extra'");
-    // A bad change is reported and the agent keeps running on the old schema.
     std::fs::write(
         dir.path().join("schema/more.sql"),
         "CREATE TABLE extra (id INTEGER NOT NULL PRIMARY KEY);",
@@ -114,75 +131,127 @@ fn agent_applies_schema_reloads_on_sighup_and_stops_on_sigterm() {
     .unwrap();
     agent.signal("HUP");
     let line = agent.expect("schema not applied");
-    assert!(line.contains("dropping column 'v'"), "{line}");
+    assert!(
+        line.contains("dropping column 'v'") && line.contains("more.sql"),
+        "{line}"
+    );
 
-    agent.signal("TERM");
-    let status = agent.child.wait().unwrap();
-    assert!(status.success(), "{status:?}");
-    // Plain SQLite sees both tables.
-    let conn = rusqlite::Connection::open(dir.path().join("state.db")).unwrap();
-    let mut stmt = conn.prepare("SELECT name FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE '%corro%' ORDER BY name").unwrap();
-    let tables: Vec<String> = stmt
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .map(|r| r.unwrap())
-        .collect();
-    assert_eq!(tables, ["extra", "todos"]);
+    std::fs::write(
+        dir.path().join("schema/more.sql"),
+        "CREATE TABLE extra (id INTEGER NOT NULL PRIMARY KEY, v TEXT, w TEXT);",
+    )
+    .unwrap();
+    let out = node.cli(&["reload"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("extra.w"), "{}", stdout(&out));
+    std::fs::write(
+        dir.path().join("schema/more.sql"),
+        "CREATE VIEW v AS SELECT 1;",
+    )
+    .unwrap();
+    let out = node.cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("only CREATE TABLE"),
+        "{}",
+        stderr(&out)
+    );
+    agent.stop();
+
+    let conn = rusqlite::Connection::open(&node.db).unwrap();
+    let cols: i64 = conn
+        .query_row("SELECT count(*) FROM pragma_table_info('extra')", [], |r| {
+            r.get(0)
+        })
+        .unwrap();
+    assert_eq!(cols, 3);
 }
 
 #[test]
-fn backup_and_restore_from_the_command_line() {
+fn restart_keeps_data_actor_id_and_version_counter() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = setup(dir.path());
-    {
-        let agent = Agent::start(&cfg);
-        agent.expect("Applied schema in");
+    let node = Node::new(dir.path(), "");
+    let agent = node.start();
+    let actor = agent.actor.clone();
+    assert_eq!(actor.len(), 32);
+    let addr = agent.api.to_string();
+    for i in 0..3 {
+        let out = node.cli(&[
+            "--api-addr",
+            &addr,
+            "exec",
+            &format!("INSERT INTO todos (id) VALUES ('{i}')"),
+        ]);
+        assert!(out.status.success());
     }
+    agent.stop();
+    let agent = node.start();
+    assert_eq!(agent.actor, actor);
+    let client = reqwest::blocking::Client::new();
+    let health: serde_json::Value = client
+        .get(agent.url("/v1/health"))
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(health["head"], 3);
+    let resp: serde_json::Value = client
+        .post(agent.url("/v1/transactions"))
+        .json(&["INSERT INTO todos (id) VALUES ('next')"])
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(resp["version"], 4);
+    let out = node.cli(&[
+        "--api-addr",
+        &agent.api.to_string(),
+        "query",
+        "SELECT count(*) FROM todos",
+    ]);
+    assert_eq!(stdout(&out), "4\n");
+}
+
+#[test]
+fn backup_then_restore_into_a_fresh_node_and_restore_refuses_while_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::new(&dir.path().join("a"), "");
+    let agent = a.start();
+    let out = a.cli(&[
+        "--api-addr",
+        &agent.api.to_string(),
+        "exec",
+        "INSERT INTO todos (id, title) VALUES ('x', 'kept')",
+    ]);
+    assert!(out.status.success());
     let backup = dir.path().join("backup.db");
-    let out = Command::new(BIN)
-        .args([
-            "-c",
-            cfg.to_str().unwrap(),
-            "backup",
-            backup.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    // Backup works while the agent runs.
+    let out = a.cli(&["backup", backup.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let again = a.cli(&["backup", backup.to_str().unwrap()]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(stderr(&again).starts_with("Error: ") && stderr(&again).contains("already exists"));
+    // Restore refuses while the agent holds the database.
+    let out = a.cli(&["restore", backup.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
     assert!(
-        out.status.success(),
+        stderr(&out).contains("stop the agent first"),
         "{}",
-        String::from_utf8_lossy(&out.stderr)
+        stderr(&out)
     );
-    assert!(backup.exists());
-    let again = Command::new(BIN)
-        .args([
-            "-c",
-            cfg.to_str().unwrap(),
-            "backup",
-            backup.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(!again.status.success());
-    let err = String::from_utf8_lossy(&again.stderr);
-    assert!(
-        err.contains("Error:") && err.contains("already exists"),
-        "{err}"
-    );
-    let out = Command::new(BIN)
-        .args([
-            "-c",
-            cfg.to_str().unwrap(),
-            "restore",
-            backup.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    agent.stop();
+
+    let b = Node::new(&dir.path().join("b"), "");
+    let out = b.cli(&["restore", backup.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let agent_b = b.start();
+    let out = b.cli(&[
+        "--api-addr",
+        &agent_b.api.to_string(),
+        "query",
+        "SELECT title FROM todos",
+    ]);
+    assert_eq!(stdout(&out), "kept\n");
 }
 
 #[test]
@@ -195,7 +264,7 @@ fn bad_config_is_one_clear_error() {
         .output()
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(
         err.starts_with("Error: ") && err.contains("bad.toml") && err.contains("schema_pathz"),
         "{err}"
@@ -205,32 +274,53 @@ fn bad_config_is_one_clear_error() {
         .output()
         .unwrap();
     assert_eq!(missing.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&missing.stderr).contains("/nonexistent/config.toml"));
+    assert!(stderr(&missing).contains("/nonexistent/config.toml"));
+    // A second agent on the same database is refused.
+    let node = Node::new(dir.path(), "");
+    let _agent = node.start();
+    let out = Command::new(BIN)
+        .args(["-c", node.config.to_str().unwrap(), "agent"])
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("in use by a running agent"),
+        "{}",
+        stderr(&out)
+    );
 }
 
 #[test]
 fn agent_starts_on_the_embedded_default_without_a_config_file() {
+    if std::path::Path::new("/etc/corrosion/config.toml").exists() {
+        return; // a real install on this machine: the default path is taken
+    }
     let dir = tempfile::tempdir().unwrap();
     let mut child = Command::new(BIN)
         .arg("agent")
         .current_dir(dir.path())
         .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let (tx, lines) = mpsc::channel();
     let out = child.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
+    let mut seen = String::new();
+    for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+        seen.push_str(&line);
+        seen.push('\n');
+        if line.contains("Starting public API server") || line.contains("Error") {
+            break;
         }
-    });
-    let agent = Agent { child, lines };
-    if Path::new("/etc/corrosion/config.toml").exists() {
-        return; // a real install on this machine: the default path is taken
     }
-    agent.expect("using the embedded default");
-    agent.expect("Applied schema in");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(seen.contains("using the embedded default"), "{seen}");
+    assert!(
+        seen.contains("Starting public API server on tcp/127.0.0.1:8080"),
+        "{seen}"
+    );
     assert!(dir.path().join("corrosion-data/state.db").exists());
 }

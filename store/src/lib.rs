@@ -45,6 +45,7 @@ pub use apply::ApplyOutcome;
 pub use backup::{RestoreOptions, restore};
 pub use bookkeeping::{ActorBooks, Partial, PieceOutcome};
 pub use change::{CHUNK_BYTES, Change, Changeset, chunk_version};
+pub use corro_schema::{Schema, SchemaDiff};
 pub use error::StoreError;
 pub use pool::ReadConn;
 pub use store::{Store, StoreOptions};

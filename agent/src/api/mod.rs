@@ -1,0 +1,157 @@
+//! The agent's HTTP API (reference chapter "API", DESIGN §6).
+//!
+//! Routes: `POST /v1/transactions`, `POST /v1/queries` (NDJSON),
+//! `POST /v1/table_stats`, `GET /v1/health`, `GET /v1/members`. Every route
+//! requires `Authorization: Bearer <token>` when `api.authz.bearer-token` is
+//! set. Errors are JSON `{"error": "..."}` with a 4xx status for bad input
+//! (400 malformed or refused SQL/JSON, 401 token, 413 limits) and 500 only
+//! for failures of the agent itself. Store calls run on blocking threads.
+
+mod queries;
+mod stats;
+mod transactions;
+mod values;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use corro_client::types::ApiError;
+use corro_store::{Store, StoreError};
+
+/// Limits applied to requests (from `[api]`).
+#[derive(Debug, Clone)]
+pub(crate) struct Limits {
+    pub max_body_bytes: usize,
+    pub max_statements: usize,
+    pub max_changes: usize,
+    pub query_timeout: std::time::Duration,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct ApiState {
+    pub store: Store,
+    pub limits: Limits,
+    pub token: Option<Arc<str>>,
+    /// Cleared when the database fails underneath (I/O, disk full).
+    pub healthy: Arc<AtomicBool>,
+}
+
+pub(crate) fn router(state: ApiState) -> Router {
+    Router::new()
+        .route("/v1/transactions", post(transactions::handle))
+        .route("/v1/queries", post(queries::handle))
+        .route("/v1/table_stats", post(stats::table_stats))
+        .route("/v1/health", get(stats::health))
+        .route("/v1/members", get(stats::members))
+        .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state)
+}
+
+/// Refuses requests without the configured bearer token.
+async fn authorize(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &st.token {
+        let sent = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        if sent != Some(token) {
+            return error(
+                StatusCode::UNAUTHORIZED,
+                "missing or wrong bearer token".into(),
+            );
+        }
+    }
+    next.run(req).await
+}
+
+/// A JSON error response.
+pub(crate) fn error(status: StatusCode, message: String) -> Response {
+    (status, axum::Json(ApiError { error: message })).into_response()
+}
+
+/// Maps a store error to a response; database failures mark the agent unhealthy.
+pub(crate) fn store_error(st: &ApiState, e: StoreError) -> Response {
+    match e {
+        StoreError::NotAllowed(m) => error(StatusCode::BAD_REQUEST, m),
+        StoreError::Sqlite(rusqlite_err) if is_client_error(&rusqlite_err) => {
+            error(StatusCode::BAD_REQUEST, rusqlite_err.to_string())
+        }
+        other => {
+            tracing::error!(error = %other, "database failure; reporting unhealthy");
+            st.healthy.store(false, Ordering::Relaxed);
+            error(StatusCode::INTERNAL_SERVER_ERROR, other.to_string())
+        }
+    }
+}
+
+/// SQLite errors caused by the statement rather than the database.
+fn is_client_error(e: &rusqlite::Error) -> bool {
+    use rusqlite::ErrorCode::*;
+    match e {
+        rusqlite::Error::SqliteFailure(f, _) => matches!(
+            f.code,
+            ConstraintViolation
+                | TypeMismatch
+                | ApiMisuse
+                | ParameterOutOfRange
+                | AuthorizationForStatementDenied
+                | OperationInterrupted
+                | ReadOnly
+                | TooBig
+                | Unknown
+        ),
+        rusqlite::Error::SqlInputError { .. }
+        | rusqlite::Error::InvalidParameterCount(..)
+        | rusqlite::Error::InvalidParameterName(_)
+        | rusqlite::Error::MultipleStatement
+        | rusqlite::Error::ExecuteReturnedResults
+        | rusqlite::Error::InvalidColumnIndex(_)
+        | rusqlite::Error::UserFunctionError(_) => true,
+        _ => false,
+    }
+}
+
+/// Reads a request body up to the configured limit (413 beyond it).
+pub(crate) async fn read_body(
+    st: &ApiState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<bytes::Bytes, Response> {
+    if let Some(len) = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        if len > st.limits.max_body_bytes {
+            return Err(too_large(st));
+        }
+    }
+    axum::body::to_bytes(body, st.limits.max_body_bytes)
+        .await
+        .map_err(|_| too_large(st))
+}
+
+fn too_large(st: &ApiState) -> Response {
+    error(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!(
+            "request body over the {} byte limit (api.max_body_bytes)",
+            st.limits.max_body_bytes
+        ),
+    )
+}
+
+/// Parses a JSON body, with a 400 naming the problem.
+pub(crate) fn parse_json<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, Response> {
+    serde_json::from_slice(body)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("invalid JSON body: {e}")))
+}

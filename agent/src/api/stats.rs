@@ -1,0 +1,83 @@
+//! Small read-only routes: `POST /v1/table_stats`, `GET /v1/health`,
+//! `GET /v1/members`.
+
+use std::sync::atomic::Ordering;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use corro_client::{HealthResponse, Member, TableStatsRequest, TableStatsResponse};
+
+use super::{ApiState, error, parse_json, read_body};
+
+/// Row counts of replicated tables; unknown names are listed, not counted.
+pub(crate) async fn table_stats(
+    State(st): State<ApiState>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let body = match read_body(&st, &headers, body).await {
+        Ok(b) => b,
+        Err(r) => return r,
+    };
+    let req: TableStatsRequest = match parse_json(&body) {
+        Ok(r) => r,
+        Err(r) => return r,
+    };
+    let store = st.store.clone();
+    let res = tokio::task::spawn_blocking(move || -> rusqlite::Result<TableStatsResponse> {
+        let known = store.tables();
+        let conn = store.reader();
+        let mut out = TableStatsResponse {
+            total_row_count: 0,
+            invalid_tables: Vec::new(),
+        };
+        for t in req.tables {
+            match known.iter().find(|k| k.eq_ignore_ascii_case(&t)) {
+                Some(name) => {
+                    let n: u64 = conn.query_row(
+                        &format!("SELECT count(*) FROM \"{}\"", name.replace('"', "\"\"")),
+                        [],
+                        |r| r.get(0),
+                    )?;
+                    out.total_row_count += n;
+                }
+                None => out.invalid_tables.push(t),
+            }
+        }
+        Ok(out)
+    })
+    .await;
+    match res {
+        Ok(Ok(r)) => axum::Json(r).into_response(),
+        Ok(Err(e)) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()),
+    }
+}
+
+/// 200 with details while the database works, 503 after a database failure.
+pub(crate) async fn health(State(st): State<ApiState>) -> Response {
+    let body = HealthResponse {
+        status: if st.healthy.load(Ordering::Relaxed) {
+            "ok"
+        } else {
+            "unhealthy"
+        }
+        .into(),
+        actor_id: st.store.actor_id().to_string(),
+        head: st.store.head(),
+        members: 0,
+    };
+    let status = if body.status == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// Cluster members this node sees; empty until clustering is enabled.
+pub(crate) async fn members(State(_st): State<ApiState>) -> Response {
+    axum::Json(Vec::<Member>::new()).into_response()
+}

@@ -1,0 +1,234 @@
+//! The agent process: opens the store, applies the schema, serves the HTTP
+//! API and the admin socket, and handles signals.
+//!
+//! SIGHUP re-applies the schema files (a rejected change is logged and the
+//! old schema stays). SIGTERM/SIGINT stop accepting requests, let in-flight
+//! ones finish (a write either commits or is rolled back, never half-done),
+//! then close the database. An exclusive lock on `<db>.lock` keeps a second
+//! agent, or `corrosion restore`, away from a database in use.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use corro_store::{Store, StoreOptions};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::admin::{self, AdminHandler};
+use crate::api::{self, ApiState, Limits};
+use crate::config::{Config, Source};
+use crate::logging::LogHandle;
+
+/// Holds the database lock for the agent's lifetime.
+pub(crate) struct DbLock {
+    _file: std::fs::File,
+}
+
+/// Takes the agent lock next to the database, or says who holds it.
+pub(crate) fn lock_db(db: &std::path::Path) -> anyhow::Result<DbLock> {
+    if let Some(dir) = db.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let path = lock_path(db);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(DbLock { _file: file }),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "{} is in use by a running agent (lock {} is held)",
+            db.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
+}
+
+fn lock_path(db: &std::path::Path) -> std::path::PathBuf {
+    let mut p = db.as_os_str().to_owned();
+    p.push(".lock");
+    p.into()
+}
+
+/// Applies the configured schema files; returns what changed.
+pub(crate) fn apply_schema(store: &Store, config: &Config) -> anyhow::Result<SchemaSummary> {
+    let paths: Vec<&std::path::PathBuf> = config
+        .db
+        .schema_paths
+        .iter()
+        .filter(|p| p.exists())
+        .collect();
+    for missing in config.db.schema_paths.iter().filter(|p| !p.exists()) {
+        tracing::warn!(path = %missing.display(), "schema path does not exist; skipping");
+    }
+    let started = Instant::now();
+    let diff = store.apply_schema_paths(&paths)?;
+    for t in &diff.new_tables {
+        tracing::info!("creating table '{}'", t.name);
+    }
+    for (t, c) in &diff.new_columns {
+        tracing::info!("adding column '{}' to table '{t}'", c.name);
+    }
+    tracing::info!("Applied schema in {}s", started.elapsed().as_secs_f64());
+    Ok(SchemaSummary::from(&diff))
+}
+
+/// What a schema change did, for the admin socket's answer.
+#[derive(Debug, serde::Serialize)]
+pub(crate) struct SchemaSummary {
+    pub new_tables: Vec<String>,
+    pub new_columns: Vec<String>,
+    pub created_indexes: Vec<String>,
+    pub dropped_indexes: Vec<String>,
+    pub kept_tables: Vec<String>,
+}
+
+impl From<&corro_store::SchemaDiff> for SchemaSummary {
+    fn from(d: &corro_store::SchemaDiff) -> Self {
+        SchemaSummary {
+            new_tables: d.new_tables.iter().map(|t| t.name.clone()).collect(),
+            new_columns: d
+                .new_columns
+                .iter()
+                .map(|(t, c)| format!("{t}.{}", c.name))
+                .collect(),
+            created_indexes: d.create_indexes.iter().map(|i| i.name.clone()).collect(),
+            dropped_indexes: d.drop_indexes.clone(),
+            kept_tables: d.kept_tables.clone(),
+        }
+    }
+}
+
+struct Handler {
+    store: Store,
+    config: Config,
+    log: LogHandle,
+}
+
+impl AdminHandler for Handler {
+    fn reload(&self) -> Result<serde_json::Value, String> {
+        tracing::info!("admin: re-applying schema files");
+        apply_schema(&self.store, &self.config)
+            .map(|d| serde_json::to_value(d).unwrap_or_default())
+            .map_err(|e| format!("{e:#}"))
+    }
+
+    fn books(&self) -> serde_json::Value {
+        let mut out = serde_json::Map::new();
+        for (actor, b) in self.store.books() {
+            out.insert(
+                actor.to_string(),
+                serde_json::json!({
+                    "head": b.head,
+                    "needed": b.needed().iter().map(|r| [*r.start(), *r.end()]).collect::<Vec<_>>(),
+                    "partials": b.partials.len(),
+                }),
+            );
+        }
+        serde_json::Value::Object(out)
+    }
+
+    fn set_log_level(&self, level: &str) -> Result<(), String> {
+        self.log.set(level)
+    }
+}
+
+/// Runs the agent until SIGTERM/SIGINT.
+pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> anyhow::Result<()> {
+    tracing::info!("Starting Corrosion Agent v{}", env!("CARGO_PKG_VERSION"));
+    match &source {
+        Source::File(p) => tracing::info!(config = %p.display(), "loaded config"),
+        Source::Embedded => {
+            tracing::info!(
+                "no config file at {}; using the embedded default (data in ./corrosion-data)",
+                crate::config::DEFAULT_CONFIG_PATH
+            );
+            for p in &config.db.schema_paths {
+                std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
+            }
+        }
+    }
+    let _lock = lock_db(&config.db.path)?;
+    let db = config.db.path.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&db, StoreOptions::default()))
+        .await?
+        .with_context(|| format!("opening {}", config.db.path.display()))?;
+    tracing::info!("Actor ID: {}", store.actor_id());
+    {
+        let (s, c) = (store.clone(), config.clone());
+        tokio::task::spawn_blocking(move || apply_schema(&s, &c)).await??;
+    }
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let handler = Arc::new(Handler {
+        store: store.clone(),
+        config: config.clone(),
+        log,
+    });
+    let admin_task =
+        admin::serve(config.admin.path.clone(), handler.clone(), stop_rx.clone()).await?;
+
+    let state = ApiState {
+        store: store.clone(),
+        limits: Limits {
+            max_body_bytes: config.api.max_body_bytes,
+            max_statements: config.api.max_statements,
+            max_changes: config.api.max_changes,
+            query_timeout: Duration::from_secs_f64(config.api.query_timeout_secs),
+        },
+        token: config.api.authz.bearer_token.as_deref().map(Arc::from),
+        healthy: Arc::new(AtomicBool::new(true)),
+    };
+    let listener = tokio::net::TcpListener::bind(config.api.addr)
+        .await
+        .with_context(|| format!("binding the API on {}", config.api.addr))?;
+    tracing::info!(
+        "Starting public API server on tcp/{}",
+        listener.local_addr()?
+    );
+    let mut api_stop = stop_rx.clone();
+    let api_task = tokio::spawn(
+        axum::serve(listener, api::router(state))
+            .with_graceful_shutdown(async move {
+                let _ = api_stop.changed().await;
+            })
+            .into_future(),
+    );
+
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: re-applying schema files");
+                let h = handler.clone();
+                match tokio::task::spawn_blocking(move || h.reload()).await {
+                    Ok(Ok(_)) => {}
+                    Ok(Err(e)) => tracing::error!("schema not applied, the previous one stays in force: {e}"),
+                    Err(e) => tracing::error!("schema reload task failed: {e}"),
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    tracing::info!("shutting down: finishing in-flight requests");
+    let _ = stop_tx.send(true);
+    match api_task.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::warn!(error = %e, "API server stopped with an error"),
+        Err(e) => tracing::warn!(error = %e, "API server task failed"),
+    }
+    let _ = admin_task.await;
+    drop(handler);
+    drop(store);
+    tracing::info!("stopped");
+    Ok(())
+}

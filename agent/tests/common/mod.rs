@@ -1,0 +1,153 @@
+//! Harness for process-level tests: starts the built `corrosion` binary on
+//! ports chosen by the OS, reads its bound API address from the log, runs
+//! CLI commands against it, and kills it on drop.
+
+#![allow(dead_code, reason = "each test binary uses part of the harness")]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_corrosion");
+
+pub const TODOS: &str = "CREATE TABLE todos (\nid BLOB NOT NULL PRIMARY KEY,\ntitle TEXT NOT NULL DEFAULT '',\ncompleted_at INTEGER\n);\n";
+
+/// A node's files: config, schema directory, database, admin socket.
+pub struct Node {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub db: PathBuf,
+}
+
+impl Node {
+    /// Writes a config with API on port 0 and `extra` appended to `[api]`.
+    pub fn new(dir: &Path, api_extra: &str) -> Node {
+        std::fs::create_dir_all(dir.join("schema")).unwrap();
+        std::fs::write(dir.join("schema/todo.sql"), TODOS).unwrap();
+        let config = dir.join("config.toml");
+        let db = dir.join("state.db");
+        std::fs::write(
+            &config,
+            format!(
+                "[db]\npath = \"{db}\"\nschema_paths = [\"{schema}\"]\n\n[gossip]\naddr = \"127.0.0.1:0\"\nplaintext = true\n\n[api]\naddr = \"127.0.0.1:0\"\n{api_extra}\n\n[admin]\npath = \"{admin}\"\n\n[log]\ncolors = false\n",
+                db = db.display(),
+                schema = dir.join("schema").display(),
+                admin = dir.join("admin.sock").display(),
+            ),
+        )
+        .unwrap();
+        Node {
+            dir: dir.to_path_buf(),
+            config,
+            db,
+        }
+    }
+
+    pub fn start(&self) -> Agent {
+        Agent::start(&self.config)
+    }
+
+    /// Runs a client command with this node's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(BIN)
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    }
+}
+
+pub struct Agent {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    pub api: SocketAddr,
+    /// From the "Actor ID: ..." startup line.
+    pub actor: String,
+}
+
+impl Agent {
+    pub fn start(config: &Path) -> Agent {
+        let mut child = Command::new(BIN)
+            .args(["-c", config.to_str().unwrap(), "agent"])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let mut agent = Agent {
+            child,
+            lines,
+            api: "127.0.0.1:0".parse().unwrap(),
+            actor: String::new(),
+        };
+        let line = agent.expect("Actor ID: ");
+        agent.actor = line.rsplit("Actor ID: ").next().unwrap().trim().to_string();
+        agent.expect("Applied schema in");
+        let line = agent.expect("Starting public API server on tcp/");
+        agent.api = line.rsplit("tcp/").next().unwrap().trim().parse().unwrap();
+        agent
+    }
+
+    /// Waits (with a deadline) for a log line containing `needle`.
+    pub fn expect(&self, needle: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(l) if l.contains(needle) => return l,
+                Ok(_) => {}
+                Err(_) => panic!("no log line containing {needle:?}"),
+            }
+        }
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// SIGTERM and wait; panics unless the agent exits successfully.
+    pub fn stop(mut self) {
+        self.signal("TERM");
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
