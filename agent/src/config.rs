@@ -328,13 +328,17 @@ impl Config {
                 "{origin}: api.max_statements, api.max_body_bytes and api.max_changes must be positive"
             );
         }
-        if !(self.api.query_timeout_secs > 0.0) {
+        if self.api.query_timeout_secs.is_nan() || self.api.query_timeout_secs <= 0.0 {
             anyhow::bail!("{origin}: api.query_timeout_secs must be positive");
         }
-        if let Some(t) = &self.api.authz.bearer_token {
-            if t.trim().is_empty() {
-                anyhow::bail!("{origin}: api.authz.bearer-token is empty");
-            }
+        if self
+            .api
+            .authz
+            .bearer_token
+            .as_ref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            anyhow::bail!("{origin}: api.authz.bearer-token is empty");
         }
         Ok(())
     }

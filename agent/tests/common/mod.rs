@@ -2,7 +2,11 @@
 //! ports chosen by the OS, reads its bound API address from the log, runs
 //! CLI commands against it, and kills it on drop.
 
-#![allow(dead_code, reason = "each test binary uses part of the harness")]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    reason = "a harness module shared by test binaries"
+)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
