@@ -356,3 +356,24 @@ fn queries_stop_at_their_timeout() {
     // The pooled connections are fine afterwards.
     assert_eq!(count(&agent), 0);
 }
+
+#[test]
+fn large_answers_stream_every_row_then_end_of_query() {
+    let dir = tempfile::tempdir().unwrap();
+    let agent = Node::new(dir.path(), "").start();
+    // ~20,000 rows of ~100 bytes: well past the one-piece limit.
+    let q = r#""WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r WHERE i < 20000) SELECT i, printf('%090d', i) FROM r""#;
+    let (status, body) = post(&agent, "/v1/queries", q);
+    assert_eq!(status, 200);
+    assert!(body.len() > 1_000_000, "{} bytes", body.len());
+    let lines: Vec<Value> = body
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 20_002);
+    for (n, l) in lines[1..20_001].iter().enumerate() {
+        assert_eq!(l["row"][0], n as u64 + 1);
+        assert_eq!(l["row"][1][0], n as u64 + 1);
+    }
+    assert!(lines[20_001].get("eoq").is_some());
+}

@@ -47,7 +47,7 @@ pub use bookkeeping::{ActorBooks, Partial, PieceOutcome};
 pub use change::{CHUNK_BYTES, Change, Changeset, chunk_version};
 pub use corro_schema::{Schema, SchemaDiff};
 pub use error::StoreError;
-pub use pool::ReadConn;
+pub use pool::{ReadConn, UserStatement};
 pub use store::{Store, StoreOptions};
 pub use value::{SqlValue, decode_key, encode_key};
 pub use write::{Committed, WriteStmt, WriteTx};

@@ -112,10 +112,20 @@ impl ReadConn<'_> {
     /// Prepares a client's query: one read-only statement; ATTACH, PRAGMA
     /// assignments, transaction control and writes are refused with
     /// [`StoreError::NotAllowed`].
-    pub fn prepare_user(&self, sql: &str) -> Result<rusqlite::Statement<'_>, StoreError> {
+    ///
+    /// Statements are cached per connection. That is safe because the
+    /// authorizer runs when a statement is prepared: a client's cached
+    /// statement passed the client rules, and the store's own cached reads are
+    /// plain SELECTs or name `__corro` objects, and client SQL naming those is
+    /// prepared afresh.
+    pub fn prepare_user(&self, sql: &str) -> Result<UserStatement<'_>, StoreError> {
         let p = self.pooled();
         p.user_mode.store(true, Ordering::Relaxed);
-        let stmt = p.conn.prepare(sql);
+        let stmt = if sql.contains("__corro") {
+            p.conn.prepare(sql).map(UserStatement::Fresh)
+        } else {
+            p.conn.prepare_cached(sql).map(UserStatement::Cached)
+        };
         p.user_mode.store(false, Ordering::Relaxed);
         let stmt = stmt.map_err(|e| {
             let text = e.to_string();
@@ -133,6 +143,31 @@ impl ReadConn<'_> {
             ));
         }
         Ok(stmt)
+    }
+}
+
+/// A client statement from [`ReadConn::prepare_user`].
+pub enum UserStatement<'a> {
+    Cached(rusqlite::CachedStatement<'a>),
+    Fresh(rusqlite::Statement<'a>),
+}
+
+impl<'a> std::ops::Deref for UserStatement<'a> {
+    type Target = rusqlite::Statement<'a>;
+    fn deref(&self) -> &Self::Target {
+        match self {
+            UserStatement::Cached(s) => s,
+            UserStatement::Fresh(s) => s,
+        }
+    }
+}
+
+impl std::ops::DerefMut for UserStatement<'_> {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        match self {
+            UserStatement::Cached(s) => s,
+            UserStatement::Fresh(s) => s,
+        }
     }
 }
 

@@ -7,7 +7,8 @@
 //! have been sent become a final `{"error": "..."}` line. `?timeout=<secs>`
 //! overrides `api.query_timeout_secs`; the limit is enforced inside SQLite
 //! (progress handler), so a runaway query stops using CPU. Rows flow through
-//! a bounded channel: a slow reader slows the query instead of growing memory.
+//! a bounded channel once the answer passes 64 KiB (smaller answers go out
+//! in one piece): a slow reader slows the query instead of growing memory.
 
 use std::time::{Duration, Instant};
 
@@ -28,10 +29,16 @@ pub(crate) struct QueryParams {
 }
 
 enum Start {
-    Ok,
+    /// The whole answer (small results are sent as one body).
+    Full(Vec<u8>),
+    /// The first part; the rest follows through the channel.
+    Streaming(Vec<u8>),
     Failed(StoreError),
     TimedOut,
 }
+
+/// Answers up to this size are sent in one piece.
+const BUFFERED: usize = 64 * 1024;
 
 fn line(ev: &QueryEvent) -> bytes::Bytes {
     let mut v = serde_json::to_vec(ev).unwrap_or_default();
@@ -105,32 +112,36 @@ pub(crate) async fn handle(
                 return;
             }
         };
-        if start_tx.send(Start::Ok).is_err() {
-            return;
-        }
-        if tx
-            .blocking_send(line(&QueryEvent::Columns(columns)))
-            .is_err()
-        {
-            return;
-        }
+        // Buffer the answer; past BUFFERED bytes, switch to streaming.
+        let mut buf: Vec<u8> = Vec::with_capacity(512);
+        let mut start_tx = Some(start_tx);
+        let mut emit = |ev: &QueryEvent| -> bool {
+            buf.extend_from_slice(&line(ev));
+            if buf.len() < BUFFERED {
+                return true;
+            }
+            let chunk = std::mem::take(&mut buf);
+            match start_tx.take() {
+                Some(s) => s.send(Start::Streaming(chunk)).is_ok(),
+                None => tx.blocking_send(chunk.into()).is_ok(),
+            }
+        };
+        let mut ok = emit(&QueryEvent::Columns(columns));
         let mut rowid = 0u64;
-        loop {
+        while ok {
             match next_row {
                 None => break,
                 Some(Ok(cells)) => {
                     rowid += 1;
-                    if tx
-                        .blocking_send(line(&QueryEvent::Row(rowid, cells)))
-                        .is_err()
-                    {
-                        return; // the client went away
-                    }
+                    ok = emit(&QueryEvent::Row(rowid, cells));
                 }
                 Some(Err(e)) => {
-                    let _ = tx.blocking_send(line(&QueryEvent::Error(e.to_string())));
-                    return;
+                    emit(&QueryEvent::Error(e.to_string()));
+                    ok = false;
                 }
+            }
+            if !ok {
+                break; // an error was sent, or the client went away
             }
             next_row = match rows.next() {
                 Ok(r) => r.map(|row| {
@@ -144,28 +155,41 @@ pub(crate) async fn handle(
                     } else {
                         e.to_string()
                     };
-                    let _ = tx.blocking_send(line(&QueryEvent::Error(msg)));
-                    return;
+                    emit(&QueryEvent::Error(msg));
+                    ok = false;
+                    break;
                 }
             };
         }
-        let _ = tx.blocking_send(line(&QueryEvent::EndOfQuery {
-            time,
-            change_id: None,
-        }));
+        if ok {
+            emit(&QueryEvent::EndOfQuery {
+                time,
+                change_id: None,
+            });
+        }
+        drop(emit);
+        match start_tx.take() {
+            Some(s) => {
+                let _ = s.send(Start::Full(buf));
+            }
+            None if !buf.is_empty() => {
+                let _ = tx.blocking_send(buf.into());
+            }
+            None => {}
+        }
     });
     match start_rx.await {
-        Ok(Start::Ok) => {
-            let stream = futures::stream::unfold(rx, |mut rx| async move {
+        Ok(Start::Full(body)) => ndjson(Body::from(body)),
+        Ok(Start::Streaming(first)) => {
+            let first = futures::stream::once(async move {
+                Ok::<_, std::convert::Infallible>(bytes::Bytes::from(first))
+            });
+            let rest = futures::stream::unfold(rx, |mut rx| async move {
                 rx.recv()
                     .await
                     .map(|b| (Ok::<_, std::convert::Infallible>(b), rx))
             });
-            Response::builder()
-                .status(StatusCode::OK)
-                .header(header::CONTENT_TYPE, "application/x-ndjson")
-                .body(Body::from_stream(stream))
-                .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+            ndjson(Body::from_stream(futures::StreamExt::chain(first, rest)))
         }
         Ok(Start::Failed(e)) => store_error(&st, e),
         Ok(Start::TimedOut) => error(
@@ -177,6 +201,14 @@ pub(crate) async fn handle(
             "query task failed".into(),
         ),
     }
+}
+
+fn ndjson(body: Body) -> Response {
+    Response::builder()
+        .status(StatusCode::OK)
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(body)
+        .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 fn is_interrupt(e: &rusqlite::Error) -> bool {

@@ -95,6 +95,8 @@ pub(crate) fn bind(stmt: &mut rusqlite::Statement<'_>, s: &Statement) -> rusqlit
         }
         Ok(())
     };
+    // Cached statements keep earlier bindings; start clean.
+    stmt.clear_bindings();
     match s {
         Statement::Simple(_) => positional(stmt, &[]),
         Statement::WithParams(_, p) => positional(stmt, p),
