@@ -4,8 +4,16 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Nothing beyond the Rust toolchain is needed yet: SQLite is compiled in
-# (rusqlite's bundled build). Later features add their real peers here
-# (dig, nginx, haproxy, py-consul).
+# SQLite itself is compiled in (rusqlite's bundled build). The tests also use
+# real outside programs: the sqlite3 shell reads the agent's database as an
+# operator would. Later features add their peers here (dig, nginx, haproxy,
+# py-consul).
+if ! command -v sqlite3 >/dev/null; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && apt-get install -y -qq sqlite3
+  else
+    sudo apt-get update -qq && sudo apt-get install -y -qq sqlite3
+  fi
+fi
 
 cargo test --workspace --locked "$@"

@@ -46,7 +46,29 @@ fn quick_start_node_a_prints_what_the_reference_shows() {
         "id|title|completed_at\nsome-id|Write some Corrosion docs!|\n"
     );
 
-    // The same bytes straight from SQLite, as `sqlite3 state.db 'SELECT * FROM todos;'`.
+    // The real sqlite3 shell (installed by scripts/test.sh) reads the file
+    // with nothing loaded, exactly as the reference shows...
+    let shell = Command::new("sqlite3")
+        .arg(&node.db)
+        .arg("SELECT * FROM todos;")
+        .output()
+        .expect("sqlite3 CLI (scripts/test.sh installs it)");
+    assert_eq!(
+        String::from_utf8_lossy(&shell.stdout),
+        "some-id|Write some Corrosion docs!|\n"
+    );
+    // ...and cannot write behind the agent's back.
+    let shell = Command::new("sqlite3")
+        .arg(&node.db)
+        .arg("INSERT INTO todos (id) VALUES ('sneaky');")
+        .output()
+        .unwrap();
+    assert!(!shell.status.success());
+    assert!(
+        String::from_utf8_lossy(&shell.stderr).contains("no such function: corro_capture"),
+        "{}",
+        String::from_utf8_lossy(&shell.stderr)
+    );
     let conn = rusqlite::Connection::open(&node.db).unwrap();
     let row: (String, String, Option<i64>) = conn
         .query_row("SELECT * FROM todos", [], |r| {
@@ -323,4 +345,150 @@ fn agent_starts_on_the_embedded_default_without_a_config_file() {
         "{seen}"
     );
     assert!(dir.path().join("corrosion-data/state.db").exists());
+}
+
+fn admin(path: &std::path::Path, request: &str) -> serde_json::Value {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
+    s.write_all(format!("{request}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap()
+}
+
+#[test]
+fn admin_socket_answers_ping_books_members_and_log_level() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::new(dir.path(), "");
+    let agent = node.start();
+    let out = node.cli(&[
+        "--api-addr",
+        &agent.api.to_string(),
+        "exec",
+        "INSERT INTO todos (id) VALUES ('a')",
+    ]);
+    assert!(out.status.success());
+    let sock = dir.path().join("admin.sock");
+    assert_eq!(
+        admin(&sock, r#"{"cmd":"ping"}"#),
+        serde_json::json!({"ok": true, "result": "pong"})
+    );
+    let books = admin(&sock, r#"{"cmd":"books"}"#);
+    assert_eq!(books["result"][&agent.actor]["head"], 1, "{books}");
+    assert_eq!(
+        admin(&sock, r#"{"cmd":"members"}"#)["result"],
+        serde_json::json!([])
+    );
+    assert_eq!(
+        admin(&sock, r#"{"cmd":"log_level","level":"debug"}"#)["ok"],
+        true
+    );
+    let bad = admin(&sock, r#"{"cmd":"log_level","level":"[["}"#);
+    assert_eq!(bad["ok"], false);
+    assert!(
+        bad["error"].as_str().unwrap().contains("invalid log level"),
+        "{bad}"
+    );
+    let bad = admin(&sock, r#"{"cmd":"nope"}"#);
+    assert!(
+        bad["error"].as_str().unwrap().contains("bad request"),
+        "{bad}"
+    );
+    agent.stop();
+    assert!(!sock.exists(), "the socket is removed on a clean stop");
+}
+
+#[test]
+fn sigterm_finishes_in_flight_writes_and_loses_no_acknowledged_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::new(dir.path(), "");
+    let agent = node.start();
+    let url = agent.url("/v1/transactions");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writers: Vec<_> = (0..4)
+        .map(|w| {
+            let (url, stop) = (url.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let client = reqwest::blocking::Client::new();
+                let mut acked = Vec::new();
+                for i in 0.. {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) && i > 10_000 {
+                        break;
+                    }
+                    let id = format!("w{w}-{i}");
+                    let sql = serde_json::json!([["INSERT INTO todos (id) VALUES (?)", [id]]]);
+                    match client.post(&url).json(&sql).send() {
+                        Ok(r) if r.status().is_success() => acked.push(id),
+                        _ => break, // the agent stopped listening
+                    }
+                }
+                acked
+            })
+        })
+        .collect();
+    // Stop while writes are flowing: wait (bounded) until some have landed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let client = reqwest::blocking::Client::new();
+    loop {
+        let h: serde_json::Value = client
+            .get(agent.url("/v1/health"))
+            .send()
+            .unwrap()
+            .json()
+            .unwrap();
+        if h["head"].as_u64().unwrap() >= 50 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "writes are not landing"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    agent.stop(); // asserts a clean exit
+    let acked: Vec<String> = writers
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    assert!(acked.len() > 10, "only {} writes acknowledged", acked.len());
+    let conn = rusqlite::Connection::open(&node.db).unwrap();
+    for id in &acked {
+        let n: i64 = conn
+            .query_row("SELECT count(*) FROM todos WHERE id = ?", [id], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(n, 1, "acknowledged write {id} lost");
+    }
+}
+
+#[test]
+fn json_logs_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::new(dir.path(), "");
+    let text = std::fs::read_to_string(&node.config)
+        .unwrap()
+        .replace("[log]\ncolors = false", "[log]\nformat = \"json\"");
+    std::fs::write(&node.config, text).unwrap();
+    let mut child = Command::new(BIN)
+        .args(["-c", node.config.to_str().unwrap(), "agent"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = child.stdout.take().unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(out));
+    let first = lines.next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let v: serde_json::Value =
+        serde_json::from_str(&first).unwrap_or_else(|e| panic!("{first}: {e}"));
+    assert_eq!(v["level"], "INFO");
+    assert!(
+        v["fields"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Starting Corrosion Agent"),
+        "{v}"
+    );
 }
