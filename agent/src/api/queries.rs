@@ -167,7 +167,6 @@ pub(crate) async fn handle(
                 change_id: None,
             });
         }
-        drop(emit);
         match start_tx.take() {
             Some(s) => {
                 let _ = s.send(Start::Full(buf));
