@@ -87,6 +87,14 @@ impl ReadPool {
         })
     }
 
+    /// A connection if one is idle right now.
+    pub(crate) fn try_get(&self) -> Option<ReadConn<'_>> {
+        self.idle.lock().pop().map(|conn| ReadConn {
+            pool: self,
+            conn: Some(conn),
+        })
+    }
+
     pub(crate) fn get(&self) -> ReadConn<'_> {
         let mut idle = self.idle.lock();
         loop {

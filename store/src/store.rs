@@ -191,6 +191,11 @@ impl Store {
         self.inner.readers.get()
     }
 
+    /// A read-only connection if one is idle right now (never waits).
+    pub fn try_reader(&self) -> Option<ReadConn<'_>> {
+        self.inner.readers.try_get()
+    }
+
     /// Snapshot of the bookkeeping of every actor this node knows a version of.
     pub fn books(&self) -> HashMap<ActorId, ActorBooks> {
         let cat = self.inner.catalog.read().clone();
