@@ -71,7 +71,7 @@ pub(crate) async fn query(
 
 pub(crate) async fn reload(admin_path: &Path) -> anyhow::Result<()> {
     let result = admin::request(admin_path, &AdminRequest::Reload).await?;
-    tracing::info!(target: "corrosion", "schema applied: {result}");
+    println!("INFO corrosion: schema applied: {result}");
     Ok(())
 }
 
