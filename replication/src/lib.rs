@@ -1,0 +1,18 @@
+//! Replication decisions without IO.
+//!
+//! Nodes converge by anti-entropy: a node sends a peer its [`SyncState`] (per
+//! actor: the head version and the versions it still needs), the peer answers
+//! with its own, and each side computes with [`plan`] exactly which versions to
+//! pull: those the peer holds and it lacks. The answer to a request is what
+//! the store serves ([`corro_store::Store::changes_for`]: versions rebuilt from
+//! current state, cleared ranges, held pieces of partial versions), applied
+//! with [`corro_store::Store::apply`]. Cost follows what is missing, not the
+//! database size.
+//!
+//! No sockets and no clocks here: the cluster's IO layer drives this, and the
+//! simulation tests drive it over an in-memory network with loss,
+//! duplication and reordering.
+
+mod sync;
+
+pub use sync::{SyncRequest, SyncState, plan};
