@@ -508,6 +508,23 @@ fn bind_key(stmt: &mut rusqlite::CachedStatement<'_>, key: &[SqlValue]) -> rusql
     Ok(())
 }
 
+/// Binds the key, then the written columns, for the statements of `write_row`.
+fn bind_row(
+    stmt: &mut rusqlite::CachedStatement<'_>,
+    pk: &[SqlValue],
+    written: &[usize],
+    m: &RowMerge,
+) -> rusqlite::Result<()> {
+    bind_key(stmt, pk)?;
+    for (n, i) in written.iter().enumerate() {
+        stmt.raw_bind_parameter(
+            pk.len() + n + 1,
+            m.written[*i].as_ref().unwrap_or(&SqlValue::Null),
+        )?;
+    }
+    Ok(())
+}
+
 fn load_values(
     conn: &Connection,
     meta: &TableMeta,
@@ -554,13 +571,7 @@ fn write_row(
             return Ok(());
         }
         let mut stmt = conn.prepare_cached(&meta.sql_write(false, &written))?;
-        bind_key(&mut stmt, &pk)?;
-        for (n, i) in written.iter().enumerate() {
-            stmt.raw_bind_parameter(
-                pk.len() + n + 1,
-                m.written[*i].as_ref().unwrap_or(&SqlValue::Null),
-            )?;
-        }
+        bind_row(&mut stmt, &pk, &written, m)?;
         stmt.raw_execute()?;
         return Ok(());
     }
@@ -569,13 +580,7 @@ fn write_row(
         delete(conn)?;
     }
     let mut stmt = conn.prepare_cached(&meta.sql_write(true, &written))?;
-    bind_key(&mut stmt, &pk)?;
-    for (n, i) in written.iter().enumerate() {
-        stmt.raw_bind_parameter(
-            pk.len() + n + 1,
-            m.written[*i].as_ref().unwrap_or(&SqlValue::Null),
-        )?;
-    }
+    bind_row(&mut stmt, &pk, &written, m)?;
     stmt.raw_execute()?;
     Ok(())
 }

@@ -49,6 +49,6 @@ pub use corro_schema::{Schema, SchemaDiff};
 pub use error::StoreError;
 pub use pool::{ReadConn, UserStatement};
 pub use store::{Store, StoreOptions};
-pub use value::{SqlValue, decode_key, encode_key};
+pub use value::{SqlValue, bind_named, bind_positional, decode_key, encode_key};
 pub use write::{Committed, WriteStmt, WriteTx};
 pub use writer::{MAX_REMOTE_WAIT, WriterStats};

@@ -151,6 +151,38 @@ impl From<Vec<u8>> for SqlValue {
     }
 }
 
+/// Binds positional parameters, checking their number against the statement.
+pub fn bind_positional(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: &[SqlValue],
+) -> rusqlite::Result<()> {
+    let expected = stmt.parameter_count();
+    if expected != params.len() {
+        return Err(rusqlite::Error::InvalidParameterCount(
+            params.len(),
+            expected,
+        ));
+    }
+    for (i, p) in params.iter().enumerate() {
+        stmt.raw_bind_parameter(i + 1, p)?;
+    }
+    Ok(())
+}
+
+/// Binds named parameters; names carry their `:`, `@` or `$` prefix.
+pub fn bind_named(
+    stmt: &mut rusqlite::Statement<'_>,
+    params: &[(String, SqlValue)],
+) -> rusqlite::Result<()> {
+    for (name, v) in params {
+        let idx = stmt
+            .parameter_index(name)?
+            .ok_or_else(|| rusqlite::Error::InvalidParameterName(name.clone()))?;
+        stmt.raw_bind_parameter(idx, v)?;
+    }
+    Ok(())
+}
+
 /// Encodes primary-key values (in key order) into the row key.
 pub fn encode_key(values: &[SqlValue]) -> Vec<u8> {
     // Serializing plain enums and vectors into a Vec cannot fail.

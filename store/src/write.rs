@@ -24,7 +24,7 @@ use crate::change::{CHUNK_BYTES, Change, Changeset, chunk_version};
 use crate::clock::{CellClock, Origin, RowClock};
 use crate::error::StoreError;
 use crate::store::{Store, Writer};
-use crate::value::SqlValue;
+use crate::value::{SqlValue, bind_named, bind_positional};
 use crate::versions::RefChanges;
 
 /// Statements of one local transaction run through this handle.
@@ -146,19 +146,7 @@ impl<T> Committed<T> {
 impl WriteTx<'_> {
     /// Runs one statement with positional parameters; returns rows affected.
     pub fn execute(&mut self, sql: &str, params: &[SqlValue]) -> Result<usize, StoreError> {
-        self.run(sql, |stmt| {
-            let expected = stmt.parameter_count();
-            if expected != params.len() {
-                return Err(rusqlite::Error::InvalidParameterCount(
-                    params.len(),
-                    expected,
-                ));
-            }
-            for (i, p) in params.iter().enumerate() {
-                stmt.raw_bind_parameter(i + 1, p)?;
-            }
-            Ok(())
-        })
+        self.run(sql, |stmt| bind_positional(stmt, params))
     }
 
     /// Runs one statement with named parameters (`:name`, `@name` or `$name`).
@@ -167,15 +155,7 @@ impl WriteTx<'_> {
         sql: &str,
         params: &[(String, SqlValue)],
     ) -> Result<usize, StoreError> {
-        self.run(sql, |stmt| {
-            for (name, v) in params {
-                let idx = stmt
-                    .parameter_index(name)?
-                    .ok_or_else(|| rusqlite::Error::InvalidParameterName(name.clone()))?;
-                stmt.raw_bind_parameter(idx, v)?;
-            }
-            Ok(())
-        })
+        self.run(sql, |stmt| bind_named(stmt, params))
     }
 
     /// Prepares a statement to run many times in this transaction (bulk
@@ -224,17 +204,7 @@ impl WriteStmt<'_> {
     /// Runs the statement with positional parameters; returns rows affected.
     pub fn execute(&mut self, params: &[SqlValue]) -> Result<usize, StoreError> {
         exec(self.conn, &mut self.stmt, |stmt| {
-            let expected = stmt.parameter_count();
-            if expected != params.len() {
-                return Err(rusqlite::Error::InvalidParameterCount(
-                    params.len(),
-                    expected,
-                ));
-            }
-            for (i, p) in params.iter().enumerate() {
-                stmt.raw_bind_parameter(i + 1, p)?;
-            }
-            Ok(())
+            bind_positional(stmt, params)
         })
         .map_err(user_error)
     }
@@ -378,28 +348,21 @@ impl Store {
         let mut refs = RefChanges::default();
         let mut pending: Vec<NewRow> = Vec::with_capacity(CLOCK_BATCH);
         // Statements are prepared once per run of rows of the same table.
-        let mut stmts: Option<(u32, [rusqlite::CachedStatement<'_>; 3])> = None;
+        let mut stmts: TableStmts<'_> = None;
         for ((tbl, key), img) in rows {
             let meta = catalog.table(tbl).ok_or_else(|| {
                 StoreError::Corrupt(format!("capture for unknown table id {tbl}"))
             })?;
             if stmts.as_ref().is_none_or(|(t, _)| *t != tbl) {
-                if let Some((t, [get, put, fresh])) = stmts.as_mut() {
-                    let prev = catalog
-                        .table(*t)
-                        .ok_or_else(|| StoreError::Corrupt("table vanished".into()))?;
-                    insert_new_clocks(
-                        conn,
-                        prev,
-                        get,
-                        put,
-                        fresh,
-                        &mut pending,
-                        &mut out,
-                        &mut refs,
-                        &mine,
-                    )?;
-                }
+                write_pending(
+                    conn,
+                    &catalog,
+                    &mut stmts,
+                    &mut pending,
+                    &mut out,
+                    &mut refs,
+                    &mine,
+                )?;
                 stmts = Some((
                     tbl,
                     [
@@ -503,22 +466,15 @@ impl Store {
                 }
             }
         }
-        if let Some((t, [get, put, fresh])) = stmts.as_mut() {
-            let last = catalog
-                .table(*t)
-                .ok_or_else(|| StoreError::Corrupt("table vanished".into()))?;
-            insert_new_clocks(
-                conn,
-                last,
-                get,
-                put,
-                fresh,
-                &mut pending,
-                &mut out,
-                &mut refs,
-                &mine,
-            )?;
-        }
+        write_pending(
+            conn,
+            &catalog,
+            &mut stmts,
+            &mut pending,
+            &mut out,
+            &mut refs,
+            &mine,
+        )?;
         drop(stmts);
         if seq > 0 {
             let last_seq = seq - 1;
@@ -528,6 +484,28 @@ impl Store {
         }
         Ok((out, seq))
     }
+}
+
+/// The flush's statements for the table whose rows are being written.
+type TableStmts<'c> = Option<(u32, [rusqlite::CachedStatement<'c>; 3])>;
+
+/// Writes the clocks of the pending new rows of the current table.
+fn write_pending(
+    conn: &Connection,
+    catalog: &crate::catalog::Catalog,
+    stmts: &mut TableStmts<'_>,
+    pending: &mut Vec<NewRow>,
+    out: &mut [RowChange],
+    refs: &mut RefChanges,
+    mine: &[(u32, u64)],
+) -> Result<(), StoreError> {
+    let Some((t, [get, put, fresh])) = stmts.as_mut() else {
+        return Ok(());
+    };
+    let meta = catalog
+        .table(*t)
+        .ok_or_else(|| StoreError::Corrupt("table vanished".into()))?;
+    insert_new_clocks(conn, meta, get, put, fresh, pending, out, refs, mine)
 }
 
 /// A row inserted by this transaction whose clock is not written yet.

@@ -148,6 +148,16 @@ fn too_large(st: &ApiState) -> Response {
     )
 }
 
+/// Reads a body (limit enforced) and parses it as JSON.
+pub(crate) async fn read_json<T: serde::de::DeserializeOwned>(
+    st: &ApiState,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<T, Response> {
+    let bytes = read_body(st, headers, body).await?;
+    parse_json(&bytes)
+}
+
 /// Parses a JSON body, with a 400 naming the problem.
 #[expect(
     clippy::result_large_err,

@@ -20,7 +20,7 @@ use corro_client::{QueryEvent, Statement};
 use corro_store::StoreError;
 use serde::Deserialize;
 
-use super::{ApiState, error, parse_json, read_body, store_error, values};
+use super::{ApiState, error, read_json, store_error, values};
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct QueryParams {
@@ -52,12 +52,8 @@ pub(crate) async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let body = match read_body(&st, &headers, body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let statement: Statement = match parse_json(&body) {
-        Ok(s) => s,
+    let statement: Statement = match read_json(&st, &headers, body).await {
+        Ok(v) => v,
         Err(r) => return r,
     };
     let timeout = match params.timeout {

@@ -9,7 +9,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use corro_client::{HealthResponse, Member, TableStatsRequest, TableStatsResponse};
 
-use super::{ApiState, error, parse_json, read_body};
+use super::{ApiState, error, read_json};
 
 /// Row counts of replicated tables; unknown names are listed, not counted.
 pub(crate) async fn table_stats(
@@ -17,12 +17,8 @@ pub(crate) async fn table_stats(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let body = match read_body(&st, &headers, body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let req: TableStatsRequest = match parse_json(&body) {
-        Ok(r) => r,
+    let req: TableStatsRequest = match read_json(&st, &headers, body).await {
+        Ok(v) => v,
         Err(r) => return r,
     };
     let store = st.store.clone();

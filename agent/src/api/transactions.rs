@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use corro_client::{ExecResponse, ExecResult, Statement};
 use corro_store::StoreError;
 
-use super::{ApiState, error, parse_json, read_body, store_error, values};
+use super::{ApiState, error, read_json, store_error, values};
 
 /// Why a transaction was refused part-way (it is rolled back).
 enum Refusal {
@@ -24,12 +24,8 @@ enum Refusal {
 }
 
 pub(crate) async fn handle(State(st): State<ApiState>, headers: HeaderMap, body: Body) -> Response {
-    let body = match read_body(&st, &headers, body).await {
-        Ok(b) => b,
-        Err(r) => return r,
-    };
-    let statements: Vec<Statement> = match parse_json(&body) {
-        Ok(s) => s,
+    let statements: Vec<Statement> = match read_json(&st, &headers, body).await {
+        Ok(v) => v,
         Err(r) => return r,
     };
     if statements.is_empty() {

@@ -2,7 +2,7 @@
 //! running one API statement in a write transaction.
 
 use corro_client::{Statement, Value};
-use corro_store::{SqlValue, StoreError, WriteTx};
+use corro_store::{SqlValue, StoreError, WriteTx, bind_named, bind_positional};
 
 pub(crate) fn to_sql(v: &Value) -> SqlValue {
     match v {
@@ -34,81 +34,41 @@ fn param_name(name: &str) -> String {
     }
 }
 
-/// Runs one statement inside a local write transaction.
-pub(crate) fn execute(tx: &mut WriteTx<'_>, stmt: &Statement) -> Result<usize, StoreError> {
-    match stmt {
-        Statement::Simple(sql) => tx.execute(sql, &[]),
-        Statement::WithParams(sql, params) => {
-            tx.execute(sql, &params.iter().map(to_sql).collect::<Vec<_>>())
-        }
-        Statement::WithNamedParams(sql, named) => tx.execute_named(
-            sql,
-            &named
-                .iter()
-                .map(|(k, v)| (param_name(k), to_sql(v)))
-                .collect::<Vec<_>>(),
-        ),
-        Statement::Verbose {
-            query,
-            params,
-            named_params,
-        } => match (params, named_params) {
-            (Some(p), _) if !p.is_empty() => {
-                tx.execute(query, &p.iter().map(to_sql).collect::<Vec<_>>())
-            }
-            (_, Some(n)) if !n.is_empty() => tx.execute_named(
-                query,
-                &n.iter()
-                    .map(|(k, v)| (param_name(k), to_sql(v)))
-                    .collect::<Vec<_>>(),
-            ),
-            _ => tx.execute(query, &[]),
-        },
-    }
-}
-
-/// Binds a statement's parameters to a prepared read statement.
-pub(crate) fn bind(stmt: &mut rusqlite::Statement<'_>, s: &Statement) -> rusqlite::Result<()> {
-    let positional =
-        |stmt: &mut rusqlite::Statement<'_>, params: &[Value]| -> rusqlite::Result<()> {
-            let expected = stmt.parameter_count();
-            if expected != params.len() {
-                return Err(rusqlite::Error::InvalidParameterCount(
-                    params.len(),
-                    expected,
-                ));
-            }
-            for (i, p) in params.iter().enumerate() {
-                stmt.raw_bind_parameter(i + 1, to_sql(p))?;
-            }
-            Ok(())
-        };
-    let named = |stmt: &mut rusqlite::Statement<'_>,
-                 params: &std::collections::BTreeMap<String, Value>|
-     -> rusqlite::Result<()> {
-        for (k, v) in params {
-            let name = param_name(k);
-            let idx = stmt
-                .parameter_index(&name)?
-                .ok_or(rusqlite::Error::InvalidParameterName(name))?;
-            stmt.raw_bind_parameter(idx, to_sql(v))?;
-        }
-        Ok(())
+/// The statement's parameters in the store's form: positional, or named.
+pub(crate) fn params(s: &Statement) -> (Vec<SqlValue>, Vec<(String, SqlValue)>) {
+    let named = |n: &std::collections::BTreeMap<String, Value>| {
+        n.iter().map(|(k, v)| (param_name(k), to_sql(v))).collect()
     };
-    // Cached statements keep earlier bindings; start clean.
-    stmt.clear_bindings();
     match s {
-        Statement::Simple(_) => positional(stmt, &[]),
-        Statement::WithParams(_, p) => positional(stmt, p),
-        Statement::WithNamedParams(_, n) => named(stmt, n),
+        Statement::Simple(_) => (Vec::new(), Vec::new()),
+        Statement::WithParams(_, p) => (p.iter().map(to_sql).collect(), Vec::new()),
+        Statement::WithNamedParams(_, n) => (Vec::new(), named(n)),
         Statement::Verbose {
             params,
             named_params,
             ..
         } => match (params, named_params) {
-            (Some(p), _) if !p.is_empty() => positional(stmt, p),
-            (_, Some(n)) if !n.is_empty() => named(stmt, n),
-            _ => positional(stmt, &[]),
+            (Some(p), _) if !p.is_empty() => (p.iter().map(to_sql).collect(), Vec::new()),
+            (_, Some(n)) if !n.is_empty() => (Vec::new(), named(n)),
+            _ => (Vec::new(), Vec::new()),
         },
+    }
+}
+
+/// Runs one statement inside a local write transaction.
+pub(crate) fn execute(tx: &mut WriteTx<'_>, stmt: &Statement) -> Result<usize, StoreError> {
+    match params(stmt) {
+        (_, named) if !named.is_empty() => tx.execute_named(stmt.sql(), &named),
+        (positional, _) => tx.execute(stmt.sql(), &positional),
+    }
+}
+
+/// Binds a statement's parameters to a prepared read statement.
+pub(crate) fn bind(stmt: &mut rusqlite::Statement<'_>, s: &Statement) -> rusqlite::Result<()> {
+    // Cached statements keep earlier bindings; start clean.
+    stmt.clear_bindings();
+    match params(s) {
+        (_, named) if !named.is_empty() => bind_named(stmt, &named),
+        (positional, _) => bind_positional(stmt, &positional),
     }
 }
