@@ -18,7 +18,7 @@ use parking_lot::Mutex;
 use rusqlite::Connection;
 use rusqlite::functions::FunctionFlags;
 
-use crate::value::{SqlValue, SqlValueRef, encode_key};
+use crate::value::{SqlValue, encode_key, encode_key_refs};
 
 /// Before/after images of one row within the current transaction.
 #[derive(Debug, Default)]
@@ -56,9 +56,13 @@ impl CaptureBuffer {
 
     fn record(&mut self, tbl: u32, key: Vec<u8>, op: i64, vals: Vec<SqlValue>) {
         let key: Arc<[u8]> = key.into();
-        match self.index.get(&(tbl, key.clone())) {
-            Some(&i) => self.rows[i].1.after = if op == 0 { None } else { Some(vals) },
-            None => {
+        let next = self.rows.len();
+        match self.index.entry((tbl, key.clone())) {
+            std::collections::hash_map::Entry::Occupied(e) => {
+                self.rows[*e.get()].1.after = if op == 0 { None } else { Some(vals) };
+            }
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert(next);
                 let img = if op == 0 {
                     RowImage {
                         before: Some(vals),
@@ -70,7 +74,6 @@ impl CaptureBuffer {
                         after: Some(vals),
                     }
                 };
-                self.index.insert((tbl, key.clone()), self.rows.len());
                 self.rows.push(((tbl, key), img));
             }
         }
@@ -95,19 +98,15 @@ pub(crate) fn register(conn: &Connection, buffer: SharedCapture) -> rusqlite::Re
         if ctx.len() < 3 + npk {
             return Err(user_err("corro_capture: too few arguments"));
         }
-        let mut pk = Vec::with_capacity(npk);
-        for i in 3..3 + npk {
-            let raw = ctx.get_raw(i);
-            if matches!(raw, rusqlite::types::ValueRef::Real(_)) {
-                return Err(user_err(
-                    "REAL primary key values are not supported (1 and 1.0 would name one row but replicate as two); use INTEGER or TEXT keys",
-                ));
-            }
-            pk.push(raw);
+        let pk = (3..3 + npk).map(|i| ctx.get_raw(i));
+        if pk.clone().any(|v| matches!(v, rusqlite::types::ValueRef::Real(_))) {
+            return Err(user_err(
+                "REAL primary key values are not supported (1 and 1.0 would name one row but replicate as two); use INTEGER or TEXT keys",
+            ));
         }
-        let key = match pk.iter().map(|v| SqlValueRef::from_ref(*v)).collect::<Option<Vec<_>>>() {
-            Some(refs) => postcard::to_stdvec(&refs).unwrap_or_default(),
-            None => encode_key(&pk.iter().map(|v| SqlValue::from_ref(*v)).collect::<Vec<_>>()),
+        let key = match encode_key_refs(pk.clone()) {
+            Some(k) => k,
+            None => encode_key(&pk.map(SqlValue::from_ref).collect::<Vec<_>>()),
         };
         let vals: Vec<SqlValue> = (3 + npk..ctx.len())
             .map(|i| SqlValue::from_ref(ctx.get_raw(i)))

@@ -52,7 +52,8 @@ CREATE TABLE IF NOT EXISTS __corro_buffered (
 ";
 
 /// The on-disk layout version, stored in `__corro_meta`.
-pub(crate) const FORMAT_VERSION: i64 = 1;
+/// 2: tagged clock blobs with a short form for uniform clocks.
+pub(crate) const FORMAT_VERSION: i64 = 2;
 
 pub(crate) fn quote(ident: &str) -> String {
     format!("\"{}\"", ident.replace('"', "\"\""))

@@ -50,12 +50,49 @@ pub(crate) struct RowClock {
 }
 
 impl RowClock {
+    /// Encodes the clock. Most rows hold a *uniform* clock: every column and
+    /// the sentinel come from one version at consecutive seqs with
+    /// col_version 1 (a row inserted and not changed since). Those take a tag
+    /// and four varints; anything else is the postcard form behind another tag.
     pub(crate) fn encode(&self) -> Vec<u8> {
-        postcard::to_stdvec(self).unwrap_or_default()
+        if let Some(origin) = self.uniform() {
+            return encode_uniform(origin, self.cols.len(), self.ts);
+        }
+        let mut out = vec![TAG_FULL];
+        out.extend(postcard::to_stdvec(self).unwrap_or_default());
+        out
     }
 
     pub(crate) fn decode(b: &[u8]) -> Result<Self, postcard::Error> {
-        postcard::from_bytes(b)
+        match b.split_first() {
+            Some((&TAG_UNIFORM, rest)) => {
+                let mut r = rest;
+                let mut next =
+                    || read_varint(&mut r).ok_or(postcard::Error::DeserializeUnexpectedEnd);
+                let (actor, version, seq, ncols, ts) =
+                    (next()?, next()?, next()?, next()?, next()?);
+                let actor =
+                    u32::try_from(actor).map_err(|_| postcard::Error::DeserializeBadVarint)?;
+                Ok(uniform_clock(actor, version, seq, ncols as usize, ts))
+            }
+            Some((&TAG_FULL, rest)) => postcard::from_bytes(rest),
+            _ => Err(postcard::Error::DeserializeBadEncoding),
+        }
+    }
+
+    /// The sentinel origin if this clock is uniform.
+    fn uniform(&self) -> Option<Origin> {
+        let o = self.cl_origin?;
+        let all = self.cols.iter().enumerate().all(|(i, c)| {
+            *c == Some(CellClock {
+                col_version: 1,
+                origin: Origin {
+                    seq: o.seq + 1 + i as u64,
+                    ..o
+                },
+            })
+        });
+        all.then_some(o)
     }
 
     /// Every origin this clock references (for the version -> rows index).
@@ -81,6 +118,68 @@ impl RowClock {
         }
         self.cols[i] = c;
     }
+}
+
+const TAG_UNIFORM: u8 = 1;
+const TAG_FULL: u8 = 2;
+
+/// The clock of a row (re)inserted by one version: the sentinel at `seq`,
+/// column `i` at `seq + 1 + i`, every col_version 1.
+pub(crate) fn uniform_clock(actor: u32, version: u64, seq: u64, ncols: usize, ts: u64) -> RowClock {
+    let origin = |s: u64| Origin {
+        actor,
+        version,
+        seq: s,
+    };
+    RowClock {
+        cl_origin: Some(origin(seq)),
+        cols: (0..ncols as u64)
+            .map(|i| {
+                Some(CellClock {
+                    col_version: 1,
+                    origin: origin(seq + 1 + i),
+                })
+            })
+            .collect(),
+        ts,
+    }
+}
+
+/// The encoding of [`uniform_clock`], without building it.
+pub(crate) fn encode_uniform(origin: Origin, ncols: usize, ts: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(24);
+    out.push(TAG_UNIFORM);
+    for v in [
+        u64::from(origin.actor),
+        origin.version,
+        origin.seq,
+        ncols as u64,
+        ts,
+    ] {
+        write_varint(&mut out, v);
+    }
+    out
+}
+
+fn write_varint(out: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        out.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    out.push(v as u8);
+}
+
+fn read_varint(b: &mut &[u8]) -> Option<u64> {
+    let mut v = 0u64;
+    for shift in (0..64).step_by(7) {
+        let (&byte, rest) = b.split_first()?;
+        *b = rest;
+        v |= u64::from(byte & 0x7f) << shift;
+        if byte < 0x80 {
+            return Some(v);
+        }
+    }
+    None
 }
 
 /// Merge state of one row while a batch of changes is applied to it.
@@ -364,6 +463,42 @@ mod tests {
         b.sentinel(2, o(1, 4), &actor);
         assert_eq!(a.clock, b.clock);
         assert_eq!(a.clock.cl_origin, Some(o(7, 1)));
+    }
+
+    #[test]
+    fn uniform_clocks_use_the_short_form_and_round_trip() {
+        let c = uniform_clock(3, 70_000, 129, 4, 1_700_000_000_000);
+        let short = c.encode();
+        assert_eq!(short[0], TAG_UNIFORM);
+        assert!(short.len() < 20, "{} bytes", short.len());
+        assert_eq!(short, encode_uniform(c.cl_origin.unwrap(), 4, c.ts));
+        assert_eq!(RowClock::decode(&short).unwrap(), c);
+        // One column changed later: the full form.
+        let mut d = c.clone();
+        d.set_col(
+            2,
+            Some(CellClock {
+                col_version: 2,
+                origin: o(9, 1),
+            }),
+        );
+        let full = d.encode();
+        assert_eq!(full[0], TAG_FULL);
+        assert_eq!(RowClock::decode(&full).unwrap(), d);
+        // A table with no value columns, and a tombstone.
+        let e = uniform_clock(1, 1, 0, 0, 0);
+        assert_eq!(RowClock::decode(&e.encode()).unwrap(), e);
+        let t = RowClock {
+            cl_origin: Some(o(1, 2)),
+            cols: vec![],
+            ts: 5,
+        };
+        assert_eq!(RowClock::decode(&t.encode()).unwrap(), t);
+        assert!(
+            RowClock::decode(&[]).is_err()
+                && RowClock::decode(&[9, 1]).is_err()
+                && RowClock::decode(&[TAG_UNIFORM, 0x80]).is_err()
+        );
     }
 
     #[test]

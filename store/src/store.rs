@@ -448,6 +448,11 @@ fn init_identity(conn: &Connection, path: &Path) -> Result<(ActorId, u32), Store
                 "database format {v} is newer than this build understands ({FORMAT_VERSION})"
             )));
         }
+        Some(v) if v < FORMAT_VERSION => {
+            return Err(StoreError::Corrupt(format!(
+                "database format {v} predates this build's format {FORMAT_VERSION} and cannot be upgraded in place; start from an empty database and let peers fill it"
+            )));
+        }
         Some(_) => {}
     }
     let stored: Option<Vec<u8>> = tx

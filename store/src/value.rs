@@ -189,28 +189,48 @@ pub fn encode_key(values: &[SqlValue]) -> Vec<u8> {
     postcard::to_stdvec(values).unwrap_or_default()
 }
 
-/// Borrowed mirror of [`SqlValue`] with the same serde shape, so a key can
-/// be encoded straight from SQLite's values without copying them first.
-#[derive(Serialize)]
-pub(crate) enum SqlValueRef<'a> {
-    Null,
-    Integer(i64),
-    Real(f64),
-    Text(&'a str),
-    Blob(&'a [u8]),
-}
-
-impl<'a> SqlValueRef<'a> {
-    /// `None` for text that is not UTF-8 (the caller falls back to [`SqlValue`]).
-    pub(crate) fn from_ref(v: ValueRef<'a>) -> Option<Self> {
-        Some(match v {
-            ValueRef::Null => SqlValueRef::Null,
-            ValueRef::Integer(i) => SqlValueRef::Integer(i),
-            ValueRef::Real(f) => SqlValueRef::Real(f),
-            ValueRef::Text(t) => SqlValueRef::Text(std::str::from_utf8(t).ok()?),
-            ValueRef::Blob(b) => SqlValueRef::Blob(b),
-        })
+/// Encodes a key straight from SQLite's values, byte-for-byte what
+/// [`encode_key`] produces (postcard: length, then per value its variant
+/// index and payload). `None` for text that is not UTF-8 (the caller then
+/// falls back to [`encode_key`], which converts it lossily like every value).
+pub(crate) fn encode_key_refs<'a>(
+    values: impl ExactSizeIterator<Item = ValueRef<'a>>,
+) -> Option<Vec<u8>> {
+    fn varint(out: &mut Vec<u8>, mut v: u64) {
+        while v >= 0x80 {
+            out.push((v as u8) | 0x80);
+            v >>= 7;
+        }
+        out.push(v as u8);
     }
+    let mut out = Vec::with_capacity(32);
+    varint(&mut out, values.len() as u64);
+    for v in values {
+        match v {
+            ValueRef::Null => out.push(0),
+            ValueRef::Integer(i) => {
+                out.push(1);
+                // zigzag, as postcard encodes signed integers
+                varint(&mut out, ((i << 1) ^ (i >> 63)) as u64);
+            }
+            ValueRef::Real(f) => {
+                out.push(2);
+                out.extend_from_slice(&f.to_le_bytes());
+            }
+            ValueRef::Text(t) => {
+                std::str::from_utf8(t).ok()?;
+                out.push(3);
+                varint(&mut out, t.len() as u64);
+                out.extend_from_slice(t);
+            }
+            ValueRef::Blob(b) => {
+                out.push(4);
+                varint(&mut out, b.len() as u64);
+                out.extend_from_slice(b);
+            }
+        }
+    }
+    Some(out)
 }
 
 /// Decodes a row key produced by [`encode_key`].
@@ -261,25 +281,33 @@ mod tests {
     }
 
     #[test]
-    fn borrowed_and_owned_values_encode_the_same_key() {
+    fn hand_encoded_keys_match_postcard() {
         let owned = vec![
-            SqlValue::Text("a".into()),
+            SqlValue::Text("héllo".into()),
             SqlValue::Integer(-7),
-            SqlValue::Blob(vec![1, 2]),
+            SqlValue::Integer(i64::MAX),
+            SqlValue::Integer(i64::MIN),
+            SqlValue::Integer(300),
+            SqlValue::Blob(vec![1, 2, 3]),
             SqlValue::Null,
             SqlValue::Real(0.5),
+            SqlValue::Text("x".repeat(200)),
         ];
-        let borrowed = [
-            SqlValueRef::Text("a"),
-            SqlValueRef::Integer(-7),
-            SqlValueRef::Blob(&[1, 2]),
-            SqlValueRef::Null,
-            SqlValueRef::Real(0.5),
-        ];
+        let refs: Vec<ValueRef<'_>> = owned
+            .iter()
+            .map(|v| match v {
+                SqlValue::Null => ValueRef::Null,
+                SqlValue::Integer(i) => ValueRef::Integer(*i),
+                SqlValue::Real(f) => ValueRef::Real(*f),
+                SqlValue::Text(t) => ValueRef::Text(t.as_bytes()),
+                SqlValue::Blob(b) => ValueRef::Blob(b),
+            })
+            .collect();
         assert_eq!(
-            postcard::to_stdvec(&borrowed[..]).unwrap(),
+            encode_key_refs(refs.into_iter()).unwrap(),
             encode_key(&owned)
         );
+        assert_eq!(encode_key_refs([ValueRef::Text(&[0xff])].into_iter()), None);
     }
 
     #[test]

@@ -21,7 +21,7 @@ use rusqlite::{Connection, OptionalExtension, Statement};
 
 use crate::catalog::{CLOCK_BATCH, TableMeta};
 use crate::change::{CHUNK_BYTES, Change, Changeset, chunk_version};
-use crate::clock::{CellClock, Origin, RowClock};
+use crate::clock::{CellClock, Origin, RowClock, encode_uniform, uniform_clock};
 use crate::error::StoreError;
 use crate::store::{Store, Writer};
 use crate::value::{SqlValue, bind_named, bind_positional};
@@ -389,7 +389,7 @@ impl Store {
                 (None, Some(mut a)) => {
                     // A new row: its clock goes in at cl 1 with the next batch;
                     // if a tombstone is there it becomes a re-insert instead.
-                    let blob = insert_clock(ncols, seq, version, me, ts).encode();
+                    let blob = encode_uniform(origin(seq), ncols, ts);
                     a.resize(ncols, SqlValue::Null);
                     seq += 1 + ncols as u64;
                     pending.push(NewRow {
@@ -443,7 +443,7 @@ impl Store {
                             // The clock says the row is gone although it existed:
                             // treat it as a re-insert.
                             let new_cl = if cl % 2 == 1 { cl + 2 } else { cl + 1 };
-                            clock = insert_clock(ncols, seq, version, me, ts);
+                            clock = uniform_clock(me, version, seq, ncols, ts);
                             a.resize(ncols, SqlValue::Null);
                             seq += 1 + ncols as u64;
                             (new_cl, RowOp::Insert(a))
@@ -585,26 +585,4 @@ fn read_clock(
         Some((cl, blob)) => (cl, RowClock::decode(&blob)?),
         None => (0, RowClock::default()),
     })
-}
-
-/// Clock of a row (re)inserted by this version: the sentinel at `seq`, then
-/// every column at col_version 1 with the following seqs.
-fn insert_clock(ncols: usize, seq: u64, version: u64, me: u32, ts: u64) -> RowClock {
-    let origin = |s: u64| Origin {
-        actor: me,
-        version,
-        seq: s,
-    };
-    RowClock {
-        cl_origin: Some(origin(seq)),
-        cols: (0..ncols as u64)
-            .map(|i| {
-                Some(CellClock {
-                    col_version: 1,
-                    origin: origin(seq + 1 + i),
-                })
-            })
-            .collect(),
-        ts,
-    }
 }
