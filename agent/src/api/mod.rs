@@ -85,6 +85,18 @@ pub(crate) fn store_error(st: &ApiState, e: StoreError) -> Response {
         StoreError::Sqlite(rusqlite_err) if is_client_error(&rusqlite_err) => {
             error(StatusCode::BAD_REQUEST, rusqlite_err.to_string())
         }
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, msg))
+            if matches!(
+                f.code,
+                rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+            ) =>
+        {
+            // Another process held a lock past the busy timeout: transient.
+            error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("database busy, try again: {}", msg.unwrap_or_default()),
+            )
+        }
         other => {
             tracing::error!(error = %other, "database failure; reporting unhealthy");
             st.healthy.store(false, Ordering::Relaxed);
