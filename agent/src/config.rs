@@ -63,7 +63,6 @@ pub(crate) struct DbConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[expect(dead_code, reason = "parsed now; the cluster gives these meaning")]
 pub(crate) struct GossipConfig {
     /// UDP address the QUIC endpoint binds (required).
     pub addr: SocketAddr,
@@ -76,12 +75,20 @@ pub(crate) struct GossipConfig {
     #[serde(default)]
     pub plaintext: bool,
     /// Upper bound for QUIC's path MTU.
+    #[expect(
+        dead_code,
+        reason = "parsed now; used when the transport grows MTU/GSO/TLS settings"
+    )]
     pub max_mtu: Option<u16>,
     /// Idle timeout of QUIC connections (default 30 s).
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_secs: u64,
     /// Skip generic segmentation offload.
     #[serde(default)]
+    #[expect(
+        dead_code,
+        reason = "parsed now; used when the transport grows MTU/GSO/TLS settings"
+    )]
     pub disable_gso: bool,
     pub tls: Option<TlsConfig>,
 }

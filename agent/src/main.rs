@@ -7,6 +7,7 @@
 
 mod admin;
 mod api;
+mod cluster;
 mod commands;
 mod config;
 mod logging;

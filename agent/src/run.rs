@@ -174,6 +174,8 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
     let admin_task =
         admin::serve(config.admin.path.clone(), handler.clone(), stop_rx.clone()).await?;
 
+    let cluster =
+        crate::cluster::Cluster::start(store.clone(), &config.gossip, stop_rx.clone()).await?;
     let state = ApiState {
         store: store.clone(),
         limits: Limits {
@@ -184,6 +186,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         },
         token: config.api.authz.bearer_token.as_deref().map(Arc::from),
         healthy: Arc::new(AtomicBool::new(true)),
+        cluster: Some(cluster.clone()),
     };
     let listener = tokio::net::TcpListener::bind(config.api.addr)
         .await

@@ -9,10 +9,14 @@
 //! with [`corro_store::Store::apply`]. Cost follows what is missing, not the
 //! database size.
 //!
+//! [`wire`](Envelope) defines the versioned peer messages.
+//!
 //! No sockets and no clocks here: the cluster's IO layer drives this, and the
 //! simulation tests drive it over an in-memory network with loss,
 //! duplication and reordering.
 
 mod sync;
+mod wire;
 
 pub use sync::{SyncRequest, SyncState, plan};
+pub use wire::{Envelope, MAX_FRAME_BYTES, Message, PROTOCOL_VERSION, WireError, decode, encode};

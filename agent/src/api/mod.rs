@@ -42,6 +42,8 @@ pub(crate) struct ApiState {
     pub token: Option<Arc<str>>,
     /// Cleared when the database fails underneath (I/O, disk full).
     pub healthy: Arc<AtomicBool>,
+    /// Peers to broadcast committed versions to (absent in unit setups).
+    pub cluster: Option<crate::cluster::Cluster>,
 }
 
 pub(crate) fn router(state: ApiState) -> Router {

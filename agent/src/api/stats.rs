@@ -63,7 +63,7 @@ pub(crate) async fn health(State(st): State<ApiState>) -> Response {
         .into(),
         actor_id: st.store.actor_id().to_string(),
         head: st.store.head(),
-        members: 0,
+        members: st.cluster.as_ref().map_or(0, |c| c.members().len()),
     };
     let status = if body.status == "ok" {
         StatusCode::OK
@@ -73,7 +73,8 @@ pub(crate) async fn health(State(st): State<ApiState>) -> Response {
     (status, axum::Json(body)).into_response()
 }
 
-/// Cluster members this node sees; empty until clustering is enabled.
-pub(crate) async fn members(State(_st): State<ApiState>) -> Response {
-    axum::Json(Vec::<Member>::new()).into_response()
+/// Peers this node knows, with state and round-trip time.
+pub(crate) async fn members(State(st): State<ApiState>) -> Response {
+    let members: Vec<Member> = st.cluster.as_ref().map(|c| c.members()).unwrap_or_default();
+    axum::Json(members).into_response()
 }

@@ -29,6 +29,11 @@ pub struct Node {
 impl Node {
     /// Writes a config with API on port 0 and `extra` appended to `[api]`.
     pub fn new(dir: &Path, api_extra: &str) -> Node {
+        Node::with(dir, "", api_extra)
+    }
+
+    /// Like [`Node::new`], with `gossip_extra` appended to `[gossip]`.
+    pub fn with(dir: &Path, gossip_extra: &str, api_extra: &str) -> Node {
         std::fs::create_dir_all(dir.join("schema")).unwrap();
         std::fs::write(dir.join("schema/todo.sql"), TODOS).unwrap();
         let config = dir.join("config.toml");
@@ -36,7 +41,7 @@ impl Node {
         std::fs::write(
             &config,
             format!(
-                "[db]\npath = \"{db}\"\nschema_paths = [\"{schema}\"]\n\n[gossip]\naddr = \"127.0.0.1:0\"\nplaintext = true\n\n[api]\naddr = \"127.0.0.1:0\"\n{api_extra}\n\n[admin]\npath = \"{admin}\"\n\n[log]\ncolors = false\n",
+                "[db]\npath = \"{db}\"\nschema_paths = [\"{schema}\"]\n\n[gossip]\naddr = \"127.0.0.1:0\"\nplaintext = true\n{gossip_extra}\n\n[api]\naddr = \"127.0.0.1:0\"\n{api_extra}\n\n[admin]\npath = \"{admin}\"\n\n[log]\ncolors = false\n",
                 db = db.display(),
                 schema = dir.join("schema").display(),
                 admin = dir.join("admin.sock").display(),
@@ -72,6 +77,8 @@ pub struct Agent {
     pub api: SocketAddr,
     /// From the "Actor ID: ..." startup line.
     pub actor: String,
+    /// From the "Starting peer API on udp/..." startup line.
+    pub gossip: SocketAddr,
 }
 
 impl Agent {
@@ -101,10 +108,20 @@ impl Agent {
             lines,
             api: "127.0.0.1:0".parse().unwrap(),
             actor: String::new(),
+            gossip: "127.0.0.1:0".parse().unwrap(),
         };
         let line = agent.expect("Actor ID: ");
         agent.actor = line.rsplit("Actor ID: ").next().unwrap().trim().to_string();
         agent.expect("Applied schema in");
+        let line = agent.expect("Starting peer API on udp/");
+        agent.gossip = line
+            .rsplit("udp/")
+            .next()
+            .unwrap()
+            .trim_end_matches(" (QUIC)")
+            .trim()
+            .parse()
+            .unwrap();
         let line = agent.expect("Starting public API server on tcp/");
         agent.api = line.rsplit("tcp/").next().unwrap().trim().parse().unwrap();
         agent

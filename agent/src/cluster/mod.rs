@@ -1,0 +1,400 @@
+//! Peer networking: one QUIC endpoint on `gossip.addr`, broadcast of every
+//! committed local version to known peers, and anti-entropy sync rounds with
+//! a random known peer every second or so.
+//!
+//! This is the first step of the cluster (issue 4): peers are the bootstrap
+//! list plus every peer that has contacted this node; SWIM membership and
+//! failure detection (foca), re-broadcast by receivers, TLS/mTLS and backoff
+//! come next. The decisions (what to pull) are the sans-IO planner in
+//! `corro-replication`; this module only moves frames.
+//!
+//! Streams carry length-prefixed frames (`u32` big-endian length, then a
+//! postcard [`Envelope`]). A uni stream carries `Changes` frames. A sync round
+//! is one bi stream: the initiator sends its `SyncState`; the responder sends
+//! the changesets the initiator lacks (`SyncChanges`...), then its own
+//! `SyncState`; the initiator sends what the responder lacks, then `SyncDone`.
+
+mod peers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use anyhow::Context;
+use corro_replication::{
+    Envelope, MAX_FRAME_BYTES, Message, PROTOCOL_VERSION, SyncState, decode, encode, plan,
+};
+use corro_store::{Changeset, Store};
+use rand::Rng;
+use tokio::sync::{mpsc, watch};
+
+use crate::config::GossipConfig;
+pub(crate) use peers::Peers;
+
+/// Versions pulled per sync round at most (the rest next round).
+const SYNC_MAX_VERSIONS: u64 = 2_000;
+/// Changesets per `SyncChanges` frame.
+const FRAME_CHANGESETS: usize = 64;
+/// Queued local versions waiting to be broadcast; beyond this they are
+/// dropped (and counted): sync repairs.
+const BROADCAST_QUEUE: usize = 1024;
+
+/// Counters for metrics and tests.
+#[derive(Debug, Default)]
+pub(crate) struct ClusterStats {
+    pub broadcasts_sent: AtomicU64,
+    pub broadcasts_dropped: AtomicU64,
+    pub changesets_received: AtomicU64,
+    pub sync_rounds: AtomicU64,
+    pub frames_refused: AtomicU64,
+}
+
+struct Inner {
+    store: Store,
+    endpoint: quinn::Endpoint,
+    advertised: SocketAddr,
+    peers: Peers,
+    stats: ClusterStats,
+}
+
+/// A handle to the running cluster tasks.
+#[derive(Clone)]
+pub(crate) struct Cluster {
+    inner: Arc<Inner>,
+    broadcast: mpsc::Sender<Vec<Changeset>>,
+}
+
+impl Cluster {
+    /// Binds the endpoint and starts the accept, broadcast and sync tasks.
+    pub(crate) async fn start(
+        store: Store,
+        config: &GossipConfig,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> anyhow::Result<Cluster> {
+        if !config.plaintext {
+            anyhow::bail!(
+                "[gossip]: TLS for the peer protocol is not implemented yet; set plaintext = true (only on a trusted or already encrypted network)"
+            );
+        }
+        let mut transport = quinn::TransportConfig::default();
+        transport.max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(Duration::from_secs(config.idle_timeout_secs.max(1)))
+                .context("gossip.idle_timeout_secs")?,
+        ));
+        transport.keep_alive_interval(Some(Duration::from_secs(5)));
+        let transport = Arc::new(transport);
+        let mut server = quinn_plaintext::server_config();
+        server.transport_config(transport.clone());
+        let mut endpoint = quinn::Endpoint::server(server, config.addr)
+            .with_context(|| format!("binding the gossip endpoint on udp/{}", config.addr))?;
+        let mut client = quinn_plaintext::client_config();
+        client.transport_config(transport);
+        endpoint.set_default_client_config(client);
+        let local = endpoint.local_addr()?;
+        tracing::info!("Starting peer API on udp/{local} (QUIC)");
+        let advertised = config.external_addr.unwrap_or(local);
+        let peers = Peers::new(advertised);
+        for b in &config.bootstrap {
+            match peers::resolve(b).await {
+                Ok(addrs) => addrs.into_iter().for_each(|a| peers.add(a, None)),
+                Err(e) => {
+                    tracing::warn!(bootstrap = %b, error = %e, "cannot resolve bootstrap peer")
+                }
+            }
+        }
+        let inner = Arc::new(Inner {
+            store,
+            endpoint,
+            advertised,
+            peers,
+            stats: ClusterStats::default(),
+        });
+        let (tx, rx) = mpsc::channel(BROADCAST_QUEUE);
+        let cluster = Cluster {
+            inner: inner.clone(),
+            broadcast: tx,
+        };
+
+        let accept = inner.clone();
+        let mut stop = shutdown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.changed() => break,
+                    incoming = accept.endpoint.accept() => match incoming {
+                        Some(incoming) => {
+                            let inner = accept.clone();
+                            tokio::spawn(async move {
+                                if let Err(e) = serve_connection(inner, incoming).await {
+                                    tracing::debug!(error = %e, "peer connection ended");
+                                }
+                            });
+                        }
+                        None => break,
+                    }
+                }
+            }
+        });
+        tokio::spawn(broadcast_loop(inner.clone(), rx));
+        let sync = inner.clone();
+        tokio::spawn(async move {
+            loop {
+                let wait = Duration::from_millis(rand::rng().random_range(500..1500));
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                if let Some(peer) = sync.peers.random()
+                    && let Err(e) = sync_with(&sync, peer).await
+                {
+                    tracing::debug!(peer = %peer, error = %e, "sync round failed");
+                    sync.peers.forget_connection(peer);
+                }
+            }
+            sync.endpoint.close(0u32.into(), b"shutting down");
+        });
+        Ok(cluster)
+    }
+
+    /// Queues a committed local version for broadcast (never blocks: when the
+    /// queue is full the version is dropped and sync delivers it).
+    pub(crate) fn broadcast(&self, sets: Vec<Changeset>) {
+        if sets.is_empty() {
+            return;
+        }
+        if self.broadcast.try_send(sets).is_err() {
+            self.inner
+                .stats
+                .broadcasts_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    pub(crate) fn members(&self) -> Vec<corro_client::Member> {
+        self.inner.peers.members()
+    }
+}
+
+fn envelope(inner: &Inner, message: Message) -> Envelope {
+    Envelope {
+        version: PROTOCOL_VERSION,
+        from: inner.store.actor_id(),
+        addr: inner.advertised,
+        message,
+    }
+}
+
+async fn write_frame(send: &mut quinn::SendStream, env: &Envelope) -> anyhow::Result<()> {
+    let bytes = encode(env)?;
+    send.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+    send.write_all(&bytes).await?;
+    Ok(())
+}
+
+/// Reads one frame; `None` at a clean end of stream.
+async fn read_frame(recv: &mut quinn::RecvStream) -> anyhow::Result<Option<Envelope>> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        anyhow::bail!("peer sent a frame of {len} bytes, over the {MAX_FRAME_BYTES} byte limit");
+    }
+    let mut buf = vec![0u8; len];
+    recv.read_exact(&mut buf).await?;
+    Ok(Some(decode(&buf)?))
+}
+
+async fn apply(inner: &Arc<Inner>, sets: Vec<Changeset>) -> anyhow::Result<()> {
+    if sets.is_empty() {
+        return Ok(());
+    }
+    inner
+        .stats
+        .changesets_received
+        .fetch_add(sets.len() as u64, Ordering::Relaxed);
+    let store = inner.store.clone();
+    let out = tokio::task::spawn_blocking(move || store.apply(sets)).await??;
+    if !out.applied.is_empty() {
+        tracing::debug!(
+            versions = out.applied.len(),
+            changes = out.changes,
+            "applied remote changes"
+        );
+    }
+    Ok(())
+}
+
+async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Result<()> {
+    let conn = incoming.await?;
+    loop {
+        tokio::select! {
+            uni = conn.accept_uni() => {
+                let mut recv = uni?;
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = receive_changes(&inner, &mut recv).await {
+                        inner.stats.frames_refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "dropping a broadcast from a peer");
+                    }
+                });
+            }
+            bi = conn.accept_bi() => {
+                let (send, recv) = bi?;
+                let inner = inner.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = respond_sync(&inner, send, recv).await {
+                        inner.stats.frames_refused.fetch_add(1, Ordering::Relaxed);
+                        tracing::warn!(error = %e, "sync round from a peer failed");
+                    }
+                });
+            }
+        }
+    }
+}
+
+async fn receive_changes(inner: &Arc<Inner>, recv: &mut quinn::RecvStream) -> anyhow::Result<()> {
+    while let Some(env) = read_frame(recv).await? {
+        inner.peers.add(env.addr, Some(env.from));
+        match env.message {
+            Message::Changes(sets) => apply(inner, sets).await?,
+            other => anyhow::bail!("unexpected {} on a broadcast stream", kind(&other)),
+        }
+    }
+    Ok(())
+}
+
+fn kind(m: &Message) -> &'static str {
+    match m {
+        Message::Changes(_) => "Changes",
+        Message::SyncState(_) => "SyncState",
+        Message::SyncChanges(_) => "SyncChanges",
+        Message::SyncDone => "SyncDone",
+    }
+}
+
+/// The changesets a peer in state `theirs` lacks and this node holds.
+async fn missing_for(inner: &Arc<Inner>, theirs: SyncState) -> anyhow::Result<Vec<Changeset>> {
+    let store = inner.store.clone();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Changeset>> {
+        let mine = SyncState::from_books(&store.books());
+        let mut out = Vec::new();
+        for r in plan(&theirs, &mine, SYNC_MAX_VERSIONS) {
+            out.extend(store.changes_for(r.actor, r.versions)?);
+        }
+        Ok(out)
+    })
+    .await?
+}
+
+async fn send_changes(
+    inner: &Arc<Inner>,
+    send: &mut quinn::SendStream,
+    sets: Vec<Changeset>,
+) -> anyhow::Result<()> {
+    for chunk in sets.chunks(FRAME_CHANGESETS) {
+        write_frame(send, &envelope(inner, Message::SyncChanges(chunk.to_vec()))).await?;
+    }
+    Ok(())
+}
+
+fn state_of(inner: &Inner) -> SyncState {
+    SyncState::from_books(&inner.store.books())
+}
+
+async fn respond_sync(
+    inner: &Arc<Inner>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> anyhow::Result<()> {
+    let Some(first) = read_frame(&mut recv).await? else {
+        return Ok(());
+    };
+    inner.peers.add(first.addr, Some(first.from));
+    let Message::SyncState(theirs) = first.message else {
+        anyhow::bail!(
+            "a sync round must start with SyncState, got {}",
+            kind(&first.message)
+        );
+    };
+    let sets = missing_for(inner, theirs).await?;
+    send_changes(inner, &mut send, sets).await?;
+    write_frame(
+        &mut send,
+        &envelope(inner, Message::SyncState(state_of(inner))),
+    )
+    .await?;
+    while let Some(env) = read_frame(&mut recv).await? {
+        match env.message {
+            Message::SyncChanges(sets) => apply(inner, sets).await?,
+            Message::SyncDone => break,
+            other => anyhow::bail!("unexpected {} in a sync round", kind(&other)),
+        }
+    }
+    send.finish()?;
+    inner.stats.sync_rounds.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::Result<()> {
+    let conn = inner.peers.connection(&inner.endpoint, peer).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    write_frame(
+        &mut send,
+        &envelope(inner, Message::SyncState(state_of(inner))),
+    )
+    .await?;
+    loop {
+        let env = read_frame(&mut recv)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("peer ended the sync round early"))?;
+        inner.peers.add(env.addr, Some(env.from));
+        match env.message {
+            Message::SyncChanges(sets) => apply(inner, sets).await?,
+            Message::SyncState(theirs) => {
+                let sets = missing_for(inner, theirs).await?;
+                send_changes(inner, &mut send, sets).await?;
+                write_frame(&mut send, &envelope(inner, Message::SyncDone)).await?;
+                send.finish()?;
+                break;
+            }
+            other => anyhow::bail!("unexpected {} in a sync round", kind(&other)),
+        }
+    }
+    // Let the responder read everything before the stream goes away.
+    let _ = recv.read_to_end(1024).await;
+    inner.stats.sync_rounds.fetch_add(1, Ordering::Relaxed);
+    Ok(())
+}
+
+async fn broadcast_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Vec<Changeset>>) {
+    while let Some(sets) = rx.recv().await {
+        for peer in inner.peers.addrs() {
+            let inner = inner.clone();
+            let sets = sets.clone();
+            tokio::spawn(async move {
+                let result = async {
+                    let conn = inner.peers.connection(&inner.endpoint, peer).await?;
+                    let mut send = conn.open_uni().await?;
+                    write_frame(&mut send, &envelope(&inner, Message::Changes(sets))).await?;
+                    send.finish()?;
+                    anyhow::Ok(())
+                }
+                .await;
+                match result {
+                    Ok(()) => {
+                        inner.stats.broadcasts_sent.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        tracing::debug!(peer = %peer, error = %e, "broadcast failed; sync will repair");
+                        inner.peers.forget_connection(peer);
+                    }
+                }
+            });
+        }
+    }
+}
