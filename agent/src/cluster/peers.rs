@@ -42,11 +42,11 @@ impl Peers {
             actor: None,
             last_seen: None,
         });
-        if actor.is_some() {
-            if p.actor.is_none() {
-                tracing::info!(peer = %addr, actor = ?actor, "new peer");
+        if let Some(a) = actor {
+            if p.actor != Some(a) {
+                tracing::info!(peer = %addr, actor = %a, "new peer");
             }
-            p.actor = actor;
+            p.actor = Some(a);
             p.last_seen = Some(Instant::now());
         }
     }
