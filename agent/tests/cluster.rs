@@ -140,3 +140,79 @@ fn a_node_that_was_down_catches_up_through_sync() {
     let want = rows(&a, &agent_a);
     await_rows(&b, &agent_b, &want);
 }
+
+#[test]
+fn five_agents_with_conflicting_writers_converge_to_identical_contents() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Node::new(&dir.path().join("n0"), "");
+    let mut agents = vec![first.start()];
+    let mut nodes = vec![first];
+    for i in 1..5 {
+        let n = Node::with(
+            &dir.path().join(format!("n{i}")),
+            &format!("bootstrap = [\"{}\"]", agents[0].gossip),
+            "",
+        );
+        agents.push(n.start());
+        nodes.push(n);
+    }
+    let urls: Vec<String> = agents.iter().map(|a| a.url("/v1/transactions")).collect();
+    std::thread::scope(|s| {
+        for (w, url) in urls.iter().enumerate() {
+            s.spawn(move || {
+                let client = reqwest::blocking::Client::new();
+                for i in 0..40 {
+                    // Ten shared keys: every writer updates, deletes and
+                    // re-inserts the same rows.
+                    let k = format!("k{}", (i * 7 + w) % 10);
+                    let stmt = match i % 3 {
+                        0 => serde_json::json!([[
+                            "INSERT OR REPLACE INTO todos (id, title) VALUES (?, ?)",
+                            [k, format!("w{w}-{i}")]
+                        ]]),
+                        1 => serde_json::json!([[
+                            "UPDATE todos SET completed_at = ? WHERE id = ?",
+                            [i, k]
+                        ]]),
+                        _ => serde_json::json!([["DELETE FROM todos WHERE id = ?", [k]]]),
+                    };
+                    let r = client.post(url).json(&stmt).send().unwrap();
+                    assert!(r.status().is_success());
+                }
+            });
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all: Vec<String> = nodes.iter().zip(&agents).map(|(n, a)| rows(n, a)).collect();
+        let books: Vec<serde_json::Value> = nodes
+            .iter()
+            .map(|n| books(&n.dir.join("admin.sock")))
+            .collect();
+        let complete = books[0].as_object().unwrap().len() == 5
+            && books[0]
+                .as_object()
+                .unwrap()
+                .values()
+                .all(|b| b["needed"] == serde_json::json!([]));
+        if complete && all.iter().all(|r| r == &all[0]) && books.iter().all(|b| b == &books[0]) {
+            println!("converged: {} rows", all[0].lines().count());
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not converged after 30 s: {all:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Per-actor bookkeeping from a node's admin socket.
+fn books(sock: &std::path::Path) -> serde_json::Value {
+    use std::io::{BufRead, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.write_all(b"{\"cmd\":\"books\"}\n").unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str::<serde_json::Value>(&line).unwrap()["result"].clone()
+}
