@@ -19,4 +19,6 @@ mod sync;
 mod wire;
 
 pub use sync::{SyncRequest, SyncState, plan};
-pub use wire::{Envelope, MAX_FRAME_BYTES, Message, PROTOCOL_VERSION, WireError, decode, encode};
+pub use wire::{
+    Envelope, MAX_FRAME_BYTES, MAX_HOPS, Message, PROTOCOL_VERSION, WireError, decode, encode,
+};

@@ -18,6 +18,9 @@ use crate::sync::SyncState;
 /// The protocol this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// How many times a broadcast is forwarded at most.
+pub const MAX_HOPS: u8 = 3;
+
 /// Largest frame accepted (a broadcast carries ~8 KiB chunks; a sync answer
 /// is split into frames well under this).
 pub const MAX_FRAME_BYTES: usize = 4 * 1024 * 1024;
@@ -36,7 +39,9 @@ pub struct Envelope {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum Message {
     /// Freshly committed or applied changes, pushed on a uni stream.
-    Changes(Vec<Changeset>),
+    /// `hops` counts forwards so far; receivers that learn something new
+    /// forward it while `hops` is under [`MAX_HOPS`].
+    Changes { sets: Vec<Changeset>, hops: u8 },
     /// Opens a sync round: what the sender holds.
     SyncState(SyncState),
     /// A batch of the changesets a sync peer lacks.
@@ -99,7 +104,10 @@ mod tests {
             versions: 3..=9,
         };
         for m in [
-            Message::Changes(vec![cs.clone()]),
+            Message::Changes {
+                sets: vec![cs.clone()],
+                hops: 1,
+            },
             Message::SyncState(SyncState::default()),
             Message::SyncChanges(vec![cs]),
             Message::SyncDone,
@@ -120,7 +128,11 @@ mod tests {
         for cut in 0..good.len() {
             assert!(decode(&good[..cut]).is_err(), "truncated at {cut}");
         }
-        let mut flipped = encode(&env(Message::Changes(vec![]))).unwrap();
+        let mut flipped = encode(&env(Message::Changes {
+            sets: vec![],
+            hops: 0,
+        }))
+        .unwrap();
         let last = flipped.len() - 1;
         flipped[last] = 0xff;
         let _ = decode(&flipped); // must not panic

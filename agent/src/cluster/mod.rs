@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use corro_replication::{
-    Envelope, MAX_FRAME_BYTES, Message, PROTOCOL_VERSION, SyncState, decode, encode, plan,
+    Envelope, MAX_FRAME_BYTES, MAX_HOPS, Message, PROTOCOL_VERSION, SyncState, decode, encode, plan,
 };
 use corro_store::{Changeset, Store};
 use rand::Rng;
@@ -36,6 +36,8 @@ pub(crate) use peers::Peers;
 const SYNC_MAX_VERSIONS: u64 = 2_000;
 /// Changesets per `SyncChanges` frame.
 const FRAME_CHANGESETS: usize = 64;
+/// Peers a received broadcast is forwarded to.
+const FORWARD_FANOUT: usize = 3;
 /// Queued local versions waiting to be broadcast; beyond this they are
 /// dropped (and counted): sync repairs.
 const BROADCAST_QUEUE: usize = 1024;
@@ -51,6 +53,8 @@ pub(crate) struct ClusterStats {
 }
 
 struct Inner {
+    /// Queue of the broadcast task (forwards are queued here too).
+    outgoing: mpsc::Sender<Outgoing>,
     store: Store,
     endpoint: quinn::Endpoint,
     advertised: SocketAddr,
@@ -62,7 +66,15 @@ struct Inner {
 #[derive(Clone)]
 pub(crate) struct Cluster {
     inner: Arc<Inner>,
-    broadcast: mpsc::Sender<Vec<Changeset>>,
+    broadcast: mpsc::Sender<Outgoing>,
+}
+
+/// A broadcast to send: to every peer (local commits) or forwarded to a few.
+struct Outgoing {
+    sets: Vec<Changeset>,
+    hops: u8,
+    /// `None`: every known peer; `Some(sender)`: a few random peers but the sender.
+    forward_from: Option<SocketAddr>,
 }
 
 impl Cluster {
@@ -103,14 +115,15 @@ impl Cluster {
                 }
             }
         }
+        let (tx, rx) = mpsc::channel(BROADCAST_QUEUE);
         let inner = Arc::new(Inner {
+            outgoing: tx.clone(),
             store,
             endpoint,
             advertised,
             peers,
             stats: ClusterStats::default(),
         });
-        let (tx, rx) = mpsc::channel(BROADCAST_QUEUE);
         let cluster = Cluster {
             inner: inner.clone(),
             broadcast: tx,
@@ -163,7 +176,12 @@ impl Cluster {
         if sets.is_empty() {
             return;
         }
-        if self.broadcast.try_send(sets).is_err() {
+        let out = Outgoing {
+            sets,
+            hops: 0,
+            forward_from: None,
+        };
+        if self.broadcast.try_send(out).is_err() {
             self.inner
                 .stats
                 .broadcasts_dropped
@@ -209,14 +227,16 @@ async fn read_frame(recv: &mut quinn::RecvStream) -> anyhow::Result<Option<Envel
     Ok(Some(decode(&buf)?))
 }
 
-async fn apply(inner: &Arc<Inner>, sets: Vec<Changeset>) -> anyhow::Result<()> {
+/// Applies changesets; true when any of them was new to this node.
+async fn apply(inner: &Arc<Inner>, sets: Vec<Changeset>) -> anyhow::Result<bool> {
     if sets.is_empty() {
-        return Ok(());
+        return Ok(false);
     }
+    let n = sets.len();
     inner
         .stats
         .changesets_received
-        .fetch_add(sets.len() as u64, Ordering::Relaxed);
+        .fetch_add(n as u64, Ordering::Relaxed);
     let store = inner.store.clone();
     let out = tokio::task::spawn_blocking(move || store.apply(sets)).await??;
     if !out.applied.is_empty() {
@@ -226,7 +246,7 @@ async fn apply(inner: &Arc<Inner>, sets: Vec<Changeset>) -> anyhow::Result<()> {
             "applied remote changes"
         );
     }
-    Ok(())
+    Ok(out.duplicates < n)
 }
 
 async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Result<()> {
@@ -261,7 +281,22 @@ async fn receive_changes(inner: &Arc<Inner>, recv: &mut quinn::RecvStream) -> an
     while let Some(env) = read_frame(recv).await? {
         inner.peers.add(env.addr, Some(env.from));
         match env.message {
-            Message::Changes(sets) => apply(inner, sets).await?,
+            Message::Changes { sets, hops } => {
+                let fresh = apply(inner, sets.clone()).await?;
+                if fresh && hops < MAX_HOPS {
+                    let out = Outgoing {
+                        sets,
+                        hops: hops + 1,
+                        forward_from: Some(env.addr),
+                    };
+                    if inner.outgoing.try_send(out).is_err() {
+                        inner
+                            .stats
+                            .broadcasts_dropped
+                            .fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
             other => anyhow::bail!("unexpected {} on a broadcast stream", kind(&other)),
         }
     }
@@ -270,7 +305,7 @@ async fn receive_changes(inner: &Arc<Inner>, recv: &mut quinn::RecvStream) -> an
 
 fn kind(m: &Message) -> &'static str {
     match m {
-        Message::Changes(_) => "Changes",
+        Message::Changes { .. } => "Changes",
         Message::SyncState(_) => "SyncState",
         Message::SyncChanges(_) => "SyncChanges",
         Message::SyncDone => "SyncDone",
@@ -330,7 +365,9 @@ async fn respond_sync(
     .await?;
     while let Some(env) = read_frame(&mut recv).await? {
         match env.message {
-            Message::SyncChanges(sets) => apply(inner, sets).await?,
+            Message::SyncChanges(sets) => {
+                apply(inner, sets).await?;
+            }
             Message::SyncDone => break,
             other => anyhow::bail!("unexpected {} in a sync round", kind(&other)),
         }
@@ -354,7 +391,9 @@ async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::Result<()> {
             .ok_or_else(|| anyhow::anyhow!("peer ended the sync round early"))?;
         inner.peers.add(env.addr, Some(env.from));
         match env.message {
-            Message::SyncChanges(sets) => apply(inner, sets).await?,
+            Message::SyncChanges(sets) => {
+                apply(inner, sets).await?;
+            }
             Message::SyncState(theirs) => {
                 let sets = missing_for(inner, theirs).await?;
                 send_changes(inner, &mut send, sets).await?;
@@ -371,16 +410,37 @@ async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn broadcast_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Vec<Changeset>>) {
-    while let Some(sets) = rx.recv().await {
-        for peer in inner.peers.addrs() {
+async fn broadcast_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Outgoing>) {
+    while let Some(Outgoing {
+        sets,
+        hops,
+        forward_from,
+    }) = rx.recv().await
+    {
+        let targets: Vec<SocketAddr> = match forward_from {
+            None => inner.peers.addrs(),
+            Some(from) => {
+                use rand::seq::IteratorRandom;
+                inner
+                    .peers
+                    .addrs()
+                    .into_iter()
+                    .filter(|p| *p != from)
+                    .choose_multiple(&mut rand::rng(), FORWARD_FANOUT)
+            }
+        };
+        for peer in targets {
             let inner = inner.clone();
             let sets = sets.clone();
             tokio::spawn(async move {
                 let result = async {
                     let conn = inner.peers.connection(&inner.endpoint, peer).await?;
                     let mut send = conn.open_uni().await?;
-                    write_frame(&mut send, &envelope(&inner, Message::Changes(sets))).await?;
+                    write_frame(
+                        &mut send,
+                        &envelope(&inner, Message::Changes { sets, hops }),
+                    )
+                    .await?;
                     send.finish()?;
                     anyhow::Ok(())
                 }
