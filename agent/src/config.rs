@@ -42,7 +42,6 @@ pub(crate) struct Config {
     #[serde(default)]
     pub admin: AdminConfig,
     #[serde(default)]
-    #[expect(dead_code, reason = "parsed now; metrics export gives it meaning")]
     pub telemetry: TelemetryConfig,
     #[serde(default)]
     pub log: LogConfig,
@@ -220,17 +219,16 @@ impl Default for AdminConfig {
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[expect(dead_code, reason = "parsed now; metrics export gives these meaning")]
 pub(crate) struct TelemetryConfig {
     pub prometheus: Option<PrometheusConfig>,
-    /// `"from_env"` or `{ exporter = { endpoint = "..." } }`.
+    /// `"from_env"` or `{ exporter = { endpoint = "..." } }` (not exported yet).
     #[serde(rename = "open-telemetry")]
+    #[expect(dead_code, reason = "parsed now; OpenTelemetry export is a later step")]
     pub open_telemetry: Option<toml::Value>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[expect(dead_code, reason = "parsed now; metrics export gives it meaning")]
 pub(crate) struct PrometheusConfig {
     pub addr: SocketAddr,
 }

@@ -12,6 +12,7 @@ mod commands;
 mod config;
 mod logging;
 mod run;
+mod telemetry;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -174,6 +174,9 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
     let admin_task =
         admin::serve(config.admin.path.clone(), handler.clone(), stop_rx.clone()).await?;
 
+    if let Some(p) = &config.telemetry.prometheus {
+        crate::telemetry::serve(p.addr, store.clone(), stop_rx.clone()).await?;
+    }
     let cluster =
         crate::cluster::Cluster::start(store.clone(), &config.gossip, stop_rx.clone()).await?;
     let state = ApiState {

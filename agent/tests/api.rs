@@ -377,3 +377,47 @@ fn large_answers_stream_every_row_then_end_of_query() {
     }
     assert!(lines[20_001].get("eoq").is_some());
 }
+
+#[test]
+fn prometheus_metrics_are_served_when_configured() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::new(dir.path(), "");
+    let mut text = std::fs::read_to_string(&node.config).unwrap();
+    text.push_str("\n[telemetry]\nprometheus.addr = \"127.0.0.1:0\"\n");
+    std::fs::write(&node.config, text).unwrap();
+    let agent = node.start();
+    let line = agent
+        .saw("Starting Prometheus metrics on tcp/")
+        .expect("metrics listener line");
+    let addr = line.rsplit("tcp/").next().unwrap().trim().to_string();
+    post(
+        &agent,
+        "/v1/transactions",
+        r#"["INSERT INTO todos (id) VALUES ('a')"]"#,
+    );
+    post(&agent, "/v1/queries", r#""SELECT * FROM nope""#);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let body = Client::new()
+            .get(format!("http://{addr}/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        let has = |s: &str| body.contains(s);
+        if has(r#"corro_api_requests_total{route="/v1/transactions",status="200"} 1"#)
+            && has(r#"corro_api_requests_total{route="/v1/queries",status="400"} 1"#)
+            && has("corro_api_request_duration_seconds")
+            && has("corro_store_head_version 1")
+            && has("corro_store_writer_local_active 0")
+            && has("corro_gossip_members 0")
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "metrics missing:\n{body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

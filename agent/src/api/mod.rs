@@ -54,6 +54,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/v1/health", get(stats::health))
         .route("/v1/members", get(stats::members))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .route_layer(middleware::from_fn(crate::telemetry::track_api))
         .with_state(state)
 }
 

@@ -18,7 +18,6 @@ mod peers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -42,16 +41,6 @@ const FORWARD_FANOUT: usize = 3;
 /// dropped (and counted): sync repairs.
 const BROADCAST_QUEUE: usize = 1024;
 
-/// Counters for metrics and tests.
-#[derive(Debug, Default)]
-pub(crate) struct ClusterStats {
-    pub broadcasts_sent: AtomicU64,
-    pub broadcasts_dropped: AtomicU64,
-    pub changesets_received: AtomicU64,
-    pub sync_rounds: AtomicU64,
-    pub frames_refused: AtomicU64,
-}
-
 struct Inner {
     /// Queue of the broadcast task (forwards are queued here too).
     outgoing: mpsc::Sender<Outgoing>,
@@ -59,7 +48,6 @@ struct Inner {
     endpoint: quinn::Endpoint,
     advertised: SocketAddr,
     peers: Peers,
-    stats: ClusterStats,
 }
 
 /// A handle to the running cluster tasks.
@@ -122,7 +110,6 @@ impl Cluster {
             endpoint,
             advertised,
             peers,
-            stats: ClusterStats::default(),
         });
         let cluster = Cluster {
             inner: inner.clone(),
@@ -158,6 +145,7 @@ impl Cluster {
                     _ = shutdown.changed() => break,
                     _ = tokio::time::sleep(wait) => {}
                 }
+                metrics::gauge!("corro_gossip_members").set(sync.peers.addrs().len() as f64);
                 if let Some(peer) = sync.peers.random()
                     && let Err(e) = sync_with(&sync, peer).await
                 {
@@ -182,10 +170,7 @@ impl Cluster {
             forward_from: None,
         };
         if self.broadcast.try_send(out).is_err() {
-            self.inner
-                .stats
-                .broadcasts_dropped
-                .fetch_add(1, Ordering::Relaxed);
+            metrics::counter!("corro_gossip_broadcasts_dropped_total").increment(1);
         }
     }
 
@@ -233,10 +218,7 @@ async fn apply(inner: &Arc<Inner>, sets: Vec<Changeset>) -> anyhow::Result<bool>
         return Ok(false);
     }
     let n = sets.len();
-    inner
-        .stats
-        .changesets_received
-        .fetch_add(n as u64, Ordering::Relaxed);
+    metrics::counter!("corro_gossip_changesets_received_total").increment(n as u64);
     let store = inner.store.clone();
     let out = tokio::task::spawn_blocking(move || store.apply(sets)).await??;
     if !out.applied.is_empty() {
@@ -258,7 +240,7 @@ async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incoming) -> anyho
                 let inner = inner.clone();
                 tokio::spawn(async move {
                     if let Err(e) = receive_changes(&inner, &mut recv).await {
-                        inner.stats.frames_refused.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("corro_gossip_frames_refused_total").increment(1);
                         tracing::warn!(error = %e, "dropping a broadcast from a peer");
                     }
                 });
@@ -268,7 +250,7 @@ async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incoming) -> anyho
                 let inner = inner.clone();
                 tokio::spawn(async move {
                     if let Err(e) = respond_sync(&inner, send, recv).await {
-                        inner.stats.frames_refused.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("corro_gossip_frames_refused_total").increment(1);
                         tracing::warn!(error = %e, "sync round from a peer failed");
                     }
                 });
@@ -290,10 +272,7 @@ async fn receive_changes(inner: &Arc<Inner>, recv: &mut quinn::RecvStream) -> an
                         forward_from: Some(env.addr),
                     };
                     if inner.outgoing.try_send(out).is_err() {
-                        inner
-                            .stats
-                            .broadcasts_dropped
-                            .fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("corro_gossip_broadcasts_dropped_total").increment(1);
                     }
                 }
             }
@@ -373,7 +352,7 @@ async fn respond_sync(
         }
     }
     send.finish()?;
-    inner.stats.sync_rounds.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("corro_sync_rounds_total").increment(1);
     Ok(())
 }
 
@@ -406,7 +385,7 @@ async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::Result<()> {
     }
     // Let the responder read everything before the stream goes away.
     let _ = recv.read_to_end(1024).await;
-    inner.stats.sync_rounds.fetch_add(1, Ordering::Relaxed);
+    metrics::counter!("corro_sync_rounds_total").increment(1);
     Ok(())
 }
 
@@ -447,7 +426,7 @@ async fn broadcast_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Outgoing>) {
                 .await;
                 match result {
                     Ok(()) => {
-                        inner.stats.broadcasts_sent.fetch_add(1, Ordering::Relaxed);
+                        metrics::counter!("corro_gossip_broadcasts_sent_total").increment(1);
                     }
                     Err(e) => {
                         tracing::debug!(peer = %peer, error = %e, "broadcast failed; sync will repair");

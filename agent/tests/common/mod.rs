@@ -74,6 +74,8 @@ impl Node {
 pub struct Agent {
     pub child: Child,
     lines: mpsc::Receiver<String>,
+    /// Every log line read so far.
+    pub seen: std::cell::RefCell<Vec<String>>,
     pub api: SocketAddr,
     /// From the "Actor ID: ..." startup line.
     pub actor: String,
@@ -106,6 +108,7 @@ impl Agent {
         let mut agent = Agent {
             child,
             lines,
+            seen: Default::default(),
             api: "127.0.0.1:0".parse().unwrap(),
             actor: String::new(),
             gossip: "127.0.0.1:0".parse().unwrap(),
@@ -131,11 +134,24 @@ impl Agent {
     pub fn expect(&self, needle: &str) -> String {
         loop {
             match self.lines.recv_timeout(Duration::from_secs(30)) {
-                Ok(l) if l.contains(needle) => return l,
-                Ok(_) => {}
+                Ok(l) => {
+                    self.seen.borrow_mut().push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
                 Err(_) => panic!("no log line containing {needle:?}"),
             }
         }
+    }
+
+    /// A line already read that contains `needle`.
+    pub fn saw(&self, needle: &str) -> Option<String> {
+        self.seen
+            .borrow()
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned()
     }
 
     pub fn signal(&self, sig: &str) {
