@@ -98,10 +98,6 @@ fn default_idle_timeout() -> u64 {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[expect(
-    dead_code,
-    reason = "parsed now; the cluster's TLS gives these meaning"
-)]
 pub(crate) struct TlsConfig {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
@@ -115,7 +111,6 @@ pub(crate) struct TlsConfig {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[expect(dead_code, reason = "parsed now; mutual TLS gives these meaning")]
 pub(crate) struct TlsClientConfig {
     pub cert_file: PathBuf,
     pub key_file: PathBuf,
@@ -322,9 +317,8 @@ impl Config {
     /// Rules that span keys.
     fn check(&self, origin: &str) -> anyhow::Result<()> {
         if self.gossip.tls.is_none() && !self.gossip.plaintext {
-            // The cluster is not served yet; say what will be needed.
-            tracing::warn!(
-                "{origin}: [gossip] has neither plaintext = true nor a [gossip.tls] section; peers will be refused once clustering is enabled"
+            anyhow::bail!(
+                "{origin}: [gossip] needs a [gossip.tls] section (see `corrosion tls --help`) or plaintext = true (only on a trusted or already encrypted network)"
             );
         }
         if self.api.max_statements == 0 || self.api.max_body_bytes == 0 || self.api.max_changes == 0
@@ -439,8 +433,16 @@ addr = "127.0.0.1:8500"
                 "addr",
             ),
             (
-                "[db]\npath = 'x'\n[gossip]\naddr='127.0.0.1:1'\n[api]\nmax_statements = 0\n",
+                "[db]\npath = 'x'\n[gossip]\naddr='127.0.0.1:1'\nplaintext = true\n[api]\nmax_statements = 0\n",
                 "max_statements",
+            ),
+            (
+                "[db]\npath = 'x'\n[gossip]\naddr='127.0.0.1:1'\n",
+                "[gossip.tls]",
+            ),
+            (
+                "[db]\npath = 'x'\n[gossip]\naddr='127.0.0.1:1'\n[gossip.tls]\ncert_file = 'c'\n",
+                "key_file",
             ),
             (
                 "[db]\npath = 'x'\n[gossip]\naddr='127.0.0.1:1'\n[log]\nformat = 'xml'\n",

@@ -13,6 +13,7 @@ mod config;
 mod logging;
 mod run;
 mod telemetry;
+mod tls;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -83,6 +84,11 @@ enum Command {
         /// Where to write the backup (must not exist)
         path: PathBuf,
     },
+    /// Tls-related commands
+    Tls {
+        #[command(subcommand)]
+        cmd: TlsCommand,
+    },
     /// Restore the Corrosion DB from a backup (the agent must be stopped)
     Restore {
         /// The backup file
@@ -93,19 +99,108 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum TlsCommand {
+    /// TLS certificate authority commands
+    Ca {
+        #[command(subcommand)]
+        cmd: TlsCaCommand,
+    },
+    /// TLS server certificate commands
+    Server {
+        #[command(subcommand)]
+        cmd: TlsServerCommand,
+    },
+    /// TLS client certificate commands (for mutual TLS)
+    Client {
+        #[command(subcommand)]
+        cmd: TlsClientCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsCaCommand {
+    /// Generate a TLS certificate authority (ca_cert.pem, ca_key.pem)
+    Generate {
+        /// Where to write the files
+        #[arg(long, default_value = ".")]
+        output_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsServerCommand {
+    /// Generate a TLS server certificate from a CA (server_cert.pem, server_key.pem)
+    Generate {
+        /// The IP address peers use to reach this node
+        ip: std::net::IpAddr,
+        #[arg(long)]
+        ca_key: PathBuf,
+        #[arg(long)]
+        ca_cert: PathBuf,
+        #[arg(long, default_value = ".")]
+        output_dir: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum TlsClientCommand {
+    /// Generate a TLS certificate from a CA (client_cert.pem, client_key.pem)
+    Generate {
+        #[arg(long)]
+        ca_key: PathBuf,
+        #[arg(long)]
+        ca_cert: PathBuf,
+        #[arg(long, default_value = ".")]
+        output_dir: PathBuf,
+    },
+}
+
 fn main() {
+    // One rustls crypto provider for the whole process (ring, as quinn uses).
+    let _ = rustls::crypto::ring::default_provider().install_default();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("Error: {e:#}");
         std::process::exit(1);
     }
 }
 
+#[expect(clippy::print_stdout, reason = "command output")]
 fn run(cli: Cli) -> anyhow::Result<()> {
     let explicit = cli.config.is_some();
     let path = cli
         .config
         .clone()
         .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+    if let Command::Tls { cmd } = cli.cmd {
+        logging::init_client();
+        let written = match cmd {
+            TlsCommand::Ca {
+                cmd: TlsCaCommand::Generate { output_dir },
+            } => tls::generate_ca(&output_dir)?,
+            TlsCommand::Server {
+                cmd:
+                    TlsServerCommand::Generate {
+                        ip,
+                        ca_key,
+                        ca_cert,
+                        output_dir,
+                    },
+            } => tls::generate_server(ip, &ca_cert, &ca_key, &output_dir)?,
+            TlsCommand::Client {
+                cmd:
+                    TlsClientCommand::Generate {
+                        ca_key,
+                        ca_cert,
+                        output_dir,
+                    },
+            } => tls::generate_client(&ca_cert, &ca_key, &output_dir)?,
+        };
+        for p in written {
+            println!("wrote {}", p.display());
+        }
+        return Ok(());
+    }
     // Client commands aimed at an agent with --api-addr need no config file.
     let needs_config = !(cli.api_addr.is_some()
         && matches!(cli.cmd, Command::Exec { .. } | Command::Query { .. }));
@@ -175,6 +270,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             logging::init_client();
             commands::backup(&config_of(config)?.db.path, &path)
         }
+        Command::Tls { .. } => unreachable!("handled above"),
         Command::Restore {
             path,
             keep_actor_id,

@@ -216,3 +216,102 @@ fn books(sock: &std::path::Path) -> serde_json::Value {
     std::io::BufReader::new(s).read_line(&mut line).unwrap();
     serde_json::from_str::<serde_json::Value>(&line).unwrap()["result"].clone()
 }
+
+fn tls(node: &Node, certs: &std::path::Path, server: &std::path::Path) {
+    let p = |d: &std::path::Path, f: &str| d.join(f).display().to_string();
+    let text = std::fs::read_to_string(&node.config)
+        .unwrap()
+        .replace("plaintext = true", "plaintext = false");
+    let text = format!(
+        "{text}\n[gossip.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n[gossip.tls.client]\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        p(server, "server_cert.pem"),
+        p(server, "server_key.pem"),
+        p(certs, "ca_cert.pem"),
+        p(certs, "client_cert.pem"),
+        p(certs, "client_key.pem"),
+    );
+    std::fs::write(&node.config, text).unwrap();
+}
+
+fn generate(dir: &std::path::Path) {
+    let run = |args: &[&str]| {
+        let out = std::process::Command::new(common::BIN)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let d = dir.to_str().unwrap();
+    let (key, cert) = (format!("{d}/ca_key.pem"), format!("{d}/ca_cert.pem"));
+    run(&["tls", "ca", "generate", "--output-dir", d]);
+    run(&[
+        "tls",
+        "server",
+        "generate",
+        "127.0.0.1",
+        "--ca-key",
+        &key,
+        "--ca-cert",
+        &cert,
+        "--output-dir",
+        d,
+    ]);
+    run(&[
+        "tls",
+        "client",
+        "generate",
+        "--ca-key",
+        &key,
+        "--ca-cert",
+        &cert,
+        "--output-dir",
+        d,
+    ]);
+}
+
+#[test]
+fn mutual_tls_cluster_replicates_and_refuses_a_foreign_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let (good, other) = (dir.path().join("certs"), dir.path().join("other-ca"));
+    generate(&good);
+    generate(&other);
+
+    let a = Node::new(&dir.path().join("a"), "");
+    tls(&a, &good, &good);
+    let agent_a = a.start();
+    let b = Node::with(
+        &dir.path().join("b"),
+        &format!("bootstrap = [\"{}\"]", agent_a.gossip),
+        "",
+    );
+    tls(&b, &good, &good);
+    let agent_b = b.start();
+    a.cli(&[
+        "--api-addr",
+        &agent_a.api.to_string(),
+        "exec",
+        "INSERT INTO todos (id, title) VALUES ('tls', 'over mTLS')",
+    ]);
+    await_rows(&b, &agent_b, "tls|over mTLS|\n");
+
+    // A node whose certificates come from another CA cannot join.
+    let c = Node::with(
+        &dir.path().join("c"),
+        &format!("bootstrap = [\"{}\"]", agent_a.gossip),
+        "",
+    );
+    tls(&c, &other, &other);
+    let agent_c = c.start();
+    let line = agent_a.expect("refused a peer connection");
+    assert!(line.contains("127.0.0.1"), "{line}");
+    let members: serde_json::Value = reqwest::blocking::get(agent_c.url("/v1/members"))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(members[0]["state"], "unknown", "{members}");
+    assert_eq!(rows(&c, &agent_c), "");
+}

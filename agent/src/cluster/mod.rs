@@ -72,11 +72,6 @@ impl Cluster {
         config: &GossipConfig,
         mut shutdown: watch::Receiver<bool>,
     ) -> anyhow::Result<Cluster> {
-        if !config.plaintext {
-            anyhow::bail!(
-                "[gossip]: TLS for the peer protocol is not implemented yet; set plaintext = true (only on a trusted or already encrypted network)"
-            );
-        }
         let mut transport = quinn::TransportConfig::default();
         transport.max_idle_timeout(Some(
             quinn::IdleTimeout::try_from(Duration::from_secs(config.idle_timeout_secs.max(1)))
@@ -84,11 +79,19 @@ impl Cluster {
         ));
         transport.keep_alive_interval(Some(Duration::from_secs(5)));
         let transport = Arc::new(transport);
-        let mut server = quinn_plaintext::server_config();
+        let (mut server, mut client) = match (&config.tls, config.plaintext) {
+            (Some(tls), false) => (
+                crate::tls::server_config(tls)?,
+                crate::tls::client_config(tls)?,
+            ),
+            _ => (
+                quinn_plaintext::server_config(),
+                quinn_plaintext::client_config(),
+            ),
+        };
         server.transport_config(transport.clone());
         let mut endpoint = quinn::Endpoint::server(server, config.addr)
             .with_context(|| format!("binding the gossip endpoint on udp/{}", config.addr))?;
-        let mut client = quinn_plaintext::client_config();
         client.transport_config(transport);
         endpoint.set_default_client_config(client);
         let local = endpoint.local_addr()?;
@@ -232,7 +235,15 @@ async fn apply(inner: &Arc<Inner>, sets: Vec<Changeset>) -> anyhow::Result<bool>
 }
 
 async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incoming) -> anyhow::Result<()> {
-    let conn = incoming.await?;
+    let remote = incoming.remote_address();
+    let conn = match incoming.await {
+        Ok(c) => c,
+        Err(e) => {
+            metrics::counter!("corro_gossip_connections_refused_total").increment(1);
+            tracing::warn!(peer = %remote, error = %e, "refused a peer connection");
+            return Ok(());
+        }
+    };
     loop {
         tokio::select! {
             uni = conn.accept_uni() => {

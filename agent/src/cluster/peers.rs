@@ -73,7 +73,8 @@ impl Peers {
         {
             return Ok(c.clone());
         }
-        let conn = endpoint.connect(addr, "corrosion")?.await?;
+        // Server certificates name the node's IP (`corrosion tls server generate <IP>`).
+        let conn = endpoint.connect(addr, &addr.ip().to_string())?.await?;
         self.conns.lock().insert(addr, conn.clone());
         Ok(conn)
     }
