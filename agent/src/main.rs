@@ -128,18 +128,26 @@ enum TlsCaCommand {
     },
 }
 
+/// The CA that signs a certificate, and where to write it.
+#[derive(clap::Args)]
+struct SigningArgs {
+    #[arg(long)]
+    ca_key: PathBuf,
+    #[arg(long)]
+    ca_cert: PathBuf,
+    /// Where to write the files
+    #[arg(long, default_value = ".")]
+    output_dir: PathBuf,
+}
+
 #[derive(Subcommand)]
 enum TlsServerCommand {
     /// Generate a TLS server certificate from a CA (server_cert.pem, server_key.pem)
     Generate {
         /// The IP address peers use to reach this node
         ip: std::net::IpAddr,
-        #[arg(long)]
-        ca_key: PathBuf,
-        #[arg(long)]
-        ca_cert: PathBuf,
-        #[arg(long, default_value = ".")]
-        output_dir: PathBuf,
+        #[command(flatten)]
+        ca: SigningArgs,
     },
 }
 
@@ -147,12 +155,8 @@ enum TlsServerCommand {
 enum TlsClientCommand {
     /// Generate a TLS certificate from a CA (client_cert.pem, client_key.pem)
     Generate {
-        #[arg(long)]
-        ca_key: PathBuf,
-        #[arg(long)]
-        ca_cert: PathBuf,
-        #[arg(long, default_value = ".")]
-        output_dir: PathBuf,
+        #[command(flatten)]
+        ca: SigningArgs,
     },
 }
 
@@ -179,22 +183,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 cmd: TlsCaCommand::Generate { output_dir },
             } => tls::generate_ca(&output_dir)?,
             TlsCommand::Server {
-                cmd:
-                    TlsServerCommand::Generate {
-                        ip,
-                        ca_key,
-                        ca_cert,
-                        output_dir,
-                    },
-            } => tls::generate_server(ip, &ca_cert, &ca_key, &output_dir)?,
+                cmd: TlsServerCommand::Generate { ip, ca },
+            } => tls::generate_server(ip, &ca.ca_cert, &ca.ca_key, &ca.output_dir)?,
             TlsCommand::Client {
-                cmd:
-                    TlsClientCommand::Generate {
-                        ca_key,
-                        ca_cert,
-                        output_dir,
-                    },
-            } => tls::generate_client(&ca_cert, &ca_key, &output_dir)?,
+                cmd: TlsClientCommand::Generate { ca },
+            } => tls::generate_client(&ca.ca_cert, &ca.ca_key, &ca.output_dir)?,
         };
         for p in written {
             println!("wrote {}", p.display());

@@ -195,25 +195,38 @@ pub(crate) fn generate_ca(dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     ])
 }
 
-/// `corrosion tls server generate <IP>`: `server_cert.pem` and `server_key.pem`.
-pub(crate) fn generate_server(
-    ip: std::net::IpAddr,
+/// A certificate signed by the CA, with its key, written as `<name>_cert.pem`
+/// and `<name>_key.pem`.
+fn generate_leaf(
+    mut params: CertificateParams,
+    name: &str,
     ca_cert: &Path,
     ca_key: &Path,
     dir: &Path,
 ) -> anyhow::Result<Vec<PathBuf>> {
     let issuer = issuer(ca_cert, ca_key)?;
     let key = KeyPair::generate()?;
-    let mut params = CertificateParams::new(vec![ip.to_string()])?;
     params
         .distinguished_name
-        .push(DnType::CommonName, format!("corrosion {ip}"));
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        .push(DnType::CommonName, format!("corrosion {name}"));
     let cert = params.signed_by(&key, &issuer)?;
     Ok(vec![
-        write(dir, "server_cert.pem", &cert.pem())?,
-        write(dir, "server_key.pem", &key.serialize_pem())?,
+        write(dir, &format!("{name}_cert.pem"), &cert.pem())?,
+        write(dir, &format!("{name}_key.pem"), &key.serialize_pem())?,
     ])
+}
+
+/// `corrosion tls server generate <IP>`: `server_cert.pem` and `server_key.pem`,
+/// valid for that IP.
+pub(crate) fn generate_server(
+    ip: std::net::IpAddr,
+    ca_cert: &Path,
+    ca_key: &Path,
+    dir: &Path,
+) -> anyhow::Result<Vec<PathBuf>> {
+    let mut params = CertificateParams::new(vec![ip.to_string()])?;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    generate_leaf(params, "server", ca_cert, ca_key, dir)
 }
 
 /// `corrosion tls client generate`: `client_cert.pem` and `client_key.pem`.
@@ -222,16 +235,7 @@ pub(crate) fn generate_client(
     ca_key: &Path,
     dir: &Path,
 ) -> anyhow::Result<Vec<PathBuf>> {
-    let issuer = issuer(ca_cert, ca_key)?;
-    let key = KeyPair::generate()?;
     let mut params = CertificateParams::new(Vec::<String>::new())?;
-    params
-        .distinguished_name
-        .push(DnType::CommonName, "corrosion client");
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-    let cert = params.signed_by(&key, &issuer)?;
-    Ok(vec![
-        write(dir, "client_cert.pem", &cert.pem())?,
-        write(dir, "client_key.pem", &key.serialize_pem())?,
-    ])
+    generate_leaf(params, "client", ca_cert, ca_key, dir)
 }

@@ -9,7 +9,7 @@ mod common;
 
 use std::process::{Command, Stdio};
 
-use common::{BIN, Node, stderr, stdout};
+use common::{BIN, Node, admin, stderr, stdout};
 
 #[test]
 fn quick_start_node_a_prints_what_the_reference_shows() {
@@ -345,15 +345,6 @@ fn agent_starts_on_the_embedded_default_without_a_config_file() {
         "{seen}"
     );
     assert!(dir.path().join("corrosion-data/state.db").exists());
-}
-
-fn admin(path: &std::path::Path, request: &str) -> serde_json::Value {
-    use std::io::{BufRead, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(path).unwrap();
-    s.write_all(format!("{request}\n").as_bytes()).unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(s).read_line(&mut line).unwrap();
-    serde_json::from_str(&line).unwrap()
 }
 
 #[test]

@@ -209,12 +209,7 @@ fn five_agents_with_conflicting_writers_converge_to_identical_contents() {
 
 /// Per-actor bookkeeping from a node's admin socket.
 fn books(sock: &std::path::Path) -> serde_json::Value {
-    use std::io::{BufRead, Write};
-    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
-    s.write_all(b"{\"cmd\":\"books\"}\n").unwrap();
-    let mut line = String::new();
-    std::io::BufReader::new(s).read_line(&mut line).unwrap();
-    serde_json::from_str::<serde_json::Value>(&line).unwrap()["result"].clone()
+    common::admin(sock, r#"{"cmd":"books"}"#)["result"].clone()
 }
 
 fn tls(node: &Node, certs: &std::path::Path, server: &std::path::Path) {

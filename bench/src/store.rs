@@ -67,6 +67,20 @@ fn store(path: &Path) -> anyhow::Result<Store> {
     Ok(s)
 }
 
+/// Plain SQLite inserting `rows` in one transaction through a held statement:
+/// the baseline of the bulk and apply measurements.
+fn plain_bulk(p: &Connection, rows: &[(String, String)]) -> anyhow::Result<()> {
+    p.execute_batch("BEGIN IMMEDIATE")?;
+    {
+        let mut stmt = p.prepare_cached("INSERT INTO todos (id, title) VALUES (?1, ?2)")?;
+        for (id, title) in rows {
+            stmt.execute((id, title))?;
+        }
+    }
+    p.execute_batch("COMMIT")?;
+    Ok(())
+}
+
 fn rows(range: std::ops::Range<usize>) -> Vec<(String, String)> {
     range
         .map(|i| {
@@ -208,14 +222,7 @@ pub(crate) fn run(args: StoreArgs) -> anyhow::Result<()> {
             let path = scratch.path("bulk-plain");
             let p = plain(&path)?;
             let t = Instant::now();
-            p.execute_batch("BEGIN IMMEDIATE")?;
-            {
-                let mut stmt = p.prepare_cached("INSERT INTO todos (id, title) VALUES (?1, ?2)")?;
-                for (id, title) in &bulk {
-                    stmt.execute((id, title))?;
-                }
-            }
-            p.execute_batch("COMMIT")?;
+            plain_bulk(&p, &bulk)?;
             let r = rate(bulk.len(), t.elapsed());
             if let Some((rp, changes)) = repl_paths.borrow_mut().pop() {
                 *last.borrow_mut() = Some((rp, path, changes));
@@ -259,14 +266,7 @@ pub(crate) fn run(args: StoreArgs) -> anyhow::Result<()> {
             // expressed per change (3 changes per row).
             let p = plain(&scratch.path("apply-plain"))?;
             let t = Instant::now();
-            p.execute_batch("BEGIN IMMEDIATE")?;
-            {
-                let mut stmt = p.prepare_cached("INSERT INTO todos (id, title) VALUES (?1, ?2)")?;
-                for (id, title) in &bulk {
-                    stmt.execute((id, title))?;
-                }
-            }
-            p.execute_batch("COMMIT")?;
+            plain_bulk(&p, &bulk)?;
             Ok(rate(nchanges, t.elapsed()))
         },
     )?;
@@ -313,14 +313,7 @@ pub(crate) fn run(args: StoreArgs) -> anyhow::Result<()> {
         || {
             let p = plain(&scratch.path("apply-plain"))?;
             let t = Instant::now();
-            p.execute_batch("BEGIN IMMEDIATE")?;
-            {
-                let mut stmt = p.prepare_cached("INSERT INTO todos (id, title) VALUES (?1, ?2)")?;
-                for (id, title) in &bulk {
-                    stmt.execute((id, title))?;
-                }
-            }
-            p.execute_batch("COMMIT")?;
+            plain_bulk(&p, &bulk)?;
             Ok(rate(nchanges, t.elapsed()))
         },
     )?;
@@ -375,14 +368,7 @@ pub(crate) fn once(args: OnceArgs) -> anyhow::Result<()> {
     match args.side.as_str() {
         "plain" => {
             let p = plain(&dir.path().join("p.db"))?;
-            p.execute_batch("BEGIN IMMEDIATE")?;
-            {
-                let mut stmt = p.prepare_cached("INSERT INTO todos (id, title) VALUES (?1, ?2)")?;
-                for (id, title) in &data {
-                    stmt.execute((id, title))?;
-                }
-            }
-            p.execute_batch("COMMIT")?;
+            plain_bulk(&p, &data)?;
         }
         "repl" | "apply" => {
             let s = store(&dir.path().join("r.db"))?;
