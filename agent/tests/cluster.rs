@@ -310,3 +310,57 @@ fn mutual_tls_cluster_replicates_and_refuses_a_foreign_certificate() {
     assert_eq!(members[0]["state"], "unknown", "{members}");
     assert_eq!(rows(&c, &agent_c), "");
 }
+
+#[test]
+fn a_restarted_node_rejoins_without_bootstrap() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::new(&dir.path().join("a"), "");
+    let agent_a = a.start();
+    let b = Node::with(
+        &dir.path().join("b"),
+        &format!("bootstrap = [\"{}\"]", agent_a.gossip),
+        "",
+    );
+    let agent_b = b.start();
+    a.cli(&[
+        "--api-addr",
+        &agent_a.api.to_string(),
+        "exec",
+        "INSERT INTO todos (id) VALUES ('before')",
+    ]);
+    await_rows(&b, &agent_b, "before||\n");
+    // B remembers A in its own database.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let conn = rusqlite::Connection::open(&b.db).unwrap();
+        let n: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM __corro_members WHERE addr = ?1",
+                [agent_a.gossip.to_string()],
+                |r| r.get(0),
+            )
+            .unwrap_or(0);
+        if n == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "B never saved A as a member");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    agent_b.stop();
+    // Restart B with no bootstrap at all.
+    let text = std::fs::read_to_string(&b.config).unwrap();
+    let text: String = text
+        .lines()
+        .filter(|l| !l.starts_with("bootstrap"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&b.config, text).unwrap();
+    let agent_b = b.start();
+    a.cli(&[
+        "--api-addr",
+        &agent_a.api.to_string(),
+        "exec",
+        "INSERT INTO todos (id) VALUES ('after')",
+    ]);
+    await_rows(&b, &agent_b, "after||\nbefore||\n");
+}

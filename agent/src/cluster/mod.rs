@@ -3,7 +3,8 @@
 //! a random known peer every second or so.
 //!
 //! This is the first step of the cluster (issue 4): peers are the bootstrap
-//! list plus every peer that has contacted this node; SWIM membership and
+//! list, the peers remembered from earlier runs (`__corro_members`, a
+//! host-local table) and every peer that has contacted this node; SWIM membership and
 //! failure detection (foca), re-broadcast by receivers, TLS/mTLS and backoff
 //! come next. The decisions (what to pull) are the sans-IO planner in
 //! `corro-replication`; this module only moves frames.
@@ -98,6 +99,13 @@ impl Cluster {
         tracing::info!("Starting peer API on udp/{local} (QUIC)");
         let advertised = config.external_addr.unwrap_or(local);
         let peers = Peers::new(advertised);
+        // Peers met in earlier runs: a restarted node rejoins without bootstrap.
+        let store_for_load = store.clone();
+        let remembered =
+            tokio::task::spawn_blocking(move || load_members(&store_for_load)).await??;
+        for addr in remembered {
+            peers.add(addr, None);
+        }
         for b in &config.bootstrap {
             match peers::resolve(b).await {
                 Ok(addrs) => addrs.into_iter().for_each(|a| peers.add(a, None)),
@@ -142,6 +150,7 @@ impl Cluster {
         tokio::spawn(broadcast_loop(inner.clone(), rx));
         let sync = inner.clone();
         tokio::spawn(async move {
+            let mut persisted = sync.peers.generation();
             loop {
                 let wait = Duration::from_millis(rand::rng().random_range(500..1500));
                 tokio::select! {
@@ -149,6 +158,7 @@ impl Cluster {
                     _ = tokio::time::sleep(wait) => {}
                 }
                 metrics::gauge!("corro_gossip_members").set(sync.peers.addrs().len() as f64);
+                persist_members(&sync, &mut persisted).await;
                 if let Some(peer) = sync.peers.random()
                     && let Err(e) = sync_with(&sync, peer).await
                 {
@@ -156,6 +166,7 @@ impl Cluster {
                     sync.peers.forget_connection(peer);
                 }
             }
+            persist_members(&sync, &mut persisted).await;
             sync.endpoint.close(0u32.into(), b"shutting down");
         });
         Ok(cluster)
@@ -179,6 +190,54 @@ impl Cluster {
 
     pub(crate) fn members(&self) -> Vec<corro_client::Member> {
         self.inner.peers.members()
+    }
+}
+
+/// Host-local table of peers met (not replicated, kept across restarts).
+const MEMBERS_DDL: &str = "CREATE TABLE IF NOT EXISTS __corro_members (
+    addr TEXT NOT NULL PRIMARY KEY,
+    actor_id BLOB NOT NULL,
+    updated_at INTEGER NOT NULL
+) WITHOUT ROWID";
+
+fn load_members(store: &Store) -> anyhow::Result<Vec<SocketAddr>> {
+    let rows: Vec<String> = store.local_write(|c| {
+        c.execute_batch(MEMBERS_DDL)?;
+        let mut stmt = c.prepare("SELECT addr FROM __corro_members")?;
+        stmt.query_map([], |r| r.get(0))?.collect()
+    })?;
+    Ok(rows.into_iter().filter_map(|a| a.parse().ok()).collect())
+}
+
+/// Rewrites the members table when the peer set changed since `persisted`.
+async fn persist_members(inner: &Arc<Inner>, persisted: &mut u64) {
+    let generation = inner.peers.generation();
+    if generation == *persisted {
+        return;
+    }
+    let members = inner.peers.identified();
+    let store = inner.store.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs() as i64);
+        store.local_write(|c| {
+            let tx = c.unchecked_transaction()?;
+            tx.execute("DELETE FROM __corro_members", [])?;
+            for (addr, actor) in &members {
+                tx.execute(
+                    "INSERT INTO __corro_members (addr, actor_id, updated_at) VALUES (?1, ?2, ?3)",
+                    rusqlite::params![addr.to_string(), &actor.as_bytes()[..], now],
+                )?;
+            }
+            tx.commit()
+        })
+    })
+    .await;
+    match result {
+        Ok(Ok(())) => *persisted = generation,
+        Ok(Err(e)) => tracing::warn!(error = %e, "could not save the member list"),
+        Err(e) => tracing::warn!(error = %e, "saving the member list failed"),
     }
 }
 

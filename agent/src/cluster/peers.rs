@@ -19,6 +19,8 @@ struct Peer {
 
 pub(crate) struct Peers {
     me: SocketAddr,
+    /// Bumped whenever a peer is added or its actor id changes.
+    generation: std::sync::atomic::AtomicU64,
     known: Mutex<BTreeMap<SocketAddr, Peer>>,
     conns: Mutex<BTreeMap<SocketAddr, quinn::Connection>>,
 }
@@ -27,6 +29,7 @@ impl Peers {
     pub(crate) fn new(me: SocketAddr) -> Self {
         Peers {
             me,
+            generation: Default::default(),
             known: Mutex::new(BTreeMap::new()),
             conns: Mutex::new(BTreeMap::new()),
         }
@@ -38,17 +41,36 @@ impl Peers {
             return;
         }
         let mut known = self.known.lock();
-        let p = known.entry(addr).or_insert(Peer {
-            actor: None,
-            last_seen: None,
+        let p = known.entry(addr).or_insert_with(|| {
+            self.generation
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Peer {
+                actor: None,
+                last_seen: None,
+            }
         });
         if let Some(a) = actor {
             if p.actor != Some(a) {
                 tracing::info!(peer = %addr, actor = %a, "new peer");
+                self.generation
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             }
             p.actor = Some(a);
             p.last_seen = Some(Instant::now());
         }
+    }
+
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Peers that have spoken, for persisting: (address, actor id).
+    pub(crate) fn identified(&self) -> Vec<(SocketAddr, ActorId)> {
+        self.known
+            .lock()
+            .iter()
+            .filter_map(|(addr, p)| p.actor.map(|a| (*addr, a)))
+            .collect()
     }
 
     pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
