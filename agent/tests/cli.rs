@@ -239,13 +239,7 @@ fn backup_then_restore_into_a_fresh_node_and_restore_refuses_while_running() {
     let dir = tempfile::tempdir().unwrap();
     let a = Node::new(&dir.path().join("a"), "");
     let agent = a.start();
-    let out = a.cli(&[
-        "--api-addr",
-        &agent.api.to_string(),
-        "exec",
-        "INSERT INTO todos (id, title) VALUES ('x', 'kept')",
-    ]);
-    assert!(out.status.success());
+    a.exec(&agent, "INSERT INTO todos (id, title) VALUES ('x', 'kept')");
     let backup = dir.path().join("backup.db");
     // Backup works while the agent runs.
     let out = a.cli(&["backup", backup.to_str().unwrap()]);
@@ -352,13 +346,7 @@ fn admin_socket_answers_ping_books_members_and_log_level() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::new(dir.path(), "");
     let agent = node.start();
-    let out = node.cli(&[
-        "--api-addr",
-        &agent.api.to_string(),
-        "exec",
-        "INSERT INTO todos (id) VALUES ('a')",
-    ]);
-    assert!(out.status.success());
+    node.exec(&agent, "INSERT INTO todos (id) VALUES ('a')");
     let sock = dir.path().join("admin.sock");
     assert_eq!(
         admin(&sock, r#"{"cmd":"ping"}"#),

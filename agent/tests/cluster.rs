@@ -11,14 +11,7 @@ use std::time::{Duration, Instant};
 use common::{Agent, Node, stdout};
 
 fn rows(node: &Node, agent: &Agent) -> String {
-    let out = node.cli(&[
-        "--api-addr",
-        &agent.api.to_string(),
-        "query",
-        "SELECT * FROM todos ORDER BY id;",
-    ]);
-    assert!(out.status.success());
-    stdout(&out)
+    node.query(agent, "SELECT * FROM todos ORDER BY id;")
 }
 
 /// Waits (bounded) until the node shows `want`.
@@ -39,11 +32,7 @@ fn two_node_quick_start_replicates_both_ways() {
     let dir = tempfile::tempdir().unwrap();
     let a = Node::new(&dir.path().join("a"), "");
     let agent_a = a.start();
-    let b = Node::with(
-        &dir.path().join("b"),
-        &format!("bootstrap = [\"{}\"]", agent_a.gossip),
-        "",
-    );
+    let b = Node::joining(&dir.path().join("b"), &agent_a);
     let agent_b = b.start();
 
     let out = a.cli(&[
@@ -75,18 +64,8 @@ fn two_node_quick_start_replicates_both_ways() {
     await_rows(&b, &agent_b, both);
 
     // Conflicting updates on both sides converge to one answer everywhere.
-    a.cli(&[
-        "--api-addr",
-        &agent_a.api.to_string(),
-        "exec",
-        "UPDATE todos SET completed_at = 1",
-    ]);
-    b.cli(&[
-        "--api-addr",
-        &agent_b.api.to_string(),
-        "exec",
-        "UPDATE todos SET completed_at = 2",
-    ]);
+    a.exec(&agent_a, "UPDATE todos SET completed_at = 1");
+    b.exec(&agent_b, "UPDATE todos SET completed_at = 2");
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let (ra, rb) = (rows(&a, &agent_a), rows(&b, &agent_b));
@@ -131,11 +110,7 @@ fn a_node_that_was_down_catches_up_through_sync() {
         .send()
         .unwrap();
     assert!(r.status().is_success());
-    let b = Node::with(
-        &dir.path().join("b"),
-        &format!("bootstrap = [\"{}\"]", agent_a.gossip),
-        "",
-    );
+    let b = Node::joining(&dir.path().join("b"), &agent_a);
     let agent_b = b.start();
     let want = rows(&a, &agent_a);
     await_rows(&b, &agent_b, &want);
@@ -148,11 +123,7 @@ fn five_agents_with_conflicting_writers_converge_to_identical_contents() {
     let mut agents = vec![first.start()];
     let mut nodes = vec![first];
     for i in 1..5 {
-        let n = Node::with(
-            &dir.path().join(format!("n{i}")),
-            &format!("bootstrap = [\"{}\"]", agents[0].gossip),
-            "",
-        );
+        let n = Node::joining(&dir.path().join(format!("n{i}")), &agents[0]);
         agents.push(n.start());
         nodes.push(n);
     }
@@ -278,27 +249,17 @@ fn mutual_tls_cluster_replicates_and_refuses_a_foreign_certificate() {
     let a = Node::new(&dir.path().join("a"), "");
     tls(&a, &good, &good);
     let agent_a = a.start();
-    let b = Node::with(
-        &dir.path().join("b"),
-        &format!("bootstrap = [\"{}\"]", agent_a.gossip),
-        "",
-    );
+    let b = Node::joining(&dir.path().join("b"), &agent_a);
     tls(&b, &good, &good);
     let agent_b = b.start();
-    a.cli(&[
-        "--api-addr",
-        &agent_a.api.to_string(),
-        "exec",
+    a.exec(
+        &agent_a,
         "INSERT INTO todos (id, title) VALUES ('tls', 'over mTLS')",
-    ]);
+    );
     await_rows(&b, &agent_b, "tls|over mTLS|\n");
 
     // A node whose certificates come from another CA cannot join.
-    let c = Node::with(
-        &dir.path().join("c"),
-        &format!("bootstrap = [\"{}\"]", agent_a.gossip),
-        "",
-    );
+    let c = Node::joining(&dir.path().join("c"), &agent_a);
     tls(&c, &other, &other);
     let agent_c = c.start();
     let line = agent_a.expect("refused a peer connection");
@@ -316,18 +277,9 @@ fn a_restarted_node_rejoins_without_bootstrap() {
     let dir = tempfile::tempdir().unwrap();
     let a = Node::new(&dir.path().join("a"), "");
     let agent_a = a.start();
-    let b = Node::with(
-        &dir.path().join("b"),
-        &format!("bootstrap = [\"{}\"]", agent_a.gossip),
-        "",
-    );
+    let b = Node::joining(&dir.path().join("b"), &agent_a);
     let agent_b = b.start();
-    a.cli(&[
-        "--api-addr",
-        &agent_a.api.to_string(),
-        "exec",
-        "INSERT INTO todos (id) VALUES ('before')",
-    ]);
+    a.exec(&agent_a, "INSERT INTO todos (id) VALUES ('before')");
     await_rows(&b, &agent_b, "before||\n");
     // B remembers A in its own database.
     let deadline = Instant::now() + Duration::from_secs(15);
@@ -356,11 +308,6 @@ fn a_restarted_node_rejoins_without_bootstrap() {
         .collect();
     std::fs::write(&b.config, text).unwrap();
     let agent_b = b.start();
-    a.cli(&[
-        "--api-addr",
-        &agent_a.api.to_string(),
-        "exec",
-        "INSERT INTO todos (id) VALUES ('after')",
-    ]);
+    a.exec(&agent_a, "INSERT INTO todos (id) VALUES ('after')");
     await_rows(&b, &agent_b, "after||\nbefore||\n");
 }

@@ -249,6 +249,14 @@ pub(crate) fn run(args: StoreArgs) -> anyhow::Result<()> {
     let last_seq = changes.last().map_or(0, |c| c.seq);
     let sets = corro_store::chunk_version(actor, 1, last_seq, 0, changes, corro_store::CHUNK_BYTES);
     let nchanges = last_seq as usize + 1;
+    // Baseline of both apply measurements: plain SQLite inserting the rows
+    // those changes describe, expressed per change (3 changes per row).
+    let plain_apply = || {
+        let p = plain(&scratch.path("apply-plain"))?;
+        let t = Instant::now();
+        plain_bulk(&p, &bulk)?;
+        Ok(rate(nchanges, t.elapsed()))
+    };
     compare(
         "remote apply into empty table",
         "changes/s",
@@ -261,14 +269,7 @@ pub(crate) fn run(args: StoreArgs) -> anyhow::Result<()> {
             s.apply(sets)?;
             Ok(rate(nchanges, t.elapsed()))
         },
-        || {
-            // Baseline: plain SQLite inserting the rows those changes describe,
-            // expressed per change (3 changes per row).
-            let p = plain(&scratch.path("apply-plain"))?;
-            let t = Instant::now();
-            plain_bulk(&p, &bulk)?;
-            Ok(rate(nchanges, t.elapsed()))
-        },
+        &plain_apply,
     )?;
 
     if args.skip_large {
@@ -310,12 +311,7 @@ pub(crate) fn run(args: StoreArgs) -> anyhow::Result<()> {
             s.apply(sets)?;
             Ok(rate(nchanges, t.elapsed()))
         },
-        || {
-            let p = plain(&scratch.path("apply-plain"))?;
-            let t = Instant::now();
-            plain_bulk(&p, &bulk)?;
-            Ok(rate(nchanges, t.elapsed()))
-        },
+        &plain_apply,
     )?;
     Ok(())
 }

@@ -59,6 +59,25 @@ impl Node {
         Agent::start(&self.config)
     }
 
+    /// A node whose gossip bootstraps from `seed`.
+    pub fn joining(dir: &Path, seed: &Agent) -> Node {
+        Node::with(dir, &format!("bootstrap = [\"{}\"]", seed.gossip), "")
+    }
+
+    /// `corrosion exec SQL` against `agent`; asserts success.
+    pub fn exec(&self, agent: &Agent, sql: &str) -> Output {
+        let out = self.cli(&["--api-addr", &agent.api.to_string(), "exec", sql]);
+        assert!(out.status.success(), "{sql}: {}", stderr(&out));
+        out
+    }
+
+    /// `corrosion query SQL` against `agent`: its stdout; asserts success.
+    pub fn query(&self, agent: &Agent, sql: &str) -> String {
+        let out = self.cli(&["--api-addr", &agent.api.to_string(), "query", sql]);
+        assert!(out.status.success(), "{sql}: {}", stderr(&out));
+        stdout(&out)
+    }
+
     /// Runs a client command with this node's config.
     pub fn cli(&self, args: &[&str]) -> Output {
         Command::new(BIN)
