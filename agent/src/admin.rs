@@ -32,6 +32,7 @@ pub(crate) trait AdminHandler: Send + Sync + 'static {
     fn reload(&self) -> Result<serde_json::Value, String>;
     fn books(&self) -> serde_json::Value;
     fn set_log_level(&self, level: &str) -> Result<(), String>;
+    fn members(&self) -> serde_json::Value;
 }
 
 /// Binds the socket (replacing a stale one) and serves until `shutdown`.
@@ -85,7 +86,7 @@ async fn session(stream: UnixStream, handler: Arc<dyn AdminHandler>) -> std::io:
                 let r = tokio::task::spawn_blocking(move || match req {
                     AdminRequest::Ping => Ok(json!("pong")),
                     AdminRequest::Reload => h.reload(),
-                    AdminRequest::Members => Ok(json!([])),
+                    AdminRequest::Members => Ok(h.members()),
                     AdminRequest::Books => Ok(h.books()),
                     AdminRequest::LogLevel { level } => {
                         h.set_log_level(&level).map(|()| json!(level))

@@ -75,6 +75,30 @@ pub(crate) async fn reload(admin_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `corrosion cluster members`: the admin socket's member list as a table
+/// (address, actor id, state, RTT) or JSON.
+pub(crate) async fn members(admin_path: &Path, json: bool) -> anyhow::Result<()> {
+    let result = admin::request(admin_path, &AdminRequest::Members).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        return Ok(());
+    }
+    let members: Vec<corro_client::Member> = serde_json::from_value(result)?;
+    let mut out = format!(
+        "{:<40} {:<32} {:<8} {:>8}\n",
+        "ADDR", "ACTOR ID", "STATE", "RTT"
+    );
+    for m in &members {
+        let rtt = m.rtt_ms.map_or("-".to_string(), |r| format!("{r:.1}ms"));
+        out.push_str(&format!(
+            "{:<40} {:<32} {:<8} {:>8}\n",
+            m.addr, m.actor_id, m.state, rtt
+        ));
+    }
+    print!("{out}");
+    Ok(())
+}
+
 pub(crate) fn backup(db: &Path, dest: &PathBuf) -> anyhow::Result<()> {
     let store = Store::open(
         db,

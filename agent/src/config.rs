@@ -74,20 +74,12 @@ pub(crate) struct GossipConfig {
     #[serde(default)]
     pub plaintext: bool,
     /// Upper bound for QUIC's path MTU.
-    #[expect(
-        dead_code,
-        reason = "parsed now; used when the transport grows MTU/GSO/TLS settings"
-    )]
     pub max_mtu: Option<u16>,
     /// Idle timeout of QUIC connections (default 30 s).
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout_secs: u64,
     /// Skip generic segmentation offload.
     #[serde(default)]
-    #[expect(
-        dead_code,
-        reason = "parsed now; used when the transport grows MTU/GSO/TLS settings"
-    )]
     pub disable_gso: bool,
     pub tls: Option<TlsConfig>,
 }

@@ -84,6 +84,11 @@ enum Command {
         /// Where to write the backup (must not exist)
         path: PathBuf,
     },
+    /// Cluster membership commands
+    Cluster {
+        #[command(subcommand)]
+        cmd: ClusterCommand,
+    },
     /// Tls-related commands
     Tls {
         #[command(subcommand)]
@@ -96,6 +101,16 @@ enum Command {
         /// Keep this node's actor id (only when restoring this node's own backup)
         #[arg(long)]
         keep_actor_id: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClusterCommand {
+    /// List the members this agent knows, with state and round-trip time
+    Members {
+        /// Print JSON (as `GET /v1/members`) instead of a table
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -258,6 +273,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             logging::init_client();
             let config = config_of(config)?;
             runtime()?.block_on(commands::reload(&config.admin.path))
+        }
+        Command::Cluster {
+            cmd: ClusterCommand::Members { json },
+        } => {
+            logging::init_client();
+            let config = config_of(config)?;
+            runtime()?.block_on(commands::members(&config.admin.path, json))
         }
         Command::Backup { path } => {
             logging::init_client();

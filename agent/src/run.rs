@@ -109,6 +109,8 @@ struct Handler {
     store: Store,
     config: Config,
     log: LogHandle,
+    /// Set once the cluster is up (the admin socket starts first).
+    cluster: std::sync::OnceLock<crate::cluster::Cluster>,
 }
 
 impl AdminHandler for Handler {
@@ -136,6 +138,11 @@ impl AdminHandler for Handler {
 
     fn set_log_level(&self, level: &str) -> Result<(), String> {
         self.log.set(level)
+    }
+
+    fn members(&self) -> serde_json::Value {
+        let members = self.cluster.get().map(|c| c.members()).unwrap_or_default();
+        serde_json::to_value(members).unwrap_or_default()
     }
 }
 
@@ -170,6 +177,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         store: store.clone(),
         config: config.clone(),
         log,
+        cluster: std::sync::OnceLock::new(),
     });
     let admin_task =
         admin::serve(config.admin.path.clone(), handler.clone(), stop_rx.clone()).await?;
@@ -179,6 +187,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
     }
     let cluster =
         crate::cluster::Cluster::start(store.clone(), &config.gossip, stop_rx.clone()).await?;
+    let _ = handler.cluster.set(cluster.clone());
     let state = ApiState {
         store: store.clone(),
         limits: Limits {

@@ -88,6 +88,22 @@ fn two_node_quick_start_replicates_both_ways() {
         .json()
         .unwrap();
     assert_eq!(members[0]["actor_id"], agent_a.actor, "{members}");
+
+    // The same through the CLI (admin socket): a table with A alive.
+    let out = b.cli(&["cluster", "members"]);
+    let table = stdout(&out);
+    assert!(out.status.success(), "{table}");
+    println!("{table}");
+    let lines: Vec<&str> = table.lines().collect();
+    assert_eq!(lines.len(), 2, "{table}");
+    assert!(lines[0].starts_with("ADDR"), "{table}");
+    assert!(
+        lines[1].starts_with(&agent_a.gossip.to_string())
+            && lines[1].contains(&agent_a.actor)
+            && lines[1].contains("alive")
+            && lines[1].ends_with("ms"),
+        "{table}"
+    );
 }
 
 #[test]
@@ -268,7 +284,16 @@ fn mutual_tls_cluster_replicates_and_refuses_a_foreign_certificate() {
         .unwrap()
         .json()
         .unwrap();
-    assert_eq!(members[0]["state"], "unknown", "{members}");
+    assert_eq!(members, serde_json::json!([]), "C has no members");
+    let members: serde_json::Value = reqwest::blocking::get(agent_a.url("/v1/members"))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(
+        members.as_array().map(Vec::len),
+        Some(1),
+        "A lists only B: {members}"
+    );
     assert_eq!(rows(&c, &agent_c), "");
 }
 

@@ -1,13 +1,13 @@
-//! Peer networking: one QUIC endpoint on `gossip.addr`, broadcast of every
-//! committed local version to known peers, and anti-entropy sync rounds with
-//! a random known peer every second or so.
+//! Peer networking: one QUIC endpoint on `gossip.addr` carrying SWIM
+//! membership (datagrams, [`swim`]), broadcasts of every committed local
+//! version to active members (uni streams, forwarded a bounded number of
+//! hops by receivers), and anti-entropy sync rounds with a random member
+//! (bi streams), jittered and backing off while there is nothing to repair.
 //!
-//! This is the first step of the cluster (issue 4): peers are the bootstrap
-//! list, the peers remembered from earlier runs (`__corro_members`, a
-//! host-local table) and every peer that has contacted this node; SWIM membership and
-//! failure detection (foca), re-broadcast by receivers, TLS/mTLS and backoff
-//! come next. The decisions (what to pull) are the sans-IO planner in
-//! `corro-replication`; this module only moves frames.
+//! Members are whoever SWIM reports active; the bootstrap list and the peers
+//! remembered from earlier runs (`__corro_members`, a host-local table) are
+//! only used to join. The decisions (membership, what to pull) are the
+//! sans-IO cores in `corro-replication`; this module only moves bytes.
 //!
 //! Streams carry length-prefixed frames (`u32` big-endian length, then a
 //! postcard [`Envelope`]). A uni stream carries `Changes` frames. A sync round
@@ -16,12 +16,14 @@
 //! `SyncState`; the initiator sends what the responder lacks, then `SyncDone`.
 
 mod peers;
+mod swim;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use corro_replication::membership::{Identity, Membership};
 use corro_replication::{
     Envelope, MAX_FRAME_BYTES, MAX_HOPS, Message, PROTOCOL_VERSION, SyncState, decode, encode, plan,
 };
@@ -41,6 +43,10 @@ const FORWARD_FANOUT: usize = 3;
 /// Queued local versions waiting to be broadcast; beyond this they are
 /// dropped (and counted): sync repairs.
 const BROADCAST_QUEUE: usize = 1024;
+/// Sync interval while rounds find things to repair (jittered ±50%).
+const SYNC_BASE: Duration = Duration::from_secs(1);
+/// Longest sync interval after idle rounds.
+const SYNC_MAX: Duration = Duration::from_secs(4);
 
 struct Inner {
     /// Queue of the broadcast task (forwards are queued here too).
@@ -49,6 +55,10 @@ struct Inner {
     endpoint: quinn::Endpoint,
     advertised: SocketAddr,
     peers: Peers,
+    /// Queue of the SWIM task.
+    swim: mpsc::Sender<swim::SwimInput>,
+    /// Wakes the sync loop early (a member joined, a broadcast was dropped).
+    sync_soon: tokio::sync::Notify,
 }
 
 /// A handle to the running cluster tasks.
@@ -79,6 +89,15 @@ impl Cluster {
                 .context("gossip.idle_timeout_secs")?,
         ));
         transport.keep_alive_interval(Some(Duration::from_secs(5)));
+        if let Some(mtu) = config.max_mtu {
+            let mut mtu_discovery = quinn::MtuDiscoveryConfig::default();
+            mtu_discovery.upper_bound(mtu);
+            transport.mtu_discovery_config(Some(mtu_discovery));
+            transport.initial_mtu(mtu.min(1200));
+        }
+        if config.disable_gso {
+            transport.enable_segmentation_offload(false);
+        }
         let transport = Arc::new(transport);
         let (mut server, mut client) = match (&config.tls, config.plaintext) {
             (Some(tls), false) => (
@@ -104,24 +123,43 @@ impl Cluster {
         let remembered =
             tokio::task::spawn_blocking(move || load_members(&store_for_load)).await??;
         for addr in remembered {
-            peers.add(addr, None);
+            peers.add_seed(addr);
         }
         for b in &config.bootstrap {
             match peers::resolve(b).await {
-                Ok(addrs) => addrs.into_iter().for_each(|a| peers.add(a, None)),
+                Ok(addrs) => addrs.into_iter().for_each(|a| peers.add_seed(a)),
                 Err(e) => {
-                    tracing::warn!(bootstrap = %b, error = %e, "cannot resolve bootstrap peer")
+                    tracing::warn!(bootstrap = %b, error = %e, "cannot resolve bootstrap peer (retrying while alone)")
                 }
             }
         }
         let (tx, rx) = mpsc::channel(BROADCAST_QUEUE);
+        let (swim_tx, swim_rx) = mpsc::channel(swim::SWIM_QUEUE);
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(1, |d| d.as_millis() as u64);
+        let me = Identity {
+            actor: store.actor_id(),
+            addr: advertised,
+            ts: started,
+        };
+        let core = Membership::new(me, rand::rng().random());
         let inner = Arc::new(Inner {
             outgoing: tx.clone(),
             store,
             endpoint,
             advertised,
             peers,
+            swim: swim_tx,
+            sync_soon: tokio::sync::Notify::new(),
         });
+        tokio::spawn(swim::run(
+            inner.clone(),
+            core,
+            swim_rx,
+            config.bootstrap.clone(),
+            shutdown.clone(),
+        ));
         let cluster = Cluster {
             inner: inner.clone(),
             broadcast: tx,
@@ -151,22 +189,33 @@ impl Cluster {
         let sync = inner.clone();
         tokio::spawn(async move {
             let mut persisted = sync.peers.generation();
+            let mut interval = SYNC_BASE;
             loop {
-                let wait = Duration::from_millis(rand::rng().random_range(500..1500));
+                let wait = interval.mul_f64(rand::rng().random_range(0.5..1.5));
                 tokio::select! {
                     _ = shutdown.changed() => break,
                     _ = tokio::time::sleep(wait) => {}
+                    _ = sync.sync_soon.notified() => interval = SYNC_BASE,
                 }
-                metrics::gauge!("corro_gossip_members").set(sync.peers.addrs().len() as f64);
+                metrics::gauge!("corro_gossip_members").set(sync.peers.active().len() as f64);
                 persist_members(&sync, &mut persisted).await;
-                if let Some(peer) = sync.peers.random()
-                    && let Err(e) = sync_with(&sync, peer).await
-                {
-                    tracing::debug!(peer = %peer, error = %e, "sync round failed");
-                    sync.peers.forget_connection(peer);
+                let Some(peer) = sync.peers.random() else {
+                    continue;
+                };
+                match sync_with(&sync, peer).await {
+                    // Back off while rounds find nothing to repair.
+                    Ok(0) => interval = (interval * 2).min(SYNC_MAX),
+                    Ok(_) => interval = SYNC_BASE,
+                    Err(e) => {
+                        tracing::debug!(peer = %peer, error = %e, "sync round failed");
+                        sync.peers.forget_connection(peer);
+                    }
                 }
+                metrics::gauge!("corro_sync_interval_seconds").set(interval.as_secs_f64());
             }
             persist_members(&sync, &mut persisted).await;
+            // Let the SWIM task say goodbye first.
+            tokio::time::sleep(Duration::from_millis(150)).await;
             sync.endpoint.close(0u32.into(), b"shutting down");
         });
         Ok(cluster)
@@ -185,7 +234,10 @@ impl Cluster {
         };
         if self.broadcast.try_send(out).is_err() {
             metrics::counter!("corro_gossip_broadcasts_dropped_total").increment(1);
+            self.inner.sync_soon.notify_one();
         }
+        metrics::gauge!("corro_gossip_broadcast_queue_depth")
+            .set((BROADCAST_QUEUE - self.broadcast.capacity()) as f64);
     }
 
     pub(crate) fn members(&self) -> Vec<corro_client::Member> {
@@ -215,7 +267,7 @@ async fn persist_members(inner: &Arc<Inner>, persisted: &mut u64) {
     if generation == *persisted {
         return;
     }
-    let members = inner.peers.identified();
+    let members = inner.peers.active();
     let store = inner.store.clone();
     let result = tokio::task::spawn_blocking(move || {
         let now = std::time::SystemTime::now()
@@ -305,6 +357,9 @@ async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incoming) -> anyho
     };
     loop {
         tokio::select! {
+            datagram = conn.read_datagram() => {
+                swim::received(&inner, remote, datagram?);
+            }
             uni = conn.accept_uni() => {
                 let mut recv = uni?;
                 let inner = inner.clone();
@@ -331,7 +386,6 @@ async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incoming) -> anyho
 
 async fn receive_changes(inner: &Arc<Inner>, recv: &mut quinn::RecvStream) -> anyhow::Result<()> {
     while let Some(env) = read_frame(recv).await? {
-        inner.peers.add(env.addr, Some(env.from));
         match env.message {
             Message::Changes { sets, hops } => {
                 let fresh = apply(inner, sets.clone()).await?;
@@ -398,7 +452,6 @@ async fn respond_sync(
     let Some(first) = read_frame(&mut recv).await? else {
         return Ok(());
     };
-    inner.peers.add(first.addr, Some(first.from));
     let Message::SyncState(theirs) = first.message else {
         anyhow::bail!(
             "a sync round must start with SyncState, got {}",
@@ -426,7 +479,9 @@ async fn respond_sync(
     Ok(())
 }
 
-async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::Result<()> {
+/// One sync round with `peer`; how many changesets moved either way.
+async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::Result<usize> {
+    let mut moved = 0;
     let conn = inner.peers.connection(&inner.endpoint, peer).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     write_frame(
@@ -438,13 +493,14 @@ async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::Result<()> {
         let env = read_frame(&mut recv)
             .await?
             .ok_or_else(|| anyhow::anyhow!("peer ended the sync round early"))?;
-        inner.peers.add(env.addr, Some(env.from));
         match env.message {
             Message::SyncChanges(sets) => {
+                moved += sets.len();
                 apply(inner, sets).await?;
             }
             Message::SyncState(theirs) => {
                 let sets = missing_for(inner, theirs).await?;
+                moved += sets.len();
                 send_changes(inner, &mut send, sets).await?;
                 write_frame(&mut send, &envelope(inner, Message::SyncDone)).await?;
                 send.finish()?;
@@ -456,7 +512,7 @@ async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::Result<()> {
     // Let the responder read everything before the stream goes away.
     let _ = recv.read_to_end(1024).await;
     metrics::counter!("corro_sync_rounds_total").increment(1);
-    Ok(())
+    Ok(moved)
 }
 
 async fn broadcast_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Outgoing>) {
@@ -467,12 +523,12 @@ async fn broadcast_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Outgoing>) {
     }) = rx.recv().await
     {
         let targets: Vec<SocketAddr> = match forward_from {
-            None => inner.peers.addrs(),
+            None => inner.peers.active_addrs(),
             Some(from) => {
                 use rand::seq::IteratorRandom;
                 inner
                     .peers
-                    .addrs()
+                    .active_addrs()
                     .into_iter()
                     .filter(|p| *p != from)
                     .choose_multiple(&mut rand::rng(), FORWARD_FANOUT)

@@ -1,129 +1,191 @@
-//! Known peers and cached QUIC connections to them.
+//! Who the peers are, and cached QUIC connections to them.
 //!
-//! Until SWIM membership lands, a peer is known from the bootstrap list or
-//! because it contacted this node (every frame names the sender's advertised
-//! address and actor id). This node's own address is never a peer.
+//! Membership comes from SWIM (`super::swim` publishes a snapshot of the
+//! [`Membership`](corro_replication::membership::Membership) core after every
+//! event): broadcasts go to active members, sync rounds pick one at random.
+//! Seeds (the bootstrap list and peers remembered from earlier runs) are only
+//! used to join, and as sync targets while no member is known yet.
+//!
+//! Connections: this node sends only on connections it opened (uni streams
+//! for broadcasts, bi streams for sync rounds, datagrams for SWIM) and reads
+//! on connections it accepted, so each pair of nodes holds at most two. One
+//! connection attempt per peer at a time; datagram senders skip a peer whose
+//! connection is still being set up instead of queueing behind it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
+use corro_replication::membership::{Identity, State};
 use corro_store::ActorId;
 use parking_lot::Mutex;
 use rand::seq::IteratorRandom;
 
-struct Peer {
-    actor: Option<ActorId>,
-    last_seen: Option<Instant>,
-}
+/// How long a connection attempt may take before the peer is skipped.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
 
 pub(crate) struct Peers {
     me: SocketAddr,
-    /// Bumped whenever a peer is added or its actor id changes.
-    generation: std::sync::atomic::AtomicU64,
-    known: Mutex<BTreeMap<SocketAddr, Peer>>,
-    conns: Mutex<BTreeMap<SocketAddr, quinn::Connection>>,
+    /// Bumped whenever the set of active members changes.
+    generation: AtomicU64,
+    members: Mutex<BTreeMap<SocketAddr, (Identity, State)>>,
+    seeds: Mutex<BTreeSet<SocketAddr>>,
+    conns: Mutex<BTreeMap<SocketAddr, Slot>>,
 }
 
 impl Peers {
     pub(crate) fn new(me: SocketAddr) -> Self {
         Peers {
             me,
-            generation: Default::default(),
-            known: Mutex::new(BTreeMap::new()),
+            generation: AtomicU64::new(0),
+            members: Mutex::new(BTreeMap::new()),
+            seeds: Mutex::new(BTreeSet::new()),
             conns: Mutex::new(BTreeMap::new()),
         }
     }
 
-    /// Records a peer (with its actor id once it has spoken).
-    pub(crate) fn add(&self, addr: SocketAddr, actor: Option<ActorId>) {
-        if addr == self.me {
-            return;
+    /// Adds an address to join through.
+    pub(crate) fn add_seed(&self, addr: SocketAddr) {
+        if addr != self.me {
+            self.seeds.lock().insert(addr);
         }
-        let mut known = self.known.lock();
-        let p = known.entry(addr).or_insert_with(|| {
-            self.generation
-                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            Peer {
-                actor: None,
-                last_seen: None,
-            }
-        });
-        if let Some(a) = actor {
-            if p.actor != Some(a) {
-                tracing::info!(peer = %addr, actor = %a, "new peer");
-                self.generation
-                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            }
-            p.actor = Some(a);
-            p.last_seen = Some(Instant::now());
+    }
+
+    pub(crate) fn seeds(&self) -> Vec<SocketAddr> {
+        self.seeds.lock().iter().copied().collect()
+    }
+
+    /// Replaces the membership snapshot (from the SWIM core).
+    pub(crate) fn set_members(&self, members: Vec<(Identity, State)>) {
+        let mut map = self.members.lock();
+        let active = |m: &BTreeMap<SocketAddr, (Identity, State)>| -> Vec<(SocketAddr, ActorId)> {
+            m.iter()
+                .filter(|(_, (_, s))| *s != State::Down)
+                .map(|(a, (id, _))| (*a, id.actor))
+                .collect()
+        };
+        let before = active(&map);
+        *map = members
+            .into_iter()
+            .filter(|(id, _)| id.addr != self.me)
+            .map(|(id, s)| (id.addr, (id, s)))
+            .collect();
+        if active(&map) != before {
+            self.generation.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     pub(crate) fn generation(&self) -> u64 {
-        self.generation.load(std::sync::atomic::Ordering::Relaxed)
+        self.generation.load(Ordering::Relaxed)
     }
 
-    /// Peers that have spoken, for persisting: (address, actor id).
-    pub(crate) fn identified(&self) -> Vec<(SocketAddr, ActorId)> {
-        self.known
+    /// Active members (alive or suspect): address and actor id.
+    pub(crate) fn active(&self) -> Vec<(SocketAddr, ActorId)> {
+        self.members
             .lock()
             .iter()
-            .filter_map(|(addr, p)| p.actor.map(|a| (*addr, a)))
+            .filter(|(_, (_, s))| *s != State::Down)
+            .map(|(a, (id, _))| (*a, id.actor))
             .collect()
     }
 
-    pub(crate) fn addrs(&self) -> Vec<SocketAddr> {
-        self.known.lock().keys().copied().collect()
+    pub(crate) fn active_addrs(&self) -> Vec<SocketAddr> {
+        self.active().into_iter().map(|(a, _)| a).collect()
     }
 
+    /// A random active member; a random seed while none is known.
     pub(crate) fn random(&self) -> Option<SocketAddr> {
-        self.known.lock().keys().copied().choose(&mut rand::rng())
+        let members = self.active_addrs();
+        if members.is_empty() {
+            self.seeds.lock().iter().copied().choose(&mut rand::rng())
+        } else {
+            members.into_iter().choose(&mut rand::rng())
+        }
     }
 
-    /// A live connection to `addr`, reusing the cached one.
+    fn slot(&self, addr: SocketAddr) -> Slot {
+        self.conns.lock().entry(addr).or_default().clone()
+    }
+
+    /// A live connection to `addr`, reusing the cached one (waits for an
+    /// attempt already under way).
     pub(crate) async fn connection(
         &self,
         endpoint: &quinn::Endpoint,
         addr: SocketAddr,
     ) -> anyhow::Result<quinn::Connection> {
-        if let Some(c) = self
-            .conns
-            .lock()
-            .get(&addr)
-            .filter(|c| c.close_reason().is_none())
-        {
-            return Ok(c.clone());
-        }
-        // Server certificates name the node's IP (`corrosion tls server generate <IP>`).
-        let conn = endpoint.connect(addr, &addr.ip().to_string())?.await?;
-        self.conns.lock().insert(addr, conn.clone());
-        Ok(conn)
+        let slot = self.slot(addr);
+        let mut guard = slot.lock().await;
+        connect_in(&mut guard, endpoint, addr).await
     }
 
+    /// Like [`Self::connection`], but gives up at once when another task is
+    /// connecting to `addr` (SWIM packets are not worth queueing).
+    pub(crate) async fn try_connection(
+        &self,
+        endpoint: &quinn::Endpoint,
+        addr: SocketAddr,
+    ) -> Option<anyhow::Result<quinn::Connection>> {
+        let slot = self.slot(addr);
+        let mut guard = slot.try_lock().ok()?;
+        Some(connect_in(&mut guard, endpoint, addr).await)
+    }
+
+    /// Drops the cached connection (the peer restarted, died or failed).
     pub(crate) fn forget_connection(&self, addr: SocketAddr) {
-        self.conns.lock().remove(&addr);
+        if let Some(slot) = self.conns.lock().remove(&addr)
+            && let Ok(mut c) = slot.try_lock()
+            && let Some(conn) = c.take()
+        {
+            conn.close(0u32.into(), b"peer replaced");
+        }
     }
 
-    /// Peers for `GET /v1/members`: "alive" once heard from in the last 30 s.
+    /// Members for `GET /v1/members` and `corrosion cluster members`.
     pub(crate) fn members(&self) -> Vec<corro_client::Member> {
-        let conns = self.conns.lock();
-        self.known
+        let conns: BTreeMap<SocketAddr, Slot> = self.conns.lock().clone();
+        self.members
             .lock()
             .iter()
-            .map(|(addr, p)| corro_client::Member {
-                actor_id: p.actor.map(|a| a.to_string()).unwrap_or_default(),
+            .map(|(addr, (id, state))| corro_client::Member {
+                actor_id: id.actor.to_string(),
                 addr: addr.to_string(),
-                state: match p.last_seen {
-                    Some(t) if t.elapsed().as_secs() < 30 => "alive",
-                    Some(_) => "unreachable",
-                    None => "unknown",
+                state: match state {
+                    State::Alive => "alive",
+                    State::Suspect => "suspect",
+                    State::Down => "down",
                 }
                 .into(),
-                rtt_ms: conns.get(addr).map(|c| c.rtt().as_secs_f64() * 1000.0),
+                rtt_ms: conns
+                    .get(addr)
+                    .and_then(|s| s.try_lock().ok().and_then(|c| c.clone()))
+                    .filter(|c| c.close_reason().is_none())
+                    .map(|c| c.rtt().as_secs_f64() * 1000.0),
             })
             .collect()
     }
+}
+
+async fn connect_in(
+    cached: &mut Option<quinn::Connection>,
+    endpoint: &quinn::Endpoint,
+    addr: SocketAddr,
+) -> anyhow::Result<quinn::Connection> {
+    if let Some(c) = cached.as_ref().filter(|c| c.close_reason().is_none()) {
+        return Ok(c.clone());
+    }
+    // Server certificates name the node's IP (`corrosion tls server generate <IP>`).
+    let connecting = endpoint.connect(addr, &addr.ip().to_string())?;
+    let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))??;
+    metrics::counter!("corro_gossip_connections_opened_total").increment(1);
+    *cached = Some(conn.clone());
+    Ok(conn)
 }
 
 /// Resolves a bootstrap entry: `ip:port` or `host:port` (system resolver).
