@@ -256,10 +256,9 @@ impl Membership {
         }
         self.active = active;
         let active = u32::try_from(active).unwrap_or(u32::MAX);
-        if active > self.tuned_for.saturating_mul(2) || active < self.tuned_for / 2 {
-            if self.foca.set_config(tuned_config(active)).is_ok() {
-                self.tuned_for = active;
-            }
+        let moved = active > self.tuned_for.saturating_mul(2) || active < self.tuned_for / 2;
+        if moved && self.foca.set_config(tuned_config(active)).is_ok() {
+            self.tuned_for = active;
         }
     }
 }
