@@ -3,6 +3,8 @@
 //! No sockets, no wall-clock time: the timings printed and asserted here are
 //! simulated milliseconds, identical on every run of a seed.
 
+#![allow(clippy::print_stdout, clippy::expect_used, reason = "test code")]
+
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, HashSet};
 use std::net::SocketAddr;
