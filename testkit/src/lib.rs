@@ -1,0 +1,241 @@
+//! Harness for process-level tests and cluster benchmarks: starts the built
+//! `corrosion` binary on ports chosen by the OS, reads its bound addresses
+//! and actor id from the log, runs CLI commands against it, and kills it on
+//! drop.
+//!
+//! The binary is `$CORROSION_BIN` when set, else the `corrosion` next to the
+//! running executable (cargo puts integration tests in `target/<profile>/deps`
+//! and binaries such as `corro-bench` in `target/<profile>`).
+
+#![allow(clippy::unwrap_used, reason = "a test harness: failures should panic loudly")]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+/// The `corrosion` binary under test.
+pub fn binary() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("CORROSION_BIN") {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().unwrap();
+        let mut dir = exe.parent().unwrap().to_path_buf();
+        if dir.ends_with("deps") {
+            dir.pop();
+        }
+        let bin = dir.join("corrosion");
+        assert!(
+            bin.exists(),
+            "{} not found: build it (cargo build -p corrosion) or set CORROSION_BIN",
+            bin.display()
+        );
+        bin
+    })
+    .clone()
+}
+
+pub const TODOS: &str = "CREATE TABLE todos (\nid BLOB NOT NULL PRIMARY KEY,\ntitle TEXT NOT NULL DEFAULT '',\ncompleted_at INTEGER\n);\n";
+
+/// A node's files: config, schema directory, database, admin socket.
+pub struct Node {
+    pub dir: PathBuf,
+    pub config: PathBuf,
+    pub db: PathBuf,
+}
+
+impl Node {
+    /// Writes a config with API on port 0 and `extra` appended to `[api]`.
+    pub fn new(dir: &Path, api_extra: &str) -> Node {
+        Node::with(dir, "", api_extra)
+    }
+
+    /// Like [`Node::new`], with `gossip_extra` appended to `[gossip]`.
+    pub fn with(dir: &Path, gossip_extra: &str, api_extra: &str) -> Node {
+        std::fs::create_dir_all(dir.join("schema")).unwrap();
+        std::fs::write(dir.join("schema/todo.sql"), TODOS).unwrap();
+        let config = dir.join("config.toml");
+        let db = dir.join("state.db");
+        std::fs::write(
+            &config,
+            format!(
+                "[db]\npath = \"{db}\"\nschema_paths = [\"{schema}\"]\n\n[gossip]\naddr = \"127.0.0.1:0\"\nplaintext = true\n{gossip_extra}\n\n[api]\naddr = \"127.0.0.1:0\"\n{api_extra}\n\n[admin]\npath = \"{admin}\"\n\n[log]\ncolors = false\n",
+                db = db.display(),
+                schema = dir.join("schema").display(),
+                admin = dir.join("admin.sock").display(),
+            ),
+        )
+        .unwrap();
+        Node {
+            dir: dir.to_path_buf(),
+            config,
+            db,
+        }
+    }
+
+    pub fn start(&self) -> Agent {
+        Agent::start(&self.config)
+    }
+
+    /// A node whose gossip bootstraps from `seed`.
+    pub fn joining(dir: &Path, seed: &Agent) -> Node {
+        Node::with(dir, &format!("bootstrap = [\"{}\"]", seed.gossip), "")
+    }
+
+    /// `corrosion exec SQL` against `agent`; asserts success.
+    pub fn exec(&self, agent: &Agent, sql: &str) -> Output {
+        let out = self.cli(&["--api-addr", &agent.api.to_string(), "exec", sql]);
+        assert!(out.status.success(), "{sql}: {}", stderr(&out));
+        out
+    }
+
+    /// `corrosion query SQL` against `agent`: its stdout; asserts success.
+    pub fn query(&self, agent: &Agent, sql: &str) -> String {
+        let out = self.cli(&["--api-addr", &agent.api.to_string(), "query", sql]);
+        assert!(out.status.success(), "{sql}: {}", stderr(&out));
+        stdout(&out)
+    }
+
+    /// Runs a client command with this node's config.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        Command::new(binary())
+            .arg("-c")
+            .arg(&self.config)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .output()
+            .unwrap()
+    }
+}
+
+pub struct Agent {
+    pub child: Child,
+    lines: mpsc::Receiver<String>,
+    /// Every log line read so far.
+    pub seen: std::cell::RefCell<Vec<String>>,
+    pub api: SocketAddr,
+    /// From the "Actor ID: ..." startup line.
+    pub actor: String,
+    /// From the "Starting peer API on udp/..." startup line.
+    pub gossip: SocketAddr,
+}
+
+impl Agent {
+    pub fn start(config: &Path) -> Agent {
+        let mut child = Command::new(binary())
+            .args(["-c", config.to_str().unwrap(), "agent"])
+            .env("RUST_LOG", "info")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = mpsc::channel();
+        for out in [
+            Box::new(child.stdout.take().unwrap()) as Box<dyn std::io::Read + Send>,
+            Box::new(child.stderr.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(out).lines().map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        let mut agent = Agent {
+            child,
+            lines,
+            seen: Default::default(),
+            api: "127.0.0.1:0".parse().unwrap(),
+            actor: String::new(),
+            gossip: "127.0.0.1:0".parse().unwrap(),
+        };
+        let line = agent.expect("Actor ID: ");
+        agent.actor = line.rsplit("Actor ID: ").next().unwrap().trim().to_string();
+        agent.expect("Applied schema in");
+        let line = agent.expect("Starting peer API on udp/");
+        agent.gossip = line
+            .rsplit("udp/")
+            .next()
+            .unwrap()
+            .trim_end_matches(" (QUIC)")
+            .trim()
+            .parse()
+            .unwrap();
+        let line = agent.expect("Starting public API server on tcp/");
+        agent.api = line.rsplit("tcp/").next().unwrap().trim().parse().unwrap();
+        agent
+    }
+
+    /// Waits (with a deadline) for a log line containing `needle`.
+    pub fn expect(&self, needle: &str) -> String {
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(l) => {
+                    self.seen.borrow_mut().push(l.clone());
+                    if l.contains(needle) {
+                        return l;
+                    }
+                }
+                Err(_) => panic!("no log line containing {needle:?}"),
+            }
+        }
+    }
+
+    /// A line already read that contains `needle`.
+    pub fn saw(&self, needle: &str) -> Option<String> {
+        self.seen
+            .borrow()
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned()
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    /// SIGTERM and wait; panics unless the agent exits successfully.
+    pub fn stop(mut self) {
+        self.signal("TERM");
+        let status = self.child.wait().unwrap();
+        assert!(status.success(), "{status:?}");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Sends one request to an agent's admin socket and returns its JSON answer.
+pub fn admin(sock: &Path, request: &str) -> serde_json::Value {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(sock).unwrap();
+    s.write_all(format!("{request}\n").as_bytes()).unwrap();
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).unwrap();
+    serde_json::from_str(&line).unwrap()
+}
