@@ -7,7 +7,10 @@
 //! running executable (cargo puts integration tests in `target/<profile>/deps`
 //! and binaries such as `corro-bench` in `target/<profile>`).
 
-#![allow(clippy::unwrap_used, reason = "a test harness: failures should panic loudly")]
+#![allow(
+    clippy::unwrap_used,
+    reason = "a test harness: failures should panic loudly"
+)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -238,4 +241,121 @@ pub fn admin(sock: &Path, request: &str) -> serde_json::Value {
     let mut line = String::new();
     BufReader::new(s).read_line(&mut line).unwrap();
     serde_json::from_str(&line).unwrap()
+}
+
+/// A UDP relay in front of an agent's gossip socket, for partitions over
+/// real QUIC: the agent advertises the relay's address (`external_addr`),
+/// peers reach it only through the relay, and the relay forwards both ways
+/// NAT-style (one upstream socket per client address). A [`Partition`]
+/// shared by every relay decides which packets pass.
+pub mod relay {
+    use std::collections::{HashMap, HashSet};
+    use std::net::{SocketAddr, UdpSocket};
+    use std::sync::{Arc, Mutex};
+    use std::time::Duration;
+
+    /// Which agents (by real gossip address) are cut off from the rest.
+    #[derive(Clone, Default)]
+    pub struct Partition {
+        isolated: Arc<Mutex<HashSet<SocketAddr>>>,
+    }
+
+    impl Partition {
+        /// Cuts `real` (an agent's real gossip address) off from everyone
+        /// not also isolated.
+        pub fn isolate(&self, real: SocketAddr) {
+            self.isolated.lock().unwrap().insert(real);
+        }
+
+        pub fn heal(&self) {
+            self.isolated.lock().unwrap().clear();
+        }
+
+        fn passes(&self, a: SocketAddr, b: SocketAddr) -> bool {
+            let s = self.isolated.lock().unwrap();
+            s.contains(&a) == s.contains(&b)
+        }
+    }
+
+    /// A running relay (its threads live as long as the process).
+    pub struct Relay {
+        pub addr: SocketAddr,
+        target: Arc<Mutex<Option<SocketAddr>>>,
+    }
+
+    impl Relay {
+        pub fn start(partition: Partition) -> Relay {
+            let front = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+            let addr = front.local_addr().unwrap();
+            let target: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
+            let t = target.clone();
+            std::thread::spawn(move || {
+                let mut upstreams: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+                let mut buf = vec![0u8; 65_536];
+                loop {
+                    let Ok((n, client)) = front.recv_from(&mut buf) else {
+                        return;
+                    };
+                    let Some(target) = *t.lock().unwrap() else {
+                        continue;
+                    };
+                    if !partition.passes(client, target) {
+                        continue;
+                    }
+                    let up = upstreams.entry(client).or_insert_with(|| {
+                        let up = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
+                        up.connect(target).unwrap();
+                        let (up2, front2, p) = (up.clone(), front.clone(), partition.clone());
+                        std::thread::spawn(move || {
+                            let mut buf = vec![0u8; 65_536];
+                            up2.set_read_timeout(Some(Duration::from_secs(3600)))
+                                .unwrap();
+                            while let Ok(n) = up2.recv(&mut buf) {
+                                if p.passes(client, target) {
+                                    let _ = front2.send_to(&buf[..n], client);
+                                }
+                            }
+                        });
+                        up
+                    });
+                    let _ = up.send(&buf[..n]);
+                }
+            });
+            Relay { addr, target }
+        }
+
+        /// Where to forward to (the agent's real gossip address, known once
+        /// it started).
+        pub fn forward_to(&self, real: SocketAddr) {
+            *self.target.lock().unwrap() = Some(real);
+        }
+    }
+}
+
+impl Node {
+    /// Per-actor bookkeeping from the node's admin socket.
+    pub fn books(&self) -> serde_json::Value {
+        admin(&self.dir.join("admin.sock"), r#"{"cmd":"books"}"#)["result"].clone()
+    }
+}
+
+impl Agent {
+    /// `GET /v1/members` as (address, state) pairs.
+    pub fn members(&self) -> Vec<(String, String)> {
+        let v: serde_json::Value = reqwest::blocking::get(self.url("/v1/members"))
+            .and_then(|r| r.json())
+            .unwrap_or_default();
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|m| {
+                        (
+                            m["addr"].as_str().unwrap_or_default().to_string(),
+                            m["state"].as_str().unwrap_or_default().to_string(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
 }
