@@ -212,7 +212,7 @@ fn an_agent_killed_mid_write_keeps_every_acknowledged_write() {
     insert(&agent_b, "after-restart", "x");
     let books = b.books();
     let head = books[agent_b.actor.as_str()]["head"].as_u64().unwrap();
-    assert!(head as usize >= acked.len() + 1, "{books}");
+    assert!(head as usize > acked.len(), "{books}");
     await_identical(&[&a, &b], &[&agent_a, &agent_b], 1, Duration::from_secs(30));
 }
 

@@ -13,7 +13,11 @@
 //! postcard [`Envelope`]). A uni stream carries `Changes` frames. A sync round
 //! is one bi stream: the initiator sends its `SyncState`; the responder sends
 //! the changesets the initiator lacks (`SyncChanges`...), then its own
-//! `SyncState`; the initiator sends what the responder lacks, then `SyncDone`.
+//! `SyncState`; the initiator answers `SyncDone` (rounds pull: each node
+//! pulls what it lacks in its own rounds; a responder still accepts
+//! `SyncChanges` before `SyncDone` from peers that push). The responder
+//! streams from the store a few versions at a time; the initiator applies
+//! in large batches cut at version boundaries, overlapping with receiving.
 
 mod peers;
 mod swim;
@@ -334,11 +338,13 @@ async fn apply(inner: &Arc<Inner>, sets: Vec<Changeset>) -> anyhow::Result<bool>
     let n = sets.len();
     metrics::counter!("corro_gossip_changesets_received_total").increment(n as u64);
     let store = inner.store.clone();
+    let t = std::time::Instant::now();
     let out = tokio::task::spawn_blocking(move || store.apply(sets)).await??;
     if !out.applied.is_empty() {
         tracing::debug!(
             versions = out.applied.len(),
             changes = out.changes,
+            took = ?t.elapsed(),
             "applied remote changes"
         );
     }
@@ -355,6 +361,7 @@ async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incoming) -> anyho
             return Ok(());
         }
     };
+    inner.peers.seen(remote);
     loop {
         tokio::select! {
             datagram = conn.read_datagram() => {
@@ -415,29 +422,119 @@ fn kind(m: &Message) -> &'static str {
     }
 }
 
-/// The changesets a peer in state `theirs` lacks and this node holds.
-async fn missing_for(inner: &Arc<Inner>, theirs: SyncState) -> anyhow::Result<Vec<Changeset>> {
-    let store = inner.store.clone();
-    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Changeset>> {
-        let mine = SyncState::from_books(&store.books());
-        let mut out = Vec::new();
-        for r in plan(&theirs, &mine, SYNC_MAX_VERSIONS) {
-            out.extend(store.changes_for(r.actor, r.versions)?);
-        }
-        Ok(out)
-    })
-    .await?
-}
+/// Versions read from the store per step while serving a sync round (one:
+/// a version can hold up to `api.max_changes` rows).
+const SERVE_VERSIONS_PER_STEP: u64 = 1;
+/// Changes accumulated from a sync round before they are applied (applied
+/// earlier only at a version boundary, so big versions skip the piece
+/// buffer); the hard cap is four times this.
+const APPLY_BATCH_CHANGES: usize = 200_000;
 
-async fn send_changes(
+/// Streams to a peer in state `theirs` the changesets it lacks and this node
+/// holds: the store is read a few versions at a time on a blocking thread
+/// while frames go out, so memory stays bounded by one step and serving
+/// overlaps with the peer's applying. Returns how many changesets were sent.
+async fn send_missing(
     inner: &Arc<Inner>,
     send: &mut quinn::SendStream,
-    sets: Vec<Changeset>,
-) -> anyhow::Result<()> {
-    for chunk in sets.chunks(FRAME_CHANGESETS) {
-        write_frame(send, &envelope(inner, Message::SyncChanges(chunk.to_vec()))).await?;
+    theirs: SyncState,
+) -> anyhow::Result<usize> {
+    let (tx, mut rx) = mpsc::channel::<anyhow::Result<Vec<Changeset>>>(4);
+    let store = inner.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mine = SyncState::from_books(&store.books());
+        for r in plan(&theirs, &mine, SYNC_MAX_VERSIONS) {
+            let (mut lo, hi) = (*r.versions.start(), *r.versions.end());
+            while lo <= hi {
+                let step_hi = hi.min(lo.saturating_add(SERVE_VERSIONS_PER_STEP - 1));
+                let t = std::time::Instant::now();
+                let sets = store.changes_for(r.actor, lo..=step_hi).map_err(Into::into);
+                tracing::debug!(actor = %r.actor, from = lo, to = step_hi, took = ?t.elapsed(), "read versions to serve");
+                let failed = sets.is_err();
+                if tx.blocking_send(sets).is_err() || failed {
+                    return;
+                }
+                lo = step_hi + 1;
+            }
+        }
+    });
+    let mut sent = 0;
+    while let Some(sets) = rx.recv().await {
+        let sets = sets?;
+        sent += sets.len();
+        for chunk in sets.chunks(FRAME_CHANGESETS) {
+            write_frame(send, &envelope(inner, Message::SyncChanges(chunk.to_vec()))).await?;
+        }
     }
-    Ok(())
+    metrics::counter!("corro_sync_changesets_sent_total").increment(sent as u64);
+    Ok(sent)
+}
+
+/// Collects the changesets received in a sync round and applies them in
+/// large batches on a separate task (receiving continues meanwhile).
+struct Receiver {
+    pending: Vec<Changeset>,
+    pending_changes: usize,
+    received: usize,
+    applier: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Receiver {
+    fn new() -> Self {
+        Receiver {
+            pending: Vec::new(),
+            pending_changes: 0,
+            received: 0,
+            applier: None,
+        }
+    }
+
+    async fn add(&mut self, inner: &Arc<Inner>, sets: Vec<Changeset>) -> anyhow::Result<()> {
+        self.received += sets.len();
+        for set in sets {
+            if let Changeset::Version { changes, .. } = &set {
+                self.pending_changes += changes.len();
+            }
+            let boundary = match &set {
+                Changeset::Version { seqs, last_seq, .. } => seqs.end() == last_seq,
+                Changeset::Cleared { .. } => true,
+            };
+            self.pending.push(set);
+            if (boundary && self.pending_changes >= APPLY_BATCH_CHANGES)
+                || self.pending_changes >= 4 * APPLY_BATCH_CHANGES
+            {
+                self.flush(inner).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts applying what is pending (after the previous batch finished).
+    async fn flush(&mut self, inner: &Arc<Inner>) -> anyhow::Result<()> {
+        if let Some(previous) = self.applier.take() {
+            previous.await??;
+        }
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let sets = std::mem::take(&mut self.pending);
+        self.pending_changes = 0;
+        let inner = inner.clone();
+        self.applier = Some(tokio::spawn(async move {
+            apply(&inner, sets).await.map(|_| ())
+        }));
+        Ok(())
+    }
+
+    /// Applies the rest and waits; how many changesets arrived.
+    async fn finish(mut self, inner: &Arc<Inner>) -> anyhow::Result<usize> {
+        self.flush(inner).await?;
+        if let Some(last) = self.applier.take() {
+            last.await??;
+        }
+        metrics::counter!("corro_sync_changesets_received_total").increment(self.received as u64);
+        Ok(self.received)
+    }
 }
 
 fn state_of(inner: &Inner) -> SyncState {
@@ -458,22 +555,21 @@ async fn respond_sync(
             kind(&first.message)
         );
     };
-    let sets = missing_for(inner, theirs).await?;
-    send_changes(inner, &mut send, sets).await?;
+    send_missing(inner, &mut send, theirs).await?;
     write_frame(
         &mut send,
         &envelope(inner, Message::SyncState(state_of(inner))),
     )
     .await?;
+    let mut receiver = Receiver::new();
     while let Some(env) = read_frame(&mut recv).await? {
         match env.message {
-            Message::SyncChanges(sets) => {
-                apply(inner, sets).await?;
-            }
+            Message::SyncChanges(sets) => receiver.add(inner, sets).await?,
             Message::SyncDone => break,
             other => anyhow::bail!("unexpected {} in a sync round", kind(&other)),
         }
     }
+    receiver.finish(inner).await?;
     send.finish()?;
     metrics::counter!("corro_sync_rounds_total").increment(1);
     Ok(())
@@ -489,19 +585,18 @@ async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::Result<usize
         &envelope(inner, Message::SyncState(state_of(inner))),
     )
     .await?;
+    let mut receiver = Receiver::new();
     loop {
         let env = read_frame(&mut recv)
             .await?
             .ok_or_else(|| anyhow::anyhow!("peer ended the sync round early"))?;
         match env.message {
-            Message::SyncChanges(sets) => {
-                moved += sets.len();
-                apply(inner, sets).await?;
-            }
-            Message::SyncState(theirs) => {
-                let sets = missing_for(inner, theirs).await?;
-                moved += sets.len();
-                send_changes(inner, &mut send, sets).await?;
+            Message::SyncChanges(sets) => receiver.add(inner, sets).await?,
+            Message::SyncState(_theirs) => {
+                // Pull only: the peer pulls what it lacks in its own rounds
+                // (pushing too would make two nodes that sync each other at
+                // the same moment transfer everything twice).
+                moved += receiver.finish(inner).await?;
                 write_frame(&mut send, &envelope(inner, Message::SyncDone)).await?;
                 send.finish()?;
                 break;

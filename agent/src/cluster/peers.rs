@@ -26,7 +26,20 @@ use rand::seq::IteratorRandom;
 /// How long a connection attempt may take before the peer is skipped.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
-type Slot = Arc<tokio::sync::Mutex<Option<quinn::Connection>>>;
+/// The cached connection to one peer, and a signal that aborts a
+/// connection attempt under way when the peer shows signs of life (an
+/// attempt started while it was down would otherwise block sends to it
+/// until the attempt times out).
+#[derive(Default)]
+struct SlotInner {
+    conn: tokio::sync::Mutex<Option<quinn::Connection>>,
+    seen: tokio::sync::Notify,
+}
+
+type Slot = Arc<SlotInner>;
+
+/// How long a SWIM send waits for another task's connection attempt.
+const SEND_WAIT: Duration = Duration::from_millis(50);
 
 pub(crate) struct Peers {
     me: SocketAddr,
@@ -119,26 +132,37 @@ impl Peers {
         addr: SocketAddr,
     ) -> anyhow::Result<quinn::Connection> {
         let slot = self.slot(addr);
-        let mut guard = slot.lock().await;
-        connect_in(&mut guard, endpoint, addr).await
+        let mut guard = slot.conn.lock().await;
+        connect_in(&mut guard, &slot.seen, endpoint, addr).await
     }
 
-    /// Like [`Self::connection`], but gives up at once when another task is
-    /// connecting to `addr` (SWIM packets are not worth queueing).
+    /// Like [`Self::connection`], but gives up when another task's
+    /// connection attempt to `addr` is still under way after a moment (SWIM
+    /// packets are not worth queueing).
     pub(crate) async fn try_connection(
         &self,
         endpoint: &quinn::Endpoint,
         addr: SocketAddr,
     ) -> Option<anyhow::Result<quinn::Connection>> {
         let slot = self.slot(addr);
-        let mut guard = slot.try_lock().ok()?;
-        Some(connect_in(&mut guard, endpoint, addr).await)
+        let mut guard = tokio::time::timeout(SEND_WAIT, slot.conn.lock())
+            .await
+            .ok()?;
+        Some(connect_in(&mut guard, &slot.seen, endpoint, addr).await)
+    }
+
+    /// A peer connected to this node from `addr`: abort a connection attempt
+    /// to it that may have started while it was down.
+    pub(crate) fn seen(&self, addr: SocketAddr) {
+        if let Some(slot) = self.conns.lock().get(&addr) {
+            slot.seen.notify_waiters();
+        }
     }
 
     /// Drops the cached connection (the peer restarted, died or failed).
     pub(crate) fn forget_connection(&self, addr: SocketAddr) {
         if let Some(slot) = self.conns.lock().remove(&addr)
-            && let Ok(mut c) = slot.try_lock()
+            && let Ok(mut c) = slot.conn.try_lock()
             && let Some(conn) = c.take()
         {
             conn.close(0u32.into(), b"peer replaced");
@@ -162,7 +186,7 @@ impl Peers {
                 .into(),
                 rtt_ms: conns
                     .get(addr)
-                    .and_then(|s| s.try_lock().ok().and_then(|c| c.clone()))
+                    .and_then(|s| s.conn.try_lock().ok().and_then(|c| c.clone()))
                     .filter(|c| c.close_reason().is_none())
                     .map(|c| c.rtt().as_secs_f64() * 1000.0),
             })
@@ -172,6 +196,7 @@ impl Peers {
 
 async fn connect_in(
     cached: &mut Option<quinn::Connection>,
+    seen: &tokio::sync::Notify,
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
 ) -> anyhow::Result<quinn::Connection> {
@@ -180,9 +205,11 @@ async fn connect_in(
     }
     // Server certificates name the node's IP (`corrosion tls server generate <IP>`).
     let connecting = endpoint.connect(addr, &addr.ip().to_string())?;
-    let conn = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
-        .await
-        .map_err(|_| anyhow::anyhow!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))??;
+    let conn = tokio::select! {
+        c = tokio::time::timeout(CONNECT_TIMEOUT, connecting) => c
+            .map_err(|_| anyhow::anyhow!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))??,
+        _ = seen.notified() => anyhow::bail!("{addr} came back; connecting afresh"),
+    };
     metrics::counter!("corro_gossip_connections_opened_total").increment(1);
     *cached = Some(conn.clone());
     Ok(conn)
