@@ -15,6 +15,7 @@
 //! simulation tests drive it over an in-memory network with loss,
 //! duplication and reordering.
 
+pub mod broadcast;
 pub mod membership;
 mod sync;
 mod wire;

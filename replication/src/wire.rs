@@ -19,7 +19,7 @@ use crate::sync::SyncState;
 pub const PROTOCOL_VERSION: u16 = 1;
 
 /// How many times a broadcast is forwarded at most.
-pub const MAX_HOPS: u8 = 3;
+pub const MAX_HOPS: u8 = 6;
 
 /// Largest frame accepted (a broadcast carries ~8 KiB chunks; a sync answer
 /// is split into frames well under this).

@@ -27,6 +27,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use corro_replication::broadcast;
 use corro_replication::membership::{Identity, Membership};
 use corro_replication::{
     Envelope, MAX_FRAME_BYTES, MAX_HOPS, Message, PROTOCOL_VERSION, SyncState, decode, encode, plan,
@@ -42,8 +43,8 @@ pub(crate) use peers::Peers;
 const SYNC_MAX_VERSIONS: u64 = 2_000;
 /// Changesets per `SyncChanges` frame.
 const FRAME_CHANGESETS: usize = 64;
-/// Peers a received broadcast is forwarded to.
-const FORWARD_FANOUT: usize = 3;
+/// Broadcast sends under way at most (beyond, the queue fills and drops).
+const BROADCAST_IN_FLIGHT: usize = 256;
 /// Queued local versions waiting to be broadcast; beyond this they are
 /// dropped (and counted): sync repairs.
 const BROADCAST_QUEUE: usize = 1024;
@@ -240,8 +241,6 @@ impl Cluster {
             metrics::counter!("corro_gossip_broadcasts_dropped_total").increment(1);
             self.inner.sync_soon.notify_one();
         }
-        metrics::gauge!("corro_gossip_broadcast_queue_depth")
-            .set((BROADCAST_QUEUE - self.broadcast.capacity()) as f64);
     }
 
     pub(crate) fn members(&self) -> Vec<corro_client::Member> {
@@ -611,36 +610,63 @@ async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::Result<usize
 }
 
 async fn broadcast_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Outgoing>) {
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(BROADCAST_IN_FLIGHT));
     while let Some(Outgoing {
         sets,
         hops,
         forward_from,
     }) = rx.recv().await
     {
-        let targets: Vec<SocketAddr> = match forward_from {
-            None => inner.peers.active_addrs(),
-            Some(from) => {
-                use rand::seq::IteratorRandom;
-                inner
-                    .peers
-                    .active_addrs()
-                    .into_iter()
-                    .filter(|p| *p != from)
-                    .choose_multiple(&mut rand::rng(), FORWARD_FANOUT)
+        metrics::gauge!("corro_gossip_broadcast_queue_depth")
+            .set((BROADCAST_QUEUE - inner.outgoing.capacity()) as f64);
+        let members = inner.peers.active_addrs();
+        let (targets, hops) = match forward_from {
+            None => broadcast::local_targets(&members, &mut rand::rng()),
+            Some(from) => (
+                broadcast::forward_targets(&members, Some(from), hops, &mut rand::rng()),
+                hops,
+            ),
+        };
+        if targets.is_empty() {
+            continue;
+        }
+        // Encoded once for every target: frames of at most FRAME_CHANGESETS
+        // chunks (~8 KiB each) on one uni stream.
+        let frames: anyhow::Result<Vec<bytes::Bytes>> = sets
+            .chunks(FRAME_CHANGESETS)
+            .map(|chunk| {
+                let env = envelope(
+                    &inner,
+                    Message::Changes {
+                        sets: chunk.to_vec(),
+                        hops,
+                    },
+                );
+                Ok(bytes::Bytes::from(encode(&env)?))
+            })
+            .collect();
+        let frames = match frames {
+            Ok(f) => Arc::new(f),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot encode a broadcast; sync will deliver it");
+                continue;
             }
         };
         for peer in targets {
+            let Ok(permit) = in_flight.clone().acquire_owned().await else {
+                return;
+            };
             let inner = inner.clone();
-            let sets = sets.clone();
+            let frames = frames.clone();
             tokio::spawn(async move {
+                let _permit = permit;
                 let result = async {
                     let conn = inner.peers.connection(&inner.endpoint, peer).await?;
                     let mut send = conn.open_uni().await?;
-                    write_frame(
-                        &mut send,
-                        &envelope(&inner, Message::Changes { sets, hops }),
-                    )
-                    .await?;
+                    for f in frames.iter() {
+                        send.write_all(&(f.len() as u32).to_be_bytes()).await?;
+                        send.write_all(f).await?;
+                    }
                     send.finish()?;
                     anyhow::Ok(())
                 }
@@ -650,6 +676,7 @@ async fn broadcast_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Outgoing>) {
                         metrics::counter!("corro_gossip_broadcasts_sent_total").increment(1);
                     }
                     Err(e) => {
+                        metrics::counter!("corro_gossip_broadcasts_failed_total").increment(1);
                         tracing::debug!(peer = %peer, error = %e, "broadcast failed; sync will repair");
                         inner.peers.forget_connection(peer);
                     }

@@ -1,0 +1,102 @@
+//! Who a broadcast goes to, without IO.
+//!
+//! A committed local version is pushed to peers at once; receivers that
+//! learn something new from it push it on. In a small cluster (up to
+//! [`DIRECT_MAX`] other members) the origin sends to every member and marks
+//! the message as not to be forwarded: one message per member, one hop. In a
+//! bigger cluster the origin sends to [`fanout`]`(n)` random members
+//! (`ln n + 4`, 11 for 1,000 members) and every member that learns
+//! something new forwards it once to as many random members, up to
+//! [`MAX_HOPS`] hops: an epidemic that reaches every member with high
+//! probability in a few hops, about `n × fanout` messages per write. What a
+//! broadcast misses, anti-entropy sync repairs.
+//!
+//! The caller passes the current active members and an rng; nothing here
+//! keeps state, so the simulation and the agent make the same choices.
+
+use rand::Rng;
+
+use crate::MAX_HOPS;
+
+/// Up to this many other members, the origin sends to all of them directly.
+pub const DIRECT_MAX: usize = 32;
+
+/// How many members a broadcast goes to in a cluster of `n` other members.
+pub fn fanout(n: usize) -> usize {
+    let f = (n.max(1) as f64).ln().ceil() as usize + 4;
+    f.min(n)
+}
+
+/// Targets of a local commit, and the hop count to send (receivers forward
+/// while it is under [`MAX_HOPS`]).
+pub fn local_targets<T: Copy + PartialEq>(members: &[T], rng: &mut impl Rng) -> (Vec<T>, u8) {
+    if members.len() <= DIRECT_MAX {
+        (members.to_vec(), MAX_HOPS)
+    } else {
+        (pick(members, None, fanout(members.len()), rng), 0)
+    }
+}
+
+/// Where a member that learned something new from a broadcast (received
+/// with `hops` hops so far, from `from`) forwards it; empty when the hop
+/// budget is spent.
+pub fn forward_targets<T: Copy + PartialEq>(
+    members: &[T],
+    from: Option<T>,
+    hops: u8,
+    rng: &mut impl Rng,
+) -> Vec<T> {
+    if hops >= MAX_HOPS {
+        return Vec::new();
+    }
+    let n = members.len().saturating_sub(usize::from(from.is_some()));
+    pick(members, from, fanout(n), rng)
+}
+
+/// `k` distinct random members other than `skip`, in O(k).
+fn pick<T: Copy + PartialEq>(
+    members: &[T],
+    skip: Option<T>,
+    k: usize,
+    rng: &mut impl Rng,
+) -> Vec<T> {
+    let want = (k + 1).min(members.len());
+    rand::seq::index::sample(rng, members.len(), want)
+        .into_iter()
+        .map(|i| members[i])
+        .filter(|m| Some(*m) != skip)
+        .take(k)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::SeedableRng;
+    use rand::rngs::StdRng;
+
+    #[test]
+    fn small_clusters_get_direct_sends_that_are_not_forwarded() {
+        let mut rng = StdRng::seed_from_u64(1);
+        let members: Vec<u32> = (0..20).collect();
+        let (targets, hops) = local_targets(&members, &mut rng);
+        assert_eq!(targets, members);
+        assert!(forward_targets(&members, Some(3), hops, &mut rng).is_empty());
+    }
+
+    #[test]
+    fn big_clusters_get_a_logarithmic_fanout_that_excludes_the_sender() {
+        let mut rng = StdRng::seed_from_u64(2);
+        let members: Vec<u32> = (0..1000).collect();
+        let (targets, hops) = local_targets(&members, &mut rng);
+        assert_eq!((targets.len(), hops), (11, 0));
+        for _ in 0..100 {
+            let fwd = forward_targets(&members, Some(7), 1, &mut rng);
+            assert_eq!(fwd.len(), 11);
+            assert!(!fwd.contains(&7));
+        }
+        assert!(forward_targets(&members, Some(7), MAX_HOPS, &mut rng).is_empty());
+        assert_eq!(fanout(0), 0);
+        assert_eq!(fanout(2), 2);
+    }
+}
