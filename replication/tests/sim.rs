@@ -1,21 +1,25 @@
-//! Seeded simulation of anti-entropy over real stores.
+//! Seeded simulation of replication over real stores.
 //!
-//! Several nodes (each a real `Store` on disk) write concurrently to a small
+//! Many nodes (each a real `Store` on disk) write concurrently to a small
 //! key space (so their writes conflict), including bulk transactions that
-//! travel in chunks, and converge through sync rounds alone: each round a node
-//! sends its `SyncState` to a random peer, plans what to pull, and receives
-//! what the peer serves, over a network that loses, duplicates and reorders
-//! messages. Part-way through, the cluster is partitioned and one node is
-//! restarted from disk. After healing, every node must hold identical table
+//! travel in chunks. Committed versions are broadcast with the targeting core
+//! (`broadcast::local_targets`, receivers that learn something forward with
+//! `broadcast::forward_targets`), and every round each node pulls from a
+//! random peer (sends its `SyncState`, plans what to pull, receives what the
+//! peer serves), all over a network that loses, duplicates and reorders
+//! messages. Part-way through, the cluster is partitioned and nodes crash and
+//! restart from disk. After healing, every node must hold identical table
 //! contents and identical bookkeeping, and every committed version must be
-//! held everywhere (no acknowledged write lost).
+//! held everywhere (no acknowledged write lost). Convergence after healing
+//! is printed in sync rounds.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, reason = "test code")]
 
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use corro_replication::{SyncState, plan};
+use corro_replication::broadcast::{forward_targets, local_targets};
+use corro_replication::{MAX_HOPS, SyncState, plan};
 use corro_store::{ActorId, Changeset, SqlValue, Store, StoreOptions};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -85,7 +89,7 @@ fn sync_round(a: &Store, b: &Store, net: &mut Net) -> usize {
     n
 }
 
-fn write(store: &Store, rng: &mut StdRng) -> Option<(ActorId, u64)> {
+fn write(store: &Store, rng: &mut StdRng) -> Option<(ActorId, u64, Vec<Changeset>)> {
     let c = store
         .transact(|tx| {
             if rng.random_bool(0.05) {
@@ -112,7 +116,58 @@ fn write(store: &Store, rng: &mut StdRng) -> Option<(ActorId, u64)> {
             Ok(())
         })
         .unwrap();
-    c.version.map(|v| (store.actor_id(), v))
+    let v = c.version?;
+    let sets = store.changes_for(store.actor_id(), v..=v).unwrap();
+    Some((store.actor_id(), v, sets))
+}
+
+/// A broadcast in flight: changesets, hops so far, sender.
+struct Msg {
+    to: usize,
+    from: usize,
+    hops: u8,
+    sets: Vec<Changeset>,
+}
+
+/// Delivers broadcasts (and the forwards they cause) until none is in
+/// flight; `reachable(a, b)` says whether the network connects a and b.
+fn spread(
+    stores: &[Store],
+    mut flight: Vec<Msg>,
+    net: &mut Net,
+    reachable: &dyn Fn(usize, usize) -> bool,
+) -> usize {
+    let members: Vec<Vec<usize>> = (0..stores.len())
+        .map(|i| (0..stores.len()).filter(|&j| j != i).collect())
+        .collect();
+    let mut delivered = 0;
+    while !flight.is_empty() {
+        flight.shuffle(&mut net.rng);
+        let mut next = Vec::new();
+        for m in flight {
+            if !reachable(m.from, m.to) || net.lost() {
+                continue;
+            }
+            delivered += 1;
+            let copies = if net.rng.random_bool(net.dup) { 2 } else { 1 };
+            for _ in 0..copies {
+                let out = stores[m.to].apply(m.sets.clone()).unwrap();
+                if out.duplicates < m.sets.len() && m.hops < MAX_HOPS {
+                    for t in forward_targets(&members[m.to], Some(m.from), m.hops + 1, &mut net.rng)
+                    {
+                        next.push(Msg {
+                            to: t,
+                            from: m.to,
+                            hops: m.hops + 1,
+                            sets: m.sets.clone(),
+                        });
+                    }
+                }
+            }
+        }
+        flight = next;
+    }
+    delivered
 }
 
 fn dump(s: &Store) -> Vec<(i64, Option<String>, i64)> {
@@ -124,7 +179,7 @@ fn dump(s: &Store) -> Vec<(i64, Option<String>, i64)> {
         .collect()
 }
 
-fn simulate(seed: u64, nodes: usize) -> usize {
+fn simulate(seed: u64, nodes: usize, rounds: usize, writes_per_round: usize) -> usize {
     let dir = tempfile::tempdir().unwrap();
     let mut stores: Vec<Store> = (0..nodes).map(|i| open(dir.path(), i)).collect();
     let mut rng = StdRng::seed_from_u64(seed);
@@ -133,49 +188,64 @@ fn simulate(seed: u64, nodes: usize) -> usize {
         loss: 0.1,
         dup: 0.1,
     };
+    let members: Vec<Vec<usize>> = (0..nodes)
+        .map(|i| (0..nodes).filter(|&j| j != i).collect())
+        .collect();
     let mut committed: BTreeSet<(ActorId, u64)> = BTreeSet::new();
-    for round in 0..40 {
-        // Rounds 10..25: two sides that cannot reach each other.
-        let partitioned = (10..25).contains(&round);
-        if round == 18 {
-            // Restart node 0 from its file mid-partition.
-            let i = 0;
-            stores[i] = open(dir.path(), i);
+    // Partitioned from a third of the way until the writes stop.
+    let (cut_from, cut_to) = (rounds / 3, rounds);
+    for round in 0..rounds {
+        // Two sides that cannot reach each other for a while.
+        let partitioned = (cut_from..cut_to).contains(&round);
+        let reachable =
+            move |a: usize, b: usize| !partitioned || (a < nodes / 2) == (b < nodes / 2);
+        if round == (cut_from + cut_to) / 2 {
+            // Crash and restart a node on each side from its file.
+            for i in [0, nodes - 1] {
+                stores[i] = open(dir.path(), i);
+            }
         }
-        for _ in 0..nodes / 2 {
+        let mut flight = Vec::new();
+        for _ in 0..writes_per_round {
             let w = rng.random_range(0..nodes);
-            if let Some(v) = write(&stores[w], &mut rng) {
-                committed.insert(v);
-            }
-        }
-        for a in 0..nodes {
-            let b = rng.random_range(0..nodes);
-            if a == b || (partitioned && (a < nodes / 2) != (b < nodes / 2)) {
-                continue;
-            }
-            sync_round(&stores[a], &stores[b], &mut net);
-        }
-    }
-    // Heal: no loss, every node pulls from every other until nothing moves.
-    net.loss = 0.0;
-    let mut rounds = 0;
-    loop {
-        rounds += 1;
-        let mut moved = 0;
-        for a in 0..nodes {
-            for b in 0..nodes {
-                if a != b {
-                    moved += sync_round(&stores[a], &stores[b], &mut net);
+            if let Some((actor, v, sets)) = write(&stores[w], &mut rng) {
+                committed.insert((actor, v));
+                let (targets, hops) = local_targets(&members[w], &mut net.rng);
+                for t in targets {
+                    flight.push(Msg {
+                        to: t,
+                        from: w,
+                        hops,
+                        sets: sets.clone(),
+                    });
                 }
             }
         }
-        if moved == 0 {
-            break;
+        spread(&stores, flight, &mut net, &reachable);
+        for a in 0..nodes {
+            let b = members[a][rng.random_range(0..nodes - 1)];
+            if reachable(a, b) {
+                sync_round(&stores[a], &stores[b], &mut net);
+            }
         }
+    }
+    // Heal (the network stays lossy): every node pulls from a random peer
+    // each round until all hold the same.
+    let identical = |stores: &[Store]| {
+        let books = stores[0].books();
+        stores.iter().all(|s| s.books() == books)
+    };
+    let mut healed_rounds = 0;
+    while !identical(&stores) {
+        healed_rounds += 1;
         assert!(
-            rounds < 50,
-            "seed {seed}: no convergence after {rounds} healed rounds"
+            healed_rounds < 100,
+            "seed {seed}: no convergence after {healed_rounds} healed rounds"
         );
+        for a in 0..nodes {
+            let b = members[a][rng.random_range(0..nodes - 1)];
+            sync_round(&stores[a], &stores[b], &mut net);
+        }
     }
     let first = dump(&stores[0]);
     let books = stores[0].books();
@@ -195,13 +265,21 @@ fn simulate(seed: u64, nodes: usize) -> usize {
         );
     }
     assert!(!first.is_empty());
-    rounds
+    healed_rounds
 }
 
 #[test]
-fn nodes_converge_through_lossy_anti_entropy_partitions_and_restarts() {
-    for seed in 1..=6 {
-        let rounds = simulate(seed, 6);
-        println!("seed {seed}: converged after {rounds} full healed rounds");
+fn a_hundred_nodes_converge_through_loss_partitions_and_crashes() {
+    for seed in 1..=2 {
+        let rounds = simulate(seed, 100, 12, 4);
+        println!("seed {seed}: 100 nodes identical {rounds} sync rounds after healing");
+    }
+}
+
+#[test]
+fn small_clusters_converge_under_many_seeds() {
+    for seed in 10..=25 {
+        let rounds = simulate(seed, 6, 40, 3);
+        println!("seed {seed}: 6 nodes identical {rounds} sync rounds after healing");
     }
 }
