@@ -5,6 +5,7 @@
 //! `docs/BENCHMARKS.md` records. Run with `cargo run --release -p corro-bench -- store`.
 #![allow(clippy::print_stdout)]
 
+mod cluster;
 mod store;
 
 use clap::{Parser, Subcommand};
@@ -25,11 +26,17 @@ enum Cmd {
     /// `valgrind --tool=callgrind` (deterministic, unlike wall-clock time here).
     #[command(hide = true)]
     StoreOnce(store::OnceArgs),
+    /// Real agents on loopback: convergence, latency, catch-up, failover.
+    Cluster {
+        #[command(subcommand)]
+        cmd: cluster::ClusterCmd,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Store(args) => store::run(args),
         Cmd::StoreOnce(args) => store::once(args),
+        Cmd::Cluster { cmd } => cluster::run(cmd),
     }
 }

@@ -359,3 +359,41 @@ impl Agent {
             .unwrap_or_default()
     }
 }
+
+impl Node {
+    /// Turns on the Prometheus endpoint (on a port chosen by the OS); read
+    /// its address with [`Agent::metrics_addr`].
+    pub fn enable_metrics(&self) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.config)
+            .unwrap();
+        writeln!(f, "\n[telemetry]\nprometheus.addr = \"127.0.0.1:0\"").unwrap();
+    }
+}
+
+impl Agent {
+    /// The Prometheus endpoint, when the node enabled it.
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        let line = self.saw("Starting Prometheus metrics on tcp/")?;
+        line.rsplit("tcp/").next()?.trim().parse().ok()
+    }
+
+    /// Sum of a counter over all its label sets (0 when absent).
+    pub fn counter(&self, name: &str) -> f64 {
+        let Some(addr) = self.metrics_addr() else {
+            return 0.0;
+        };
+        let text = reqwest::blocking::get(format!("http://{addr}/metrics"))
+            .and_then(|r| r.text())
+            .unwrap_or_default();
+        text.lines()
+            .filter(|l| {
+                l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{'))
+            })
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}

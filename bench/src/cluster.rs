@@ -1,0 +1,384 @@
+//! Cluster benchmarks over real agents on loopback (the `corrosion` binary
+//! next to this one, or `$CORROSION_BIN`), started with `corro-testkit`.
+//!
+//! - `stress`: N agents, transactions of 20 inserts sent to random agents by
+//!   concurrent clients; time from the last acknowledged write until every
+//!   agent holds identical bookkeeping and row counts (baseline: how long
+//!   the writes themselves took).
+//! - `latency`: a write to a random agent, then the time until the row is
+//!   readable in every agent's SQLite file (polled read-only, as local
+//!   readers do); p50/p99 and broadcast messages per write (from each
+//!   agent's Prometheus counters).
+//! - `catchup`: a new agent with an empty database joins one holding R rows;
+//!   rows/s until its bookkeeping matches (baseline: the bulk load on the
+//!   first agent).
+//! - `failover`: `kill -9` a random agent of N, time until every other agent
+//!   lists it as down; restart it; repeat.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use corro_testkit::{Agent, Node};
+use rand::Rng;
+
+#[derive(Subcommand)]
+pub(crate) enum ClusterCmd {
+    /// Concurrent writers on random agents; time to full convergence.
+    Stress(StressArgs),
+    /// Write -> visible on every agent: p50/p99 and messages per write.
+    Latency(LatencyArgs),
+    /// A new agent catches up a large database: rows/s.
+    Catchup(CatchupArgs),
+    /// kill -9 -> marked down everywhere: p50/max over trials.
+    Failover(FailoverArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct StressArgs {
+    #[arg(long, default_value_t = 30)]
+    agents: usize,
+    /// Transactions (each of `--statements` inserts).
+    #[arg(long, default_value_t = 200)]
+    inputs: usize,
+    #[arg(long, default_value_t = 20)]
+    statements: usize,
+    /// Concurrent clients.
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+}
+
+#[derive(Args)]
+pub(crate) struct LatencyArgs {
+    #[arg(long, default_value_t = 20)]
+    agents: usize,
+    #[arg(long, default_value_t = 200)]
+    writes: usize,
+}
+
+#[derive(Args)]
+pub(crate) struct CatchupArgs {
+    #[arg(long, default_value_t = 1_000_000)]
+    rows: u64,
+}
+
+#[derive(Args)]
+pub(crate) struct FailoverArgs {
+    #[arg(long, default_value_t = 20)]
+    agents: usize,
+    #[arg(long, default_value_t = 10)]
+    trials: usize,
+}
+
+pub(crate) fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    match cmd {
+        ClusterCmd::Stress(a) => stress(dir.path(), a),
+        ClusterCmd::Latency(a) => latency(dir.path(), a),
+        ClusterCmd::Catchup(a) => catchup(dir.path(), a),
+        ClusterCmd::Failover(a) => failover(dir.path(), a),
+    }
+}
+
+/// Starts `n` agents, all bootstrapping from the first, and waits until
+/// every one lists all the others as alive.
+fn cluster(dir: &Path, n: usize, metrics: bool) -> anyhow::Result<(Vec<Node>, Vec<Agent>)> {
+    let first = Node::new(&dir.join("n0"), "");
+    if metrics {
+        first.enable_metrics();
+    }
+    let mut agents = vec![first.start()];
+    let mut nodes = vec![first];
+    for i in 1..n {
+        let node = Node::joining(&dir.join(format!("n{i}")), &agents[0]);
+        if metrics {
+            node.enable_metrics();
+        }
+        agents.push(node.start());
+        nodes.push(node);
+    }
+    let start = Instant::now();
+    for a in &agents {
+        loop {
+            let alive = a.members().iter().filter(|(_, s)| s == "alive").count();
+            if alive == n - 1 {
+                break;
+            }
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(120),
+                "the cluster did not form: {alive} of {} alive",
+                n - 1
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    eprintln!(
+        "{n} agents formed a full membership in {:.2?}",
+        start.elapsed()
+    );
+    Ok((nodes, agents))
+}
+
+fn post(
+    client: &reqwest::blocking::Client,
+    agent: &Agent,
+    body: &serde_json::Value,
+) -> anyhow::Result<()> {
+    let r = client
+        .post(agent.url("/v1/transactions"))
+        .json(body)
+        .send()?;
+    anyhow::ensure!(r.status().is_success(), "write failed: {}", r.text()?);
+    Ok(())
+}
+
+fn count(node: &Node) -> anyhow::Result<i64> {
+    let c = rusqlite::Connection::open_with_flags(
+        &node.db,
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )?;
+    Ok(c.query_row("SELECT count(*) FROM todos", [], |r| r.get(0))?)
+}
+
+fn stress(dir: &Path, a: StressArgs) -> anyhow::Result<()> {
+    let (nodes, agents) = cluster(dir, a.agents, false)?;
+    let urls: Vec<String> = agents.iter().map(|x| x.url("/v1/transactions")).collect();
+    let start = Instant::now();
+    std::thread::scope(|s| -> anyhow::Result<()> {
+        let handles: Vec<_> = (0..a.clients)
+            .map(|c| {
+                let urls = &urls;
+                let a = &a;
+                s.spawn(move || -> anyhow::Result<()> {
+                    let client = reqwest::blocking::Client::new();
+                    let mut rng = rand::rng();
+                    for input in (c..a.inputs).step_by(a.clients) {
+                        let stmts: Vec<serde_json::Value> = (0..a.statements)
+                            .map(|k| {
+                                serde_json::json!([
+                                    "INSERT INTO todos (id, title) VALUES (?, ?)",
+                                    [format!("in{input}-{k}"), "stress"]
+                                ])
+                            })
+                            .collect();
+                        let url = &urls[rng.random_range(0..urls.len())];
+                        let r = client.post(url).json(&stmts).send()?;
+                        anyhow::ensure!(r.status().is_success(), "write failed: {}", r.text()?);
+                    }
+                    Ok(())
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join()
+                .map_err(|_| anyhow::anyhow!("a client panicked"))??;
+        }
+        Ok(())
+    })?;
+    let written = start.elapsed();
+    let want = (a.inputs * a.statements) as i64;
+    loop {
+        let books: Vec<serde_json::Value> = nodes.iter().map(Node::books).collect();
+        let counts = nodes
+            .iter()
+            .map(count)
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        if counts.iter().all(|c| *c == want) && books.iter().all(|b| *b == books[0]) {
+            break;
+        }
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(300),
+            "no convergence: {counts:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let converged = start.elapsed();
+    println!(
+        "stress: {} agents, {} transactions x {} inserts from {} clients: writes took {:.2?}, \
+         full convergence {:.2?} after the first write ({:.2?} after the last ack)",
+        a.agents,
+        a.inputs,
+        a.statements,
+        a.clients,
+        written,
+        converged,
+        converged - written
+    );
+    Ok(())
+}
+
+fn latency(dir: &Path, a: LatencyArgs) -> anyhow::Result<()> {
+    let (nodes, agents) = cluster(dir, a.agents, true)?;
+    let readers = nodes
+        .iter()
+        .map(|n| {
+            rusqlite::Connection::open_with_flags(&n.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+                .context("opening an agent's database read-only")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let sent = |agents: &[Agent]| -> f64 {
+        agents
+            .iter()
+            .map(|a| a.counter("corro_gossip_broadcasts_sent_total"))
+            .sum()
+    };
+    let before = sent(&agents);
+    let client = reqwest::blocking::Client::new();
+    let mut rng = rand::rng();
+    let mut took = Vec::with_capacity(a.writes);
+    for w in 0..a.writes {
+        let id = format!("lat-{w}");
+        let target = &agents[rng.random_range(0..agents.len())];
+        let start = Instant::now();
+        post(
+            &client,
+            target,
+            &serde_json::json!([["INSERT INTO todos (id, title) VALUES (?, 'x')", [&id]]]),
+        )?;
+        let mut pending: Vec<usize> = (0..readers.len()).collect();
+        while !pending.is_empty() {
+            pending.retain(|&i| {
+                readers[i]
+                    .query_row("SELECT 1 FROM todos WHERE id = ?1", [&id], |_| Ok(()))
+                    .is_err()
+            });
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(30),
+                "write {w} never arrived everywhere"
+            );
+            if !pending.is_empty() {
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        }
+        took.push(start.elapsed());
+    }
+    // Counters are sampled by the exporter when scraped: give the last
+    // sends a moment to be counted.
+    std::thread::sleep(Duration::from_millis(500));
+    let messages = sent(&agents) - before;
+    took.sort();
+    let pct = |p: f64| took[((took.len() as f64 * p).ceil() as usize).saturating_sub(1)];
+    println!(
+        "latency: {} agents, {} writes (HTTP ack included): p50 {:.2?}, p99 {:.2?}, max {:.2?}; \
+         {:.1} broadcast messages per write",
+        a.agents,
+        a.writes,
+        pct(0.5),
+        pct(0.99),
+        took[took.len() - 1],
+        messages / a.writes as f64
+    );
+    Ok(())
+}
+
+fn catchup(dir: &Path, a: CatchupArgs) -> anyhow::Result<()> {
+    let first = Node::new(&dir.join("a"), "");
+    let agent_a = first.start();
+    let client = reqwest::blocking::Client::new();
+    let start = Instant::now();
+    let mut done = 0;
+    while done < a.rows {
+        let n = 100_000.min(a.rows - done);
+        let sql = format!(
+            "INSERT INTO todos (id, title, completed_at) \
+             WITH RECURSIVE c(x) AS (SELECT {lo} UNION ALL SELECT x + 1 FROM c WHERE x < {hi}) \
+             SELECT printf('row-%08d', x), 'title of row ' || x, x FROM c",
+            lo = done + 1,
+            hi = done + n
+        );
+        post(&client, &agent_a, &serde_json::json!([sql]))?;
+        done += n;
+    }
+    let load = start.elapsed();
+    let start = Instant::now();
+    let second = Node::joining(&dir.join("b"), &agent_a);
+    let _agent_b = second.start();
+    let want = first.books();
+    while second.books() != want {
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(600), "no catch-up");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let took = start.elapsed();
+    anyhow::ensure!(count(&second)? == a.rows as i64, "row count differs");
+    let rate = a.rows as f64 / took.as_secs_f64();
+    let base = a.rows as f64 / load.as_secs_f64();
+    println!(
+        "catchup: {} rows in {:.2?} = {:.0} rows/s (agent start included); baseline bulk load \
+         through the API on the first agent {:.0} rows/s: ratio {:.2}",
+        a.rows,
+        took,
+        rate,
+        base,
+        rate / base
+    );
+    Ok(())
+}
+
+fn failover(dir: &Path, a: FailoverArgs) -> anyhow::Result<()> {
+    let (nodes, mut agents) = cluster(dir, a.agents, false)?;
+    let mut rng = rand::rng();
+    let mut took = Vec::new();
+    for trial in 0..a.trials {
+        let v = rng.random_range(1..agents.len());
+        let victim_addr = agents[v].gossip.to_string();
+        agents[v].signal("KILL");
+        let _ = agents[v].child.wait();
+        let start = Instant::now();
+        let mut worst = Duration::ZERO;
+        for (i, agent) in agents.iter().enumerate() {
+            if i == v {
+                continue;
+            }
+            loop {
+                let down = agent
+                    .members()
+                    .iter()
+                    .any(|(addr, s)| *addr == victim_addr && s == "down");
+                if down {
+                    worst = worst.max(start.elapsed());
+                    break;
+                }
+                anyhow::ensure!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "trial {trial}: never marked down"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+        eprintln!(
+            "trial {trial}: down on all {} others after {worst:.2?}",
+            agents.len() - 1
+        );
+        took.push(worst);
+        // Restart on the same database and let it rejoin everywhere.
+        agents[v] = nodes[v].start();
+        let addr = agents[v].gossip.to_string();
+        let start = Instant::now();
+        for agent in &agents {
+            if agent.gossip.to_string() == addr {
+                continue;
+            }
+            while !agent
+                .members()
+                .iter()
+                .any(|(m, s)| *m == addr && s == "alive")
+            {
+                anyhow::ensure!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "restarted agent not alive everywhere"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+    took.sort();
+    println!(
+        "failover: {} agents, {} trials: kill -9 -> down on every other agent p50 {:.2?}, max {:.2?}",
+        a.agents,
+        a.trials,
+        took[took.len() / 2],
+        took[took.len() - 1]
+    );
+    Ok(())
+}
