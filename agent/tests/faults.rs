@@ -293,3 +293,66 @@ fn twenty_agents_all_mark_a_killed_agent_down() {
         start.elapsed()
     );
 }
+
+/// CPU saturation: with both cores busy (spinning threads in this process)
+/// and a steady write load, no agent declares another down.
+#[test]
+fn a_saturated_machine_produces_no_false_down_verdicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = Node::new(&dir.path().join("n0"), "");
+    let mut agents = vec![first.start()];
+    for i in 1..5 {
+        let n = Node::joining(&dir.path().join(format!("n{i}")), &agents[0]);
+        agents.push(n.start());
+    }
+    let addrs: Vec<String> = agents.iter().map(|a| a.gossip.to_string()).collect();
+    for (i, a) in agents.iter().enumerate() {
+        let others: Vec<String> = addrs.iter().filter(|x| **x != addrs[i]).cloned().collect();
+        await_state(a, &others, "alive", Duration::from_secs(20));
+    }
+    let stop = AtomicBool::new(false);
+    let urls: Vec<String> = agents.iter().map(|a| a.url("/v1/transactions")).collect();
+    std::thread::scope(|s| {
+        for _ in 0..4 {
+            s.spawn(|| {
+                let mut x = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    x = x.wrapping_mul(6364136223846793005).wrapping_add(1);
+                    std::hint::black_box(x);
+                }
+            });
+        }
+        s.spawn(|| {
+            let client = reqwest::blocking::Client::new();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let body = serde_json::json!([[
+                    "INSERT INTO todos (id, title) VALUES (?, 'busy')",
+                    [format!("busy-{i}")]
+                ]]);
+                let _ = client.post(&urls[i % urls.len()]).json(&body).send();
+                i += 1;
+            }
+        });
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            for (i, a) in agents.iter().enumerate() {
+                for (addr, state) in a.members() {
+                    assert_ne!(state, "down", "agent {i} declared {addr} down under load");
+                }
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let nodes: Vec<Node> = (0..5)
+        .map(|i| Node {
+            dir: dir.path().join(format!("n{i}")),
+            config: dir.path().join(format!("n{i}/config.toml")),
+            db: dir.path().join(format!("n{i}/state.db")),
+        })
+        .collect();
+    let nodes_ref: Vec<&Node> = nodes.iter().collect();
+    let agents_ref: Vec<&Agent> = agents.iter().collect();
+    await_identical(&nodes_ref, &agents_ref, 5, Duration::from_secs(30));
+}
