@@ -319,6 +319,13 @@ impl Config {
                 "{origin}: api.max_statements, api.max_body_bytes and api.max_changes must be positive"
             );
         }
+        if let Some(mtu) = self.gossip.max_mtu
+            && mtu < 1200
+        {
+            anyhow::bail!(
+                "{origin}: gossip.max_mtu = {mtu} is below 1200, the smallest MTU QUIC can run on"
+            );
+        }
         if self.api.query_timeout_secs.is_nan() || self.api.query_timeout_secs <= 0.0 {
             anyhow::bail!("{origin}: api.query_timeout_secs must be positive");
         }
@@ -439,6 +446,10 @@ addr = "127.0.0.1:8500"
             (
                 "[db]\npath = 'x'\n[gossip]\naddr='127.0.0.1:1'\n[log]\nformat = 'xml'\n",
                 "xml",
+            ),
+            (
+                "[db]\npath = 'x'\n[gossip]\naddr='127.0.0.1:1'\nplaintext = true\nmax_mtu = 576\n",
+                "gossip.max_mtu = 576 is below 1200",
             ),
         ] {
             let e = format!("{:#}", Config::parse(text, "my.toml").unwrap_err());

@@ -356,3 +356,74 @@ fn a_saturated_machine_produces_no_false_down_verdicts() {
     let agents_ref: Vec<&Agent> = agents.iter().collect();
     await_identical(&nodes_ref, &agents_ref, 5, Duration::from_secs(30));
 }
+
+/// Bad peer input over real QUIC (plaintext): garbage datagrams, a datagram
+/// of another protocol version, garbage and oversized frames on uni and bi
+/// streams. Each is refused and counted; the agent keeps running and keeps
+/// replicating.
+#[test]
+fn corrupt_peer_input_is_refused_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::new(&dir.path().join("a"), "");
+    a.enable_metrics();
+    let agent_a = a.start();
+    let b = Node::joining(&dir.path().join("b"), &agent_a);
+    let agent_b = b.start();
+    await_state(
+        &agent_a,
+        &[agent_b.gossip.to_string()],
+        "alive",
+        Duration::from_secs(20),
+    );
+
+    let target = agent_a.gossip;
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut ep = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        ep.set_default_client_config(quinn_plaintext::client_config());
+        let conn = ep.connect(target, "127.0.0.1").unwrap().await.unwrap();
+        // Datagrams: garbage with our version, and another version.
+        conn.send_datagram(vec![0, 1, 0xff, 0xfe, 0xfd].into())
+            .unwrap();
+        conn.send_datagram(vec![0x7f, 0x7f, 1, 2, 3].into())
+            .unwrap();
+        // A uni stream with a garbage frame.
+        let mut s = conn.open_uni().await.unwrap();
+        s.write_all(&5u32.to_be_bytes()).await.unwrap();
+        s.write_all(b"hello").await.unwrap();
+        s.finish().unwrap();
+        // A uni stream announcing a 1 GiB frame.
+        let mut s = conn.open_uni().await.unwrap();
+        s.write_all(&(1u32 << 30).to_be_bytes()).await.unwrap();
+        s.finish().unwrap();
+        // A bi stream (sync) with a garbage frame.
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        send.write_all(&3u32.to_be_bytes()).await.unwrap();
+        send.write_all(&[9, 9, 9]).await.unwrap();
+        send.finish().unwrap();
+        let _ = recv.read_to_end(1 << 20).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        conn.close(0u32.into(), b"done");
+        ep.wait_idle().await;
+    });
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let frames = agent_a.counter("corro_gossip_frames_refused_total");
+        let packets = agent_a.counter("corro_swim_packets_refused_total");
+        if frames >= 3.0 && packets >= 2.0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "refusals not counted: frames {frames}, packets {packets}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Still a working cluster.
+    insert(&agent_a, "after-garbage", "still replicating");
+    await_identical(&[&a, &b], &[&agent_a, &agent_b], 1, Duration::from_secs(20));
+}
