@@ -336,3 +336,34 @@ fn a_restarted_node_rejoins_without_bootstrap() {
     a.exec(&agent_a, "INSERT INTO todos (id) VALUES ('after')");
     await_rows(&b, &agent_b, "after||\nbefore||\n");
 }
+
+/// Bootstrap by DNS name, and retried while alone: B starts first with
+/// `bootstrap = ["localhost:<port>"]`; A comes up on that port later; B joins
+/// and replicates without a restart.
+#[test]
+fn bootstrap_by_name_is_retried_until_the_peer_appears() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let b = Node::with(
+        &dir.path().join("b"),
+        &format!("bootstrap = [\"localhost:{port}\"]"),
+        "",
+    );
+    let agent_b = b.start();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(agent_b.members().is_empty());
+    let a = Node::new(&dir.path().join("a"), "");
+    let text = std::fs::read_to_string(&a.config).unwrap().replace(
+        "addr = \"127.0.0.1:0\"\nplaintext",
+        &format!("addr = \"127.0.0.1:{port}\"\nplaintext"),
+    );
+    std::fs::write(&a.config, text).unwrap();
+    let agent_a = a.start();
+    assert_eq!(agent_a.gossip.port(), port);
+    a.exec(&agent_a, "INSERT INTO todos (id) VALUES ('late')");
+    await_rows(&b, &agent_b, "late||\n");
+}
