@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use rusqlite::Connection;
 
+use crate::feed::RowsChanged;
 use crate::actor::ActorId;
 use crate::bookkeeping::{ActorBooks, PieceOutcome};
 use crate::catalog::{Catalog, TableMeta};
@@ -196,10 +197,15 @@ impl Store {
         }
         persist_books(&tx, &staged)?;
         tx.commit()?;
-        let mut books = self.inner.books.write();
-        for (idx, b) in staged {
-            books.insert(idx, b);
+        {
+            let mut books = self.inner.books.write();
+            for (idx, b) in staged {
+                books.insert(idx, b);
+            }
         }
+        self.notify(RowsChanged::from_pairs(
+            ready.iter().flat_map(|r| r.changes.iter().map(|c| (&c.table, &c.pk))),
+        ));
         Ok(out)
     }
 
@@ -255,10 +261,15 @@ impl Store {
         persist_books(&tx, &staged)?;
         tx.commit()?;
         let n = ready.len();
-        let mut books = self.inner.books.write();
-        for (idx, b) in staged {
-            books.insert(idx, b);
+        {
+            let mut books = self.inner.books.write();
+            for (idx, b) in staged {
+                books.insert(idx, b);
+            }
         }
+        self.notify(RowsChanged::from_pairs(
+            ready.iter().flat_map(|r| r.changes.iter().map(|c| (&c.table, &c.pk))),
+        ));
         tracing::info!(
             versions = n,
             "applied versions that were waiting for the schema"

@@ -58,6 +58,8 @@ pub(crate) struct Inner {
     pub catalog: RwLock<Arc<Catalog>>,
     /// Committed bookkeeping, by actor index (updated after each commit).
     pub books: RwLock<HashMap<u32, ActorBooks>>,
+    /// Change-feed listeners ([`Store::on_change`]).
+    pub listeners: RwLock<Vec<crate::feed::ChangeListener>>,
 }
 
 pub(crate) struct Writer {
@@ -153,6 +155,7 @@ impl Store {
                 readers,
                 catalog: RwLock::new(Arc::new(catalog)),
                 books: RwLock::new(books),
+                listeners: RwLock::new(Vec::new()),
             }),
         })
     }

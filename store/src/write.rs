@@ -306,11 +306,16 @@ impl Store {
         let version = if nchanges == 0 {
             None
         } else {
-            let mut books = self.inner.books.write();
-            books
-                .entry(self.inner.self_idx)
-                .or_default()
-                .mark_held(version..=version);
+            {
+                let mut books = self.inner.books.write();
+                books
+                    .entry(self.inner.self_idx)
+                    .or_default()
+                    .mark_held(version..=version);
+            }
+            self.notify(crate::feed::RowsChanged::from_pairs(
+                rows.iter().map(|r| (&r.meta.name, &r.pk)),
+            ));
             Some(version)
         };
         Ok(Committed {

@@ -735,3 +735,52 @@ fn client_queries_are_read_only_and_cannot_change_pooled_connections() {
         "one statement only"
     );
 }
+
+#[test]
+fn change_feed_reports_the_rows_of_every_commit() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        open_with(dir.path(), "a.db", TODOS),
+        open_with(dir.path(), "b.db", TODOS),
+    );
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<Vec<(String, Vec<SqlValue>)>>>>;
+    let listen = |s: &Store| -> Seen {
+        let seen: Seen = Default::default();
+        let sink = seen.clone();
+        s.on_change(std::sync::Arc::new(move |rows: &corro_store::RowsChanged| {
+            sink.lock().unwrap().push(
+                rows.rows
+                    .iter()
+                    .map(|(t, pk)| (t.to_string(), corro_store::decode_key(pk).unwrap()))
+                    .collect(),
+            );
+        }));
+        seen
+    };
+    let (seen_a, seen_b) = (listen(&a), listen(&b));
+    let c = insert(&a, "x", "one");
+    a.transact(|tx| {
+        tx.execute("UPDATE todos SET title = 'two' WHERE id = 'x'", &[])?;
+        tx.execute("UPDATE todos SET title = 'two' WHERE id = 'x'", &[])?;
+        tx.execute("INSERT INTO todos (id) VALUES ('y')", &[])
+    })
+    .unwrap();
+    // A transaction that changes nothing notifies nothing.
+    a.transact(|tx| tx.execute("DELETE FROM todos WHERE id = 'nope'", &[]))
+        .unwrap();
+    let key = |k: &str| ("todos".to_string(), vec![SqlValue::Text(k.into())]);
+    assert_eq!(
+        *seen_a.lock().unwrap(),
+        vec![vec![key("x")], vec![key("x"), key("y")]]
+    );
+    // Remote application reports the rows it merged, once per commit.
+    let sets = a.changes_for(a.actor_id(), 1..=2).unwrap();
+    b.apply(sets.clone()).unwrap();
+    b.apply(sets).unwrap(); // duplicates: nothing merged, nothing reported
+    assert_eq!(
+        *seen_b.lock().unwrap(),
+        vec![vec![key("x"), key("y")]],
+        "{:?}",
+        c.version
+    );
+}
