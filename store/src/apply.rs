@@ -19,13 +19,13 @@ use std::sync::Arc;
 
 use rusqlite::Connection;
 
-use crate::feed::RowsChanged;
 use crate::actor::ActorId;
 use crate::bookkeeping::{ActorBooks, PieceOutcome};
 use crate::catalog::{Catalog, TableMeta};
 use crate::change::{Change, Changeset};
 use crate::clock::{Origin, RowClock, RowMerge};
 use crate::error::StoreError;
+use crate::feed::RowsChanged;
 use crate::store::{Store, actor_index};
 use crate::value::{SqlValue, decode_key};
 use crate::versions::RefChanges;
@@ -204,7 +204,9 @@ impl Store {
             }
         }
         self.notify(RowsChanged::from_pairs(
-            ready.iter().flat_map(|r| r.changes.iter().map(|c| (&c.table, &c.pk))),
+            ready
+                .iter()
+                .flat_map(|r| r.changes.iter().map(|c| (&c.table, &c.pk))),
         ));
         Ok(out)
     }
@@ -268,7 +270,9 @@ impl Store {
             }
         }
         self.notify(RowsChanged::from_pairs(
-            ready.iter().flat_map(|r| r.changes.iter().map(|c| (&c.table, &c.pk))),
+            ready
+                .iter()
+                .flat_map(|r| r.changes.iter().map(|c| (&c.table, &c.pk))),
         ));
         tracing::info!(
             versions = n,

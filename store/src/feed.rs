@@ -22,7 +22,9 @@ pub struct RowsChanged {
 }
 
 impl RowsChanged {
-    pub(crate) fn from_pairs<'a>(pairs: impl IntoIterator<Item = (&'a Arc<str>, &'a Arc<[u8]>)>) -> Self {
+    pub(crate) fn from_pairs<'a>(
+        pairs: impl IntoIterator<Item = (&'a Arc<str>, &'a Arc<[u8]>)>,
+    ) -> Self {
         let mut seen = HashSet::new();
         let mut rows = Vec::new();
         for (t, pk) in pairs {

@@ -747,14 +747,16 @@ fn change_feed_reports_the_rows_of_every_commit() {
     let listen = |s: &Store| -> Seen {
         let seen: Seen = Default::default();
         let sink = seen.clone();
-        s.on_change(std::sync::Arc::new(move |rows: &corro_store::RowsChanged| {
-            sink.lock().unwrap().push(
-                rows.rows
-                    .iter()
-                    .map(|(t, pk)| (t.to_string(), corro_store::decode_key(pk).unwrap()))
-                    .collect(),
-            );
-        }));
+        s.on_change(std::sync::Arc::new(
+            move |rows: &corro_store::RowsChanged| {
+                sink.lock().unwrap().push(
+                    rows.rows
+                        .iter()
+                        .map(|(t, pk)| (t.to_string(), corro_store::decode_key(pk).unwrap()))
+                        .collect(),
+                );
+            },
+        ));
         seen
     };
     let (seen_a, seen_b) = (listen(&a), listen(&b));

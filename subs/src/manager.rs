@@ -1,0 +1,823 @@
+//! The subscription registry the agent runs.
+//!
+//! - The store's change feed ([`Store::on_change`]) drops the (table, key)
+//!   pairs of every commit into a pending set; a dispatcher task hands each
+//!   subscription the keys of the tables it reads, and one worker per
+//!   subscription takes everything pending at once (so bursts coalesce),
+//!   re-reads only the result rows built from those keys (the filtered
+//!   statement of [`SubQuery`]) on a blocking thread, diffs them against the
+//!   materialized view, logs the changes and publishes them.
+//! - A listener subscribes to the live channel *before* reading the view or
+//!   the log under the view's lock, then skips live changes it already got:
+//!   no change is lost or repeated between the initial rows (or a replay from
+//!   `from`) and the live stream.
+//! - A listener that falls more than `listener_buffer` changes behind gets an
+//!   error event and is disconnected; memory stays bounded.
+//! - Subscriptions live in `<dir>/<id>.sqlite` and are reloaded at start;
+//!   each re-runs its query and logs the difference, so nothing committed
+//!   while the agent was down (or between a commit and its notification
+//!   before a crash) is missed. Subscriptions without listeners for
+//!   `idle_expiry` are removed with their files.
+//! - `updates(table)` serves `POST /v1/updates/:table`: for each changed key
+//!   of the table, `update` when the row exists after the commit, else
+//!   `delete`.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use corro_client::Value;
+use corro_store::{RowsChanged, SqlValue, Store, decode_key, encode_key};
+use parking_lot::Mutex;
+use tokio::sync::{Notify, broadcast, watch};
+use uuid::Uuid;
+
+use crate::SubError;
+use crate::diff::Fresh;
+use crate::matview::{Definition, LoggedChange, Matview};
+use crate::query::SubQuery;
+
+/// Keys per filtered re-read (each key binds its pk columns).
+const KEYS_PER_READ: usize = 500;
+
+/// Settings (`[subscriptions]` in the agent's config).
+#[derive(Debug, Clone)]
+pub struct SubConfig {
+    /// Where subscription files live.
+    pub dir: PathBuf,
+    /// The log keeps at least this many changes...
+    pub max_log_changes: u64,
+    /// ...and every change younger than this.
+    pub max_log_age: Duration,
+    /// A subscription with no listener for this long is removed.
+    pub idle_expiry: Duration,
+    /// Changes a listener may fall behind before it is cut off.
+    pub listener_buffer: usize,
+}
+
+/// Parameters of a subscription's query.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub enum Params {
+    #[default]
+    None,
+    Positional(Vec<Value>),
+    Named(Vec<(String, Value)>),
+}
+
+impl Params {
+    fn to_json(&self) -> String {
+        match self {
+            Params::None => "[]".into(),
+            Params::Positional(p) => serde_json::to_string(p).unwrap_or_default(),
+            Params::Named(n) => serde_json::to_string(
+                &n.iter()
+                    .cloned()
+                    .collect::<std::collections::BTreeMap<_, _>>(),
+            )
+            .unwrap_or_default(),
+        }
+    }
+
+    fn from_json(s: &str) -> Result<Params, SubError> {
+        let v: serde_json::Value =
+            serde_json::from_str(s).map_err(|e| SubError::Corrupt(e.to_string()))?;
+        Ok(match v {
+            serde_json::Value::Array(a) if a.is_empty() => Params::None,
+            serde_json::Value::Object(o) => Params::Named(
+                o.into_iter()
+                    .map(|(k, v)| Ok((k, Value::try_from(v).map_err(SubError::Corrupt)?)))
+                    .collect::<Result<_, SubError>>()?,
+            ),
+            other => Params::Positional(
+                serde_json::from_value(other).map_err(|e| SubError::Corrupt(e.to_string()))?,
+            ),
+        })
+    }
+}
+
+fn to_sql(v: &Value) -> SqlValue {
+    match v {
+        Value::Null => SqlValue::Null,
+        Value::Integer(i) => SqlValue::Integer(*i),
+        Value::Real(f) => SqlValue::Real(*f),
+        Value::Text(s) => SqlValue::Text(s.clone()),
+        Value::Blob(b) => SqlValue::Blob(b.clone()),
+    }
+}
+
+fn from_ref(v: rusqlite::types::ValueRef<'_>) -> Value {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => Value::Null,
+        ValueRef::Integer(i) => Value::Integer(i),
+        ValueRef::Real(f) => Value::Real(f),
+        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
+    }
+}
+
+fn key_value(v: rusqlite::types::ValueRef<'_>) -> SqlValue {
+    use rusqlite::types::ValueRef;
+    match v {
+        ValueRef::Null => SqlValue::Null,
+        ValueRef::Integer(i) => SqlValue::Integer(i),
+        ValueRef::Real(f) => SqlValue::Real(f),
+        ValueRef::Text(t) => SqlValue::Text(String::from_utf8_lossy(t).into_owned()),
+        ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
+    }
+}
+
+/// One event for a listener, in the order the API sends them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Columns(Arc<Vec<String>>),
+    Row { rowid: i64, cells: String },
+    Eoq { time: f64, change_id: u64 },
+    Change(Arc<LoggedChange>),
+    Error(String),
+}
+
+impl Event {
+    /// The NDJSON line (without the newline). Cells are stored as JSON and
+    /// written as they are.
+    pub fn to_line(&self) -> String {
+        match self {
+            Event::Columns(c) => {
+                format!(
+                    "{{\"columns\":{}}}",
+                    serde_json::to_string(&**c).unwrap_or_default()
+                )
+            }
+            Event::Row { rowid, cells } => format!("{{\"row\":[{rowid},{cells}]}}"),
+            Event::Eoq { time, change_id } => {
+                format!("{{\"eoq\":{{\"time\":{time},\"change_id\":{change_id}}}}}")
+            }
+            Event::Change(c) => format!(
+                "{{\"change\":[\"{}\",{},{},{}]}}",
+                c.kind.as_str(),
+                c.rowid,
+                c.cells,
+                c.id
+            ),
+            Event::Error(e) => serde_json::json!({ "error": e }).to_string(),
+        }
+    }
+}
+
+struct Sub {
+    id: Uuid,
+    identity: String,
+    query: SubQuery,
+    params: Params,
+    columns: Arc<Vec<String>>,
+    view: Mutex<Matview>,
+    live: broadcast::Sender<Arc<LoggedChange>>,
+    /// Per source: keys changed since the worker last ran.
+    pending: Mutex<Vec<HashSet<Arc<[u8]>>>>,
+    wake: Notify,
+    listeners: AtomicUsize,
+    idle_since: Mutex<Option<Instant>>,
+    closed: AtomicBool,
+}
+
+/// Update-feed listeners of one table.
+type UpdateSender = broadcast::Sender<Arc<(&'static str, Vec<Value>)>>;
+
+struct Inner {
+    store: Store,
+    cfg: SubConfig,
+    subs: parking_lot::RwLock<HashMap<Uuid, Arc<Sub>>>,
+    by_identity: Mutex<HashMap<String, Uuid>>,
+    /// Creation of one subscription at a time (same SQL → same id).
+    creating: tokio::sync::Mutex<()>,
+    pending: Mutex<HashMap<String, HashSet<Arc<[u8]>>>>,
+    wake: Notify,
+    updates: Mutex<HashMap<String, UpdateSender>>,
+}
+
+/// The registry (cheap to clone).
+#[derive(Clone)]
+pub struct Subscriptions {
+    inner: Arc<Inner>,
+}
+
+/// A listener's stream of events.
+pub struct Listener {
+    pub id: Uuid,
+    backlog: VecDeque<Event>,
+    live: broadcast::Receiver<Arc<LoggedChange>>,
+    /// Last change id delivered (live changes at or below it are skipped).
+    after: u64,
+    sub: Arc<Sub>,
+    done: bool,
+}
+
+impl Listener {
+    /// The next event; `None` once the stream ended (after an error event).
+    pub async fn next(&mut self) -> Option<Event> {
+        if let Some(e) = self.backlog.pop_front() {
+            return Some(e);
+        }
+        if self.done {
+            return None;
+        }
+        loop {
+            match self.live.recv().await {
+                Ok(c) if c.id <= self.after => continue,
+                Ok(c) => {
+                    self.after = c.id;
+                    return Some(Event::Change(c));
+                }
+                Err(broadcast::error::RecvError::Lagged(n)) => {
+                    self.done = true;
+                    metrics::counter!("corro_subs_listeners_cut_total").increment(1);
+                    return Some(Event::Error(format!(
+                        "this client fell {n} changes behind and was disconnected; resubscribe with from={}",
+                        self.after
+                    )));
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    self.done = true;
+                    return Some(Event::Error("the subscription was removed".into()));
+                }
+            }
+        }
+    }
+
+    /// Last change id delivered so far.
+    pub fn last_change(&self) -> u64 {
+        self.after
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        if self.sub.listeners.fetch_sub(1, Ordering::Relaxed) == 1 {
+            *self.sub.idle_since.lock() = Some(Instant::now());
+        }
+    }
+}
+
+fn sub_path(dir: &std::path::Path, id: &Uuid) -> PathBuf {
+    dir.join(format!("{id}.sqlite"))
+}
+
+impl Subscriptions {
+    /// Opens the registry: loads the subscriptions in `cfg.dir` (each
+    /// re-runs its query in the background and logs what changed while the
+    /// agent was down) and starts following the store's change feed.
+    pub fn start(
+        store: Store,
+        cfg: SubConfig,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Subscriptions, SubError> {
+        std::fs::create_dir_all(&cfg.dir).map_err(|source| SubError::Io {
+            path: cfg.dir.clone(),
+            source,
+        })?;
+        let inner = Arc::new(Inner {
+            store: store.clone(),
+            cfg,
+            subs: Default::default(),
+            by_identity: Default::default(),
+            creating: Default::default(),
+            pending: Default::default(),
+            wake: Notify::new(),
+            updates: Default::default(),
+        });
+        let feed = Arc::downgrade(&inner);
+        store.on_change(Arc::new(move |rows: &RowsChanged| {
+            if let Some(inner) = feed.upgrade() {
+                let mut p = inner.pending.lock();
+                for (t, pk) in &rows.rows {
+                    p.entry(t.to_ascii_lowercase())
+                        .or_default()
+                        .insert(pk.clone());
+                }
+                drop(p);
+                inner.wake.notify_one();
+            }
+        }));
+        let subs = Subscriptions { inner };
+        subs.load_existing()?;
+        tokio::spawn(dispatch(subs.inner.clone(), shutdown.clone()));
+        tokio::spawn(reap(subs.inner.clone(), shutdown));
+        Ok(subs)
+    }
+
+    fn load_existing(&self) -> Result<(), SubError> {
+        let dir = self.inner.cfg.dir.clone();
+        let entries = std::fs::read_dir(&dir).map_err(|source| SubError::Io {
+            path: dir.clone(),
+            source,
+        })?;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Some(id) = path
+                .file_name()
+                .and_then(|n| n.to_str())
+                .and_then(|n| n.strip_suffix(".sqlite"))
+                .and_then(|n| Uuid::parse_str(n).ok())
+            else {
+                continue;
+            };
+            let loaded = (|| -> Result<Arc<Sub>, SubError> {
+                let (view, def) = Matview::open(&path)?;
+                let query = SubQuery::parse(&def.sql, |t| self.inner.store.table_pk(t))?;
+                let params = Params::from_json(&def.params)?;
+                Ok(self.register(id, query, params, def.columns, view))
+            })();
+            match loaded {
+                Ok(sub) => {
+                    tracing::info!(id = %id, sql = %sub.query.normalized, last_change = sub.view.lock().last_change(), "subscription restored");
+                    let inner = self.inner.clone();
+                    tokio::spawn(async move {
+                        let s = sub.clone();
+                        let result = tokio::task::spawn_blocking(move || resync(&inner, &s)).await;
+                        match result {
+                            Ok(Ok(n)) if n > 0 => {
+                                tracing::info!(id = %sub.id, changes = n, "subscription caught up after restart")
+                            }
+                            Ok(Err(e)) => {
+                                tracing::warn!(id = %sub.id, error = %e, "subscription could not re-run its query")
+                            }
+                            _ => {}
+                        }
+                    });
+                }
+                Err(e) => {
+                    tracing::warn!(path = %path.display(), error = %e, "ignoring a subscription file that cannot be loaded");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn register(
+        &self,
+        id: Uuid,
+        query: SubQuery,
+        params: Params,
+        columns: Vec<String>,
+        view: Matview,
+    ) -> Arc<Sub> {
+        let identity = format!("{}\u{0}{}", query.normalized, params.to_json());
+        let (live, _) = broadcast::channel(self.inner.cfg.listener_buffer.max(1));
+        let n = query.sources.len();
+        let sub = Arc::new(Sub {
+            id,
+            identity: identity.clone(),
+            query,
+            params,
+            columns: Arc::new(columns),
+            view: Mutex::new(view),
+            live,
+            pending: Mutex::new(vec![HashSet::new(); n]),
+            wake: Notify::new(),
+            listeners: AtomicUsize::new(0),
+            idle_since: Mutex::new(Some(Instant::now())),
+            closed: AtomicBool::new(false),
+        });
+        self.inner.subs.write().insert(id, sub.clone());
+        self.inner.by_identity.lock().insert(identity, id);
+        tokio::spawn(work(self.inner.clone(), sub.clone()));
+        metrics::gauge!("corro_subs_active").set(self.inner.subs.read().len() as f64);
+        sub
+    }
+
+    /// Finds or creates the subscription for `sql` with `params` and attaches
+    /// a listener (from the start, or replaying after change `from`).
+    pub async fn subscribe(
+        &self,
+        sql: &str,
+        params: Params,
+        from: Option<u64>,
+    ) -> Result<Listener, SubError> {
+        let query = SubQuery::parse(sql, |t| self.inner.store.table_pk(t))?;
+        let identity = format!("{}\u{0}{}", query.normalized, params.to_json());
+        let _creating = self.inner.creating.lock().await;
+        let existing = self.inner.by_identity.lock().get(&identity).copied();
+        if let Some(id) = existing {
+            drop(_creating);
+            return self.attach(id, from).await;
+        }
+        let id = Uuid::new_v4();
+        let path = sub_path(&self.inner.cfg.dir, &id);
+        let inner = self.inner.clone();
+        let q = query.clone();
+        let p = params.clone();
+        // Register for changes before the first run: anything committed
+        // after its snapshot is re-read afterwards.
+        let (view, columns) = tokio::task::spawn_blocking(move || -> Result<_, SubError> {
+            let (columns, rows) = run_full(&inner.store, &q, &p)?;
+            let def = Definition {
+                sql: q.normalized.clone(),
+                params: p.to_json(),
+                columns: columns.clone(),
+            };
+            let mut view = Matview::create(&path, &def)?;
+            view.fill(rows)?;
+            Ok((view, columns))
+        })
+        .await
+        .map_err(|e| SubError::Corrupt(e.to_string()))??;
+        // Changes that arrived during the first run were parked on the
+        // registry's pending set; the dispatcher only routes to registered
+        // subscriptions, so re-read everything of our tables committed since:
+        // simplest is a full resync right after registering.
+        let sub = self.register(id, query, params, columns, view);
+        let inner = self.inner.clone();
+        let s = sub.clone();
+        tokio::task::spawn_blocking(move || resync(&inner, &s))
+            .await
+            .map_err(|e| SubError::Corrupt(e.to_string()))??;
+        tracing::info!(id = %id, sql = %sub.query.normalized, "subscription created");
+        drop(_creating);
+        self.attach(id, from).await
+    }
+
+    /// Attaches a listener to subscription `id`.
+    pub async fn attach(&self, id: Uuid, from: Option<u64>) -> Result<Listener, SubError> {
+        let sub = self
+            .inner
+            .subs
+            .read()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| SubError::NotFound(id.to_string()))?;
+        sub.listeners.fetch_add(1, Ordering::Relaxed);
+        *sub.idle_since.lock() = None;
+        let live = sub.live.subscribe();
+        let s = sub.clone();
+        let read = tokio::task::spawn_blocking(move || -> Result<_, SubError> {
+            let started = Instant::now();
+            let view = s.view.lock();
+            let last = view.last_change();
+            let mut backlog = VecDeque::new();
+            match from {
+                None => {
+                    backlog.push_back(Event::Columns(s.columns.clone()));
+                    for (rowid, cells) in view.rows()? {
+                        backlog.push_back(Event::Row { rowid, cells });
+                    }
+                    backlog.push_back(Event::Eoq {
+                        time: started.elapsed().as_secs_f64(),
+                        change_id: last,
+                    });
+                }
+                Some(f) => {
+                    if f > last {
+                        return Err(SubError::FromAhead { from: f, last });
+                    }
+                    let oldest = view.oldest_change()?;
+                    if f + 1 < oldest {
+                        return Err(SubError::FromTooOld {
+                            from: f,
+                            oldest: oldest - 1,
+                        });
+                    }
+                    for c in view.changes_between(f, last)? {
+                        backlog.push_back(Event::Change(Arc::new(c)));
+                    }
+                }
+            }
+            Ok((backlog, last))
+        })
+        .await;
+        let listener_sub = sub.clone();
+        let make = |backlog, after| Listener {
+            id,
+            backlog,
+            live,
+            after,
+            sub: listener_sub,
+            done: false,
+        };
+        match read {
+            Ok(Ok((backlog, last))) => Ok(make(backlog, last)),
+            Ok(Err(e)) => {
+                // Dropping a listener restores the count and idle clock.
+                drop(make(VecDeque::new(), 0));
+                Err(e)
+            }
+            Err(e) => {
+                drop(make(VecDeque::new(), 0));
+                Err(SubError::Corrupt(e.to_string()))
+            }
+        }
+    }
+
+    /// Subscription ids and their SQL.
+    pub fn list(&self) -> Vec<(Uuid, String)> {
+        self.inner
+            .subs
+            .read()
+            .values()
+            .map(|s| (s.id, s.query.normalized.clone()))
+            .collect()
+    }
+
+    /// A feed of `(kind, primary key values)` for every changed row of
+    /// `table` (`update` when it exists after the commit, else `delete`).
+    pub fn updates(
+        &self,
+        table: &str,
+    ) -> Result<broadcast::Receiver<Arc<(&'static str, Vec<Value>)>>, SubError> {
+        if self.inner.store.table_pk(table).is_none() {
+            return Err(SubError::UnknownTable(table.to_string()));
+        }
+        let mut u = self.inner.updates.lock();
+        let tx = u
+            .entry(table.to_ascii_lowercase())
+            .or_insert_with(|| broadcast::channel(self.inner.cfg.listener_buffer.max(1)).0);
+        Ok(tx.subscribe())
+    }
+}
+
+/// Runs the full query: (user column names, rows).
+fn run_full(
+    store: &Store,
+    q: &SubQuery,
+    params: &Params,
+) -> Result<(Vec<String>, Vec<Fresh>), SubError> {
+    read(store, q, params, &q.full_sql(), &[])
+}
+
+/// Prepares `sql` on a read-only user connection, binds the user's
+/// parameters then `extra` (numbered after them), and reads result rows.
+fn read(
+    store: &Store,
+    q: &SubQuery,
+    params: &Params,
+    sql: &str,
+    extra: &[SqlValue],
+) -> Result<(Vec<String>, Vec<Fresh>), SubError> {
+    let conn = store.reader();
+    let mut stmt = conn.prepare_user(sql)?;
+    stmt.clear_bindings();
+    match params {
+        Params::None => {}
+        Params::Positional(p) => {
+            for (i, v) in p.iter().enumerate() {
+                stmt.raw_bind_parameter(i + 1, to_sql(v))?;
+            }
+        }
+        Params::Named(n) => {
+            for (name, v) in n {
+                let name = if name.starts_with([':', '@', '$']) {
+                    name.clone()
+                } else {
+                    format!(":{name}")
+                };
+                let idx = stmt
+                    .parameter_index(&name)?
+                    .ok_or_else(|| rusqlite::Error::InvalidParameterName(name.clone()))?;
+                stmt.raw_bind_parameter(idx, to_sql(v))?;
+            }
+        }
+    }
+    for (i, v) in extra.iter().enumerate() {
+        stmt.raw_bind_parameter(q.positional + i + 1, v)?;
+    }
+    let names: Vec<String> = stmt
+        .column_names()
+        .skip(q.key_cols)
+        .map(|s| s.to_string())
+        .collect();
+    let ncols = stmt.column_count();
+    let mut rows = stmt.raw_query();
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        let mut keys = Vec::with_capacity(q.key_cols);
+        for i in 0..q.key_cols {
+            keys.push(key_value(r.get_ref(i)?));
+        }
+        let source_keys = q
+            .sources
+            .iter()
+            .map(|s| encode_key(&keys[s.key_offset..s.key_offset + s.pk.len()]))
+            .collect();
+        let mut cells = Vec::with_capacity(ncols - q.key_cols);
+        for i in q.key_cols..ncols {
+            cells.push(from_ref(r.get_ref(i)?));
+        }
+        out.push(Fresh {
+            key: encode_key(&keys),
+            source_keys,
+            cells: serde_json::to_string(&cells).unwrap_or_default(),
+        });
+    }
+    Ok((names, out))
+}
+
+/// Re-runs the whole query and logs the difference; how many changes.
+fn resync(inner: &Inner, sub: &Sub) -> Result<usize, SubError> {
+    let mut view = sub.view.lock();
+    let (_, rows) = run_full(&inner.store, &sub.query, &sub.params)?;
+    let changes = view.resync(rows)?;
+    drop(view);
+    let n = changes.len();
+    publish(sub, changes);
+    Ok(n)
+}
+
+fn publish(sub: &Sub, changes: Vec<LoggedChange>) {
+    metrics::counter!("corro_subs_changes_total").increment(changes.len() as u64);
+    for c in changes {
+        // No receiver is fine: the change is in the log.
+        let _ = sub.live.send(Arc::new(c));
+    }
+}
+
+/// Re-reads the rows built from `changed` keys and logs the difference.
+fn refresh(inner: &Inner, sub: &Sub, changed: Vec<HashSet<Arc<[u8]>>>) -> Result<(), SubError> {
+    let started = Instant::now();
+    let mut fresh = Vec::new();
+    for (src, keys) in changed.iter().enumerate() {
+        let keys: Vec<&Arc<[u8]>> = keys.iter().collect();
+        for chunk in keys.chunks(KEYS_PER_READ) {
+            let mut values = Vec::new();
+            for k in chunk {
+                values.extend(
+                    decode_key(k).map_err(|e| SubError::Corrupt(format!("changed key: {e}")))?,
+                );
+            }
+            let sql = sub.query.filtered_sql(src, chunk.len())?;
+            let (_, rows) = read(&inner.store, &sub.query, &sub.params, &sql, &values)?;
+            fresh.extend(rows);
+        }
+    }
+    let changed: Vec<Vec<Vec<u8>>> = changed
+        .into_iter()
+        .map(|set| set.into_iter().map(|k| k.to_vec()).collect())
+        .collect();
+    let changes = sub.view.lock().update(&changed, fresh)?;
+    metrics::histogram!("corro_subs_refresh_seconds").record(started.elapsed().as_secs_f64());
+    publish(sub, changes);
+    Ok(())
+}
+
+/// One subscription's worker: waits for changed keys, refreshes.
+async fn work(inner: Arc<Inner>, sub: Arc<Sub>) {
+    loop {
+        sub.wake.notified().await;
+        if sub.closed.load(Ordering::Relaxed) {
+            return;
+        }
+        let changed: Vec<HashSet<Arc<[u8]>>> = {
+            let mut p = sub.pending.lock();
+            let n = p.len();
+            std::mem::replace(&mut *p, vec![HashSet::new(); n])
+        };
+        if changed.iter().all(HashSet::is_empty) {
+            continue;
+        }
+        let (i, s) = (inner.clone(), sub.clone());
+        match tokio::task::spawn_blocking(move || refresh(&i, &s, changed)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(id = %sub.id, error = %e, "subscription refresh failed; re-running it in full");
+                let (i, s) = (inner.clone(), sub.clone());
+                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || resync(&i, &s)).await {
+                    tracing::error!(id = %sub.id, error = %e, "subscription re-run failed");
+                }
+            }
+            Err(e) => tracing::error!(id = %sub.id, error = %e, "subscription worker panicked"),
+        }
+    }
+}
+
+/// Routes changed keys to the subscriptions (and update feeds) that read
+/// their tables.
+async fn dispatch(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = inner.wake.notified() => {}
+        }
+        let pending = std::mem::take(&mut *inner.pending.lock());
+        if pending.is_empty() {
+            continue;
+        }
+        let subs: Vec<Arc<Sub>> = inner.subs.read().values().cloned().collect();
+        for sub in subs {
+            let mut any = false;
+            {
+                let mut p = sub.pending.lock();
+                for (i, src) in sub.query.sources.iter().enumerate() {
+                    if let Some(keys) = pending.get(&src.table.to_ascii_lowercase()) {
+                        p[i].extend(keys.iter().cloned());
+                        any = true;
+                    }
+                }
+            }
+            if any {
+                sub.wake.notify_one();
+            }
+        }
+        let feeds: Vec<(String, UpdateSender)> = inner
+            .updates
+            .lock()
+            .iter()
+            .filter(|(t, tx)| tx.receiver_count() > 0 && pending.contains_key(*t))
+            .map(|(t, tx)| (t.clone(), tx.clone()))
+            .collect();
+        if !feeds.is_empty() {
+            let store = inner.store.clone();
+            let pending = Arc::new(pending);
+            let _ =
+                tokio::task::spawn_blocking(move || notify_updates(&store, &pending, feeds)).await;
+        }
+    }
+}
+
+fn notify_updates(
+    store: &Store,
+    pending: &HashMap<String, HashSet<Arc<[u8]>>>,
+    feeds: Vec<(String, UpdateSender)>,
+) {
+    for (table, tx) in feeds {
+        let Some(pk) = store.table_pk(&table) else {
+            continue;
+        };
+        let filter: Vec<String> = pk
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("\"{}\" IS ?{}", c.replace('"', "\"\""), i + 1))
+            .collect();
+        let sql = format!(
+            "SELECT 1 FROM \"{}\" WHERE {}",
+            table.replace('"', "\"\""),
+            filter.join(" AND ")
+        );
+        let conn = store.reader();
+        let Ok(mut stmt) = conn.prepare_cached(&sql) else {
+            continue;
+        };
+        for key in pending.get(&table).into_iter().flatten() {
+            let Ok(values) = decode_key(key) else {
+                continue;
+            };
+            for (i, v) in values.iter().enumerate() {
+                let _ = stmt.raw_bind_parameter(i + 1, v);
+            }
+            let exists = stmt.raw_query().next().ok().flatten().is_some();
+            let kind = if exists { "update" } else { "delete" };
+            let cells = values
+                .iter()
+                .map(|v| match v {
+                    SqlValue::Null => Value::Null,
+                    SqlValue::Integer(i) => Value::Integer(*i),
+                    SqlValue::Real(f) => Value::Real(*f),
+                    SqlValue::Text(s) => Value::Text(s.clone()),
+                    SqlValue::Blob(b) => Value::Blob(b.clone()),
+                })
+                .collect();
+            let _ = tx.send(Arc::new((kind, cells)));
+        }
+    }
+}
+
+/// Removes idle subscriptions and prunes change logs, every few seconds.
+async fn reap(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    let every =
+        (inner.cfg.idle_expiry / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+        let subs: Vec<Arc<Sub>> = inner.subs.read().values().cloned().collect();
+        for sub in subs {
+            let idle = sub
+                .idle_since
+                .lock()
+                .is_some_and(|t| t.elapsed() >= inner.cfg.idle_expiry);
+            if idle && sub.listeners.load(Ordering::Relaxed) == 0 {
+                inner.subs.write().remove(&sub.id);
+                inner.by_identity.lock().remove(&sub.identity);
+                sub.closed.store(true, Ordering::Relaxed);
+                sub.wake.notify_one();
+                let path = sub.view.lock().path().to_path_buf();
+                for p in [
+                    path.clone(),
+                    path.with_extension("sqlite-wal"),
+                    path.with_extension("sqlite-shm"),
+                ] {
+                    let _ = std::fs::remove_file(p);
+                }
+                tracing::info!(id = %sub.id, "removed an idle subscription");
+                metrics::gauge!("corro_subs_active").set(inner.subs.read().len() as f64);
+                continue;
+            }
+            let (count, age) = (
+                inner.cfg.max_log_changes,
+                inner.cfg.max_log_age.as_millis() as u64,
+            );
+            let s = sub.clone();
+            let _ = tokio::task::spawn_blocking(move || s.view.lock().prune(count, age)).await;
+        }
+    }
+}

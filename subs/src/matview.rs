@@ -1,0 +1,387 @@
+//! One subscription on disk: its definition, its materialized result and
+//! its change log, in a SQLite file of its own (`<dir>/<id>.sqlite`).
+//!
+//! - `rows`: one row per result row: a stable row id (never reused), the
+//!   row's key and its cells as JSON text;
+//! - `row_keys`: for each result row and each source table instance, the
+//!   encoded primary key of the source row, so the rows built from a changed
+//!   key are found without scanning;
+//! - `changes`: the change log, `id` contiguous from 1, kept by count and age
+//!   (a change is purged only when it is both beyond the newest
+//!   `max_changes` and older than `max_age`).
+//!
+//! Every update of the view and the log entries it produces commit in one
+//! transaction, so after a crash the view and the log agree; the manager then
+//! re-runs the query and logs the difference.
+
+use std::path::{Path, PathBuf};
+
+use rusqlite::{Connection, OptionalExtension, params};
+
+use crate::SubError;
+use crate::diff::{Fresh, Held, Op, diff};
+
+const DDL: &str = "
+CREATE TABLE IF NOT EXISTS meta (k TEXT NOT NULL PRIMARY KEY, v TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS rows (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key BLOB NOT NULL UNIQUE,
+    cells TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS row_keys (
+    src INTEGER NOT NULL,
+    pk BLOB NOT NULL,
+    row INTEGER NOT NULL,
+    PRIMARY KEY (src, pk, row)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS row_keys_by_row ON row_keys (row);
+CREATE TABLE IF NOT EXISTS changes (
+    id INTEGER PRIMARY KEY,
+    kind INTEGER NOT NULL,
+    row INTEGER NOT NULL,
+    cells TEXT NOT NULL,
+    ts INTEGER NOT NULL
+);
+";
+
+/// Kind of a change event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Insert = 0,
+    Update = 1,
+    Delete = 2,
+}
+
+impl Kind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Insert => "insert",
+            Kind::Update => "update",
+            Kind::Delete => "delete",
+        }
+    }
+
+    fn from_i64(v: i64) -> Result<Kind, SubError> {
+        Ok(match v {
+            0 => Kind::Insert,
+            1 => Kind::Update,
+            2 => Kind::Delete,
+            other => return Err(SubError::Corrupt(format!("change kind {other}"))),
+        })
+    }
+}
+
+/// One logged change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoggedChange {
+    pub id: u64,
+    pub kind: Kind,
+    pub rowid: i64,
+    /// JSON array of the row's cells (the last ones, for a delete).
+    pub cells: String,
+}
+
+/// What a subscription was created with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Definition {
+    pub sql: String,
+    /// JSON of the parameters (`[...]` positional or `{...}` named).
+    pub params: String,
+    pub columns: Vec<String>,
+}
+
+pub struct Matview {
+    conn: Connection,
+    path: PathBuf,
+    last_change: u64,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+impl Matview {
+    /// Creates the file for a new subscription.
+    pub fn create(path: &Path, def: &Definition) -> Result<Matview, SubError> {
+        let mut v = Matview::open_file(path)?;
+        let tx = v.conn.transaction()?;
+        for (k, val) in [
+            ("sql", def.sql.clone()),
+            ("params", def.params.clone()),
+            (
+                "columns",
+                serde_json::to_string(&def.columns).unwrap_or_default(),
+            ),
+        ] {
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (k, v) VALUES (?1, ?2)",
+                params![k, val],
+            )?;
+        }
+        tx.commit()?;
+        Ok(v)
+    }
+
+    /// Opens an existing subscription file.
+    pub fn open(path: &Path) -> Result<(Matview, Definition), SubError> {
+        let v = Matview::open_file(path)?;
+        let get = |k: &str| -> Result<String, SubError> {
+            v.conn
+                .query_row("SELECT v FROM meta WHERE k = ?1", [k], |r| r.get(0))
+                .optional()?
+                .ok_or_else(|| SubError::Corrupt(format!("{}: no {k}", path.display())))
+        };
+        let def = Definition {
+            sql: get("sql")?,
+            params: get("params")?,
+            columns: serde_json::from_str(&get("columns")?)
+                .map_err(|e| SubError::Corrupt(e.to_string()))?,
+        };
+        Ok((v, def))
+    }
+
+    fn open_file(path: &Path) -> Result<Matview, SubError> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.execute_batch(DDL)?;
+        let last: Option<i64> = conn.query_row("SELECT max(id) FROM changes", [], |r| r.get(0))?;
+        let last = match last {
+            Some(l) => l as u64,
+            None => conn
+                .query_row("SELECT v FROM meta WHERE k = 'last_change'", [], |r| {
+                    r.get::<_, String>(0)
+                })
+                .optional()?
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0),
+        };
+        Ok(Matview {
+            conn,
+            path: path.to_path_buf(),
+            last_change: last,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn last_change(&self) -> u64 {
+        self.last_change
+    }
+
+    /// Oldest change id still in the log (`last + 1` when empty).
+    pub fn oldest_change(&self) -> Result<u64, SubError> {
+        let min: Option<i64> = self
+            .conn
+            .query_row("SELECT min(id) FROM changes", [], |r| r.get(0))?;
+        Ok(min.map_or(self.last_change + 1, |m| m as u64))
+    }
+
+    /// Replaces the whole result with `rows`, logging no changes (the first
+    /// run of a new subscription).
+    pub fn fill(&mut self, rows: Vec<Fresh>) -> Result<(), SubError> {
+        let tx = self.conn.transaction()?;
+        tx.execute("DELETE FROM rows", [])?;
+        tx.execute("DELETE FROM row_keys", [])?;
+        {
+            let mut ins =
+                tx.prepare_cached("INSERT OR IGNORE INTO rows (key, cells) VALUES (?1, ?2)")?;
+            let mut keys = tx.prepare_cached(
+                "INSERT OR IGNORE INTO row_keys (src, pk, row) VALUES (?1, ?2, ?3)",
+            )?;
+            for r in rows {
+                if ins.execute(params![r.key, r.cells])? == 0 {
+                    continue;
+                }
+                let id = tx.last_insert_rowid();
+                for (src, pk) in r.source_keys.iter().enumerate() {
+                    keys.execute(params![src as i64, pk, id])?;
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Every held row, in row-id order: (row id, cells JSON).
+    pub fn rows(&self) -> Result<Vec<(i64, String)>, SubError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, cells FROM rows ORDER BY id")?;
+        let rows = stmt
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Held rows built from any of `changed` (per source: encoded keys).
+    fn held_for(&self, changed: &[Vec<Vec<u8>>]) -> Result<Vec<Held>, SubError> {
+        let mut find = self
+            .conn
+            .prepare_cached("SELECT row FROM row_keys WHERE src = ?1 AND pk = ?2")?;
+        let mut ids = std::collections::BTreeSet::new();
+        for (src, pks) in changed.iter().enumerate() {
+            for pk in pks {
+                let rows = find.query_map(params![src as i64, pk], |r| r.get::<_, i64>(0))?;
+                for r in rows {
+                    ids.insert(r?);
+                }
+            }
+        }
+        let mut get = self
+            .conn
+            .prepare_cached("SELECT key, cells FROM rows WHERE id = ?1")?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            let (key, cells): (Vec<u8>, String) =
+                get.query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
+            out.push(Held {
+                rowid: id,
+                key,
+                cells,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Every held row (for a full re-run after a restart).
+    fn held_all(&self) -> Result<Vec<Held>, SubError> {
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT id, key, cells FROM rows ORDER BY id")?;
+        let rows = stmt
+            .query_map([], |r| {
+                Ok(Held {
+                    rowid: r.get(0)?,
+                    key: r.get(1)?,
+                    cells: r.get(2)?,
+                })
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(rows)
+    }
+
+    /// Brings the rows built from `changed` keys to `fresh` (the current rows
+    /// for those keys); logs and returns the changes, ids contiguous.
+    pub fn update(
+        &mut self,
+        changed: &[Vec<Vec<u8>>],
+        fresh: Vec<Fresh>,
+    ) -> Result<Vec<LoggedChange>, SubError> {
+        let held = self.held_for(changed)?;
+        self.commit_ops(diff(held, fresh))
+    }
+
+    /// Compares the whole result with `fresh` (the query re-run in full).
+    pub fn resync(&mut self, fresh: Vec<Fresh>) -> Result<Vec<LoggedChange>, SubError> {
+        let held = self.held_all()?;
+        self.commit_ops(diff(held, fresh))
+    }
+
+    fn commit_ops(&mut self, ops: Vec<Op>) -> Result<Vec<LoggedChange>, SubError> {
+        if ops.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ts = now_ms();
+        let mut next = self.last_change;
+        let mut out = Vec::with_capacity(ops.len());
+        let tx = self.conn.transaction()?;
+        {
+            let mut log = tx.prepare_cached(
+                "INSERT INTO changes (id, kind, row, cells, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
+            )?;
+            let mut ins = tx.prepare_cached("INSERT INTO rows (key, cells) VALUES (?1, ?2)")?;
+            let mut keys = tx.prepare_cached(
+                "INSERT OR IGNORE INTO row_keys (src, pk, row) VALUES (?1, ?2, ?3)",
+            )?;
+            let mut upd = tx.prepare_cached("UPDATE rows SET cells = ?2 WHERE id = ?1")?;
+            let mut del = tx.prepare_cached("DELETE FROM rows WHERE id = ?1")?;
+            let mut del_keys = tx.prepare_cached("DELETE FROM row_keys WHERE row = ?1")?;
+            for op in ops {
+                next += 1;
+                let (kind, rowid, cells) = match op {
+                    Op::Insert(f) => {
+                        ins.execute(params![f.key, f.cells])?;
+                        let id = tx.last_insert_rowid();
+                        for (src, pk) in f.source_keys.iter().enumerate() {
+                            keys.execute(params![src as i64, pk, id])?;
+                        }
+                        (Kind::Insert, id, f.cells)
+                    }
+                    Op::Update { rowid, cells } => {
+                        upd.execute(params![rowid, cells])?;
+                        (Kind::Update, rowid, cells)
+                    }
+                    Op::Delete { rowid, cells } => {
+                        del.execute([rowid])?;
+                        del_keys.execute([rowid])?;
+                        (Kind::Delete, rowid, cells)
+                    }
+                };
+                log.execute(params![next as i64, kind as i64, rowid, cells, ts])?;
+                out.push(LoggedChange {
+                    id: next,
+                    kind,
+                    rowid,
+                    cells,
+                });
+            }
+        }
+        tx.execute(
+            "INSERT OR REPLACE INTO meta (k, v) VALUES ('last_change', ?1)",
+            [next.to_string()],
+        )?;
+        tx.commit()?;
+        self.last_change = next;
+        Ok(out)
+    }
+
+    /// Logged changes with ids in `(from, upto]`, oldest first.
+    pub fn changes_between(&self, from: u64, upto: u64) -> Result<Vec<LoggedChange>, SubError> {
+        let mut stmt = self.conn.prepare_cached(
+            "SELECT id, kind, row, cells FROM changes WHERE id > ?1 AND id <= ?2 ORDER BY id",
+        )?;
+        let rows = stmt
+            .query_map(params![from as i64, upto as i64], |r| {
+                Ok((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        rows.into_iter()
+            .map(|(id, kind, rowid, cells)| {
+                Ok(LoggedChange {
+                    id: id as u64,
+                    kind: Kind::from_i64(kind)?,
+                    rowid,
+                    cells,
+                })
+            })
+            .collect()
+    }
+
+    /// Purges changes that are both beyond the newest `max_count` and older
+    /// than `max_age_ms`; how many were removed.
+    pub fn prune(&mut self, max_count: u64, max_age_ms: u64) -> Result<usize, SubError> {
+        let cutoff_id = self.last_change.saturating_sub(max_count) as i64;
+        let cutoff_ts = now_ms() - max_age_ms as i64;
+        Ok(self.conn.execute(
+            "DELETE FROM changes WHERE id <= ?1 AND ts < ?2",
+            params![cutoff_id, cutoff_ts],
+        )?)
+    }
+
+    /// Test hook: ages every logged change by `ms`.
+    #[doc(hidden)]
+    pub fn age_log(&mut self, ms: i64) -> Result<(), SubError> {
+        self.conn.execute("UPDATE changes SET ts = ts - ?1", [ms])?;
+        Ok(())
+    }
+}
