@@ -203,10 +203,10 @@ impl Store {
                 books.insert(idx, b);
             }
         }
-        self.notify(RowsChanged::from_pairs(
+        self.notify(RowsChanged::from_rows(
             ready
                 .iter()
-                .flat_map(|r| r.changes.iter().map(|c| (&c.table, &c.pk))),
+                .flat_map(|r| r.changes.iter().map(|c| (&c.table, &c.pk, c.cl))),
         ));
         Ok(out)
     }
@@ -269,10 +269,10 @@ impl Store {
                 books.insert(idx, b);
             }
         }
-        self.notify(RowsChanged::from_pairs(
+        self.notify(RowsChanged::from_rows(
             ready
                 .iter()
-                .flat_map(|r| r.changes.iter().map(|c| (&c.table, &c.pk))),
+                .flat_map(|r| r.changes.iter().map(|c| (&c.table, &c.pk, c.cl))),
         ));
         tracing::info!(
             versions = n,

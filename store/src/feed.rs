@@ -10,29 +10,58 @@
 //! whether or not their changes won the merge: a listener re-reads the rows
 //! it cares about, so over-reporting costs a lookup, never a wrong answer.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::store::Store;
 
-/// Rows changed by one commit, each (table, encoded primary key) once.
+/// One row a commit touched.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowChanged {
+    pub table: Arc<str>,
+    /// Encoded primary key (see [`crate::decode_key`]).
+    pub pk: Arc<[u8]>,
+    /// The row is deleted after the commit (for remote changes: the highest
+    /// causal length received for it is even).
+    pub deleted: bool,
+}
+
+/// Rows changed by one commit, each once.
 #[derive(Debug, Clone, Default)]
 pub struct RowsChanged {
-    pub rows: Vec<(Arc<str>, Arc<[u8]>)>,
+    pub rows: Vec<RowChanged>,
 }
 
 impl RowsChanged {
-    pub(crate) fn from_pairs<'a>(
-        pairs: impl IntoIterator<Item = (&'a Arc<str>, &'a Arc<[u8]>)>,
+    /// From (table, key, causal length) triples; a row's highest causal
+    /// length decides whether it is deleted.
+    pub(crate) fn from_rows<'a>(
+        rows: impl IntoIterator<Item = (&'a Arc<str>, &'a Arc<[u8]>, u64)>,
     ) -> Self {
-        let mut seen = HashSet::new();
-        let mut rows = Vec::new();
-        for (t, pk) in pairs {
-            if seen.insert((t.clone(), pk.clone())) {
-                rows.push((t.clone(), pk.clone()));
+        let mut slot: HashMap<(Arc<str>, Arc<[u8]>), usize> = HashMap::new();
+        let mut out: Vec<(RowChanged, u64)> = Vec::new();
+        for (t, pk, cl) in rows {
+            match slot.get(&(t.clone(), pk.clone())) {
+                Some(&i) => {
+                    if cl > out[i].1 {
+                        out[i].1 = cl;
+                        out[i].0.deleted = cl % 2 == 0;
+                    }
+                }
+                None => {
+                    slot.insert((t.clone(), pk.clone()), out.len());
+                    let row = RowChanged {
+                        table: t.clone(),
+                        pk: pk.clone(),
+                        deleted: cl % 2 == 0,
+                    };
+                    out.push((row, cl));
+                }
             }
         }
-        RowsChanged { rows }
+        RowsChanged {
+            rows: out.into_iter().map(|(r, _)| r).collect(),
+        }
     }
 }
 

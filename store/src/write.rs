@@ -313,8 +313,8 @@ impl Store {
                     .or_default()
                     .mark_held(version..=version);
             }
-            self.notify(crate::feed::RowsChanged::from_pairs(
-                rows.iter().map(|r| (&r.meta.name, &r.pk)),
+            self.notify(crate::feed::RowsChanged::from_rows(
+                rows.iter().map(|r| (&r.meta.name, &r.pk, r.cl)),
             ));
             Some(version)
         };

@@ -743,7 +743,7 @@ fn change_feed_reports_the_rows_of_every_commit() {
         open_with(dir.path(), "a.db", TODOS),
         open_with(dir.path(), "b.db", TODOS),
     );
-    type Seen = std::sync::Arc<std::sync::Mutex<Vec<Vec<(String, Vec<SqlValue>)>>>>;
+    type Seen = std::sync::Arc<std::sync::Mutex<Vec<Vec<(String, Vec<SqlValue>, bool)>>>>;
     let listen = |s: &Store| -> Seen {
         let seen: Seen = Default::default();
         let sink = seen.clone();
@@ -752,7 +752,13 @@ fn change_feed_reports_the_rows_of_every_commit() {
                 sink.lock().unwrap().push(
                     rows.rows
                         .iter()
-                        .map(|(t, pk)| (t.to_string(), corro_store::decode_key(pk).unwrap()))
+                        .map(|r| {
+                            (
+                                r.table.to_string(),
+                                corro_store::decode_key(&r.pk).unwrap(),
+                                r.deleted,
+                            )
+                        })
                         .collect(),
                 );
             },
@@ -770,18 +776,25 @@ fn change_feed_reports_the_rows_of_every_commit() {
     // A transaction that changes nothing notifies nothing.
     a.transact(|tx| tx.execute("DELETE FROM todos WHERE id = 'nope'", &[]))
         .unwrap();
-    let key = |k: &str| ("todos".to_string(), vec![SqlValue::Text(k.into())]);
+    a.transact(|tx| tx.execute("DELETE FROM todos WHERE id = 'y'", &[]))
+        .unwrap();
+    let key = |k: &str, deleted| ("todos".to_string(), vec![SqlValue::Text(k.into())], deleted);
     assert_eq!(
         *seen_a.lock().unwrap(),
-        vec![vec![key("x")], vec![key("x"), key("y")]]
+        vec![
+            vec![key("x", false)],
+            vec![key("x", false), key("y", false)],
+            vec![key("y", true)]
+        ]
     );
-    // Remote application reports the rows it merged, once per commit.
-    let sets = a.changes_for(a.actor_id(), 1..=2).unwrap();
+    // Remote application reports the rows it merged, once per commit, with
+    // their state after it.
+    let sets = a.changes_for(a.actor_id(), 1..=3).unwrap();
     b.apply(sets.clone()).unwrap();
     b.apply(sets).unwrap(); // duplicates: nothing merged, nothing reported
     assert_eq!(
         *seen_b.lock().unwrap(),
-        vec![vec![key("x"), key("y")]],
+        vec![vec![key("x", false), key("y", true)]],
         "{:?}",
         c.version
     );

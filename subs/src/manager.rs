@@ -18,9 +18,9 @@
 //!   while the agent was down (or between a commit and its notification
 //!   before a crash) is missed. Subscriptions without listeners for
 //!   `idle_expiry` are removed with their files.
-//! - `updates(table)` serves `POST /v1/updates/:table`: for each changed key
-//!   of the table, `update` when the row exists after the commit, else
-//!   `delete`.
+//! - `updates(table)` serves `POST /v1/updates/:table`: for each changed row
+//!   of the table, in commit order, `update` when the row exists after the
+//!   commit, else `delete`, with its primary-key values.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::PathBuf;
@@ -94,6 +94,16 @@ impl Params {
                 serde_json::from_value(other).map_err(|e| SubError::Corrupt(e.to_string()))?,
             ),
         })
+    }
+}
+
+fn to_value(v: &SqlValue) -> Value {
+    match v {
+        SqlValue::Null => Value::Null,
+        SqlValue::Integer(i) => Value::Integer(*i),
+        SqlValue::Real(f) => Value::Real(*f),
+        SqlValue::Text(s) => Value::Text(s.clone()),
+        SqlValue::Blob(b) => Value::Blob(b.clone()),
     }
 }
 
@@ -291,13 +301,27 @@ impl Subscriptions {
         store.on_change(Arc::new(move |rows: &RowsChanged| {
             if let Some(inner) = feed.upgrade() {
                 let mut p = inner.pending.lock();
-                for (t, pk) in &rows.rows {
-                    p.entry(t.to_ascii_lowercase())
+                for r in &rows.rows {
+                    p.entry(r.table.to_ascii_lowercase())
                         .or_default()
-                        .insert(pk.clone());
+                        .insert(r.pk.clone());
                 }
                 drop(p);
                 inner.wake.notify_one();
+                // Update feeds: sent from here, in commit order.
+                let feeds = inner.updates.lock();
+                if !feeds.is_empty() {
+                    for r in &rows.rows {
+                        if let Some(tx) = feeds.get(&r.table.to_ascii_lowercase())
+                            && tx.receiver_count() > 0
+                            && let Ok(values) = decode_key(&r.pk)
+                        {
+                            let kind = if r.deleted { "delete" } else { "update" };
+                            let _ =
+                                tx.send(Arc::new((kind, values.iter().map(to_value).collect())));
+                        }
+                    }
+                }
             }
         }));
         let subs = Subscriptions { inner };
@@ -520,7 +544,8 @@ impl Subscriptions {
     }
 
     /// A feed of `(kind, primary key values)` for every changed row of
-    /// `table` (`update` when it exists after the commit, else `delete`).
+    /// `table` (`update` when it exists after the commit, else `delete`);
+    /// a receiver that falls `listener_buffer` rows behind sees `Lagged`.
     pub fn updates(
         &self,
         table: &str,
@@ -716,66 +741,6 @@ async fn dispatch(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
             if any {
                 sub.wake.notify_one();
             }
-        }
-        let feeds: Vec<(String, UpdateSender)> = inner
-            .updates
-            .lock()
-            .iter()
-            .filter(|(t, tx)| tx.receiver_count() > 0 && pending.contains_key(*t))
-            .map(|(t, tx)| (t.clone(), tx.clone()))
-            .collect();
-        if !feeds.is_empty() {
-            let store = inner.store.clone();
-            let pending = Arc::new(pending);
-            let _ =
-                tokio::task::spawn_blocking(move || notify_updates(&store, &pending, feeds)).await;
-        }
-    }
-}
-
-fn notify_updates(
-    store: &Store,
-    pending: &HashMap<String, HashSet<Arc<[u8]>>>,
-    feeds: Vec<(String, UpdateSender)>,
-) {
-    for (table, tx) in feeds {
-        let Some(pk) = store.table_pk(&table) else {
-            continue;
-        };
-        let filter: Vec<String> = pk
-            .iter()
-            .enumerate()
-            .map(|(i, c)| format!("\"{}\" IS ?{}", c.replace('"', "\"\""), i + 1))
-            .collect();
-        let sql = format!(
-            "SELECT 1 FROM \"{}\" WHERE {}",
-            table.replace('"', "\"\""),
-            filter.join(" AND ")
-        );
-        let conn = store.reader();
-        let Ok(mut stmt) = conn.prepare_cached(&sql) else {
-            continue;
-        };
-        for key in pending.get(&table).into_iter().flatten() {
-            let Ok(values) = decode_key(key) else {
-                continue;
-            };
-            for (i, v) in values.iter().enumerate() {
-                let _ = stmt.raw_bind_parameter(i + 1, v);
-            }
-            let exists = stmt.raw_query().next().ok().flatten().is_some();
-            let kind = if exists { "update" } else { "delete" };
-            let cells = values
-                .iter()
-                .map(|v| match v {
-                    SqlValue::Null => Value::Null,
-                    SqlValue::Integer(i) => Value::Integer(*i),
-                    SqlValue::Real(f) => Value::Real(*f),
-                    SqlValue::Text(s) => Value::Text(s.clone()),
-                    SqlValue::Blob(b) => Value::Blob(b.clone()),
-                })
-                .collect();
-            let _ = tx.send(Arc::new((kind, cells)));
         }
     }
 }

@@ -1,0 +1,485 @@
+//! Subscriptions over a real store: every event type, joins, rows moving in
+//! and out of a WHERE, deletes, resume from a change id during concurrent
+//! writes (no gap, no duplicate), restart, lag cut-off, log retention,
+//! invalid queries and the per-table update feed.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout, reason = "test code")]
+
+use std::path::Path;
+use std::time::Duration;
+
+use corro_client::Value;
+use corro_store::{SqlValue, Store, StoreOptions};
+use corro_subs::manager::Params;
+use corro_subs::{Event, Listener, SubConfig, Subscriptions};
+
+const SCHEMA: &str = "
+CREATE TABLE todos (id TEXT NOT NULL PRIMARY KEY, title TEXT NOT NULL DEFAULT '', done INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE tags (todo TEXT NOT NULL, tag TEXT NOT NULL, PRIMARY KEY (todo, tag));
+";
+
+fn store(dir: &Path) -> Store {
+    let s = Store::open(dir.join("state.db"), StoreOptions::default()).unwrap();
+    let schema = dir.join("schema.sql");
+    std::fs::write(&schema, SCHEMA).unwrap();
+    s.apply_schema_paths(&[schema]).unwrap();
+    s
+}
+
+fn config(dir: &Path) -> SubConfig {
+    SubConfig {
+        dir: dir.join("subs"),
+        max_log_changes: 100_000,
+        max_log_age: Duration::from_secs(86_400),
+        idle_expiry: Duration::from_secs(600),
+        listener_buffer: 10_000,
+    }
+}
+
+fn exec(s: &Store, sql: &str, params: &[SqlValue]) {
+    s.transact(|tx| tx.execute(sql, params)).unwrap();
+}
+
+async fn next(l: &mut Listener) -> Event {
+    tokio::time::timeout(Duration::from_secs(10), l.next())
+        .await
+        .expect("an event within 10 s")
+        .expect("the stream is open")
+}
+
+fn line(e: &Event) -> String {
+    e.to_line()
+}
+
+/// Reads the initial part (columns, rows, eoq) as lines.
+async fn initial(l: &mut Listener) -> Vec<String> {
+    let mut out = Vec::new();
+    loop {
+        let e = next(l).await;
+        out.push(line(&e));
+        if matches!(e, Event::Eoq { .. }) {
+            return out;
+        }
+    }
+}
+
+fn strip_time(lines: Vec<String>) -> Vec<String> {
+    lines
+        .into_iter()
+        .map(|l| {
+            if l.starts_with("{\"eoq\"") {
+                let id = l.rsplit("\"change_id\":").next().unwrap().to_string();
+                format!("eoq {}", id.trim_end_matches('}'))
+            } else {
+                l
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_event_type_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    exec(
+        &s,
+        "INSERT INTO todos (id, title) VALUES ('a', 'first'), ('b', 'second')",
+        &[],
+    );
+    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let subs = Subscriptions::start(s.clone(), config(dir.path()), stop).unwrap();
+    let mut l = subs
+        .subscribe(
+            "SELECT id, title FROM todos WHERE done = 0",
+            Params::None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        strip_time(initial(&mut l).await),
+        vec![
+            r#"{"columns":["id","title"]}"#,
+            r#"{"row":[1,["a","first"]]}"#,
+            r#"{"row":[2,["b","second"]]}"#,
+            "eoq 0",
+        ]
+    );
+    exec(
+        &s,
+        "INSERT INTO todos (id, title) VALUES ('c', 'third')",
+        &[],
+    );
+    assert_eq!(
+        line(&next(&mut l).await),
+        r#"{"change":["insert",3,["c","third"],1]}"#
+    );
+    exec(&s, "UPDATE todos SET title = 'FIRST' WHERE id = 'a'", &[]);
+    assert_eq!(
+        line(&next(&mut l).await),
+        r#"{"change":["update",1,["a","FIRST"],2]}"#
+    );
+    // Out of the WHERE: a delete carrying the last cells; back in: a new row id.
+    exec(&s, "UPDATE todos SET done = 1 WHERE id = 'b'", &[]);
+    assert_eq!(
+        line(&next(&mut l).await),
+        r#"{"change":["delete",2,["b","second"],3]}"#
+    );
+    exec(&s, "UPDATE todos SET done = 0 WHERE id = 'b'", &[]);
+    assert_eq!(
+        line(&next(&mut l).await),
+        r#"{"change":["insert",4,["b","second"],4]}"#
+    );
+    exec(&s, "DELETE FROM todos WHERE id = 'c'", &[]);
+    assert_eq!(
+        line(&next(&mut l).await),
+        r#"{"change":["delete",3,["c","third"],5]}"#
+    );
+    // A write that does not touch the result emits nothing: the next event
+    // is the one after it.
+    exec(&s, "UPDATE todos SET done = 1 WHERE id = 'c'", &[]);
+    exec(&s, "UPDATE todos SET done = 5 WHERE id = 'b'", &[]);
+    assert_eq!(
+        line(&next(&mut l).await),
+        r#"{"change":["delete",4,["b","second"],6]}"#
+    );
+
+    // The same SQL (modulo spacing and keyword case) is the same
+    // subscription; a second client gets the current rows.
+    let mut l2 = subs
+        .subscribe(
+            "select id,  title from todos where done = 0",
+            Params::None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(l2.id, l.id);
+    assert_eq!(
+        strip_time(initial(&mut l2).await),
+        vec![
+            r#"{"columns":["id","title"]}"#,
+            r#"{"row":[1,["a","FIRST"]]}"#,
+            "eoq 6",
+        ]
+    );
+    // Different parameters: a different subscription.
+    let l3 = subs
+        .subscribe(
+            "SELECT id, title FROM todos WHERE done = ?",
+            Params::Positional(vec![Value::Integer(1)]),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_ne!(l3.id, l.id);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn joins_follow_changes_on_either_side() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    exec(
+        &s,
+        "INSERT INTO todos (id, title) VALUES ('a', 'first')",
+        &[],
+    );
+    exec(&s, "INSERT INTO tags (todo, tag) VALUES ('a', 'red')", &[]);
+    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let subs = Subscriptions::start(s.clone(), config(dir.path()), stop).unwrap();
+    let mut l = subs
+        .subscribe(
+            "SELECT t.title, g.tag FROM todos t JOIN tags g ON g.todo = t.id",
+            Params::None,
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        strip_time(initial(&mut l).await),
+        vec![
+            r#"{"columns":["title","tag"]}"#,
+            r#"{"row":[1,["first","red"]]}"#,
+            "eoq 0"
+        ]
+    );
+    exec(&s, "INSERT INTO tags (todo, tag) VALUES ('a', 'blue')", &[]);
+    assert_eq!(
+        line(&next(&mut l).await),
+        r#"{"change":["insert",2,["first","blue"],1]}"#
+    );
+    // A change on the other table updates every joined row.
+    exec(&s, "UPDATE todos SET title = 'renamed' WHERE id = 'a'", &[]);
+    assert_eq!(
+        two(&mut l).await,
+        [
+            "update 1 [\"renamed\",\"red\"]",
+            "update 2 [\"renamed\",\"blue\"]"
+        ]
+    );
+    exec(&s, "DELETE FROM todos WHERE id = 'a'", &[]);
+    assert_eq!(
+        two(&mut l).await,
+        [
+            "delete 1 [\"renamed\",\"red\"]",
+            "delete 2 [\"renamed\",\"blue\"]"
+        ]
+    );
+}
+
+/// The next two changes (ids must follow on), as "kind rowid cells" sorted
+/// by row id: one batch has no order among its rows.
+async fn two(l: &mut Listener) -> Vec<String> {
+    let mut got = Vec::new();
+    let before = l.last_change();
+    for _ in 0..2 {
+        match next(l).await {
+            Event::Change(c) => got.push(c),
+            other => panic!("{other:?}"),
+        }
+    }
+    let mut ids: Vec<u64> = got.iter().map(|c| c.id).collect();
+    ids.sort();
+    assert_eq!(ids, vec![before + 1, before + 2]);
+    got.sort_by_key(|c| c.rowid);
+    got.iter()
+        .map(|c| format!("{} {} {}", c.kind.as_str(), c.rowid, c.cells))
+        .collect()
+}
+
+/// Resume with `from` while another task keeps writing: the union of what
+/// the first listener got and what the resumed one got is every change id
+/// exactly once, contiguous.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resume_from_a_change_id_during_writes_has_no_gap_and_no_duplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let subs = Subscriptions::start(s.clone(), config(dir.path()), stop).unwrap();
+    let mut l = subs
+        .subscribe("SELECT id FROM todos", Params::None, None)
+        .await
+        .unwrap();
+    initial(&mut l).await;
+    let writer = {
+        let s = s.clone();
+        tokio::task::spawn_blocking(move || {
+            for i in 0..400 {
+                exec(
+                    &s,
+                    "INSERT INTO todos (id) VALUES (?)",
+                    &[SqlValue::Text(format!("r{i:04}"))],
+                );
+            }
+        })
+    };
+    // Take some changes, then drop the listener mid-stream.
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        if let Event::Change(c) = next(&mut l).await {
+            ids.push(c.id);
+        }
+    }
+    let id = l.id;
+    let last = l.last_change();
+    drop(l);
+    let mut l = subs.attach(id, Some(last)).await.unwrap();
+    let mut rows = 0;
+    while rows < 400 {
+        match next(&mut l).await {
+            Event::Change(c) => {
+                ids.push(c.id);
+                rows = ids.len();
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    writer.await.unwrap();
+    let want: Vec<u64> = (1..=400).collect();
+    assert_eq!(ids, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscriptions_and_their_logs_survive_a_restart_and_catch_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let id;
+    {
+        let s = store(dir.path());
+        let (_stop, stop) = tokio::sync::watch::channel(false);
+        let subs = Subscriptions::start(s.clone(), config(dir.path()), stop).unwrap();
+        let mut l = subs
+            .subscribe("SELECT id, title FROM todos", Params::None, None)
+            .await
+            .unwrap();
+        initial(&mut l).await;
+        exec(&s, "INSERT INTO todos (id) VALUES ('x')", &[]);
+        next(&mut l).await;
+        id = l.id;
+    }
+    // Written while no subscription manager runs: found at start.
+    let s = store(dir.path());
+    exec(
+        &s,
+        "INSERT INTO todos (id, title) VALUES ('y', 'offline')",
+        &[],
+    );
+    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let subs = Subscriptions::start(s.clone(), config(dir.path()), stop).unwrap();
+    let mut l = subs.attach(id, Some(0)).await.unwrap();
+    assert_eq!(
+        line(&next(&mut l).await),
+        r#"{"change":["insert",1,["x",""],1]}"#
+    );
+    assert_eq!(
+        line(&next(&mut l).await),
+        r#"{"change":["insert",2,["y","offline"],2]}"#
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lagging_listener_is_cut_off_with_an_error_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let mut cfg = config(dir.path());
+    cfg.listener_buffer = 16;
+    let subs = Subscriptions::start(s.clone(), cfg, stop).unwrap();
+    let mut l = subs
+        .subscribe("SELECT id FROM todos", Params::None, None)
+        .await
+        .unwrap();
+    initial(&mut l).await;
+    for i in 0..200 {
+        exec(
+            &s,
+            "INSERT INTO todos (id) VALUES (?)",
+            &[SqlValue::Text(format!("r{i}"))],
+        );
+    }
+    // Give the worker time to publish everything while we do not read.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut saw_error = None;
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_secs(5), l.next()).await {
+        if let Event::Error(msg) = e {
+            saw_error = Some(msg);
+        }
+    }
+    let msg = saw_error.expect("an error event");
+    assert!(msg.contains("behind"), "{msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resuming_before_the_retained_log_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let mut cfg = config(dir.path());
+    cfg.max_log_changes = 5;
+    cfg.max_log_age = Duration::from_millis(0);
+    cfg.idle_expiry = Duration::from_millis(400);
+    let subs = Subscriptions::start(s.clone(), cfg, stop).unwrap();
+    let mut l = subs
+        .subscribe("SELECT id FROM todos", Params::None, None)
+        .await
+        .unwrap();
+    initial(&mut l).await;
+    for i in 0..20 {
+        exec(
+            &s,
+            "INSERT INTO todos (id) VALUES (?)",
+            &[SqlValue::Text(format!("r{i}"))],
+        );
+    }
+    for _ in 0..20 {
+        next(&mut l).await;
+    }
+    // The reaper prunes the log to the newest 5.
+    let id = l.id;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match subs.attach(id, Some(3)).await {
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(msg.contains("no longer retained"), "{msg}");
+                break;
+            }
+            Ok(_) => {
+                assert!(std::time::Instant::now() < deadline, "log never pruned");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    let mut recent = subs.attach(id, Some(15)).await.unwrap();
+    match next(&mut recent).await {
+        Event::Change(c) => assert_eq!(c.id, 16),
+        other => panic!("{other:?}"),
+    }
+    // Ahead of the log: refused too.
+    let e = subs.attach(id, Some(99)).await.err().unwrap().to_string();
+    assert!(e.contains("ahead"), "{e}");
+    // No listeners for the idle time: removed with its file.
+    drop((l, recent));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !subs.list().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "never expired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let e = subs.attach(id, None).await.err().unwrap().to_string();
+    assert!(e.contains("no subscription"), "{e}");
+    assert_eq!(
+        std::fs::read_dir(dir.path().join("subs")).unwrap().count(),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_queries_are_refused_with_a_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let subs = Subscriptions::start(s.clone(), config(dir.path()), stop).unwrap();
+    for (sql, want) in [
+        ("DELETE FROM todos", "SELECT"),
+        ("SELECT * FROM missing", "unknown table"),
+        ("SELECT nope FROM todos", "no such column"),
+        ("SELECT count(*) FROM todos", "aggregate"),
+        ("SELECT id FROM todos; SELECT 1", "exactly one"),
+    ] {
+        let e = subs
+            .subscribe(sql, Params::None, None)
+            .await
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains(want), "{sql}: {e}");
+    }
+    assert!(subs.list().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_update_feed_reports_every_row_change_of_its_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let subs = Subscriptions::start(s.clone(), config(dir.path()), stop).unwrap();
+    let mut feed = subs.updates("tags").unwrap();
+    exec(&s, "INSERT INTO todos (id) VALUES ('ignored')", &[]);
+    exec(&s, "INSERT INTO tags (todo, tag) VALUES ('a', 'red')", &[]);
+    exec(&s, "DELETE FROM tags WHERE todo = 'a'", &[]);
+    let mut got = Vec::new();
+    for _ in 0..2 {
+        let n = tokio::time::timeout(Duration::from_secs(10), feed.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        got.push(serde_json::json!({"notify": [n.0, n.1]}).to_string());
+    }
+    assert_eq!(
+        got,
+        vec![
+            r#"{"notify":["update",["a","red"]]}"#,
+            r#"{"notify":["delete",["a","red"]]}"#
+        ]
+    );
+    assert!(subs.updates("missing").is_err());
+}
