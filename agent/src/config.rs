@@ -46,8 +46,71 @@ pub(crate) struct Config {
     #[serde(default)]
     pub log: LogConfig,
     #[serde(default)]
+    pub subscriptions: SubscriptionsConfig,
+    #[serde(default)]
     #[expect(dead_code, reason = "parsed now; the Consul bridge gives it meaning")]
     pub consul: Option<ConsulConfig>,
+}
+
+/// `[subscriptions]`: where subscriptions live and how long their change
+/// logs and idle subscriptions are kept (not in the reference; defaults keep
+/// at least a day or 100,000 changes of history).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct SubscriptionsConfig {
+    /// Directory of subscription files (default: `subscriptions` next to
+    /// the database).
+    pub path: Option<PathBuf>,
+    /// A logged change is purged only when it is beyond this many newest
+    /// changes...
+    #[serde(default = "default_log_changes")]
+    pub log_max_changes: u64,
+    /// ...and older than this.
+    #[serde(default = "default_log_age")]
+    pub log_max_age_secs: u64,
+    /// Subscriptions without listeners for this long are removed.
+    #[serde(default = "default_idle_expiry")]
+    pub idle_expiry_secs: u64,
+    /// Changes a client may fall behind before it is disconnected.
+    #[serde(default = "default_listener_buffer")]
+    pub listener_buffer: usize,
+}
+
+fn default_log_changes() -> u64 {
+    100_000
+}
+fn default_log_age() -> u64 {
+    24 * 3600
+}
+fn default_idle_expiry() -> u64 {
+    15 * 60
+}
+fn default_listener_buffer() -> usize {
+    10_000
+}
+
+impl Default for SubscriptionsConfig {
+    fn default() -> Self {
+        SubscriptionsConfig {
+            path: None,
+            log_max_changes: default_log_changes(),
+            log_max_age_secs: default_log_age(),
+            idle_expiry_secs: default_idle_expiry(),
+            listener_buffer: default_listener_buffer(),
+        }
+    }
+}
+
+impl Config {
+    /// Where subscription files live.
+    pub(crate) fn subscriptions_dir(&self) -> PathBuf {
+        self.subscriptions.path.clone().unwrap_or_else(|| {
+            self.db.path.parent().map_or_else(
+                || PathBuf::from("subscriptions"),
+                |d| d.join("subscriptions"),
+            )
+        })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

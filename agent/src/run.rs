@@ -188,6 +188,18 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
     let cluster =
         crate::cluster::Cluster::start(store.clone(), &config.gossip, stop_rx.clone()).await?;
     let _ = handler.cluster.set(cluster.clone());
+    let subs = corro_subs::Subscriptions::start(
+        store.clone(),
+        corro_subs::SubConfig {
+            dir: config.subscriptions_dir(),
+            max_log_changes: config.subscriptions.log_max_changes,
+            max_log_age: Duration::from_secs(config.subscriptions.log_max_age_secs),
+            idle_expiry: Duration::from_secs(config.subscriptions.idle_expiry_secs),
+            listener_buffer: config.subscriptions.listener_buffer.max(1),
+        },
+        stop_rx.clone(),
+    )
+    .context("starting subscriptions")?;
     let state = ApiState {
         store: store.clone(),
         limits: Limits {
@@ -199,6 +211,8 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         token: config.api.authz.bearer_token.as_deref().map(Arc::from),
         healthy: Arc::new(AtomicBool::new(true)),
         cluster: Some(cluster.clone()),
+        subs: Some(subs),
+        stop: stop_rx.clone(),
     };
     let listener = tokio::net::TcpListener::bind(config.api.addr)
         .await

@@ -1,6 +1,8 @@
 //! The agent's HTTP API (reference chapter "API", DESIGN §6).
 //!
 //! Routes: `POST /v1/transactions`, `POST /v1/queries` (NDJSON),
+//! `POST /v1/subscriptions`, `GET /v1/subscriptions/:id` and
+//! `POST /v1/updates/:table` (NDJSON streams),
 //! `POST /v1/table_stats`, `GET /v1/health`, `GET /v1/members`. Every route
 //! requires `Authorization: Bearer <token>` when `api.authz.bearer-token` is
 //! set. Errors are JSON `{"error": "..."}` with a 4xx status for bad input
@@ -9,6 +11,7 @@
 
 mod queries;
 mod stats;
+mod subscriptions;
 mod transactions;
 mod values;
 
@@ -44,12 +47,19 @@ pub(crate) struct ApiState {
     pub healthy: Arc<AtomicBool>,
     /// Peers to broadcast committed versions to (absent in unit setups).
     pub cluster: Option<crate::cluster::Cluster>,
+    /// Subscriptions and update feeds.
+    pub subs: Option<corro_subs::Subscriptions>,
+    /// Flips on shutdown: long-lived streams end so the server can drain.
+    pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 pub(crate) fn router(state: ApiState) -> Router {
     Router::new()
         .route("/v1/transactions", post(transactions::handle))
         .route("/v1/queries", post(queries::handle))
+        .route("/v1/subscriptions", post(subscriptions::subscribe))
+        .route("/v1/subscriptions/{id}", get(subscriptions::resubscribe))
+        .route("/v1/updates/{table}", post(subscriptions::updates))
         .route("/v1/table_stats", post(stats::table_stats))
         .route("/v1/health", get(stats::health))
         .route("/v1/members", get(stats::members))
