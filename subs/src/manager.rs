@@ -192,8 +192,12 @@ struct Sub {
     closed: AtomicBool,
 }
 
+/// One update-feed notification: `update` or `delete`, and the row's
+/// primary-key values.
+pub type UpdateEvent = Arc<(&'static str, Vec<Value>)>;
+
 /// Update-feed listeners of one table.
-type UpdateSender = broadcast::Sender<Arc<(&'static str, Vec<Value>)>>;
+type UpdateSender = broadcast::Sender<UpdateEvent>;
 
 struct Inner {
     store: Store,
@@ -546,10 +550,7 @@ impl Subscriptions {
     /// A feed of `(kind, primary key values)` for every changed row of
     /// `table` (`update` when it exists after the commit, else `delete`);
     /// a receiver that falls `listener_buffer` rows behind sees `Lagged`.
-    pub fn updates(
-        &self,
-        table: &str,
-    ) -> Result<broadcast::Receiver<Arc<(&'static str, Vec<Value>)>>, SubError> {
+    pub fn updates(&self, table: &str) -> Result<broadcast::Receiver<UpdateEvent>, SubError> {
         if self.inner.store.table_pk(table).is_none() {
             return Err(SubError::UnknownTable(table.to_string()));
         }

@@ -45,12 +45,12 @@ fn params_of(s: &Statement) -> Params {
     }
 }
 
-fn subs_of(st: &ApiState) -> Result<&corro_subs::Subscriptions, Response> {
+fn subs_of(st: &ApiState) -> Result<&corro_subs::Subscriptions, Box<Response>> {
     st.subs.as_ref().ok_or_else(|| {
-        error(
+        Box::new(error(
             StatusCode::SERVICE_UNAVAILABLE,
             "subscriptions are not running".into(),
-        )
+        ))
     })
 }
 
@@ -143,7 +143,7 @@ pub(crate) async fn subscribe(
     };
     let subs = match subs_of(&st) {
         Ok(s) => s.clone(),
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match subs
         .subscribe(statement.sql(), params_of(&statement), q.from)
@@ -177,7 +177,7 @@ pub(crate) async fn resubscribe(
     };
     let subs = match subs_of(&st) {
         Ok(s) => s.clone(),
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     match subs.attach(id, q.from).await {
         Ok(l) => stream(&st, id, Some(l), None),
@@ -191,7 +191,7 @@ pub(crate) async fn resubscribe(
 pub(crate) async fn updates(State(st): State<ApiState>, Path(table): Path<String>) -> Response {
     let subs = match subs_of(&st) {
         Ok(s) => s.clone(),
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let mut rx = match subs.updates(&table) {
         Ok(rx) => rx,
