@@ -200,3 +200,70 @@ fn a_change_written_on_another_node_reaches_a_subscription() {
     b.exec(&agent_b, "DELETE FROM todos WHERE id = 'from-b'");
     assert_eq!(s.next(), r#"{"change":["delete",1,["from-b","hello"],2]}"#);
 }
+
+/// The typed client resumes by itself: the agent restarts (same API port)
+/// while a client holds a subscription; the client reconnects with
+/// `from=<last change>` and the change ids it yields stay contiguous.
+#[test]
+fn the_rust_client_resumes_after_the_agent_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let a = Node::new(&dir.path().join("a"), "");
+    let text = std::fs::read_to_string(&a.config).unwrap().replace(
+        "[api]\naddr = \"127.0.0.1:0\"",
+        &format!("[api]\naddr = \"127.0.0.1:{port}\""),
+    );
+    std::fs::write(&a.config, text).unwrap();
+    let agent = a.start();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = corro_client::Client::new(agent.api, None);
+    let mut sub = rt
+        .block_on(client.subscribe(&corro_client::Statement::Simple(
+            "SELECT id FROM todos".into(),
+        )))
+        .unwrap();
+    let next = |sub: &mut corro_client::Subscription| {
+        rt.block_on(async {
+            tokio::time::timeout(Duration::from_secs(30), sub.next())
+                .await
+                .expect("an event within 30 s")
+                .expect("the subscription is open")
+                .expect("no error")
+        })
+    };
+    use corro_client::QueryEvent;
+    assert!(matches!(next(&mut sub), QueryEvent::Columns(_)));
+    assert!(matches!(
+        next(&mut sub),
+        QueryEvent::EndOfQuery {
+            change_id: Some(0),
+            ..
+        }
+    ));
+    a.exec(&agent, "INSERT INTO todos (id) VALUES ('one')");
+    assert!(matches!(
+        next(&mut sub),
+        QueryEvent::Change(corro_client::ChangeKind::Insert, 1, _, 1)
+    ));
+
+    agent.stop();
+    let agent = a.start();
+    a.exec(&agent, "INSERT INTO todos (id) VALUES ('two')");
+    a.exec(&agent, "DELETE FROM todos WHERE id = 'one'");
+    let mut ids = Vec::new();
+    while ids.len() < 2 {
+        if let QueryEvent::Change(_, _, _, id) = next(&mut sub) {
+            ids.push(id);
+        }
+    }
+    assert_eq!(ids, vec![2, 3]);
+    assert_eq!(sub.last_change(), Some(3));
+}

@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use futures::StreamExt;
 
 use crate::types::{
-    ApiError, ExecResponse, HealthResponse, Member, QueryEvent, Statement, TableStatsRequest,
-    TableStatsResponse, Value,
+    ApiError, ExecResponse, HealthResponse, Member, NotifyEvent, QueryEvent, Statement,
+    TableStatsRequest, TableStatsResponse, Value,
 };
 
 /// Why a call failed.
@@ -116,47 +116,55 @@ impl Client {
                     .json(statement),
             )
             .await?;
-        let addr = self.addr;
-        let state = (
-            resp.bytes_stream().boxed(),
-            Vec::new(),
-            std::collections::VecDeque::new(),
-            false,
-        );
-        Ok(futures::stream::unfold(
-            state,
-            move |(mut body, mut buf, mut ready, mut done)| async move {
-                loop {
-                    if let Some(ev) = ready.pop_front() {
-                        return Some((ev, (body, buf, ready, done)));
-                    }
-                    if done {
-                        return None;
-                    }
-                    match body.next().await {
-                        Some(Ok(chunk)) => {
-                            buf.extend_from_slice(&chunk);
-                            while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                                let line: Vec<u8> = buf.drain(..=pos).collect();
-                                if !line.iter().all(u8::is_ascii_whitespace) {
-                                    ready.push_back(parse_event(&line));
-                                }
-                            }
-                        }
-                        Some(Err(source)) => {
-                            done = true;
-                            ready.push_back(Err(ClientError::Http { addr, source }));
-                        }
-                        None => {
-                            done = true;
-                            if !buf.iter().all(u8::is_ascii_whitespace) {
-                                ready.push_back(parse_event(&buf));
-                            }
-                        }
-                    }
-                }
-            },
-        ))
+        Ok(ndjson(resp, self.addr))
+    }
+
+    /// `POST /v1/subscriptions`: the current rows, then every change. The
+    /// returned [`Subscription`] reconnects by itself (resuming after the
+    /// last change it delivered) when the connection drops.
+    pub async fn subscribe(&self, statement: &Statement) -> Result<Subscription, ClientError> {
+        let resp = self
+            .send(
+                self.request(reqwest::Method::POST, "/v1/subscriptions")
+                    .json(statement),
+            )
+            .await?;
+        Subscription::from_response(self.clone(), resp, None)
+    }
+
+    /// `GET /v1/subscriptions/:id`, from the start (`from: None`: all rows,
+    /// then changes) or after change `from`.
+    pub async fn resubscribe(
+        &self,
+        id: &str,
+        from: Option<u64>,
+    ) -> Result<Subscription, ClientError> {
+        let resp = self.open_subscription(id, from).await?;
+        Subscription::from_response(self.clone(), resp, from)
+    }
+
+    async fn open_subscription(
+        &self,
+        id: &str,
+        from: Option<u64>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let path = match from {
+            Some(f) => format!("/v1/subscriptions/{id}?from={f}"),
+            None => format!("/v1/subscriptions/{id}"),
+        };
+        self.send(self.request(reqwest::Method::GET, &path)).await
+    }
+
+    /// `POST /v1/updates/:table`: a notification per changed row.
+    pub async fn updates(
+        &self,
+        table: &str,
+    ) -> Result<impl futures::Stream<Item = Result<NotifyEvent, ClientError>> + use<>, ClientError>
+    {
+        let resp = self
+            .send(self.request(reqwest::Method::POST, &format!("/v1/updates/{table}")))
+            .await?;
+        Ok(ndjson(resp, self.addr))
     }
 
     /// `POST /v1/queries`, collected. An error event becomes an error.
@@ -182,6 +190,7 @@ impl Client {
                         message,
                     });
                 }
+                QueryEvent::Change(..) => {}
             }
         }
         Err(ClientError::Decode(
@@ -214,6 +223,163 @@ impl Client {
     }
 }
 
-fn parse_event(line: &[u8]) -> Result<QueryEvent, ClientError> {
+fn parse_event<T: serde::de::DeserializeOwned>(line: &[u8]) -> Result<T, ClientError> {
     serde_json::from_slice(line).map_err(|e| ClientError::Decode(e.to_string()))
+}
+
+type Lines<T> = futures::stream::BoxStream<'static, Result<T, ClientError>>;
+
+/// An NDJSON response body as a stream of parsed lines.
+fn ndjson<T: serde::de::DeserializeOwned + Send + 'static>(
+    resp: reqwest::Response,
+    addr: SocketAddr,
+) -> Lines<T> {
+    let state = (
+        resp.bytes_stream().boxed(),
+        Vec::new(),
+        std::collections::VecDeque::new(),
+        false,
+    );
+    futures::stream::unfold(
+        state,
+        move |(mut body, mut buf, mut ready, mut done)| async move {
+            loop {
+                if let Some(ev) = ready.pop_front() {
+                    return Some((ev, (body, buf, ready, done)));
+                }
+                if done {
+                    return None;
+                }
+                match body.next().await {
+                    Some(Ok(chunk)) => {
+                        buf.extend_from_slice(&chunk);
+                        while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                            let line: Vec<u8> = buf.drain(..=pos).collect();
+                            if !line.iter().all(u8::is_ascii_whitespace) {
+                                ready.push_back(parse_event(&line));
+                            }
+                        }
+                    }
+                    Some(Err(source)) => {
+                        done = true;
+                        ready.push_back(Err(ClientError::Http { addr, source }));
+                    }
+                    None => {
+                        done = true;
+                        if !buf.iter().all(u8::is_ascii_whitespace) {
+                            ready.push_back(parse_event(&buf));
+                        }
+                    }
+                }
+            }
+        },
+    )
+    .boxed()
+}
+
+/// How long a [`Subscription`] keeps trying to reconnect before it gives up.
+const RESUME_FOR: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// A live subscription. [`Subscription::next`] yields the initial
+/// `columns`/`row`/`eoq` events, then `change` events. When the connection
+/// drops it reconnects with `GET /v1/subscriptions/:id?from=<last change>`
+/// (backing off from 100 ms to 2 s, for up to 30 s), so the caller sees one
+/// unbroken sequence of change ids. An `{"error"}` event from the agent is
+/// final and comes back as [`ClientError::Api`].
+pub struct Subscription {
+    client: Client,
+    id: String,
+    last_change: Option<u64>,
+    events: Option<Lines<QueryEvent>>,
+}
+
+impl Subscription {
+    fn from_response(
+        client: Client,
+        resp: reqwest::Response,
+        from: Option<u64>,
+    ) -> Result<Subscription, ClientError> {
+        let id = resp
+            .headers()
+            .get("corro-query-id")
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| ClientError::Decode("no corro-query-id header".into()))?
+            .to_string();
+        let addr = client.addr;
+        Ok(Subscription {
+            client,
+            id,
+            last_change: from,
+            events: Some(ndjson(resp, addr)),
+        })
+    }
+
+    /// The subscription id (`corro-query-id`).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The last change id seen (from `eoq` or a `change`).
+    pub fn last_change(&self) -> Option<u64> {
+        self.last_change
+    }
+
+    /// The next event; `None` after a final error.
+    pub async fn next(&mut self) -> Option<Result<QueryEvent, ClientError>> {
+        let mut deadline = None;
+        let mut backoff = std::time::Duration::from_millis(100);
+        loop {
+            if let Some(events) = self.events.as_mut() {
+                match events.next().await {
+                    Some(Ok(QueryEvent::Error(message))) => {
+                        self.events = None;
+                        return Some(Err(ClientError::Api {
+                            status: 200,
+                            message,
+                        }));
+                    }
+                    Some(Ok(ev)) => {
+                        match &ev {
+                            QueryEvent::EndOfQuery { change_id, .. } => {
+                                self.last_change = *change_id;
+                            }
+                            QueryEvent::Change(_, _, _, id) => {
+                                if self.last_change.is_some_and(|l| *id <= l) {
+                                    continue; // already delivered
+                                }
+                                self.last_change = Some(*id);
+                            }
+                            _ => {}
+                        }
+                        return Some(Ok(ev));
+                    }
+                    // The connection dropped (or ended): resume below.
+                    Some(Err(ClientError::Http { .. })) | None => self.events = None,
+                    Some(Err(e)) => {
+                        self.events = None;
+                        return Some(Err(e));
+                    }
+                }
+            }
+            // Resume after the last change (or from the start if none yet).
+            let started = *deadline.get_or_insert_with(std::time::Instant::now);
+            match self
+                .client
+                .open_subscription(&self.id, self.last_change)
+                .await
+            {
+                Ok(resp) => {
+                    self.events = Some(ndjson(resp, self.client.addr));
+                }
+                Err(e @ ClientError::Api { .. }) => return Some(Err(e)),
+                Err(e) => {
+                    if started.elapsed() > RESUME_FOR {
+                        return Some(Err(e));
+                    }
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(2));
+                }
+            }
+        }
+    }
 }

@@ -10,8 +10,8 @@ pub mod types;
 
 mod client;
 
-pub use client::{Client, ClientError, QueryRows};
+pub use client::{Client, ClientError, QueryRows, Subscription};
 pub use types::{
-    ExecResponse, ExecResult, HealthResponse, Member, QueryEvent, Statement, TableStatsRequest,
-    TableStatsResponse, Value,
+    ChangeKind, ExecResponse, ExecResult, HealthResponse, Member, NotifyEvent, NotifyKind,
+    QueryEvent, Statement, TableStatsRequest, TableStatsResponse, Value,
 };

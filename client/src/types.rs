@@ -171,7 +171,35 @@ pub enum QueryEvent {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         change_id: Option<u64>,
     },
+    /// A subscription's change: (kind, row id, cells, change id).
+    Change(ChangeKind, u64, Vec<Value>, u64),
     Error(String),
+}
+
+/// What happened to a subscription's result row.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChangeKind {
+    Insert,
+    Update,
+    Delete,
+}
+
+/// One line of `POST /v1/updates/:table`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyEvent {
+    /// (`update` or `delete`, primary-key values)
+    Notify(NotifyKind, Vec<Value>),
+    Error(String),
+}
+
+/// Kind of an update-feed notification.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NotifyKind {
+    Update,
+    Delete,
 }
 
 /// Body of `POST /v1/table_stats`.
