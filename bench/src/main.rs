@@ -7,6 +7,7 @@
 
 mod cluster;
 mod store;
+mod subs;
 
 use clap::{Parser, Subcommand};
 
@@ -26,6 +27,8 @@ enum Cmd {
     /// `valgrind --tool=callgrind` (deterministic, unlike wall-clock time here).
     #[command(hide = true)]
     StoreOnce(store::OnceArgs),
+    /// Subscriptions on a large table under a steady write load.
+    Subs(subs::SubsArgs),
     /// Real agents on loopback: convergence, latency, catch-up, failover.
     Cluster {
         #[command(subcommand)]
@@ -38,5 +41,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Store(args) => store::run(args),
         Cmd::StoreOnce(args) => store::once(args),
         Cmd::Cluster { cmd } => cluster::run(cmd),
+        Cmd::Subs(args) => subs::run(args),
     }
 }

@@ -1,12 +1,12 @@
 //! The subscription registry the agent runs.
 //!
 //! - The store's change feed ([`Store::on_change`]) drops the (table, key)
-//!   pairs of every commit into a pending set; a dispatcher task hands each
-//!   subscription the keys of the tables it reads, and one worker per
-//!   subscription takes everything pending at once (so bursts coalesce),
-//!   re-reads only the result rows built from those keys (the filtered
-//!   statement of [`SubQuery`]) on a blocking thread, diffs them against the
-//!   materialized view, logs the changes and publishes them.
+//!   pairs of every commit into a pending set; a dispatcher task takes
+//!   everything pending at once (so bursts coalesce) and, on one blocking
+//!   thread, has each subscription reading those tables re-read only the
+//!   result rows built from the changed keys (the filtered statement of
+//!   [`SubQuery`]), diff them against its materialized view, log the changes
+//!   and publish them.
 //! - A listener subscribes to the live channel *before* reading the view or
 //!   the log under the view's lock, then skips live changes it already got:
 //!   no change is lost or repeated between the initial rows (or a replay from
@@ -184,12 +184,26 @@ struct Sub {
     columns: Arc<Vec<String>>,
     view: Mutex<Matview>,
     live: broadcast::Sender<Arc<LoggedChange>>,
-    /// Per source: keys changed since the worker last ran.
-    pending: Mutex<Vec<HashSet<Arc<[u8]>>>>,
-    wake: Notify,
     listeners: AtomicUsize,
     idle_since: Mutex<Option<Instant>>,
     closed: AtomicBool,
+    /// Filtered statements by (source, number of keys).
+    filtered: Mutex<HashMap<(usize, usize), Arc<str>>>,
+}
+
+impl Sub {
+    fn filtered_sql(&self, src: usize, n: usize) -> Result<Arc<str>, SubError> {
+        if let Some(sql) = self.filtered.lock().get(&(src, n)) {
+            return Ok(sql.clone());
+        }
+        let sql: Arc<str> = self.query.filtered_sql(src, n)?.into();
+        let mut cache = self.filtered.lock();
+        if cache.len() > 64 {
+            cache.clear();
+        }
+        cache.insert((src, n), sql.clone());
+        Ok(sql)
+    }
 }
 
 /// One update-feed notification: `update` or `delete`, and the row's
@@ -393,7 +407,6 @@ impl Subscriptions {
     ) -> Arc<Sub> {
         let identity = format!("{}\u{0}{}", query.normalized, params.to_json());
         let (live, _) = broadcast::channel(self.inner.cfg.listener_buffer.max(1));
-        let n = query.sources.len();
         let sub = Arc::new(Sub {
             id,
             identity: identity.clone(),
@@ -402,15 +415,13 @@ impl Subscriptions {
             columns: Arc::new(columns),
             view: Mutex::new(view),
             live,
-            pending: Mutex::new(vec![HashSet::new(); n]),
-            wake: Notify::new(),
             listeners: AtomicUsize::new(0),
             idle_since: Mutex::new(Some(Instant::now())),
             closed: AtomicBool::new(false),
+            filtered: Mutex::new(HashMap::new()),
         });
         self.inner.subs.write().insert(id, sub.clone());
         self.inner.by_identity.lock().insert(identity, id);
-        tokio::spawn(work(self.inner.clone(), sub.clone()));
         metrics::gauge!("corro_subs_active").set(self.inner.subs.read().len() as f64);
         sub
     }
@@ -670,7 +681,7 @@ fn refresh(inner: &Inner, sub: &Sub, changed: Vec<HashSet<Arc<[u8]>>>) -> Result
                     decode_key(k).map_err(|e| SubError::Corrupt(format!("changed key: {e}")))?,
                 );
             }
-            let sql = sub.query.filtered_sql(src, chunk.len())?;
+            let sql = sub.filtered_sql(src, chunk.len())?;
             let (_, rows) = read(&inner.store, &sub.query, &sub.params, &sql, &values)?;
             fresh.extend(rows);
         }
@@ -685,38 +696,10 @@ fn refresh(inner: &Inner, sub: &Sub, changed: Vec<HashSet<Arc<[u8]>>>) -> Result
     Ok(())
 }
 
-/// One subscription's worker: waits for changed keys, refreshes.
-async fn work(inner: Arc<Inner>, sub: Arc<Sub>) {
-    loop {
-        sub.wake.notified().await;
-        if sub.closed.load(Ordering::Relaxed) {
-            return;
-        }
-        let changed: Vec<HashSet<Arc<[u8]>>> = {
-            let mut p = sub.pending.lock();
-            let n = p.len();
-            std::mem::replace(&mut *p, vec![HashSet::new(); n])
-        };
-        if changed.iter().all(HashSet::is_empty) {
-            continue;
-        }
-        let (i, s) = (inner.clone(), sub.clone());
-        match tokio::task::spawn_blocking(move || refresh(&i, &s, changed)).await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => {
-                tracing::warn!(id = %sub.id, error = %e, "subscription refresh failed; re-running it in full");
-                let (i, s) = (inner.clone(), sub.clone());
-                if let Ok(Err(e)) = tokio::task::spawn_blocking(move || resync(&i, &s)).await {
-                    tracing::error!(id = %sub.id, error = %e, "subscription re-run failed");
-                }
-            }
-            Err(e) => tracing::error!(id = %sub.id, error = %e, "subscription worker panicked"),
-        }
-    }
-}
-
-/// Routes changed keys to the subscriptions (and update feeds) that read
-/// their tables.
+/// Routes changed keys to the subscriptions that read their tables and
+/// refreshes them, all on one blocking thread per round: while a round runs,
+/// new changes pile up in the pending set and are taken together by the
+/// next one (bursts coalesce; no thread hop per subscription).
 async fn dispatch(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
     loop {
         tokio::select! {
@@ -728,20 +711,42 @@ async fn dispatch(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
             continue;
         }
         let subs: Vec<Arc<Sub>> = inner.subs.read().values().cloned().collect();
+        let mut work = Vec::new();
         for sub in subs {
-            let mut any = false;
-            {
-                let mut p = sub.pending.lock();
-                for (i, src) in sub.query.sources.iter().enumerate() {
-                    if let Some(keys) = pending.get(&src.table.to_ascii_lowercase()) {
-                        p[i].extend(keys.iter().cloned());
-                        any = true;
+            let changed: Vec<HashSet<Arc<[u8]>>> = sub
+                .query
+                .sources
+                .iter()
+                .map(|src| {
+                    pending
+                        .get(&src.table.to_ascii_lowercase())
+                        .cloned()
+                        .unwrap_or_default()
+                })
+                .collect();
+            if changed.iter().any(|c| !c.is_empty()) {
+                work.push((sub, changed));
+            }
+        }
+        if work.is_empty() {
+            continue;
+        }
+        let i = inner.clone();
+        let round = tokio::task::spawn_blocking(move || {
+            for (sub, changed) in work {
+                if sub.closed.load(Ordering::Relaxed) {
+                    continue;
+                }
+                if let Err(e) = refresh(&i, &sub, changed) {
+                    tracing::warn!(id = %sub.id, error = %e, "subscription refresh failed; re-running it in full");
+                    if let Err(e) = resync(&i, &sub) {
+                        tracing::error!(id = %sub.id, error = %e, "subscription re-run failed");
                     }
                 }
             }
-            if any {
-                sub.wake.notify_one();
-            }
+        });
+        if let Err(e) = round.await {
+            tracing::error!(error = %e, "subscription refresh round panicked");
         }
     }
 }
@@ -765,7 +770,6 @@ async fn reap(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
                 inner.subs.write().remove(&sub.id);
                 inner.by_identity.lock().remove(&sub.identity);
                 sub.closed.store(true, Ordering::Relaxed);
-                sub.wake.notify_one();
                 let path = sub.view.lock().path().to_path_buf();
                 for p in [
                     path.clone(),
