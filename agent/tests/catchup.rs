@@ -10,8 +10,6 @@ use std::time::{Duration, Instant};
 
 use common::Node;
 
-const BATCH: u64 = 100_000;
-
 #[test]
 fn a_new_agent_catches_up_a_large_database() {
     let rows: u64 = std::env::var("CATCHUP_ROWS")
@@ -21,25 +19,7 @@ fn a_new_agent_catches_up_a_large_database() {
     let dir = tempfile::tempdir().unwrap();
     let a = Node::new(&dir.path().join("a"), "");
     let agent_a = a.start();
-    let client = reqwest::blocking::Client::new();
-    let mut done = 0;
-    while done < rows {
-        let n = BATCH.min(rows - done);
-        let sql = format!(
-            "INSERT INTO todos (id, title, completed_at) \
-             WITH RECURSIVE c(x) AS (SELECT {start} UNION ALL SELECT x + 1 FROM c WHERE x < {end}) \
-             SELECT printf('row-%08d', x), 'title of row ' || x, x FROM c",
-            start = done + 1,
-            end = done + n
-        );
-        let r = client
-            .post(agent_a.url("/v1/transactions"))
-            .json(&serde_json::json!([sql]))
-            .send()
-            .unwrap();
-        assert!(r.status().is_success(), "{}", r.text().unwrap());
-        done += n;
-    }
+    agent_a.bulk_load(rows);
 
     let start = Instant::now();
     let b = Node::joining(&dir.path().join("b"), &agent_a);

@@ -86,6 +86,25 @@ fn await_state(observer: &Agent, addrs: &[String], state: &str, limit: Duration)
     }
 }
 
+/// `n` agents bootstrapping from the first, once every one lists all the
+/// others as alive.
+fn full_cluster(dir: &std::path::Path, n: usize) -> (Vec<Node>, Vec<Agent>) {
+    let first = Node::new(&dir.join("n0"), "");
+    let mut agents = vec![first.start()];
+    let mut nodes = vec![first];
+    for i in 1..n {
+        let node = Node::joining(&dir.join(format!("n{i}")), &agents[0]);
+        agents.push(node.start());
+        nodes.push(node);
+    }
+    let addrs: Vec<String> = agents.iter().map(|a| a.gossip.to_string()).collect();
+    for (i, a) in agents.iter().enumerate() {
+        let others: Vec<String> = addrs.iter().filter(|x| **x != addrs[i]).cloned().collect();
+        await_state(a, &others, "alive", Duration::from_secs(60));
+    }
+    (nodes, agents)
+}
+
 /// Three agents, each behind a relay; the third is cut off while both sides
 /// keep writing (distinct rows and the same row), then the network heals.
 #[test]
@@ -221,17 +240,8 @@ fn an_agent_killed_mid_write_keeps_every_acknowledged_write() {
 #[test]
 fn a_briefly_paused_agent_is_not_flapped_out() {
     let dir = tempfile::tempdir().unwrap();
-    let first = Node::new(&dir.path().join("n0"), "");
-    let mut agents = vec![first.start()];
-    for i in 1..5 {
-        let n = Node::joining(&dir.path().join(format!("n{i}")), &agents[0]);
-        agents.push(n.start());
-    }
+    let (_nodes, agents) = full_cluster(dir.path(), 5);
     let addrs: Vec<String> = agents.iter().map(|a| a.gossip.to_string()).collect();
-    for (i, a) in agents.iter().enumerate() {
-        let others: Vec<String> = addrs.iter().filter(|x| **x != addrs[i]).cloned().collect();
-        await_state(a, &others, "alive", Duration::from_secs(20));
-    }
     agents[3].signal("STOP");
     let resume = Instant::now() + Duration::from_secs(2);
     let mut suspected = false;
@@ -262,17 +272,7 @@ fn a_briefly_paused_agent_is_not_flapped_out() {
 #[test]
 fn twenty_agents_all_mark_a_killed_agent_down() {
     let dir = tempfile::tempdir().unwrap();
-    let first = Node::new(&dir.path().join("n0"), "");
-    let mut agents = vec![first.start()];
-    for i in 1..20 {
-        let n = Node::joining(&dir.path().join(format!("n{i}")), &agents[0]);
-        agents.push(n.start());
-    }
-    let addrs: Vec<String> = agents.iter().map(|a| a.gossip.to_string()).collect();
-    for (i, a) in agents.iter().enumerate() {
-        let others: Vec<String> = addrs.iter().filter(|x| **x != addrs[i]).cloned().collect();
-        await_state(a, &others, "alive", Duration::from_secs(60));
-    }
+    let (_nodes, mut agents) = full_cluster(dir.path(), 20);
     let victim = agents.remove(7);
     let victim_addr: SocketAddr = victim.gossip;
     drop(victim); // SIGKILL
@@ -299,17 +299,7 @@ fn twenty_agents_all_mark_a_killed_agent_down() {
 #[test]
 fn a_saturated_machine_produces_no_false_down_verdicts() {
     let dir = tempfile::tempdir().unwrap();
-    let first = Node::new(&dir.path().join("n0"), "");
-    let mut agents = vec![first.start()];
-    for i in 1..5 {
-        let n = Node::joining(&dir.path().join(format!("n{i}")), &agents[0]);
-        agents.push(n.start());
-    }
-    let addrs: Vec<String> = agents.iter().map(|a| a.gossip.to_string()).collect();
-    for (i, a) in agents.iter().enumerate() {
-        let others: Vec<String> = addrs.iter().filter(|x| **x != addrs[i]).cloned().collect();
-        await_state(a, &others, "alive", Duration::from_secs(20));
-    }
+    let (nodes, agents) = full_cluster(dir.path(), 5);
     let stop = AtomicBool::new(false);
     let urls: Vec<String> = agents.iter().map(|a| a.url("/v1/transactions")).collect();
     std::thread::scope(|s| {
@@ -345,13 +335,6 @@ fn a_saturated_machine_produces_no_false_down_verdicts() {
         }
         stop.store(true, Ordering::Relaxed);
     });
-    let nodes: Vec<Node> = (0..5)
-        .map(|i| Node {
-            dir: dir.path().join(format!("n{i}")),
-            config: dir.path().join(format!("n{i}/config.toml")),
-            db: dir.path().join(format!("n{i}/state.db")),
-        })
-        .collect();
     let nodes_ref: Vec<&Node> = nodes.iter().collect();
     let agents_ref: Vec<&Agent> = agents.iter().collect();
     await_identical(&nodes_ref, &agents_ref, 5, Duration::from_secs(30));

@@ -275,21 +275,8 @@ fn latency(dir: &Path, a: LatencyArgs) -> anyhow::Result<()> {
 fn catchup(dir: &Path, a: CatchupArgs) -> anyhow::Result<()> {
     let first = Node::new(&dir.join("a"), "");
     let agent_a = first.start();
-    let client = reqwest::blocking::Client::new();
     let start = Instant::now();
-    let mut done = 0;
-    while done < a.rows {
-        let n = 100_000.min(a.rows - done);
-        let sql = format!(
-            "INSERT INTO todos (id, title, completed_at) \
-             WITH RECURSIVE c(x) AS (SELECT {lo} UNION ALL SELECT x + 1 FROM c WHERE x < {hi}) \
-             SELECT printf('row-%08d', x), 'title of row ' || x, x FROM c",
-            lo = done + 1,
-            hi = done + n
-        );
-        post(&client, &agent_a, &serde_json::json!([sql]))?;
-        done += n;
-    }
+    agent_a.bulk_load(a.rows);
     let load = start.elapsed();
     let start = Instant::now();
     let second = Node::joining(&dir.join("b"), &agent_a);

@@ -77,23 +77,7 @@ pub(crate) fn run(a: SubsArgs) -> anyhow::Result<()> {
     let node = Node::new(&dir.path().join("a"), "");
     let agent = node.start();
     let client = reqwest::blocking::Client::builder().timeout(None).build()?;
-    let mut done = 0;
-    while done < a.rows {
-        let n = 100_000.min(a.rows - done);
-        let sql = format!(
-            "INSERT INTO todos (id, title, completed_at) \
-             WITH RECURSIVE c(x) AS (SELECT {lo} UNION ALL SELECT x + 1 FROM c WHERE x < {hi}) \
-             SELECT printf('row-%08d', x), 'title ' || x, x FROM c",
-            lo = done + 1,
-            hi = done + n
-        );
-        let r = client
-            .post(agent.url("/v1/transactions"))
-            .json(&serde_json::json!([sql]))
-            .send()?;
-        anyhow::ensure!(r.status().is_success(), "load failed: {}", r.text()?);
-        done += n;
-    }
+    agent.bulk_load(a.rows);
 
     // Baseline: the same load, no subscriptions.
     let sent: Sent = Arc::default();

@@ -195,6 +195,18 @@ impl Store {
             out.applied.push((catalog.actor(r.actor), r.version));
             out.changes += r.changes.len();
         }
+        self.commit_applied(tx, staged, &ready)?;
+        Ok(out)
+    }
+
+    /// Persists the staged bookkeeping with the merged data, commits,
+    /// publishes the books and reports the merged rows to the change feed.
+    fn commit_applied(
+        &self,
+        tx: rusqlite::Transaction<'_>,
+        staged: HashMap<u32, ActorBooks>,
+        ready: &[Ready],
+    ) -> Result<(), StoreError> {
         persist_books(&tx, &staged)?;
         tx.commit()?;
         {
@@ -208,7 +220,7 @@ impl Store {
                 .iter()
                 .flat_map(|r| r.changes.iter().map(|c| (&c.table, &c.pk, c.cl))),
         ));
-        Ok(out)
+        Ok(())
     }
 
     /// Retries complete versions that were waiting for the schema.
@@ -260,20 +272,8 @@ impl Store {
                     .mark_held(r.version..=r.version);
             }
         }
-        persist_books(&tx, &staged)?;
-        tx.commit()?;
+        self.commit_applied(tx, staged, &ready)?;
         let n = ready.len();
-        {
-            let mut books = self.inner.books.write();
-            for (idx, b) in staged {
-                books.insert(idx, b);
-            }
-        }
-        self.notify(RowsChanged::from_rows(
-            ready
-                .iter()
-                .flat_map(|r| r.changes.iter().map(|c| (&c.table, &c.pk, c.cl))),
-        ));
         tracing::info!(
             versions = n,
             "applied versions that were waiting for the schema"

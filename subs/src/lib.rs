@@ -16,6 +16,7 @@ pub mod diff;
 pub mod manager;
 pub mod matview;
 pub mod query;
+pub mod values;
 
 pub use manager::{Event, Listener, SubConfig, Subscriptions};
 pub use query::SubQuery;

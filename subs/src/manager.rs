@@ -38,6 +38,7 @@ use crate::SubError;
 use crate::diff::Fresh;
 use crate::matview::{Definition, LoggedChange, Matview};
 use crate::query::SubQuery;
+use crate::values::{from_ref, to_sql, to_value};
 
 /// Keys per filtered re-read (each key binds its pk columns).
 const KEYS_PER_READ: usize = 500;
@@ -94,48 +95,6 @@ impl Params {
                 serde_json::from_value(other).map_err(|e| SubError::Corrupt(e.to_string()))?,
             ),
         })
-    }
-}
-
-fn to_value(v: &SqlValue) -> Value {
-    match v {
-        SqlValue::Null => Value::Null,
-        SqlValue::Integer(i) => Value::Integer(*i),
-        SqlValue::Real(f) => Value::Real(*f),
-        SqlValue::Text(s) => Value::Text(s.clone()),
-        SqlValue::Blob(b) => Value::Blob(b.clone()),
-    }
-}
-
-fn to_sql(v: &Value) -> SqlValue {
-    match v {
-        Value::Null => SqlValue::Null,
-        Value::Integer(i) => SqlValue::Integer(*i),
-        Value::Real(f) => SqlValue::Real(*f),
-        Value::Text(s) => SqlValue::Text(s.clone()),
-        Value::Blob(b) => SqlValue::Blob(b.clone()),
-    }
-}
-
-fn from_ref(v: rusqlite::types::ValueRef<'_>) -> Value {
-    use rusqlite::types::ValueRef;
-    match v {
-        ValueRef::Null => Value::Null,
-        ValueRef::Integer(i) => Value::Integer(i),
-        ValueRef::Real(f) => Value::Real(f),
-        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
-        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
-    }
-}
-
-fn key_value(v: rusqlite::types::ValueRef<'_>) -> SqlValue {
-    use rusqlite::types::ValueRef;
-    match v {
-        ValueRef::Null => SqlValue::Null,
-        ValueRef::Integer(i) => SqlValue::Integer(i),
-        ValueRef::Real(f) => SqlValue::Real(f),
-        ValueRef::Text(t) => SqlValue::Text(String::from_utf8_lossy(t).into_owned()),
-        ValueRef::Blob(b) => SqlValue::Blob(b.to_vec()),
     }
 }
 
@@ -629,7 +588,7 @@ fn read(
     while let Some(r) = rows.next()? {
         let mut keys = Vec::with_capacity(q.key_cols);
         for i in 0..q.key_cols {
-            keys.push(key_value(r.get_ref(i)?));
+            keys.push(SqlValue::from_ref(r.get_ref(i)?));
         }
         let source_keys = q
             .sources

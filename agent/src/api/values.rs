@@ -4,26 +4,7 @@
 use corro_client::{Statement, Value};
 use corro_store::{SqlValue, StoreError, WriteTx, bind_named, bind_positional};
 
-pub(crate) fn to_sql(v: &Value) -> SqlValue {
-    match v {
-        Value::Null => SqlValue::Null,
-        Value::Integer(i) => SqlValue::Integer(*i),
-        Value::Real(f) => SqlValue::Real(*f),
-        Value::Text(s) => SqlValue::Text(s.clone()),
-        Value::Blob(b) => SqlValue::Blob(b.clone()),
-    }
-}
-
-pub(crate) fn from_ref(v: rusqlite::types::ValueRef<'_>) -> Value {
-    use rusqlite::types::ValueRef;
-    match v {
-        ValueRef::Null => Value::Null,
-        ValueRef::Integer(i) => Value::Integer(i),
-        ValueRef::Real(f) => Value::Real(f),
-        ValueRef::Text(t) => Value::Text(String::from_utf8_lossy(t).into_owned()),
-        ValueRef::Blob(b) => Value::Blob(b.to_vec()),
-    }
-}
+pub(crate) use corro_subs::values::{from_ref, to_sql};
 
 /// Named parameters may be given with or without their `:`/`@`/`$` prefix.
 fn param_name(name: &str) -> String {
