@@ -179,6 +179,9 @@ struct Inner {
     by_identity: Mutex<HashMap<String, Uuid>>,
     /// Creation of one subscription at a time (same SQL → same id).
     creating: tokio::sync::Mutex<()>,
+    /// Keys changed while a new subscription runs its first query: per
+    /// table (lower case), collected by the dispatcher until it registers.
+    capture: Mutex<Option<HashMap<String, HashSet<Arc<[u8]>>>>>,
     pending: Mutex<HashMap<String, HashSet<Arc<[u8]>>>>,
     wake: Notify,
     updates: Mutex<HashMap<String, UpdateSender>>,
@@ -270,6 +273,7 @@ impl Subscriptions {
             subs: Default::default(),
             by_identity: Default::default(),
             creating: Default::default(),
+            capture: Default::default(),
             pending: Default::default(),
             wake: Notify::new(),
             updates: Default::default(),
@@ -406,9 +410,11 @@ impl Subscriptions {
         let inner = self.inner.clone();
         let q = query.clone();
         let p = params.clone();
-        // Register for changes before the first run: anything committed
-        // after its snapshot is re-read afterwards.
-        let (view, columns) = tokio::task::spawn_blocking(move || -> Result<_, SubError> {
+        // Collect the keys changed from now on: anything committed after
+        // the first run's snapshot is re-read once the subscription is
+        // registered (creations are serialized by `creating`).
+        *self.inner.capture.lock() = Some(HashMap::new());
+        let first = tokio::task::spawn_blocking(move || -> Result<_, SubError> {
             let (columns, rows) = run_full(&inner.store, &q, &p)?;
             let def = Definition {
                 sql: q.normalized.clone(),
@@ -419,18 +425,38 @@ impl Subscriptions {
             view.fill(rows)?;
             Ok((view, columns))
         })
-        .await
-        .map_err(|e| SubError::Corrupt(e.to_string()))??;
-        // Changes that arrived during the first run were parked on the
-        // registry's pending set; the dispatcher only routes to registered
-        // subscriptions, so re-read everything of our tables committed since:
-        // simplest is a full resync right after registering.
+        .await;
+        let (view, columns) = match first {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                *self.inner.capture.lock() = None;
+                return Err(e);
+            }
+            Err(e) => {
+                *self.inner.capture.lock() = None;
+                return Err(SubError::Corrupt(e.to_string()));
+            }
+        };
         let sub = self.register(id, query, params, columns, view);
-        let inner = self.inner.clone();
-        let s = sub.clone();
-        tokio::task::spawn_blocking(move || resync(&inner, &s))
-            .await
-            .map_err(|e| SubError::Corrupt(e.to_string()))??;
+        let captured = self.inner.capture.lock().take().unwrap_or_default();
+        let changed: Vec<HashSet<Arc<[u8]>>> = sub
+            .query
+            .sources
+            .iter()
+            .map(|src| {
+                captured
+                    .get(&src.table.to_ascii_lowercase())
+                    .cloned()
+                    .unwrap_or_default()
+            })
+            .collect();
+        if changed.iter().any(|c| !c.is_empty()) {
+            let inner = self.inner.clone();
+            let s = sub.clone();
+            tokio::task::spawn_blocking(move || refresh(&inner, &s, changed))
+                .await
+                .map_err(|e| SubError::Corrupt(e.to_string()))??;
+        }
         tracing::info!(id = %id, sql = %sub.query.normalized, "subscription created");
         drop(_creating);
         self.attach(id, from).await
@@ -668,6 +694,14 @@ async fn dispatch(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
         let pending = std::mem::take(&mut *inner.pending.lock());
         if pending.is_empty() {
             continue;
+        }
+        if let Some(capture) = inner.capture.lock().as_mut() {
+            for (table, keys) in &pending {
+                capture
+                    .entry(table.clone())
+                    .or_default()
+                    .extend(keys.iter().cloned());
+            }
         }
         let subs: Vec<Arc<Sub>> = inner.subs.read().values().cloned().collect();
         let mut work = Vec::new();
