@@ -169,6 +169,9 @@ impl Sub {
 /// primary-key values.
 pub type UpdateEvent = Arc<(&'static str, Vec<Value>)>;
 
+/// Changed primary keys by table (lower-case name).
+type KeysByTable = HashMap<String, HashSet<Arc<[u8]>>>;
+
 /// Update-feed listeners of one table.
 type UpdateSender = broadcast::Sender<UpdateEvent>;
 
@@ -181,8 +184,8 @@ struct Inner {
     creating: tokio::sync::Mutex<()>,
     /// Keys changed while a new subscription runs its first query: per
     /// table (lower case), collected by the dispatcher until it registers.
-    capture: Mutex<Option<HashMap<String, HashSet<Arc<[u8]>>>>>,
-    pending: Mutex<HashMap<String, HashSet<Arc<[u8]>>>>,
+    capture: Mutex<Option<KeysByTable>>,
+    pending: Mutex<KeysByTable>,
     wake: Notify,
     updates: Mutex<HashMap<String, UpdateSender>>,
 }
