@@ -148,6 +148,11 @@ impl AdminHandler for Handler {
 
 /// Runs the agent until SIGTERM/SIGINT.
 pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> anyhow::Result<()> {
+    // Handlers first: a SIGHUP or SIGTERM that arrives while the agent is
+    // still starting is handled once it runs instead of killing it.
+    let mut hup = signal(SignalKind::hangup())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
     tracing::info!("Starting Corrosion Agent v{}", env!("CARGO_PKG_VERSION"));
     match &source {
         Source::File(p) => tracing::info!(config = %p.display(), "loaded config"),
@@ -230,9 +235,6 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
             .into_future(),
     );
 
-    let mut hup = signal(SignalKind::hangup())?;
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
     loop {
         tokio::select! {
             _ = hup.recv() => {
