@@ -367,3 +367,37 @@ fn bootstrap_by_name_is_retried_until_the_peer_appears() {
     a.exec(&agent_a, "INSERT INTO todos (id) VALUES ('late')");
     await_rows(&b, &agent_b, "late||\n");
 }
+
+/// The reference's quick start binds IPv6 (`[::]:8787`, bootstrap
+/// `[::1]:8787`): two agents on IPv6 loopback join and replicate.
+#[test]
+fn two_agents_over_ipv6() {
+    let dir = tempfile::tempdir().unwrap();
+    let v6 = |n: &Node, bootstrap: Option<std::net::SocketAddr>| {
+        let mut text = std::fs::read_to_string(&n.config).unwrap().replace(
+            "[gossip]\naddr = \"127.0.0.1:0\"",
+            "[gossip]\naddr = \"[::1]:0\"",
+        );
+        if let Some(b) = bootstrap {
+            text = text.replace(
+                "plaintext = true",
+                &format!("plaintext = true\nbootstrap = [\"{b}\"]"),
+            );
+        }
+        std::fs::write(&n.config, text).unwrap();
+    };
+    let a = Node::new(&dir.path().join("a"), "");
+    v6(&a, None);
+    let agent_a = a.start();
+    assert!(agent_a.gossip.is_ipv6(), "{}", agent_a.gossip);
+    let b = Node::new(&dir.path().join("b"), "");
+    v6(&b, Some(agent_a.gossip));
+    let agent_b = b.start();
+    a.exec(&agent_a, "INSERT INTO todos (id) VALUES ('over-v6')");
+    await_rows(&b, &agent_b, "over-v6||\n");
+    let members = agent_b.members();
+    assert_eq!(
+        members,
+        vec![(agent_a.gossip.to_string(), "alive".to_string())]
+    );
+}
