@@ -536,3 +536,43 @@ async fn a_subscription_created_during_writes_misses_nothing() {
         "the subscription was created before the writes ended"
     );
 }
+
+/// Named parameters (with or without their `:`) bind, and the key filter's
+/// parameters do not shift them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn named_parameters_bind_alongside_the_key_filter() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = store(dir.path());
+    exec(
+        &s,
+        "INSERT INTO todos (id, title, done) VALUES ('a', 'x', 1), ('b', 'y', 0)",
+        &[],
+    );
+    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let subs = Subscriptions::start(s.clone(), config(dir.path()), stop).unwrap();
+    let mut l = subs
+        .subscribe(
+            "SELECT id FROM todos WHERE done = :done AND title <> :skip",
+            Params::Named(vec![
+                ("done".into(), Value::Integer(0)),
+                (":skip".into(), Value::Text("zzz".into())),
+            ]),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        strip_time(initial(&mut l).await),
+        vec![r#"{"columns":["id"]}"#, r#"{"row":[1,["b"]]}"#, "eoq 0"]
+    );
+    exec(&s, "UPDATE todos SET done = 0 WHERE id = 'a'", &[]);
+    assert_eq!(
+        line(&next(&mut l).await),
+        r#"{"change":["insert",2,["a"],1]}"#
+    );
+    exec(&s, "UPDATE todos SET title = 'zzz' WHERE id = 'b'", &[]);
+    assert_eq!(
+        line(&next(&mut l).await),
+        r#"{"change":["delete",1,["b"],2]}"#
+    );
+}
