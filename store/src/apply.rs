@@ -215,11 +215,14 @@ impl Store {
                 books.insert(idx, b);
             }
         }
-        self.notify(RowsChanged::from_rows(
-            ready
-                .iter()
-                .flat_map(|r| r.changes.iter().map(|c| (&c.table, &c.pk, c.cl))),
-        ));
+        self.notify(|| {
+            RowsChanged::from_rows(
+                ready
+                    .iter()
+                    .flat_map(|r| r.changes.iter().map(|c| (&c.table, &c.pk, c.cl))),
+                false,
+            )
+        });
         Ok(())
     }
 

@@ -10,7 +10,7 @@
 //! whether or not their changes won the merge: a listener re-reads the rows
 //! it cares about, so over-reporting costs a lookup, never a wrong answer.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
 
 use crate::store::Store;
@@ -34,14 +34,26 @@ pub struct RowsChanged {
 
 impl RowsChanged {
     /// From (table, key, causal length) triples; a row's highest causal
-    /// length decides whether it is deleted.
+    /// length decides whether it is deleted. `unique`: the caller knows each
+    /// row appears once (local commits), so no de-duplication is needed.
     pub(crate) fn from_rows<'a>(
         rows: impl IntoIterator<Item = (&'a Arc<str>, &'a Arc<[u8]>, u64)>,
+        unique: bool,
     ) -> Self {
-        let mut slot: HashMap<(Arc<str>, Arc<[u8]>), usize> = HashMap::new();
+        let row = |t: &Arc<str>, pk: &Arc<[u8]>, cl: u64| RowChanged {
+            table: t.clone(),
+            pk: pk.clone(),
+            deleted: cl % 2 == 0,
+        };
+        if unique {
+            return RowsChanged {
+                rows: rows.into_iter().map(|(t, pk, cl)| row(t, pk, cl)).collect(),
+            };
+        }
+        let mut slot: HashMap<(&'a str, &'a [u8]), usize> = HashMap::default();
         let mut out: Vec<(RowChanged, u64)> = Vec::new();
         for (t, pk, cl) in rows {
-            match slot.get(&(t.clone(), pk.clone())) {
+            match slot.get(&(&**t, &**pk)) {
                 Some(&i) => {
                     if cl > out[i].1 {
                         out[i].1 = cl;
@@ -49,13 +61,8 @@ impl RowsChanged {
                     }
                 }
                 None => {
-                    slot.insert((t.clone(), pk.clone()), out.len());
-                    let row = RowChanged {
-                        table: t.clone(),
-                        pk: pk.clone(),
-                        deleted: cl % 2 == 0,
-                    };
-                    out.push((row, cl));
+                    slot.insert((&**t, &**pk), out.len());
+                    out.push((row(t, pk, cl), cl));
                 }
             }
         }
@@ -74,11 +81,18 @@ impl Store {
         self.inner.listeners.write().push(f);
     }
 
-    pub(crate) fn notify(&self, rows: RowsChanged) {
+    /// Calls the listeners with the rows `rows` builds; builds nothing
+    /// when there is no listener (bulk loads pay nothing for the feed).
+    pub(crate) fn notify(&self, rows: impl FnOnce() -> RowsChanged) {
+        let listeners = self.inner.listeners.read();
+        if listeners.is_empty() {
+            return;
+        }
+        let rows = rows();
         if rows.rows.is_empty() {
             return;
         }
-        for l in self.inner.listeners.read().iter() {
+        for l in listeners.iter() {
             l(&rows);
         }
     }

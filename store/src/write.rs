@@ -313,9 +313,12 @@ impl Store {
                     .or_default()
                     .mark_held(version..=version);
             }
-            self.notify(crate::feed::RowsChanged::from_rows(
-                rows.iter().map(|r| (&r.meta.name, &r.pk, r.cl)),
-            ));
+            self.notify(|| {
+                crate::feed::RowsChanged::from_rows(
+                    rows.iter().map(|r| (&r.meta.name, &r.pk, r.cl)),
+                    true,
+                )
+            });
             Some(version)
         };
         Ok(Committed {
