@@ -43,7 +43,7 @@ impl RowsChanged {
         let row = |t: &Arc<str>, pk: &Arc<[u8]>, cl: u64| RowChanged {
             table: t.clone(),
             pk: pk.clone(),
-            deleted: cl % 2 == 0,
+            deleted: cl.is_multiple_of(2),
         };
         if unique {
             return RowsChanged {
@@ -57,7 +57,7 @@ impl RowsChanged {
                 Some(&i) => {
                     if cl > out[i].1 {
                         out[i].1 = cl;
-                        out[i].0.deleted = cl % 2 == 0;
+                        out[i].0.deleted = cl.is_multiple_of(2);
                     }
                 }
                 None => {
