@@ -7,7 +7,7 @@
 //! the logged changes after it), then live `{"change"}`s. Invalid queries
 //! are 400, unknown ids 404; a `from` outside the retained log, a client
 //! that falls behind, or a removed subscription end the stream with an
-//! `{"error"}` event.
+//! `{"error"}` event; a client that reads nothing for 30 s is disconnected.
 
 use axum::body::Body;
 use axum::extract::{Path, Query, State};
@@ -18,6 +18,9 @@ use corro_subs::SubError;
 use corro_subs::manager::Params;
 
 use super::{ApiState, error, read_json, store_error};
+
+/// How long a subscription client may leave its stream unread.
+const STALLED_CLIENT: std::time::Duration = std::time::Duration::from_secs(30);
 
 #[derive(Debug, serde::Deserialize)]
 pub(crate) struct FromParam {
@@ -88,8 +91,16 @@ fn stream(
             while let Some(ev) = l.next().await {
                 let mut line = ev.to_line();
                 line.push('\n');
-                if tx.send(line.into()).await.is_err() {
-                    return; // client went away
+                // A client that reads nothing for this long is disconnected
+                // (its events stay in the log; it can resume with `from`).
+                match tokio::time::timeout(STALLED_CLIENT, tx.send(line.into())).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return, // client went away
+                    Err(_) => {
+                        metrics::counter!("corro_subs_listeners_cut_total").increment(1);
+                        tracing::info!(id = %id, "disconnecting a subscription client that stopped reading");
+                        return;
+                    }
                 }
             }
         },
