@@ -284,8 +284,11 @@ impl Subscriptions {
         let feed = Arc::downgrade(&inner);
         store.on_change(Arc::new(move |rows: &RowsChanged| {
             if let Some(inner) = feed.upgrade() {
+                // Nothing to route while no subscription exists or is being
+                // created (a catch-up of millions of rows pays nothing).
+                let routed = !inner.subs.read().is_empty() || inner.capture.lock().is_some();
                 let mut p = inner.pending.lock();
-                for r in &rows.rows {
+                for r in rows.rows.iter().filter(|_| routed) {
                     p.entry(r.table.to_ascii_lowercase())
                         .or_default()
                         .insert(r.pk.clone());
