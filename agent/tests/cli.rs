@@ -106,17 +106,9 @@ fn quick_start_node_a_prints_what_the_reference_shows() {
 fn client_commands_use_the_config_api_address_and_token() {
     let dir = tempfile::tempdir().unwrap();
     // A fixed port is needed for the config to name it; take a free one.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let node = Node::new(dir.path(), "authz.bearer-token = \"s3cret\"");
-    let text = std::fs::read_to_string(&node.config).unwrap().replace(
-        "127.0.0.1:0\"\nauthz",
-        &format!("127.0.0.1:{port}\"\nauthz"),
-    );
-    std::fs::write(&node.config, text).unwrap();
+    node.set_api_addr(&format!("127.0.0.1:{port}"));
     let agent = node.start();
     assert_eq!(agent.api.port(), port);
     let out = node.cli(&["exec", "INSERT INTO todos (id) VALUES ('a')"]);

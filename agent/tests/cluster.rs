@@ -343,11 +343,7 @@ fn a_restarted_node_rejoins_without_bootstrap() {
 #[test]
 fn bootstrap_by_name_is_retried_until_the_peer_appears() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let b = Node::with(
         &dir.path().join("b"),
         &format!("bootstrap = [\"localhost:{port}\"]"),
@@ -357,11 +353,7 @@ fn bootstrap_by_name_is_retried_until_the_peer_appears() {
     std::thread::sleep(Duration::from_secs(3));
     assert!(agent_b.members().is_empty());
     let a = Node::new(&dir.path().join("a"), "");
-    let text = std::fs::read_to_string(&a.config).unwrap().replace(
-        "addr = \"127.0.0.1:0\"\nplaintext",
-        &format!("addr = \"127.0.0.1:{port}\"\nplaintext"),
-    );
-    std::fs::write(&a.config, text).unwrap();
+    a.set_gossip_addr(&format!("127.0.0.1:{port}"));
     let agent_a = a.start();
     assert_eq!(agent_a.gossip.port(), port);
     a.exec(&agent_a, "INSERT INTO todos (id) VALUES ('late')");
@@ -373,25 +365,12 @@ fn bootstrap_by_name_is_retried_until_the_peer_appears() {
 #[test]
 fn two_agents_over_ipv6() {
     let dir = tempfile::tempdir().unwrap();
-    let v6 = |n: &Node, bootstrap: Option<std::net::SocketAddr>| {
-        let mut text = std::fs::read_to_string(&n.config).unwrap().replace(
-            "[gossip]\naddr = \"127.0.0.1:0\"",
-            "[gossip]\naddr = \"[::1]:0\"",
-        );
-        if let Some(b) = bootstrap {
-            text = text.replace(
-                "plaintext = true",
-                &format!("plaintext = true\nbootstrap = [\"{b}\"]"),
-            );
-        }
-        std::fs::write(&n.config, text).unwrap();
-    };
     let a = Node::new(&dir.path().join("a"), "");
-    v6(&a, None);
+    a.set_gossip_addr("[::1]:0");
     let agent_a = a.start();
     assert!(agent_a.gossip.is_ipv6(), "{}", agent_a.gossip);
-    let b = Node::new(&dir.path().join("b"), "");
-    v6(&b, Some(agent_a.gossip));
+    let b = Node::joining(&dir.path().join("b"), &agent_a);
+    b.set_gossip_addr("[::1]:0");
     let agent_b = b.start();
     a.exec(&agent_a, "INSERT INTO todos (id) VALUES ('over-v6')");
     await_rows(&b, &agent_b, "over-v6||\n");

@@ -207,17 +207,9 @@ fn a_change_written_on_another_node_reaches_a_subscription() {
 #[test]
 fn the_rust_client_resumes_after_the_agent_restarts() {
     let dir = tempfile::tempdir().unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = common::free_port();
     let a = Node::new(&dir.path().join("a"), "");
-    let text = std::fs::read_to_string(&a.config).unwrap().replace(
-        "[api]\naddr = \"127.0.0.1:0\"",
-        &format!("[api]\naddr = \"127.0.0.1:{port}\""),
-    );
-    std::fs::write(&a.config, text).unwrap();
+    a.set_api_addr(&format!("127.0.0.1:{port}"));
     let agent = a.start();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)

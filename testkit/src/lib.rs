@@ -424,3 +424,43 @@ impl Agent {
         }
     }
 }
+
+/// A port free for both TCP and UDP on 127.0.0.1 right now (for configs
+/// that must name one).
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+impl Node {
+    fn replace_in_config(&self, from: &str, to: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        assert!(
+            text.contains(from),
+            "{from:?} not in {}",
+            self.config.display()
+        );
+        std::fs::write(&self.config, text.replacen(from, to, 1)).unwrap();
+    }
+
+    /// Binds the API on `addr` instead of a port chosen by the OS.
+    pub fn set_api_addr(&self, addr: &str) {
+        self.replace_in_config(
+            "[api]\naddr = \"127.0.0.1:0\"",
+            &format!("[api]\naddr = \"{addr}\""),
+        );
+    }
+
+    /// Binds gossip on `addr` instead of a port chosen by the OS.
+    pub fn set_gossip_addr(&self, addr: &str) {
+        self.replace_in_config(
+            "[gossip]\naddr = \"127.0.0.1:0\"",
+            &format!("[gossip]\naddr = \"{addr}\""),
+        );
+    }
+}
