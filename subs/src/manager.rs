@@ -662,6 +662,10 @@ fn publish(sub: &Sub, changes: Vec<LoggedChange>) {
 /// Re-reads the rows built from `changed` keys and logs the difference.
 fn refresh(inner: &Inner, sub: &Sub, changed: Vec<HashSet<Arc<[u8]>>>) -> Result<(), SubError> {
     let started = Instant::now();
+    // Read and update under the view's lock: two refreshes of one
+    // subscription (a creation's captured keys and a dispatcher round) must
+    // not apply an older read after a newer one.
+    let mut view = sub.view.lock();
     let mut fresh = Vec::new();
     for (src, keys) in changed.iter().enumerate() {
         let keys: Vec<&Arc<[u8]>> = keys.iter().collect();
@@ -681,7 +685,8 @@ fn refresh(inner: &Inner, sub: &Sub, changed: Vec<HashSet<Arc<[u8]>>>) -> Result
         .into_iter()
         .map(|set| set.into_iter().map(|k| k.to_vec()).collect())
         .collect();
-    let changes = sub.view.lock().update(&changed, fresh)?;
+    let changes = view.update(&changed, fresh)?;
+    drop(view);
     metrics::histogram!("corro_subs_refresh_seconds").record(started.elapsed().as_secs_f64());
     publish(sub, changes);
     Ok(())
