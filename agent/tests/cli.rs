@@ -65,7 +65,8 @@ fn quick_start_node_a_prints_what_the_reference_shows() {
         .unwrap();
     assert!(!shell.status.success());
     assert!(
-        String::from_utf8_lossy(&shell.stderr).contains("no such function: corro_capture"),
+        String::from_utf8_lossy(&shell.stderr)
+            .contains("todos is replicated by Corrosion: write to it through the agent"),
         "{}",
         String::from_utf8_lossy(&shell.stderr)
     );

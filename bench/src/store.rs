@@ -351,7 +351,8 @@ fn synthetic_version(actor: ActorId, version: u64, start: usize, n: usize) -> Ch
 
 #[derive(clap::Args)]
 pub(crate) struct OnceArgs {
-    /// `plain`, `repl` (local bulk insert) or `apply` (remote apply of the same rows).
+    /// `plain`, `repl` (local bulk insert), `apply` (remote apply of the
+    /// same rows), `single` or `single-plain` (one transaction per row).
     side: String,
     #[arg(long, default_value_t = 100_000)]
     rows: usize,
@@ -381,7 +382,27 @@ pub(crate) fn once(args: OnceArgs) -> anyhow::Result<()> {
                 t.apply(sets)?;
             }
         }
-        other => anyhow::bail!("unknown side {other:?} (plain, repl, apply)"),
+        "single" => {
+            let s = store(&dir.path().join("r.db"))?;
+            for (id, title) in &data {
+                s.transact(|tx| {
+                    tx.execute(
+                        "INSERT INTO todos (id, title) VALUES (?1, ?2)",
+                        &[id.as_str().into(), title.as_str().into()],
+                    )
+                })?;
+            }
+        }
+        "single-plain" => {
+            let p = plain(&dir.path().join("p.db"))?;
+            for (id, title) in &data {
+                p.execute_batch("BEGIN IMMEDIATE")?;
+                p.prepare_cached("INSERT INTO todos (id, title) VALUES (?1, ?2)")?
+                    .execute((id, title))?;
+                p.execute_batch("COMMIT")?;
+            }
+        }
+        other => anyhow::bail!("unknown side {other:?} (plain, repl, apply, single, single-plain)"),
     }
     Ok(())
 }

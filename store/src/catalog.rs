@@ -3,10 +3,11 @@
 //!
 //! Each replicated table gets a `<table>__corro_clock` shadow table (one row
 //! per data row, keyed by the encoded primary key, never by rowid) and three
-//! `AFTER` triggers that hand old and new row images to the `corro_capture`
-//! function. That function only exists on the agent's writer connection, so a
-//! write from a bare `sqlite3` shell fails with "no such function" instead of
-//! bypassing change capture.
+//! guard triggers stored in the database that refuse every insert, update and
+//! delete: a write from a bare `sqlite3` shell fails instead of bypassing
+//! change capture. The agent's capture connection switches stored triggers
+//! off and captures through its own TEMP triggers and the update hook
+//! (`capture.rs`).
 
 use rustc_hash::FxHashMap as HashMap;
 use std::sync::Arc;
@@ -82,6 +83,12 @@ pub(crate) struct TableMeta {
     pub sql_select_values: String,
     pub sql_delete_row: String,
     pub sql_all_clocks: String,
+    /// A name that reaches the rowid (`None` for `WITHOUT ROWID` tables and
+    /// tables whose columns shadow every alias): inserts into such tables are
+    /// captured by the update hook.
+    pub rowid: Option<&'static str>,
+    /// `rowid, pk..., cols...` of the rows with rowids in `?1..=?2`.
+    pub sql_select_inserted: Option<String>,
 }
 
 impl TableMeta {
@@ -105,6 +112,27 @@ impl TableMeta {
             .map(|(i, c)| format!("{} = ?{}", quote(c), i + 1))
             .collect::<Vec<_>>()
             .join(" AND ");
+        let rowid = if table.without_rowid {
+            None
+        } else {
+            ["rowid", "_rowid_", "oid"].into_iter().find(|alias| {
+                !table
+                    .columns
+                    .iter()
+                    .any(|c| c.name.eq_ignore_ascii_case(alias))
+            })
+        };
+        let sql_select_inserted = rowid.map(|r| {
+            let all: Vec<String> = pk
+                .iter()
+                .map(|c| quote(c))
+                .chain(cols.iter().map(|c| quote(c)))
+                .collect();
+            format!(
+                "SELECT {r}, {} FROM {q_name} WHERE {r} BETWEEN ?1 AND ?2 ORDER BY {r}",
+                all.join(", ")
+            )
+        });
         let select_cols = if cols.is_empty() {
             "1".to_string()
         } else {
@@ -135,6 +163,8 @@ impl TableMeta {
             pk,
             cols,
             col_idx,
+            rowid,
+            sql_select_inserted,
         }
     }
 
@@ -201,9 +231,32 @@ impl TableMeta {
         )
     }
 
-    /// Shadow table and capture triggers (recreated whenever columns change).
+    /// Shadow table and guard triggers (recreated whenever columns change).
     pub(crate) fn replication_ddl(&self) -> String {
         let q_clock = quote(&format!("{}__corro_clock", self.name));
+        let trig = |suffix: &str| quote(&format!("{}__corro_{suffix}", self.name));
+        let q = &self.q_name;
+        let message = format!(
+            "{} is replicated by Corrosion: write to it through the agent",
+            self.name
+        )
+        .replace('\'', "''");
+        let mut ddl = format!(
+            "CREATE TABLE IF NOT EXISTS {q_clock} (key BLOB NOT NULL PRIMARY KEY, cl INTEGER NOT NULL, clock BLOB NOT NULL) WITHOUT ROWID;\n"
+        );
+        for (suffix, op) in [("ins", "INSERT"), ("upd", "UPDATE"), ("del", "DELETE")] {
+            let t = trig(suffix);
+            ddl.push_str(&format!(
+                "DROP TRIGGER IF EXISTS {t};\nCREATE TRIGGER {t} BEFORE {op} ON {q} BEGIN SELECT RAISE(ABORT, '{message}'); END;\n"
+            ));
+        }
+        ddl
+    }
+
+    /// The capture connection's TEMP triggers: old and new images of updated
+    /// and deleted rows, and new images of inserted rows where the update
+    /// hook cannot see them (no rowid).
+    pub(crate) fn capture_ddl(&self) -> String {
         let image = |prefix: &str| -> String {
             self.pk
                 .iter()
@@ -214,19 +267,25 @@ impl TableMeta {
                 .join(", ")
         };
         let (id, npk) = (self.id, self.pk.len());
-        let trig = |suffix: &str| quote(&format!("{}__corro_{suffix}", self.name));
-        let (t_ins, t_upd, t_del) = (trig("ins"), trig("upd"), trig("del"));
+        let trig = |suffix: &str| quote(&format!("{}__corro_cap_{suffix}", self.name));
         let (old, new) = (image("OLD"), image("NEW"));
-        let q = &self.q_name;
-        format!(
-            "CREATE TABLE IF NOT EXISTS {q_clock} (key BLOB NOT NULL PRIMARY KEY, cl INTEGER NOT NULL, clock BLOB NOT NULL) WITHOUT ROWID;
-DROP TRIGGER IF EXISTS {t_ins};
-DROP TRIGGER IF EXISTS {t_upd};
-DROP TRIGGER IF EXISTS {t_del};
-CREATE TRIGGER {t_ins} AFTER INSERT ON {q} BEGIN SELECT corro_capture({id}, 1, {npk}, {new}); END;
-CREATE TRIGGER {t_upd} AFTER UPDATE ON {q} BEGIN SELECT corro_capture({id}, 0, {npk}, {old}); SELECT corro_capture({id}, 1, {npk}, {new}); END;
-CREATE TRIGGER {t_del} AFTER DELETE ON {q} BEGIN SELECT corro_capture({id}, 0, {npk}, {old}); END;"
-        )
+        let old_rowid = self
+            .rowid
+            .map_or_else(|| "NULL".to_string(), |r| format!("OLD.{r}"));
+        let q = format!("main.{}", self.q_name);
+        let mut ddl = format!(
+            "CREATE TEMP TRIGGER {} AFTER UPDATE ON {q} BEGIN SELECT corro_capture({id}, 0, {npk}, {old_rowid}, {old}); SELECT corro_capture({id}, 1, {npk}, NULL, {new}); END;
+CREATE TEMP TRIGGER {} AFTER DELETE ON {q} BEGIN SELECT corro_capture({id}, 0, {npk}, {old_rowid}, {old}); END;\n",
+            trig("upd"),
+            trig("del")
+        );
+        if self.rowid.is_none() {
+            ddl.push_str(&format!(
+                "CREATE TEMP TRIGGER {} AFTER INSERT ON {q} BEGIN SELECT corro_capture({id}, 1, {npk}, NULL, {new}); END;\n",
+                trig("ins")
+            ));
+        }
+        ddl
     }
 }
 

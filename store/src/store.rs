@@ -1,15 +1,15 @@
 //! Opening the store, its connections and the schema it replicates.
 //!
 //! `Store::open` creates the internal tables, loads (or creates) this node's
-//! actor id, registers the capture function and the authorizer on the writer
-//! connection, and reloads bookkeeping. A database file copied to another path
+//! actor id, sets up change capture (`capture.rs`) and the authorizer on the
+//! writer connection, and reloads bookkeeping. A database file copied to another path
 //! or machine (different device/inode) gets a fresh actor id, so two nodes
 //! never issue versions under one id.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use corro_schema::{Schema, SchemaDiff};
 use parking_lot::RwLock;
@@ -63,12 +63,36 @@ pub(crate) struct Inner {
 }
 
 pub(crate) struct Writer {
-    /// Captures local writes (triggers on, authorizer on).
+    /// Captures local writes (stored triggers off, capture TEMP triggers and
+    /// update hook on, authorizer on).
     pub local: Connection,
     /// Applies remote changes (triggers off).
     pub apply: Connection,
     pub capture: SharedCapture,
-    pub user_mode: Arc<AtomicBool>,
+    /// What the authorizer allows on `local` right now (see [`Mode`]).
+    pub mode: Arc<AtomicU8>,
+}
+
+/// Who is preparing statements on the capture connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub(crate) enum Mode {
+    /// The store itself: everything allowed.
+    Internal = 0,
+    /// A client's statements in [`Store::transact`].
+    User = 1,
+    /// [`Store::local_write`]: anything but writes to replicated tables.
+    HostLocal = 2,
+}
+
+impl Writer {
+    /// Runs `f` with the authorizer in `mode`, then back to internal.
+    pub(crate) fn in_mode<T>(&self, mode: Mode, f: impl FnOnce() -> T) -> T {
+        self.mode.store(mode as u8, Ordering::Relaxed);
+        let out = f();
+        self.mode.store(Mode::Internal as u8, Ordering::Relaxed);
+        out
+    }
 }
 
 fn pragmas(conn: &Connection, busy: std::time::Duration) -> rusqlite::Result<()> {
@@ -108,14 +132,19 @@ impl Store {
         local
             .pragma_update(None, "recursive_triggers", true)
             .map_err(open_err)?;
+        // The guard triggers stored in the file are for other programs;
+        // this connection captures through TEMP triggers and the update hook.
+        local
+            .set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)
+            .map_err(open_err)?;
         local.execute_batch(INTERNAL_DDL).map_err(open_err)?;
 
         let (actor, self_idx) = init_identity(&local, &path)?;
 
         let capture: SharedCapture = Arc::default();
-        capture::register(&local, capture.clone()).map_err(open_err)?;
-        let user_mode = Arc::new(AtomicBool::new(false));
-        install_authorizer(&mut local, user_mode.clone()).map_err(open_err)?;
+        capture::register(&mut local, capture.clone()).map_err(open_err)?;
+        let mode = Arc::new(AtomicU8::new(Mode::Internal as u8));
+        install_authorizer(&mut local, mode.clone(), capture.clone()).map_err(open_err)?;
 
         let apply = Connection::open(&path).map_err(open_err)?;
         pragmas(&apply, opts.busy_timeout).map_err(open_err)?;
@@ -139,6 +168,7 @@ impl Store {
 
         let readers = ReadPool::new(readers).map_err(open_err)?;
         let catalog = load_catalog(&local)?;
+        capture::install(&local, &capture, &catalog).map_err(open_err)?;
         let books = load_books(&local, self_idx)?;
         tracing::info!(actor_id = %actor, path = %path.display(), tables = catalog.tables.len(), "store opened");
         Ok(Store {
@@ -150,7 +180,7 @@ impl Store {
                     local,
                     apply,
                     capture,
-                    user_mode,
+                    mode,
                 }),
                 readers,
                 catalog: RwLock::new(Arc::new(catalog)),
@@ -228,7 +258,16 @@ impl Store {
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
         let w = self.inner.writer.local();
-        Ok(f(&w.local)?)
+        w.in_mode(Mode::HostLocal, || f(&w.local)).map_err(|e| {
+            if e.to_string().contains("not authorized") {
+                StoreError::NotAllowed(
+                    "writes to replicated tables must go through the corrosion agent (Store::transact)"
+                        .into(),
+                )
+            } else {
+                StoreError::Sqlite(e)
+            }
+        })
     }
 
     /// Brings the live schema to `wanted`: creates new tables (and their
@@ -297,6 +336,7 @@ impl Store {
             }
         }
         tx.commit()?;
+        capture::install(conn, &w.capture, &catalog)?;
         *self.inner.catalog.write() = Arc::new(catalog);
         drop(w);
         // Changes that named these tables or columns before they existed.
@@ -503,14 +543,33 @@ fn is_internal(name: &str) -> bool {
     corro_schema::is_internal_name(name)
 }
 
-/// While `user_mode` is set (statements from API clients), refuse DDL,
-/// PRAGMA, ATTACH, transaction control and writes to internal tables. The
-/// authorizer runs when a statement is prepared, so internal statements
-/// prepared outside user mode keep working from the statement cache.
-fn install_authorizer(conn: &mut Connection, user_mode: Arc<AtomicBool>) -> rusqlite::Result<()> {
+/// While [`Mode::User`] is set (statements from API clients), refuse DDL,
+/// PRAGMA, ATTACH, transaction control and writes to internal tables; while
+/// [`Mode::HostLocal`] is set, refuse writes to replicated tables (inserts
+/// into them would otherwise go uncaptured). The authorizer runs when a
+/// statement is prepared, so internal statements prepared in internal mode
+/// keep working from the statement cache.
+fn install_authorizer(
+    conn: &mut Connection,
+    mode: Arc<AtomicU8>,
+    capture: SharedCapture,
+) -> rusqlite::Result<()> {
     conn.authorizer(Some(move |ctx: AuthContext<'_>| {
-        if !user_mode.load(Ordering::Relaxed) {
+        let mode = mode.load(Ordering::Relaxed);
+        if mode == Mode::Internal as u8 {
             return Authorization::Allow;
+        }
+        if mode == Mode::HostLocal as u8 {
+            return match ctx.action {
+                AuthAction::Insert { table_name }
+                | AuthAction::Delete { table_name }
+                | AuthAction::Update { table_name, .. }
+                    if capture.lock().is_replicated(table_name) =>
+                {
+                    Authorization::Deny
+                }
+                _ => Authorization::Allow,
+            };
         }
         match ctx.action {
             AuthAction::Insert { table_name }

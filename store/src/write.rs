@@ -1,6 +1,9 @@
 //! Local write transactions: run statements, capture what changed, assign the
 //! next version, persist clocks and bookkeeping, commit.
 //!
+//! A statement that fails during execution fails the whole transaction: it
+//! may have written (and SQLite undone) rows that capture already saw.
+//!
 //! At commit each touched row's first old image and last new image (from
 //! `capture.rs`) are compared with its clock:
 //! - old and new image: an update; every column whose value differs (same
@@ -13,8 +16,6 @@
 //! A primary-key update shows up as the old key's delete plus the new key's
 //! insert. A transaction that changes nothing consumes no version.
 
-use std::sync::atomic::Ordering;
-
 use std::sync::Arc;
 
 use rusqlite::{Connection, OptionalExtension, Statement};
@@ -23,7 +24,7 @@ use crate::catalog::{CLOCK_BATCH, TableMeta};
 use crate::change::{CHUNK_BYTES, Change, Changeset, chunk_version};
 use crate::clock::{CellClock, Origin, RowClock, encode_uniform, uniform_clock};
 use crate::error::StoreError;
-use crate::store::{Store, Writer};
+use crate::store::{Mode, Store, Writer};
 use crate::value::{SqlValue, bind_named, bind_positional};
 use crate::versions::RefChanges;
 
@@ -161,12 +162,10 @@ impl WriteTx<'_> {
     /// Prepares a statement to run many times in this transaction (bulk
     /// loads): checked once against the same rules as [`WriteTx::execute`].
     pub fn prepare(&self, sql: &str) -> Result<WriteStmt<'_>, StoreError> {
-        let mode = &self.writer.user_mode;
-        mode.store(true, Ordering::Relaxed);
-        let stmt = self.conn.prepare(sql);
-        mode.store(false, Ordering::Relaxed);
+        let stmt = self.writer.in_mode(Mode::User, || self.conn.prepare(sql));
         Ok(WriteStmt {
             conn: self.conn,
+            writer: self.writer,
             stmt: stmt.map_err(user_error)?,
         })
     }
@@ -176,34 +175,43 @@ impl WriteTx<'_> {
         sql: &str,
         bind: impl FnOnce(&mut Statement<'_>) -> rusqlite::Result<()>,
     ) -> Result<usize, StoreError> {
-        let mode = &self.writer.user_mode;
-        mode.store(true, Ordering::Relaxed);
-        let out = (|| {
-            // Internal statements are cached by their text and all name a
-            // `__corro` table; never hand such a cached statement to a client.
-            if sql.contains("__corro") {
-                let mut stmt = self.conn.prepare(sql)?;
-                exec(self.conn, &mut stmt, bind)
-            } else {
-                let mut stmt = self.conn.prepare_cached(sql)?;
-                exec(self.conn, &mut stmt, bind)
-            }
-        })();
-        mode.store(false, Ordering::Relaxed);
-        out.map_err(user_error)
+        // Internal statements are cached by their text and all name a
+        // `__corro` table; never hand such a cached statement to a client.
+        let mut stmt = self
+            .writer
+            .in_mode(Mode::User, || {
+                if sql.contains("__corro") {
+                    self.conn.prepare(sql).map(Prepared::Fresh)
+                } else {
+                    self.conn.prepare_cached(sql).map(Prepared::Cached)
+                }
+            })
+            .map_err(user_error)?;
+        let stmt = match &mut stmt {
+            Prepared::Fresh(s) => s,
+            Prepared::Cached(s) => &mut **s,
+        };
+        exec(self.conn, self.writer, stmt, bind).map_err(user_error)
     }
+}
+
+/// A client statement: freshly prepared or from the statement cache.
+enum Prepared<'c> {
+    Fresh(Statement<'c>),
+    Cached(rusqlite::CachedStatement<'c>),
 }
 
 /// A statement prepared by [`WriteTx::prepare`].
 pub struct WriteStmt<'a> {
     conn: &'a Connection,
+    writer: &'a Writer,
     stmt: Statement<'a>,
 }
 
 impl WriteStmt<'_> {
     /// Runs the statement with positional parameters; returns rows affected.
     pub fn execute(&mut self, params: &[SqlValue]) -> Result<usize, StoreError> {
-        exec(self.conn, &mut self.stmt, |stmt| {
+        exec(self.conn, self.writer, &mut self.stmt, |stmt| {
             bind_positional(stmt, params)
         })
         .map_err(user_error)
@@ -222,21 +230,36 @@ fn user_error(e: rusqlite::Error) -> StoreError {
     }
 }
 
+/// Binds and runs a client statement. A failure while it runs poisons the
+/// transaction (see the module doc).
 fn exec(
     conn: &Connection,
+    writer: &Writer,
     stmt: &mut Statement<'_>,
     bind: impl FnOnce(&mut Statement<'_>) -> rusqlite::Result<()>,
 ) -> rusqlite::Result<usize> {
     stmt.clear_bindings();
     bind(stmt)?;
-    if stmt.column_count() == 0 {
+    let out = if stmt.column_count() == 0 {
         stmt.raw_execute()
     } else {
         let mut rows = stmt.raw_query();
-        while rows.next()?.is_some() {}
-        Ok(conn.changes() as usize)
+        (|| {
+            while rows.next()?.is_some() {}
+            Ok(conn.changes() as usize)
+        })()
+    };
+    if out.is_err() {
+        writer.capture.lock().poisoned = true;
     }
+    out
 }
+
+/// Transaction control, prepared once: the comment names `__corro` so a
+/// client's `BEGIN`/`COMMIT` is never served these cached statements (see
+/// [`WriteTx::execute`]).
+const BEGIN: &str = "BEGIN IMMEDIATE /* __corro */";
+const COMMIT: &str = "COMMIT /* __corro */";
 
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -287,7 +310,7 @@ impl Store {
     ) -> Result<Committed<T>, StoreError> {
         let w = self.inner.writer.local();
         let conn = &w.local;
-        conn.execute_batch("BEGIN IMMEDIATE")?;
+        conn.prepare_cached(BEGIN)?.raw_execute()?;
         let mut guard = TxGuard {
             writer: &w,
             armed: true,
@@ -301,7 +324,7 @@ impl Store {
             Ok((value, version, ts, rows, nchanges))
         })();
         let (value, version, ts, rows, nchanges) = result?;
-        conn.execute_batch("COMMIT")?;
+        conn.prepare_cached(COMMIT)?.raw_execute()?;
         guard.armed = false;
         let version = if nchanges == 0 {
             None
@@ -338,12 +361,25 @@ impl Store {
         version: u64,
         ts: u64,
     ) -> Result<(Vec<RowChange>, u64), StoreError> {
-        let rows = w.capture.lock().take();
+        let conn = &w.local;
+        let catalog = self.inner.catalog.read().clone();
+        let rows = {
+            let mut buf = w.capture.lock();
+            if buf.poisoned {
+                return Err(StoreError::NotAllowed(
+                    "a statement of this transaction failed; nothing was committed".into(),
+                ));
+            }
+            buf.take(|tbl, rowids| {
+                let meta = catalog.table(tbl).ok_or_else(|| {
+                    StoreError::Corrupt(format!("capture for unknown table id {tbl}"))
+                })?;
+                crate::capture::read_inserted(conn, meta, rowids)
+            })?
+        };
         if rows.is_empty() {
             return Ok((Vec::new(), 0));
         }
-        let conn = &w.local;
-        let catalog = self.inner.catalog.read().clone();
         let me = self.inner.self_idx;
         let mine = [(me, version)];
         let origin = |seq: u64| Origin {
@@ -355,7 +391,8 @@ impl Store {
         let mut out = Vec::with_capacity(rows.len());
         let mut refs = RefChanges::default();
         let mut pending: Vec<NewRow> = Vec::with_capacity(CLOCK_BATCH);
-        // Statements are prepared once per run of rows of the same table.
+        // Statements are prepared on first use in each run of rows of the
+        // same table.
         let mut stmts: TableStmts<'_> = None;
         for ((tbl, key), img) in rows {
             let meta = catalog.table(tbl).ok_or_else(|| {
@@ -374,9 +411,9 @@ impl Store {
                 stmts = Some((
                     tbl,
                     [
-                        conn.prepare_cached(&meta.sql_get_clock)?,
-                        conn.prepare_cached(&meta.sql_put_clock)?,
-                        conn.prepare_cached(&meta.sql_new_clock)?,
+                        LazyStmt::new(conn, &meta.sql_get_clock),
+                        LazyStmt::new(conn, &meta.sql_put_clock),
+                        LazyStmt::new(conn, &meta.sql_new_clock),
                     ],
                 ));
             }
@@ -421,7 +458,7 @@ impl Store {
                     }
                 }
                 (before_img, after_img) => {
-                    let (cl, old) = read_clock(get, &key)?;
+                    let (cl, old) = read_clock(get.stmt()?, &key)?;
                     let before = old.origins();
                     let mut clock = old;
                     let (new_cl, op) = match (before_img, after_img) {
@@ -468,7 +505,8 @@ impl Store {
                         }
                     };
                     clock.ts = ts;
-                    put.execute(rusqlite::params![&key[..], new_cl, clock.encode()])?;
+                    put.stmt()?
+                        .execute(rusqlite::params![&key[..], new_cl, clock.encode()])?;
                     refs.row(tbl, &key, &before, &clock.origins());
                     out.push(row(new_cl, op));
                 }
@@ -494,8 +532,37 @@ impl Store {
     }
 }
 
-/// The flush's statements for the table whose rows are being written.
-type TableStmts<'c> = Option<(u32, [rusqlite::CachedStatement<'c>; 3])>;
+/// The flush's statements (get, put, new clock) for the table whose rows are
+/// being written.
+type TableStmts<'c> = Option<(u32, [LazyStmt<'c>; 3])>;
+
+/// A cached statement prepared on first use (a one-row transaction needs
+/// only one of the three clock statements).
+struct LazyStmt<'c> {
+    conn: &'c Connection,
+    sql: &'c str,
+    stmt: Option<rusqlite::CachedStatement<'c>>,
+}
+
+impl<'c> LazyStmt<'c> {
+    fn new(conn: &'c Connection, sql: &'c str) -> Self {
+        LazyStmt {
+            conn,
+            sql,
+            stmt: None,
+        }
+    }
+
+    fn stmt(&mut self) -> rusqlite::Result<&mut rusqlite::CachedStatement<'c>> {
+        if self.stmt.is_none() {
+            self.stmt = Some(self.conn.prepare_cached(self.sql)?);
+        }
+        match self.stmt.as_mut() {
+            Some(s) => Ok(s),
+            None => unreachable!("prepared above"),
+        }
+    }
+}
 
 /// Writes the clocks of the pending new rows of the current table.
 fn write_pending(
@@ -534,9 +601,9 @@ struct NewRow {
 fn insert_new_clocks(
     conn: &Connection,
     meta: &TableMeta,
-    get: &mut rusqlite::CachedStatement<'_>,
-    put: &mut rusqlite::CachedStatement<'_>,
-    fresh: &mut rusqlite::CachedStatement<'_>,
+    get: &mut LazyStmt<'_>,
+    put: &mut LazyStmt<'_>,
+    fresh: &mut LazyStmt<'_>,
     pending: &mut Vec<NewRow>,
     out: &mut [RowChange],
     refs: &mut RefChanges,
@@ -559,23 +626,28 @@ fn insert_new_clocks(
             true
         } else if batched {
             let stored: Option<(u64, Vec<u8>)> = get
+                .stmt()?
                 .query_row([&r.key[..]], |row| Ok((row.get(0)?, row.get(1)?)))
                 .optional()?;
             stored.is_some_and(|(cl, blob)| cl == 1 && blob == r.blob)
         } else {
-            fresh.execute(rusqlite::params![&r.key[..], 1u64, &r.blob])? == 1
+            fresh
+                .stmt()?
+                .execute(rusqlite::params![&r.key[..], 1u64, &r.blob])?
+                == 1
         };
         if inserted {
             refs.row(meta.id, &r.key, &[], mine);
             continue;
         }
-        let (old_cl, old) = read_clock(get, &r.key)?;
+        let (old_cl, old) = read_clock(get.stmt()?, &r.key)?;
         let cl = if old_cl % 2 == 1 {
             old_cl + 2
         } else {
             old_cl + 1
         };
-        put.execute(rusqlite::params![&r.key[..], cl, &r.blob])?;
+        put.stmt()?
+            .execute(rusqlite::params![&r.key[..], cl, &r.blob])?;
         refs.row(meta.id, &r.key, &old.origins(), mine);
         out[r.out].cl = cl;
     }

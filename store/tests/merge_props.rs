@@ -32,6 +32,7 @@ CREATE TABLE t (
 );
 CREATE TABLE u (k1 INTEGER NOT NULL, k2 TEXT NOT NULL, v, PRIMARY KEY (k1, k2)) WITHOUT ROWID;
 CREATE TABLE p (id INTEGER NOT NULL PRIMARY KEY, v);
+CREATE TABLE s (rowid TEXT NOT NULL PRIMARY KEY, _rowid_, oid);
 ";
 
 const COLS: [&str; 7] = ["i", "r", "x", "b", "n", "a", "d"];
@@ -68,6 +69,13 @@ enum Op {
     UDelete(u8),
     PInsert(u8, u8),
     PDelete(u8),
+    /// Two rows in one statement (the same key twice replaces within it).
+    MultiInsert(u8, u8, u8),
+    /// Many rows moved by one `INSERT ... SELECT`.
+    PShift(u8),
+    /// A table whose columns hide every rowid alias.
+    SInsert(u8, u8),
+    SDelete(u8),
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -86,6 +94,10 @@ fn op() -> impl Strategy<Value = Op> {
         1 => any::<u8>().prop_map(Op::UDelete),
         1 => (any::<u8>(), any::<u8>()).prop_map(|(a, v)| Op::PInsert(a, v)),
         1 => any::<u8>().prop_map(Op::PDelete),
+        1 => (any::<u8>(), any::<u8>(), any::<u8>()).prop_map(|(a, b, v)| Op::MultiInsert(a, b, v)),
+        1 => any::<u8>().prop_map(Op::PShift),
+        1 => (any::<u8>(), any::<u8>()).prop_map(|(a, v)| Op::SInsert(a, v)),
+        1 => any::<u8>().prop_map(Op::SDelete),
     ]
 }
 
@@ -145,6 +157,19 @@ fn statements(op: &Op) -> Vec<(String, Vec<SqlValue>)> {
             "DELETE FROM p WHERE id = ?".into(),
             vec![SqlValue::Integer(i64::from(*a % 4))],
         )],
+        Op::MultiInsert(a, b, v) => vec![s(
+            "INSERT OR REPLACE INTO t (k, x) VALUES (?, 'first'), (?, ?)".into(),
+            vec![key(*a), key(*b), value(*v)],
+        )],
+        Op::PShift(d) => vec![s(
+            "INSERT OR REPLACE INTO p (id, v) SELECT (id + ?) % 4, v FROM p".into(),
+            vec![SqlValue::Integer(i64::from(*d % 4))],
+        )],
+        Op::SInsert(a, v) => vec![s(
+            "INSERT OR REPLACE INTO s (rowid, oid) VALUES (?, ?)".into(),
+            vec![key(*a), value(*v)],
+        )],
+        Op::SDelete(a) => vec![s("DELETE FROM s WHERE rowid = ?".into(), vec![key(*a)])],
     }
 }
 
@@ -198,6 +223,7 @@ fn dump(conn: &Connection) -> Dump {
         "SELECT * FROM t ORDER BY k",
         "SELECT * FROM u ORDER BY k1, k2",
         "SELECT * FROM p ORDER BY id",
+        "SELECT * FROM s ORDER BY rowid",
     ]
     .iter()
     .map(|q| {

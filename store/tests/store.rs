@@ -69,7 +69,10 @@ fn plain_sqlite_reads_but_cannot_write_replicated_tables() {
         "DELETE FROM todos",
     ] {
         let e = bare.execute(sql, []).unwrap_err().to_string();
-        assert!(e.contains("no such function: corro_capture"), "{sql}: {e}");
+        assert!(
+            e.contains("todos is replicated by Corrosion: write to it through the agent"),
+            "{sql}: {e}"
+        );
     }
     drop(bare);
     assert_eq!(
@@ -136,6 +139,42 @@ fn failed_transactions_leave_nothing_behind() {
         Some(2),
         "the failed transaction consumed no version"
     );
+    s.verify().unwrap();
+}
+
+#[test]
+fn a_failed_statement_fails_the_transaction_even_if_the_caller_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_with(dir.path(), "a.db", TODOS);
+    insert(&s, "a", "one");
+    // The first row of the two-row insert is written, then undone by SQLite
+    // when the second one fails: capture saw it, so nothing may commit.
+    let e = s
+        .transact(|tx| {
+            let failed = tx.execute(
+                "INSERT INTO todos (id, title) VALUES ('b', 'two'), ('a', 'dup')",
+                &[],
+            );
+            assert!(failed.is_err());
+            tx.execute("INSERT INTO todos (id, title) VALUES ('c', 'three')", &[])
+        })
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("a statement of this transaction failed"),
+        "{e}"
+    );
+    assert_eq!(titles(&s).len(), 1);
+    assert_eq!(s.head(), 1);
+    // A statement refused before it ran (here: a syntax error) does not.
+    let c = s
+        .transact(|tx| {
+            assert!(tx.execute("INSERT INTO todos VALUES (", &[]).is_err());
+            tx.execute("INSERT INTO todos (id, title) VALUES ('c', 'three')", &[])
+        })
+        .unwrap();
+    assert_eq!(c.version, Some(2));
+    assert_eq!(titles(&s).len(), 2);
     s.verify().unwrap();
 }
 
