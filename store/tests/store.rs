@@ -484,14 +484,26 @@ fn host_local_tables_live_beside_replicated_ones() {
     let a = open_with(dir.path(), "a.db", TODOS);
     a.local_write(|c| c.execute_batch("CREATE TABLE local_notes (k TEXT PRIMARY KEY, v); INSERT INTO local_notes VALUES ('a', 1);"))
         .unwrap();
-    let e = a
-        .local_write(|c| c.execute("INSERT INTO todos (id) VALUES ('x')", []))
-        .unwrap_err();
-    assert!(
-        e.to_string()
-            .contains("must go through the corrosion agent"),
-        "{e}"
-    );
+    insert(&a, "kept", "replicated");
+    for sql in [
+        "INSERT INTO todos (id) VALUES ('x')",
+        "INSERT INTO TODOS (id) SELECT k FROM local_notes",
+        "UPDATE todos SET title = 'sneaky'",
+        "DELETE FROM todos",
+    ] {
+        let e = a.local_write(|c| c.execute(sql, [])).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("must go through the corrosion agent"),
+            "{sql}: {e}"
+        );
+    }
+    assert_eq!(titles(&a), [("kept".to_string(), "replicated".to_string())]);
+    // Host-local writes still work, and leave nothing to replicate behind.
+    a.local_write(|c| c.execute("UPDATE local_notes SET v = 2", []))
+        .unwrap();
+    assert_eq!(insert(&a, "next", "one").version, Some(2));
+    a.verify().unwrap();
     // Schema reloads ignore host-local tables.
     let d = a
         .apply_schema_paths(&[schema_file(dir.path(), "same.sql", TODOS)])
