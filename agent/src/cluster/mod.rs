@@ -50,6 +50,8 @@ const BROADCAST_IN_FLIGHT: usize = 256;
 const BROADCAST_QUEUE: usize = 1024;
 /// Sync interval while rounds find things to repair (jittered ±50%).
 const SYNC_BASE: Duration = Duration::from_secs(1);
+/// Peers each sync round exchanges bookkeeping with.
+const SYNC_PEERS: usize = 3;
 /// Longest sync interval after idle rounds.
 const SYNC_MAX: Duration = Duration::from_secs(4);
 
@@ -204,17 +206,25 @@ impl Cluster {
                 }
                 metrics::gauge!("corro_gossip_members").set(sync.peers.active().len() as f64);
                 persist_members(&sync, &mut persisted).await;
-                let Some(peer) = sync.peers.random() else {
-                    continue;
-                };
-                match sync_with(&sync, peer).await {
-                    // Back off while rounds find nothing to repair.
-                    Ok(0) => interval = (interval * 2).min(SYNC_MAX),
-                    Ok(_) => interval = SYNC_BASE,
-                    Err(e) => {
-                        tracing::debug!(peer = %peer, error = %e, "sync round failed");
-                        sync.peers.forget_connection(peer);
+                // A few peers, one after the other: each pulls only what
+                // the ones before it did not already bring.
+                let (mut moved, mut answered) = (0, false);
+                for peer in sync.peers.random_few(SYNC_PEERS) {
+                    match sync_with(&sync, peer).await {
+                        Ok(n) => (moved, answered) = (moved + n, true),
+                        Err(e) => {
+                            tracing::debug!(peer = %peer, error = %e, "sync round failed");
+                            sync.peers.forget_connection(peer);
+                        }
                     }
+                }
+                if answered {
+                    // Back off while rounds find nothing to repair.
+                    interval = if moved == 0 {
+                        (interval * 2).min(SYNC_MAX)
+                    } else {
+                        SYNC_BASE
+                    };
                 }
                 metrics::gauge!("corro_sync_interval_seconds").set(interval.as_secs_f64());
             }

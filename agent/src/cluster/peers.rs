@@ -2,7 +2,8 @@
 //!
 //! Membership comes from SWIM (`super::swim` publishes a snapshot of the
 //! [`Membership`](corro_replication::membership::Membership) core after every
-//! event): broadcasts go to active members, sync rounds pick one at random.
+//! event): broadcasts go to active members, each sync round picks a few at
+//! random.
 //! Seeds (the bootstrap list and peers remembered from earlier runs) are only
 //! used to join, and as sync targets while no member is known yet.
 //!
@@ -110,13 +111,20 @@ impl Peers {
         self.active().into_iter().map(|(a, _)| a).collect()
     }
 
-    /// A random active member; a random seed while none is known.
-    pub(crate) fn random(&self) -> Option<SocketAddr> {
+    /// Up to `n` distinct random active members; one random seed while no
+    /// member is known.
+    pub(crate) fn random_few(&self, n: usize) -> Vec<SocketAddr> {
         let members = self.active_addrs();
         if members.is_empty() {
-            self.seeds.lock().iter().copied().choose(&mut rand::rng())
+            self.seeds
+                .lock()
+                .iter()
+                .copied()
+                .choose(&mut rand::rng())
+                .into_iter()
+                .collect()
         } else {
-            members.into_iter().choose(&mut rand::rng())
+            members.into_iter().choose_multiple(&mut rand::rng(), n)
         }
     }
 
@@ -231,4 +239,53 @@ pub(crate) async fn resolve(entry: &str) -> anyhow::Result<Vec<SocketAddr>> {
         None => entry,
     };
     Ok(tokio::net::lookup_host(host).await?.collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    fn member(port: u16, state: State) -> (Identity, State) {
+        (
+            Identity {
+                actor: ActorId::random(),
+                addr: addr(port),
+                ts: 1,
+            },
+            state,
+        )
+    }
+
+    #[test]
+    fn sync_targets_are_a_few_distinct_active_members() {
+        let peers = Peers::new(addr(1));
+        peers.add_seed(addr(9));
+        assert_eq!(peers.random_few(3), [addr(9)], "a seed while alone");
+        peers.set_members(vec![
+            member(1, State::Alive), // this node
+            member(2, State::Alive),
+            member(3, State::Suspect),
+            member(4, State::Down),
+        ]);
+        let mut two = peers.random_few(3);
+        two.sort();
+        assert_eq!(
+            two,
+            [addr(2), addr(3)],
+            "active members other than this node"
+        );
+        peers.set_members((2..12).map(|p| member(p, State::Alive)).collect());
+        let mut seen = BTreeSet::new();
+        for _ in 0..50 {
+            let few = peers.random_few(3);
+            let distinct: BTreeSet<_> = few.iter().copied().collect();
+            assert_eq!((few.len(), distinct.len()), (3, 3), "{few:?}");
+            seen.extend(few);
+        }
+        assert!(seen.len() > 3, "the choice is random: {seen:?}");
+    }
 }
