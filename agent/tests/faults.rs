@@ -235,6 +235,70 @@ fn an_agent_killed_mid_write_keeps_every_acknowledged_write() {
     await_identical(&[&a, &b], &[&agent_a, &agent_b], 1, Duration::from_secs(30));
 }
 
+/// An OS crash can lose a node's last commits from its WAL after peers got
+/// them. Simulated by putting an older copy of its database back into the
+/// same file (same actor) after `kill -9`: on restart the node pulls its lost
+/// versions back from a peer before it numbers new writes, so nothing is lost
+/// and no version number names two different writes.
+#[test]
+fn a_node_that_lost_its_last_commits_gets_them_back_before_writing_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::new(&dir.path().join("a"), "");
+    let agent_a = a.start();
+    let b = Node::joining(&dir.path().join("b"), &agent_a);
+    let mut agent_b = b.start();
+    await_state(
+        &agent_a,
+        &[agent_b.gossip.to_string()],
+        "alive",
+        Duration::from_secs(20),
+    );
+    for i in 0..3 {
+        insert(&agent_b, &format!("kept-{i}"), "x");
+    }
+    await_identical(&[&a, &b], &[&agent_a, &agent_b], 1, Duration::from_secs(30));
+    // What the disk holds if the WAL's tail is lost from here on.
+    let snapshot = dir.path().join("b-before.db");
+    rusqlite::Connection::open(&b.db)
+        .unwrap()
+        .backup(
+            rusqlite::MAIN_DB,
+            &snapshot,
+            None::<fn(rusqlite::backup::Progress)>,
+        )
+        .unwrap();
+    for i in 0..2 {
+        insert(&agent_b, &format!("lost-{i}"), "y");
+    }
+    await_identical(&[&a, &b], &[&agent_a, &agent_b], 1, Duration::from_secs(30));
+    let actor = agent_b.actor.clone();
+    agent_b.signal("KILL");
+    let _ = agent_b.child.wait();
+    for ext in ["-wal", "-shm"] {
+        let _ = std::fs::remove_file(format!("{}{ext}", b.db.display()));
+    }
+    // Rewritten in place: the same file, so the node keeps its actor id.
+    std::fs::write(&b.db, std::fs::read(&snapshot).unwrap()).unwrap();
+    agent_b = b.start();
+    assert_eq!(agent_b.actor, actor);
+    insert(&agent_b, "after-restart", "z");
+    let rows = await_identical(&[&a, &b], &[&agent_a, &agent_b], 1, Duration::from_secs(30));
+    let ids: Vec<&str> = rows.lines().map(|l| l.split('|').next().unwrap()).collect();
+    assert_eq!(
+        ids,
+        [
+            "after-restart",
+            "kept-0",
+            "kept-1",
+            "kept-2",
+            "lost-0",
+            "lost-1"
+        ]
+    );
+    let head = b.books()[actor.as_str()]["head"].as_u64().unwrap();
+    assert_eq!(head, 6, "the new write took the next unused version");
+}
+
 /// A stalled agent (SIGSTOP for 2 s) is at most suspected, never declared
 /// down, and is alive everywhere again after it resumes.
 #[test]

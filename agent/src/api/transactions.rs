@@ -41,6 +41,11 @@ pub(crate) async fn handle(State(st): State<ApiState>, headers: HeaderMap, body:
             ),
         );
     }
+    if let Some(cluster) = &st.cluster {
+        // Right after a restart: until this node has pulled back any of its
+        // own versions a crash lost (see `cluster`'s write fence).
+        cluster.writes_open().await;
+    }
     let store = st.store.clone();
     let max_changes = st.limits.max_changes;
     let started = Instant::now();

@@ -1,8 +1,15 @@
 //! Peer networking: one QUIC endpoint on `gossip.addr` carrying SWIM
 //! membership (datagrams, [`swim`]), broadcasts of every committed local
 //! version to active members (uni streams, forwarded a bounded number of
-//! hops by receivers), and anti-entropy sync rounds with a random member
+//! hops by receivers), and anti-entropy sync rounds with a few random members
 //! (bi streams), jittered and backing off while there is nothing to repair.
+//!
+//! Write fence: a node restarting with a history of its own (and peers to
+//! ask) accepts local writes only after its first sync round has answered,
+//! or after [`FENCE_TIMEOUT`]. An OS crash can lose its last commits from the
+//! WAL while peers already hold them; the round pulls them back (this node's
+//! own versions included) before it numbers new writes, so a version number
+//! never names two different writes.
 //!
 //! Members are whoever SWIM reports active; the bootstrap list and the peers
 //! remembered from earlier runs (`__corro_members`, a host-local table) are
@@ -54,6 +61,9 @@ const SYNC_BASE: Duration = Duration::from_secs(1);
 const SYNC_PEERS: usize = 3;
 /// Longest sync interval after idle rounds.
 const SYNC_MAX: Duration = Duration::from_secs(4);
+/// How long local writes wait at start-up for a first sync round before
+/// they are accepted anyway (no peer answering).
+const FENCE_TIMEOUT: Duration = Duration::from_secs(10);
 
 struct Inner {
     /// Queue of the broadcast task (forwards are queued here too).
@@ -66,6 +76,21 @@ struct Inner {
     swim: mpsc::Sender<swim::SwimInput>,
     /// Wakes the sync loop early (a member joined, a broadcast was dropped).
     sync_soon: tokio::sync::Notify,
+    /// `true` once local writes may be numbered (see the module doc).
+    writes_open: watch::Sender<bool>,
+}
+
+impl Inner {
+    /// Opens the write fence (once); `why` goes to the log.
+    fn open_writes(&self, why: &str) {
+        let opened = self
+            .writes_open
+            .send_if_modified(|open| !std::mem::replace(open, true));
+        if opened {
+            metrics::gauge!("corro_writes_fenced").set(0.0);
+            tracing::info!(head = self.store.head(), "{why}; accepting local writes");
+        }
+    }
 }
 
 /// A handle to the running cluster tasks.
@@ -151,6 +176,14 @@ impl Cluster {
             ts: started,
         };
         let core = Membership::new(me, rand::rng().random());
+        let fenced = store.head() > 0 && !peers.seeds().is_empty();
+        metrics::gauge!("corro_writes_fenced").set(if fenced { 1.0 } else { 0.0 });
+        if fenced {
+            tracing::info!(
+                head = store.head(),
+                "holding local writes until a peer has answered a sync round"
+            );
+        }
         let inner = Arc::new(Inner {
             outgoing: tx.clone(),
             store,
@@ -159,7 +192,20 @@ impl Cluster {
             peers,
             swim: swim_tx,
             sync_soon: tokio::sync::Notify::new(),
+            writes_open: watch::channel(!fenced).0,
         });
+        if fenced {
+            let fence = inner.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(FENCE_TIMEOUT).await;
+                if !*fence.writes_open.borrow() {
+                    tracing::warn!(
+                        "no peer answered a sync round in {FENCE_TIMEOUT:?}; writes lost from this node's WAL by an OS crash, if any, may have their version numbers reused"
+                    );
+                }
+                fence.open_writes("write fence timed out");
+            });
+        }
         tokio::spawn(swim::run(
             inner.clone(),
             core,
@@ -197,8 +243,9 @@ impl Cluster {
         tokio::spawn(async move {
             let mut persisted = sync.peers.generation();
             let mut interval = SYNC_BASE;
+            // The first round starts at once (it opens the write fence).
+            let mut wait = Duration::ZERO;
             loop {
-                let wait = interval.mul_f64(rand::rng().random_range(0.5..1.5));
                 tokio::select! {
                     _ = shutdown.changed() => break,
                     _ = tokio::time::sleep(wait) => {}
@@ -219,6 +266,7 @@ impl Cluster {
                     }
                 }
                 if answered {
+                    sync.open_writes("first sync round done");
                     // Back off while rounds find nothing to repair.
                     interval = if moved == 0 {
                         (interval * 2).min(SYNC_MAX)
@@ -227,6 +275,7 @@ impl Cluster {
                     };
                 }
                 metrics::gauge!("corro_sync_interval_seconds").set(interval.as_secs_f64());
+                wait = interval.mul_f64(rand::rng().random_range(0.5..1.5));
             }
             persist_members(&sync, &mut persisted).await;
             // Let the SWIM task say goodbye first.
@@ -255,6 +304,14 @@ impl Cluster {
 
     pub(crate) fn members(&self) -> Vec<corro_client::Member> {
         self.inner.peers.members()
+    }
+
+    /// Waits until local writes may be numbered (see the module doc);
+    /// returns at once except right after a restart.
+    pub(crate) async fn writes_open(&self) {
+        let mut open = self.inner.writes_open.subscribe();
+        // The sender lives as long as `self`, so this cannot fail.
+        let _ = open.wait_for(|o| *o).await;
     }
 }
 
