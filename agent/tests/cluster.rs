@@ -380,3 +380,72 @@ fn two_agents_over_ipv6() {
         vec![(agent_a.gossip.to_string(), "alive".to_string())]
     );
 }
+
+fn health(agent: &Agent) -> serde_json::Value {
+    reqwest::blocking::get(agent.url("/v1/health"))
+        .unwrap()
+        .json()
+        .unwrap()
+}
+
+/// Waits (bounded) until `agent`'s health lists `want` as the actors with a
+/// different schema.
+fn await_mismatches(agent: &Agent, want: &[&str]) -> serde_json::Value {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let h = health(agent);
+        let got: Vec<&str> = h["schema_mismatches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["actor_id"].as_str().unwrap())
+            .collect();
+        if got == want {
+            return h;
+        }
+        assert!(Instant::now() < deadline, "health {h:#}, want {want:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Rolling schema change: B gets a new column first. Both nodes report the
+/// mismatch in `/v1/health` (sync carries a schema fingerprint), a write to
+/// the new column waits on A until A's schema has the column too, then the
+/// mismatch is gone and the row is identical on both.
+#[test]
+fn schema_skew_between_peers_is_reported_and_resolves() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::new(&dir.path().join("a"), "");
+    let agent_a = a.start();
+    let b = Node::joining(&dir.path().join("b"), &agent_a);
+    let agent_b = b.start();
+    let h = await_mismatches(&agent_a, &[]);
+    assert_eq!(h["schema"], health(&agent_b)["schema"]);
+    assert_eq!(h["schema"].as_str().unwrap().len(), 16);
+
+    let v2 = common::TODOS.replace(
+        "completed_at INTEGER\n",
+        "completed_at INTEGER,\nowner TEXT NOT NULL DEFAULT 'nobody'\n",
+    );
+    std::fs::write(b.dir.join("schema/todo.sql"), &v2).unwrap();
+    agent_b.signal("HUP");
+    agent_b.expect("adding column");
+    let h = await_mismatches(&agent_a, &[agent_b.actor.as_str()]);
+    assert_eq!(
+        h["schema_mismatches"][0]["schema"],
+        health(&agent_b)["schema"]
+    );
+    await_mismatches(&agent_b, &[agent_a.actor.as_str()]);
+
+    b.exec(
+        &agent_b,
+        "INSERT INTO todos (id, title, owner) VALUES ('r', 'new column', 'me')",
+    );
+    std::fs::write(a.dir.join("schema/todo.sql"), &v2).unwrap();
+    agent_a.signal("HUP");
+    await_mismatches(&agent_a, &[]);
+    await_mismatches(&agent_b, &[]);
+    let want = "r|new column||me\n";
+    await_rows(&a, &agent_a, want);
+    await_rows(&b, &agent_b, want);
+}

@@ -13,5 +13,5 @@ mod client;
 pub use client::{Client, ClientError, QueryRows, Subscription};
 pub use types::{
     ChangeKind, ExecResponse, ExecResult, HealthResponse, Member, NotifyEvent, NotifyKind,
-    QueryEvent, Statement, TableStatsRequest, TableStatsResponse, Value,
+    QueryEvent, SchemaMismatch, Statement, TableStatsRequest, TableStatsResponse, Value,
 };

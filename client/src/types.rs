@@ -225,6 +225,22 @@ pub struct HealthResponse {
     pub head: u64,
     /// Members this node sees (itself excluded).
     pub members: usize,
+    /// Fingerprint of this node's replicated schema (16 hex digits).
+    #[serde(default)]
+    pub schema: String,
+    /// Active members whose replicated schema differs from this node's (as
+    /// last seen in a sync round). Changes naming tables or columns a node
+    /// lacks wait there until the schema files match.
+    #[serde(default)]
+    pub schema_mismatches: Vec<SchemaMismatch>,
+}
+
+/// A member whose replicated schema differs (see [`HealthResponse`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SchemaMismatch {
+    pub actor_id: String,
+    pub addr: String,
+    pub schema: String,
 }
 
 /// One entry of `GET /v1/members`.

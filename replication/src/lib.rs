@@ -22,5 +22,6 @@ mod wire;
 
 pub use sync::{SyncRequest, SyncState, plan};
 pub use wire::{
-    Envelope, MAX_FRAME_BYTES, MAX_HOPS, Message, PROTOCOL_VERSION, WireError, decode, encode,
+    Envelope, MAX_FRAME_BYTES, MAX_HOPS, Message, PROTOCOL_VERSION, Trailer, WireError, decode,
+    decode_with_trailer, encode, encode_with_trailer,
 };

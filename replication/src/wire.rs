@@ -7,6 +7,10 @@
 //! upgrade, newer nodes keep accepting this version). Frames are capped at
 //! [`MAX_FRAME_BYTES`]; corrupt frames are errors for the caller to log and
 //! drop, never panics.
+//!
+//! A frame may carry a [`Trailer`] after the envelope: decoders stop at the
+//! envelope's end (earlier builds of this protocol version included), so
+//! fields added there need no new version and mixed builds keep talking.
 
 use std::net::SocketAddr;
 
@@ -50,6 +54,14 @@ pub enum Message {
     SyncDone,
 }
 
+/// Optional fields after the envelope (see the module doc). Sent with
+/// `SyncState`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trailer {
+    /// The sender's replicated-schema fingerprint.
+    pub schema: u64,
+}
+
 /// Why a frame was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
@@ -68,6 +80,29 @@ pub fn encode(env: &Envelope) -> Result<Vec<u8>, WireError> {
         return Err(WireError::TooLarge(bytes.len()));
     }
     Ok(bytes)
+}
+
+/// Encodes an envelope followed by a trailer.
+pub fn encode_with_trailer(env: &Envelope, trailer: &Trailer) -> Result<Vec<u8>, WireError> {
+    let mut bytes = postcard::to_stdvec(env)?;
+    bytes.extend_from_slice(&postcard::to_stdvec(trailer)?);
+    if bytes.len() > MAX_FRAME_BYTES {
+        return Err(WireError::TooLarge(bytes.len()));
+    }
+    Ok(bytes)
+}
+
+/// Decodes a frame and its trailer, if it has one (a malformed trailer is
+/// ignored: the envelope alone is a valid frame).
+pub fn decode_with_trailer(frame: &[u8]) -> Result<(Envelope, Option<Trailer>), WireError> {
+    let env = decode(frame)?;
+    let (_, rest) = postcard::take_from_bytes::<Envelope>(frame)?;
+    let trailer = if rest.is_empty() {
+        None
+    } else {
+        postcard::from_bytes(rest).ok()
+    };
+    Ok((env, trailer))
 }
 
 /// Decodes a frame, checking size and version first.
@@ -115,6 +150,23 @@ mod tests {
             let e = env(m);
             assert_eq!(decode(&encode(&e).unwrap()).unwrap(), e);
         }
+    }
+
+    #[test]
+    fn trailers_are_optional_and_invisible_to_plain_decoding() {
+        let e = env(Message::SyncState(SyncState::default()));
+        let t = Trailer {
+            schema: 0xfeed_beef,
+        };
+        let with = encode_with_trailer(&e, &t).unwrap();
+        // What an earlier build does with it: the envelope, nothing else.
+        assert_eq!(decode(&with).unwrap(), e);
+        assert_eq!(decode_with_trailer(&with).unwrap(), (e.clone(), Some(t)));
+        let without = encode(&e).unwrap();
+        assert_eq!(decode_with_trailer(&without).unwrap(), (e.clone(), None));
+        let mut junk = without.clone();
+        junk.push(0xff); // an unterminated varint: no trailer, still a frame
+        assert_eq!(decode_with_trailer(&junk).unwrap(), (e, None));
     }
 
     #[test]

@@ -58,6 +58,37 @@ pub struct Index {
     pub file: PathBuf,
 }
 
+impl Schema {
+    /// A fingerprint of the replicated tables (names, columns with their
+    /// type, constraints, default, key position and collation, rowid or
+    /// not), for telling peers' schemas apart. Indexes are left out: they do
+    /// not change what replicates. FNV-1a over a canonical text, so every
+    /// build computes the same value for the same schema.
+    pub fn fingerprint(&self) -> u64 {
+        use std::hash::Hasher;
+        let mut h = fnv::FnvHasher::default();
+        for t in self.tables.values() {
+            h.write(format!("T\u{1f}{}\u{1f}{}\u{1e}", t.name, t.without_rowid).as_bytes());
+            for c in &t.columns {
+                h.write(
+                    format!(
+                        "C\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1f}{}\u{1e}",
+                        c.name,
+                        c.decl_type.to_ascii_uppercase(),
+                        c.notnull,
+                        c.default.as_deref().unwrap_or("\u{0}"),
+                        c.pk,
+                        c.generated,
+                        c.collation.to_ascii_uppercase(),
+                    )
+                    .as_bytes(),
+                );
+            }
+        }
+        h.finish()
+    }
+}
+
 impl Table {
     /// Primary-key columns in key order.
     pub fn pk_columns(&self) -> Vec<&Column> {

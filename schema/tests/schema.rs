@@ -297,3 +297,31 @@ fn destructive_changes_are_rejected_with_file_table_and_reason() {
         assert!(e.contains("want.sql") && e.contains("table 't'"), "{e}");
     }
 }
+
+#[test]
+fn fingerprints_follow_what_replicates_not_how_it_is_written() {
+    let base = wanted("CREATE TABLE t (id INTEGER NOT NULL PRIMARY KEY, v TEXT DEFAULT 'x');");
+    let spaced = wanted(
+        "create table t (\n  id integer not null primary key,\n  v text default 'x'\n);\nCREATE INDEX t_v ON t (v);",
+    );
+    assert_eq!(
+        base.fingerprint(),
+        spaced.fingerprint(),
+        "layout, case and indexes do not count"
+    );
+    assert_eq!(
+        base.fingerprint(),
+        live("CREATE TABLE t (id INTEGER NOT NULL PRIMARY KEY, v TEXT DEFAULT 'x');").fingerprint(),
+        "files and the live database agree"
+    );
+    for other in [
+        "CREATE TABLE t (id INTEGER NOT NULL PRIMARY KEY, v TEXT DEFAULT 'x', w);",
+        "CREATE TABLE t (id INTEGER NOT NULL PRIMARY KEY, v TEXT DEFAULT 'y');",
+        "CREATE TABLE t (id INTEGER NOT NULL PRIMARY KEY, v BLOB DEFAULT 'x');",
+        "CREATE TABLE t (id INTEGER NOT NULL PRIMARY KEY, v TEXT DEFAULT 'x') WITHOUT ROWID;",
+        "CREATE TABLE t2 (id INTEGER NOT NULL PRIMARY KEY, v TEXT DEFAULT 'x');",
+        "CREATE TABLE t (id INTEGER NOT NULL PRIMARY KEY, v TEXT DEFAULT 'x'); CREATE TABLE u (k TEXT NOT NULL PRIMARY KEY);",
+    ] {
+        assert_ne!(base.fingerprint(), wanted(other).fingerprint(), "{other}");
+    }
+}

@@ -60,6 +60,8 @@ pub(crate) struct Inner {
     pub books: RwLock<HashMap<u32, ActorBooks>>,
     /// Change-feed listeners ([`Store::on_change`]).
     pub listeners: RwLock<Vec<crate::feed::ChangeListener>>,
+    /// [`Schema::fingerprint`] of the live replicated schema.
+    pub schema_fingerprint: std::sync::atomic::AtomicU64,
 }
 
 pub(crate) struct Writer {
@@ -169,6 +171,7 @@ impl Store {
         let readers = ReadPool::new(readers).map_err(open_err)?;
         let catalog = load_catalog(&local)?;
         capture::install(&local, &capture, &catalog).map_err(open_err)?;
+        let fingerprint = live_schema(&local)?.fingerprint();
         let books = load_books(&local, self_idx)?;
         tracing::info!(actor_id = %actor, path = %path.display(), tables = catalog.tables.len(), "store opened");
         Ok(Store {
@@ -186,6 +189,7 @@ impl Store {
                 catalog: RwLock::new(Arc::new(catalog)),
                 books: RwLock::new(books),
                 listeners: RwLock::new(Vec::new()),
+                schema_fingerprint: fingerprint.into(),
             }),
         })
     }
@@ -337,6 +341,10 @@ impl Store {
         }
         tx.commit()?;
         capture::install(conn, &w.capture, &catalog)?;
+        let fingerprint = live_schema(conn)?.fingerprint();
+        self.inner
+            .schema_fingerprint
+            .store(fingerprint, Ordering::Relaxed);
         *self.inner.catalog.write() = Arc::new(catalog);
         drop(w);
         // Changes that named these tables or columns before they existed.
@@ -351,6 +359,12 @@ impl Store {
     ) -> Result<SchemaDiff, StoreError> {
         let wanted = corro_schema::from_paths(paths)?;
         self.apply_schema(&wanted)
+    }
+
+    /// [`Schema::fingerprint`] of the live replicated schema (kept current
+    /// by schema changes); peers compare theirs with it.
+    pub fn schema_fingerprint(&self) -> u64 {
+        self.inner.schema_fingerprint.load(Ordering::Relaxed)
     }
 
     /// The live replicated schema.

@@ -256,6 +256,8 @@ fn schema_changes_apply_additively_and_bad_ones_keep_the_old_schema() {
     let dir = tempfile::tempdir().unwrap();
     let a = open_with(dir.path(), "a.db", TODOS);
     insert(&a, "x", "before");
+    let v1 = a.schema_fingerprint();
+    assert_eq!(v1, a.schema().unwrap().fingerprint());
     let p = schema_file(
         dir.path(),
         "v2.sql",
@@ -264,6 +266,9 @@ fn schema_changes_apply_additively_and_bad_ones_keep_the_old_schema() {
     );
     let d = a.apply_schema_paths(&[&p]).unwrap();
     assert_eq!(d.new_columns.len(), 1);
+    let v2 = a.schema_fingerprint();
+    assert_ne!(v1, v2, "a new column changes the fingerprint");
+    assert_eq!(v2, a.schema().unwrap().fingerprint());
     let c = a
         .transact(|tx| tx.execute("UPDATE todos SET owner = 'me'", &[]))
         .unwrap();
@@ -285,6 +290,7 @@ fn schema_changes_apply_additively_and_bad_ones_keep_the_old_schema() {
         "{e}"
     );
     // Still the v2 schema: the column is there and writes work.
+    assert_eq!(a.schema_fingerprint(), v2);
     insert(&a, "y", "after");
     assert_eq!(a.schema().unwrap().tables["todos"].columns.len(), 4);
     assert!(a.schema().unwrap().indexes.contains_key("todos_owner"));

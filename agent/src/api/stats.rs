@@ -7,7 +7,7 @@ use axum::body::Body;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use corro_client::{HealthResponse, Member, TableStatsRequest, TableStatsResponse};
+use corro_client::{HealthResponse, Member, SchemaMismatch, TableStatsRequest, TableStatsResponse};
 
 use super::{ApiState, error, read_json};
 
@@ -64,6 +64,19 @@ pub(crate) async fn health(State(st): State<ApiState>) -> Response {
         actor_id: st.store.actor_id().to_string(),
         head: st.store.head(),
         members: st.cluster.as_ref().map_or(0, |c| c.members().len()),
+        schema: format!("{:016x}", st.store.schema_fingerprint()),
+        schema_mismatches: st
+            .cluster
+            .as_ref()
+            .map(|c| c.schema_mismatches())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(actor, addr, fp)| SchemaMismatch {
+                actor_id: actor.to_string(),
+                addr: addr.to_string(),
+                schema: format!("{fp:016x}"),
+            })
+            .collect(),
     };
     let status = if body.status == "ok" {
         StatusCode::OK

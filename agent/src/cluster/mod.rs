@@ -37,8 +37,10 @@ use anyhow::Context;
 use corro_replication::broadcast;
 use corro_replication::membership::{Identity, Membership};
 use corro_replication::{
-    Envelope, MAX_FRAME_BYTES, MAX_HOPS, Message, PROTOCOL_VERSION, SyncState, decode, encode, plan,
+    Envelope, MAX_FRAME_BYTES, MAX_HOPS, Message, PROTOCOL_VERSION, SyncState, Trailer,
+    decode_with_trailer, encode, encode_with_trailer, plan,
 };
+use corro_store::ActorId;
 use corro_store::{Changeset, Store};
 use rand::Rng;
 use tokio::sync::{mpsc, watch};
@@ -78,9 +80,39 @@ struct Inner {
     sync_soon: tokio::sync::Notify,
     /// `true` once local writes may be numbered (see the module doc).
     writes_open: watch::Sender<bool>,
+    /// Peers whose last `SyncState` carried a schema fingerprint other than
+    /// ours: actor -> (address, their fingerprint).
+    schema_mismatches: parking_lot::Mutex<std::collections::BTreeMap<ActorId, (SocketAddr, u64)>>,
 }
 
 impl Inner {
+    /// Notes the schema fingerprint a peer sent with its `SyncState` (none
+    /// from builds that predate it: treated as unknown, not a mismatch).
+    fn schema_seen(&self, env: &Envelope, trailer: Option<Trailer>) {
+        let ours = self.store.schema_fingerprint();
+        let mut map = self.schema_mismatches.lock();
+        match trailer {
+            Some(t) if t.schema != ours => {
+                let before = map.insert(env.from, (env.addr, t.schema));
+                if before.map(|b| b.1) != Some(t.schema) {
+                    tracing::warn!(
+                        peer = %env.addr,
+                        actor_id = %env.from,
+                        theirs = %format!("{:016x}", t.schema),
+                        ours = %format!("{ours:016x}"),
+                        "peer has a different replicated schema; changes naming tables or columns a node lacks wait there until the schema files match"
+                    );
+                }
+            }
+            _ => {
+                if map.remove(&env.from).is_some() {
+                    tracing::info!(peer = %env.addr, actor_id = %env.from, "peer schema matches ours again");
+                }
+            }
+        }
+        metrics::gauge!("corro_schema_mismatched_peers").set(map.len() as f64);
+    }
+
     /// Opens the write fence (once); `why` goes to the log.
     fn open_writes(&self, why: &str) {
         let opened = self
@@ -193,6 +225,7 @@ impl Cluster {
             swim: swim_tx,
             sync_soon: tokio::sync::Notify::new(),
             writes_open: watch::channel(!fenced).0,
+            schema_mismatches: Default::default(),
         });
         if fenced {
             let fence = inner.clone();
@@ -306,6 +339,25 @@ impl Cluster {
         self.inner.peers.members()
     }
 
+    /// Active members whose replicated schema differs from ours, as last
+    /// seen in a sync round: (actor, address, their fingerprint).
+    pub(crate) fn schema_mismatches(&self) -> Vec<(ActorId, SocketAddr, u64)> {
+        let active: std::collections::BTreeSet<ActorId> = self
+            .inner
+            .peers
+            .active()
+            .into_iter()
+            .map(|(_, a)| a)
+            .collect();
+        self.inner
+            .schema_mismatches
+            .lock()
+            .iter()
+            .filter(|(actor, _)| active.contains(actor))
+            .map(|(actor, (addr, fp))| (*actor, *addr, *fp))
+            .collect()
+    }
+
     /// Waits until local writes may be numbered (see the module doc);
     /// returns at once except right after a restart.
     pub(crate) async fn writes_open(&self) {
@@ -373,14 +425,28 @@ fn envelope(inner: &Inner, message: Message) -> Envelope {
 }
 
 async fn write_frame(send: &mut quinn::SendStream, env: &Envelope) -> anyhow::Result<()> {
-    let bytes = encode(env)?;
+    write_bytes(send, &encode(env)?).await
+}
+
+async fn write_bytes(send: &mut quinn::SendStream, bytes: &[u8]) -> anyhow::Result<()> {
     send.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
-    send.write_all(&bytes).await?;
+    send.write_all(bytes).await?;
     Ok(())
 }
 
-/// Reads one frame; `None` at a clean end of stream.
-async fn read_frame(recv: &mut quinn::RecvStream) -> anyhow::Result<Option<Envelope>> {
+/// Sends this node's `SyncState`, with its schema fingerprint as trailer.
+async fn write_state(inner: &Inner, send: &mut quinn::SendStream) -> anyhow::Result<()> {
+    let env = envelope(inner, Message::SyncState(state_of(inner)));
+    let trailer = Trailer {
+        schema: inner.store.schema_fingerprint(),
+    };
+    write_bytes(send, &encode_with_trailer(&env, &trailer)?).await
+}
+
+/// Reads one frame and its trailer; `None` at a clean end of stream.
+async fn read_frame(
+    recv: &mut quinn::RecvStream,
+) -> anyhow::Result<Option<(Envelope, Option<Trailer>)>> {
     let mut len = [0u8; 4];
     match recv.read_exact(&mut len).await {
         Ok(()) => {}
@@ -393,7 +459,7 @@ async fn read_frame(recv: &mut quinn::RecvStream) -> anyhow::Result<Option<Envel
     }
     let mut buf = vec![0u8; len];
     recv.read_exact(&mut buf).await?;
-    Ok(Some(decode(&buf)?))
+    Ok(Some(decode_with_trailer(&buf)?))
 }
 
 /// Applies changesets; true when any of them was new to this node.
@@ -458,7 +524,7 @@ async fn serve_connection(inner: Arc<Inner>, incoming: quinn::Incoming) -> anyho
 }
 
 async fn receive_changes(inner: &Arc<Inner>, recv: &mut quinn::RecvStream) -> anyhow::Result<()> {
-    while let Some(env) = read_frame(recv).await? {
+    while let Some((env, _)) = read_frame(recv).await? {
         match env.message {
             Message::Changes { sets, hops } => {
                 let fresh = apply(inner, sets.clone()).await?;
@@ -612,9 +678,10 @@ async fn respond_sync(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) -> anyhow::Result<()> {
-    let Some(first) = read_frame(&mut recv).await? else {
+    let Some((first, trailer)) = read_frame(&mut recv).await? else {
         return Ok(());
     };
+    inner.schema_seen(&first, trailer);
     let Message::SyncState(theirs) = first.message else {
         anyhow::bail!(
             "a sync round must start with SyncState, got {}",
@@ -622,13 +689,9 @@ async fn respond_sync(
         );
     };
     send_missing(inner, &mut send, theirs).await?;
-    write_frame(
-        &mut send,
-        &envelope(inner, Message::SyncState(state_of(inner))),
-    )
-    .await?;
+    write_state(inner, &mut send).await?;
     let mut receiver = Receiver::new();
-    while let Some(env) = read_frame(&mut recv).await? {
+    while let Some((env, _)) = read_frame(&mut recv).await? {
         match env.message {
             Message::SyncChanges(sets) => receiver.add(inner, sets).await?,
             Message::SyncDone => break,
@@ -646,19 +709,16 @@ async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::Result<usize
     let mut moved = 0;
     let conn = inner.peers.connection(&inner.endpoint, peer).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
-    write_frame(
-        &mut send,
-        &envelope(inner, Message::SyncState(state_of(inner))),
-    )
-    .await?;
+    write_state(inner, &mut send).await?;
     let mut receiver = Receiver::new();
     loop {
-        let env = read_frame(&mut recv)
+        let (env, trailer) = read_frame(&mut recv)
             .await?
             .ok_or_else(|| anyhow::anyhow!("peer ended the sync round early"))?;
         match env.message {
             Message::SyncChanges(sets) => receiver.add(inner, sets).await?,
-            Message::SyncState(_theirs) => {
+            Message::SyncState(_) => {
+                inner.schema_seen(&env, trailer);
                 // Pull only: the peer pulls what it lacks in its own rounds
                 // (pushing too would make two nodes that sync each other at
                 // the same moment transfer everything twice).
