@@ -65,9 +65,13 @@ pub(crate) struct SubscriptionsConfig {
     /// changes...
     #[serde(default = "default_log_changes")]
     pub log_max_changes: u64,
-    /// ...and older than this.
+    /// ...and older than this...
     #[serde(default = "default_log_age")]
     pub log_max_age_secs: u64,
+    /// ...but a log over this many bytes loses its oldest changes whatever
+    /// their age.
+    #[serde(default = "default_log_bytes")]
+    pub log_max_bytes: u64,
     /// Subscriptions without listeners for this long are removed.
     #[serde(default = "default_idle_expiry")]
     pub idle_expiry_secs: u64,
@@ -82,6 +86,9 @@ fn default_log_changes() -> u64 {
 fn default_log_age() -> u64 {
     24 * 3600
 }
+fn default_log_bytes() -> u64 {
+    64 << 20
+}
 fn default_idle_expiry() -> u64 {
     15 * 60
 }
@@ -95,6 +102,7 @@ impl Default for SubscriptionsConfig {
             path: None,
             log_max_changes: default_log_changes(),
             log_max_age_secs: default_log_age(),
+            log_max_bytes: default_log_bytes(),
             idle_expiry_secs: default_idle_expiry(),
             listener_buffer: default_listener_buffer(),
         }
@@ -476,6 +484,27 @@ addr = "127.0.0.1:8500"
         assert_eq!(c.gossip.idle_timeout_secs, 10);
         assert!(c.gossip.tls.as_ref().unwrap().client.is_some());
         assert!(!c.log.colors);
+    }
+
+    #[test]
+    fn subscription_retention_keys_parse_with_defaults() {
+        let base = "[db]\npath = 'x'\n[gossip]\naddr = '127.0.0.1:1'\nplaintext = true\n";
+        let c = Config::parse(base, "defaults").unwrap();
+        assert_eq!(
+            (
+                c.subscriptions.log_max_changes,
+                c.subscriptions.log_max_age_secs,
+                c.subscriptions.log_max_bytes
+            ),
+            (100_000, 86_400, 64 << 20)
+        );
+        let c = Config::parse(
+            &format!("{base}[subscriptions]\nlog_max_bytes = 1000\nlog_max_changes = 5\n"),
+            "set",
+        )
+        .unwrap();
+        assert_eq!(c.subscriptions.log_max_bytes, 1000);
+        assert_eq!(c.subscriptions.log_max_changes, 5);
     }
 
     #[test]

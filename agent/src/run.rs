@@ -199,6 +199,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
             dir: config.subscriptions_dir(),
             max_log_changes: config.subscriptions.log_max_changes,
             max_log_age: Duration::from_secs(config.subscriptions.log_max_age_secs),
+            max_log_bytes: config.subscriptions.log_max_bytes,
             idle_expiry: Duration::from_secs(config.subscriptions.idle_expiry_secs),
             listener_buffer: config.subscriptions.listener_buffer.max(1),
         },

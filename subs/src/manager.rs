@@ -50,8 +50,10 @@ pub struct SubConfig {
     pub dir: PathBuf,
     /// The log keeps at least this many changes...
     pub max_log_changes: u64,
-    /// ...and every change younger than this.
+    /// ...and every change younger than this, but never more than this
+    /// many bytes (the oldest changes go first).
     pub max_log_age: Duration,
+    pub max_log_bytes: u64,
     /// A subscription with no listener for this long is removed.
     pub idle_expiry: Duration,
     /// Changes a listener may fall behind before it is cut off.
@@ -786,12 +788,14 @@ async fn reap(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
                 metrics::gauge!("corro_subs_active").set(inner.subs.read().len() as f64);
                 continue;
             }
-            let (count, age) = (
+            let (count, age, bytes) = (
                 inner.cfg.max_log_changes,
                 inner.cfg.max_log_age.as_millis() as u64,
+                inner.cfg.max_log_bytes,
             );
             let s = sub.clone();
-            let _ = tokio::task::spawn_blocking(move || s.view.lock().prune(count, age)).await;
+            let _ =
+                tokio::task::spawn_blocking(move || s.view.lock().prune(count, age, bytes)).await;
         }
     }
 }

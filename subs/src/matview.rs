@@ -8,7 +8,8 @@
 //!   key are found without scanning;
 //! - `changes`: the change log, `id` contiguous from 1, kept by count and age
 //!   (a change is purged only when it is both beyond the newest
-//!   `max_changes` and older than `max_age`).
+//!   `max_changes` and older than `max_age`) and capped in size (the oldest
+//!   changes go whenever the log is over `max_bytes`, whatever their age).
 //!
 //! Every update of the view and the log entries it produces commit in one
 //! transaction, so after a crash the view and the log agree; the manager then
@@ -20,6 +21,9 @@ use rusqlite::{Connection, OptionalExtension, params};
 
 use crate::SubError;
 use crate::diff::{Fresh, Held, Op, diff};
+
+/// Bytes a logged change counts besides its cells (id, kind, row, time).
+pub const CHANGE_OVERHEAD: i64 = 32;
 
 const DDL: &str = "
 CREATE TABLE IF NOT EXISTS meta (k TEXT NOT NULL PRIMARY KEY, v TEXT NOT NULL);
@@ -368,14 +372,50 @@ impl Matview {
     }
 
     /// Purges changes that are both beyond the newest `max_count` and older
-    /// than `max_age_ms`; how many were removed.
-    pub fn prune(&mut self, max_count: u64, max_age_ms: u64) -> Result<usize, SubError> {
+    /// than `max_age_ms`, then the oldest ones while the log is over
+    /// `max_bytes` (cells plus [`CHANGE_OVERHEAD`] per change); how many
+    /// were removed.
+    pub fn prune(
+        &mut self,
+        max_count: u64,
+        max_age_ms: u64,
+        max_bytes: u64,
+    ) -> Result<usize, SubError> {
         let cutoff_id = self.last_change.saturating_sub(max_count) as i64;
         let cutoff_ts = now_ms() - max_age_ms as i64;
-        Ok(self.conn.execute(
+        let mut removed = self.conn.execute(
             "DELETE FROM changes WHERE id <= ?1 AND ts < ?2",
             params![cutoff_id, cutoff_ts],
-        )?)
+        )?;
+        // The newest change whose suffix of the log (it and everything
+        // after it) is over the cap: it and all before it go.
+        let over: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT id FROM (
+                     SELECT id, sum(length(cells) + ?1) OVER (ORDER BY id DESC) AS tail
+                     FROM changes
+                 ) WHERE tail > ?2 ORDER BY id DESC LIMIT 1",
+                params![CHANGE_OVERHEAD, max_bytes.min(i64::MAX as u64) as i64],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(id) = over {
+            removed += self
+                .conn
+                .execute("DELETE FROM changes WHERE id <= ?1", [id])?;
+        }
+        Ok(removed)
+    }
+
+    /// Bytes the change log counts against its cap.
+    pub fn log_bytes(&self) -> Result<u64, SubError> {
+        let n: i64 = self.conn.query_row(
+            "SELECT coalesce(sum(length(cells) + ?1), 0) FROM changes",
+            [CHANGE_OVERHEAD],
+            |r| r.get(0),
+        )?;
+        Ok(n as u64)
     }
 
     /// Test hook: ages every logged change by `ms`.

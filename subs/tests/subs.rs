@@ -31,6 +31,7 @@ fn config(dir: &Path) -> SubConfig {
         dir: dir.join("subs"),
         max_log_changes: 100_000,
         max_log_age: Duration::from_secs(86_400),
+        max_log_bytes: 64 << 20,
         idle_expiry: Duration::from_secs(600),
         listener_buffer: 10_000,
     }
@@ -574,5 +575,48 @@ async fn named_parameters_bind_alongside_the_key_filter() {
     assert_eq!(
         line(&next(&mut l).await),
         r#"{"change":["delete",1,["b"],2]}"#
+    );
+}
+
+/// The change log is capped in bytes whatever the count and age rules keep:
+/// the oldest changes go first, and the log ends at or under the cap.
+#[test]
+fn the_change_log_is_capped_in_bytes() {
+    use corro_subs::diff::Fresh;
+    use corro_subs::matview::{CHANGE_OVERHEAD, Definition, Matview};
+    let dir = tempfile::tempdir().unwrap();
+    let def = Definition {
+        sql: "SELECT id FROM t".into(),
+        params: "[]".into(),
+        columns: vec!["id".into()],
+    };
+    let mut view = Matview::create(&dir.path().join("v.sqlite"), &def).unwrap();
+    let row = |i: usize| Fresh {
+        key: vec![i as u8],
+        source_keys: vec![vec![i as u8]],
+        cells: format!("[\"row {i:03} {}\"]", "x".repeat(60)),
+    };
+    let mut rows = Vec::new();
+    for i in 0..50 {
+        rows.push(row(i));
+        view.resync(rows.clone()).unwrap(); // one insert logged per call
+    }
+    assert_eq!(view.last_change(), 50);
+    let per_change = row(0).cells.len() as u64 + CHANGE_OVERHEAD as u64;
+    assert_eq!(view.log_bytes().unwrap(), 50 * per_change);
+    // Count and age alone keep everything (nothing is old enough)...
+    assert_eq!(view.prune(0, 3_600_000, u64::MAX).unwrap(), 0);
+    // ...but a cap of 10.5 changes keeps the newest 10.
+    let cap = 10 * per_change + per_change / 2;
+    assert_eq!(view.prune(1_000_000, 3_600_000, cap).unwrap(), 40);
+    assert_eq!(view.oldest_change().unwrap(), 41);
+    assert_eq!(view.log_bytes().unwrap(), 10 * per_change);
+    let kept = view.changes_between(0, 50).unwrap();
+    assert_eq!(kept.first().map(|c| c.id), Some(41));
+    assert_eq!(kept.len(), 10);
+    // Exactly at the cap: nothing more goes.
+    assert_eq!(
+        view.prune(1_000_000, 3_600_000, 10 * per_change).unwrap(),
+        0
     );
 }
