@@ -105,6 +105,14 @@ fn full_cluster(dir: &std::path::Path, n: usize) -> (Vec<Node>, Vec<Agent>) {
     (nodes, agents)
 }
 
+/// Node A, and node B joined to it (both see each other alive).
+fn two_nodes(dir: &std::path::Path) -> (Node, Agent, Node, Agent) {
+    let (mut nodes, mut agents) = full_cluster(dir, 2);
+    let (b, a) = (nodes.remove(1), nodes.remove(0));
+    let (agent_b, agent_a) = (agents.remove(1), agents.remove(0));
+    (a, agent_a, b, agent_b)
+}
+
 /// Three agents, each behind a relay; the third is cut off while both sides
 /// keep writing (distinct rows and the same row), then the network heals.
 #[test]
@@ -174,16 +182,7 @@ fn a_partitioned_agent_converges_after_healing() {
 #[test]
 fn an_agent_killed_mid_write_keeps_every_acknowledged_write() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Node::new(&dir.path().join("a"), "");
-    let agent_a = a.start();
-    let b = Node::joining(&dir.path().join("b"), &agent_a);
-    let mut agent_b = b.start();
-    await_state(
-        &agent_a,
-        &[agent_b.gossip.to_string()],
-        "alive",
-        Duration::from_secs(20),
-    );
+    let (a, agent_a, b, mut agent_b) = two_nodes(dir.path());
 
     let stop = AtomicBool::new(false);
     let url = agent_b.url("/v1/transactions");
@@ -243,16 +242,7 @@ fn an_agent_killed_mid_write_keeps_every_acknowledged_write() {
 #[test]
 fn a_node_that_lost_its_last_commits_gets_them_back_before_writing_again() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Node::new(&dir.path().join("a"), "");
-    let agent_a = a.start();
-    let b = Node::joining(&dir.path().join("b"), &agent_a);
-    let mut agent_b = b.start();
-    await_state(
-        &agent_a,
-        &[agent_b.gossip.to_string()],
-        "alive",
-        Duration::from_secs(20),
-    );
+    let (a, agent_a, b, mut agent_b) = two_nodes(dir.path());
     for i in 0..3 {
         insert(&agent_b, &format!("kept-{i}"), "x");
     }
