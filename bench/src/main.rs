@@ -6,6 +6,7 @@
 #![allow(clippy::print_stdout)]
 
 mod cluster;
+mod limits;
 mod store;
 mod subs;
 
@@ -27,6 +28,9 @@ enum Cmd {
     /// `valgrind --tool=callgrind` (deterministic, unlike wall-clock time here).
     #[command(hide = true)]
     StoreOnce(store::OnceArgs),
+    /// What plain SQLite charges for the store's design: a trigger on
+    /// inserts, and four pages per single-row commit.
+    StoreLimits(limits::LimitsArgs),
     /// Subscriptions on a large table under a steady write load.
     Subs(subs::SubsArgs),
     /// Real agents on loopback: convergence, latency, catch-up, failover.
@@ -40,6 +44,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().cmd {
         Cmd::Store(args) => store::run(args),
         Cmd::StoreOnce(args) => store::once(args),
+        Cmd::StoreLimits(args) => limits::run(args),
         Cmd::Cluster { cmd } => cluster::run(cmd),
         Cmd::Subs(args) => subs::run(args),
     }

@@ -37,19 +37,30 @@ pub(crate) struct StoreArgs {
 
 const SCHEMA: &str = "CREATE TABLE todos (id TEXT NOT NULL PRIMARY KEY, title TEXT NOT NULL DEFAULT '', completed_at INTEGER);";
 
-struct Scratch {
+pub(crate) struct Scratch {
     dir: tempfile::TempDir,
     n: std::cell::Cell<usize>,
 }
 
 impl Scratch {
-    fn path(&self, what: &str) -> PathBuf {
+    /// Scratch databases in `dir` (default: the system temp directory).
+    pub(crate) fn new(dir: Option<&Path>) -> anyhow::Result<Scratch> {
+        Ok(Scratch {
+            dir: match dir {
+                Some(d) => tempfile::tempdir_in(d)?,
+                None => tempfile::tempdir()?,
+            },
+            n: Default::default(),
+        })
+    }
+
+    pub(crate) fn path(&self, what: &str) -> PathBuf {
         self.n.set(self.n.get() + 1);
         self.dir.path().join(format!("{what}-{}.db", self.n.get()))
     }
 }
 
-fn plain(path: &Path) -> anyhow::Result<Connection> {
+pub(crate) fn plain(path: &Path) -> anyhow::Result<Connection> {
     let c = Connection::open(path)?;
     c.pragma_update(None, "journal_mode", "WAL")?;
     c.pragma_update(None, "synchronous", "NORMAL")?;
@@ -69,7 +80,7 @@ fn store(path: &Path) -> anyhow::Result<Store> {
 
 /// Plain SQLite inserting `rows` in one transaction through a held statement:
 /// the baseline of the bulk and apply measurements.
-fn plain_bulk(p: &Connection, rows: &[(String, String)]) -> anyhow::Result<()> {
+pub(crate) fn plain_bulk(p: &Connection, rows: &[(String, String)]) -> anyhow::Result<()> {
     p.execute_batch("BEGIN IMMEDIATE")?;
     {
         let mut stmt = p.prepare_cached("INSERT INTO todos (id, title) VALUES (?1, ?2)")?;
@@ -81,7 +92,7 @@ fn plain_bulk(p: &Connection, rows: &[(String, String)]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rows(range: std::ops::Range<usize>) -> Vec<(String, String)> {
+pub(crate) fn rows(range: std::ops::Range<usize>) -> Vec<(String, String)> {
     range
         .map(|i| {
             (
@@ -92,7 +103,7 @@ fn rows(range: std::ops::Range<usize>) -> Vec<(String, String)> {
         .collect()
 }
 
-fn rate(n: usize, d: Duration) -> f64 {
+pub(crate) fn rate(n: usize, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
 
@@ -110,7 +121,7 @@ fn db_bytes(path: &Path) -> anyhow::Result<u64> {
 }
 
 /// Runs `rounds` alternating (ours, baseline) pairs and prints the medians.
-fn compare(
+pub(crate) fn compare(
     name: &str,
     unit: &str,
     target: &str,
@@ -140,13 +151,7 @@ fn compare(
 }
 
 pub(crate) fn run(args: StoreArgs) -> anyhow::Result<()> {
-    let scratch = Scratch {
-        dir: match &args.dir {
-            Some(d) => tempfile::tempdir_in(d)?,
-            None => tempfile::tempdir()?,
-        },
-        n: Default::default(),
-    };
+    let scratch = Scratch::new(args.dir.as_deref())?;
     println!(
         "corro-bench store: single={} bulk={} large={} rounds={} dir={} (medians over rounds)",
         args.single,
