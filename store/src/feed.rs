@@ -75,10 +75,40 @@ impl RowsChanged {
 /// A change listener.
 pub type ChangeListener = Arc<dyn Fn(&RowsChanged) + Send + Sync>;
 
+/// A local-commit listener: gets every version this node commits, as
+/// changesets ready to send (see [`Store::on_local_commit`]).
+pub type CommitListener = Arc<dyn Fn(Vec<crate::Changeset>) + Send + Sync>;
+
 impl Store {
     /// Calls `f` after every commit that changed replicated rows.
     pub fn on_change(&self, f: ChangeListener) {
         self.inner.listeners.write().push(f);
+    }
+
+    /// Calls `f` with every version committed by a local transaction
+    /// ([`Store::transact`]), whoever ran it: the HTTP API, the Consul
+    /// bridge, the agent's own bookkeeping writes. This is where the cluster
+    /// layer hooks its broadcast, so no writer can forget to replicate.
+    /// Called on the committing thread after the commit, in version order;
+    /// it must not block (queue the changesets for another task).
+    pub fn on_local_commit(&self, f: CommitListener) {
+        self.inner.commit_listeners.write().push(f);
+    }
+
+    /// Hands a committed local version to the commit listeners (changesets
+    /// are built only when someone listens).
+    pub(crate) fn notify_commit(&self, sets: impl FnOnce() -> Vec<crate::Changeset>) {
+        let listeners = self.inner.commit_listeners.read();
+        match listeners.as_slice() {
+            [] => {}
+            [only] => only(sets()),
+            many => {
+                let sets = sets();
+                for l in many {
+                    l(sets.clone());
+                }
+            }
+        }
     }
 
     /// Calls the listeners with the rows `rows` builds; builds nothing

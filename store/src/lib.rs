@@ -48,7 +48,7 @@ pub use bookkeeping::{ActorBooks, Partial, PieceOutcome};
 pub use change::{CHUNK_BYTES, Change, Changeset, chunk_version};
 pub use corro_schema::{Schema, SchemaDiff};
 pub use error::StoreError;
-pub use feed::{ChangeListener, RowChanged, RowsChanged};
+pub use feed::{ChangeListener, CommitListener, RowChanged, RowsChanged};
 pub use pool::{ReadConn, UserStatement};
 pub use store::{Store, StoreOptions};
 pub use value::{SqlValue, bind_named, bind_positional, decode_key, encode_key};

@@ -60,6 +60,8 @@ pub(crate) struct Inner {
     pub books: RwLock<HashMap<u32, ActorBooks>>,
     /// Change-feed listeners ([`Store::on_change`]).
     pub listeners: RwLock<Vec<crate::feed::ChangeListener>>,
+    /// Local-commit listeners ([`Store::on_local_commit`]).
+    pub commit_listeners: RwLock<Vec<crate::feed::CommitListener>>,
     /// [`Schema::fingerprint`] of the live replicated schema.
     pub schema_fingerprint: std::sync::atomic::AtomicU64,
 }
@@ -189,6 +191,7 @@ impl Store {
                 catalog: RwLock::new(Arc::new(catalog)),
                 books: RwLock::new(books),
                 listeners: RwLock::new(Vec::new()),
+                commit_listeners: RwLock::new(Vec::new()),
                 schema_fingerprint: fingerprint.into(),
             }),
         })

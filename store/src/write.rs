@@ -344,13 +344,17 @@ impl Store {
             });
             Some(version)
         };
-        Ok(Committed {
+        let committed = Committed {
             value,
             version,
             ts,
             rows,
             last_seq: nchanges.saturating_sub(1),
-        })
+        };
+        if version.is_some() {
+            self.notify_commit(|| committed.changesets(self.inner.actor));
+        }
+        Ok(committed)
     }
 
     /// Turns the captured row images into clock updates and per-row change

@@ -96,9 +96,6 @@ pub(crate) async fn handle(State(st): State<ApiState>, headers: HeaderMap, body:
                     changes = c.change_count(),
                     "committed local version"
                 );
-                if let Some(cluster) = &st.cluster {
-                    cluster.broadcast(c.changesets(actor));
-                }
             }
             axum::Json(ExecResponse {
                 results: c.value,

@@ -129,7 +129,23 @@ impl Inner {
 #[derive(Clone)]
 pub(crate) struct Cluster {
     inner: Arc<Inner>,
-    broadcast: mpsc::Sender<Outgoing>,
+}
+
+/// Queues a committed local version for broadcast (never blocks: when the
+/// queue is full the version is dropped and sync delivers it).
+fn queue_local(inner: &Inner, sets: Vec<Changeset>) {
+    if sets.is_empty() {
+        return;
+    }
+    let out = Outgoing {
+        sets,
+        hops: 0,
+        forward_from: None,
+    };
+    if inner.outgoing.try_send(out).is_err() {
+        metrics::counter!("corro_gossip_broadcasts_dropped_total").increment(1);
+        inner.sync_soon.notify_one();
+    }
 }
 
 /// A broadcast to send: to every peer (local commits) or forwarded to a few.
@@ -217,7 +233,7 @@ impl Cluster {
             );
         }
         let inner = Arc::new(Inner {
-            outgoing: tx.clone(),
+            outgoing: tx,
             store,
             endpoint,
             advertised,
@@ -248,8 +264,17 @@ impl Cluster {
         ));
         let cluster = Cluster {
             inner: inner.clone(),
-            broadcast: tx,
         };
+        // Every version this node commits goes out from where it is
+        // committed, whoever wrote it (HTTP API, Consul bridge, node
+        // identity): a writer cannot forget to replicate. Weak: the store
+        // must not keep the cluster alive.
+        let weak = Arc::downgrade(&inner);
+        inner.store.on_local_commit(Arc::new(move |sets| {
+            if let Some(inner) = weak.upgrade() {
+                queue_local(&inner, sets);
+            }
+        }));
 
         let accept = inner.clone();
         let mut stop = shutdown.clone();
@@ -318,22 +343,6 @@ impl Cluster {
         Ok(cluster)
     }
 
-    /// Queues a committed local version for broadcast (never blocks: when the
-    /// queue is full the version is dropped and sync delivers it).
-    pub(crate) fn broadcast(&self, sets: Vec<Changeset>) {
-        if sets.is_empty() {
-            return;
-        }
-        let out = Outgoing {
-            sets,
-            hops: 0,
-            forward_from: None,
-        };
-        if self.broadcast.try_send(out).is_err() {
-            metrics::counter!("corro_gossip_broadcasts_dropped_total").increment(1);
-            self.inner.sync_soon.notify_one();
-        }
-    }
 
     pub(crate) fn members(&self) -> Vec<corro_client::Member> {
         self.inner.peers.members()

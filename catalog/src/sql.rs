@@ -1,0 +1,223 @@
+//! Reading discovery rows from the store (used at load and after each
+//! commit the change feed reports; never per request).
+
+use corro_store::SqlValue;
+use rusqlite::{Connection, OptionalExtension, Row};
+
+use crate::health::Status;
+use crate::index::Index;
+use crate::model::{self, Check, Claim, Node, Service};
+
+/// The tables the catalog reads, lower-case.
+pub const TABLES: [&str; 4] = [
+    "consul_services",
+    "consul_checks",
+    "consul_nodes",
+    "consul_node_claims",
+];
+
+const SERVICE_COLS: &str = "node, id, name, tags, meta, port, address, weights, tagged_addresses, updated_at, source";
+const CHECK_COLS: &str = "node, id, service_id, service_name, name, status, output, notes, type, updated_at, source";
+const NODE_COLS: &str = "node, actor_id, address, datacenter, meta, updated_at";
+const CLAIM_COLS: &str = "node, actor_id, started_at";
+
+/// A column as text whatever its storage class (NULL: empty).
+fn text(row: &Row<'_>, i: usize) -> rusqlite::Result<String> {
+    use rusqlite::types::ValueRef;
+    Ok(match row.get_ref(i)? {
+        ValueRef::Null => String::new(),
+        ValueRef::Integer(n) => n.to_string(),
+        ValueRef::Real(f) => f.to_string(),
+        ValueRef::Text(t) | ValueRef::Blob(t) => String::from_utf8_lossy(t).into_owned(),
+    })
+}
+
+fn int(row: &Row<'_>, i: usize) -> rusqlite::Result<i64> {
+    use rusqlite::types::ValueRef;
+    Ok(match row.get_ref(i)? {
+        ValueRef::Integer(n) => n,
+        ValueRef::Real(f) => f as i64,
+        ValueRef::Text(t) => std::str::from_utf8(t)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0),
+        _ => 0,
+    })
+}
+
+fn opt_text(row: &Row<'_>, i: usize) -> rusqlite::Result<Option<String>> {
+    Ok(match row.get_ref(i)? {
+        rusqlite::types::ValueRef::Null => None,
+        _ => Some(text(row, i)?),
+    })
+}
+
+fn service(row: &Row<'_>) -> rusqlite::Result<Service> {
+    Ok(Service {
+        node: text(row, 0)?,
+        id: text(row, 1)?,
+        name: text(row, 2)?,
+        tags: model::parse_tags(&text(row, 3)?),
+        meta: model::parse_meta(&text(row, 4)?),
+        port: int(row, 5)?,
+        address: text(row, 6)?,
+        weights: model::parse_weights(&text(row, 7)?),
+        tagged_addresses: model::parse_tagged_addresses(&text(row, 8)?),
+        updated_at: int(row, 9)?,
+        source: opt_text(row, 10)?,
+    })
+}
+
+fn check(row: &Row<'_>) -> rusqlite::Result<Check> {
+    Ok(Check {
+        node: text(row, 0)?,
+        id: text(row, 1)?,
+        service_id: text(row, 2)?,
+        service_name: text(row, 3)?,
+        name: text(row, 4)?,
+        status: Status::parse(&text(row, 5)?),
+        output: text(row, 6)?,
+        notes: text(row, 7)?,
+        kind: text(row, 8)?,
+        updated_at: int(row, 9)?,
+        source: opt_text(row, 10)?,
+    })
+}
+
+fn node(row: &Row<'_>) -> rusqlite::Result<Node> {
+    Ok(Node {
+        node: text(row, 0)?,
+        actor_id: text(row, 1)?,
+        address: text(row, 2)?,
+        datacenter: text(row, 3)?,
+        meta: model::parse_meta(&text(row, 4)?),
+        updated_at: int(row, 5)?,
+    })
+}
+
+fn claim(row: &Row<'_>) -> rusqlite::Result<Claim> {
+    Ok(Claim {
+        node: text(row, 0)?,
+        actor_id: text(row, 1)?,
+        started_at: int(row, 2)?,
+    })
+}
+
+/// Whether `table` exists in the database.
+fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name = ?1 COLLATE NOCASE",
+        [table],
+        |r| r.get::<_, i64>(0),
+    )
+    .map(|n| n > 0)
+}
+
+/// Loads every row of the discovery tables that exist into `index`.
+pub(crate) fn load_all(conn: &Connection, index: &mut Index) -> rusqlite::Result<()> {
+    if has_table(conn, "consul_nodes")? {
+        let mut st = conn.prepare(&format!("SELECT {NODE_COLS} FROM consul_nodes"))?;
+        for n in st.query_map([], node)? {
+            index.upsert_node(n?);
+        }
+    }
+    if has_table(conn, "consul_services")? {
+        let mut st = conn.prepare(&format!("SELECT {SERVICE_COLS} FROM consul_services"))?;
+        for s in st.query_map([], service)? {
+            index.upsert_service(s?);
+        }
+    }
+    if has_table(conn, "consul_checks")? {
+        let mut st = conn.prepare(&format!("SELECT {CHECK_COLS} FROM consul_checks"))?;
+        for c in st.query_map([], check)? {
+            index.upsert_check(c?);
+        }
+    }
+    if has_table(conn, "consul_node_claims")? {
+        let mut st = conn.prepare(&format!("SELECT {CLAIM_COLS} FROM consul_node_claims"))?;
+        for c in st.query_map([], claim)? {
+            index.upsert_claim(c?);
+        }
+    }
+    Ok(())
+}
+
+fn key_text(v: &SqlValue) -> String {
+    match v {
+        SqlValue::Null => String::new(),
+        SqlValue::Integer(n) => n.to_string(),
+        SqlValue::Real(f) => f.to_string(),
+        SqlValue::Text(t) => t.clone(),
+        SqlValue::Blob(b) => String::from_utf8_lossy(b).into_owned(),
+    }
+}
+
+fn bind(v: &SqlValue) -> rusqlite::types::Value {
+    match v {
+        SqlValue::Null => rusqlite::types::Value::Null,
+        SqlValue::Integer(n) => rusqlite::types::Value::Integer(*n),
+        SqlValue::Real(f) => rusqlite::types::Value::Real(*f),
+        SqlValue::Text(t) => rusqlite::types::Value::Text(t.clone()),
+        SqlValue::Blob(b) => rusqlite::types::Value::Blob(b.clone()),
+    }
+}
+
+/// Re-reads one row a commit touched (`table` lower-case, `pk` its decoded
+/// key) and applies what is there now to `index`.
+pub(crate) fn refresh_row(
+    conn: &Connection,
+    index: &mut Index,
+    table: &str,
+    pk: &[SqlValue],
+) -> rusqlite::Result<()> {
+    match (table, pk) {
+        ("consul_services", [n, i]) => {
+            let sql = format!("SELECT {SERVICE_COLS} FROM consul_services WHERE node = ?1 AND id = ?2");
+            match conn
+                .prepare_cached(&sql)?
+                .query_row([bind(n), bind(i)], service)
+                .optional()?
+            {
+                Some(s) => index.upsert_service(s),
+                None => index.remove_service(&key_text(n), &key_text(i)),
+            }
+        }
+        ("consul_checks", [n, i]) => {
+            let sql = format!("SELECT {CHECK_COLS} FROM consul_checks WHERE node = ?1 AND id = ?2");
+            match conn
+                .prepare_cached(&sql)?
+                .query_row([bind(n), bind(i)], check)
+                .optional()?
+            {
+                Some(c) => index.upsert_check(c),
+                None => index.remove_check(&key_text(n), &key_text(i)),
+            }
+        }
+        ("consul_nodes", [n]) => {
+            let sql = format!("SELECT {NODE_COLS} FROM consul_nodes WHERE node = ?1");
+            match conn
+                .prepare_cached(&sql)?
+                .query_row([bind(n)], node)
+                .optional()?
+            {
+                Some(row) => index.upsert_node(row),
+                None => index.remove_node(&key_text(n)),
+            }
+        }
+        ("consul_node_claims", [n, a]) => {
+            let sql = format!(
+                "SELECT {CLAIM_COLS} FROM consul_node_claims WHERE node = ?1 AND actor_id = ?2"
+            );
+            match conn
+                .prepare_cached(&sql)?
+                .query_row([bind(n), bind(a)], claim)
+                .optional()?
+            {
+                Some(c) => index.upsert_claim(c),
+                None => index.remove_claim(&key_text(n), &key_text(a)),
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
