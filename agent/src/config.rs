@@ -48,8 +48,7 @@ pub(crate) struct Config {
     #[serde(default)]
     pub subscriptions: SubscriptionsConfig,
     #[serde(default)]
-    #[expect(dead_code, reason = "parsed now; the Consul bridge gives it meaning")]
-    pub consul: Option<ConsulConfig>,
+    pub consul: ConsulConfig,
 }
 
 /// `[subscriptions]`: where subscriptions live and how long their change
@@ -323,44 +322,111 @@ pub(crate) enum LogFormat {
     Json,
 }
 
+/// `[consul]`: this agent's node in the discovery catalog, the Consul
+/// bridge (`[consul.client]`) and the Consul-compatible HTTP API. Absent, the
+/// node is still named (hostname, `dc1`) so the catalog works with no config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[expect(
-    dead_code,
-    reason = "parsed now; the Consul bridge gives these meaning"
-)]
 pub(crate) struct ConsulConfig {
-    pub client: ConsulClientConfig,
     /// Node name for this host's services (default: the hostname).
     pub node_name: Option<String>,
     /// Datacenter name (default "dc1").
     pub datacenter: Option<String>,
+    /// The node's address in the catalog and DNS (default: the IP of
+    /// `gossip.external_addr`, or of `gossip.addr` when that is not a
+    /// wildcard, else 127.0.0.1).
+    pub address: Option<std::net::IpAddr>,
+    /// Node metadata (Consul's `node_meta`).
+    #[serde(default)]
+    pub node_meta: std::collections::BTreeMap<String, String>,
+    /// Write a check whose only change is its output (default false: output
+    /// churn would replicate every second).
+    #[serde(default)]
+    pub sync_output: bool,
+    /// Rows of a node down this long are deleted (default "72h", as
+    /// Consul's `reconnect_timeout`); a Consul duration or seconds.
+    #[serde(
+        default = "default_reap_after",
+        deserialize_with = "crate::consul::duration::deserialize"
+    )]
+    pub reap_after: std::time::Duration,
+    /// A second listener serving only the Consul-compatible routes (e.g.
+    /// 127.0.0.1:8500 once Consul is gone).
+    pub http_addr: Option<SocketAddr>,
+    /// The local Consul agent to mirror; absent: no bridge.
+    pub client: Option<ConsulClientConfig>,
+}
+
+fn default_reap_after() -> std::time::Duration {
+    std::time::Duration::from_secs(72 * 3600)
+}
+
+impl Default for ConsulConfig {
+    fn default() -> Self {
+        ConsulConfig {
+            node_name: None,
+            datacenter: None,
+            address: None,
+            node_meta: Default::default(),
+            sync_output: false,
+            reap_after: default_reap_after(),
+            http_addr: None,
+            client: None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[expect(
-    dead_code,
-    reason = "parsed now; the Consul bridge gives these meaning"
-)]
 pub(crate) struct ConsulClientConfig {
-    /// Local Consul agent address.
-    pub addr: SocketAddr,
+    /// Local Consul agent, `host:port` (default 127.0.0.1:8500).
+    #[serde(default = "default_consul_addr")]
+    pub addr: String,
     /// ACL token sent as X-Consul-Token.
     pub token: Option<String>,
+    /// How often to poll (default 1s).
+    #[serde(
+        default = "default_poll",
+        deserialize_with = "crate::consul::duration::deserialize"
+    )]
+    pub poll_interval: std::time::Duration,
+    /// Timeout of each request to Consul (default 5s).
+    #[serde(
+        default = "default_consul_timeout",
+        deserialize_with = "crate::consul::duration::deserialize"
+    )]
+    pub timeout: std::time::Duration,
+    /// Largest answer accepted from Consul (default 16 MiB).
+    #[serde(default = "default_consul_body")]
+    pub max_body_bytes: usize,
     pub tls: Option<ConsulTlsConfig>,
 }
 
+fn default_consul_addr() -> String {
+    "127.0.0.1:8500".into()
+}
+fn default_poll() -> std::time::Duration {
+    std::time::Duration::from_secs(1)
+}
+fn default_consul_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(5)
+}
+fn default_consul_body() -> usize {
+    16 << 20
+}
+
+/// `[consul.client.tls]`: HTTPS to the local Consul agent.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-#[expect(
-    dead_code,
-    reason = "parsed now; the Consul bridge gives these meaning"
-)]
 pub(crate) struct ConsulTlsConfig {
-    pub ca_file: PathBuf,
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
+    /// CA to verify Consul's certificate with.
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate and key (when Consul verifies clients).
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// Name to verify Consul's certificate against (default: the host of
+    /// `addr`).
+    pub server_name: Option<String>,
 }
 
 /// Where a loaded config came from.
@@ -400,6 +466,21 @@ impl Config {
         if self.api.query_timeout_secs.is_nan() || self.api.query_timeout_secs <= 0.0 {
             anyhow::bail!("{origin}: api.query_timeout_secs must be positive");
         }
+        if let Some(tls) = self.consul.client.as_ref().and_then(|c| c.tls.as_ref())
+            && tls.cert_file.is_some() != tls.key_file.is_some()
+        {
+            anyhow::bail!(
+                "{origin}: [consul.client.tls] needs both cert_file and key_file, or neither"
+            );
+        }
+        if self
+            .consul
+            .node_name
+            .as_ref()
+            .is_some_and(|n| n.trim().is_empty())
+        {
+            anyhow::bail!("{origin}: consul.node_name is empty");
+        }
         if self
             .api
             .authz
@@ -432,6 +513,42 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn consul_defaults_without_a_section_match_an_empty_section() {
+        let base = "[db]\npath = 'x'\n[gossip]\naddr = '127.0.0.1:1'\nplaintext = true\n";
+        let none = Config::parse(base, "none").unwrap();
+        let empty = Config::parse(&format!("{base}[consul]\n"), "empty").unwrap();
+        assert_eq!(
+            none.consul.reap_after,
+            std::time::Duration::from_secs(72 * 3600)
+        );
+        assert_eq!(none.consul.reap_after, empty.consul.reap_after);
+        let c = Config::parse(
+            &format!("{base}[consul]\nnode_name = 'web-1'\nreap_after = '10m'\n[consul.client]\naddr = '127.0.0.1:8500'\ntoken = 't'\npoll_interval = '500ms'\n[consul.client.tls]\nca_file = 'ca.pem'\n"),
+            "full",
+        )
+        .unwrap();
+        assert_eq!(c.consul.reap_after, std::time::Duration::from_secs(600));
+        let client = c.consul.client.unwrap();
+        assert_eq!(client.poll_interval, std::time::Duration::from_millis(500));
+        assert_eq!(client.timeout, std::time::Duration::from_secs(5));
+        for (bad, want) in [
+            ("[consul]\nreap_after = 'soon'\n", "invalid duration"),
+            ("[consul]\nnode_name = ' '\n", "node_name is empty"),
+            ("[consul]\nnodename = 'x'\n", "nodename"),
+            (
+                "[consul.client.tls]\ncert_file = 'c'\n",
+                "both cert_file and key_file",
+            ),
+        ] {
+            let e = format!(
+                "{:#}",
+                Config::parse(&format!("{base}{bad}"), "my.toml").unwrap_err()
+            );
+            assert!(e.contains(want), "{bad} -> {e}");
+        }
+    }
 
     #[test]
     fn embedded_default_parses() {

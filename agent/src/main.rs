@@ -10,6 +10,7 @@ mod api;
 mod cluster;
 mod commands;
 mod config;
+mod consul;
 mod logging;
 mod run;
 mod telemetry;

@@ -111,14 +111,23 @@ struct Handler {
     log: LogHandle,
     /// Set once the cluster is up (the admin socket starts first).
     cluster: std::sync::OnceLock<crate::cluster::Cluster>,
+    /// Set once the catalog is loaded.
+    discovery: std::sync::OnceLock<crate::consul::Discovery>,
 }
 
 impl AdminHandler for Handler {
     fn reload(&self) -> Result<serde_json::Value, String> {
         tracing::info!("admin: re-applying schema files");
-        apply_schema(&self.store, &self.config)
+        let out = apply_schema(&self.store, &self.config)
             .map(|d| serde_json::to_value(d).unwrap_or_default())
-            .map_err(|e| format!("{e:#}"))
+            .map_err(|e| format!("{e:#}"))?;
+        // New discovery tables (or rows the catalog could not read before).
+        if let Some(d) = self.discovery.get()
+            && let Err(e) = d.catalog.reload()
+        {
+            tracing::warn!(error = %e, "catalog reload after the schema change failed");
+        }
+        Ok(out)
     }
 
     fn books(&self) -> serde_json::Value {
@@ -164,6 +173,16 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
             for p in &config.db.schema_paths {
                 std::fs::create_dir_all(p).with_context(|| format!("creating {}", p.display()))?;
             }
+            // Discovery works out of the box: the shipped Consul tables go
+            // into the default schema directory on first start.
+            if let Some(dir) = config.db.schema_paths.first() {
+                let file = dir.join("consul.sql");
+                if !file.exists() {
+                    std::fs::write(&file, crate::consul::SHIPPED_SCHEMA)
+                        .with_context(|| format!("writing {}", file.display()))?;
+                    tracing::info!(path = %file.display(), "wrote the shipped discovery schema");
+                }
+            }
         }
     }
     let _lock = lock_db(&config.db.path)?;
@@ -183,6 +202,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         config: config.clone(),
         log,
         cluster: std::sync::OnceLock::new(),
+        discovery: std::sync::OnceLock::new(),
     });
     let admin_task =
         admin::serve(config.admin.path.clone(), handler.clone(), stop_rx.clone()).await?;
@@ -206,6 +226,11 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         stop_rx.clone(),
     )
     .context("starting subscriptions")?;
+    let discovery =
+        crate::consul::Discovery::start(store.clone(), cluster.clone(), &config, stop_rx.clone())
+            .await
+            .context("starting the discovery catalog")?;
+    let _ = handler.discovery.set(discovery.clone());
     let state = ApiState {
         store: store.clone(),
         limits: Limits {
@@ -218,7 +243,28 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         healthy: Arc::new(AtomicBool::new(true)),
         cluster: Some(cluster.clone()),
         subs: Some(subs),
+        discovery: Some(discovery),
         stop: stop_rx.clone(),
+    };
+    let consul_task = match config.consul.http_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the Consul HTTP API on {addr}"))?;
+            tracing::info!(
+                "Starting Consul-compatible API server on tcp/{}",
+                listener.local_addr()?
+            );
+            let mut stop = stop_rx.clone();
+            Some(tokio::spawn(
+                axum::serve(listener, api::consul_router(state.clone()))
+                    .with_graceful_shutdown(async move {
+                        let _ = stop.changed().await;
+                    })
+                    .into_future(),
+            ))
+        }
+        None => None,
     };
     let listener = tokio::net::TcpListener::bind(config.api.addr)
         .await
@@ -257,6 +303,9 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "API server stopped with an error"),
         Err(e) => tracing::warn!(error = %e, "API server task failed"),
+    }
+    if let Some(t) = consul_task {
+        let _ = t.await;
     }
     let _ = admin_task.await;
     drop(handler);

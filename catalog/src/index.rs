@@ -438,7 +438,10 @@ impl Index {
     /// by node then id.
     pub fn all_checks(&self) -> Vec<Arc<Check>> {
         let nodes: BTreeSet<&String> = self.nodes.keys().chain(self.node_checks.keys()).collect();
-        nodes.into_iter().flat_map(|n| self.node_checks(n)).collect()
+        nodes
+            .into_iter()
+            .flat_map(|n| self.node_checks(n))
+            .collect()
     }
 
     /// The checks of service `name`'s instances (their own checks only, as

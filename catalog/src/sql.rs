@@ -16,8 +16,10 @@ pub const TABLES: [&str; 4] = [
     "consul_node_claims",
 ];
 
-const SERVICE_COLS: &str = "node, id, name, tags, meta, port, address, weights, tagged_addresses, updated_at, source";
-const CHECK_COLS: &str = "node, id, service_id, service_name, name, status, output, notes, type, updated_at, source";
+const SERVICE_COLS: &str =
+    "node, id, name, tags, meta, port, address, weights, tagged_addresses, updated_at, source";
+const CHECK_COLS: &str =
+    "node, id, service_id, service_name, name, status, output, notes, type, updated_at, source";
 const NODE_COLS: &str = "node, actor_id, address, datacenter, meta, updated_at";
 const CLAIM_COLS: &str = "node, actor_id, started_at";
 
@@ -172,7 +174,8 @@ pub(crate) fn refresh_row(
 ) -> rusqlite::Result<()> {
     match (table, pk) {
         ("consul_services", [n, i]) => {
-            let sql = format!("SELECT {SERVICE_COLS} FROM consul_services WHERE node = ?1 AND id = ?2");
+            let sql =
+                format!("SELECT {SERVICE_COLS} FROM consul_services WHERE node = ?1 AND id = ?2");
             match conn
                 .prepare_cached(&sql)?
                 .query_row([bind(n), bind(i)], service)

@@ -9,7 +9,6 @@ use corro_catalog::{Catalog, Liveness, MemberState, Status, Topic};
 use corro_store::{SqlValue, Store, StoreOptions};
 use proptest::prelude::*;
 
-
 fn schema_path() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/schema/consul.sql")
 }
@@ -23,13 +22,38 @@ fn open() -> (tempfile::TempDir, Store) {
 
 #[derive(Debug, Clone)]
 enum Op {
-    Service { node: u8, id: u8, name: u8, tags: Vec<u8> },
-    DropService { node: u8, id: u8 },
-    Check { node: u8, id: u8, service: Option<u8>, status: u8, maint: bool },
-    DropCheck { node: u8, id: u8 },
-    Node { node: u8, actor: u8 },
-    DropNode { node: u8 },
-    Members { states: Vec<u8>, settled: bool },
+    Service {
+        node: u8,
+        id: u8,
+        name: u8,
+        tags: Vec<u8>,
+    },
+    DropService {
+        node: u8,
+        id: u8,
+    },
+    Check {
+        node: u8,
+        id: u8,
+        service: Option<u8>,
+        status: u8,
+        maint: bool,
+    },
+    DropCheck {
+        node: u8,
+        id: u8,
+    },
+    Node {
+        node: u8,
+        actor: u8,
+    },
+    DropNode {
+        node: u8,
+    },
+    Members {
+        states: Vec<u8>,
+        settled: bool,
+    },
 }
 
 const NAMES: [&str; 3] = ["web", "db", "api"];
@@ -65,7 +89,9 @@ fn check_id(id: u8, service: Option<u8>, maint: bool) -> String {
 }
 
 /// Applies one op; returns the membership view when it changed.
-fn apply(store: &Store, op: &Op) -> Option<(Vec<(String, MemberState, Option<f64>)>, bool)> {
+type Members = Vec<(String, MemberState, Option<f64>)>;
+
+fn apply(store: &Store, op: &Op) -> Option<(Members, bool)> {
     let write = |sql: &str, params: Vec<SqlValue>| {
         store.transact(|tx| tx.execute(sql, &params)).unwrap();
     };
@@ -192,7 +218,11 @@ fn sql_instances(
 fn sql_tags(store: &Store, name: &str) -> Option<Vec<String>> {
     let conn = store.reader();
     let n: i64 = conn
-        .query_row("SELECT count(*) FROM consul_services WHERE name = ?", [name], |r| r.get(0))
+        .query_row(
+            "SELECT count(*) FROM consul_services WHERE name = ?",
+            [name],
+            |r| r.get(0),
+        )
         .unwrap();
     if n == 0 {
         return None;
@@ -200,10 +230,20 @@ fn sql_tags(store: &Store, name: &str) -> Option<Vec<String>> {
     let mut st = conn
         .prepare("SELECT DISTINCT j.value FROM consul_services s, json_each(s.tags) j WHERE s.name = ? ORDER BY 1")
         .unwrap();
-    Some(st.query_map([name], |r| r.get(0)).unwrap().map(Result::unwrap).collect())
+    Some(
+        st.query_map([name], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect(),
+    )
 }
 
-fn compare(store: &Store, catalog: &Catalog, members: &[(String, MemberState, Option<f64>)], settled: bool) {
+fn compare(
+    store: &Store,
+    catalog: &Catalog,
+    members: &[(String, MemberState, Option<f64>)],
+    settled: bool,
+) {
     let index = catalog.read();
     let local = index.local_actor().to_string();
     for name in NAMES {
@@ -258,14 +298,34 @@ fn membership_down_makes_a_node_critical_and_back() {
     let (_dir, store) = open();
     let catalog = Catalog::open(&store, None).unwrap();
     apply(&store, &Op::Node { node: 1, actor: 1 });
-    apply(&store, &Op::Service { node: 1, id: 1, name: 0, tags: vec![] });
+    apply(
+        &store,
+        &Op::Service {
+            node: 1,
+            id: 1,
+            name: 0,
+            tags: vec![],
+        },
+    );
     catalog.process_pending().unwrap();
     let status = |c: &Catalog| c.read().instances("web")[0].status;
-    assert_eq!(status(&catalog), Status::Passing, "unknown actor before membership settles");
+    assert_eq!(
+        status(&catalog),
+        Status::Passing,
+        "unknown actor before membership settles"
+    );
     let before = catalog.read().topic_index(&[Topic::Service("web".into())]);
-    catalog.set_membership(vec![("a1".into(), MemberState::Suspect, None)], true).unwrap();
-    assert_eq!(status(&catalog), Status::Passing, "suspect is not critical yet");
-    catalog.set_membership(vec![("a1".into(), MemberState::Down, None)], true).unwrap();
+    catalog
+        .set_membership(vec![("a1".into(), MemberState::Suspect, None)], true)
+        .unwrap();
+    assert_eq!(
+        status(&catalog),
+        Status::Passing,
+        "suspect is not critical yet"
+    );
+    catalog
+        .set_membership(vec![("a1".into(), MemberState::Down, None)], true)
+        .unwrap();
     assert_eq!(status(&catalog), Status::Critical);
     assert_eq!(catalog.read().liveness("n1"), Liveness::Down);
     let checks = catalog.read().instances("web")[0].checks.clone();
@@ -274,8 +334,14 @@ fn membership_down_makes_a_node_critical_and_back() {
     let after = catalog.read().topic_index(&[Topic::Service("web".into())]);
     assert!(after > before);
     catalog.set_membership(vec![], true).unwrap();
-    assert_eq!(status(&catalog), Status::Critical, "unknown to a settled view: down");
-    catalog.set_membership(vec![("a1".into(), MemberState::Alive, None)], true).unwrap();
+    assert_eq!(
+        status(&catalog),
+        Status::Critical,
+        "unknown to a settled view: down"
+    );
+    catalog
+        .set_membership(vec![("a1".into(), MemberState::Alive, None)], true)
+        .unwrap();
     assert_eq!(status(&catalog), Status::Passing, "back");
 }
 
@@ -283,22 +349,68 @@ fn membership_down_makes_a_node_critical_and_back() {
 fn a_change_to_one_service_does_not_move_another_services_index() {
     let (_dir, store) = open();
     let catalog = Catalog::open(&store, None).unwrap();
-    apply(&store, &Op::Service { node: 1, id: 1, name: 0, tags: vec![] });
-    apply(&store, &Op::Service { node: 2, id: 1, name: 1, tags: vec![] });
+    apply(
+        &store,
+        &Op::Service {
+            node: 1,
+            id: 1,
+            name: 0,
+            tags: vec![],
+        },
+    );
+    apply(
+        &store,
+        &Op::Service {
+            node: 2,
+            id: 1,
+            name: 1,
+            tags: vec![],
+        },
+    );
     catalog.process_pending().unwrap();
     let idx = |t: Topic| catalog.read().topic_index(&[t]);
-    let (web, db) = (idx(Topic::Service("web".into())), idx(Topic::Service("db".into())));
-    apply(&store, &Op::Check { node: 1, id: 0, service: Some(1), status: 2, maint: false });
+    let (web, db) = (
+        idx(Topic::Service("web".into())),
+        idx(Topic::Service("db".into())),
+    );
+    apply(
+        &store,
+        &Op::Check {
+            node: 1,
+            id: 0,
+            service: Some(1),
+            status: 2,
+            maint: false,
+        },
+    );
     catalog.process_pending().unwrap();
     assert!(idx(Topic::Service("web".into())) > web);
     assert_eq!(idx(Topic::Service("db".into())), db);
     // A node-level check on node 2 moves db (every service of node 2).
-    apply(&store, &Op::Check { node: 2, id: 0, service: None, status: 1, maint: false });
+    apply(
+        &store,
+        &Op::Check {
+            node: 2,
+            id: 0,
+            service: None,
+            status: 1,
+            maint: false,
+        },
+    );
     catalog.process_pending().unwrap();
     assert!(idx(Topic::Service("db".into())) > db);
     // Re-writing identical content changes nothing.
     let now = catalog.read().current();
-    apply(&store, &Op::Check { node: 2, id: 0, service: None, status: 1, maint: false });
+    apply(
+        &store,
+        &Op::Check {
+            node: 2,
+            id: 0,
+            service: None,
+            status: 1,
+            maint: false,
+        },
+    );
     catalog.process_pending().unwrap();
     assert_eq!(catalog.read().current(), now);
 }
@@ -308,7 +420,15 @@ fn the_index_never_goes_back_across_restarts() {
     let (dir, store) = open();
     let path = dir.path().join("consul-index");
     let first = Catalog::open(&store, Some(&path)).unwrap();
-    apply(&store, &Op::Service { node: 1, id: 1, name: 0, tags: vec![] });
+    apply(
+        &store,
+        &Op::Service {
+            node: 1,
+            id: 1,
+            name: 0,
+            tags: vec![],
+        },
+    );
     first.process_pending().unwrap();
     let seen = first.read().topic_index(&[Topic::Service("web".into())]);
     drop(first);

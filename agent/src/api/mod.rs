@@ -9,6 +9,7 @@
 //! (400 malformed or refused SQL/JSON, 401 token, 413 limits) and 500 only
 //! for failures of the agent itself. Store calls run on blocking threads.
 
+pub(crate) mod consul;
 mod queries;
 mod stats;
 mod subscriptions;
@@ -49,11 +50,17 @@ pub(crate) struct ApiState {
     pub cluster: Option<crate::cluster::Cluster>,
     /// Subscriptions and update feeds.
     pub subs: Option<corro_subs::Subscriptions>,
+    /// The discovery catalog (Consul-compatible routes).
+    pub discovery: Option<crate::consul::Discovery>,
     /// Flips on shutdown: long-lived streams end so the server can drain.
     pub stop: tokio::sync::watch::Receiver<bool>,
 }
 
 pub(crate) fn router(state: ApiState) -> Router {
+    let consul = consul::routes().layer(middleware::from_fn_with_state(
+        state.clone(),
+        consul::authorize,
+    ));
     Router::new()
         .route("/v1/transactions", post(transactions::handle))
         .route("/v1/queries", post(queries::handle))
@@ -64,8 +71,29 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/v1/health", get(stats::health))
         .route("/v1/members", get(stats::members))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .merge(consul)
+        .fallback(not_found)
         .route_layer(middleware::from_fn(crate::telemetry::track_api))
         .with_state(state)
+}
+
+/// The Consul-compatible routes alone (`[consul] http_addr`).
+pub(crate) fn consul_router(state: ApiState) -> Router {
+    consul::routes()
+        .layer(middleware::from_fn_with_state(
+            state.clone(),
+            consul::authorize,
+        ))
+        .fallback(not_found)
+        .route_layer(middleware::from_fn(crate::telemetry::track_api))
+        .with_state(state)
+}
+
+async fn not_found(req: Request) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        format!("no route {} {}", req.method(), req.uri().path()),
+    )
 }
 
 /// Refuses requests without the configured bearer token.

@@ -343,6 +343,15 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Changes whenever a member's state changes.
+    pub(crate) fn member_changes(&self) -> watch::Receiver<u64> {
+        self.inner.peers.state_changes()
+    }
+
+    /// The gossip address this node advertises.
+    pub(crate) fn advertised(&self) -> SocketAddr {
+        self.inner.advertised
+    }
 
     pub(crate) fn members(&self) -> Vec<corro_client::Member> {
         self.inner.peers.members()

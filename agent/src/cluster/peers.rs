@@ -47,6 +47,8 @@ pub(crate) struct Peers {
     /// Bumped whenever the set of active members changes.
     generation: AtomicU64,
     members: Mutex<BTreeMap<SocketAddr, (Identity, State)>>,
+    /// Bumped whenever any member's state changes (the catalog follows).
+    states: tokio::sync::watch::Sender<u64>,
     seeds: Mutex<BTreeSet<SocketAddr>>,
     conns: Mutex<BTreeMap<SocketAddr, Slot>>,
 }
@@ -57,6 +59,7 @@ impl Peers {
             me,
             generation: AtomicU64::new(0),
             members: Mutex::new(BTreeMap::new()),
+            states: tokio::sync::watch::channel(0).0,
             seeds: Mutex::new(BTreeSet::new()),
             conns: Mutex::new(BTreeMap::new()),
         }
@@ -83,14 +86,23 @@ impl Peers {
                 .collect()
         };
         let before = active(&map);
-        *map = members
+        let next: BTreeMap<SocketAddr, (Identity, State)> = members
             .into_iter()
             .filter(|(id, _)| id.addr != self.me)
             .map(|(id, s)| (id.addr, (id, s)))
             .collect();
+        if next != *map {
+            self.states.send_modify(|n| *n += 1);
+        }
+        *map = next;
         if active(&map) != before {
             self.generation.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Changes whenever any member's identity or state changes.
+    pub(crate) fn state_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.states.subscribe()
     }
 
     pub(crate) fn generation(&self) -> u64 {

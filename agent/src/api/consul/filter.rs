@@ -1,0 +1,449 @@
+//! Consul's `?filter=` expressions (the go-bexpr language), evaluated over
+//! the JSON of each result entry.
+//!
+//! Supported: selectors as dotted field paths with `["key"]` indexing
+//! (`Service.Tags`, `Node.Meta.env`, `Service.Meta["version"]`,
+//! `Checks.Status`, where a path through a list reaches every element);
+//! values as `"double"`, `` `raw` `` or bare words/numbers; the matching
+//! operators `==`, `!=`, `in`, `not in`, `contains`, `not contains`,
+//! `is empty`, `is not empty`, `matches`, `not matches`; and `and`, `or`,
+//! `not`, parentheses. A selector naming a field the entries do not have,
+//! an unknown operator or a bad regex is refused with the offending part
+//! named (400), never ignored.
+//!
+//! Semantics follow bexpr: `==`/`matches` on a selector that reaches several
+//! values (through a list) hold when any value does; `!=`/`not matches` are
+//! their negations; `X in Sel` holds when `Sel` is a list holding `X`, a map
+//! with key `X`, or a string containing `X`; `is empty` holds for a missing
+//! value, empty string, list or map.
+
+use serde_json::Value;
+
+/// A parsed filter.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Expr {
+    And(Box<Expr>, Box<Expr>),
+    Or(Box<Expr>, Box<Expr>),
+    Not(Box<Expr>),
+    Match(Selector, Op, String),
+    In(String, Selector, bool),
+    Empty(Selector, bool),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum Op {
+    Eq,
+    Ne,
+    Matches,
+    NotMatches,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Selector(Vec<String>);
+
+impl std::fmt::Display for Selector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join("."))
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Word(String),
+    Str(String),
+    Sym(&'static str),
+}
+
+fn lex(text: &str) -> Result<Vec<Tok>, String> {
+    let mut out = Vec::new();
+    let cs: Vec<char> = text.chars().collect();
+    let mut i = 0;
+    while i < cs.len() {
+        let c = cs[i];
+        if c.is_whitespace() {
+            i += 1;
+        } else if c == '"' || c == '`' {
+            let mut v = String::new();
+            i += 1;
+            loop {
+                match cs.get(i) {
+                    None => return Err(format!("unterminated string starting with {c}")),
+                    Some(&e) if e == c => break,
+                    Some('\\') if c == '"' => {
+                        i += 1;
+                        match cs.get(i) {
+                            Some('n') => v.push('\n'),
+                            Some('t') => v.push('\t'),
+                            Some(&x) => v.push(x),
+                            None => return Err("unterminated string".into()),
+                        }
+                    }
+                    Some(&x) => v.push(x),
+                }
+                i += 1;
+            }
+            i += 1;
+            out.push(Tok::Str(v));
+        } else if c == '=' && cs.get(i + 1) == Some(&'=') {
+            out.push(Tok::Sym("=="));
+            i += 2;
+        } else if c == '!' && cs.get(i + 1) == Some(&'=') {
+            out.push(Tok::Sym("!="));
+            i += 2;
+        } else if c == '(' || c == ')' || c == '[' || c == ']' || c == '.' {
+            out.push(Tok::Sym(match c {
+                '(' => "(",
+                ')' => ")",
+                '[' => "[",
+                ']' => "]",
+                _ => ".",
+            }));
+            i += 1;
+        } else if c.is_alphanumeric() || c == '_' || c == '-' || c == '/' || c == ':' {
+            let start = i;
+            while i < cs.len()
+                && (cs[i].is_alphanumeric() || matches!(cs[i], '_' | '-' | '/' | ':'))
+            {
+                i += 1;
+            }
+            out.push(Tok::Word(cs[start..i].iter().collect()));
+        } else {
+            return Err(format!("unexpected character {c:?}"));
+        }
+    }
+    Ok(out)
+}
+
+struct Parser {
+    toks: Vec<Tok>,
+    pos: usize,
+}
+
+impl Parser {
+    fn peek(&self) -> Option<&Tok> {
+        self.toks.get(self.pos)
+    }
+    fn peek_word(&self, w: &str) -> bool {
+        matches!(self.peek(), Some(Tok::Word(x)) if x == w)
+    }
+    fn peek_word_at(&self, off: usize, w: &str) -> bool {
+        matches!(self.toks.get(self.pos + off), Some(Tok::Word(x)) if x == w)
+    }
+    fn next(&mut self) -> Option<Tok> {
+        let t = self.toks.get(self.pos).cloned();
+        self.pos += 1;
+        t
+    }
+
+    fn or(&mut self) -> Result<Expr, String> {
+        let mut l = self.and()?;
+        while self.peek_word("or") {
+            self.pos += 1;
+            l = Expr::Or(Box::new(l), Box::new(self.and()?));
+        }
+        Ok(l)
+    }
+
+    fn and(&mut self) -> Result<Expr, String> {
+        let mut l = self.not()?;
+        while self.peek_word("and") {
+            self.pos += 1;
+            l = Expr::And(Box::new(l), Box::new(self.not()?));
+        }
+        Ok(l)
+    }
+
+    fn not(&mut self) -> Result<Expr, String> {
+        if self.peek_word("not") {
+            self.pos += 1;
+            return Ok(Expr::Not(Box::new(self.not()?)));
+        }
+        if self.peek() == Some(&Tok::Sym("(")) {
+            self.pos += 1;
+            let e = self.or()?;
+            if self.next() != Some(Tok::Sym(")")) {
+                return Err("missing closing parenthesis".into());
+            }
+            return Ok(e);
+        }
+        self.matcher()
+    }
+
+    fn value(&mut self) -> Result<String, String> {
+        match self.next() {
+            Some(Tok::Str(s)) | Some(Tok::Word(s)) => Ok(s),
+            Some(Tok::Sym(s)) => Err(format!("expected a value, found {s:?}")),
+            None => Err("expected a value at the end of the filter".into()),
+        }
+    }
+
+    fn selector(&mut self) -> Result<Selector, String> {
+        let mut parts = Vec::new();
+        match self.next() {
+            Some(Tok::Word(w)) if w.starts_with(|c: char| c.is_alphabetic() || c == '_') => {
+                parts.push(w)
+            }
+            other => return Err(format!("expected a selector, found {other:?}")),
+        }
+        loop {
+            match self.peek() {
+                Some(Tok::Sym(".")) => {
+                    self.pos += 1;
+                    match self.next() {
+                        Some(Tok::Word(w)) => parts.push(w),
+                        other => {
+                            return Err(format!("expected a field name after '.', found {other:?}"));
+                        }
+                    }
+                }
+                Some(Tok::Sym("[")) => {
+                    self.pos += 1;
+                    let key = self.value()?;
+                    if self.next() != Some(Tok::Sym("]")) {
+                        return Err("missing ']' in selector".into());
+                    }
+                    parts.push(key);
+                }
+                _ => return Ok(Selector(parts)),
+            }
+        }
+    }
+
+    fn matcher(&mut self) -> Result<Expr, String> {
+        // `value in Selector` / `value not in Selector`
+        let value_first = self.peek_word_at(1, "in")
+            || (self.peek_word_at(1, "not") && self.peek_word_at(2, "in"))
+            || matches!(self.peek(), Some(Tok::Str(_)));
+        if value_first {
+            let v = self.value()?;
+            let negate = self.peek_word("not");
+            if negate {
+                self.pos += 1;
+            }
+            if !self.peek_word("in") {
+                return Err(format!("expected 'in' after value {v:?}"));
+            }
+            self.pos += 1;
+            let sel = self.selector()?;
+            return Ok(Expr::In(v, sel, negate));
+        }
+        let sel = self.selector()?;
+        match self.next() {
+            Some(Tok::Sym("==")) => Ok(Expr::Match(sel, Op::Eq, self.value()?)),
+            Some(Tok::Sym("!=")) => Ok(Expr::Match(sel, Op::Ne, self.value()?)),
+            Some(Tok::Word(w)) if w == "is" => {
+                let negate = self.peek_word("not");
+                if negate {
+                    self.pos += 1;
+                }
+                if !self.peek_word("empty") {
+                    return Err(format!("expected 'empty' after '{sel} is'"));
+                }
+                self.pos += 1;
+                Ok(Expr::Empty(sel, negate))
+            }
+            Some(Tok::Word(w)) if w == "contains" => Ok(Expr::In(self.value()?, sel, false)),
+            Some(Tok::Word(w)) if w == "matches" => self.regex(sel, Op::Matches),
+            Some(Tok::Word(w)) if w == "not" => match self.next() {
+                Some(Tok::Word(x)) if x == "contains" => Ok(Expr::In(self.value()?, sel, true)),
+                Some(Tok::Word(x)) if x == "matches" => self.regex(sel, Op::NotMatches),
+                other => Err(format!("unsupported operator 'not {other:?}' after {sel}")),
+            },
+            Some(other) => Err(format!("unsupported operator {other:?} after {sel}")),
+            None => Err(format!("missing operator after {sel}")),
+        }
+    }
+
+    fn regex(&mut self, sel: Selector, op: Op) -> Result<Expr, String> {
+        let v = self.value()?;
+        regex::Regex::new(&v).map_err(|e| format!("invalid regular expression {v:?}: {e}"))?;
+        Ok(Expr::Match(sel, op, v))
+    }
+}
+
+/// Parses a filter expression; the error names the unsupported part.
+pub(crate) fn parse(s: &str) -> Result<Expr, String> {
+    let mut p = Parser {
+        toks: lex(s)?,
+        pos: 0,
+    };
+    let e = p.or()?;
+    if let Some(t) = p.peek() {
+        return Err(format!("unexpected {t:?} after a complete expression"));
+    }
+    Ok(e)
+}
+
+/// Fields holding free-form maps (any key is a valid selector).
+const MAPS: [&str; 6] = [
+    "Meta",
+    "NodeMeta",
+    "ServiceMeta",
+    "TaggedAddresses",
+    "ServiceTaggedAddresses",
+    "Definition",
+];
+
+/// The values `sel` reaches in `v`; `Err` for a field no entry has.
+fn resolve<'a>(v: &'a Value, sel: &Selector) -> Result<Vec<&'a Value>, String> {
+    let mut cur = vec![v];
+    let mut in_map = false;
+    for part in &sel.0 {
+        let mut next = Vec::new();
+        for c in cur {
+            let items: Vec<&Value> = match c {
+                Value::Array(a) => a.iter().collect(),
+                other => vec![other],
+            };
+            for item in items {
+                match item {
+                    Value::Object(o) => match o.get(part) {
+                        Some(x) => next.push(x),
+                        None if in_map => {}
+                        None => return Err(format!("selector {sel}: no field {part:?}")),
+                    },
+                    Value::Null => {}
+                    _ if in_map => {}
+                    _ => {
+                        return Err(format!(
+                            "selector {sel}: {part:?} is not a field of a value"
+                        ));
+                    }
+                }
+            }
+        }
+        in_map = MAPS.contains(&part.as_str());
+        cur = next;
+    }
+    Ok(cur)
+}
+
+fn as_text(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+fn is_empty(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.is_empty(),
+        Value::Object(o) => o.is_empty(),
+        _ => false,
+    }
+}
+
+/// Whether `entry` passes `e`.
+pub(crate) fn eval(e: &Expr, entry: &Value) -> Result<bool, String> {
+    Ok(match e {
+        Expr::And(a, b) => eval(a, entry)? && eval(b, entry)?,
+        Expr::Or(a, b) => eval(a, entry)? || eval(b, entry)?,
+        Expr::Not(a) => !eval(a, entry)?,
+        Expr::Match(sel, op, want) => {
+            let vals = resolve(entry, sel)?;
+            let leaf: Vec<&Value> = vals
+                .into_iter()
+                .flat_map(|v| match v {
+                    Value::Array(a) => a.iter().collect::<Vec<_>>(),
+                    other => vec![other],
+                })
+                .collect();
+            match op {
+                Op::Eq | Op::Ne => {
+                    let any = leaf.iter().any(|v| as_text(v) == *want);
+                    if *op == Op::Eq { any } else { !any }
+                }
+                Op::Matches | Op::NotMatches => {
+                    let re = regex::Regex::new(want).map_err(|e| e.to_string())?;
+                    let any = leaf.iter().any(|v| re.is_match(&as_text(v)));
+                    if *op == Op::Matches { any } else { !any }
+                }
+            }
+        }
+        Expr::In(want, sel, negate) => {
+            let vals = resolve(entry, sel)?;
+            let found = vals.iter().any(|v| match v {
+                Value::Array(a) => a.iter().any(|x| as_text(x) == *want),
+                Value::Object(o) => o.contains_key(want),
+                Value::String(s) => s.contains(want.as_str()),
+                _ => false,
+            });
+            found != *negate
+        }
+        Expr::Empty(sel, negate) => {
+            let vals = resolve(entry, sel)?;
+            let empty = vals.iter().all(|v| is_empty(v));
+            empty != *negate
+        }
+    })
+}
+
+/// Keeps the entries of `list` (a JSON array) that pass `e`.
+pub(crate) fn apply(e: &Expr, list: Vec<Value>) -> Result<Vec<Value>, String> {
+    let mut out = Vec::with_capacity(list.len());
+    for v in list {
+        if eval(e, &v)? {
+            out.push(v);
+        }
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn entry() -> Value {
+        json!({
+            "Node": {"Node": "n1", "Meta": {"env": "prod"}, "Datacenter": "dc1"},
+            "Service": {"Service": "web", "Tags": ["v1", "primary"], "Meta": {"version": "2"}, "Port": 80},
+            "Checks": [{"CheckID": "serfHealth", "Status": "passing"}, {"CheckID": "c", "Status": "warning"}]
+        })
+    }
+
+    fn yes(f: &str) -> bool {
+        eval(&parse(f).unwrap(), &entry()).unwrap()
+    }
+
+    #[test]
+    fn operators_clients_send() {
+        assert!(yes(r#""v1" in Service.Tags"#));
+        assert!(yes(r#"v1 in Service.Tags"#));
+        assert!(!yes(r#""v2" in Service.Tags"#));
+        assert!(yes(r#""v2" not in Service.Tags"#));
+        assert!(yes(r#"Service.Tags contains "primary""#));
+        assert!(yes(r#"Node.Meta.env == prod"#));
+        assert!(yes(r#"Node.Meta["env"] == "prod""#));
+        assert!(yes(r#"Service.Meta.version != "3""#));
+        assert!(yes(r#"Service.Port == 80"#));
+        assert!(yes(r#"Checks.Status == warning"#));
+        assert!(yes(r#"Service.Service matches "^w.b$""#));
+        assert!(yes(r#"Service.Service not matches "^db""#));
+        assert!(yes(
+            r#"Node.Meta is not empty and not (Service.Tags is empty)"#
+        ));
+        assert!(yes(r#"Node.Meta.missing is empty"#));
+        assert!(yes(r#"Service.Service == db or Node.Node == n1"#));
+        assert!(yes(r#""env" in Node.Meta"#));
+    }
+
+    #[test]
+    fn unsupported_parts_are_named() {
+        for (f, want) in [
+            ("Service.Nope == x", "Nope"),
+            ("Service.Service ~= x", "'~'"),
+            ("Service.Service =", "'='"),
+            ("Service.Service matches \"(\"", "regular expression"),
+            ("(Service.Service == x", "parenthesis"),
+            ("Service.Service == x extra", "unexpected"),
+            ("Service.Tags is full", "empty"),
+        ] {
+            let e = parse(f).and_then(|e| eval(&e, &entry()).map(|_| ()));
+            let msg = e.unwrap_err();
+            assert!(msg.contains(want), "{f}: {msg}");
+        }
+    }
+}

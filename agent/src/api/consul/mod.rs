@@ -1,0 +1,604 @@
+//! The Consul-compatible HTTP API (issue "Service discovery I", item 7),
+//! answered from the catalog with Consul's JSON shapes and headers, so
+//! existing Consul clients work against their local agent unchanged.
+//!
+//! Routes: `/v1/catalog/{services,service/:name,nodes,node/:node,datacenters}`,
+//! `/v1/health/{service/:name,checks/:service,node/:node,state/:state}`,
+//! `/v1/agent/{self,members}`, `/v1/status/{leader,peers}`. Served on the
+//! agent's API listener and, when `[consul] http_addr` is set, alone on a
+//! second listener.
+//!
+//! Differences from Consul, on purpose: every read is local (stale) and
+//! says so (`X-Consul-Effective-Consistency: stale`); there is no leader
+//! (`X-Consul-KnownLeader: true`, `X-Consul-LastContact: 0`); a blocking
+//! query returns early only when its own answer changed ([`blocking`]).
+//! Errors are plain text with Consul's status codes: 400 bad parameters,
+//! 403 wrong token, 404 unknown route, 500 another datacenter.
+
+mod blocking;
+mod filter;
+mod params;
+mod render;
+
+use axum::Router;
+use axum::extract::{Path, RawQuery, Request, State};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use corro_catalog::{Index, Instance, Liveness, Status, Topic};
+use serde_json::{Value, json};
+
+use super::ApiState;
+use crate::consul::Discovery;
+use params::Params;
+
+/// The Consul routes (state: the agent's [`ApiState`]).
+pub(crate) fn routes() -> Router<ApiState> {
+    Router::new()
+        .route("/v1/catalog/services", get(catalog_services))
+        .route("/v1/catalog/service/{name}", get(catalog_service))
+        .route("/v1/catalog/nodes", get(catalog_nodes))
+        .route("/v1/catalog/node/{node}", get(catalog_node))
+        .route("/v1/catalog/datacenters", get(catalog_datacenters))
+        .route("/v1/health/service/{name}", get(health_service))
+        .route("/v1/health/checks/{name}", get(health_checks))
+        .route("/v1/health/node/{node}", get(health_node))
+        .route("/v1/health/state/{state}", get(health_state))
+        .route("/v1/agent/self", get(agent_self))
+        .route("/v1/agent/members", get(agent_members))
+        .route("/v1/status/leader", get(status_leader))
+        .route("/v1/status/peers", get(status_peers))
+}
+
+/// A plain-text error, as Consul sends them.
+pub(crate) fn text_error(status: StatusCode, msg: impl Into<String>) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        msg.into(),
+    )
+        .into_response()
+}
+
+/// Accepts the configured token as `X-Consul-Token`, `Authorization:
+/// Bearer` or `?token=`; anything else is Consul's 403.
+pub(crate) async fn authorize(State(st): State<ApiState>, req: Request, next: Next) -> Response {
+    if let Some(token) = &st.token {
+        let h = req.headers();
+        let from_header = h
+            .get("x-consul-token")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let from_bearer = h
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::to_string);
+        let from_query = Params::parse(req.uri().query()).ok().and_then(|p| p.token);
+        let ok = [from_header, from_bearer, from_query]
+            .into_iter()
+            .flatten()
+            .any(|t| t == **token);
+        if !ok {
+            return text_error(StatusCode::FORBIDDEN, "ACL not found");
+        }
+    }
+    next.run(req).await
+}
+
+/// What every handler starts with: the discovery side and parsed params.
+#[expect(clippy::result_large_err, reason = "the error is the response to send")]
+fn prepare(st: &ApiState, query: Option<&str>) -> Result<(Discovery, Params), Response> {
+    let Some(d) = st.discovery.clone() else {
+        return Err(text_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the discovery catalog is not running on this agent",
+        ));
+    };
+    let p = Params::parse(query).map_err(|e| text_error(StatusCode::BAD_REQUEST, e))?;
+    if let Some(dc) = &p.dc
+        && *dc != d.node.datacenter
+    {
+        return Err(text_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!(
+                "No path to datacenter {dc:?} (this agent serves only {:?})",
+                d.node.datacenter
+            ),
+        ));
+    }
+    Ok((d, p))
+}
+
+/// The compiled `?filter=` (400 naming the unsupported part), after
+/// checking `?near=` where the route sorts by it.
+#[expect(clippy::result_large_err, reason = "the error is the response to send")]
+fn filter_and_near(
+    p: &Params,
+    d: &Discovery,
+    near: bool,
+) -> Result<Option<filter::Expr>, Response> {
+    if near {
+        check_near(p, d)?;
+    }
+    p.filter
+        .as_deref()
+        .map(filter::parse)
+        .transpose()
+        .map_err(|e| {
+            text_error(
+                StatusCode::BAD_REQUEST,
+                format!("Failed to create boolean expression evaluator: {e}"),
+            )
+        })
+}
+
+/// Applies a filter to a JSON list (an evaluation error is the caller's 400).
+fn filtered(f: &Option<filter::Expr>, list: Vec<Value>) -> Result<Vec<Value>, String> {
+    match f {
+        Some(e) => filter::apply(e, list),
+        None => Ok(list),
+    }
+}
+
+fn node_meta_ok(index: &Index, node: &str, want: &[(String, String)]) -> bool {
+    want.is_empty()
+        || index
+            .node(node)
+            .is_some_and(|n| want.iter().all(|(k, v)| n.meta.get(k) == Some(v)))
+}
+
+/// Sorts by round-trip time from this agent (unknown last) for `?near=`.
+fn sort_near<T>(
+    index: &Index,
+    p: &Params,
+    d: &Discovery,
+    items: &mut [T],
+    node: impl Fn(&T) -> &str,
+) {
+    if let Some(near) = &p.near
+        && (near == "_agent" || *near == d.node.name)
+    {
+        items.sort_by(|a, b| {
+            let ra = index.rtt(node(a)).unwrap_or(f64::MAX);
+            let rb = index.rtt(node(b)).unwrap_or(f64::MAX);
+            ra.total_cmp(&rb)
+        });
+    }
+}
+
+#[expect(clippy::result_large_err, reason = "the error is the response to send")]
+fn check_near(p: &Params, d: &Discovery) -> Result<(), Response> {
+    match &p.near {
+        Some(n) if n != "_agent" && *n != d.node.name => Err(text_error(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "near={n:?}: only _agent (or this agent's node name) is supported; round-trip times are known from this agent only"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Instances of `name` passing `?tag=` and `?node-meta=`, near-sorted.
+fn instances(index: &Index, d: &Discovery, p: &Params, name: &str) -> Vec<Instance> {
+    let mut list: Vec<Instance> = index
+        .instances(name)
+        .into_iter()
+        .filter(|i| p.tags.iter().all(|t| i.service.tags.contains(t)))
+        .filter(|i| node_meta_ok(index, &i.service.node, &p.node_meta))
+        .collect();
+    sort_near(index, p, d, &mut list, |i| i.service.node.as_str());
+    list
+}
+
+async fn catalog_services(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Response {
+    let (d, p) = match prepare(&st, q.as_deref()) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let f = match filter_and_near(&p, &d, false) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let dc = d.node.datacenter.clone();
+    blocking::respond(&st, &d, &p, vec![Topic::Services, Topic::Nodes], |index| {
+        let mut out = serde_json::Map::new();
+        for (name, _) in index.service_names() {
+            let entries: Vec<Value> = index
+                .instances(name)
+                .iter()
+                .filter(|i| node_meta_ok(index, &i.service.node, &p.node_meta))
+                .map(|i| render::catalog_entry(index, i, &dc))
+                .collect();
+            let entries = filtered(&f, entries)?;
+            if entries.is_empty() {
+                continue;
+            }
+            let mut tags: Vec<String> = entries
+                .iter()
+                .flat_map(|e| e["ServiceTags"].as_array().cloned().unwrap_or_default())
+                .filter_map(|t| t.as_str().map(str::to_string))
+                .collect();
+            tags.sort();
+            tags.dedup();
+            out.insert(name.to_string(), json!(tags));
+        }
+        Ok(Value::Object(out))
+    })
+    .await
+}
+
+async fn catalog_service(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let (d, p) = match prepare(&st, q.as_deref()) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let f = match filter_and_near(&p, &d, true) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let dc = d.node.datacenter.clone();
+    let d2 = d.clone();
+    blocking::respond(&st, &d, &p, vec![Topic::Service(name.clone())], |index| {
+        let list: Vec<Value> = instances(index, &d2, &p, &name)
+            .iter()
+            .map(|i| render::catalog_entry(index, i, &dc))
+            .collect();
+        Ok(Value::Array(filtered(&f, list)?))
+    })
+    .await
+}
+
+async fn catalog_nodes(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Response {
+    let (d, p) = match prepare(&st, q.as_deref()) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let f = match filter_and_near(&p, &d, true) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let d2 = d.clone();
+    blocking::respond(&st, &d, &p, vec![Topic::Nodes], |index| {
+        let mut nodes: Vec<_> = index
+            .nodes()
+            .filter(|n| node_meta_ok(index, &n.node, &p.node_meta))
+            .cloned()
+            .collect();
+        sort_near(index, &p, &d2, &mut nodes, |n| n.node.as_str());
+        let list = nodes.iter().map(|n| render::node(index, n)).collect();
+        Ok(Value::Array(filtered(&f, list)?))
+    })
+    .await
+}
+
+async fn catalog_node(
+    State(st): State<ApiState>,
+    Path(node): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let (d, p) = match prepare(&st, q.as_deref()) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let f = match filter_and_near(&p, &d, false) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let dc = d.node.datacenter.clone();
+    blocking::respond(&st, &d, &p, vec![Topic::Node(node.clone())], |index| {
+        let services = index.node_instances(&node);
+        let n = match index.node(&node) {
+            Some(n) => render::node(index, n),
+            None if !services.is_empty() => render::bare_node(index, &node, &dc),
+            // Consul answers `null` for a node it does not know.
+            None => return Ok(Value::Null),
+        };
+        let list: Vec<Value> = services
+            .iter()
+            .map(|i| render::service(index, &i.service))
+            .collect();
+        let list = filtered(&f, list)?;
+        let map: serde_json::Map<String, Value> = list
+            .into_iter()
+            .map(|s| (s["ID"].as_str().unwrap_or_default().to_string(), s))
+            .collect();
+        Ok(json!({"Node": n, "Services": map}))
+    })
+    .await
+}
+
+async fn catalog_datacenters(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Response {
+    let (d, p) = match prepare(&st, q.as_deref()) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let dc = d.node.datacenter.clone();
+    blocking::respond(&st, &d, &p, vec![Topic::Nodes], |index| {
+        let mut dcs: Vec<String> = index.nodes().map(|n| n.datacenter.clone()).collect();
+        dcs.push(dc.clone());
+        dcs.sort();
+        dcs.dedup();
+        Ok(json!(dcs))
+    })
+    .await
+}
+
+async fn health_service(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let (d, p) = match prepare(&st, q.as_deref()) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let f = match filter_and_near(&p, &d, true) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let dc = d.node.datacenter.clone();
+    let d2 = d.clone();
+    blocking::respond(&st, &d, &p, vec![Topic::Service(name.clone())], |index| {
+        let list: Vec<Value> = instances(index, &d2, &p, &name)
+            .iter()
+            // `passing`: every check passing (a warning excludes, as Consul).
+            .filter(|i| !p.passing || i.status == Status::Passing)
+            .map(|i| render::health_entry(index, i, &dc))
+            .collect();
+        Ok(Value::Array(filtered(&f, list)?))
+    })
+    .await
+}
+
+async fn health_checks(
+    State(st): State<ApiState>,
+    Path(name): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let (d, p) = match prepare(&st, q.as_deref()) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let f = match filter_and_near(&p, &d, true) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let d2 = d.clone();
+    blocking::respond(&st, &d, &p, vec![Topic::Service(name.clone())], |index| {
+        let mut checks: Vec<_> = index
+            .service_checks(&name)
+            .into_iter()
+            .filter(|c| node_meta_ok(index, &c.node, &p.node_meta))
+            .collect();
+        sort_near(index, &p, &d2, &mut checks, |c| c.node.as_str());
+        let list = checks
+            .iter()
+            .map(|c| render::check(index, c, &render::check_tags(index, c)))
+            .collect();
+        Ok(Value::Array(filtered(&f, list)?))
+    })
+    .await
+}
+
+async fn health_node(
+    State(st): State<ApiState>,
+    Path(node): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let (d, p) = match prepare(&st, q.as_deref()) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let f = match filter_and_near(&p, &d, false) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    blocking::respond(&st, &d, &p, vec![Topic::Node(node.clone())], |index| {
+        let list = index
+            .node_checks(&node)
+            .iter()
+            .map(|c| render::check(index, c, &render::check_tags(index, c)))
+            .collect();
+        Ok(Value::Array(filtered(&f, list)?))
+    })
+    .await
+}
+
+async fn health_state(
+    State(st): State<ApiState>,
+    Path(state): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Response {
+    let (d, p) = match prepare(&st, q.as_deref()) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let want = match state.as_str() {
+        "any" => None,
+        "passing" => Some(Status::Passing),
+        "warning" => Some(Status::Warning),
+        "critical" => Some(Status::Critical),
+        _ => {
+            return text_error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "Invalid check state {state:?}: expected any, passing, warning or critical"
+                ),
+            );
+        }
+    };
+    let f = match filter_and_near(&p, &d, true) {
+        Ok(f) => f,
+        Err(r) => return r,
+    };
+    let d2 = d.clone();
+    blocking::respond(&st, &d, &p, vec![Topic::Checks], |index| {
+        let mut checks: Vec<_> = index
+            .all_checks()
+            .into_iter()
+            .filter(|c| want.is_none_or(|w| c.status == w))
+            .filter(|c| node_meta_ok(index, &c.node, &p.node_meta))
+            .collect();
+        sort_near(index, &p, &d2, &mut checks, |c| c.node.as_str());
+        let list = checks
+            .iter()
+            .map(|c| render::check(index, c, &render::check_tags(index, c)))
+            .collect();
+        Ok(Value::Array(filtered(&f, list)?))
+    })
+    .await
+}
+
+/// A Consul (Serf) member entry.
+fn member_json(name: &str, addr: std::net::SocketAddr, status: u8, dc: &str, actor: &str) -> Value {
+    json!({
+        "Name": name,
+        "Addr": addr.ip().to_string(),
+        "Port": addr.port(),
+        "Tags": {
+            "dc": dc,
+            "id": render::node_id(actor),
+            "role": "node",
+            "segment": "",
+            "build": env!("CARGO_PKG_VERSION"),
+            "vsn": "2", "vsn_min": "2", "vsn_max": "3",
+        },
+        "Status": status,
+        "ProtocolMin": 1, "ProtocolMax": 5, "ProtocolCur": 2,
+        "DelegateMin": 2, "DelegateMax": 5, "DelegateCur": 4,
+    })
+}
+
+/// This agent and every SWIM member as Consul lists LAN members (Serf
+/// status 1 alive, 4 failed; a suspect member is still alive, as in Serf).
+fn members(st: &ApiState, d: &Discovery) -> Vec<Value> {
+    let index = d.catalog.read();
+    let name_of = |actor: &str| -> (String, String) {
+        index
+            .nodes()
+            .find(|n| n.actor_id == actor)
+            .map(|n| (n.node.clone(), n.datacenter.clone()))
+            .unwrap_or_else(|| (actor.to_string(), d.node.datacenter.clone()))
+    };
+    let me = index.local_actor().to_string();
+    let own_addr = st
+        .cluster
+        .as_ref()
+        .map(|c| c.advertised())
+        .unwrap_or_else(|| std::net::SocketAddr::new(d.node.address, 0));
+    let mut out = vec![member_json(
+        &d.node.name,
+        std::net::SocketAddr::new(d.node.address, own_addr.port()),
+        1,
+        &d.node.datacenter,
+        &me,
+    )];
+    if let Some(c) = &st.cluster {
+        for m in c.members() {
+            let Ok(addr) = m.addr.parse::<std::net::SocketAddr>() else {
+                continue;
+            };
+            let (name, dc) = name_of(&m.actor_id);
+            let status = if m.state == "down" { 4 } else { 1 };
+            out.push(member_json(&name, addr, status, &dc, &m.actor_id));
+        }
+    }
+    out
+}
+
+async fn agent_self(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Response {
+    let (d, p) = match prepare(&st, q.as_deref()) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let me = d.catalog.read().local_actor().to_string();
+    let member = members(&st, &d).into_iter().next().unwrap_or(Value::Null);
+    let body = json!({
+        "Config": {
+            "Datacenter": d.node.datacenter,
+            "PrimaryDatacenter": d.node.datacenter,
+            "NodeName": d.node.name,
+            "NodeID": render::node_id(&me),
+            "Server": false,
+            "Revision": "corrosion",
+            "Version": format!("1.21.0+corrosion.{}", env!("CARGO_PKG_VERSION")),
+        },
+        "Member": member,
+        "Meta": d.node.meta,
+        "Stats": {},
+        "DebugConfig": {},
+        "Coord": null,
+    });
+    blocking::plain(&p, body)
+}
+
+async fn agent_members(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Response {
+    let (d, p) = match prepare(&st, q.as_deref()) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    blocking::plain(&p, Value::Array(members(&st, &d)))
+}
+
+async fn status_leader(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Response {
+    let (d, p) = match prepare(&st, q.as_deref()) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    // No leader: every agent answers for itself.
+    let port = st.cluster.as_ref().map_or(0, |c| c.advertised().port());
+    blocking::plain(
+        &p,
+        json!(std::net::SocketAddr::new(d.node.address, port).to_string()),
+    )
+}
+
+async fn status_peers(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Response {
+    let (d, p) = match prepare(&st, q.as_deref()) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let index = d.catalog.read();
+    let mut peers: Vec<String> = index
+        .nodes()
+        .filter(|n| index.liveness(&n.node) == Liveness::Alive)
+        .filter_map(|n| {
+            st.cluster.as_ref().and_then(|c| {
+                if n.actor_id == index.local_actor() {
+                    return Some(
+                        std::net::SocketAddr::new(d.node.address, c.advertised().port())
+                            .to_string(),
+                    );
+                }
+                c.members()
+                    .into_iter()
+                    .find(|m| m.actor_id == n.actor_id)
+                    .map(|m| m.addr)
+            })
+        })
+        .collect();
+    drop(index);
+    peers.sort();
+    blocking::plain(&p, json!(peers))
+}
+
+/// Consul's headers on every answer.
+pub(crate) fn consul_headers(resp: &mut Response, index: u64) {
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&index.to_string()) {
+        h.insert("x-consul-index", v);
+    }
+    h.insert("x-consul-knownleader", HeaderValue::from_static("true"));
+    h.insert("x-consul-lastcontact", HeaderValue::from_static("0"));
+    h.insert(
+        "x-consul-effective-consistency",
+        HeaderValue::from_static("stale"),
+    );
+}

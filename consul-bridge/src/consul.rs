@@ -1,0 +1,395 @@
+//! Talking to the local Consul agent and reading its answers.
+//!
+//! Consul's agent API answers maps keyed by ID. Parsing follows Consul's
+//! documented shapes and tolerates what real agents send: `Tags`/`Meta`
+//! absent or `null` (read as `[]`/`{}`), `TaggedAddresses` entries with
+//! `Address`/`Port` in either case, `Weights` absent (Consul's default 1/1).
+//! Anything that is not that shape (not a JSON object, a service without a
+//! name, wrong types) is a [`PollError::Malformed`] answer and writes
+//! nothing.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use corro_catalog::health::Status;
+use corro_catalog::model::{self, TaggedAddress, Weights};
+use futures::StreamExt;
+use serde::Deserialize;
+
+/// One service registered with the local Consul agent, as the bridge writes it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceRow {
+    pub name: String,
+    pub tags: Vec<String>,
+    pub meta: BTreeMap<String, String>,
+    pub port: i64,
+    pub address: String,
+    pub weights: Weights,
+    pub tagged_addresses: BTreeMap<String, TaggedAddress>,
+}
+
+/// One check registered with the local Consul agent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckRow {
+    pub service_id: String,
+    pub service_name: String,
+    pub name: String,
+    /// `passing`, `warning` or `critical` (anything else reads as critical).
+    pub status: String,
+    pub output: String,
+    pub notes: String,
+    pub kind: String,
+}
+
+/// A node's services and checks by ID.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Snapshot {
+    pub services: BTreeMap<String, ServiceRow>,
+    pub checks: BTreeMap<String, CheckRow>,
+}
+
+/// Why a poll got no usable answer.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PollError {
+    #[error("consul unreachable: {0}")]
+    Unreachable(String),
+    #[error("consul refused the token (403 ACL denied): {0}")]
+    AclDenied(String),
+    #[error("consul answered HTTP {code}: {body}")]
+    Status { code: u16, body: String },
+    #[error("consul's answer is not the documented JSON: {0}")]
+    Malformed(String),
+    #[error("consul's answer is over the {0} byte limit")]
+    TooLarge(usize),
+    #[error("consul TLS setup: {0}")]
+    Tls(String),
+}
+
+impl PollError {
+    /// The kind of failure, for logging once per state change.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            PollError::Unreachable(_) => "unreachable",
+            PollError::AclDenied(_) => "acl-denied",
+            PollError::Status { .. } => "http-error",
+            PollError::Malformed(_) => "malformed",
+            PollError::TooLarge(_) => "too-large",
+            PollError::Tls(_) => "tls",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RawService {
+    #[serde(rename = "ID", default)]
+    id: Option<String>,
+    #[serde(rename = "Service")]
+    service: String,
+    #[serde(rename = "Tags", default)]
+    tags: Option<Vec<String>>,
+    #[serde(rename = "Meta", default)]
+    meta: Option<BTreeMap<String, String>>,
+    #[serde(rename = "Port", default)]
+    port: Option<i64>,
+    #[serde(rename = "Address", default)]
+    address: Option<String>,
+    #[serde(rename = "Weights", default)]
+    weights: Option<serde_json::Value>,
+    #[serde(rename = "TaggedAddresses", default)]
+    tagged_addresses: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct RawCheck {
+    #[serde(rename = "CheckID", default)]
+    check_id: Option<String>,
+    #[serde(rename = "Name", default)]
+    name: Option<String>,
+    #[serde(rename = "Status")]
+    status: String,
+    #[serde(rename = "Notes", default)]
+    notes: Option<String>,
+    #[serde(rename = "Output", default)]
+    output: Option<String>,
+    #[serde(rename = "ServiceID", default)]
+    service_id: Option<String>,
+    #[serde(rename = "ServiceName", default)]
+    service_name: Option<String>,
+    #[serde(rename = "Type", default)]
+    kind: Option<String>,
+}
+
+/// Parses `/v1/agent/services`.
+pub fn parse_services(body: &[u8]) -> Result<BTreeMap<String, ServiceRow>, PollError> {
+    let raw: BTreeMap<String, RawService> = serde_json::from_slice(body)
+        .map_err(|e| PollError::Malformed(format!("/v1/agent/services: {e}")))?;
+    let mut out = BTreeMap::new();
+    for (key, s) in raw {
+        let id = s.id.filter(|i| !i.is_empty()).unwrap_or(key);
+        if s.service.is_empty() {
+            return Err(PollError::Malformed(format!(
+                "/v1/agent/services: service {id:?} has no name"
+            )));
+        }
+        out.insert(
+            id,
+            ServiceRow {
+                name: s.service,
+                tags: s.tags.unwrap_or_default(),
+                meta: s.meta.unwrap_or_default(),
+                port: s.port.unwrap_or(0),
+                address: s.address.unwrap_or_default(),
+                weights: s
+                    .weights
+                    .map(|w| model::parse_weights(&w.to_string()))
+                    .unwrap_or_default(),
+                tagged_addresses: s
+                    .tagged_addresses
+                    .map(|t| model::parse_tagged_addresses(&t.to_string()))
+                    .unwrap_or_default(),
+            },
+        );
+    }
+    Ok(out)
+}
+
+/// Parses `/v1/agent/checks`.
+pub fn parse_checks(body: &[u8]) -> Result<BTreeMap<String, CheckRow>, PollError> {
+    let raw: BTreeMap<String, RawCheck> = serde_json::from_slice(body)
+        .map_err(|e| PollError::Malformed(format!("/v1/agent/checks: {e}")))?;
+    Ok(raw
+        .into_iter()
+        .map(|(key, c)| {
+            (
+                c.check_id.filter(|i| !i.is_empty()).unwrap_or(key),
+                CheckRow {
+                    service_id: c.service_id.unwrap_or_default(),
+                    service_name: c.service_name.unwrap_or_default(),
+                    name: c.name.unwrap_or_default(),
+                    status: Status::parse(&c.status).as_str().to_string(),
+                    output: c.output.unwrap_or_default(),
+                    notes: c.notes.unwrap_or_default(),
+                    kind: c.kind.unwrap_or_default(),
+                },
+            )
+        })
+        .collect())
+}
+
+/// How to reach the local Consul agent.
+#[derive(Debug, Clone)]
+pub struct ConsulSettings {
+    /// `host:port`.
+    pub addr: String,
+    pub token: Option<String>,
+    pub timeout: Duration,
+    pub max_body_bytes: usize,
+    pub tls: Option<TlsSettings>,
+}
+
+/// HTTPS to Consul: PEM files.
+#[derive(Debug, Clone, Default)]
+pub struct TlsSettings {
+    pub ca_file: Option<std::path::PathBuf>,
+    pub cert_file: Option<std::path::PathBuf>,
+    pub key_file: Option<std::path::PathBuf>,
+    /// Name to verify the certificate against (default: `addr`'s host).
+    pub server_name: Option<String>,
+}
+
+/// An HTTP client for the local Consul agent.
+pub struct ConsulClient {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+    max_body: usize,
+}
+
+fn rustls_config(tls: &TlsSettings) -> Result<rustls::ClientConfig, PollError> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let err = |what: &str, e: &dyn std::fmt::Display| PollError::Tls(format!("{what}: {e}"));
+    let mut roots = rustls::RootCertStore::empty();
+    if let Some(ca) = &tls.ca_file {
+        for cert in
+            CertificateDer::pem_file_iter(ca).map_err(|e| err(&ca.display().to_string(), &e))?
+        {
+            roots
+                .add(cert.map_err(|e| err(&ca.display().to_string(), &e))?)
+                .map_err(|e| err(&ca.display().to_string(), &e))?;
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| err("protocol versions", &e))?
+    .with_root_certificates(roots);
+    match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(key)) => {
+            let chain = CertificateDer::pem_file_iter(cert)
+                .map_err(|e| err(&cert.display().to_string(), &e))?
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| err(&cert.display().to_string(), &e))?;
+            let key = PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| err(&key.display().to_string(), &e))?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| err("client certificate", &e))
+        }
+        _ => Ok(builder.with_no_client_auth()),
+    }
+}
+
+impl ConsulClient {
+    pub fn new(s: &ConsulSettings) -> Result<ConsulClient, PollError> {
+        let mut b = reqwest::Client::builder()
+            .timeout(s.timeout)
+            .connect_timeout(s.timeout)
+            .no_proxy();
+        let mut host = s.addr.clone();
+        let scheme = match &s.tls {
+            None => "http",
+            Some(tls) => {
+                b = b.tls_backend_preconfigured(rustls_config(tls)?);
+                if let Some(name) = &tls.server_name {
+                    let addr: std::net::SocketAddr = s.addr.parse().map_err(|e| {
+                        PollError::Tls(format!(
+                            "server_name needs addr as ip:port, got {:?}: {e}",
+                            s.addr
+                        ))
+                    })?;
+                    b = b.resolve(name, addr);
+                    host = format!("{name}:{}", addr.port());
+                }
+                "https"
+            }
+        };
+        let http = b
+            .build()
+            .map_err(|e| PollError::Tls(format!("building the HTTP client: {e}")))?;
+        Ok(ConsulClient {
+            http,
+            base: format!("{scheme}://{host}"),
+            token: s.token.clone(),
+            max_body: s.max_body_bytes,
+        })
+    }
+
+    async fn get(&self, path: &str) -> Result<Vec<u8>, PollError> {
+        let mut req = self.http.get(format!("{}{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.header("X-Consul-Token", t);
+        }
+        let resp = req.send().await.map_err(|e| {
+            let mut msg = e.to_string();
+            let mut src = std::error::Error::source(&e);
+            while let Some(s) = src {
+                msg = format!("{msg}: {s}");
+                src = s.source();
+            }
+            PollError::Unreachable(msg)
+        })?;
+        let status = resp.status();
+        if resp
+            .content_length()
+            .is_some_and(|n| n as usize > self.max_body)
+        {
+            return Err(PollError::TooLarge(self.max_body));
+        }
+        let mut body = Vec::new();
+        let mut stream = resp.bytes_stream();
+        while let Some(chunk) = stream.next().await {
+            let chunk =
+                chunk.map_err(|e| PollError::Unreachable(format!("reading {path}: {e}")))?;
+            if body.len() + chunk.len() > self.max_body {
+                return Err(PollError::TooLarge(self.max_body));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        if status == reqwest::StatusCode::FORBIDDEN {
+            return Err(PollError::AclDenied(snippet(&body)));
+        }
+        if !status.is_success() {
+            return Err(PollError::Status {
+                code: status.as_u16(),
+                body: snippet(&body),
+            });
+        }
+        Ok(body)
+    }
+
+    /// The agent's services and checks (two requests).
+    pub async fn snapshot(&self) -> Result<Snapshot, PollError> {
+        let services = parse_services(&self.get("/v1/agent/services").await?)?;
+        let checks = parse_checks(&self.get("/v1/agent/checks").await?)?;
+        Ok(Snapshot { services, checks })
+    }
+}
+
+fn snippet(body: &[u8]) -> String {
+    let s = String::from_utf8_lossy(body);
+    let s = s.trim();
+    if s.chars().count() > 200 {
+        format!("{}...", s.chars().take(200).collect::<String>())
+    } else {
+        s.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn documented_shapes_parse() {
+        let services = parse_services(
+            br#"{
+              "redis": {"ID": "redis", "Service": "redis", "Tags": null, "Meta": null, "Port": 8000,
+                        "Address": "", "TaggedAddresses": {"lan_ipv4": {"Address": "10.0.0.1", "Port": 8000}},
+                        "Weights": {"Passing": 10, "Warning": 1}, "EnableTagOverride": false, "Datacenter": "dc1"},
+              "web-1": {"Service": "web", "Tags": ["v1"], "Port": 80,
+                        "TaggedAddresses": {"wan": {"address": "1.2.3.4", "port": 80}}}
+            }"#,
+        )
+        .unwrap();
+        assert_eq!(services["redis"].tags, Vec::<String>::new());
+        assert_eq!(services["redis"].weights.passing, 10);
+        assert_eq!(services["redis"].tagged_addresses["lan_ipv4"].port, 8000);
+        assert_eq!(services["web-1"].name, "web");
+        assert_eq!(services["web-1"].weights, Weights::default());
+        assert_eq!(services["web-1"].tagged_addresses["wan"].address, "1.2.3.4");
+        let checks = parse_checks(
+            br#"{"service:redis": {"Node": "n1", "CheckID": "service:redis", "Name": "Service 'redis' check",
+                 "Status": "passing", "Notes": "", "Output": "ok", "ServiceID": "redis", "ServiceName": "redis",
+                 "ServiceTags": [], "Type": "ttl"},
+                 "mem": {"Status": "weird"}}"#,
+        )
+        .unwrap();
+        assert_eq!(checks["service:redis"].service_id, "redis");
+        assert_eq!(checks["mem"].status, "critical");
+    }
+
+    #[test]
+    fn other_shapes_are_malformed() {
+        for bad in [
+            &br#"[]"#[..],
+            br#"{"x": 3}"#,
+            br#"{"x": {"Service": ""}}"#,
+            br#"{"x": {"Service": "web", "Port": "eighty"}}"#,
+            br#"{"x": {"Service": "web", "Tags": "a"}}"#,
+            br#"not json"#,
+        ] {
+            assert!(
+                matches!(parse_services(bad), Err(PollError::Malformed(_))),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert!(matches!(
+            parse_checks(br#"{"c": {"Name": "no status"}}"#),
+            Err(PollError::Malformed(_))
+        ));
+    }
+}
