@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use corro_catalog::health::Status;
 use corro_catalog::model::{self, TaggedAddress, Weights};
-use futures::StreamExt;
 use serde::Deserialize;
 
 /// One service registered with the local Consul agent, as the bridge writes it.
@@ -198,11 +197,18 @@ pub struct TlsSettings {
     pub server_name: Option<String>,
 }
 
-/// An HTTP client for the local Consul agent.
+/// An HTTP/1.1 client for the local Consul agent: one connection per poll
+/// (two requests), plain or TLS, every step under the configured timeout.
 pub struct ConsulClient {
-    http: reqwest::Client,
-    base: String,
+    addr: String,
+    /// `Host` header and TLS server name.
+    host: String,
+    tls: Option<(
+        tokio_rustls::TlsConnector,
+        rustls_pki_types::ServerName<'static>,
+    )>,
     token: Option<String>,
+    timeout: Duration,
     max_body: usize,
 }
 
@@ -219,6 +225,10 @@ fn rustls_config(tls: &TlsSettings) -> Result<rustls::ClientConfig, PollError> {
                 .add(cert.map_err(|e| err(&ca.display().to_string(), &e))?)
                 .map_err(|e| err(&ca.display().to_string(), &e))?;
         }
+    } else {
+        return Err(PollError::Tls(
+            "[consul.client.tls] needs ca_file to verify Consul's certificate".into(),
+        ));
     }
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
@@ -242,89 +252,136 @@ fn rustls_config(tls: &TlsSettings) -> Result<rustls::ClientConfig, PollError> {
     }
 }
 
+/// The host part of `host:port` (brackets of an IPv6 literal removed).
+fn host_of(addr: &str) -> &str {
+    let h = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    h.trim_start_matches('[').trim_end_matches(']')
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+
 impl ConsulClient {
     pub fn new(s: &ConsulSettings) -> Result<ConsulClient, PollError> {
-        let mut b = reqwest::Client::builder()
-            .timeout(s.timeout)
-            .connect_timeout(s.timeout)
-            .no_proxy();
-        let mut host = s.addr.clone();
-        let scheme = match &s.tls {
-            None => "http",
-            Some(tls) => {
-                b = b.tls_backend_preconfigured(rustls_config(tls)?);
-                if let Some(name) = &tls.server_name {
-                    let addr: std::net::SocketAddr = s.addr.parse().map_err(|e| {
-                        PollError::Tls(format!(
-                            "server_name needs addr as ip:port, got {:?}: {e}",
-                            s.addr
-                        ))
-                    })?;
-                    b = b.resolve(name, addr);
-                    host = format!("{name}:{}", addr.port());
-                }
-                "https"
+        let tls = match &s.tls {
+            None => None,
+            Some(t) => {
+                let name = t
+                    .server_name
+                    .clone()
+                    .unwrap_or_else(|| host_of(&s.addr).to_string());
+                let server_name = rustls_pki_types::ServerName::try_from(name.clone())
+                    .map_err(|e| PollError::Tls(format!("server name {name:?}: {e}")))?;
+                Some((
+                    tokio_rustls::TlsConnector::from(Arc::new(rustls_config(t)?)),
+                    server_name,
+                ))
             }
         };
-        let http = b
-            .build()
-            .map_err(|e| PollError::Tls(format!("building the HTTP client: {e}")))?;
         Ok(ConsulClient {
-            http,
-            base: format!("{scheme}://{host}"),
+            addr: s.addr.clone(),
+            host: s.addr.clone(),
+            tls,
             token: s.token.clone(),
+            timeout: s.timeout,
             max_body: s.max_body_bytes,
         })
     }
 
-    async fn get(&self, path: &str) -> Result<Vec<u8>, PollError> {
-        let mut req = self.http.get(format!("{}{path}", self.base));
+    async fn connect(
+        &self,
+    ) -> Result<
+        hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+        PollError,
+    > {
+        let unreachable =
+            |e: &dyn std::fmt::Display| PollError::Unreachable(format!("{}: {e}", self.addr));
+        let tcp = tokio::net::TcpStream::connect(&self.addr)
+            .await
+            .map_err(|e| unreachable(&e))?;
+        let _ = tcp.set_nodelay(true);
+        let io: Box<dyn Io> = match &self.tls {
+            None => Box::new(tcp),
+            Some((connector, name)) => Box::new(
+                connector
+                    .connect(name.clone(), tcp)
+                    .await
+                    .map_err(|e| PollError::Tls(format!("handshake with {}: {e}", self.addr)))?,
+            ),
+        };
+        let (sender, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
+                .await
+                .map_err(|e| unreachable(&e))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(sender)
+    }
+
+    async fn get(
+        &self,
+        sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+        path: &str,
+    ) -> Result<Vec<u8>, PollError> {
+        use http_body_util::BodyExt;
+        let mut req = hyper::Request::get(path).header(hyper::header::HOST, &self.host);
         if let Some(t) = &self.token {
             req = req.header("X-Consul-Token", t);
         }
-        let resp = req.send().await.map_err(|e| {
-            let mut msg = e.to_string();
-            let mut src = std::error::Error::source(&e);
-            while let Some(s) = src {
-                msg = format!("{msg}: {s}");
-                src = s.source();
-            }
-            PollError::Unreachable(msg)
-        })?;
+        let req = req
+            .body(http_body_util::Empty::new())
+            .map_err(|e| PollError::Unreachable(format!("building the request: {e}")))?;
+        sender
+            .ready()
+            .await
+            .map_err(|e| PollError::Unreachable(format!("{}: {e}", self.addr)))?;
+        let resp = sender
+            .send_request(req)
+            .await
+            .map_err(|e| PollError::Unreachable(format!("{}{path}: {e}", self.addr)))?;
         let status = resp.status();
-        if resp
-            .content_length()
-            .is_some_and(|n| n as usize > self.max_body)
-        {
-            return Err(PollError::TooLarge(self.max_body));
-        }
-        let mut body = Vec::new();
-        let mut stream = resp.bytes_stream();
-        while let Some(chunk) = stream.next().await {
-            let chunk =
-                chunk.map_err(|e| PollError::Unreachable(format!("reading {path}: {e}")))?;
-            if body.len() + chunk.len() > self.max_body {
-                return Err(PollError::TooLarge(self.max_body));
+        let mut body = resp.into_body();
+        let mut buf = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let frame =
+                frame.map_err(|e| PollError::Unreachable(format!("reading {path}: {e}")))?;
+            if let Some(chunk) = frame.data_ref() {
+                if buf.len() + chunk.len() > self.max_body {
+                    return Err(PollError::TooLarge(self.max_body));
+                }
+                buf.extend_from_slice(chunk);
             }
-            body.extend_from_slice(&chunk);
         }
-        if status == reqwest::StatusCode::FORBIDDEN {
-            return Err(PollError::AclDenied(snippet(&body)));
+        if status == hyper::StatusCode::FORBIDDEN {
+            return Err(PollError::AclDenied(snippet(&buf)));
         }
         if !status.is_success() {
             return Err(PollError::Status {
                 code: status.as_u16(),
-                body: snippet(&body),
+                body: snippet(&buf),
             });
         }
-        Ok(body)
+        Ok(buf)
     }
 
-    /// The agent's services and checks (two requests).
+    /// The agent's services and checks (two requests on one connection,
+    /// all of it within the timeout).
     pub async fn snapshot(&self) -> Result<Snapshot, PollError> {
-        let services = parse_services(&self.get("/v1/agent/services").await?)?;
-        let checks = parse_checks(&self.get("/v1/agent/checks").await?)?;
-        Ok(Snapshot { services, checks })
+        let work = async {
+            let mut sender = self.connect().await?;
+            let services = parse_services(&self.get(&mut sender, "/v1/agent/services").await?)?;
+            let checks = parse_checks(&self.get(&mut sender, "/v1/agent/checks").await?)?;
+            Ok(Snapshot { services, checks })
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .unwrap_or_else(|_| {
+                Err(PollError::Unreachable(format!(
+                    "{}: no answer within {:?}",
+                    self.addr, self.timeout
+                )))
+            })
     }
 }
 

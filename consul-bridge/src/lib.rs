@@ -43,7 +43,8 @@ pub struct Settings {
     pub sync_output: bool,
 }
 
-/// Longest pause between polls while Consul keeps failing.
+/// Longest pause between polls while Consul keeps failing (and at most 30
+/// poll intervals).
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Polls Consul and mirrors it until `stop` flips.
@@ -76,7 +77,7 @@ pub async fn run<S: Sink>(
         wait = if answer.is_ok() {
             settings.interval
         } else {
-            (wait.max(settings.interval) * 2).min(MAX_BACKOFF)
+            (wait.max(settings.interval) * 2).min(MAX_BACKOFF.min(settings.interval * 30))
         };
         let (current, allowed) = match sink.current(node).await {
             Ok(c) => c,

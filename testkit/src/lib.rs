@@ -12,6 +12,8 @@
     reason = "a test harness: failures should panic loudly"
 )]
 
+pub mod consul;
+
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -446,6 +448,23 @@ impl Node {
             self.config.display()
         );
         std::fs::write(&self.config, text.replacen(from, to, 1)).unwrap();
+    }
+
+    /// Appends `text` (whole sections) to the config file.
+    pub fn append_config(&self, text: &str) {
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&self.config)
+            .unwrap();
+        writeln!(f, "\n{text}").unwrap();
+    }
+
+    /// Adds the shipped discovery schema (`packaging/schema/consul.sql`)
+    /// to the node's schema directory.
+    pub fn with_consul_schema(&self) {
+        let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/schema/consul.sql");
+        std::fs::copy(shipped, self.dir.join("schema/consul.sql")).unwrap();
     }
 
     /// Binds the API on `addr` instead of a port chosen by the OS.

@@ -145,11 +145,12 @@ impl Discovery {
         if let Some(client) = &config.consul.client {
             let bridge = bridge::InProcess::new(store, d.clone(), cluster);
             let settings = bridge::settings(client, config.consul.sync_output)?;
-            let d2 = d.clone();
+            let name = d.node.name.clone();
+            // Before membership settles, a claim by an agent that is gone
+            // looks live: a newer agent is then held until the view
+            // settles, never the other way round.
             tokio::spawn(async move {
-                // Claims are judged on a settled membership view.
-                tokio::time::sleep(SETTLE).await;
-                corro_consul_bridge::run(settings, &d2.node.name, bridge, stop).await;
+                corro_consul_bridge::run(settings, &name, bridge, stop).await;
             });
         }
         Ok(d)

@@ -192,7 +192,9 @@ impl Parser {
                     match self.next() {
                         Some(Tok::Word(w)) => parts.push(w),
                         other => {
-                            return Err(format!("expected a field name after '.', found {other:?}"));
+                            return Err(format!(
+                                "expected a field name after '.', found {other:?}"
+                            ));
                         }
                     }
                 }

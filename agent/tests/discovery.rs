@@ -1,0 +1,441 @@
+//! Discovery through the real binary: the Consul bridge against a stand-in
+//! Consul agent (a real Consul cannot be installed on the test machines;
+//! see `corro_testkit::consul`), node identity and name claims, health from
+//! membership, and the Consul-compatible HTTP API with blocking queries.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout, reason = "test code")]
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::consul::{ConsulStandIn, Failure, StandInTls, check_json, service_json};
+use common::{Agent, Node};
+use serde_json::Value;
+
+/// Polls `f` until it returns `Some`, failing after `limit` with `what`.
+fn await_some<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn get(agent: &Agent, path: &str) -> reqwest::blocking::Response {
+    reqwest::blocking::Client::new()
+        .get(agent.url(path))
+        .timeout(Duration::from_secs(30))
+        .send()
+        .unwrap()
+}
+
+fn get_json(agent: &Agent, path: &str) -> Value {
+    let r = get(agent, path);
+    assert!(r.status().is_success(), "{path}: {}", r.status());
+    r.json().unwrap()
+}
+
+/// A node with the discovery schema and, when `consul` is given, a bridge
+/// polling it every 100 ms as Consul node `name`.
+fn discovery_node(
+    dir: &std::path::Path,
+    name: &str,
+    consul: Option<&ConsulStandIn>,
+    extra: &str,
+) -> Node {
+    let node = Node::new(dir, "");
+    node.with_consul_schema();
+    let mut text = format!("[consul]\nnode_name = \"{name}\"\n{extra}\n");
+    if let Some(c) = consul {
+        text.push_str(&format!(
+            "[consul.client]\naddr = \"{}\"\npoll_interval = \"100ms\"\n",
+            c.addr
+        ));
+    }
+    node.append_config(&text);
+    node
+}
+
+fn joining(
+    dir: &std::path::Path,
+    name: &str,
+    seed: &Agent,
+    consul: Option<&ConsulStandIn>,
+) -> Node {
+    let node = Node::joining(dir, seed);
+    node.with_consul_schema();
+    let mut text = format!("[consul]\nnode_name = \"{name}\"\n");
+    if let Some(c) = consul {
+        text.push_str(&format!(
+            "[consul.client]\naddr = \"{}\"\npoll_interval = \"100ms\"\n",
+            c.addr
+        ));
+    }
+    node.append_config(&text);
+    node
+}
+
+/// `(node, id, tags)` of every catalog entry of `service`.
+fn catalog(agent: &Agent, service: &str) -> Vec<(String, String, Vec<String>)> {
+    get_json(agent, &format!("/v1/catalog/service/{service}"))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                e["Node"].as_str().unwrap().to_string(),
+                e["ServiceID"].as_str().unwrap().to_string(),
+                e["ServiceTags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_str().unwrap().to_string())
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+/// `(node, service id, aggregated status)` of `health/service/:name`.
+fn health(agent: &Agent, service: &str) -> Vec<(String, String, String)> {
+    get_json(agent, &format!("/v1/health/service/{service}"))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            let worst = e["Checks"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| match c["Status"].as_str().unwrap() {
+                    "passing" => 0,
+                    "warning" => 1,
+                    _ => 2,
+                })
+                .max()
+                .unwrap_or(0);
+            (
+                e["Node"]["Node"].as_str().unwrap().to_string(),
+                e["Service"]["ID"].as_str().unwrap().to_string(),
+                ["passing", "warning", "critical"][worst].to_string(),
+            )
+        })
+        .collect()
+}
+
+fn sql(node: &Node, agent: &Agent, q: &str) -> String {
+    node.query(agent, q)
+}
+
+#[test]
+fn the_bridge_mirrors_services_and_checks_and_writes_only_changes() {
+    let consul = ConsulStandIn::start();
+    consul.set_service("web-1", service_json("web-1", "web", &["v1"], 8080));
+    consul.set_check(
+        "service:web-1",
+        check_json("service:web-1", "web-1", "passing", "ok"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let node = discovery_node(dir.path(), "host-a", Some(&consul), "");
+    let agent = node.start();
+    let want = vec![(
+        "host-a".to_string(),
+        "web-1".to_string(),
+        vec!["v1".to_string()],
+    )];
+    await_some(Duration::from_secs(10), "web-1 in the catalog", || {
+        (catalog(&agent, "web") == want).then_some(())
+    });
+    assert_eq!(health(&agent, "web")[0].2, "passing");
+
+    // A change of tags and a second instance.
+    consul.set_service(
+        "web-1",
+        service_json("web-1", "web", &["v2", "canary"], 8080),
+    );
+    consul.set_service("web-2", service_json("web-2", "web", &[], 8081));
+    await_some(
+        Duration::from_secs(10),
+        "tags changed and web-2 added",
+        || {
+            let c = catalog(&agent, "web");
+            (c.len() == 2 && c[0].2 == vec!["v2", "canary"]).then_some(())
+        },
+    );
+
+    // A status change is written; an output-only change is not.
+    let versions = |n: &Node| sql(n, &agent, "SELECT count(*) FROM __corro_versions;");
+    consul.set_check(
+        "service:web-1",
+        check_json("service:web-1", "web-1", "critical", "down"),
+    );
+    await_some(Duration::from_secs(10), "check critical", || {
+        (health(&agent, "web")[0].2 == "critical").then_some(())
+    });
+    let before = versions(&node);
+    let polled = consul.requests();
+    consul.set_check(
+        "service:web-1",
+        check_json(
+            "service:web-1",
+            "web-1",
+            "critical",
+            "still down, new output",
+        ),
+    );
+    await_some(Duration::from_secs(10), "three more polls", || {
+        (consul.requests() >= polled + 6).then_some(())
+    });
+    assert_eq!(
+        versions(&node),
+        before,
+        "an output-only change wrote a version"
+    );
+    assert_eq!(
+        sql(
+            &node,
+            &agent,
+            "SELECT output FROM consul_checks WHERE id = 'service:web-1';"
+        )
+        .trim(),
+        "down"
+    );
+
+    // Removal deletes the rows; rows with a source are never touched.
+    node.exec(
+        &agent,
+        "INSERT INTO consul_services (node, id, name, source) VALUES ('host-a', 'native-1', 'native', 'corrosion')",
+    );
+    consul.remove_service("web-2");
+    consul.remove_check("service:web-1");
+    await_some(Duration::from_secs(10), "web-2 and the check gone", || {
+        (catalog(&agent, "web").len() == 1
+            && sql(&node, &agent, "SELECT count(*) FROM consul_checks;").trim() == "0")
+            .then_some(())
+    });
+    assert_eq!(
+        catalog(&agent, "native").len(),
+        1,
+        "a row with a source was touched"
+    );
+}
+
+#[test]
+fn a_failing_consul_keeps_the_last_state_and_is_logged_once_per_kind() {
+    let consul = ConsulStandIn::start();
+    consul.set_service("db-1", service_json("db-1", "db", &[], 5432));
+    let dir = tempfile::tempdir().unwrap();
+    let node = discovery_node(dir.path(), "host-a", Some(&consul), "");
+    node.append_config(&format!(
+        "[consul.client]\naddr = \"{}\"\npoll_interval = \"100ms\"\nmax_body_bytes = 4096\ntoken = \"right\"\n",
+        consul.addr
+    ));
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    // The second [consul.client] replaces the first (TOML forbids two).
+    let first = text.find("[consul.client]").unwrap();
+    let second = text.rfind("[consul.client]").unwrap();
+    let end = text[first..second]
+        .find("\n\n")
+        .map_or(second, |i| first + i);
+    std::fs::write(&node.config, format!("{}{}", &text[..first], &text[end..])).unwrap();
+    consul.require_token(Some("right"));
+    let agent = node.start();
+    await_some(Duration::from_secs(10), "db-1 mirrored", || {
+        (catalog(&agent, "db").len() == 1).then_some(())
+    });
+    for (failure, kind) in [
+        (Some(Failure::Status(500)), "HTTP 500"),
+        (Some(Failure::Malformed), "not the documented JSON"),
+        (Some(Failure::Huge(10_000)), "byte limit"),
+    ] {
+        consul.set_failure(failure);
+        let seen = consul.requests();
+        await_some(Duration::from_secs(20), "several failed polls", || {
+            (consul.requests() >= seen + 2).then_some(())
+        });
+        agent.expect(kind);
+        assert_eq!(
+            catalog(&agent, "db").len(),
+            1,
+            "{kind}: the last state must stay"
+        );
+    }
+    consul.set_failure(None);
+    consul.require_token(Some("another"));
+    agent.expect("403");
+    consul.require_token(Some("right"));
+    consul.set_down(true);
+    agent.expect("consul unreachable");
+    assert_eq!(catalog(&agent, "db").len(), 1);
+    consul.set_service("db-2", service_json("db-2", "db", &[], 5433));
+    consul.set_down(false);
+    agent.expect("consul answers again");
+    await_some(
+        Duration::from_secs(40),
+        "db-2 mirrored after consul came back",
+        || (catalog(&agent, "db").len() == 2).then_some(()),
+    );
+    // Each failure was logged once, not once per poll.
+    let lines = agent.seen.borrow();
+    let unreachable = lines
+        .iter()
+        .filter(|l| l.contains("consul unreachable"))
+        .count();
+    let malformed = lines
+        .iter()
+        .filter(|l| l.contains("not the documented JSON"))
+        .count();
+    assert_eq!((unreachable, malformed), (1, 1), "repeated logs");
+}
+
+#[test]
+fn a_mass_delete_waits_for_three_identical_answers() {
+    let consul = ConsulStandIn::start();
+    for i in 0..4 {
+        consul.set_service(
+            &format!("api-{i}"),
+            service_json(&format!("api-{i}"), "api", &[], 9000 + i),
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = discovery_node(dir.path(), "host-a", Some(&consul), "");
+    let agent = node.start();
+    await_some(Duration::from_secs(10), "4 instances", || {
+        (catalog(&agent, "api").len() == 4).then_some(())
+    });
+    consul.clear();
+    let seen = consul.requests();
+    // Two polls = one answer (services + checks); after the first and
+    // second empty answer nothing is deleted.
+    await_some(Duration::from_secs(10), "two empty answers", || {
+        (consul.requests() >= seen + 3).then_some(())
+    });
+    let after_two = catalog(&agent, "api").len();
+    agent.expect("would delete more than half");
+    await_some(Duration::from_secs(10), "deleted after the third", || {
+        catalog(&agent, "api").is_empty().then_some(())
+    });
+    assert_eq!(after_two, 4, "deleted before three identical answers");
+}
+
+#[test]
+fn the_bridge_talks_tls_with_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let node = discovery_node(&dir.path().join("n"), "host-a", None, "");
+    let run = |args: &[&str]| {
+        let out = node.cli(args);
+        assert!(out.status.success(), "{args:?}: {}", common::stderr(&out));
+    };
+    let c = certs.to_str().unwrap();
+    run(&["tls", "ca", "generate", "--output-dir", c]);
+    let ca_cert = certs.join("ca_cert.pem");
+    let ca_key = certs.join("ca_key.pem");
+    run(&[
+        "tls",
+        "server",
+        "generate",
+        "127.0.0.1",
+        "--ca-cert",
+        ca_cert.to_str().unwrap(),
+        "--ca-key",
+        ca_key.to_str().unwrap(),
+        "--output-dir",
+        c,
+    ]);
+    run(&[
+        "tls",
+        "client",
+        "generate",
+        "--ca-cert",
+        ca_cert.to_str().unwrap(),
+        "--ca-key",
+        ca_key.to_str().unwrap(),
+        "--output-dir",
+        c,
+    ]);
+    let consul = ConsulStandIn::start_tls(StandInTls {
+        cert: &certs.join("server_cert.pem"),
+        key: &certs.join("server_key.pem"),
+        client_ca: Some(&ca_cert),
+    });
+    consul.set_service("tls-1", service_json("tls-1", "secure", &[], 443));
+    node.append_config(&format!(
+        "[consul.client]\naddr = \"{}\"\npoll_interval = \"100ms\"\n[consul.client.tls]\nca_file = \"{}\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        consul.addr,
+        ca_cert.display(),
+        certs.join("client_cert.pem").display(),
+        certs.join("client_key.pem").display(),
+    ));
+    let agent = node.start();
+    await_some(Duration::from_secs(10), "mirrored over mutual TLS", || {
+        (catalog(&agent, "secure").len() == 1).then_some(())
+    });
+}
+
+#[test]
+fn an_in_process_write_reaches_a_peer_and_nodes_know_each_other() {
+    let dir = tempfile::tempdir().unwrap();
+    let a_node = discovery_node(&dir.path().join("a"), "node-a", None, "");
+    let a = a_node.start();
+    let b_node = joining(&dir.path().join("b"), "node-b", &a, None);
+    let b = b_node.start();
+    // Each agent's node row is written in-process (no HTTP handler): it
+    // reaching the other agent shows the store broadcasts every commit.
+    for agent in [&a, &b] {
+        await_some(Duration::from_secs(10), "both node rows everywhere", || {
+            let nodes: Vec<String> = get_json(agent, "/v1/catalog/nodes")
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["Node"].as_str().unwrap().to_string())
+                .collect();
+            (nodes == ["node-a", "node-b"]).then_some(())
+        });
+    }
+    let members = get_json(&a, "/v1/agent/members");
+    let names: Vec<&str> = members
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["node-a", "node-b"]);
+}
+
+#[test]
+fn two_live_agents_with_one_node_name_hold_the_newer_bridge() {
+    let older_consul = ConsulStandIn::start();
+    older_consul.set_service("from-older", service_json("from-older", "svc", &[], 1));
+    let newer_consul = ConsulStandIn::start();
+    newer_consul.set_service("from-newer", service_json("from-newer", "svc", &[], 2));
+    let dir = tempfile::tempdir().unwrap();
+    let a_node = discovery_node(&dir.path().join("a"), "same-host", Some(&older_consul), "");
+    let a = a_node.start();
+    await_some(Duration::from_secs(10), "older mirrored", || {
+        (catalog(&a, "svc").len() == 1).then_some(())
+    });
+    std::thread::sleep(Duration::from_millis(20));
+    let b_node = joining(&dir.path().join("b"), "same-host", &a, Some(&newer_consul));
+    let b = b_node.start();
+    a.expect("started later, claims this node name");
+    b.expect("started earlier, claims this node name");
+    b.expect("consul bridge held");
+    let seen = newer_consul.requests();
+    await_some(
+        Duration::from_secs(10),
+        "the newer bridge keeps polling",
+        || (newer_consul.requests() >= seen + 6).then_some(()),
+    );
+    for agent in [&a, &b] {
+        let ids: Vec<String> = catalog(agent, "svc").into_iter().map(|e| e.1).collect();
+        assert_eq!(ids, ["from-older"], "the newer agent's bridge wrote");
+    }
+}
