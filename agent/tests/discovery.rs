@@ -439,3 +439,323 @@ fn two_live_agents_with_one_node_name_hold_the_newer_bridge() {
         assert_eq!(ids, ["from-older"], "the newer agent's bridge wrote");
     }
 }
+
+/// Three agents, the first mirroring `consul`; all with `extra` in
+/// `[consul]`. Returns nodes and agents, A first.
+fn three(dir: &std::path::Path, consul: &ConsulStandIn, extra: &str) -> (Vec<Node>, Vec<Agent>) {
+    let a_node = discovery_node(&dir.join("a"), "host-a", Some(consul), extra);
+    let a = a_node.start();
+    let mut nodes = vec![a_node];
+    let mut agents = vec![a];
+    for name in ["host-b", "host-c"] {
+        let n = Node::joining(&dir.join(name), &agents[0]);
+        n.with_consul_schema();
+        n.append_config(&format!("[consul]\nnode_name = \"{name}\"\n{extra}\n"));
+        agents.push(n.start());
+        nodes.push(n);
+    }
+    (nodes, agents)
+}
+
+#[test]
+fn a_killed_node_turns_critical_everywhere_and_comes_back() {
+    let consul = ConsulStandIn::start();
+    consul.set_service("web-a", service_json("web-a", "web", &[], 80));
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, mut agents) = three(dir.path(), &consul, "");
+    for agent in &agents {
+        await_some(Duration::from_secs(15), "web-a passing everywhere", || {
+            (health(agent, "web") == [("host-a".into(), "web-a".into(), "passing".into())])
+                .then_some(())
+        });
+    }
+    let killed = Instant::now();
+    let mut a = agents.remove(0);
+    a.child.kill().unwrap();
+    let _ = a.child.wait();
+    for agent in &agents {
+        await_some(
+            Duration::from_secs(15),
+            "web-a critical on the others",
+            || (health(agent, "web")[0].2 == "critical").then_some(()),
+        );
+        let passing = get_json(agent, "/v1/health/service/web?passing");
+        assert_eq!(passing, serde_json::json!([]), "?passing must drop it");
+        let checks = get_json(agent, "/v1/health/node/host-a");
+        assert_eq!(checks[0]["CheckID"], "serfHealth");
+        assert_eq!(checks[0]["Status"], "critical");
+    }
+    println!(
+        "critical on both others {:?} after kill -9",
+        killed.elapsed()
+    );
+    // The rows stay: nobody deleted them.
+    assert_eq!(catalog(&agents[0], "web").len(), 1);
+    let a = nodes[0].start();
+    for agent in agents.iter().chain([&a]) {
+        await_some(Duration::from_secs(15), "web-a passing again", || {
+            (health(agent, "web")[0].2 == "passing").then_some(())
+        });
+    }
+}
+
+#[test]
+fn a_node_down_longer_than_reap_after_is_reaped_and_republishes_on_return() {
+    let consul = ConsulStandIn::start();
+    consul.set_service("web-a", service_json("web-a", "web", &[], 80));
+    let dir = tempfile::tempdir().unwrap();
+    let (nodes, mut agents) = three(dir.path(), &consul, "reap_after = \"2s\"");
+    await_some(Duration::from_secs(15), "web-a on C", || {
+        (catalog(&agents[2], "web").len() == 1).then_some(())
+    });
+    let mut a = agents.remove(0);
+    a.child.kill().unwrap();
+    let _ = a.child.wait();
+    for agent in &agents {
+        await_some(Duration::from_secs(30), "host-a reaped", || {
+            let nodes = get_json(agent, "/v1/catalog/nodes");
+            let names: Vec<&str> = nodes
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|n| n["Node"].as_str().unwrap())
+                .collect();
+            (names == ["host-b", "host-c"] && catalog(agent, "web").is_empty()).then_some(())
+        });
+    }
+    let _a = nodes[0].start();
+    for agent in &agents {
+        await_some(Duration::from_secs(15), "host-a republished", || {
+            (catalog(agent, "web").len() == 1).then_some(())
+        });
+    }
+}
+
+fn index_of(r: &reqwest::blocking::Response) -> u64 {
+    r.headers()["x-consul-index"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn blocking_queries_wake_only_for_their_own_answer_and_the_index_survives_restarts() {
+    let consul = ConsulStandIn::start();
+    consul.set_service("web-1", service_json("web-1", "web", &["v1"], 80));
+    consul.set_service("db-1", service_json("db-1", "db", &[], 5432));
+    consul.set_check(
+        "service:web-1",
+        check_json("service:web-1", "web-1", "passing", "ok"),
+    );
+    consul.set_check(
+        "service:db-1",
+        check_json("service:db-1", "db-1", "passing", "ok"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let node = discovery_node(dir.path(), "host-a", Some(&consul), "");
+    let agent = node.start();
+    await_some(Duration::from_secs(10), "both mirrored", || {
+        (catalog(&agent, "web").len() == 1 && catalog(&agent, "db").len() == 1).then_some(())
+    });
+    let first = get(&agent, "/v1/health/service/web");
+    assert_eq!(first.headers()["x-consul-knownleader"], "true");
+    assert_eq!(first.headers()["x-consul-lastcontact"], "0");
+    let index = index_of(&first);
+    let body: Value = first.json().unwrap();
+
+    // Unrelated changes (another service's check, this check's output)
+    // never wake the query: it returns at its deadline, unchanged.
+    let url = agent.url(&format!("/v1/health/service/web?index={index}&wait=3s"));
+    let waiter = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = reqwest::blocking::get(url).unwrap();
+        (t.elapsed(), r.json::<Value>().unwrap())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    consul.set_check(
+        "service:db-1",
+        check_json("service:db-1", "db-1", "critical", "down"),
+    );
+    consul.set_check(
+        "service:web-1",
+        check_json("service:web-1", "web-1", "passing", "other output"),
+    );
+    await_some(Duration::from_secs(10), "db critical", || {
+        (health(&agent, "db")[0].2 == "critical").then_some(())
+    });
+    let (took, same) = waiter.join().unwrap();
+    assert_eq!(same, body, "an unrelated change altered the answer");
+    assert!(
+        took >= Duration::from_secs(3),
+        "returned early after {took:?}"
+    );
+
+    // A change to its own answer wakes it.
+    let url = agent.url(&format!("/v1/health/service/web?index={index}&wait=60s"));
+    let waiter = std::thread::spawn(move || {
+        let r = reqwest::blocking::get(url).unwrap();
+        let i = index_of(&r);
+        (i, r.json::<Value>().unwrap())
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    consul.set_service("web-1", service_json("web-1", "web", &["v2"], 80));
+    let (new_index, changed) = waiter.join().unwrap();
+    assert_eq!(changed[0]["Service"]["Tags"], serde_json::json!(["v2"]));
+    assert!(new_index > index);
+
+    // A stale index answers at once.
+    let r = get(
+        &agent,
+        &format!("/v1/health/service/web?index={}&wait=60s", index - 1),
+    );
+    assert_eq!(index_of(&r), new_index);
+
+    // The index never goes back across a restart.
+    let before = index_of(&get(&agent, "/v1/catalog/nodes"));
+    agent.stop();
+    let agent = node.start();
+    let after = index_of(&get(&agent, "/v1/catalog/nodes"));
+    assert!(after > before, "{after} > {before}");
+}
+
+#[test]
+fn consul_routes_refuse_bad_input_with_consuls_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::new(dir.path(), "authz.bearer-token = \"s3cret\"");
+    node.with_consul_schema();
+    node.append_config("[consul]\nnode_name = \"host-a\"\n");
+    let agent = node.start();
+    let client = reqwest::blocking::Client::new();
+    let status = |path: &str, token: Option<(&str, &str)>| {
+        let mut r = client.get(agent.url(path));
+        if let Some((h, v)) = token {
+            r = r.header(h, v);
+        }
+        r.send().unwrap().status().as_u16()
+    };
+    let ok = Some(("X-Consul-Token", "s3cret"));
+    assert_eq!(status("/v1/catalog/nodes", None), 403);
+    assert_eq!(
+        status("/v1/catalog/nodes", Some(("X-Consul-Token", "wrong"))),
+        403
+    );
+    assert_eq!(status("/v1/catalog/nodes", ok), 200);
+    assert_eq!(
+        status(
+            "/v1/catalog/nodes",
+            Some(("Authorization", "Bearer s3cret"))
+        ),
+        200
+    );
+    assert_eq!(status("/v1/catalog/nodes?token=s3cret", None), 200);
+    assert_eq!(
+        status("/v1/members", Some(("X-Consul-Token", "s3cret"))),
+        401,
+        "our own routes keep the bearer scheme"
+    );
+    for (path, want) in [
+        ("/v1/catalog/nope", 404),
+        ("/v1/health/service/web?wait=10", 400),
+        ("/v1/health/service/web?index=abc", 400),
+        ("/v1/health/service/web?passing=maybe", 400),
+        ("/v1/health/state/bogus", 400),
+        ("/v1/catalog/nodes?dc=dc2", 500),
+        ("/v1/catalog/nodes?dc=dc1", 200),
+        (
+            "/v1/health/service/web?filter=Service.Nope%20%3D%3D%20x",
+            400,
+        ),
+        (
+            "/v1/health/service/web?filter=Service.Service%20%3D%3D",
+            400,
+        ),
+        ("/v1/health/service/web?near=other-node", 400),
+        (
+            "/v1/health/service/web?near=_agent&stale&cached&consistent",
+            200,
+        ),
+        ("/v1/catalog/node/unknown", 200),
+    ] {
+        assert_eq!(status(path, ok), want, "{path}");
+    }
+    let r = client
+        .get(agent.url("/v1/health/service/web?filter=Service.Nope%20%3D%3D%20x"))
+        .header("X-Consul-Token", "s3cret")
+        .send()
+        .unwrap();
+    assert!(
+        r.text().unwrap().contains("Nope"),
+        "the message names the selector"
+    );
+    let r = client
+        .get(agent.url("/v1/catalog/node/unknown"))
+        .header("X-Consul-Token", "s3cret")
+        .send()
+        .unwrap();
+    assert_eq!(r.text().unwrap(), "null");
+}
+
+#[test]
+fn query_parameters_filter_as_consul_does() {
+    let consul = ConsulStandIn::start();
+    consul.set_service(
+        "web-1",
+        service_json("web-1", "web", &["v1", "primary"], 80),
+    );
+    consul.set_service("web-2", service_json("web-2", "web", &["v1"], 81));
+    consul.set_service("web-3", service_json("web-3", "web", &["v2"], 82));
+    consul.set_check("c2", check_json("c2", "web-2", "warning", ""));
+    consul.set_check("c3", check_json("c3", "web-3", "critical", ""));
+    let dir = tempfile::tempdir().unwrap();
+    let node = discovery_node(
+        dir.path(),
+        "host-a",
+        Some(&consul),
+        "[consul.node_meta]\nrack = \"r1\"\n",
+    );
+    let agent = node.start();
+    await_some(Duration::from_secs(10), "3 instances", || {
+        (catalog(&agent, "web").len() == 3).then_some(())
+    });
+    let ids = |path: &str| -> Vec<String> {
+        get_json(&agent, path)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| {
+                e["Service"]["ID"]
+                    .as_str()
+                    .or(e["ServiceID"].as_str())
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    };
+    assert_eq!(ids("/v1/health/service/web?passing"), ["web-1"]);
+    assert_eq!(
+        ids("/v1/health/service/web?passing=false"),
+        ["web-1", "web-2", "web-3"]
+    );
+    assert_eq!(ids("/v1/health/service/web?tag=v1"), ["web-1", "web-2"]);
+    assert_eq!(ids("/v1/health/service/web?tag=v1&tag=primary"), ["web-1"]);
+    assert_eq!(ids("/v1/catalog/service/web?tag=v2"), ["web-3"]);
+    assert_eq!(ids("/v1/health/service/web?node-meta=rack:r1").len(), 3);
+    assert!(ids("/v1/health/service/web?node-meta=rack:r2").is_empty());
+    assert_eq!(
+        ids("/v1/health/service/web?filter=%22primary%22%20in%20Service.Tags"),
+        ["web-1"]
+    );
+    assert_eq!(
+        ids("/v1/health/service/web?filter=Checks.Status%20%3D%3D%20critical"),
+        ["web-3"]
+    );
+    let services = get_json(&agent, "/v1/catalog/services");
+    assert_eq!(services["web"], serde_json::json!(["primary", "v1", "v2"]));
+    let warning = get_json(&agent, "/v1/health/state/warning");
+    assert_eq!(warning.as_array().unwrap().len(), 1);
+    assert_eq!(warning[0]["ServiceTags"], serde_json::json!(["v1"]));
+    let node_view = get_json(&agent, "/v1/catalog/node/host-a");
+    assert_eq!(node_view["Node"]["Meta"]["rack"], "r1");
+    assert_eq!(node_view["Services"].as_object().unwrap().len(), 3);
+}

@@ -288,10 +288,23 @@ impl Index {
             .keys()
             .map(|n| (n.clone(), self.liveness(n)))
             .collect();
-        self.members = members
-            .into_iter()
-            .map(|(a, s, rtt)| (a, (s, rtt)))
-            .collect();
+        // One actor can appear twice (a restarted agent's old incarnation
+        // is down while the new one is alive): the liveliest entry counts.
+        let rank = |s: MemberState| match s {
+            MemberState::Alive => 2,
+            MemberState::Suspect => 1,
+            MemberState::Down => 0,
+        };
+        let mut map: HashMap<String, (MemberState, Option<f64>)> = HashMap::new();
+        for (a, s, rtt) in members {
+            match map.get(&a) {
+                Some((old, _)) if rank(*old) >= rank(s) => {}
+                _ => {
+                    map.insert(a, (s, rtt));
+                }
+            }
+        }
+        self.members = map;
         self.settled = settled;
         for (node, was) in before {
             if self.liveness(&node) != was {

@@ -111,27 +111,31 @@ fn prepare(st: &ApiState, query: Option<&str>) -> Result<(Discovery, Params), Re
     Ok((d, p))
 }
 
-/// The compiled `?filter=` (400 naming the unsupported part), after
-/// checking `?near=` where the route sorts by it.
+/// The compiled `?filter=` (400 naming the unsupported part, its selectors
+/// checked against the route's entry `shape`), after checking `?near=`
+/// where the route sorts by it.
 #[expect(clippy::result_large_err, reason = "the error is the response to send")]
 fn filter_and_near(
     p: &Params,
     d: &Discovery,
     near: bool,
+    shape: render::Shape,
 ) -> Result<Option<filter::Expr>, Response> {
     if near {
         check_near(p, d)?;
     }
-    p.filter
-        .as_deref()
-        .map(filter::parse)
-        .transpose()
-        .map_err(|e| {
-            text_error(
-                StatusCode::BAD_REQUEST,
-                format!("Failed to create boolean expression evaluator: {e}"),
-            )
-        })
+    let bad = |e: String| {
+        text_error(
+            StatusCode::BAD_REQUEST,
+            format!("Failed to create boolean expression evaluator: {e}"),
+        )
+    };
+    let Some(text) = p.filter.as_deref() else {
+        return Ok(None);
+    };
+    let e = filter::parse(text).map_err(bad)?;
+    filter::eval(&e, &render::sample(shape)).map_err(bad)?;
+    Ok(Some(e))
 }
 
 /// Applies a filter to a JSON list (an evaluation error is the caller's 400).
@@ -198,7 +202,7 @@ async fn catalog_services(State(st): State<ApiState>, RawQuery(q): RawQuery) -> 
         Ok(x) => x,
         Err(r) => return r,
     };
-    let f = match filter_and_near(&p, &d, false) {
+    let f = match filter_and_near(&p, &d, false, render::Shape::CatalogEntry) {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -239,7 +243,7 @@ async fn catalog_service(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let f = match filter_and_near(&p, &d, true) {
+    let f = match filter_and_near(&p, &d, true, render::Shape::CatalogEntry) {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -260,7 +264,7 @@ async fn catalog_nodes(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Res
         Ok(x) => x,
         Err(r) => return r,
     };
-    let f = match filter_and_near(&p, &d, true) {
+    let f = match filter_and_near(&p, &d, true, render::Shape::Node) {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -287,7 +291,7 @@ async fn catalog_node(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let f = match filter_and_near(&p, &d, false) {
+    let f = match filter_and_near(&p, &d, false, render::Shape::Service) {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -339,7 +343,7 @@ async fn health_service(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let f = match filter_and_near(&p, &d, true) {
+    let f = match filter_and_near(&p, &d, true, render::Shape::HealthEntry) {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -366,7 +370,7 @@ async fn health_checks(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let f = match filter_and_near(&p, &d, true) {
+    let f = match filter_and_near(&p, &d, true, render::Shape::Check) {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -396,7 +400,7 @@ async fn health_node(
         Ok(x) => x,
         Err(r) => return r,
     };
-    let f = match filter_and_near(&p, &d, false) {
+    let f = match filter_and_near(&p, &d, false, render::Shape::Check) {
         Ok(f) => f,
         Err(r) => return r,
     };
@@ -434,7 +438,7 @@ async fn health_state(
             );
         }
     };
-    let f = match filter_and_near(&p, &d, true) {
+    let f = match filter_and_near(&p, &d, true, render::Shape::Check) {
         Ok(f) => f,
         Err(r) => return r,
     };

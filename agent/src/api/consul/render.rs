@@ -205,3 +205,68 @@ pub(crate) fn catalog_entry(index: &Index, inst: &Instance, dc: &str) -> Value {
         "ModifyIndex": i,
     })
 }
+
+/// The entry shapes filters run against, for checking a filter's selectors
+/// even when there is no entry to run it on.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Shape {
+    HealthEntry,
+    CatalogEntry,
+    Node,
+    Service,
+    Check,
+}
+
+/// A full entry of `shape` (every field present) built from placeholder rows.
+pub(crate) fn sample(shape: Shape) -> Value {
+    use corro_catalog::{Liveness, Status};
+    let index = Index::new("", 1);
+    let node = Arc::new(Node {
+        node: "n".into(),
+        actor_id: String::new(),
+        address: "127.0.0.1".into(),
+        datacenter: "dc1".into(),
+        meta: Default::default(),
+        updated_at: 0,
+    });
+    let svc = Arc::new(Service {
+        node: "n".into(),
+        id: "s".into(),
+        name: "s".into(),
+        tags: vec![],
+        meta: Default::default(),
+        port: 0,
+        address: String::new(),
+        weights: Default::default(),
+        tagged_addresses: Default::default(),
+        updated_at: 0,
+        source: None,
+    });
+    let check = Arc::new(Check {
+        node: "n".into(),
+        id: "c".into(),
+        service_id: "s".into(),
+        service_name: "s".into(),
+        name: "c".into(),
+        status: Status::Passing,
+        output: String::new(),
+        notes: String::new(),
+        kind: String::new(),
+        updated_at: 0,
+        source: None,
+    });
+    let inst = Instance {
+        service: svc.clone(),
+        node: Some(node.clone()),
+        checks: vec![check.clone()],
+        status: Status::Passing,
+        liveness: Liveness::Alive,
+    };
+    match shape {
+        Shape::HealthEntry => health_entry(&index, &inst, "dc1"),
+        Shape::CatalogEntry => catalog_entry(&index, &inst, "dc1"),
+        Shape::Node => self::node(&index, &node),
+        Shape::Service => service(&index, &svc),
+        Shape::Check => self::check(&index, &check, &[]),
+    }
+}
