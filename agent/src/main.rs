@@ -90,6 +90,11 @@ enum Command {
         #[command(subcommand)]
         cmd: ClusterCommand,
     },
+    /// Consul commands
+    Consul {
+        #[command(subcommand)]
+        cmd: ConsulCommand,
+    },
     /// Tls-related commands
     Tls {
         #[command(subcommand)]
@@ -113,6 +118,13 @@ enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ConsulCommand {
+    /// Mirror the local Consul agent's services and checks into the agent
+    /// (the bridge as a separate process; `[consul.client]` in the config)
+    Sync,
 }
 
 #[derive(Subcommand)]
@@ -285,6 +297,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Backup { path } => {
             logging::init_client();
             commands::backup(&config_of(config)?.db.path, &path)
+        }
+        Command::Consul {
+            cmd: ConsulCommand::Sync,
+        } => {
+            let config = config_of(config)?;
+            logging::init_agent(&config.log);
+            runtime()?.block_on(consul::sync_command::run(&config, token))
         }
         Command::Tls { .. } => unreachable!("handled above"),
         Command::Restore {

@@ -759,3 +759,49 @@ fn query_parameters_filter_as_consul_does() {
     assert_eq!(node_view["Node"]["Meta"]["rack"], "r1");
     assert_eq!(node_view["Services"].as_object().unwrap().len(), 3);
 }
+
+#[test]
+fn consul_sync_runs_the_bridge_as_a_separate_process() {
+    let consul = ConsulStandIn::start();
+    consul.set_service("web-1", service_json("web-1", "web", &["v1"], 80));
+    consul.set_check(
+        "service:web-1",
+        check_json("service:web-1", "web-1", "warning", "slow"),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let node = discovery_node(dir.path(), "host-a", None, "");
+    let agent = node.start();
+    // The sync process reads the same config plus [consul.client], and
+    // reaches the agent through its HTTP API.
+    let text = std::fs::read_to_string(&node.config).unwrap().replace(
+        "[api]\naddr = \"127.0.0.1:0\"",
+        &format!("[api]\naddr = \"{}\"", agent.api),
+    );
+    let sync_config = dir.path().join("sync.toml");
+    std::fs::write(
+        &sync_config,
+        format!(
+            "{text}\n[consul.client]\naddr = \"{}\"\npoll_interval = \"100ms\"\n",
+            consul.addr
+        ),
+    )
+    .unwrap();
+    let mut sync = std::process::Command::new(common::BIN)
+        .args(["-c", sync_config.to_str().unwrap(), "consul", "sync"])
+        .env("NO_COLOR", "1")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    await_some(Duration::from_secs(10), "mirrored by consul sync", || {
+        (health(&agent, "web") == [("host-a".into(), "web-1".into(), "warning".into())])
+            .then_some(())
+    });
+    consul.remove_service("web-1");
+    consul.remove_check("service:web-1");
+    await_some(Duration::from_secs(10), "removed by consul sync", || {
+        catalog(&agent, "web").is_empty().then_some(())
+    });
+    let _ = sync.kill();
+    let _ = sync.wait();
+}

@@ -19,10 +19,19 @@ use common::consul::{ConsulStandIn, check_json, service_json};
 #[test]
 fn py_consul_reads_and_blocks_against_a_three_agent_cluster() {
     let consul = ConsulStandIn::start();
-    consul.set_service("web-1", service_json("web-1", "web", &["v1", "primary"], 8080));
+    consul.set_service(
+        "web-1",
+        service_json("web-1", "web", &["v1", "primary"], 8080),
+    );
     consul.set_service("web-2", service_json("web-2", "web", &["v1"], 8081));
-    consul.set_check("service:web-1", check_json("service:web-1", "web-1", "passing", "ok"));
-    consul.set_check("service:web-2", check_json("service:web-2", "web-2", "critical", "down"));
+    consul.set_check(
+        "service:web-1",
+        check_json("service:web-1", "web-1", "passing", "ok"),
+    );
+    consul.set_check(
+        "service:web-2",
+        check_json("service:web-2", "web-2", "critical", "down"),
+    );
     let dir = tempfile::tempdir().unwrap();
     let a_node = Node::new(&dir.path().join("a"), "");
     a_node.with_consul_schema();
@@ -56,7 +65,11 @@ fn py_consul_reads_and_blocks_against_a_three_agent_cluster() {
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/consul_client.py");
     let mut child = Command::new("python3")
         .arg(&script)
-        .args([a.api.to_string(), others[0].0.api.to_string(), c.api.to_string()])
+        .args([
+            a.api.to_string(),
+            others[0].0.api.to_string(),
+            c.api.to_string(),
+        ])
         .stdout(Stdio::piped())
         .spawn()
         .expect("python3");
@@ -70,10 +83,16 @@ fn py_consul_reads_and_blocks_against_a_three_agent_cluster() {
             // Once the client's request is held on C, change A's check.
             let deadline = Instant::now() + Duration::from_secs(10);
             while c.counter("corro_consul_blocking_queries") < 1.0 {
-                assert!(Instant::now() < deadline, "the blocking query never arrived");
+                assert!(
+                    Instant::now() < deadline,
+                    "the blocking query never arrived"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
-            consul.set_check("service:web-1", check_json("service:web-1", "web-1", "warning", "slow"));
+            consul.set_check(
+                "service:web-1",
+                check_json("service:web-1", "web-1", "warning", "slow"),
+            );
         }
     }
     let status = child.wait().unwrap();

@@ -23,6 +23,7 @@
 
 pub(crate) mod bridge;
 pub(crate) mod duration;
+pub(crate) mod sync_command;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
