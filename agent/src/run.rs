@@ -244,6 +244,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         cluster: Some(cluster.clone()),
         subs: Some(subs),
         discovery: Some(discovery),
+        answers: Default::default(),
         stop: stop_rx.clone(),
     };
     let consul_task = match config.consul.http_addr {

@@ -6,6 +6,7 @@
 #![allow(clippy::print_stdout)]
 
 mod cluster;
+mod consul;
 mod limits;
 mod store;
 mod subs;
@@ -38,6 +39,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cluster::ClusterCmd,
     },
+    /// Discovery through real agents: Consul API throughput vs nginx,
+    /// blocking-query wake-up, held queries, failover to critical.
+    Consul {
+        #[command(subcommand)]
+        cmd: consul::ConsulCmd,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,5 +54,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::StoreLimits(args) => limits::run(args),
         Cmd::Cluster { cmd } => cluster::run(cmd),
         Cmd::Subs(args) => subs::run(args),
+        Cmd::Consul { cmd } => consul::run(cmd),
     }
 }

@@ -65,7 +65,8 @@ pub struct Index {
     by_name: BTreeMap<String, BTreeSet<Key>>,
     node_services: BTreeMap<String, BTreeSet<String>>,
     checks: BTreeMap<Key, Arc<Check>>,
-    node_checks: BTreeMap<String, BTreeSet<String>>,
+    /// Checks by (node, service id; "" for node-level checks), then id.
+    by_target: BTreeMap<Key, BTreeMap<String, Arc<Check>>>,
     nodes: BTreeMap<String, Arc<Node>>,
     claims: BTreeMap<Key, i64>,
     members: HashMap<String, (MemberState, Option<f64>)>,
@@ -89,7 +90,7 @@ impl Index {
             by_name: BTreeMap::new(),
             node_services: BTreeMap::new(),
             checks: BTreeMap::new(),
-            node_checks: BTreeMap::new(),
+            by_target: BTreeMap::new(),
             nodes: BTreeMap::new(),
             claims: BTreeMap::new(),
             members: HashMap::new(),
@@ -217,11 +218,12 @@ impl Index {
         }
         self.remove_check(&c.node, &c.id);
         self.touch_check(&c.node, &c.service_id, &c.service_name);
-        self.node_checks
-            .entry(c.node.clone())
+        let c = Arc::new(c);
+        self.by_target
+            .entry((c.node.clone(), c.service_id.clone()))
             .or_default()
-            .insert(c.id.clone());
-        self.checks.insert(key, Arc::new(c));
+            .insert(c.id.clone(), c.clone());
+        self.checks.insert(key, c);
     }
 
     pub fn remove_check(&mut self, node: &str, id: &str) {
@@ -230,7 +232,13 @@ impl Index {
             return;
         };
         self.touch_check(node, &old.service_id, &old.service_name);
-        remove_from(&mut self.node_checks, node, &id.to_string());
+        let target = (node.to_string(), old.service_id.clone());
+        if let Some(m) = self.by_target.get_mut(&target) {
+            m.remove(id);
+            if m.is_empty() {
+                self.by_target.remove(&target);
+            }
+        }
     }
 
     fn touch_whole_node(&mut self, node: &str) {
@@ -391,11 +399,13 @@ impl Index {
 
     /// Joins a service row with its node and checks.
     pub fn instance(&self, s: &Arc<Service>) -> Instance {
-        let checks: Vec<Arc<Check>> = self
-            .node_checks(&s.node)
-            .into_iter()
-            .filter(|c| c.service_id.is_empty() || c.service_id == s.id)
+        let mut checks: Vec<Arc<Check>> = self.serf_check(&s.node).into_iter().collect();
+        let mut own: Vec<&Arc<Check>> = self
+            .targeted(&s.node, "")
+            .chain(self.targeted(&s.node, &s.id))
             .collect();
+        own.sort_by(|a, b| a.id.cmp(&b.id));
+        checks.extend(own.into_iter().cloned());
         let status = health::aggregate(checks.iter().map(|c| (c.id.as_str(), c.status)));
         Instance {
             service: s.clone(),
@@ -406,17 +416,30 @@ impl Index {
         }
     }
 
+    /// The checks of `node` for `service_id` ("" for node-level ones).
+    fn targeted<'a>(
+        &'a self,
+        node: &str,
+        service_id: &str,
+    ) -> impl Iterator<Item = &'a Arc<Check>> + 'a {
+        self.by_target
+            .get(&(node.to_string(), service_id.to_string()))
+            .into_iter()
+            .flat_map(|m| m.values())
+    }
+
+    /// Every check row of `node`, by id.
+    fn node_check_rows<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Arc<Check>> + 'a {
+        self.checks
+            .range((node.to_string(), String::new())..)
+            .take_while(move |((n, _), _)| n == node)
+            .map(|(_, c)| c)
+    }
+
     /// Every check of `node`, its `serfHealth` first when the node has a row.
     pub fn node_checks(&self, node: &str) -> Vec<Arc<Check>> {
         let mut out: Vec<Arc<Check>> = self.serf_check(node).into_iter().collect();
-        out.extend(
-            self.node_checks
-                .get(node)
-                .into_iter()
-                .flatten()
-                .filter_map(|id| self.checks.get(&(node.to_string(), id.clone())))
-                .cloned(),
-        );
+        out.extend(self.node_check_rows(node).cloned());
         out
     }
 
@@ -450,7 +473,11 @@ impl Index {
     /// Every check in the catalog (synthetic `serfHealth` ones included),
     /// by node then id.
     pub fn all_checks(&self) -> Vec<Arc<Check>> {
-        let nodes: BTreeSet<&String> = self.nodes.keys().chain(self.node_checks.keys()).collect();
+        let nodes: BTreeSet<&String> = self
+            .nodes
+            .keys()
+            .chain(self.checks.keys().map(|(n, _)| n))
+            .collect();
         nodes
             .into_iter()
             .flat_map(|n| self.node_checks(n))
@@ -464,15 +491,7 @@ impl Index {
             .get(name)
             .into_iter()
             .flatten()
-            .flat_map(|(node, id)| {
-                self.node_checks
-                    .get(node)
-                    .into_iter()
-                    .flatten()
-                    .filter_map(move |cid| self.checks.get(&(node.clone(), cid.clone())))
-                    .filter(move |c| &c.service_id == id)
-                    .cloned()
-            })
+            .flat_map(|(node, id)| self.targeted(node, id).cloned())
             .collect()
     }
 

@@ -262,6 +262,25 @@ fn compare(
     }
 }
 
+/// Each service's full answer (instances with nodes, checks, health) and
+/// its topic index.
+fn answers(catalog: &Catalog) -> Vec<(String, (u64, String))> {
+    let index = catalog.read();
+    NAMES
+        .iter()
+        .map(|name| {
+            let topic = Topic::Service(name.to_string());
+            (
+                name.to_string(),
+                (
+                    index.topic_index(&[topic]),
+                    format!("{:?}", index.instances(name)),
+                ),
+            )
+        })
+        .collect()
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 48, .. ProptestConfig::default() })]
 
@@ -271,6 +290,7 @@ proptest! {
         let catalog = Catalog::open(&store, None).unwrap();
         let mut members = Vec::new();
         let mut settled = false;
+        let mut seen = answers(&catalog);
         for (i, op) in ops.iter().enumerate() {
             if let Some((m, s)) = apply(&store, op) {
                 members = m;
@@ -282,6 +302,13 @@ proptest! {
             if i % 3 == 0 {
                 catalog.process_pending().unwrap();
                 compare(&store, &catalog, &members, settled);
+                // Whatever answer changed, its topic's index moved (what
+                // blocking queries and cached answers rely on).
+                let now = answers(&catalog);
+                for ((name, (was_idx, was)), (_, (idx, is))) in seen.iter().zip(&now) {
+                    prop_assert!(was == is || idx > was_idx, "{name} changed without its index moving");
+                }
+                seen = now;
             }
         }
         catalog.process_pending().unwrap();

@@ -52,6 +52,8 @@ pub(crate) struct ApiState {
     pub subs: Option<corro_subs::Subscriptions>,
     /// The discovery catalog (Consul-compatible routes).
     pub discovery: Option<crate::consul::Discovery>,
+    /// Answers of the Consul routes, by index.
+    pub answers: Arc<consul::AnswerCache>,
     /// Flips on shutdown: long-lived streams end so the server can drain.
     pub stop: tokio::sync::watch::Receiver<bool>,
 }

@@ -12,7 +12,15 @@
 //! Without a change the request returns after `wait` plus up to `wait/16`
 //! of jitter (so watchers started together do not return together), or at
 //! once when the agent shuts down.
+//!
+//! Answers are cached by route, parameters and index: an answer depends
+//! only on the catalog parts its topics name, and any change to those moves
+//! the topics' index, so a cached answer whose index is still current is
+//! exactly what recomputing would give (the catalog's property test checks
+//! that every changed answer moved its index). Polling clients and many
+//! watchers of one service then cost a lookup and a copy.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::http::{StatusCode, header};
@@ -26,6 +34,44 @@ use super::{consul_headers, text_error};
 use crate::api::ApiState;
 use crate::consul::Discovery;
 
+/// Answers by (route, topics, parameters): (index, body).
+#[derive(Default)]
+pub(crate) struct AnswerCache {
+    map: parking_lot::Mutex<HashMap<String, (u64, bytes::Bytes)>>,
+}
+
+/// Cached answers kept at most (the cache is emptied when it fills).
+const CACHE_ENTRIES: usize = 8192;
+
+impl AnswerCache {
+    fn get(&self, key: &str, index: u64) -> Option<bytes::Bytes> {
+        let map = self.map.lock();
+        map.get(key)
+            .filter(|(i, _)| *i == index)
+            .map(|(_, b)| b.clone())
+    }
+
+    fn put(&self, key: String, index: u64, body: bytes::Bytes) {
+        let mut map = self.map.lock();
+        if map.len() >= CACHE_ENTRIES && !map.contains_key(&key) {
+            map.clear();
+        }
+        map.insert(key, (index, body));
+    }
+}
+
+/// The cache key of an answer; `None` when the answer depends on more than
+/// the catalog (round-trip times for `near`).
+fn cache_key(route: &str, topics: &[Topic], p: &Params) -> Option<String> {
+    if p.near.is_some() {
+        return None;
+    }
+    Some(format!(
+        "{route}|{topics:?}|{:?}|{:?}|{}|{:?}|{}",
+        p.tags, p.node_meta, p.passing, p.filter, p.pretty
+    ))
+}
+
 fn encode(p: &Params, v: &Value) -> Vec<u8> {
     let r = if p.pretty {
         serde_json::to_vec_pretty(v)
@@ -35,11 +81,11 @@ fn encode(p: &Params, v: &Value) -> Vec<u8> {
     r.unwrap_or_default()
 }
 
-fn json_response(index: Option<u64>, body: Vec<u8>) -> Response {
+fn json_response(index: Option<u64>, body: impl Into<bytes::Bytes>) -> Response {
     let mut resp = (
         StatusCode::OK,
         [(header::CONTENT_TYPE, "application/json")],
-        body,
+        axum::body::Body::from(body.into()),
     )
         .into_response();
     consul_headers(&mut resp, index.unwrap_or(1));
@@ -59,18 +105,27 @@ pub(crate) async fn respond<F>(
     st: &ApiState,
     d: &Discovery,
     p: &Params,
+    route: &'static str,
     topics: Vec<Topic>,
     compute: F,
 ) -> Response
 where
     F: Fn(&Index) -> Result<Value, String>,
 {
-    let eval = || -> Result<(u64, Vec<u8>), String> {
+    let key = cache_key(route, &topics, p);
+    let eval = || -> Result<(u64, bytes::Bytes), String> {
         let index = d.catalog.read();
         let i = index.topic_index(&topics);
+        if let Some(body) = key.as_deref().and_then(|k| st.answers.get(k, i)) {
+            return Ok((i, body));
+        }
         let v = compute(&index)?;
         drop(index);
-        Ok((i, encode(p, &v)))
+        let body = bytes::Bytes::from(encode(p, &v));
+        if let Some(k) = &key {
+            st.answers.put(k.clone(), i, body.clone());
+        }
+        Ok((i, body))
     };
     let (mut at, first) = match eval() {
         Ok(x) => x,

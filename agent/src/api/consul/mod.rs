@@ -31,6 +31,7 @@ use serde_json::{Value, json};
 
 use super::ApiState;
 use crate::consul::Discovery;
+pub(crate) use blocking::AnswerCache;
 use params::Params;
 
 /// The Consul routes (state: the agent's [`ApiState`]).
@@ -207,30 +208,37 @@ async fn catalog_services(State(st): State<ApiState>, RawQuery(q): RawQuery) -> 
         Err(r) => return r,
     };
     let dc = d.node.datacenter.clone();
-    blocking::respond(&st, &d, &p, vec![Topic::Services, Topic::Nodes], |index| {
-        let mut out = serde_json::Map::new();
-        for (name, _) in index.service_names() {
-            let entries: Vec<Value> = index
-                .instances(name)
-                .iter()
-                .filter(|i| node_meta_ok(index, &i.service.node, &p.node_meta))
-                .map(|i| render::catalog_entry(index, i, &dc))
-                .collect();
-            let entries = filtered(&f, entries)?;
-            if entries.is_empty() {
-                continue;
+    blocking::respond(
+        &st,
+        &d,
+        &p,
+        "catalog/services",
+        vec![Topic::Services, Topic::Nodes],
+        |index| {
+            let mut out = serde_json::Map::new();
+            for (name, _) in index.service_names() {
+                let entries: Vec<Value> = index
+                    .instances(name)
+                    .iter()
+                    .filter(|i| node_meta_ok(index, &i.service.node, &p.node_meta))
+                    .map(|i| render::catalog_entry(index, i, &dc))
+                    .collect();
+                let entries = filtered(&f, entries)?;
+                if entries.is_empty() {
+                    continue;
+                }
+                let mut tags: Vec<String> = entries
+                    .iter()
+                    .flat_map(|e| e["ServiceTags"].as_array().cloned().unwrap_or_default())
+                    .filter_map(|t| t.as_str().map(str::to_string))
+                    .collect();
+                tags.sort();
+                tags.dedup();
+                out.insert(name.to_string(), json!(tags));
             }
-            let mut tags: Vec<String> = entries
-                .iter()
-                .flat_map(|e| e["ServiceTags"].as_array().cloned().unwrap_or_default())
-                .filter_map(|t| t.as_str().map(str::to_string))
-                .collect();
-            tags.sort();
-            tags.dedup();
-            out.insert(name.to_string(), json!(tags));
-        }
-        Ok(Value::Object(out))
-    })
+            Ok(Value::Object(out))
+        },
+    )
     .await
 }
 
@@ -249,13 +257,20 @@ async fn catalog_service(
     };
     let dc = d.node.datacenter.clone();
     let d2 = d.clone();
-    blocking::respond(&st, &d, &p, vec![Topic::Service(name.clone())], |index| {
-        let list: Vec<Value> = instances(index, &d2, &p, &name)
-            .iter()
-            .map(|i| render::catalog_entry(index, i, &dc))
-            .collect();
-        Ok(Value::Array(filtered(&f, list)?))
-    })
+    blocking::respond(
+        &st,
+        &d,
+        &p,
+        "catalog/service",
+        vec![Topic::Service(name.clone())],
+        |index| {
+            let list: Vec<Value> = instances(index, &d2, &p, &name)
+                .iter()
+                .map(|i| render::catalog_entry(index, i, &dc))
+                .collect();
+            Ok(Value::Array(filtered(&f, list)?))
+        },
+    )
     .await
 }
 
@@ -269,7 +284,7 @@ async fn catalog_nodes(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Res
         Err(r) => return r,
     };
     let d2 = d.clone();
-    blocking::respond(&st, &d, &p, vec![Topic::Nodes], |index| {
+    blocking::respond(&st, &d, &p, "catalog/nodes", vec![Topic::Nodes], |index| {
         let mut nodes: Vec<_> = index
             .nodes()
             .filter(|n| node_meta_ok(index, &n.node, &p.node_meta))
@@ -296,25 +311,32 @@ async fn catalog_node(
         Err(r) => return r,
     };
     let dc = d.node.datacenter.clone();
-    blocking::respond(&st, &d, &p, vec![Topic::Node(node.clone())], |index| {
-        let services = index.node_instances(&node);
-        let n = match index.node(&node) {
-            Some(n) => render::node(index, n),
-            None if !services.is_empty() => render::bare_node(index, &node, &dc),
-            // Consul answers `null` for a node it does not know.
-            None => return Ok(Value::Null),
-        };
-        let list: Vec<Value> = services
-            .iter()
-            .map(|i| render::service(index, &i.service))
-            .collect();
-        let list = filtered(&f, list)?;
-        let map: serde_json::Map<String, Value> = list
-            .into_iter()
-            .map(|s| (s["ID"].as_str().unwrap_or_default().to_string(), s))
-            .collect();
-        Ok(json!({"Node": n, "Services": map}))
-    })
+    blocking::respond(
+        &st,
+        &d,
+        &p,
+        "catalog/node",
+        vec![Topic::Node(node.clone())],
+        |index| {
+            let services = index.node_instances(&node);
+            let n = match index.node(&node) {
+                Some(n) => render::node(index, n),
+                None if !services.is_empty() => render::bare_node(index, &node, &dc),
+                // Consul answers `null` for a node it does not know.
+                None => return Ok(Value::Null),
+            };
+            let list: Vec<Value> = services
+                .iter()
+                .map(|i| render::service(index, &i.service))
+                .collect();
+            let list = filtered(&f, list)?;
+            let map: serde_json::Map<String, Value> = list
+                .into_iter()
+                .map(|s| (s["ID"].as_str().unwrap_or_default().to_string(), s))
+                .collect();
+            Ok(json!({"Node": n, "Services": map}))
+        },
+    )
     .await
 }
 
@@ -324,13 +346,20 @@ async fn catalog_datacenters(State(st): State<ApiState>, RawQuery(q): RawQuery) 
         Err(r) => return r,
     };
     let dc = d.node.datacenter.clone();
-    blocking::respond(&st, &d, &p, vec![Topic::Nodes], |index| {
-        let mut dcs: Vec<String> = index.nodes().map(|n| n.datacenter.clone()).collect();
-        dcs.push(dc.clone());
-        dcs.sort();
-        dcs.dedup();
-        Ok(json!(dcs))
-    })
+    blocking::respond(
+        &st,
+        &d,
+        &p,
+        "catalog/datacenters",
+        vec![Topic::Nodes],
+        |index| {
+            let mut dcs: Vec<String> = index.nodes().map(|n| n.datacenter.clone()).collect();
+            dcs.push(dc.clone());
+            dcs.sort();
+            dcs.dedup();
+            Ok(json!(dcs))
+        },
+    )
     .await
 }
 
@@ -349,15 +378,22 @@ async fn health_service(
     };
     let dc = d.node.datacenter.clone();
     let d2 = d.clone();
-    blocking::respond(&st, &d, &p, vec![Topic::Service(name.clone())], |index| {
-        let list: Vec<Value> = instances(index, &d2, &p, &name)
-            .iter()
-            // `passing`: every check passing (a warning excludes, as Consul).
-            .filter(|i| !p.passing || i.status == Status::Passing)
-            .map(|i| render::health_entry(index, i, &dc))
-            .collect();
-        Ok(Value::Array(filtered(&f, list)?))
-    })
+    blocking::respond(
+        &st,
+        &d,
+        &p,
+        "health/service",
+        vec![Topic::Service(name.clone())],
+        |index| {
+            let list: Vec<Value> = instances(index, &d2, &p, &name)
+                .iter()
+                // `passing`: every check passing (a warning excludes, as Consul).
+                .filter(|i| !p.passing || i.status == Status::Passing)
+                .map(|i| render::health_entry(index, i, &dc))
+                .collect();
+            Ok(Value::Array(filtered(&f, list)?))
+        },
+    )
     .await
 }
 
@@ -375,19 +411,26 @@ async fn health_checks(
         Err(r) => return r,
     };
     let d2 = d.clone();
-    blocking::respond(&st, &d, &p, vec![Topic::Service(name.clone())], |index| {
-        let mut checks: Vec<_> = index
-            .service_checks(&name)
-            .into_iter()
-            .filter(|c| node_meta_ok(index, &c.node, &p.node_meta))
-            .collect();
-        sort_near(index, &p, &d2, &mut checks, |c| c.node.as_str());
-        let list = checks
-            .iter()
-            .map(|c| render::check(index, c, &render::check_tags(index, c)))
-            .collect();
-        Ok(Value::Array(filtered(&f, list)?))
-    })
+    blocking::respond(
+        &st,
+        &d,
+        &p,
+        "health/checks",
+        vec![Topic::Service(name.clone())],
+        |index| {
+            let mut checks: Vec<_> = index
+                .service_checks(&name)
+                .into_iter()
+                .filter(|c| node_meta_ok(index, &c.node, &p.node_meta))
+                .collect();
+            sort_near(index, &p, &d2, &mut checks, |c| c.node.as_str());
+            let list = checks
+                .iter()
+                .map(|c| render::check(index, c, &render::check_tags(index, c)))
+                .collect();
+            Ok(Value::Array(filtered(&f, list)?))
+        },
+    )
     .await
 }
 
@@ -404,14 +447,21 @@ async fn health_node(
         Ok(f) => f,
         Err(r) => return r,
     };
-    blocking::respond(&st, &d, &p, vec![Topic::Node(node.clone())], |index| {
-        let list = index
-            .node_checks(&node)
-            .iter()
-            .map(|c| render::check(index, c, &render::check_tags(index, c)))
-            .collect();
-        Ok(Value::Array(filtered(&f, list)?))
-    })
+    blocking::respond(
+        &st,
+        &d,
+        &p,
+        "health/node",
+        vec![Topic::Node(node.clone())],
+        |index| {
+            let list = index
+                .node_checks(&node)
+                .iter()
+                .map(|c| render::check(index, c, &render::check_tags(index, c)))
+                .collect();
+            Ok(Value::Array(filtered(&f, list)?))
+        },
+    )
     .await
 }
 
@@ -443,7 +493,7 @@ async fn health_state(
         Err(r) => return r,
     };
     let d2 = d.clone();
-    blocking::respond(&st, &d, &p, vec![Topic::Checks], |index| {
+    blocking::respond(&st, &d, &p, "health/state", vec![Topic::Checks], |index| {
         let mut checks: Vec<_> = index
             .all_checks()
             .into_iter()

@@ -1,0 +1,527 @@
+//! Discovery benchmarks through real agents (issue "Service discovery I"):
+//!
+//! - `http`: `GET /v1/health/service/:name?passing` with wrk (keep-alive)
+//!   on an agent holding 1,000 services x 3 instances, alternating with
+//!   nginx serving a fixed body of the same size in the same run;
+//! - `wake`: a blocking query on agent C woken by a check change written on
+//!   agent A (write -> answer latency, p50/p99);
+//! - `held`: 10,000 blocking queries held on one agent: memory per held
+//!   query, and time until all of them return after one change;
+//! - `failover`: `kill -9` of an agent -> its instances critical in
+//!   `health/service` on the others (p50/max over trials).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use clap::{Args, Subcommand};
+use corro_testkit::{Agent, Node, free_port};
+
+#[derive(Subcommand)]
+pub(crate) enum ConsulCmd {
+    /// health/service?passing req/s and p99 vs nginx (needs wrk and nginx)
+    Http(HttpArgs),
+    /// Blocking-query wake-up after a check change on another agent
+    Wake(WakeArgs),
+    /// Many held blocking queries: memory each, time for all to return
+    Held(HeldArgs),
+    /// kill -9 of an agent -> its instances critical on the others
+    Failover(FailoverArgs),
+}
+
+#[derive(Args)]
+pub(crate) struct HttpArgs {
+    #[arg(long, default_value_t = 1000)]
+    services: u32,
+    #[arg(long, default_value_t = 10)]
+    seconds: u32,
+    #[arg(long, default_value_t = 32)]
+    connections: u32,
+    /// Alternating rounds (each: ours, then nginx).
+    #[arg(long, default_value_t = 2)]
+    rounds: u32,
+}
+
+#[derive(Args)]
+pub(crate) struct WakeArgs {
+    #[arg(long, default_value_t = 200)]
+    trials: u32,
+}
+
+#[derive(Args)]
+pub(crate) struct HeldArgs {
+    #[arg(long, default_value_t = 10_000)]
+    queries: usize,
+}
+
+#[derive(Args)]
+pub(crate) struct FailoverArgs {
+    #[arg(long, default_value_t = 10)]
+    trials: u32,
+    #[arg(long, default_value_t = 3)]
+    agents: usize,
+}
+
+pub(crate) fn run(cmd: ConsulCmd) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    match cmd {
+        ConsulCmd::Http(a) => http(dir.path(), a),
+        ConsulCmd::Wake(a) => wake(dir.path(), a),
+        ConsulCmd::Held(a) => held(dir.path(), a),
+        ConsulCmd::Failover(a) => failover(dir.path(), a),
+    }
+}
+
+fn discovery_node(dir: &Path, name: &str, seed: Option<&Agent>) -> Node {
+    let node = match seed {
+        Some(s) => Node::joining(dir, s),
+        None => Node::new(dir, ""),
+    };
+    node.with_consul_schema();
+    node.append_config(&format!("[consul]\nnode_name = \"{name}\"\n"));
+    node
+}
+
+fn post(agent: &Agent, body: serde_json::Value) -> anyhow::Result<()> {
+    let r = reqwest::blocking::Client::new()
+        .post(agent.url("/v1/transactions"))
+        .json(&body)
+        .send()?;
+    anyhow::ensure!(r.status().is_success(), "write failed: {}", r.text()?);
+    Ok(())
+}
+
+/// `services` services x 3 instances on nodes `node-0..2` (owned by
+/// `actor`, so alive), each instance with one passing check.
+fn load(agent: &Agent, actor: &str, services: u32) -> anyhow::Result<()> {
+    let series = format!(
+        "WITH RECURSIVE s(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM s WHERE x < {}), n(y) AS (VALUES (0), (1), (2))",
+        services - 1
+    );
+    post(
+        agent,
+        serde_json::json!([
+            format!(
+                "INSERT OR REPLACE INTO consul_nodes (node, actor_id, address, datacenter) WITH n(y) AS (VALUES (0), (1), (2)) SELECT 'node-' || y, '{actor}', '10.0.0.' || (y + 1), 'dc1' FROM n"
+            ),
+            format!(
+                "INSERT INTO consul_services (node, id, name, tags, port) {series} SELECT 'node-' || y, 'svc-' || x || '-' || y, 'svc-' || x, '[\"v1\"]', 8000 + y FROM s, n"
+            ),
+            format!(
+                "INSERT INTO consul_checks (node, id, service_id, service_name, name, status, output) {series} SELECT 'node-' || y, 'service:svc-' || x || '-' || y, 'svc-' || x || '-' || y, 'svc-' || x, 'check', 'passing', 'HTTP GET: 200 OK' FROM s, n"
+            ),
+        ]),
+    )
+}
+
+/// Requests/s and p99 (ms) from wrk's output.
+fn wrk(url: &str, script: &Path, secs: u32, conns: u32) -> anyhow::Result<(f64, f64)> {
+    let out = Command::new("wrk")
+        .args([
+            "-t2",
+            &format!("-c{conns}"),
+            &format!("-d{secs}s"),
+            "--latency",
+            "-s",
+        ])
+        .arg(script)
+        .arg(url)
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .ok_or_else(|| anyhow::anyhow!("no Requests/sec in wrk output: {text}"))?;
+    anyhow::ensure!(!text.contains("Non-2xx"), "wrk saw errors: {text}");
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .map(|v| {
+            let v = v.trim();
+            let (num, scale) = if let Some(n) = v.strip_suffix("us") {
+                (n, 0.001)
+            } else if let Some(n) = v.strip_suffix("ms") {
+                (n, 1.0)
+            } else if let Some(n) = v.strip_suffix('s') {
+                (n, 1000.0)
+            } else {
+                (v, 1.0)
+            };
+            num.parse::<f64>().unwrap_or(f64::NAN) * scale
+        })
+        .unwrap_or(f64::NAN);
+    Ok((rps, p99))
+}
+
+fn http(dir: &Path, a: HttpArgs) -> anyhow::Result<()> {
+    let node = discovery_node(&dir.join("a"), "bench", None);
+    let agent = node.start();
+    load(&agent, &agent.actor, a.services)?;
+    let body = loop {
+        let r = reqwest::blocking::get(agent.url("/v1/health/service/svc-1?passing"))?;
+        let body = r.bytes()?;
+        if serde_json::from_slice::<serde_json::Value>(&body)?
+            .as_array()
+            .is_some_and(|l| l.len() == 3)
+        {
+            break body;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    // nginx serving the same bytes from a file, on 2 workers (the cores).
+    let www = dir.join("www");
+    std::fs::create_dir_all(&www)?;
+    std::fs::write(www.join("body.json"), &body)?;
+    let port = free_port();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 2;\ndaemon off;\npid {d}/nginx.pid;\nerror_log {d}/nginx-error.log;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  open_file_cache max=10;\n  server {{\n    listen 127.0.0.1:{port};\n    location / {{ default_type application/json; root {www}; }}\n  }}\n}}\n",
+            d = dir.display(),
+            www = www.display()
+        ),
+    )?;
+    let mut nginx = Command::new("nginx")
+        .args(["-c"])
+        .arg(&conf)
+        .args(["-p"])
+        .arg(dir)
+        .stderr(Stdio::null())
+        .spawn()?;
+    let nginx_url = format!("http://127.0.0.1:{port}");
+    let start = Instant::now();
+    while reqwest::blocking::get(format!("{nginx_url}/body.json")).is_err() {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(10),
+            "nginx did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let ours_lua = dir.join("ours.lua");
+    let mut f = std::fs::File::create(&ours_lua)?;
+    writeln!(
+        f,
+        "math.randomseed(42)\nrequest = function() return wrk.format(\"GET\", \"/v1/health/service/svc-\" .. math.random(0, {}) .. \"?passing\") end",
+        a.services - 1
+    )?;
+    let nginx_lua = dir.join("nginx.lua");
+    std::fs::write(
+        &nginx_lua,
+        "request = function() return wrk.format(\"GET\", \"/body.json\") end\n",
+    )?;
+    eprintln!(
+        "{} services x 3 instances; answer {} bytes; wrk -t2 -c{} -d{}s, alternating",
+        a.services,
+        body.len(),
+        a.connections,
+        a.seconds
+    );
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for round in 0..a.rounds {
+        let o = wrk(
+            &format!("http://{}", agent.api),
+            &ours_lua,
+            a.seconds,
+            a.connections,
+        )?;
+        let n = wrk(&nginx_url, &nginx_lua, a.seconds, a.connections)?;
+        eprintln!(
+            "round {round}: corrosion {:.0} req/s p99 {:.2} ms | nginx {:.0} req/s p99 {:.2} ms",
+            o.0, o.1, n.0, n.1
+        );
+        ours.push(o);
+        theirs.push(n);
+    }
+    // SIGTERM to the master stops its workers too (SIGKILL would orphan them).
+    let _ = Command::new("kill")
+        .args(["-TERM", &nginx.id().to_string()])
+        .status();
+    let _ = nginx.wait();
+    let mean = |v: &[(f64, f64)]| v.iter().map(|x| x.0).sum::<f64>() / v.len() as f64;
+    let p99 = |v: &[(f64, f64)]| v.iter().map(|x| x.1).fold(0.0, f64::max);
+    println!(
+        "health/service?passing: corrosion {:.0} req/s (p99 {:.2} ms), nginx fixed body {:.0} req/s (p99 {:.2} ms): {:.2}x nginx",
+        mean(&ours),
+        p99(&ours),
+        mean(&theirs),
+        p99(&theirs),
+        mean(&ours) / mean(&theirs)
+    );
+    Ok(())
+}
+
+fn three(dir: &Path) -> anyhow::Result<(Vec<Node>, Vec<Agent>)> {
+    let a_node = discovery_node(&dir.join("a"), "host-a", None);
+    let a = a_node.start();
+    let mut nodes = vec![a_node];
+    let mut agents = vec![a];
+    for name in ["host-b", "host-c"] {
+        let n = discovery_node(&dir.join(name), name, Some(&agents[0]));
+        agents.push(n.start());
+        nodes.push(n);
+    }
+    Ok((nodes, agents))
+}
+
+fn get(url: &str) -> anyhow::Result<(u64, serde_json::Value)> {
+    let r = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(120))
+        .build()?
+        .get(url)
+        .send()?;
+    let idx = r
+        .headers()
+        .get("x-consul-index")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    Ok((idx, r.json()?))
+}
+
+fn percentile(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn set_status(agent: &Agent, status: &str) -> anyhow::Result<()> {
+    post(
+        agent,
+        serde_json::json!([[
+            "INSERT INTO consul_checks (node, id, service_id, service_name, name, status) VALUES ('host-a', 'service:web-a', 'web-a', 'web', 'c', ?) ON CONFLICT (node, id) DO UPDATE SET status = excluded.status",
+            [status]
+        ]]),
+    )
+}
+
+fn wake(dir: &Path, a: WakeArgs) -> anyhow::Result<()> {
+    let (_nodes, agents) = three(dir)?;
+    post(
+        &agents[0],
+        serde_json::json!([
+            "INSERT INTO consul_services (node, id, name, port) VALUES ('host-a', 'web-a', 'web', 80)"
+        ]),
+    )?;
+    set_status(&agents[0], "passing")?;
+    let c = &agents[2];
+    let url = c.url("/v1/health/service/web");
+    let start = Instant::now();
+    while get(&url)?.1.as_array().is_none_or(|l| l.is_empty()) {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "web never reached C"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut took = Vec::new();
+    for trial in 0..a.trials {
+        let (idx, _) = get(&url)?;
+        let waiter_url = format!("{url}?index={idx}&wait=30s");
+        let waiter = std::thread::spawn(move || {
+            let r = get(&waiter_url);
+            (Instant::now(), r)
+        });
+        // Held on C before the write (the gauge counts held queries).
+        let held = Instant::now();
+        while c.counter("corro_consul_blocking_queries") < 1.0 {
+            anyhow::ensure!(held.elapsed() < Duration::from_secs(10), "query not held");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        let status = if trial % 2 == 0 { "warning" } else { "passing" };
+        let written = Instant::now();
+        set_status(&agents[0], status)?;
+        let (done, r) = waiter
+            .join()
+            .map_err(|_| anyhow::anyhow!("waiter panicked"))?;
+        let (new_idx, body) = r?;
+        anyhow::ensure!(new_idx > idx, "trial {trial}: index did not move");
+        let got = body[0]["Checks"]
+            .as_array()
+            .and_then(|c| c.iter().find(|c| c["CheckID"] == "service:web-a"))
+            .and_then(|c| c["Status"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        anyhow::ensure!(
+            got == status,
+            "trial {trial}: woke with {got}, wanted {status}"
+        );
+        took.push(done.duration_since(written));
+    }
+    println!(
+        "blocking wake-up, write on A -> held health/service answer on C, {} trials: p50 {:.2?}, p99 {:.2?}, max {:.2?}",
+        a.trials,
+        percentile(&mut took, 0.5),
+        percentile(&mut took, 0.99),
+        percentile(&mut took, 1.0)
+    );
+    Ok(())
+}
+
+fn rss_kb(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no VmRSS"))
+}
+
+fn held(dir: &Path, a: HeldArgs) -> anyhow::Result<()> {
+    let node = discovery_node(&dir.join("a"), "host-a", None);
+    node.enable_metrics();
+    let agent = node.start();
+    let actor = agent.actor.clone();
+    post(
+        &agent,
+        serde_json::json!([
+            format!("INSERT INTO consul_nodes (node, actor_id) VALUES ('host-a', '{actor}')"),
+            "INSERT INTO consul_services (node, id, name, port) VALUES ('host-a', 'web-a', 'web', 80), ('host-a', 'db-a', 'db', 5432)",
+        ]),
+    )?;
+    set_status(&agent, "passing")?;
+    let (idx, _) = get(&agent.url("/v1/health/service/web"))?;
+    let before = rss_kb(agent.child.id())?;
+    // Many connections from one process: a small async runtime.
+    let rt = tokio_runtime()?;
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(300))
+        .build()?;
+    let url = agent.url(&format!("/v1/health/service/web?index={idx}&wait=240s"));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    for _ in 0..a.queries {
+        let (client, url, tx) = (client.clone(), url.clone(), tx.clone());
+        rt.spawn(async move {
+            if let Ok(r) = client.get(url).send().await {
+                let _ = r.bytes().await;
+                let _ = tx.send(Instant::now());
+            }
+        });
+    }
+    drop(tx);
+    let start = Instant::now();
+    while agent.counter("corro_consul_blocking_queries") < a.queries as f64 {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(120),
+            "only {} of {} held",
+            agent.counter("corro_consul_blocking_queries"),
+            a.queries
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let during = rss_kb(agent.child.id())?;
+    // An unrelated change (another service) wakes nobody.
+    post(
+        &agent,
+        serde_json::json!(["UPDATE consul_services SET port = 5433 WHERE id = 'db-a'"]),
+    )?;
+    std::thread::sleep(Duration::from_millis(500));
+    let still = agent.counter("corro_consul_blocking_queries");
+    let written = Instant::now();
+    set_status(&agent, "critical")?;
+    let mut last = written;
+    let mut n = 0;
+    rt.block_on(async {
+        while let Some(t) = rx.recv().await {
+            last = t;
+            n += 1;
+        }
+    });
+    anyhow::ensure!(n == a.queries, "{n} of {} returned", a.queries);
+    println!(
+        "held blocking queries: {} on one agent; RSS {} KiB -> {} KiB ({:.1} KiB per held query); an unrelated change left {} held; one change -> all {} returned in {:.2?}",
+        a.queries,
+        before,
+        during,
+        (during.saturating_sub(before)) as f64 / a.queries as f64,
+        still,
+        n,
+        last.duration_since(written)
+    );
+    Ok(())
+}
+
+fn tokio_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()?)
+}
+
+fn failover(dir: &Path, a: FailoverArgs) -> anyhow::Result<()> {
+    let mut nodes = vec![discovery_node(&dir.join("n0"), "host-0", None)];
+    let mut agents = vec![nodes[0].start()];
+    for i in 1..a.agents {
+        let n = discovery_node(
+            &dir.join(format!("n{i}")),
+            &format!("host-{i}"),
+            Some(&agents[0]),
+        );
+        agents.push(n.start());
+        nodes.push(n);
+    }
+    // One service instance per node, written by each node itself.
+    for (i, agent) in agents.iter().enumerate() {
+        post(
+            agent,
+            serde_json::json!([format!(
+                "INSERT INTO consul_services (node, id, name, port) VALUES ('host-{i}', 'web-{i}', 'web', 80)"
+            )]),
+        )?;
+    }
+    let status_of = |agent: &Agent, node: &str| -> anyhow::Result<Option<String>> {
+        let (_, v) = get(&agent.url("/v1/health/service/web"))?;
+        Ok(v.as_array().and_then(|l| {
+            l.iter().find(|e| e["Node"]["Node"] == node).map(|e| {
+                let crit = e["Checks"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c["Status"] == "critical"));
+                if crit { "critical" } else { "passing" }.to_string()
+            })
+        }))
+    };
+    let mut took = Vec::new();
+    for trial in 0..a.trials {
+        let v = 1 + (trial as usize % (a.agents - 1));
+        let name = format!("host-{v}");
+        for (i, agent) in agents.iter().enumerate() {
+            let start = Instant::now();
+            while status_of(agent, &format!("host-{i}"))?.as_deref() != Some("passing")
+                || status_of(agent, &name)?.as_deref() != Some("passing")
+            {
+                anyhow::ensure!(start.elapsed() < Duration::from_secs(60), "not all passing");
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        agents[v].signal("KILL");
+        let _ = agents[v].child.wait();
+        let start = Instant::now();
+        let mut worst = Duration::ZERO;
+        for (i, agent) in agents.iter().enumerate() {
+            if i == v {
+                continue;
+            }
+            while status_of(agent, &name)?.as_deref() != Some("critical") {
+                anyhow::ensure!(
+                    start.elapsed() < Duration::from_secs(60),
+                    "trial {trial}: never critical"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            worst = worst.max(start.elapsed());
+        }
+        eprintln!("trial {trial}: {name} critical on all others after {worst:.2?}");
+        took.push(worst);
+        agents[v] = nodes[v].start();
+    }
+    println!(
+        "kill -9 -> instances critical in health/service on every other agent ({} agents, {} trials): p50 {:.2?}, max {:.2?}",
+        a.agents,
+        a.trials,
+        percentile(&mut took, 0.5),
+        percentile(&mut took, 1.0)
+    );
+    Ok(())
+}
