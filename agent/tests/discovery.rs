@@ -752,6 +752,14 @@ fn query_parameters_filter_as_consul_does() {
     );
     let services = get_json(&agent, "/v1/catalog/services");
     assert_eq!(services["web"], serde_json::json!(["primary", "v1", "v2"]));
+    // Answers are cached: the state in the path must still tell them apart.
+    assert_eq!(
+        get_json(&agent, "/v1/health/state/any")
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
     let warning = get_json(&agent, "/v1/health/state/warning");
     assert_eq!(warning.as_array().unwrap().len(), 1);
     assert_eq!(warning[0]["ServiceTags"], serde_json::json!(["v1"]));

@@ -48,19 +48,26 @@ fn py_consul_reads_and_blocks_against_a_three_agent_cluster() {
         n.append_config(&format!("[consul]\nnode_name = \"{name}\"\n"));
         others.push((n.start(), n));
     }
-    // Everything replicated to C before the client looks.
+    // Everything replicated everywhere before the client looks: 3 nodes'
+    // serfHealth checks and the 2 service checks on every agent.
     let c = &others[1].0;
     let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let v: serde_json::Value = reqwest::blocking::get(c.url("/v1/health/state/any"))
-            .unwrap()
-            .json()
-            .unwrap();
-        if v.as_array().map(Vec::len) == Some(5) {
-            break;
+    for agent in [&a, &others[0].0, c] {
+        loop {
+            let v: serde_json::Value = reqwest::blocking::get(agent.url("/v1/health/state/any"))
+                .unwrap()
+                .json()
+                .unwrap();
+            if v.as_array().map(Vec::len) == Some(5) {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "not replicated to {}: {v}",
+                agent.api
+            );
+            std::thread::sleep(Duration::from_millis(100));
         }
-        assert!(Instant::now() < deadline, "not replicated to C: {v}");
-        std::thread::sleep(Duration::from_millis(100));
     }
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/consul_client.py");
     let mut child = Command::new("python3")

@@ -60,7 +60,8 @@ impl AnswerCache {
     }
 }
 
-/// The cache key of an answer; `None` when the answer depends on more than
+/// The cache key of an answer (`route` names the route and every path
+/// parameter the topics do not); `None` when the answer depends on more than
 /// the catalog (round-trip times for `near`).
 fn cache_key(route: &str, topics: &[Topic], p: &Params) -> Option<String> {
     if p.near.is_some() {
@@ -105,7 +106,7 @@ pub(crate) async fn respond<F>(
     st: &ApiState,
     d: &Discovery,
     p: &Params,
-    route: &'static str,
+    route: &str,
     topics: Vec<Topic>,
     compute: F,
 ) -> Response

@@ -493,20 +493,27 @@ async fn health_state(
         Err(r) => return r,
     };
     let d2 = d.clone();
-    blocking::respond(&st, &d, &p, "health/state", vec![Topic::Checks], |index| {
-        let mut checks: Vec<_> = index
-            .all_checks()
-            .into_iter()
-            .filter(|c| want.is_none_or(|w| c.status == w))
-            .filter(|c| node_meta_ok(index, &c.node, &p.node_meta))
-            .collect();
-        sort_near(index, &p, &d2, &mut checks, |c| c.node.as_str());
-        let list = checks
-            .iter()
-            .map(|c| render::check(index, c, &render::check_tags(index, c)))
-            .collect();
-        Ok(Value::Array(filtered(&f, list)?))
-    })
+    blocking::respond(
+        &st,
+        &d,
+        &p,
+        &format!("health/state/{state}"),
+        vec![Topic::Checks],
+        |index| {
+            let mut checks: Vec<_> = index
+                .all_checks()
+                .into_iter()
+                .filter(|c| want.is_none_or(|w| c.status == w))
+                .filter(|c| node_meta_ok(index, &c.node, &p.node_meta))
+                .collect();
+            sort_near(index, &p, &d2, &mut checks, |c| c.node.as_str());
+            let list = checks
+                .iter()
+                .map(|c| render::check(index, c, &render::check_tags(index, c)))
+                .collect();
+            Ok(Value::Array(filtered(&f, list)?))
+        },
+    )
     .await
 }
 
