@@ -260,6 +260,7 @@ fn three(dir: &Path) -> anyhow::Result<(Vec<Node>, Vec<Agent>)> {
     let mut agents = vec![a];
     for name in ["host-b", "host-c"] {
         let n = discovery_node(&dir.join(name), name, Some(&agents[0]));
+        n.enable_metrics();
         agents.push(n.start());
         nodes.push(n);
     }
@@ -372,11 +373,10 @@ fn held(dir: &Path, a: HeldArgs) -> anyhow::Result<()> {
     let node = discovery_node(&dir.join("a"), "host-a", None);
     node.enable_metrics();
     let agent = node.start();
-    let actor = agent.actor.clone();
+    // The agent writes its own node row (host-a).
     post(
         &agent,
         serde_json::json!([
-            format!("INSERT INTO consul_nodes (node, actor_id) VALUES ('host-a', '{actor}')"),
             "INSERT INTO consul_services (node, id, name, port) VALUES ('host-a', 'web-a', 'web', 80), ('host-a', 'db-a', 'db', 5432)",
         ]),
     )?;
