@@ -813,3 +813,62 @@ fn consul_sync_runs_the_bridge_as_a_separate_process() {
     let _ = sync.kill();
     let _ = sync.wait();
 }
+
+#[test]
+fn the_consul_listener_serves_only_consul_routes_and_held_queries_end_on_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = common::free_port();
+    let node = discovery_node(
+        dir.path(),
+        "host-a",
+        None,
+        &format!("http_addr = \"127.0.0.1:{port}\""),
+    );
+    node.enable_metrics();
+    let agent = node.start();
+    assert!(
+        agent
+            .saw("Starting Consul-compatible API server on tcp/")
+            .is_some()
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let r = reqwest::blocking::get(format!("{base}/v1/catalog/nodes")).unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().contains_key("x-consul-index"));
+    assert_eq!(
+        reqwest::blocking::get(format!("{base}/v1/health"))
+            .unwrap()
+            .status(),
+        404
+    );
+    // A query held for a minute ends as soon as the agent is told to stop.
+    let idx = index_of(&reqwest::blocking::get(format!("{base}/v1/catalog/nodes")).unwrap());
+    let url = format!("{base}/v1/catalog/nodes?index={idx}&wait=60s");
+    let waiter = std::thread::spawn(move || {
+        let t = Instant::now();
+        let status = reqwest::blocking::Client::builder()
+            .timeout(Duration::from_secs(90))
+            .build()
+            .unwrap()
+            .get(url)
+            .send()
+            .map(|r| r.status().as_u16());
+        (t.elapsed(), status)
+    });
+    await_some(Duration::from_secs(10), "the query held", || {
+        (agent.counter("corro_consul_blocking_queries") >= 1.0).then_some(())
+    });
+    let stopping = Instant::now();
+    agent.stop();
+    let stopped = stopping.elapsed();
+    let (held, status) = waiter.join().unwrap();
+    assert!(
+        stopped < Duration::from_secs(10),
+        "shutdown took {stopped:?}"
+    );
+    assert!(
+        held < Duration::from_secs(30),
+        "the held query lasted {held:?}"
+    );
+    assert_eq!(status.unwrap(), 200);
+}
