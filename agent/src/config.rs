@@ -30,6 +30,9 @@ addr = "127.0.0.1:8080"
 
 [admin]
 path = "./corrosion-data/admin.sock"
+
+[dns]
+addr = "127.0.0.1:8600"
 "#;
 
 #[derive(Debug, Clone, Deserialize)]
@@ -49,6 +52,9 @@ pub(crate) struct Config {
     pub subscriptions: SubscriptionsConfig,
     #[serde(default)]
     pub consul: ConsulConfig,
+    /// The DNS responder (off without a `[dns]` section; on in the
+    /// embedded default).
+    pub dns: Option<DnsConfig>,
 }
 
 /// `[subscriptions]`: where subscriptions live and how long their change
@@ -427,6 +433,96 @@ pub(crate) struct ConsulTlsConfig {
     /// Name to verify Consul's certificate against (default: the host of
     /// `addr`).
     pub server_name: Option<String>,
+}
+
+/// `[dns]`: the DNS responder for Consul names (keys as Consul's
+/// `dns_config`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DnsConfig {
+    /// UDP and TCP address (default 127.0.0.1:8600, Consul's port).
+    #[serde(default = "default_dns_addr")]
+    pub addr: SocketAddr,
+    /// The domain answered (default "consul.").
+    #[serde(default = "default_dns_domain")]
+    pub domain: String,
+    /// Leave out instances with a warning check (default false).
+    #[serde(default)]
+    pub only_passing: bool,
+    /// TTL of service answers by service name, `*` for any (default 0).
+    #[serde(default)]
+    pub service_ttl: std::collections::BTreeMap<String, DnsTtl>,
+    /// TTL of node answers (default 0).
+    #[serde(default)]
+    pub node_ttl: DnsTtl,
+    /// Records in a UDP answer without EDNS (default 3, as Consul).
+    #[serde(default = "default_udp_answer_limit")]
+    pub udp_answer_limit: usize,
+    /// A/AAAA records in any answer (default 0: no limit).
+    #[serde(default)]
+    pub a_record_limit: usize,
+    /// Set TC on trimmed UDP answers so clients retry over TCP (default false).
+    #[serde(default)]
+    pub enable_truncate: bool,
+    #[serde(default)]
+    pub soa: DnsSoaConfig,
+}
+
+/// A TTL: a Consul duration (`"10s"`) or seconds.
+#[derive(Debug, Clone, Copy, Default, Deserialize)]
+#[serde(transparent)]
+pub(crate) struct DnsTtl(
+    #[serde(deserialize_with = "crate::consul::duration::deserialize")] pub std::time::Duration,
+);
+
+impl DnsTtl {
+    pub(crate) fn secs(self) -> u32 {
+        self.0.as_secs().min(u64::from(u32::MAX)) as u32
+    }
+}
+
+/// `[dns.soa]`: SOA timers, seconds (Consul's defaults).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DnsSoaConfig {
+    #[serde(default = "soa_refresh")]
+    pub refresh: u32,
+    #[serde(default = "soa_retry")]
+    pub retry: u32,
+    #[serde(default = "soa_expire")]
+    pub expire: u32,
+    #[serde(default)]
+    pub min_ttl: u32,
+}
+
+impl Default for DnsSoaConfig {
+    fn default() -> Self {
+        DnsSoaConfig {
+            refresh: soa_refresh(),
+            retry: soa_retry(),
+            expire: soa_expire(),
+            min_ttl: 0,
+        }
+    }
+}
+
+fn soa_refresh() -> u32 {
+    3600
+}
+fn soa_retry() -> u32 {
+    600
+}
+fn soa_expire() -> u32 {
+    86400
+}
+fn default_dns_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 8600))
+}
+fn default_dns_domain() -> String {
+    "consul.".into()
+}
+fn default_udp_answer_limit() -> usize {
+    3
 }
 
 /// Where a loaded config came from.

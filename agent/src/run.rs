@@ -231,6 +231,39 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
             .await
             .context("starting the discovery catalog")?;
     let _ = handler.discovery.set(discovery.clone());
+    if let Some(dns) = &config.dns {
+        let settings = corro_dns::DnsSettings {
+            domain: dns.domain.to_ascii_lowercase(),
+            datacenter: discovery.node.datacenter.clone(),
+            node_name: discovery.node.name.clone(),
+            only_passing: dns.only_passing,
+            service_ttl: dns
+                .service_ttl
+                .iter()
+                .map(|(k, v)| (k.clone(), v.secs()))
+                .collect(),
+            node_ttl: dns.node_ttl.secs(),
+            udp_answer_limit: dns.udp_answer_limit,
+            a_record_limit: dns.a_record_limit,
+            enable_truncate: dns.enable_truncate,
+            soa: corro_dns::SoaSettings {
+                refresh: dns.soa.refresh,
+                retry: dns.soa.retry,
+                expire: dns.soa.expire,
+                min_ttl: dns.soa.min_ttl,
+            },
+        };
+        let responder = corro_dns::Responder::new(discovery.catalog.clone(), settings);
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let bound = corro_dns::serve(responder, dns.addr, workers, stop_rx.clone())
+            .await
+            .with_context(|| format!("binding DNS on {}", dns.addr))?;
+        tracing::info!(
+            "Starting DNS server on udp/{} and tcp/{}",
+            bound.udp,
+            bound.tcp
+        );
+    }
     let state = ApiState {
         store: store.clone(),
         limits: Limits {

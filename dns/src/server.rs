@@ -1,0 +1,111 @@
+//! UDP and TCP listeners on one address.
+//!
+//! UDP: one socket read by several tasks (as many as `workers`), each
+//! answering on the spot. TCP: each connection carries length-prefixed
+//! messages (RFC 1035 4.2.2), answered in order; an idle connection is
+//! closed after 10 s and a message over 64 KiB ends it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::watch;
+
+use crate::Responder;
+
+/// The bound addresses.
+#[derive(Debug, Clone, Copy)]
+pub struct Listeners {
+    pub udp: SocketAddr,
+    pub tcp: SocketAddr,
+}
+
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// Binds UDP and TCP on `addr` (with port 0, TCP takes the port UDP got)
+/// and answers until `stop` flips.
+pub async fn serve(
+    responder: Responder,
+    addr: SocketAddr,
+    workers: usize,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<Listeners> {
+    let udp = Arc::new(UdpSocket::bind(addr).await?);
+    let udp_addr = udp.local_addr()?;
+    let tcp = TcpListener::bind(udp_addr).await?;
+    let tcp_addr = tcp.local_addr()?;
+    for _ in 0..workers.max(1) {
+        let (udp, r, mut stop) = (udp.clone(), responder.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 65_535];
+            loop {
+                let (n, peer) = tokio::select! {
+                    _ = stop.changed() => return,
+                    got = udp.recv_from(&mut buf) => match got {
+                        Ok(x) => x,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "dns: udp receive failed");
+                            continue;
+                        }
+                    },
+                };
+                if let Some(answer) = r.respond(&buf[..n], true) {
+                    let _ = udp.send_to(&answer, peer).await;
+                }
+            }
+        });
+    }
+    let mut stop_tcp = stop.clone();
+    tokio::spawn(async move {
+        loop {
+            let conn = tokio::select! {
+                _ = stop_tcp.changed() => return,
+                c = tcp.accept() => c,
+            };
+            if let Ok((stream, _)) = conn {
+                let (r, stop) = (responder.clone(), stop.clone());
+                tokio::spawn(tcp_connection(r, stream, stop));
+            }
+        }
+    });
+    Ok(Listeners {
+        udp: udp_addr,
+        tcp: tcp_addr,
+    })
+}
+
+async fn tcp_connection(r: Responder, mut s: TcpStream, mut stop: watch::Receiver<bool>) {
+    let mut buf = Vec::new();
+    loop {
+        let mut len = [0u8; 2];
+        let read = tokio::select! {
+            _ = stop.changed() => return,
+            x = tokio::time::timeout(TCP_IDLE, s.read_exact(&mut len)) => x,
+        };
+        if !matches!(read, Ok(Ok(_))) {
+            return;
+        }
+        let n = usize::from(u16::from_be_bytes(len));
+        buf.resize(n, 0);
+        if !matches!(
+            tokio::time::timeout(TCP_IDLE, s.read_exact(&mut buf)).await,
+            Ok(Ok(_))
+        ) {
+            return;
+        }
+        let Some(answer) = r.respond(&buf, false) else {
+            continue;
+        };
+        let Ok(alen) = u16::try_from(answer.len()) else {
+            return;
+        };
+        let mut out = Vec::with_capacity(answer.len() + 2);
+        out.extend_from_slice(&alen.to_be_bytes());
+        out.extend_from_slice(&answer);
+        if s.write_all(&out).await.is_err() {
+            return;
+        }
+    }
+}
