@@ -6,13 +6,16 @@ cd "$(dirname "$0")/.."
 
 # SQLite itself is compiled in (rusqlite's bundled build). The tests also use
 # real outside programs: the sqlite3 shell reads the agent's database as an
-# operator would, and py-consul talks to the Consul-compatible API. Later
-# features add their peers here (dig, nginx, haproxy).
-if ! command -v sqlite3 >/dev/null; then
+# operator would, py-consul talks to the Consul-compatible API and dig asks
+# the DNS responder. Later features add their peers here (nginx, haproxy).
+need=""
+command -v sqlite3 >/dev/null || need="$need sqlite3"
+command -v dig >/dev/null || need="$need dnsutils"
+if [ -n "$need" ]; then
   if [ "$(id -u)" = 0 ]; then
-    apt-get update -qq && apt-get install -y -qq sqlite3
+    apt-get update -qq && apt-get install -y -qq $need
   else
-    sudo apt-get update -qq && sudo apt-get install -y -qq sqlite3
+    sudo apt-get update -qq && sudo apt-get install -y -qq $need
   fi
 fi
 

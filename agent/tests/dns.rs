@@ -1,0 +1,402 @@
+//! The DNS responder through the real binary, asked by `dig` (dnsutils)
+//! over UDP and TCP: every name form, record type and response code, EDNS
+//! and truncation, health changes, and a 3-agent cluster where a service
+//! registered on A is answered on C and leaves C's answers when A is killed.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout, reason = "test code")]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::consul::{ConsulStandIn, check_json, service_json};
+use common::{Agent, Node};
+
+fn dns_addr(agent: &Agent) -> SocketAddr {
+    let line = agent
+        .saw("Starting DNS server on udp/")
+        .expect("the agent serves DNS");
+    line.split("udp/")
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// `dig` output for `args` against the agent's responder.
+fn dig(agent: &Agent, args: &[&str]) -> String {
+    let addr = dns_addr(agent);
+    let out = Command::new("dig")
+        .arg(format!("@{}", addr.ip()))
+        .args(["-p", &addr.port().to_string(), "+time=5", "+tries=1"])
+        .args(args)
+        .output()
+        .expect("dig (dnsutils) must be installed");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn short(agent: &Agent, args: &[&str]) -> Vec<String> {
+    let mut a: Vec<&str> = args.to_vec();
+    a.push("+short");
+    let mut lines: Vec<String> = dig(agent, &a).lines().map(str::to_string).collect();
+    lines.sort();
+    lines
+}
+
+fn status(agent: &Agent, args: &[&str]) -> String {
+    let out = dig(agent, args);
+    out.split("status: ")
+        .nth(1)
+        .and_then(|s| s.split(',').next())
+        .unwrap_or("no answer")
+        .to_string()
+}
+
+fn await_true(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !f() {
+        assert!(Instant::now() < deadline, "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn dns_node(
+    dir: &std::path::Path,
+    name: &str,
+    consul: Option<&ConsulStandIn>,
+    seed: Option<&Agent>,
+) -> Node {
+    let node = match seed {
+        Some(s) => Node::joining(dir, s),
+        None => Node::new(dir, ""),
+    };
+    node.with_consul_schema();
+    let mut text = format!("[consul]\nnode_name = \"{name}\"\n[consul.node_meta]\nrack = \"r1\"\n");
+    if let Some(c) = consul {
+        text.push_str(&format!(
+            "[consul.client]\naddr = \"{}\"\npoll_interval = \"100ms\"\n",
+            c.addr
+        ));
+    }
+    text.push_str("[dns]\naddr = \"127.0.0.1:0\"\n");
+    node.append_config(&text);
+    node
+}
+
+#[test]
+fn every_name_form_type_and_code_over_udp_and_tcp() {
+    let consul = ConsulStandIn::start();
+    let mut web1 = service_json("web-1", "web", &["v1", "primary"], 8080);
+    web1["Address"] = "10.1.0.7".into();
+    consul.set_service("web-1", web1);
+    consul.set_service("web-2", service_json("web-2", "web", &["v1"], 8081));
+    consul.set_service("web-3", service_json("web-3", "web", &["v2"], 8082));
+    consul.set_service("web-4", service_json("web-4", "web", &["v2"], 8083));
+    consul.set_service("db-1", service_json("db-1", "db", &[], 5432));
+    consul.set_check("c3", check_json("c3", "web-3", "critical", ""));
+    consul.set_check("c4", check_json("c4", "web-4", "warning", ""));
+    let dir = tempfile::tempdir().unwrap();
+    let node = dns_node(dir.path(), "host-a", Some(&consul), None);
+    let agent = node.start();
+    await_true(Duration::from_secs(10), "services mirrored", || {
+        short(&agent, &["db.service.consul"]) == ["127.0.0.1"]
+    });
+    for tcp in [false, true] {
+        let t = if tcp { "+tcp" } else { "+notcp" };
+        // Critical web-3 is left out; warning web-4 is in.
+        assert_eq!(
+            short(&agent, &[t, "+bufsize=4096", "web.service.consul"]),
+            ["10.1.0.7", "127.0.0.1", "127.0.0.1"],
+            "{t}"
+        );
+        assert_eq!(
+            short(&agent, &[t, "WEB.Service.Consul."]).len(),
+            3,
+            "case, trailing dot"
+        );
+        assert_eq!(short(&agent, &[t, "web.service.dc1.consul"]).len(), 3);
+        assert_eq!(
+            short(&agent, &[t, "primary.web.service.consul"]),
+            ["10.1.0.7"]
+        );
+        assert_eq!(
+            short(&agent, &[t, "v2.web.service.consul"]),
+            ["127.0.0.1"],
+            "warning only"
+        );
+        let srv = short(&agent, &[t, "_web._v1.service.consul", "SRV"]);
+        assert_eq!(
+            srv,
+            [
+                "1 1 8080 0a010007.addr.dc1.consul.",
+                "1 1 8081 host-a.node.dc1.consul."
+            ],
+            "SRV targets: the addr form when the service has its own address"
+        );
+        let full = dig(&agent, &[t, "_db._tcp.service.consul", "SRV"]);
+        assert!(
+            full.contains("host-a.node.dc1.consul.\t0\tIN\tA\t127.0.0.1"),
+            "glue: {full}"
+        );
+        assert_eq!(short(&agent, &[t, "host-a.node.consul"]), ["127.0.0.1"]);
+        assert_eq!(
+            short(&agent, &[t, "host-a.node.dc1.consul", "TXT"]),
+            ["\"rack=r1\""]
+        );
+        assert_eq!(short(&agent, &[t, "0a010007.addr.consul"]), ["10.1.0.7"]);
+        assert_eq!(
+            short(&agent, &[t, "7.0.1.10.in-addr.arpa", "PTR"]),
+            ["web.service.dc1.consul."]
+        );
+        assert_eq!(
+            short(&agent, &[t, "1.0.0.127.in-addr.arpa", "PTR"]),
+            ["host-a.node.dc1.consul."]
+        );
+        assert_eq!(short(&agent, &[t, "consul.", "NS"]), ["ns.consul."]);
+        assert_eq!(short(&agent, &[t, "consul.", "SOA"]).len(), 1);
+        assert!(!short(&agent, &[t, "web.service.consul", "ANY"]).is_empty());
+        // Codes.
+        assert_eq!(status(&agent, &[t, "nope.service.consul"]), "NXDOMAIN");
+        assert!(
+            dig(&agent, &[t, "nope.service.consul"]).contains("IN\tSOA\tns.consul."),
+            "SOA with NXDOMAIN"
+        );
+        assert_eq!(status(&agent, &[t, "web.service.dc2.consul"]), "NXDOMAIN");
+        assert_eq!(status(&agent, &[t, "nobody.node.consul"]), "NXDOMAIN");
+        assert_eq!(
+            status(&agent, &[t, "host-a.node.consul", "AAAA"]),
+            "NOERROR"
+        );
+        assert!(
+            short(&agent, &[t, "host-a.node.consul", "AAAA"]).is_empty(),
+            "NODATA"
+        );
+        assert_eq!(status(&agent, &[t, "example.com"]), "REFUSED");
+        assert_eq!(
+            status(&agent, &[t, "1.2.3.4.in-addr.arpa", "PTR"]),
+            "NXDOMAIN"
+        );
+    }
+    assert!(dig(&agent, &["consul", "AXFR"]).contains("Transfer failed"));
+    let out = dig(&agent, &["+tcp", "consul", "IXFR=1"]);
+    assert!(
+        out.contains("NOTIMP") || out.contains("Transfer failed"),
+        "{out}"
+    );
+}
+
+#[test]
+fn udp_answers_are_trimmed_without_edns_and_whole_over_tcp() {
+    let consul = ConsulStandIn::start();
+    for i in 0..20 {
+        let mut s = service_json(&format!("api-{i}"), "api", &[], 9000 + i);
+        s["Address"] = format!("10.2.0.{}", i + 1).into();
+        consul.set_service(&format!("api-{i}"), s);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = dns_node(dir.path(), "host-a", Some(&consul), None);
+    let agent = node.start();
+    await_true(Duration::from_secs(10), "20 instances", || {
+        short(&agent, &["+tcp", "api.service.consul"]).len() == 20
+    });
+    assert_eq!(
+        short(&agent, &["+noedns", "+notcp", "api.service.consul"]).len(),
+        3,
+        "udp_answer_limit"
+    );
+    assert_eq!(
+        short(&agent, &["+bufsize=4096", "+notcp", "api.service.consul"]).len(),
+        20,
+        "EDNS"
+    );
+    let plain = dig(
+        &agent,
+        &["+noedns", "+notcp", "+ignore", "api.service.consul"],
+    );
+    assert!(
+        !plain.contains(" tc"),
+        "no TC without enable_truncate: {plain}"
+    );
+    // Shuffled: the first answer varies.
+    let firsts: std::collections::BTreeSet<String> = (0..20)
+        .map(|_| {
+            dig(&agent, &["+tcp", "+short", "api.service.consul"])
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .to_string()
+        })
+        .collect();
+    assert!(firsts.len() > 1, "answers are not shuffled");
+}
+
+#[test]
+fn enable_truncate_sets_tc_so_clients_retry_over_tcp() {
+    let consul = ConsulStandIn::start();
+    for i in 0..10 {
+        let mut s = service_json(&format!("api-{i}"), "api", &[], 9000 + i);
+        s["Address"] = format!("10.2.0.{}", i + 1).into();
+        consul.set_service(&format!("api-{i}"), s);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let node = dns_node(dir.path(), "host-a", Some(&consul), None);
+    node.append_config("");
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    std::fs::write(
+        &node.config,
+        text.replace("[dns]\n", "[dns]\nenable_truncate = true\n"),
+    )
+    .unwrap();
+    let agent = node.start();
+    await_true(Duration::from_secs(10), "10 instances", || {
+        short(&agent, &["+tcp", "api.service.consul"]).len() == 10
+    });
+    let out = dig(
+        &agent,
+        &["+noedns", "+notcp", "+ignore", "api.service.consul"],
+    );
+    assert!(out.contains("flags: qr aa tc"), "{out}");
+    // dig retries over TCP by itself on TC and gets everything.
+    assert_eq!(
+        short(&agent, &["+noedns", "+notcp", "api.service.consul"]).len(),
+        10
+    );
+}
+
+#[test]
+fn a_critical_instance_leaves_the_answers_and_returns() {
+    let consul = ConsulStandIn::start();
+    consul.set_service("web-1", service_json("web-1", "web", &[], 80));
+    consul.set_check("c1", check_json("c1", "web-1", "passing", ""));
+    let dir = tempfile::tempdir().unwrap();
+    let node = dns_node(dir.path(), "host-a", Some(&consul), None);
+    let agent = node.start();
+    await_true(Duration::from_secs(10), "answered", || {
+        short(&agent, &["web.service.consul"]).len() == 1
+    });
+    consul.set_check("c1", check_json("c1", "web-1", "critical", ""));
+    await_true(Duration::from_secs(10), "gone", || {
+        status(&agent, &["web.service.consul"]) == "NXDOMAIN"
+    });
+    consul.set_check("c1", check_json("c1", "web-1", "passing", ""));
+    await_true(Duration::from_secs(10), "back", || {
+        short(&agent, &["web.service.consul"]).len() == 1
+    });
+}
+
+#[test]
+fn a_service_on_a_is_answered_on_c_until_a_is_killed() {
+    let consul = ConsulStandIn::start();
+    consul.set_service("web-a", service_json("web-a", "web", &[], 80));
+    let dir = tempfile::tempdir().unwrap();
+    let a_node = dns_node(&dir.path().join("a"), "host-a", Some(&consul), None);
+    let mut a = a_node.start();
+    let b = dns_node(&dir.path().join("b"), "host-b", None, Some(&a)).start();
+    let c = dns_node(&dir.path().join("c"), "host-c", None, Some(&a)).start();
+    await_true(Duration::from_secs(15), "web on C", || {
+        short(&c, &["_web._tcp.service.consul", "SRV"]) == ["1 1 80 host-a.node.dc1.consul."]
+    });
+    let killed = Instant::now();
+    a.child.kill().unwrap();
+    let _ = a.child.wait();
+    for agent in [&b, &c] {
+        await_true(Duration::from_secs(15), "web gone after kill -9", || {
+            status(agent, &["web.service.consul"]) == "NXDOMAIN"
+        });
+    }
+    println!(
+        "web left B's and C's answers {:?} after kill -9",
+        killed.elapsed()
+    );
+}
+
+#[test]
+fn hostile_packets_get_codes_or_are_dropped_and_the_responder_keeps_serving() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = dns_node(dir.path(), "host-a", None, None);
+    let agent = node.start();
+    await_true(Duration::from_secs(10), "node row", || {
+        short(&agent, &["host-a.node.consul"]) == ["127.0.0.1"]
+    });
+    let addr = dns_addr(&agent);
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let ask = |packet: &[u8]| -> Option<Vec<u8>> {
+        sock.send_to(packet, addr).unwrap();
+        let mut buf = [0u8; 4096];
+        sock.recv_from(&mut buf)
+            .ok()
+            .map(|(n, _)| buf[..n].to_vec())
+    };
+    let rcode = |r: &[u8]| r[3] & 0x0f;
+    // A valid query for host-a.node.consul, to mutate.
+    let mut q = vec![0x12, 0x34, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0];
+    for l in ["host-a", "node", "consul"] {
+        q.push(l.len() as u8);
+        q.extend_from_slice(l.as_bytes());
+    }
+    q.extend_from_slice(&[0, 0, 1, 0, 1]);
+    assert_eq!(rcode(&ask(&q).unwrap()), 0);
+    // Too short, or a response: dropped.
+    assert!(ask(&[1, 2, 3]).is_none());
+    let mut resp = q.clone();
+    resp[2] |= 0x80;
+    assert!(ask(&resp).is_none());
+    // Truncated question, a compression loop, huge counts: FORMERR.
+    assert_eq!(rcode(&ask(&q[..q.len() - 3]).unwrap()), 1);
+    let mut looped = q[..12].to_vec();
+    looped.extend_from_slice(&[0xc0, 12, 0, 1, 0, 1]);
+    assert_eq!(rcode(&ask(&looped).unwrap()), 1);
+    let mut counts = q.clone();
+    counts[4] = 0xff;
+    counts[5] = 0xff;
+    assert_eq!(rcode(&ask(&counts).unwrap()), 1);
+    // Two questions: FORMERR; another opcode (STATUS): NOTIMP.
+    let mut two = q.clone();
+    two[5] = 2;
+    two.extend_from_slice(&q[12..]);
+    assert_eq!(rcode(&ask(&two).unwrap()), 1);
+    let mut status_op = q.clone();
+    status_op[2] = 2 << 3;
+    assert_eq!(rcode(&ask(&status_op).unwrap()), 4);
+    // EDNS garbage in the additional section: FORMERR, never a crash.
+    let mut edns = q.clone();
+    edns[11] = 1;
+    edns.extend_from_slice(&[0, 0, 41, 0xff, 0xff, 0, 0, 0, 0, 0, 9, 1, 2]);
+    assert!(ask(&edns).is_some());
+    // Random bytes, many times: still answering afterwards.
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    for _ in 0..2000 {
+        let len = 12 + (x % 200) as usize;
+        let p: Vec<u8> = (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect();
+        sock.send_to(&p, addr).unwrap();
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    let mut buf = [0u8; 4096];
+    sock.set_read_timeout(Some(Duration::from_millis(50)))
+        .unwrap();
+    while sock.recv_from(&mut buf).is_ok() {}
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert_eq!(
+        rcode(&ask(&q).unwrap()),
+        0,
+        "the responder stopped answering"
+    );
+    assert_eq!(
+        short(&agent, &["+tcp", "host-a.node.consul"]),
+        ["127.0.0.1"]
+    );
+}
