@@ -94,7 +94,7 @@ fn post(agent: &Agent, body: serde_json::Value) -> anyhow::Result<()> {
 
 /// `services` services x 3 instances on nodes `node-0..2` (owned by
 /// `actor`, so alive), each instance with one passing check.
-fn load(agent: &Agent, actor: &str, services: u32) -> anyhow::Result<()> {
+pub(crate) fn load(agent: &Agent, actor: &str, services: u32) -> anyhow::Result<()> {
     let series = format!(
         "WITH RECURSIVE s(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM s WHERE x < {}), n(y) AS (VALUES (0), (1), (2))",
         services - 1
@@ -360,7 +360,7 @@ fn wake(dir: &Path, a: WakeArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn rss_kb(pid: u32) -> anyhow::Result<u64> {
+pub(crate) fn rss_kb(pid: u32) -> anyhow::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()

@@ -7,6 +7,7 @@
 
 mod cluster;
 mod consul;
+mod dns;
 mod limits;
 mod store;
 mod subs;
@@ -39,6 +40,8 @@ enum Cmd {
         #[command(subcommand)]
         cmd: cluster::ClusterCmd,
     },
+    /// DNS queries/s against the responder and against NSD, alternating.
+    Dns(dns::DnsArgs),
     /// Discovery through real agents: Consul API throughput vs nginx,
     /// blocking-query wake-up, held queries, failover to critical.
     Consul {
@@ -55,5 +58,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Cluster { cmd } => cluster::run(cmd),
         Cmd::Subs(args) => subs::run(args),
         Cmd::Consul { cmd } => consul::run(cmd),
+        Cmd::Dns(args) => dns::run(args),
     }
 }
