@@ -48,13 +48,7 @@ fn dnsperf(port: u16, queries: &Path, secs: u32) -> anyhow::Result<(f64, u64, f6
     let field = |key: &str| -> Option<String> {
         text.lines()
             .find_map(|l| l.trim().strip_prefix(key))
-            .map(|v| {
-                v.trim()
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string()
-            })
+            .map(|v| v.split_whitespace().next().unwrap_or_default().to_string())
     };
     let qps = field("Queries per second:")
         .and_then(|v| v.parse().ok())
