@@ -77,6 +77,55 @@ fn text(s: impl Into<String>) -> SqlValue {
     SqlValue::Text(s.into())
 }
 
+fn check(
+    catalog: &Catalog,
+    responder: &Responder,
+    only_passing: bool,
+) -> Result<(), TestCaseError> {
+    for name in NAMES {
+        let want: BTreeSet<IpAddr> = catalog
+            .read()
+            .instances(name)
+            .iter()
+            .filter(|i| i.liveness != Liveness::Down)
+            .filter(|i| {
+                i.status == Status::Passing || (i.status == Status::Warning && !only_passing)
+            })
+            .filter_map(|i| {
+                i.service
+                    .address
+                    .parse()
+                    .ok()
+                    .or_else(|| i.node.as_ref().and_then(|n| n.address.parse().ok()))
+            })
+            .collect();
+        let answer = responder
+            .respond(
+                &query(&format!("{name}.service.consul."), RecordType::A),
+                false,
+            )
+            .unwrap();
+        let m = Message::from_vec(&answer).unwrap();
+        let got: BTreeSet<IpAddr> = m
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::A(a) => Some(IpAddr::V4(a.0)),
+                _ => None,
+            })
+            .collect();
+        prop_assert_eq!(&got, &want, "{}", name);
+        let healthy = catalog.read().instances(name).iter().any(|i| {
+            i.liveness != Liveness::Down
+                && (i.status == Status::Passing || (i.status == Status::Warning && !only_passing))
+        });
+        if !healthy {
+            prop_assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        }
+    }
+    Ok(())
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 32, .. ProptestConfig::default() })]
 
@@ -109,28 +158,11 @@ proptest! {
                     catalog.set_membership(m, true).unwrap();
                 }
             }
+            // After every change: answers (cached or not) follow at once.
+            catalog.process_pending().unwrap();
+            check(&catalog, &responder, only_passing)?;
         }
-        catalog.process_pending().unwrap();
-        for name in NAMES {
-            let want: BTreeSet<IpAddr> = catalog.read().instances(name).iter()
-                .filter(|i| i.liveness != Liveness::Down)
-                .filter(|i| i.status == Status::Passing || (i.status == Status::Warning && !only_passing))
-                .filter_map(|i| i.service.address.parse().ok()
-                    .or_else(|| i.node.as_ref().and_then(|n| n.address.parse().ok())))
-                .collect();
-            let answer = responder.respond(&query(&format!("{name}.service.consul."), RecordType::A), false).unwrap();
-            let m = Message::from_vec(&answer).unwrap();
-            let got: BTreeSet<IpAddr> = m.answers.iter().filter_map(|r| match &r.data {
-                RData::A(a) => Some(IpAddr::V4(a.0)),
-                _ => None,
-            }).collect();
-            prop_assert_eq!(&got, &want, "{}", name);
-            let healthy = catalog.read().instances(name).iter().any(|i| i.liveness != Liveness::Down
-                && (i.status == Status::Passing || (i.status == Status::Warning && !only_passing)));
-            if !healthy {
-                prop_assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
-            }
-        }
+        check(&catalog, &responder, only_passing)?;
     }
 
 }
@@ -157,6 +189,35 @@ proptest! {
         }
         q.truncate(q.len().saturating_sub(cut % 8));
         let _ = r.respond(&q, true);
+    }
+}
+
+#[test]
+fn cached_answers_carry_each_querys_id_and_letter_case() {
+    let (_dir, store, catalog) = open();
+    store
+        .transact(|tx| {
+            tx.execute("INSERT INTO consul_nodes (node, actor_id, address) VALUES ('n1', '', '10.0.0.1')", &[])?;
+            tx.execute("INSERT INTO consul_services (node, id, name) VALUES ('n1', 's1', 'web'), ('n1', 's2', 'web')", &[])
+        })
+        .unwrap();
+    catalog.process_pending().unwrap();
+    let r = Responder::new(catalog, DnsSettings::default());
+    for (id, name) in [
+        (1u16, "WEB.service.consul."),
+        (2, "web.SERVICE.Consul."),
+        (3, "wEb.service.consul."),
+    ] {
+        let mut q = query(name, RecordType::A);
+        q[..2].copy_from_slice(&id.to_be_bytes());
+        q[2] &= !0x01;
+        let a = r.respond(&q, true).unwrap();
+        assert_eq!(&a[..2], &id.to_be_bytes());
+        assert_eq!(a[2] & 0x01, 0, "RD copied from the query");
+        assert_eq!(&a[12..q.len()], &q[12..], "the question as asked");
+        let m = Message::from_vec(&a).unwrap();
+        assert_eq!(m.answers.len(), 2);
+        assert_eq!(m.queries[0].name.to_ascii(), name);
     }
 }
 
