@@ -400,3 +400,35 @@ fn hostile_packets_get_codes_or_are_dropped_and_the_responder_keeps_serving() {
         ["127.0.0.1"]
     );
 }
+
+#[test]
+fn a_bootstrap_name_resolves_through_the_named_dns_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = dns_node(&dir.path().join("a"), "host-a", None, None).start();
+    await_true(Duration::from_secs(10), "host-a in A's DNS", || {
+        short(&a, &["host-a.node.consul"]) == ["127.0.0.1"]
+    });
+    // B knows A only by a name that A's own DNS responder answers (not the
+    // system resolver, which has never heard of .consul).
+    let b_node = Node::with(
+        &dir.path().join("b"),
+        &format!(
+            "bootstrap = [\"host-a.node.consul:{}@{}\"]",
+            a.gossip.port(),
+            dns_addr(&a)
+        ),
+        "",
+    );
+    let b = b_node.start();
+    let a_addr = a.gossip.to_string();
+    await_true(
+        Duration::from_secs(15),
+        "B joined A through the name",
+        || {
+            b.members()
+                .iter()
+                .any(|(addr, s)| *addr == a_addr && s == "alive")
+        },
+    );
+    assert!(b.saw("not supported yet").is_none());
+}

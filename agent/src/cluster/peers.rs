@@ -235,22 +235,59 @@ async fn connect_in(
     Ok(conn)
 }
 
-/// Resolves a bootstrap entry: `ip:port` or `host:port` (system resolver).
-/// The reference's `host:port@dns-server` form uses the system resolver too,
-/// with a warning.
+/// Resolves a bootstrap entry: `ip:port`, `host:port` (system resolver), or
+/// the reference's `host:port@dns-server[:port]`, which asks that DNS server
+/// (UDP, then TCP; port 53 unless given) instead of the system's.
 pub(crate) async fn resolve(entry: &str) -> anyhow::Result<Vec<SocketAddr>> {
-    let host = match entry.split_once('@') {
-        Some((host, server)) => {
-            tracing::warn!(
-                entry,
-                server,
-                "custom DNS servers for bootstrap are not supported yet; using the system resolver"
-            );
-            host
-        }
-        None => entry,
+    match entry.split_once('@') {
+        Some((host, server)) => resolve_via(host, server).await,
+        None => Ok(tokio::net::lookup_host(entry).await?.collect()),
+    }
+}
+
+/// `host:port` looked up through the DNS server at `server`.
+async fn resolve_via(host_port: &str, server: &str) -> anyhow::Result<Vec<SocketAddr>> {
+    use hickory_resolver::Resolver;
+    use hickory_resolver::config::{NameServerConfig, ResolverConfig};
+    use hickory_resolver::net::runtime::TokioRuntimeProvider;
+    let (host, port) = host_port
+        .rsplit_once(':')
+        .ok_or_else(|| anyhow::anyhow!("{host_port:?}: expected host:port"))?;
+    let port: u16 = port
+        .parse()
+        .map_err(|_| anyhow::anyhow!("{host_port:?}: bad port"))?;
+    if let Ok(ip) = host
+        .trim_matches(|c| c == '[' || c == ']')
+        .parse::<std::net::IpAddr>()
+    {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let server: SocketAddr = match server.parse() {
+        Ok(s) => s,
+        Err(_) => SocketAddr::new(
+            server
+                .trim_matches(|c| c == '[' || c == ']')
+                .parse()
+                .map_err(|_| anyhow::anyhow!("{server:?}: expected a DNS server ip[:port]"))?,
+            53,
+        ),
     };
-    Ok(tokio::net::lookup_host(host).await?.collect())
+    let mut ns = NameServerConfig::udp_and_tcp(server.ip());
+    for c in &mut ns.connections {
+        c.port = server.port();
+    }
+    let resolver = Resolver::builder_with_config(
+        ResolverConfig::from_name_servers(vec![ns]),
+        TokioRuntimeProvider::default(),
+    )
+    .build()?;
+    let name = if host.ends_with('.') {
+        host.to_string()
+    } else {
+        format!("{host}.")
+    };
+    let ips = resolver.lookup_ip(name.as_str()).await?;
+    Ok(ips.iter().map(|ip| SocketAddr::new(ip, port)).collect())
 }
 
 #[cfg(test)]
