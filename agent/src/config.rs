@@ -569,6 +569,15 @@ impl Config {
                 "{origin}: [consul.client.tls] needs both cert_file and key_file, or neither"
             );
         }
+        if let Some(dns) = &self.dns {
+            let d = dns.domain.trim_end_matches('.');
+            if d.is_empty() || d.split('.').any(|l| l.is_empty() || l.len() > 63) {
+                anyhow::bail!("{origin}: dns.domain {:?} is not a domain name", dns.domain);
+            }
+            if dns.udp_answer_limit == 0 {
+                anyhow::bail!("{origin}: dns.udp_answer_limit must be positive");
+            }
+        }
         if self
             .consul
             .node_name
@@ -644,6 +653,59 @@ mod tests {
             );
             assert!(e.contains(want), "{bad} -> {e}");
         }
+    }
+
+    #[test]
+    fn dns_keys_parse_and_bad_ones_are_refused() {
+        let base = "[db]\npath = 'x'\n[gossip]\naddr = '127.0.0.1:1'\nplaintext = true\n";
+        assert!(
+            Config::parse(base, "none").unwrap().dns.is_none(),
+            "off without [dns]"
+        );
+        let c = Config::parse(
+            &format!("{base}[dns]\naddr = '127.0.0.1:53'\ndomain = 'corp.'\nonly_passing = true\nnode_ttl = '30s'\nservice_ttl = {{ '*' = '5s', web = 10 }}\nudp_answer_limit = 5\na_record_limit = 2\nenable_truncate = true\n[dns.soa]\nmin_ttl = 7\n"),
+            "dns",
+        )
+        .unwrap();
+        let dns = c.dns.unwrap();
+        assert_eq!(dns.node_ttl.secs(), 30);
+        assert_eq!(dns.service_ttl["*"].secs(), 5);
+        assert_eq!(dns.service_ttl["web"].secs(), 10);
+        assert_eq!(
+            (
+                dns.udp_answer_limit,
+                dns.a_record_limit,
+                dns.soa.min_ttl,
+                dns.soa.refresh
+            ),
+            (5, 2, 7, 3600)
+        );
+        let d = Config::parse(&format!("{base}[dns]\n"), "defaults")
+            .unwrap()
+            .dns
+            .unwrap();
+        assert_eq!(d.addr, "127.0.0.1:8600".parse().unwrap());
+        assert_eq!(d.domain, "consul.");
+        assert_eq!(d.udp_answer_limit, 3);
+        for (bad, want) in [
+            ("[dns]\nrecursors = []\n", "recursors"),
+            ("[dns]\nnode_ttl = 'soon'\n", "invalid duration"),
+            ("[dns]\ndomain = 'a..b'\n", "not a domain name"),
+            ("[dns]\nudp_answer_limit = 0\n", "udp_answer_limit"),
+            ("[dns.soa]\nserial = 1\n", "serial"),
+        ] {
+            let e = format!(
+                "{:#}",
+                Config::parse(&format!("{base}{bad}"), "my.toml").unwrap_err()
+            );
+            assert!(e.contains(want), "{bad} -> {e}");
+        }
+        let embedded = Config::parse(EMBEDDED_DEFAULT, "embedded").unwrap();
+        assert_eq!(
+            embedded.dns.unwrap().addr,
+            "127.0.0.1:8600".parse().unwrap(),
+            "on in the embedded default"
+        );
     }
 
     #[test]

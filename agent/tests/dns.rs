@@ -432,3 +432,87 @@ fn a_bootstrap_name_resolves_through_the_named_dns_server() {
     );
     assert!(b.saw("not supported yet").is_none());
 }
+
+/// Asks with hickory-proto's message types over a real UDP socket or TCP
+/// stream (the hickory wire client side, next to dig).
+fn hickory_ask(
+    addr: SocketAddr,
+    name: &str,
+    qtype: hickory_proto::rr::RecordType,
+    tcp: bool,
+) -> hickory_proto::op::Message {
+    use hickory_proto::op::{Edns, Message, Query};
+    use hickory_proto::rr::Name;
+    use std::io::{Read, Write};
+    let mut m = Message::query();
+    m.metadata.id = 4242;
+    m.metadata.recursion_desired = true;
+    m.add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+    let mut e = Edns::new();
+    e.set_max_payload(1232);
+    m.set_edns(e);
+    let bytes = m.to_vec().unwrap();
+    let answer = if tcp {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.write_all(&(bytes.len() as u16).to_be_bytes()).unwrap();
+        s.write_all(&bytes).unwrap();
+        let mut len = [0u8; 2];
+        s.read_exact(&mut len).unwrap();
+        let mut buf = vec![0u8; usize::from(u16::from_be_bytes(len))];
+        s.read_exact(&mut buf).unwrap();
+        buf
+    } else {
+        let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        s.send_to(&bytes, addr).unwrap();
+        let mut buf = vec![0u8; 4096];
+        let (n, _) = s.recv_from(&mut buf).unwrap();
+        buf.truncate(n);
+        buf
+    };
+    let resp = Message::from_vec(&answer).unwrap();
+    assert_eq!(resp.metadata.id, 4242);
+    resp
+}
+
+#[test]
+fn the_hickory_wire_client_gets_the_same_answers_over_udp_and_tcp() {
+    use hickory_proto::op::ResponseCode;
+    use hickory_proto::rr::{RData, RecordType};
+    let consul = ConsulStandIn::start();
+    consul.set_service("web-1", service_json("web-1", "web", &["v1"], 8080));
+    consul.set_service("web-2", service_json("web-2", "web", &["v2"], 8081));
+    let dir = tempfile::tempdir().unwrap();
+    let agent = dns_node(dir.path(), "host-a", Some(&consul), None).start();
+    await_true(Duration::from_secs(10), "mirrored", || {
+        short(&agent, &["web.service.consul"]).len() == 2
+    });
+    let addr = dns_addr(&agent);
+    for tcp in [false, true] {
+        let a = hickory_ask(addr, "web.service.consul.", RecordType::A, tcp);
+        assert_eq!(a.metadata.response_code, ResponseCode::NoError);
+        assert!(a.metadata.authoritative);
+        assert_eq!(a.answers.len(), 2);
+        assert!(a.edns.is_some(), "EDNS answered with EDNS");
+        let srv = hickory_ask(addr, "_web._v2.service.consul.", RecordType::SRV, tcp);
+        let ports: Vec<u16> = srv
+            .answers
+            .iter()
+            .filter_map(|r| match &r.data {
+                RData::SRV(s) => Some(s.port),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(ports, [8081]);
+        assert_eq!(srv.additionals.len(), 1, "glue for the target");
+        let nx = hickory_ask(addr, "nope.service.consul.", RecordType::A, tcp);
+        assert_eq!(nx.metadata.response_code, ResponseCode::NXDomain);
+        assert!(matches!(
+            nx.authorities.first().map(|r| &r.data),
+            Some(RData::SOA(_))
+        ));
+        let refused = hickory_ask(addr, "example.org.", RecordType::A, tcp);
+        assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
+    }
+}
