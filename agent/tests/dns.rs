@@ -516,3 +516,57 @@ fn the_hickory_wire_client_gets_the_same_answers_over_udp_and_tcp() {
         assert_eq!(refused.metadata.response_code, ResponseCode::Refused);
     }
 }
+
+#[test]
+fn ttls_record_limits_and_only_passing_follow_the_config() {
+    let consul = ConsulStandIn::start();
+    for i in 0..5 {
+        let mut s = service_json(&format!("web-{i}"), "web", &[], 80);
+        s["Address"] = format!("10.3.0.{}", i + 1).into();
+        consul.set_service(&format!("web-{i}"), s);
+    }
+    consul.set_service("db-1", service_json("db-1", "db", &[], 5432));
+    consul.set_check("c0", check_json("c0", "web-0", "warning", ""));
+    let dir = tempfile::tempdir().unwrap();
+    let node = dns_node(dir.path(), "host-a", Some(&consul), None);
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    std::fs::write(
+        &node.config,
+        text.replace(
+            "[dns]\n",
+            "[dns]\nonly_passing = true\na_record_limit = 2\nnode_ttl = \"30s\"\nservice_ttl = { \"*\" = \"5s\", db = \"60s\" }\n",
+        ),
+    )
+    .unwrap();
+    let agent = node.start();
+    await_true(Duration::from_secs(10), "db answered", || {
+        short(&agent, &["db.service.consul"]).len() == 1
+    });
+    let ttl = |args: &[&str]| -> Vec<String> {
+        let mut a = args.to_vec();
+        a.extend(["+noall", "+answer"]);
+        dig(&agent, &a)
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1).map(str::to_string))
+            .collect()
+    };
+    assert_eq!(ttl(&["db.service.consul"]), ["60"]);
+    assert!(
+        ttl(&["+tcp", "web.service.consul"])
+            .iter()
+            .all(|t| t == "5")
+    );
+    assert_eq!(ttl(&["host-a.node.consul"]), ["30"]);
+    // a_record_limit = 2 even over TCP; web-0 (warning) left out with only_passing.
+    let web = short(&agent, &["+tcp", "web.service.consul"]);
+    assert_eq!(web.len(), 2, "{web:?}");
+    let all: std::collections::BTreeSet<String> = (0..30)
+        .flat_map(|_| short(&agent, &["+tcp", "web.service.consul"]))
+        .collect();
+    assert_eq!(
+        all.len(),
+        4,
+        "every passing instance shows up, the warning one never: {all:?}"
+    );
+    assert!(!all.contains("10.3.0.1"));
+}

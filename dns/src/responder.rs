@@ -276,13 +276,18 @@ impl Responder {
         };
         let mut rng = rand::rng();
         built.answers.shuffle(&mut rng);
+        // A subset (record limits, trimming) must be drawn anew per query,
+        // so such answers are never cached.
+        let mut subset = false;
         if self.settings.a_record_limit > 0 {
+            let before = built.answers.len();
             let mut n = 0;
             built.answers.retain(|r| {
                 let addr = matches!(r.record_type(), RecordType::A | RecordType::AAAA);
                 n += usize::from(addr);
                 !addr || n <= self.settings.a_record_limit
             });
+            subset = built.answers.len() < before;
         }
         let mut resp = Message::new(id, MessageType::Response, OpCode::Query);
         resp.metadata.authoritative = built.rcode != ResponseCode::Refused;
@@ -325,7 +330,7 @@ impl Responder {
             bytes = resp.to_vec().ok()?;
         }
         count(built.rcode);
-        if let (Some(index), Some(p), false) = (store_as, &fast, trimmed)
+        if let (Some(index), Some(p), false) = (store_as, &fast, trimmed || subset)
             && built.rcode == ResponseCode::NoError
             && let Some((at, rr, count)) = shuffleable(&bytes, p.question.len())
         {
