@@ -50,28 +50,22 @@ fn discovery_node(
     consul: Option<&ConsulStandIn>,
     extra: &str,
 ) -> Node {
-    let node = Node::new(dir, "");
-    node.with_consul_schema();
-    let mut text = format!("[consul]\nnode_name = \"{name}\"\n{extra}\n");
-    if let Some(c) = consul {
-        text.push_str(&format!(
-            "[consul.client]\naddr = \"{}\"\npoll_interval = \"100ms\"\n",
-            c.addr
-        ));
-    }
-    node.append_config(&text);
-    node
+    configure(Node::new(dir, ""), name, consul, extra)
 }
 
+/// The same, joining the cluster through `seed`.
 fn joining(
     dir: &std::path::Path,
     name: &str,
     seed: &Agent,
     consul: Option<&ConsulStandIn>,
 ) -> Node {
-    let node = Node::joining(dir, seed);
+    configure(Node::joining(dir, seed), name, consul, "")
+}
+
+fn configure(node: Node, name: &str, consul: Option<&ConsulStandIn>, extra: &str) -> Node {
     node.with_consul_schema();
-    let mut text = format!("[consul]\nnode_name = \"{name}\"\n");
+    let mut text = format!("[consul]\nnode_name = \"{name}\"\n{extra}\n");
     if let Some(c) = consul {
         text.push_str(&format!(
             "[consul.client]\naddr = \"{}\"\npoll_interval = \"100ms\"\n",
@@ -448,9 +442,12 @@ fn three(dir: &std::path::Path, consul: &ConsulStandIn, extra: &str) -> (Vec<Nod
     let mut nodes = vec![a_node];
     let mut agents = vec![a];
     for name in ["host-b", "host-c"] {
-        let n = Node::joining(&dir.join(name), &agents[0]);
-        n.with_consul_schema();
-        n.append_config(&format!("[consul]\nnode_name = \"{name}\"\n{extra}\n"));
+        let n = configure(
+            Node::joining(&dir.join(name), &agents[0]),
+            name,
+            None,
+            extra,
+        );
         agents.push(n.start());
         nodes.push(n);
     }

@@ -139,6 +139,26 @@ fn filter_and_near(
     Ok(Some(e))
 }
 
+/// What a catalog or health handler works with.
+struct Ctx {
+    d: Discovery,
+    p: Params,
+    f: Option<filter::Expr>,
+}
+
+/// [`prepare`] and [`filter_and_near`] in one step.
+#[expect(clippy::result_large_err, reason = "the error is the response to send")]
+fn context(
+    st: &ApiState,
+    query: Option<&str>,
+    near: bool,
+    shape: render::Shape,
+) -> Result<Ctx, Response> {
+    let (d, p) = prepare(st, query)?;
+    let f = filter_and_near(&p, &d, near, shape)?;
+    Ok(Ctx { d, p, f })
+}
+
 /// Applies a filter to a JSON list (an evaluation error is the caller's 400).
 fn filtered(f: &Option<filter::Expr>, list: Vec<Value>) -> Result<Vec<Value>, String> {
     match f {
@@ -199,12 +219,8 @@ fn instances(index: &Index, d: &Discovery, p: &Params, name: &str) -> Vec<Instan
 }
 
 async fn catalog_services(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Response {
-    let (d, p) = match prepare(&st, q.as_deref()) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let f = match filter_and_near(&p, &d, false, render::Shape::CatalogEntry) {
-        Ok(f) => f,
+    let Ctx { d, p, f } = match context(&st, q.as_deref(), false, render::Shape::CatalogEntry) {
+        Ok(c) => c,
         Err(r) => return r,
     };
     let dc = d.node.datacenter.clone();
@@ -247,16 +263,11 @@ async fn catalog_service(
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let (d, p) = match prepare(&st, q.as_deref()) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let f = match filter_and_near(&p, &d, true, render::Shape::CatalogEntry) {
-        Ok(f) => f,
+    let Ctx { d, p, f } = match context(&st, q.as_deref(), true, render::Shape::CatalogEntry) {
+        Ok(c) => c,
         Err(r) => return r,
     };
     let dc = d.node.datacenter.clone();
-    let d2 = d.clone();
     blocking::respond(
         &st,
         &d,
@@ -264,7 +275,7 @@ async fn catalog_service(
         "catalog/service",
         vec![Topic::Service(name.clone())],
         |index| {
-            let list: Vec<Value> = instances(index, &d2, &p, &name)
+            let list: Vec<Value> = instances(index, &d, &p, &name)
                 .iter()
                 .map(|i| render::catalog_entry(index, i, &dc))
                 .collect();
@@ -275,22 +286,17 @@ async fn catalog_service(
 }
 
 async fn catalog_nodes(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Response {
-    let (d, p) = match prepare(&st, q.as_deref()) {
-        Ok(x) => x,
+    let Ctx { d, p, f } = match context(&st, q.as_deref(), true, render::Shape::Node) {
+        Ok(c) => c,
         Err(r) => return r,
     };
-    let f = match filter_and_near(&p, &d, true, render::Shape::Node) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let d2 = d.clone();
     blocking::respond(&st, &d, &p, "catalog/nodes", vec![Topic::Nodes], |index| {
         let mut nodes: Vec<_> = index
             .nodes()
             .filter(|n| node_meta_ok(index, &n.node, &p.node_meta))
             .cloned()
             .collect();
-        sort_near(index, &p, &d2, &mut nodes, |n| n.node.as_str());
+        sort_near(index, &p, &d, &mut nodes, |n| n.node.as_str());
         let list = nodes.iter().map(|n| render::node(index, n)).collect();
         Ok(Value::Array(filtered(&f, list)?))
     })
@@ -302,12 +308,8 @@ async fn catalog_node(
     Path(node): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let (d, p) = match prepare(&st, q.as_deref()) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let f = match filter_and_near(&p, &d, false, render::Shape::Service) {
-        Ok(f) => f,
+    let Ctx { d, p, f } = match context(&st, q.as_deref(), false, render::Shape::Service) {
+        Ok(c) => c,
         Err(r) => return r,
     };
     let dc = d.node.datacenter.clone();
@@ -368,16 +370,11 @@ async fn health_service(
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let (d, p) = match prepare(&st, q.as_deref()) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let f = match filter_and_near(&p, &d, true, render::Shape::HealthEntry) {
-        Ok(f) => f,
+    let Ctx { d, p, f } = match context(&st, q.as_deref(), true, render::Shape::HealthEntry) {
+        Ok(c) => c,
         Err(r) => return r,
     };
     let dc = d.node.datacenter.clone();
-    let d2 = d.clone();
     blocking::respond(
         &st,
         &d,
@@ -385,7 +382,7 @@ async fn health_service(
         "health/service",
         vec![Topic::Service(name.clone())],
         |index| {
-            let list: Vec<Value> = instances(index, &d2, &p, &name)
+            let list: Vec<Value> = instances(index, &d, &p, &name)
                 .iter()
                 // `passing`: every check passing (a warning excludes, as Consul).
                 .filter(|i| !p.passing || i.status == Status::Passing)
@@ -402,15 +399,10 @@ async fn health_checks(
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let (d, p) = match prepare(&st, q.as_deref()) {
-        Ok(x) => x,
+    let Ctx { d, p, f } = match context(&st, q.as_deref(), true, render::Shape::Check) {
+        Ok(c) => c,
         Err(r) => return r,
     };
-    let f = match filter_and_near(&p, &d, true, render::Shape::Check) {
-        Ok(f) => f,
-        Err(r) => return r,
-    };
-    let d2 = d.clone();
     blocking::respond(
         &st,
         &d,
@@ -423,7 +415,7 @@ async fn health_checks(
                 .into_iter()
                 .filter(|c| node_meta_ok(index, &c.node, &p.node_meta))
                 .collect();
-            sort_near(index, &p, &d2, &mut checks, |c| c.node.as_str());
+            sort_near(index, &p, &d, &mut checks, |c| c.node.as_str());
             let list = checks
                 .iter()
                 .map(|c| render::check(index, c, &render::check_tags(index, c)))
@@ -439,12 +431,8 @@ async fn health_node(
     Path(node): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let (d, p) = match prepare(&st, q.as_deref()) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
-    let f = match filter_and_near(&p, &d, false, render::Shape::Check) {
-        Ok(f) => f,
+    let Ctx { d, p, f } = match context(&st, q.as_deref(), false, render::Shape::Check) {
+        Ok(c) => c,
         Err(r) => return r,
     };
     blocking::respond(
@@ -470,10 +458,6 @@ async fn health_state(
     Path(state): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
-    let (d, p) = match prepare(&st, q.as_deref()) {
-        Ok(x) => x,
-        Err(r) => return r,
-    };
     let want = match state.as_str() {
         "any" => None,
         "passing" => Some(Status::Passing),
@@ -488,11 +472,10 @@ async fn health_state(
             );
         }
     };
-    let f = match filter_and_near(&p, &d, true, render::Shape::Check) {
-        Ok(f) => f,
+    let Ctx { d, p, f } = match context(&st, q.as_deref(), true, render::Shape::Check) {
+        Ok(c) => c,
         Err(r) => return r,
     };
-    let d2 = d.clone();
     blocking::respond(
         &st,
         &d,
@@ -506,7 +489,7 @@ async fn health_state(
                 .filter(|c| want.is_none_or(|w| c.status == w))
                 .filter(|c| node_meta_ok(index, &c.node, &p.node_meta))
                 .collect();
-            sort_near(index, &p, &d2, &mut checks, |c| c.node.as_str());
+            sort_near(index, &p, &d, &mut checks, |c| c.node.as_str());
             let list = checks
                 .iter()
                 .map(|c| render::check(index, c, &render::check_tags(index, c)))
