@@ -36,6 +36,8 @@ struct Shared {
     index: RwLock<Index>,
     /// Rows the change feed reported, not yet re-read.
     pending: Mutex<Vec<RowChanged>>,
+    /// Held while a batch is read and applied (batches never interleave).
+    processing: Mutex<()>,
     wake: Notify,
     changed: watch::Sender<u64>,
     counter: Mutex<IndexCounter>,
@@ -59,6 +61,7 @@ impl Catalog {
             store: store.clone(),
             index: RwLock::new(index),
             pending: Mutex::new(Vec::new()),
+            processing: Mutex::new(()),
             wake: Notify::new(),
             changed: watch::channel(start).0,
             counter: Mutex::new(counter),
@@ -91,6 +94,7 @@ impl Catalog {
     /// Re-reads every discovery row (at start, and after a schema change
     /// that may have created the tables). Blocks.
     pub fn reload(&self) -> Result<(), CatalogError> {
+        let _one_at_a_time = self.shared.processing.lock();
         let conn = self.shared.store.reader();
         let mut fresh = self.shared.index.read().clone();
         // Rebuild from scratch, keeping stamps and membership: remove what
@@ -128,17 +132,19 @@ impl Catalog {
     }
 
     /// Re-reads the rows the change feed queued and applies them; true when
-    /// the index changed. Blocks (one read transaction).
+    /// the index changed. Blocks (one read transaction). Rows are read
+    /// without holding the index lock (readers such as DNS keep answering
+    /// during a large catch-up); batches are processed one at a time, so an
+    /// older read never overwrites a newer one.
     pub fn process_pending(&self) -> Result<bool, CatalogError> {
+        let _one_at_a_time = self.shared.processing.lock();
         let rows = std::mem::take(&mut *self.shared.pending.lock());
         if rows.is_empty() {
             return Ok(false);
         }
         let conn = self.shared.store.reader();
-        // Read under the write lock so a later batch cannot be overtaken by
-        // an earlier one (the reads are in-memory lookups by key).
-        let mut index = self.shared.index.write();
         let mut seen = std::collections::HashSet::new();
+        let mut fresh = Vec::with_capacity(rows.len());
         for r in rows.iter().rev() {
             if !seen.insert((r.table.clone(), r.pk.clone())) {
                 continue;
@@ -148,9 +154,13 @@ impl Catalog {
                 continue;
             };
             let table = r.table.to_ascii_lowercase();
-            sql::refresh_row(&conn, &mut index, &table, &pk)?;
+            fresh.push(sql::read_row(&conn, &table, &pk)?);
         }
         drop(conn);
+        let mut index = self.shared.index.write();
+        for f in fresh {
+            sql::apply(&mut index, f);
+        }
         self.finish(&mut index)
     }
 

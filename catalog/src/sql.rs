@@ -164,15 +164,23 @@ fn bind(v: &SqlValue) -> rusqlite::types::Value {
     }
 }
 
+/// What a table holds now for one key a commit touched.
+pub(crate) enum Fresh {
+    Service(Service),
+    NoService(String, String),
+    Check(Check),
+    NoCheck(String, String),
+    Node(Node),
+    NoNode(String),
+    Claim(Claim),
+    NoClaim(String, String),
+    Other,
+}
+
 /// Re-reads one row a commit touched (`table` lower-case, `pk` its decoded
-/// key) and applies what is there now to `index`.
-pub(crate) fn refresh_row(
-    conn: &Connection,
-    index: &mut Index,
-    table: &str,
-    pk: &[SqlValue],
-) -> rusqlite::Result<()> {
-    match (table, pk) {
+/// key); [`apply`] puts the result into the index.
+pub(crate) fn read_row(conn: &Connection, table: &str, pk: &[SqlValue]) -> rusqlite::Result<Fresh> {
+    Ok(match (table, pk) {
         ("consul_services", [n, i]) => {
             let sql =
                 format!("SELECT {SERVICE_COLS} FROM consul_services WHERE node = ?1 AND id = ?2");
@@ -181,8 +189,8 @@ pub(crate) fn refresh_row(
                 .query_row([bind(n), bind(i)], service)
                 .optional()?
             {
-                Some(s) => index.upsert_service(s),
-                None => index.remove_service(&key_text(n), &key_text(i)),
+                Some(s) => Fresh::Service(s),
+                None => Fresh::NoService(key_text(n), key_text(i)),
             }
         }
         ("consul_checks", [n, i]) => {
@@ -192,8 +200,8 @@ pub(crate) fn refresh_row(
                 .query_row([bind(n), bind(i)], check)
                 .optional()?
             {
-                Some(c) => index.upsert_check(c),
-                None => index.remove_check(&key_text(n), &key_text(i)),
+                Some(c) => Fresh::Check(c),
+                None => Fresh::NoCheck(key_text(n), key_text(i)),
             }
         }
         ("consul_nodes", [n]) => {
@@ -203,8 +211,8 @@ pub(crate) fn refresh_row(
                 .query_row([bind(n)], node)
                 .optional()?
             {
-                Some(row) => index.upsert_node(row),
-                None => index.remove_node(&key_text(n)),
+                Some(row) => Fresh::Node(row),
+                None => Fresh::NoNode(key_text(n)),
             }
         }
         ("consul_node_claims", [n, a]) => {
@@ -216,11 +224,25 @@ pub(crate) fn refresh_row(
                 .query_row([bind(n), bind(a)], claim)
                 .optional()?
             {
-                Some(c) => index.upsert_claim(c),
-                None => index.remove_claim(&key_text(n), &key_text(a)),
+                Some(c) => Fresh::Claim(c),
+                None => Fresh::NoClaim(key_text(n), key_text(a)),
             }
         }
-        _ => {}
+        _ => Fresh::Other,
+    })
+}
+
+/// Puts a re-read row into the index.
+pub(crate) fn apply(index: &mut Index, fresh: Fresh) {
+    match fresh {
+        Fresh::Service(s) => index.upsert_service(s),
+        Fresh::NoService(n, i) => index.remove_service(&n, &i),
+        Fresh::Check(c) => index.upsert_check(c),
+        Fresh::NoCheck(n, i) => index.remove_check(&n, &i),
+        Fresh::Node(n) => index.upsert_node(n),
+        Fresh::NoNode(n) => index.remove_node(&n),
+        Fresh::Claim(c) => index.upsert_claim(c),
+        Fresh::NoClaim(n, a) => index.remove_claim(&n, &a),
+        Fresh::Other => {}
     }
-    Ok(())
 }

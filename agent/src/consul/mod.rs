@@ -246,11 +246,13 @@ async fn maintain(
     let mut changes = d.catalog.subscribe();
     let mut tick = tokio::time::interval(MAINTAIN_EVERY.min(beat));
     loop {
-        tokio::select! {
+        // Catalog changes re-check the node row and claims at once;
+        // reaping (a walk over every node) waits for the tick.
+        let ticked = tokio::select! {
             _ = stop.changed() => return,
-            _ = tick.tick() => {}
-            _ = changes.changed() => {}
-        }
+            _ = tick.tick() => true,
+            _ = changes.changed() => false,
+        };
         // 1. Our node row and claim.
         let mut statements = Vec::new();
         {
@@ -294,7 +296,7 @@ async fn maintain(
                 ));
             }
             // 2. Reaping, by the live agent with the smallest actor id.
-            if d.settled() && index.live_actors().first() == Some(&me) {
+            if ticked && d.settled() && index.live_actors().first() == Some(&me) {
                 let cutoff = now_ms() - reap_after.as_millis() as i64;
                 for n in index.nodes() {
                     if n.node != d.node.name
