@@ -51,9 +51,18 @@ pub async fn serve(
     workers: usize,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<Listeners> {
-    let udp = Arc::new(udp_socket(addr)?);
+    // With port 0 the TCP side takes the port the UDP side got; when that
+    // port is taken for TCP, try another pair.
+    let mut attempt = 0;
+    let (udp, tcp) = loop {
+        let udp = udp_socket(addr)?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => break (Arc::new(udp), tcp),
+            Err(_) if addr.port() == 0 && attempt < 32 => attempt += 1,
+            Err(e) => return Err(e),
+        }
+    };
     let udp_addr = udp.local_addr()?;
-    let tcp = TcpListener::bind(udp_addr).await?;
     let tcp_addr = tcp.local_addr()?;
     for _ in 0..workers.max(1) {
         let (udp, r, mut stop) = (udp.clone(), responder.clone(), stop.clone());

@@ -186,7 +186,14 @@ impl Agent {
                         return l;
                     }
                 }
-                Err(_) => panic!("no log line containing {needle:?}"),
+                Err(_) => {
+                    let seen = self.seen.borrow();
+                    let tail = &seen[seen.len().saturating_sub(10)..];
+                    panic!(
+                        "no log line containing {needle:?}; the last lines were:\n{}",
+                        tail.join("\n")
+                    )
+                }
             }
         }
     }
