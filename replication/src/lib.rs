@@ -20,7 +20,7 @@ pub mod membership;
 mod sync;
 mod wire;
 
-pub use sync::{SyncRequest, SyncState, plan};
+pub use sync::{InvalidState, MAX_STATE_ACTORS, MAX_STATE_RANGES, SyncRequest, SyncState, plan};
 pub use wire::{
     Envelope, MAX_FRAME_BYTES, MAX_HOPS, Message, PROTOCOL_VERSION, Trailer, WireError, decode,
     decode_with_trailer, encode, encode_with_trailer,

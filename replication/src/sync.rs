@@ -17,7 +17,62 @@ pub struct SyncState {
     pub needs: BTreeMap<ActorId, Vec<RangeInclusive<u64>>>,
 }
 
+/// Most actors a peer's state may name.
+pub const MAX_STATE_ACTORS: usize = 100_000;
+/// Most needed ranges a peer's state may list, over all actors.
+pub const MAX_STATE_RANGES: usize = 1_000_000;
+
+/// Why a peer's [`SyncState`] is refused (nothing in it is used).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidState {
+    #[error("{0} actors, over the limit of {MAX_STATE_ACTORS}")]
+    TooManyActors(usize),
+    #[error("{0} needed ranges, over the limit of {MAX_STATE_RANGES}")]
+    TooManyRanges(usize),
+    #[error("actor {0} has needed ranges but no head")]
+    NeedsWithoutHead(ActorId),
+    #[error(
+        "actor {actor}: needed range {start}..={end} is empty, starts at 0 or ends past the head {head}"
+    )]
+    BadRange {
+        actor: ActorId,
+        start: u64,
+        end: u64,
+        head: u64,
+    },
+}
+
 impl SyncState {
+    /// Checks a state received from a peer before any of it is used: every
+    /// needed range non-empty, ordered, within 1..=head of its actor, and
+    /// the counts bounded. Work is proportional to the state's size.
+    pub fn validate(&self) -> Result<(), InvalidState> {
+        if self.heads.len() > MAX_STATE_ACTORS {
+            return Err(InvalidState::TooManyActors(self.heads.len()));
+        }
+        let ranges: usize = self.needs.values().map(Vec::len).sum();
+        if ranges > MAX_STATE_RANGES {
+            return Err(InvalidState::TooManyRanges(ranges));
+        }
+        for (actor, needs) in &self.needs {
+            let Some(&head) = self.heads.get(actor) else {
+                return Err(InvalidState::NeedsWithoutHead(*actor));
+            };
+            for r in needs {
+                let (start, end) = (*r.start(), *r.end());
+                if start == 0 || start > end || end > head {
+                    return Err(InvalidState::BadRange {
+                        actor: *actor,
+                        start,
+                        end,
+                        head,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The state of a store's bookkeeping.
     pub fn from_books(books: &HashMap<ActorId, ActorBooks>) -> Self {
         let mut s = SyncState::default();
@@ -170,5 +225,60 @@ mod tests {
         let s = SyncState::from_books(&books);
         assert_eq!(s.heads, BTreeMap::from([(actor(1), 7)]));
         assert_eq!(s.needs[&actor(1)], vec![1..=4, 6..=7]);
+    }
+
+    #[test]
+    fn hostile_states_are_refused_before_use() {
+        #[expect(clippy::reversed_empty_ranges, reason = "the hostile input under test")]
+        let backwards = state(&[(1, 9, &[5..=3])]);
+        assert!(matches!(
+            backwards.validate(),
+            Err(InvalidState::BadRange { .. })
+        ));
+        assert!(state(&[(1, 9, &[0..=2])]).validate().is_err(), "version 0");
+        assert!(
+            state(&[(1, 9, &[8..=10])]).validate().is_err(),
+            "past the head"
+        );
+        let mut orphan = state(&[(1, 9, &[])]);
+        orphan.needs.insert(actor(2), vec![1..=1]);
+        assert_eq!(
+            orphan.validate(),
+            Err(InvalidState::NeedsWithoutHead(actor(2)))
+        );
+        let mut many = SyncState::default();
+        many.heads.insert(actor(1), u64::MAX);
+        many.needs
+            .insert(actor(1), vec![1..=1; MAX_STATE_RANGES + 1]);
+        assert!(matches!(
+            many.validate(),
+            Err(InvalidState::TooManyRanges(_))
+        ));
+        assert_eq!(state(&[(1, 9, &[2..=3, 7..=9])]).validate(), Ok(()));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig { cases: 10_000, .. Default::default() })]
+
+        /// Any state that passes validation can be planned against without
+        /// panicking, whatever numbers it holds.
+        #[test]
+        fn validated_states_never_panic_the_planner(
+            heads in proptest::collection::vec((0u8..4, proptest::num::u64::ANY), 0..4),
+            needs in proptest::collection::vec((0u8..4, proptest::num::u64::ANY, proptest::num::u64::ANY), 0..6),
+        ) {
+            let mut theirs = SyncState::default();
+            for (a, h) in heads {
+                theirs.heads.insert(actor(a), h);
+            }
+            for (a, x, y) in needs {
+                theirs.needs.entry(actor(a)).or_default().push(x..=y);
+            }
+            if theirs.validate().is_ok() {
+                let mine = state(&[(1, 5, &[2..=3])]);
+                let _ = plan(&mine, &theirs, 2_000);
+                let _ = plan(&theirs, &mine, 2_000);
+            }
+        }
     }
 }

@@ -706,6 +706,12 @@ async fn respond_sync(
             kind(&first.message)
         );
     };
+    // Hostile until validated: a backwards or out-of-head range would
+    // otherwise reach the range set arithmetic below.
+    if let Err(e) = theirs.validate() {
+        metrics::counter!("corro_sync_states_refused_total").increment(1);
+        anyhow::bail!("refusing the SyncState of {}: {e}", first.addr);
+    }
     send_missing(inner, &mut send, theirs).await?;
     write_state(inner, &mut send).await?;
     let mut receiver = Receiver::new();
