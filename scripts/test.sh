@@ -21,6 +21,13 @@ fi
 
 # The real Consul client library the catalog API is tested with.
 if ! python3 -c 'import consul' 2>/dev/null; then
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ]; then
+      apt-get update -qq && apt-get install -y -qq python3-pip
+    else
+      sudo apt-get update -qq && sudo apt-get install -y -qq python3-pip
+    fi
+  fi
   python3 -m pip install --quiet --disable-pip-version-check py-consul \
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages py-consul
 fi
