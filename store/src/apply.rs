@@ -111,7 +111,7 @@ impl Store {
                         if lo == 0 || lo > hi {
                             continue;
                         }
-                        let newly = (lo..=hi).filter(|v| !books.holds(*v)).count() as u64;
+                        let newly = books.lacking_in(lo..=hi);
                         books.mark_held(lo..=hi);
                         tx.prepare_cached(
                             "DELETE FROM __corro_buffered WHERE actor = ?1 AND version BETWEEN ?2 AND ?3",

@@ -59,6 +59,36 @@ impl ActorBooks {
             && !self.partials.contains_key(&version)
     }
 
+    /// How many versions of `versions` are not fully held, counted by
+    /// ranges (work proportional to the bookkeeping, never to the range's
+    /// width: a peer may name 1..=u64::MAX).
+    pub fn lacking_in(&self, versions: RangeInclusive<u64>) -> u64 {
+        let (lo, hi) = (*versions.start(), *versions.end());
+        if lo == 0 || lo > hi {
+            return 0;
+        }
+        let above_head = if hi > self.head {
+            hi - lo.max(self.head + 1) + 1
+        } else {
+            0
+        };
+        if lo > self.head {
+            return above_head;
+        }
+        let below = lo..=hi.min(self.head);
+        let missing: u64 = self
+            .missing
+            .overlapping(below.clone())
+            .map(|r| r.end().min(below.end()) - r.start().max(below.start()) + 1)
+            .sum();
+        let partial = self
+            .partials
+            .range(below)
+            .filter(|(v, _)| !self.missing.contains(v))
+            .count() as u64;
+        above_head + missing + partial
+    }
+
     /// Records versions as fully held (applied or cleared).
     pub fn mark_held(&mut self, versions: RangeInclusive<u64>) {
         let (lo, hi) = (*versions.start(), *versions.end());
@@ -224,6 +254,37 @@ mod tests {
         b.mark_held(1..=9);
         assert!(b.needed().is_empty());
         assert!(b.partials.is_empty());
+    }
+
+    #[test]
+    fn lacking_versions_are_counted_by_ranges() {
+        let mut b = ActorBooks::default();
+        b.mark_held(10..=10);
+        b.mark_held(3..=4);
+        b.add_piece(7, 0..=0, 5, 0);
+        // Held: 3, 4, 10. Missing: 1-2, 5-9 (7 also partial).
+        let slow =
+            |b: &ActorBooks, lo: u64, hi: u64| (lo..=hi).filter(|v| !b.holds(*v)).count() as u64;
+        for (lo, hi) in [
+            (1, 10),
+            (1, 20),
+            (3, 4),
+            (5, 9),
+            (7, 7),
+            (11, 15),
+            (2, 12),
+            (0, 5),
+            (6, 2),
+        ] {
+            let want = if lo == 0 || lo > hi {
+                0
+            } else {
+                slow(&b, lo, hi)
+            };
+            assert_eq!(b.lacking_in(lo..=hi), want, "{lo}..={hi}");
+        }
+        // A range as wide as a hostile peer can name is counted at once.
+        assert_eq!(b.lacking_in(1..=u64::MAX), u64::MAX - 3);
     }
 
     #[test]

@@ -856,3 +856,30 @@ fn change_feed_reports_the_rows_of_every_commit() {
         c.version
     );
 }
+
+#[test]
+fn a_cleared_range_as_wide_as_versions_go_is_applied_by_ranges() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_with(dir.path(), "a", TODOS);
+    let actor = corro_store::ActorId::random();
+    // Counted version by version, this took longer than any test runs.
+    let widest = i64::MAX as u64;
+    let out = s
+        .apply(vec![Changeset::Cleared {
+            actor,
+            versions: 1..=widest,
+        }])
+        .unwrap();
+    assert_eq!(out.cleared, widest);
+    assert_eq!(s.books()[&actor].head, widest);
+    // Past what SQLite stores: refused, nothing recorded.
+    let other = corro_store::ActorId::random();
+    assert!(
+        s.apply(vec![Changeset::Cleared {
+            actor: other,
+            versions: 1..=u64::MAX,
+        }])
+        .is_err()
+    );
+    assert!(!s.books().contains_key(&other));
+}
