@@ -552,9 +552,17 @@ fn blocking_queries_wake_only_for_their_own_answer_and_the_index_survives_restar
     let dir = tempfile::tempdir().unwrap();
     let node = discovery_node(dir.path(), "host-a", Some(&consul), "");
     let agent = node.start();
-    await_some(Duration::from_secs(10), "both mirrored", || {
-        (catalog(&agent, "web").len() == 1 && catalog(&agent, "db").len() == 1).then_some(())
-    });
+    await_some(
+        Duration::from_secs(10),
+        "both mirrored, the node row in",
+        || {
+            let nodes = get_json(&agent, "/v1/catalog/nodes");
+            (catalog(&agent, "web").len() == 1
+                && catalog(&agent, "db").len() == 1
+                && nodes.as_array().is_some_and(|n| n.len() == 1))
+            .then_some(())
+        },
+    );
     let first = get(&agent, "/v1/health/service/web");
     assert_eq!(first.headers()["x-consul-knownleader"], "true");
     assert_eq!(first.headers()["x-consul-lastcontact"], "0");
@@ -838,7 +846,15 @@ fn the_consul_listener_serves_only_consul_routes_and_held_queries_end_on_shutdow
             .status(),
         404
     );
-    // A query held for a minute ends as soon as the agent is told to stop.
+    // A query held for a minute ends as soon as the agent is told to stop
+    // (asked once this node's row is in, so the node list stays put).
+    await_some(Duration::from_secs(10), "this node's row", || {
+        let nodes: Value = reqwest::blocking::get(format!("{base}/v1/catalog/nodes"))
+            .ok()?
+            .json()
+            .ok()?;
+        (nodes.as_array()?.len() == 1).then_some(())
+    });
     let idx = index_of(&reqwest::blocking::get(format!("{base}/v1/catalog/nodes")).unwrap());
     let url = format!("{base}/v1/catalog/nodes?index={idx}&wait=60s");
     let waiter = std::thread::spawn(move || {
