@@ -325,8 +325,7 @@ fn hostile_packets_get_codes_or_are_dropped_and_the_responder_keeps_serving() {
     });
     let addr = dns_addr(&agent);
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    sock.set_read_timeout(Some(Duration::from_millis(500)))
-        .unwrap();
+    sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let ask = |packet: &[u8]| -> Option<Vec<u8>> {
         sock.send_to(packet, addr).unwrap();
         let mut buf = [0u8; 4096];
@@ -370,7 +369,9 @@ fn hostile_packets_get_codes_or_are_dropped_and_the_responder_keeps_serving() {
     edns[11] = 1;
     edns.extend_from_slice(&[0, 0, 41, 0xff, 0xff, 0, 0, 0, 0, 0, 9, 1, 2]);
     assert!(ask(&edns).is_some());
-    // Random bytes, many times: still answering afterwards.
+    // Random bytes, many times, from another socket (its answers must not
+    // crowd out the one below): still answering afterwards.
+    let flood = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     let mut x: u64 = 0x9e3779b97f4a7c15;
     for _ in 0..2000 {
         let len = 12 + (x % 200) as usize;
@@ -382,24 +383,19 @@ fn hostile_packets_get_codes_or_are_dropped_and_the_responder_keeps_serving() {
                 x as u8
             })
             .collect();
-        sock.send_to(&p, addr).unwrap();
+        flood.send_to(&p, addr).unwrap();
     }
-    // Answers to the random packets may still be arriving: wait for the
-    // one carrying this query's ID.
+    // UDP may lose a datagram on a loaded machine: ask up to 5 times.
     sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-    sock.send_to(&q, addr).unwrap();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (n, _) = sock
-            .recv_from(&mut buf)
-            .expect("the responder stopped answering");
-        if n >= 12 && buf[..2] == q[..2] && buf[2] & 0x80 != 0 {
-            assert_eq!(rcode(&buf[..n]), 0);
-            break;
+    let answered = (0..5).any(|_| {
+        sock.send_to(&q, addr).unwrap();
+        let mut buf = [0u8; 4096];
+        match sock.recv_from(&mut buf) {
+            Ok((n, _)) => n >= 12 && buf[..2] == q[..2] && rcode(&buf[..n]) == 0,
+            Err(_) => false,
         }
-        assert!(Instant::now() < deadline, "no answer to the valid query");
-    }
+    });
+    assert!(answered, "the responder stopped answering");
     assert_eq!(
         short(&agent, &["+tcp", "host-a.node.consul"]),
         ["127.0.0.1"]
