@@ -409,19 +409,7 @@ async fn health_checks(
         &p,
         "health/checks",
         vec![Topic::Service(name.clone())],
-        |index| {
-            let mut checks: Vec<_> = index
-                .service_checks(&name)
-                .into_iter()
-                .filter(|c| node_meta_ok(index, &c.node, &p.node_meta))
-                .collect();
-            sort_near(index, &p, &d, &mut checks, |c| c.node.as_str());
-            let list = checks
-                .iter()
-                .map(|c| render::check(index, c, &render::check_tags(index, c)))
-                .collect();
-            Ok(Value::Array(filtered(&f, list)?))
-        },
+        |index| check_list(index, &d, &p, &f, index.service_checks(&name)),
     )
     .await
 }
@@ -483,21 +471,36 @@ async fn health_state(
         &format!("health/state/{state}"),
         vec![Topic::Checks],
         |index| {
-            let mut checks: Vec<_> = index
+            let checks = index
                 .all_checks()
                 .into_iter()
                 .filter(|c| want.is_none_or(|w| c.status == w))
-                .filter(|c| node_meta_ok(index, &c.node, &p.node_meta))
                 .collect();
-            sort_near(index, &p, &d, &mut checks, |c| c.node.as_str());
-            let list = checks
-                .iter()
-                .map(|c| render::check(index, c, &render::check_tags(index, c)))
-                .collect();
-            Ok(Value::Array(filtered(&f, list)?))
+            check_list(index, &d, &p, &f, checks)
         },
     )
     .await
+}
+
+/// Checks as the health routes answer them: `?node-meta` applied,
+/// `?near` order, rendered, `?filter` applied.
+fn check_list(
+    index: &Index,
+    d: &Discovery,
+    p: &Params,
+    f: &Option<filter::Expr>,
+    checks: Vec<std::sync::Arc<corro_catalog::Check>>,
+) -> Result<Value, String> {
+    let mut checks: Vec<_> = checks
+        .into_iter()
+        .filter(|c| node_meta_ok(index, &c.node, &p.node_meta))
+        .collect();
+    sort_near(index, p, d, &mut checks, |c| c.node.as_str());
+    let list = checks
+        .iter()
+        .map(|c| render::check(index, c, &render::check_tags(index, c)))
+        .collect();
+    Ok(Value::Array(filtered(f, list)?))
 }
 
 /// A Consul (Serf) member entry.
