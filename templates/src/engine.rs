@@ -1,0 +1,460 @@
+//! The Rhai engine a template runs in: its functions and its limits.
+//!
+//! A [`Renderer`] owns one engine set up for one data [`Source`]; it
+//! compiles templates ([`Renderer::compile`]) and renders them
+//! ([`Renderer::render`]) into a string plus the [`Deps`] the render read.
+//! Rendering is synchronous: callers run it on a blocking thread.
+//!
+//! Safety: every render is bounded by [`Limits`] (operations, call depth,
+//! string, array and map sizes, output size, rows per query, wall-clock
+//! time), so a runaway template stops with an error instead of hanging or
+//! exhausting the agent. `eval`, module imports and `print` to stdout are
+//! not available (`print`/`debug` go to the log).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use rhai::{Array, Dynamic, EvalAltResult, ImmutableString, Map, Position};
+
+use crate::discovery::DiscoveryCall;
+use crate::source::{Deps, Params, Source};
+use crate::syntax;
+use crate::values::{self, Rows};
+
+/// Bounds on one render.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Rhai operations (roughly: expressions evaluated).
+    pub max_operations: u64,
+    /// Nested function calls.
+    pub max_call_levels: usize,
+    /// Bytes of any one string a script builds.
+    pub max_string_size: usize,
+    /// Elements of any one array a script builds.
+    pub max_array_size: usize,
+    /// Entries of any one object map a script builds.
+    pub max_map_size: usize,
+    /// Bytes of rendered output.
+    pub max_output: usize,
+    /// Rows one `sql()` call may return.
+    pub max_rows: usize,
+    /// Wall-clock time of one render, queries included.
+    pub timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_operations: 50_000_000,
+            max_call_levels: 64,
+            max_string_size: 16 << 20,
+            max_array_size: 100_000,
+            max_map_size: 10_000,
+            max_output: 64 << 20,
+            max_rows: 1_000_000,
+            timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+/// A render that failed: where and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}", line.map(|l| format!("line {l}: ")).unwrap_or_default())]
+pub struct RenderError {
+    /// Template line (1-based), when known.
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// A successful render.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rendered {
+    pub output: String,
+    pub deps: Deps,
+}
+
+/// A compiled template.
+#[derive(Debug, Clone)]
+pub struct Compiled {
+    ast: rhai::AST,
+}
+
+struct State {
+    out: String,
+    deps: Deps,
+    deadline: Instant,
+}
+
+/// One engine for one source (see the module doc).
+pub struct Renderer {
+    engine: rhai::Engine,
+    state: Arc<Mutex<State>>,
+    timed_out: Arc<AtomicBool>,
+    limits: Limits,
+}
+
+type Fallible<T> = Result<T, Box<EvalAltResult>>;
+
+fn fail<T>(msg: impl Into<String>) -> Fallible<T> {
+    Err(Box::new(EvalAltResult::ErrorRuntime(
+        Dynamic::from(msg.into()),
+        Position::NONE,
+    )))
+}
+
+impl Renderer {
+    /// An engine reading `source`; `hostname` is what `hostname()` returns.
+    pub fn new(source: Arc<dyn Source>, hostname: String, limits: Limits) -> Renderer {
+        let state = Arc::new(Mutex::new(State {
+            out: String::new(),
+            deps: Deps::default(),
+            deadline: Instant::now(),
+        }));
+        let timed_out = Arc::new(AtomicBool::new(false));
+        let mut engine = rhai::Engine::new();
+        engine
+            .set_max_operations(limits.max_operations)
+            .set_max_call_levels(limits.max_call_levels)
+            .set_max_string_size(limits.max_string_size)
+            .set_max_array_size(limits.max_array_size)
+            .set_max_map_size(limits.max_map_size)
+            .set_fail_on_invalid_map_property(true)
+            .set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
+        engine.disable_symbol("eval");
+        engine.on_print(|s| tracing::info!(target: "tpl", "{s}"));
+        engine.on_debug(|s, _, pos| tracing::debug!(target: "tpl", line = pos.line(), "{s}"));
+        {
+            let state = state.clone();
+            let timed_out = timed_out.clone();
+            engine.on_progress(move |ops| {
+                if ops % 4096 == 0 && Instant::now() > state.lock().deadline {
+                    timed_out.store(true, Ordering::Relaxed);
+                    return Some(Dynamic::from("render timed out"));
+                }
+                None
+            });
+        }
+        register_output(&mut engine, &state, limits);
+        register_values(&mut engine);
+        register_sql(&mut engine, &state, &source, limits);
+        register_discovery(&mut engine, &state, &source);
+        register_helpers(&mut engine, hostname);
+        Renderer {
+            engine,
+            state,
+            timed_out,
+            limits,
+        }
+    }
+
+    /// Compiles template text.
+    pub fn compile(&self, text: &str) -> Result<Compiled, RenderError> {
+        let script = syntax::translate(text).map_err(|e| RenderError {
+            line: match e {
+                syntax::SyntaxError::Unclosed { line } => Some(line),
+            },
+            message: e.to_string(),
+        })?;
+        let ast = self.engine.compile(script).map_err(|e| RenderError {
+            line: e.position().line(),
+            message: e.err_type().to_string(),
+        })?;
+        Ok(Compiled { ast })
+    }
+
+    /// Renders a compiled template.
+    pub fn render(&self, tpl: &Compiled) -> Result<Rendered, RenderError> {
+        {
+            let mut s = self.state.lock();
+            s.out.clear();
+            s.deps = Deps::default();
+            s.deadline = Instant::now() + self.limits.timeout;
+        }
+        self.timed_out.store(false, Ordering::Relaxed);
+        let result = self.engine.run_ast(&tpl.ast);
+        let mut s = self.state.lock();
+        let out = std::mem::take(&mut s.out);
+        let deps = std::mem::take(&mut s.deps);
+        drop(s);
+        match result {
+            Ok(()) => Ok(Rendered { output: out, deps }),
+            Err(e) => Err(self.error(*e)),
+        }
+    }
+
+    fn error(&self, mut e: EvalAltResult) -> RenderError {
+        let mut line = e.take_position().line();
+        // An error inside a template function: report the innermost line.
+        let mut inner = &e;
+        while let EvalAltResult::ErrorInFunctionCall(_, _, err, pos) = inner {
+            line = pos.line().or(line);
+            inner = err;
+        }
+        let message = match inner {
+            EvalAltResult::ErrorTerminated(..) if self.timed_out.load(Ordering::Relaxed) => {
+                format!(
+                    "render took longer than {:?} and was stopped",
+                    self.limits.timeout
+                )
+            }
+            EvalAltResult::ErrorTooManyOperations(_) => format!(
+                "render stopped after {} operations (a runaway loop?)",
+                self.limits.max_operations
+            ),
+            other => {
+                if let Some(l) = other.position().line() {
+                    line = Some(l);
+                }
+                // The message without Rhai's "(line l, position p)" suffix.
+                let text = other.to_string();
+                match text.rfind(" (line ") {
+                    Some(i) if text.ends_with(')') => text[..i].to_string(),
+                    _ => text,
+                }
+            }
+        };
+        RenderError { line, message }
+    }
+}
+
+fn register_output(engine: &mut rhai::Engine, state: &Arc<Mutex<State>>, limits: Limits) {
+    let push = {
+        let state = state.clone();
+        move |text: &str| -> Fallible<()> {
+            let mut s = state.lock();
+            if s.out.len() + text.len() > limits.max_output {
+                return fail(format!(
+                    "output exceeds the limit of {} bytes",
+                    limits.max_output
+                ));
+            }
+            s.out.push_str(text);
+            Ok(())
+        }
+    };
+    let p = push.clone();
+    engine.register_fn("__emit", move |text: &str| p(text));
+    engine.register_fn("__emit_value", move |v: Dynamic| {
+        if v.is_unit() {
+            Ok(())
+        } else if let Some(s) = v.read_lock::<ImmutableString>() {
+            push(s.as_str())
+        } else {
+            push(&v.to_string())
+        }
+    });
+}
+
+fn register_values(engine: &mut rhai::Engine) {
+    engine
+        .register_type_with_name::<Rows>("Rows")
+        .register_iterator::<Rows>()
+        .register_fn("len", |r: &mut Rows| r.len() as i64)
+        .register_fn("is_empty", |r: &mut Rows| r.is_empty())
+        .register_fn("columns", |r: &mut Rows| -> Array {
+            r.columns.iter().map(|c| Dynamic::from(c.clone())).collect()
+        })
+        .register_indexer_get(|r: &mut Rows, i: i64| -> Fallible<Map> {
+            let idx = if i < 0 { r.len() as i64 + i } else { i };
+            usize::try_from(idx)
+                .ok()
+                .and_then(|i| r.row(i))
+                .map_or_else(
+                    || fail(format!("row {i} out of range ({} rows)", r.len())),
+                    Ok,
+                )
+        })
+        .register_fn("to_json", |r: &mut Rows| r.to_json(false, false))
+        .register_fn("to_json", |r: &mut Rows, opts: Map| {
+            let flag = |k: &str| opts.get(k).and_then(|v| v.as_bool().ok()).unwrap_or(false);
+            r.to_json(flag("pretty"), flag("arrays"))
+        })
+        .register_fn("to_csv", |r: &mut Rows| r.to_csv())
+        .register_fn("to_string", |r: &mut Rows| r.to_json(false, false))
+        .register_fn("is_null", |v: Dynamic| v.is_unit())
+        .register_fn("to_json", |v: Dynamic| -> Fallible<String> {
+            serde_json::to_string(&v).or_else(|e| fail(e.to_string()))
+        })
+        .register_fn("to_json", |v: Dynamic, opts: Map| -> Fallible<String> {
+            let pretty = opts
+                .get("pretty")
+                .and_then(|v| v.as_bool().ok())
+                .unwrap_or(false);
+            let text = if pretty {
+                serde_json::to_string_pretty(&v)
+            } else {
+                serde_json::to_string(&v)
+            };
+            text.or_else(|e| fail(e.to_string()))
+        });
+}
+
+fn run_sql(
+    state: &Mutex<State>,
+    source: &Arc<dyn Source>,
+    limits: Limits,
+    sql: &str,
+    params: Params,
+) -> Fallible<Rows> {
+    state.lock().deps.add_query(sql);
+    let rows = source
+        .query(sql, &params)
+        .or_else(|e| fail(format!("sql({sql:?}): {e}")))?;
+    if rows.len() > limits.max_rows {
+        return fail(format!(
+            "sql({sql:?}) returned {} rows, over the limit of {}",
+            rows.len(),
+            limits.max_rows
+        ));
+    }
+    Ok(rows)
+}
+
+fn param(v: &Dynamic) -> Fallible<corro_client::Value> {
+    values::from_dynamic(v).map_or_else(
+        || {
+            fail(format!(
+                "a SQL parameter must be (), a number, a bool, a string or a blob, not {}",
+                v.type_name()
+            ))
+        },
+        Ok,
+    )
+}
+
+fn register_sql(
+    engine: &mut rhai::Engine,
+    state: &Arc<Mutex<State>>,
+    source: &Arc<dyn Source>,
+    limits: Limits,
+) {
+    let (st, src) = (state.clone(), source.clone());
+    engine.register_fn("sql", move |q: &str| {
+        run_sql(&st, &src, limits, q, Params::None)
+    });
+    let (st, src) = (state.clone(), source.clone());
+    engine.register_fn("sql", move |q: &str, params: Array| {
+        let p = params.iter().map(param).collect::<Fallible<Vec<_>>>()?;
+        run_sql(&st, &src, limits, q, Params::Positional(p))
+    });
+    let (st, src) = (state.clone(), source.clone());
+    engine.register_fn("sql", move |q: &str, params: Map| {
+        let p = params
+            .iter()
+            .map(|(k, v)| Ok((k.to_string(), param(v)?)))
+            .collect::<Fallible<Vec<_>>>()?;
+        run_sql(&st, &src, limits, q, Params::Named(p))
+    });
+}
+
+fn register_discovery(
+    engine: &mut rhai::Engine,
+    state: &Arc<Mutex<State>>,
+    source: &Arc<dyn Source>,
+) {
+    let call = {
+        let (st, src) = (state.clone(), source.clone());
+        move |c: DiscoveryCall| -> Fallible<Dynamic> {
+            st.lock().deps.discovery = true;
+            let v = src.discovery(&c).or_else(|e| fail(e.to_string()))?;
+            rhai::serde::to_dynamic(v)
+        }
+    };
+    let c = call.clone();
+    engine.register_fn("services", move || c(DiscoveryCall::Services));
+    let c = call.clone();
+    engine.register_fn("service", move |name: &str| {
+        c(DiscoveryCall::Instances {
+            service: name.into(),
+            tag: None,
+            any: false,
+        })
+    });
+    let c = call.clone();
+    engine.register_fn("service", move |name: &str, tag: &str| {
+        c(DiscoveryCall::Instances {
+            service: name.into(),
+            tag: Some(tag.into()),
+            any: false,
+        })
+    });
+    let c = call.clone();
+    engine.register_fn(
+        "service",
+        move |name: &str, opts: Map| -> Fallible<Dynamic> {
+            let mut tag = None;
+            let mut any = false;
+            for (k, v) in &opts {
+                match k.as_str() {
+                    "tag" if v.is_unit() => {}
+                    "tag" => tag = Some(v.to_string()),
+                    "any" => {
+                        any = v
+                            .as_bool()
+                            .or_else(|_| fail("service(): `any` must be true or false"))?
+                    }
+                    other => {
+                        return fail(format!(
+                            "service(): unknown option {other:?} (options: tag, any)"
+                        ));
+                    }
+                }
+            }
+            c(DiscoveryCall::Instances {
+                service: name.into(),
+                tag,
+                any,
+            })
+        },
+    );
+    let c = call.clone();
+    engine.register_fn("checks", move |name: &str| {
+        c(DiscoveryCall::Checks {
+            service: name.into(),
+        })
+    });
+    let c = call.clone();
+    engine.register_fn("nodes", move || c(DiscoveryCall::Nodes));
+    let c = call.clone();
+    engine.register_fn("node", move || c(DiscoveryCall::Node { name: None }));
+    engine.register_fn("node", move |name: &str| {
+        call(DiscoveryCall::Node {
+            name: Some(name.into()),
+        })
+    });
+}
+
+fn register_helpers(engine: &mut rhai::Engine, hostname: String) {
+    engine
+        .register_fn("hostname", move || hostname.clone())
+        .register_fn("env", |name: &str| std::env::var(name).unwrap_or_default())
+        .register_fn("env", |name: &str, default: &str| {
+            std::env::var(name).unwrap_or_else(|_| default.to_string())
+        })
+        .register_fn("join", |items: Array, sep: &str| -> String {
+            items
+                .iter()
+                .map(|d| {
+                    if d.is_unit() {
+                        String::new()
+                    } else {
+                        d.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join(sep)
+        })
+        // Rhai's own `replace` and `trim` change the string in place and
+        // return nothing; in a template the new value is what is wanted.
+        .register_fn("replace", |s: &str, from: &str, to: &str| {
+            s.replace(from, to)
+        })
+        .register_fn("trim", |s: &str| s.trim().to_string())
+        .register_fn("parse_json", |s: &str| -> Fallible<Dynamic> {
+            let v: serde_json::Value =
+                serde_json::from_str(s).or_else(|e| fail(format!("parse_json: {e}")))?;
+            rhai::serde::to_dynamic(v)
+        });
+}

@@ -1,0 +1,272 @@
+//! Rendering through the engine with an in-memory source: the reference's
+//! `todos.rhai`, every template function, errors with their lines, and the
+//! limits that stop runaway templates.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use corro_client::Value;
+use corro_templates::{DiscoveryCall, Limits, Params, Renderer, Rows, Source, SourceError};
+use parking_lot::Mutex;
+
+/// The reference's template, as the book prints it.
+const TODOS: &str = r#"<% for todo in sql("SELECT title, completed_at FROM todos") { %>
+[<% if todo.completed_at.is_null() { %> <% } else { %>X<% } %>] <%= todo.title %>
+<% } %>
+"#;
+
+#[derive(Default)]
+struct Fake {
+    todos: Mutex<Vec<(String, Option<i64>)>>,
+    calls: Mutex<Vec<(String, Params)>>,
+}
+
+impl Source for Fake {
+    fn query(&self, sql: &str, params: &Params) -> Result<Rows, SourceError> {
+        self.calls.lock().push((sql.to_string(), params.clone()));
+        if sql.contains("FROM todos") {
+            let rows = self
+                .todos
+                .lock()
+                .iter()
+                .map(|(t, c)| {
+                    vec![
+                        Value::Text(t.clone()),
+                        c.map_or(Value::Null, Value::Integer),
+                    ]
+                })
+                .collect();
+            return Ok(Rows::new(vec!["title".into(), "completed_at".into()], rows));
+        }
+        if sql.contains("FROM nums") {
+            let rows = (0..1000).map(|i| vec![Value::Integer(i)]).collect();
+            return Ok(Rows::new(vec!["n".into()], rows));
+        }
+        if sql.contains("echo") {
+            let vals = match params {
+                Params::None => vec![],
+                Params::Positional(v) => v.clone(),
+                Params::Named(v) => v.iter().map(|(_, v)| v.clone()).collect(),
+            };
+            let cols = (0..vals.len()).map(|i| format!("p{i}")).collect();
+            return Ok(Rows::new(cols, vec![vals]));
+        }
+        Err(SourceError("no such table: nope".into()))
+    }
+
+    fn discovery(&self, call: &DiscoveryCall) -> Result<serde_json::Value, SourceError> {
+        Ok(match call {
+            DiscoveryCall::Instances { service, tag, any } => serde_json::json!([
+                { "address": "10.0.0.1", "port": 80, "name": service, "tag": tag, "any": any }
+            ]),
+            DiscoveryCall::Node { name: None } => serde_json::json!({ "name": "here" }),
+            other => serde_json::json!({ "what": format!("{other:?}") }),
+        })
+    }
+}
+
+fn renderer(src: &Arc<Fake>) -> Renderer {
+    Renderer::new(src.clone(), "host-1".into(), Limits::default())
+}
+
+fn render(src: &Arc<Fake>, text: &str) -> Result<String, corro_templates::RenderError> {
+    let r = renderer(src);
+    let c = r.compile(text)?;
+    r.render(&c).map(|x| x.output)
+}
+
+#[test]
+fn todos_renders_byte_for_byte_as_the_reference_shows() {
+    let src = Arc::new(Fake::default());
+    src.todos.lock().extend([
+        ("Write some Corrosion docs!".to_string(), None),
+        ("Show how broadcasts work".to_string(), None),
+    ]);
+    assert_eq!(
+        render(&src, TODOS).unwrap(),
+        "[ ] Write some Corrosion docs!\n[ ] Show how broadcasts work\n"
+    );
+    for t in src.todos.lock().iter_mut() {
+        t.1 = Some(1234567890);
+    }
+    assert_eq!(
+        render(&src, TODOS).unwrap(),
+        "[X] Write some Corrosion docs!\n[X] Show how broadcasts work\n"
+    );
+}
+
+#[test]
+fn deps_name_the_tables_read() {
+    let src = Arc::new(Fake::default());
+    let r = renderer(&src);
+    let c = r.compile(TODOS).unwrap();
+    let out = r.render(&c).unwrap();
+    assert!(out.deps.tables.contains("todos") && !out.deps.discovery);
+    let c = r.compile("<%= service(\"web\").len() %>").unwrap();
+    let out = r.render(&c).unwrap();
+    assert!(out.deps.discovery && out.deps.tables.is_empty());
+}
+
+#[test]
+fn sql_parameters_positional_and_named() {
+    let src = Arc::new(Fake::default());
+    let out = render(
+        &src,
+        r#"<% let r = sql("SELECT echo", [1, "a", (), true, 2.5]); %><%= r[0].p0 %>|<%= r[0]["p1"] %>|<%= r[0].p2.is_null() %>|<%= r[0].p3 %>|<%= r[0].p4 %>"#,
+    )
+    .unwrap();
+    assert_eq!(out, "1|a|true|1|2.5");
+    render(
+        &src,
+        r#"<% sql("SELECT echo WHERE x = :x", #{":x": "v"}); %>"#,
+    )
+    .unwrap();
+    let calls = src.calls.lock();
+    assert_eq!(
+        calls.last().unwrap().1,
+        Params::Named(vec![(":x".into(), Value::Text("v".into()))])
+    );
+}
+
+#[test]
+fn json_csv_and_string_helpers() {
+    let src = Arc::new(Fake::default());
+    src.todos.lock().push(("a,b".to_string(), None));
+    let q = r#"sql("SELECT title, completed_at FROM todos")"#;
+    assert_eq!(
+        render(&src, &format!("<%= {q}.to_json() %>")).unwrap(),
+        r#"[{"title":"a,b","completed_at":null}]"#
+    );
+    assert_eq!(
+        render(&src, &format!("<%= {q}.to_json(#{{arrays: true}}) %>")).unwrap(),
+        r#"[["a,b",null]]"#
+    );
+    assert_eq!(
+        render(&src, &format!("<%= {q}.to_json(#{{pretty: true}}) %>")).unwrap(),
+        "[\n  {\n    \"title\": \"a,b\",\n    \"completed_at\": null\n  }\n]"
+    );
+    assert_eq!(
+        render(&src, &format!("<%= {q}.to_csv() %>")).unwrap(),
+        "title,completed_at\r\n\"a,b\",\r\n"
+    );
+    assert_eq!(
+        render(
+            &src,
+            r#"<%= join(["a", 1, ()], ",") %>|<%= "a.b.c".replace(".", "_") %>|<%= "  x ".trim() %>|<%= "a-b".split("-")[1] %>|<%= "abc".contains("b") %>|<%= "abc".starts_with("ab") %>|<%= parse_json("{\"k\": [1, 2]}").k[1] %>|<%= hostname() %>|<%= env("CORRO_TPL_TEST_UNSET") %>|<%= env("CORRO_TPL_TEST_UNSET", "dflt") %>|<%= "x".to_string() %>"#
+        )
+        .unwrap(),
+        "a,1,|a_b_c|x|b|true|true|2|host-1||dflt|x"
+    );
+}
+
+#[test]
+fn discovery_helpers_pass_their_arguments() {
+    let src = Arc::new(Fake::default());
+    assert_eq!(
+        render(
+            &src,
+            r#"<% for s in service("web") { %><%= s.address %>:<%= s.port %> <%= s.any %><% } %>|<%= service("web", "v1")[0].tag %>|<%= service("web", #{any: true, tag: "x"})[0].any %>|<%= node().name %>|<%= services().what %>|<%= nodes().what %>|<%= checks("web").what %>|<%= node("b").what %>"#
+        )
+        .unwrap(),
+        "10.0.0.1:80 false|v1|true|here|Services|Nodes|Checks { service: \"web\" }|Node { name: Some(\"b\") }"
+    );
+    let e = render(&src, r#"<%= service("web", #{bogus: 1}) %>"#).unwrap_err();
+    assert!(e.message.contains("unknown option"), "{e}");
+}
+
+#[test]
+fn errors_name_the_template_line() {
+    let src = Arc::new(Fake::default());
+    src.todos.lock().push(("t".to_string(), None));
+    let e = render(&src, "ok\nfine\n<% for t in sql(\"SELECT title, completed_at FROM todos\") { %>\n<%= t.missing %>\n<% } %>").unwrap_err();
+    assert_eq!(e.line, Some(4), "{e}");
+    assert!(e.message.contains("missing"), "{e}");
+    let e = render(&src, "a\n<%= sql(\"SELECT * FROM nope\") %>").unwrap_err();
+    assert_eq!(e.line, Some(2), "{e}");
+    assert!(e.message.contains("no such table"), "{e}");
+    let e = render(&src, "a\n<% let x = ; %>").unwrap_err();
+    assert_eq!(e.line, Some(2), "{e}");
+    let e = render(&src, "a\n\n<% if true {").unwrap_err();
+    assert_eq!(e.line, Some(3), "{e}");
+}
+
+#[test]
+fn limits_stop_runaway_templates() {
+    let src = Arc::new(Fake::default());
+    let limits = Limits {
+        max_operations: 200_000,
+        ..Limits::default()
+    };
+    let r = Renderer::new(src.clone(), "h".into(), limits);
+    let c = r.compile("<% loop { } %>").unwrap();
+    let e = r.render(&c).unwrap_err();
+    assert!(e.message.contains("operations"), "{e}");
+
+    let limits = Limits {
+        timeout: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let r = Renderer::new(src.clone(), "h".into(), limits);
+    let c = r
+        .compile("<% loop { sql(\"SELECT n FROM nums\"); } %>")
+        .unwrap();
+    let t = std::time::Instant::now();
+    let e = r.render(&c).unwrap_err();
+    assert!(e.message.contains("longer than"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(10));
+
+    let limits = Limits {
+        max_output: 1000,
+        ..Limits::default()
+    };
+    let r = Renderer::new(src.clone(), "h".into(), limits);
+    let c = r.compile("<% loop { %>xxxxxxxxxx<% } %>").unwrap();
+    assert!(r.render(&c).unwrap_err().message.contains("output exceeds"));
+
+    let r = renderer(&src);
+    let c = r.compile("<% fn f(x) { f(x + 1) } f(0); %>").unwrap();
+    assert!(r.render(&c).is_err());
+    let c = r.compile("<% let s = \"x\"; loop { s += s; } %>").unwrap();
+    assert!(r.render(&c).is_err());
+    // Rhai checks an array's size on each push by walking it: a small
+    // limit keeps this case quick.
+    let r = Renderer::new(
+        src.clone(),
+        "h".into(),
+        Limits {
+            max_array_size: 10_000,
+            ..Limits::default()
+        },
+    );
+    let c = r.compile("<% let a = []; loop { a.push(1); } %>").unwrap();
+    assert!(r.render(&c).is_err());
+    let c = r.compile("<%= eval(\"1\") %>").map(|c| r.render(&c));
+    assert!(!matches!(c, Ok(Ok(_))), "eval must not be available");
+    let c = r.compile("<% import \"x\" as y; %>").map(|c| r.render(&c));
+    assert!(!matches!(c, Ok(Ok(_))), "imports must not be available");
+}
+
+#[test]
+fn the_renderer_is_reusable_after_an_error() {
+    let src = Arc::new(Fake::default());
+    let r = renderer(&src);
+    let bad = r.compile("<%= sql(\"SELECT * FROM nope\") %>").unwrap();
+    let good = r.compile("ok<%= 1 + 1 %>").unwrap();
+    assert!(r.render(&bad).is_err());
+    assert_eq!(r.render(&good).unwrap().output, "ok2");
+}
+
+#[test]
+fn a_loop_of_queries_depends_on_one_table() {
+    let src = Arc::new(Fake::default());
+    let r = renderer(&src);
+    let c = r
+        .compile(r#"<% for n in sql("SELECT n FROM nums") { sql("SELECT echo FROM todos WHERE id = ?", [n.n]); } %>"#)
+        .unwrap();
+    let out = r.render(&c).unwrap();
+    assert_eq!(src.calls.lock().len(), 1001);
+    assert_eq!(
+        out.deps.tables.iter().cloned().collect::<Vec<_>>(),
+        vec!["nums".to_string(), "todos".to_string()]
+    );
+}
