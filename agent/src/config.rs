@@ -55,6 +55,91 @@ pub(crate) struct Config {
     /// The DNS responder (off without a `[dns]` section; on in the
     /// embedded default).
     pub dns: Option<DnsConfig>,
+    /// Templates the agent keeps rendered (`[[template]]` blocks).
+    #[serde(default)]
+    pub template: Vec<TemplateConfig>,
+}
+
+/// `[[template]]`: a template the agent renders itself (the same as
+/// `corrosion template source:destination:command`, with more options).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct TemplateConfig {
+    /// The template file (`.rhai`).
+    pub source: PathBuf,
+    /// The file rendered.
+    pub destination: PathBuf,
+    /// Run through `sh -c` after the destination changed.
+    #[serde(default)]
+    pub command: Option<String>,
+    /// Mode of the destination, octal in a string (`"0640"`) or a number;
+    /// default: keep the existing mode (0644 for a new file).
+    #[serde(default, deserialize_with = "deserialize_perms")]
+    pub perms: Option<u32>,
+    /// Copy the previous destination to `<destination>.bak` (default false).
+    #[serde(default)]
+    pub backup: bool,
+    /// Quiescence wait `"min"` or `"min:max"` (default "100ms", max 4×min).
+    #[serde(default, deserialize_with = "deserialize_wait")]
+    pub wait: Option<corro_templates::Wait>,
+    /// How long the command may run (default "30s").
+    #[serde(
+        default = "default_command_timeout",
+        deserialize_with = "crate::consul::duration::deserialize"
+    )]
+    pub command_timeout: std::time::Duration,
+}
+
+impl TemplateConfig {
+    pub(crate) fn spec(&self) -> corro_templates::Spec {
+        let mut spec = corro_templates::Spec::new(&self.source, &self.destination);
+        spec.command = self.command.clone();
+        spec.perms = self.perms;
+        spec.backup = self.backup;
+        spec.wait = self.wait.unwrap_or_default();
+        spec.command_timeout = self.command_timeout;
+        spec
+    }
+}
+
+fn default_command_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(30)
+}
+
+fn deserialize_perms<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Perms {
+        Text(String),
+        Number(u32),
+    }
+    let mode = match Perms::deserialize(d)? {
+        Perms::Text(t) => {
+            u32::from_str_radix(t.trim().trim_start_matches("0o"), 8).map_err(|_| {
+                serde::de::Error::custom(format!("perms {t:?} is not an octal mode like \"0644\""))
+            })?
+        }
+        Perms::Number(n) => n,
+    };
+    if mode > 0o7777 {
+        return Err(serde::de::Error::custom(format!(
+            "perms {mode:o} is not a file mode (at most 7777 octal)"
+        )));
+    }
+    Ok(Some(mode))
+}
+
+fn deserialize_wait<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Option<corro_templates::Wait>, D::Error> {
+    let text = String::deserialize(d)?;
+    corro_templates::Wait::parse(&text, crate::consul::duration::parse)
+        .map(Some)
+        .ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "wait {text:?} is not \"min\" or \"min:max\" with durations like \"100ms\" (max >= min)"
+            ))
+        })
 }
 
 /// `[subscriptions]`: where subscriptions live and how long their change

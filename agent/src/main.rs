@@ -14,6 +14,7 @@ mod consul;
 mod logging;
 mod run;
 mod telemetry;
+mod templates;
 mod tls;
 
 use std::net::SocketAddr;
@@ -94,6 +95,15 @@ enum Command {
     Consul {
         #[command(subcommand)]
         cmd: ConsulCommand,
+    },
+    /// Render templates (SOURCE:DESTINATION[:COMMAND]) and re-render them
+    /// when the data they read changes
+    Template {
+        /// Render each template once and exit (non-zero if any failed)
+        #[arg(short = 'o', long)]
+        once: bool,
+        #[arg(value_name = "TEMPLATE")]
+        templates: Vec<String>,
     },
     /// Tls-related commands
     Tls {
@@ -224,7 +234,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     // Client commands aimed at an agent with --api-addr need no config file.
     let needs_config = !(cli.api_addr.is_some()
-        && matches!(cli.cmd, Command::Exec { .. } | Command::Query { .. }));
+        && matches!(
+            cli.cmd,
+            Command::Exec { .. } | Command::Query { .. } | Command::Template { .. }
+        ));
     let loaded = if needs_config || path.exists() {
         Some(Config::load(&path, explicit)?)
     } else {
@@ -281,6 +294,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             logging::init_client();
             let addr = api_addr.ok_or_else(|| anyhow::anyhow!("no API address"))?;
             runtime()?.block_on(commands::query(addr, token, query, param, columns, timer))
+        }
+        Command::Template { once, templates } => {
+            logging::init_client();
+            let addr = api_addr.ok_or_else(|| anyhow::anyhow!("no API address"))?;
+            runtime()?.block_on(templates::command(addr, token, templates, once))
         }
         Command::Reload => {
             logging::init_client();

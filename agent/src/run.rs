@@ -231,6 +231,13 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
             .await
             .context("starting the discovery catalog")?;
     let _ = handler.discovery.set(discovery.clone());
+    crate::templates::start(
+        &store,
+        &discovery,
+        cluster.caught_up(),
+        config.template.iter().map(|t| t.spec()).collect(),
+        stop_rx.clone(),
+    );
     if let Some(dns) = &config.dns {
         let settings = corro_dns::DnsSettings {
             domain: dns.domain.to_ascii_lowercase(),

@@ -9,8 +9,8 @@ use std::net::SocketAddr;
 use futures::StreamExt;
 
 use crate::types::{
-    ApiError, ExecResponse, HealthResponse, Member, NotifyEvent, QueryEvent, Statement,
-    TableStatsRequest, TableStatsResponse, Value,
+    ApiError, DiscoveryAnswer, DiscoveryIndex, ExecResponse, HealthResponse, Member, NotifyEvent,
+    QueryEvent, Statement, TableStatsRequest, TableStatsResponse, Value,
 };
 
 /// Why a call failed.
@@ -196,6 +196,31 @@ impl Client {
         Err(ClientError::Decode(
             "the query stream ended before its end-of-query event".into(),
         ))
+    }
+
+    /// `POST /v1/discovery`: one discovery helper call (as JSON), answered
+    /// with the catalog index it was computed at.
+    pub async fn discovery(
+        &self,
+        call: &serde_json::Value,
+    ) -> Result<DiscoveryAnswer, ClientError> {
+        self.json(
+            self.request(reqwest::Method::POST, "/v1/discovery")
+                .json(call),
+        )
+        .await
+    }
+
+    /// `GET /v1/discovery/index`: waits (up to `wait_secs`) until the
+    /// catalog index differs from `index`; the index then.
+    pub async fn discovery_index(&self, index: u64, wait_secs: u64) -> Result<u64, ClientError> {
+        let a: DiscoveryIndex = self
+            .json(self.request(
+                reqwest::Method::GET,
+                &format!("/v1/discovery/index?index={index}&wait={wait_secs}s"),
+            ))
+            .await?;
+        Ok(a.index)
     }
 
     /// `GET /v1/health`.

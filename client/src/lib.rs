@@ -12,6 +12,7 @@ mod client;
 
 pub use client::{Client, ClientError, QueryRows, Subscription};
 pub use types::{
-    ChangeKind, ExecResponse, ExecResult, HealthResponse, Member, NotifyEvent, NotifyKind,
-    QueryEvent, SchemaMismatch, Statement, TableStatsRequest, TableStatsResponse, Value,
+    ChangeKind, DiscoveryAnswer, DiscoveryIndex, ExecResponse, ExecResult, HealthResponse, Member,
+    NotifyEvent, NotifyKind, QueryEvent, SchemaMismatch, Statement, TableStatsRequest,
+    TableStatsResponse, Value,
 };

@@ -223,6 +223,10 @@ pub struct HealthResponse {
     pub actor_id: String,
     /// Highest version this node has issued.
     pub head: u64,
+    /// This node has caught up with the cluster: a sync round was answered
+    /// and no version is missing (true for a node with no peers to ask).
+    #[serde(default)]
+    pub caught_up: bool,
     /// Members this node sees (itself excluded).
     pub members: usize,
     /// Fingerprint of this node's replicated schema (16 hex digits).
@@ -312,4 +316,18 @@ mod tests {
         assert!(serde_json::from_str::<Value>(r#"{"a":1}"#).is_err());
         assert!(serde_json::from_str::<Value>("[300]").is_err());
     }
+}
+
+/// Answer of `POST /v1/discovery`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiscoveryAnswer {
+    /// The catalog index the answer was computed at.
+    pub index: u64,
+    pub value: serde_json::Value,
+}
+
+/// Answer of `GET /v1/discovery/index`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DiscoveryIndex {
+    pub index: u64,
 }

@@ -123,8 +123,10 @@ impl Renderer {
             .set_fail_on_invalid_map_property(true)
             .set_module_resolver(rhai::module_resolvers::DummyModuleResolver::new());
         engine.disable_symbol("eval");
-        engine.on_print(|s| tracing::info!(target: "tpl", "{s}"));
-        engine.on_debug(|s, _, pos| tracing::debug!(target: "tpl", line = pos.line(), "{s}"));
+        engine.on_print(|s| tracing::info!(target: crate::LOG_TARGET, "{s}"));
+        engine.on_debug(
+            |s, _, pos| tracing::debug!(target: crate::LOG_TARGET, line = pos.line(), "{s}"),
+        );
         {
             let state = state.clone();
             let timed_out = timed_out.clone();

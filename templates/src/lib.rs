@@ -13,6 +13,9 @@
 //! The data comes through a [`Source`]: the agent implements it over its
 //! store and catalog; `corrosion template` over the agent's HTTP API.
 
+/// The `tracing` target of template logs (as the reference prints them).
+pub const LOG_TARGET: &str = "corrosion::command::tpl";
+
 pub mod command;
 pub mod discovery;
 pub mod engine;

@@ -136,7 +136,7 @@ impl TemplateSet {
         };
         if !waited {
             tracing::warn!(
-                target: "tpl",
+                target: crate::LOG_TARGET,
                 template = %spec.source.display(),
                 timeout = ?self.catch_up_timeout,
                 "the agent has not caught up with the cluster; rendering anyway"
@@ -157,7 +157,7 @@ impl TemplateSet {
         let _watcher = watch_file(&spec.source, file_tx);
         self.wait_caught_up(&spec, &mut shutdown).await;
         tracing::info!(
-            target: "tpl",
+            target: crate::LOG_TARGET,
             template = %name,
             destination = %spec.destination.display(),
             "watching and rendering {} to {}",
@@ -189,7 +189,7 @@ impl TemplateSet {
                     Err(e) => {
                         metrics::counter!("corro_tpl_render_errors_total", "template" => name.clone())
                             .increment(1);
-                        tracing::error!(target: "tpl", template = %name, line = e.line, error = %e.message, "template does not compile; keeping the last good file");
+                        tracing::error!(target: crate::LOG_TARGET, template = %name, line = e.line, error = %e.message, "template does not compile; keeping the last good file");
                         if once {
                             return Err(e);
                         }
@@ -237,7 +237,7 @@ impl TemplateSet {
                     }
                 }
                 Some(()) = file_rx.recv() => {
-                    tracing::info!(target: "tpl", template = %name, "template file changed; recompiling");
+                    tracing::info!(target: crate::LOG_TARGET, template = %name, "template file changed; recompiling");
                     reload = true;
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {
@@ -285,19 +285,19 @@ impl TemplateSet {
             Err(e) => {
                 metrics::counter!("corro_tpl_render_errors_total", "template" => name.to_string())
                     .increment(1);
-                tracing::error!(target: "tpl", template = %name, line = e.line, error = %e.message, "render failed; keeping the last good file");
+                tracing::error!(target: crate::LOG_TARGET, template = %name, line = e.line, error = %e.message, "render failed; keeping the last good file");
                 return Err(e);
             }
         };
         match written {
             Ok(Written::Unchanged) => {
-                tracing::debug!(target: "tpl", template = %name, "output unchanged");
+                tracing::debug!(target: crate::LOG_TARGET, template = %name, "output unchanged");
             }
             Ok(Written::Replaced) => {
                 metrics::counter!("corro_tpl_writes_total", "template" => name.to_string())
                     .increment(1);
                 tracing::info!(
-                    target: "tpl",
+                    target: crate::LOG_TARGET,
                     template = %name,
                     destination = %spec.destination.display(),
                     bytes = rendered.output.len(),
@@ -315,7 +315,7 @@ impl TemplateSet {
                     line: None,
                     message: format!("writing {}: {e}", spec.destination.display()),
                 };
-                tracing::error!(target: "tpl", template = %name, error = %e.message, "write failed; keeping the last good file");
+                tracing::error!(target: crate::LOG_TARGET, template = %name, error = %e.message, "write failed; keeping the last good file");
                 return Err(e);
             }
         }
@@ -338,20 +338,20 @@ async fn run_command(name: &str, cmd: &str, timeout: Duration) {
             stdout,
             stderr,
         } => {
-            tracing::info!(target: "tpl", template = %name, command = %cmd, stdout = %stdout, stderr = %stderr, "command succeeded");
+            tracing::info!(target: crate::LOG_TARGET, template = %name, command = %cmd, stdout = %stdout, stderr = %stderr, "command succeeded");
         }
         Outcome::Exited {
             code,
             stdout,
             stderr,
         } => {
-            tracing::error!(target: "tpl", template = %name, command = %cmd, code = ?code, stdout = %stdout, stderr = %stderr, "command failed");
+            tracing::error!(target: crate::LOG_TARGET, template = %name, command = %cmd, code = ?code, stdout = %stdout, stderr = %stderr, "command failed");
         }
         Outcome::TimedOut => {
-            tracing::error!(target: "tpl", template = %name, command = %cmd, timeout = ?timeout, "command timed out and was killed");
+            tracing::error!(target: crate::LOG_TARGET, template = %name, command = %cmd, timeout = ?timeout, "command timed out and was killed");
         }
         Outcome::Failed(e) => {
-            tracing::error!(target: "tpl", template = %name, command = %cmd, error = %e, "command could not start");
+            tracing::error!(target: crate::LOG_TARGET, template = %name, command = %cmd, error = %e, "command could not start");
         }
     }
 }
@@ -402,11 +402,13 @@ fn watch_file(path: &Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWa
             let _ = tx.try_send(());
         }
     })
-    .map_err(|e| tracing::warn!(target: "tpl", error = %e, "cannot watch template files"))
+    .map_err(
+        |e| tracing::warn!(target: crate::LOG_TARGET, error = %e, "cannot watch template files"),
+    )
     .ok()?;
     watcher
         .watch(&dir, RecursiveMode::NonRecursive)
-        .map_err(|e| tracing::warn!(target: "tpl", dir = %dir.display(), error = %e, "cannot watch the template's directory"))
+        .map_err(|e| tracing::warn!(target: crate::LOG_TARGET, dir = %dir.display(), error = %e, "cannot watch the template's directory"))
         .ok()?;
     Some(watcher)
 }

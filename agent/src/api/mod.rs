@@ -3,18 +3,20 @@
 //! Routes: `POST /v1/transactions`, `POST /v1/queries` (NDJSON),
 //! `POST /v1/subscriptions`, `GET /v1/subscriptions/:id` and
 //! `POST /v1/updates/:table` (NDJSON streams),
-//! `POST /v1/table_stats`, `GET /v1/health`, `GET /v1/members`. Every route
+//! `POST /v1/table_stats`, `GET /v1/health`, `GET /v1/members`,
+//! `POST /v1/discovery`, `GET /v1/discovery/index` (templates). Every route
 //! requires `Authorization: Bearer <token>` when `api.authz.bearer-token` is
 //! set. Errors are JSON `{"error": "..."}` with a 4xx status for bad input
 //! (400 malformed or refused SQL/JSON, 401 token, 413 limits) and 500 only
 //! for failures of the agent itself. Store calls run on blocking threads.
 
 pub(crate) mod consul;
+mod discovery;
 mod queries;
 mod stats;
 mod subscriptions;
 mod transactions;
-mod values;
+pub(crate) mod values;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -72,6 +74,8 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/v1/table_stats", post(stats::table_stats))
         .route("/v1/health", get(stats::health))
         .route("/v1/members", get(stats::members))
+        .route("/v1/discovery", post(discovery::call))
+        .route("/v1/discovery/index", get(discovery::wait))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .merge(consul)
         .fallback(not_found)

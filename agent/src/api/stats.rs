@@ -63,6 +63,7 @@ pub(crate) async fn health(State(st): State<ApiState>) -> Response {
         .into(),
         actor_id: st.store.actor_id().to_string(),
         head: st.store.head(),
+        caught_up: st.cluster.as_ref().is_none_or(|c| *c.caught_up().borrow()),
         members: st.cluster.as_ref().map_or(0, |c| c.members().len()),
         schema: format!("{:016x}", st.store.schema_fingerprint()),
         schema_mismatches: st

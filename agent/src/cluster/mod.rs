@@ -80,6 +80,9 @@ struct Inner {
     sync_soon: tokio::sync::Notify,
     /// `true` once local writes may be numbered (see the module doc).
     writes_open: watch::Sender<bool>,
+    /// `true` once this node has caught up with the cluster: a sync round
+    /// was answered and no version is missing (or there is no peer to ask).
+    caught_up: watch::Sender<bool>,
     /// Peers whose last `SyncState` carried a schema fingerprint other than
     /// ours: actor -> (address, their fingerprint).
     schema_mismatches: parking_lot::Mutex<std::collections::BTreeMap<ActorId, (SocketAddr, u64)>>,
@@ -224,7 +227,8 @@ impl Cluster {
             ts: started,
         };
         let core = Membership::new(me, rand::rng().random());
-        let fenced = store.head() > 0 && !peers.seeds().is_empty();
+        let peers_empty = peers.seeds().is_empty();
+        let fenced = store.head() > 0 && !peers_empty;
         metrics::gauge!("corro_writes_fenced").set(if fenced { 1.0 } else { 0.0 });
         if fenced {
             tracing::info!(
@@ -241,6 +245,7 @@ impl Cluster {
             swim: swim_tx,
             sync_soon: tokio::sync::Notify::new(),
             writes_open: watch::channel(!fenced).0,
+            caught_up: watch::channel(peers_empty).0,
             schema_mismatches: Default::default(),
         });
         if fenced {
@@ -325,6 +330,18 @@ impl Cluster {
                 }
                 if answered {
                     sync.open_writes("first sync round done");
+                    if !*sync.caught_up.borrow() {
+                        let store = sync.store.clone();
+                        let complete = tokio::task::spawn_blocking(move || {
+                            store.books().values().all(|b| b.needed().is_empty())
+                        })
+                        .await
+                        .unwrap_or(false);
+                        if complete {
+                            tracing::info!(head = sync.store.head(), "caught up with the cluster");
+                            sync.caught_up.send_replace(true);
+                        }
+                    }
                     // Back off while rounds find nothing to repair.
                     interval = if moved == 0 {
                         (interval * 2).min(SYNC_MAX)
@@ -341,6 +358,12 @@ impl Cluster {
             sync.endpoint.close(0u32.into(), b"shutting down");
         });
         Ok(cluster)
+    }
+
+    /// Becomes true once this node has caught up with the cluster (see
+    /// `Inner::caught_up`).
+    pub(crate) fn caught_up(&self) -> watch::Receiver<bool> {
+        self.inner.caught_up.subscribe()
     }
 
     /// Changes whenever a member's state changes.

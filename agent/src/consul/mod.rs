@@ -68,7 +68,7 @@ pub(crate) struct Discovery {
 }
 
 /// The host's name, for the default node name.
-fn hostname() -> String {
+pub(crate) fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .ok()
         .map(|h| h.trim().to_string())

@@ -1,0 +1,312 @@
+//! Templates in the agent (`[[template]]`) and in `corrosion template`.
+//!
+//! Both run `corro_templates`; they differ in where the data comes from:
+//! - [`LocalSource`]: the agent's own store and catalog. Change
+//!   notifications come from the store's change feed (every commit, local
+//!   or replicated, names its tables) and the catalog's change signal.
+//! - [`HttpSource`]: a separate process asking the agent over its HTTP API
+//!   (`/v1/queries`, `/v1/discovery`). It follows `/v1/updates/:table` for
+//!   each table its templates read (one stream per table however many
+//!   queries read it) and long-polls `/v1/discovery/index` once a template
+//!   calls a discovery helper; caught-up state comes from `/v1/health`.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use corro_client::{Client, Statement};
+use corro_store::Store;
+use corro_templates::{
+    Deps, DiscoveryCall, Hub, Limits, Params, Rows, Source, SourceError, Spec, TemplateSet,
+};
+use futures::StreamExt;
+use parking_lot::Mutex;
+use tokio::sync::watch;
+
+use crate::api::values as api_values;
+
+/// How long the first render waits for the agent to catch up.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn statement(sql: &str, params: &Params) -> Statement {
+    match params {
+        Params::None => Statement::Simple(sql.to_string()),
+        Params::Positional(p) => Statement::WithParams(sql.to_string(), p.clone()),
+        Params::Named(n) => {
+            Statement::WithNamedParams(sql.to_string(), n.iter().cloned().collect())
+        }
+    }
+}
+
+/// The agent's store and catalog as a template source.
+pub(crate) struct LocalSource {
+    store: Store,
+    discovery: crate::consul::Discovery,
+}
+
+impl Source for LocalSource {
+    fn query(&self, sql: &str, params: &Params) -> Result<Rows, SourceError> {
+        let err = |e: &dyn std::fmt::Display| SourceError(e.to_string());
+        let conn = self.store.reader();
+        let mut stmt = conn.prepare_user(sql).map_err(|e| err(&e))?;
+        api_values::bind(&mut stmt, &statement(sql, params)).map_err(|e| err(&e))?;
+        let columns: Vec<String> = stmt.column_names().map(|c| c.to_string()).collect();
+        let n = columns.len();
+        let mut rows = stmt.raw_query();
+        let mut out = Vec::new();
+        while let Some(row) = rows.next().map_err(|e| err(&e))? {
+            let mut cells = Vec::with_capacity(n);
+            for i in 0..n {
+                cells.push(api_values::from_ref(row.get_ref(i).map_err(|e| err(&e))?));
+            }
+            out.push(cells);
+        }
+        Ok(Rows::new(columns, out))
+    }
+
+    fn discovery(&self, call: &DiscoveryCall) -> Result<serde_json::Value, SourceError> {
+        let index = self.discovery.catalog.read();
+        Ok(corro_templates::discovery_answer(
+            &index,
+            &self.discovery.node.name,
+            call,
+        ))
+    }
+}
+
+/// Starts the agent's `[[template]]` blocks (nothing when there are none).
+pub(crate) fn start(
+    store: &Store,
+    discovery: &crate::consul::Discovery,
+    caught_up: watch::Receiver<bool>,
+    specs: Vec<Spec>,
+    stop: watch::Receiver<bool>,
+) {
+    if specs.is_empty() {
+        return;
+    }
+    let hub = Hub::new();
+    {
+        let hub = hub.clone();
+        store.on_change(Arc::new(move |rows: &corro_store::RowsChanged| {
+            let mut tables: Vec<&str> = rows.rows.iter().map(|r| &*r.table).collect();
+            tables.sort_unstable();
+            tables.dedup();
+            hub.tables_changed(tables);
+        }));
+    }
+    {
+        let hub = hub.clone();
+        let mut rx = discovery.catalog.subscribe();
+        let mut stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    r = rx.changed() => if r.is_err() { break },
+                    _ = stop.changed() => break,
+                }
+                hub.discovery_changed();
+            }
+        });
+    }
+    let set = TemplateSet {
+        source: Arc::new(LocalSource {
+            store: store.clone(),
+            discovery: discovery.clone(),
+        }),
+        hub,
+        hostname: crate::consul::hostname(),
+        limits: Limits::default(),
+        caught_up,
+        catch_up_timeout: CATCH_UP_TIMEOUT,
+    };
+    tokio::spawn(async move {
+        let _ = set.run(specs, false, stop).await;
+    });
+}
+
+/// The agent's HTTP API as a template source (`corrosion template`).
+pub(crate) struct HttpSource {
+    client: Client,
+    runtime: tokio::runtime::Handle,
+    hub: Hub,
+    watched: Mutex<HashSet<String>>,
+    discovery_watched: AtomicBool,
+    warned_any_table: AtomicBool,
+}
+
+impl HttpSource {
+    fn block_on<F: Future>(&self, f: F) -> F::Output {
+        // Called from the renderer's blocking thread, never from a runtime
+        // worker.
+        self.runtime.block_on(f)
+    }
+
+    /// Follows one table's update feed until the process ends: each change
+    /// (and each (re)connection, which may have missed some) re-renders.
+    fn follow_table(&self, table: String) {
+        let (client, hub) = (self.client.clone(), self.hub.clone());
+        self.runtime.spawn(async move {
+            let mut backoff = Duration::from_millis(250);
+            loop {
+                match client.updates(&table).await {
+                    Ok(stream) => {
+                        backoff = Duration::from_millis(250);
+                        hub.tables_changed([table.as_str()]);
+                        futures::pin_mut!(stream);
+                        while let Some(ev) = stream.next().await {
+                            match ev {
+                                Ok(_) => hub.tables_changed([table.as_str()]),
+                                Err(e) => {
+                                    tracing::debug!(target: corro_templates::LOG_TARGET, table = %table, error = %e, "update feed ended");
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                    Err(corro_client::ClientError::Api { status, message })
+                        if (400..500).contains(&status) && status != 401 && status != 408 =>
+                    {
+                        // A CTE or view name, not a replicated table.
+                        tracing::debug!(target: corro_templates::LOG_TARGET, table = %table, %message, "not following");
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: corro_templates::LOG_TARGET, table = %table, error = %e, "cannot follow the table's changes; retrying");
+                    }
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        });
+    }
+
+    /// Long-polls the catalog index; every move re-renders.
+    fn follow_discovery(&self) {
+        let (client, hub) = (self.client.clone(), self.hub.clone());
+        self.runtime.spawn(async move {
+            let mut index = 0;
+            loop {
+                match client.discovery_index(index, 300).await {
+                    Ok(i) => {
+                        if i != index {
+                            index = i;
+                            hub.discovery_changed();
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: corro_templates::LOG_TARGET, error = %e, "cannot follow the discovery catalog; retrying");
+                        index = 0;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Source for HttpSource {
+    fn query(&self, sql: &str, params: &Params) -> Result<Rows, SourceError> {
+        let rows = self
+            .block_on(self.client.query(&statement(sql, params)))
+            .map_err(|e| SourceError(e.to_string()))?;
+        Ok(Rows::new(rows.columns, rows.rows))
+    }
+
+    fn discovery(&self, call: &DiscoveryCall) -> Result<serde_json::Value, SourceError> {
+        let body = serde_json::to_value(call).map_err(|e| SourceError(e.to_string()))?;
+        self.block_on(self.client.discovery(&body))
+            .map(|a| a.value)
+            .map_err(|e| SourceError(e.to_string()))
+    }
+
+    fn watch(&self, deps: &Deps) {
+        if deps.any_table && !self.warned_any_table.swap(true, Ordering::Relaxed) {
+            tracing::warn!(target: corro_templates::LOG_TARGET, "a query's tables could not be told from its SQL; it re-renders only when other dependencies change");
+        }
+        let new: Vec<String> = {
+            let mut watched = self.watched.lock();
+            deps.tables
+                .iter()
+                .filter(|t| watched.insert((*t).clone()))
+                .cloned()
+                .collect()
+        };
+        for t in new {
+            self.follow_table(t);
+        }
+        if deps.discovery && !self.discovery_watched.swap(true, Ordering::Relaxed) {
+            self.follow_discovery();
+        }
+    }
+}
+
+/// `corrosion template src:dst[:command] ... [--once]`.
+pub(crate) async fn command(
+    addr: SocketAddr,
+    token: Option<String>,
+    args: Vec<String>,
+    once: bool,
+) -> anyhow::Result<()> {
+    if args.is_empty() {
+        anyhow::bail!("no template given: corrosion template SOURCE:DESTINATION[:COMMAND] ...");
+    }
+    let specs = args
+        .iter()
+        .map(|a| Spec::parse_arg(a))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| anyhow::anyhow!(e))?;
+    let client = Client::new(addr, token);
+    let hub = Hub::new();
+    let (caught_tx, caught_up) = watch::channel(false);
+    {
+        let client = client.clone();
+        tokio::spawn(async move {
+            loop {
+                match client.health().await {
+                    Ok(h) if h.caught_up => {
+                        caught_tx.send_replace(true);
+                        return;
+                    }
+                    // Rendering once against an agent that is down: fail
+                    // now rather than after the catch-up timeout.
+                    Err(_) if once => {
+                        caught_tx.send_replace(true);
+                        return;
+                    }
+                    _ => {}
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+    }
+    let set = TemplateSet {
+        source: Arc::new(HttpSource {
+            client,
+            runtime: tokio::runtime::Handle::current(),
+            hub: hub.clone(),
+            watched: Mutex::default(),
+            discovery_watched: AtomicBool::new(false),
+            warned_any_table: AtomicBool::new(false),
+        }),
+        hub,
+        hostname: crate::consul::hostname(),
+        limits: Limits::default(),
+        caught_up,
+        catch_up_timeout: CATCH_UP_TIMEOUT,
+    };
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
+        }
+        stop_tx.send_replace(true);
+    });
+    set.run(specs, once, stop_rx).await?;
+    Ok(())
+}
