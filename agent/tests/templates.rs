@@ -580,3 +580,70 @@ fn nginx_and_haproxy_configs_follow_instances_and_their_health() {
     nginx_accepts(&nginx);
     haproxy_accepts(&haproxy);
 }
+
+#[test]
+fn the_first_render_of_a_joining_agent_holds_the_whole_cluster() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let seed_node = Node::new(&dir.join("seed"), "");
+    let seed = seed_node.start();
+    let rows: Vec<String> = (0..2000)
+        .map(|i| format!("INSERT INTO todos (id, title) VALUES ('r{i}', 't')"))
+        .collect();
+    for chunk in rows.chunks(100) {
+        // One version per row: the joiner has many versions to catch up on.
+        for sql in chunk {
+            exec_at(&seed, sql);
+        }
+    }
+    std::fs::write(
+        dir.join("count.rhai"),
+        "n=<%= sql(\"SELECT count(*) AS n FROM todos\")[0].n %>\n",
+    )
+    .unwrap();
+    let joiner = Node::joining(&dir.join("joiner"), &seed);
+    joiner.append_config(&format!(
+        "[[template]]\nsource = \"{d}/count.rhai\"\ndestination = \"{d}/count.txt\"\ncommand = \"cat {d}/count.txt >> {d}/renders.log\"\n",
+        d = dir.display()
+    ));
+    let _agent = joiner.start();
+    await_file(&dir.join("count.txt"), "n=2000\n");
+    let log = await_some(Duration::from_secs(10), "the command's log", || {
+        std::fs::read_to_string(dir.join("renders.log")).ok()
+    });
+    assert_eq!(
+        log.lines().next(),
+        Some("n=2000"),
+        "the first render wrote a partial view: {log:?}"
+    );
+}
+
+#[test]
+fn the_template_command_sends_the_configured_token() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let node = Node::new(dir, "[api.authz]\nbearer-token = \"s3cret\"");
+    let agent = node.start();
+    std::fs::write(dir.join("t.rhai"), TODOS_RHAI).unwrap();
+    let arg = format!(
+        "{}:{}",
+        dir.join("t.rhai").display(),
+        dir.join("t.txt").display()
+    );
+    let api = agent.api.to_string();
+    let out = node.cli(&["--api-addr", &api, "template", "--once", &arg]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(dir.join("t.txt").exists());
+    // Without the token (no config): refused, nothing written.
+    std::fs::remove_file(dir.join("t.txt")).unwrap();
+    let out = Command::new(common::binary())
+        .args(["-c", "/nonexistent/config.toml", "--api-addr", &api])
+        .args(["template", "--once", &arg])
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let text = format!("{}{}", common::stdout(&out), common::stderr(&out));
+    assert!(text.contains("401") || text.contains("token"), "{text}");
+    assert!(!dir.join("t.txt").exists());
+}
