@@ -11,6 +11,7 @@ mod dns;
 mod limits;
 mod store;
 mod subs;
+mod templates;
 
 use clap::{Parser, Subcommand};
 
@@ -48,6 +49,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: consul::ConsulCmd,
     },
+    /// Templates through real agents: write -> file latency, renders/s and
+    /// CPU per render vs plain SQLite rendering the same file.
+    Templates {
+        #[command(subcommand)]
+        cmd: templates::TemplatesCmd,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -59,5 +66,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Subs(args) => subs::run(args),
         Cmd::Consul { cmd } => consul::run(cmd),
         Cmd::Dns(args) => dns::run(args),
+        Cmd::Templates { cmd } => templates::run(cmd),
     }
 }

@@ -21,7 +21,7 @@ use rhai::{Array, Dynamic, EvalAltResult, ImmutableString, Map, Position};
 use crate::discovery::DiscoveryCall;
 use crate::source::{Deps, Params, Source};
 use crate::syntax;
-use crate::values::{self, Rows};
+use crate::values::{self, Row, Rows};
 
 /// Bounds on one render.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,14 +238,15 @@ fn register_output(engine: &mut rhai::Engine, state: &Arc<Mutex<State>>, limits:
     };
     let p = push.clone();
     engine.register_fn("__emit", move |text: &str| p(text));
-    engine.register_fn("__emit_value", move |v: Dynamic| {
+    engine.register_fn("__emit3", move |before: &str, v: Dynamic, after: &str| {
+        push(before)?;
         if v.is_unit() {
-            Ok(())
         } else if let Some(s) = v.read_lock::<ImmutableString>() {
-            push(s.as_str())
+            push(s.as_str())?;
         } else {
-            push(&v.to_string())
+            push(&v.to_string())?;
         }
+        push(after)
     });
 }
 
@@ -258,15 +259,43 @@ fn register_values(engine: &mut rhai::Engine) {
         .register_fn("columns", |r: &mut Rows| -> Array {
             r.columns.iter().map(|c| Dynamic::from(c.clone())).collect()
         })
-        .register_indexer_get(|r: &mut Rows, i: i64| -> Fallible<Map> {
+        .register_indexer_get(|r: &mut Rows, i: i64| -> Fallible<Row> {
             let idx = if i < 0 { r.len() as i64 + i } else { i };
-            usize::try_from(idx)
-                .ok()
-                .and_then(|i| r.row(i))
-                .map_or_else(
-                    || fail(format!("row {i} out of range ({} rows)", r.len())),
-                    Ok,
-                )
+            usize::try_from(idx).ok().and_then(|i| r.at(i)).map_or_else(
+                || fail(format!("row {i} out of range ({} rows)", r.len())),
+                Ok,
+            )
+        })
+        .register_type_with_name::<Row>("Row")
+        .register_indexer_get(|r: &mut Row, col: &str| -> Fallible<Dynamic> {
+            r.get(col).map_or_else(
+                || {
+                    fail(format!(
+                        "no column {col:?} in this row (columns: {})",
+                        r.columns().join(", ")
+                    ))
+                },
+                Ok,
+            )
+        })
+        .register_indexer_get(|r: &mut Row, i: i64| -> Fallible<Dynamic> {
+            r.nth(i).map_or_else(
+                || fail(format!("no column {i} ({} columns)", r.columns().len())),
+                Ok,
+            )
+        })
+        .register_fn("columns", |r: &mut Row| -> Array {
+            r.columns()
+                .iter()
+                .map(|c| Dynamic::from(c.clone()))
+                .collect()
+        })
+        .register_fn("to_map", |r: &mut Row| r.to_map())
+        .register_fn("to_json", |r: &mut Row| {
+            serde_json::to_string(&Dynamic::from_map(r.to_map())).unwrap_or_default()
+        })
+        .register_fn("to_string", |r: &mut Row| {
+            serde_json::to_string(&Dynamic::from_map(r.to_map())).unwrap_or_default()
         })
         .register_fn("to_json", |r: &mut Rows| r.to_json(false, false))
         .register_fn("to_json", |r: &mut Rows, opts: Map| {

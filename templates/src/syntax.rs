@@ -12,8 +12,8 @@
 //!
 //! The translation keeps line numbers: the generated script has exactly the
 //! template's newlines, on the same lines, so an error Rhai reports at line
-//! N is at line N of the template. Literal text becomes `__emit("...")`,
-//! expressions `__emit_value(...)`. Out of scope: `%>` inside a string in a
+//! N is at line N of the template. Literal text becomes `__emit("...")`;
+//! an expression with the text around it `__emit3("before", expr, "after")`. Out of scope: `%>` inside a string in a
 //! tag ends the tag (write `"%" + ">"` there).
 
 /// A template the translator could not read.
@@ -46,7 +46,6 @@ pub fn translate(template: &str) -> Result<String, SyntaxError> {
             after_statement = false;
             continue;
         }
-        flush_literal(&mut out, &mut literal);
         let (expression, body_start) = if tag.starts_with("<%=") {
             (true, 3)
         } else {
@@ -58,19 +57,60 @@ pub fn translate(template: &str) -> Result<String, SyntaxError> {
         };
         let body = &body_and_rest[..close];
         line += body.matches('\n').count();
+        let after = &body_and_rest[close + 2..];
         if expression {
-            out.push_str("__emit_value(");
+            // One call writes the text before, the value and the text after
+            // (up to the next tag): a loop body like `server <%= s %>;\n`
+            // costs one native call per row instead of three.
+            let end = after.find("<%").unwrap_or(after.len());
+            let tail = &after[..end];
+            out.push_str("__emit3(\"");
+            let newlines = escape_into(&mut out, &literal);
+            literal.clear();
+            out.push_str("\",");
+            push_newlines(&mut out, newlines);
             out.push_str(body);
-            out.push_str(");");
+            out.push_str(",\"");
+            let newlines = escape_into(&mut out, tail);
+            out.push_str("\");");
+            push_newlines(&mut out, newlines);
+            line += newlines;
+            rest = &after[end..];
+            after_statement = false;
         } else {
+            flush_literal(&mut out, &mut literal);
             out.push_str(body);
             // Ends a bare statement (`<% let x = 1 %>`); an empty statement
             // after a block is harmless.
             out.push(';');
+            rest = after;
+            after_statement = true;
         }
-        rest = &body_and_rest[close + 2..];
-        after_statement = !expression;
     }
+}
+
+/// Writes `text` escaped for a Rhai string literal; how many newlines it
+/// held.
+fn escape_into(out: &mut String, text: &str) -> usize {
+    let mut newlines = 0;
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => {
+                out.push_str("\\n");
+                newlines += 1;
+            }
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c => out.push(c),
+        }
+    }
+    newlines
+}
+
+fn push_newlines(out: &mut String, n: usize) {
+    out.extend(std::iter::repeat_n('\n', n));
 }
 
 /// Adds literal text, dropping the newline that follows a statement tag.
@@ -99,24 +139,9 @@ fn flush_literal(out: &mut String, literal: &mut String) {
         return;
     }
     out.push_str("__emit(\"");
-    let mut newlines = 0;
-    for c in literal.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => {
-                out.push_str("\\n");
-                newlines += 1;
-            }
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c => out.push(c),
-        }
-    }
+    let newlines = escape_into(out, literal);
     out.push_str("\");");
-    for _ in 0..newlines {
-        out.push('\n');
-    }
+    push_newlines(out, newlines);
     literal.clear();
 }
 
@@ -135,10 +160,7 @@ mod tests {
     #[test]
     fn newline_after_statement_tag_is_dropped_but_kept_in_script_lines() {
         let s = translate("<% let x = 1 %>\nv=<%= x %>\n").unwrap();
-        assert_eq!(
-            s,
-            " let x = 1 ;\n__emit(\"v=\");__emit_value( x );__emit(\"\\n\");\n"
-        );
+        assert_eq!(s, " let x = 1 ;\n__emit3(\"v=\", x ,\"\\n\");\n");
     }
 
     #[test]

@@ -2,9 +2,9 @@
 //!
 //! `sql()` returns a [`Rows`]: iterable (`for row in sql(...)`), indexable
 //! (`rows[0]`), with `len()`, `columns()`, `to_json()` and `to_csv()`. Each
-//! row is a Rhai object map, so `row.col` and `row["col"]` both work and a
-//! column the query does not return is an error (the engine fails on
-//! unknown properties). SQL NULL reads as `()` (`is_null()` is true, it
+//! [`Row`] reads its cells by name (`row.col`, `row["col"]`) or position
+//! (`row[0]`), converting a cell only when it is read; a column the query
+//! does not return is an error. `row.to_map()` gives an object map. SQL NULL reads as `()` (`is_null()` is true, it
 //! renders as nothing); integers, reals and text as Rhai numbers and
 //! strings; blobs as Rhai blobs.
 
@@ -34,6 +34,14 @@ impl Rows {
 
     pub fn is_empty(&self) -> bool {
         self.rows.is_empty()
+    }
+
+    /// Row `i`.
+    pub fn at(&self, i: usize) -> Option<Row> {
+        (i < self.rows.len()).then(|| Row {
+            rows: self.clone(),
+            index: i,
+        })
     }
 
     /// Row `i` as an object map.
@@ -98,7 +106,7 @@ impl Rows {
 }
 
 impl IntoIterator for Rows {
-    type Item = Map;
+    type Item = Row;
     type IntoIter = RowsIter;
 
     fn into_iter(self) -> RowsIter {
@@ -109,19 +117,55 @@ impl IntoIterator for Rows {
     }
 }
 
-/// Iterates a [`Rows`] as object maps.
+/// Iterates a [`Rows`] row by row.
 pub struct RowsIter {
     rows: Rows,
     next: usize,
 }
 
 impl Iterator for RowsIter {
-    type Item = Map;
+    type Item = Row;
 
-    fn next(&mut self) -> Option<Map> {
-        let row = self.rows.row(self.next)?;
+    fn next(&mut self) -> Option<Row> {
+        let row = self.rows.at(self.next)?;
         self.next += 1;
         Some(row)
+    }
+}
+
+/// One row of a [`Rows`]: `row.col`, `row["col"]` or `row[i]` reads a cell
+/// (converted only when read, so a loop over many rows builds no maps).
+#[derive(Debug, Clone)]
+pub struct Row {
+    rows: Rows,
+    index: usize,
+}
+
+impl Row {
+    fn cells(&self) -> &[Value] {
+        self.rows.rows.get(self.index).map_or(&[], Vec::as_slice)
+    }
+
+    /// The cell of column `name`; `None` when the row has no such column.
+    pub fn get(&self, name: &str) -> Option<Dynamic> {
+        let i = self.rows.columns.iter().position(|c| c == name)?;
+        self.cells().get(i).map(to_dynamic)
+    }
+
+    /// The cell at `i` (0-based, negative from the end).
+    pub fn nth(&self, i: i64) -> Option<Dynamic> {
+        let cells = self.cells();
+        let i = if i < 0 { cells.len() as i64 + i } else { i };
+        cells.get(usize::try_from(i).ok()?).map(to_dynamic)
+    }
+
+    pub fn columns(&self) -> &[String] {
+        &self.rows.columns
+    }
+
+    /// The row as an object map.
+    pub fn to_map(&self) -> Map {
+        self.rows.row(self.index).unwrap_or_default()
     }
 }
 
