@@ -794,6 +794,63 @@ mod tests {
     }
 
     #[test]
+    fn template_blocks_parse_as_documented_and_bad_ones_are_refused() {
+        let base = "[db]\npath = 'x'\n[gossip]\naddr = '127.0.0.1:1'\nplaintext = true\n";
+        // The example in docs/TEMPLATES.md.
+        let doc = include_str!("../../docs/TEMPLATES.md");
+        let example = doc
+            .split("```toml\n")
+            .nth(1)
+            .and_then(|t| t.split("```").next())
+            .unwrap();
+        let c = Config::parse(&format!("{base}{example}"), "doc").unwrap();
+        let spec = c.template[0].spec();
+        assert_eq!(spec.perms, Some(0o644));
+        assert!(spec.backup);
+        assert_eq!(spec.command.as_deref(), Some("nginx -s reload"));
+        assert_eq!(
+            spec.wait,
+            corro_templates::Wait::new(
+                std::time::Duration::from_millis(100),
+                Some(std::time::Duration::from_millis(400))
+            )
+        );
+        assert_eq!(spec.command_timeout, std::time::Duration::from_secs(30));
+        let c = Config::parse(
+            &format!("{base}[[template]]\nsource = 'a'\ndestination = 'b'\nperms = 0o600\nwait = '2s'\n[[template]]\nsource = 'c'\ndestination = 'd'\n"),
+            "two",
+        )
+        .unwrap();
+        assert_eq!(c.template.len(), 2);
+        assert_eq!(c.template[0].spec().perms, Some(0o600));
+        assert_eq!(
+            c.template[0].spec().wait.max,
+            std::time::Duration::from_secs(8)
+        );
+        assert_eq!(c.template[1].spec(), corro_templates::Spec::new("c", "d"));
+        for (bad, want) in [
+            ("perms = '0999'", "octal"),
+            ("perms = 0o17777", "file mode"),
+            ("wait = '2s:1s'", "min:max"),
+            ("wait = 'soon'", "min:max"),
+            ("command_timeout = 'x'", "duration"),
+            ("bogus = 1", "unknown field"),
+        ] {
+            let e = Config::parse(
+                &format!("{base}[[template]]\nsource = 'a'\ndestination = 'b'\n{bad}\n"),
+                "bad",
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        let e = Config::parse(&format!("{base}[[template]]\nsource = 'a'\n"), "bad")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("destination"), "{e}");
+    }
+
+    #[test]
     fn embedded_default_parses() {
         let c = Config::parse(EMBEDDED_DEFAULT, "embedded").unwrap();
         assert_eq!(c.db.path, PathBuf::from("./corrosion-data/state.db"));

@@ -270,3 +270,24 @@ fn a_loop_of_queries_depends_on_one_table() {
         vec!["nums".to_string(), "todos".to_string()]
     );
 }
+
+#[test]
+fn rows_read_by_position_and_as_maps() {
+    let src = Arc::new(Fake::default());
+    src.todos.lock().push(("a".to_string(), Some(7)));
+    let out = render(
+        &src,
+        r#"<% let r = sql("SELECT title, completed_at FROM todos")[0]; %><%= r[0] %>|<%= r[-1] %>|<%= r.to_map().completed_at %>|<%= r.columns() %>|<%= r.to_json() %>|<%= sql("SELECT title, completed_at FROM todos")[-1].title %>"#,
+    )
+    .unwrap();
+    assert_eq!(
+        out,
+        r#"a|7|7|["title", "completed_at"]|{"completed_at":7,"title":"a"}|a"#
+    );
+    let e = render(
+        &src,
+        r#"<%= sql("SELECT title, completed_at FROM todos")[5] %>"#,
+    )
+    .unwrap_err();
+    assert!(e.message.contains("out of range"), "{e}");
+}
