@@ -608,8 +608,11 @@ fn the_first_render_of_a_joining_agent_holds_the_whole_cluster() {
     ));
     let _agent = joiner.start();
     await_file(&dir.join("count.txt"), "n=2000\n");
+    // The shell creates the log before `cat` writes to it: wait for a line.
     let log = await_some(Duration::from_secs(10), "the command's log", || {
-        std::fs::read_to_string(dir.join("renders.log")).ok()
+        std::fs::read_to_string(dir.join("renders.log"))
+            .ok()
+            .filter(|l| l.ends_with('\n'))
     });
     assert_eq!(
         log.lines().next(),

@@ -61,6 +61,11 @@ pub(crate) struct LatencyArgs {
 pub(crate) struct CatchupArgs {
     #[arg(long, default_value_t = 1_000_000)]
     rows: u64,
+    /// Instead of `--rows` in a few big versions: this many single-row
+    /// versions (written straight into the first agent's store before it
+    /// starts; the baseline is that write rate).
+    #[arg(long)]
+    versions: Option<u64>,
 }
 
 #[derive(Args)]
@@ -272,7 +277,27 @@ fn latency(dir: &Path, a: LatencyArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Writes `n` single-row versions into `node`'s store (the agent is not
+/// running); returns the time taken.
+fn small_versions(node: &Node, n: u64) -> anyhow::Result<Duration> {
+    let store = corro_store::Store::open(&node.db, corro_store::StoreOptions::default())?;
+    store.apply_schema_paths(&[node.dir.join("schema")])?;
+    let start = Instant::now();
+    for i in 0..n {
+        store.transact(|tx| {
+            tx.execute(
+                "INSERT INTO todos (id, title) VALUES (?, 'v')",
+                &[corro_store::SqlValue::Text(format!("v-{i:08}"))],
+            )
+        })?;
+    }
+    Ok(start.elapsed())
+}
+
 fn catchup(dir: &Path, a: CatchupArgs) -> anyhow::Result<()> {
+    if let Some(n) = a.versions {
+        return catchup_versions(dir, n);
+    }
     let first = Node::new(&dir.join("a"), "");
     let agent_a = first.start();
     let start = Instant::now();
@@ -297,6 +322,30 @@ fn catchup(dir: &Path, a: CatchupArgs) -> anyhow::Result<()> {
         took,
         rate,
         base,
+        rate / base
+    );
+    Ok(())
+}
+
+fn catchup_versions(dir: &Path, n: u64) -> anyhow::Result<()> {
+    let first = Node::new(&dir.join("a"), "");
+    let written = small_versions(&first, n)?;
+    let agent_a = first.start();
+    let start = Instant::now();
+    let second = Node::joining(&dir.join("b"), &agent_a);
+    let _agent_b = second.start();
+    let want = first.books();
+    while second.books() != want {
+        anyhow::ensure!(start.elapsed() < Duration::from_secs(600), "no catch-up");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let took = start.elapsed();
+    anyhow::ensure!(count(&second)? == n as i64, "row count differs");
+    let rate = n as f64 / took.as_secs_f64();
+    let base = n as f64 / written.as_secs_f64();
+    println!(
+        "catchup: {n} single-row versions in {took:.2?} = {rate:.0} versions/s (agent start \
+         included); baseline writing them into the first store {base:.0} versions/s: ratio {:.2}",
         rate / base
     );
     Ok(())

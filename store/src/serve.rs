@@ -33,6 +33,22 @@ impl Store {
         actor: ActorId,
         versions: RangeInclusive<u64>,
     ) -> Result<Vec<Changeset>, StoreError> {
+        self.changes_for_budget(actor, versions, usize::MAX)
+            .map(|(sets, _)| sets)
+    }
+
+    /// Like [`Store::changes_for`], stopping after the version at which the
+    /// answer holds `max_changes` changes or more (a version is never split
+    /// across calls). Also returns the first version not yet served, `None`
+    /// when the range is done. Serving many small versions a budget at a
+    /// time pays the per-call cost (snapshot, bookkeeping, schema) once per
+    /// budget instead of once per version.
+    pub fn changes_for_budget(
+        &self,
+        actor: ActorId,
+        versions: RangeInclusive<u64>,
+        max_changes: usize,
+    ) -> Result<(Vec<Changeset>, Option<u64>), StoreError> {
         let conn = self.reader();
         let tx = conn.unchecked_transaction()?;
         let row: Option<(u32, u64, Vec<u8>)> = tx
@@ -40,7 +56,7 @@ impl Store {
             .query_row([&actor.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
             .optional()?;
         let Some((idx, head, books)) = row else {
-            return Ok(Vec::new());
+            return Ok((Vec::new(), None));
         };
         let mut books = ActorBooks::decode(head, &books)?;
         if idx == self.inner.self_idx {
@@ -60,11 +76,17 @@ impl Store {
                 }
             };
         let hi = (*versions.end()).min(books.head);
+        let mut served = 0usize;
         for v in (*versions.start()).max(1)..=hi {
+            if served >= max_changes {
+                flush_cleared(&mut out, &mut cleared);
+                return Ok((out, Some(v)));
+            }
             if books.partials.contains_key(&v) {
                 flush_cleared(&mut out, &mut cleared);
                 let p = &books.partials[&v];
                 for (seqs, changes) in buffered_pieces(&tx, idx, v)? {
+                    served += changes.len().max(1);
                     out.push(Changeset::Version {
                         actor,
                         version: v,
@@ -149,6 +171,7 @@ impl Store {
                 }
             }
             changes.sort_by_key(|c| c.seq);
+            served += changes.len().max(1);
             out.extend(chunk_version(
                 actor,
                 v,
@@ -159,6 +182,6 @@ impl Store {
             ));
         }
         flush_cleared(&mut out, &mut cleared);
-        Ok(out)
+        Ok((out, None))
     }
 }

@@ -394,6 +394,60 @@ fn fully_overwritten_versions_are_served_as_cleared() {
 }
 
 #[test]
+fn serving_with_a_change_budget_splits_only_between_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open_with(dir.path(), "a.db", TODOS);
+    for i in 0..50 {
+        insert(&a, &format!("r{i}"), "t");
+    }
+    // One 10-row version in the middle, and a cleared pair.
+    a.transact(|tx| {
+        for i in 0..10 {
+            tx.execute(
+                "INSERT INTO todos (id, title) VALUES (?, 'big')",
+                &[SqlValue::Text(format!("big{i}"))],
+            )?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    insert(&a, "gone", "t");
+    a.transact(|tx| tx.execute("DELETE FROM todos WHERE id = 'gone'", &[]))
+        .unwrap();
+    let head = a.head();
+    let whole = a.changes_for(a.actor_id(), 1..=head).unwrap();
+    for budget in [1, 3, 7, 25, 1000] {
+        let (mut lo, mut pieces, mut calls) = (1, Vec::new(), 0);
+        loop {
+            let (sets, next) = a
+                .changes_for_budget(a.actor_id(), lo..=head, budget)
+                .unwrap();
+            calls += 1;
+            pieces.extend(sets);
+            match next {
+                Some(n) => {
+                    assert!(n > lo, "no progress at {lo} with budget {budget}");
+                    lo = n;
+                }
+                None => break,
+            }
+        }
+        let b = open_with(dir.path(), &format!("b{budget}.db"), TODOS);
+        b.apply(pieces).unwrap();
+        assert_eq!(titles(&b), titles(&a), "budget {budget}");
+        assert_eq!(b.books(), a.books(), "budget {budget}");
+        if budget >= 1000 {
+            assert_eq!(calls, 1);
+        } else {
+            assert!(calls > 1, "budget {budget} served everything at once");
+        }
+    }
+    let b = open_with(dir.path(), "whole.db", TODOS);
+    b.apply(whole).unwrap();
+    assert_eq!(titles(&b), titles(&a));
+}
+
+#[test]
 fn bookkeeping_gaps_reload_after_reopen() {
     let dir = tempfile::tempdir().unwrap();
     let a = open_with(dir.path(), "a.db", TODOS);

@@ -50,6 +50,9 @@ pub(crate) use peers::Peers;
 
 /// Versions pulled per sync round at most (the rest next round).
 const SYNC_MAX_VERSIONS: u64 = 2_000;
+/// Changesets received in one round from which the next round follows at
+/// once (a round that brought this many was probably cut by the budget).
+const CATCH_UP_ROUND: usize = 1_000;
 /// Changesets per `SyncChanges` frame.
 const FRAME_CHANGESETS: usize = 64;
 /// Broadcast sends under way at most (beyond, the queue fills and drops).
@@ -350,7 +353,15 @@ impl Cluster {
                     };
                 }
                 metrics::gauge!("corro_sync_interval_seconds").set(interval.as_secs_f64());
-                wait = interval.mul_f64(rand::rng().random_range(0.5..1.5));
+                wait = if moved >= CATCH_UP_ROUND {
+                    // Catching up (a round's budget was likely cut short):
+                    // the next round starts at once instead of a second
+                    // later, so a long history arrives at the speed of
+                    // serving and applying it.
+                    Duration::ZERO
+                } else {
+                    interval.mul_f64(rand::rng().random_range(0.5..1.5))
+                };
             }
             persist_members(&sync, &mut persisted).await;
             // Let the SWIM task say goodbye first.
@@ -595,9 +606,10 @@ fn kind(m: &Message) -> &'static str {
     }
 }
 
-/// Versions read from the store per step while serving a sync round (one:
-/// a version can hold up to `api.max_changes` rows).
-const SERVE_VERSIONS_PER_STEP: u64 = 1;
+/// Changes read from the store per step while serving a sync round: a step
+/// ends after the version that reaches it (one big version is one step;
+/// thousands of single-row versions share one).
+const SERVE_CHANGES_PER_STEP: usize = 4096;
 /// Changes accumulated from a sync round before they are applied (applied
 /// earlier only at a version boundary, so big versions skip the piece
 /// buffer); the hard cap is four times this.
@@ -618,16 +630,22 @@ async fn send_missing(
         let mine = SyncState::from_books(&store.books());
         for r in plan(&theirs, &mine, SYNC_MAX_VERSIONS) {
             let (mut lo, hi) = (*r.versions.start(), *r.versions.end());
-            while lo <= hi {
-                let step_hi = hi.min(lo.saturating_add(SERVE_VERSIONS_PER_STEP - 1));
+            loop {
                 let t = std::time::Instant::now();
-                let sets = store.changes_for(r.actor, lo..=step_hi).map_err(Into::into);
-                tracing::debug!(actor = %r.actor, from = lo, to = step_hi, took = ?t.elapsed(), "read versions to serve");
+                let (sets, next) =
+                    match store.changes_for_budget(r.actor, lo..=hi, SERVE_CHANGES_PER_STEP) {
+                        Ok((sets, next)) => (Ok(sets), next),
+                        Err(e) => (Err(e.into()), None),
+                    };
+                tracing::debug!(actor = %r.actor, from = lo, next = ?next, took = ?t.elapsed(), "read versions to serve");
                 let failed = sets.is_err();
                 if tx.blocking_send(sets).is_err() || failed {
                     return;
                 }
-                lo = step_hi + 1;
+                match next {
+                    Some(n) if n <= hi => lo = n,
+                    _ => break,
+                }
             }
         }
     });
