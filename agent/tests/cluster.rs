@@ -449,3 +449,33 @@ fn schema_skew_between_peers_is_reported_and_resolves() {
     await_rows(&a, &agent_a, want);
     await_rows(&b, &agent_b, want);
 }
+
+#[test]
+fn a_write_right_after_a_chain_forms_reaches_every_member_by_broadcast() {
+    // Five agents bootstrapped as a chain (each joins the one before it);
+    // the write comes as soon as the last API answers. Members learn of the
+    // chain's far ends through sync rounds (announce on an unknown peer's
+    // sync, pull from a peer that holds more), so the write arrives without
+    // waiting for membership to spread on its own.
+    let dir = tempfile::tempdir().unwrap();
+    let mut nodes: Vec<Node> = vec![Node::new(&dir.path().join("n0"), "")];
+    let mut agents: Vec<Agent> = vec![nodes[0].start()];
+    for i in 1..5 {
+        let node = Node::joining(&dir.path().join(format!("n{i}")), &agents[i - 1]);
+        agents.push(node.start());
+        nodes.push(node);
+    }
+    let t0 = Instant::now();
+    nodes[0].exec(
+        &agents[0],
+        "INSERT INTO todos (id, title) VALUES ('first', 'after formation')",
+    );
+    for (node, agent) in nodes.iter().zip(&agents) {
+        await_rows(node, agent, "first|after formation|\n");
+    }
+    println!("on all five after {:?}", t0.elapsed());
+    let want = books(&nodes[0].dir.join("admin.sock"));
+    for n in &nodes[1..] {
+        assert_eq!(books(&n.dir.join("admin.sock")), want);
+    }
+}

@@ -33,6 +33,9 @@ pub(crate) enum ClusterCmd {
     Catchup(CatchupArgs),
     /// kill -9 -> marked down everywhere: p50/max over trials.
     Failover(FailoverArgs),
+    /// A chain-bootstrapped cluster; a write as soon as every API answers
+    /// -> on every member: max over clusters.
+    Formation(FormationArgs),
 }
 
 #[derive(Args)]
@@ -69,6 +72,14 @@ pub(crate) struct CatchupArgs {
 }
 
 #[derive(Args)]
+pub(crate) struct FormationArgs {
+    #[arg(long, default_value_t = 5)]
+    agents: usize,
+    #[arg(long, default_value_t = 10)]
+    clusters: usize,
+}
+
+#[derive(Args)]
 pub(crate) struct FailoverArgs {
     #[arg(long, default_value_t = 20)]
     agents: usize,
@@ -83,7 +94,85 @@ pub(crate) fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
         ClusterCmd::Latency(a) => latency(dir.path(), a),
         ClusterCmd::Catchup(a) => catchup(dir.path(), a),
         ClusterCmd::Failover(a) => failover(dir.path(), a),
+        ClusterCmd::Formation(a) => formation(dir.path(), a),
     }
+}
+
+/// Whether `node`'s database file holds todo `id`.
+fn holds(node: &Node, id: &str) -> bool {
+    rusqlite::Connection::open_with_flags(&node.db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+        .and_then(|c| {
+            c.query_row("SELECT count(*) FROM todos WHERE id = ?1", [id], |r| {
+                r.get::<_, i64>(0)
+            })
+        })
+        .is_ok_and(|n| n == 1)
+}
+
+fn formation(dir: &Path, a: FormationArgs) -> anyhow::Result<()> {
+    let client = reqwest::blocking::Client::new();
+    let mut worst_per_cluster = Vec::new();
+    for c in 0..a.clusters {
+        let base = dir.join(format!("c{c}"));
+        let first = Node::new(&base.join("n0"), "");
+        let mut agents = vec![first.start()];
+        let mut nodes = vec![first];
+        for i in 1..a.agents {
+            // A chain: each joins the one started before it.
+            let node = Node::joining(&base.join(format!("n{i}")), &agents[i - 1]);
+            agents.push(node.start());
+            nodes.push(node);
+        }
+        let id = format!("formation-{c}");
+        let t0 = Instant::now();
+        post(
+            &client,
+            &agents[0],
+            &serde_json::json!([format!(
+                "INSERT INTO todos (id, title) VALUES ('{id}', 'x')"
+            )]),
+        )?;
+        let mut pending: Vec<usize> = (0..nodes.len()).collect();
+        let mut per_node = vec![Duration::ZERO; nodes.len()];
+        while !pending.is_empty() {
+            anyhow::ensure!(t0.elapsed() < Duration::from_secs(60), "write never spread");
+            pending.retain(|&i| {
+                if holds(&nodes[i], &id) {
+                    per_node[i] = t0.elapsed();
+                    false
+                } else {
+                    true
+                }
+            });
+            std::thread::sleep(Duration::from_micros(500));
+        }
+        let worst = per_node.iter().copied().max().unwrap_or_default();
+        println!(
+            "cluster {c}: write on the first of {} chained agents -> on all of them in {:.1} ms (per agent: {:?})",
+            a.agents,
+            worst.as_secs_f64() * 1000.0,
+            per_node
+                .iter()
+                .map(|d| format!("{:.1}", d.as_secs_f64() * 1000.0))
+                .collect::<Vec<_>>()
+        );
+        worst_per_cluster.push(worst);
+        drop(agents);
+    }
+    worst_per_cluster.sort();
+    println!(
+        "formation: {} clusters of {} chained agents, first write after every API answers -> every member: median {:.1} ms, max {:.1} ms",
+        a.clusters,
+        a.agents,
+        worst_per_cluster[worst_per_cluster.len() / 2].as_secs_f64() * 1000.0,
+        worst_per_cluster
+            .last()
+            .copied()
+            .unwrap_or_default()
+            .as_secs_f64()
+            * 1000.0
+    );
+    Ok(())
 }
 
 /// Starts `n` agents, all bootstrapping from the first, and waits until

@@ -83,6 +83,12 @@ struct Inner {
     sync_soon: tokio::sync::Notify,
     /// `true` once local writes may be numbered (see the module doc).
     writes_open: watch::Sender<bool>,
+    /// Peers a pull is under way from outside the periodic rounds (one at
+    /// a time per peer).
+    pulling: parking_lot::Mutex<std::collections::HashSet<SocketAddr>>,
+    /// The periodic rounds are running back to back (catching up a long
+    /// history): extra pulls would fetch the same versions twice.
+    catching_up: std::sync::atomic::AtomicBool,
     /// `true` once this node has caught up with the cluster: a sync round
     /// was answered and no version is missing (or there is no peer to ask).
     caught_up: watch::Sender<bool>,
@@ -249,6 +255,8 @@ impl Cluster {
             sync_soon: tokio::sync::Notify::new(),
             writes_open: watch::channel(!fenced).0,
             caught_up: watch::channel(peers_empty).0,
+            pulling: Default::default(),
+            catching_up: Default::default(),
             schema_mismatches: Default::default(),
         });
         if fenced {
@@ -323,7 +331,13 @@ impl Cluster {
                 // the ones before it did not already bring.
                 let (mut moved, mut answered) = (0, false);
                 for peer in sync.peers.random_few(SYNC_PEERS) {
-                    match sync_with(&sync, peer).await {
+                    // A pull already under way with this peer covers it.
+                    if !sync.pulling.lock().insert(peer) {
+                        continue;
+                    }
+                    let result = sync_with(&sync, peer).await;
+                    sync.pulling.lock().remove(&peer);
+                    match result {
                         Ok(n) => (moved, answered) = (moved + n, true),
                         Err(e) => {
                             tracing::debug!(peer = %peer, error = %e, "sync round failed");
@@ -353,7 +367,10 @@ impl Cluster {
                     };
                 }
                 metrics::gauge!("corro_sync_interval_seconds").set(interval.as_secs_f64());
-                wait = if moved >= CATCH_UP_ROUND {
+                let streak = moved >= CATCH_UP_ROUND;
+                sync.catching_up
+                    .store(streak, std::sync::atomic::Ordering::Relaxed);
+                wait = if streak {
                     // Catching up (a round's budget was likely cut short):
                     // the next round starts at once instead of a second
                     // later, so a long history arrives at the speed of
@@ -753,6 +770,20 @@ async fn respond_sync(
         metrics::counter!("corro_sync_states_refused_total").increment(1);
         anyhow::bail!("refusing the SyncState of {}: {e}", first.addr);
     }
+    // A peer syncing with us that membership has not told us of yet: ask
+    // it to join, so the next broadcast reaches it (a cluster bootstrapped
+    // as a chain otherwise learns of its far ends a second or two late).
+    // (Only an address membership has never seen: a restarted member at a
+    // known address rejoins through SWIM's own announce and renaming.)
+    if !inner.peers.knows(first.addr) && first.addr != inner.advertised {
+        let _ = inner.swim.try_send(swim::SwimInput::Announce(first.addr));
+    }
+    // The peer holds versions we lack: pull them now rather than at a
+    // later round that may pick other peers.
+    let mine = state_of(inner);
+    if !plan(&mine, &theirs, 1).is_empty() {
+        pull_from(inner, first.addr);
+    }
     send_missing(inner, &mut send, theirs).await?;
     write_state(inner, &mut send).await?;
     let mut receiver = Receiver::new();
@@ -767,6 +798,36 @@ async fn respond_sync(
     send.finish()?;
     metrics::counter!("corro_sync_rounds_total").increment(1);
     Ok(())
+}
+
+/// A sync round with `peer` on its own task, outside the periodic rounds:
+/// with a peer whose sync state shows versions we lack. At most one at a
+/// time per peer.
+///
+/// (Syncing at once with every member SWIM reports up was tried as well: it
+/// kept a restarted member from rejoining in `discovery`'s kill -9 test,
+/// and the pull below plus the announce made it unnecessary for formation.)
+fn pull_from(inner: &Arc<Inner>, peer: SocketAddr) {
+    if inner.catching_up.load(std::sync::atomic::Ordering::Relaxed)
+        || !inner.pulling.lock().insert(peer)
+    {
+        return;
+    }
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let result = sync_with(&inner, peer).await;
+        inner.pulling.lock().remove(&peer);
+        match result {
+            Ok(n) => {
+                metrics::counter!("corro_sync_pulls_total").increment(1);
+                tracing::debug!(peer = %peer, changesets = n, "pulled from a peer that held more");
+            }
+            Err(e) => {
+                tracing::debug!(peer = %peer, error = %e, "pull from a peer failed");
+                inner.peers.forget_connection(peer);
+            }
+        }
+    });
 }
 
 /// One sync round with `peer`; how many changesets moved either way.

@@ -119,6 +119,11 @@ impl Peers {
             .collect()
     }
 
+    /// Whether membership knows `addr` in any state (down included).
+    pub(crate) fn knows(&self, addr: SocketAddr) -> bool {
+        self.members.lock().contains_key(&addr)
+    }
+
     pub(crate) fn active_addrs(&self) -> Vec<SocketAddr> {
         self.active().into_iter().map(|(a, _)| a).collect()
     }

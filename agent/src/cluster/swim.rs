@@ -30,6 +30,10 @@ const REJOIN_EVERY: Duration = Duration::from_secs(2);
 pub(crate) enum SwimInput {
     Data(Bytes),
     Timer(Timer<Identity>),
+    /// Ask the node at this address to join us (a peer that synced with us
+    /// before SWIM told us of it: announcing makes it a member at once, so
+    /// our next broadcast reaches it).
+    Announce(SocketAddr),
 }
 
 /// Prefixes a SWIM packet with the protocol version.
@@ -82,6 +86,7 @@ pub(crate) async fn run(
                 // Stale timers (from before an identity change) are refused
                 // by the core; nothing to do.
                 Some(SwimInput::Timer(t)) => core.handle_timer(t).unwrap_or_default(),
+                Some(SwimInput::Announce(addr)) => core.announce(addr),
             },
             _ = rejoin.tick() => {
                 if !core.active().is_empty() {
