@@ -9,7 +9,8 @@
 //! with [`corro_store::Store::apply`]. Cost follows what is missing, not the
 //! database size.
 //!
-//! [`wire`](Envelope) defines the versioned peer messages.
+//! [`wire`](Envelope) defines the versioned peer messages;
+//! [`validate`](validate::validate) checks each decoded one before use.
 //!
 //! No sockets and no clocks here: the cluster's IO layer drives this, and the
 //! simulation tests drive it over an in-memory network with loss,
@@ -18,6 +19,7 @@
 pub mod broadcast;
 pub mod membership;
 mod sync;
+pub mod validate;
 mod wire;
 
 pub use sync::{InvalidState, MAX_STATE_ACTORS, MAX_STATE_RANGES, SyncRequest, SyncState, plan};

@@ -528,7 +528,17 @@ async fn read_frame(
     }
     let mut buf = vec![0u8; len];
     recv.read_exact(&mut buf).await?;
-    Ok(Some(decode_with_trailer(&buf)?))
+    let (env, trailer) = decode_with_trailer(&buf)?;
+    // Hostile until validated: nothing of a message is used before this.
+    if let Err(e) = corro_replication::validate::validate(&env) {
+        metrics::counter!("corro_peer_messages_refused_total", "class" => e.class()).increment(1);
+        if let Message::SyncState(_) = env.message {
+            metrics::counter!("corro_sync_states_refused_total").increment(1);
+        }
+        tracing::warn!(peer = %env.addr, actor = %env.from, class = e.class(), error = %e, "refusing a peer message");
+        anyhow::bail!("refusing a message from {} ({}): {e}", env.addr, env.from);
+    }
+    Ok(Some((env, trailer)))
 }
 
 /// Applies changesets; true when any of them was new to this node.
@@ -764,12 +774,6 @@ async fn respond_sync(
             kind(&first.message)
         );
     };
-    // Hostile until validated: a backwards or out-of-head range would
-    // otherwise reach the range set arithmetic below.
-    if let Err(e) = theirs.validate() {
-        metrics::counter!("corro_sync_states_refused_total").increment(1);
-        anyhow::bail!("refusing the SyncState of {}: {e}", first.addr);
-    }
     // A peer syncing with us that membership has not told us of yet: ask
     // it to join, so the next broadcast reaches it (a cluster bootstrapped
     // as a chain otherwise learns of its far ends a second or two late).
