@@ -228,7 +228,9 @@ pub fn invalid_examples(valid: &Envelope) -> Vec<(&'static str, Envelope)> {
     };
     let mut state = SyncState::default();
     state.heads.insert(actor, 3);
-    state.needs.insert(actor, vec![5..=3]);
+    state
+        .needs
+        .insert(actor, vec![std::ops::RangeInclusive::new(5, 3)]);
     let mut huge_head = SyncState::default();
     huge_head.heads.insert(actor, u64::MAX);
     vec![
@@ -278,12 +280,16 @@ pub fn invalid_examples(valid: &Envelope) -> Vec<(&'static str, Envelope)> {
             "cleared_range",
             with(Message::SyncChanges(vec![Changeset::Cleared {
                 actor,
-                versions: 9..=2,
+                versions: std::ops::RangeInclusive::new(9, 2),
             }])),
         ),
         (
             "seq_range",
-            with(Message::SyncChanges(vec![version(1, 5..=2, 9)])),
+            with(Message::SyncChanges(vec![version(
+                1,
+                std::ops::RangeInclusive::new(5, 2),
+                9,
+            )])),
         ),
         (
             "seq_range",
