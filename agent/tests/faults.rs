@@ -523,7 +523,7 @@ fn every_invalid_message_class_is_refused_over_quic_and_the_agent_keeps_serving(
         ep.wait_idle().await;
     });
     let metrics = agent_a.metrics_addr().unwrap();
-    let classes: std::collections::BTreeSet<&str> = examples.iter().map(|(c, _)| *c).collect();
+    let classes: BTreeSet<&str> = examples.iter().map(|(c, _)| *c).collect();
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = reqwest::blocking::get(format!("http://{metrics}/metrics"))
