@@ -36,6 +36,9 @@ pub(crate) enum ClusterCmd {
     /// A chain-bootstrapped cluster; a write as soon as every API answers
     /// -> on every member: max over clusters.
     Formation(FormationArgs),
+    /// A peer joins during a sustained single-row write load: how far
+    /// behind the writer it stays once caught up.
+    Lag(LagArgs),
 }
 
 #[derive(Args)]
@@ -72,6 +75,19 @@ pub(crate) struct CatchupArgs {
 }
 
 #[derive(Args)]
+pub(crate) struct LagArgs {
+    /// Concurrent writer clients (single-row transactions, as fast as the
+    /// agent takes them).
+    #[arg(long, default_value_t = 4)]
+    clients: usize,
+    /// Seconds of load before the peer joins, and after.
+    #[arg(long, default_value_t = 5)]
+    before: u64,
+    #[arg(long, default_value_t = 10)]
+    after: u64,
+}
+
+#[derive(Args)]
 pub(crate) struct FormationArgs {
     #[arg(long, default_value_t = 5)]
     agents: usize,
@@ -95,7 +111,117 @@ pub(crate) fn run(cmd: ClusterCmd) -> anyhow::Result<()> {
         ClusterCmd::Catchup(a) => catchup(dir.path(), a),
         ClusterCmd::Failover(a) => failover(dir.path(), a),
         ClusterCmd::Formation(a) => formation(dir.path(), a),
+        ClusterCmd::Lag(a) => lag(dir.path(), a),
     }
+}
+
+/// The versions of `actor` that `node` holds without a gap (from 1).
+fn contiguous(node: &Node, actor: &str) -> u64 {
+    let books = node.books();
+    let Some(b) = books.get(actor) else {
+        return 0;
+    };
+    let head = b["head"].as_u64().unwrap_or(0);
+    match b["needed"].as_array().and_then(|n| n.first()) {
+        Some(first) => first[0].as_u64().unwrap_or(1).saturating_sub(1),
+        None => head,
+    }
+}
+
+fn lag(dir: &Path, a: LagArgs) -> anyhow::Result<()> {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let writer_node = Node::new(&dir.join("w"), "");
+    let writer = writer_node.start();
+    let url = writer.url("/v1/transactions");
+    let stop = Arc::new(AtomicBool::new(false));
+    let written = Arc::new(AtomicU64::new(0));
+    let mut threads = Vec::new();
+    for c in 0..a.clients {
+        let (url, stop, written) = (url.clone(), stop.clone(), written.clone());
+        threads.push(std::thread::spawn(move || {
+            let client = reqwest::blocking::Client::new();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let body = serde_json::json!([format!(
+                    "INSERT INTO todos (id, title) VALUES ('c{c}-{i}', 'x')"
+                )]);
+                if client.post(&url).json(&body).send().is_ok_and(|r| r.status().is_success()) {
+                    written.fetch_add(1, Ordering::Relaxed);
+                }
+                i += 1;
+            }
+        }));
+    }
+    // The writer's head over time (sampled), to turn a version gap into time.
+    let head = |agent: &Agent| -> u64 {
+        reqwest::blocking::get(agent.url("/v1/health"))
+            .ok()
+            .and_then(|r| r.json::<serde_json::Value>().ok())
+            .and_then(|v| v["head"].as_u64())
+            .unwrap_or(0)
+    };
+    let t0 = Instant::now();
+    let mut samples: Vec<(Duration, u64)> = Vec::new();
+    while t0.elapsed() < Duration::from_secs(a.before) {
+        samples.push((t0.elapsed(), head(&writer)));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let peer_node = Node::joining(&dir.join("p"), &writer);
+    let joined = t0.elapsed();
+    let _peer = peer_node.start();
+    let actor = writer.actor.clone();
+    let mut lags: Vec<(Duration, Duration)> = Vec::new();
+    let mut caught_up_at = None;
+    while t0.elapsed() < joined + Duration::from_secs(a.after) {
+        samples.push((t0.elapsed(), head(&writer)));
+        let now = t0.elapsed();
+        let held = contiguous(&peer_node, &actor);
+        // When did the writer reach what the peer holds now?
+        let reached = samples
+            .iter()
+            .find(|(_, h)| *h >= held)
+            .map_or(now, |(t, _)| *t);
+        let behind = now.saturating_sub(reached);
+        if caught_up_at.is_none() && behind < Duration::from_secs(1) && held > 0 {
+            caught_up_at = Some(now);
+        }
+        if caught_up_at.is_some() {
+            lags.push((now, behind));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        let _ = t.join();
+    }
+    let load_secs = t0.elapsed().as_secs_f64();
+    let final_head = head(&writer);
+    let stopped = Instant::now();
+    while contiguous(&peer_node, &actor) < final_head {
+        anyhow::ensure!(stopped.elapsed() < Duration::from_secs(60), "the peer never caught up");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let converged = stopped.elapsed();
+    let mut behind: Vec<Duration> = lags.iter().map(|(_, b)| *b).collect();
+    behind.sort();
+    let pct = |p: f64| behind.get(((behind.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or_default();
+    println!(
+        "lag: {} single-row writes/s from {} clients; a peer joined after {:.1}s",
+        (written.load(Ordering::Relaxed) as f64 / load_secs).round(),
+        a.clients,
+        joined.as_secs_f64()
+    );
+    println!(
+        "  peer within 1 s of the writer {:.2?} after joining; then behind by p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} samples)",
+        caught_up_at.map(|c| c.saturating_sub(joined)).unwrap_or_default(),
+        pct(0.5).as_secs_f64() * 1000.0,
+        pct(0.99).as_secs_f64() * 1000.0,
+        behind.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
+        behind.len()
+    );
+    println!("  peer identical to the writer {:.0} ms after the load stopped", converged.as_secs_f64() * 1000.0);
+    Ok(())
 }
 
 /// Whether `node`'s database file holds todo `id`.
