@@ -96,7 +96,7 @@ enum Command {
         #[command(subcommand)]
         cmd: ConsulCommand,
     },
-    /// Render templates (SOURCE:DESTINATION[:COMMAND]) and re-render them
+    /// Render templates (`SOURCE:DESTINATION[:COMMAND]`) and re-render them
     /// when the data they read changes
     Template {
         /// Render each template once and exit (non-zero if any failed)

@@ -146,7 +146,12 @@ fn lag(dir: &Path, a: LagArgs) -> anyhow::Result<()> {
                 let body = serde_json::json!([format!(
                     "INSERT INTO todos (id, title) VALUES ('c{c}-{i}', 'x')"
                 )]);
-                if client.post(&url).json(&body).send().is_ok_and(|r| r.status().is_success()) {
+                if client
+                    .post(&url)
+                    .json(&body)
+                    .send()
+                    .is_ok_and(|r| r.status().is_success())
+                {
                     written.fetch_add(1, Ordering::Relaxed);
                 }
                 i += 1;
@@ -199,13 +204,21 @@ fn lag(dir: &Path, a: LagArgs) -> anyhow::Result<()> {
     let final_head = head(&writer);
     let stopped = Instant::now();
     while contiguous(&peer_node, &actor) < final_head {
-        anyhow::ensure!(stopped.elapsed() < Duration::from_secs(60), "the peer never caught up");
+        anyhow::ensure!(
+            stopped.elapsed() < Duration::from_secs(60),
+            "the peer never caught up"
+        );
         std::thread::sleep(Duration::from_millis(10));
     }
     let converged = stopped.elapsed();
     let mut behind: Vec<Duration> = lags.iter().map(|(_, b)| *b).collect();
     behind.sort();
-    let pct = |p: f64| behind.get(((behind.len() as f64 - 1.0) * p).round() as usize).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        behind
+            .get(((behind.len() as f64 - 1.0) * p).round() as usize)
+            .copied()
+            .unwrap_or_default()
+    };
     println!(
         "lag: {} single-row writes/s from {} clients; a peer joined after {:.1}s",
         (written.load(Ordering::Relaxed) as f64 / load_secs).round(),
@@ -214,13 +227,18 @@ fn lag(dir: &Path, a: LagArgs) -> anyhow::Result<()> {
     );
     println!(
         "  peer within 1 s of the writer {:.2?} after joining; then behind by p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms ({} samples)",
-        caught_up_at.map(|c| c.saturating_sub(joined)).unwrap_or_default(),
+        caught_up_at
+            .map(|c| c.saturating_sub(joined))
+            .unwrap_or_default(),
         pct(0.5).as_secs_f64() * 1000.0,
         pct(0.99).as_secs_f64() * 1000.0,
         behind.last().copied().unwrap_or_default().as_secs_f64() * 1000.0,
         behind.len()
     );
-    println!("  peer identical to the writer {:.0} ms after the load stopped", converged.as_secs_f64() * 1000.0);
+    println!(
+        "  peer identical to the writer {:.0} ms after the load stopped",
+        converged.as_secs_f64() * 1000.0
+    );
     Ok(())
 }
 

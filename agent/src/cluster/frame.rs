@@ -1,0 +1,76 @@
+//! Framing: streams carry length-prefixed frames (`u32` big-endian length,
+//! then a postcard [`Envelope`], optionally a trailer). [`read_frame`] is
+//! the one place peer input enters: size-capped, decoded, then validated
+//! (`corro_replication::validate`) before anything uses it; a refused
+//! message is counted by class and logged with the peer.
+
+use super::*;
+
+pub(super) fn envelope(inner: &Inner, message: Message) -> Envelope {
+    Envelope {
+        version: PROTOCOL_VERSION,
+        from: inner.store.actor_id(),
+        addr: inner.advertised,
+        message,
+    }
+}
+
+pub(super) async fn write_frame(
+    send: &mut quinn::SendStream,
+    env: &Envelope,
+) -> anyhow::Result<()> {
+    write_bytes(send, &encode(env)?).await
+}
+
+pub(super) async fn write_bytes(send: &mut quinn::SendStream, bytes: &[u8]) -> anyhow::Result<()> {
+    send.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
+    send.write_all(bytes).await?;
+    Ok(())
+}
+
+/// Sends this node's `SyncState`, with its schema fingerprint as trailer.
+pub(super) async fn write_state(inner: &Inner, send: &mut quinn::SendStream) -> anyhow::Result<()> {
+    let env = envelope(inner, Message::SyncState(state_of(inner)));
+    let trailer = Trailer {
+        schema: inner.store.schema_fingerprint(),
+    };
+    write_bytes(send, &encode_with_trailer(&env, &trailer)?).await
+}
+
+/// Reads one frame and its trailer; `None` at a clean end of stream.
+pub(super) async fn read_frame(
+    recv: &mut quinn::RecvStream,
+) -> anyhow::Result<Option<(Envelope, Option<Trailer>)>> {
+    let mut len = [0u8; 4];
+    match recv.read_exact(&mut len).await {
+        Ok(()) => {}
+        Err(quinn::ReadExactError::FinishedEarly(0)) => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME_BYTES {
+        anyhow::bail!("peer sent a frame of {len} bytes, over the {MAX_FRAME_BYTES} byte limit");
+    }
+    let mut buf = vec![0u8; len];
+    recv.read_exact(&mut buf).await?;
+    let (env, trailer) = decode_with_trailer(&buf)?;
+    // Hostile until validated: nothing of a message is used before this.
+    if let Err(e) = corro_replication::validate::validate(&env) {
+        metrics::counter!("corro_peer_messages_refused_total", "class" => e.class()).increment(1);
+        if let Message::SyncState(_) = env.message {
+            metrics::counter!("corro_sync_states_refused_total").increment(1);
+        }
+        tracing::warn!(peer = %env.addr, actor = %env.from, class = e.class(), error = %e, "refusing a peer message");
+        anyhow::bail!("refusing a message from {} ({}): {e}", env.addr, env.from);
+    }
+    Ok(Some((env, trailer)))
+}
+
+pub(super) fn kind(m: &Message) -> &'static str {
+    match m {
+        Message::Changes { .. } => "Changes",
+        Message::SyncState(_) => "SyncState",
+        Message::SyncChanges(_) => "SyncChanges",
+        Message::SyncDone => "SyncDone",
+    }
+}

@@ -1,0 +1,361 @@
+//! Anti-entropy sync rounds (one bi stream each), both sides.
+//!
+//! The initiator sends its `SyncState`; the responder (its input validated
+//! in `frame::read_frame`) announces itself over SWIM to an initiator
+//! membership has never seen, pulls at once from an initiator that holds
+//! versions it lacks ([`pull_from`]), streams the changesets the initiator
+//! lacks (read from the store a change budget at a time), then its own
+//! state; the initiator applies in large batches cut at version boundaries
+//! while it keeps receiving, and answers `SyncDone`. [`run_rounds`] is the
+//! periodic loop: a few random members per round, jittered, backing off
+//! while nothing moves, back to back while catching up a long history.
+
+use super::*;
+
+/// Versions pulled per sync round at most (the rest next round).
+pub(super) const SYNC_MAX_VERSIONS: u64 = 2_000;
+
+/// Changesets received in one round from which the next round follows at
+/// once (a round that brought this many was probably cut by the budget).
+pub(super) const CATCH_UP_ROUND: usize = 1_000;
+
+/// Changesets per `SyncChanges` frame.
+pub(super) const FRAME_CHANGESETS: usize = 64;
+
+/// Sync interval while rounds find things to repair (jittered ±50%).
+pub(super) const SYNC_BASE: Duration = Duration::from_secs(1);
+
+/// Peers each sync round exchanges bookkeeping with.
+pub(super) const SYNC_PEERS: usize = 3;
+
+/// Longest sync interval after idle rounds.
+pub(super) const SYNC_MAX: Duration = Duration::from_secs(4);
+
+/// Changes read from the store per step while serving a sync round: a step
+/// ends after the version that reaches it (one big version is one step;
+/// thousands of single-row versions share one).
+pub(super) const SERVE_CHANGES_PER_STEP: usize = 4096;
+
+/// Changes accumulated from a sync round before they are applied (applied
+/// earlier only at a version boundary, so big versions skip the piece
+/// buffer); the hard cap is four times this.
+pub(super) const APPLY_BATCH_CHANGES: usize = 200_000;
+
+/// Applies changesets; true when any of them was new to this node.
+pub(super) async fn apply(inner: &Arc<Inner>, sets: Vec<Changeset>) -> anyhow::Result<bool> {
+    if sets.is_empty() {
+        return Ok(false);
+    }
+    let n = sets.len();
+    metrics::counter!("corro_gossip_changesets_received_total").increment(n as u64);
+    let store = inner.store.clone();
+    let t = std::time::Instant::now();
+    let out = tokio::task::spawn_blocking(move || store.apply(sets)).await??;
+    if !out.applied.is_empty() {
+        tracing::debug!(
+            versions = out.applied.len(),
+            changes = out.changes,
+            took = ?t.elapsed(),
+            "applied remote changes"
+        );
+    }
+    Ok(out.duplicates < n)
+}
+
+/// Streams to a peer in state `theirs` the changesets it lacks and this node
+/// holds: the store is read a few versions at a time on a blocking thread
+/// while frames go out, so memory stays bounded by one step and serving
+/// overlaps with the peer's applying. Returns how many changesets were sent.
+pub(super) async fn send_missing(
+    inner: &Arc<Inner>,
+    send: &mut quinn::SendStream,
+    theirs: SyncState,
+) -> anyhow::Result<usize> {
+    let (tx, mut rx) = mpsc::channel::<anyhow::Result<Vec<Changeset>>>(4);
+    let store = inner.store.clone();
+    tokio::task::spawn_blocking(move || {
+        let mine = SyncState::from_books(&store.books());
+        for r in plan(&theirs, &mine, SYNC_MAX_VERSIONS) {
+            let (mut lo, hi) = (*r.versions.start(), *r.versions.end());
+            loop {
+                let t = std::time::Instant::now();
+                let (sets, next) =
+                    match store.changes_for_budget(r.actor, lo..=hi, SERVE_CHANGES_PER_STEP) {
+                        Ok((sets, next)) => (Ok(sets), next),
+                        Err(e) => (Err(e.into()), None),
+                    };
+                tracing::debug!(actor = %r.actor, from = lo, next = ?next, took = ?t.elapsed(), "read versions to serve");
+                let failed = sets.is_err();
+                if tx.blocking_send(sets).is_err() || failed {
+                    return;
+                }
+                match next {
+                    Some(n) if n <= hi => lo = n,
+                    _ => break,
+                }
+            }
+        }
+    });
+    let mut sent = 0;
+    while let Some(sets) = rx.recv().await {
+        let sets = sets?;
+        sent += sets.len();
+        for chunk in sets.chunks(FRAME_CHANGESETS) {
+            write_frame(send, &envelope(inner, Message::SyncChanges(chunk.to_vec()))).await?;
+        }
+    }
+    metrics::counter!("corro_sync_changesets_sent_total").increment(sent as u64);
+    Ok(sent)
+}
+
+/// Collects the changesets received in a sync round and applies them in
+/// large batches on a separate task (receiving continues meanwhile).
+pub(super) struct Receiver {
+    pending: Vec<Changeset>,
+    pending_changes: usize,
+    received: usize,
+    applier: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Receiver {
+    fn new() -> Self {
+        Receiver {
+            pending: Vec::new(),
+            pending_changes: 0,
+            received: 0,
+            applier: None,
+        }
+    }
+
+    async fn add(&mut self, inner: &Arc<Inner>, sets: Vec<Changeset>) -> anyhow::Result<()> {
+        self.received += sets.len();
+        for set in sets {
+            if let Changeset::Version { changes, .. } = &set {
+                self.pending_changes += changes.len();
+            }
+            let boundary = match &set {
+                Changeset::Version { seqs, last_seq, .. } => seqs.end() == last_seq,
+                Changeset::Cleared { .. } => true,
+            };
+            self.pending.push(set);
+            if (boundary && self.pending_changes >= APPLY_BATCH_CHANGES)
+                || self.pending_changes >= 4 * APPLY_BATCH_CHANGES
+            {
+                self.flush(inner).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Starts applying what is pending (after the previous batch finished).
+    async fn flush(&mut self, inner: &Arc<Inner>) -> anyhow::Result<()> {
+        if let Some(previous) = self.applier.take() {
+            previous.await??;
+        }
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let sets = std::mem::take(&mut self.pending);
+        self.pending_changes = 0;
+        let inner = inner.clone();
+        self.applier = Some(tokio::spawn(async move {
+            apply(&inner, sets).await.map(|_| ())
+        }));
+        Ok(())
+    }
+
+    /// Applies the rest and waits; how many changesets arrived.
+    async fn finish(mut self, inner: &Arc<Inner>) -> anyhow::Result<usize> {
+        self.flush(inner).await?;
+        if let Some(last) = self.applier.take() {
+            last.await??;
+        }
+        metrics::counter!("corro_sync_changesets_received_total").increment(self.received as u64);
+        Ok(self.received)
+    }
+}
+
+pub(super) fn state_of(inner: &Inner) -> SyncState {
+    SyncState::from_books(&inner.store.books())
+}
+
+pub(super) async fn respond_sync(
+    inner: &Arc<Inner>,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) -> anyhow::Result<()> {
+    let Some((first, trailer)) = read_frame(&mut recv).await? else {
+        return Ok(());
+    };
+    inner.schema_seen(&first, trailer);
+    let Message::SyncState(theirs) = first.message else {
+        anyhow::bail!(
+            "a sync round must start with SyncState, got {}",
+            kind(&first.message)
+        );
+    };
+    // A peer syncing with us that membership has not told us of yet: ask
+    // it to join, so the next broadcast reaches it (a cluster bootstrapped
+    // as a chain otherwise learns of its far ends a second or two late).
+    // (Only an address membership has never seen: a restarted member at a
+    // known address rejoins through SWIM's own announce and renaming.)
+    if !inner.peers.knows(first.addr) && first.addr != inner.advertised {
+        let _ = inner.swim.try_send(swim::SwimInput::Announce(first.addr));
+    }
+    // The peer holds versions we lack: pull them now rather than at a
+    // later round that may pick other peers.
+    let mine = state_of(inner);
+    if !plan(&mine, &theirs, 1).is_empty() {
+        pull_from(inner, first.addr);
+    }
+    send_missing(inner, &mut send, theirs).await?;
+    write_state(inner, &mut send).await?;
+    let mut receiver = Receiver::new();
+    while let Some((env, _)) = read_frame(&mut recv).await? {
+        match env.message {
+            Message::SyncChanges(sets) => receiver.add(inner, sets).await?,
+            Message::SyncDone => break,
+            other => anyhow::bail!("unexpected {} in a sync round", kind(&other)),
+        }
+    }
+    receiver.finish(inner).await?;
+    send.finish()?;
+    metrics::counter!("corro_sync_rounds_total").increment(1);
+    Ok(())
+}
+
+/// A sync round with `peer` on its own task, outside the periodic rounds:
+/// with a peer whose sync state shows versions we lack. At most one at a
+/// time per peer.
+///
+/// (Syncing at once with every member SWIM reports up was tried as well: it
+/// kept a restarted member from rejoining in `discovery`'s kill -9 test,
+/// and the pull below plus the announce made it unnecessary for formation.)
+pub(super) fn pull_from(inner: &Arc<Inner>, peer: SocketAddr) {
+    if inner.catching_up.load(std::sync::atomic::Ordering::Relaxed)
+        || !inner.pulling.lock().insert(peer)
+    {
+        return;
+    }
+    let inner = inner.clone();
+    tokio::spawn(async move {
+        let result = sync_with(&inner, peer).await;
+        inner.pulling.lock().remove(&peer);
+        match result {
+            Ok(n) => {
+                metrics::counter!("corro_sync_pulls_total").increment(1);
+                tracing::debug!(peer = %peer, changesets = n, "pulled from a peer that held more");
+            }
+            Err(e) => {
+                tracing::debug!(peer = %peer, error = %e, "pull from a peer failed");
+                inner.peers.forget_connection(peer);
+            }
+        }
+    });
+}
+
+/// One sync round with `peer`; how many changesets moved either way.
+pub(super) async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::Result<usize> {
+    let mut moved = 0;
+    let conn = inner.peers.connection(&inner.endpoint, peer).await?;
+    let (mut send, mut recv) = conn.open_bi().await?;
+    write_state(inner, &mut send).await?;
+    let mut receiver = Receiver::new();
+    loop {
+        let (env, trailer) = read_frame(&mut recv)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("peer ended the sync round early"))?;
+        match env.message {
+            Message::SyncChanges(sets) => receiver.add(inner, sets).await?,
+            Message::SyncState(_) => {
+                inner.schema_seen(&env, trailer);
+                // Pull only: the peer pulls what it lacks in its own rounds
+                // (pushing too would make two nodes that sync each other at
+                // the same moment transfer everything twice).
+                moved += receiver.finish(inner).await?;
+                write_frame(&mut send, &envelope(inner, Message::SyncDone)).await?;
+                send.finish()?;
+                break;
+            }
+            other => anyhow::bail!("unexpected {} in a sync round", kind(&other)),
+        }
+    }
+    // Let the responder read everything before the stream goes away.
+    let _ = recv.read_to_end(1024).await;
+    metrics::counter!("corro_sync_rounds_total").increment(1);
+    Ok(moved)
+}
+
+/// The periodic rounds until shutdown (see the module doc); then saves the
+/// member list and closes the endpoint.
+pub(super) async fn run_rounds(sync: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+    let mut persisted = sync.peers.generation();
+    let mut interval = SYNC_BASE;
+    // The first round starts at once (it opens the write fence).
+    let mut wait = Duration::ZERO;
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = tokio::time::sleep(wait) => {}
+            _ = sync.sync_soon.notified() => interval = SYNC_BASE,
+        }
+        metrics::gauge!("corro_gossip_members").set(sync.peers.active().len() as f64);
+        persist_members(&sync, &mut persisted).await;
+        // A few peers, one after the other: each pulls only what
+        // the ones before it did not already bring.
+        let (mut moved, mut answered) = (0, false);
+        for peer in sync.peers.random_few(SYNC_PEERS) {
+            // A pull already under way with this peer covers it.
+            if !sync.pulling.lock().insert(peer) {
+                continue;
+            }
+            let result = sync_with(&sync, peer).await;
+            sync.pulling.lock().remove(&peer);
+            match result {
+                Ok(n) => (moved, answered) = (moved + n, true),
+                Err(e) => {
+                    tracing::debug!(peer = %peer, error = %e, "sync round failed");
+                    sync.peers.forget_connection(peer);
+                }
+            }
+        }
+        if answered {
+            sync.open_writes("first sync round done");
+            if !*sync.caught_up.borrow() {
+                let store = sync.store.clone();
+                let complete = tokio::task::spawn_blocking(move || {
+                    store.books().values().all(|b| b.needed().is_empty())
+                })
+                .await
+                .unwrap_or(false);
+                if complete {
+                    tracing::info!(head = sync.store.head(), "caught up with the cluster");
+                    sync.caught_up.send_replace(true);
+                }
+            }
+            // Back off while rounds find nothing to repair.
+            interval = if moved == 0 {
+                (interval * 2).min(SYNC_MAX)
+            } else {
+                SYNC_BASE
+            };
+        }
+        metrics::gauge!("corro_sync_interval_seconds").set(interval.as_secs_f64());
+        let streak = moved >= CATCH_UP_ROUND;
+        sync.catching_up
+            .store(streak, std::sync::atomic::Ordering::Relaxed);
+        wait = if streak {
+            // Catching up (a round's budget was likely cut short):
+            // the next round starts at once instead of a second
+            // later, so a long history arrives at the speed of
+            // serving and applying it.
+            Duration::ZERO
+        } else {
+            interval.mul_f64(rand::rng().random_range(0.5..1.5))
+        };
+    }
+    persist_members(&sync, &mut persisted).await;
+    // Let the SWIM task say goodbye first.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    sync.endpoint.close(0u32.into(), b"shutting down");
+}
