@@ -349,6 +349,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         let _ = t.await;
     }
     let _ = admin_task.await;
+    cluster.stopped(Duration::from_secs(5)).await;
     drop(handler);
     drop(store);
     tracing::info!("stopped");

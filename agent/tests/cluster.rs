@@ -479,3 +479,58 @@ fn a_write_right_after_a_chain_forms_reaches_every_member_by_broadcast() {
         assert_eq!(books(&n.dir.join("admin.sock")), want);
     }
 }
+
+#[test]
+fn a_stopped_agent_says_goodbye_and_its_peer_sees_it_leave() {
+    // SIGTERM: the SWIM task queues its leave, shutdown waits for the
+    // datagrams to go out before closing the endpoint (no fixed sleep), so
+    // the peer marks it down on the goodbye rather than through failure
+    // detection. The goodbye is checked on B's side (its log says every
+    // datagram left), the effect on A's.
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::new(&dir.path().join("a"), "");
+    let agent_a = a.start();
+    let b = Node::joining(&dir.path().join("b"), &agent_a);
+    let mut agent_b = b.start();
+    let b_addr = agent_b.gossip.to_string();
+    // Both must list each other: a member says goodbye to the members it
+    // knows.
+    let a_addr = agent_a.gossip.to_string();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for (agent, other) in [(&agent_a, &b_addr), (&agent_b, &a_addr)] {
+        while !agent
+            .members()
+            .iter()
+            .any(|(addr, s)| addr == other && s == "alive")
+        {
+            assert!(Instant::now() < deadline, "{other} never became alive");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let stopping = Instant::now();
+    agent_b.signal("TERM");
+    let line = agent_b.expect("goodbyes sent; closing the peer endpoint");
+    assert!(
+        line.contains("flushed=true") && line.contains("peers=1"),
+        "{line}"
+    );
+    assert!(agent_b.child.wait().unwrap().success());
+    let stopped_in = stopping.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let state = agent_a
+            .members()
+            .into_iter()
+            .find(|(addr, _)| *addr == b_addr)
+            .map(|(_, s)| s);
+        if state.as_deref() == Some("down") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "A still lists B as {state:?}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    println!(
+        "B stopped in {stopped_in:?}; A saw it down after {:?}; {line}",
+        stopping.elapsed()
+    );
+}

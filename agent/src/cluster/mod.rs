@@ -86,6 +86,12 @@ struct Inner {
     /// The periodic rounds are running back to back (catching up a long
     /// history): extra pulls would fetch the same versions twice.
     catching_up: std::sync::atomic::AtomicBool,
+    /// SWIM datagram sends in flight (waited for at shutdown, so the
+    /// goodbyes leave before the endpoint closes).
+    sends: tokio_util::task::TaskTracker,
+    /// Becomes true once the cluster has shut down (goodbyes sent, member
+    /// list saved, endpoint closed).
+    stopped: watch::Sender<bool>,
     /// `true` once this node has caught up with the cluster: a sync round
     /// was answered and no version is missing (or there is no peer to ask).
     caught_up: watch::Sender<bool>,
@@ -188,12 +194,14 @@ impl Cluster {
             caught_up: watch::channel(peers_empty).0,
             pulling: Default::default(),
             catching_up: Default::default(),
+            sends: tokio_util::task::TaskTracker::new(),
+            stopped: watch::channel(false).0,
             schema_mismatches: Default::default(),
         });
         if fenced {
             spawn_fence_timeout(&inner);
         }
-        tokio::spawn(swim::run(
+        let swim_task = tokio::spawn(swim::run(
             inner.clone(),
             core,
             swim_rx,
@@ -216,7 +224,7 @@ impl Cluster {
 
         spawn_accept(&inner, shutdown.clone());
         tokio::spawn(broadcast_loop(inner.clone(), rx));
-        tokio::spawn(run_rounds(inner.clone(), shutdown));
+        tokio::spawn(run_rounds(inner.clone(), shutdown, swim_task));
         Ok(cluster)
     }
 
@@ -257,6 +265,18 @@ impl Cluster {
             .filter(|(actor, _)| active.contains(actor))
             .map(|(actor, (addr, fp))| (*actor, *addr, *fp))
             .collect()
+    }
+
+    /// Waits (at most `limit`) until the cluster has shut down after the
+    /// shutdown signal: goodbyes sent, member list saved, endpoint closed.
+    pub(crate) async fn stopped(&self, limit: Duration) {
+        let mut rx = self.inner.stopped.subscribe();
+        if tokio::time::timeout(limit, rx.wait_for(|s| *s))
+            .await
+            .is_err()
+        {
+            tracing::warn!(?limit, "the cluster did not shut down in time");
+        }
     }
 
     /// Waits until local writes may be numbered (see the module doc);

@@ -194,6 +194,18 @@ impl Peers {
         }
     }
 
+    /// The connections currently open (for the shutdown flush).
+    pub(crate) async fn open_connections(&self) -> Vec<quinn::Connection> {
+        let slots: Vec<Slot> = self.conns.lock().values().cloned().collect();
+        let mut out = Vec::new();
+        for s in slots {
+            if let Some(c) = s.conn.lock().await.as_ref() {
+                out.push(c.clone());
+            }
+        }
+        out
+    }
+
     /// Members for `GET /v1/members` and `corrosion cluster members`.
     pub(crate) fn members(&self) -> Vec<corro_client::Member> {
         let conns: BTreeMap<SocketAddr, Slot> = self.conns.lock().clone();

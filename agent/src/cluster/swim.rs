@@ -109,10 +109,12 @@ pub(crate) async fn run(
         metrics::gauge!("corro_swim_members_active").set(core.active().len() as f64);
         metrics::gauge!("corro_swim_queue_depth").set((SWIM_QUEUE - inner.swim.capacity()) as f64);
     }
+    // The goodbyes are queued here; `sync::run_rounds` waits for them to
+    // leave before it closes the endpoint.
     let out = core.leave();
+    let goodbyes = out.iter().filter(|o| matches!(o, Output::Send(..))).count();
+    tracing::debug!(goodbyes, "leaving the cluster");
     carry_out(&inner, out);
-    // Let the goodbyes go out before the endpoint closes.
-    tokio::time::sleep(Duration::from_millis(100)).await;
 }
 
 fn carry_out(inner: &Arc<Inner>, out: Vec<Output>) {
@@ -151,8 +153,9 @@ fn carry_out(inner: &Arc<Inner>, out: Vec<Output>) {
 }
 
 fn send(inner: &Arc<Inner>, to: SocketAddr, data: Bytes) {
-    let inner = inner.clone();
-    tokio::spawn(async move {
+    let task = inner.clone();
+    inner.sends.spawn(async move {
+        let inner = task;
         let Some(conn) = inner.peers.try_connection(&inner.endpoint, to).await else {
             metrics::counter!("corro_swim_packets_dropped_total").increment(1);
             return;

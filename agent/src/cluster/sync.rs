@@ -288,7 +288,11 @@ pub(super) async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::R
 
 /// The periodic rounds until shutdown (see the module doc); then saves the
 /// member list and closes the endpoint.
-pub(super) async fn run_rounds(sync: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+pub(super) async fn run_rounds(
+    sync: Arc<Inner>,
+    mut shutdown: watch::Receiver<bool>,
+    swim: tokio::task::JoinHandle<()>,
+) {
     let mut persisted = sync.peers.generation();
     let mut interval = SYNC_BASE;
     // The first round starts at once (it opens the write fence).
@@ -355,7 +359,43 @@ pub(super) async fn run_rounds(sync: Arc<Inner>, mut shutdown: watch::Receiver<b
         };
     }
     persist_members(&sync, &mut persisted).await;
-    // Let the SWIM task say goodbye first.
-    tokio::time::sleep(Duration::from_millis(150)).await;
-    sync.endpoint.close(0u32.into(), b"shutting down");
+    shut_down(&sync, swim).await;
+}
+
+/// The end of the cluster: the SWIM task has queued its goodbyes; wait for
+/// their sends and for each connection's datagram queue to drain (bounded),
+/// then close the endpoint and wait for the close to reach peers.
+async fn shut_down(inner: &Arc<Inner>, swim: tokio::task::JoinHandle<()>) {
+    const LIMIT: Duration = Duration::from_secs(1);
+    const EMPTY_SLACK: usize = 64;
+    let started = std::time::Instant::now();
+    let _ = tokio::time::timeout(LIMIT, swim).await;
+    inner.sends.close();
+    let _ = tokio::time::timeout(LIMIT, inner.sends.wait()).await;
+    tracing::debug!(took = ?started.elapsed(), "SWIM goodbyes handed to the connections");
+    let drained = async {
+        for conn in inner.peers.open_connections().await {
+            // quinn reports the buffer less its fixed bookkeeping even when
+            // empty; any queued SWIM packet (data plus bookkeeping) is
+            // larger than this slack.
+            while conn.close_reason().is_none()
+                && DATAGRAM_SEND_BUFFER
+                    - conn.datagram_send_buffer_space().min(DATAGRAM_SEND_BUFFER)
+                    > EMPTY_SLACK
+            {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+    };
+    let flushed = tokio::time::timeout(LIMIT, drained).await.is_ok();
+    tracing::info!(
+        peers = inner.peers.active().len(),
+        flushed,
+        took = ?started.elapsed(),
+        "goodbyes sent; closing the peer endpoint"
+    );
+    inner.endpoint.close(0u32.into(), b"shutting down");
+    let _ = tokio::time::timeout(LIMIT, inner.endpoint.wait_idle()).await;
+    tracing::debug!(took = ?started.elapsed(), "peer endpoint closed");
+    inner.stopped.send_replace(true);
 }

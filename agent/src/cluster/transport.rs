@@ -47,6 +47,10 @@ pub(super) async fn serve_connection(
     }
 }
 
+/// Bytes of queued outgoing datagrams per connection (quinn's default,
+/// set explicitly so shutdown can tell when the queue is empty).
+pub(super) const DATAGRAM_SEND_BUFFER: usize = 1024 * 1024;
+
 /// Binds the gossip endpoint as `config` says.
 pub(super) fn endpoint(config: &GossipConfig) -> anyhow::Result<quinn::Endpoint> {
     let mut transport = quinn::TransportConfig::default();
@@ -55,6 +59,7 @@ pub(super) fn endpoint(config: &GossipConfig) -> anyhow::Result<quinn::Endpoint>
             .context("gossip.idle_timeout_secs")?,
     ));
     transport.keep_alive_interval(Some(Duration::from_secs(5)));
+    transport.datagram_send_buffer_size(DATAGRAM_SEND_BUFFER);
     if let Some(mtu) = config.max_mtu {
         let mut mtu_discovery = quinn::MtuDiscoveryConfig::default();
         mtu_discovery.upper_bound(mtu);
