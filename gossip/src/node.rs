@@ -353,6 +353,29 @@ async fn swim_task(inner: Arc<Inner>, mut core: Membership, mut rx: mpsc::Receiv
                 Some(SwimIn::Leave(done)) => (core.leave(), Some(done)),
             },
         };
+        // The member list first, so an event never arrives before the
+        // list it describes. Suspicion is a state, not a notification:
+        // report transitions.
+        let now: BTreeMap<SocketAddr, (Identity, State)> = core
+            .members()
+            .into_iter()
+            .filter(|(id, _)| id.addr != inner.me.addr)
+            .map(|(id, s)| (id.addr, (id, s)))
+            .collect();
+        let suspects: Vec<Member> = {
+            let before = inner.members.lock();
+            now.iter()
+                .filter(|(addr, (_, s))| {
+                    *s == State::Suspect
+                        && before.get(*addr).map(|(_, s)| *s) != Some(State::Suspect)
+                })
+                .map(|(_, (id, _))| member_of(id))
+                .collect()
+        };
+        *inner.members.lock() = now;
+        for m in suspects {
+            let _ = inner.events.send(MemberEvent::Suspect(m));
+        }
         for o in out {
             match o {
                 Output::Send(to, packet) => send_datagram(&inner, to.addr, packet),
@@ -379,23 +402,6 @@ async fn swim_task(inner: Arc<Inner>, mut core: Membership, mut rx: mpsc::Receiv
                 Output::Rejoined(_) => {}
             }
         }
-        // Suspicion is a state, not a notification: report transitions.
-        let now: BTreeMap<SocketAddr, (Identity, State)> = core
-            .members()
-            .into_iter()
-            .filter(|(id, _)| id.addr != inner.me.addr)
-            .map(|(id, s)| (id.addr, (id, s)))
-            .collect();
-        {
-            let before = inner.members.lock();
-            for (addr, (id, s)) in &now {
-                let was = before.get(addr).map(|(_, s)| *s);
-                if *s == State::Suspect && was != Some(State::Suspect) {
-                    let _ = inner.events.send(MemberEvent::Suspect(member_of(id)));
-                }
-            }
-        }
-        *inner.members.lock() = now;
         if let Some(done) = done {
             // Give the goodbye datagrams their sends before acknowledging.
             tokio::task::yield_now().await;

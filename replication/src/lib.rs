@@ -9,6 +9,9 @@
 //! with [`corro_store::Store::apply`]. Cost follows what is missing, not the
 //! database size.
 //!
+//! [`session`] runs one sync round as two state machines ([`session::Pull`],
+//! [`session::Serve`]) that the agent drives over QUIC and the simulation
+//! over a lossy in-memory network.
 //! [`wire`](Envelope) defines the versioned peer messages;
 //! [`validate`](validate::validate) checks each decoded one before use.
 //!
@@ -18,6 +21,7 @@
 
 pub mod broadcast;
 pub mod membership;
+pub mod session;
 mod sync;
 pub mod validate;
 mod wire;

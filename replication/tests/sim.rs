@@ -5,9 +5,10 @@
 //! travel in chunks. Committed versions are broadcast with the targeting core
 //! (`broadcast::local_targets`, receivers that learn something forward with
 //! `broadcast::forward_targets`), and every round each node pulls from a
-//! random peer (sends its `SyncState`, plans what to pull, receives what the
-//! peer serves), all over a network that loses, duplicates and reorders
-//! messages. Part-way through, the cluster is partitioned and nodes crash and
+//! random peer through the same sync sessions the agent runs
+//! (`session::Pull`/`session::Serve`: state, plan, served changesets in
+//! frames, the server's state, `SyncDone`), all over a network that loses,
+//! duplicates and reorders messages. Part-way through, the cluster is partitioned and nodes crash and
 //! restart from disk. After healing, every node must hold identical table
 //! contents and identical bookkeeping, and every committed version must be
 //! held everywhere (no acknowledged write lost). Convergence after healing
@@ -19,7 +20,8 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use corro_replication::broadcast::{forward_targets, local_targets};
-use corro_replication::{MAX_HOPS, SyncState, plan};
+use corro_replication::session::{Pull, Serve, Step};
+use corro_replication::{MAX_HOPS, Message, SyncState};
 use corro_store::{ActorId, Changeset, SqlValue, Store, StoreOptions};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
@@ -57,14 +59,17 @@ impl Net {
     }
 }
 
-/// `a` pulls from `b`. Returns the number of changesets delivered.
+/// `a` pulls from `b` through the sync sessions the agent runs
+/// (`session::Pull` on `a`, `session::Serve` on `b`); the network may lose,
+/// duplicate and reorder the changesets, split into frames of random size.
+/// Returns the number of changesets delivered.
 fn sync_round(a: &Store, b: &Store, net: &mut Net) -> usize {
-    let mine = SyncState::from_books(&a.books());
-    let theirs = SyncState::from_books(&b.books());
+    let (mut pull, first) = Pull::open(SyncState::from_books(&a.books()), 50);
     if net.lost() {
         return 0; // the state exchange was lost
     }
-    let requests = plan(&mine, &theirs, 100);
+    let (mut serve, _theirs, requests) =
+        Serve::open(first, &SyncState::from_books(&b.books()), 100, 50).unwrap();
     let mut pieces: Vec<Changeset> = Vec::new();
     for r in requests {
         pieces.extend(b.changes_for(r.actor, r.versions).unwrap());
@@ -81,10 +86,36 @@ fn sync_round(a: &Store, b: &Store, net: &mut Net) -> usize {
     }
     delivered.shuffle(&mut net.rng);
     let n = delivered.len();
-    // Arrives in a few messages.
+    let carry = |steps: Vec<Step>, store: &Store| -> (Vec<Message>, bool) {
+        let (mut sent, mut done) = (Vec::new(), false);
+        for step in steps {
+            match step {
+                Step::Apply(sets) => {
+                    store.apply(sets).unwrap();
+                }
+                Step::Send(m) => sent.push(m),
+                Step::Done => done = true,
+            }
+        }
+        (sent, done)
+    };
+    // Arrives in a few frames.
     let per = net.rng.random_range(1..=8usize);
     for chunk in delivered.chunks(per) {
-        a.apply(chunk.to_vec()).unwrap();
+        let steps = pull
+            .on_message(Message::SyncChanges(chunk.to_vec()))
+            .unwrap();
+        let (sent, done) = carry(steps, a);
+        assert!(sent.is_empty() && !done);
+    }
+    let steps = pull
+        .on_message(serve.served(SyncState::from_books(&b.books())))
+        .unwrap();
+    let (sent, done) = carry(steps, a);
+    assert!(done, "the puller ends the round on the server's state");
+    for m in sent {
+        let (back, done) = carry(serve.on_message(m).unwrap(), b);
+        assert!(back.is_empty() && done);
     }
     n
 }

@@ -28,9 +28,14 @@ pub(super) async fn write_bytes(send: &mut quinn::SendStream, bytes: &[u8]) -> a
     Ok(())
 }
 
-/// Sends this node's `SyncState`, with its schema fingerprint as trailer.
-pub(super) async fn write_state(inner: &Inner, send: &mut quinn::SendStream) -> anyhow::Result<()> {
-    let env = envelope(inner, Message::SyncState(state_of(inner)));
+/// Sends a `SyncState` message with this node's schema fingerprint as
+/// trailer.
+pub(super) async fn write_state(
+    inner: &Inner,
+    send: &mut quinn::SendStream,
+    state: Message,
+) -> anyhow::Result<()> {
+    let env = envelope(inner, state);
     let trailer = Trailer {
         schema: inner.store.schema_fingerprint(),
     };
@@ -66,11 +71,4 @@ pub(super) async fn read_frame(
     Ok(Some((env, trailer)))
 }
 
-pub(super) fn kind(m: &Message) -> &'static str {
-    match m {
-        Message::Changes { .. } => "Changes",
-        Message::SyncState(_) => "SyncState",
-        Message::SyncChanges(_) => "SyncChanges",
-        Message::SyncDone => "SyncDone",
-    }
-}
+pub(super) use corro_replication::session::kind;

@@ -11,6 +11,8 @@
 //! while nothing moves, back to back while catching up a long history.
 
 use super::*;
+use corro_replication::SyncRequest;
+use corro_replication::session::{APPLY_BATCH_CHANGES, Pull, Serve, Step};
 
 /// Versions pulled per sync round at most (the rest next round).
 pub(super) const SYNC_MAX_VERSIONS: u64 = 2_000;
@@ -36,11 +38,6 @@ pub(super) const SYNC_MAX: Duration = Duration::from_secs(4);
 /// thousands of single-row versions share one).
 pub(super) const SERVE_CHANGES_PER_STEP: usize = 4096;
 
-/// Changes accumulated from a sync round before they are applied (applied
-/// earlier only at a version boundary, so big versions skip the piece
-/// buffer); the hard cap is four times this.
-pub(super) const APPLY_BATCH_CHANGES: usize = 200_000;
-
 /// Applies changesets; true when any of them was new to this node.
 pub(super) async fn apply(inner: &Arc<Inner>, sets: Vec<Changeset>) -> anyhow::Result<bool> {
     if sets.is_empty() {
@@ -62,20 +59,19 @@ pub(super) async fn apply(inner: &Arc<Inner>, sets: Vec<Changeset>) -> anyhow::R
     Ok(out.duplicates < n)
 }
 
-/// Streams to a peer in state `theirs` the changesets it lacks and this node
-/// holds: the store is read a few versions at a time on a blocking thread
+/// Streams to a peer the changesets `requests` name (planned by the
+/// session against the peer's state): the store is read a few versions at a time on a blocking thread
 /// while frames go out, so memory stays bounded by one step and serving
 /// overlaps with the peer's applying. Returns how many changesets were sent.
 pub(super) async fn send_missing(
     inner: &Arc<Inner>,
     send: &mut quinn::SendStream,
-    theirs: SyncState,
+    requests: Vec<SyncRequest>,
 ) -> anyhow::Result<usize> {
     let (tx, mut rx) = mpsc::channel::<anyhow::Result<Vec<Changeset>>>(4);
     let store = inner.store.clone();
     tokio::task::spawn_blocking(move || {
-        let mine = SyncState::from_books(&store.books());
-        for r in plan(&theirs, &mine, SYNC_MAX_VERSIONS) {
+        for r in requests {
             let (mut lo, hi) = (*r.versions.start(), *r.versions.end());
             loop {
                 let t = std::time::Instant::now();
@@ -108,71 +104,59 @@ pub(super) async fn send_missing(
     Ok(sent)
 }
 
-/// Collects the changesets received in a sync round and applies them in
-/// large batches on a separate task (receiving continues meanwhile).
-pub(super) struct Receiver {
-    pending: Vec<Changeset>,
-    pending_changes: usize,
-    received: usize,
-    applier: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+/// Applies a session's batches on a separate task, one after the other,
+/// while the round goes on receiving.
+pub(super) struct Applier {
+    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
 
-impl Receiver {
+impl Applier {
     fn new() -> Self {
-        Receiver {
-            pending: Vec::new(),
-            pending_changes: 0,
-            received: 0,
-            applier: None,
-        }
+        Applier { running: None }
     }
 
-    async fn add(&mut self, inner: &Arc<Inner>, sets: Vec<Changeset>) -> anyhow::Result<()> {
-        self.received += sets.len();
-        for set in sets {
-            if let Changeset::Version { changes, .. } = &set {
-                self.pending_changes += changes.len();
-            }
-            let boundary = match &set {
-                Changeset::Version { seqs, last_seq, .. } => seqs.end() == last_seq,
-                Changeset::Cleared { .. } => true,
-            };
-            self.pending.push(set);
-            if (boundary && self.pending_changes >= APPLY_BATCH_CHANGES)
-                || self.pending_changes >= 4 * APPLY_BATCH_CHANGES
-            {
-                self.flush(inner).await?;
-            }
-        }
-        Ok(())
-    }
-
-    /// Starts applying what is pending (after the previous batch finished).
-    async fn flush(&mut self, inner: &Arc<Inner>) -> anyhow::Result<()> {
-        if let Some(previous) = self.applier.take() {
+    /// Starts applying `sets` once the previous batch is done.
+    async fn apply(&mut self, inner: &Arc<Inner>, sets: Vec<Changeset>) -> anyhow::Result<()> {
+        if let Some(previous) = self.running.take() {
             previous.await??;
         }
-        if self.pending.is_empty() {
-            return Ok(());
-        }
-        let sets = std::mem::take(&mut self.pending);
-        self.pending_changes = 0;
         let inner = inner.clone();
-        self.applier = Some(tokio::spawn(async move {
+        self.running = Some(tokio::spawn(async move {
             apply(&inner, sets).await.map(|_| ())
         }));
         Ok(())
     }
 
-    /// Applies the rest and waits; how many changesets arrived.
-    async fn finish(mut self, inner: &Arc<Inner>) -> anyhow::Result<usize> {
-        self.flush(inner).await?;
-        if let Some(last) = self.applier.take() {
+    /// Waits for the last batch.
+    async fn finish(&mut self) -> anyhow::Result<()> {
+        if let Some(last) = self.running.take() {
             last.await??;
         }
-        metrics::counter!("corro_sync_changesets_received_total").increment(self.received as u64);
-        Ok(self.received)
+        Ok(())
     }
+}
+
+/// Carries out a session's steps; true once the round is done.
+async fn carry_out(
+    inner: &Arc<Inner>,
+    send: &mut quinn::SendStream,
+    applier: &mut Applier,
+    steps: Vec<Step>,
+) -> anyhow::Result<bool> {
+    for step in steps {
+        match step {
+            Step::Apply(sets) => applier.apply(inner, sets).await?,
+            Step::Send(message) => {
+                applier.finish().await?;
+                write_frame(send, &envelope(inner, message)).await?;
+            }
+            Step::Done => {
+                applier.finish().await?;
+                return Ok(true);
+            }
+        }
+    }
+    Ok(false)
 }
 
 pub(super) fn state_of(inner: &Inner) -> SyncState {
@@ -188,12 +172,9 @@ pub(super) async fn respond_sync(
         return Ok(());
     };
     inner.schema_seen(&first, trailer);
-    let Message::SyncState(theirs) = first.message else {
-        anyhow::bail!(
-            "a sync round must start with SyncState, got {}",
-            kind(&first.message)
-        );
-    };
+    let mine = state_of(inner);
+    let (mut session, theirs, requests) =
+        Serve::open(first.message, &mine, SYNC_MAX_VERSIONS, APPLY_BATCH_CHANGES)?;
     // A peer syncing with us that membership has not told us of yet: ask
     // it to join, so the next broadcast reaches it (a cluster bootstrapped
     // as a chain otherwise learns of its far ends a second or two late).
@@ -204,21 +185,25 @@ pub(super) async fn respond_sync(
     }
     // The peer holds versions we lack: pull them now rather than at a
     // later round that may pick other peers.
-    let mine = state_of(inner);
     if !plan(&mine, &theirs, 1).is_empty() {
         pull_from(inner, first.addr);
     }
-    send_missing(inner, &mut send, theirs).await?;
-    write_state(inner, &mut send).await?;
-    let mut receiver = Receiver::new();
-    while let Some((env, _)) = read_frame(&mut recv).await? {
-        match env.message {
-            Message::SyncChanges(sets) => receiver.add(inner, sets).await?,
-            Message::SyncDone => break,
-            other => anyhow::bail!("unexpected {} in a sync round", kind(&other)),
+    send_missing(inner, &mut send, requests).await?;
+    write_state(inner, &mut send, session.served(state_of(inner))).await?;
+    let mut applier = Applier::new();
+    loop {
+        let Some((env, _)) = read_frame(&mut recv).await? else {
+            // The initiator went away without `SyncDone`: nothing of ours
+            // depends on the rest (rounds pull).
+            applier.finish().await?;
+            break;
+        };
+        let steps = session.on_message(env.message)?;
+        if carry_out(inner, &mut send, &mut applier, steps).await? {
+            break;
         }
     }
-    receiver.finish(inner).await?;
+    metrics::counter!("corro_sync_changesets_received_total").increment(session.received() as u64);
     send.finish()?;
     metrics::counter!("corro_sync_rounds_total").increment(1);
     Ok(())
@@ -256,30 +241,26 @@ pub(super) fn pull_from(inner: &Arc<Inner>, peer: SocketAddr) {
 
 /// One sync round with `peer`; how many changesets moved either way.
 pub(super) async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::Result<usize> {
-    let mut moved = 0;
     let conn = inner.peers.connection(&inner.endpoint, peer).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
-    write_state(inner, &mut send).await?;
-    let mut receiver = Receiver::new();
+    let (mut session, first) = Pull::open(state_of(inner), APPLY_BATCH_CHANGES);
+    write_state(inner, &mut send, first).await?;
+    let mut applier = Applier::new();
     loop {
         let (env, trailer) = read_frame(&mut recv)
             .await?
             .ok_or_else(|| anyhow::anyhow!("peer ended the sync round early"))?;
-        match env.message {
-            Message::SyncChanges(sets) => receiver.add(inner, sets).await?,
-            Message::SyncState(_) => {
-                inner.schema_seen(&env, trailer);
-                // Pull only: the peer pulls what it lacks in its own rounds
-                // (pushing too would make two nodes that sync each other at
-                // the same moment transfer everything twice).
-                moved += receiver.finish(inner).await?;
-                write_frame(&mut send, &envelope(inner, Message::SyncDone)).await?;
-                send.finish()?;
-                break;
-            }
-            other => anyhow::bail!("unexpected {} in a sync round", kind(&other)),
+        if let Message::SyncState(_) = &env.message {
+            inner.schema_seen(&env, trailer);
+        }
+        let steps = session.on_message(env.message)?;
+        if carry_out(inner, &mut send, &mut applier, steps).await? {
+            break;
         }
     }
+    send.finish()?;
+    let moved = session.received();
+    metrics::counter!("corro_sync_changesets_received_total").increment(moved as u64);
     // Let the responder read everything before the stream goes away.
     let _ = recv.read_to_end(1024).await;
     metrics::counter!("corro_sync_rounds_total").increment(1);
