@@ -13,6 +13,7 @@ mod config;
 mod consul;
 mod logging;
 mod run;
+mod service;
 mod telemetry;
 mod templates;
 mod tls;

@@ -314,6 +314,8 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         "Starting public API server on tcp/{}",
         listener.local_addr()?
     );
+    crate::service::ready("serving");
+    crate::service::spawn_watchdog(store.clone(), stop_rx.clone());
     let mut api_stop = stop_rx.clone();
     let api_task = tokio::spawn(
         axum::serve(listener, api::router(state))
@@ -339,6 +341,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         }
     }
     tracing::info!("shutting down: finishing in-flight requests");
+    crate::service::stopping();
     let _ = stop_tx.send(true);
     match api_task.await {
         Ok(Ok(())) => {}

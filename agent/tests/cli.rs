@@ -464,3 +464,52 @@ fn json_logs_when_configured() {
         "{v}"
     );
 }
+
+/// systemd's notify protocol as a `Type=notify` unit with `WatchdogSec=`
+/// sees it: READY once serving, WATCHDOG pings, STOPPING on SIGTERM (a
+/// datagram socket stands in for systemd, which is not PID 1 here).
+#[test]
+fn systemd_sees_ready_watchdog_and_stopping() {
+    use std::os::unix::net::UnixDatagram;
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::new(dir.path(), "");
+    let sock_path = dir.path().join("notify.sock");
+    let sock = UnixDatagram::bind(&sock_path).unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+        .unwrap();
+    let mut child = Command::new(common::binary())
+        .args(["-c", node.config.to_str().unwrap(), "agent"])
+        .env("NOTIFY_SOCKET", &sock_path)
+        .env("WATCHDOG_USEC", "200000")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut buf = [0u8; 4096];
+    let mut next = || {
+        let n = sock.recv(&mut buf).expect("no notification from the agent");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    let first = next();
+    assert!(first.contains("READY=1"), "{first:?}");
+    assert!(first.contains("STATUS=serving"), "{first:?}");
+    let mut pings = 0;
+    while pings < 2 {
+        let m = next();
+        assert!(m.contains("WATCHDOG=1"), "{m:?}");
+        pings += 1;
+    }
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    loop {
+        let m = next();
+        if m.contains("STOPPING=1") {
+            break;
+        }
+        assert!(m.contains("WATCHDOG=1"), "unexpected {m:?}");
+    }
+    assert!(child.wait().unwrap().success());
+}
