@@ -3,7 +3,7 @@
 //! One request per line, one answer per line:
 //! `{"cmd": "ping"}`, `{"cmd": "reload"}` (re-apply schema files),
 //! `{"cmd": "members"}`, `{"cmd": "books"}` (what this node holds of each
-//! actor), `{"cmd": "log_level", "level": "debug"}`. Answers are
+//! actor), `{"cmd": "log_level", "level": "debug"}`, `{"cmd": "log_reset"}`. Answers are
 //! `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`. The
 //! socket is only reachable by local users with access to its path; `corrosion
 //! reload` and the cluster commands use it.
@@ -25,6 +25,7 @@ pub(crate) enum AdminRequest {
     Members,
     Books,
     LogLevel { level: String },
+    LogReset,
 }
 
 /// What the admin server needs from the agent.
@@ -32,6 +33,8 @@ pub(crate) trait AdminHandler: Send + Sync + 'static {
     fn reload(&self) -> Result<serde_json::Value, String>;
     fn books(&self) -> serde_json::Value;
     fn set_log_level(&self, level: &str) -> Result<(), String>;
+    /// Back to the startup filter; which one.
+    fn reset_log_level(&self) -> Result<String, String>;
     fn members(&self) -> serde_json::Value;
 }
 
@@ -88,6 +91,7 @@ async fn session(stream: UnixStream, handler: Arc<dyn AdminHandler>) -> std::io:
                     AdminRequest::Reload => h.reload(),
                     AdminRequest::Members => Ok(h.members()),
                     AdminRequest::Books => Ok(h.books()),
+                    AdminRequest::LogReset => h.reset_log_level().map(|l| json!(l)),
                     AdminRequest::LogLevel { level } => {
                         h.set_log_level(&level).map(|()| json!(level))
                     }

@@ -121,3 +121,71 @@ pub(crate) fn restore(db: &Path, backup: &Path, keep_actor: bool) -> anyhow::Res
     tracing::info!(target: "corrosion", "restored {} from {}", db.display(), backup.display());
     Ok(())
 }
+
+/// `corrosion log set <filter>` / `corrosion log reset`: the running agent's
+/// log filter, through the admin socket.
+pub(crate) async fn log(admin_path: &Path, set: Option<String>) -> anyhow::Result<()> {
+    let req = match set {
+        Some(level) => AdminRequest::LogLevel { level },
+        None => AdminRequest::LogReset,
+    };
+    let result = admin::request(admin_path, &req).await?;
+    println!(
+        "INFO corrosion: log filter is now {}",
+        result.as_str().unwrap_or_default()
+    );
+    Ok(())
+}
+
+/// `corrosion sync state`: what this node holds of each actor (head,
+/// missing ranges, partially held versions), as a table or JSON.
+pub(crate) async fn sync_state(admin_path: &Path, json: bool) -> anyhow::Result<()> {
+    let result = admin::request(admin_path, &AdminRequest::Books).await?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&result)?);
+        return Ok(());
+    }
+    let mut out = format!(
+        "{:<32} {:>10} {:>9} {:>8}  {}\n",
+        "ACTOR ID", "HEAD", "MISSING", "PARTIAL", "NEEDED"
+    );
+    if let Some(actors) = result.as_object() {
+        for (actor, b) in actors {
+            let needed: Vec<(u64, u64)> = b["needed"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|r| Some((r[0].as_u64()?, r[1].as_u64()?)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            let missing: u64 = needed.iter().map(|(a, b)| b - a + 1).sum();
+            let shown: Vec<String> = needed
+                .iter()
+                .take(5)
+                .map(|(a, b)| {
+                    if a == b {
+                        a.to_string()
+                    } else {
+                        format!("{a}-{b}")
+                    }
+                })
+                .collect();
+            let more = if needed.len() > 5 { ", ..." } else { "" };
+            out.push_str(&format!(
+                "{:<32} {:>10} {:>9} {:>8}  {}{more}\n",
+                actor,
+                b["head"].as_u64().unwrap_or(0),
+                missing,
+                b["partials"].as_u64().unwrap_or(0),
+                if shown.is_empty() {
+                    "-".to_string()
+                } else {
+                    shown.join(", ")
+                },
+            ));
+        }
+    }
+    print!("{out}");
+    Ok(())
+}

@@ -106,6 +106,16 @@ enum Command {
         #[arg(value_name = "TEMPLATE")]
         templates: Vec<String>,
     },
+    /// Change the running agent's log filter
+    Log {
+        #[command(subcommand)]
+        cmd: LogCommand,
+    },
+    /// Replication state of this node
+    Sync {
+        #[command(subcommand)]
+        cmd: SyncCommand,
+    },
     /// Tls-related commands
     Tls {
         #[command(subcommand)]
@@ -126,6 +136,23 @@ enum ClusterCommand {
     /// List the members this agent knows, with state and round-trip time
     Members {
         /// Print JSON (as `GET /v1/members`) instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LogCommand {
+    /// Set the filter (`info`, `debug`, `corrosion::cluster=debug,info`, ...)
+    Set { filter: String },
+    /// Back to the filter the agent started with (RUST_LOG, else info)
+    Reset,
+}
+
+#[derive(Subcommand)]
+enum SyncCommand {
+    /// Per actor: head, missing versions, partially held versions
+    State {
         #[arg(long)]
         json: bool,
     },
@@ -300,6 +327,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             logging::init_client();
             let addr = api_addr.ok_or_else(|| anyhow::anyhow!("no API address"))?;
             runtime()?.block_on(templates::command(addr, token, templates, once))
+        }
+        Command::Log { cmd } => {
+            logging::init_client();
+            let config = config_of(config)?;
+            let set = match cmd {
+                LogCommand::Set { filter } => Some(filter),
+                LogCommand::Reset => None,
+            };
+            runtime()?.block_on(commands::log(&config.admin.path, set))
+        }
+        Command::Sync {
+            cmd: SyncCommand::State { json },
+        } => {
+            logging::init_client();
+            let config = config_of(config)?;
+            runtime()?.block_on(commands::sync_state(&config.admin.path, json))
         }
         Command::Reload => {
             logging::init_client();

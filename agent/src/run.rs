@@ -146,7 +146,15 @@ impl AdminHandler for Handler {
     }
 
     fn set_log_level(&self, level: &str) -> Result<(), String> {
-        self.log.set(level)
+        self.log.set(level)?;
+        tracing::info!(filter = %level, "log filter changed");
+        Ok(())
+    }
+
+    fn reset_log_level(&self) -> Result<String, String> {
+        let l = self.log.reset()?;
+        tracing::info!(filter = %l, "log filter reset");
+        Ok(l)
     }
 
     fn members(&self) -> serde_json::Value {

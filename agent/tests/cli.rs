@@ -513,3 +513,45 @@ fn systemd_sees_ready_watchdog_and_stopping() {
     }
     assert!(child.wait().unwrap().success());
 }
+
+#[test]
+fn log_filter_and_sync_state_through_the_admin_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::new(dir.path(), "");
+    let agent = node.start();
+    let out = node.cli(&["log", "set", "corrosion=debug,info"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        "INFO corrosion: log filter is now corrosion=debug,info"
+    );
+    agent.expect("log filter changed");
+    let out = node.cli(&["log", "set", "corrosion=notalevel"]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("invalid log filter"),
+        "{}",
+        stderr(&out)
+    );
+    let out = node.cli(&["log", "reset"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        "INFO corrosion: log filter is now info"
+    );
+
+    node.exec(&agent, "INSERT INTO todos (id, title) VALUES ('a', 'b')");
+    let out = node.cli(&["sync", "state"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let mut lines = text.lines();
+    assert!(lines.next().unwrap().starts_with("ACTOR ID"), "{text}");
+    let row = lines
+        .find(|l| l.starts_with(&agent.actor))
+        .unwrap_or_else(|| panic!("{text}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(&cols[1..], ["1", "0", "0", "-"], "{row}");
+    let out = node.cli(&["sync", "state", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v[&agent.actor]["head"], 1);
+}
