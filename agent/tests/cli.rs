@@ -358,7 +358,7 @@ fn admin_socket_answers_ping_books_members_and_log_level() {
     let bad = admin(&sock, r#"{"cmd":"log_level","level":"[["}"#);
     assert_eq!(bad["ok"], false);
     assert!(
-        bad["error"].as_str().unwrap().contains("invalid log level"),
+        bad["error"].as_str().unwrap().contains("invalid log filter"),
         "{bad}"
     );
     let bad = admin(&sock, r#"{"cmd":"nope"}"#);
