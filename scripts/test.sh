@@ -7,12 +7,14 @@ cd "$(dirname "$0")/.."
 # SQLite itself is compiled in (rusqlite's bundled build). The tests also use
 # real outside programs: the sqlite3 shell reads the agent's database as an
 # operator would, py-consul talks to the Consul-compatible API and dig asks
-# the DNS responder, nginx and haproxy check the configs templates render.
+# the DNS responder, nginx and haproxy check the configs templates render,
+# systemd-analyze checks the shipped units.
 need=""
 command -v sqlite3 >/dev/null || need="$need sqlite3"
 command -v dig >/dev/null || need="$need dnsutils"
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need="$need nginx"
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need="$need haproxy"
+command -v systemd-analyze >/dev/null || need="$need systemd"
 if [ -n "$need" ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq $need

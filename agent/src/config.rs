@@ -851,6 +851,16 @@ mod tests {
     }
 
     #[test]
+    fn packaged_config_parses_with_loopback_listeners() {
+        let c = Config::parse(include_str!("../../packaging/config.toml"), "packaged").unwrap();
+        assert!(c.api.addr.ip().is_loopback());
+        assert!(c.gossip.addr.ip().is_loopback());
+        assert!(c.dns.as_ref().is_some_and(|d| d.addr.ip().is_loopback()));
+        assert_eq!(c.db.path, PathBuf::from("/var/lib/corrosion/state.db"));
+        assert_eq!(c.db.schema_paths, [PathBuf::from("/etc/corrosion/schema")]);
+    }
+
+    #[test]
     fn embedded_default_parses() {
         let c = Config::parse(EMBEDDED_DEFAULT, "embedded").unwrap();
         assert_eq!(c.db.path, PathBuf::from("./corrosion-data/state.db"));
