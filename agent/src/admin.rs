@@ -3,7 +3,7 @@
 //! One request per line, one answer per line:
 //! `{"cmd": "ping"}`, `{"cmd": "reload"}` (re-apply schema files),
 //! `{"cmd": "members"}`, `{"cmd": "books"}` (what this node holds of each
-//! actor), `{"cmd": "log_level", "level": "debug"}`, `{"cmd": "log_reset"}`. Answers are
+//! actor), `{"cmd": "log_level", "level": "debug"}`, `{"cmd": "log_reset"}`, `{"cmd": "rejoin"}`. Answers are
 //! `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`. The
 //! socket is only reachable by local users with access to its path; `corrosion
 //! reload` and the cluster commands use it.
@@ -26,6 +26,7 @@ pub(crate) enum AdminRequest {
     Books,
     LogLevel { level: String },
     LogReset,
+    Rejoin,
 }
 
 /// What the admin server needs from the agent.
@@ -36,6 +37,8 @@ pub(crate) trait AdminHandler: Send + Sync + 'static {
     /// Back to the startup filter; which one.
     fn reset_log_level(&self) -> Result<String, String>;
     fn members(&self) -> serde_json::Value;
+    /// Announces the node again; how many peers were asked.
+    fn rejoin(&self) -> Result<usize, String>;
 }
 
 /// Binds the socket (replacing a stale one) and serves until `shutdown`.
@@ -92,6 +95,7 @@ async fn session(stream: UnixStream, handler: Arc<dyn AdminHandler>) -> std::io:
                     AdminRequest::Members => Ok(h.members()),
                     AdminRequest::Books => Ok(h.books()),
                     AdminRequest::LogReset => h.reset_log_level().map(|l| json!(l)),
+                    AdminRequest::Rejoin => h.rejoin().map(|n| json!(n)),
                     AdminRequest::LogLevel { level } => {
                         h.set_log_level(&level).map(|()| json!(level))
                     }

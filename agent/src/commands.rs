@@ -189,3 +189,14 @@ pub(crate) async fn sync_state(admin_path: &Path, json: bool) -> anyhow::Result<
     print!("{out}");
     Ok(())
 }
+
+/// `corrosion cluster rejoin`: announce this node again to its seeds and
+/// known members (after a partition or an address change).
+pub(crate) async fn rejoin(admin_path: &Path) -> anyhow::Result<()> {
+    let result = admin::request(admin_path, &AdminRequest::Rejoin).await?;
+    println!(
+        "INFO corrosion: asked {} peers to let this node rejoin",
+        result.as_u64().unwrap_or(0)
+    );
+    Ok(())
+}

@@ -139,6 +139,9 @@ enum ClusterCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Announce this node again to its seeds and known members (after a
+    /// partition or an address change)
+    Rejoin,
 }
 
 #[derive(Subcommand)]
@@ -348,6 +351,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             logging::init_client();
             let config = config_of(config)?;
             runtime()?.block_on(commands::reload(&config.admin.path))
+        }
+        Command::Cluster {
+            cmd: ClusterCommand::Rejoin,
+        } => {
+            logging::init_client();
+            let config = config_of(config)?;
+            runtime()?.block_on(commands::rejoin(&config.admin.path))
         }
         Command::Cluster {
             cmd: ClusterCommand::Members { json },

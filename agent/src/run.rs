@@ -157,6 +157,13 @@ impl AdminHandler for Handler {
         Ok(l)
     }
 
+    fn rejoin(&self) -> Result<usize, String> {
+        self.cluster
+            .get()
+            .map(|c| c.rejoin())
+            .ok_or_else(|| "the cluster is not running yet".to_string())
+    }
+
     fn members(&self) -> serde_json::Value {
         let members = self.cluster.get().map(|c| c.members()).unwrap_or_default();
         serde_json::to_value(members).unwrap_or_default()

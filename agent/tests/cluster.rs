@@ -534,3 +534,34 @@ fn a_stopped_agent_says_goodbye_and_its_peer_sees_it_leave() {
         stopping.elapsed()
     );
 }
+
+#[test]
+fn cluster_rejoin_announces_to_known_members() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::new(&dir.path().join("a"), "");
+    let agent_a = a.start();
+    let b = Node::joining(&dir.path().join("b"), &agent_a);
+    let agent_b = b.start();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !agent_b.members().iter().any(|(_, s)| s == "alive") {
+        assert!(Instant::now() < deadline, "B never saw A");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = b.cli(&["cluster", "rejoin"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        "INFO corrosion: asked 1 peers to let this node rejoin"
+    );
+    agent_b.expect("rejoining: announced to seeds and known members");
+    // Still one cluster afterwards.
+    insert_and_await(&a, &agent_a, &b, &agent_b);
+}
+
+fn insert_and_await(a: &Node, agent_a: &Agent, b: &Node, agent_b: &Agent) {
+    a.exec(
+        agent_a,
+        "INSERT INTO todos (id, title) VALUES ('after-rejoin', 'x')",
+    );
+    await_rows(b, agent_b, "after-rejoin|x|\n");
+}

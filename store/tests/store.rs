@@ -937,3 +937,22 @@ fn a_cleared_range_as_wide_as_versions_go_is_applied_by_ranges() {
     );
     assert!(!s.books().contains_key(&other));
 }
+
+#[test]
+fn a_database_of_a_newer_format_is_refused_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("a.db");
+    drop(open_with(dir.path(), "a.db", TODOS));
+    let c = rusqlite::Connection::open(&path).unwrap();
+    c.execute(
+        "UPDATE __corro_meta SET value = 99 WHERE key = 'format'",
+        [],
+    )
+    .unwrap();
+    drop(c);
+    let e = Store::open(&path, StoreOptions::default())
+        .err()
+        .expect("a newer format must be refused")
+        .to_string();
+    assert!(e.contains("format 99 is newer than this build"), "{e}");
+}

@@ -228,6 +228,26 @@ impl Cluster {
         Ok(cluster)
     }
 
+    /// Announces this node again to its seeds and every member it knows
+    /// (down ones included) and starts a sync round: `corrosion cluster
+    /// rejoin`, after a partition or a network change. How many addresses
+    /// were asked.
+    pub(crate) fn rejoin(&self) -> usize {
+        let mut addrs: std::collections::BTreeSet<SocketAddr> =
+            self.inner.peers.seeds().into_iter().collect();
+        addrs.extend(self.inner.peers.known_addrs());
+        addrs.remove(&self.inner.advertised);
+        for a in &addrs {
+            let _ = self.inner.swim.try_send(swim::SwimInput::Announce(*a));
+        }
+        self.inner.sync_soon.notify_one();
+        tracing::info!(
+            peers = addrs.len(),
+            "rejoining: announced to seeds and known members"
+        );
+        addrs.len()
+    }
+
     /// Becomes true once this node has caught up with the cluster (see
     /// `Inner::caught_up`).
     pub(crate) fn caught_up(&self) -> watch::Receiver<bool> {

@@ -119,6 +119,11 @@ impl Peers {
             .collect()
     }
 
+    /// Every address membership knows, in any state.
+    pub(crate) fn known_addrs(&self) -> Vec<SocketAddr> {
+        self.members.lock().keys().copied().collect()
+    }
+
     /// Whether membership knows `addr` in any state (down included).
     pub(crate) fn knows(&self, addr: SocketAddr) -> bool {
         self.members.lock().contains_key(&addr)
