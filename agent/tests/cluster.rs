@@ -565,3 +565,49 @@ fn insert_and_await(a: &Node, agent_a: &Agent, b: &Node, agent_b: &Agent) {
     );
     await_rows(b, agent_b, "after-rejoin|x|\n");
 }
+
+#[test]
+fn health_is_ok_on_a_quiet_cluster_and_reports_a_lost_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::new(&dir.path().join("a"), "");
+    let mut agent_a = a.start();
+    let b = Node::joining(&dir.path().join("b"), &agent_a);
+    let agent_b = b.start();
+    a.exec(&agent_a, "INSERT INTO todos (id, title) VALUES ('h', 'x')");
+    await_rows(&b, &agent_b, "h|x|\n");
+    let get = |agent: &Agent, q: &str| {
+        let r = reqwest::blocking::get(agent.url(&format!("/v1/health{q}"))).unwrap();
+        let code = r.status().as_u16();
+        (code, r.json::<serde_json::Value>().unwrap())
+    };
+    // Quiet: no writes, rounds keep completing with nothing to move.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (code, h) = get(&agent_b, "");
+        if code == 200 {
+            assert_eq!(h["status"], "ok");
+            assert_eq!(h["missing_versions"], 0);
+            assert_eq!(h["behind"], 0);
+            assert!(h["last_sync_secs"].as_f64().is_some(), "{h}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "never healthy: {h}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(get(&agent_b, "?max_missing=x").0, 400);
+    // A lost peer: rounds stop completing; past max_sync_age the node says
+    // so (and soon lists the peer down).
+    agent_a.child.kill().unwrap();
+    let _ = agent_a.child.wait();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (code, h) = get(&agent_b, "?max_sync_age=1");
+        let reasons = h["reasons"].to_string();
+        if code == 503 && reasons.contains("no sync round completed") && h["members_down"] == 1 {
+            assert_eq!(h["status"], "behind");
+            break;
+        }
+        assert!(Instant::now() < deadline, "the lost peer never showed: {h}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}

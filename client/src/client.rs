@@ -223,10 +223,29 @@ impl Client {
         Ok(a.index)
     }
 
-    /// `GET /v1/health`.
+    /// `GET /v1/health` (the answer also when it is 503: behind or
+    /// unhealthy, with the reasons).
     pub async fn health(&self) -> Result<HealthResponse, ClientError> {
-        self.json(self.request(reqwest::Method::GET, "/v1/health"))
+        let resp = self
+            .request(reqwest::Method::GET, "/v1/health")
+            .send()
             .await
+            .map_err(|source| ClientError::Http {
+                addr: self.addr,
+                source,
+            })?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await.map_err(|source| ClientError::Http {
+            addr: self.addr,
+            source,
+        })?;
+        match serde_json::from_slice::<HealthResponse>(&bytes) {
+            Ok(h) if status == 200 || status == 503 => Ok(h),
+            _ => Err(ClientError::Api {
+                status,
+                message: String::from_utf8_lossy(&bytes).into_owned(),
+            }),
+        }
     }
 
     /// `GET /v1/members`.

@@ -227,6 +227,25 @@ pub struct HealthResponse {
     /// and no version is missing (true for a node with no peers to ask).
     #[serde(default)]
     pub caught_up: bool,
+    /// Versions of known actors this node lacks below their heads (gaps).
+    #[serde(default)]
+    pub missing_versions: u64,
+    /// Most versions this node still lacked of an active peer's heads after
+    /// the last sync round with it.
+    #[serde(default)]
+    pub behind: u64,
+    /// Seconds since the last completed sync round (`null`: none yet).
+    #[serde(default)]
+    pub last_sync_secs: Option<f64>,
+    /// Members SWIM declares down.
+    #[serde(default)]
+    pub members_down: usize,
+    /// Versions waiting to be broadcast.
+    #[serde(default)]
+    pub broadcast_queue: usize,
+    /// Why `status` is not "ok" (empty when it is).
+    #[serde(default)]
+    pub reasons: Vec<String>,
     /// Members this node sees (itself excluded).
     pub members: usize,
     /// Fingerprint of this node's replicated schema (16 hex digits).

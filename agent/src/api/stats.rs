@@ -4,7 +4,7 @@
 use std::sync::atomic::Ordering;
 
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use corro_client::{HealthResponse, Member, SchemaMismatch, TableStatsRequest, TableStatsResponse};
@@ -52,18 +52,102 @@ pub(crate) async fn table_stats(
     }
 }
 
-/// 200 with details while the database works, 503 after a database failure.
-pub(crate) async fn health(State(st): State<ApiState>) -> Response {
+/// Thresholds of `GET /v1/health` (query parameters).
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct HealthParams {
+    /// Missing versions tolerated (default 0).
+    #[serde(default)]
+    max_missing: u64,
+    /// Versions behind a peer's heads tolerated (default 0).
+    #[serde(default)]
+    max_behind: u64,
+    /// Seconds without a completed sync round tolerated while there are
+    /// peers to sync with (default 30).
+    #[serde(default = "default_max_sync_age")]
+    max_sync_age: f64,
+}
+
+fn default_max_sync_age() -> f64 {
+    30.0
+}
+
+/// 200 when the database works and this node is not behind (thresholds
+/// adjustable: `?max_missing=`, `?max_behind=`, `?max_sync_age=` seconds);
+/// 503 with `"status": "behind"` and the reasons otherwise, or
+/// `"unhealthy"` after a database failure. A quiet cluster is healthy:
+/// rounds keep completing with nothing to move.
+pub(crate) async fn health(
+    State(st): State<ApiState>,
+    params: Result<Query<HealthParams>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let Ok(Query(params)) = params else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "max_missing and max_behind are version counts, max_sync_age seconds".into(),
+        );
+    };
+    let store = st.store.clone();
+    let missing = tokio::task::spawn_blocking(move || {
+        store
+            .books()
+            .values()
+            .map(|b| {
+                b.needed()
+                    .iter()
+                    .map(|r| r.end() - r.start() + 1)
+                    .sum::<u64>()
+            })
+            .sum::<u64>()
+    })
+    .await
+    .unwrap_or(0);
+    let sync = st.cluster.as_ref().map(|c| c.sync_health());
+    let mut reasons = Vec::new();
+    if !st.healthy.load(Ordering::Relaxed) {
+        reasons.push("the database failed (see the log)".to_string());
+    }
+    if missing > params.max_missing {
+        reasons.push(format!(
+            "{missing} versions missing (max_missing={})",
+            params.max_missing
+        ));
+    }
+    if let Some(h) = &sync {
+        if h.behind > params.max_behind {
+            reasons.push(format!(
+                "{} versions behind a peer at the last sync (max_behind={})",
+                h.behind, params.max_behind
+            ));
+        }
+        let age = h.last_sync.map(|d| d.as_secs_f64());
+        if h.has_peers && age.is_none_or(|a| a > params.max_sync_age) {
+            reasons.push(match age {
+                Some(a) => format!(
+                    "no sync round completed for {a:.0}s (max_sync_age={})",
+                    params.max_sync_age
+                ),
+                None => "no sync round completed yet".to_string(),
+            });
+        }
+    }
     let body = HealthResponse {
-        status: if st.healthy.load(Ordering::Relaxed) {
+        status: if !st.healthy.load(Ordering::Relaxed) {
+            "unhealthy"
+        } else if reasons.is_empty() {
             "ok"
         } else {
-            "unhealthy"
+            "behind"
         }
         .into(),
         actor_id: st.store.actor_id().to_string(),
         head: st.store.head(),
         caught_up: st.cluster.as_ref().is_none_or(|c| *c.caught_up().borrow()),
+        missing_versions: missing,
+        behind: sync.map_or(0, |h| h.behind),
+        last_sync_secs: sync.and_then(|h| h.last_sync).map(|d| d.as_secs_f64()),
+        members_down: sync.map_or(0, |h| h.members_down),
+        broadcast_queue: sync.map_or(0, |h| h.broadcast_queue),
+        reasons,
         members: st.cluster.as_ref().map_or(0, |c| c.members().len()),
         schema: format!("{:016x}", st.store.schema_fingerprint()),
         schema_mismatches: st

@@ -86,6 +86,11 @@ struct Inner {
     /// The periodic rounds are running back to back (catching up a long
     /// history): extra pulls would fetch the same versions twice.
     catching_up: std::sync::atomic::AtomicBool,
+    /// When a sync round last completed with any peer.
+    last_sync: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// Per peer: versions this node still lacked of the peer's heads after
+    /// the last round with it (0: caught up with that peer).
+    behind: parking_lot::Mutex<std::collections::HashMap<SocketAddr, u64>>,
     /// SWIM datagram sends in flight (waited for at shutdown, so the
     /// goodbyes leave before the endpoint closes).
     sends: tokio_util::task::TaskTracker,
@@ -127,6 +132,20 @@ impl Inner {
         }
         metrics::gauge!("corro_schema_mismatched_peers").set(map.len() as f64);
     }
+}
+
+/// Replication health as this node sees it.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SyncHealth {
+    /// Most versions this node lacked of any active peer's heads after the
+    /// last round with it.
+    pub behind: u64,
+    /// Since the last completed sync round (`None`: never).
+    pub last_sync: Option<Duration>,
+    pub members_down: usize,
+    /// Whether there is anyone to sync with (seeds or members).
+    pub has_peers: bool,
+    pub broadcast_queue: usize,
 }
 
 /// A handle to the running cluster tasks.
@@ -195,6 +214,8 @@ impl Cluster {
             pulling: Default::default(),
             catching_up: Default::default(),
             sends: tokio_util::task::TaskTracker::new(),
+            last_sync: Default::default(),
+            behind: Default::default(),
             stopped: watch::channel(false).0,
             schema_mismatches: Default::default(),
         });
@@ -246,6 +267,29 @@ impl Cluster {
             "rejoining: announced to seeds and known members"
         );
         addrs.len()
+    }
+
+    /// What `GET /v1/health` reports of replication (see [`SyncHealth`]).
+    pub(crate) fn sync_health(&self) -> SyncHealth {
+        let active: std::collections::BTreeSet<SocketAddr> =
+            self.inner.peers.active_addrs().into_iter().collect();
+        let behind = self
+            .inner
+            .behind
+            .lock()
+            .iter()
+            .filter(|(a, _)| active.contains(a))
+            .map(|(_, b)| *b)
+            .max()
+            .unwrap_or(0);
+        let members = self.inner.peers.members();
+        SyncHealth {
+            behind,
+            last_sync: self.inner.last_sync.lock().map(|t| t.elapsed()),
+            members_down: members.iter().filter(|m| m.state == "down").count(),
+            has_peers: !members.is_empty() || !self.inner.peers.seeds().is_empty(),
+            broadcast_queue: BROADCAST_QUEUE - self.inner.outgoing.capacity(),
+        }
     }
 
     /// Becomes true once this node has caught up with the cluster (see

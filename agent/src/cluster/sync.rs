@@ -244,14 +244,16 @@ pub(super) async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::R
     let conn = inner.peers.connection(&inner.endpoint, peer).await?;
     let (mut send, mut recv) = conn.open_bi().await?;
     let (mut session, first) = Pull::open(state_of(inner), APPLY_BATCH_CHANGES);
+    let mut theirs_heads = None;
     write_state(inner, &mut send, first).await?;
     let mut applier = Applier::new();
     loop {
         let (env, trailer) = read_frame(&mut recv)
             .await?
             .ok_or_else(|| anyhow::anyhow!("peer ended the sync round early"))?;
-        if let Message::SyncState(_) = &env.message {
+        if let Message::SyncState(state) = &env.message {
             inner.schema_seen(&env, trailer);
+            theirs_heads = Some(state.heads.clone());
         }
         let steps = session.on_message(env.message)?;
         if carry_out(inner, &mut send, &mut applier, steps).await? {
@@ -260,6 +262,13 @@ pub(super) async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::R
     }
     send.finish()?;
     let moved = session.received();
+    if let Some(heads) = theirs_heads {
+        // What we still lack of what the peer holds, now that the round's
+        // changes are applied (a round moves at most SYNC_MAX_VERSIONS).
+        let behind = lacking(&inner.store.books(), &heads);
+        inner.behind.lock().insert(peer, behind);
+        *inner.last_sync.lock() = Some(std::time::Instant::now());
+    }
     metrics::counter!("corro_sync_changesets_received_total").increment(moved as u64);
     // Let the responder read everything before the stream goes away.
     let _ = recv.read_to_end(1024).await;
@@ -379,4 +388,18 @@ async fn shut_down(inner: &Arc<Inner>, swim: tokio::task::JoinHandle<()>) {
     let _ = tokio::time::timeout(LIMIT, inner.endpoint.wait_idle()).await;
     tracing::debug!(took = ?started.elapsed(), "peer endpoint closed");
     inner.stopped.send_replace(true);
+}
+
+/// Versions up to `heads` (per actor) that `books` does not hold.
+fn lacking(
+    books: &std::collections::HashMap<ActorId, corro_store::ActorBooks>,
+    heads: &std::collections::BTreeMap<ActorId, u64>,
+) -> u64 {
+    heads
+        .iter()
+        .map(|(actor, &head)| match books.get(actor) {
+            None => head,
+            Some(b) => b.lacking_in(1..=head),
+        })
+        .sum()
 }
