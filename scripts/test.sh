@@ -15,6 +15,9 @@ command -v dig >/dev/null || need="$need dnsutils"
 command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need="$need nginx"
 command -v haproxy >/dev/null || [ -x /usr/sbin/haproxy ] || need="$need haproxy"
 command -v systemd-analyze >/dev/null || need="$need systemd"
+# The packaging test (packaging/test.sh) checks and installs the packages.
+command -v lintian >/dev/null || need="$need lintian"
+command -v rpm >/dev/null || need="$need rpm"
 if [ -n "$need" ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq $need
@@ -37,3 +40,7 @@ if ! python3 -c 'import consul' 2>/dev/null; then
 fi
 
 cargo test --workspace --locked "$@"
+
+# Build the .deb and .rpm and install, upgrade, remove and purge the .deb
+# on this machine (as root; skipped otherwise).
+bash packaging/test.sh

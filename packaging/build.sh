@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds the .deb (cargo-deb) and .rpm (cargo-generate-rpm) of the agent into
+# target/packages/. Installs the two tools first when they are missing.
+#
+#   packaging/build.sh            release build, both packages
+#   packaging/build.sh --dev      package the debug build (fast; for tests)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+profile=release
+if [ "${1:-}" = "--dev" ]; then
+  profile=dev
+fi
+command -v cargo-deb >/dev/null || cargo install --locked --quiet cargo-deb
+command -v cargo-generate-rpm >/dev/null || cargo install --locked --quiet cargo-generate-rpm
+
+out=target/packages
+mkdir -p "$out"
+# Both tools map the `target/release/` asset paths to the profile's
+# directory, so `--dev` packages target/debug/corrosion without touching a
+# release binary.
+cargo build --locked --profile "$profile" -p corrosion
+cargo deb --no-build --profile "$profile" -p corrosion -o "$out/"
+cargo generate-rpm --profile "$profile" -p agent -o "$out/"
+ls -1 "$out"
