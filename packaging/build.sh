@@ -21,5 +21,11 @@ mkdir -p "$out"
 # release binary.
 cargo build --locked --profile "$profile" -p corrosion
 cargo deb --no-build --profile "$profile" -p corrosion -o "$out/"
-cargo generate-rpm --profile "$profile" -p agent -o "$out/"
+# The dev binary is unstripped (~500 MB): compressing it would take minutes,
+# so the test package is left uncompressed.
+compress=()
+if [ "$profile" = dev ]; then
+  compress=(--payload-compress none)
+fi
+cargo generate-rpm --profile "$profile" -p agent "${compress[@]}" -o "$out/"
 ls -1 "$out"
