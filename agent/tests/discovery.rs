@@ -10,23 +10,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::consul::{ConsulStandIn, Failure, StandInTls, check_json, service_json};
-use common::{Agent, Node};
+use common::{Agent, Node, await_some};
 use serde_json::Value;
-
-/// Polls `f` until it returns `Some`, failing after `limit` with `what`.
-fn await_some<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 fn get(agent: &Agent, path: &str) -> reqwest::blocking::Response {
     reqwest::blocking::Client::new()

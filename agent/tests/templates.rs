@@ -13,28 +13,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Agent, Node};
+use common::{Agent, Node, await_some};
 
 /// The reference's template, as the book prints it.
 const TODOS_RHAI: &str = r#"<% for todo in sql("SELECT title, completed_at FROM todos") { %>
 [<% if todo.completed_at.is_null() { %> <% } else { %>X<% } %>] <%= todo.title %>
 <% } %>
 "#;
-
-/// Polls `f` until it returns `Some`, failing after `limit` with `what`.
-fn await_some<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?}: {what}"
-        );
-        std::thread::sleep(Duration::from_millis(25));
-    }
-}
 
 /// Waits until `path` holds exactly `want`.
 fn await_file(path: &Path, want: &str) {

@@ -28,7 +28,7 @@ pub(crate) struct SubsArgs {
 }
 
 /// CPU seconds (user + system) the process has used.
-fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
+pub(crate) fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     let after = stat
         .rsplit_once(')')

@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 use clap::{Args, Subcommand};
 use corro_testkit::{Agent, Node};
 
+use crate::subs::cpu_secs;
+
 #[derive(Subcommand)]
 pub(crate) enum TemplatesCmd {
     /// Write on another agent -> destination file updated: p50/p99.
@@ -169,17 +171,6 @@ fn churn(agent: &Agent, rows: u64, secs: u64) -> anyhow::Result<(u64, f64)> {
     }
     std::thread::sleep(Duration::from_millis(500));
     Ok((n, cpu_secs(pid)? - cpu0))
-}
-
-fn cpu_secs(pid: u32) -> anyhow::Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let after = stat
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| anyhow::anyhow!("unreadable /proc/{pid}/stat"))?;
-    let fields: Vec<&str> = after.split_whitespace().collect();
-    let ticks: f64 = fields[11].parse::<f64>()? + fields[12].parse::<f64>()?;
-    Ok(ticks / 100.0)
 }
 
 fn throughput(a: ThroughputArgs) -> anyhow::Result<()> {

@@ -490,3 +490,19 @@ impl Node {
         );
     }
 }
+
+/// Polls `f` every 25 ms until it returns `Some`, failing after `limit`
+/// with `what`.
+pub fn await_some<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = std::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out after {limit:?}: {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
