@@ -536,16 +536,7 @@ fn catchup(dir: &Path, a: CatchupArgs) -> anyhow::Result<()> {
     let start = Instant::now();
     agent_a.bulk_load(a.rows);
     let load = start.elapsed();
-    let start = Instant::now();
-    let second = Node::joining(&dir.join("b"), &agent_a);
-    let _agent_b = second.start();
-    let want = first.books();
-    while second.books() != want {
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(600), "no catch-up");
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let took = start.elapsed();
-    anyhow::ensure!(count(&second)? == a.rows as i64, "row count differs");
+    let took = join_and_catch_up(dir, &first, &agent_a, a.rows)?;
     let rate = a.rows as f64 / took.as_secs_f64();
     let base = a.rows as f64 / load.as_secs_f64();
     println!(
@@ -560,12 +551,17 @@ fn catchup(dir: &Path, a: CatchupArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn catchup_versions(dir: &Path, n: u64) -> anyhow::Result<()> {
-    let first = Node::new(&dir.join("a"), "");
-    let written = small_versions(&first, n)?;
-    let agent_a = first.start();
+/// Starts a second agent joining `agent_a` and waits until its bookkeeping
+/// equals the first's and it holds `rows` rows; how long that took (its
+/// start included).
+fn join_and_catch_up(
+    dir: &Path,
+    first: &Node,
+    agent_a: &Agent,
+    rows: u64,
+) -> anyhow::Result<Duration> {
     let start = Instant::now();
-    let second = Node::joining(&dir.join("b"), &agent_a);
+    let second = Node::joining(&dir.join("b"), agent_a);
     let _agent_b = second.start();
     let want = first.books();
     while second.books() != want {
@@ -573,7 +569,15 @@ fn catchup_versions(dir: &Path, n: u64) -> anyhow::Result<()> {
         std::thread::sleep(Duration::from_millis(20));
     }
     let took = start.elapsed();
-    anyhow::ensure!(count(&second)? == n as i64, "row count differs");
+    anyhow::ensure!(count(&second)? == rows as i64, "row count differs");
+    Ok(took)
+}
+
+fn catchup_versions(dir: &Path, n: u64) -> anyhow::Result<()> {
+    let first = Node::new(&dir.join("a"), "");
+    let written = small_versions(&first, n)?;
+    let agent_a = first.start();
+    let took = join_and_catch_up(dir, &first, &agent_a, n)?;
     let rate = n as f64 / took.as_secs_f64();
     let base = n as f64 / written.as_secs_f64();
     println!(
