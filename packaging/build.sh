@@ -2,12 +2,12 @@
 # Builds the .deb (cargo-deb) and .rpm (cargo-generate-rpm) of the agent into
 # target/packages/. Installs the two tools first when they are missing.
 #
-#   packaging/build.sh            release build, both packages
+#   packaging/build.sh            `dist` build (release, stripped), both packages
 #   packaging/build.sh --dev      package the debug build (fast; for tests)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-profile=release
+profile=dist
 if [ "${1:-}" = "--dev" ]; then
   profile=dev
 fi

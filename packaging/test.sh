@@ -3,8 +3,10 @@
 # operator would: metadata and file lists, lintian, then install with dpkg
 # on this machine, run the agent as the `corrosion` user on the packaged
 # config (systemd is not PID 1 here, so it is started directly), ask its API
-# and DNS, reinstall over an edited config (kept), remove (data kept) and
-# purge (data removed). Needs root; run by scripts/test.sh.
+# and DNS, reinstall over an edited config (kept), upgrade to a newer
+# version (data, config and user kept), remove (data kept) and purge (data
+# removed); then the same checks of the .rpm installed with rpm. Needs root;
+# run by scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +25,7 @@ files=$(dpkg-deb -c "$deb")
 grep -q "Package: corrosion" <<<"$info" || fail "deb metadata"
 for f in ./usr/bin/corrosion ./etc/corrosion/config.toml ./etc/corrosion/schema/consul.sql \
          ./usr/lib/systemd/system/corrosion.service ./usr/lib/systemd/system/corrosion-template@.service \
-         ./usr/share/doc/corrosion/copyright; do
+         ./usr/share/doc/corrosion/copyright ./usr/share/corrosion/grafana/corrosion.json; do
   grep -q " $f\$" <<<"$files" || fail "$f missing from the deb"
 done
 ctl=$(mktemp -d)
@@ -76,6 +78,28 @@ grep -q "edited by the operator" /etc/corrosion/config.toml || fail "conffile ov
 run_agent
 stop_agent
 
+# Upgrade to a newer package version (the same build repacked as 0.1.1-1,
+# which is what an upgrade exercises: the maintainer scripts and dpkg's
+# conffile handling): data, config edits and the user stay, the agent
+# starts on the old database.
+up=$(mktemp -d)
+dpkg-deb -R "$deb" "$up/pkg"
+sed -i 's/^Version: .*/Version: 0.1.1-1/' "$up/pkg/DEBIAN/control"
+dpkg-deb -Znone -b "$up/pkg" "$up/corrosion_0.1.1-1_amd64.deb" >/dev/null
+uid_before=$(id -u corrosion)
+corrosion_db_rows() { sqlite3 /var/lib/corrosion/state.db 'SELECT count(*) FROM consul_nodes'; }
+rows_before=$(corrosion_db_rows)
+dpkg -i --force-confold "$up/corrosion_0.1.1-1_amd64.deb" >/dev/null
+[ "$(dpkg-query -W -f '${Version}' corrosion)" = 0.1.1-1 ] || fail "upgrade did not install 0.1.1-1"
+grep -q "edited by the operator" /etc/corrosion/config.toml || fail "upgrade overwrote the conffile"
+[ "$(id -u corrosion)" = "$uid_before" ] || fail "upgrade changed the corrosion user"
+[ "$(corrosion_db_rows)" = "$rows_before" ] || fail "upgrade lost data"
+[ "$(stat -c %U /var/lib/corrosion/state.db)" = corrosion ] || fail "upgrade changed data ownership"
+run_agent
+corrosion --api-addr 127.0.0.1:8080 query 'SELECT count(*) FROM consul_nodes' >/dev/null || fail "API after upgrade"
+stop_agent
+rm -rf "$up"
+
 # Remove keeps data and config; purge removes both.
 dpkg -r corrosion >/dev/null
 [ ! -e /usr/bin/corrosion ] || fail "binary left after remove"
@@ -83,4 +107,20 @@ dpkg -r corrosion >/dev/null
 dpkg -P corrosion >/dev/null
 [ ! -e /var/lib/corrosion ] || fail "purge kept /var/lib/corrosion"
 [ ! -e /etc/corrosion/config.toml ] || fail "purge kept the config"
+# The .rpm installed with rpm itself (its own database, so this Debian
+# machine's dpkg is untouched): the scriptlets create the user and state
+# directory, the agent runs from it, erase removes the files and keeps data.
+rpmdb=$(mktemp -d)
+# (rpm warns on Debian that alien is the usual way; the output is kept for failures.)
+rpm --dbpath "$rpmdb" -i --nodeps "$rpm" 2>"$rpmdb/log" || { cat "$rpmdb/log" >&2; fail "rpm -i"; }
+[ -x /usr/bin/corrosion ] || fail "rpm did not install the binary"
+getent passwd corrosion >/dev/null || fail "rpm: no corrosion user"
+[ "$(stat -c %U /var/lib/corrosion)" = corrosion ] || fail "rpm: /var/lib/corrosion not owned by corrosion"
+[ "$(stat -c %a /etc/corrosion/config.toml)" = 640 ] || fail "rpm: config.toml mode"
+run_agent
+stop_agent
+rpm --dbpath "$rpmdb" -e corrosion 2>"$rpmdb/log" || { cat "$rpmdb/log" >&2; fail "rpm -e"; }
+[ ! -e /usr/bin/corrosion ] || fail "rpm -e left the binary"
+[ -f /var/lib/corrosion/state.db ] || fail "rpm -e deleted the data"
+rm -rf /var/lib/corrosion /etc/corrosion "$rpmdb"
 echo "packaging test: ok"

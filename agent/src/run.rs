@@ -223,11 +223,14 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         admin::serve(config.admin.path.clone(), handler.clone(), stop_rx.clone()).await?;
 
     if let Some(p) = &config.telemetry.prometheus {
-        crate::telemetry::serve(p.addr, store.clone(), stop_rx.clone()).await?;
+        crate::telemetry::serve(p.addr, stop_rx.clone()).await?;
     }
     let cluster =
         crate::cluster::Cluster::start(store.clone(), &config.gossip, stop_rx.clone()).await?;
     let _ = handler.cluster.set(cluster.clone());
+    if config.telemetry.prometheus.is_some() {
+        crate::telemetry::sample(store.clone(), cluster.clone(), stop_rx.clone());
+    }
     let subs = corro_subs::Subscriptions::start(
         store.clone(),
         corro_subs::SubConfig {

@@ -1,10 +1,14 @@
 //! Prometheus metrics on `telemetry.prometheus.addr` (GET `/metrics`, and `/`
 //! as the reference's Fly.io example scrapes).
 //!
-//! Metrics are named `corro_<subsystem>_<thing>_<unit>`: API requests and
-//! latency per route and status, writer queue depths, this node's head
-//! version, gossip broadcasts sent/dropped/forwarded, changesets received,
-//! sync rounds, refused frames and known members. Without a configured
+//! Every metric the agent emits is listed once in [`METRICS`] with its kind,
+//! labels and help text: the recorder is given the help text, unlabelled
+//! counters and gauges are registered at zero so `rate()` works from the
+//! first scrape, and tests check that the code emits nothing unlisted and
+//! that docs/METRICS.md and the Grafana dashboard name only listed metrics.
+//! Names follow `corro_<subsystem>_<thing>_<unit>`. Gauges sampled rather
+//! than updated in place (store queues, read pool, missing versions, sync
+//! health) are refreshed every second by [`sample`]. Without a configured
 //! address the `metrics` macros are no-ops.
 
 use std::net::SocketAddr;
@@ -17,15 +21,150 @@ use corro_store::Store;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use tokio::sync::watch;
 
-/// Installs the recorder and serves it; also samples store gauges.
-pub(crate) async fn serve(
-    addr: SocketAddr,
-    store: Store,
-    mut stop: watch::Receiver<bool>,
-) -> anyhow::Result<()> {
+use crate::cluster::Cluster;
+
+/// What a metric is, for its `# TYPE` and for registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// One metric the agent emits.
+pub(crate) struct Metric {
+    pub name: &'static str,
+    pub kind: Kind,
+    /// Label names (empty: one unlabelled series, registered at zero).
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+const fn m(
+    name: &'static str,
+    kind: Kind,
+    labels: &'static [&'static str],
+    help: &'static str,
+) -> Metric {
+    Metric {
+        name,
+        kind,
+        labels,
+        help,
+    }
+}
+
+use Kind::{Counter, Gauge, Histogram};
+
+/// Every metric the agent emits (docs/METRICS.md is this table for readers).
+#[rustfmt::skip]
+pub(crate) const METRICS: &[Metric] = &[
+    // HTTP API
+    m("corro_api_requests_total", Counter, &["route", "status"], "API requests by matched route and HTTP status"),
+    m("corro_api_request_duration_seconds", Histogram, &["route"], "API request latency by matched route"),
+    // Store
+    m("corro_store_head_version", Gauge, &[], "this node's latest version"),
+    m("corro_store_writer_local_active", Gauge, &[], "local transactions waiting for or holding the writer"),
+    m("corro_store_writer_remote_waiting", Gauge, &[], "remote applications queued for the writer"),
+    m("corro_store_apply_duration_seconds", Histogram, &[], "time to merge one batch of changesets received from peers"),
+    m("corro_store_read_pool_size", Gauge, &[], "read-only SQLite connections in the pool"),
+    m("corro_store_read_pool_in_use", Gauge, &[], "read connections lent out"),
+    m("corro_store_read_pool_waits_total", Counter, &[], "reads that found every connection busy and waited"),
+    m("corro_store_read_pool_waited_seconds", Gauge, &[], "time reads spent waiting for a connection, since start"),
+    m("corro_store_missing_versions", Gauge, &[], "versions of other actors known to exist and not held yet"),
+    // Replication
+    m("corro_replication_lag_seconds", Histogram, &["via"], "origin commit to merge here, per version, by path (broadcast or sync; sync includes catch-up of old history)"),
+    m("corro_cluster_members", Gauge, &["state"], "members by SWIM state (alive, suspect, down), this node excluded"),
+    m("corro_cluster_writes_fenced", Gauge, &[], "1 while local writes wait for the first sync round after a restart"),
+    m("corro_schema_mismatched_peers", Gauge, &[], "peers whose last sync round showed a different replicated schema"),
+    m("corro_peer_sent_bytes_total", Counter, &["stream"], "bytes sent to peers on broadcast and sync streams"),
+    m("corro_peer_received_bytes_total", Counter, &["kind"], "bytes of peer frames received, by message kind"),
+    m("corro_peer_messages_refused_total", Counter, &["class"], "decoded peer messages refused by validation, by class"),
+    m("corro_gossip_members", Gauge, &[], "active members (alive or suspect) seen by the sync loop"),
+    m("corro_gossip_broadcasts_sent_total", Counter, &[], "broadcast streams sent"),
+    m("corro_gossip_broadcasts_failed_total", Counter, &[], "broadcast sends that failed (sync repairs)"),
+    m("corro_gossip_broadcasts_dropped_total", Counter, &[], "versions dropped from a full broadcast queue (sync repairs)"),
+    m("corro_gossip_broadcast_queue_depth", Gauge, &[], "versions waiting to be broadcast (bound 1,024)"),
+    m("corro_gossip_changesets_received_total", Counter, &[], "changesets received by broadcast and sync"),
+    m("corro_gossip_frames_refused_total", Counter, &[], "peer streams refused (bad frame, wrong version, failed round)"),
+    m("corro_gossip_connections_opened_total", Counter, &[], "QUIC connections this node opened"),
+    m("corro_gossip_connections_refused_total", Counter, &[], "incoming QUIC connections refused (TLS)"),
+    m("corro_sync_rounds_total", Counter, &[], "completed anti-entropy rounds (either side)"),
+    m("corro_sync_pulls_total", Counter, &[], "pulls started outside the periodic rounds"),
+    m("corro_sync_changesets_sent_total", Counter, &[], "changesets sent by sync rounds"),
+    m("corro_sync_changesets_received_total", Counter, &[], "changesets received by sync rounds"),
+    m("corro_sync_states_refused_total", Counter, &[], "sync states refused by validation"),
+    m("corro_sync_interval_seconds", Gauge, &[], "current sync interval (1 s, doubling to 4 s while idle)"),
+    m("corro_sync_behind_versions", Gauge, &[], "versions an active peer held and this node lacked at the last round with it (max over peers)"),
+    m("corro_sync_last_round_age_seconds", Gauge, &[], "seconds since the last completed sync round (-1: none yet)"),
+    m("corro_swim_members_active", Gauge, &[], "SWIM members alive or suspect"),
+    m("corro_swim_member_up_total", Counter, &[], "members that came up"),
+    m("corro_swim_member_down_total", Counter, &[], "members declared down"),
+    m("corro_swim_packets_sent_total", Counter, &[], "SWIM datagrams sent"),
+    m("corro_swim_packets_received_total", Counter, &[], "SWIM datagrams received"),
+    m("corro_swim_packets_refused_total", Counter, &[], "SWIM datagrams refused (other version or malformed)"),
+    m("corro_swim_packets_dropped_total", Counter, &[], "SWIM datagrams dropped (queue full or no connection)"),
+    m("corro_swim_queue_depth", Gauge, &[], "inputs waiting for the SWIM task (bound 4,096)"),
+    // Subscriptions
+    m("corro_subs_active", Gauge, &[], "subscriptions"),
+    m("corro_subs_changes_total", Counter, &[], "subscription change events logged"),
+    m("corro_subs_refresh_seconds", Histogram, &[], "time to refresh one subscription after a commit"),
+    m("corro_subs_listeners_cut_total", Counter, &[], "subscription clients disconnected for lagging"),
+    // Discovery: catalog, Consul API, bridge, DNS
+    m("corro_catalog_index", Gauge, &[], "the discovery catalog's current X-Consul-Index"),
+    m("corro_consul_blocking_queries", Gauge, &[], "Consul blocking queries held right now"),
+    m("corro_consul_polls_total", Counter, &[], "bridge polls of the local Consul agent"),
+    m("corro_consul_poll_errors_total", Counter, &[], "bridge polls without a usable answer"),
+    m("corro_consul_rows_written_total", Counter, &[], "statements the bridge wrote"),
+    m("corro_consul_write_errors_total", Counter, &[], "bridge rounds that failed to write"),
+    m("corro_consul_node_name_conflict", Gauge, &[], "1 while another live agent claims this node name"),
+    m("corro_dns_responses_total", Counter, &["rcode"], "DNS queries answered, by response code"),
+    m("corro_dns_dropped_total", Counter, &["reason"], "DNS packets dropped unanswered, by reason"),
+    // Templates
+    m("corro_tpl_renders_total", Counter, &["template"], "template renders"),
+    m("corro_tpl_render_errors_total", Counter, &["template"], "failed renders (compile, script, SQL, write)"),
+    m("corro_tpl_writes_total", Counter, &["template"], "rendered files written (changed output)"),
+    m("corro_tpl_commands_total", Counter, &["result"], "template commands by result (ok, failed, timeout, error)"),
+    m("corro_tpl_render_seconds", Histogram, &[], "render time (queries, script, write)"),
+];
+
+/// Buckets of every histogram (all are durations in seconds): Prometheus
+/// histograms rather than summaries, so quantiles aggregate across agents.
+const HISTOGRAM_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0,
+];
+
+/// Gives the recorder every metric's help text and registers the unlabelled
+/// counters and gauges at zero.
+fn describe() {
+    for d in METRICS {
+        match d.kind {
+            Counter => {
+                metrics::describe_counter!(d.name, d.help);
+                if d.labels.is_empty() {
+                    metrics::counter!(d.name).absolute(0);
+                }
+            }
+            Gauge => {
+                metrics::describe_gauge!(d.name, d.help);
+                if d.labels.is_empty() {
+                    metrics::gauge!(d.name).set(0.0);
+                }
+            }
+            Histogram => metrics::describe_histogram!(d.name, d.help),
+        }
+    }
+}
+
+/// Installs the recorder and serves it.
+pub(crate) async fn serve(addr: SocketAddr, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
     let handle = PrometheusBuilder::new()
+        .set_buckets(HISTOGRAM_BUCKETS)
+        .map_err(|e| anyhow::anyhow!("histogram buckets: {e}"))?
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("installing the metrics recorder: {e}"))?;
+    describe();
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| anyhow::anyhow!("binding the metrics listener on {addr}: {e}"))?;
@@ -40,28 +179,46 @@ pub(crate) async fn serve(
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(render.clone()))
         .route("/", axum::routing::get(render));
-    let mut stop_server = stop.clone();
     tokio::spawn(async move {
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = stop_server.changed().await;
+            let _ = stop.changed().await;
         });
         if let Err(e) = server.await {
             tracing::warn!(error = %e, "metrics listener stopped");
         }
     });
+    Ok(())
+}
+
+/// Refreshes the sampled gauges every second until `stop`.
+pub(crate) fn sample(store: Store, cluster: Cluster, mut stop: watch::Receiver<bool>) {
     tokio::spawn(async move {
         loop {
+            let s = store.clone();
+            let missing = tokio::task::spawn_blocking(move || s.missing_versions())
+                .await
+                .unwrap_or(0);
+            metrics::gauge!("corro_store_missing_versions").set(missing as f64);
             let q = store.writer_stats();
             metrics::gauge!("corro_store_writer_local_active").set(q.local_active as f64);
             metrics::gauge!("corro_store_writer_remote_waiting").set(q.remote_waiting as f64);
             metrics::gauge!("corro_store_head_version").set(store.head() as f64);
+            let p = store.read_pool_stats();
+            metrics::gauge!("corro_store_read_pool_size").set(p.size as f64);
+            metrics::gauge!("corro_store_read_pool_in_use").set(p.in_use as f64);
+            metrics::counter!("corro_store_read_pool_waits_total").absolute(p.waits);
+            metrics::gauge!("corro_store_read_pool_waited_seconds")
+                .set(p.waited_nanos as f64 / 1e9);
+            let h = cluster.sync_health();
+            metrics::gauge!("corro_sync_behind_versions").set(h.behind as f64);
+            metrics::gauge!("corro_sync_last_round_age_seconds")
+                .set(h.last_sync.map_or(-1.0, |d| d.as_secs_f64()));
             tokio::select! {
                 _ = stop.changed() => break,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }
     });
-    Ok(())
 }
 
 /// Counts API requests and their latency by route and status.
@@ -78,4 +235,153 @@ pub(crate) async fn track_api(req: Request, next: Next) -> Response {
     metrics::histogram!("corro_api_request_duration_seconds", "route" => route)
         .record(started.elapsed().as_secs_f64());
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeSet;
+    use std::path::{Path, PathBuf};
+
+    fn workspace() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .parent()
+            .expect("the agent crate sits in the workspace")
+            .to_path_buf()
+    }
+
+    fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).expect("source dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                rust_files(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+
+    /// `corro_...` names in `counter!("…"`, `gauge!("…"`, `histogram!("…"`.
+    fn emitted() -> BTreeSet<String> {
+        let mut files = Vec::new();
+        for krate in [
+            "agent",
+            "store",
+            "replication",
+            "subs",
+            "catalog",
+            "consul-bridge",
+            "dns",
+            "templates",
+        ] {
+            rust_files(&workspace().join(krate).join("src"), &mut files);
+        }
+        let mut names = BTreeSet::new();
+        for f in files {
+            let text = std::fs::read_to_string(&f).expect("readable source");
+            for mac in ["counter!(", "gauge!(", "histogram!("] {
+                for (i, _) in text.match_indices(mac) {
+                    let rest = text[i + mac.len()..].trim_start();
+                    if let Some(rest) = rest.strip_prefix("\"corro_") {
+                        let end = rest.find('"').expect("closing quote");
+                        names.insert(format!("corro_{}", &rest[..end]));
+                    }
+                }
+            }
+        }
+        names
+    }
+
+    fn listed() -> BTreeSet<String> {
+        METRICS.iter().map(|m| m.name.to_string()).collect()
+    }
+
+    #[test]
+    fn every_emitted_metric_is_listed_and_every_listed_one_is_emitted() {
+        let (emitted, listed) = (emitted(), listed());
+        assert_eq!(listed.len(), METRICS.len(), "a metric is listed twice");
+        let unlisted: Vec<_> = emitted.difference(&listed).collect();
+        assert!(
+            unlisted.is_empty(),
+            "emitted but not in METRICS: {unlisted:?}"
+        );
+        let dead: Vec<_> = listed.difference(&emitted).collect();
+        assert!(dead.is_empty(), "in METRICS but never emitted: {dead:?}");
+    }
+
+    #[test]
+    fn metric_names_follow_the_convention() {
+        for d in METRICS {
+            let parts: Vec<&str> = d.name.split('_').collect();
+            assert!(
+                parts.len() >= 3
+                    && parts[0] == "corro"
+                    && d.name.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{} is not corro_<subsystem>_<thing>[_<unit>]",
+                d.name
+            );
+            match d.kind {
+                Counter => assert!(d.name.ends_with("_total"), "counter {}", d.name),
+                Histogram => assert!(d.name.ends_with("_seconds"), "histogram {}", d.name),
+                Gauge => assert!(!d.name.ends_with("_total"), "gauge {}", d.name),
+            }
+            assert!(!d.help.is_empty(), "{} has no help", d.name);
+        }
+    }
+
+    #[test]
+    fn the_metrics_doc_lists_every_metric_with_its_labels() {
+        let doc =
+            std::fs::read_to_string(workspace().join("docs/METRICS.md")).expect("docs/METRICS.md");
+        for d in METRICS {
+            let shown = if d.labels.is_empty() {
+                format!("`{}`", d.name)
+            } else {
+                format!("`{}{{{}}}`", d.name, d.labels.join(","))
+            };
+            assert!(
+                doc.contains(&shown),
+                "docs/METRICS.md does not list {shown}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_grafana_dashboard_names_only_emitted_metrics() {
+        let path = workspace().join("packaging/grafana/corrosion.json");
+        let text = std::fs::read_to_string(&path).expect("dashboard");
+        let json: serde_json::Value = serde_json::from_str(&text).expect("dashboard is JSON");
+        let listed = listed();
+        let mut used = BTreeSet::new();
+        for panel in json["panels"].as_array().expect("panels") {
+            for t in panel["targets"].as_array().into_iter().flatten() {
+                let expr = t["expr"].as_str().expect("expr");
+                for (i, _) in expr.match_indices("corro_") {
+                    let name: String = expr[i..]
+                        .chars()
+                        .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                        .collect();
+                    let base = name.strip_suffix("_bucket").unwrap_or(&name).to_string();
+                    assert!(
+                        listed.contains(&base),
+                        "dashboard uses unknown metric {name}"
+                    );
+                    used.insert(base);
+                }
+            }
+        }
+        // The operator's first questions have a panel.
+        for m in [
+            "corro_cluster_members",
+            "corro_replication_lag_seconds",
+            "corro_store_missing_versions",
+            "corro_api_requests_total",
+            "corro_dns_responses_total",
+            "corro_consul_poll_errors_total",
+            "corro_tpl_render_errors_total",
+            "corro_store_read_pool_waits_total",
+        ] {
+            assert!(used.contains(m), "no panel shows {m}");
+        }
+    }
 }

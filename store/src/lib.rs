@@ -49,7 +49,7 @@ pub use change::{CHUNK_BYTES, Change, Changeset, chunk_version};
 pub use corro_schema::{Schema, SchemaDiff};
 pub use error::StoreError;
 pub use feed::{ChangeListener, CommitListener, RowChanged, RowsChanged};
-pub use pool::{ReadConn, UserStatement};
+pub use pool::{ReadConn, ReadPoolStats, UserStatement};
 pub use store::{Store, StoreOptions};
 pub use value::{SqlValue, bind_named, bind_positional, decode_key, encode_key};
 pub use write::{Committed, WriteStmt, WriteTx};

@@ -11,7 +11,8 @@
 //! reads prepare normally.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
 
 use parking_lot::{Condvar, Mutex};
 use rusqlite::Connection;
@@ -40,6 +41,22 @@ struct Pooled {
 pub(crate) struct ReadPool {
     idle: Mutex<Vec<Pooled>>,
     ready: Condvar,
+    size: usize,
+    waits: AtomicU64,
+    waited_nanos: AtomicU64,
+}
+
+/// How busy the read pool is (for metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadPoolStats {
+    /// Connections in the pool.
+    pub size: usize,
+    /// Connections lent out right now.
+    pub in_use: usize,
+    /// Acquisitions that found no idle connection and waited, since start.
+    pub waits: u64,
+    /// Time spent in those waits, since start, in nanoseconds.
+    pub waited_nanos: u64,
 }
 
 /// A borrowed read connection.
@@ -82,8 +99,11 @@ impl ReadPool {
             pooled.push(Pooled { conn, user_mode });
         }
         Ok(ReadPool {
+            size: pooled.len(),
             idle: Mutex::new(pooled),
             ready: Condvar::new(),
+            waits: AtomicU64::new(0),
+            waited_nanos: AtomicU64::new(0),
         })
     }
 
@@ -97,14 +117,31 @@ impl ReadPool {
 
     pub(crate) fn get(&self) -> ReadConn<'_> {
         let mut idle = self.idle.lock();
+        let mut waiting_since: Option<Instant> = None;
         loop {
             if let Some(conn) = idle.pop() {
+                if let Some(t) = waiting_since {
+                    self.waits.fetch_add(1, Ordering::Relaxed);
+                    self.waited_nanos
+                        .fetch_add(t.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                }
                 return ReadConn {
                     pool: self,
                     conn: Some(conn),
                 };
             }
+            waiting_since.get_or_insert_with(Instant::now);
             self.ready.wait(&mut idle);
+        }
+    }
+
+    pub(crate) fn stats(&self) -> ReadPoolStats {
+        let idle = self.idle.lock().len();
+        ReadPoolStats {
+            size: self.size,
+            in_use: self.size.saturating_sub(idle),
+            waits: self.waits.load(Ordering::Relaxed),
+            waited_nanos: self.waited_nanos.load(Ordering::Relaxed),
         }
     }
 }

@@ -226,6 +226,11 @@ impl Store {
         self.inner.writer.stats()
     }
 
+    /// Read pool size, connections in use and waits for one.
+    pub fn read_pool_stats(&self) -> crate::ReadPoolStats {
+        self.inner.readers.stats()
+    }
+
     /// A read-only connection from the pool.
     pub fn reader(&self) -> ReadConn<'_> {
         self.inner.readers.get()
@@ -246,6 +251,21 @@ impl Store {
             .filter(|(_, b)| b.head > 0)
             .map(|(idx, b)| (cat.actor(*idx), b.clone()))
             .collect()
+    }
+
+    /// Versions of any actor known to exist and not (fully) held yet.
+    pub fn missing_versions(&self) -> u64 {
+        self.inner
+            .books
+            .read()
+            .values()
+            .map(|b| {
+                b.needed()
+                    .iter()
+                    .map(|r| r.end() - r.start() + 1)
+                    .sum::<u64>()
+            })
+            .sum()
     }
 
     /// Highest version this node has issued (or received back) for itself.

@@ -87,20 +87,9 @@ pub(crate) async fn health(
         );
     };
     let store = st.store.clone();
-    let missing = tokio::task::spawn_blocking(move || {
-        store
-            .books()
-            .values()
-            .map(|b| {
-                b.needed()
-                    .iter()
-                    .map(|r| r.end() - r.start() + 1)
-                    .sum::<u64>()
-            })
-            .sum::<u64>()
-    })
-    .await
-    .unwrap_or(0);
+    let missing = tokio::task::spawn_blocking(move || store.missing_versions())
+        .await
+        .unwrap_or(0);
     let sync = st.cluster.as_ref().map(|c| c.sync_health());
     let mut reasons = Vec::new();
     if !st.healthy.load(Ordering::Relaxed) {

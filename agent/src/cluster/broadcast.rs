@@ -45,7 +45,7 @@ pub(super) async fn receive_changes(
     while let Some((env, _)) = read_frame(recv).await? {
         match env.message {
             Message::Changes { sets, hops } => {
-                let fresh = apply(inner, sets.clone()).await?;
+                let fresh = apply(inner, sets.clone(), "broadcast").await?;
                 if fresh && hops < MAX_HOPS {
                     let out = Outgoing {
                         sets,
@@ -122,6 +122,9 @@ pub(super) async fn broadcast_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Out
                         send.write_all(f).await?;
                     }
                     send.finish()?;
+                    let bytes: usize = frames.iter().map(|f| f.len() + 4).sum();
+                    metrics::counter!("corro_peer_sent_bytes_total", "stream" => "broadcast")
+                        .increment(bytes as u64);
                     anyhow::Ok(())
                 }
                 .await;

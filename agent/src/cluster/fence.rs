@@ -15,7 +15,7 @@ impl Inner {
             .writes_open
             .send_if_modified(|open| !std::mem::replace(open, true));
         if opened {
-            metrics::gauge!("corro_writes_fenced").set(0.0);
+            metrics::gauge!("corro_cluster_writes_fenced").set(0.0);
             tracing::info!(head = self.store.head(), "{why}; accepting local writes");
         }
     }

@@ -25,6 +25,8 @@ pub(super) async fn write_frame(
 pub(super) async fn write_bytes(send: &mut quinn::SendStream, bytes: &[u8]) -> anyhow::Result<()> {
     send.write_all(&(bytes.len() as u32).to_be_bytes()).await?;
     send.write_all(bytes).await?;
+    metrics::counter!("corro_peer_sent_bytes_total", "stream" => "sync")
+        .increment(bytes.len() as u64 + 4);
     Ok(())
 }
 
@@ -59,6 +61,8 @@ pub(super) async fn read_frame(
     let mut buf = vec![0u8; len];
     recv.read_exact(&mut buf).await?;
     let (env, trailer) = decode_with_trailer(&buf)?;
+    metrics::counter!("corro_peer_received_bytes_total", "kind" => kind(&env.message))
+        .increment(len as u64 + 4);
     // Hostile until validated: nothing of a message is used before this.
     if let Err(e) = corro_replication::validate::validate(&env) {
         metrics::counter!("corro_peer_messages_refused_total", "class" => e.class()).increment(1);

@@ -194,7 +194,7 @@ impl Cluster {
         let core = Membership::new(me, rand::rng().random());
         let peers_empty = peers.seeds().is_empty();
         let fenced = store.head() > 0 && !peers_empty;
-        metrics::gauge!("corro_writes_fenced").set(if fenced { 1.0 } else { 0.0 });
+        metrics::gauge!("corro_cluster_writes_fenced").set(if fenced { 1.0 } else { 0.0 });
         if fenced {
             tracing::info!(
                 head = store.head(),

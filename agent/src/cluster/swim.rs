@@ -107,6 +107,7 @@ pub(crate) async fn run(
         carry_out(&inner, out);
         inner.peers.set_members(core.members());
         metrics::gauge!("corro_swim_members_active").set(core.active().len() as f64);
+        member_state_gauges(&core.members());
         metrics::gauge!("corro_swim_queue_depth").set((SWIM_QUEUE - inner.swim.capacity()) as f64);
     }
     // The goodbyes are queued here; `sync::run_rounds` waits for them to
@@ -115,6 +116,22 @@ pub(crate) async fn run(
     let goodbyes = out.iter().filter(|o| matches!(o, Output::Send(..))).count();
     tracing::debug!(goodbyes, "leaving the cluster");
     carry_out(&inner, out);
+}
+
+/// `corro_cluster_members{state}`: members by SWIM state (this node excluded).
+fn member_state_gauges(members: &[(Identity, corro_replication::membership::State)]) {
+    use corro_replication::membership::State;
+    let (mut alive, mut suspect, mut down) = (0u32, 0u32, 0u32);
+    for (_, st) in members {
+        match st {
+            State::Alive => alive += 1,
+            State::Suspect => suspect += 1,
+            State::Down => down += 1,
+        }
+    }
+    metrics::gauge!("corro_cluster_members", "state" => "alive").set(f64::from(alive));
+    metrics::gauge!("corro_cluster_members", "state" => "suspect").set(f64::from(suspect));
+    metrics::gauge!("corro_cluster_members", "state" => "down").set(f64::from(down));
 }
 
 fn carry_out(inner: &Arc<Inner>, out: Vec<Output>) {

@@ -39,15 +39,41 @@ pub(super) const SYNC_MAX: Duration = Duration::from_secs(4);
 pub(super) const SERVE_CHANGES_PER_STEP: usize = 4096;
 
 /// Applies changesets; true when any of them was new to this node.
-pub(super) async fn apply(inner: &Arc<Inner>, sets: Vec<Changeset>) -> anyhow::Result<bool> {
+/// `via` names the path for the lag metric: "broadcast" or "sync".
+pub(super) async fn apply(
+    inner: &Arc<Inner>,
+    sets: Vec<Changeset>,
+    via: &'static str,
+) -> anyhow::Result<bool> {
     if sets.is_empty() {
         return Ok(false);
     }
     let n = sets.len();
     metrics::counter!("corro_gossip_changesets_received_total").increment(n as u64);
+    // Origin commit times, to measure how long each version took to get here.
+    let origin: std::collections::HashMap<(ActorId, u64), u64> = sets
+        .iter()
+        .filter_map(|s| match s {
+            Changeset::Version {
+                actor, version, ts, ..
+            } => Some(((*actor, *version), *ts)),
+            Changeset::Cleared { .. } => None,
+        })
+        .collect();
     let store = inner.store.clone();
     let t = std::time::Instant::now();
     let out = tokio::task::spawn_blocking(move || store.apply(sets)).await??;
+    metrics::histogram!("corro_store_apply_duration_seconds").record(t.elapsed().as_secs_f64());
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    for v in &out.applied {
+        if let Some(ts) = origin.get(v) {
+            // Clocks of two hosts may disagree a little: never negative.
+            metrics::histogram!("corro_replication_lag_seconds", "via" => via)
+                .record(now_ms.saturating_sub(*ts) as f64 / 1000.0);
+        }
+    }
     if !out.applied.is_empty() {
         tracing::debug!(
             versions = out.applied.len(),
@@ -122,7 +148,7 @@ impl Applier {
         }
         let inner = inner.clone();
         self.running = Some(tokio::spawn(async move {
-            apply(&inner, sets).await.map(|_| ())
+            apply(&inner, sets, "sync").await.map(|_| ())
         }));
         Ok(())
     }
