@@ -975,4 +975,131 @@ addr = "127.0.0.1:8500"
             assert!(e.contains("my.toml") && e.contains(want), "{text}\n -> {e}");
         }
     }
+
+    /// Key paths the config structs accept, read from this file's source:
+    /// `section.key`, nested sections joined by dots, maps and free-form
+    /// values as one key.
+    fn struct_keys() -> std::collections::BTreeSet<String> {
+        use std::collections::BTreeMap;
+        let src = include_str!("config.rs");
+        let mut structs: BTreeMap<&str, Vec<(String, String)>> = BTreeMap::new();
+        let mut current: Option<&str> = None;
+        let mut rename: Option<String> = None;
+        for line in src.lines() {
+            let t = line.trim();
+            if let Some(rest) = t.strip_prefix("pub(crate) struct ")
+                && let Some(name) = rest.strip_suffix(" {")
+            {
+                current = Some(name);
+                structs.insert(name, Vec::new());
+                continue;
+            }
+            let Some(cur) = current else { continue };
+            if t == "}" {
+                current = None;
+            } else if let Some(r) = t.strip_prefix("#[serde(rename = \"") {
+                rename = r.split('"').next().map(str::to_string);
+            } else if let Some(field) = t.strip_prefix("pub ")
+                && let Some((name, ty)) = field.split_once(": ")
+            {
+                let key = rename.take().unwrap_or_else(|| name.to_string());
+                let ty = ty.trim_end_matches(',').to_string();
+                structs.entry(cur).or_default().push((key, ty));
+            }
+        }
+        fn walk(
+            structs: &BTreeMap<&str, Vec<(String, String)>>,
+            ty: &str,
+            prefix: &str,
+            out: &mut std::collections::BTreeSet<String>,
+        ) {
+            for (key, fty) in &structs[ty] {
+                let path = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}.{key}")
+                };
+                let inner = fty
+                    .trim_start_matches("Option<")
+                    .trim_start_matches("Vec<")
+                    .trim_end_matches('>');
+                if structs.contains_key(inner) {
+                    walk(structs, inner, &path, out);
+                } else {
+                    out.insert(path);
+                }
+            }
+        }
+        let mut out = std::collections::BTreeSet::new();
+        walk(&structs, "Config", "", &mut out);
+        out
+    }
+
+    /// Key paths of a TOML document, stopping at `leaves`.
+    fn doc_keys(
+        v: &toml::Value,
+        prefix: &str,
+        leaves: &std::collections::BTreeSet<String>,
+        out: &mut std::collections::BTreeSet<String>,
+    ) {
+        match v {
+            toml::Value::Table(t) if !leaves.contains(prefix) => {
+                for (k, v) in t {
+                    let path = if prefix.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{prefix}.{k}")
+                    };
+                    doc_keys(v, &path, leaves, out);
+                }
+            }
+            toml::Value::Array(a) if a.iter().all(toml::Value::is_table) && !a.is_empty() => {
+                for v in a {
+                    doc_keys(v, prefix, leaves, out);
+                }
+            }
+            _ => {
+                out.insert(prefix.to_string());
+            }
+        }
+    }
+
+    #[test]
+    fn the_config_reference_documents_every_key() {
+        let doc = include_str!("../../docs/CONFIG.md");
+        let example = doc
+            .split("## Every key")
+            .nth(1)
+            .and_then(|s| s.split("```toml\n").nth(1))
+            .and_then(|s| s.split("```").next())
+            .expect("the full example in docs/CONFIG.md");
+        // Every documented key is parsed (and its example value accepted).
+        Config::parse(example, "docs/CONFIG.md").unwrap();
+        let accepted = struct_keys();
+        assert!(accepted.len() > 60, "{accepted:?}");
+        assert!(accepted.contains("api.authz.bearer-token"), "{accepted:?}");
+        assert!(
+            accepted.contains("template.command_timeout"),
+            "{accepted:?}"
+        );
+        let value: toml::Value = toml::from_str(example).unwrap();
+        let mut documented = std::collections::BTreeSet::new();
+        doc_keys(&value, "", &accepted, &mut documented);
+        let undocumented: Vec<_> = accepted.difference(&documented).collect();
+        assert!(
+            undocumented.is_empty(),
+            "keys missing from the example in docs/CONFIG.md: {undocumented:?}"
+        );
+        let unknown: Vec<_> = documented.difference(&accepted).collect();
+        assert!(
+            unknown.is_empty(),
+            "documented but not accepted: {unknown:?}"
+        );
+        for key in &accepted {
+            assert!(
+                doc.contains(&format!("| `{key}` |")),
+                "docs/CONFIG.md has no table row for `{key}`"
+            );
+        }
+    }
 }

@@ -620,3 +620,104 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
         .find(|p| p.exists())
         .ok_or(())
 }
+
+/// Starts the agent on `config` with stdout and stderr piped (as under
+/// systemd/journald), returns every line up to the API's start line, then
+/// stops it.
+fn startup_lines(config: &std::path::Path) -> Vec<String> {
+    use std::io::BufRead;
+    let mut child = Command::new(BIN)
+        .args(["-c", config.to_str().unwrap(), "agent"])
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in out.lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let mut lines = Vec::new();
+    loop {
+        let l = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no API start line in {lines:#?}"));
+        let done = l.contains("Starting public API server");
+        lines.push(l);
+        if done {
+            break;
+        }
+    }
+    child.kill().unwrap();
+    let _ = child.wait();
+    lines
+}
+
+#[test]
+fn logs_are_plain_without_colour_codes_off_a_terminal_and_json_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::new(dir.path(), "");
+    // Colours on in the config, but stdout is a pipe (journald): none.
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    std::fs::write(
+        &node.config,
+        text.replace("colors = false", "colors = true"),
+    )
+    .unwrap();
+    let plain = startup_lines(&node.config);
+    assert!(plain.len() >= 4, "{plain:#?}");
+    for l in &plain {
+        assert!(!l.contains('\u{1b}'), "colour codes off a terminal: {l:?}");
+        assert!(
+            l.contains(" INFO ") || l.contains(" WARN "),
+            "not the plain format: {l:?}"
+        );
+    }
+    // `[log] format = "json"`: one JSON object per line with the usual fields.
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    std::fs::write(
+        &node.config,
+        text.replace("[log]\n", "[log]\nformat = \"json\"\n"),
+    )
+    .unwrap();
+    let json = startup_lines(&node.config);
+    let mut messages = Vec::new();
+    for l in &json {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l:?}"));
+        assert!(v["timestamp"].is_string(), "{l}");
+        assert!(v["level"].is_string(), "{l}");
+        assert!(
+            v["target"].as_str().is_some_and(|t| t.starts_with("corro")),
+            "{l}"
+        );
+        messages.push(
+            v["fields"]["message"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
+    }
+    assert!(
+        messages.iter().any(|m| m.starts_with("Actor ID: ")),
+        "{messages:#?}"
+    );
+    // A bad format is refused with the accepted values named.
+    let text = std::fs::read_to_string(&node.config).unwrap();
+    std::fs::write(
+        &node.config,
+        text.replace("format = \"json\"", "format = \"xml\""),
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .args(["-c", node.config.to_str().unwrap(), "agent"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("xml") && err.contains("json"), "{err}");
+}
