@@ -580,6 +580,10 @@ fn health_is_ok_on_a_quiet_cluster_and_reports_a_lost_peer() {
         let code = r.status().as_u16();
         (code, r.json::<serde_json::Value>().unwrap())
     };
+    // The write's replication lag is reported (same host, so one clock:
+    // well under a second).
+    let lag = get(&agent_b, "").1["replication_lag_secs"].as_f64();
+    assert!(lag.is_some_and(|l| (0.0..1.0).contains(&l)), "{lag:?}");
     // Quiet: no writes, rounds keep completing with nothing to move.
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {

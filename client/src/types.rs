@@ -243,6 +243,11 @@ pub struct HealthResponse {
     /// Versions waiting to be broadcast.
     #[serde(default)]
     pub broadcast_queue: usize,
+    /// Replication lag: seconds from the origin's commit to the merge here
+    /// of the last version that arrived from a peer, by broadcast or sync
+    /// (`null`: none yet). Clock skew between hosts shows up in it.
+    #[serde(default)]
+    pub replication_lag_secs: Option<f64>,
     /// Why `status` is not "ok" (empty when it is).
     #[serde(default)]
     pub reasons: Vec<String>,

@@ -136,6 +136,7 @@ pub(crate) async fn health(
         last_sync_secs: sync.and_then(|h| h.last_sync).map(|d| d.as_secs_f64()),
         members_down: sync.map_or(0, |h| h.members_down),
         broadcast_queue: sync.map_or(0, |h| h.broadcast_queue),
+        replication_lag_secs: sync.and_then(|h| h.lag).map(|d| d.as_secs_f64()),
         reasons,
         members: st.cluster.as_ref().map_or(0, |c| c.members().len()),
         schema: format!("{:016x}", st.store.schema_fingerprint()),

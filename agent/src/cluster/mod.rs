@@ -88,6 +88,8 @@ struct Inner {
     catching_up: std::sync::atomic::AtomicBool,
     /// When a sync round last completed with any peer.
     last_sync: parking_lot::Mutex<Option<std::time::Instant>>,
+    /// Origin commit to merge here of the last version a peer sent, in ms.
+    last_lag_ms: parking_lot::Mutex<Option<u64>>,
     /// Per peer: versions this node still lacked of the peer's heads after
     /// the last round with it (0: caught up with that peer).
     behind: parking_lot::Mutex<std::collections::HashMap<SocketAddr, u64>>,
@@ -146,6 +148,8 @@ pub(crate) struct SyncHealth {
     /// Whether there is anyone to sync with (seeds or members).
     pub has_peers: bool,
     pub broadcast_queue: usize,
+    /// See [`Inner::last_lag_ms`].
+    pub lag: Option<Duration>,
 }
 
 /// A handle to the running cluster tasks.
@@ -215,6 +219,7 @@ impl Cluster {
             catching_up: Default::default(),
             sends: tokio_util::task::TaskTracker::new(),
             last_sync: Default::default(),
+            last_lag_ms: Default::default(),
             behind: Default::default(),
             stopped: watch::channel(false).0,
             schema_mismatches: Default::default(),
@@ -289,6 +294,7 @@ impl Cluster {
             members_down: members.iter().filter(|m| m.state == "down").count(),
             has_peers: !members.is_empty() || !self.inner.peers.seeds().is_empty(),
             broadcast_queue: BROADCAST_QUEUE - self.inner.outgoing.capacity(),
+            lag: self.inner.last_lag_ms.lock().map(Duration::from_millis),
         }
     }
 

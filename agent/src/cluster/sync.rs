@@ -67,12 +67,18 @@ pub(super) async fn apply(
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
+    let mut last_lag = None;
     for v in &out.applied {
         if let Some(ts) = origin.get(v) {
             // Clocks of two hosts may disagree a little: never negative.
+            let lag = now_ms.saturating_sub(*ts);
             metrics::histogram!("corro_replication_lag_seconds", "via" => via)
-                .record(now_ms.saturating_sub(*ts) as f64 / 1000.0);
+                .record(lag as f64 / 1000.0);
+            last_lag = Some(lag);
         }
+    }
+    if last_lag.is_some() {
+        *inner.last_lag_ms.lock() = last_lag;
     }
     if !out.applied.is_empty() {
         tracing::debug!(
