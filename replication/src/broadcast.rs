@@ -13,10 +13,58 @@
 //!
 //! The caller passes the current active members and an rng; nothing here
 //! keeps state, so the simulation and the agent make the same choices.
+//! [`Pending`] is the whole decision as one value: a broadcast to send (a
+//! local commit, or a received one worth forwarding: [`Pending::received`]),
+//! whose targets are drawn from the members at send time.
 
+use corro_store::Changeset;
 use rand::Rng;
 
 use crate::MAX_HOPS;
+
+/// A broadcast waiting to be sent.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pending<P> {
+    pub sets: Vec<Changeset>,
+    /// Hops the message has made so far.
+    pub hops: u8,
+    /// `None`: committed here; `Some(peer)`: forwarded, received from `peer`.
+    pub from: Option<P>,
+}
+
+impl<P: Copy + PartialEq> Pending<P> {
+    /// A version committed on this node.
+    pub fn local(sets: Vec<Changeset>) -> Pending<P> {
+        Pending {
+            sets,
+            hops: 0,
+            from: None,
+        }
+    }
+
+    /// A broadcast received from `from` after `hops` hops, once applied:
+    /// forwarded when it brought something new (`fresh`) and the hop budget
+    /// allows; `None` otherwise (duplicates stop here).
+    pub fn received(from: P, hops: u8, sets: Vec<Changeset>, fresh: bool) -> Option<Pending<P>> {
+        (fresh && hops < MAX_HOPS).then(|| Pending {
+            sets,
+            hops: hops.saturating_add(1),
+            from: Some(from),
+        })
+    }
+
+    /// Who to send it to among `members` now, and the hop count to send
+    /// with (empty when no one should get it).
+    pub fn targets(&self, members: &[P], rng: &mut impl Rng) -> (Vec<P>, u8) {
+        match self.from {
+            None => local_targets(members, rng),
+            Some(from) => (
+                forward_targets(members, Some(from), self.hops, rng),
+                self.hops,
+            ),
+        }
+    }
+}
 
 /// Up to this many other members, the origin sends to all of them directly.
 pub const DIRECT_MAX: usize = 32;
@@ -82,6 +130,24 @@ mod tests {
         let (targets, hops) = local_targets(&members, &mut rng);
         assert_eq!(targets, members);
         assert!(forward_targets(&members, Some(3), hops, &mut rng).is_empty());
+    }
+
+    #[test]
+    fn a_received_broadcast_is_forwarded_only_when_new_and_under_the_hop_budget() {
+        let mut rng = StdRng::seed_from_u64(3);
+        let members: Vec<u32> = (0..100).collect();
+        assert_eq!(Pending::received(5u32, 0, vec![], false), None);
+        assert_eq!(Pending::received(5u32, MAX_HOPS, vec![], true), None);
+        let p = Pending::received(5u32, 1, vec![], true).unwrap();
+        assert_eq!((p.hops, p.from), (2, Some(5)));
+        let (to, hops) = p.targets(&members, &mut rng);
+        assert_eq!(hops, 2);
+        assert_eq!(to.len(), fanout(99));
+        assert!(!to.contains(&5));
+        // A small cluster's local commit: everyone, not to be forwarded.
+        let (to, hops) = Pending::<u32>::local(vec![]).targets(&members[..10], &mut rng);
+        assert_eq!((to.len(), hops), (10, MAX_HOPS));
+        assert_eq!(Pending::received(1u32, hops, vec![], true), None);
     }
 
     #[test]

@@ -10,17 +10,20 @@
 //! database size.
 //!
 //! [`session`] runs one sync round as two state machines ([`session::Pull`],
-//! [`session::Serve`]) that the agent drives over QUIC and the simulation
-//! over a lossy in-memory network.
+//! [`session::Serve`]); [`round`] drives them over any [`round::Transport`]
+//! (the agent's QUIC streams, the simulation's lossy in-memory network), so
+//! both run the same code. [`broadcast::Relay`] decides what a received
+//! broadcast becomes.
 //! [`wire`](Envelope) defines the versioned peer messages;
 //! [`validate`](validate::validate) checks each decoded one before use.
 //!
-//! No sockets and no clocks here: the cluster's IO layer drives this, and the
-//! simulation tests drive it over an in-memory network with loss,
-//! duplication and reordering.
+//! No sockets and no clocks here: the cluster's IO layer provides the
+//! transport, and the simulation tests provide an in-memory network with
+//! loss, duplication and reordering.
 
 pub mod broadcast;
 pub mod membership;
+pub mod round;
 pub mod session;
 mod sync;
 pub mod validate;

@@ -3,8 +3,12 @@
 //! bounded by [`BROADCAST_QUEUE`]; a full queue drops the version and wakes
 //! sync, which delivers it). A receiver that learns something new forwards
 //! it to a few random members while the hop count is under `MAX_HOPS`.
+//! Those decisions (forward or not, to whom, with which hop count) are
+//! `corro_replication::broadcast::Pending`, shared with the simulation;
+//! this module moves the bytes.
 
 use super::*;
+pub(super) use corro_replication::broadcast::Pending;
 
 /// Broadcast sends under way at most (beyond, the queue fills and drops).
 pub(super) const BROADCAST_IN_FLIGHT: usize = 256;
@@ -19,23 +23,10 @@ pub(super) fn queue_local(inner: &Inner, sets: Vec<Changeset>) {
     if sets.is_empty() {
         return;
     }
-    let out = Outgoing {
-        sets,
-        hops: 0,
-        forward_from: None,
-    };
-    if inner.outgoing.try_send(out).is_err() {
+    if inner.outgoing.try_send(Pending::local(sets)).is_err() {
         metrics::counter!("corro_gossip_broadcasts_dropped_total").increment(1);
         inner.sync_soon.notify_one();
     }
-}
-
-/// A broadcast to send: to every peer (local commits) or forwarded to a few.
-pub(super) struct Outgoing {
-    sets: Vec<Changeset>,
-    hops: u8,
-    /// `None`: every known peer; `Some(sender)`: a few random peers but the sender.
-    forward_from: Option<SocketAddr>,
 }
 
 pub(super) async fn receive_changes(
@@ -46,13 +37,8 @@ pub(super) async fn receive_changes(
         match env.message {
             Message::Changes { sets, hops } => {
                 let fresh = apply(inner, sets.clone(), "broadcast").await?;
-                if fresh && hops < MAX_HOPS {
-                    let out = Outgoing {
-                        sets,
-                        hops: hops + 1,
-                        forward_from: Some(env.addr),
-                    };
-                    if inner.outgoing.try_send(out).is_err() {
+                if let Some(forward) = Pending::received(env.addr, hops, sets, fresh) {
+                    if inner.outgoing.try_send(forward).is_err() {
                         metrics::counter!("corro_gossip_broadcasts_dropped_total").increment(1);
                     }
                 }
@@ -63,24 +49,14 @@ pub(super) async fn receive_changes(
     Ok(())
 }
 
-pub(super) async fn broadcast_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Outgoing>) {
+pub(super) async fn broadcast_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Pending<SocketAddr>>) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(BROADCAST_IN_FLIGHT));
-    while let Some(Outgoing {
-        sets,
-        hops,
-        forward_from,
-    }) = rx.recv().await
-    {
+    while let Some(pending) = rx.recv().await {
         metrics::gauge!("corro_gossip_broadcast_queue_depth")
             .set((BROADCAST_QUEUE - inner.outgoing.capacity()) as f64);
         let members = inner.peers.active_addrs();
-        let (targets, hops) = match forward_from {
-            None => targets::local_targets(&members, &mut rand::rng()),
-            Some(from) => (
-                targets::forward_targets(&members, Some(from), hops, &mut rand::rng()),
-                hops,
-            ),
-        };
+        let (targets, hops) = pending.targets(&members, &mut rand::rng());
+        let sets = pending.sets;
         if targets.is_empty() {
             continue;
         }

@@ -47,10 +47,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use corro_replication::broadcast as targets;
 use corro_replication::membership::{Identity, Membership};
 use corro_replication::{
-    Envelope, MAX_FRAME_BYTES, MAX_HOPS, Message, PROTOCOL_VERSION, SyncState, Trailer,
+    Envelope, MAX_FRAME_BYTES, Message, PROTOCOL_VERSION, SyncState, Trailer,
     decode_with_trailer, encode, encode_with_trailer, plan,
 };
 use corro_store::ActorId;
@@ -69,7 +68,7 @@ use transport::*;
 
 struct Inner {
     /// Queue of the broadcast task (forwards are queued here too).
-    outgoing: mpsc::Sender<Outgoing>,
+    outgoing: mpsc::Sender<Pending<SocketAddr>>,
     store: Store,
     endpoint: quinn::Endpoint,
     advertised: SocketAddr,

@@ -1,18 +1,19 @@
 //! Anti-entropy sync rounds (one bi stream each), both sides.
 //!
-//! The initiator sends its `SyncState`; the responder (its input validated
-//! in `frame::read_frame`) announces itself over SWIM to an initiator
-//! membership has never seen, pulls at once from an initiator that holds
-//! versions it lacks ([`pull_from`]), streams the changesets the initiator
-//! lacks (read from the store a change budget at a time), then its own
-//! state; the initiator applies in large batches cut at version boundaries
-//! while it keeps receiving, and answers `SyncDone`. [`run_rounds`] is the
-//! periodic loop: a few random members per round, jittered, backing off
-//! while nothing moves, back to back while catching up a long history.
+//! A round is `corro_replication::round` (the same driver the simulation
+//! runs) over this module's [`QuicTransport`]/[`QuicRound`] (frames with
+//! the schema trailer, input validated in `frame::read_frame`) and
+//! [`NodeStore`] (served a change budget at a time, applied with metrics).
+//! Around it: the responder announces itself over SWIM to an initiator
+//! membership has never seen and pulls at once from an initiator that holds
+//! versions it lacks ([`pull_from`]); the initiator records how far behind
+//! the peer's heads it still is. [`run_rounds`] is the periodic loop: a few
+//! random members per round, jittered, backing off while nothing moves,
+//! back to back while catching up a long history.
 
 use super::*;
-use corro_replication::SyncRequest;
-use corro_replication::session::{APPLY_BATCH_CHANGES, Pull, Serve, Step};
+use corro_replication::round::{self, BoxError, Limits, RoundStore, RoundStream, Transport};
+use corro_replication::session::APPLY_BATCH_CHANGES;
 
 /// Versions pulled per sync round at most (the rest next round).
 pub(super) const SYNC_MAX_VERSIONS: u64 = 2_000;
@@ -91,152 +92,150 @@ pub(super) async fn apply(
     Ok(out.duplicates < n)
 }
 
-/// Streams to a peer the changesets `requests` name (planned by the
-/// session against the peer's state): the store is read a few versions at a time on a blocking thread
-/// while frames go out, so memory stays bounded by one step and serving
-/// overlaps with the peer's applying. Returns how many changesets were sent.
-pub(super) async fn send_missing(
-    inner: &Arc<Inner>,
-    send: &mut quinn::SendStream,
-    requests: Vec<SyncRequest>,
-) -> anyhow::Result<usize> {
-    let (tx, mut rx) = mpsc::channel::<anyhow::Result<Vec<Changeset>>>(4);
-    let store = inner.store.clone();
-    tokio::task::spawn_blocking(move || {
-        for r in requests {
-            let (mut lo, hi) = (*r.versions.start(), *r.versions.end());
-            loop {
-                let t = std::time::Instant::now();
-                let (sets, next) =
-                    match store.changes_for_budget(r.actor, lo..=hi, SERVE_CHANGES_PER_STEP) {
-                        Ok((sets, next)) => (Ok(sets), next),
-                        Err(e) => (Err(e.into()), None),
-                    };
-                tracing::debug!(actor = %r.actor, from = lo, next = ?next, took = ?t.elapsed(), "read versions to serve");
-                let failed = sets.is_err();
-                if tx.blocking_send(sets).is_err() || failed {
-                    return;
-                }
-                match next {
-                    Some(n) if n <= hi => lo = n,
-                    _ => break,
-                }
-            }
-        }
-    });
-    let mut sent = 0;
-    while let Some(sets) = rx.recv().await {
-        let sets = sets?;
-        sent += sets.len();
-        for chunk in sets.chunks(FRAME_CHANGESETS) {
-            write_frame(send, &envelope(inner, Message::SyncChanges(chunk.to_vec()))).await?;
-        }
+/// The sizes of the agent's rounds.
+fn limits() -> Limits {
+    Limits {
+        max_versions: SYNC_MAX_VERSIONS,
+        batch_changes: APPLY_BATCH_CHANGES,
+        read_budget: SERVE_CHANGES_PER_STEP,
+        frame_changesets: FRAME_CHANGESETS,
     }
-    metrics::counter!("corro_sync_changesets_sent_total").increment(sent as u64);
-    Ok(sent)
 }
 
-/// Applies a session's batches on a separate task, one after the other,
-/// while the round goes on receiving.
-pub(super) struct Applier {
-    running: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-}
+/// The node's store as a round uses it: served by change budget, applied
+/// with the metrics of [`apply`].
+#[derive(Clone)]
+pub(super) struct NodeStore(pub Arc<Inner>);
 
-impl Applier {
-    fn new() -> Self {
-        Applier { running: None }
+impl RoundStore for NodeStore {
+    fn state(&self) -> SyncState {
+        state_of(&self.0)
     }
 
-    /// Starts applying `sets` once the previous batch is done.
-    async fn apply(&mut self, inner: &Arc<Inner>, sets: Vec<Changeset>) -> anyhow::Result<()> {
-        if let Some(previous) = self.running.take() {
-            previous.await??;
+    fn read(
+        &self,
+        actor: ActorId,
+        versions: std::ops::RangeInclusive<u64>,
+        budget: usize,
+    ) -> Result<(Vec<Changeset>, Option<u64>), BoxError> {
+        let t = std::time::Instant::now();
+        let from = *versions.start();
+        let read = self.0.store.changes_for_budget(actor, versions, budget)?;
+        tracing::debug!(actor = %actor, from, next = ?read.1, took = ?t.elapsed(), "read versions to serve");
+        Ok(read)
+    }
+
+    async fn apply(&self, sets: Vec<Changeset>) -> Result<(), BoxError> {
+        apply(&self.0, sets, "sync").await.map(|_| ()).map_err(Into::into)
+    }
+}
+
+/// One round's QUIC bi stream: frames with the schema trailer on
+/// `SyncState`, every received message validated (`read_frame`).
+pub(super) struct QuicRound {
+    inner: Arc<Inner>,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
+    /// The initiator waits for the responder's end of stream before
+    /// dropping it; the responder does not wait on the initiator.
+    initiator: bool,
+    /// The address the last received message came from.
+    from: Option<SocketAddr>,
+}
+
+impl RoundStream for QuicRound {
+    async fn send(&mut self, msg: Message) -> Result<(), BoxError> {
+        let sent = if matches!(msg, Message::SyncState(_)) {
+            write_state(&self.inner, &mut self.send, msg).await
+        } else {
+            write_frame(&mut self.send, &envelope(&self.inner, msg)).await
+        };
+        sent.map_err(Into::into)
+    }
+
+    async fn recv(&mut self) -> Result<Option<Message>, BoxError> {
+        let Some((env, trailer)) = read_frame(&mut self.recv).await? else {
+            return Ok(None);
+        };
+        if let Message::SyncState(_) = &env.message {
+            self.inner.schema_seen(&env, trailer);
         }
-        let inner = inner.clone();
-        self.running = Some(tokio::spawn(async move {
-            apply(&inner, sets, "sync").await.map(|_| ())
-        }));
+        self.from = Some(env.addr);
+        Ok(Some(env.message))
+    }
+
+    async fn finish(&mut self) -> Result<(), BoxError> {
+        self.send.finish()?;
+        if self.initiator {
+            // Let the responder read everything before the stream goes away.
+            let _ = self.recv.read_to_end(1024).await;
+        }
         Ok(())
     }
-
-    /// Waits for the last batch.
-    async fn finish(&mut self) -> anyhow::Result<()> {
-        if let Some(last) = self.running.take() {
-            last.await??;
-        }
-        Ok(())
-    }
 }
 
-/// Carries out a session's steps; true once the round is done.
-async fn carry_out(
-    inner: &Arc<Inner>,
-    send: &mut quinn::SendStream,
-    applier: &mut Applier,
-    steps: Vec<Step>,
-) -> anyhow::Result<bool> {
-    for step in steps {
-        match step {
-            Step::Apply(sets) => applier.apply(inner, sets).await?,
-            Step::Send(message) => {
-                applier.finish().await?;
-                write_frame(send, &envelope(inner, message)).await?;
-            }
-            Step::Done => {
-                applier.finish().await?;
-                return Ok(true);
-            }
-        }
+/// Rounds to peers over this node's QUIC endpoint and connection cache.
+pub(super) struct QuicTransport(pub Arc<Inner>);
+
+impl Transport for QuicTransport {
+    type Peer = SocketAddr;
+    type Stream = QuicRound;
+
+    async fn open(&self, peer: SocketAddr) -> Result<QuicRound, BoxError> {
+        let conn = self.0.peers.connection(&self.0.endpoint, peer).await?;
+        let (send, recv) = conn.open_bi().await?;
+        Ok(QuicRound {
+            inner: self.0.clone(),
+            send,
+            recv,
+            initiator: true,
+            from: None,
+        })
     }
-    Ok(false)
 }
 
 pub(super) fn state_of(inner: &Inner) -> SyncState {
     SyncState::from_books(&inner.store.books())
 }
 
+/// A round another node opened (`corro_replication::round::serve`), after
+/// acting on the initiator's state.
 pub(super) async fn respond_sync(
     inner: &Arc<Inner>,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
+    send: quinn::SendStream,
+    recv: quinn::RecvStream,
 ) -> anyhow::Result<()> {
-    let Some((first, trailer)) = read_frame(&mut recv).await? else {
+    let mut stream = QuicRound {
+        inner: inner.clone(),
+        send,
+        recv,
+        initiator: false,
+        from: None,
+    };
+    let Some(first) = stream.recv().await.map_err(|e| anyhow::anyhow!(e))? else {
         return Ok(());
     };
-    inner.schema_seen(&first, trailer);
-    let mine = state_of(inner);
-    let (mut session, theirs, requests) =
-        Serve::open(first.message, &mine, SYNC_MAX_VERSIONS, APPLY_BATCH_CHANGES)?;
-    // A peer syncing with us that membership has not told us of yet: ask
-    // it to join, so the next broadcast reaches it (a cluster bootstrapped
-    // as a chain otherwise learns of its far ends a second or two late).
-    // (Only an address membership has never seen: a restarted member at a
-    // known address rejoins through SWIM's own announce and renaming.)
-    if !inner.peers.knows(first.addr) && first.addr != inner.advertised {
-        let _ = inner.swim.try_send(swim::SwimInput::Announce(first.addr));
-    }
-    // The peer holds versions we lack: pull them now rather than at a
-    // later round that may pick other peers.
-    if !plan(&mine, &theirs, 1).is_empty() {
-        pull_from(inner, first.addr);
-    }
-    send_missing(inner, &mut send, requests).await?;
-    write_state(inner, &mut send, session.served(state_of(inner))).await?;
-    let mut applier = Applier::new();
-    loop {
-        let Some((env, _)) = read_frame(&mut recv).await? else {
-            // The initiator went away without `SyncDone`: nothing of ours
-            // depends on the rest (rounds pull).
-            applier.finish().await?;
-            break;
-        };
-        let steps = session.on_message(env.message)?;
-        if carry_out(inner, &mut send, &mut applier, steps).await? {
-            break;
+    if let (Message::SyncState(theirs), Some(from)) = (&first, stream.from)
+        && theirs.validate().is_ok()
+    {
+        // A peer syncing with us that membership has not told us of yet:
+        // ask it to join, so the next broadcast reaches it (a cluster
+        // bootstrapped as a chain otherwise learns of its far ends a second
+        // or two late). (Only an address membership has never seen: a
+        // restarted member at a known address rejoins through SWIM's own
+        // announce and renaming.)
+        if !inner.peers.knows(from) && from != inner.advertised {
+            let _ = inner.swim.try_send(swim::SwimInput::Announce(from));
+        }
+        // The peer holds versions we lack: pull them now rather than at a
+        // later round that may pick other peers.
+        if !plan(&state_of(inner), theirs, 1).is_empty() {
+            pull_from(inner, from);
         }
     }
-    metrics::counter!("corro_sync_changesets_received_total").increment(session.received() as u64);
-    send.finish()?;
+    let served = round::serve(&mut stream, first, &NodeStore(inner.clone()), &limits()).await?;
+    metrics::counter!("corro_sync_changesets_sent_total").increment(served.sent as u64);
+    metrics::counter!("corro_sync_changesets_received_total").increment(served.received as u64);
     metrics::counter!("corro_sync_rounds_total").increment(1);
     Ok(())
 }
@@ -271,41 +270,26 @@ pub(super) fn pull_from(inner: &Arc<Inner>, peer: SocketAddr) {
     });
 }
 
-/// One sync round with `peer`; how many changesets moved either way.
+/// One sync round with `peer` (`corro_replication::round::pull_from`);
+/// how many changesets it brought.
 pub(super) async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::Result<usize> {
-    let conn = inner.peers.connection(&inner.endpoint, peer).await?;
-    let (mut send, mut recv) = conn.open_bi().await?;
-    let (mut session, first) = Pull::open(state_of(inner), APPLY_BATCH_CHANGES);
-    let mut theirs_heads = None;
-    write_state(inner, &mut send, first).await?;
-    let mut applier = Applier::new();
-    loop {
-        let (env, trailer) = read_frame(&mut recv)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("peer ended the sync round early"))?;
-        if let Message::SyncState(state) = &env.message {
-            inner.schema_seen(&env, trailer);
-            theirs_heads = Some(state.heads.clone());
-        }
-        let steps = session.on_message(env.message)?;
-        if carry_out(inner, &mut send, &mut applier, steps).await? {
-            break;
-        }
-    }
-    send.finish()?;
-    let moved = session.received();
-    if let Some(heads) = theirs_heads {
+    let pulled = round::pull_from(
+        &QuicTransport(inner.clone()),
+        peer,
+        &NodeStore(inner.clone()),
+        &limits(),
+    )
+    .await?;
+    if let Some(theirs) = pulled.theirs {
         // What we still lack of what the peer holds, now that the round's
         // changes are applied (a round moves at most SYNC_MAX_VERSIONS).
-        let behind = lacking(&inner.store.books(), &heads);
+        let behind = lacking(&inner.store.books(), &theirs.heads);
         inner.behind.lock().insert(peer, behind);
         *inner.last_sync.lock() = Some(std::time::Instant::now());
     }
-    metrics::counter!("corro_sync_changesets_received_total").increment(moved as u64);
-    // Let the responder read everything before the stream goes away.
-    let _ = recv.read_to_end(1024).await;
+    metrics::counter!("corro_sync_changesets_received_total").increment(pulled.received as u64);
     metrics::counter!("corro_sync_rounds_total").increment(1);
-    Ok(moved)
+    Ok(pulled.received)
 }
 
 /// The periodic rounds until shutdown (see the module doc); then saves the
