@@ -44,7 +44,8 @@ pub trait Transport: Send + Sync {
     type Peer: Copy + Send + Sync + fmt::Debug;
     type Stream: RoundStream;
     /// A new stream for one round with `peer`.
-    fn open(&self, peer: Self::Peer) -> impl Future<Output = Result<Self::Stream, BoxError>> + Send;
+    fn open(&self, peer: Self::Peer)
+    -> impl Future<Output = Result<Self::Stream, BoxError>> + Send;
 }
 
 /// What a round needs of a node's store.

@@ -37,10 +37,10 @@ pub(super) async fn receive_changes(
         match env.message {
             Message::Changes { sets, hops } => {
                 let fresh = apply(inner, sets.clone(), "broadcast").await?;
-                if let Some(forward) = Pending::received(env.addr, hops, sets, fresh) {
-                    if inner.outgoing.try_send(forward).is_err() {
-                        metrics::counter!("corro_gossip_broadcasts_dropped_total").increment(1);
-                    }
+                if let Some(forward) = Pending::received(env.addr, hops, sets, fresh)
+                    && inner.outgoing.try_send(forward).is_err()
+                {
+                    metrics::counter!("corro_gossip_broadcasts_dropped_total").increment(1);
                 }
             }
             other => anyhow::bail!("unexpected {} on a broadcast stream", kind(&other)),

@@ -49,8 +49,8 @@ use std::time::Duration;
 use anyhow::Context;
 use corro_replication::membership::{Identity, Membership};
 use corro_replication::{
-    Envelope, MAX_FRAME_BYTES, Message, PROTOCOL_VERSION, SyncState, Trailer,
-    decode_with_trailer, encode, encode_with_trailer, plan,
+    Envelope, MAX_FRAME_BYTES, Message, PROTOCOL_VERSION, SyncState, Trailer, decode_with_trailer,
+    encode, encode_with_trailer, plan,
 };
 use corro_store::ActorId;
 use corro_store::{Changeset, Store};

@@ -126,7 +126,10 @@ impl RoundStore for NodeStore {
     }
 
     async fn apply(&self, sets: Vec<Changeset>) -> Result<(), BoxError> {
-        apply(&self.0, sets, "sync").await.map(|_| ()).map_err(Into::into)
+        apply(&self.0, sets, "sync")
+            .await
+            .map(|_| ())
+            .map_err(Into::into)
     }
 }
 
