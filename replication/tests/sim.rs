@@ -2,30 +2,33 @@
 //!
 //! Many nodes (each a real `Store` on disk) write concurrently to a small
 //! key space (so their writes conflict), including bulk transactions that
-//! travel in chunks. Committed versions are broadcast with the targeting core
-//! (`broadcast::local_targets`, receivers that learn something forward with
-//! `broadcast::forward_targets`), and every round each node pulls from a
-//! random peer through the same sync sessions the agent runs
-//! (`session::Pull`/`session::Serve`: state, plan, served changesets in
-//! frames, the server's state, `SyncDone`), all over a network that loses,
-//! duplicates and reorders messages. Part-way through, the cluster is partitioned and nodes crash and
-//! restart from disk. After healing, every node must hold identical table
-//! contents and identical bookkeeping, and every committed version must be
-//! held everywhere (no acknowledged write lost). Convergence after healing
-//! is printed in sync rounds.
+//! travel in chunks. Committed versions are broadcast with the decisions the
+//! agent uses (`broadcast::Pending`: targets of a local commit, forwarding
+//! of what a receiver found new), and every round each node pulls from a
+//! random peer through the very round driver the agent runs
+//! (`round::pull_from` / `round::serve` over `round::Transport`), here over
+//! an in-memory transport that loses the opening exchange, loses,
+//! duplicates and reorders the served frames. Part-way through, the cluster
+//! is partitioned and nodes crash and restart from disk. After healing,
+//! every node must hold identical table contents and identical bookkeeping,
+//! and every committed version must be held everywhere (no acknowledged
+//! write lost). Convergence after healing is printed in sync rounds.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, reason = "test code")]
 
 use std::collections::BTreeSet;
+use std::ops::RangeInclusive;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
-use corro_replication::broadcast::{forward_targets, local_targets};
-use corro_replication::session::{Pull, Serve, Step};
-use corro_replication::{MAX_HOPS, Message, SyncState};
+use corro_replication::broadcast::Pending;
+use corro_replication::round::{self, BoxError, Limits, RoundStore, RoundStream, Transport};
+use corro_replication::{Message, SyncState};
 use corro_store::{ActorId, Changeset, SqlValue, Store, StoreOptions};
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use tokio::sync::mpsc;
 
 const SCHEMA: &str =
     "CREATE TABLE kv (k INTEGER NOT NULL PRIMARY KEY, v TEXT, n INTEGER NOT NULL DEFAULT 0);";
@@ -59,65 +62,199 @@ impl Net {
     }
 }
 
-/// `a` pulls from `b` through the sync sessions the agent runs
-/// (`session::Pull` on `a`, `session::Serve` on `b`); the network may lose,
-/// duplicate and reorder the changesets, split into frames of random size.
-/// Returns the number of changesets delivered.
-fn sync_round(a: &Store, b: &Store, net: &mut Net) -> usize {
-    let (mut pull, first) = Pull::open(SyncState::from_books(&a.books()), 50);
-    if net.lost() {
-        return 0; // the state exchange was lost
+/// A node's store as a round uses it.
+#[derive(Clone)]
+struct SimStore(Store);
+
+impl RoundStore for SimStore {
+    fn state(&self) -> SyncState {
+        SyncState::from_books(&self.0.books())
     }
-    let (mut serve, _theirs, requests) =
-        Serve::open(first, &SyncState::from_books(&b.books()), 100, 50).unwrap();
-    let mut pieces: Vec<Changeset> = Vec::new();
-    for r in requests {
-        pieces.extend(b.changes_for(r.actor, r.versions).unwrap());
+
+    fn read(
+        &self,
+        actor: ActorId,
+        versions: RangeInclusive<u64>,
+        budget: usize,
+    ) -> Result<(Vec<Changeset>, Option<u64>), BoxError> {
+        Ok(self.0.changes_for_budget(actor, versions, budget)?)
     }
-    let mut delivered = Vec::new();
-    for p in pieces {
-        if net.lost() {
-            continue;
+
+    async fn apply(&self, sets: Vec<Changeset>) -> Result<(), BoxError> {
+        self.0.apply(sets)?;
+        Ok(())
+    }
+}
+
+/// One direction's faults, shared by the streams of a round.
+struct Faults {
+    rng: StdRng,
+    loss: f64,
+    dup: f64,
+}
+
+/// One end of an in-memory round stream. The responder's end loses,
+/// duplicates and reorders `SyncChanges` frames (held back and released
+/// shuffled before its next other message); other messages arrive as sent.
+struct MemStream {
+    tx: Option<mpsc::UnboundedSender<Message>>,
+    rx: mpsc::UnboundedReceiver<Message>,
+    faults: Option<Arc<Mutex<Faults>>>,
+    held: Vec<Message>,
+}
+
+impl MemStream {
+    fn pair(faults: Arc<Mutex<Faults>>) -> (MemStream, MemStream) {
+        let (a_tx, b_rx) = mpsc::unbounded_channel();
+        let (b_tx, a_rx) = mpsc::unbounded_channel();
+        (
+            MemStream {
+                tx: Some(a_tx),
+                rx: a_rx,
+                faults: None,
+                held: Vec::new(),
+            },
+            MemStream {
+                tx: Some(b_tx),
+                rx: b_rx,
+                faults: Some(faults),
+                held: Vec::new(),
+            },
+        )
+    }
+
+    fn flush(&mut self) {
+        if let Some(f) = &self.faults {
+            self.held.shuffle(&mut f.lock().unwrap().rng);
         }
-        if net.rng.random_bool(net.dup) {
-            delivered.push(p.clone());
-        }
-        delivered.push(p);
-    }
-    delivered.shuffle(&mut net.rng);
-    let n = delivered.len();
-    let carry = |steps: Vec<Step>, store: &Store| -> (Vec<Message>, bool) {
-        let (mut sent, mut done) = (Vec::new(), false);
-        for step in steps {
-            match step {
-                Step::Apply(sets) => {
-                    store.apply(sets).unwrap();
-                }
-                Step::Send(m) => sent.push(m),
-                Step::Done => done = true,
+        for m in self.held.drain(..) {
+            if let Some(tx) = &self.tx {
+                let _ = tx.send(m);
             }
         }
-        (sent, done)
+    }
+}
+
+impl RoundStream for MemStream {
+    async fn send(&mut self, msg: Message) -> Result<(), BoxError> {
+        if let (Message::SyncChanges(_), Some(f)) = (&msg, &self.faults) {
+            let mut f = f.lock().unwrap();
+            let (loss, dup) = (f.loss, f.dup);
+            if f.rng.random_bool(loss) {
+                return Ok(());
+            }
+            if f.rng.random_bool(dup) {
+                self.held.push(msg.clone());
+            }
+            self.held.push(msg);
+            return Ok(());
+        }
+        self.flush();
+        match &self.tx {
+            Some(tx) => tx.send(msg).map_err(|_| "the peer went away".into()),
+            None => Err("send after finish".into()),
+        }
+    }
+
+    async fn recv(&mut self) -> Result<Option<Message>, BoxError> {
+        Ok(self.rx.recv().await)
+    }
+
+    async fn finish(&mut self) -> Result<(), BoxError> {
+        self.flush();
+        self.tx = None;
+        Ok(())
+    }
+}
+
+/// Rounds between the simulated nodes: `open(b)` connects to node `b`,
+/// whose side runs `round::serve` on a task of its own (unless the opening
+/// exchange is lost).
+struct MemTransport<'a> {
+    stores: &'a [Store],
+    faults: Arc<Mutex<Faults>>,
+    limits: Limits,
+    responders: Mutex<Vec<tokio::task::JoinHandle<Result<round::Served, round::RoundError>>>>,
+}
+
+impl Transport for MemTransport<'_> {
+    type Peer = usize;
+    type Stream = MemStream;
+
+    async fn open(&self, peer: usize) -> Result<MemStream, BoxError> {
+        let lost = {
+            let mut f = self.faults.lock().unwrap();
+            let loss = f.loss;
+            f.rng.random_bool(loss)
+        };
+        if lost {
+            return Err("the opening exchange was lost".into());
+        }
+        let (mine, mut theirs) = MemStream::pair(self.faults.clone());
+        let store = SimStore(self.stores[peer].clone());
+        let limits = self.limits;
+        self.responders
+            .lock()
+            .unwrap()
+            .push(tokio::spawn(async move {
+                let first = theirs
+                    .recv()
+                    .await
+                    .map_err(round::RoundError::Transport)?
+                    .ok_or(round::RoundError::Ended)?;
+                round::serve(&mut theirs, first, &store, &limits).await
+            }));
+        Ok(mine)
+    }
+}
+
+/// `a` pulls from `b` through the agent's round driver over the lossy
+/// in-memory transport (frames of a random size, a small read budget so
+/// serving takes several steps). Returns the number of changesets `a`
+/// received.
+fn sync_round(
+    rt: &tokio::runtime::Runtime,
+    stores: &[Store],
+    a: usize,
+    b: usize,
+    net: &mut Net,
+) -> usize {
+    let transport = MemTransport {
+        stores,
+        faults: Arc::new(Mutex::new(Faults {
+            rng: StdRng::seed_from_u64(net.rng.random()),
+            loss: net.loss,
+            dup: net.dup,
+        })),
+        limits: Limits {
+            max_versions: 100,
+            batch_changes: 50,
+            read_budget: net.rng.random_range(1..=200),
+            frame_changesets: net.rng.random_range(1..=8),
+        },
+        responders: Mutex::new(Vec::new()),
     };
-    // Arrives in a few frames.
-    let per = net.rng.random_range(1..=8usize);
-    for chunk in delivered.chunks(per) {
-        let steps = pull
-            .on_message(Message::SyncChanges(chunk.to_vec()))
-            .unwrap();
-        let (sent, done) = carry(steps, a);
-        assert!(sent.is_empty() && !done);
-    }
-    let steps = pull
-        .on_message(serve.served(SyncState::from_books(&b.books())))
-        .unwrap();
-    let (sent, done) = carry(steps, a);
-    assert!(done, "the puller ends the round on the server's state");
-    for m in sent {
-        let (back, done) = carry(serve.on_message(m).unwrap(), b);
-        assert!(back.is_empty() && done);
-    }
-    n
+    let store = SimStore(stores[a].clone());
+    rt.block_on(async {
+        let pulled = round::pull_from(&transport, b, &store, &transport.limits).await;
+        let responders = std::mem::take(&mut *transport.responders.lock().unwrap());
+        for r in responders {
+            let served = r.await.unwrap();
+            assert!(served.is_ok(), "the responder failed: {served:?}");
+        }
+        match pulled {
+            Ok(p) => {
+                assert!(p.theirs.is_some(), "a pull ends on the responder's state");
+                p.received
+            }
+            // Only the opening exchange is ever lost.
+            Err(round::RoundError::Transport(e)) => {
+                assert_eq!(e.to_string(), "the opening exchange was lost");
+                0
+            }
+            Err(e) => panic!("round failed: {e}"),
+        }
+    })
 }
 
 fn write(store: &Store, rng: &mut StdRng) -> Option<(ActorId, u64, Vec<Changeset>)> {
@@ -152,7 +289,7 @@ fn write(store: &Store, rng: &mut StdRng) -> Option<(ActorId, u64, Vec<Changeset
     Some((store.actor_id(), v, sets))
 }
 
-/// A broadcast in flight: changesets, hops so far, sender.
+/// A broadcast in flight: to, from, hops so far, changesets.
 struct Msg {
     to: usize,
     from: usize,
@@ -162,6 +299,8 @@ struct Msg {
 
 /// Delivers broadcasts (and the forwards they cause) until none is in
 /// flight; `reachable(a, b)` says whether the network connects a and b.
+/// A receiver's decision to forward is the agent's
+/// (`Pending::received`, then `Pending::targets`).
 fn spread(
     stores: &[Store],
     mut flight: Vec<Msg>,
@@ -183,14 +322,15 @@ fn spread(
             let copies = if net.rng.random_bool(net.dup) { 2 } else { 1 };
             for _ in 0..copies {
                 let out = stores[m.to].apply(m.sets.clone()).unwrap();
-                if out.duplicates < m.sets.len() && m.hops < MAX_HOPS {
-                    for t in forward_targets(&members[m.to], Some(m.from), m.hops + 1, &mut net.rng)
-                    {
+                let fresh = out.duplicates < m.sets.len();
+                if let Some(fwd) = Pending::received(m.from, m.hops, m.sets.clone(), fresh) {
+                    let (targets, hops) = fwd.targets(&members[m.to], &mut net.rng);
+                    for t in targets {
                         next.push(Msg {
                             to: t,
                             from: m.to,
-                            hops: m.hops + 1,
-                            sets: m.sets.clone(),
+                            hops,
+                            sets: fwd.sets.clone(),
                         });
                     }
                 }
@@ -212,6 +352,9 @@ fn dump(s: &Store) -> Vec<(i64, Option<String>, i64)> {
 
 fn simulate(seed: u64, nodes: usize, rounds: usize, writes_per_round: usize) -> usize {
     let dir = tempfile::tempdir().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .unwrap();
     let mut stores: Vec<Store> = (0..nodes).map(|i| open(dir.path(), i)).collect();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut net = Net {
@@ -241,7 +384,8 @@ fn simulate(seed: u64, nodes: usize, rounds: usize, writes_per_round: usize) -> 
             let w = rng.random_range(0..nodes);
             if let Some((actor, v, sets)) = write(&stores[w], &mut rng) {
                 committed.insert((actor, v));
-                let (targets, hops) = local_targets(&members[w], &mut net.rng);
+                let (targets, hops) =
+                    Pending::<usize>::local(sets.clone()).targets(&members[w], &mut net.rng);
                 for t in targets {
                     flight.push(Msg {
                         to: t,
@@ -256,7 +400,7 @@ fn simulate(seed: u64, nodes: usize, rounds: usize, writes_per_round: usize) -> 
         for a in 0..nodes {
             let b = members[a][rng.random_range(0..nodes - 1)];
             if reachable(a, b) {
-                sync_round(&stores[a], &stores[b], &mut net);
+                sync_round(&rt, &stores, a, b, &mut net);
             }
         }
     }
@@ -275,7 +419,7 @@ fn simulate(seed: u64, nodes: usize, rounds: usize, writes_per_round: usize) -> 
         );
         for a in 0..nodes {
             let b = members[a][rng.random_range(0..nodes - 1)];
-            sync_round(&stores[a], &stores[b], &mut net);
+            sync_round(&rt, &stores, a, b, &mut net);
         }
     }
     let first = dump(&stores[0]);
