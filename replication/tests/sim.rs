@@ -397,8 +397,8 @@ fn simulate(seed: u64, nodes: usize, rounds: usize, writes_per_round: usize) -> 
             }
         }
         spread(&stores, flight, &mut net, &reachable);
-        for a in 0..nodes {
-            let b = members[a][rng.random_range(0..nodes - 1)];
+        for (a, peers) in members.iter().enumerate() {
+            let b = peers[rng.random_range(0..nodes - 1)];
             if reachable(a, b) {
                 sync_round(&rt, &stores, a, b, &mut net);
             }
@@ -417,8 +417,8 @@ fn simulate(seed: u64, nodes: usize, rounds: usize, writes_per_round: usize) -> 
             healed_rounds < 100,
             "seed {seed}: no convergence after {healed_rounds} healed rounds"
         );
-        for a in 0..nodes {
-            let b = members[a][rng.random_range(0..nodes - 1)];
+        for (a, peers) in members.iter().enumerate() {
+            let b = peers[rng.random_range(0..nodes - 1)];
             sync_round(&rt, &stores, a, b, &mut net);
         }
     }
