@@ -10,6 +10,7 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -45,7 +46,7 @@ pub(crate) trait AdminHandler: Send + Sync + 'static {
 pub(crate) async fn serve(
     path: PathBuf,
     handler: Arc<dyn AdminHandler>,
-    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)
@@ -60,10 +61,10 @@ pub(crate) async fn serve(
     let listener = UnixListener::bind(&path)
         .map_err(|e| anyhow::anyhow!("binding admin socket {}: {e}", path.display()))?;
     tracing::info!("Starting Corrosion admin socket at {}", path.display());
-    Ok(tokio::spawn(async move {
+    Ok(crate::tasks::spawn(async move {
         loop {
             tokio::select! {
-                _ = shutdown.changed() => break,
+                _ = shutdown.cancelled() => break,
                 accepted = listener.accept() => match accepted {
                     Ok((stream, _)) => {
                         let h = handler.clone();

@@ -14,6 +14,7 @@ mod consul;
 mod logging;
 mod run;
 mod service;
+mod tasks;
 mod telemetry;
 mod templates;
 mod tls;

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use anyhow::Context;
 use corro_store::{Store, StoreOptions};
@@ -211,7 +212,8 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         tokio::task::spawn_blocking(move || apply_schema(&s, &c)).await??;
     }
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    // One token stops everything (see `tasks`).
+    let stop = CancellationToken::new();
     let handler = Arc::new(Handler {
         store: store.clone(),
         config: config.clone(),
@@ -219,17 +221,16 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         cluster: std::sync::OnceLock::new(),
         discovery: std::sync::OnceLock::new(),
     });
-    let admin_task =
-        admin::serve(config.admin.path.clone(), handler.clone(), stop_rx.clone()).await?;
+    let admin_task = admin::serve(config.admin.path.clone(), handler.clone(), stop.clone()).await?;
 
     if let Some(p) = &config.telemetry.prometheus {
-        crate::telemetry::serve(p.addr, stop_rx.clone()).await?;
+        crate::telemetry::serve(p.addr, stop.clone()).await?;
     }
     let cluster =
-        crate::cluster::Cluster::start(store.clone(), &config.gossip, stop_rx.clone()).await?;
+        crate::cluster::Cluster::start(store.clone(), &config.gossip, stop.clone()).await?;
     let _ = handler.cluster.set(cluster.clone());
     if config.telemetry.prometheus.is_some() {
-        crate::telemetry::sample(store.clone(), cluster.clone(), stop_rx.clone());
+        crate::telemetry::sample(store.clone(), cluster.clone(), stop.clone());
     }
     let subs = corro_subs::Subscriptions::start(
         store.clone(),
@@ -241,11 +242,16 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
             idle_expiry: Duration::from_secs(config.subscriptions.idle_expiry_secs),
             listener_buffer: config.subscriptions.listener_buffer.max(1),
         },
-        stop_rx.clone(),
+        stop.clone(),
     )
     .context("starting subscriptions")?;
+    {
+        // Tracked: shutdown waits for the dispatcher and reaper.
+        let subs = subs.clone();
+        crate::tasks::spawn(async move { subs.stopped().await });
+    }
     let discovery =
-        crate::consul::Discovery::start(store.clone(), cluster.clone(), &config, stop_rx.clone())
+        crate::consul::Discovery::start(store.clone(), cluster.clone(), &config, stop.clone())
             .await
             .context("starting the discovery catalog")?;
     let _ = handler.discovery.set(discovery.clone());
@@ -254,7 +260,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         &discovery,
         cluster.caught_up(),
         config.template.iter().map(|t| t.spec()).collect(),
-        stop_rx.clone(),
+        stop.clone(),
     );
     if let Some(dns) = &config.dns {
         let settings = corro_dns::DnsSettings {
@@ -280,7 +286,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         };
         let responder = corro_dns::Responder::new(discovery.catalog.clone(), settings);
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let bound = corro_dns::serve(responder, dns.addr, workers, stop_rx.clone())
+        let bound = corro_dns::serve(responder, dns.addr, workers, stop.clone())
             .await
             .with_context(|| format!("binding DNS on {}", dns.addr))?;
         tracing::info!(
@@ -288,6 +294,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
             bound.udp,
             bound.tcp
         );
+        crate::tasks::spawn(async move { bound.stopped().await });
     }
     let state = ApiState {
         store: store.clone(),
@@ -303,7 +310,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         subs: Some(subs),
         discovery: Some(discovery),
         answers: Default::default(),
-        stop: stop_rx.clone(),
+        stop: stop.clone(),
     };
     let consul_task = match config.consul.http_addr {
         Some(addr) => {
@@ -314,11 +321,11 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
                 "Starting Consul-compatible API server on tcp/{}",
                 listener.local_addr()?
             );
-            let mut stop = stop_rx.clone();
-            Some(tokio::spawn(
+            let stop = stop.clone();
+            Some(crate::tasks::spawn(
                 axum::serve(listener, api::consul_router(state.clone()))
                     .with_graceful_shutdown(async move {
-                        let _ = stop.changed().await;
+                        stop.cancelled().await;
                     })
                     .into_future(),
             ))
@@ -333,12 +340,12 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         listener.local_addr()?
     );
     crate::service::ready("serving");
-    crate::service::spawn_watchdog(store.clone(), stop_rx.clone());
-    let mut api_stop = stop_rx.clone();
-    let api_task = tokio::spawn(
+    crate::service::spawn_watchdog(store.clone(), stop.clone());
+    let api_stop = stop.clone();
+    let api_task = crate::tasks::spawn(
         axum::serve(listener, api::router(state))
             .with_graceful_shutdown(async move {
-                let _ = api_stop.changed().await;
+                api_stop.cancelled().await;
             })
             .into_future(),
     );
@@ -360,7 +367,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
     }
     tracing::info!("shutting down: finishing in-flight requests");
     crate::service::stopping();
-    let _ = stop_tx.send(true);
+    stop.cancel();
     match api_task.await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::warn!(error = %e, "API server stopped with an error"),
@@ -371,6 +378,13 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
     }
     let _ = admin_task.await;
     cluster.stopped(Duration::from_secs(5)).await;
+    let left = crate::tasks::wait(Duration::from_secs(5)).await;
+    if left > 0 {
+        tracing::warn!(
+            tasks = left,
+            "tasks still running after 5 s; stopping anyway"
+        );
+    }
     drop(handler);
     drop(store);
     tracing::info!("stopped");

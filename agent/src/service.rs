@@ -7,10 +7,10 @@
 //! (`NOTIFY_SOCKET` unset) every call does nothing.
 
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use corro_store::Store;
 use sd_notify::NotifyState;
-use tokio::sync::watch;
 
 fn send(states: &[NotifyState<'_>]) {
     if let Err(e) = sd_notify::notify(states) {
@@ -31,17 +31,17 @@ pub(crate) fn stopping() {
 /// Pings systemd's watchdog while the store answers (when the unit has
 /// `WatchdogSec=`): a hung store or runtime stops the pings and systemd
 /// restarts the agent.
-pub(crate) fn spawn_watchdog(store: Store, mut stop: watch::Receiver<bool>) {
+pub(crate) fn spawn_watchdog(store: Store, stop: CancellationToken) {
     let Some(interval) = sd_notify::watchdog_enabled() else {
         return;
     };
     let every = (interval / 2).max(Duration::from_millis(10));
     tracing::info!(interval = ?interval, "systemd watchdog enabled");
-    tokio::spawn(async move {
+    crate::tasks::spawn(async move {
         let mut tick = tokio::time::interval(every);
         loop {
             tokio::select! {
-                _ = stop.changed() => break,
+                _ = stop.cancelled() => break,
                 _ = tick.tick() => {}
             }
             let s = store.clone();

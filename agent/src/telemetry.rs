@@ -13,13 +13,13 @@
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
 use corro_store::Store;
 use metrics_exporter_prometheus::PrometheusBuilder;
-use tokio::sync::watch;
 
 use crate::cluster::Cluster;
 
@@ -158,7 +158,7 @@ fn describe() {
 }
 
 /// Installs the recorder and serves it.
-pub(crate) async fn serve(addr: SocketAddr, mut stop: watch::Receiver<bool>) -> anyhow::Result<()> {
+pub(crate) async fn serve(addr: SocketAddr, stop: CancellationToken) -> anyhow::Result<()> {
     let handle = PrometheusBuilder::new()
         .set_buckets(HISTOGRAM_BUCKETS)
         .map_err(|e| anyhow::anyhow!("histogram buckets: {e}"))?
@@ -179,9 +179,9 @@ pub(crate) async fn serve(addr: SocketAddr, mut stop: watch::Receiver<bool>) -> 
     let app = axum::Router::new()
         .route("/metrics", axum::routing::get(render.clone()))
         .route("/", axum::routing::get(render));
-    tokio::spawn(async move {
+    crate::tasks::spawn(async move {
         let server = axum::serve(listener, app).with_graceful_shutdown(async move {
-            let _ = stop.changed().await;
+            let _ = stop.cancelled().await;
         });
         if let Err(e) = server.await {
             tracing::warn!(error = %e, "metrics listener stopped");
@@ -191,8 +191,8 @@ pub(crate) async fn serve(addr: SocketAddr, mut stop: watch::Receiver<bool>) -> 
 }
 
 /// Refreshes the sampled gauges every second until `stop`.
-pub(crate) fn sample(store: Store, cluster: Cluster, mut stop: watch::Receiver<bool>) {
-    tokio::spawn(async move {
+pub(crate) fn sample(store: Store, cluster: Cluster, stop: CancellationToken) {
+    crate::tasks::spawn(async move {
         loop {
             let s = store.clone();
             let missing = tokio::task::spawn_blocking(move || s.missing_versions())
@@ -214,7 +214,7 @@ pub(crate) fn sample(store: Store, cluster: Cluster, mut stop: watch::Receiver<b
             metrics::gauge!("corro_sync_last_round_age_seconds")
                 .set(h.last_sync.map_or(-1.0, |d| d.as_secs_f64()));
             tokio::select! {
-                _ = stop.changed() => break,
+                _ = stop.cancelled() => break,
                 _ = tokio::time::sleep(Duration::from_secs(1)) => {}
             }
         }

@@ -15,6 +15,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use corro_client::{Client, Statement};
 use corro_store::Store;
@@ -82,7 +83,7 @@ pub(crate) fn start(
     discovery: &crate::consul::Discovery,
     caught_up: watch::Receiver<bool>,
     specs: Vec<Spec>,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     if specs.is_empty() {
         return;
@@ -100,12 +101,12 @@ pub(crate) fn start(
     {
         let hub = hub.clone();
         let mut rx = discovery.catalog.subscribe();
-        let mut stop = stop.clone();
-        tokio::spawn(async move {
+        let stop = stop.clone();
+        crate::tasks::spawn(async move {
             loop {
                 tokio::select! {
                     r = rx.changed() => if r.is_err() { break },
-                    _ = stop.changed() => break,
+                    _ = stop.cancelled() => break,
                 }
                 hub.discovery_changed();
             }
@@ -122,7 +123,7 @@ pub(crate) fn start(
         caught_up,
         catch_up_timeout: CATCH_UP_TIMEOUT,
     };
-    tokio::spawn(async move {
+    crate::tasks::spawn(async move {
         let _ = set.run(specs, false, stop).await;
     });
 }
@@ -297,7 +298,8 @@ pub(crate) async fn command(
         caught_up,
         catch_up_timeout: CATCH_UP_TIMEOUT,
     };
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
+    let stop_on_signal = stop.clone();
     tokio::spawn(async move {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
@@ -305,8 +307,8 @@ pub(crate) async fn command(
             _ = tokio::signal::ctrl_c() => {}
             _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending().await } } => {}
         }
-        stop_tx.send_replace(true);
+        stop_on_signal.cancel();
     });
-    set.run(specs, once, stop_rx).await?;
+    set.run(specs, once, stop).await?;
     Ok(())
 }

@@ -13,6 +13,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 use corro_store::{RowChanged, Store};
 use parking_lot::{Mutex, RwLock, RwLockReadGuard};
@@ -200,10 +201,10 @@ impl Catalog {
     /// Handles queued feed rows until `stop` flips: the task that keeps the
     /// index current. Errors are logged and the rows retried on the next
     /// wake-up (a full reload after an error).
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self, stop: CancellationToken) {
         loop {
             tokio::select! {
-                _ = stop.changed() => break,
+                _ = stop.cancelled() => break,
                 _ = self.shared.wake.notified() => {}
             }
             let me = self.clone();

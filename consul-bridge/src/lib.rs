@@ -18,6 +18,7 @@ pub mod consul;
 pub mod round;
 
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 pub use consul::{ConsulClient, ConsulSettings, PollError, Snapshot};
 pub use round::{Bridge, Plan, Statement, current_from_index};
@@ -48,12 +49,7 @@ pub struct Settings {
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// Polls Consul and mirrors it until `stop` flips.
-pub async fn run<S: Sink>(
-    settings: Settings,
-    node: &str,
-    sink: S,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) {
+pub async fn run<S: Sink>(settings: Settings, node: &str, sink: S, stop: CancellationToken) {
     let client = match ConsulClient::new(&settings.consul) {
         Ok(c) => c,
         Err(e) => {
@@ -66,7 +62,7 @@ pub async fn run<S: Sink>(
     let mut wait = Duration::ZERO;
     loop {
         tokio::select! {
-            _ = stop.changed() => break,
+            _ = stop.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
         }
         let answer = client.snapshot().await;

@@ -9,18 +9,27 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::watch;
 
 use crate::Responder;
 
-/// The bound addresses.
-#[derive(Debug, Clone, Copy)]
+/// The bound addresses, and the tasks answering on them.
+#[derive(Debug, Clone)]
 pub struct Listeners {
     pub udp: SocketAddr,
     pub tcp: SocketAddr,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl Listeners {
+    /// Resolves once every worker and connection task has ended (after the
+    /// stop token was cancelled).
+    pub async fn stopped(&self) {
+        self.tasks.wait().await;
+    }
 }
 
 const TCP_IDLE: Duration = Duration::from_secs(10);
@@ -49,7 +58,7 @@ pub async fn serve(
     responder: Responder,
     addr: SocketAddr,
     workers: usize,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) -> std::io::Result<Listeners> {
     // With port 0 the TCP side takes the port the UDP side got; when that
     // port is taken for TCP, try another pair.
@@ -64,13 +73,14 @@ pub async fn serve(
     };
     let udp_addr = udp.local_addr()?;
     let tcp_addr = tcp.local_addr()?;
+    let tasks = tokio_util::task::TaskTracker::new();
     for _ in 0..workers.max(1) {
-        let (udp, r, mut stop) = (udp.clone(), responder.clone(), stop.clone());
-        tokio::spawn(async move {
+        let (udp, r, stop) = (udp.clone(), responder.clone(), stop.clone());
+        tasks.spawn(async move {
             let mut buf = vec![0u8; 65_535];
             loop {
                 let (n, peer) = tokio::select! {
-                    _ = stop.changed() => return,
+                    _ = stop.cancelled() => return,
                     got = udp.recv_from(&mut buf) => match got {
                         Ok(x) => x,
                         Err(e) => {
@@ -85,31 +95,36 @@ pub async fn serve(
             }
         });
     }
-    let mut stop_tcp = stop.clone();
-    tokio::spawn(async move {
+    let stop_tcp = stop.clone();
+    let connections = tasks.clone();
+    tasks.spawn(async move {
         loop {
             let conn = tokio::select! {
-                _ = stop_tcp.changed() => return,
+                _ = stop_tcp.cancelled() => return,
                 c = tcp.accept() => c,
             };
             if let Ok((stream, _)) = conn {
                 let (r, stop) = (responder.clone(), stop.clone());
-                tokio::spawn(tcp_connection(r, stream, stop));
+                connections.spawn(tcp_connection(r, stream, stop));
             }
         }
     });
+    // Closed now: `stopped` resolves once the (always running) workers and
+    // acceptor have ended; connections spawned later are tracked too.
+    tasks.close();
     Ok(Listeners {
         udp: udp_addr,
         tcp: tcp_addr,
+        tasks,
     })
 }
 
-async fn tcp_connection(r: Responder, mut s: TcpStream, mut stop: watch::Receiver<bool>) {
+async fn tcp_connection(r: Responder, mut s: TcpStream, stop: CancellationToken) {
     let mut buf = Vec::new();
     loop {
         let mut len = [0u8; 2];
         let read = tokio::select! {
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
             x = tokio::time::timeout(TCP_IDLE, s.read_exact(&mut len)) => x,
         };
         if !matches!(read, Ok(Ok(_))) {

@@ -27,11 +27,12 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use corro_client::Value;
 use corro_store::{RowsChanged, SqlValue, Store, decode_key, encode_key};
 use parking_lot::Mutex;
-use tokio::sync::{Notify, broadcast, watch};
+use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
 
 use crate::SubError;
@@ -190,6 +191,8 @@ struct Inner {
     pending: Mutex<KeysByTable>,
     wake: Notify,
     updates: Mutex<HashMap<String, UpdateSender>>,
+    /// The dispatcher and the reaper (see [`Subscriptions::stopped`]).
+    tasks: tokio_util::task::TaskTracker,
 }
 
 /// The registry (cheap to clone).
@@ -266,7 +269,7 @@ impl Subscriptions {
     pub fn start(
         store: Store,
         cfg: SubConfig,
-        shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
     ) -> Result<Subscriptions, SubError> {
         std::fs::create_dir_all(&cfg.dir).map_err(|source| SubError::Io {
             path: cfg.dir.clone(),
@@ -282,6 +285,7 @@ impl Subscriptions {
             pending: Default::default(),
             wake: Notify::new(),
             updates: Default::default(),
+            tasks: Default::default(),
         });
         let feed = Arc::downgrade(&inner);
         store.on_change(Arc::new(move |rows: &RowsChanged| {
@@ -315,9 +319,17 @@ impl Subscriptions {
         }));
         let subs = Subscriptions { inner };
         subs.load_existing()?;
-        tokio::spawn(dispatch(subs.inner.clone(), shutdown.clone()));
-        tokio::spawn(reap(subs.inner.clone(), shutdown));
+        let tasks = &subs.inner.tasks;
+        tasks.spawn(dispatch(subs.inner.clone(), shutdown.clone()));
+        tasks.spawn(reap(subs.inner.clone(), shutdown));
+        tasks.close();
         Ok(subs)
+    }
+
+    /// Resolves once the background tasks have ended (after the shutdown
+    /// token was cancelled).
+    pub async fn stopped(&self) {
+        self.inner.tasks.wait().await;
     }
 
     fn load_existing(&self) -> Result<(), SubError> {
@@ -698,10 +710,10 @@ fn refresh(inner: &Inner, sub: &Sub, changed: Vec<HashSet<Arc<[u8]>>>) -> Result
 /// refreshes them, all on one blocking thread per round: while a round runs,
 /// new changes pile up in the pending set and are taken together by the
 /// next one (bursts coalesce; no thread hop per subscription).
-async fn dispatch(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+async fn dispatch(inner: Arc<Inner>, shutdown: CancellationToken) {
     loop {
         tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shutdown.cancelled() => return,
             _ = inner.wake.notified() => {}
         }
         let pending = std::mem::take(&mut *inner.pending.lock());
@@ -758,12 +770,12 @@ async fn dispatch(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
 }
 
 /// Removes idle subscriptions and prunes change logs, every few seconds.
-async fn reap(inner: Arc<Inner>, mut shutdown: watch::Receiver<bool>) {
+async fn reap(inner: Arc<Inner>, shutdown: CancellationToken) {
     let every =
         (inner.cfg.idle_expiry / 4).clamp(Duration::from_millis(100), Duration::from_secs(10));
     loop {
         tokio::select! {
-            _ = shutdown.changed() => return,
+            _ = shutdown.cancelled() => return,
             _ = tokio::time::sleep(every) => {}
         }
         let subs: Vec<Arc<Sub>> = inner.subs.read().values().cloned().collect();

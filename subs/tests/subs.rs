@@ -87,7 +87,7 @@ async fn every_event_type_in_order() {
         "INSERT INTO todos (id, title) VALUES ('a', 'first'), ('b', 'second')",
         &[],
     );
-    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let subs = Subscriptions::start(s.clone(), config(dir.path()), stop).unwrap();
     let mut l = subs
         .subscribe(
@@ -186,7 +186,7 @@ async fn joins_follow_changes_on_either_side() {
         &[],
     );
     exec(&s, "INSERT INTO tags (todo, tag) VALUES ('a', 'red')", &[]);
-    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let subs = Subscriptions::start(s.clone(), config(dir.path()), stop).unwrap();
     let mut l = subs
         .subscribe(
@@ -255,7 +255,7 @@ async fn two(l: &mut Listener) -> Vec<String> {
 async fn resume_from_a_change_id_during_writes_has_no_gap_and_no_duplicate() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
-    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let subs = Subscriptions::start(s.clone(), config(dir.path()), stop).unwrap();
     let mut l = subs
         .subscribe("SELECT id FROM todos", Params::None, None)
@@ -306,7 +306,7 @@ async fn subscriptions_and_their_logs_survive_a_restart_and_catch_up() {
     let id;
     {
         let s = store(dir.path());
-        let (_stop, stop) = tokio::sync::watch::channel(false);
+        let stop = tokio_util::sync::CancellationToken::new();
         let subs = Subscriptions::start(s.clone(), config(dir.path()), stop).unwrap();
         let mut l = subs
             .subscribe("SELECT id, title FROM todos", Params::None, None)
@@ -324,7 +324,7 @@ async fn subscriptions_and_their_logs_survive_a_restart_and_catch_up() {
         "INSERT INTO todos (id, title) VALUES ('y', 'offline')",
         &[],
     );
-    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let subs = Subscriptions::start(s.clone(), config(dir.path()), stop).unwrap();
     let mut l = subs.attach(id, Some(0)).await.unwrap();
     assert_eq!(
@@ -341,7 +341,7 @@ async fn subscriptions_and_their_logs_survive_a_restart_and_catch_up() {
 async fn a_lagging_listener_is_cut_off_with_an_error_event() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
-    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let mut cfg = config(dir.path());
     cfg.listener_buffer = 16;
     let subs = Subscriptions::start(s.clone(), cfg, stop).unwrap();
@@ -373,7 +373,7 @@ async fn a_lagging_listener_is_cut_off_with_an_error_event() {
 async fn resuming_before_the_retained_log_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
-    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let mut cfg = config(dir.path());
     cfg.max_log_changes = 5;
     cfg.max_log_age = Duration::from_millis(0);
@@ -437,7 +437,7 @@ async fn resuming_before_the_retained_log_is_a_clear_error() {
 async fn invalid_queries_are_refused_with_a_message() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
-    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let subs = Subscriptions::start(s.clone(), config(dir.path()), stop).unwrap();
     for (sql, want) in [
         ("DELETE FROM todos", "SELECT"),
@@ -461,7 +461,7 @@ async fn invalid_queries_are_refused_with_a_message() {
 async fn the_update_feed_reports_every_row_change_of_its_table() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
-    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let subs = Subscriptions::start(s.clone(), config(dir.path()), stop).unwrap();
     let mut feed = subs.updates("tags").unwrap();
     exec(&s, "INSERT INTO todos (id) VALUES ('ignored')", &[]);
@@ -491,7 +491,7 @@ async fn the_update_feed_reports_every_row_change_of_its_table() {
 async fn a_subscription_created_during_writes_misses_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
-    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let subs = Subscriptions::start(s.clone(), config(dir.path()), stop).unwrap();
     let writer = {
         let s = s.clone();
@@ -549,7 +549,7 @@ async fn named_parameters_bind_alongside_the_key_filter() {
         "INSERT INTO todos (id, title, done) VALUES ('a', 'x', 1), ('b', 'y', 0)",
         &[],
     );
-    let (_stop, stop) = tokio::sync::watch::channel(false);
+    let stop = tokio_util::sync::CancellationToken::new();
     let subs = Subscriptions::start(s.clone(), config(dir.path()), stop).unwrap();
     let mut l = subs
         .subscribe(

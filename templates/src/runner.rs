@@ -21,6 +21,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use tokio::sync::{mpsc, watch};
 
@@ -107,7 +108,7 @@ impl TemplateSet {
         self,
         specs: Vec<Spec>,
         once: bool,
-        shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
     ) -> Result<(), OnceError> {
         let total = specs.len();
         let mut tasks = tokio::task::JoinSet::new();
@@ -128,11 +129,11 @@ impl TemplateSet {
         Ok(())
     }
 
-    async fn wait_caught_up(&self, spec: &Spec, shutdown: &mut watch::Receiver<bool>) {
+    async fn wait_caught_up(&self, spec: &Spec, shutdown: &CancellationToken) {
         let mut rx = self.caught_up.clone();
         let waited = tokio::select! {
             r = tokio::time::timeout(self.catch_up_timeout, rx.wait_for(|c| *c)) => r.is_ok(),
-            _ = shutdown.wait_for(|s| *s) => true,
+            _ = shutdown.cancelled() => true,
         };
         if !waited {
             tracing::warn!(
@@ -148,14 +149,14 @@ impl TemplateSet {
         &self,
         spec: Spec,
         once: bool,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
     ) -> Result<(), RenderError> {
         let name = spec.source.display().to_string();
         // Collect changes from before the first render on.
         let slot = self.hub.slot();
         let (file_tx, mut file_rx) = mpsc::channel::<()>(4);
         let _watcher = watch_file(&spec.source, file_tx);
-        self.wait_caught_up(&spec, &mut shutdown).await;
+        self.wait_caught_up(&spec, &shutdown).await;
         tracing::info!(
             target: crate::LOG_TARGET,
             template = %name,
@@ -176,7 +177,7 @@ impl TemplateSet {
         let mut backoff = Duration::from_secs(1);
         let (mut reload, mut render_now) = (true, true);
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_cancelled() {
                 return Ok(());
             }
             if reload {
@@ -230,7 +231,7 @@ impl TemplateSet {
                 (a, b) => a.or(b),
             };
             tokio::select! {
-                _ = shutdown.changed() => {}
+                _ = shutdown.cancelled() => {}
                 _ = slot.changed() => {
                     if slot.take().touches(&deps) {
                         q.change(Instant::now());

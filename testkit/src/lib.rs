@@ -216,10 +216,19 @@ impl Agent {
     }
 
     /// SIGTERM and wait; panics unless the agent exits successfully.
+    /// SIGTERM; asserts a clean exit in which every tracked task ended
+    /// within the agent's shutdown bound.
     pub fn stop(mut self) {
         self.signal("TERM");
         let status = self.child.wait().unwrap();
         assert!(status.success(), "{status:?}");
+        self.expect("corrosion::run: stopped");
+        let seen = self.seen.borrow();
+        assert!(
+            !seen.iter().any(|l| l.contains("tasks still running")),
+            "shutdown left tasks running:\n{}",
+            seen.join("\n")
+        );
     }
 
     pub fn url(&self, path: &str) -> String {

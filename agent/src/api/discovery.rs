@@ -65,13 +65,13 @@ pub(crate) async fn wait(State(st): State<ApiState>, Query(p): Query<WaitParams>
         }
     };
     let mut rx = d.catalog.subscribe();
-    let mut stop = st.stop.clone();
+    let stop = st.stop.clone();
     let current = |d: &crate::consul::Discovery| d.catalog.read().current();
     if current(d) == p.index {
         let _ = tokio::time::timeout(wait, async {
             tokio::select! {
                 _ = rx.wait_for(|v| *v != p.index) => {}
-                _ = stop.wait_for(|s| *s) => {}
+                _ = stop.cancelled() => {}
             }
         })
         .await;

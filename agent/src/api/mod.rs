@@ -20,6 +20,7 @@ pub(crate) mod values;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tokio_util::sync::CancellationToken;
 
 use axum::Router;
 use axum::body::Body;
@@ -57,7 +58,7 @@ pub(crate) struct ApiState {
     /// Answers of the Consul routes, by index.
     pub answers: Arc<consul::AnswerCache>,
     /// Flips on shutdown: long-lived streams end so the server can drain.
-    pub stop: tokio::sync::watch::Receiver<bool>,
+    pub stop: CancellationToken,
 }
 
 pub(crate) fn router(state: ApiState) -> Router {

@@ -127,11 +127,11 @@ where
 {
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(64);
     let work = f(tx);
-    let mut stop = st.stop.clone();
+    let stop = st.stop.clone();
     tokio::spawn(async move {
         tokio::select! {
             _ = work => {}
-            _ = stop.wait_for(|s| *s) => {}
+            _ = stop.cancelled() => {}
         }
     });
     let s = futures::stream::unfold(rx, |mut rx| async move {

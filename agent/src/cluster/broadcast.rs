@@ -49,9 +49,20 @@ pub(super) async fn receive_changes(
     Ok(())
 }
 
-pub(super) async fn broadcast_loop(inner: Arc<Inner>, mut rx: mpsc::Receiver<Pending<SocketAddr>>) {
+pub(super) async fn broadcast_loop(
+    inner: Arc<Inner>,
+    mut rx: mpsc::Receiver<Pending<SocketAddr>>,
+    shutdown: CancellationToken,
+) {
     let in_flight = Arc::new(tokio::sync::Semaphore::new(BROADCAST_IN_FLIGHT));
-    while let Some(pending) = rx.recv().await {
+    loop {
+        let pending = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            p = rx.recv() => match p {
+                Some(p) => p,
+                None => break,
+            },
+        };
         metrics::gauge!("corro_gossip_broadcast_queue_depth")
             .set((BROADCAST_QUEUE - inner.outgoing.capacity()) as f64);
         let members = inner.peers.active_addrs();

@@ -45,6 +45,7 @@ mod transport;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
+use tokio_util::sync::CancellationToken;
 
 use anyhow::Context;
 use corro_replication::membership::{Identity, Membership};
@@ -162,7 +163,7 @@ impl Cluster {
     pub(crate) async fn start(
         store: Store,
         config: &GossipConfig,
-        shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
     ) -> anyhow::Result<Cluster> {
         let endpoint = endpoint(config)?;
         let local = endpoint.local_addr()?;
@@ -226,7 +227,7 @@ impl Cluster {
         if fenced {
             spawn_fence_timeout(&inner);
         }
-        let swim_task = tokio::spawn(swim::run(
+        let swim_task = crate::tasks::spawn(swim::run(
             inner.clone(),
             core,
             swim_rx,
@@ -248,8 +249,8 @@ impl Cluster {
         }));
 
         spawn_accept(&inner, shutdown.clone());
-        tokio::spawn(broadcast_loop(inner.clone(), rx));
-        tokio::spawn(run_rounds(inner.clone(), shutdown, swim_task));
+        crate::tasks::spawn(broadcast_loop(inner.clone(), rx, shutdown.clone()));
+        crate::tasks::spawn(run_rounds(inner.clone(), shutdown, swim_task));
         Ok(cluster)
     }
 

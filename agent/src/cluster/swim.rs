@@ -17,7 +17,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use corro_replication::PROTOCOL_VERSION;
 use corro_replication::membership::{Identity, Membership, Output, Timer};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::Inner;
 
@@ -67,12 +68,12 @@ pub(crate) async fn run(
     mut core: Membership,
     mut rx: mpsc::Receiver<SwimInput>,
     bootstrap: Vec<String>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) {
     let mut rejoin = tokio::time::interval(REJOIN_EVERY);
     loop {
         let out = tokio::select! {
-            _ = shutdown.changed() => break,
+            _ = shutdown.cancelled() => break,
             input = rx.recv() => match input {
                 None => break,
                 Some(SwimInput::Data(data)) => match core.handle_data(&data) {

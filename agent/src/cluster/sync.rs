@@ -257,7 +257,7 @@ pub(super) fn pull_from(inner: &Arc<Inner>, peer: SocketAddr) {
         return;
     }
     let inner = inner.clone();
-    tokio::spawn(async move {
+    crate::tasks::spawn(async move {
         let result = sync_with(&inner, peer).await;
         inner.pulling.lock().remove(&peer);
         match result {
@@ -299,7 +299,7 @@ pub(super) async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::R
 /// member list and closes the endpoint.
 pub(super) async fn run_rounds(
     sync: Arc<Inner>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
     swim: tokio::task::JoinHandle<()>,
 ) {
     let mut persisted = sync.peers.generation();
@@ -308,7 +308,7 @@ pub(super) async fn run_rounds(
     let mut wait = Duration::ZERO;
     loop {
         tokio::select! {
-            _ = shutdown.changed() => break,
+            _ = shutdown.cancelled() => break,
             _ = tokio::time::sleep(wait) => {}
             _ = sync.sync_soon.notified() => interval = SYNC_BASE,
         }

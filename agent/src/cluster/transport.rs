@@ -89,12 +89,12 @@ pub(super) fn endpoint(config: &GossipConfig) -> anyhow::Result<quinn::Endpoint>
 }
 
 /// Accepts peer connections until shutdown.
-pub(super) fn spawn_accept(inner: &Arc<Inner>, mut stop: watch::Receiver<bool>) {
+pub(super) fn spawn_accept(inner: &Arc<Inner>, stop: CancellationToken) {
     let accept = inner.clone();
-    tokio::spawn(async move {
+    crate::tasks::spawn(async move {
         loop {
             tokio::select! {
-                _ = stop.changed() => break,
+                _ = stop.cancelled() => break,
                 incoming = accept.endpoint.accept() => match incoming {
                     Some(incoming) => {
                         let inner = accept.clone();

@@ -29,10 +29,10 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
 
 use corro_catalog::{Catalog, Liveness, MemberState};
 use corro_store::{SqlValue, Store};
-use tokio::sync::watch;
 
 use crate::cluster::Cluster;
 use crate::config::Config;
@@ -114,7 +114,7 @@ impl Discovery {
         store: Store,
         cluster: Cluster,
         config: &Config,
-        stop: watch::Receiver<bool>,
+        stop: CancellationToken,
     ) -> anyhow::Result<Discovery> {
         let counter = config
             .db
@@ -134,9 +134,9 @@ impl Discovery {
             bridge_allowed: Arc::new(AtomicBool::new(true)),
             started: Instant::now(),
         };
-        tokio::spawn(catalog.run(stop.clone()));
-        tokio::spawn(follow_membership(d.clone(), cluster.clone(), stop.clone()));
-        tokio::spawn(maintain(
+        crate::tasks::spawn(catalog.run(stop.clone()));
+        crate::tasks::spawn(follow_membership(d.clone(), cluster.clone(), stop.clone()));
+        crate::tasks::spawn(maintain(
             d.clone(),
             store.clone(),
             cluster.clone(),
@@ -150,7 +150,7 @@ impl Discovery {
             // Before membership settles, a claim by an agent that is gone
             // looks live: a newer agent is then held until the view
             // settles, never the other way round.
-            tokio::spawn(async move {
+            crate::tasks::spawn(async move {
                 corro_consul_bridge::run(settings, &name, bridge, stop).await;
             });
         }
@@ -168,13 +168,13 @@ type MemberKey = Vec<(String, MemberState, Option<u64>)>;
 
 /// Hands membership to the catalog on every change (and each second, for
 /// round-trip times and settling).
-async fn follow_membership(d: Discovery, cluster: Cluster, mut stop: watch::Receiver<bool>) {
+async fn follow_membership(d: Discovery, cluster: Cluster, stop: CancellationToken) {
     let mut changes = cluster.member_changes();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last: Option<(MemberKey, bool)> = None;
     loop {
         tokio::select! {
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
             _ = changes.changed() => {}
             _ = tick.tick() => {}
         }
@@ -238,7 +238,7 @@ async fn maintain(
     store: Store,
     cluster: Cluster,
     reap_after: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let beat = heartbeat(reap_after);
     let mut missing_logged = false;
@@ -249,7 +249,7 @@ async fn maintain(
         // Catalog changes re-check the node row and claims at once;
         // reaping (a walk over every node) waits for the tick.
         let ticked = tokio::select! {
-            _ = stop.changed() => return,
+            _ = stop.cancelled() => return,
             _ = tick.tick() => true,
             _ = changes.changed() => false,
         };

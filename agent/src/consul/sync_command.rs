@@ -9,6 +9,7 @@ use corro_client::{Client, Statement, Value};
 use corro_consul_bridge::consul::{CheckRow, ServiceRow};
 use corro_consul_bridge::{Sink, Snapshot};
 use corro_store::SqlValue;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
@@ -161,7 +162,8 @@ pub(crate) async fn run(config: &Config, token: Option<String>) -> anyhow::Resul
     let sink = HttpSink {
         client: Client::new(config.api.addr, token),
     };
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop = CancellationToken::new();
+    let stop_on_signal = stop.clone();
     tokio::spawn(async move {
         use tokio::signal::unix::{SignalKind, signal};
         if let (Ok(mut term), Ok(mut int)) = (
@@ -173,8 +175,8 @@ pub(crate) async fn run(config: &Config, token: Option<String>) -> anyhow::Resul
                 _ = int.recv() => {}
             }
         }
-        let _ = stop_tx.send(true);
+        stop_on_signal.cancel();
     });
-    corro_consul_bridge::run(settings, &node, sink, stop_rx).await;
+    corro_consul_bridge::run(settings, &node, sink, stop).await;
     Ok(())
 }

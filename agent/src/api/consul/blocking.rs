@@ -146,13 +146,13 @@ where
         };
     let deadline = tokio::time::Instant::now() + wait;
     let mut changes = d.catalog.subscribe();
-    let mut stop = st.stop.clone();
+    let stop = st.stop.clone();
     let mut latest = first.clone();
     loop {
         tokio::select! {
             r = changes.changed() => if r.is_err() { break },
             _ = tokio::time::sleep_until(deadline) => break,
-            _ = stop.changed() => break,
+            _ = stop.cancelled() => break,
         }
         // Cheap first: did any topic of this answer move?
         let now = d.catalog.read().topic_index(&topics);
