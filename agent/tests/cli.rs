@@ -300,15 +300,24 @@ fn bad_config_is_one_clear_error() {
     );
 }
 
-#[test]
-fn agent_starts_on_the_embedded_default_without_a_config_file() {
-    if std::path::Path::new("/etc/corrosion/config.toml").exists() {
-        return; // a real install on this machine: the default path is taken
-    }
-    let dir = tempfile::tempdir().unwrap();
+/// The text between `start` and the next `end` after it in README.md.
+fn readme_block(start: &str, end: &str) -> String {
+    let readme = include_str!("../../README.md");
+    let from = readme
+        .find(start)
+        .unwrap_or_else(|| panic!("README lacks {start:?}"))
+        + start.len();
+    let len = readme[from..].find(end).expect("block end");
+    readme[from..from + len].to_string()
+}
+
+/// Starts `corrosion [args] agent` in `dir`; returns it once its API
+/// answers, with the lines it logged.
+fn agent_in(dir: &std::path::Path, args: &[&str]) -> (std::process::Child, String) {
     let mut child = Command::new(BIN)
+        .args(args)
         .arg("agent")
-        .current_dir(dir.path())
+        .current_dir(dir)
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::piped())
@@ -317,21 +326,136 @@ fn agent_starts_on_the_embedded_default_without_a_config_file() {
         .unwrap();
     let out = child.stdout.take().unwrap();
     let mut seen = String::new();
-    for line in std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok) {
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(out)).map_while(Result::ok);
+    for line in lines.by_ref() {
         seen.push_str(&line);
         seen.push('\n');
         if line.contains("Starting public API server") || line.contains("Error") {
             break;
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    // Keep draining so the agent never blocks on a full pipe.
+    std::thread::spawn(move || lines.for_each(drop));
+    (child, seen)
+}
+
+/// `corrosion args...` run in `dir`: stdout, asserting success.
+fn run_in(dir: &std::path::Path, args: &[&str]) -> String {
+    let out = Command::new(BIN)
+        .args(args)
+        .current_dir(dir)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "corrosion {args:?}: {}", stderr(&out));
+    stdout(&out)
+}
+
+#[test]
+fn the_readme_quick_start_and_second_node_run_as_written() {
+    // Node A on the embedded default (no config file), then README's
+    // steps, then node B from the config README shows: the outputs README
+    // promises. Fixed ports as README has them (8080/8081, 8787/8788,
+    // 8600/8601).
+    if std::path::Path::new("/etc/corrosion/config.toml").exists() {
+        println!(
+            "skipped: /etc/corrosion/config.toml exists (a real install takes the default path)"
+        );
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (mut a, seen) = agent_in(d, &[]);
     assert!(seen.contains("using the embedded default"), "{seen}");
     assert!(
         seen.contains("Starting public API server on tcp/127.0.0.1:8080"),
         "{seen}"
     );
-    assert!(dir.path().join("corrosion-data/state.db").exists());
+    assert!(d.join("corrosion-data/state.db").exists());
+    assert!(d.join("corrosion-data/schema/consul.sql").exists());
+    let sql = readme_block("cat > corrosion-data/schema/todo.sql <<'SQL'\n", "SQL\n");
+    std::fs::write(d.join("corrosion-data/schema/todo.sql"), sql).unwrap();
+    run_in(d, &["reload"]);
+    let out = run_in(
+        d,
+        &[
+            "exec",
+            "--param",
+            "some-id",
+            "--param",
+            "Write some Corrosion docs!",
+            "INSERT INTO todos (id, title) VALUES (?, ?)",
+        ],
+    );
+    assert_eq!(out, "INFO corrosion: Rows affected: 1\n");
+    assert_eq!(
+        run_in(d, &["query", "SELECT * FROM todos;"]),
+        "some-id|Write some Corrosion docs!|\n"
+    );
+
+    // Node B, its config exactly as README writes it.
+    std::fs::create_dir_all(d.join("corrosion-b/schema")).unwrap();
+    for f in ["todo.sql", "consul.sql"] {
+        std::fs::copy(
+            d.join("corrosion-data/schema").join(f),
+            d.join("corrosion-b/schema").join(f),
+        )
+        .unwrap();
+    }
+    let b_config = readme_block("cat > corrosion-b/config.toml <<'TOML'\n", "TOML\n");
+    std::fs::write(d.join("corrosion-b/config.toml"), b_config).unwrap();
+    let b_args = ["-c", "corrosion-b/config.toml"];
+    let (mut b, _) = agent_in(d, &b_args);
+    let query_b = |sql: &str| run_in(d, &[b_args[0], b_args[1], "query", sql]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while query_b("SELECT * FROM todos;") != "some-id|Write some Corrosion docs!|\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "B never got node A's row"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = run_in(
+        d,
+        &[
+            b_args[0],
+            b_args[1],
+            "exec",
+            "--param",
+            "other-id",
+            "--param",
+            "Show how broadcasts work",
+            "INSERT INTO todos (id, title) VALUES (?, ?)",
+        ],
+    );
+    assert_eq!(out, "INFO corrosion: Rows affected: 1\n");
+    let want = "some-id|Write some Corrosion docs!|\nother-id|Show how broadcasts work|\n";
+    while run_in(d, &["query", "SELECT * FROM todos;"]) != want {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "A never got node B's row"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Both Consul nodes in the catalog, from either agent.
+    while !run_in(
+        d,
+        &["query", "SELECT node FROM consul_nodes ORDER BY node;"],
+    )
+    .contains("node-b\n")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "node-b never in A's catalog"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for child in [&mut a, &mut b] {
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        assert!(child.wait().unwrap().success());
+    }
 }
 
 #[test]
