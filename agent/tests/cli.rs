@@ -311,9 +311,20 @@ fn readme_block(start: &str, end: &str) -> String {
     readme[from..from + len].to_string()
 }
 
+/// An agent process killed when dropped (a failing test must not leave
+/// agents holding fixed ports).
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts `corrosion [args] agent` in `dir`; returns it once its API
 /// answers, with the lines it logged.
-fn agent_in(dir: &std::path::Path, args: &[&str]) -> (std::process::Child, String) {
+fn agent_in(dir: &std::path::Path, args: &[&str]) -> (Running, String) {
     let mut child = Command::new(BIN)
         .args(args)
         .arg("agent")
@@ -336,7 +347,7 @@ fn agent_in(dir: &std::path::Path, args: &[&str]) -> (std::process::Child, Strin
     }
     // Keep draining so the agent never blocks on a full pipe.
     std::thread::spawn(move || lines.for_each(drop));
-    (child, seen)
+    (Running(child), seen)
 }
 
 /// `corrosion args...` run in `dir`: stdout, asserting success.
@@ -450,11 +461,11 @@ fn the_readme_quick_start_and_second_node_run_as_written() {
         );
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    for child in [&mut a, &mut b] {
+    for agent in [&mut a, &mut b] {
         let _ = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
+            .args(["-TERM", &agent.0.id().to_string()])
             .status();
-        assert!(child.wait().unwrap().success());
+        assert!(agent.0.wait().unwrap().success());
     }
 }
 

@@ -518,12 +518,38 @@ fn every_invalid_message_class_is_refused_over_quic_and_the_agent_keeps_serving(
                 let _ = recv.read_to_end(1 << 20).await;
             }
         }
+        // A pushing initiator whose changes go beyond the heads its own
+        // state advertised.
+        let liar = corro_store::ActorId::random();
+        let mut state = corro_replication::SyncState::default();
+        state.heads.insert(liar, 2);
+        let (mut send, mut recv) = conn.open_bi().await.unwrap();
+        for message in [
+            Message::SyncState(state),
+            Message::SyncChanges(vec![corro_store::Changeset::Cleared {
+                actor: liar,
+                versions: 4..=4,
+            }]),
+        ] {
+            let frame = encode(&Envelope {
+                message,
+                ..valid.clone()
+            })
+            .unwrap();
+            send.write_all(&(frame.len() as u32).to_be_bytes())
+                .await
+                .unwrap();
+            send.write_all(&frame).await.unwrap();
+        }
+        send.finish().unwrap();
+        let _ = recv.read_to_end(1 << 20).await;
         tokio::time::sleep(Duration::from_millis(300)).await;
         conn.close(0u32.into(), b"done");
         ep.wait_idle().await;
     });
     let metrics = agent_a.metrics_addr().unwrap();
-    let classes: BTreeSet<&str> = examples.iter().map(|(c, _)| *c).collect();
+    let mut classes: BTreeSet<&str> = examples.iter().map(|(c, _)| *c).collect();
+    classes.insert("beyond_heads");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let text = reqwest::blocking::get(format!("http://{metrics}/metrics"))

@@ -55,6 +55,41 @@ pub enum SessionError {
     AfterDone,
     #[error("the peer's sync state: {0}")]
     State(#[from] InvalidState),
+    /// A changeset for a version beyond what the sender's own state says
+    /// it holds (a lying or broken peer).
+    #[error("version {version} of {actor} is beyond the sender's advertised head {head}")]
+    BeyondHeads {
+        actor: corro_store::ActorId,
+        version: u64,
+        head: u64,
+    },
+}
+
+/// The highest version a changeset names.
+fn top(set: &Changeset) -> (corro_store::ActorId, u64) {
+    match set {
+        Changeset::Version { actor, version, .. } => (*actor, *version),
+        Changeset::Cleared { actor, versions } => (*actor, *versions.end()),
+    }
+}
+
+/// The first changeset beyond `heads`, as an error.
+fn beyond_heads<'a>(
+    sets: impl IntoIterator<Item = &'a Changeset>,
+    heads: &std::collections::BTreeMap<corro_store::ActorId, u64>,
+) -> Result<(), SessionError> {
+    for set in sets {
+        let (actor, version) = top(set);
+        let head = heads.get(&actor).copied().unwrap_or(0);
+        if version > head {
+            return Err(SessionError::BeyondHeads {
+                actor,
+                version,
+                head,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The name of a message's kind (for errors and logs).
@@ -74,6 +109,9 @@ pub struct Batcher {
     pending_changes: usize,
     received: usize,
     batch: usize,
+    /// Per actor, the highest version received (checked against the
+    /// sender's heads once they are known).
+    highest: std::collections::BTreeMap<corro_store::ActorId, u64>,
 }
 
 impl Batcher {
@@ -84,6 +122,7 @@ impl Batcher {
             pending_changes: 0,
             received: 0,
             batch: batch.max(1),
+            highest: Default::default(),
         }
     }
 
@@ -92,6 +131,9 @@ impl Batcher {
         let mut out = Vec::new();
         self.received += sets.len();
         for set in sets {
+            let (actor, version) = top(&set);
+            let h = self.highest.entry(actor).or_default();
+            *h = (*h).max(version);
             if let Changeset::Version { changes, .. } = &set {
                 self.pending_changes += changes.len();
             }
@@ -155,8 +197,21 @@ impl Pull {
         match msg {
             Message::SyncChanges(sets) => Ok(apply_steps(self.batcher.add(sets))),
             // The responder's state ends its part: pull only, so nothing
-            // is sent back but the end of the round.
-            Message::SyncState(_) => {
+            // is sent back but the end of the round. What it sent must be
+            // within what it says it holds (checked now: its state comes
+            // last; the changes are already validated one by one).
+            Message::SyncState(theirs) => {
+                theirs.validate()?;
+                for (actor, version) in &self.batcher.highest {
+                    let head = theirs.heads.get(actor).copied().unwrap_or(0);
+                    if *version > head {
+                        return Err(SessionError::BeyondHeads {
+                            actor: *actor,
+                            version: *version,
+                            head,
+                        });
+                    }
+                }
                 self.done = true;
                 let mut steps: Vec<Step> =
                     self.batcher.rest().into_iter().map(Step::Apply).collect();
@@ -179,6 +234,8 @@ impl Pull {
 pub struct Serve {
     batcher: Batcher,
     done: bool,
+    /// The initiator's advertised heads: what it pushes must be within.
+    theirs_heads: std::collections::BTreeMap<corro_store::ActorId, u64>,
 }
 
 impl Serve {
@@ -199,6 +256,7 @@ impl Serve {
             Serve {
                 batcher: Batcher::new(batch),
                 done: false,
+                theirs_heads: theirs.heads.clone(),
             },
             theirs,
             requests,
@@ -217,7 +275,10 @@ impl Serve {
             return Err(SessionError::AfterDone);
         }
         match msg {
-            Message::SyncChanges(sets) => Ok(apply_steps(self.batcher.add(sets))),
+            Message::SyncChanges(sets) => {
+                beyond_heads(&sets, &self.theirs_heads)?;
+                Ok(apply_steps(self.batcher.add(sets)))
+            }
             Message::SyncDone => {
                 self.done = true;
                 let mut steps: Vec<Step> =
@@ -278,6 +339,46 @@ mod tests {
             serve.on_message(Message::SyncDone),
             Err(SessionError::AfterDone)
         );
+    }
+
+    #[test]
+    fn changes_beyond_the_senders_advertised_heads_are_refused() {
+        let actor = ActorId([1; 16]);
+        // Pull: the responder sent version 5 but says it holds up to 3.
+        let (mut pull, _) = Pull::open(SyncState::default(), 100);
+        pull.on_message(Message::SyncChanges(vec![cleared(5)]))
+            .unwrap();
+        let mut liar = SyncState::default();
+        liar.heads.insert(actor, 3);
+        assert_eq!(
+            pull.on_message(Message::SyncState(liar)),
+            Err(SessionError::BeyondHeads {
+                actor,
+                version: 5,
+                head: 3
+            })
+        );
+        // Within its heads: fine.
+        let (mut pull, _) = Pull::open(SyncState::default(), 100);
+        pull.on_message(Message::SyncChanges(vec![cleared(3)]))
+            .unwrap();
+        let mut honest = SyncState::default();
+        honest.heads.insert(actor, 3);
+        assert!(pull.on_message(Message::SyncState(honest)).is_ok());
+        // Serve: a pushing initiator that advertised head 2 pushes 4,
+        // refused before anything is applied.
+        let mut theirs = SyncState::default();
+        theirs.heads.insert(actor, 2);
+        let (mut serve, _, _) =
+            Serve::open(Message::SyncState(theirs), &SyncState::default(), 10, 10).unwrap();
+        assert!(matches!(
+            serve.on_message(Message::SyncChanges(vec![cleared(4)])),
+            Err(SessionError::BeyondHeads {
+                version: 4,
+                head: 2,
+                ..
+            })
+        ));
     }
 
     #[test]

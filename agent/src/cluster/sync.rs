@@ -13,7 +13,7 @@
 
 use super::*;
 use corro_replication::round::{self, BoxError, Limits, RoundStore, RoundStream, Transport};
-use corro_replication::session::APPLY_BATCH_CHANGES;
+use corro_replication::session::{APPLY_BATCH_CHANGES, SessionError};
 
 /// Versions pulled per sync round at most (the rest next round; rounds
 /// follow each other at once while catching up). 10,000 rather than 2,000:
@@ -201,6 +201,16 @@ impl Transport for QuicTransport {
     }
 }
 
+/// Counts and logs a round refused because the peer sent versions beyond
+/// its own advertised heads (other failures are logged by the caller).
+fn refused(e: &round::RoundError, peer: Option<SocketAddr>) {
+    if let round::RoundError::Session(SessionError::BeyondHeads { .. }) = e {
+        metrics::counter!("corro_peer_messages_refused_total", "class" => "beyond_heads")
+            .increment(1);
+        tracing::warn!(peer = ?peer, error = %e, class = "beyond_heads", "refusing a peer's sync round");
+    }
+}
+
 pub(super) fn state_of(inner: &Inner) -> SyncState {
     SyncState::from_books(&inner.store.books())
 }
@@ -240,7 +250,9 @@ pub(super) async fn respond_sync(
             pull_from(inner, from);
         }
     }
-    let served = round::serve(&mut stream, first, &NodeStore(inner.clone()), &limits()).await?;
+    let served = round::serve(&mut stream, first, &NodeStore(inner.clone()), &limits())
+        .await
+        .inspect_err(|e| refused(e, stream.from))?;
     metrics::counter!("corro_sync_changesets_sent_total").increment(served.sent as u64);
     metrics::counter!("corro_sync_changesets_received_total").increment(served.received as u64);
     metrics::counter!("corro_sync_rounds_total").increment(1);
@@ -286,7 +298,8 @@ pub(super) async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::R
         &NodeStore(inner.clone()),
         &limits(),
     )
-    .await?;
+    .await
+    .inspect_err(|e| refused(e, Some(peer)))?;
     if let Some(theirs) = pulled.theirs {
         // What we still lack of what the peer holds, now that the round's
         // changes are applied (a round moves at most SYNC_MAX_VERSIONS).
