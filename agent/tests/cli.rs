@@ -797,12 +797,7 @@ fn logs_are_plain_without_colour_codes_off_a_terminal_and_json_when_asked() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::new(dir.path(), "");
     // Colours on in the config, but stdout is a pipe (journald): none.
-    let text = std::fs::read_to_string(&node.config).unwrap();
-    std::fs::write(
-        &node.config,
-        text.replace("colors = false", "colors = true"),
-    )
-    .unwrap();
+    node.replace_in_config("colors = false", "colors = true");
     let plain = startup_lines(&node.config);
     assert!(plain.len() >= 4, "{plain:#?}");
     for l in &plain {
@@ -813,12 +808,7 @@ fn logs_are_plain_without_colour_codes_off_a_terminal_and_json_when_asked() {
         );
     }
     // `[log] format = "json"`: one JSON object per line with the usual fields.
-    let text = std::fs::read_to_string(&node.config).unwrap();
-    std::fs::write(
-        &node.config,
-        text.replace("[log]\n", "[log]\nformat = \"json\"\n"),
-    )
-    .unwrap();
+    node.replace_in_config("[log]\n", "[log]\nformat = \"json\"\n");
     let json = startup_lines(&node.config);
     let mut messages = Vec::new();
     for l in &json {
@@ -842,12 +832,7 @@ fn logs_are_plain_without_colour_codes_off_a_terminal_and_json_when_asked() {
         "{messages:#?}"
     );
     // A bad format is refused with the accepted values named.
-    let text = std::fs::read_to_string(&node.config).unwrap();
-    std::fs::write(
-        &node.config,
-        text.replace("format = \"json\"", "format = \"xml\""),
-    )
-    .unwrap();
+    node.replace_in_config("format = \"json\"", "format = \"xml\"");
     let out = Command::new(BIN)
         .args(["-c", node.config.to_str().unwrap(), "agent"])
         .output()

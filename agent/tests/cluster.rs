@@ -704,16 +704,7 @@ fn three_agents_export_the_documented_metrics_and_see_a_member_go_down() {
         await_rows(n, ag, "m0|x|\nm1|x|\nm2|x|\n");
     }
     // One DNS question for a name nobody registered.
-    let line = agent_a.saw("Starting DNS server on udp/").unwrap();
-    let dns: std::net::SocketAddr = line
-        .split("udp/")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap();
+    let dns = agent_a.dns_addr();
     let mut q = Message::query();
     q.add_query(Query::query(
         Name::from_ascii("nobody.service.consul.").unwrap(),

@@ -14,23 +14,9 @@ use std::time::{Duration, Instant};
 use common::consul::{ConsulStandIn, check_json, service_json};
 use common::{Agent, Node};
 
-fn dns_addr(agent: &Agent) -> SocketAddr {
-    let line = agent
-        .saw("Starting DNS server on udp/")
-        .expect("the agent serves DNS");
-    line.split("udp/")
-        .nth(1)
-        .unwrap()
-        .split_whitespace()
-        .next()
-        .unwrap()
-        .parse()
-        .unwrap()
-}
-
 /// `dig` output for `args` against the agent's responder.
 fn dig(agent: &Agent, args: &[&str]) -> String {
-    let addr = dns_addr(agent);
+    let addr = agent.dns_addr();
     let out = Command::new("dig")
         .arg(format!("@{}", addr.ip()))
         .args(["-p", &addr.port().to_string(), "+time=5", "+tries=1"])
@@ -323,7 +309,7 @@ fn hostile_packets_get_codes_or_are_dropped_and_the_responder_keeps_serving() {
     await_true(Duration::from_secs(10), "node row", || {
         short(&agent, &["host-a.node.consul"]) == ["127.0.0.1"]
     });
-    let addr = dns_addr(&agent);
+    let addr = agent.dns_addr();
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let ask = |packet: &[u8]| -> Option<Vec<u8>> {
@@ -416,7 +402,7 @@ fn a_bootstrap_name_resolves_through_the_named_dns_server() {
         &format!(
             "bootstrap = [\"host-a.node.consul:{}@{}\"]",
             a.gossip.port(),
-            dns_addr(&a)
+            a.dns_addr()
         ),
         "",
     );
@@ -489,7 +475,7 @@ fn the_hickory_wire_client_gets_the_same_answers_over_udp_and_tcp() {
     await_true(Duration::from_secs(10), "mirrored", || {
         short(&agent, &["web.service.consul"]).len() == 2
     });
-    let addr = dns_addr(&agent);
+    let addr = agent.dns_addr();
     for tcp in [false, true] {
         let a = hickory_ask(addr, "web.service.consul.", RecordType::A, tcp);
         assert_eq!(a.metadata.response_code, ResponseCode::NoError);
