@@ -418,14 +418,10 @@ fn the_readme_quick_start_and_second_node_run_as_written() {
     let b_args = ["-c", "corrosion-b/config.toml"];
     let (mut b, _) = agent_in(d, &b_args);
     let query_b = |sql: &str| run_in(d, &[b_args[0], b_args[1], "query", sql]);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
-    while query_b("SELECT * FROM todos;") != "some-id|Write some Corrosion docs!|\n" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "B never got node A's row"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    let limit = std::time::Duration::from_secs(15);
+    common::await_some(limit, "B getting node A's row", || {
+        (query_b("SELECT * FROM todos;") == "some-id|Write some Corrosion docs!|\n").then_some(())
+    });
     let out = run_in(
         d,
         &[
@@ -441,26 +437,18 @@ fn the_readme_quick_start_and_second_node_run_as_written() {
     );
     assert_eq!(out, "INFO corrosion: Rows affected: 1\n");
     let want = "some-id|Write some Corrosion docs!|\nother-id|Show how broadcasts work|\n";
-    while run_in(d, &["query", "SELECT * FROM todos;"]) != want {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "A never got node B's row"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    common::await_some(limit, "A getting node B's row", || {
+        (run_in(d, &["query", "SELECT * FROM todos;"]) == want).then_some(())
+    });
     // Both Consul nodes in the catalog, from either agent.
-    while !run_in(
-        d,
-        &["query", "SELECT node FROM consul_nodes ORDER BY node;"],
-    )
-    .contains("node-b\n")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "node-b never in A's catalog"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
+    common::await_some(limit, "node-b in A's catalog", || {
+        run_in(
+            d,
+            &["query", "SELECT node FROM consul_nodes ORDER BY node;"],
+        )
+        .contains("node-b\n")
+        .then_some(())
+    });
     for agent in [&mut a, &mut b] {
         let _ = Command::new("kill")
             .args(["-TERM", &agent.0.id().to_string()])
