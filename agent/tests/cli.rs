@@ -17,16 +17,7 @@ fn quick_start_node_a_prints_what_the_reference_shows() {
     let node = Node::new(dir.path(), "");
     let agent = node.start();
     let addr = agent.api.to_string();
-    let out = node.cli(&[
-        "--api-addr",
-        &addr,
-        "exec",
-        "--param",
-        "some-id",
-        "--param",
-        "Write some Corrosion docs!",
-        "INSERT INTO todos (id, title) VALUES (?, ?)",
-    ]);
+    let out = node.cli(&[&["--api-addr", &addr][..], &common::QUICK_START_EXEC].concat());
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out), "INFO corrosion: Rows affected: 1\n");
 
@@ -387,17 +378,7 @@ fn the_readme_quick_start_and_second_node_run_as_written() {
     let sql = readme_block("cat > corrosion-data/schema/todo.sql <<'SQL'\n", "SQL\n");
     std::fs::write(d.join("corrosion-data/schema/todo.sql"), sql).unwrap();
     run_in(d, &["reload"]);
-    let out = run_in(
-        d,
-        &[
-            "exec",
-            "--param",
-            "some-id",
-            "--param",
-            "Write some Corrosion docs!",
-            "INSERT INTO todos (id, title) VALUES (?, ?)",
-        ],
-    );
+    let out = run_in(d, &common::QUICK_START_EXEC);
     assert_eq!(out, "INFO corrosion: Rows affected: 1\n");
     assert_eq!(
         run_in(d, &["query", "SELECT * FROM todos;"]),

@@ -35,16 +35,8 @@ fn two_node_quick_start_replicates_both_ways() {
     let b = Node::joining(&dir.path().join("b"), &agent_a);
     let agent_b = b.start();
 
-    let out = a.cli(&[
-        "--api-addr",
-        &agent_a.api.to_string(),
-        "exec",
-        "--param",
-        "some-id",
-        "--param",
-        "Write some Corrosion docs!",
-        "INSERT INTO todos (id, title) VALUES (?, ?)",
-    ]);
+    let api = agent_a.api.to_string();
+    let out = a.cli(&[&["--api-addr", &api][..], &common::QUICK_START_EXEC].concat());
     assert_eq!(stdout(&out), "INFO corrosion: Rows affected: 1\n");
     await_rows(&b, &agent_b, "some-id|Write some Corrosion docs!|\n");
 

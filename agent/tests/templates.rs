@@ -98,18 +98,7 @@ fn todos_walkthrough_renders_byte_for_byte_and_follows_writes_on_another_agent()
             "INFO corrosion: Rows affected: 1"
         );
     };
-    cli(
-        &node_a,
-        &a,
-        &[
-            "exec",
-            "--param",
-            "some-id",
-            "--param",
-            "Write some Corrosion docs!",
-            "INSERT INTO todos (id, title) VALUES (?, ?)",
-        ],
-    );
+    cli(&node_a, &a, &common::QUICK_START_EXEC);
     let b_cli = |args: &[&str]| cli(&node_b, &b, args);
     b_cli(&[
         "exec",

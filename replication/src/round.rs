@@ -211,22 +211,19 @@ pub async fn pull_from<T: Transport, St: RoundStore>(
     pull(&mut stream, store, limits).await
 }
 
-/// The responder's side, given the initiator's first message (read by the
-/// caller, who may act on the initiator's state first): serves what the
-/// initiator lacks, sends this node's state, takes anything pushed until
-/// `SyncDone`.
+/// The responder's side, given the initiator's first message and this
+/// node's state `mine` (both read by the caller, who may act on them
+/// first): serves what the initiator lacks, sends this node's state then,
+/// takes anything pushed until `SyncDone`.
 pub async fn serve<S: RoundStream, St: RoundStore>(
     stream: &mut S,
     first: Message,
+    mine: &SyncState,
     store: &St,
     limits: &Limits,
 ) -> Result<Served, RoundError> {
-    let (mut session, _theirs, requests) = Serve::open(
-        first,
-        &store.state(),
-        limits.max_versions,
-        limits.batch_changes,
-    )?;
+    let (mut session, _theirs, requests) =
+        Serve::open(first, mine, limits.max_versions, limits.batch_changes)?;
     let sent = send_missing(stream, store, requests, limits).await?;
     stream
         .send(session.served(store.state()))

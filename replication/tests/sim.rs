@@ -202,7 +202,7 @@ impl Transport for MemTransport<'_> {
                     .await
                     .map_err(round::RoundError::Transport)?
                     .ok_or(round::RoundError::Ended)?;
-                round::serve(&mut theirs, first, &store, &limits).await
+                round::serve(&mut theirs, first, &store.state(), &store, &limits).await
             }));
         Ok(mine)
     }

@@ -514,6 +514,16 @@ impl Node {
     }
 }
 
+/// The reference quick start's first write, as `corrosion` arguments.
+pub const QUICK_START_EXEC: [&str; 6] = [
+    "exec",
+    "--param",
+    "some-id",
+    "--param",
+    "Write some Corrosion docs!",
+    "INSERT INTO todos (id, title) VALUES (?, ?)",
+];
+
 /// Polls `f` every 25 ms until it returns `Some`, failing after `limit`
 /// with `what`.
 pub fn await_some<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {

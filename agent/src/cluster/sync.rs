@@ -232,6 +232,8 @@ pub(super) async fn respond_sync(
     let Some(first) = stream.recv().await.map_err(|e| anyhow::anyhow!(e))? else {
         return Ok(());
     };
+    // This node's state, read once: for the decisions below and the plan.
+    let mine = state_of(inner);
     if let (Message::SyncState(theirs), Some(from)) = (&first, stream.from)
         && theirs.validate().is_ok()
     {
@@ -246,13 +248,19 @@ pub(super) async fn respond_sync(
         }
         // The peer holds versions we lack: pull them now rather than at a
         // later round that may pick other peers.
-        if !plan(&state_of(inner), theirs, 1).is_empty() {
+        if !plan(&mine, theirs, 1).is_empty() {
             pull_from(inner, from);
         }
     }
-    let served = round::serve(&mut stream, first, &NodeStore(inner.clone()), &limits())
-        .await
-        .inspect_err(|e| refused(e, stream.from))?;
+    let served = round::serve(
+        &mut stream,
+        first,
+        &mine,
+        &NodeStore(inner.clone()),
+        &limits(),
+    )
+    .await
+    .inspect_err(|e| refused(e, stream.from))?;
     metrics::counter!("corro_sync_changesets_sent_total").increment(served.sent as u64);
     metrics::counter!("corro_sync_changesets_received_total").increment(served.received as u64);
     metrics::counter!("corro_sync_rounds_total").increment(1);
