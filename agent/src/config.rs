@@ -313,6 +313,9 @@ fn default_query_timeout() -> f64 {
     30.0
 }
 
+/// Longest query timeout accepted, in the config and in `?timeout=`.
+pub(crate) const MAX_QUERY_TIMEOUT_SECS: f64 = 86_400.0;
+
 impl Default for ApiConfig {
     fn default() -> Self {
         ApiConfig {
@@ -446,6 +449,14 @@ pub(crate) struct ConsulConfig {
     pub http_addr: Option<SocketAddr>,
     /// The local Consul agent to mirror; absent: no bridge.
     pub client: Option<ConsulClientConfig>,
+    /// Bytes of encoded answers the Consul-compatible API keeps cached
+    /// (default 32 MiB; keys, bodies and bookkeeping counted).
+    #[serde(default = "default_answer_cache")]
+    pub cache_max_bytes: u64,
+}
+
+fn default_answer_cache() -> u64 {
+    32 << 20
 }
 
 fn default_reap_after() -> std::time::Duration {
@@ -463,6 +474,7 @@ impl Default for ConsulConfig {
             reap_after: default_reap_after(),
             http_addr: None,
             client: None,
+            cache_max_bytes: default_answer_cache(),
         }
     }
 }
@@ -644,8 +656,11 @@ impl Config {
                 "{origin}: gossip.max_mtu = {mtu} is below 1200, the smallest MTU QUIC can run on"
             );
         }
-        if self.api.query_timeout_secs.is_nan() || self.api.query_timeout_secs <= 0.0 {
-            anyhow::bail!("{origin}: api.query_timeout_secs must be positive");
+        let t = self.api.query_timeout_secs;
+        if !(t > 0.0 && t <= MAX_QUERY_TIMEOUT_SECS) {
+            anyhow::bail!(
+                "{origin}: api.query_timeout_secs = {t} must be a positive number of seconds, at most {MAX_QUERY_TIMEOUT_SECS} (one day)"
+            );
         }
         if let Some(tls) = self.consul.client.as_ref().and_then(|c| c.tls.as_ref())
             && tls.cert_file.is_some() != tls.key_file.is_some()

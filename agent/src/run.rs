@@ -309,7 +309,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         cluster: Some(cluster.clone()),
         subs: Some(subs),
         discovery: Some(discovery),
-        answers: Default::default(),
+        answers: Arc::new(api::consul::AnswerCache::new(config.consul.cache_max_bytes)),
         stop: stop.clone(),
     };
     let consul_task = match config.consul.http_addr {

@@ -112,7 +112,14 @@ pub(crate) const METRICS: &[Metric] = &[
     m("corro_subs_listeners_cut_total", Counter, &[], "subscription clients disconnected for lagging"),
     // Discovery: catalog, Consul API, bridge, DNS
     m("corro_catalog_index", Gauge, &[], "the discovery catalog's current X-Consul-Index"),
+    m("corro_catalog_stamped_topics", Gauge, &[], "catalog topics holding their own index stamp"),
+    m("corro_catalog_counter_errors_total", Counter, &[], "failed writes of the X-Consul-Index counter file"),
     m("corro_consul_blocking_queries", Gauge, &[], "Consul blocking queries held right now"),
+    m("corro_consul_cache_bytes", Gauge, &[], "bytes held by the Consul API answer cache"),
+    m("corro_consul_cache_entries", Gauge, &[], "answers held by the Consul API answer cache"),
+    m("corro_consul_cache_hits_total", Counter, &[], "Consul API answers served from the cache"),
+    m("corro_consul_cache_misses_total", Counter, &[], "Consul API answers computed (not cached or stale)"),
+    m("corro_consul_cache_evictions_total", Counter, &[], "Consul API answers evicted from the cache"),
     m("corro_consul_polls_total", Counter, &[], "bridge polls of the local Consul agent"),
     m("corro_consul_poll_errors_total", Counter, &[], "bridge polls without a usable answer"),
     m("corro_consul_rows_written_total", Counter, &[], "statements the bridge wrote"),
@@ -134,6 +141,9 @@ const HISTOGRAM_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
     60.0, 300.0,
 ];
+
+/// How often queued histogram samples are folded into their buckets.
+const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Gives the recorder every metric's help text and registers the unlabelled
 /// counters and gauges at zero.
@@ -172,6 +182,20 @@ pub(crate) async fn serve(addr: SocketAddr, stop: CancellationToken) -> anyhow::
         "Starting Prometheus metrics on tcp/{}",
         listener.local_addr()?
     );
+    // Histogram samples queue in the recorder until they are folded into
+    // buckets; without upkeep that happens only at a scrape, so an agent
+    // nobody scrapes would grow by every request's sample.
+    {
+        let (handle, stop) = (handle.clone(), stop.clone());
+        crate::tasks::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = tokio::time::sleep(UPKEEP_EVERY) => handle.run_upkeep(),
+                }
+            }
+        });
+    }
     let render = move || {
         let h = handle.clone();
         async move { h.render() }

@@ -93,42 +93,21 @@ impl Catalog {
     }
 
     /// Re-reads every discovery row (at start, and after a schema change
-    /// that may have created the tables). Blocks.
+    /// that may have created the tables). Blocks. Rows are read without
+    /// the index lock; the index then takes only the differences, under
+    /// the lock, so unchanged rows keep their entry indexes and a
+    /// membership change made meanwhile is neither lost nor able to move
+    /// the index backwards.
     pub fn reload(&self) -> Result<(), CatalogError> {
         let _one_at_a_time = self.shared.processing.lock();
+        // Everything queued so far is covered by this read.
+        self.shared.pending.lock().clear();
         let conn = self.shared.store.reader();
-        let mut fresh = self.shared.index.read().clone();
-        // Rebuild from scratch, keeping stamps and membership: remove what
-        // is no longer there, then load what is.
-        let before: Vec<_> = fresh
-            .services()
-            .map(|s| (s.node.clone(), s.id.clone()))
-            .collect();
-        for (n, i) in before {
-            fresh.remove_service(&n, &i);
-        }
-        let before: Vec<_> = fresh
-            .check_rows()
-            .map(|c| (c.node.clone(), c.id.clone()))
-            .collect();
-        for (n, i) in before {
-            fresh.remove_check(&n, &i);
-        }
-        let before: Vec<_> = fresh.nodes().map(|n| n.node.clone()).collect();
-        for n in before {
-            fresh.remove_node(&n);
-        }
-        for c in fresh.all_claims() {
-            fresh.remove_claim(&c.node, &c.actor_id);
-        }
-        sql::load_all(&conn, &mut fresh)?;
+        let rows = sql::read_all(&conn)?;
         drop(conn);
         let mut index = self.shared.index.write();
-        // Rows the feed reported meanwhile are re-read by the next
-        // process_pending; membership set meanwhile wins over the copy's.
-        fresh.set_members(index.members(), index.settled());
-        *index = fresh;
-        self.finish(&mut index)?;
+        index.replace_rows(rows);
+        self.finish(&mut index);
         Ok(())
     }
 
@@ -143,11 +122,31 @@ impl Catalog {
         if rows.is_empty() {
             return Ok(false);
         }
-        let conn = self.shared.store.reader();
+        let fresh = match Self::read_rows(&self.shared.store, &rows) {
+            Ok(f) => f,
+            Err(e) => {
+                // Not lost: queued again (ahead of anything newer) for the
+                // next attempt.
+                let mut pending = self.shared.pending.lock();
+                let newer = std::mem::replace(&mut *pending, rows);
+                pending.extend(newer);
+                return Err(e.into());
+            }
+        };
+        let mut index = self.shared.index.write();
+        for f in fresh {
+            sql::apply(&mut index, f);
+        }
+        Ok(self.finish(&mut index))
+    }
+
+    /// Re-reads the rows `rows` name (the latest report of each key).
+    fn read_rows(store: &Store, rows: &[RowChanged]) -> rusqlite::Result<Vec<sql::Fresh>> {
+        let conn = store.reader();
         let mut seen = std::collections::HashSet::new();
         let mut fresh = Vec::with_capacity(rows.len());
         for r in rows.iter().rev() {
-            if !seen.insert((r.table.clone(), r.pk.clone())) {
+            if !seen.insert((&*r.table, &*r.pk)) {
                 continue;
             }
             let Ok(pk) = corro_store::decode_key(&r.pk) else {
@@ -157,12 +156,7 @@ impl Catalog {
             let table = r.table.to_ascii_lowercase();
             fresh.push(sql::read_row(&conn, &table, &pk)?);
         }
-        drop(conn);
-        let mut index = self.shared.index.write();
-        for f in fresh {
-            sql::apply(&mut index, f);
-        }
-        self.finish(&mut index)
+        Ok(fresh)
     }
 
     /// Replaces the membership view (see [`Index::set_members`]).
@@ -173,18 +167,25 @@ impl Catalog {
     ) -> Result<bool, CatalogError> {
         let mut index = self.shared.index.write();
         index.set_members(members, settled);
-        self.finish(&mut index)
+        Ok(self.finish(&mut index))
     }
 
-    /// Stamps what changed, persists the counter, wakes subscribers.
-    fn finish(&self, index: &mut Index) -> Result<bool, CatalogError> {
+    /// Stamps what changed, persists the counter, wakes subscribers; true
+    /// when something changed. A counter file that cannot be written is
+    /// logged and counted, and watchers are woken all the same: the change
+    /// is in the index already (the counter retries on the next change).
+    fn finish(&self, index: &mut Index) -> bool {
         let Some(value) = index.finish() else {
-            return Ok(false);
+            return false;
         };
-        self.shared.counter.lock().reach(value)?;
+        if let Err(e) = self.shared.counter.lock().reach(value) {
+            metrics::counter!("corro_catalog_counter_errors_total").increment(1);
+            tracing::error!(error = %e, index = value, "persisting the X-Consul-Index counter failed");
+        }
         metrics::gauge!("corro_catalog_index").set(value as f64);
+        metrics::gauge!("corro_catalog_stamped_topics").set(index.stamped_topics() as f64);
         self.shared.changed.send_replace(value);
-        Ok(true)
+        true
     }
 
     /// Read access to the index (hold it briefly: writers wait).

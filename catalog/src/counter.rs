@@ -7,6 +7,14 @@
 //! reserves blocks: the file holds a value the counter will not pass
 //! without writing the file again, and a restarted agent starts just above
 //! it (skipping at most one block of values, which clients never notice).
+//!
+//! A file that exists but does not hold a number (a disk error, a hand
+//! edit) cannot say where the counter was. Starting again at 1 would move
+//! every client's index backwards and past values they already hold, so
+//! the counter then starts at the current time in milliseconds since the
+//! epoch: above anything it can have handed out, since it would have had
+//! to count one value per millisecond since 1970 to get there. The event
+//! is logged as an error.
 
 use std::path::{Path, PathBuf};
 
@@ -25,8 +33,22 @@ impl IndexCounter {
     /// `None`); returns it and the value to start from (>= 1).
     pub fn open(path: Option<&Path>) -> std::io::Result<(IndexCounter, u64)> {
         let stored = match path {
-            Some(p) => match std::fs::read_to_string(p) {
-                Ok(text) => text.trim().parse::<u64>().unwrap_or(0),
+            Some(p) => match std::fs::read(p) {
+                Ok(bytes) => match std::str::from_utf8(&bytes)
+                    .ok()
+                    .and_then(|t| t.trim().parse::<u64>().ok())
+                {
+                    Some(n) => n,
+                    None => {
+                        let floor = clock_floor();
+                        tracing::error!(
+                            path = %p.display(),
+                            restart_at = floor,
+                            "the X-Consul-Index counter file is corrupt; restarting the index above every value it can have handed out"
+                        );
+                        floor
+                    }
+                },
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
                 Err(e) => return Err(e),
             },
@@ -62,6 +84,13 @@ impl IndexCounter {
     }
 }
 
+/// Milliseconds since the epoch (see the module doc).
+fn clock_floor() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| d.as_millis() as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -79,5 +108,18 @@ mod tests {
         assert!(again > start + 25_000, "{again}");
         let (_, third) = IndexCounter::open(Some(&p)).unwrap();
         assert!(third > again);
+    }
+
+    #[test]
+    fn a_corrupt_counter_file_restarts_above_every_value_handed_out() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("index");
+        let (mut c, _) = IndexCounter::open(Some(&p)).unwrap();
+        c.reach(5_000_000).unwrap();
+        for junk in [&b"garbage"[..], b"", b"\xff\xfe", b"12abc"] {
+            std::fs::write(&p, junk).unwrap();
+            let (_, start) = IndexCounter::open(Some(&p)).unwrap();
+            assert!(start > 5_000_000 + BLOCK, "{start}");
+        }
     }
 }

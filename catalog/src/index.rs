@@ -11,7 +11,27 @@
 //! changing, never the reverse): blocking queries compare the answer itself
 //! before returning early, so over-marking costs a recomputation, never a
 //! spurious wake-up for the client.
+//!
+//! **Names.** Service, node and tag names match case-insensitively, as in
+//! Consul: lookups fold the name they are given ([`fold`]) and the secondary
+//! indexes are keyed by folded names, while rows keep their registered
+//! spelling (answers show it). Rows themselves stay keyed as SQL keys them
+//! (exact `(node, id)`), so two spellings of one node are one node to
+//! readers but remain two keys to the bridge and the store.
+//!
+//! **Entry indexes.** Each row carries the index value at which it was
+//! created and last changed ([`Entry`]); rewriting a row with identical
+//! content changes neither. The synthetic `serfHealth` check of a node moves
+//! its `ModifyIndex` when the node's liveness changes.
+//!
+//! **Bounded stamps.** Stamps are kept only for topics whose subject exists
+//! (a service name with instances, a node name something refers to). When
+//! the last row of a subject goes, its stamp is dropped and folded into one
+//! floor value that every unknown topic reports, so an index never goes
+//! backwards and the stamp table does not grow with names that came and
+//! went.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
@@ -26,7 +46,9 @@ pub enum MemberState {
     Down,
 }
 
-/// A part of the catalog that answers depend on.
+/// A part of the catalog that answers depend on. Names in `Service` and
+/// `Node` are folded ([`Topic::service`], [`Topic::node`]); an unfolded
+/// name is folded on lookup.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Topic {
     /// Instances of one service name (their rows, checks, nodes, health).
@@ -43,15 +65,86 @@ pub enum Topic {
     Claims,
 }
 
+impl Topic {
+    /// The topic of service `name` (any spelling).
+    pub fn service(name: &str) -> Topic {
+        Topic::Service(fold(name).into_owned())
+    }
+
+    /// The topic of node `name` (any spelling).
+    pub fn node(name: &str) -> Topic {
+        Topic::Node(fold(name).into_owned())
+    }
+
+    /// This topic with its name folded (borrowed when it already is).
+    fn folded(&self) -> Cow<'_, Topic> {
+        match self {
+            Topic::Service(n) if !is_folded(n) => Cow::Owned(Topic::service(n)),
+            Topic::Node(n) if !is_folded(n) => Cow::Owned(Topic::node(n)),
+            other => Cow::Borrowed(other),
+        }
+    }
+}
+
+/// A name as the case-insensitive indexes key it (Unicode lower case, as
+/// Consul's `strings.ToLower`); borrowed when it has no upper case.
+pub fn fold(name: &str) -> Cow<'_, str> {
+    if is_folded(name) {
+        Cow::Borrowed(name)
+    } else {
+        Cow::Owned(name.to_lowercase())
+    }
+}
+
+fn is_folded(name: &str) -> bool {
+    if name.is_ascii() {
+        !name.bytes().any(|b| b.is_ascii_uppercase())
+    } else {
+        name.chars().all(|c| !c.is_uppercase())
+    }
+}
+
+/// Whether two names are the same name to Consul (case-insensitive).
+pub fn same_name(a: &str, b: &str) -> bool {
+    a.eq_ignore_ascii_case(b) || (!(a.is_ascii() && b.is_ascii()) && fold(a) == fold(b))
+}
+
+/// A row with the catalog index values of its creation and last change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Entry<T> {
+    pub row: T,
+    pub create_index: u64,
+    pub modify_index: u64,
+}
+
+impl<T> std::ops::Deref for Entry<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.row
+    }
+}
+
+impl<T> Entry<T> {
+    /// A row outside any index (index values 0), for callers that build
+    /// entries by hand (samples, tests).
+    pub fn detached(row: T) -> Entry<T> {
+        Entry {
+            row,
+            create_index: 0,
+            modify_index: 0,
+        }
+    }
+}
+
 /// One service instance joined with its node and checks.
 #[derive(Debug, Clone)]
 pub struct Instance {
-    pub service: Arc<Service>,
+    pub service: Arc<Entry<Service>>,
     /// `None` when no `consul_nodes` row names the node (yet).
-    pub node: Option<Arc<Node>>,
+    pub node: Option<Arc<Entry<Node>>>,
     /// The node's checks (node-level ones, `serfHealth` included) and the
     /// service's own, in check-id order.
-    pub checks: Vec<Arc<Check>>,
+    pub checks: Vec<Arc<Entry<Check>>>,
     pub status: Status,
     pub liveness: Liveness,
 }
@@ -61,13 +154,24 @@ type Key = (String, String);
 /// The in-memory catalog.
 #[derive(Debug, Clone)]
 pub struct Index {
-    services: BTreeMap<Key, Arc<Service>>,
+    /// Service rows by exact (node, id).
+    services: BTreeMap<Key, Arc<Entry<Service>>>,
+    /// Folded service name -> its rows' keys.
     by_name: BTreeMap<String, BTreeSet<Key>>,
+    /// Exact node name -> ids of its services.
     node_services: BTreeMap<String, BTreeSet<String>>,
-    checks: BTreeMap<Key, Arc<Check>>,
+    /// Check rows by exact (node, id).
+    checks: BTreeMap<Key, Arc<Entry<Check>>>,
     /// Checks by (node, service id; "" for node-level checks), then id.
-    by_target: BTreeMap<Key, BTreeMap<String, Arc<Check>>>,
-    nodes: BTreeMap<String, Arc<Node>>,
+    by_target: BTreeMap<Key, BTreeMap<String, Arc<Entry<Check>>>>,
+    /// Node rows by exact name.
+    nodes: BTreeMap<String, Arc<Entry<Node>>>,
+    /// Folded node name -> exact spellings in use, each with the number of
+    /// rows (node, service, check) naming it.
+    spellings: BTreeMap<String, BTreeMap<String, usize>>,
+    /// When each node's liveness last changed (its `serfHealth` check's
+    /// modify index).
+    liveness_changed: HashMap<String, u64>,
     claims: BTreeMap<Key, i64>,
     members: HashMap<String, (MemberState, Option<f64>)>,
     local_actor: String,
@@ -77,6 +181,8 @@ pub struct Index {
     current: u64,
     /// Stamp of topics never changed since start.
     base: u64,
+    /// Highest stamp dropped with a subject that went away.
+    gone: u64,
     stamps: HashMap<Topic, u64>,
 }
 
@@ -92,6 +198,8 @@ impl Index {
             checks: BTreeMap::new(),
             by_target: BTreeMap::new(),
             nodes: BTreeMap::new(),
+            spellings: BTreeMap::new(),
+            liveness_changed: HashMap::new(),
             claims: BTreeMap::new(),
             members: HashMap::new(),
             local_actor: local_actor.to_string(),
@@ -99,6 +207,7 @@ impl Index {
             dirty: HashSet::new(),
             current: start,
             base: start,
+            gone: 0,
             stamps: HashMap::new(),
         }
     }
@@ -108,15 +217,31 @@ impl Index {
         self.current
     }
 
+    /// The value the changes made now will be stamped with.
+    fn pending(&self) -> u64 {
+        self.current + 1
+    }
+
     /// Stamps every topic changed since the last call with the next index
-    /// value; returns it, or `None` when nothing changed.
+    /// value; returns it, or `None` when nothing changed. Stamps of
+    /// subjects that no longer exist are dropped (see the module doc).
     pub fn finish(&mut self) -> Option<u64> {
         if self.dirty.is_empty() {
             return None;
         }
         self.current += 1;
-        for t in self.dirty.drain() {
-            self.stamps.insert(t, self.current);
+        for t in std::mem::take(&mut self.dirty) {
+            let exists = match &t {
+                Topic::Service(n) => self.by_name.contains_key(n),
+                Topic::Node(n) => self.spellings.contains_key(n),
+                _ => true,
+            };
+            if exists {
+                self.stamps.insert(t, self.current);
+            } else {
+                self.stamps.remove(&t);
+                self.gone = self.current;
+            }
         }
         Some(self.current)
     }
@@ -126,11 +251,17 @@ impl Index {
         self.dirty.iter()
     }
 
+    /// Number of topics holding their own stamp (for metrics and tests).
+    pub fn stamped_topics(&self) -> usize {
+        self.stamps.len()
+    }
+
     /// The highest stamp over `topics` (never 0).
     pub fn topic_index<'a>(&self, topics: impl IntoIterator<Item = &'a Topic>) -> u64 {
+        let floor = self.base.max(self.gone);
         topics
             .into_iter()
-            .map(|t| self.stamps.get(t).copied().unwrap_or(self.base))
+            .map(|t| self.stamps.get(&*t.folded()).copied().unwrap_or(floor))
             .max()
             .unwrap_or(self.current)
     }
@@ -142,40 +273,87 @@ impl Index {
     /// Marks every service of `node` (their instances' health or node data
     /// changed).
     fn touch_node_services(&mut self, node: &str) {
-        let names: Vec<String> = self
-            .node_services
-            .get(node)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.services.get(&(node.to_string(), id.clone())))
-            .map(|s| s.name.clone())
+        let names: Vec<Topic> = self
+            .spellings_of(node)
+            .flat_map(|spelling| {
+                self.node_services
+                    .get(spelling)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| self.services.get(&(spelling.clone(), id.clone())))
+            })
+            .map(|s| Topic::service(&s.name))
             .collect();
-        for n in names {
-            self.touch(Topic::Service(n));
+        for t in names {
+            self.touch(t);
         }
+    }
+
+    fn add_spelling(&mut self, node: &str) {
+        *self
+            .spellings
+            .entry(fold(node).into_owned())
+            .or_default()
+            .entry(node.to_string())
+            .or_default() += 1;
+    }
+
+    fn drop_spelling(&mut self, node: &str) {
+        let folded = fold(node);
+        let Some(m) = self.spellings.get_mut(folded.as_ref()) else {
+            return;
+        };
+        if let Some(n) = m.get_mut(node) {
+            *n -= 1;
+            if *n == 0 {
+                m.remove(node);
+            }
+        }
+        if m.is_empty() {
+            self.spellings.remove(folded.as_ref());
+        }
+    }
+
+    /// Exact node names that are spellings of `node`.
+    fn spellings_of<'a>(&'a self, node: &str) -> impl Iterator<Item = &'a String> + 'a {
+        self.spellings
+            .get(fold(node).as_ref())
+            .into_iter()
+            .flat_map(|m| m.keys())
     }
 
     // ---- rows in ----
 
     pub fn upsert_service(&mut self, s: Service) {
         let key = (s.node.clone(), s.id.clone());
-        if self.services.get(&key).is_some_and(|old| **old == s) {
-            return;
-        }
+        let create = match self.services.get(&key) {
+            Some(old) if old.row == s => return,
+            Some(old) => old.create_index,
+            None => self.pending(),
+        };
         self.remove_service(&s.node, &s.id);
-        self.touch(Topic::Service(s.name.clone()));
-        self.touch(Topic::Node(s.node.clone()));
+        self.touch(Topic::service(&s.name));
+        self.touch(Topic::node(&s.node));
         self.touch(Topic::Services);
         self.touch(Topic::Checks);
         self.by_name
-            .entry(s.name.clone())
+            .entry(fold(&s.name).into_owned())
             .or_default()
             .insert(key.clone());
         self.node_services
             .entry(s.node.clone())
             .or_default()
             .insert(s.id.clone());
-        self.services.insert(key, Arc::new(s));
+        self.add_spelling(&s.node);
+        let modify = self.pending();
+        self.services.insert(
+            key,
+            Arc::new(Entry {
+                row: s,
+                create_index: create,
+                modify_index: modify,
+            }),
+        );
     }
 
     pub fn remove_service(&mut self, node: &str, id: &str) {
@@ -183,17 +361,18 @@ impl Index {
         let Some(old) = self.services.remove(&key) else {
             return;
         };
-        self.touch(Topic::Service(old.name.clone()));
-        self.touch(Topic::Node(node.to_string()));
+        self.touch(Topic::service(&old.name));
+        self.touch(Topic::node(node));
         self.touch(Topic::Services);
         self.touch(Topic::Checks);
-        remove_from(&mut self.by_name, &old.name, &key);
+        remove_from(&mut self.by_name, &fold(&old.name), &key);
         remove_from(&mut self.node_services, node, &id.to_string());
+        self.drop_spelling(node);
     }
 
     /// Marks what a check of `node` for `service_id` affects.
     fn touch_check(&mut self, node: &str, service_id: &str, service_name: &str) {
-        self.touch(Topic::Node(node.to_string()));
+        self.touch(Topic::node(node));
         self.touch(Topic::Checks);
         if service_id.is_empty() {
             self.touch_node_services(node);
@@ -202,23 +381,31 @@ impl Index {
                 .services
                 .get(&(node.to_string(), service_id.to_string()))
             {
-                let name = s.name.clone();
-                self.touch(Topic::Service(name));
+                let t = Topic::service(&s.name);
+                self.touch(t);
             }
             if !service_name.is_empty() {
-                self.touch(Topic::Service(service_name.to_string()));
+                self.touch(Topic::service(service_name));
             }
         }
     }
 
     pub fn upsert_check(&mut self, c: Check) {
         let key = (c.node.clone(), c.id.clone());
-        if self.checks.get(&key).is_some_and(|old| **old == c) {
-            return;
-        }
+        let create = match self.checks.get(&key) {
+            Some(old) if old.row == c => return,
+            Some(old) => old.create_index,
+            None => self.pending(),
+        };
         self.remove_check(&c.node, &c.id);
         self.touch_check(&c.node, &c.service_id, &c.service_name);
-        let c = Arc::new(c);
+        self.add_spelling(&c.node);
+        let modify = self.pending();
+        let c = Arc::new(Entry {
+            row: c,
+            create_index: create,
+            modify_index: modify,
+        });
         self.by_target
             .entry((c.node.clone(), c.service_id.clone()))
             .or_default()
@@ -239,10 +426,11 @@ impl Index {
                 self.by_target.remove(&target);
             }
         }
+        self.drop_spelling(node);
     }
 
     fn touch_whole_node(&mut self, node: &str) {
-        self.touch(Topic::Node(node.to_string()));
+        self.touch(Topic::node(node));
         self.touch(Topic::Nodes);
         self.touch(Topic::Services);
         self.touch(Topic::Checks);
@@ -250,16 +438,31 @@ impl Index {
     }
 
     pub fn upsert_node(&mut self, n: Node) {
-        if self.nodes.get(&n.node).is_some_and(|old| **old == n) {
-            return;
-        }
+        let create = match self.nodes.get(&n.node) {
+            Some(old) if old.row == n => return,
+            Some(old) => old.create_index,
+            None => {
+                self.add_spelling(&n.node);
+                self.pending()
+            }
+        };
         self.touch_whole_node(&n.node);
-        self.nodes.insert(n.node.clone(), Arc::new(n));
+        let modify = self.pending();
+        self.nodes.insert(
+            n.node.clone(),
+            Arc::new(Entry {
+                row: n,
+                create_index: create,
+                modify_index: modify,
+            }),
+        );
     }
 
     pub fn remove_node(&mut self, node: &str) {
         if self.nodes.remove(node).is_some() {
+            self.liveness_changed.remove(node);
             self.touch_whole_node(node);
+            self.drop_spelling(node);
         }
     }
 
@@ -294,7 +497,7 @@ impl Index {
         let before: Vec<(String, Liveness)> = self
             .nodes
             .keys()
-            .map(|n| (n.clone(), self.liveness(n)))
+            .map(|n| (n.clone(), self.exact_liveness(n)))
             .collect();
         // One actor can appear twice (a restarted agent's old incarnation
         // is down while the new one is alive): the liveliest entry counts.
@@ -314,20 +517,105 @@ impl Index {
         }
         self.members = map;
         self.settled = settled;
+        let pending = self.pending();
         for (node, was) in before {
-            if self.liveness(&node) != was {
-                self.touch(Topic::Node(node.clone()));
+            if self.exact_liveness(&node) != was {
+                self.liveness_changed.insert(node.clone(), pending);
+                self.touch(Topic::node(&node));
                 self.touch(Topic::Checks);
                 self.touch_node_services(&node);
             }
         }
     }
 
+    /// Replaces every row with `rows` (a full reload), changing only what
+    /// differs: unchanged rows keep their entry indexes and mark nothing.
+    pub fn replace_rows(&mut self, rows: Rows) {
+        let keep_services: HashSet<Key> = rows
+            .services
+            .iter()
+            .map(|s| (s.node.clone(), s.id.clone()))
+            .collect();
+        let gone: Vec<Key> = self
+            .services
+            .keys()
+            .filter(|k| !keep_services.contains(*k))
+            .cloned()
+            .collect();
+        for (n, i) in gone {
+            self.remove_service(&n, &i);
+        }
+        let keep_checks: HashSet<Key> = rows
+            .checks
+            .iter()
+            .map(|c| (c.node.clone(), c.id.clone()))
+            .collect();
+        let gone: Vec<Key> = self
+            .checks
+            .keys()
+            .filter(|k| !keep_checks.contains(*k))
+            .cloned()
+            .collect();
+        for (n, i) in gone {
+            self.remove_check(&n, &i);
+        }
+        let keep_nodes: HashSet<&str> = rows.nodes.iter().map(|n| n.node.as_str()).collect();
+        let gone: Vec<String> = self
+            .nodes
+            .keys()
+            .filter(|k| !keep_nodes.contains(k.as_str()))
+            .cloned()
+            .collect();
+        for n in gone {
+            self.remove_node(&n);
+        }
+        let keep_claims: HashSet<Key> = rows
+            .claims
+            .iter()
+            .map(|c| (c.node.clone(), c.actor_id.clone()))
+            .collect();
+        let gone: Vec<Key> = self
+            .claims
+            .keys()
+            .filter(|k| !keep_claims.contains(*k))
+            .cloned()
+            .collect();
+        for (n, a) in gone {
+            self.remove_claim(&n, &a);
+        }
+        for n in rows.nodes {
+            self.upsert_node(n);
+        }
+        for s in rows.services {
+            self.upsert_service(s);
+        }
+        for c in rows.checks {
+            self.upsert_check(c);
+        }
+        for c in rows.claims {
+            self.upsert_claim(c);
+        }
+    }
+
     // ---- reads ----
+
+    /// The node row for `node`: its exact spelling first, else any other.
+    fn node_row(&self, node: &str) -> Option<&Arc<Entry<Node>>> {
+        self.nodes
+            .get(node)
+            .or_else(|| self.spellings_of(node).find_map(|s| self.nodes.get(s)))
+    }
+
+    fn exact_liveness(&self, node: &str) -> Liveness {
+        match self.nodes.get(node) {
+            Some(n) => self.actor_liveness(&n.actor_id),
+            None => Liveness::Unknown,
+        }
+    }
 
     /// Whether `node`'s agent is reachable.
     pub fn liveness(&self, node: &str) -> Liveness {
-        let Some(n) = self.nodes.get(node) else {
+        let Some(n) = self.node_row(node) else {
             return Liveness::Unknown;
         };
         self.actor_liveness(&n.actor_id)
@@ -352,33 +640,30 @@ impl Index {
     /// Round-trip time to `node`'s agent in ms (0 for this agent; `None`
     /// when unknown).
     pub fn rtt(&self, node: &str) -> Option<f64> {
-        let n = self.nodes.get(node)?;
+        let n = self.node_row(node)?;
         if n.actor_id == self.local_actor {
             return Some(0.0);
         }
         self.members.get(&n.actor_id).and_then(|(_, rtt)| *rtt)
     }
 
-    /// Every service name with the union of its instances' tags.
+    /// Every service name (as registered; two spellings of one name are
+    /// listed apart, as Consul lists them) with the union of its instances'
+    /// tags.
     pub fn service_names(&self) -> BTreeMap<&str, BTreeSet<&str>> {
-        self.by_name
-            .iter()
-            .filter(|(_, keys)| !keys.is_empty())
-            .map(|(name, keys)| {
-                let tags = keys
-                    .iter()
-                    .filter_map(|k| self.services.get(k))
-                    .flat_map(|s| s.tags.iter().map(String::as_str))
-                    .collect();
-                (name.as_str(), tags)
-            })
-            .collect()
+        let mut out: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        for s in self.services.values() {
+            out.entry(s.name.as_str())
+                .or_default()
+                .extend(s.tags.iter().map(String::as_str));
+        }
+        out
     }
 
-    /// Every instance of service `name`, in (node, id) order.
+    /// Every instance of service `name` (any spelling), in (node, id) order.
     pub fn instances(&self, name: &str) -> Vec<Instance> {
         self.by_name
-            .get(name)
+            .get(fold(name).as_ref())
             .into_iter()
             .flatten()
             .filter_map(|k| self.services.get(k))
@@ -386,21 +671,31 @@ impl Index {
             .collect()
     }
 
-    /// Every instance on `node`, in id order.
+    /// How many instances service `name` has (any spelling).
+    pub fn instance_count(&self, name: &str) -> usize {
+        self.by_name.get(fold(name).as_ref()).map_or(0, |k| k.len())
+    }
+
+    /// Every instance on `node` (any spelling), in (node, id) order.
     pub fn node_instances(&self, node: &str) -> Vec<Instance> {
-        self.node_services
-            .get(node)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.services.get(&(node.to_string(), id.clone())))
-            .map(|s| self.instance(s))
-            .collect()
+        let mut out = Vec::new();
+        for spelling in self.spellings_of(node) {
+            out.extend(
+                self.node_services
+                    .get(spelling)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|id| self.services.get(&(spelling.clone(), id.clone())))
+                    .map(|s| self.instance(s)),
+            );
+        }
+        out
     }
 
     /// Joins a service row with its node and checks.
-    pub fn instance(&self, s: &Arc<Service>) -> Instance {
-        let mut checks: Vec<Arc<Check>> = self.serf_check(&s.node).into_iter().collect();
-        let mut own: Vec<&Arc<Check>> = self
+    pub fn instance(&self, s: &Arc<Entry<Service>>) -> Instance {
+        let mut checks: Vec<Arc<Entry<Check>>> = self.serf_check(&s.node).into_iter().collect();
+        let mut own: Vec<&Arc<Entry<Check>>> = self
             .targeted(&s.node, "")
             .chain(self.targeted(&s.node, &s.id))
             .collect();
@@ -409,7 +704,7 @@ impl Index {
         let status = health::aggregate(checks.iter().map(|c| (c.id.as_str(), c.status)));
         Instance {
             service: s.clone(),
-            node: self.nodes.get(&s.node).cloned(),
+            node: self.node_row(&s.node).cloned(),
             checks,
             status,
             liveness: self.liveness(&s.node),
@@ -421,74 +716,94 @@ impl Index {
         &'a self,
         node: &str,
         service_id: &str,
-    ) -> impl Iterator<Item = &'a Arc<Check>> + 'a {
+    ) -> impl Iterator<Item = &'a Arc<Entry<Check>>> + 'a {
         self.by_target
             .get(&(node.to_string(), service_id.to_string()))
             .into_iter()
             .flat_map(|m| m.values())
     }
 
-    /// Every check row of `node`, by id.
-    fn node_check_rows<'a>(&'a self, node: &'a str) -> impl Iterator<Item = &'a Arc<Check>> + 'a {
+    /// Every check row of exactly `node`, by id.
+    fn node_check_rows<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<Entry<Check>>> + 'a {
         self.checks
             .range((node.to_string(), String::new())..)
             .take_while(move |((n, _), _)| n == node)
             .map(|(_, c)| c)
     }
 
-    /// Every check of `node`, its `serfHealth` first when the node has a row.
-    pub fn node_checks(&self, node: &str) -> Vec<Arc<Check>> {
-        let mut out: Vec<Arc<Check>> = self.serf_check(node).into_iter().collect();
-        out.extend(self.node_check_rows(node).cloned());
+    /// Every check of `node` (any spelling), its `serfHealth` first when the
+    /// node has a row.
+    pub fn node_checks(&self, node: &str) -> Vec<Arc<Entry<Check>>> {
+        let mut out = Vec::new();
+        for spelling in self.spellings_of(node) {
+            out.extend(self.serf_check(spelling));
+            out.extend(self.node_check_rows(spelling).cloned());
+        }
         out
     }
 
     /// The synthetic membership check of a node with a row.
-    fn serf_check(&self, node: &str) -> Option<Arc<Check>> {
-        let n = self.nodes.get(node)?;
+    fn serf_check(&self, node: &str) -> Option<Arc<Entry<Check>>> {
+        let n = self.node_row(node)?;
         let down = self.actor_liveness(&n.actor_id) == Liveness::Down;
-        Some(Arc::new(Check {
-            node: node.to_string(),
-            id: SERF_CHECK_ID.to_string(),
-            service_id: String::new(),
-            service_name: String::new(),
-            name: "Serf Health Status".to_string(),
-            status: if down {
-                Status::Critical
-            } else {
-                Status::Passing
+        let changed = self.liveness_changed.get(&n.node).copied().unwrap_or(0);
+        Some(Arc::new(Entry {
+            row: Check {
+                node: node.to_string(),
+                id: SERF_CHECK_ID.to_string(),
+                service_id: String::new(),
+                service_name: String::new(),
+                name: "Serf Health Status".to_string(),
+                status: if down {
+                    Status::Critical
+                } else {
+                    Status::Passing
+                },
+                output: if down {
+                    "Agent not live or unreachable".to_string()
+                } else {
+                    "Agent alive and reachable".to_string()
+                },
+                notes: String::new(),
+                kind: String::new(),
+                updated_at: n.updated_at,
+                source: None,
             },
-            output: if down {
-                "Agent not live or unreachable".to_string()
-            } else {
-                "Agent alive and reachable".to_string()
-            },
-            notes: String::new(),
-            kind: String::new(),
-            updated_at: n.updated_at,
-            source: None,
+            create_index: n.create_index,
+            modify_index: n.modify_index.max(changed),
         }))
     }
 
     /// Every check in the catalog (synthetic `serfHealth` ones included),
     /// by node then id.
-    pub fn all_checks(&self) -> Vec<Arc<Check>> {
+    pub fn all_checks(&self) -> Vec<Arc<Entry<Check>>> {
         let nodes: BTreeSet<&String> = self
             .nodes
             .keys()
             .chain(self.checks.keys().map(|(n, _)| n))
             .collect();
-        nodes
-            .into_iter()
-            .flat_map(|n| self.node_checks(n))
-            .collect()
+        let mut out = Vec::new();
+        for n in nodes {
+            out.extend(self.serf_check_exact(n));
+            out.extend(self.node_check_rows(n).cloned());
+        }
+        out
+    }
+
+    /// The `serfHealth` check of exactly `node` (none without its own row).
+    fn serf_check_exact(&self, node: &str) -> Option<Arc<Entry<Check>>> {
+        self.nodes.get(node)?;
+        self.serf_check(node)
     }
 
     /// The checks of service `name`'s instances (their own checks only, as
     /// Consul's `/v1/health/checks/:service`).
-    pub fn service_checks(&self, name: &str) -> Vec<Arc<Check>> {
+    pub fn service_checks(&self, name: &str) -> Vec<Arc<Entry<Check>>> {
         self.by_name
-            .get(name)
+            .get(fold(name).as_ref())
             .into_iter()
             .flatten()
             .flat_map(|(node, id)| self.targeted(node, id).cloned())
@@ -496,34 +811,56 @@ impl Index {
     }
 
     /// Every node row, by name.
-    pub fn nodes(&self) -> impl Iterator<Item = &Arc<Node>> {
+    pub fn nodes(&self) -> impl Iterator<Item = &Arc<Entry<Node>>> {
         self.nodes.values()
     }
 
-    pub fn node(&self, name: &str) -> Option<&Arc<Node>> {
-        self.nodes.get(name)
+    /// The row of node `name` (any spelling).
+    pub fn node(&self, name: &str) -> Option<&Arc<Entry<Node>>> {
+        self.node_row(name)
     }
 
-    /// A service row by node and id.
-    pub fn service(&self, node: &str, id: &str) -> Option<&Arc<Service>> {
+    /// A service row by exact node and id.
+    pub fn service(&self, node: &str, id: &str) -> Option<&Arc<Entry<Service>>> {
         self.services.get(&(node.to_string(), id.to_string()))
     }
 
     /// Every service row, by (node, id).
-    pub fn services(&self) -> impl Iterator<Item = &Arc<Service>> {
+    pub fn services(&self) -> impl Iterator<Item = &Arc<Entry<Service>>> {
         self.services.values()
     }
 
+    /// Service rows of exactly `node` (its registered spelling), by id.
+    pub fn exact_node_services<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<Entry<Service>>> + 'a {
+        self.services
+            .range((node.to_string(), String::new())..)
+            .take_while(move |((n, _), _)| n == node)
+            .map(|(_, s)| s)
+    }
+
+    /// Check rows of exactly `node` (its registered spelling), by id.
+    pub fn exact_node_checks<'a>(
+        &'a self,
+        node: &'a str,
+    ) -> impl Iterator<Item = &'a Arc<Entry<Check>>> + 'a {
+        self.node_check_rows(node)
+    }
+
     /// Every check row (no synthetic ones), by (node, id).
-    pub fn check_rows(&self) -> impl Iterator<Item = &Arc<Check>> {
+    pub fn check_rows(&self) -> impl Iterator<Item = &Arc<Entry<Check>>> {
         self.checks.values()
     }
 
-    /// Claims of node name `node`: (actor id, started_at).
+    /// Claims of node name `node` in any spelling (two hosts whose names
+    /// differ only in case are one node to every reader): (actor id,
+    /// started_at).
     pub fn claims(&self, node: &str) -> Vec<(String, i64)> {
         self.claims
-            .range((node.to_string(), String::new())..)
-            .take_while(|((n, _), _)| n == node)
+            .iter()
+            .filter(|((n, _), _)| same_name(n, node))
             .map(|((_, a), t)| (a.clone(), *t))
             .collect()
     }
@@ -558,18 +895,7 @@ impl Index {
         v.dedup();
         v
     }
-}
 
-fn remove_from<V: Ord>(map: &mut BTreeMap<String, BTreeSet<V>>, k: &str, v: &V) {
-    if let Some(set) = map.get_mut(k) {
-        set.remove(v);
-        if set.is_empty() {
-            map.remove(k);
-        }
-    }
-}
-
-impl Index {
     /// The membership view: (actor id, state, rtt ms).
     pub fn members(&self) -> Vec<(String, MemberState, Option<f64>)> {
         self.members
@@ -581,5 +907,154 @@ impl Index {
     /// Whether membership has settled (see [`Index::set_members`]).
     pub fn settled(&self) -> bool {
         self.settled
+    }
+}
+
+/// Every row of the discovery tables, as a full reload reads them.
+#[derive(Debug, Default)]
+pub struct Rows {
+    pub services: Vec<Service>,
+    pub checks: Vec<Check>,
+    pub nodes: Vec<Node>,
+    pub claims: Vec<Claim>,
+}
+
+fn remove_from<V: Ord>(map: &mut BTreeMap<String, BTreeSet<V>>, k: &str, v: &V) {
+    if let Some(set) = map.get_mut(k) {
+        set.remove(v);
+        if set.is_empty() {
+            map.remove(k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(node: &str, id: &str, name: &str, tags: &[&str]) -> Service {
+        Service {
+            node: node.into(),
+            id: id.into(),
+            name: name.into(),
+            tags: tags.iter().map(|t| t.to_string()).collect(),
+            meta: Default::default(),
+            port: 80,
+            address: String::new(),
+            weights: Default::default(),
+            tagged_addresses: Default::default(),
+            updated_at: 0,
+            source: None,
+        }
+    }
+
+    fn node(name: &str, actor: &str) -> Node {
+        Node {
+            node: name.into(),
+            actor_id: actor.into(),
+            address: "10.0.0.1".into(),
+            datacenter: "dc1".into(),
+            meta: Default::default(),
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn names_match_in_any_case_and_keep_their_spelling() {
+        let mut ix = Index::new("me", 1);
+        ix.upsert_node(node("Node-A", "a"));
+        ix.upsert_service(svc("Node-A", "w1", "Web", &["Primary"]));
+        ix.finish();
+        for spelling in ["web", "WEB", "Web", "wEb"] {
+            let list = ix.instances(spelling);
+            assert_eq!(list.len(), 1, "{spelling}");
+            assert_eq!(list[0].service.name, "Web");
+            assert_eq!(list[0].node.as_ref().unwrap().node, "Node-A");
+        }
+        assert_eq!(ix.node_instances("node-a").len(), 1);
+        assert_eq!(ix.node("NODE-A").unwrap().node, "Node-A");
+        assert_eq!(ix.node_checks("node-a")[0].id, SERF_CHECK_ID);
+        assert_eq!(ix.service_names().keys().collect::<Vec<_>>(), vec![&"Web"]);
+        assert_eq!(
+            ix.topic_index(&[Topic::Service("WEB".into())]),
+            ix.topic_index(&[Topic::service("web")])
+        );
+        assert!(same_name("Web", "wEB") && same_name("Ünï", "üNÏ") && !same_name("a", "b"));
+    }
+
+    #[test]
+    fn entries_keep_their_create_index_and_move_modify_only_on_change() {
+        let mut ix = Index::new("me", 1);
+        ix.upsert_service(svc("n", "w1", "web", &[]));
+        let first = ix.finish().unwrap();
+        let e = ix.service("n", "w1").unwrap().clone();
+        assert_eq!((e.create_index, e.modify_index), (first, first));
+        // Same content: no change, no index movement.
+        ix.upsert_service(svc("n", "w1", "web", &[]));
+        assert_eq!(ix.finish(), None);
+        // Another service changes: this one's indexes stay.
+        ix.upsert_service(svc("n", "d1", "db", &[]));
+        ix.finish();
+        let e = ix.service("n", "w1").unwrap().clone();
+        assert_eq!((e.create_index, e.modify_index), (first, first));
+        // Its own change moves ModifyIndex only.
+        ix.upsert_service(svc("n", "w1", "web", &["v2"]));
+        let third = ix.finish().unwrap();
+        let e = ix.service("n", "w1").unwrap().clone();
+        assert_eq!((e.create_index, e.modify_index), (first, third));
+    }
+
+    #[test]
+    fn serf_health_moves_its_modify_index_with_liveness() {
+        let mut ix = Index::new("me", 1);
+        ix.upsert_node(node("n", "a"));
+        let created = ix.finish().unwrap();
+        ix.set_members([("a".to_string(), MemberState::Alive, None)], true);
+        assert_eq!(ix.finish(), None, "alive before and after");
+        ix.set_members([("a".to_string(), MemberState::Down, None)], true);
+        let down = ix.finish().unwrap();
+        let serf = &ix.node_checks("n")[0];
+        assert_eq!(serf.status, Status::Critical);
+        assert_eq!((serf.create_index, serf.modify_index), (created, down));
+    }
+
+    #[test]
+    fn stamps_of_names_that_went_away_are_dropped_and_indexes_never_go_back() {
+        let mut ix = Index::new("me", 1);
+        let mut last = 0;
+        for i in 0..1000 {
+            let name = format!("svc-{i}");
+            ix.upsert_service(svc("n", &name, &name, &[]));
+            ix.finish();
+            let at = ix.topic_index(&[Topic::service(&name)]);
+            assert!(at > last);
+            ix.remove_service("n", &name);
+            ix.finish();
+            let after = ix.topic_index(&[Topic::service(&name)]);
+            assert!(after >= at, "index went back for {name}");
+            last = after;
+        }
+        // Only the fixed topics remain stamped.
+        assert!(ix.stamped_topics() <= 6, "{}", ix.stamped_topics());
+        assert!(ix.topic_index(&[Topic::service("never-seen")]) >= last);
+    }
+
+    #[test]
+    fn a_full_reload_of_unchanged_rows_changes_nothing() {
+        let mut ix = Index::new("me", 1);
+        ix.upsert_node(node("n", "a"));
+        ix.upsert_service(svc("n", "w1", "web", &[]));
+        let at = ix.finish().unwrap();
+        ix.replace_rows(Rows {
+            services: vec![svc("n", "w1", "web", &[])],
+            nodes: vec![node("n", "a")],
+            ..Rows::default()
+        });
+        assert_eq!(ix.finish(), None);
+        assert_eq!(ix.service("n", "w1").unwrap().create_index, at);
+        ix.replace_rows(Rows::default());
+        assert!(ix.finish().is_some());
+        assert!(ix.instances("web").is_empty());
+        assert!(ix.node("n").is_none());
     }
 }

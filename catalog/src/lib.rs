@@ -30,6 +30,6 @@ mod sql;
 pub use catalog::{Catalog, CatalogError};
 pub use counter::IndexCounter;
 pub use health::{Liveness, Status};
-pub use index::{Index, Instance, MemberState, Topic};
+pub use index::{Entry, Index, Instance, MemberState, Rows, Topic, fold, same_name};
 pub use model::{Check, Claim, Node, Service, TaggedAddress, Weights};
 pub use sql::TABLES;

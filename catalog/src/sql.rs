@@ -5,7 +5,7 @@ use corro_store::SqlValue;
 use rusqlite::{Connection, OptionalExtension, Row};
 
 use crate::health::Status;
-use crate::index::Index;
+use crate::index::{Index, Rows};
 use crate::model::{self, Check, Claim, Node, Service};
 
 /// The tables the catalog reads, lower-case.
@@ -115,33 +115,26 @@ fn has_table(conn: &Connection, table: &str) -> rusqlite::Result<bool> {
     .map(|n| n > 0)
 }
 
-/// Loads every row of the discovery tables that exist into `index`.
-pub(crate) fn load_all(conn: &Connection, index: &mut Index) -> rusqlite::Result<()> {
+/// Reads every row of the discovery tables that exist.
+pub(crate) fn read_all(conn: &Connection) -> rusqlite::Result<Rows> {
+    let mut rows = Rows::default();
     if has_table(conn, "consul_nodes")? {
         let mut st = conn.prepare(&format!("SELECT {NODE_COLS} FROM consul_nodes"))?;
-        for n in st.query_map([], node)? {
-            index.upsert_node(n?);
-        }
+        rows.nodes = st.query_map([], node)?.collect::<Result<_, _>>()?;
     }
     if has_table(conn, "consul_services")? {
         let mut st = conn.prepare(&format!("SELECT {SERVICE_COLS} FROM consul_services"))?;
-        for s in st.query_map([], service)? {
-            index.upsert_service(s?);
-        }
+        rows.services = st.query_map([], service)?.collect::<Result<_, _>>()?;
     }
     if has_table(conn, "consul_checks")? {
         let mut st = conn.prepare(&format!("SELECT {CHECK_COLS} FROM consul_checks"))?;
-        for c in st.query_map([], check)? {
-            index.upsert_check(c?);
-        }
+        rows.checks = st.query_map([], check)?.collect::<Result<_, _>>()?;
     }
     if has_table(conn, "consul_node_claims")? {
         let mut st = conn.prepare(&format!("SELECT {CLAIM_COLS} FROM consul_node_claims"))?;
-        for c in st.query_map([], claim)? {
-            index.upsert_claim(c?);
-        }
+        rows.claims = st.query_map([], claim)?.collect::<Result<_, _>>()?;
     }
-    Ok(())
+    Ok(rows)
 }
 
 fn key_text(v: &SqlValue) -> String {

@@ -218,8 +218,10 @@ fn service_params(node: &SqlValue, id: &str, s: &ServiceRow, now_ms: i64) -> Vec
 /// [`Snapshot`] to compare answers with.
 pub fn current_from_index(index: &corro_catalog::Index, node: &str) -> Snapshot {
     let mut snap = Snapshot::default();
-    for inst in index.node_instances(node) {
-        let s = &inst.service;
+    // Exactly this node's spelling: the index matches node names in any
+    // case, but another host registered under another spelling owns its
+    // own rows, and the bridge must never take them for its own.
+    for s in index.exact_node_services(node) {
         if s.source.is_some() {
             continue;
         }
@@ -236,10 +238,7 @@ pub fn current_from_index(index: &corro_catalog::Index, node: &str) -> Snapshot 
             },
         );
     }
-    for c in index
-        .check_rows()
-        .filter(|c| c.node == node && c.source.is_none())
-    {
+    for c in index.exact_node_checks(node).filter(|c| c.source.is_none()) {
         snap.checks.insert(
             c.id.clone(),
             CheckRow {

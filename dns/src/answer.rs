@@ -135,8 +135,12 @@ pub fn build(
                 .instances(name)
                 .into_iter()
                 .filter(|i| {
-                    tag.as_ref()
-                        .is_none_or(|t| i.service.tags.iter().any(|x| x.eq_ignore_ascii_case(t)))
+                    tag.as_ref().is_none_or(|t| {
+                        i.service
+                            .tags
+                            .iter()
+                            .any(|x| corro_catalog::same_name(x, t))
+                    })
                 })
                 .filter(|i| healthy(i, s.only_passing))
                 .collect();

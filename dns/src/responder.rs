@@ -137,8 +137,8 @@ fn plain(packet: &[u8], udp: bool) -> Option<Plain<'_>> {
 fn topics(lookup: &name::Lookup) -> Option<Vec<corro_catalog::Topic>> {
     use corro_catalog::Topic;
     match lookup {
-        name::Lookup::Service { name, .. } => Some(vec![Topic::Service(name.clone())]),
-        name::Lookup::Node(n) => Some(vec![Topic::Node(n.clone())]),
+        name::Lookup::Service { name, .. } => Some(vec![Topic::service(name)]),
+        name::Lookup::Node(n) => Some(vec![Topic::node(n)]),
         _ => None,
     }
 }

@@ -57,11 +57,16 @@ pub(crate) async fn handle(
         Err(r) => return r,
     };
     let timeout = match params.timeout {
-        Some(t) if t > 0.0 && t.is_finite() => Duration::from_secs_f64(t),
+        Some(t) if t > 0.0 && t <= crate::config::MAX_QUERY_TIMEOUT_SECS => {
+            Duration::from_secs_f64(t)
+        }
         Some(t) => {
             return error(
                 StatusCode::BAD_REQUEST,
-                format!("timeout must be a positive number of seconds, got {t}"),
+                format!(
+                    "timeout must be a positive number of seconds, at most {}, got {t}",
+                    crate::config::MAX_QUERY_TIMEOUT_SECS
+                ),
             );
         }
         None => st.limits.query_timeout,

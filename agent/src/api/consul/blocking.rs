@@ -3,24 +3,43 @@
 //! An answer's index is the highest catalog stamp over the topics it
 //! depends on ([`corro_catalog::Index::topic_index`]). With `index=N`:
 //! when the answer's index is already past `N` the answer returns at once
-//! (the client's copy is stale); otherwise the request waits, woken by
-//! catalog changes, and returns early only when its topics moved past `N`
-//! **and** the answer itself differs from the one it started with. Consul
-//! wakes every watcher of an endpoint on any write (a thundering herd);
-//! here an unrelated change costs a hash lookup, and a related change that
-//! leaves this answer as it was costs one recomputation, no response.
-//! Without a change the request returns after `wait` plus up to `wait/16`
-//! of jitter (so watchers started together do not return together), or at
-//! once when the agent shuts down.
+//! (the client's copy is stale), and so does a request whose `N` is above
+//! this agent's current index (indexes are per agent: a client that moved
+//! here from another agent, or through a load balancer, carries an index
+//! this agent never handed out; Consul's clients reset their index when it
+//! goes backwards, and this is the server side of that). Otherwise the
+//! request waits, woken by catalog changes, and returns early only when
+//! its topics moved past `N` **and** the answer itself differs from the one
+//! it started with. Consul wakes every watcher of an endpoint on any write
+//! (a thundering herd); here an unrelated change costs a hash lookup, and a
+//! related change that leaves this answer as it was costs one
+//! recomputation, no response. Without a change the request returns after
+//! `wait` plus up to `wait/16` of jitter (so watchers started together do
+//! not return together), or at once when the agent shuts down.
 //!
-//! Answers are cached by route, parameters and index: an answer depends
-//! only on the catalog parts its topics name, and any change to those moves
-//! the topics' index, so a cached answer whose index is still current is
-//! exactly what recomputing would give (the catalog's property test checks
-//! that every changed answer moved its index). Polling clients and many
-//! watchers of one service then cost a lookup and a copy.
+//! The request subscribes to catalog changes *before* its first
+//! evaluation, so a change landing between the two still wakes it.
+//!
+//! **Work off the lock.** An answer is built in two steps: the route's
+//! `gather` takes what it needs from the catalog under the read lock (row
+//! handles, no rendering), and its `render` builds, filters and encodes
+//! the JSON on a blocking thread after the lock is released. A heavy
+//! filter over a large catalog therefore neither holds writers (and with
+//! them DNS) behind the lock nor occupies a runtime worker.
+//!
+//! **Cached answers.** Answers are cached by route, parameters and index:
+//! an answer depends only on the catalog parts its topics name, and any
+//! change to those moves the topics' index, so a cached answer whose index
+//! is still current is exactly what recomputing would give (the catalog's
+//! property test checks that every changed answer moved its index). The
+//! cache is bounded in bytes (`[consul] cache_max_bytes`) and scan
+//! resistant: a new entry enters a small probationary part and is promoted
+//! only when asked for again, so a client sending thousands of distinct
+//! one-off queries cycles the probationary part and never evicts the
+//! entries other clients keep asking for. Answers whose filter text is over
+//! [`CACHED_FILTER_MAX`] bytes, or whose body is over an eighth of the
+//! budget, are not cached at all.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::http::{StatusCode, header};
@@ -34,37 +53,108 @@ use super::{consul_headers, text_error};
 use crate::api::ApiState;
 use crate::consul::Discovery;
 
-/// Answers by (route, topics, parameters): (index, body).
-#[derive(Default)]
-pub(crate) struct AnswerCache {
-    map: parking_lot::Mutex<HashMap<String, (u64, bytes::Bytes)>>,
+/// Filters longer than this are not part of cached answers' keys: such
+/// answers are computed every time.
+pub(crate) const CACHED_FILTER_MAX: usize = 256;
+
+/// Per-entry bookkeeping counted on top of key and body bytes.
+const ENTRY_OVERHEAD: u64 = 128;
+
+#[derive(Clone)]
+struct Weigh;
+
+impl quick_cache::Weighter<String, (u64, bytes::Bytes)> for Weigh {
+    fn weight(&self, key: &String, val: &(u64, bytes::Bytes)) -> u64 {
+        key.len() as u64 + val.1.len() as u64 + ENTRY_OVERHEAD
+    }
 }
 
-/// Cached answers kept at most (the cache is emptied when it fills).
-const CACHE_ENTRIES: usize = 8192;
+#[derive(Clone)]
+struct CountEvictions;
+
+impl quick_cache::Lifecycle<String, (u64, bytes::Bytes)> for CountEvictions {
+    type RequestState = ();
+    fn begin_request(&self) -> Self::RequestState {}
+    fn on_evict(&self, _: &mut (), _: String, _: (u64, bytes::Bytes)) {
+        metrics::counter!("corro_consul_cache_evictions_total").increment(1);
+    }
+}
+
+type Inner = quick_cache::sync::Cache<
+    String,
+    (u64, bytes::Bytes),
+    Weigh,
+    quick_cache::DefaultHashBuilder,
+    CountEvictions,
+>;
+
+/// Answers by (route, topics, parameters): (index, body), bounded in bytes.
+pub(crate) struct AnswerCache {
+    inner: Inner,
+    max_body: usize,
+}
 
 impl AnswerCache {
+    /// A cache holding at most `max_bytes` of keys and bodies.
+    pub(crate) fn new(max_bytes: u64) -> AnswerCache {
+        let max_bytes = max_bytes.max(64 * 1024);
+        // One shard: answers of popular routes are large, and a sharded
+        // cache could not hold one bigger than its shard.
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity(4096)
+            .weight_capacity(max_bytes)
+            .hot_allocation(0.9)
+            .shards(1)
+            .build();
+        let inner = match options {
+            Ok(o) => Inner::with_options(o, Weigh, Default::default(), CountEvictions),
+            Err(_) => Inner::with(4096, max_bytes, Weigh, Default::default(), CountEvictions),
+        };
+        AnswerCache {
+            inner,
+            max_body: (max_bytes / 8) as usize,
+        }
+    }
+
     fn get(&self, key: &str, index: u64) -> Option<bytes::Bytes> {
-        let map = self.map.lock();
-        map.get(key)
-            .filter(|(i, _)| *i == index)
-            .map(|(_, b)| b.clone())
+        match self.inner.get(key) {
+            Some((i, b)) if i == index => {
+                metrics::counter!("corro_consul_cache_hits_total").increment(1);
+                Some(b)
+            }
+            _ => {
+                metrics::counter!("corro_consul_cache_misses_total").increment(1);
+                None
+            }
+        }
     }
 
     fn put(&self, key: String, index: u64, body: bytes::Bytes) {
-        let mut map = self.map.lock();
-        if map.len() >= CACHE_ENTRIES && !map.contains_key(&key) {
-            map.clear();
+        if body.len() > self.max_body {
+            return;
         }
-        map.insert(key, (index, body));
+        self.inner.insert(key, (index, body));
+        metrics::gauge!("corro_consul_cache_bytes").set(self.inner.weight() as f64);
+        metrics::gauge!("corro_consul_cache_entries").set(self.inner.len() as f64);
+    }
+
+    /// Bytes held (keys, bodies and per-entry overhead).
+    #[cfg(test)]
+    fn weight(&self) -> u64 {
+        self.inner.weight()
     }
 }
 
 /// The cache key of an answer (`route` names the route and every path
-/// parameter the topics do not); `None` when the answer depends on more than
-/// the catalog (round-trip times for `near`).
+/// parameter the topics do not); `None` when the answer is not cached:
+/// it depends on more than the catalog (round-trip times for `near`), or
+/// its filter is long (see [`CACHED_FILTER_MAX`]).
 fn cache_key(route: &str, topics: &[Topic], p: &Params) -> Option<String> {
-    if p.near.is_some() {
+    if p.near.is_some()
+        || p.filter
+            .as_ref()
+            .is_some_and(|f| f.len() > CACHED_FILTER_MAX)
+    {
         return None;
     }
     Some(format!(
@@ -73,8 +163,8 @@ fn cache_key(route: &str, topics: &[Topic], p: &Params) -> Option<String> {
     ))
 }
 
-fn encode(p: &Params, v: &Value) -> Vec<u8> {
-    let r = if p.pretty {
+fn encode(pretty: bool, v: &Value) -> Vec<u8> {
+    let r = if pretty {
         serde_json::to_vec_pretty(v)
     } else {
         serde_json::to_vec(v)
@@ -98,45 +188,92 @@ fn json_response(index: Option<u64>, body: impl Into<bytes::Bytes>) -> Response 
 
 /// An answer with no index (agent and status endpoints).
 pub(crate) fn plain(p: &Params, v: Value) -> Response {
-    json_response(None, encode(p, &v))
+    json_response(None, encode(p.pretty, &v))
+}
+
+/// Counts a held query for as long as it lives (also when the client goes
+/// away and the request future is dropped mid-wait).
+struct Held;
+
+impl Held {
+    fn new() -> Held {
+        metrics::gauge!("corro_consul_blocking_queries").increment(1.0);
+        Held
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        metrics::gauge!("corro_consul_blocking_queries").decrement(1.0);
+    }
+}
+
+/// Why an evaluation gave no body.
+enum Failed {
+    /// The filter could not be applied (the client's 400).
+    Client(String),
+    /// The render task died (the agent's 500).
+    Internal(String),
+}
+
+impl Failed {
+    fn response(self) -> Response {
+        match self {
+            Failed::Client(e) => text_error(StatusCode::BAD_REQUEST, e),
+            Failed::Internal(e) => text_error(StatusCode::INTERNAL_SERVER_ERROR, e),
+        }
+    }
 }
 
 /// Computes the answer from the catalog, blocking as the module doc says.
-pub(crate) async fn respond<F>(
+/// `gather` runs under the catalog's read lock and must only collect row
+/// handles; the `render` it returns runs on a blocking thread.
+pub(crate) async fn respond<G, R>(
     st: &ApiState,
     d: &Discovery,
     p: &Params,
     route: &str,
     topics: Vec<Topic>,
-    compute: F,
+    gather: G,
 ) -> Response
 where
-    F: Fn(&Index) -> Result<Value, String>,
+    G: Fn(&Index) -> R + Sync,
+    R: FnOnce() -> Result<Value, String> + Send + 'static,
 {
+    // Subscribe before the first evaluation: a change landing in between
+    // must still wake this request.
+    let mut changes = d.catalog.subscribe();
+    changes.borrow_and_update();
     let key = cache_key(route, &topics, p);
-    let eval = || -> Result<(u64, bytes::Bytes), String> {
-        let index = d.catalog.read();
-        let i = index.topic_index(&topics);
-        if let Some(body) = key.as_deref().and_then(|k| st.answers.get(k, i)) {
-            return Ok((i, body));
-        }
-        let v = compute(&index)?;
-        drop(index);
-        let body = bytes::Bytes::from(encode(p, &v));
+    let pretty = p.pretty;
+    let eval = async || -> Result<(u64, bytes::Bytes), Failed> {
+        let (i, render) = {
+            let index = d.catalog.read();
+            let i = index.topic_index(&topics);
+            if let Some(body) = key.as_deref().and_then(|k| st.answers.get(k, i)) {
+                return Ok((i, body));
+            }
+            (i, gather(&index))
+        };
+        let body = tokio::task::spawn_blocking(move || render().map(|v| encode(pretty, &v)))
+            .await
+            .map_err(|e| Failed::Internal(format!("building the answer failed: {e}")))?
+            .map_err(Failed::Client)?;
+        let body = bytes::Bytes::from(body);
         if let Some(k) = &key {
             st.answers.put(k.clone(), i, body.clone());
         }
         Ok((i, body))
     };
-    let (mut at, first) = match eval() {
+    let (mut at, first) = match eval().await {
         Ok(x) => x,
-        Err(e) => return text_error(StatusCode::BAD_REQUEST, e),
+        Err(e) => return e.response(),
     };
     let want = match p.index {
-        Some(n) if n > 0 && at <= n => n,
+        Some(n) if n > 0 && at <= n && n <= d.catalog.read().current() => n,
         _ => return json_response(Some(at), first),
     };
-    metrics::gauge!("corro_consul_blocking_queries").increment(1.0);
+    let _held = Held::new();
     let jitter = p.wait / 16;
     let wait = p.wait
         + if jitter.is_zero() {
@@ -145,7 +282,6 @@ where
             rand::rng().random_range(Duration::ZERO..=jitter)
         };
     let deadline = tokio::time::Instant::now() + wait;
-    let mut changes = d.catalog.subscribe();
     let stop = st.stop.clone();
     let mut latest = first.clone();
     loop {
@@ -159,21 +295,59 @@ where
         if now <= at || now <= want {
             continue;
         }
-        match eval() {
+        match eval().await {
             Ok((i, body)) => {
                 at = i;
                 if body != first {
-                    metrics::gauge!("corro_consul_blocking_queries").decrement(1.0);
                     return json_response(Some(at), body);
                 }
                 latest = body;
             }
-            Err(e) => {
-                metrics::gauge!("corro_consul_blocking_queries").decrement(1.0);
-                return text_error(StatusCode::BAD_REQUEST, e);
-            }
+            Err(e) => return e.response(),
         }
     }
-    metrics::gauge!("corro_consul_blocking_queries").decrement(1.0);
     json_response(Some(at), latest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_stays_within_its_bytes_and_keeps_hot_entries_under_a_flood() {
+        let budget = 8 << 20;
+        let cache = AnswerCache::new(budget);
+        let hot_body = bytes::Bytes::from(vec![b'h'; 200_000]);
+        cache.put("hot".into(), 1, hot_body.clone());
+        for _ in 0..3 {
+            assert!(cache.get("hot", 1).is_some());
+        }
+        // A flood of distinct one-off answers, each sizeable.
+        for i in 0..3000 {
+            let body = bytes::Bytes::from(vec![b'x'; 100_000]);
+            cache.put(format!("flood-{i}"), 1, body);
+            assert!(cache.weight() <= budget, "{} > {budget}", cache.weight());
+            if i % 100 == 0 {
+                assert!(cache.get("hot", 1).is_some(), "hot entry evicted at {i}");
+            }
+        }
+        assert_eq!(cache.get("hot", 1), Some(hot_body));
+        // A stale index is a miss.
+        assert!(cache.get("hot", 2).is_none());
+        // Bodies over an eighth of the budget are not kept.
+        cache.put("huge".into(), 1, bytes::Bytes::from(vec![0; 2 << 20]));
+        assert!(cache.get("huge", 1).is_none());
+    }
+
+    #[test]
+    fn long_filters_and_near_are_not_cached() {
+        let mut p = Params::default();
+        assert!(cache_key("r", &[], &p).is_some());
+        p.filter = Some("x".repeat(CACHED_FILTER_MAX + 1));
+        assert!(cache_key("r", &[], &p).is_none());
+        p.filter = Some("Node.Node == a".into());
+        assert!(cache_key("r", &[], &p).is_some());
+        p.near = Some("_agent".into());
+        assert!(cache_key("r", &[], &p).is_none());
+    }
 }

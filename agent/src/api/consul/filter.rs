@@ -16,26 +16,46 @@
 //! their negations; `X in Sel` holds when `Sel` is a list holding `X`, a map
 //! with key `X`, or a string containing `X`; `is empty` holds for a missing
 //! value, empty string, list or map.
+//!
+//! Limits (outside input): the text is at most [`MAX_LEN`] bytes, nests at
+//! most [`MAX_DEPTH`] levels of parentheses and `not`, holds at most
+//! [`MAX_TERMS`] matching terms, and each regular expression compiles
+//! within [`REGEX_SIZE`] bytes. Parsing recurses only on nesting, so the
+//! depth limit bounds the stack; `and`/`or` chains are flat lists.
+//! Regular expressions are compiled once, when the filter is parsed.
+
+use std::sync::Arc;
 
 use serde_json::Value;
 
+/// Longest filter text accepted, in bytes.
+pub(crate) const MAX_LEN: usize = 4096;
+/// Deepest nesting of parentheses and `not` accepted.
+pub(crate) const MAX_DEPTH: usize = 32;
+/// Most matching terms (`Sel == v`, `v in Sel`, ...) in one filter.
+pub(crate) const MAX_TERMS: usize = 256;
+/// Compiled size limit of one regular expression, in bytes.
+pub(crate) const REGEX_SIZE: usize = 256 * 1024;
+
 /// A parsed filter.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Expr {
-    And(Box<Expr>, Box<Expr>),
-    Or(Box<Expr>, Box<Expr>),
+    /// Every one holds (at least two).
+    And(Vec<Expr>),
+    /// Any one holds (at least two).
+    Or(Vec<Expr>),
     Not(Box<Expr>),
-    Match(Selector, Op, String),
+    Match(Selector, Op),
     In(String, Selector, bool),
     Empty(Selector, bool),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone)]
 pub(crate) enum Op {
-    Eq,
-    Ne,
-    Matches,
-    NotMatches,
+    Eq(String),
+    Ne(String),
+    Matches(Arc<regex::Regex>),
+    NotMatches(Arc<regex::Regex>),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -117,6 +137,9 @@ fn lex(text: &str) -> Result<Vec<Tok>, String> {
 struct Parser {
     toks: Vec<Tok>,
     pos: usize,
+    /// Current nesting of parentheses and `not`.
+    depth: usize,
+    terms: usize,
 }
 
 impl Parser {
@@ -136,35 +159,65 @@ impl Parser {
     }
 
     fn or(&mut self) -> Result<Expr, String> {
-        let mut l = self.and()?;
+        let mut list = vec![self.and()?];
         while self.peek_word("or") {
             self.pos += 1;
-            l = Expr::Or(Box::new(l), Box::new(self.and()?));
+            list.push(self.and()?);
         }
-        Ok(l)
+        Ok(if list.len() == 1 {
+            list.swap_remove(0)
+        } else {
+            Expr::Or(list)
+        })
     }
 
     fn and(&mut self) -> Result<Expr, String> {
-        let mut l = self.not()?;
+        let mut list = vec![self.not()?];
         while self.peek_word("and") {
             self.pos += 1;
-            l = Expr::And(Box::new(l), Box::new(self.not()?));
+            list.push(self.not()?);
         }
-        Ok(l)
+        Ok(if list.len() == 1 {
+            list.swap_remove(0)
+        } else {
+            Expr::And(list)
+        })
+    }
+
+    /// Enters one nesting level (refused past [`MAX_DEPTH`]).
+    fn deeper(&mut self) -> Result<(), String> {
+        self.depth += 1;
+        if self.depth > MAX_DEPTH {
+            return Err(format!(
+                "the filter nests deeper than {MAX_DEPTH} levels of parentheses and 'not' (limit)"
+            ));
+        }
+        Ok(())
     }
 
     fn not(&mut self) -> Result<Expr, String> {
         if self.peek_word("not") {
             self.pos += 1;
-            return Ok(Expr::Not(Box::new(self.not()?)));
+            self.deeper()?;
+            let e = Expr::Not(Box::new(self.not()?));
+            self.depth -= 1;
+            return Ok(e);
         }
         if self.peek() == Some(&Tok::Sym("(")) {
             self.pos += 1;
+            self.deeper()?;
             let e = self.or()?;
             if self.next() != Some(Tok::Sym(")")) {
                 return Err("missing closing parenthesis".into());
             }
+            self.depth -= 1;
             return Ok(e);
+        }
+        self.terms += 1;
+        if self.terms > MAX_TERMS {
+            return Err(format!(
+                "the filter has more than {MAX_TERMS} terms (limit)"
+            ));
         }
         self.matcher()
     }
@@ -231,8 +284,8 @@ impl Parser {
         }
         let sel = self.selector()?;
         match self.next() {
-            Some(Tok::Sym("==")) => Ok(Expr::Match(sel, Op::Eq, self.value()?)),
-            Some(Tok::Sym("!=")) => Ok(Expr::Match(sel, Op::Ne, self.value()?)),
+            Some(Tok::Sym("==")) => Ok(Expr::Match(sel, Op::Eq(self.value()?))),
+            Some(Tok::Sym("!=")) => Ok(Expr::Match(sel, Op::Ne(self.value()?))),
             Some(Tok::Word(w)) if w == "is" => {
                 let negate = self.peek_word("not");
                 if negate {
@@ -245,10 +298,10 @@ impl Parser {
                 Ok(Expr::Empty(sel, negate))
             }
             Some(Tok::Word(w)) if w == "contains" => Ok(Expr::In(self.value()?, sel, false)),
-            Some(Tok::Word(w)) if w == "matches" => self.regex(sel, Op::Matches),
+            Some(Tok::Word(w)) if w == "matches" => self.regex(sel, false),
             Some(Tok::Word(w)) if w == "not" => match self.next() {
                 Some(Tok::Word(x)) if x == "contains" => Ok(Expr::In(self.value()?, sel, true)),
-                Some(Tok::Word(x)) if x == "matches" => self.regex(sel, Op::NotMatches),
+                Some(Tok::Word(x)) if x == "matches" => self.regex(sel, true),
                 other => Err(format!("unsupported operator 'not {other:?}' after {sel}")),
             },
             Some(other) => Err(format!("unsupported operator {other:?} after {sel}")),
@@ -256,18 +309,39 @@ impl Parser {
         }
     }
 
-    fn regex(&mut self, sel: Selector, op: Op) -> Result<Expr, String> {
+    fn regex(&mut self, sel: Selector, negate: bool) -> Result<Expr, String> {
         let v = self.value()?;
-        regex::Regex::new(&v).map_err(|e| format!("invalid regular expression {v:?}: {e}"))?;
-        Ok(Expr::Match(sel, op, v))
+        let re = regex::RegexBuilder::new(&v)
+            .size_limit(REGEX_SIZE)
+            .dfa_size_limit(REGEX_SIZE)
+            .build()
+            .map_err(|e| format!("invalid regular expression {v:?}: {e}"))?;
+        let re = Arc::new(re);
+        Ok(Expr::Match(
+            sel,
+            if negate {
+                Op::NotMatches(re)
+            } else {
+                Op::Matches(re)
+            },
+        ))
     }
 }
 
-/// Parses a filter expression; the error names the unsupported part.
+/// Parses a filter expression; the error names the unsupported part or
+/// the limit it exceeds.
 pub(crate) fn parse(s: &str) -> Result<Expr, String> {
+    if s.len() > MAX_LEN {
+        return Err(format!(
+            "the filter is {} bytes, over the {MAX_LEN} byte limit",
+            s.len()
+        ));
+    }
     let mut p = Parser {
         toks: lex(s)?,
         pos: 0,
+        depth: 0,
+        terms: 0,
     };
     let e = p.or()?;
     if let Some(t) = p.peek() {
@@ -337,13 +411,40 @@ fn is_empty(v: &Value) -> bool {
     }
 }
 
+/// Checks every selector of `e` against `sample` (an entry of the route's
+/// shape, every optional part present), unlike [`eval`] which stops at the
+/// first term that decides.
+pub(crate) fn validate(e: &Expr, sample: &Value) -> Result<(), String> {
+    match e {
+        Expr::And(list) | Expr::Or(list) => list.iter().try_for_each(|x| validate(x, sample)),
+        Expr::Not(a) => validate(a, sample),
+        Expr::Match(sel, _) | Expr::In(_, sel, _) | Expr::Empty(sel, _) => {
+            resolve(sample, sel).map(|_| ())
+        }
+    }
+}
+
 /// Whether `entry` passes `e`.
 pub(crate) fn eval(e: &Expr, entry: &Value) -> Result<bool, String> {
     Ok(match e {
-        Expr::And(a, b) => eval(a, entry)? && eval(b, entry)?,
-        Expr::Or(a, b) => eval(a, entry)? || eval(b, entry)?,
+        Expr::And(list) => {
+            for x in list {
+                if !eval(x, entry)? {
+                    return Ok(false);
+                }
+            }
+            true
+        }
+        Expr::Or(list) => {
+            for x in list {
+                if eval(x, entry)? {
+                    return Ok(true);
+                }
+            }
+            false
+        }
         Expr::Not(a) => !eval(a, entry)?,
-        Expr::Match(sel, op, want) => {
+        Expr::Match(sel, op) => {
             let vals = resolve(entry, sel)?;
             let leaf: Vec<&Value> = vals
                 .into_iter()
@@ -353,15 +454,10 @@ pub(crate) fn eval(e: &Expr, entry: &Value) -> Result<bool, String> {
                 })
                 .collect();
             match op {
-                Op::Eq | Op::Ne => {
-                    let any = leaf.iter().any(|v| as_text(v) == *want);
-                    if *op == Op::Eq { any } else { !any }
-                }
-                Op::Matches | Op::NotMatches => {
-                    let re = regex::Regex::new(want).map_err(|e| e.to_string())?;
-                    let any = leaf.iter().any(|v| re.is_match(&as_text(v)));
-                    if *op == Op::Matches { any } else { !any }
-                }
+                Op::Eq(want) => leaf.iter().any(|v| as_text(v) == *want),
+                Op::Ne(want) => !leaf.iter().any(|v| as_text(v) == *want),
+                Op::Matches(re) => leaf.iter().any(|v| re.is_match(&as_text(v))),
+                Op::NotMatches(re) => !leaf.iter().any(|v| re.is_match(&as_text(v))),
             }
         }
         Expr::In(want, sel, negate) => {
@@ -400,7 +496,7 @@ mod tests {
 
     fn entry() -> Value {
         json!({
-            "Node": {"Node": "n1", "Meta": {"env": "prod"}, "Datacenter": "dc1"},
+            "Node": {"Node": "n1", "ID": "i", "Meta": {"env": "prod"}, "Datacenter": "dc1"},
             "Service": {"Service": "web", "Tags": ["v1", "primary"], "Meta": {"version": "2"}, "Port": 80},
             "Checks": [{"CheckID": "serfHealth", "Status": "passing"}, {"CheckID": "c", "Status": "warning"}]
         })
@@ -443,9 +539,52 @@ mod tests {
             ("Service.Service == x extra", "unexpected"),
             ("Service.Tags is full", "empty"),
         ] {
-            let e = parse(f).and_then(|e| eval(&e, &entry()).map(|_| ()));
+            let e = parse(f).and_then(|e| validate(&e, &entry()));
             let msg = e.unwrap_err();
             assert!(msg.contains(want), "{f}: {msg}");
         }
+    }
+
+    #[test]
+    fn every_selector_is_checked_not_only_the_deciding_one() {
+        let e = parse("Node.Node == n1 or Service.Nope == x").unwrap();
+        assert!(eval(&e, &entry()).unwrap());
+        assert!(validate(&e, &entry()).unwrap_err().contains("Nope"));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_without_recursing_through_it() {
+        // Far deeper than any stack would survive if the parser followed it.
+        for text in [
+            format!("{}Node.Node == n1{}", "(".repeat(2000), ")".repeat(2000)),
+            format!("{}Node.Node == n1", "not ".repeat(1000)),
+            format!("{}Node.Node == n1", "(".repeat(5000)),
+        ] {
+            let text = &text[..text.len().min(MAX_LEN)];
+            let msg = parse(text).unwrap_err();
+            assert!(msg.contains("deeper than 32"), "{msg}");
+        }
+        let ok = format!("{}Node.Node == n1{}", "(".repeat(32), ")".repeat(32));
+        assert!(eval(&parse(&ok).unwrap(), &entry()).unwrap());
+        let nots = format!("{}Node.Node == n1", "not ".repeat(32));
+        assert!(eval(&parse(&nots).unwrap(), &entry()).unwrap());
+    }
+
+    #[test]
+    fn long_filters_and_many_terms_are_refused_naming_the_limit() {
+        let long = format!("Node.Node == \"{}\"", "x".repeat(MAX_LEN));
+        assert!(parse(&long).unwrap_err().contains("4096 byte limit"));
+        let many = vec!["x==a"; MAX_TERMS + 1].join(" or ");
+        assert!(many.len() <= MAX_LEN);
+        assert!(parse(&many).unwrap_err().contains("terms"));
+        // A long flat chain is fine: it is a list, not a deep tree.
+        let chain = vec!["Node.ID != a"; MAX_TERMS / 2].join(" and ");
+        assert!(eval(&parse(&chain).unwrap(), &entry()).unwrap());
+    }
+
+    #[test]
+    fn huge_regular_expressions_are_refused() {
+        let e = parse(r#"Node.Node matches "(a{1000}){1000}""#).unwrap_err();
+        assert!(e.contains("regular expression"), "{e}");
     }
 }

@@ -26,7 +26,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use corro_catalog::{Index, Instance, Liveness, Status, Topic};
+use std::sync::Arc;
+
+use corro_catalog::{Entry, Index, Instance, Liveness, Status, Topic};
 use serde_json::{Value, json};
 
 use super::ApiState;
@@ -135,7 +137,7 @@ fn filter_and_near(
         return Ok(None);
     };
     let e = filter::parse(text).map_err(bad)?;
-    filter::eval(&e, &render::sample(shape)).map_err(bad)?;
+    filter::validate(&e, &render::sample(shape)).map_err(bad)?;
     Ok(Some(e))
 }
 
@@ -174,6 +176,13 @@ fn node_meta_ok(index: &Index, node: &str, want: &[(String, String)]) -> bool {
             .is_some_and(|n| want.iter().all(|(k, v)| n.meta.get(k) == Some(v)))
 }
 
+/// Whether a service carries every `?tag=` (compared case-insensitively,
+/// as Consul does).
+fn tags_ok(tags: &[String], want: &[String]) -> bool {
+    want.iter()
+        .all(|w| tags.iter().any(|t| corro_catalog::same_name(t, w)))
+}
+
 /// Sorts by round-trip time from this agent (unknown last) for `?near=`.
 fn sort_near<T>(
     index: &Index,
@@ -183,7 +192,7 @@ fn sort_near<T>(
     node: impl Fn(&T) -> &str,
 ) {
     if let Some(near) = &p.near
-        && (near == "_agent" || *near == d.node.name)
+        && (near == "_agent" || corro_catalog::same_name(near, &d.node.name))
     {
         items.sort_by(|a, b| {
             let ra = index.rtt(node(a)).unwrap_or(f64::MAX);
@@ -196,7 +205,7 @@ fn sort_near<T>(
 #[expect(clippy::result_large_err, reason = "the error is the response to send")]
 fn check_near(p: &Params, d: &Discovery) -> Result<(), Response> {
     match &p.near {
-        Some(n) if n != "_agent" && *n != d.node.name => Err(text_error(
+        Some(n) if n != "_agent" && !corro_catalog::same_name(n, &d.node.name) => Err(text_error(
             StatusCode::BAD_REQUEST,
             format!(
                 "near={n:?}: only _agent (or this agent's node name) is supported; round-trip times are known from this agent only"
@@ -211,7 +220,7 @@ fn instances(index: &Index, d: &Discovery, p: &Params, name: &str) -> Vec<Instan
     let mut list: Vec<Instance> = index
         .instances(name)
         .into_iter()
-        .filter(|i| p.tags.iter().all(|t| i.service.tags.contains(t)))
+        .filter(|i| tags_ok(&i.service.tags, &p.tags))
         .filter(|i| node_meta_ok(index, &i.service.node, &p.node_meta))
         .collect();
     sort_near(index, p, d, &mut list, |i| i.service.node.as_str());
@@ -231,28 +240,37 @@ async fn catalog_services(State(st): State<ApiState>, RawQuery(q): RawQuery) -> 
         "catalog/services",
         vec![Topic::Services, Topic::Nodes],
         |index| {
-            let mut out = serde_json::Map::new();
-            for (name, _) in index.service_names() {
-                let entries: Vec<Value> = index
-                    .instances(name)
-                    .iter()
-                    .filter(|i| node_meta_ok(index, &i.service.node, &p.node_meta))
-                    .map(|i| render::catalog_entry(index, i, &dc))
-                    .collect();
-                let entries = filtered(&f, entries)?;
-                if entries.is_empty() {
-                    continue;
+            let rows: Vec<_> = index
+                .services()
+                .filter(|s| node_meta_ok(index, &s.node, &p.node_meta))
+                .map(|s| (s.clone(), index.node(&s.node).cloned()))
+                .collect();
+            let (f, dc) = (f.clone(), dc.clone());
+            move || {
+                // Names as registered (two spellings are listed apart, as
+                // Consul lists them), each with its instances' tags.
+                let mut out: std::collections::BTreeMap<&str, Vec<String>> = Default::default();
+                for (s, n) in &rows {
+                    if let Some(e) = &f {
+                        let entry = render::catalog_entry(s, n.as_deref(), &dc);
+                        if !filter::eval(e, &entry)? {
+                            continue;
+                        }
+                    }
+                    out.entry(s.name.as_str())
+                        .or_default()
+                        .extend(s.tags.iter().cloned());
                 }
-                let mut tags: Vec<String> = entries
-                    .iter()
-                    .flat_map(|e| e["ServiceTags"].as_array().cloned().unwrap_or_default())
-                    .filter_map(|t| t.as_str().map(str::to_string))
+                let map: serde_json::Map<String, Value> = out
+                    .into_iter()
+                    .map(|(name, mut tags)| {
+                        tags.sort();
+                        tags.dedup();
+                        (name.to_string(), json!(tags))
+                    })
                     .collect();
-                tags.sort();
-                tags.dedup();
-                out.insert(name.to_string(), json!(tags));
+                Ok(Value::Object(map))
             }
-            Ok(Value::Object(out))
         },
     )
     .await
@@ -273,13 +291,17 @@ async fn catalog_service(
         &d,
         &p,
         "catalog/service",
-        vec![Topic::Service(name.clone())],
+        vec![Topic::service(&name)],
         |index| {
-            let list: Vec<Value> = instances(index, &d, &p, &name)
-                .iter()
-                .map(|i| render::catalog_entry(index, i, &dc))
-                .collect();
-            Ok(Value::Array(filtered(&f, list)?))
+            let list = instances(index, &d, &p, &name);
+            let (f, dc) = (f.clone(), dc.clone());
+            move || {
+                let list = list
+                    .iter()
+                    .map(|i| render::catalog_entry(&i.service, i.node.as_deref(), &dc))
+                    .collect();
+                Ok(Value::Array(filtered(&f, list)?))
+            }
         },
     )
     .await
@@ -297,8 +319,11 @@ async fn catalog_nodes(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Res
             .cloned()
             .collect();
         sort_near(index, &p, &d, &mut nodes, |n| n.node.as_str());
-        let list = nodes.iter().map(|n| render::node(index, n)).collect();
-        Ok(Value::Array(filtered(&f, list)?))
+        let f = f.clone();
+        move || {
+            let list = nodes.iter().map(|n| render::node(n)).collect();
+            Ok(Value::Array(filtered(&f, list)?))
+        }
     })
     .await
 }
@@ -318,25 +343,35 @@ async fn catalog_node(
         &d,
         &p,
         "catalog/node",
-        vec![Topic::Node(node.clone())],
+        vec![Topic::node(&node)],
         |index| {
-            let services = index.node_instances(&node);
-            let n = match index.node(&node) {
-                Some(n) => render::node(index, n),
-                None if !services.is_empty() => render::bare_node(index, &node, &dc),
-                // Consul answers `null` for a node it does not know.
-                None => return Ok(Value::Null),
-            };
-            let list: Vec<Value> = services
-                .iter()
-                .map(|i| render::service(index, &i.service))
-                .collect();
-            let list = filtered(&f, list)?;
-            let map: serde_json::Map<String, Value> = list
+            let services: Vec<_> = index
+                .node_instances(&node)
                 .into_iter()
-                .map(|s| (s["ID"].as_str().unwrap_or_default().to_string(), s))
+                .map(|i| i.service)
                 .collect();
-            Ok(json!({"Node": n, "Services": map}))
+            let row = index.node(&node).cloned();
+            let (f, dc) = (f.clone(), dc.clone());
+            move || {
+                let n = match (&row, services.first()) {
+                    (Some(n), _) => render::node(n),
+                    (None, Some(first)) => render::bare_node(
+                        &first.node,
+                        &dc,
+                        services.iter().map(|s| s.create_index).min().unwrap_or(0),
+                        services.iter().map(|s| s.modify_index).max().unwrap_or(0),
+                    ),
+                    // Consul answers `null` for a node it does not know.
+                    (None, None) => return Ok(Value::Null),
+                };
+                let list: Vec<Value> = services.iter().map(|s| render::service(s)).collect();
+                let list = filtered(&f, list)?;
+                let map: serde_json::Map<String, Value> = list
+                    .into_iter()
+                    .map(|s| (s["ID"].as_str().unwrap_or_default().to_string(), s))
+                    .collect();
+                Ok(json!({"Node": n, "Services": map}))
+            }
         },
     )
     .await
@@ -357,9 +392,11 @@ async fn catalog_datacenters(State(st): State<ApiState>, RawQuery(q): RawQuery) 
         |index| {
             let mut dcs: Vec<String> = index.nodes().map(|n| n.datacenter.clone()).collect();
             dcs.push(dc.clone());
-            dcs.sort();
-            dcs.dedup();
-            Ok(json!(dcs))
+            move || {
+                dcs.sort();
+                dcs.dedup();
+                Ok(json!(dcs))
+            }
         },
     )
     .await
@@ -380,15 +417,18 @@ async fn health_service(
         &d,
         &p,
         "health/service",
-        vec![Topic::Service(name.clone())],
+        vec![Topic::service(&name)],
         |index| {
-            let list: Vec<Value> = instances(index, &d, &p, &name)
-                .iter()
+            let list: Vec<Instance> = instances(index, &d, &p, &name)
+                .into_iter()
                 // `passing`: every check passing (a warning excludes, as Consul).
                 .filter(|i| !p.passing || i.status == Status::Passing)
-                .map(|i| render::health_entry(index, i, &dc))
                 .collect();
-            Ok(Value::Array(filtered(&f, list)?))
+            let (f, dc) = (f.clone(), dc.clone());
+            move || {
+                let list = list.iter().map(|i| render::health_entry(i, &dc)).collect();
+                Ok(Value::Array(filtered(&f, list)?))
+            }
         },
     )
     .await
@@ -408,7 +448,7 @@ async fn health_checks(
         &d,
         &p,
         "health/checks",
-        vec![Topic::Service(name.clone())],
+        vec![Topic::service(&name)],
         |index| check_list(index, &d, &p, &f, index.service_checks(&name)),
     )
     .await
@@ -428,14 +468,18 @@ async fn health_node(
         &d,
         &p,
         "health/node",
-        vec![Topic::Node(node.clone())],
+        vec![Topic::node(&node)],
         |index| {
-            let list = index
+            let checks: Vec<_> = index
                 .node_checks(&node)
-                .iter()
-                .map(|c| render::check(index, c, &render::check_tags(index, c)))
+                .into_iter()
+                .map(|c| {
+                    let tags = render::check_tags(index, &c);
+                    (c, tags)
+                })
                 .collect();
-            Ok(Value::Array(filtered(&f, list)?))
+            let f = f.clone();
+            move || render_checks(&f, &checks)
         },
     )
     .await
@@ -482,23 +526,38 @@ async fn health_state(
     .await
 }
 
-/// Checks as the health routes answer them: `?node-meta` applied,
-/// `?near` order, rendered, `?filter` applied.
+type CheckRows = Vec<(Arc<Entry<corro_catalog::Check>>, Vec<String>)>;
+
+/// Checks as the health routes answer them, gathered under the lock:
+/// `?node-meta` applied, `?near` order, each with its service's tags; the
+/// returned step renders them and applies `?filter`.
 fn check_list(
     index: &Index,
     d: &Discovery,
     p: &Params,
     f: &Option<filter::Expr>,
-    checks: Vec<std::sync::Arc<corro_catalog::Check>>,
-) -> Result<Value, String> {
+    checks: Vec<Arc<Entry<corro_catalog::Check>>>,
+) -> impl FnOnce() -> Result<Value, String> + Send + use<> {
     let mut checks: Vec<_> = checks
         .into_iter()
         .filter(|c| node_meta_ok(index, &c.node, &p.node_meta))
         .collect();
     sort_near(index, p, d, &mut checks, |c| c.node.as_str());
+    let checks: CheckRows = checks
+        .into_iter()
+        .map(|c| {
+            let tags = render::check_tags(index, &c);
+            (c, tags)
+        })
+        .collect();
+    let f = f.clone();
+    move || render_checks(&f, &checks)
+}
+
+fn render_checks(f: &Option<filter::Expr>, checks: &CheckRows) -> Result<Value, String> {
     let list = checks
         .iter()
-        .map(|c| render::check(index, c, &render::check_tags(index, c)))
+        .map(|(c, tags)| render::check(c, tags))
         .collect();
     Ok(Value::Array(filtered(f, list)?))
 }
@@ -526,15 +585,21 @@ fn member_json(name: &str, addr: std::net::SocketAddr, status: u8, dc: &str, act
 /// This agent and every SWIM member as Consul lists LAN members (Serf
 /// status 1 alive, 4 failed; a suspect member is still alive, as in Serf).
 fn members(st: &ApiState, d: &Discovery) -> Vec<Value> {
-    let index = d.catalog.read();
-    let name_of = |actor: &str| -> (String, String) {
-        index
+    // Node names by actor, looked up once (not once per member).
+    let (names, me) = {
+        let index = d.catalog.read();
+        let names: std::collections::HashMap<String, (String, String)> = index
             .nodes()
-            .find(|n| n.actor_id == actor)
-            .map(|n| (n.node.clone(), n.datacenter.clone()))
+            .map(|n| (n.actor_id.clone(), (n.node.clone(), n.datacenter.clone())))
+            .collect();
+        (names, index.local_actor().to_string())
+    };
+    let name_of = |actor: &str| -> (String, String) {
+        names
+            .get(actor)
+            .cloned()
             .unwrap_or_else(|| (actor.to_string(), d.node.datacenter.clone()))
     };
-    let me = index.local_actor().to_string();
     let own_addr = st
         .cluster
         .as_ref()
@@ -612,27 +677,31 @@ async fn status_peers(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Resp
         Ok(x) => x,
         Err(r) => return r,
     };
+    let Some(c) = st.cluster.as_ref() else {
+        return blocking::plain(&p, json!([]));
+    };
+    // Member addresses by actor, looked up once (not once per node).
+    let addrs: std::collections::HashMap<String, String> = c
+        .members()
+        .into_iter()
+        .map(|m| (m.actor_id, m.addr))
+        .collect();
+    let own = std::net::SocketAddr::new(d.node.address, c.advertised().port()).to_string();
     let index = d.catalog.read();
     let mut peers: Vec<String> = index
         .nodes()
         .filter(|n| index.liveness(&n.node) == Liveness::Alive)
         .filter_map(|n| {
-            st.cluster.as_ref().and_then(|c| {
-                if n.actor_id == index.local_actor() {
-                    return Some(
-                        std::net::SocketAddr::new(d.node.address, c.advertised().port())
-                            .to_string(),
-                    );
-                }
-                c.members()
-                    .into_iter()
-                    .find(|m| m.actor_id == n.actor_id)
-                    .map(|m| m.addr)
-            })
+            if n.actor_id == index.local_actor() {
+                Some(own.clone())
+            } else {
+                addrs.get(&n.actor_id).cloned()
+            }
         })
         .collect();
     drop(index);
     peers.sort();
+    peers.dedup();
     blocking::plain(&p, json!(peers))
 }
 

@@ -3,11 +3,13 @@
 //! Field names, types and empty values as Consul answers: lists are `[]`
 //! and maps `{}` when empty (never `null`), ports are numbers, node IDs are
 //! UUIDs (the agent's actor id), `CreateIndex`/`ModifyIndex` are the
-//! catalog's index stamps of the node or service.
+//! catalog index values at which that row was created and last changed.
+//! Nothing here reads the catalog: rendering runs after the catalog lock
+//! is released, from rows gathered under it.
 
 use std::sync::Arc;
 
-use corro_catalog::{Check, Index, Instance, Node, Service, Topic};
+use corro_catalog::{Check, Entry, Index, Instance, Node, Service};
 use serde_json::{Map, Value, json};
 
 /// An actor id (hex) as the UUID form Consul uses for node IDs.
@@ -46,13 +48,8 @@ fn service_tagged(s: &Service) -> Value {
     )
 }
 
-fn node_index(index: &Index, node: &str) -> u64 {
-    index.topic_index(&[Topic::Node(node.to_string())])
-}
-
 /// A node as `/v1/catalog/nodes` and `Node` in health entries show it.
-pub(crate) fn node(index: &Index, n: &Node) -> Value {
-    let i = node_index(index, &n.node);
+pub(crate) fn node(n: &Entry<Node>) -> Value {
     json!({
         "ID": node_id(&n.actor_id),
         "Node": n.node,
@@ -60,14 +57,14 @@ pub(crate) fn node(index: &Index, n: &Node) -> Value {
         "Datacenter": n.datacenter,
         "TaggedAddresses": node_tagged(&n.address),
         "Meta": str_map(&n.meta),
-        "CreateIndex": i,
-        "ModifyIndex": i,
+        "CreateIndex": n.create_index,
+        "ModifyIndex": n.modify_index,
     })
 }
 
-/// A node known only from its services (no `consul_nodes` row yet).
-pub(crate) fn bare_node(index: &Index, name: &str, dc: &str) -> Value {
-    let i = node_index(index, name);
+/// A node known only from its services or checks (no `consul_nodes` row
+/// yet); its indexes are those of the rows that name it.
+pub(crate) fn bare_node(name: &str, dc: &str, create: u64, modify: u64) -> Value {
     json!({
         "ID": "",
         "Node": name,
@@ -75,14 +72,13 @@ pub(crate) fn bare_node(index: &Index, name: &str, dc: &str) -> Value {
         "Datacenter": dc,
         "TaggedAddresses": {},
         "Meta": {},
-        "CreateIndex": i,
-        "ModifyIndex": i,
+        "CreateIndex": create,
+        "ModifyIndex": modify,
     })
 }
 
 /// A service as `Service` in health entries and `/v1/catalog/node/:node`.
-pub(crate) fn service(index: &Index, s: &Service) -> Value {
-    let i = node_index(index, &s.node);
+pub(crate) fn service(s: &Entry<Service>) -> Value {
     json!({
         "ID": s.id,
         "Service": s.name,
@@ -95,14 +91,13 @@ pub(crate) fn service(index: &Index, s: &Service) -> Value {
         "EnableTagOverride": false,
         "Proxy": {"MeshGateway": {}, "Expose": {}},
         "Connect": {},
-        "CreateIndex": i,
-        "ModifyIndex": i,
+        "CreateIndex": s.create_index,
+        "ModifyIndex": s.modify_index,
     })
 }
 
 /// A check as the health endpoints show it; `tags`: its service's tags.
-pub(crate) fn check(index: &Index, c: &Check, tags: &[String]) -> Value {
-    let i = node_index(index, &c.node);
+pub(crate) fn check(c: &Entry<Check>, tags: &[String]) -> Value {
     json!({
         "Node": c.node,
         "CheckID": c.id,
@@ -118,8 +113,8 @@ pub(crate) fn check(index: &Index, c: &Check, tags: &[String]) -> Value {
         "Timeout": "",
         "ExposedPort": 0,
         "Definition": {},
-        "CreateIndex": i,
-        "ModifyIndex": i,
+        "CreateIndex": c.create_index,
+        "ModifyIndex": c.modify_index,
     })
 }
 
@@ -135,7 +130,7 @@ pub(crate) fn check_tags(index: &Index, c: &Check) -> Vec<String> {
 }
 
 /// One `/v1/health/service/:name` entry.
-pub(crate) fn health_entry(index: &Index, inst: &Instance, dc: &str) -> Value {
+pub(crate) fn health_entry(inst: &Instance, dc: &str) -> Value {
     let checks: Vec<Value> = inst
         .checks
         .iter()
@@ -145,28 +140,29 @@ pub(crate) fn health_entry(index: &Index, inst: &Instance, dc: &str) -> Value {
             } else {
                 inst.service.tags.clone()
             };
-            check(index, c, &tags)
+            check(c, &tags)
         })
         .collect();
+    let node = match &inst.node {
+        Some(n) => node(n),
+        None => bare_node(
+            &inst.service.node,
+            dc,
+            inst.service.create_index,
+            inst.service.modify_index,
+        ),
+    };
     json!({
-        "Node": node_or_bare(index, inst.node.as_ref(), &inst.service.node, dc),
-        "Service": service(index, &inst.service),
+        "Node": node,
+        "Service": service(&inst.service),
         "Checks": checks,
     })
 }
 
-fn node_or_bare(index: &Index, n: Option<&Arc<Node>>, name: &str, dc: &str) -> Value {
-    match n {
-        Some(n) => node(index, n),
-        None => bare_node(index, name, dc),
-    }
-}
-
-/// One `/v1/catalog/service/:name` entry.
-pub(crate) fn catalog_entry(index: &Index, inst: &Instance, dc: &str) -> Value {
-    let s = &inst.service;
-    let i = node_index(index, &s.node);
-    let (id, address, datacenter, tagged, meta) = match &inst.node {
+/// One `/v1/catalog/service/:name` entry: service `s` on node row `node`
+/// (`None`: the node has no row yet).
+pub(crate) fn catalog_entry(s: &Entry<Service>, node: Option<&Entry<Node>>, dc: &str) -> Value {
+    let (id, address, datacenter, tagged, meta) = match node {
         Some(n) => (
             node_id(&n.actor_id),
             n.address.clone(),
@@ -201,8 +197,8 @@ pub(crate) fn catalog_entry(index: &Index, inst: &Instance, dc: &str) -> Value {
         "ServiceEnableTagOverride": false,
         "ServiceProxy": {"MeshGateway": {}, "Expose": {}},
         "ServiceConnect": {},
-        "CreateIndex": i,
-        "ModifyIndex": i,
+        "CreateIndex": s.create_index,
+        "ModifyIndex": s.modify_index,
     })
 }
 
@@ -220,16 +216,15 @@ pub(crate) enum Shape {
 /// A full entry of `shape` (every field present) built from placeholder rows.
 pub(crate) fn sample(shape: Shape) -> Value {
     use corro_catalog::{Liveness, Status};
-    let index = Index::new("", 1);
-    let node = Arc::new(Node {
+    let node = Arc::new(Entry::detached(Node {
         node: "n".into(),
         actor_id: String::new(),
         address: "127.0.0.1".into(),
         datacenter: "dc1".into(),
         meta: Default::default(),
         updated_at: 0,
-    });
-    let svc = Arc::new(Service {
+    }));
+    let svc = Arc::new(Entry::detached(Service {
         node: "n".into(),
         id: "s".into(),
         name: "s".into(),
@@ -241,8 +236,8 @@ pub(crate) fn sample(shape: Shape) -> Value {
         tagged_addresses: Default::default(),
         updated_at: 0,
         source: None,
-    });
-    let check = Arc::new(Check {
+    }));
+    let check = Arc::new(Entry::detached(Check {
         node: "n".into(),
         id: "c".into(),
         service_id: "s".into(),
@@ -254,7 +249,7 @@ pub(crate) fn sample(shape: Shape) -> Value {
         kind: String::new(),
         updated_at: 0,
         source: None,
-    });
+    }));
     let inst = Instance {
         service: svc.clone(),
         node: Some(node.clone()),
@@ -263,10 +258,10 @@ pub(crate) fn sample(shape: Shape) -> Value {
         liveness: Liveness::Alive,
     };
     match shape {
-        Shape::HealthEntry => health_entry(&index, &inst, "dc1"),
-        Shape::CatalogEntry => catalog_entry(&index, &inst, "dc1"),
-        Shape::Node => self::node(&index, &node),
-        Shape::Service => service(&index, &svc),
-        Shape::Check => self::check(&index, &check, &[]),
+        Shape::HealthEntry => health_entry(&inst, "dc1"),
+        Shape::CatalogEntry => catalog_entry(&svc, Some(&node), "dc1"),
+        Shape::Node => self::node(&node),
+        Shape::Service => service(&svc),
+        Shape::Check => self::check(&check, &[]),
     }
 }
