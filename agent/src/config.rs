@@ -563,6 +563,13 @@ pub(crate) struct DnsConfig {
     pub enable_truncate: bool,
     #[serde(default)]
     pub soa: DnsSoaConfig,
+    /// Bytes of encoded answers kept cached (default 16 MiB).
+    #[serde(default = "default_dns_cache")]
+    pub cache_max_bytes: u64,
+}
+
+fn default_dns_cache() -> u64 {
+    16 << 20
 }
 
 /// A TTL: a Consul duration (`"10s"`) or seconds.

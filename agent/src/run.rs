@@ -283,6 +283,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
                 expire: dns.soa.expire,
                 min_ttl: dns.soa.min_ttl,
             },
+            cache_max_bytes: dns.cache_max_bytes,
         };
         let responder = corro_dns::Responder::new(discovery.catalog.clone(), settings);
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());

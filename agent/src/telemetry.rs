@@ -127,6 +127,11 @@ pub(crate) const METRICS: &[Metric] = &[
     m("corro_consul_node_name_conflict", Gauge, &[], "1 while another live agent claims this node name"),
     m("corro_dns_responses_total", Counter, &["rcode"], "DNS queries answered, by response code"),
     m("corro_dns_dropped_total", Counter, &["reason"], "DNS packets dropped unanswered, by reason"),
+    m("corro_dns_cache_bytes", Gauge, &[], "bytes held by the DNS answer cache"),
+    m("corro_dns_cache_misses_total", Counter, &[], "DNS answers built (not cached, or cached at an older index)"),
+    m("corro_dns_cache_evictions_total", Counter, &[], "DNS answers evicted from the cache"),
+    m("corro_dns_encode_errors_total", Counter, &[], "DNS answers that could not be encoded (answered SERVFAIL)"),
+    m("corro_dns_tcp_refused_total", Counter, &[], "DNS TCP connections closed on accept (1,024 already open)"),
     // Templates
     m("corro_tpl_renders_total", Counter, &["template"], "template renders"),
     m("corro_tpl_render_errors_total", Counter, &["template"], "failed renders (compile, script, SQL, write)"),

@@ -22,8 +22,11 @@ use crate::settings::DnsSettings;
 #[derive(Debug, Default)]
 pub struct Built {
     pub rcode: ResponseCode,
-    pub answers: Vec<Record>,
+    /// Answers, each with the additional record that only it needs (an SRV
+    /// target's address): when an answer is left out, so is its glue.
+    pub answers: Vec<(Record, Option<Record>)>,
     pub authority: Vec<Record>,
+    /// Additionals not tied to one answer (the apex NS's address).
     pub additionals: Vec<Record>,
 }
 
@@ -88,16 +91,16 @@ fn node_name(s: &DnsSettings, node: &str) -> Option<Name> {
 }
 
 /// Builds the answer to `lookup` for `qtype` (`qname` as asked, used as the
-/// owner name of the answers).
+/// owner name of the answers; `serial` goes into the SOA).
 pub fn build(
     index: &Index,
     s: &DnsSettings,
     lookup: &Lookup,
     qname: &Name,
     qtype: RecordType,
+    serial: u32,
 ) -> Built {
     let mut b = Built::default();
-    let serial = index.current() as u32;
     let nodata_or = |b: &mut Built, rcode: ResponseCode| {
         b.rcode = rcode;
         b.authority.extend(soa(s, serial));
@@ -111,15 +114,14 @@ pub fn build(
                 .node(&s.node_name)
                 .and_then(|n| n.address.parse::<IpAddr>().ok());
             if matches!(qtype, RecordType::SOA | RecordType::ANY) {
-                b.answers.extend(soa(s, serial));
+                b.answers.extend(soa(s, serial).map(|r| (r, None)));
             }
             if matches!(qtype, RecordType::NS | RecordType::ANY)
                 && let Some(ns) = &ns_name
             {
-                b.answers.push(Record::from_rdata(
-                    qname.clone(),
-                    s.node_ttl,
-                    RData::NS(NS(ns.clone())),
+                b.answers.push((
+                    Record::from_rdata(qname.clone(), s.node_ttl, RData::NS(NS(ns.clone()))),
+                    None,
                 ));
                 if let Some(ip) = local_ip {
                     b.additionals.push(addr_record(ns, s.node_ttl, ip));
@@ -179,11 +181,10 @@ pub fn build(
                             inst.service.port.clamp(0, u16::MAX as i64) as u16,
                             target.clone(),
                         );
-                        b.answers
-                            .push(Record::from_rdata(qname.clone(), ttl, RData::SRV(srv)));
-                        if let Some(g) = glue {
-                            b.additionals.push(addr_record(&target, ttl, g));
-                        }
+                        b.answers.push((
+                            Record::from_rdata(qname.clone(), ttl, RData::SRV(srv)),
+                            glue.map(|g| addr_record(&target, ttl, g)),
+                        ));
                     }
                     RecordType::TXT => {
                         if let Some(n) = &inst.node
@@ -191,16 +192,15 @@ pub fn build(
                         {
                             let txt: Vec<String> =
                                 n.meta.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                            b.answers.push(Record::from_rdata(
-                                qname.clone(),
-                                ttl,
-                                RData::TXT(TXT::new(txt)),
+                            b.answers.push((
+                                Record::from_rdata(qname.clone(), ttl, RData::TXT(TXT::new(txt))),
+                                None,
                             ));
                         }
                     }
                     _ => {
                         if let Some(ip) = ip.filter(|ip| wants(qtype, *ip)) {
-                            b.answers.push(addr_record(qname, ttl, ip));
+                            b.answers.push((addr_record(qname, ttl, ip), None));
                         }
                     }
                 }
@@ -218,14 +218,13 @@ pub fn build(
             if let Ok(ip) = n.address.parse::<IpAddr>()
                 && wants(qtype, ip)
             {
-                b.answers.push(addr_record(qname, ttl, ip));
+                b.answers.push((addr_record(qname, ttl, ip), None));
             }
             if matches!(qtype, RecordType::TXT | RecordType::ANY) && !n.meta.is_empty() {
                 let txt: Vec<String> = n.meta.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                b.answers.push(Record::from_rdata(
-                    qname.clone(),
-                    ttl,
-                    RData::TXT(TXT::new(txt)),
+                b.answers.push((
+                    Record::from_rdata(qname.clone(), ttl, RData::TXT(TXT::new(txt))),
+                    None,
                 ));
             }
             if b.answers.is_empty() {
@@ -234,7 +233,7 @@ pub fn build(
         }
         Lookup::Addr(ip) => {
             if wants(qtype, *ip) {
-                b.answers.push(addr_record(qname, s.node_ttl, *ip));
+                b.answers.push((addr_record(qname, s.node_ttl, *ip), None));
             } else {
                 nodata_or(&mut b, ResponseCode::NoError);
             }
@@ -262,10 +261,9 @@ pub fn build(
                 nodata_or(&mut b, ResponseCode::NXDomain);
             } else if matches!(qtype, RecordType::PTR | RecordType::ANY) {
                 for t in targets {
-                    b.answers.push(Record::from_rdata(
-                        qname.clone(),
-                        s.node_ttl,
-                        RData::PTR(PTR(t)),
+                    b.answers.push((
+                        Record::from_rdata(qname.clone(), s.node_ttl, RData::PTR(PTR(t))),
+                        None,
                     ));
                 }
             } else {

@@ -3,32 +3,46 @@
 //! Anything that is not a well-formed single question gets a response code
 //! instead of an answer: a packet too short for a header, or itself a
 //! response, is dropped; one that does not parse is FORMERR (with its ID);
-//! another opcode, or a zone transfer (AXFR/IXFR), is NOTIMP; a name outside
-//! the domain (and outside `in-addr.arpa`/`ip6.arpa`) is REFUSED. Every
-//! outcome is counted (`corro_dns_responses_total{rcode}`,
-//! `corro_dns_dropped_total`).
+//! another opcode, or a zone transfer (AXFR/IXFR), is NOTIMP; a class other
+//! than IN/ANY, or a name outside the domain (and outside
+//! `in-addr.arpa`/`ip6.arpa`), is REFUSED. Every outcome is counted
+//! (`corro_dns_responses_total{rcode}`, `corro_dns_dropped_total`).
 //!
-//! UDP answers are trimmed to fit: without EDNS to `udp_answer_limit`
-//! answers and 512 bytes, with EDNS to the client's buffer size; TC is set
-//! on a trimmed answer only when `enable_truncate` is on (as Consul). TCP
-//! answers are whole. Answers are shuffled on every query.
+//! **Encoded once.** The answer to a question (its lower-case name, type
+//! and class) is built from the catalog and encoded record by record once,
+//! then kept in a cache valid while the catalog index of the lookup's
+//! topics is unchanged (so a change is never served stale once the catalog
+//! has it). Every question type takes this path: A, AAAA, SRV with its glue,
+//! TXT, PTR, the apex, and negative answers (NXDOMAIN or NODATA with the
+//! SOA), so a client asking for a missing name a thousand times a second
+//! costs one build. Answer records whose owner is the question are stored
+//! with a pointer to the question, so every response echoes the letter
+//! case the client asked with.
 //!
-//! **Fast path.** A plain question (one name without compression, at most
-//! an OPT record) whose answer is a run of A or AAAA records is answered
-//! from a cache of encoded responses, keyed by the lower-case question, the
-//! transport's size limit and EDNS, and valid while the catalog index of
-//! the lookup's topics is unchanged (so a change is never served stale
-//! once the catalog has it). A hit costs the key, one index lookup, a copy,
-//! patching the ID, the RD bit and the question's letter case, and
-//! shuffling the fixed-size answer records in place. Everything else
-//! (SRV, trimmed answers, errors) takes the full path.
+//! **Per query**, from the encoded records: the answers are shuffled, cut
+//! to `a_record_limit` addresses, cut to `udp_answer_limit` for UDP without
+//! EDNS, then packed to the size limit (512 bytes for UDP without EDNS, the
+//! client's EDNS size up to 4096, 65,535 over TCP): answers first, in
+//! order, then each included answer's glue and the other additionals. A
+//! record that does not fit is left out with everything after it (glue is
+//! left out before answers), which is linear in the records and never
+//! re-encodes anything. TC is set on a trimmed UDP answer only when
+//! `enable_truncate` is on (as Consul), and always on a TCP answer that
+//! had to be cut to fit 65,535 bytes.
+//!
+//! **Bounded.** The cache is bounded in bytes (`[dns] cache_max_bytes`) and
+//! scan resistant: a flood of random names cycles through a small
+//! probationary part and does not evict the names clients keep asking for.
+//! A record the encoder refuses makes the answer SERVFAIL (counted in
+//! `corro_dns_encode_errors_total`), never a silently dropped packet.
 
-use std::collections::HashMap;
+use std::borrow::Cow;
 use std::sync::Arc;
 
-use corro_catalog::Catalog;
-use hickory_proto::op::{Edns, Message, MessageType, OpCode, ResponseCode};
-use hickory_proto::rr::{DNSClass, RecordType};
+use corro_catalog::{Catalog, Topic};
+use hickory_proto::op::{Message, OpCode, ResponseCode};
+use hickory_proto::rr::{DNSClass, Name, Record, RecordType};
+use hickory_proto::serialize::binary::{BinEncodable, BinEncoder, NameEncoding};
 use rand::seq::SliceRandom;
 
 use crate::answer;
@@ -37,19 +51,59 @@ use crate::settings::DnsSettings;
 
 /// Largest UDP answer this responder sends to an EDNS client.
 const MAX_UDP: usize = 4096;
+/// Largest answer over TCP (the length prefix is 16 bits).
+const MAX_TCP: usize = 65_535;
+/// Bookkeeping counted per cached record on top of its bytes.
+const RECORD_OVERHEAD: u64 = 48;
+/// Bookkeeping counted per cached answer.
+const ANSWER_OVERHEAD: u64 = 128;
 
-/// Encoded answers kept at most (emptied when full).
-const CACHE_ENTRIES: usize = 65_536;
-
-/// An encoded answer whose A/AAAA records can be shuffled in place.
-struct Cached {
-    index: u64,
-    bytes: Vec<u8>,
-    /// Where the answer records start, their length and count.
-    at: usize,
-    rr: usize,
-    count: usize,
+/// One answer record and the additional record only it needs.
+struct AnswerRecord {
+    rec: Box<[u8]>,
+    /// An A or AAAA record (subject to `a_record_limit`).
+    addr: bool,
+    glue: Option<Box<[u8]>>,
 }
+
+/// An answer, encoded record by record.
+struct Compiled {
+    /// The topic index it was built at (0: depends on no topic).
+    at: u64,
+    rcode: ResponseCode,
+    answers: Vec<AnswerRecord>,
+    authority: Vec<Box<[u8]>>,
+    additionals: Vec<Box<[u8]>>,
+    weight: u64,
+}
+
+#[derive(Clone)]
+struct Weigh;
+
+impl quick_cache::Weighter<Box<[u8]>, Arc<Compiled>> for Weigh {
+    fn weight(&self, key: &Box<[u8]>, val: &Arc<Compiled>) -> u64 {
+        key.len() as u64 + val.weight
+    }
+}
+
+#[derive(Clone)]
+struct CountEvictions;
+
+impl quick_cache::Lifecycle<Box<[u8]>, Arc<Compiled>> for CountEvictions {
+    type RequestState = ();
+    fn begin_request(&self) -> Self::RequestState {}
+    fn on_evict(&self, _: &mut (), _: Box<[u8]>, _: Arc<Compiled>) {
+        metrics::counter!("corro_dns_cache_evictions_total").increment(1);
+    }
+}
+
+type Cache = quick_cache::sync::Cache<
+    Box<[u8]>,
+    Arc<Compiled>,
+    Weigh,
+    quick_cache::DefaultHashBuilder,
+    CountEvictions,
+>;
 
 /// Answers DNS packets from the catalog (cheap to clone).
 #[derive(Clone)]
@@ -57,24 +111,37 @@ pub struct Responder {
     catalog: Catalog,
     settings: Arc<DnsSettings>,
     domain: Arc<[String]>,
-    cache: Arc<parking_lot::Mutex<HashMap<Vec<u8>, Cached>>>,
+    cache: Arc<Cache>,
+    builds: Arc<std::sync::atomic::AtomicU64>,
 }
 
-/// The parts of a plain question the fast path needs.
-struct Plain<'a> {
-    /// Lower-case question (name, type, class) + size limit + EDNS flag.
+/// A query's one question, parsed.
+struct Question<'a> {
+    id: u16,
+    rd: bool,
+    /// The question section as asked (name, type, class), echoed back.
+    wire: Cow<'a, [u8]>,
+    /// Lower-case name in wire form, type and class: the cache key.
     key: Vec<u8>,
-    /// The question as sent (for its letter case).
-    question: &'a [u8],
     labels: Vec<String>,
-    qtype: u16,
+    qtype: RecordType,
+    qclass: DNSClass,
+    /// The client's EDNS payload size (at least 512), when it sent OPT.
+    edns: Option<usize>,
+}
+
+fn u16_at(b: &[u8], i: usize) -> Option<u16> {
+    Some(u16::from_be_bytes([*b.get(i)?, *b.get(i + 1)?]))
 }
 
 /// Parses a query that is one uncompressed question and at most one OPT
-/// record; `None` sends it down the full path.
-fn plain(packet: &[u8], udp: bool) -> Option<Plain<'_>> {
-    let count = |i: usize| u16::from_be_bytes([packet[i], packet[i + 1]]);
-    if count(4) != 1 || count(6) != 0 || count(8) != 0 || count(10) > 1 {
+/// record (what resolvers send); `None` leaves it to [`parse_full`].
+fn parse_plain(packet: &[u8]) -> Option<Question<'_>> {
+    if u16_at(packet, 4)? != 1
+        || u16_at(packet, 6)? != 0
+        || u16_at(packet, 8)? != 0
+        || u16_at(packet, 10)? > 1
+    {
         return None;
     }
     let mut i = 12;
@@ -85,7 +152,7 @@ fn plain(packet: &[u8], udp: bool) -> Option<Plain<'_>> {
         if len == 0 {
             break;
         }
-        if len > 63 || i + 1 + len > packet.len() || i - 12 > 255 {
+        if len > 63 || i + 1 + len > packet.len() || i + 1 + len - 12 > 254 {
             return None;
         }
         let label = packet[i + 1..i + 1 + len].to_ascii_lowercase();
@@ -98,16 +165,13 @@ fn plain(packet: &[u8], udp: bool) -> Option<Plain<'_>> {
     let tail = packet.get(i + 1..q_end)?;
     key.push(0);
     key.extend_from_slice(tail);
-    let qtype = u16::from_be_bytes([tail[0], tail[1]]);
-    let qclass = u16::from_be_bytes([tail[2], tail[3]]);
-    if qclass != 1 {
-        return None;
-    }
+    let qtype = RecordType::from(u16::from_be_bytes([tail[0], tail[1]]));
+    let qclass = DNSClass::from(u16::from_be_bytes([tail[2], tail[3]]));
     let mut edns = None;
-    if count(10) == 1 {
+    if u16_at(packet, 10)? == 1 {
         // OPT: root name, type 41, class = payload size, ttl, rdata.
         let opt = packet.get(q_end..q_end + 11)?;
-        if opt[0] != 0 || u16::from_be_bytes([opt[1], opt[2]]) != 41 || opt[5] != 0 || opt[6] != 0 {
+        if opt[0] != 0 || u16::from_be_bytes([opt[1], opt[2]]) != 41 {
             return None;
         }
         let rdlen = usize::from(u16::from_be_bytes([opt[9], opt[10]]));
@@ -118,48 +182,70 @@ fn plain(packet: &[u8], udp: bool) -> Option<Plain<'_>> {
     } else if q_end != packet.len() {
         return None;
     }
-    let limit = match (udp, edns) {
-        (false, _) => usize::MAX,
-        (true, Some(n)) => n.min(MAX_UDP),
-        (true, None) => 512,
-    };
-    key.extend_from_slice(&(limit as u64).to_be_bytes());
-    key.push(u8::from(edns.is_some()));
-    Some(Plain {
+    Some(Question {
+        id: u16::from_be_bytes([packet[0], packet[1]]),
+        rd: packet[2] & 0x01 != 0,
+        wire: Cow::Borrowed(&packet[12..q_end]),
         key,
-        question: &packet[12..q_end],
         labels,
         qtype,
+        qclass,
+        edns,
     })
 }
 
-/// The catalog topics an answer to `lookup` depends on (`None`: not cached).
-fn topics(lookup: &name::Lookup) -> Option<Vec<corro_catalog::Topic>> {
-    use corro_catalog::Topic;
-    match lookup {
-        name::Lookup::Service { name, .. } => Some(vec![Topic::service(name)]),
-        name::Lookup::Node(n) => Some(vec![Topic::node(n)]),
-        _ => None,
+/// Parses any other well-formed query with hickory; `Err` is the response
+/// code to answer with (FORMERR).
+fn parse_full(packet: &[u8]) -> Result<Question<'static>, ResponseCode> {
+    let msg = Message::from_vec(packet).map_err(|_| ResponseCode::FormErr)?;
+    let [q] = msg.queries.as_slice() else {
+        return Err(ResponseCode::FormErr);
+    };
+    let mut wire = Vec::new();
+    {
+        let mut e = BinEncoder::new(&mut wire);
+        e.set_name_encoding(NameEncoding::Uncompressed);
+        q.emit(&mut e).map_err(|_| ResponseCode::FormErr)?;
     }
+    let labels: Vec<String> = q
+        .name
+        .iter()
+        .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
+        .collect();
+    let mut key = Vec::with_capacity(wire.len());
+    for l in q.name.iter() {
+        key.push(l.len() as u8);
+        key.extend(l.iter().map(u8::to_ascii_lowercase));
+    }
+    key.push(0);
+    key.extend_from_slice(&u16::from(q.query_type).to_be_bytes());
+    key.extend_from_slice(&u16::from(q.query_class).to_be_bytes());
+    Ok(Question {
+        id: msg.metadata.id,
+        rd: msg.metadata.recursion_desired,
+        wire: Cow::Owned(wire),
+        key,
+        labels,
+        qtype: q.query_type,
+        qclass: q.query_class,
+        edns: msg
+            .edns
+            .as_ref()
+            .map(|e| usize::from(e.max_payload()).max(512)),
+    })
 }
 
-/// Where a response's answers start and, when they are all A (or all
-/// AAAA) records named by a pointer to the question, their size.
-fn shuffleable(bytes: &[u8], question_len: usize) -> Option<(usize, usize, usize)> {
-    let count = usize::from(u16::from_be_bytes([*bytes.get(6)?, *bytes.get(7)?]));
-    let at = 12 + question_len;
-    let rr = match bytes.get(at + 2..at + 4)? {
-        [0, 1] => 16,
-        [0, 28] => 28,
-        _ => return None,
-    };
-    for k in 0..count {
-        let r = bytes.get(at + k * rr..at + (k + 1) * rr)?;
-        if r[..2] != [0xc0, 0x0c] || r[2..4] != bytes[at + 2..at + 4] {
-            return None;
-        }
+/// The catalog topics an answer to `lookup` depends on (none: it depends
+/// only on the settings).
+fn topics(lookup: &name::Lookup, local_node: &str) -> Vec<Topic> {
+    use name::Lookup;
+    match lookup {
+        Lookup::Service { name, .. } => vec![Topic::service(name)],
+        Lookup::Node(n) => vec![Topic::node(n)],
+        Lookup::Apex => vec![Topic::node(local_node)],
+        Lookup::Ptr(_) => vec![Topic::Nodes, Topic::Services],
+        Lookup::Addr(_) | Lookup::Unknown | Lookup::Outside => Vec::new(),
     }
-    Some((at, rr, count))
 }
 
 fn count(rcode: ResponseCode) {
@@ -180,6 +266,85 @@ fn dropped(why: &'static str) -> Option<Vec<u8>> {
     None
 }
 
+/// A record in wire form, names uncompressed and in their own case.
+fn encode(r: &Record) -> Result<Vec<u8>, hickory_proto::ProtoError> {
+    let mut buf = Vec::new();
+    let mut e = BinEncoder::new(&mut buf);
+    e.set_name_encoding(NameEncoding::Uncompressed);
+    r.emit(&mut e)?;
+    Ok(buf)
+}
+
+/// An answer record: one owned by the question (built with the root as
+/// owner) points at the question instead.
+fn encode_answer(r: &Record) -> Result<Box<[u8]>, hickory_proto::ProtoError> {
+    let bytes = encode(r)?;
+    if r.name.is_root() && bytes.first() == Some(&0) {
+        let mut out = Vec::with_capacity(bytes.len() + 1);
+        out.extend_from_slice(&[0xc0, 0x0c]);
+        out.extend_from_slice(&bytes[1..]);
+        Ok(out.into())
+    } else {
+        Ok(bytes.into())
+    }
+}
+
+fn compile(built: answer::Built, at: u64) -> Result<Compiled, hickory_proto::ProtoError> {
+    let mut answers = Vec::with_capacity(built.answers.len());
+    let mut weight = ANSWER_OVERHEAD;
+    for (r, glue) in &built.answers {
+        let rec = encode_answer(r)?;
+        let glue = glue
+            .as_ref()
+            .map(encode)
+            .transpose()?
+            .map(Vec::into_boxed_slice);
+        weight += rec.len() as u64 + RECORD_OVERHEAD;
+        weight += glue
+            .as_ref()
+            .map_or(0, |g| g.len() as u64 + RECORD_OVERHEAD);
+        answers.push(AnswerRecord {
+            rec,
+            addr: matches!(r.record_type(), RecordType::A | RecordType::AAAA),
+            glue,
+        });
+    }
+    let mut boxed = |rs: &[Record]| -> Result<Vec<Box<[u8]>>, hickory_proto::ProtoError> {
+        rs.iter()
+            .map(|r| {
+                let b = encode(r)?;
+                weight += b.len() as u64 + RECORD_OVERHEAD;
+                Ok(b.into_boxed_slice())
+            })
+            .collect()
+    };
+    let authority = boxed(&built.authority)?;
+    let additionals = boxed(&built.additionals)?;
+    Ok(Compiled {
+        at,
+        rcode: built.rcode,
+        answers,
+        authority,
+        additionals,
+        weight,
+    })
+}
+
+/// A response with only a header (and the question when known).
+fn error_reply(id: u16, op: OpCode, rd: bool, rcode: ResponseCode, q: Option<&[u8]>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + q.map_or(0, <[u8]>::len));
+    out.extend_from_slice(&id.to_be_bytes());
+    out.push(0x80 | (u8::from(op) << 3) | u8::from(rd));
+    out.push(u16::from(rcode) as u8 & 0x0f);
+    out.extend_from_slice(&u16::from(q.is_some()).to_be_bytes());
+    out.extend_from_slice(&[0; 6]);
+    if let Some(q) = q {
+        out.extend_from_slice(q);
+    }
+    count(rcode);
+    out
+}
+
 impl Responder {
     pub fn new(catalog: Catalog, settings: DnsSettings) -> Responder {
         let domain: Vec<String> = settings
@@ -191,11 +356,22 @@ impl Responder {
             .collect();
         let mut settings = settings;
         settings.domain = domain.join(".");
+        let budget = settings.cache_max_bytes.max(64 * 1024);
+        let options = quick_cache::OptionsBuilder::new()
+            .estimated_items_capacity(((budget / 512) as usize).clamp(256, 1 << 20))
+            .weight_capacity(budget)
+            .hot_allocation(0.9)
+            .build();
+        let cache = match options {
+            Ok(o) => Cache::with_options(o, Weigh, Default::default(), CountEvictions),
+            Err(_) => Cache::with(4096, budget, Weigh, Default::default(), CountEvictions),
+        };
         Responder {
             catalog,
             settings: Arc::new(settings),
             domain: domain.into(),
-            cache: Arc::default(),
+            cache: Arc::new(cache),
+            builds: Arc::default(),
         }
     }
 
@@ -203,20 +379,14 @@ impl Responder {
         &self.settings
     }
 
-    fn error(
-        id: u16,
-        op: OpCode,
-        rd: bool,
-        rcode: ResponseCode,
-        q: Option<&hickory_proto::op::Query>,
-    ) -> Option<Vec<u8>> {
-        let mut m = Message::error_msg(id, op, rcode);
-        m.metadata.recursion_desired = rd;
-        if let Some(q) = q {
-            m.add_query(q.clone());
-        }
-        count(rcode);
-        m.to_vec().ok()
+    /// Bytes the answer cache holds (records, keys and bookkeeping).
+    pub fn cache_bytes(&self) -> u64 {
+        self.cache.weight()
+    }
+
+    /// Answers built so far (cache misses).
+    pub fn builds(&self) -> u64 {
+        self.builds.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The answer to `packet`, or `None` to drop it.
@@ -230,151 +400,169 @@ impl Responder {
         let id = u16::from_be_bytes([packet[0], packet[1]]);
         let rd = packet[2] & 0x01 != 0;
         let op = OpCode::from_u8((packet[2] >> 3) & 0x0f);
-        let fast = if op == OpCode::Query {
-            plain(packet, udp)
-        } else {
-            None
-        };
-        let mut store_as = None;
-        if let Some(p) = &fast {
-            let lookup = name::parse(&p.labels, &self.domain, &self.settings.datacenter);
-            let want = matches!(p.qtype, 1 | 28);
-            if let (true, Some(t)) = (want, topics(&lookup)) {
-                let index = self.catalog.read().topic_index(&t);
-                if let Some(hit) = self.hit(&p.key, index, packet, p.question) {
-                    count(ResponseCode::NoError);
-                    return Some(hit);
-                }
-                store_as = Some(index);
-            }
-        }
-        let msg = match Message::from_vec(packet) {
-            Ok(m) => m,
-            Err(_) => return Self::error(id, OpCode::Query, rd, ResponseCode::FormErr, None),
-        };
         if op != OpCode::Query {
-            return Self::error(id, op, rd, ResponseCode::NotImp, None);
+            return Some(error_reply(id, op, rd, ResponseCode::NotImp, None));
         }
-        let [q] = msg.queries.as_slice() else {
-            return Self::error(id, op, rd, ResponseCode::FormErr, None);
+        let q = match parse_plain(packet).map_or_else(|| parse_full(packet), Ok) {
+            Ok(q) => q,
+            Err(rcode) => return Some(error_reply(id, op, rd, rcode, None)),
         };
-        if matches!(q.query_type, RecordType::AXFR | RecordType::IXFR) {
-            return Self::error(id, op, rd, ResponseCode::NotImp, Some(q));
+        if matches!(q.qtype, RecordType::AXFR | RecordType::IXFR) {
+            return Some(error_reply(id, op, rd, ResponseCode::NotImp, Some(&q.wire)));
         }
-        if !matches!(q.query_class, DNSClass::IN | DNSClass::ANY) {
-            return Self::error(id, op, rd, ResponseCode::Refused, Some(q));
+        if !matches!(q.qclass, DNSClass::IN | DNSClass::ANY) {
+            return Some(error_reply(
+                id,
+                op,
+                rd,
+                ResponseCode::Refused,
+                Some(&q.wire),
+            ));
         }
-        let labels: Vec<String> = q
-            .name
-            .iter()
-            .map(|l| String::from_utf8_lossy(l).to_ascii_lowercase())
-            .collect();
-        let lookup = name::parse(&labels, &self.domain, &self.settings.datacenter);
-        let mut built = {
+        let c = self.compiled(&q);
+        Some(self.assemble(&q, &c, udp))
+    }
+
+    /// The encoded answer to `q`: cached, or built now and cached.
+    fn compiled(&self, q: &Question<'_>) -> Arc<Compiled> {
+        let lookup = name::parse(&q.labels, &self.domain, &self.settings.datacenter);
+        let topics = topics(&lookup, &self.settings.node_name);
+        let (at, built) = {
             let index = self.catalog.read();
-            answer::build(&index, &self.settings, &lookup, &q.name, q.query_type)
+            let (at, serial) = if topics.is_empty() {
+                (0, index.current())
+            } else {
+                let at = index.topic_index(&topics);
+                (at, at)
+            };
+            if let Some(c) = self.cache.get(&q.key[..])
+                && c.at == at
+            {
+                return c;
+            }
+            let built = answer::build(
+                &index,
+                &self.settings,
+                &lookup,
+                &Name::root(),
+                q.qtype,
+                serial as u32,
+            );
+            (at, built)
         };
-        let mut rng = rand::rng();
-        built.answers.shuffle(&mut rng);
-        // A subset (record limits, trimming) must be drawn anew per query,
-        // so such answers are never cached.
-        let mut subset = false;
-        if self.settings.a_record_limit > 0 {
-            let before = built.answers.len();
-            let mut n = 0;
-            built.answers.retain(|r| {
-                let addr = matches!(r.record_type(), RecordType::A | RecordType::AAAA);
-                n += usize::from(addr);
-                !addr || n <= self.settings.a_record_limit
-            });
-            subset = built.answers.len() < before;
-        }
-        let mut resp = Message::new(id, MessageType::Response, OpCode::Query);
-        resp.metadata.authoritative = built.rcode != ResponseCode::Refused;
-        resp.metadata.recursion_desired = rd;
-        resp.metadata.response_code = built.rcode;
-        resp.add_query(q.clone());
-        let client_edns = msg
-            .edns
-            .as_ref()
-            .map(|e| usize::from(e.max_payload()).max(512));
-        if client_edns.is_some() {
-            let mut e = Edns::new();
-            e.set_max_payload(MAX_UDP as u16);
-            resp.set_edns(e);
-        }
-        let limit = match (udp, client_edns) {
-            (false, _) => usize::MAX,
+        metrics::counter!("corro_dns_cache_misses_total").increment(1);
+        self.builds
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let c = match compile(built, at) {
+            Ok(c) => c,
+            Err(e) => {
+                metrics::counter!("corro_dns_encode_errors_total").increment(1);
+                tracing::warn!(error = %e, name = ?q.labels, qtype = %q.qtype, "dns: an answer record could not be encoded; answering SERVFAIL");
+                Compiled {
+                    at,
+                    rcode: ResponseCode::ServFail,
+                    answers: Vec::new(),
+                    authority: Vec::new(),
+                    additionals: Vec::new(),
+                    weight: ANSWER_OVERHEAD,
+                }
+            }
+        };
+        let c = Arc::new(c);
+        self.cache
+            .insert(q.key.clone().into_boxed_slice(), c.clone());
+        metrics::gauge!("corro_dns_cache_bytes").set(self.cache.weight() as f64);
+        c
+    }
+
+    /// This query's response from the encoded answer: shuffled, limited
+    /// and packed as the module doc says.
+    fn assemble(&self, q: &Question<'_>, c: &Compiled, udp: bool) -> Vec<u8> {
+        let s = &self.settings;
+        let limit = match (udp, q.edns) {
+            (false, _) => MAX_TCP,
             (true, Some(n)) => n.min(MAX_UDP),
             (true, None) => 512,
         };
+        let mut order: Vec<usize> = (0..c.answers.len()).collect();
+        order.shuffle(&mut rand::rng());
+        if s.a_record_limit > 0 {
+            let mut n = 0;
+            order.retain(|&i| {
+                let addr = c.answers[i].addr;
+                n += usize::from(addr);
+                !addr || n <= s.a_record_limit
+            });
+        }
         let mut trimmed = false;
-        if udp && client_edns.is_none() && built.answers.len() > self.settings.udp_answer_limit {
-            built.answers.truncate(self.settings.udp_answer_limit);
+        if udp && q.edns.is_none() && order.len() > s.udp_answer_limit {
+            order.truncate(s.udp_answer_limit);
             trimmed = true;
         }
-        resp.insert_answers(built.answers);
-        resp.insert_authorities(built.authority);
-        resp.insert_additionals(built.additionals);
-        let mut bytes = resp.to_vec().ok()?;
-        // Over the size: additionals first, then answers from the end.
-        while bytes.len() > limit {
-            if resp.additionals.pop().is_none() && resp.answers.pop().is_none() {
+        let opt_len = if q.edns.is_some() { 11 } else { 0 };
+        let auth_len: usize = c.authority.iter().map(|r| r.len()).sum();
+        let mut room = limit.saturating_sub(12 + q.wire.len() + auth_len + opt_len);
+        let mut answers: Vec<&[u8]> = Vec::with_capacity(order.len());
+        let mut glue: Vec<&[u8]> = Vec::new();
+        for &i in &order {
+            let rec = &c.answers[i].rec;
+            if rec.len() > room {
+                trimmed = true;
                 break;
             }
-            trimmed = true;
-            bytes = resp.to_vec().ok()?;
-        }
-        if trimmed && self.settings.enable_truncate {
-            resp.metadata.truncation = true;
-            bytes = resp.to_vec().ok()?;
-        }
-        count(built.rcode);
-        if let (Some(index), Some(p), false) = (store_as, &fast, trimmed || subset)
-            && built.rcode == ResponseCode::NoError
-            && let Some((at, rr, count)) = shuffleable(&bytes, p.question.len())
-        {
-            let mut cache = self.cache.lock();
-            if cache.len() >= CACHE_ENTRIES {
-                cache.clear();
+            room -= rec.len();
+            answers.push(rec);
+            if let Some(g) = &c.answers[i].glue {
+                glue.push(g);
             }
-            cache.insert(
-                p.key.clone(),
-                Cached {
-                    index,
-                    bytes: bytes.clone(),
-                    at,
-                    rr,
-                    count,
-                },
-            );
         }
-        Some(bytes)
-    }
-
-    /// The cached answer for `key` at catalog index `index`, made this
-    /// query's: its ID, RD bit and question case, answers reshuffled.
-    fn hit(&self, key: &[u8], index: u64, packet: &[u8], question: &[u8]) -> Option<Vec<u8>> {
-        let mut out = {
-            let cache = self.cache.lock();
-            let c = cache.get(key).filter(|c| c.index == index)?;
-            let mut out = c.bytes.clone();
-            let mut rng = rand::rng();
-            for i in (1..c.count).rev() {
-                let j = rand::Rng::random_range(&mut rng, 0..=i);
-                if i != j {
-                    let (a, b) = (c.at + i * c.rr, c.at + j * c.rr);
-                    for k in 0..c.rr {
-                        out.swap(a + k, b + k);
-                    }
-                }
+        let mut additionals: Vec<&[u8]> = Vec::new();
+        for g in glue.into_iter().chain(c.additionals.iter().map(|a| &a[..])) {
+            if additionals.contains(&g) {
+                continue;
             }
-            out
-        };
-        out[..2].copy_from_slice(&packet[..2]);
-        out[2] = (out[2] & !0x01) | (packet[2] & 0x01);
-        out.get_mut(12..12 + question.len())?
-            .copy_from_slice(question);
-        Some(out)
+            if g.len() > room {
+                trimmed = true;
+                break;
+            }
+            room -= g.len();
+            additionals.push(g);
+        }
+        let tc = trimmed && (!udp || s.enable_truncate);
+        let mut out = Vec::with_capacity(limit.min(
+            12 + q.wire.len()
+                + answers.iter().map(|r| r.len()).sum::<usize>()
+                + auth_len
+                + additionals.iter().map(|r| r.len()).sum::<usize>()
+                + opt_len,
+        ));
+        out.extend_from_slice(&q.id.to_be_bytes());
+        let aa = c.rcode != ResponseCode::Refused;
+        out.push(0x80 | (u8::from(aa) << 2) | (u8::from(tc) << 1) | u8::from(q.rd));
+        out.push(u16::from(c.rcode) as u8 & 0x0f);
+        out.extend_from_slice(&1u16.to_be_bytes());
+        out.extend_from_slice(&(answers.len() as u16).to_be_bytes());
+        out.extend_from_slice(&(c.authority.len() as u16).to_be_bytes());
+        out.extend_from_slice(
+            &((additionals.len() + usize::from(opt_len > 0)) as u16).to_be_bytes(),
+        );
+        out.extend_from_slice(&q.wire);
+        for r in answers {
+            out.extend_from_slice(r);
+        }
+        for r in &c.authority {
+            out.extend_from_slice(r);
+        }
+        for r in additionals {
+            out.extend_from_slice(r);
+        }
+        if opt_len > 0 {
+            // OPT: root owner, type 41, our payload size, no flags, no data.
+            out.extend_from_slice(&[0, 0, 41]);
+            out.extend_from_slice(&(MAX_UDP as u16).to_be_bytes());
+            out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        }
+        count(c.rcode);
+        out
     }
 }

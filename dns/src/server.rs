@@ -3,8 +3,9 @@
 //! UDP: one socket (with a 4 MiB receive buffer, so bursts are not dropped
 //! by the kernel) read by several tasks (as many as `workers`), each
 //! answering on the spot. TCP: each connection carries length-prefixed
-//! messages (RFC 1035 4.2.2), answered in order; an idle connection is
-//! closed after 10 s.
+//! messages (RFC 1035 4.2.2), answered in order; an idle connection (or
+//! one that stalls mid-message) is closed after 10 s, and at most 1,024
+//! connections are served at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +34,10 @@ impl Listeners {
 }
 
 const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// TCP connections served at once; further ones are closed on accept (a
+/// resolver retries, and UDP keeps being answered).
+const TCP_MAX_CONNECTIONS: usize = 1024;
 
 /// Receive buffer asked for the UDP socket (the kernel caps it at
 /// `net.core.rmem_max`): a burst of queries must not overflow the default
@@ -97,6 +102,7 @@ pub async fn serve(
     }
     let stop_tcp = stop.clone();
     let connections = tasks.clone();
+    let slots = Arc::new(tokio::sync::Semaphore::new(TCP_MAX_CONNECTIONS));
     tasks.spawn(async move {
         loop {
             let conn = tokio::select! {
@@ -104,8 +110,16 @@ pub async fn serve(
                 c = tcp.accept() => c,
             };
             if let Ok((stream, _)) = conn {
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    metrics::counter!("corro_dns_tcp_refused_total").increment(1);
+                    drop(stream);
+                    continue;
+                };
                 let (r, stop) = (responder.clone(), stop.clone());
-                connections.spawn(tcp_connection(r, stream, stop));
+                connections.spawn(async move {
+                    tcp_connection(r, stream, stop).await;
+                    drop(slot);
+                });
             }
         }
     });

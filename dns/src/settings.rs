@@ -45,6 +45,8 @@ pub struct DnsSettings {
     /// Set TC when a UDP answer had to be trimmed.
     pub enable_truncate: bool,
     pub soa: SoaSettings,
+    /// Bytes of encoded answers kept cached.
+    pub cache_max_bytes: u64,
 }
 
 impl Default for DnsSettings {
@@ -60,15 +62,23 @@ impl Default for DnsSettings {
             a_record_limit: 0,
             enable_truncate: false,
             soa: SoaSettings::default(),
+            cache_max_bytes: 16 << 20,
         }
     }
 }
 
 impl DnsSettings {
-    /// The TTL of service `name`'s answers (exact name, then `*`, else 0).
+    /// The TTL of service `name`'s answers (the name in any case, then `*`,
+    /// else 0).
     pub fn service_ttl(&self, name: &str) -> u32 {
         self.service_ttl
             .get(name)
+            .or_else(|| {
+                self.service_ttl
+                    .iter()
+                    .find(|(k, _)| corro_catalog::same_name(k, name))
+                    .map(|(_, v)| v)
+            })
             .or_else(|| self.service_ttl.get("*"))
             .copied()
             .unwrap_or(0)

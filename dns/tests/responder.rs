@@ -122,6 +122,25 @@ fn check(
         if !healthy {
             prop_assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
         }
+        // SRV takes the same cached path: one record per healthy instance
+        // (the addresses above may coincide; instances do not).
+        let want_srv = catalog
+            .read()
+            .instances(name)
+            .iter()
+            .filter(|i| i.liveness != Liveness::Down)
+            .filter(|i| {
+                i.status == Status::Passing || (i.status == Status::Warning && !only_passing)
+            })
+            .count();
+        let srv = responder
+            .respond(
+                &query(&format!("{name}.service.consul."), RecordType::SRV),
+                false,
+            )
+            .unwrap();
+        let m = Message::from_vec(&srv).unwrap();
+        prop_assert_eq!(m.answers.len(), want_srv, "SRV of {}", name);
     }
     Ok(())
 }
@@ -230,4 +249,212 @@ fn shared() -> (std::sync::Arc<tempfile::TempDir>, Store, Catalog) {
         (std::sync::Arc::new(d), s, c)
     })
     .clone()
+}
+
+fn insert_many(store: &Store, node: &str, name: &str, n: usize) {
+    store
+        .transact(|tx| {
+            tx.execute(
+                "INSERT INTO consul_nodes (node, actor_id, address) VALUES (?, '', '10.0.0.1')",
+                &[text(node)],
+            )?;
+            for i in 0..n {
+                tx.execute(
+                    "INSERT INTO consul_services (node, id, name, address, port) VALUES (?, ?, ?, ?, ?)",
+                    &[
+                        text(node),
+                        text(format!("s{i}")),
+                        text(name),
+                        text(format!("10.{}.{}.{}", i / 65536, (i / 256) % 256, i % 256)),
+                        SqlValue::Integer(1000 + i as i64),
+                    ],
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap();
+}
+
+#[test]
+fn a_tcp_answer_over_64_kib_is_cut_to_fit_with_tc_instead_of_dropped() {
+    let (_dir, store, catalog) = open();
+    // 5,000 A records of 16 bytes: 80 KB, over the 65,535 a TCP answer holds.
+    insert_many(&store, "n1", "big", 5000);
+    catalog.process_pending().unwrap();
+    let r = Responder::new(catalog, DnsSettings::default());
+    let a = r
+        .respond(&query("big.service.consul.", RecordType::A), false)
+        .unwrap();
+    assert!(a.len() <= 65_535, "{}", a.len());
+    let m = Message::from_vec(&a).unwrap();
+    assert!(m.metadata.truncation, "TC set on a cut TCP answer");
+    assert!(
+        m.answers.len() > 3000 && m.answers.len() < 5000,
+        "{}",
+        m.answers.len()
+    );
+    // Over UDP with EDNS: cut to the client's size; no TC unless asked for.
+    let mut q = Message::query();
+    q.add_query(Query::query(
+        Name::from_ascii("big.service.consul.").unwrap(),
+        RecordType::A,
+    ));
+    let mut e = hickory_proto::op::Edns::new();
+    e.set_max_payload(1232);
+    q.set_edns(e);
+    let a = r.respond(&q.to_vec().unwrap(), true).unwrap();
+    assert!(a.len() <= 1232, "{}", a.len());
+    let m = Message::from_vec(&a).unwrap();
+    assert!(!m.metadata.truncation);
+    assert_eq!(m.answers.len(), (1232 - 12 - 23 - 11) / 16);
+}
+
+#[test]
+fn srv_and_negative_answers_are_cached_and_follow_changes() {
+    let (_dir, store, catalog) = open();
+    insert_many(&store, "n1", "web", 3);
+    catalog.process_pending().unwrap();
+    let r = Responder::new(catalog.clone(), DnsSettings::default());
+    let srv = |r: &Responder| {
+        Message::from_vec(
+            &r.respond(&query("web.service.consul.", RecordType::SRV), true)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let m = srv(&r);
+    assert_eq!(m.answers.len(), 3);
+    assert_eq!(m.additionals.len(), 3, "each SRV's own glue");
+    assert!(r.cache_bytes() > 0);
+    let built = r.builds();
+    // Asked again: served from the cache (nothing new is built).
+    for _ in 0..100 {
+        assert_eq!(srv(&r).answers.len(), 3);
+    }
+    assert_eq!(r.builds(), built);
+    // A missing name: NXDOMAIN with the SOA, then a registration shows up.
+    let nx = |r: &Responder| {
+        Message::from_vec(
+            &r.respond(&query("api.service.consul.", RecordType::A), true)
+                .unwrap(),
+        )
+        .unwrap()
+    };
+    let m = nx(&r);
+    assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+    assert_eq!(m.authorities.len(), 1);
+    let built = r.builds();
+    for _ in 0..100 {
+        assert_eq!(nx(&r).metadata.response_code, ResponseCode::NXDomain);
+    }
+    assert_eq!(r.builds(), built, "negative answers are cached too");
+    insert_many(&store, "n2", "api", 1);
+    catalog.process_pending().unwrap();
+    let m = nx(&r);
+    assert_eq!(m.metadata.response_code, ResponseCode::NoError);
+    assert_eq!(m.answers.len(), 1);
+    // And a change to web is seen at once.
+    store
+        .transact(|tx| {
+            tx.execute(
+                "DELETE FROM consul_services WHERE node = 'n1' AND id = 's0'",
+                &[],
+            )
+        })
+        .unwrap();
+    catalog.process_pending().unwrap();
+    assert_eq!(srv(&r).answers.len(), 2);
+}
+
+#[test]
+fn udp_without_edns_drops_glue_before_answers_and_keeps_pairs() {
+    let (_dir, store, catalog) = open();
+    insert_many(&store, "n1", "web", 10);
+    catalog.process_pending().unwrap();
+    let r = Responder::new(
+        catalog,
+        DnsSettings {
+            udp_answer_limit: 10,
+            enable_truncate: true,
+            ..DnsSettings::default()
+        },
+    );
+    let a = r
+        .respond(&query("web.service.consul.", RecordType::SRV), true)
+        .unwrap();
+    assert!(a.len() <= 512);
+    let m = Message::from_vec(&a).unwrap();
+    assert!(m.metadata.truncation);
+    // Every glue record present belongs to an answer present.
+    let targets: BTreeSet<String> = m
+        .answers
+        .iter()
+        .filter_map(|r| match &r.data {
+            RData::SRV(s) => Some(s.target.to_ascii()),
+            _ => None,
+        })
+        .collect();
+    for g in &m.additionals {
+        assert!(targets.contains(&g.name.to_ascii()), "{}", g.name);
+    }
+    assert!(!m.answers.is_empty());
+}
+
+#[test]
+fn a_record_the_encoder_refuses_is_servfail_not_silence() {
+    let (_dir, store, catalog) = open();
+    // A TXT string can hold 255 bytes; node meta over that cannot be encoded.
+    let meta = format!("{{\"k\": \"{}\"}}", "v".repeat(400));
+    store
+        .transact(|tx| {
+            tx.execute(
+                "INSERT INTO consul_nodes (node, actor_id, address, meta) VALUES ('n1', '', '10.0.0.1', ?)",
+                &[text(meta.clone())],
+            )
+        })
+        .unwrap();
+    catalog.process_pending().unwrap();
+    let r = Responder::new(catalog, DnsSettings::default());
+    let a = r
+        .respond(&query("n1.node.consul.", RecordType::TXT), true)
+        .unwrap();
+    let m = Message::from_vec(&a).unwrap();
+    assert_eq!(m.metadata.response_code, ResponseCode::ServFail);
+    assert_eq!(m.metadata.id, 7);
+    // The A answer of the same node is unaffected.
+    let a = r
+        .respond(&query("n1.node.consul.", RecordType::A), true)
+        .unwrap();
+    assert_eq!(Message::from_vec(&a).unwrap().answers.len(), 1);
+}
+
+#[test]
+fn a_flood_of_random_names_stays_within_the_cache_budget() {
+    let (_dir, store, catalog) = open();
+    insert_many(&store, "n1", "web", 3);
+    catalog.process_pending().unwrap();
+    let budget = 256 * 1024;
+    let r = Responder::new(
+        catalog,
+        DnsSettings {
+            cache_max_bytes: budget,
+            ..DnsSettings::default()
+        },
+    );
+    for i in 0..50_000u32 {
+        let name = format!("x{i:08x}-{}.service.consul.", "y".repeat((i % 40) as usize));
+        let a = r.respond(&query(&name, RecordType::A), true).unwrap();
+        assert_eq!(
+            Message::from_vec(&a).unwrap().metadata.response_code,
+            ResponseCode::NXDomain
+        );
+        if i % 997 == 0 {
+            assert!(r.cache_bytes() <= budget, "{} > {budget}", r.cache_bytes());
+            let a = r
+                .respond(&query("web.service.consul.", RecordType::A), true)
+                .unwrap();
+            assert_eq!(Message::from_vec(&a).unwrap().answers.len(), 3);
+        }
+    }
+    assert!(r.cache_bytes() <= budget);
 }
