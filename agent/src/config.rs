@@ -295,6 +295,27 @@ pub(crate) struct ApiConfig {
     /// Default query timeout in seconds (default 30); `?timeout=` overrides.
     #[serde(default = "default_query_timeout")]
     pub query_timeout_secs: f64,
+    /// Open connections from one client address (default 1000); more are
+    /// answered 429.
+    #[serde(default = "default_max_conns_per_client")]
+    pub max_conns_per_client: usize,
+    /// Open connections in total (default 16384); more are answered 429.
+    #[serde(default = "default_max_conns")]
+    pub max_conns: usize,
+    /// Seconds a request head may take to arrive, which is also how long
+    /// an idle keep-alive connection stays open (default 30).
+    #[serde(default = "default_header_timeout")]
+    pub header_timeout_secs: u64,
+}
+
+fn default_max_conns_per_client() -> usize {
+    1000
+}
+fn default_max_conns() -> usize {
+    16384
+}
+fn default_header_timeout() -> u64 {
+    30
 }
 
 fn default_api_addr() -> SocketAddr {
@@ -326,6 +347,9 @@ impl Default for ApiConfig {
             max_statements: default_max_statements(),
             max_changes: default_max_changes(),
             query_timeout_secs: default_query_timeout(),
+            max_conns_per_client: default_max_conns_per_client(),
+            max_conns: default_max_conns(),
+            header_timeout_secs: default_header_timeout(),
         }
     }
 }
@@ -650,10 +674,15 @@ impl Config {
                 "{origin}: [gossip] needs a [gossip.tls] section (see `corrosion tls --help`) or plaintext = true (only on a trusted or already encrypted network)"
             );
         }
-        if self.api.max_statements == 0 || self.api.max_body_bytes == 0 || self.api.max_changes == 0
+        if self.api.max_statements == 0
+            || self.api.max_body_bytes == 0
+            || self.api.max_changes == 0
+            || self.api.max_conns == 0
+            || self.api.max_conns_per_client == 0
+            || self.api.header_timeout_secs == 0
         {
             anyhow::bail!(
-                "{origin}: api.max_statements, api.max_body_bytes and api.max_changes must be positive"
+                "{origin}: api.max_statements, api.max_body_bytes, api.max_changes, api.max_conns, api.max_conns_per_client and api.header_timeout_secs must be positive"
             );
         }
         if let Some(mtu) = self.gossip.max_mtu

@@ -171,6 +171,23 @@ impl AdminHandler for Handler {
     }
 }
 
+/// Raises the soft limit on open files to the hard one: every API and
+/// DNS connection is a descriptor, and the usual soft default (1,024) is
+/// below `api.max_conns`. Under systemd the unit sets both.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut l = getrlimit(Resource::Nofile);
+    if let Some(hard) = l.maximum
+        && l.current.is_some_and(|c| c < hard)
+    {
+        l.current = Some(hard);
+        match setrlimit(Resource::Nofile, l) {
+            Ok(()) => tracing::debug!(limit = hard, "raised the open-files limit"),
+            Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
+        }
+    }
+}
+
 /// Runs the agent until SIGTERM/SIGINT.
 pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> anyhow::Result<()> {
     // Handlers first: a SIGHUP or SIGTERM that arrives while the agent is
@@ -201,6 +218,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
             }
         }
     }
+    raise_fd_limit();
     let _lock = lock_db(&config.db.path)?;
     let db = config.db.path.clone();
     let store = tokio::task::spawn_blocking(move || Store::open(&db, StoreOptions::default()))
@@ -313,6 +331,11 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         answers: Arc::new(api::consul::AnswerCache::new(config.consul.cache_max_bytes)),
         stop: stop.clone(),
     };
+    let serve_limits = api::server::Connections::new(api::server::ServeLimits {
+        max_conns_per_client: config.api.max_conns_per_client,
+        max_conns: config.api.max_conns,
+        header_timeout: Duration::from_secs(config.api.header_timeout_secs),
+    });
     let consul_task = match config.consul.http_addr {
         Some(addr) => {
             let listener = tokio::net::TcpListener::bind(addr)
@@ -322,14 +345,12 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
                 "Starting Consul-compatible API server on tcp/{}",
                 listener.local_addr()?
             );
-            let stop = stop.clone();
-            Some(crate::tasks::spawn(
-                axum::serve(listener, api::consul_router(state.clone()))
-                    .with_graceful_shutdown(async move {
-                        stop.cancelled().await;
-                    })
-                    .into_future(),
-            ))
+            Some(crate::tasks::spawn(api::server::serve(
+                listener,
+                api::consul_router(state.clone()),
+                serve_limits.clone(),
+                stop.clone(),
+            )))
         }
         None => None,
     };
@@ -342,14 +363,12 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
     );
     crate::service::ready("serving");
     crate::service::spawn_watchdog(store.clone(), stop.clone());
-    let api_stop = stop.clone();
-    let api_task = crate::tasks::spawn(
-        axum::serve(listener, api::router(state))
-            .with_graceful_shutdown(async move {
-                api_stop.cancelled().await;
-            })
-            .into_future(),
-    );
+    let api_task = crate::tasks::spawn(api::server::serve(
+        listener,
+        api::router(state),
+        serve_limits,
+        stop.clone(),
+    ));
 
     loop {
         tokio::select! {
@@ -369,10 +388,8 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
     tracing::info!("shutting down: finishing in-flight requests");
     crate::service::stopping();
     stop.cancel();
-    match api_task.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "API server stopped with an error"),
-        Err(e) => tracing::warn!(error = %e, "API server task failed"),
+    if let Err(e) = api_task.await {
+        tracing::warn!(error = %e, "API server task failed");
     }
     if let Some(t) = consul_task {
         let _ = t.await;

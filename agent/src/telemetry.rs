@@ -62,6 +62,8 @@ pub(crate) const METRICS: &[Metric] = &[
     // HTTP API
     m("corro_api_requests_total", Counter, &["route", "status"], "API requests by matched route and HTTP status"),
     m("corro_api_request_duration_seconds", Histogram, &["route"], "API request latency by matched route"),
+    m("corro_api_connections", Gauge, &[], "open API connections (the API and Consul listeners together)"),
+    m("corro_api_connections_refused_total", Counter, &["reason"], "API connections refused or closed by a limit"),
     // Store
     m("corro_store_head_version", Gauge, &[], "this node's latest version"),
     m("corro_store_writer_local_active", Gauge, &[], "local transactions waiting for or holding the writer"),

@@ -13,6 +13,7 @@
 pub(crate) mod consul;
 mod discovery;
 mod queries;
+pub(crate) mod server;
 mod stats;
 mod subscriptions;
 mod transactions;
@@ -81,6 +82,7 @@ pub(crate) fn router(state: ApiState) -> Router {
         .merge(consul)
         .fallback(not_found)
         .route_layer(middleware::from_fn(crate::telemetry::track_api))
+        .layer(middleware::from_fn(server::check_target))
         .with_state(state)
 }
 
@@ -93,6 +95,7 @@ pub(crate) fn consul_router(state: ApiState) -> Router {
         ))
         .fallback(not_found)
         .route_layer(middleware::from_fn(crate::telemetry::track_api))
+        .layer(middleware::from_fn(server::check_target))
         .with_state(state)
 }
 
