@@ -338,8 +338,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
     });
     let consul_task = match config.consul.http_addr {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
+            let listener = api::server::bind(addr)
                 .with_context(|| format!("binding the Consul HTTP API on {addr}"))?;
             tracing::info!(
                 "Starting Consul-compatible API server on tcp/{}",
@@ -354,8 +353,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         }
         None => None,
     };
-    let listener = tokio::net::TcpListener::bind(config.api.addr)
-        .await
+    let listener = api::server::bind(config.api.addr)
         .with_context(|| format!("binding the API on {}", config.api.addr))?;
     tracing::info!(
         "Starting public API server on tcp/{}",

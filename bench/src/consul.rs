@@ -92,27 +92,11 @@ fn post(agent: &Agent, body: serde_json::Value) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `services` services x 3 instances on nodes `node-0..2` (owned by
-/// `actor`, so alive), each instance with one passing check.
+/// `services` services x 3 instances (see [`Agent::load_services`]).
 pub(crate) fn load(agent: &Agent, actor: &str, services: u32) -> anyhow::Result<()> {
-    let series = format!(
-        "WITH RECURSIVE s(x) AS (SELECT 0 UNION ALL SELECT x + 1 FROM s WHERE x < {}), n(y) AS (VALUES (0), (1), (2))",
-        services - 1
-    );
-    post(
-        agent,
-        serde_json::json!([
-            format!(
-                "INSERT OR REPLACE INTO consul_nodes (node, actor_id, address, datacenter) WITH n(y) AS (VALUES (0), (1), (2)) SELECT 'node-' || y, '{actor}', '10.0.0.' || (y + 1), 'dc1' FROM n"
-            ),
-            format!(
-                "INSERT INTO consul_services (node, id, name, tags, port) {series} SELECT 'node-' || y, 'svc-' || x || '-' || y, 'svc-' || x, '[\"v1\"]', 8000 + y FROM s, n"
-            ),
-            format!(
-                "INSERT INTO consul_checks (node, id, service_id, service_name, name, status, output) {series} SELECT 'node-' || y, 'service:svc-' || x || '-' || y, 'svc-' || x || '-' || y, 'svc-' || x, 'check', 'passing', 'HTTP GET: 200 OK' FROM s, n"
-            ),
-        ]),
-    )
+    agent
+        .load_services(actor, services)
+        .map_err(anyhow::Error::msg)
 }
 
 /// Requests/s and p99 (ms) from wrk's output.
@@ -361,12 +345,7 @@ fn wake(dir: &Path, a: WakeArgs) -> anyhow::Result<()> {
 }
 
 pub(crate) fn rss_kb(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .ok_or_else(|| anyhow::anyhow!("no VmRSS"))
+    corro_testkit::rss_kb(pid).ok_or_else(|| anyhow::anyhow!("no VmRSS for process {pid}"))
 }
 
 fn held(dir: &Path, a: HeldArgs) -> anyhow::Result<()> {

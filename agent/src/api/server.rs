@@ -254,6 +254,23 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Watched<S> {
     }
 }
 
+/// Pending connections the kernel queues before the agent accepts them
+/// (capped by `net.core.somaxconn`): a host's clients reconnecting at
+/// once after a restart must not have their handshakes dropped.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener on `addr` with a backlog of [`LISTEN_BACKLOG`].
+pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Serves `app` on `listener` until `stop`, then lets in-flight requests
 /// finish (at most 10 s more).
 pub(crate) async fn serve(
@@ -269,6 +286,7 @@ pub(crate) async fn serve(
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
+        .max_header_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS);
     let builder = Arc::new(builder);
     loop {
