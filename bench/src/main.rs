@@ -58,6 +58,7 @@ enum Cmd {
 }
 
 fn main() -> anyhow::Result<()> {
+    corro_testkit::crypto();
     match Cli::parse().cmd {
         Cmd::Store(args) => store::run(args),
         Cmd::StoreOnce(args) => store::once(args),

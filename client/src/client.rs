@@ -51,6 +51,9 @@ pub struct Client {
 
 impl Client {
     pub fn new(addr: SocketAddr, token: Option<String>) -> Self {
+        // reqwest builds a TLS configuration even for plain HTTP; it must
+        // find the one crypto provider the process uses (ring).
+        let _ = rustls::crypto::ring::default_provider().install_default();
         Client {
             addr,
             base: format!("http://{addr}"),

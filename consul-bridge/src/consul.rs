@@ -197,16 +197,16 @@ pub struct TlsSettings {
     pub server_name: Option<String>,
 }
 
-/// An HTTP/1.1 client for the local Consul agent: one connection per poll
-/// (two requests), plain or TLS, every step under the configured timeout.
+/// A pooled HTTP client for the local Consul agent (reqwest over rustls
+/// with ring): connections are reused between polls and opened again
+/// whenever Consul (or a proxy in front of it) closed one, whether it
+/// answers HTTP/1.0, closes after every response or drops idle
+/// connections. Every poll is under the configured timeout.
 pub struct ConsulClient {
+    http: reqwest::Client,
+    /// `http(s)://host:port` (the TLS server name as host when one is set).
+    base: String,
     addr: String,
-    /// `Host` header and TLS server name.
-    host: String,
-    tls: Option<(
-        tokio_rustls::TlsConnector,
-        rustls_pki_types::ServerName<'static>,
-    )>,
     token: Option<String>,
     timeout: Duration,
     max_body: usize,
@@ -258,102 +258,94 @@ fn host_of(addr: &str) -> &str {
     h.trim_start_matches('[').trim_end_matches(']')
 }
 
-trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin> Io for T {}
+/// The port part of `host:port`.
+fn port_of(addr: &str) -> Option<u16> {
+    addr.rsplit_once(':').and_then(|(_, p)| p.parse().ok())
+}
 
 impl ConsulClient {
     pub fn new(s: &ConsulSettings) -> Result<ConsulClient, PollError> {
-        let tls = match &s.tls {
-            None => None,
+        let bad = |e: &dyn std::fmt::Display| PollError::Unreachable(format!("{}: {e}", s.addr));
+        let port = port_of(&s.addr).ok_or_else(|| bad(&"expected host:port"))?;
+        // reqwest builds a TLS configuration even for plain HTTP; it must
+        // find the one crypto provider the process uses (ring).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let mut builder = reqwest::Client::builder()
+            .no_proxy()
+            .connect_timeout(s.timeout)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(2)
+            .tcp_nodelay(true);
+        let base = match &s.tls {
+            None => format!("http://{}", s.addr),
             Some(t) => {
-                let name = t
-                    .server_name
-                    .clone()
-                    .unwrap_or_else(|| host_of(&s.addr).to_string());
-                let server_name = rustls_pki_types::ServerName::try_from(name.clone())
-                    .map_err(|e| PollError::Tls(format!("server name {name:?}: {e}")))?;
-                Some((
-                    tokio_rustls::TlsConnector::from(Arc::new(rustls_config(t)?)),
-                    server_name,
-                ))
+                builder = builder.tls_backend_preconfigured(rustls_config(t)?);
+                match &t.server_name {
+                    // Verify against the configured name while connecting to
+                    // `addr`: the name goes into the URL, `addr` into the
+                    // resolver.
+                    Some(name) if name != host_of(&s.addr) => {
+                        if name.parse::<std::net::IpAddr>().is_ok() {
+                            return Err(PollError::Tls(format!(
+                                "server_name {name:?} is an address other than addr's host; give a DNS name, or the same address"
+                            )));
+                        }
+                        use std::net::ToSocketAddrs;
+                        let targets: Vec<std::net::SocketAddr> =
+                            s.addr.to_socket_addrs().map_err(|e| bad(&e))?.collect();
+                        builder = builder.resolve_to_addrs(name, &targets);
+                        format!("https://{name}:{port}")
+                    }
+                    _ => format!("https://{}", s.addr),
+                }
             }
         };
+        let http = builder
+            .build()
+            .map_err(|e| PollError::Tls(format!("building the HTTP client: {e}")))?;
         Ok(ConsulClient {
+            http,
+            base,
             addr: s.addr.clone(),
-            host: s.addr.clone(),
-            tls,
             token: s.token.clone(),
             timeout: s.timeout,
             max_body: s.max_body_bytes,
         })
     }
 
-    async fn connect(
-        &self,
-    ) -> Result<
-        hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
-        PollError,
-    > {
+    async fn get(&self, path: &str) -> Result<Vec<u8>, PollError> {
         let unreachable =
-            |e: &dyn std::fmt::Display| PollError::Unreachable(format!("{}: {e}", self.addr));
-        let tcp = tokio::net::TcpStream::connect(&self.addr)
-            .await
-            .map_err(|e| unreachable(&e))?;
-        let _ = tcp.set_nodelay(true);
-        let io: Box<dyn Io> = match &self.tls {
-            None => Box::new(tcp),
-            Some((connector, name)) => Box::new(
-                connector
-                    .connect(name.clone(), tcp)
-                    .await
-                    .map_err(|e| PollError::Tls(format!("handshake with {}: {e}", self.addr)))?,
-            ),
-        };
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(io))
-                .await
-                .map_err(|e| unreachable(&e))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        Ok(sender)
-    }
-
-    async fn get(
-        &self,
-        sender: &mut hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
-        path: &str,
-    ) -> Result<Vec<u8>, PollError> {
-        use http_body_util::BodyExt;
-        let mut req = hyper::Request::get(path).header(hyper::header::HOST, &self.host);
+            |e: &dyn std::fmt::Display| PollError::Unreachable(format!("{}{path}: {e}", self.addr));
+        let mut req = self.http.get(format!("{}{path}", self.base));
         if let Some(t) = &self.token {
             req = req.header("X-Consul-Token", t);
         }
-        let req = req
-            .body(http_body_util::Empty::new())
-            .map_err(|e| PollError::Unreachable(format!("building the request: {e}")))?;
-        sender
-            .ready()
-            .await
-            .map_err(|e| PollError::Unreachable(format!("{}: {e}", self.addr)))?;
-        let resp = sender
-            .send_request(req)
-            .await
-            .map_err(|e| PollError::Unreachable(format!("{}{path}: {e}", self.addr)))?;
-        let status = resp.status();
-        let mut body = resp.into_body();
-        let mut buf = Vec::new();
-        while let Some(frame) = body.frame().await {
-            let frame =
-                frame.map_err(|e| PollError::Unreachable(format!("reading {path}: {e}")))?;
-            if let Some(chunk) = frame.data_ref() {
-                if buf.len() + chunk.len() > self.max_body {
-                    return Err(PollError::TooLarge(self.max_body));
-                }
-                buf.extend_from_slice(chunk);
+        let mut resp = req.send().await.map_err(|e| {
+            if is_tls(&e) {
+                PollError::Tls(format!("{}: {}", self.addr, chain(&e)))
+            } else {
+                unreachable(&chain(&e))
             }
+        })?;
+        let status = resp.status();
+        if resp
+            .content_length()
+            .is_some_and(|n| n > self.max_body as u64)
+        {
+            return Err(PollError::TooLarge(self.max_body));
         }
-        if status == hyper::StatusCode::FORBIDDEN {
+        let mut buf = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| PollError::Unreachable(format!("reading {path}: {}", chain(&e))))?
+        {
+            if buf.len() + chunk.len() > self.max_body {
+                return Err(PollError::TooLarge(self.max_body));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        if status == reqwest::StatusCode::FORBIDDEN {
             return Err(PollError::AclDenied(snippet(&buf)));
         }
         if !status.is_success() {
@@ -365,13 +357,12 @@ impl ConsulClient {
         Ok(buf)
     }
 
-    /// The agent's services and checks (two requests on one connection,
-    /// all of it within the timeout).
+    /// The agent's services and checks (two requests on pooled
+    /// connections, all of it within the timeout).
     pub async fn snapshot(&self) -> Result<Snapshot, PollError> {
         let work = async {
-            let mut sender = self.connect().await?;
-            let services = parse_services(&self.get(&mut sender, "/v1/agent/services").await?)?;
-            let checks = parse_checks(&self.get(&mut sender, "/v1/agent/checks").await?)?;
+            let services = parse_services(&self.get("/v1/agent/services").await?)?;
+            let checks = parse_checks(&self.get("/v1/agent/checks").await?)?;
             Ok(Snapshot { services, checks })
         };
         tokio::time::timeout(self.timeout, work)
@@ -383,6 +374,30 @@ impl ConsulClient {
                 )))
             })
     }
+}
+
+/// An error with its causes, `a: b: c` (reqwest's own text is terse).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cur = c.source();
+    }
+    out
+}
+
+/// Whether a failure came from the TLS handshake (certificates, names).
+fn is_tls(e: &reqwest::Error) -> bool {
+    let mut cur: Option<&dyn std::error::Error> = Some(e);
+    while let Some(c) = cur {
+        if c.downcast_ref::<rustls::Error>().is_some() {
+            return true;
+        }
+        cur = c.source();
+    }
+    false
 }
 
 fn snippet(body: &[u8]) -> String {

@@ -134,6 +134,7 @@ impl ConsulStandIn {
     }
 
     fn start_on(addr: SocketAddr, tls: Option<Arc<rustls::ServerConfig>>) -> ConsulStandIn {
+        crate::crypto();
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()

@@ -21,6 +21,13 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
+/// Installs the process's one rustls crypto provider (ring), as the agent
+/// does: reqwest clients in tests and benches need it before they are
+/// built. Called by every harness entry point; harmless when done.
+pub fn crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
 /// The `corrosion` binary under test.
 pub fn binary() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
@@ -61,6 +68,7 @@ impl Node {
 
     /// Like [`Node::new`], with `gossip_extra` appended to `[gossip]`.
     pub fn with(dir: &Path, gossip_extra: &str, api_extra: &str) -> Node {
+        crypto();
         std::fs::create_dir_all(dir.join("schema")).unwrap();
         std::fs::write(dir.join("schema/todo.sql"), TODOS).unwrap();
         let config = dir.join("config.toml");
@@ -131,6 +139,7 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(config: &Path) -> Agent {
+        crypto();
         let mut child = Command::new(binary())
             .args(["-c", config.to_str().unwrap(), "agent"])
             .env("RUST_LOG", "info")
