@@ -20,7 +20,8 @@ use tokio_util::sync::CancellationToken;
 use corro_client::{Client, Statement};
 use corro_store::Store;
 use corro_templates::{
-    Deps, DiscoveryCall, Hub, Limits, Params, Rows, Source, SourceError, Spec, TemplateSet,
+    Deps, DiscoveryCall, Hub, Limits, Params, QueryLimits, Rows, Source, SourceError, Spec,
+    TemplateSet,
 };
 use futures::StreamExt;
 use parking_lot::Mutex;
@@ -48,16 +49,31 @@ pub(crate) struct LocalSource {
 }
 
 impl Source for LocalSource {
-    fn query(&self, sql: &str, params: &Params) -> Result<Rows, SourceError> {
+    fn query(&self, sql: &str, params: &Params, limits: QueryLimits) -> Result<Rows, SourceError> {
         let err = |e: &dyn std::fmt::Display| SourceError(e.to_string());
-        let conn = self.store.reader();
+        let mut conn = self.store.reader();
+        // SQLite itself stops at the render's deadline (the pool clears the
+        // handler when the connection goes back).
+        let deadline = limits.deadline;
+        conn.progress_handler(1000, Some(move || std::time::Instant::now() > deadline))
+            .map_err(|e| err(&e))?;
+        let late = |e: rusqlite::Error| {
+            if std::time::Instant::now() > deadline {
+                limits.too_slow()
+            } else {
+                err(&e)
+            }
+        };
         let mut stmt = conn.prepare_user(sql).map_err(|e| err(&e))?;
         api_values::bind(&mut stmt, &statement(sql, params)).map_err(|e| err(&e))?;
         let columns: Vec<String> = stmt.column_names().map(|c| c.to_string()).collect();
         let n = columns.len();
         let mut rows = stmt.raw_query();
         let mut out = Vec::new();
-        while let Some(row) = rows.next().map_err(|e| err(&e))? {
+        while let Some(row) = rows.next().map_err(late)? {
+            if out.len() == limits.max_rows {
+                return Err(limits.too_many_rows());
+            }
             let mut cells = Vec::with_capacity(n);
             for i in 0..n {
                 cells.push(api_values::from_ref(row.get_ref(i).map_err(|e| err(&e))?));
@@ -209,11 +225,46 @@ impl HttpSource {
 }
 
 impl Source for HttpSource {
-    fn query(&self, sql: &str, params: &Params) -> Result<Rows, SourceError> {
-        let rows = self
-            .block_on(self.client.query(&statement(sql, params)))
-            .map_err(|e| SourceError(e.to_string()))?;
-        Ok(Rows::new(rows.columns, rows.rows))
+    fn query(&self, sql: &str, params: &Params, limits: QueryLimits) -> Result<Rows, SourceError> {
+        use corro_client::types::QueryEvent;
+        use futures::StreamExt;
+        let err = |e: &dyn std::fmt::Display| SourceError(e.to_string());
+        let left = limits
+            .deadline
+            .saturating_duration_since(std::time::Instant::now());
+        let work = async {
+            // The agent stops the statement at the same deadline.
+            let events = self
+                .client
+                .query_events_within(&statement(sql, params), Some(left))
+                .await
+                .map_err(|e| err(&e))?;
+            futures::pin_mut!(events);
+            let (mut columns, mut rows) = (Vec::new(), Vec::new());
+            while let Some(ev) = events.next().await {
+                match ev.map_err(|e| err(&e))? {
+                    QueryEvent::Columns(c) => columns = c,
+                    QueryEvent::Row(_, cells) => {
+                        if rows.len() == limits.max_rows {
+                            // Dropping the stream closes the connection.
+                            return Err(limits.too_many_rows());
+                        }
+                        rows.push(cells);
+                    }
+                    QueryEvent::EndOfQuery { .. } => return Ok(Rows::new(columns, rows)),
+                    QueryEvent::Error(m) => return Err(SourceError(m)),
+                    QueryEvent::Change(..) => {}
+                }
+            }
+            Err(SourceError(
+                "the agent closed the query stream early".into(),
+            ))
+        };
+        self.block_on(async {
+            tokio::time::timeout(left, work)
+                .await
+                .unwrap_or_else(|_| Err(limits.too_slow()))
+        })
     }
 
     fn discovery(&self, call: &DiscoveryCall) -> Result<serde_json::Value, SourceError> {

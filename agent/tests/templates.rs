@@ -399,7 +399,7 @@ http {
         server 127.0.0.1:9 down;
 <% } %>
 <% for s in web { %>
-        server <%= s.address %>:<%= s.port %>;
+        server <%= s.address %>:<%= s.port %><% if s.tags.contains("backup") { %> backup<% } %>;
 <% } %>
     }
     server {
@@ -422,7 +422,7 @@ frontend fe
 backend web
     balance roundrobin
 <% for s in service("web") { %>
-    server <%= s.node %>-<%= s.id %> <%= s.address %>:<%= s.port %> check
+    server <%= s.node %>-<%= s.id %> <%= s.address %>:<%= s.port %> check<% if s.tags.contains("backup") { %> backup<% } %>
 <% } %>
 "#;
 
@@ -503,35 +503,50 @@ fn nginx_and_haproxy_configs_follow_instances_and_their_health() {
     nginx_accepts(&nginx);
     haproxy_accepts(&haproxy);
 
-    let add = |id: &str, addr: &str| {
+    let add = |id: &str, addr: &str, tags: &str| {
         exec_at(
             &writer,
             &format!(
-                "INSERT INTO consul_services (node, id, name, port, address, source) VALUES ('lb-host', '{id}', 'web', 8080, '{addr}', 'test')"
+                "INSERT INTO consul_services (node, id, name, port, address, tags, source) VALUES ('lb-host', '{id}', 'web', 8080, '{addr}', '{tags}', 'test')"
             ),
         )
     };
-    add("web-1", "10.0.0.1");
-    add("web-2", "10.0.0.2");
+    add("web-1", "10.0.0.1", "[]");
+    add("web-2", "10.0.0.2", "[]");
+    // A conditional at the end of a server line keeps one server per line.
+    add("web-3", "10.0.0.3", "[\"backup\"]");
     let text = await_servers(
         &nginx,
-        &["server 10.0.0.1:8080;", "server 10.0.0.2:8080;"],
+        &[
+            "server 10.0.0.1:8080;",
+            "server 10.0.0.2:8080;",
+            "server 10.0.0.3:8080 backup;",
+        ],
         &["down;"],
     );
     assert!(
-        text.contains("    upstream web {\n        server 10.0.0.1:8080;\n        server 10.0.0.2:8080;\n    }\n"),
+        text.contains("    upstream web {\n        server 10.0.0.1:8080;\n        server 10.0.0.2:8080;\n        server 10.0.0.3:8080 backup;\n    }\n"),
         "{text}"
     );
     nginx_accepts(&nginx);
-    await_servers(
+    let text = await_servers(
         &haproxy,
         &[
-            "server lb-host-web-1 10.0.0.1:8080 check",
-            "server lb-host-web-2 10.0.0.2:8080 check",
+            "server lb-host-web-1 10.0.0.1:8080 check\n",
+            "server lb-host-web-2 10.0.0.2:8080 check\n",
+            "server lb-host-web-3 10.0.0.3:8080 check backup\n",
         ],
         &[],
     );
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.trim_start().starts_with("server "))
+            .count(),
+        3,
+        "{text}"
+    );
     haproxy_accepts(&haproxy);
+    exec_at(&writer, "DELETE FROM consul_services WHERE id = 'web-3'");
 
     // web-1 turns critical: it leaves both configs.
     exec_at(
@@ -623,4 +638,48 @@ fn the_template_command_sends_the_configured_token() {
     let text = format!("{}{}", common::stdout(&out), common::stderr(&out));
     assert!(text.contains("401") || text.contains("token"), "{text}");
     assert!(!dir.join("t.txt").exists());
+}
+
+#[test]
+fn runaway_and_huge_queries_stop_at_the_render_limits() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // Endless rows: stopped at the first row past the limit, not read whole.
+    std::fs::write(
+        dir.join("rows.rhai"),
+        "<%= sql(\"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT x FROM c\").len() %>\n",
+    )
+    .unwrap();
+    // One row that never comes: SQLite is stopped at the render's deadline.
+    let slow = "<%= sql(\"WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) AS n FROM c\")[0].n %>\n";
+    std::fs::write(dir.join("slow.rhai"), slow).unwrap();
+    let (node, agent) = template_node(
+        dir,
+        &format!(
+            "[[template]]\nsource = \"{d}/rows.rhai\"\ndestination = \"{d}/rows.txt\"\n\n[[template]]\nsource = \"{d}/slow.rhai\"\ndestination = \"{d}/slow.txt\"\n",
+            d = dir.display(),
+        ),
+    );
+    let started = Instant::now();
+    let line = agent.expect("more than 1000000 rows");
+    assert!(line.contains("render failed"), "{line}");
+    let line = agent.expect("still running at the render's time limit");
+    assert!(line.contains("render failed"), "{line}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+    assert!(!dir.join("rows.txt").exists() && !dir.join("slow.txt").exists());
+    // The same through the API (`corrosion template --once`): the agent
+    // stops the statement at the same deadline.
+    let out = node.cli(&[
+        "--api-addr",
+        &agent.api.to_string(),
+        "template",
+        "--once",
+        &format!("{d}/slow.rhai:{d}/cli.txt", d = dir.display()),
+    ]);
+    assert!(!out.status.success());
+    let text = format!("{}{}", common::stdout(&out), common::stderr(&out));
+    assert!(
+        text.contains("time limit") || text.contains("timeout"),
+        "{text}"
+    );
 }

@@ -113,11 +113,23 @@ impl Client {
         statement: &Statement,
     ) -> Result<impl futures::Stream<Item = Result<QueryEvent, ClientError>> + use<>, ClientError>
     {
+        self.query_events_within(statement, None).await
+    }
+
+    /// `POST /v1/queries?timeout=`: the agent stops the statement itself
+    /// once `timeout` has passed (`None`: the agent's default).
+    pub async fn query_events_within(
+        &self,
+        statement: &Statement,
+        timeout: Option<std::time::Duration>,
+    ) -> Result<impl futures::Stream<Item = Result<QueryEvent, ClientError>> + use<>, ClientError>
+    {
+        let path = match timeout {
+            Some(t) => format!("/v1/queries?timeout={}", t.as_secs_f64().max(0.001)),
+            None => "/v1/queries".to_string(),
+        };
         let resp = self
-            .send(
-                self.request(reqwest::Method::POST, "/v1/queries")
-                    .json(statement),
-            )
+            .send(self.request(reqwest::Method::POST, &path).json(statement))
             .await?;
         Ok(ndjson(resp, self.addr))
     }

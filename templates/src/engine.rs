@@ -329,9 +329,17 @@ fn run_sql(
     sql: &str,
     params: Params,
 ) -> Fallible<Rows> {
-    state.lock().deps.add_query(sql);
+    let deadline = {
+        let mut st = state.lock();
+        st.deps.add_query(sql);
+        st.deadline
+    };
+    let q = crate::source::QueryLimits {
+        max_rows: limits.max_rows,
+        deadline,
+    };
     let rows = source
-        .query(sql, &params)
+        .query(sql, &params, q)
         .or_else(|e| fail(format!("sql({sql:?}): {e}")))?;
     if rows.len() > limits.max_rows {
         return fail(format!(

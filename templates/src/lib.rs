@@ -29,6 +29,6 @@ pub mod wait;
 pub use discovery::{DiscoveryCall, answer as discovery_answer};
 pub use engine::{Compiled, Limits, RenderError, Rendered, Renderer};
 pub use runner::{Spec, TemplateSet};
-pub use source::{Deps, Hub, Params, Source, SourceError};
+pub use source::{Deps, Hub, Params, QueryLimits, Source, SourceError};
 pub use values::Rows;
 pub use wait::Wait;

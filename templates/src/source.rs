@@ -37,10 +37,35 @@ pub enum Params {
 #[error("{0}")]
 pub struct SourceError(pub String);
 
+/// What one `sql()` call may use: rows read and time (the render's own
+/// deadline). A source stops at the first row past `max_rows` and stops
+/// the statement itself (inside SQLite, or by dropping the stream) at the
+/// deadline, so a runaway query costs neither unbounded memory nor CPU.
+#[derive(Debug, Clone, Copy)]
+pub struct QueryLimits {
+    pub max_rows: usize,
+    pub deadline: std::time::Instant,
+}
+
+impl QueryLimits {
+    /// The error for a statement that passed the row limit.
+    pub fn too_many_rows(&self) -> SourceError {
+        SourceError(format!(
+            "more than {} rows, over the limit per query",
+            self.max_rows
+        ))
+    }
+
+    /// The error for a statement still running at the deadline.
+    pub fn too_slow(&self) -> SourceError {
+        SourceError("the query was still running at the render's time limit".into())
+    }
+}
+
 /// Answers a template's data calls. Called on a blocking thread.
 pub trait Source: Send + Sync + 'static {
-    /// Runs one read-only statement.
-    fn query(&self, sql: &str, params: &Params) -> Result<Rows, SourceError>;
+    /// Runs one read-only statement within `limits`.
+    fn query(&self, sql: &str, params: &Params, limits: QueryLimits) -> Result<Rows, SourceError>;
     /// Answers one discovery helper call.
     fn discovery(&self, call: &DiscoveryCall) -> Result<serde_json::Value, SourceError>;
     /// Called after each render with the tables it read, so a source that

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corro_client::Value;
-use corro_templates::{DiscoveryCall, Limits, Params, Renderer, Rows, Source, SourceError};
+use corro_templates::{
+    DiscoveryCall, Limits, Params, QueryLimits, Renderer, Rows, Source, SourceError,
+};
 use parking_lot::Mutex;
 
 /// The reference's template, as the book prints it.
@@ -22,7 +24,7 @@ struct Fake {
 }
 
 impl Source for Fake {
-    fn query(&self, sql: &str, params: &Params) -> Result<Rows, SourceError> {
+    fn query(&self, sql: &str, params: &Params, _: QueryLimits) -> Result<Rows, SourceError> {
         self.calls.lock().push((sql.to_string(), params.clone()));
         if sql.contains("FROM todos") {
             let rows = self
