@@ -782,6 +782,13 @@ mod tests {
                 "[consul.client.tls]\ncert_file = 'c'\n",
                 "both cert_file and key_file",
             ),
+            // Each of these used to panic at start, or could not be met.
+            ("[api]\nquery_timeout_secs = inf\n", "query_timeout_secs"),
+            ("[api]\nquery_timeout_secs = nan\n", "query_timeout_secs"),
+            ("[api]\nquery_timeout_secs = 1e300\n", "query_timeout_secs"),
+            ("[api]\nquery_timeout_secs = -1\n", "query_timeout_secs"),
+            ("[api]\nmax_conns_per_client = 0\n", "max_conns_per_client"),
+            ("[api]\nheader_timeout_secs = 0\n", "header_timeout_secs"),
         ] {
             let e = format!(
                 "{:#}",

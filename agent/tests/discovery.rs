@@ -870,3 +870,180 @@ fn the_consul_listener_serves_only_consul_routes_and_held_queries_end_on_shutdow
     );
     assert_eq!(status.unwrap(), 200);
 }
+
+#[test]
+fn names_and_tags_match_in_any_case_and_answers_keep_the_registered_spelling() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = discovery_node(dir.path(), "Host-A", None, "");
+    let agent = node.start();
+    node.exec(
+        &agent,
+        "INSERT INTO consul_services (node, id, name, tags, port, source) VALUES ('Host-A', 'web-1', 'Web', '[\"Primary\"]', 80, 'test')",
+    );
+    await_some(Duration::from_secs(10), "Web in the catalog", || {
+        (catalog(&agent, "web").len() == 1).then_some(())
+    });
+    for spelling in ["web", "WEB", "Web", "wEb"] {
+        let e = catalog(&agent, spelling);
+        assert_eq!(
+            e,
+            vec![(
+                "Host-A".to_string(),
+                "web-1".to_string(),
+                vec!["Primary".to_string()]
+            )],
+            "{spelling}"
+        );
+        assert_eq!(health(&agent, spelling).len(), 1, "{spelling}");
+    }
+    for tag in ["primary", "PRIMARY", "Primary"] {
+        let list = get_json(&agent, &format!("/v1/health/service/web?tag={tag}"));
+        assert_eq!(list.as_array().unwrap().len(), 1, "{tag}");
+        assert_eq!(list[0]["Service"]["Service"], "Web");
+    }
+    let none = get_json(&agent, "/v1/catalog/service/web?tag=secondary");
+    assert_eq!(none.as_array().unwrap().len(), 0);
+    let services = get_json(&agent, "/v1/catalog/services");
+    assert_eq!(services["Web"], serde_json::json!(["Primary"]));
+    let n = get_json(&agent, "/v1/catalog/node/host-a");
+    assert_eq!(n["Node"]["Node"], "Host-A");
+    assert!(n["Services"]["web-1"].is_object());
+    let checks = get_json(&agent, "/v1/health/node/HOST-A");
+    assert_eq!(checks[0]["CheckID"], "serfHealth");
+}
+
+#[test]
+fn a_blocking_query_with_another_agents_larger_index_answers_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = discovery_node(dir.path(), "host-a", None, "");
+    let agent = node.start();
+    let r = get(&agent, "/v1/catalog/services");
+    let current = index_of(&r);
+    // An index this agent never handed out: nothing to wait for. The
+    // client gives up after 10 s, well inside the 60 s wait asked for.
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    for path in [
+        "/v1/catalog/services",
+        "/v1/health/service/web",
+        "/v1/catalog/nodes",
+    ] {
+        let r = client
+            .get(agent.url(&format!("{path}?index={}&wait=60s", current + 1_000_000)))
+            .send()
+            .unwrap_or_else(|e| panic!("{path} held a larger index: {e}"));
+        assert_eq!(r.status(), 200);
+        // The answer carries this agent's (smaller) index: the client resets.
+        assert!(index_of(&r) <= current + 1, "{path}");
+    }
+    // The current index itself still blocks (until the short wait ends).
+    let t = Instant::now();
+    let r = client
+        .get(agent.url(&format!("/v1/catalog/nodes?index={current}&wait=1s")))
+        .send()
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        t.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn create_index_stays_and_modify_index_moves_only_with_its_own_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = discovery_node(dir.path(), "host-a", None, "");
+    node.enable_metrics();
+    let agent = node.start();
+    let add = |id: &str, name: &str, port: u16| {
+        node.exec(
+            &agent,
+            &format!(
+                "INSERT INTO consul_services (node, id, name, port, source) VALUES ('host-a', '{id}', '{name}', {port}, 'test') ON CONFLICT (node, id) DO UPDATE SET port = excluded.port"
+            ),
+        );
+    };
+    let indexes = |name: &str| -> (u64, u64) {
+        let e = get_json(&agent, &format!("/v1/catalog/service/{name}"));
+        (
+            e[0]["CreateIndex"].as_u64().unwrap(),
+            e[0]["ModifyIndex"].as_u64().unwrap(),
+        )
+    };
+    add("a-1", "a", 80);
+    add("b-1", "b", 80);
+    await_some(Duration::from_secs(10), "a and b", || {
+        (catalog(&agent, "a").len() == 1 && catalog(&agent, "b").len() == 1).then_some(())
+    });
+    let (a_create, a_modify) = indexes("a");
+    assert_eq!(a_create, a_modify);
+    // b changes: a's indexes stay.
+    add("b-1", "b", 81);
+    await_some(Duration::from_secs(10), "b's new port", || {
+        (get_json(&agent, "/v1/catalog/service/b")[0]["ServicePort"] == 81).then_some(())
+    });
+    assert_eq!(indexes("a"), (a_create, a_modify));
+    // Rewriting a with the same content changes nothing.
+    add("a-1", "a", 80);
+    assert_eq!(indexes("a"), (a_create, a_modify));
+    // a changes: its ModifyIndex moves, its CreateIndex stays.
+    add("a-1", "a", 8080);
+    await_some(Duration::from_secs(10), "a's new port", || {
+        (get_json(&agent, "/v1/catalog/service/a")[0]["ServicePort"] == 8080).then_some(())
+    });
+    let (c, m) = indexes("a");
+    assert_eq!(c, a_create);
+    assert!(m > a_modify, "{m} <= {a_modify}");
+
+    // A held query whose client goes away is no longer counted.
+    let idx = index_of(&get(&agent, "/v1/catalog/service/a"));
+    let short = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_millis(500))
+        .build()
+        .unwrap();
+    assert!(
+        short
+            .get(agent.url(&format!("/v1/catalog/service/a?index={idx}&wait=60s")))
+            .send()
+            .is_err()
+    );
+    await_some(
+        Duration::from_secs(10),
+        "the held-query gauge back to 0",
+        || (agent.gauge("corro_consul_blocking_queries") == 0.0).then_some(()),
+    );
+}
+
+#[test]
+fn a_change_right_after_a_blocking_query_starts_wakes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = discovery_node(dir.path(), "host-a", None, "");
+    let agent = node.start();
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+    // Each round: a query held at the current index, and a write issued at
+    // the same moment. The query must see the write (not wait its 30 s).
+    for round in 0..20 {
+        let idx = index_of(&get(&agent, "/v1/catalog/service/race"));
+        let url = agent.url(&format!("/v1/catalog/service/race?index={idx}&wait=30s"));
+        let c = client.clone();
+        let waiter = std::thread::spawn(move || c.get(url).send());
+        node.exec(
+            &agent,
+            &format!(
+                "INSERT INTO consul_services (node, id, name, port, source) VALUES ('host-a', 'race-{round}', 'race', 80, 'test')"
+            ),
+        );
+        let r = waiter
+            .join()
+            .unwrap()
+            .unwrap_or_else(|e| panic!("round {round}: the write did not wake the query: {e}"));
+        let list: Value = r.json().unwrap();
+        assert_eq!(list.as_array().unwrap().len(), round + 1, "round {round}");
+    }
+}

@@ -557,3 +557,36 @@ fn ttls_record_limits_and_only_passing_follow_the_config() {
     );
     assert!(!all.contains("10.3.0.1"));
 }
+
+#[test]
+fn service_node_and_tag_names_answer_in_any_case() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = dns_node(dir.path(), "Host-A", None, None);
+    let agent = node.start();
+    node.exec(
+        &agent,
+        "INSERT INTO consul_services (node, id, name, tags, port, address, source) VALUES ('Host-A', 'web-1', 'Web', '[\"Primary\"]', 80, '10.1.2.3', 'test')",
+    );
+    await_true(Duration::from_secs(10), "Web answered", || {
+        short(&agent, &["web.service.consul", "A"]) == ["10.1.2.3"]
+    });
+    for name in [
+        "web.service.consul",
+        "WEB.service.consul",
+        "Web.Service.Consul",
+        "primary.web.service.consul",
+        "PRIMARY.Web.service.consul",
+        "_web._primary.service.consul",
+    ] {
+        assert_eq!(short(&agent, &[name, "A"]), ["10.1.2.3"], "{name}");
+    }
+    assert_eq!(
+        status(&agent, &["other.web.service.consul", "A"]),
+        "NXDOMAIN"
+    );
+    let srv = short(&agent, &["_WEB._tcp.service.consul", "SRV"]);
+    assert_eq!(srv.len(), 1, "{srv:?}");
+    assert!(srv[0].starts_with("1 1 80 "), "{srv:?}");
+    assert_eq!(status(&agent, &["host-a.node.consul", "A"]), "NOERROR");
+    assert_eq!(status(&agent, &["HOST-A.node.consul", "A"]), "NOERROR");
+}

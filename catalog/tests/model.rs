@@ -56,14 +56,16 @@ enum Op {
     },
 }
 
-const NAMES: [&str; 3] = ["web", "db", "api"];
+/// Service names, two of them other spellings of one: lookups match them
+/// in any case, listings keep each spelling.
+const NAMES: [&str; 5] = ["web", "db", "api", "Web", "DB"];
 const STATUSES: [&str; 5] = ["passing", "warning", "critical", "bogus", " PASSING "];
 /// Index 0 is this agent (its real actor id is used).
 const ACTORS: [&str; 4] = ["", "a1", "a2", "a3"];
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => (0..4u8, 0..4u8, 0..3u8, proptest::collection::vec(0..4u8, 0..3))
+        4 => (0..4u8, 0..4u8, 0..5u8, proptest::collection::vec(0..4u8, 0..3))
             .prop_map(|(node, id, name, tags)| Op::Service { node, id, name, tags }),
         1 => (0..4u8, 0..4u8).prop_map(|(node, id)| Op::DropService { node, id }),
         4 => (0..4u8, 0..4u8, proptest::option::of(0..4u8), 0..5u8, proptest::bool::weighted(0.1))
@@ -203,7 +205,7 @@ fn sql_instances(
                ELSE 2 END)
              FROM consul_checks c WHERE c.node = s.node AND (c.service_id = '' OR c.service_id = s.id)), 0),
            CASE WHEN s.node IN (SELECT node FROM down) THEN 2 ELSE 0 END)
-         FROM consul_services s WHERE s.name = ?1 ORDER BY s.node, s.id"
+         FROM consul_services s WHERE lower(s.name) = lower(?1) ORDER BY s.node, s.id"
     );
     let conn = store.reader();
     let mut st = conn.prepare(&sql).unwrap();
@@ -463,4 +465,80 @@ fn the_index_never_goes_back_across_restarts() {
     let now = again.read().topic_index(&[Topic::Service("web".into())]);
     assert!(now > seen, "{now} > {seen}");
     assert!(again.read().topic_index(&[Topic::Nodes]) > 0);
+}
+
+#[test]
+fn the_index_never_goes_backwards_while_reloads_race_membership_changes() {
+    let (_dir, store) = open();
+    let catalog = Catalog::open(&store, None).unwrap();
+    apply(&store, &Op::Node { node: 1, actor: 1 });
+    catalog.process_pending().unwrap();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                catalog.reload().unwrap();
+            }
+        });
+        s.spawn(|| {
+            let mut down = false;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                down = !down;
+                let state = if down {
+                    MemberState::Down
+                } else {
+                    MemberState::Alive
+                };
+                catalog
+                    .set_membership(vec![("a1".into(), state, None)], true)
+                    .unwrap();
+            }
+        });
+        let mut last = 0;
+        for _ in 0..20_000 {
+            let now = catalog.read().current();
+            assert!(now >= last, "index went back from {last} to {now}");
+            last = now;
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    });
+}
+
+#[test]
+fn watchers_are_woken_even_when_the_counter_file_cannot_be_written() {
+    let (dir, store) = open();
+    let counter_dir = dir.path().join("counter");
+    std::fs::create_dir(&counter_dir).unwrap();
+    let catalog = Catalog::open(&store, Some(&counter_dir.join("index"))).unwrap();
+    apply(&store, &Op::Node { node: 1, actor: 1 });
+    catalog.process_pending().unwrap();
+    // The counter's directory goes away: its next reservation (past the
+    // block reserved at open) fails.
+    std::fs::remove_dir_all(&counter_dir).unwrap();
+    let reserved = 1 + 10_000;
+    let mut rx = catalog.subscribe();
+    let mut down = false;
+    while catalog.read().current() < reserved {
+        down = !down;
+        let state = if down {
+            MemberState::Down
+        } else {
+            MemberState::Alive
+        };
+        catalog
+            .set_membership(vec![("a1".into(), state, None)], true)
+            .unwrap();
+    }
+    rx.borrow_and_update();
+    let flip = if down {
+        MemberState::Alive
+    } else {
+        MemberState::Down
+    };
+    catalog
+        .set_membership(vec![("a1".into(), flip, None)], true)
+        .unwrap();
+    assert!(catalog.read().current() > reserved);
+    assert!(rx.has_changed().unwrap(), "watchers were not woken");
+    assert!(!counter_dir.exists());
 }
