@@ -3,7 +3,7 @@
 //! One request per line, one answer per line:
 //! `{"cmd": "ping"}`, `{"cmd": "reload"}` (re-apply schema files),
 //! `{"cmd": "members"}`, `{"cmd": "books"}` (what this node holds of each
-//! actor), `{"cmd": "log_level", "level": "debug"}`, `{"cmd": "log_reset"}`, `{"cmd": "rejoin"}`. Answers are
+//! actor), `{"cmd": "verify"}` (integrity check and bookkeeping), `{"cmd": "log_level", "level": "debug"}`, `{"cmd": "log_reset"}`, `{"cmd": "rejoin"}`. Answers are
 //! `{"ok": true, "result": ...}` or `{"ok": false, "error": "..."}`. The
 //! socket is only reachable by local users with access to its path; `corrosion
 //! reload` and the cluster commands use it.
@@ -25,6 +25,7 @@ pub(crate) enum AdminRequest {
     Reload,
     Members,
     Books,
+    Verify,
     LogLevel { level: String },
     LogReset,
     Rejoin,
@@ -34,6 +35,9 @@ pub(crate) enum AdminRequest {
 pub(crate) trait AdminHandler: Send + Sync + 'static {
     fn reload(&self) -> Result<serde_json::Value, String>;
     fn books(&self) -> serde_json::Value;
+    /// SQLite's integrity check and the store's invariants (data, clocks,
+    /// version index and bookkeeping agree); the first problem found.
+    fn verify(&self) -> Result<serde_json::Value, String>;
     fn set_log_level(&self, level: &str) -> Result<(), String>;
     /// Back to the startup filter; which one.
     fn reset_log_level(&self) -> Result<String, String>;
@@ -95,6 +99,7 @@ async fn session(stream: UnixStream, handler: Arc<dyn AdminHandler>) -> std::io:
                     AdminRequest::Reload => h.reload(),
                     AdminRequest::Members => Ok(h.members()),
                     AdminRequest::Books => Ok(h.books()),
+                    AdminRequest::Verify => h.verify(),
                     AdminRequest::LogReset => h.reset_log_level().map(|l| json!(l)),
                     AdminRequest::Rejoin => h.rejoin().map(|n| json!(n)),
                     AdminRequest::LogLevel { level } => {

@@ -139,6 +139,13 @@ pub(crate) async fn log(admin_path: &Path, set: Option<String>) -> anyhow::Resul
 
 /// `corrosion sync state`: what this node holds of each actor (head,
 /// missing ranges, partially held versions), as a table or JSON.
+/// `corrosion sync verify`: the agent checks its database.
+pub(crate) async fn verify(admin_path: &Path) -> anyhow::Result<()> {
+    admin::request(admin_path, &AdminRequest::Verify).await?;
+    println!("ok: SQLite integrity check passed; data, clocks and bookkeeping agree");
+    Ok(())
+}
+
 pub(crate) async fn sync_state(admin_path: &Path, json: bool) -> anyhow::Result<()> {
     let result = admin::request(admin_path, &AdminRequest::Books).await?;
     if json {

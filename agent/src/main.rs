@@ -160,6 +160,10 @@ enum SyncCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check the running agent's database: SQLite's integrity check, and
+    /// that data, clocks, version index and bookkeeping agree (non-zero
+    /// exit naming the first problem otherwise)
+    Verify,
 }
 
 #[derive(Subcommand)]
@@ -347,6 +351,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             logging::init_client();
             let config = config_of(config)?;
             runtime()?.block_on(commands::sync_state(&config.admin.path, json))
+        }
+        Command::Sync {
+            cmd: SyncCommand::Verify,
+        } => {
+            logging::init_client();
+            let config = config_of(config)?;
+            runtime()?.block_on(commands::verify(&config.admin.path))
         }
         Command::Reload => {
             logging::init_client();

@@ -146,6 +146,26 @@ impl AdminHandler for Handler {
         serde_json::Value::Object(out)
     }
 
+    fn verify(&self) -> Result<serde_json::Value, String> {
+        let check: Vec<String> = {
+            let conn = self.store.reader();
+            let mut st = conn
+                .prepare("PRAGMA integrity_check")
+                .map_err(|e| e.to_string())?;
+            st.query_map([], |r| r.get::<_, String>(0))
+                .map_err(|e| e.to_string())?
+                .collect::<Result<_, _>>()
+                .map_err(|e| e.to_string())?
+        };
+        if check != ["ok"] {
+            return Err(format!("SQLite integrity check: {}", check.join("; ")));
+        }
+        self.store
+            .verify()
+            .map_err(|e| format!("bookkeeping: {e}"))?;
+        Ok(serde_json::json!({"integrity_check": "ok", "bookkeeping": "ok"}))
+    }
+
     fn set_log_level(&self, level: &str) -> Result<(), String> {
         self.log.set(level)?;
         tracing::info!(filter = %level, "log filter changed");
@@ -186,6 +206,34 @@ fn raise_fd_limit() {
             Err(e) => tracing::warn!(error = %e, "could not raise the open-files limit"),
         }
     }
+}
+
+/// While the disk holding the database is full (the store refuses
+/// writes), checks every second whether space is back; then asks for a
+/// sync round at once so the changes refused meanwhile arrive.
+fn watch_disk_space(store: Store, cluster: crate::cluster::Cluster, stop: CancellationToken) {
+    crate::tasks::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => break,
+                _ = tick.tick() => {}
+            }
+            if store.disk_full().is_none() {
+                metrics::gauge!("corro_store_disk_full").set(0.0);
+                continue;
+            }
+            metrics::gauge!("corro_store_disk_full").set(1.0);
+            let s = store.clone();
+            if tokio::task::spawn_blocking(move || s.recheck_space())
+                .await
+                .unwrap_or(false)
+            {
+                metrics::gauge!("corro_store_disk_full").set(0.0);
+                cluster.sync_now();
+            }
+        }
+    });
 }
 
 /// Runs the agent until SIGTERM/SIGINT.
@@ -361,6 +409,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
     );
     crate::service::ready("serving");
     crate::service::spawn_watchdog(store.clone(), stop.clone());
+    watch_disk_space(store.clone(), cluster.clone(), stop.clone());
     let api_task = crate::tasks::spawn(api::server::serve(
         listener,
         api::router(state),

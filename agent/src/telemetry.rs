@@ -114,6 +114,8 @@ pub(crate) const METRICS: &[Metric] = &[
     m("corro_subs_listeners_cut_total", Counter, &[], "subscription clients disconnected for lagging"),
     // Discovery: catalog, Consul API, bridge, DNS
     m("corro_catalog_index", Gauge, &[], "the discovery catalog's current X-Consul-Index"),
+    m("corro_store_disk_full", Gauge, &[], "1 while the disk is full and writes are refused"),
+    m("corro_store_writes_refused_total", Counter, &["reason"], "peer changes not applied because writes are refused"),
     m("corro_catalog_stamped_topics", Gauge, &[], "catalog topics holding their own index stamp"),
     m("corro_catalog_counter_errors_total", Counter, &[], "failed writes of the X-Consul-Index counter file"),
     m("corro_consul_blocking_queries", Gauge, &[], "Consul blocking queries held right now"),

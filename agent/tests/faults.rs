@@ -581,3 +581,133 @@ fn every_invalid_message_class_is_refused_over_quic_and_the_agent_keeps_serving(
     insert(&agent_b, "after-invalid-b", "from b");
     await_identical(&[&a, &b], &[&agent_a, &agent_b], 2, Duration::from_secs(20));
 }
+
+/// A small tmpfs mounted for one test, unmounted when dropped.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: &std::path::Path, size: &str) -> Option<SmallDisk> {
+        std::fs::create_dir_all(path).unwrap();
+        let ok = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| SmallDisk {
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// Writes a filler file until the filesystem is full.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while f.write_all(&block).is_ok() {}
+        let _ = f.sync_all();
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+#[test]
+fn a_full_disk_refuses_writes_loses_nothing_and_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    // Mounting needs root (CI runs as root); say so rather than pass.
+    let Some(disk) = SmallDisk::mount(&dir.path().join("small"), "24m") else {
+        assert!(
+            !nix_is_root(),
+            "root could not mount a tmpfs for the disk-full test"
+        );
+        println!("skipped: mounting a tmpfs needs root");
+        return;
+    };
+    let a_node = Node::new(&disk.path.join("a"), "");
+    let a = a_node.start();
+    let b_node = Node::joining(&dir.path().join("b"), &a);
+    let b = b_node.start();
+    for i in 0..50 {
+        insert(&a, &format!("a-{i:03}"), "before");
+    }
+    await_identical(&[&a_node, &b_node], &[&a, &b], 1, Duration::from_secs(30));
+
+    // The disk fills up: A's next write that needs space is refused.
+    let filler = disk.fill();
+    let blob = "x".repeat(200_000);
+    let mut refused = None;
+    for i in 0..100 {
+        let r = post(
+            &a,
+            serde_json::json!([[
+                "INSERT INTO todos (id, title) VALUES (?, ?)",
+                [format!("big-{i}"), blob]
+            ]]),
+        );
+        if r.status() != 200 {
+            refused = Some((r.status().as_u16(), r.text().unwrap()));
+            break;
+        }
+    }
+    let (status, body) = refused.expect("writes kept succeeding on a full disk");
+    assert_eq!(status, 507, "{body}");
+    assert!(body.contains("the disk is full"), "{body}");
+    // Refused at once from now on, naming the reason.
+    let r = post(
+        &a,
+        serde_json::json!([["INSERT INTO todos (id, title) VALUES ('during', 'x')", []]]),
+    );
+    assert_eq!(r.status(), 507);
+    let health = reqwest::blocking::get(a.url("/v1/health")).unwrap();
+    assert_eq!(health.status(), 503);
+    let h: serde_json::Value = health.json().unwrap();
+    assert_eq!(h["status"], "disk_full", "{h}");
+    assert!(h["reasons"].to_string().contains("disk is full"), "{h}");
+    // Reads go on.
+    assert!(dump(&a_node, &a).contains("a-000"));
+    // B keeps writing; A cannot take those changes in yet.
+    for i in 0..30 {
+        insert(&b, &format!("b-{i:03}"), "while full");
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!dump(&a_node, &a).contains("b-029"));
+
+    // Space comes back: A recovers by itself and catches up.
+    std::fs::remove_file(filler).unwrap();
+    let rows = await_identical(&[&a_node, &b_node], &[&a, &b], 2, Duration::from_secs(60));
+    assert!(rows.contains("b-029") && rows.contains("a-049"));
+    common::await_some(Duration::from_secs(10), "A healthy again", || {
+        reqwest::blocking::get(a.url("/v1/health"))
+            .ok()
+            .filter(|r| r.status() == 200)
+            .map(|_| ())
+    });
+    insert(&a, "after", "space is back");
+    await_identical(&[&a_node, &b_node], &[&a, &b], 2, Duration::from_secs(30));
+    // Nothing is corrupted: SQLite's integrity check and the bookkeeping.
+    for node in [&a_node, &b_node] {
+        let out = node.cli(&["sync", "verify"]);
+        assert!(out.status.success(), "{}", common::stderr(&out));
+        assert!(common::stdout(&out).starts_with("ok"));
+    }
+    a.stop();
+    b.stop();
+    drop(disk);
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}

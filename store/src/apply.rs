@@ -70,6 +70,13 @@ impl Store {
     /// Pieces of one version passed in the same call are assembled in memory;
     /// pieces of versions that stay incomplete are buffered on disk.
     pub fn apply(&self, sets: Vec<Changeset>) -> Result<ApplyOutcome, StoreError> {
+        self.inner.space.check()?;
+        let r = self.apply_inner(sets);
+        self.inner.space.note(&r);
+        r
+    }
+
+    fn apply_inner(&self, sets: Vec<Changeset>) -> Result<ApplyOutcome, StoreError> {
         let w = self.inner.writer.remote();
         let conn = &w.apply;
         // New actors get their index in a transaction of their own: the actor

@@ -38,6 +38,10 @@ pub enum StoreError {
     /// An invariant check failed (see [`crate::Store::verify`]).
     #[error("integrity: {0}")]
     Integrity(String),
+    /// The disk holding the database is full: writes are refused until
+    /// space is freed (see [`crate::Store::recheck_space`]).
+    #[error("the disk is full ({0}); writes are refused until space is freed")]
+    DiskFull(String),
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

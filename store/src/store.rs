@@ -64,6 +64,8 @@ pub(crate) struct Inner {
     pub commit_listeners: RwLock<Vec<crate::feed::CommitListener>>,
     /// [`Schema::fingerprint`] of the live replicated schema.
     pub schema_fingerprint: std::sync::atomic::AtomicU64,
+    /// Whether writes are refused for a full disk.
+    pub space: crate::space::Space,
 }
 
 pub(crate) struct Writer {
@@ -176,6 +178,7 @@ impl Store {
         let fingerprint = live_schema(&local)?.fingerprint();
         let books = load_books(&local, self_idx)?;
         tracing::info!(actor_id = %actor, path = %path.display(), tables = catalog.tables.len(), "store opened");
+        let space = crate::space::Space::new(&path);
         Ok(Store {
             inner: Arc::new(Inner {
                 path,
@@ -193,8 +196,50 @@ impl Store {
                 listeners: RwLock::new(Vec::new()),
                 commit_listeners: RwLock::new(Vec::new()),
                 schema_fingerprint: fingerprint.into(),
+                space,
             }),
         })
+    }
+
+    /// Why writes are refused, while the disk holding the database is full
+    /// (see the `space` module).
+    pub fn disk_full(&self) -> Option<String> {
+        self.inner.space.reason()
+    }
+
+    /// While the disk is full: tries whether writes work again (enough free
+    /// space and a probe commit); true when writes are accepted. Blocks.
+    pub fn recheck_space(&self) -> bool {
+        if self.inner.space.reason().is_none() {
+            return true;
+        }
+        if self
+            .inner
+            .space
+            .available()
+            .is_some_and(|free| free < crate::space::MIN_FREE)
+        {
+            return false;
+        }
+        let probe = {
+            let w = self.inner.writer.remote();
+            w.apply
+                .execute(
+                    "INSERT OR REPLACE INTO __corro_meta (key, value) VALUES ('space_probe', randomblob(4096))",
+                    [],
+                )
+                .map_err(StoreError::from)
+        };
+        match probe {
+            Ok(_) => {
+                self.inner.space.clear();
+                true
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "the disk is still full");
+                false
+            }
+        }
     }
 
     /// This node's actor id.
@@ -284,6 +329,16 @@ impl Store {
         &self,
         f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, StoreError> {
+        self.inner.space.check()?;
+        let r = self.local_write_inner(f);
+        self.inner.space.note(&r);
+        r
+    }
+
+    fn local_write_inner<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+    ) -> Result<T, StoreError> {
         let w = self.inner.writer.local();
         w.in_mode(Mode::HostLocal, || f(&w.local)).map_err(|e| {
             if e.to_string().contains("not authorized") {
@@ -302,6 +357,13 @@ impl Store {
     /// transaction. Destructive or unsupported changes are rejected and
     /// nothing is applied. Returns what was done.
     pub fn apply_schema(&self, wanted: &Schema) -> Result<SchemaDiff, StoreError> {
+        self.inner.space.check()?;
+        let r = self.apply_schema_inner(wanted);
+        self.inner.space.note(&r);
+        r
+    }
+
+    fn apply_schema_inner(&self, wanted: &Schema) -> Result<SchemaDiff, StoreError> {
         corro_schema::validate(wanted)?;
         let w = self.inner.writer.remote();
         let conn = &w.local;

@@ -308,6 +308,16 @@ impl Store {
         &self,
         f: impl FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError>,
     ) -> Result<Committed<T>, StoreError> {
+        self.inner.space.check()?;
+        let r = self.transact_inner(f);
+        self.inner.space.note(&r);
+        r
+    }
+
+    fn transact_inner<T>(
+        &self,
+        f: impl FnOnce(&mut WriteTx<'_>) -> Result<T, StoreError>,
+    ) -> Result<Committed<T>, StoreError> {
         let w = self.inner.writer.local();
         let conn = &w.local;
         conn.prepare_cached(BEGIN)?.raw_execute()?;

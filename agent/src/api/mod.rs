@@ -131,6 +131,17 @@ pub(crate) fn error(status: StatusCode, message: String) -> Response {
 
 /// Maps a store error to a response; database failures mark the agent unhealthy.
 pub(crate) fn store_error(st: &ApiState, e: StoreError) -> Response {
+    if e.is_disk_full() {
+        // Not a broken database: the write was rolled back, and writes are
+        // accepted again once space is freed (the store rechecks).
+        let msg = match e {
+            StoreError::DiskFull(_) => e.to_string(),
+            other => format!(
+                "the disk is full ({other}); nothing was written, and writes are refused until space is freed"
+            ),
+        };
+        return error(StatusCode::INSUFFICIENT_STORAGE, msg);
+    }
     match e {
         StoreError::NotAllowed(m) => error(StatusCode::BAD_REQUEST, m),
         StoreError::Sqlite(rusqlite_err) if is_client_error(&rusqlite_err) => {

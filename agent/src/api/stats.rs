@@ -73,8 +73,9 @@ fn default_max_sync_age() -> f64 {
 
 /// 200 when the database works and this node is not behind (thresholds
 /// adjustable: `?max_missing=`, `?max_behind=`, `?max_sync_age=` seconds);
-/// 503 with `"status": "behind"` and the reasons otherwise, or
-/// `"unhealthy"` after a database failure. A quiet cluster is healthy:
+/// 503 with `"status": "behind"` and the reasons otherwise,
+/// `"disk_full"` while the disk is full (writes refused, recovering by
+/// itself once space is freed), or `"unhealthy"` after a database failure. A quiet cluster is healthy:
 /// rounds keep completing with nothing to move.
 pub(crate) async fn health(
     State(st): State<ApiState>,
@@ -94,6 +95,12 @@ pub(crate) async fn health(
     let mut reasons = Vec::new();
     if !st.healthy.load(Ordering::Relaxed) {
         reasons.push("the database failed (see the log)".to_string());
+    }
+    let full = st.store.disk_full();
+    if let Some(why) = &full {
+        reasons.push(format!(
+            "the disk is full ({why}): local writes and incoming replication are refused until space is freed"
+        ));
     }
     if missing > params.max_missing {
         reasons.push(format!(
@@ -122,6 +129,8 @@ pub(crate) async fn health(
     let body = HealthResponse {
         status: if !st.healthy.load(Ordering::Relaxed) {
             "unhealthy"
+        } else if full.is_some() {
+            "disk_full"
         } else if reasons.is_empty() {
             "ok"
         } else {

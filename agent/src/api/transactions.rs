@@ -58,6 +58,8 @@ pub(crate) async fn handle(State(st): State<ApiState>, headers: HeaderMap, body:
                 let t = Instant::now();
                 let n = match values::execute(tx, s) {
                     Ok(n) => n,
+                    // The store must see this one (it stops taking writes).
+                    Err(e) if e.is_disk_full() => return Err(e),
                     Err(e) => {
                         let msg = e.to_string();
                         refusal = Some(Refusal::Statement(i, e));

@@ -275,6 +275,12 @@ impl Cluster {
     }
 
     /// What `GET /v1/health` reports of replication (see [`SyncHealth`]).
+    /// Starts a sync round now instead of at the next interval (after the
+    /// store refused changes for a while, say).
+    pub(crate) fn sync_now(&self) {
+        self.inner.sync_soon.notify_one();
+    }
+
     pub(crate) fn sync_health(&self) -> SyncHealth {
         let active: std::collections::BTreeSet<SocketAddr> =
             self.inner.peers.active_addrs().into_iter().collect();

@@ -28,8 +28,14 @@ pub(super) async fn serve_connection(
                 let inner = inner.clone();
                 tokio::spawn(async move {
                     if let Err(e) = receive_changes(&inner, &mut recv).await {
-                        metrics::counter!("corro_gossip_frames_refused_total").increment(1);
-                        tracing::warn!(error = %e, "dropping a broadcast from a peer");
+                        if disk_full(&e) {
+                            // Logged once by the store; sync fetches it later.
+                            metrics::counter!("corro_store_writes_refused_total", "reason" => "disk_full").increment(1);
+                            tracing::debug!(error = %e, "a broadcast was not applied: the disk is full");
+                        } else {
+                            metrics::counter!("corro_gossip_frames_refused_total").increment(1);
+                            tracing::warn!(error = %e, "dropping a broadcast from a peer");
+                        }
                     }
                 });
             }
@@ -38,8 +44,13 @@ pub(super) async fn serve_connection(
                 let inner = inner.clone();
                 tokio::spawn(async move {
                     if let Err(e) = respond_sync(&inner, send, recv).await {
-                        metrics::counter!("corro_gossip_frames_refused_total").increment(1);
-                        tracing::warn!(error = %e, "sync round from a peer failed");
+                        if disk_full(&e) {
+                            metrics::counter!("corro_store_writes_refused_total", "reason" => "disk_full").increment(1);
+                            tracing::debug!(error = %e, "a peer's sync round was not applied: the disk is full");
+                        } else {
+                            metrics::counter!("corro_gossip_frames_refused_total").increment(1);
+                            tracing::warn!(error = %e, "sync round from a peer failed");
+                        }
                     }
                 });
             }
@@ -109,4 +120,12 @@ pub(super) fn spawn_accept(inner: &Arc<Inner>, stop: CancellationToken) {
             }
         }
     });
+}
+
+/// Whether `e` comes from the store refusing writes on a full disk.
+pub(super) fn disk_full(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<corro_store::StoreError>()
+            .is_some_and(corro_store::StoreError::is_disk_full)
+    }) || e.to_string().contains("the disk is full")
 }
