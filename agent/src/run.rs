@@ -236,6 +236,25 @@ fn watch_disk_space(store: Store, cluster: crate::cluster::Cluster, stop: Cancel
     });
 }
 
+/// `max_conns`, lowered (with a warning) to leave 1,024 descriptors of the
+/// open-files limit for the database, DNS, peers and templates.
+fn within_fd_limit(max_conns: usize) -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile).current;
+    match limit {
+        Some(l) if (l as usize).saturating_sub(1024) < max_conns => {
+            let capped = (l as usize).saturating_sub(1024).max(64);
+            tracing::warn!(
+                max_conns,
+                open_files_limit = l,
+                capped,
+                "api.max_conns is above what the open-files limit allows; using {capped}"
+            );
+            capped
+        }
+        _ => max_conns,
+    }
+}
+
 /// Runs the agent until SIGTERM/SIGINT.
 pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> anyhow::Result<()> {
     // Handlers first: a SIGHUP or SIGTERM that arrives while the agent is
@@ -370,6 +389,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
             max_statements: config.api.max_statements,
             max_changes: config.api.max_changes,
             query_timeout: Duration::from_secs_f64(config.api.query_timeout_secs),
+            body_timeout: Duration::from_secs(config.api.header_timeout_secs),
         },
         token: config.api.authz.bearer_token.as_deref().map(Arc::from),
         healthy: Arc::new(AtomicBool::new(true)),
@@ -381,7 +401,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
     };
     let serve_limits = api::server::Connections::new(api::server::ServeLimits {
         max_conns_per_client: config.api.max_conns_per_client,
-        max_conns: config.api.max_conns,
+        max_conns: within_fd_limit(config.api.max_conns),
         header_timeout: Duration::from_secs(config.api.header_timeout_secs),
     });
     let consul_task = match config.consul.http_addr {

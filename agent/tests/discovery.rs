@@ -938,6 +938,17 @@ fn a_blocking_query_with_another_agents_larger_index_answers_at_once() {
         // The answer carries this agent's (smaller) index: the client resets.
         assert!(index_of(&r) <= current + 1, "{path}");
     }
+    // Larger than this answer's index though not than the agent's: handed
+    // out for another answer or by another agent; answered at once too.
+    let r = get(&agent, "/v1/health/service/nothing");
+    assert!(index_of(&r) < current, "{} {current}", index_of(&r));
+    let r = client
+        .get(agent.url(&format!(
+            "/v1/health/service/nothing?index={current}&wait=60s"
+        )))
+        .send()
+        .expect("held an index larger than the answer's");
+    assert_eq!(r.status(), 200);
     // The current index itself still blocks (until the short wait ends).
     let t = Instant::now();
     let r = client

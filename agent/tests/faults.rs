@@ -681,6 +681,19 @@ fn a_full_disk_refuses_writes_loses_nothing_and_recovers_by_itself() {
     }
     std::thread::sleep(Duration::from_secs(2));
     assert!(!dump(&a_node, &a).contains("b-029"));
+    // A restart while the disk is still full: the agent starts, serves
+    // reads, and keeps refusing writes.
+    a.stop();
+    let a = a_node.start();
+    assert!(dump(&a_node, &a).contains("a-049"));
+    let r = post(
+        &a,
+        serde_json::json!([[
+            "INSERT INTO todos (id, title) VALUES ('restarted', 'x')",
+            []
+        ]]),
+    );
+    assert_eq!(r.status(), 507, "{}", r.text().unwrap());
 
     // Space comes back: A recovers by itself and catches up.
     std::fs::remove_file(filler).unwrap();

@@ -116,6 +116,16 @@ fn deep_nesting_and_long_not_chains_are_refused_and_the_agent_lives() {
             format!("{}Node.Node == x", "not ".repeat(100)),
             "deeper than 32",
         ),
+        // Regular expressions: each small, and few per filter (a filter is
+        // held as long as its blocking query).
+        (
+            ["Node.Node matches `a`"; 9].join(" or "),
+            "more than 8 regular expressions",
+        ),
+        (
+            "Node.Node matches `\\w{100}`".to_string(),
+            "regular expression",
+        ),
     ] {
         let r = c
             .get(agent.url(&format!("/v1/health/state/any?filter={}", encode(&filter))))

@@ -13,6 +13,7 @@
 
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio_util::sync::CancellationToken;
 
 use corro_store::{RowChanged, Store};
@@ -42,6 +43,8 @@ struct Shared {
     wake: Notify,
     changed: watch::Sender<u64>,
     counter: Mutex<IndexCounter>,
+    /// The last counter write failed (logged once per streak).
+    counter_failing: AtomicBool,
 }
 
 /// The discovery model, shared by every reader (cheap to clone).
@@ -66,6 +69,7 @@ impl Catalog {
             wake: Notify::new(),
             changed: watch::channel(start).0,
             counter: Mutex::new(counter),
+            counter_failing: AtomicBool::new(false),
         });
         // Listen first, then load: a commit in between is queued and
         // re-read (re-reading is idempotent).
@@ -178,9 +182,22 @@ impl Catalog {
         let Some(value) = index.finish() else {
             return false;
         };
-        if let Err(e) = self.shared.counter.lock().reach(value) {
-            metrics::counter!("corro_catalog_counter_errors_total").increment(1);
-            tracing::error!(error = %e, index = value, "persisting the X-Consul-Index counter failed");
+        match self.shared.counter.lock().reach(value) {
+            Ok(()) => {
+                if self.shared.counter_failing.swap(false, Ordering::Relaxed) {
+                    tracing::info!(
+                        index = value,
+                        "the X-Consul-Index counter file is written again"
+                    );
+                }
+            }
+            Err(e) => {
+                metrics::counter!("corro_catalog_counter_errors_total").increment(1);
+                // Once per streak: a full disk would otherwise log each change.
+                if !self.shared.counter_failing.swap(true, Ordering::Relaxed) {
+                    tracing::error!(error = %e, index = value, "persisting the X-Consul-Index counter failed; retrying at each change");
+                }
+            }
         }
         metrics::gauge!("corro_catalog_index").set(value as f64);
         metrics::gauge!("corro_catalog_stamped_topics").set(index.stamped_topics() as f64);

@@ -15,7 +15,18 @@
 //! epoch: above anything it can have handed out, since it would have had
 //! to count one value per millisecond since 1970 to get there. The event
 //! is logged as an error.
+//!
+//! The file is rewritten in place: a fixed-width number overwriting the
+//! same bytes needs no new disk block, so the reservation moves on even
+//! when the disk is full (a temporary file and a rename would fail then,
+//! and values handed out past the last reservation would come again after
+//! a restart). A reservation that cannot be written is reported to the
+//! caller (the catalog logs it once per streak and keeps serving); one that
+//! fails at start is logged and retried at the next change, so an agent
+//! starts on a full disk.
 
+use std::io::Write;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 /// Values reserved per file write.
@@ -30,7 +41,9 @@ pub struct IndexCounter {
 
 impl IndexCounter {
     /// Opens the counter file at `path` (or an in-memory counter for
-    /// `None`); returns it and the value to start from (>= 1).
+    /// `None`); returns it and the value to start from (>= 1). Only reading
+    /// the file can fail; a reservation that cannot be written yet is
+    /// logged and retried at the next [`IndexCounter::reach`].
     pub fn open(path: Option<&Path>) -> std::io::Result<(IndexCounter, u64)> {
         let stored = match path {
             Some(p) => match std::fs::read(p) {
@@ -54,12 +67,14 @@ impl IndexCounter {
             },
             None => 0,
         };
-        let start = stored + 1;
+        let start = stored.saturating_add(1);
         let mut c = IndexCounter {
             path: path.map(Path::to_path_buf),
             reserved: stored,
         };
-        c.reach(start)?;
+        if let Err(e) = c.reach(start) {
+            tracing::error!(error = %e, "cannot write the X-Consul-Index counter file yet; retrying at the next change");
+        }
         Ok((c, start))
     }
 
@@ -68,16 +83,23 @@ impl IndexCounter {
         if value <= self.reserved {
             return Ok(());
         }
-        let next = value + BLOCK;
+        let next = value.saturating_add(BLOCK);
         if let Some(p) = &self.path {
-            let tmp = p.with_extension("tmp");
-            {
-                use std::io::Write;
-                let mut f = std::fs::File::create(&tmp)?;
-                writeln!(f, "{next}")?;
-                f.sync_all()?;
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(p)?;
+            // Fixed width: every rewrite covers the same bytes.
+            let text = format!("{next:020}\n");
+            f.write_all_at(text.as_bytes(), 0)?;
+            let len = f.metadata()?.len();
+            if len > text.len() as u64 {
+                // A file in the older variable-width form.
+                f.set_len(text.len() as u64)?;
             }
-            std::fs::rename(&tmp, p)?;
+            f.flush()?;
+            f.sync_data()?;
         }
         self.reserved = next;
         Ok(())
@@ -108,6 +130,34 @@ mod tests {
         assert!(again > start + 25_000, "{again}");
         let (_, third) = IndexCounter::open(Some(&p)).unwrap();
         assert!(third > again);
+    }
+
+    #[test]
+    fn an_older_file_form_is_read_and_rewritten_fixed_width() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("index");
+        std::fs::write(&p, "123456789012345678\n").unwrap();
+        let (mut c, start) = IndexCounter::open(Some(&p)).unwrap();
+        assert_eq!(start, 123456789012345679);
+        c.reach(start + BLOCK + 1).unwrap();
+        let text = std::fs::read_to_string(&p).unwrap();
+        assert_eq!(text.len(), 21, "{text:?}");
+        // A huge stored value saturates instead of overflowing.
+        std::fs::write(&p, format!("{}\n", u64::MAX)).unwrap();
+        let (_, start) = IndexCounter::open(Some(&p)).unwrap();
+        assert_eq!(start, u64::MAX);
+    }
+
+    #[test]
+    fn an_agent_starts_when_the_counter_cannot_be_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("gone").join("index");
+        let (mut c, start) = IndexCounter::open(Some(&p)).unwrap();
+        assert_eq!(start, 1);
+        assert!(c.reach(start + 1).is_err());
+        std::fs::create_dir(dir.path().join("gone")).unwrap();
+        c.reach(start + 1).unwrap();
+        assert!(p.exists());
     }
 
     #[test]

@@ -328,6 +328,16 @@ impl Index {
         let key = (s.node.clone(), s.id.clone());
         let create = match self.services.get(&key) {
             Some(old) if old.row == s => return,
+            Some(old) if same_but_time(&old.row, &s, |r| &mut r.updated_at) => {
+                // Only `updated_at` (no answer shows it): no index moves.
+                let e = Entry {
+                    row: s,
+                    create_index: old.create_index,
+                    modify_index: old.modify_index,
+                };
+                self.services.insert(key, Arc::new(e));
+                return;
+            }
             Some(old) => old.create_index,
             None => self.pending(),
         };
@@ -394,6 +404,21 @@ impl Index {
         let key = (c.node.clone(), c.id.clone());
         let create = match self.checks.get(&key) {
             Some(old) if old.row == c => return,
+            Some(old) if same_but_time(&old.row, &c, |r| &mut r.updated_at) => {
+                let e = Arc::new(Entry {
+                    row: c,
+                    create_index: old.create_index,
+                    modify_index: old.modify_index,
+                });
+                if let Some(m) = self
+                    .by_target
+                    .get_mut(&(e.node.clone(), e.service_id.clone()))
+                {
+                    m.insert(e.id.clone(), e.clone());
+                }
+                self.checks.insert(key, e);
+                return;
+            }
             Some(old) => old.create_index,
             None => self.pending(),
         };
@@ -440,6 +465,17 @@ impl Index {
     pub fn upsert_node(&mut self, n: Node) {
         let create = match self.nodes.get(&n.node) {
             Some(old) if old.row == n => return,
+            Some(old) if same_but_time(&old.row, &n, |r| &mut r.updated_at) => {
+                // A heartbeat (the agent rewrites its row now and then):
+                // nothing a reader sees changed, so nothing moves or wakes.
+                let e = Entry {
+                    row: n,
+                    create_index: old.create_index,
+                    modify_index: old.modify_index,
+                };
+                self.nodes.insert(e.node.clone(), Arc::new(e));
+                return;
+            }
             Some(old) => old.create_index,
             None => {
                 self.add_spelling(&n.node);
@@ -919,6 +955,14 @@ pub struct Rows {
     pub claims: Vec<Claim>,
 }
 
+/// Whether `a` and `b` differ at most in the field `time` reaches
+/// (`updated_at`, which no answer shows: it only ages rows for reaping).
+fn same_but_time<T: Clone + PartialEq>(a: &T, b: &T, time: impl Fn(&mut T) -> &mut i64) -> bool {
+    let mut a = a.clone();
+    *time(&mut a) = *time(&mut b.clone());
+    a == *b
+}
+
 fn remove_from<V: Ord>(map: &mut BTreeMap<String, BTreeSet<V>>, k: &str, v: &V) {
     if let Some(set) = map.get_mut(k) {
         set.remove(v);
@@ -1002,6 +1046,24 @@ mod tests {
         let third = ix.finish().unwrap();
         let e = ix.service("n", "w1").unwrap().clone();
         assert_eq!((e.create_index, e.modify_index), (first, third));
+    }
+
+    #[test]
+    fn a_heartbeat_that_only_moves_updated_at_moves_no_index() {
+        let mut ix = Index::new("me", 1);
+        ix.upsert_node(node("n", "a"));
+        ix.upsert_service(svc("n", "w1", "web", &[]));
+        let at = ix.finish().unwrap();
+        let mut beat = node("n", "a");
+        beat.updated_at = 99;
+        ix.upsert_node(beat);
+        let mut s = svc("n", "w1", "web", &[]);
+        s.updated_at = 99;
+        ix.upsert_service(s);
+        assert_eq!(ix.finish(), None, "nothing a reader sees changed");
+        assert_eq!(ix.node("n").unwrap().updated_at, 99, "the row is current");
+        assert_eq!(ix.node("n").unwrap().modify_index, at);
+        assert_eq!(ix.instances("web")[0].service.updated_at, 99);
     }
 
     #[test]

@@ -63,7 +63,8 @@ struct AnswerRecord {
     rec: Box<[u8]>,
     /// An A or AAAA record (subject to `a_record_limit`).
     addr: bool,
-    glue: Option<Box<[u8]>>,
+    /// Index into [`Compiled::glue`] (answers sharing a target share it).
+    glue: Option<usize>,
 }
 
 /// An answer, encoded record by record.
@@ -72,6 +73,8 @@ struct Compiled {
     at: u64,
     rcode: ResponseCode,
     answers: Vec<AnswerRecord>,
+    /// Distinct glue records of the answers.
+    glue: Vec<Box<[u8]>>,
     authority: Vec<Box<[u8]>>,
     additionals: Vec<Box<[u8]>>,
     weight: u64,
@@ -291,22 +294,29 @@ fn encode_answer(r: &Record) -> Result<Box<[u8]>, hickory_proto::ProtoError> {
 
 fn compile(built: answer::Built, at: u64) -> Result<Compiled, hickory_proto::ProtoError> {
     let mut answers = Vec::with_capacity(built.answers.len());
+    let mut glue: Vec<Box<[u8]>> = Vec::new();
+    let mut glue_at: std::collections::HashMap<Vec<u8>, usize> = Default::default();
     let mut weight = ANSWER_OVERHEAD;
-    for (r, glue) in &built.answers {
+    for (r, g) in &built.answers {
         let rec = encode_answer(r)?;
-        let glue = glue
-            .as_ref()
-            .map(encode)
-            .transpose()?
-            .map(Vec::into_boxed_slice);
         weight += rec.len() as u64 + RECORD_OVERHEAD;
-        weight += glue
-            .as_ref()
-            .map_or(0, |g| g.len() as u64 + RECORD_OVERHEAD);
+        let g = match g {
+            None => None,
+            Some(g) => {
+                let bytes = encode(g)?;
+                let next = glue.len();
+                let at = *glue_at.entry(bytes.clone()).or_insert(next);
+                if at == next {
+                    weight += bytes.len() as u64 + RECORD_OVERHEAD;
+                    glue.push(bytes.into_boxed_slice());
+                }
+                Some(at)
+            }
+        };
         answers.push(AnswerRecord {
             rec,
             addr: matches!(r.record_type(), RecordType::A | RecordType::AAAA),
-            glue,
+            glue: g,
         });
     }
     let mut boxed = |rs: &[Record]| -> Result<Vec<Box<[u8]>>, hickory_proto::ProtoError> {
@@ -324,22 +334,50 @@ fn compile(built: answer::Built, at: u64) -> Result<Compiled, hickory_proto::Pro
         at,
         rcode: built.rcode,
         answers,
+        glue,
         authority,
         additionals,
         weight,
     })
 }
 
-/// A response with only a header (and the question when known).
-fn error_reply(id: u16, op: OpCode, rd: bool, rcode: ResponseCode, q: Option<&[u8]>) -> Vec<u8> {
-    let mut out = Vec::with_capacity(12 + q.map_or(0, <[u8]>::len));
+/// Our OPT record: root owner, type 41, our payload size, no flags, no data.
+const OPT: [u8; 11] = [
+    0,
+    0,
+    41,
+    (MAX_UDP >> 8) as u8,
+    MAX_UDP as u8,
+    0,
+    0,
+    0,
+    0,
+    0,
+    0,
+];
+
+/// A response with only a header (and the question when known, with our
+/// OPT record when the query had one).
+fn error_reply(
+    id: u16,
+    op: OpCode,
+    rd: bool,
+    rcode: ResponseCode,
+    q: Option<&Question<'_>>,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(12 + q.map_or(0, |q| q.wire.len() + OPT.len()));
     out.extend_from_slice(&id.to_be_bytes());
     out.push(0x80 | (u8::from(op) << 3) | u8::from(rd));
     out.push(u16::from(rcode) as u8 & 0x0f);
     out.extend_from_slice(&u16::from(q.is_some()).to_be_bytes());
-    out.extend_from_slice(&[0; 6]);
+    out.extend_from_slice(&[0; 4]);
+    let opt = q.is_some_and(|q| q.edns.is_some());
+    out.extend_from_slice(&u16::from(opt).to_be_bytes());
     if let Some(q) = q {
-        out.extend_from_slice(q);
+        out.extend_from_slice(&q.wire);
+    }
+    if opt {
+        out.extend_from_slice(&OPT);
     }
     count(rcode);
     out
@@ -356,11 +394,17 @@ impl Responder {
             .collect();
         let mut settings = settings;
         settings.domain = domain.join(".");
+        // Question labels are compared lower-case.
+        settings.datacenter = settings.datacenter.to_lowercase();
         let budget = settings.cache_max_bytes.max(64 * 1024);
         let options = quick_cache::OptionsBuilder::new()
             .estimated_items_capacity(((budget / 512) as usize).clamp(256, 1 << 20))
             .weight_capacity(budget)
             .hot_allocation(0.9)
+            // Few shards: each holds a share of the budget, and an answer
+            // larger than a shard's share would never be cached (a service
+            // with thousands of instances); four keep contention low.
+            .shards(4)
             .build();
         let cache = match options {
             Ok(o) => Cache::with_options(o, Weigh, Default::default(), CountEvictions),
@@ -408,16 +452,10 @@ impl Responder {
             Err(rcode) => return Some(error_reply(id, op, rd, rcode, None)),
         };
         if matches!(q.qtype, RecordType::AXFR | RecordType::IXFR) {
-            return Some(error_reply(id, op, rd, ResponseCode::NotImp, Some(&q.wire)));
+            return Some(error_reply(id, op, rd, ResponseCode::NotImp, Some(&q)));
         }
         if !matches!(q.qclass, DNSClass::IN | DNSClass::ANY) {
-            return Some(error_reply(
-                id,
-                op,
-                rd,
-                ResponseCode::Refused,
-                Some(&q.wire),
-            ));
+            return Some(error_reply(id, op, rd, ResponseCode::Refused, Some(&q)));
         }
         let c = self.compiled(&q);
         Some(self.assemble(&q, &c, udp))
@@ -462,6 +500,7 @@ impl Responder {
                     at,
                     rcode: ResponseCode::ServFail,
                     answers: Vec::new(),
+                    glue: Vec::new(),
                     authority: Vec::new(),
                     additionals: Vec::new(),
                     weight: ANSWER_OVERHEAD,
@@ -503,7 +542,8 @@ impl Responder {
         let auth_len: usize = c.authority.iter().map(|r| r.len()).sum();
         let mut room = limit.saturating_sub(12 + q.wire.len() + auth_len + opt_len);
         let mut answers: Vec<&[u8]> = Vec::with_capacity(order.len());
-        let mut glue: Vec<&[u8]> = Vec::new();
+        let mut glue: Vec<usize> = Vec::new();
+        let mut glued = vec![false; c.glue.len()];
         for &i in &order {
             let rec = &c.answers[i].rec;
             if rec.len() > room {
@@ -512,15 +552,18 @@ impl Responder {
             }
             room -= rec.len();
             answers.push(rec);
-            if let Some(g) = &c.answers[i].glue {
+            if let Some(g) = c.answers[i].glue
+                && !std::mem::replace(&mut glued[g], true)
+            {
                 glue.push(g);
             }
         }
         let mut additionals: Vec<&[u8]> = Vec::new();
-        for g in glue.into_iter().chain(c.additionals.iter().map(|a| &a[..])) {
-            if additionals.contains(&g) {
-                continue;
-            }
+        for g in glue
+            .into_iter()
+            .map(|g| &c.glue[g][..])
+            .chain(c.additionals.iter().map(|a| &a[..]))
+        {
             if g.len() > room {
                 trimmed = true;
                 break;
@@ -557,10 +600,7 @@ impl Responder {
             out.extend_from_slice(r);
         }
         if opt_len > 0 {
-            // OPT: root owner, type 41, our payload size, no flags, no data.
-            out.extend_from_slice(&[0, 0, 41]);
-            out.extend_from_slice(&(MAX_UDP as u16).to_be_bytes());
-            out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+            out.extend_from_slice(&OPT);
         }
         count(c.rcode);
         out

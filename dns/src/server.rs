@@ -3,9 +3,9 @@
 //! UDP: one socket (with a 4 MiB receive buffer, so bursts are not dropped
 //! by the kernel) read by several tasks (as many as `workers`), each
 //! answering on the spot. TCP: each connection carries length-prefixed
-//! messages (RFC 1035 4.2.2), answered in order; an idle connection (or
-//! one that stalls mid-message) is closed after 10 s, and at most 1,024
-//! connections are served at once.
+//! messages (RFC 1035 4.2.2), answered in order; a connection idle, stalled
+//! mid-message or not reading its answers for 10 s is closed, and at most
+//! 1,024 connections (64 per client address) are served at once.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +38,8 @@ const TCP_IDLE: Duration = Duration::from_secs(10);
 /// TCP connections served at once; further ones are closed on accept (a
 /// resolver retries, and UDP keeps being answered).
 const TCP_MAX_CONNECTIONS: usize = 1024;
+/// TCP connections from one client address at once.
+const TCP_MAX_PER_CLIENT: usize = 64;
 
 /// Receive buffer asked for the UDP socket (the kernel caps it at
 /// `net.core.rmem_max`): a burst of queries must not overflow the default
@@ -103,24 +105,40 @@ pub async fn serve(
     let stop_tcp = stop.clone();
     let connections = tasks.clone();
     let slots = Arc::new(tokio::sync::Semaphore::new(TCP_MAX_CONNECTIONS));
+    let per_client: Arc<parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
+        Arc::default();
     tasks.spawn(async move {
         loop {
             let conn = tokio::select! {
                 _ = stop_tcp.cancelled() => return,
                 c = tcp.accept() => c,
             };
-            if let Ok((stream, _)) = conn {
-                let Ok(slot) = slots.clone().try_acquire_owned() else {
+            let Ok((stream, peer)) = conn else { continue };
+            let Ok(slot) = slots.clone().try_acquire_owned() else {
+                metrics::counter!("corro_dns_tcp_refused_total").increment(1);
+                continue;
+            };
+            {
+                let mut m = per_client.lock();
+                let n = m.entry(peer.ip()).or_default();
+                if *n >= TCP_MAX_PER_CLIENT {
                     metrics::counter!("corro_dns_tcp_refused_total").increment(1);
-                    drop(stream);
                     continue;
-                };
-                let (r, stop) = (responder.clone(), stop.clone());
-                connections.spawn(async move {
-                    tcp_connection(r, stream, stop).await;
-                    drop(slot);
-                });
+                }
+                *n += 1;
             }
+            let (r, stop, per_client) = (responder.clone(), stop.clone(), per_client.clone());
+            connections.spawn(async move {
+                tcp_connection(r, stream, stop).await;
+                drop(slot);
+                let mut m = per_client.lock();
+                if let Some(n) = m.get_mut(&peer.ip()) {
+                    *n -= 1;
+                    if *n == 0 {
+                        m.remove(&peer.ip());
+                    }
+                }
+            });
         }
     });
     // Closed now: `stopped` resolves once the (always running) workers and
@@ -161,7 +179,12 @@ async fn tcp_connection(r: Responder, mut s: TcpStream, stop: CancellationToken)
         let mut out = Vec::with_capacity(answer.len() + 2);
         out.extend_from_slice(&alen.to_be_bytes());
         out.extend_from_slice(&answer);
-        if s.write_all(&out).await.is_err() {
+        // A client that stops reading cannot hold its connection.
+        let wrote = tokio::select! {
+            _ = stop.cancelled() => return,
+            w = tokio::time::timeout(TCP_IDLE, s.write_all(&out)) => w,
+        };
+        if !matches!(wrote, Ok(Ok(()))) {
             return;
         }
     }

@@ -458,3 +458,32 @@ fn a_flood_of_random_names_stays_within_the_cache_budget() {
     }
     assert!(r.cache_bytes() <= budget);
 }
+
+#[test]
+fn an_upper_case_datacenter_name_answers_in_any_case_and_errors_carry_opt() {
+    let (_dir, store, catalog) = open();
+    insert_many(&store, "n1", "web", 2);
+    catalog.process_pending().unwrap();
+    let r = Responder::new(
+        catalog,
+        DnsSettings {
+            datacenter: "DC1".into(),
+            ..DnsSettings::default()
+        },
+    );
+    for name in ["web.service.dc1.consul.", "web.service.DC1.consul."] {
+        let a = r.respond(&query(name, RecordType::A), true).unwrap();
+        assert_eq!(Message::from_vec(&a).unwrap().answers.len(), 2, "{name}");
+    }
+    // A refused class with EDNS: the answer has our OPT record too.
+    let mut q = Message::query();
+    q.add_query(Query::query(
+        Name::from_ascii("web.service.consul.").unwrap(),
+        RecordType::A,
+    ));
+    q.queries[0].query_class = hickory_proto::rr::DNSClass::CH;
+    q.set_edns(hickory_proto::op::Edns::new());
+    let a = Message::from_vec(&r.respond(&q.to_vec().unwrap(), true).unwrap()).unwrap();
+    assert_eq!(a.metadata.response_code, ResponseCode::Refused);
+    assert!(a.edns.is_some());
+}

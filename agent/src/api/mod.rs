@@ -40,6 +40,8 @@ pub(crate) struct Limits {
     pub max_statements: usize,
     pub max_changes: usize,
     pub query_timeout: std::time::Duration,
+    /// Time a request body may take to arrive.
+    pub body_timeout: std::time::Duration,
 }
 
 /// What every handler shares.
@@ -207,9 +209,23 @@ pub(crate) async fn read_body(
     if declared.is_some_and(|len| len > st.limits.max_body_bytes) {
         return Err(too_large(st));
     }
-    axum::body::to_bytes(body, st.limits.max_body_bytes)
-        .await
-        .map_err(|_| too_large(st))
+    // A body must arrive within the time a head may take: a client that
+    // trickles one cannot hold its connection (and an 8 MiB buffer) forever.
+    match tokio::time::timeout(
+        st.limits.body_timeout,
+        axum::body::to_bytes(body, st.limits.max_body_bytes),
+    )
+    .await
+    {
+        Ok(r) => r.map_err(|_| too_large(st)),
+        Err(_) => Err(error(
+            StatusCode::REQUEST_TIMEOUT,
+            format!(
+                "the request body did not arrive within {} s (api.header_timeout_secs)",
+                st.limits.body_timeout.as_secs()
+            ),
+        )),
+    }
 }
 
 fn too_large(st: &ApiState) -> Response {

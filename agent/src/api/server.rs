@@ -34,7 +34,7 @@ use axum::extract::Request;
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::Response;
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
@@ -155,9 +155,15 @@ async fn refuse(mut stream: TcpStream, why: Refused, limits: ServeLimits, peer: 
         "HTTP/1.1 429 Too Many Requests\r\ncontent-type: text/plain; charset=utf-8\r\nretry-after: 1\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{text}",
         text.len()
     );
+    // Write, stop sending, then read whatever the client sent until it
+    // closes (at most 2 s): closing with its request unread would reset the
+    // connection, and the client could lose the 429 before reading it.
     let _ = tokio::time::timeout(Duration::from_secs(2), async {
         stream.write_all(head.as_bytes()).await?;
-        stream.shutdown().await
+        stream.shutdown().await?;
+        let mut sink = [0u8; 4096];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<_, std::io::Error>(())
     })
     .await;
 }

@@ -274,13 +274,13 @@ impl Cluster {
         addrs.len()
     }
 
-    /// What `GET /v1/health` reports of replication (see [`SyncHealth`]).
     /// Starts a sync round now instead of at the next interval (after the
     /// store refused changes for a while, say).
     pub(crate) fn sync_now(&self) {
         self.inner.sync_soon.notify_one();
     }
 
+    /// What `GET /v1/health` reports of replication (see [`SyncHealth`]).
     pub(crate) fn sync_health(&self) -> SyncHealth {
         let active: std::collections::BTreeSet<SocketAddr> =
             self.inner.peers.active_addrs().into_iter().collect();

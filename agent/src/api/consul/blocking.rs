@@ -4,11 +4,11 @@
 //! depends on ([`corro_catalog::Index::topic_index`]). With `index=N`:
 //! when the answer's index is already past `N` the answer returns at once
 //! (the client's copy is stale), and so does a request whose `N` is above
-//! this agent's current index (indexes are per agent: a client that moved
-//! here from another agent, or through a load balancer, carries an index
-//! this agent never handed out; Consul's clients reset their index when it
-//! goes backwards, and this is the server side of that). Otherwise the
-//! request waits, woken by catalog changes, and returns early only when
+//! the answer's index (indexes are per agent and an answer's index never
+//! decreases here, so a larger one was handed out by another agent: a
+//! client that moved here, or came through a load balancer; Consul's
+//! clients reset their index when it goes backwards, and this is the
+//! server side of that). Only `N` equal to the answer's index waits, woken by catalog changes, and returns early only when
 //! its topics moved past `N` **and** the answer itself differs from the one
 //! it started with. Consul wakes every watcher of an endpoint on any write
 //! (a thundering herd); here an unrelated change costs a hash lookup, and a
@@ -269,8 +269,12 @@ where
         Ok(x) => x,
         Err(e) => return e.response(),
     };
+    // Hold only a client whose copy is this very answer. The index of an
+    // answer never decreases on this agent, so an index above it was handed
+    // out by another agent (or before a failover): that client's copy may
+    // differ, and it gets this answer at once.
     let want = match p.index {
-        Some(n) if n > 0 && at <= n && n <= d.catalog.read().current() => n,
+        Some(n) if n > 0 && n == at => n,
         _ => return json_response(Some(at), first),
     };
     let _held = Held::new();

@@ -19,8 +19,8 @@
 //!
 //! Limits (outside input): the text is at most [`MAX_LEN`] bytes, nests at
 //! most [`MAX_DEPTH`] levels of parentheses and `not`, holds at most
-//! [`MAX_TERMS`] matching terms, and each regular expression compiles
-//! within [`REGEX_SIZE`] bytes. Parsing recurses only on nesting, so the
+//! [`MAX_TERMS`] matching terms and [`MAX_REGEXES`] regular expressions, and
+//! each regular expression compiles within [`REGEX_SIZE`] bytes. Parsing recurses only on nesting, so the
 //! depth limit bounds the stack; `and`/`or` chains are flat lists.
 //! Regular expressions are compiled once, when the filter is parsed.
 
@@ -34,8 +34,13 @@ pub(crate) const MAX_LEN: usize = 4096;
 pub(crate) const MAX_DEPTH: usize = 32;
 /// Most matching terms (`Sel == v`, `v in Sel`, ...) in one filter.
 pub(crate) const MAX_TERMS: usize = 256;
-/// Compiled size limit of one regular expression, in bytes.
-pub(crate) const REGEX_SIZE: usize = 256 * 1024;
+/// Compiled size limit of one regular expression (and of its lazy DFA
+/// cache), in bytes.
+pub(crate) const REGEX_SIZE: usize = 64 * 1024;
+/// Most `matches` / `not matches` terms in one filter: with
+/// [`REGEX_SIZE`], a filter (held as long as its blocking query) holds at
+/// most 1 MiB of automata.
+pub(crate) const MAX_REGEXES: usize = 8;
 
 /// A parsed filter.
 #[derive(Debug, Clone)]
@@ -140,6 +145,7 @@ struct Parser {
     /// Current nesting of parentheses and `not`.
     depth: usize,
     terms: usize,
+    regexes: usize,
 }
 
 impl Parser {
@@ -310,6 +316,12 @@ impl Parser {
     }
 
     fn regex(&mut self, sel: Selector, negate: bool) -> Result<Expr, String> {
+        self.regexes += 1;
+        if self.regexes > MAX_REGEXES {
+            return Err(format!(
+                "the filter has more than {MAX_REGEXES} regular expressions (limit)"
+            ));
+        }
         let v = self.value()?;
         let re = regex::RegexBuilder::new(&v)
             .size_limit(REGEX_SIZE)
@@ -342,6 +354,7 @@ pub(crate) fn parse(s: &str) -> Result<Expr, String> {
         pos: 0,
         depth: 0,
         terms: 0,
+        regexes: 0,
     };
     let e = p.or()?;
     if let Some(t) = p.peek() {
@@ -586,5 +599,11 @@ mod tests {
     fn huge_regular_expressions_are_refused() {
         let e = parse(r#"Node.Node matches "(a{1000}){1000}""#).unwrap_err();
         assert!(e.contains("regular expression"), "{e}");
+        let e = parse(r#"Node.Node matches `\w{100}`"#).unwrap_err();
+        assert!(e.contains("regular expression"), "{e}");
+        let many = [r#"Node.Node matches "a""#; MAX_REGEXES + 1].join(" or ");
+        assert!(parse(&many).unwrap_err().contains("regular expressions"));
+        let enough = [r#"Node.Node matches "a""#; MAX_REGEXES].join(" or ");
+        assert!(parse(&enough).is_ok());
     }
 }

@@ -136,8 +136,18 @@ fn filter_and_near(
     let Some(text) = p.filter.as_deref() else {
         return Ok(None);
     };
-    let e = filter::parse(text).map_err(bad)?;
-    filter::validate(&e, &render::sample(shape)).map_err(bad)?;
+    let compile = || -> Result<filter::Expr, Response> {
+        let e = filter::parse(text).map_err(bad)?;
+        filter::validate(&e, &render::sample(shape)).map_err(bad)?;
+        Ok(e)
+    };
+    // Compiling regular expressions can take milliseconds: off this
+    // worker's other tasks (DNS and the rest keep being served).
+    let e = if text.contains("matches") {
+        tokio::task::block_in_place(compile)?
+    } else {
+        compile()?
+    };
     Ok(Some(e))
 }
 
@@ -342,7 +352,9 @@ async fn catalog_node(
         &st,
         &d,
         &p,
-        "catalog/node",
+        // The spelling asked for is part of the key: when two spellings of a
+        // node both have rows, each is answered with its own.
+        &format!("catalog/node/{node}"),
         vec![Topic::node(&node)],
         |index| {
             let services: Vec<_> = index
@@ -467,7 +479,7 @@ async fn health_node(
         &st,
         &d,
         &p,
-        "health/node",
+        &format!("health/node/{node}"),
         vec![Topic::node(&node)],
         |index| {
             let checks: Vec<_> = index

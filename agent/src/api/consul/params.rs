@@ -68,7 +68,12 @@ impl Params {
                 "wait" if !v.is_empty() => {
                     let w = crate::consul::duration::parse(&v)
                         .ok_or_else(|| format!("Invalid wait time {v:?}"))?;
-                    p.wait = w.min(MAX_WAIT);
+                    // As Consul: no wait means the default one.
+                    p.wait = if w.is_zero() {
+                        DEFAULT_WAIT
+                    } else {
+                        w.min(MAX_WAIT)
+                    };
                 }
                 "pretty" => p.pretty = parse_bool("pretty", &v).unwrap_or(true),
                 "token" if !v.is_empty() => p.token = Some(v.into_owned()),
@@ -97,6 +102,7 @@ mod tests {
         assert!(Params::parse(Some("passing=1")).unwrap().passing);
         assert!(!Params::parse(Some("passing=false")).unwrap().passing);
         assert_eq!(Params::parse(Some("wait=1h")).unwrap().wait, MAX_WAIT);
+        assert_eq!(Params::parse(Some("wait=0s")).unwrap().wait, DEFAULT_WAIT);
         assert_eq!(Params::parse(None).unwrap().wait, DEFAULT_WAIT);
         assert!(Params::parse(Some("stale&consistent&cached&ns=default")).is_ok());
         for bad in [
