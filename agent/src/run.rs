@@ -382,7 +382,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         );
         crate::tasks::spawn(async move { bound.stopped().await });
     }
-    let state = ApiState {
+    let state = ApiState::new(api::ApiShared {
         store: store.clone(),
         limits: Limits {
             max_body_bytes: config.api.max_body_bytes,
@@ -398,7 +398,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         discovery: Some(discovery),
         answers: Arc::new(api::consul::AnswerCache::new(config.consul.cache_max_bytes)),
         stop: stop.clone(),
-    };
+    });
     let serve_limits = api::server::Connections::new(api::server::ServeLimits {
         max_conns_per_client: config.api.max_conns_per_client,
         max_conns: within_fd_limit(config.api.max_conns),

@@ -8,6 +8,7 @@
 mod cluster;
 mod consul;
 mod dns;
+mod hostile;
 mod limits;
 mod store;
 mod subs;
@@ -49,6 +50,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: consul::ConsulCmd,
     },
+    /// One agent's memory after each class of hostile client, next to its
+    /// memory at rest.
+    Hostile(hostile::HostileArgs),
     /// Templates through real agents: write -> file latency, renders/s and
     /// CPU per render vs plain SQLite rendering the same file.
     Templates {
@@ -67,6 +71,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Subs(args) => subs::run(args),
         Cmd::Consul { cmd } => consul::run(cmd),
         Cmd::Dns(args) => dns::run(args),
+        Cmd::Hostile(args) => hostile::run(args),
         Cmd::Templates { cmd } => templates::run(cmd),
     }
 }

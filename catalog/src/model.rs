@@ -58,6 +58,14 @@ pub struct Service {
     pub source: Option<String>,
 }
 
+impl Service {
+    /// Whether the service carries `tag` (compared case-insensitively, as
+    /// Consul compares tags in the HTTP API and DNS).
+    pub fn has_tag(&self, tag: &str) -> bool {
+        self.tags.iter().any(|t| crate::index::same_name(t, tag))
+    }
+}
+
 /// A row of `consul_checks`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Check {

@@ -136,14 +136,7 @@ pub fn build(
             let instances: Vec<Instance> = index
                 .instances(name)
                 .into_iter()
-                .filter(|i| {
-                    tag.as_ref().is_none_or(|t| {
-                        i.service
-                            .tags
-                            .iter()
-                            .any(|x| corro_catalog::same_name(x, t))
-                    })
-                })
+                .filter(|i| tag.as_ref().is_none_or(|t| i.service.has_tag(t)))
                 .filter(|i| healthy(i, s.only_passing))
                 .collect();
             if instances.is_empty() {

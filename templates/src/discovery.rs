@@ -53,14 +53,7 @@ pub fn answer(index: &Index, local_node: &str, call: &DiscoveryCall) -> Value {
             index
                 .instances(service)
                 .iter()
-                .filter(|i| {
-                    tag.as_ref().is_none_or(|t| {
-                        i.service
-                            .tags
-                            .iter()
-                            .any(|x| corro_catalog::same_name(x, t))
-                    })
-                })
+                .filter(|i| tag.as_ref().is_none_or(|t| i.service.has_tag(t)))
                 .filter(|i| *any || i.status == Status::Passing)
                 .map(instance)
                 .collect(),

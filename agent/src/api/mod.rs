@@ -44,9 +44,26 @@ pub(crate) struct Limits {
     pub body_timeout: std::time::Duration,
 }
 
-/// What every handler shares.
+/// What every handler shares: one reference-counted value, so the clone
+/// each request's extractors make costs one atomic increment.
 #[derive(Clone)]
-pub(crate) struct ApiState {
+pub(crate) struct ApiState(Arc<ApiShared>);
+
+impl ApiState {
+    pub(crate) fn new(shared: ApiShared) -> ApiState {
+        ApiState(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for ApiState {
+    type Target = ApiShared;
+    fn deref(&self) -> &ApiShared {
+        &self.0
+    }
+}
+
+/// The contents of [`ApiState`].
+pub(crate) struct ApiShared {
     pub store: Store,
     pub limits: Limits,
     pub token: Option<Arc<str>>,
@@ -84,7 +101,6 @@ pub(crate) fn router(state: ApiState) -> Router {
         .merge(consul)
         .fallback(not_found)
         .route_layer(middleware::from_fn(crate::telemetry::track_api))
-        .layer(middleware::from_fn(server::check_target))
         .with_state(state)
 }
 
@@ -97,7 +113,6 @@ pub(crate) fn consul_router(state: ApiState) -> Router {
         ))
         .fallback(not_found)
         .route_layer(middleware::from_fn(crate::telemetry::track_api))
-        .layer(middleware::from_fn(server::check_target))
         .with_state(state)
 }
 

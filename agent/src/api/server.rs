@@ -12,8 +12,8 @@
 //!   idle keep-alive connection stays open; half-open and slow-loris
 //!   connections therefore go away on their own. Heads are at most
 //!   [`MAX_HEAD_BYTES`] with at most [`MAX_HEADERS`] headers (431 beyond),
-//!   and the request target's path and query are bounded by the router's
-//!   middleware ([`check_target`], 414 beyond).
+//!   and the request target's path and query are checked before routing
+//!   (414 beyond).
 //! - **Stalled readers**: a connection whose response cannot be written for
 //!   [`WRITE_STALL`] (the client stopped reading) is closed, so a client
 //!   cannot pin a connection and its response in memory forever.
@@ -30,10 +30,9 @@ use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
-use axum::extract::Request;
 use axum::http::StatusCode;
-use axum::middleware::Next;
 use axum::response::Response;
+use tower::ServiceExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -168,25 +167,24 @@ async fn refuse(mut stream: TcpStream, why: Refused, limits: ServeLimits, peer: 
     .await;
 }
 
-/// Refuses request targets over the path and query limits with 414,
-/// naming the limit (a route layer on both API routers).
-pub(crate) async fn check_target(req: Request, next: Next) -> Response {
-    let uri = req.uri();
+/// The 414 for a request target over the path or query limit, naming the
+/// limit; `None` when the target is within both.
+fn target_too_long(uri: &axum::http::Uri) -> Option<Response> {
     let path = uri.path().len();
     let query = uri.query().map_or(0, str::len);
     if path > MAX_PATH_BYTES {
-        return super::error(
+        return Some(super::error(
             StatusCode::URI_TOO_LONG,
             format!("the request path is {path} bytes, over the {MAX_PATH_BYTES} byte limit"),
-        );
+        ));
     }
     if query > MAX_QUERY_BYTES {
-        return super::error(
+        return Some(super::error(
             StatusCode::URI_TOO_LONG,
             format!("the query string is {query} bytes, over the {MAX_QUERY_BYTES} byte limit"),
-        );
+        ));
     }
-    next.run(req).await
+    None
 }
 
 /// A stream that records since when a write has been waiting for the
@@ -329,7 +327,18 @@ pub(crate) async fn serve(
                 epoch,
                 blocked_since: blocked_since.clone(),
             });
-            let service = hyper_util::service::TowerToHyperService::new(app);
+            // Request targets are checked here, before routing.
+            let service = hyper::service::service_fn(
+                move |req: hyper::Request<hyper::body::Incoming>| {
+                    let app = app.clone();
+                    async move {
+                        if let Some(refused) = target_too_long(req.uri()) {
+                            return Ok::<_, std::convert::Infallible>(refused);
+                        }
+                        app.oneshot(req.map(axum::body::Body::new)).await
+                    }
+                },
+            );
             let conn = builder.serve_connection(io, service);
             tokio::pin!(conn);
             let mut check = tokio::time::interval(WRITE_STALL / 4);

@@ -240,10 +240,13 @@ where
     G: Fn(&Index) -> R + Sync,
     R: FnOnce() -> Result<Value, String> + Send + 'static,
 {
-    // Subscribe before the first evaluation: a change landing in between
-    // must still wake this request.
-    let mut changes = d.catalog.subscribe();
-    changes.borrow_and_update();
+    // A request that may block subscribes before its first evaluation: a
+    // change landing in between must still wake it.
+    let mut changes = p.index.map(|_| {
+        let mut rx = d.catalog.subscribe();
+        rx.borrow_and_update();
+        rx
+    });
     let key = cache_key(route, &topics, p);
     let pretty = p.pretty;
     let eval = async || -> Result<(u64, bytes::Bytes), Failed> {
@@ -273,8 +276,8 @@ where
     // answer never decreases on this agent, so an index above it was handed
     // out by another agent (or before a failover): that client's copy may
     // differ, and it gets this answer at once.
-    let want = match p.index {
-        Some(n) if n > 0 && n == at => n,
+    let (want, mut changes) = match (p.index, changes.take()) {
+        (Some(n), Some(rx)) if n > 0 && n == at => (n, rx),
         _ => return json_response(Some(at), first),
     };
     let _held = Held::new();

@@ -186,13 +186,6 @@ fn node_meta_ok(index: &Index, node: &str, want: &[(String, String)]) -> bool {
             .is_some_and(|n| want.iter().all(|(k, v)| n.meta.get(k) == Some(v)))
 }
 
-/// Whether a service carries every `?tag=` (compared case-insensitively,
-/// as Consul does).
-fn tags_ok(tags: &[String], want: &[String]) -> bool {
-    want.iter()
-        .all(|w| tags.iter().any(|t| corro_catalog::same_name(t, w)))
-}
-
 /// Sorts by round-trip time from this agent (unknown last) for `?near=`.
 fn sort_near<T>(
     index: &Index,
@@ -230,7 +223,8 @@ fn instances(index: &Index, d: &Discovery, p: &Params, name: &str) -> Vec<Instan
     let mut list: Vec<Instance> = index
         .instances(name)
         .into_iter()
-        .filter(|i| tags_ok(&i.service.tags, &p.tags))
+        // Every `?tag=`, compared case-insensitively as Consul does.
+        .filter(|i| p.tags.iter().all(|t| i.service.has_tag(t)))
         .filter(|i| node_meta_ok(index, &i.service.node, &p.node_meta))
         .collect();
     sort_near(index, p, d, &mut list, |i| i.service.node.as_str());
@@ -482,14 +476,7 @@ async fn health_node(
         &format!("health/node/{node}"),
         vec![Topic::node(&node)],
         |index| {
-            let checks: Vec<_> = index
-                .node_checks(&node)
-                .into_iter()
-                .map(|c| {
-                    let tags = render::check_tags(index, &c);
-                    (c, tags)
-                })
-                .collect();
+            let checks = with_tags(index, index.node_checks(&node));
             let f = f.clone();
             move || render_checks(&f, &checks)
         },
@@ -555,15 +542,20 @@ fn check_list(
         .filter(|c| node_meta_ok(index, &c.node, &p.node_meta))
         .collect();
     sort_near(index, p, d, &mut checks, |c| c.node.as_str());
-    let checks: CheckRows = checks
+    let checks = with_tags(index, checks);
+    let f = f.clone();
+    move || render_checks(&f, &checks)
+}
+
+/// Each check with its service's tags (what rendering needs from the lock).
+fn with_tags(index: &Index, checks: Vec<Arc<Entry<corro_catalog::Check>>>) -> CheckRows {
+    checks
         .into_iter()
         .map(|c| {
             let tags = render::check_tags(index, &c);
             (c, tags)
         })
-        .collect();
-    let f = f.clone();
-    move || render_checks(&f, &checks)
+        .collect()
 }
 
 fn render_checks(f: &Option<filter::Expr>, checks: &CheckRows) -> Result<Value, String> {
