@@ -180,7 +180,16 @@ pub(crate) fn run(a: HostileArgs) -> anyhow::Result<()> {
     // 3. Generated query strings on every route.
     let t = Instant::now();
     const KEYS: [&str; 10] = [
-        "filter", "tag", "node-meta", "passing", "near", "dc", "index", "pretty", "token", "x",
+        "filter",
+        "tag",
+        "node-meta",
+        "passing",
+        "near",
+        "dc",
+        "index",
+        "pretty",
+        "token",
+        "x",
     ];
     for _ in 0..a.queries {
         let route = ROUTES[rng.random_range(0..ROUTES.len())];
@@ -199,9 +208,7 @@ pub(crate) fn run(a: HostileArgs) -> anyhow::Result<()> {
                 .collect::<Vec<_>>()
                 .join("&")
         };
-        let r = c
-            .get(agent.url(&format!("{route}?{q}&wait=10ms")))
-            .send()?;
+        let r = c.get(agent.url(&format!("{route}?{q}&wait=10ms"))).send()?;
         let status = r.status().as_u16();
         let body = r.text()?;
         anyhow::ensure!(
@@ -282,7 +289,10 @@ pub(crate) fn run(a: HostileArgs) -> anyhow::Result<()> {
     let mut answer = Vec::new();
     s.read_to_end(&mut answer)?;
     let new_client = started.elapsed();
-    anyhow::ensure!(answer.starts_with(b"HTTP/1.1 200"), "a new client was not served");
+    anyhow::ensure!(
+        answer.starts_with(b"HTTP/1.1 200"),
+        "a new client was not served"
+    );
     let held = agent.rss_kb();
     drop(idle);
     check_intact(&agent, a.services)?;

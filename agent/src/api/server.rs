@@ -32,10 +32,10 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::http::StatusCode;
 use axum::response::Response;
-use tower::ServiceExt;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
 
 /// Largest request head (request line and headers), in bytes.
 pub(crate) const MAX_HEAD_BYTES: usize = 64 * 1024;
