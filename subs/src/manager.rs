@@ -292,7 +292,12 @@ impl Subscriptions {
             if let Some(inner) = feed.upgrade() {
                 // Nothing to route while no subscription exists or is being
                 // created (a catch-up of millions of rows pays nothing).
-                let routed = !inner.subs.read().is_empty() || inner.capture.lock().is_some();
+                // The capture is read first: a creation registers its
+                // subscription before it ends the capture, so reading the
+                // two the other way round could see neither (a change
+                // committed after the first run's snapshot, lost).
+                let capturing = inner.capture.lock().is_some();
+                let routed = capturing || !inner.subs.read().is_empty();
                 let mut p = inner.pending.lock();
                 for r in rows.rows.iter().filter(|_| routed) {
                     p.entry(r.table.to_ascii_lowercase())

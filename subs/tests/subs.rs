@@ -522,7 +522,20 @@ async fn a_subscription_created_during_writes_misses_nothing() {
     }
     let initial = have.len();
     while have.len() < 600 {
-        match next(&mut l).await {
+        let e = match tokio::time::timeout(Duration::from_secs(10), l.next()).await {
+            Ok(e) => e.expect("the stream is open"),
+            Err(_) => {
+                let missing: Vec<String> = (0..600)
+                    .map(|i| format!("[\"r{i:04}\"]"))
+                    .filter(|k| !have.contains(k))
+                    .collect();
+                panic!(
+                    "no event within 10 s: {initial} rows in the first answer, last change {}, never seen: {missing:?}",
+                    l.last_change()
+                );
+            }
+        };
+        match e {
             Event::Change(c) => {
                 assert_eq!(c.kind.as_str(), "insert");
                 assert!(have.insert(c.cells.clone()), "duplicate {}", c.cells);
