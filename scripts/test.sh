@@ -39,6 +39,9 @@ if ! python3 -c 'import consul' 2>/dev/null; then
     || python3 -m pip install --quiet --disable-pip-version-check --break-system-packages py-consul
 fi
 
+# The end-to-end suite (tests/, package corro-e2e) runs the built binary:
+# build it first (cargo does not for another package's tests).
+cargo build -p corrosion --locked
 cargo test --workspace --locked "$@"
 
 # Build the .deb and .rpm and install, upgrade, remove and purge the .deb

@@ -382,6 +382,20 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         );
         crate::tasks::spawn(async move { bound.stopped().await });
     }
+    let token: Option<Arc<str>> = config.api.authz.bearer_token.as_deref().map(Arc::from);
+    let consul = corro_consul_api::ConsulState::new(corro_consul_api::Shared {
+        catalog: discovery.catalog.clone(),
+        node: Arc::new(corro_consul_api::NodeInfo {
+            name: discovery.node.name.clone(),
+            datacenter: discovery.node.datacenter.clone(),
+            address: discovery.node.address,
+            meta: discovery.node.meta.clone(),
+        }),
+        token: token.clone(),
+        answers: corro_consul_api::AnswerCache::new(config.consul.cache_max_bytes),
+        stop: stop.clone(),
+        membership: Some(Arc::new(cluster.clone())),
+    });
     let state = ApiState::new(api::ApiShared {
         store: store.clone(),
         limits: Limits {
@@ -391,12 +405,12 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
             query_timeout: Duration::from_secs_f64(config.api.query_timeout_secs),
             body_timeout: Duration::from_secs(config.api.header_timeout_secs),
         },
-        token: config.api.authz.bearer_token.as_deref().map(Arc::from),
+        token,
         healthy: Arc::new(AtomicBool::new(true)),
         cluster: Some(cluster.clone()),
         subs: Some(subs),
-        discovery: Some(discovery),
-        answers: Arc::new(api::consul::AnswerCache::new(config.consul.cache_max_bytes)),
+        discovery: Some(discovery.clone()),
+        consul: Some(consul.clone()),
         stop: stop.clone(),
     });
     let serve_limits = api::server::Connections::new(api::server::ServeLimits {
@@ -414,7 +428,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
             );
             Some(crate::tasks::spawn(api::server::serve(
                 listener,
-                api::consul_router(state.clone()),
+                api::consul_router(consul.clone()),
                 serve_limits.clone(),
                 stop.clone(),
             )))

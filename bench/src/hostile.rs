@@ -1,7 +1,7 @@
 //! One agent's memory after each class of hostile client (issue
 //! "Hardening"), next to its memory at rest: what a local process can do
 //! to its agent with requests alone. The classes are those of the
-//! hostile-client test suite (`agent/tests/hostile.rs`), at the sizes the
+//! hostile-client test suite (`tests/hostile.rs`), at the sizes the
 //! defects were found with: 3,000 instances and 3,000 distinct filters
 //! (which took an agent from 30 MiB to 4.4 GiB before the answer cache was
 //! bounded), 100,000 random DNS questions, 1,000 half-open connections.

@@ -210,7 +210,7 @@ pub fn changesets(sets: &[Changeset]) -> Result<(), InvalidMessage> {
 }
 
 /// Every class of invalid message, built from a valid one: for tests that
-/// send each over a real connection (`agent/tests/faults.rs`) and for the
+/// send each over a real connection (`tests/faults.rs`) and for the
 /// property tests here.
 pub fn invalid_examples(valid: &Envelope) -> Vec<(&'static str, Envelope)> {
     let with = |m: Message| Envelope {

@@ -46,9 +46,51 @@ pub fn binary() -> PathBuf {
             "{} not found: build it (cargo build -p corrosion) or set CORROSION_BIN",
             bin.display()
         );
+        if let Some(newer) = newer_source(&bin) {
+            panic!(
+                "{} is older than {}: build it again (cargo build -p corrosion) or set CORROSION_BIN",
+                bin.display(),
+                newer.display()
+            );
+        }
         bin
     })
     .clone()
+}
+
+/// A source file of the agent or a crate it is built from that is newer
+/// than `bin` (the end-to-end tests live in their own package, so cargo
+/// does not rebuild the binary for them; a stale one must not pass for the
+/// current code).
+fn newer_source(bin: &Path) -> Option<PathBuf> {
+    let built = std::fs::metadata(bin).and_then(|m| m.modified()).ok()?;
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent()?;
+    let mut stack: Vec<PathBuf> = std::fs::read_dir(root)
+        .ok()?
+        .flatten()
+        .map(|e| e.path().join("src"))
+        .filter(|p| p.is_dir())
+        .filter(|p| {
+            !["testkit", "bench", "tests"]
+                .iter()
+                .any(|skip| p.parent().is_some_and(|c| c.ends_with(skip)))
+        })
+        .collect();
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).ok()?.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else if p.extension().is_some_and(|x| x == "rs")
+                && e.metadata()
+                    .and_then(|m| m.modified())
+                    .is_ok_and(|t| t > built)
+            {
+                return Some(p);
+            }
+        }
+    }
+    None
 }
 
 pub const TODOS: &str = "CREATE TABLE todos (\nid BLOB NOT NULL PRIMARY KEY,\ntitle TEXT NOT NULL DEFAULT '',\ncompleted_at INTEGER\n);\n";

@@ -4,13 +4,13 @@
 //! `POST /v1/subscriptions`, `GET /v1/subscriptions/:id` and
 //! `POST /v1/updates/:table` (NDJSON streams),
 //! `POST /v1/table_stats`, `GET /v1/health`, `GET /v1/members`,
-//! `POST /v1/discovery`, `GET /v1/discovery/index` (templates). Every route
+//! `POST /v1/discovery`, `GET /v1/discovery/index` (templates), and the
+//! Consul-compatible routes of `corro-consul-api`. Every route
 //! requires `Authorization: Bearer <token>` when `api.authz.bearer-token` is
 //! set. Errors are JSON `{"error": "..."}` with a 4xx status for bad input
 //! (400 malformed or refused SQL/JSON, 401 token, 413 limits) and 500 only
 //! for failures of the agent itself. Store calls run on blocking threads.
 
-pub(crate) mod consul;
 mod discovery;
 mod queries;
 pub(crate) mod server;
@@ -73,19 +73,20 @@ pub(crate) struct ApiShared {
     pub cluster: Option<crate::cluster::Cluster>,
     /// Subscriptions and update feeds.
     pub subs: Option<corro_subs::Subscriptions>,
-    /// The discovery catalog (Consul-compatible routes).
+    /// The discovery catalog (the template routes).
     pub discovery: Option<crate::consul::Discovery>,
-    /// Answers of the Consul routes, by index.
-    pub answers: Arc<consul::AnswerCache>,
+    /// The Consul-compatible routes' state (absent in unit setups).
+    pub consul: Option<corro_consul_api::ConsulState>,
     /// Flips on shutdown: long-lived streams end so the server can drain.
     pub stop: CancellationToken,
 }
 
 pub(crate) fn router(state: ApiState) -> Router {
-    let consul = consul::routes().layer(middleware::from_fn_with_state(
-        state.clone(),
-        consul::authorize,
-    ));
+    let consul = state
+        .consul
+        .clone()
+        .map(corro_consul_api::router)
+        .unwrap_or_default();
     Router::new()
         .route("/v1/transactions", post(transactions::handle))
         .route("/v1/queries", post(queries::handle))
@@ -98,22 +99,17 @@ pub(crate) fn router(state: ApiState) -> Router {
         .route("/v1/discovery", post(discovery::call))
         .route("/v1/discovery/index", get(discovery::wait))
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
+        .with_state(state)
         .merge(consul)
         .fallback(not_found)
         .route_layer(middleware::from_fn(crate::telemetry::track_api))
-        .with_state(state)
 }
 
 /// The Consul-compatible routes alone (`[consul] http_addr`).
-pub(crate) fn consul_router(state: ApiState) -> Router {
-    consul::routes()
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            consul::authorize,
-        ))
+pub(crate) fn consul_router(consul: corro_consul_api::ConsulState) -> Router {
+    corro_consul_api::router(consul)
         .fallback(not_found)
         .route_layer(middleware::from_fn(crate::telemetry::track_api))
-        .with_state(state)
 }
 
 async fn not_found(req: Request) -> Response {

@@ -323,7 +323,29 @@ impl Cluster {
     pub(crate) fn members(&self) -> Vec<corro_client::Member> {
         self.inner.peers.members()
     }
+}
 
+/// What the Consul routes read of membership.
+impl corro_consul_api::Membership for Cluster {
+    fn members(&self) -> Vec<corro_consul_api::MemberInfo> {
+        Cluster::members(self)
+            .into_iter()
+            .filter_map(|m| {
+                Some(corro_consul_api::MemberInfo {
+                    addr: m.addr.parse().ok()?,
+                    down: m.state == "down",
+                    actor_id: m.actor_id,
+                })
+            })
+            .collect()
+    }
+
+    fn advertised(&self) -> SocketAddr {
+        Cluster::advertised(self)
+    }
+}
+
+impl Cluster {
     /// Active members whose replicated schema differs from ours, as last
     /// seen in a sync round: (actor, address, their fingerprint).
     pub(crate) fn schema_mismatches(&self) -> Vec<(ActorId, SocketAddr, u64)> {

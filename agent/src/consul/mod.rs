@@ -22,8 +22,10 @@
 //!   its own rows.
 
 pub(crate) mod bridge;
-pub(crate) mod duration;
 pub(crate) mod sync_command;
+
+/// Consul's duration syntax (the config's durations and `?wait=`).
+pub(crate) use corro_consul_api::duration;
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;

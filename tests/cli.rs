@@ -106,7 +106,7 @@ fn client_commands_use_the_config_api_address_and_token() {
     let out = node.cli(&["exec", "INSERT INTO todos (id) VALUES ('a')"]);
     assert!(out.status.success(), "{}", stderr(&out));
     // Without the token (no config, address on the command line): refused.
-    let out = Command::new(BIN)
+    let out = Command::new(&*BIN)
         .args(["--api-addr", &agent.api.to_string(), "query", "SELECT 1"])
         .output()
         .unwrap();
@@ -259,7 +259,7 @@ fn bad_config_is_one_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("bad.toml");
     std::fs::write(&cfg, "[db]\npath = \"x.db\"\nschema_pathz = []\n").unwrap();
-    let out = Command::new(BIN)
+    let out = Command::new(&*BIN)
         .args(["-c", cfg.to_str().unwrap(), "agent"])
         .output()
         .unwrap();
@@ -269,7 +269,7 @@ fn bad_config_is_one_clear_error() {
         err.starts_with("Error: ") && err.contains("bad.toml") && err.contains("schema_pathz"),
         "{err}"
     );
-    let missing = Command::new(BIN)
+    let missing = Command::new(&*BIN)
         .args(["-c", "/nonexistent/config.toml", "agent"])
         .output()
         .unwrap();
@@ -278,7 +278,7 @@ fn bad_config_is_one_clear_error() {
     // A second agent on the same database is refused.
     let node = Node::new(dir.path(), "");
     let _agent = node.start();
-    let out = Command::new(BIN)
+    let out = Command::new(&*BIN)
         .args(["-c", node.config.to_str().unwrap(), "agent"])
         .stderr(Stdio::piped())
         .output()
@@ -293,7 +293,7 @@ fn bad_config_is_one_clear_error() {
 
 /// The text between `start` and the next `end` after it in README.md.
 fn readme_block(start: &str, end: &str) -> String {
-    let readme = include_str!("../../README.md");
+    let readme = include_str!("../README.md");
     let from = readme
         .find(start)
         .unwrap_or_else(|| panic!("README lacks {start:?}"))
@@ -316,7 +316,7 @@ impl Drop for Running {
 /// Starts `corrosion [args] agent` in `dir`; returns it once its API
 /// answers, with the lines it logged.
 fn agent_in(dir: &std::path::Path, args: &[&str]) -> (Running, String) {
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(&*BIN)
         .args(args)
         .arg("agent")
         .current_dir(dir)
@@ -343,7 +343,7 @@ fn agent_in(dir: &std::path::Path, args: &[&str]) -> (Running, String) {
 
 /// `corrosion args...` run in `dir`: stdout, asserting success.
 fn run_in(dir: &std::path::Path, args: &[&str]) -> String {
-    let out = Command::new(BIN)
+    let out = Command::new(&*BIN)
         .args(args)
         .current_dir(dir)
         .env("NO_COLOR", "1")
@@ -549,7 +549,7 @@ fn json_logs_when_configured() {
         .unwrap()
         .replace("[log]\ncolors = false", "[log]\nformat = \"json\"");
     std::fs::write(&node.config, text).unwrap();
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(&*BIN)
         .args(["-c", node.config.to_str().unwrap(), "agent"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -683,7 +683,7 @@ fn shipped_systemd_units_verify() {
     ] {
         let text = std::fs::read_to_string(root.join(src))
             .unwrap()
-            .replace("/usr/bin/corrosion", BIN);
+            .replace("/usr/bin/corrosion", BIN.as_str());
         let path = dir.path().join(name);
         std::fs::write(&path, text).unwrap();
         let out = Command::new(&analyze)
@@ -730,7 +730,7 @@ fn which(name: &str) -> Result<std::path::PathBuf, ()> {
 /// stops it.
 fn startup_lines(config: &std::path::Path) -> Vec<String> {
     use std::io::BufRead;
-    let mut child = Command::new(BIN)
+    let mut child = Command::new(&*BIN)
         .args(["-c", config.to_str().unwrap(), "agent"])
         .env("RUST_LOG", "info")
         .env_remove("NO_COLOR")
@@ -802,7 +802,7 @@ fn logs_are_plain_without_colour_codes_off_a_terminal_and_json_when_asked() {
     );
     // A bad format is refused with the accepted values named.
     node.replace_in_config("format = \"json\"", "format = \"xml\"");
-    let out = Command::new(BIN)
+    let out = Command::new(&*BIN)
         .args(["-c", node.config.to_str().unwrap(), "agent"])
         .output()
         .unwrap();

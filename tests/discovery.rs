@@ -784,7 +784,7 @@ fn consul_sync_runs_the_bridge_as_a_separate_process() {
         ),
     )
     .unwrap();
-    let mut sync = std::process::Command::new(common::BIN)
+    let mut sync = std::process::Command::new(&*common::BIN)
         .args(["-c", sync_config.to_str().unwrap(), "consul", "sync"])
         .env("NO_COLOR", "1")
         .stdout(std::process::Stdio::null())

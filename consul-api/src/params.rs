@@ -66,7 +66,7 @@ impl Params {
                     p.index = Some(v.parse().map_err(|_| format!("Invalid index {v:?}"))?)
                 }
                 "wait" if !v.is_empty() => {
-                    let w = crate::consul::duration::parse(&v)
+                    let w = crate::duration::parse(&v)
                         .ok_or_else(|| format!("Invalid wait time {v:?}"))?;
                     // As Consul: no wait means the default one.
                     p.wait = if w.is_zero() {

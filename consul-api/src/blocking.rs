@@ -48,10 +48,8 @@ use corro_catalog::{Index, Topic};
 use rand::Rng;
 use serde_json::Value;
 
-use super::params::Params;
-use super::{consul_headers, text_error};
-use crate::api::ApiState;
-use crate::consul::Discovery;
+use crate::params::Params;
+use crate::{ConsulState, consul_headers, text_error};
 
 /// Filters longer than this are not part of cached answers' keys: such
 /// answers are computed every time.
@@ -89,14 +87,14 @@ type Inner = quick_cache::sync::Cache<
 >;
 
 /// Answers by (route, topics, parameters): (index, body), bounded in bytes.
-pub(crate) struct AnswerCache {
+pub struct AnswerCache {
     inner: Inner,
     max_body: usize,
 }
 
 impl AnswerCache {
     /// A cache holding at most `max_bytes` of keys and bodies.
-    pub(crate) fn new(max_bytes: u64) -> AnswerCache {
+    pub fn new(max_bytes: u64) -> AnswerCache {
         let max_bytes = max_bytes.max(64 * 1024);
         // One shard: answers of popular routes are large, and a sharded
         // cache could not hold one bigger than its shard.
@@ -229,8 +227,8 @@ impl Failed {
 /// `gather` runs under the catalog's read lock and must only collect row
 /// handles; the `render` it returns runs on a blocking thread.
 pub(crate) async fn respond<G, R>(
-    st: &ApiState,
-    d: &Discovery,
+    st: &ConsulState,
+    d: &ConsulState,
     p: &Params,
     route: &str,
     topics: Vec<Topic>,

@@ -10,5 +10,6 @@
 
 pub use corro_testkit::*;
 
-/// The binary cargo built for these tests (the harness finds the same one).
-pub const BIN: &str = env!("CARGO_BIN_EXE_corrosion");
+/// The `corrosion` binary under test (see `corro_testkit::binary`).
+pub static BIN: std::sync::LazyLock<String> =
+    std::sync::LazyLock::new(|| binary().to_string_lossy().into_owned());

@@ -69,7 +69,7 @@ fn py_consul_reads_and_blocks_against_a_three_agent_cluster() {
             std::thread::sleep(Duration::from_millis(100));
         }
     }
-    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py/consul_client.py");
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("py/consul_client.py");
     let mut child = Command::new("python3")
         .arg(&script)
         .args([

@@ -1,43 +1,28 @@
-//! The Consul-compatible HTTP API (issue "Service discovery I", item 7),
-//! answered from the catalog with Consul's JSON shapes and headers, so
-//! existing Consul clients work against their local agent unchanged.
-//!
-//! Routes: `/v1/catalog/{services,service/:name,nodes,node/:node,datacenters}`,
-//! `/v1/health/{service/:name,checks/:service,node/:node,state/:state}`,
-//! `/v1/agent/{self,members}`, `/v1/status/{leader,peers}`. Served on the
-//! agent's API listener and, when `[consul] http_addr` is set, alone on a
-//! second listener.
-//!
-//! Differences from Consul, on purpose: every read is local (stale) and
-//! says so (`X-Consul-Effective-Consistency: stale`); there is no leader
-//! (`X-Consul-KnownLeader: true`, `X-Consul-LastContact: 0`); a blocking
-//! query returns early only when its own answer changed ([`blocking`]).
-//! Errors are plain text with Consul's status codes: 400 bad parameters,
-//! 403 wrong token, 404 unknown route, 500 another datacenter.
-
-mod blocking;
-mod filter;
-mod params;
-mod render;
+//! The handlers of the Consul routes: `/v1/catalog/{services,service/:name,
+//! nodes,node/:node,datacenters}`, `/v1/health/{service/:name,checks/:service,
+//! node/:node,state/:state}`, `/v1/agent/{self,members}`,
+//! `/v1/status/{leader,peers}`. Each parses its parameters, gathers rows
+//! from the catalog under its read lock and leaves rendering to
+//! [`blocking::respond`].
 
 use axum::Router;
-use axum::extract::{Path, RawQuery, Request, State};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::extract::{Path, RawQuery, State};
+use axum::http::StatusCode;
+use axum::response::Response;
 use axum::routing::get;
 use std::sync::Arc;
 
 use corro_catalog::{Entry, Index, Instance, Liveness, Status, Topic};
 use serde_json::{Value, json};
 
-use super::ApiState;
-use crate::consul::Discovery;
-pub(crate) use blocking::AnswerCache;
-use params::Params;
+use crate::params::Params;
+use crate::{ConsulState, blocking, filter, render, text_error};
 
-/// The Consul routes (state: the agent's [`ApiState`]).
-pub(crate) fn routes() -> Router<ApiState> {
+/// What a handler reads of the agent (the state itself).
+type Discovery = ConsulState;
+
+/// The Consul routes, before the token check and the state.
+pub(crate) fn routes() -> Router<ConsulState> {
     Router::new()
         .route("/v1/catalog/services", get(catalog_services))
         .route("/v1/catalog/service/{name}", get(catalog_service))
@@ -54,51 +39,10 @@ pub(crate) fn routes() -> Router<ApiState> {
         .route("/v1/status/peers", get(status_peers))
 }
 
-/// A plain-text error, as Consul sends them.
-pub(crate) fn text_error(status: StatusCode, msg: impl Into<String>) -> Response {
-    (
-        status,
-        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        msg.into(),
-    )
-        .into_response()
-}
-
-/// Accepts the configured token as `X-Consul-Token`, `Authorization:
-/// Bearer` or `?token=`; anything else is Consul's 403.
-pub(crate) async fn authorize(State(st): State<ApiState>, req: Request, next: Next) -> Response {
-    if let Some(token) = &st.token {
-        let h = req.headers();
-        let from_header = h
-            .get("x-consul-token")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let from_bearer = h
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .map(str::to_string);
-        let from_query = Params::parse(req.uri().query()).ok().and_then(|p| p.token);
-        let ok = [from_header, from_bearer, from_query]
-            .into_iter()
-            .flatten()
-            .any(|t| t == **token);
-        if !ok {
-            return text_error(StatusCode::FORBIDDEN, "ACL not found");
-        }
-    }
-    next.run(req).await
-}
-
 /// What every handler starts with: the discovery side and parsed params.
 #[expect(clippy::result_large_err, reason = "the error is the response to send")]
-fn prepare(st: &ApiState, query: Option<&str>) -> Result<(Discovery, Params), Response> {
-    let Some(d) = st.discovery.clone() else {
-        return Err(text_error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "the discovery catalog is not running on this agent",
-        ));
-    };
+fn prepare(st: &ConsulState, query: Option<&str>) -> Result<(Discovery, Params), Response> {
+    let d = st.clone();
     let p = Params::parse(query).map_err(|e| text_error(StatusCode::BAD_REQUEST, e))?;
     if let Some(dc) = &p.dc
         && *dc != d.node.datacenter
@@ -161,7 +105,7 @@ struct Ctx {
 /// [`prepare`] and [`filter_and_near`] in one step.
 #[expect(clippy::result_large_err, reason = "the error is the response to send")]
 fn context(
-    st: &ApiState,
+    st: &ConsulState,
     query: Option<&str>,
     near: bool,
     shape: render::Shape,
@@ -231,7 +175,7 @@ fn instances(index: &Index, d: &Discovery, p: &Params, name: &str) -> Vec<Instan
     list
 }
 
-async fn catalog_services(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Response {
+async fn catalog_services(State(st): State<ConsulState>, RawQuery(q): RawQuery) -> Response {
     let Ctx { d, p, f } = match context(&st, q.as_deref(), false, render::Shape::CatalogEntry) {
         Ok(c) => c,
         Err(r) => return r,
@@ -281,7 +225,7 @@ async fn catalog_services(State(st): State<ApiState>, RawQuery(q): RawQuery) -> 
 }
 
 async fn catalog_service(
-    State(st): State<ApiState>,
+    State(st): State<ConsulState>,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
@@ -311,7 +255,7 @@ async fn catalog_service(
     .await
 }
 
-async fn catalog_nodes(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Response {
+async fn catalog_nodes(State(st): State<ConsulState>, RawQuery(q): RawQuery) -> Response {
     let Ctx { d, p, f } = match context(&st, q.as_deref(), true, render::Shape::Node) {
         Ok(c) => c,
         Err(r) => return r,
@@ -333,7 +277,7 @@ async fn catalog_nodes(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Res
 }
 
 async fn catalog_node(
-    State(st): State<ApiState>,
+    State(st): State<ConsulState>,
     Path(node): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
@@ -383,7 +327,7 @@ async fn catalog_node(
     .await
 }
 
-async fn catalog_datacenters(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Response {
+async fn catalog_datacenters(State(st): State<ConsulState>, RawQuery(q): RawQuery) -> Response {
     let (d, p) = match prepare(&st, q.as_deref()) {
         Ok(x) => x,
         Err(r) => return r,
@@ -409,7 +353,7 @@ async fn catalog_datacenters(State(st): State<ApiState>, RawQuery(q): RawQuery) 
 }
 
 async fn health_service(
-    State(st): State<ApiState>,
+    State(st): State<ConsulState>,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
@@ -441,7 +385,7 @@ async fn health_service(
 }
 
 async fn health_checks(
-    State(st): State<ApiState>,
+    State(st): State<ConsulState>,
     Path(name): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
@@ -461,7 +405,7 @@ async fn health_checks(
 }
 
 async fn health_node(
-    State(st): State<ApiState>,
+    State(st): State<ConsulState>,
     Path(node): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
@@ -485,7 +429,7 @@ async fn health_node(
 }
 
 async fn health_state(
-    State(st): State<ApiState>,
+    State(st): State<ConsulState>,
     Path(state): Path<String>,
     RawQuery(q): RawQuery,
 ) -> Response {
@@ -588,7 +532,7 @@ fn member_json(name: &str, addr: std::net::SocketAddr, status: u8, dc: &str, act
 
 /// This agent and every SWIM member as Consul lists LAN members (Serf
 /// status 1 alive, 4 failed; a suspect member is still alive, as in Serf).
-fn members(st: &ApiState, d: &Discovery) -> Vec<Value> {
+fn members(st: &ConsulState, d: &Discovery) -> Vec<Value> {
     // Node names by actor, looked up once (not once per member).
     let (names, me) = {
         let index = d.catalog.read();
@@ -605,7 +549,7 @@ fn members(st: &ApiState, d: &Discovery) -> Vec<Value> {
             .unwrap_or_else(|| (actor.to_string(), d.node.datacenter.clone()))
     };
     let own_addr = st
-        .cluster
+        .membership
         .as_ref()
         .map(|c| c.advertised())
         .unwrap_or_else(|| std::net::SocketAddr::new(d.node.address, 0));
@@ -616,20 +560,17 @@ fn members(st: &ApiState, d: &Discovery) -> Vec<Value> {
         &d.node.datacenter,
         &me,
     )];
-    if let Some(c) = &st.cluster {
+    if let Some(c) = &st.membership {
         for m in c.members() {
-            let Ok(addr) = m.addr.parse::<std::net::SocketAddr>() else {
-                continue;
-            };
             let (name, dc) = name_of(&m.actor_id);
-            let status = if m.state == "down" { 4 } else { 1 };
-            out.push(member_json(&name, addr, status, &dc, &m.actor_id));
+            let status = if m.down { 4 } else { 1 };
+            out.push(member_json(&name, m.addr, status, &dc, &m.actor_id));
         }
     }
     out
 }
 
-async fn agent_self(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Response {
+async fn agent_self(State(st): State<ConsulState>, RawQuery(q): RawQuery) -> Response {
     let (d, p) = match prepare(&st, q.as_deref()) {
         Ok(x) => x,
         Err(r) => return r,
@@ -655,7 +596,7 @@ async fn agent_self(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Respon
     blocking::plain(&p, body)
 }
 
-async fn agent_members(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Response {
+async fn agent_members(State(st): State<ConsulState>, RawQuery(q): RawQuery) -> Response {
     let (d, p) = match prepare(&st, q.as_deref()) {
         Ok(x) => x,
         Err(r) => return r,
@@ -663,32 +604,32 @@ async fn agent_members(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Res
     blocking::plain(&p, Value::Array(members(&st, &d)))
 }
 
-async fn status_leader(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Response {
+async fn status_leader(State(st): State<ConsulState>, RawQuery(q): RawQuery) -> Response {
     let (d, p) = match prepare(&st, q.as_deref()) {
         Ok(x) => x,
         Err(r) => return r,
     };
     // No leader: every agent answers for itself.
-    let port = st.cluster.as_ref().map_or(0, |c| c.advertised().port());
+    let port = st.membership.as_ref().map_or(0, |c| c.advertised().port());
     blocking::plain(
         &p,
         json!(std::net::SocketAddr::new(d.node.address, port).to_string()),
     )
 }
 
-async fn status_peers(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Response {
+async fn status_peers(State(st): State<ConsulState>, RawQuery(q): RawQuery) -> Response {
     let (d, p) = match prepare(&st, q.as_deref()) {
         Ok(x) => x,
         Err(r) => return r,
     };
-    let Some(c) = st.cluster.as_ref() else {
+    let Some(c) = st.membership.as_ref() else {
         return blocking::plain(&p, json!([]));
     };
     // Member addresses by actor, looked up once (not once per node).
     let addrs: std::collections::HashMap<String, String> = c
         .members()
         .into_iter()
-        .map(|m| (m.actor_id, m.addr))
+        .map(|m| (m.actor_id, m.addr.to_string()))
         .collect();
     let own = std::net::SocketAddr::new(d.node.address, c.advertised().port()).to_string();
     let index = d.catalog.read();
@@ -707,18 +648,4 @@ async fn status_peers(State(st): State<ApiState>, RawQuery(q): RawQuery) -> Resp
     peers.sort();
     peers.dedup();
     blocking::plain(&p, json!(peers))
-}
-
-/// Consul's headers on every answer.
-pub(crate) fn consul_headers(resp: &mut Response, index: u64) {
-    let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&index.to_string()) {
-        h.insert("x-consul-index", v);
-    }
-    h.insert("x-consul-knownleader", HeaderValue::from_static("true"));
-    h.insert("x-consul-lastcontact", HeaderValue::from_static("0"));
-    h.insert(
-        "x-consul-effective-consistency",
-        HeaderValue::from_static("stale"),
-    );
 }

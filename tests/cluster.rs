@@ -209,7 +209,7 @@ fn tls(node: &Node, certs: &std::path::Path, server: &std::path::Path) {
 
 fn generate(dir: &std::path::Path) {
     let run = |args: &[&str]| {
-        let out = std::process::Command::new(common::BIN)
+        let out = std::process::Command::new(&*common::BIN)
             .args(args)
             .output()
             .unwrap();

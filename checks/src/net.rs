@@ -1,0 +1,394 @@
+//! The real probes: HTTP (reqwest), TCP, UDP, script and OS service checks,
+//! with Consul's outcomes and output texts.
+//!
+//! | kind | passing | warning | critical |
+//! |---|---|---|---|
+//! | HTTP | 2xx | 429 | anything else, errors |
+//! | TCP | connected | | refused, timeout |
+//! | UDP | an answer, or no answer within the timeout | | an error (ICMP unreachable) |
+//! | script | exit 0 | exit 1 | other codes, timeout |
+//! | OS service | `systemctl is-active` says active | unknown | inactive, failed |
+//!
+//! gRPC, H2PING, Docker and TCP-with-TLS checks are decoded and stored but
+//! this build cannot run them: they report critical with a message saying
+//! so (and registration refuses them before that, see the registry).
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+
+use parking_lot::Mutex;
+use tokio::io::AsyncReadExt;
+
+use crate::definition::{CheckDefinition, Http, Kind};
+use crate::output;
+use crate::probe::{AliasSource, Outcome, ProbeFuture, Prober};
+use crate::status::Status;
+
+/// Probes over the network and this host's processes.
+pub struct NetProber {
+    clients: Mutex<HashMap<(bool, bool), reqwest::Client>>,
+    alias: Option<Arc<dyn AliasSource>>,
+    node: String,
+}
+
+impl NetProber {
+    /// `node`: this agent's node name (alias checks without `AliasNode`
+    /// look there); `alias`: where alias checks read health.
+    pub fn new(node: String, alias: Option<Arc<dyn AliasSource>>) -> NetProber {
+        // reqwest builds a TLS configuration even for plain HTTP; it must
+        // find the one crypto provider the process uses (ring).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        NetProber {
+            clients: Mutex::new(HashMap::new()),
+            alias,
+            node,
+        }
+    }
+
+    /// A shared client per (skip TLS verification, follow redirects):
+    /// thousands of checks share a handful of clients, as they share no
+    /// connections (keep-alive is off, as Consul's).
+    fn client(&self, skip_verify: bool, redirects: bool) -> Result<reqwest::Client, String> {
+        let mut clients = self.clients.lock();
+        if let Some(c) = clients.get(&(skip_verify, redirects)) {
+            return Ok(c.clone());
+        }
+        let c = reqwest::Client::builder()
+            .no_proxy()
+            .pool_max_idle_per_host(0)
+            .danger_accept_invalid_certs(skip_verify)
+            .redirect(if redirects {
+                reqwest::redirect::Policy::limited(10)
+            } else {
+                reqwest::redirect::Policy::none()
+            })
+            .build()
+            .map_err(|e| chain(&e))?;
+        clients.insert((skip_verify, redirects), c.clone());
+        Ok(c)
+    }
+}
+
+impl Prober for NetProber {
+    fn probe(&self, check: Arc<CheckDefinition>) -> ProbeFuture {
+        let timeout = check.effective_timeout();
+        let max = check.output_max_size;
+        match &check.kind {
+            Kind::Http(h) => {
+                let client = self.client(check.tls_skip_verify, !h.disable_redirects);
+                let h = h.clone();
+                Box::pin(async move {
+                    match client {
+                        Ok(c) => http(c, h, timeout, max).await,
+                        Err(e) => Outcome::new(Status::Critical, e),
+                    }
+                })
+            }
+            Kind::Tcp {
+                addr,
+                use_tls: false,
+            } => Box::pin(tcp(addr.clone(), timeout)),
+            Kind::Udp { addr } => Box::pin(udp(addr.clone(), timeout)),
+            Kind::Script { args } => Box::pin(script(args.clone(), timeout, max)),
+            Kind::OsService { name } => Box::pin(os_service(name.clone(), timeout)),
+            Kind::Alias { service, node } => {
+                let node = if node.is_empty() {
+                    self.node.clone()
+                } else {
+                    node.clone()
+                };
+                let found = self
+                    .alias
+                    .as_ref()
+                    .and_then(|a| a.service_health(&node, service));
+                let name = check.name.clone();
+                let service = service.clone();
+                Box::pin(async move { alias(&name, &service, found) })
+            }
+            other => {
+                let kind = other.type_name();
+                Box::pin(async move {
+                    Outcome::new(
+                        Status::Critical,
+                        format!("{kind} checks cannot be run by this agent"),
+                    )
+                })
+            }
+        }
+    }
+}
+
+/// An error with its causes, as one line (`a: b: c`).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let t = s.to_string();
+        if !out.contains(&t) {
+            out.push_str(": ");
+            out.push_str(&t);
+        }
+        source = s.source();
+    }
+    out
+}
+
+async fn http(client: reqwest::Client, h: Http, timeout: Duration, max: usize) -> Outcome {
+    let method = match reqwest::Method::from_bytes(h.method.as_bytes()) {
+        Ok(m) => m,
+        Err(_) => {
+            return Outcome::new(
+                Status::Critical,
+                format!("net/http: invalid method {:?}", h.method),
+            );
+        }
+    };
+    let mut req = client
+        .request(method, &h.url)
+        .timeout(timeout)
+        .header(reqwest::header::USER_AGENT, "Consul Health Check")
+        .header(reqwest::header::ACCEPT, "text/plain, text/*, */*")
+        .header(reqwest::header::CONNECTION, "close");
+    for (name, values) in &h.headers {
+        for v in values {
+            req = req.header(name.as_str(), v.as_str());
+        }
+    }
+    if !h.body.is_empty() {
+        req = req.body(h.body.clone());
+    }
+    let verb = &h.method;
+    let url = &h.url;
+    let mut resp = match req.send().await {
+        Ok(r) => r,
+        Err(e) => {
+            return Outcome::new(
+                Status::Critical,
+                format!("{}: {}", title_verb(verb, url), chain(&e)),
+            );
+        }
+    };
+    // Keep the body's last `max` bytes; a body longer than that, or one
+    // that never ends, costs `max` bytes and the timeout at most.
+    let mut tail: Vec<u8> = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                tail.extend_from_slice(&c);
+                if tail.len() > 2 * max.max(1) {
+                    tail.drain(..tail.len() - max);
+                }
+            }
+            Ok(None) => break,
+            Err(e) => {
+                return Outcome::new(
+                    Status::Critical,
+                    format!("{}: {}", title_verb(verb, url), chain(&e)),
+                );
+            }
+        }
+    }
+    let code = resp.status();
+    let status_text = match code.canonical_reason() {
+        Some(r) => format!("{} {r}", code.as_u16()),
+        None => code.as_u16().to_string(),
+    };
+    let status = if code.is_success() {
+        Status::Passing
+    } else if code.as_u16() == 429 {
+        Status::Warning
+    } else {
+        Status::Critical
+    };
+    Outcome::new(
+        status,
+        format!(
+            "HTTP {verb} {url}: {status_text} Output: {}",
+            output::tail(&tail, max)
+        ),
+    )
+}
+
+/// Go's error prefix for a failed request: `Get "http://…"`.
+fn title_verb(verb: &str, url: &str) -> String {
+    let mut v = verb.to_ascii_lowercase();
+    if let Some(first) = v.get_mut(..1) {
+        first.make_ascii_uppercase();
+    }
+    format!("{v} {url:?}")
+}
+
+async fn tcp(addr: String, timeout: Duration) -> Outcome {
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr.as_str())).await {
+        Ok(Ok(_)) => Outcome::new(Status::Passing, format!("TCP connect {addr}: Success")),
+        Ok(Err(e)) => Outcome::new(Status::Critical, format!("dial tcp {addr}: {e}")),
+        Err(_) => Outcome::new(Status::Critical, format!("dial tcp {addr}: i/o timeout")),
+    }
+}
+
+async fn udp(addr: String, timeout: Duration) -> Outcome {
+    let fail =
+        |e: &dyn std::fmt::Display| Outcome::new(Status::Critical, format!("dial udp {addr}: {e}"));
+    let target = match tokio::net::lookup_host(addr.as_str()).await {
+        Ok(mut a) => match a.next() {
+            Some(t) => t,
+            None => return fail(&"no address"),
+        },
+        Err(e) => return fail(&e),
+    };
+    let bind = if target.is_ipv4() {
+        "0.0.0.0:0"
+    } else {
+        "[::]:0"
+    };
+    let sock = match tokio::net::UdpSocket::bind(bind).await {
+        Ok(s) => s,
+        Err(e) => return fail(&e),
+    };
+    if let Err(e) = sock.connect(target).await {
+        return fail(&e);
+    }
+    if let Err(e) = sock.send(b"\n").await {
+        return fail(&e);
+    }
+    let mut buf = [0u8; 1];
+    let ok = Outcome::new(Status::Passing, format!("UDP connect {addr}: Success"));
+    match tokio::time::timeout(timeout, sock.recv(&mut buf)).await {
+        Ok(Ok(_)) => ok,
+        // No answer is not a failure (as Consul): only an error (an ICMP
+        // port unreachable, "connection refused") is.
+        Err(_) => ok,
+        Ok(Err(e)) => Outcome::new(Status::Critical, format!("read udp {addr}: {e}")),
+    }
+}
+
+async fn script(args: Vec<String>, timeout: Duration, max: usize) -> Outcome {
+    let Some((program, rest)) = args.split_first() else {
+        return Outcome::new(Status::Critical, "no program to run");
+    };
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(rest)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(e) => {
+            return Outcome::new(Status::Critical, format!("Failed to start {program}: {e}"));
+        }
+    };
+    let pid = child.id();
+    let out = child.stdout.take();
+    let err = child.stderr.take();
+    let buf = Arc::new(Mutex::new(Vec::<u8>::new()));
+    let total = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let drain = |r: Option<Box<dyn tokio::io::AsyncRead + Unpin + Send>>| {
+        let buf = buf.clone();
+        let total = total.clone();
+        async move {
+            let Some(mut r) = r else { return };
+            let mut chunk = [0u8; 4096];
+            while let Ok(n) = r.read(&mut chunk).await {
+                if n == 0 {
+                    break;
+                }
+                total.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+                let mut b = buf.lock();
+                b.extend_from_slice(&chunk[..n]);
+                if b.len() > 2 * max.max(1) {
+                    let cut = b.len() - max;
+                    b.drain(..cut);
+                }
+            }
+        }
+    };
+    let run = async {
+        let a = drain(out.map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Unpin + Send>));
+        let b = drain(err.map(|o| Box::new(o) as Box<dyn tokio::io::AsyncRead + Unpin + Send>));
+        let (_, _, status) = tokio::join!(a, b, child.wait());
+        status
+    };
+    let status = match tokio::time::timeout(timeout, run).await {
+        Ok(s) => s,
+        Err(_) => {
+            // The whole process group: a shell's children go too.
+            if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
+                let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+            }
+            return Outcome::new(
+                Status::Critical,
+                format!(
+                    "Timed out ({}) running check",
+                    crate::duration::format(timeout)
+                ),
+            );
+        }
+    };
+    let bytes = buf.lock().clone();
+    let total = total.load(std::sync::atomic::Ordering::Relaxed);
+    let kept = output::tail(&bytes, max);
+    let text = if total as usize > max {
+        format!("Captured {} of {total} bytes\n...\n{kept}", kept.len())
+    } else {
+        kept
+    };
+    match status {
+        Ok(s) if s.success() => Outcome::new(Status::Passing, text),
+        Ok(s) if s.code() == Some(1) => Outcome::new(Status::Warning, text),
+        Ok(_) => Outcome::new(Status::Critical, text),
+        Err(e) => Outcome::new(Status::Critical, format!("Failed to run {program}: {e}")),
+    }
+}
+
+async fn os_service(name: String, timeout: Duration) -> Outcome {
+    let run = tokio::process::Command::new("systemctl")
+        .args(["is-active", "--", &name])
+        .stdin(Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(out)) => {
+            let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            match state.as_str() {
+                "active" => Outcome::new(Status::Passing, format!("Service \"{name}\" is healthy")),
+                "inactive" | "failed" | "deactivating" => Outcome::new(
+                    Status::Critical,
+                    format!("Service \"{name}\" is not running ({state})"),
+                ),
+                _ => Outcome::new(
+                    Status::Warning,
+                    format!("Service \"{name}\" is in an unknown state ({state})"),
+                ),
+            }
+        }
+        Ok(Err(e)) => Outcome::new(
+            Status::Warning,
+            format!("Service \"{name}\": systemctl is not available: {e}"),
+        ),
+        Err(_) => Outcome::new(
+            Status::Critical,
+            format!(
+                "Timed out ({}) asking systemd about \"{name}\"",
+                crate::duration::format(timeout)
+            ),
+        ),
+    }
+}
+
+fn alias(name: &str, service: &str, found: Option<(Status, String)>) -> Outcome {
+    match found {
+        None => Outcome::new(
+            Status::Critical,
+            format!("Service {service} could not be found"),
+        ),
+        Some((Status::Passing, _)) => Outcome::new(Status::Passing, "All checks passing."),
+        Some((s, out)) if out.is_empty() => {
+            Outcome::new(s, format!("Aliased check {name:?} failing"))
+        }
+        Some((s, out)) => Outcome::new(s, format!("Aliased check {name:?} failing: {out}")),
+    }
+}

@@ -1,0 +1,218 @@
+//! The real probes against real servers the test starts on loopback: HTTP
+//! (passing, 429 warning, 500 critical, refused), TCP, UDP, and script
+//! checks (exit codes, output, timeout).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use corro_checks::net::NetProber;
+use corro_checks::{CheckDefinition, Prober, Status};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+fn def(json: serde_json::Value) -> Arc<CheckDefinition> {
+    Arc::new(
+        CheckDefinition::decode(json.as_object().expect("an object"))
+            .expect("a valid check")
+            .expect("not empty"),
+    )
+}
+
+/// An HTTP/1.1 server answering every request with `code` and `body`,
+/// after checking the request carries Consul's user agent.
+async fn http_server(code: u16, reason: &'static str, body: &'static str) -> String {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let addr = l.local_addr().expect("its address");
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let (code, reason) = if req.contains("User-Agent: Consul Health Check")
+                    || req.contains("user-agent: Consul Health Check")
+                {
+                    (code, reason)
+                } else {
+                    (400, "Bad Request")
+                };
+                let resp = format!(
+                    "HTTP/1.1 {code} {reason}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    format!("http://{addr}/health")
+}
+
+#[tokio::test]
+async fn http_status_codes_map_as_consuls() {
+    let p = NetProber::new("n1".into(), None);
+    for (code, reason, want) in [
+        (200, "OK", Status::Passing),
+        (204, "No Content", Status::Passing),
+        (429, "Too Many Requests", Status::Warning),
+        (500, "Internal Server Error", Status::Critical),
+        (404, "Not Found", Status::Critical),
+    ] {
+        let url = http_server(code, reason, "body text").await;
+        let o = p
+            .probe(def(
+                serde_json::json!({"Name": "h", "HTTP": url, "Interval": "10s"}),
+            ))
+            .await;
+        assert_eq!(o.status, want, "{code}: {}", o.output);
+        // A 204 has no body, whatever the server sends after it.
+        let body = if code == 204 { "" } else { "body text" };
+        assert_eq!(
+            o.output,
+            format!("HTTP GET {url}: {code} {reason} Output: {body}")
+        );
+    }
+}
+
+#[tokio::test]
+async fn http_refused_and_timeout_are_critical() {
+    let p = NetProber::new("n1".into(), None);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let o = p
+        .probe(def(serde_json::json!({"Name": "h",
+            "HTTP": format!("http://127.0.0.1:{port}/"), "Interval": "10s"})))
+        .await;
+    assert_eq!(o.status, Status::Critical);
+    assert!(
+        o.output
+            .starts_with(&format!("Get \"http://127.0.0.1:{port}/\"")),
+        "{}",
+        o.output
+    );
+    // A server that accepts and never answers: the check's timeout.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let _keep = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let started = std::time::Instant::now();
+    let o = p
+        .probe(def(
+            serde_json::json!({"Name": "h", "HTTP": format!("http://{addr}/"),
+            "Interval": "10s", "Timeout": "300ms"}),
+        ))
+        .await;
+    assert_eq!(o.status, Status::Critical, "{}", o.output);
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn tcp_open_and_closed() {
+    let p = NetProber::new("n1".into(), None);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let o = p
+        .probe(def(
+            serde_json::json!({"Name": "t", "TCP": addr.to_string(), "Interval": "10s"}),
+        ))
+        .await;
+    assert_eq!(o.status, Status::Passing);
+    assert_eq!(o.output, format!("TCP connect {addr}: Success"));
+    drop(l);
+    let o = p
+        .probe(def(
+            serde_json::json!({"Name": "t", "TCP": addr.to_string(), "Interval": "10s"}),
+        ))
+        .await;
+    assert_eq!(o.status, Status::Critical, "{}", o.output);
+}
+
+#[tokio::test]
+async fn udp_answer_or_silence_passes_refusal_fails() {
+    let p = NetProber::new("n1".into(), None);
+    let server = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let addr = server.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut b = [0u8; 64];
+        while let Ok((_, from)) = server.recv_from(&mut b).await {
+            let _ = server.send_to(b"ok", from).await;
+        }
+    });
+    let o = p
+        .probe(def(
+            serde_json::json!({"Name": "u", "UDP": addr.to_string(),
+            "Interval": "10s", "Timeout": "1s"}),
+        ))
+        .await;
+    assert_eq!(o.status, Status::Passing);
+    assert_eq!(o.output, format!("UDP connect {addr}: Success"));
+    // Nothing listening: loopback answers with ICMP port unreachable.
+    let gone = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let gone_addr = gone.local_addr().unwrap();
+    drop(gone);
+    let o = p
+        .probe(def(
+            serde_json::json!({"Name": "u", "UDP": gone_addr.to_string(),
+            "Interval": "10s", "Timeout": "1s"}),
+        ))
+        .await;
+    assert_eq!(o.status, Status::Critical, "{}", o.output);
+}
+
+#[tokio::test]
+async fn scripts_exit_codes_output_and_timeout() {
+    let p = NetProber::new("n1".into(), None);
+    let run = |args: serde_json::Value, timeout: &str| {
+        def(serde_json::json!({"Name": "s", "Args": args, "Interval": "10s", "Timeout": timeout}))
+    };
+    let o = p
+        .probe(run(serde_json::json!(["sh", "-c", "echo fine"]), "5s"))
+        .await;
+    assert_eq!((o.status, o.output.as_str()), (Status::Passing, "fine\n"));
+    let o = p
+        .probe(run(
+            serde_json::json!(["sh", "-c", "echo meh >&2; exit 1"]),
+            "5s",
+        ))
+        .await;
+    assert_eq!((o.status, o.output.as_str()), (Status::Warning, "meh\n"));
+    let o = p
+        .probe(run(serde_json::json!(["sh", "-c", "exit 2"]), "5s"))
+        .await;
+    assert_eq!(o.status, Status::Critical);
+    let started = std::time::Instant::now();
+    let o = p
+        .probe(run(
+            serde_json::json!(["sh", "-c", "sleep 30 & sleep 30"]),
+            "300ms",
+        ))
+        .await;
+    assert_eq!(o.status, Status::Critical);
+    assert_eq!(o.output, "Timed out (300ms) running check");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    let o = p
+        .probe(run(serde_json::json!(["/nonexistent/program"]), "5s"))
+        .await;
+    assert_eq!(o.status, Status::Critical);
+    // Output beyond 4 KiB keeps the tail and says how much there was.
+    let o = p
+        .probe(run(
+            serde_json::json!(["sh", "-c", "head -c 10000 /dev/zero | tr '\\0' x; echo END"]),
+            "5s",
+        ))
+        .await;
+    assert!(
+        o.output.starts_with("Captured 4096 of 10004 bytes\n...\n"),
+        "{}",
+        &o.output[..60]
+    );
+    assert!(o.output.ends_with("END\n"));
+}
