@@ -58,6 +58,54 @@ pub(crate) struct Config {
     /// Templates the agent keeps rendered (`[[template]]` blocks).
     #[serde(default)]
     pub template: Vec<TemplateConfig>,
+    /// Native registration and the checks the agent runs.
+    #[serde(default)]
+    pub services: ServicesConfig,
+}
+
+/// `[services]`: this host's services registered with the agent itself
+/// (Consul's agent API) and the health checks it runs for them.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct ServicesConfig {
+    /// Script (`args`) checks registered through the API or files
+    /// (Consul's `enable_script_checks`; off: any local process could run
+    /// programs as the agent's user).
+    #[serde(default)]
+    pub enable_script_checks: bool,
+    /// Script checks from service definition files only (Consul's
+    /// `enable_local_script_checks`).
+    #[serde(default)]
+    pub enable_local_script_checks: bool,
+    /// Longest wait before an output-only check change is replicated
+    /// (Consul's `check_update_interval`, 5 m); status changes go at once.
+    #[serde(
+        default = "default_check_update_interval",
+        deserialize_with = "crate::consul::duration::deserialize"
+    )]
+    pub check_update_interval: std::time::Duration,
+    /// Check probes in flight at once.
+    #[serde(default = "default_max_concurrent_probes")]
+    pub max_concurrent_probes: usize,
+}
+
+impl Default for ServicesConfig {
+    fn default() -> Self {
+        ServicesConfig {
+            enable_script_checks: false,
+            enable_local_script_checks: false,
+            check_update_interval: default_check_update_interval(),
+            max_concurrent_probes: default_max_concurrent_probes(),
+        }
+    }
+}
+
+fn default_check_update_interval() -> std::time::Duration {
+    std::time::Duration::from_secs(300)
+}
+
+fn default_max_concurrent_probes() -> usize {
+    512
 }
 
 /// `[[template]]`: a template the agent renders itself (the same as

@@ -382,6 +382,18 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         );
         crate::tasks::spawn(async move { bound.stopped().await });
     }
+    let registry = {
+        let mut cfg = corro_registry::RegistryConfig::new(
+            discovery.node.name.clone(),
+            discovery.node.datacenter.clone(),
+        );
+        cfg.enable_script_checks = config.services.enable_script_checks;
+        cfg.enable_local_script_checks = config.services.enable_local_script_checks;
+        cfg.check_update_interval = config.services.check_update_interval;
+        cfg.max_concurrent_probes = config.services.max_concurrent_probes.max(1);
+        corro_registry::Registry::start(store.clone(), discovery.catalog.clone(), cfg, stop.clone())
+            .context("starting the native service registry")?
+    };
     let token: Option<Arc<str>> = config.api.authz.bearer_token.as_deref().map(Arc::from);
     let consul = corro_consul_api::ConsulState::new(corro_consul_api::Shared {
         catalog: discovery.catalog.clone(),
@@ -395,6 +407,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         answers: corro_consul_api::AnswerCache::new(config.consul.cache_max_bytes),
         stop: stop.clone(),
         membership: Some(Arc::new(cluster.clone())),
+        registry: Some(registry),
     });
     let state = ApiState::new(api::ApiShared {
         store: store.clone(),

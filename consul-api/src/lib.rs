@@ -21,10 +21,14 @@
 //! Errors are plain text with Consul's status codes: 400 bad parameters,
 //! 403 wrong token, 404 unknown route, 500 another datacenter.
 //!
+//! - [`agent`](mod@agent): the agent's own services and checks (register,
+//!   deregister, TTL updates, maintenance, agent-local reads), answered by
+//!   the native registry (`corro-registry`).
+//!
 //! Out of scope here: the listener and its connection limits (the agent's),
-//! writing rows (the bridge, and the agent write routes of the native
-//! registration stage).
+//! the registry itself and the Consul bridge.
 
+mod agent;
 mod blocking;
 pub use corro_checks::duration;
 mod filter;
@@ -90,6 +94,9 @@ pub struct Shared {
     /// Cancelled on shutdown: held blocking queries return at once.
     pub stop: CancellationToken,
     pub membership: Option<Arc<dyn Membership>>,
+    /// This host's native registrations (`None`: no discovery tables, the
+    /// agent write routes answer 503).
+    pub registry: Option<corro_registry::Registry>,
 }
 
 impl ConsulState {
@@ -108,6 +115,7 @@ impl std::ops::Deref for ConsulState {
 /// The Consul routes with the token check, state applied.
 pub fn router(state: ConsulState) -> Router {
     routes::routes()
+        .merge(agent::routes())
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }

@@ -1,0 +1,213 @@
+//! This agent's registrations as plain data: services, checks with their
+//! current state, maintenance flags, and the rows they mean in the
+//! replicated tables. No IO here; [`crate::Registry`] drives it.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use corro_checks::{CheckDefinition, Status};
+use serde_json::{Value, json};
+
+use crate::service::ServiceDefinition;
+
+/// Consul's maintenance check IDs and default reasons.
+pub const NODE_MAINT_ID: &str = "_node_maintenance";
+pub const SERVICE_MAINT_PREFIX: &str = "_service_maintenance:";
+pub const DEFAULT_NODE_MAINT_REASON: &str = "Maintenance mode is enabled for this node, but no reason was provided. This is a default message.";
+pub const DEFAULT_SERVICE_MAINT_REASON: &str = "Maintenance mode is enabled for this service, but no reason was provided. This is a default message.";
+
+/// Where a service came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// The agent API or the CLI.
+    Api,
+    /// A service definition file.
+    File(String),
+}
+
+#[derive(Clone, Debug)]
+pub struct LocalService {
+    pub def: ServiceDefinition,
+    /// The registration body as received (saved and restored as is).
+    pub raw: Value,
+    pub origin: Origin,
+}
+
+#[derive(Clone, Debug)]
+pub struct LocalCheck {
+    pub def: CheckDefinition,
+    /// The body of a check registered on its own (`None`: a service's).
+    pub raw: Option<Value>,
+    pub status: Status,
+    /// The latest output (served by this agent's API).
+    pub output: String,
+    /// The output the replicated row carries (updated with every status
+    /// change, and lazily for output-only changes).
+    pub published_output: String,
+    /// When a pending output-only change gets published.
+    pub output_due: Option<Instant>,
+    /// Since when the check has been critical (for
+    /// `DeregisterCriticalServiceAfter`; tracked locally only, as Consul).
+    pub critical_since: Option<Instant>,
+    /// TTL checks: wall-clock expiry (ms), saved for restarts.
+    pub ttl_expires_at_ms: Option<i64>,
+}
+
+/// A row of `consul_checks` as this agent wants it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CheckRow {
+    pub service_id: String,
+    pub service_name: String,
+    pub name: String,
+    pub status: String,
+    pub output: String,
+    pub notes: String,
+    pub kind: String,
+}
+
+/// Everything registered here.
+#[derive(Default, Debug)]
+pub struct Local {
+    pub services: BTreeMap<String, LocalService>,
+    pub checks: BTreeMap<String, LocalCheck>,
+    /// Maintenance reasons: `""` for the node, else a service ID.
+    pub maintenance: BTreeMap<String, String>,
+}
+
+impl Local {
+    /// The check rows this agent wants replicated (maintenance included).
+    pub fn check_rows(&self) -> BTreeMap<String, CheckRow> {
+        let mut out = BTreeMap::new();
+        for (id, c) in &self.checks {
+            let service_name = self
+                .services
+                .get(&c.def.service_id)
+                .map(|s| s.def.name.clone())
+                .unwrap_or_default();
+            out.insert(
+                id.clone(),
+                CheckRow {
+                    service_id: c.def.service_id.clone(),
+                    service_name,
+                    name: c.def.name.clone(),
+                    status: c.status.as_str().to_string(),
+                    output: c.published_output.clone(),
+                    notes: c.def.notes.clone(),
+                    kind: c.def.kind.type_name().to_string(),
+                },
+            );
+        }
+        for (target, reason) in &self.maintenance {
+            let (id, row) = maintenance_row(self, target, reason);
+            out.insert(id, row);
+        }
+        out
+    }
+
+    /// The checks `/v1/agent/checks` lists, as Consul's `HealthCheck`.
+    pub fn checks_json(&self, node: &str) -> BTreeMap<String, Value> {
+        let rows = self.check_rows();
+        rows.into_iter()
+            .map(|(id, row)| {
+                let local = self.checks.get(&id);
+                let tags = self
+                    .services
+                    .get(&row.service_id)
+                    .map(|s| json!(s.def.tags))
+                    .unwrap_or(json!([]));
+                let (interval, timeout, definition) = match local {
+                    Some(c) => (
+                        corro_checks::duration::format(c.def.interval),
+                        corro_checks::duration::format(c.def.timeout.unwrap_or_default()),
+                        c.def.definition_json(),
+                    ),
+                    None => ("".into(), "".into(), json!({})),
+                };
+                let output = local.map_or(row.output.clone(), |c| c.output.clone());
+                let v = json!({
+                    "Node": node,
+                    "CheckID": id,
+                    "Name": row.name,
+                    "Status": row.status,
+                    "Notes": row.notes,
+                    "Output": output,
+                    "ServiceID": row.service_id,
+                    "ServiceName": row.service_name,
+                    "ServiceTags": tags,
+                    "Type": row.kind,
+                    "Interval": interval,
+                    "Timeout": timeout,
+                    "ExposedPort": 0,
+                    "Definition": definition,
+                    "CreateIndex": 0,
+                    "ModifyIndex": 0,
+                });
+                (id, v)
+            })
+            .collect()
+    }
+
+    /// A service's checks (its own and its maintenance check), as
+    /// `HealthCheck` objects, and the worst status (`maintenance` when a
+    /// maintenance check is on it or the node).
+    pub fn service_health(&self, node: &str, service_id: &str) -> (String, Vec<Value>) {
+        let all = self.checks_json(node);
+        let mut worst = Status::Passing;
+        let mut maint = false;
+        let mut list = Vec::new();
+        for (id, c) in all {
+            let mine = c["ServiceID"] == service_id;
+            let node_maint = id == NODE_MAINT_ID;
+            if !mine && !node_maint {
+                continue;
+            }
+            if id == NODE_MAINT_ID || id.starts_with(SERVICE_MAINT_PREFIX) {
+                maint = true;
+            }
+            if let Some(s) = c["Status"].as_str().and_then(Status::parse) {
+                worst = worst.worst(s);
+            }
+            list.push(c);
+        }
+        let status = if maint {
+            "maintenance".to_string()
+        } else {
+            worst.as_str().to_string()
+        };
+        (status, list)
+    }
+}
+
+fn maintenance_row(local: &Local, target: &str, reason: &str) -> (String, CheckRow) {
+    if target.is_empty() {
+        (
+            NODE_MAINT_ID.to_string(),
+            CheckRow {
+                service_id: String::new(),
+                service_name: String::new(),
+                name: "Node Maintenance Mode".into(),
+                status: "critical".into(),
+                output: String::new(),
+                notes: reason.to_string(),
+                kind: "maintenance".into(),
+            },
+        )
+    } else {
+        (
+            format!("{SERVICE_MAINT_PREFIX}{target}"),
+            CheckRow {
+                service_id: target.to_string(),
+                service_name: local
+                    .services
+                    .get(target)
+                    .map(|s| s.def.name.clone())
+                    .unwrap_or_default(),
+                name: "Service Maintenance Mode".into(),
+                status: "critical".into(),
+                output: String::new(),
+                notes: reason.to_string(),
+                kind: "maintenance".into(),
+            },
+        )
+    }
+}

@@ -1,0 +1,1030 @@
+//! The registry: this agent's registrations ([`Local`]), the check runner
+//! that keeps their state, the host-local table that keeps them across
+//! restarts, and the replicated rows (`source = 'native'`) other agents see.
+//!
+//! Replication economy (Consul's anti-entropy, issue "Consul removable" §4):
+//! a status change is written at once; an output-only change is kept here
+//! (this agent's API shows it) and written when a status changes or after
+//! `check_update_interval/2 + rand(check_update_interval)`. Rows are
+//! compared with the catalog before writing: 1,000 steady checks write
+//! nothing.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use corro_catalog::Catalog;
+use corro_checks::runner::Start;
+use corro_checks::{
+    AliasSource, CheckDefinition, CheckError, Kind, Runner, RunnerConfig, Status, Update,
+};
+use corro_store::{SqlValue, Store};
+use parking_lot::Mutex;
+use rand::Rng;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, watch};
+use tokio_util::sync::CancellationToken;
+
+use crate::local::{
+    CheckRow, DEFAULT_NODE_MAINT_REASON, DEFAULT_SERVICE_MAINT_REASON, Local, LocalCheck,
+    LocalService, Origin,
+};
+use crate::persist::{self, RowKind, Write};
+use crate::service::ServiceDefinition;
+
+/// The `source` of rows written here.
+pub const SOURCE: &str = "native";
+
+/// Registry settings (the agent's `[services]` section and node identity).
+#[derive(Clone, Debug)]
+pub struct RegistryConfig {
+    pub node: String,
+    pub datacenter: String,
+    /// Script checks from the API and files (Consul's `enable_script_checks`).
+    pub enable_script_checks: bool,
+    /// Script checks from definition files only (`enable_local_script_checks`).
+    pub enable_local_script_checks: bool,
+    /// How long an output-only change may wait before it is replicated.
+    pub check_update_interval: Duration,
+    pub max_concurrent_probes: usize,
+}
+
+impl RegistryConfig {
+    pub fn new(node: String, datacenter: String) -> RegistryConfig {
+        RegistryConfig {
+            node,
+            datacenter,
+            enable_script_checks: false,
+            enable_local_script_checks: false,
+            check_update_interval: Duration::from_secs(300),
+            max_concurrent_probes: 512,
+        }
+    }
+}
+
+/// A refused request: the status code Consul would answer and its text.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RegistryError {
+    /// 400
+    #[error("{0}")]
+    BadRequest(String),
+    /// 404
+    #[error("{0}")]
+    NotFound(String),
+    /// 500 (Consul's plain errors: a non-TTL check's TTL update, script
+    /// checks disabled, storage failures)
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn unknown_service(id: &str) -> RegistryError {
+    RegistryError::NotFound(format!(
+        "Unknown service ID {id:?}. Ensure that the service ID is passed, not the service name."
+    ))
+}
+
+fn unknown_check(id: &str) -> RegistryError {
+    // Older Consul answered "does not have associated TTL" for unknown
+    // checks, and SDKs (spring-cloud-consul) match that phrase to
+    // re-register: both texts are kept.
+    RegistryError::NotFound(format!(
+        "Unknown check ID {id:?}. Ensure that the check ID is passed, not the check name. (CheckID {id:?} does not have associated TTL)"
+    ))
+}
+
+fn check_error(e: CheckError) -> RegistryError {
+    RegistryError::BadRequest(match e {
+        CheckError::Decode(m) => format!("Request decode failed: {m}"),
+        CheckError::Invalid(m) => format!("Invalid check: {m}"),
+        CheckError::BadStatus | CheckError::Missing(_) => e.to_string(),
+    })
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+struct Inner {
+    cfg: RegistryConfig,
+    store: Store,
+    catalog: Catalog,
+    runner: Runner,
+    local: Mutex<Local>,
+    /// Serializes changes with their saves (a later change's save never
+    /// lands before an earlier one's).
+    changing: tokio::sync::Mutex<()>,
+    /// Check states to save with the next batch.
+    dirty_states: Mutex<HashSet<String>>,
+    /// Wakes the catalog sync.
+    sync: Notify,
+    /// Bumped on every service change (hash-based blocking reads wait on it).
+    generation: watch::Sender<u64>,
+}
+
+/// Handle to the registry (cheap to clone).
+#[derive(Clone)]
+pub struct Registry {
+    inner: Arc<Inner>,
+}
+
+/// Alias checks read health here: local state for this node, the catalog
+/// for others.
+struct Alias(Mutex<Weak<Inner>>);
+
+impl AliasSource for Alias {
+    fn service_health(&self, node: &str, service_id: &str) -> Option<(Status, String)> {
+        let inner = self.0.lock().upgrade()?;
+        if corro_catalog::same_name(node, &inner.cfg.node) {
+            let local = inner.local.lock();
+            local.services.get(service_id)?;
+            let mut worst = (Status::Passing, String::new());
+            for (id, row) in local.check_rows() {
+                if row.service_id == service_id || row.service_id.is_empty() {
+                    let s = Status::parse(&row.status).unwrap_or(Status::Critical);
+                    if s > worst.0 {
+                        let out = local
+                            .checks
+                            .get(&id)
+                            .map_or(row.notes, |c| c.output.clone());
+                        worst = (s, out);
+                    }
+                }
+            }
+            return Some(worst);
+        }
+        let index = inner.catalog.read();
+        index
+            .node_instances(node)
+            .iter()
+            .find(|i| i.service.id == service_id)?;
+        let mut worst = (Status::Passing, String::new());
+        for c in index.node_checks(node) {
+            if c.service_id == service_id || c.service_id.is_empty() {
+                let s = Status::parse(c.status.as_str()).unwrap_or(Status::Critical);
+                if s > worst.0 {
+                    worst = (s, c.output.clone());
+                }
+            }
+        }
+        Some(worst)
+    }
+}
+
+impl Registry {
+    /// Loads saved registrations, starts their checks and the tasks that
+    /// keep the replicated rows in step. Blocks briefly (one read).
+    pub fn start(
+        store: Store,
+        catalog: Catalog,
+        cfg: RegistryConfig,
+        stop: CancellationToken,
+    ) -> Result<Registry, RegistryError> {
+        let alias = Arc::new(Alias(Mutex::new(Weak::new())));
+        let prober = Arc::new(corro_checks::net::NetProber::new(
+            cfg.node.clone(),
+            Some(alias.clone()),
+        ));
+        let (runner, updates, _task) = Runner::start(
+            prober,
+            RunnerConfig {
+                max_concurrent: cfg.max_concurrent_probes,
+            },
+            stop.clone(),
+        );
+        let inner = Arc::new(Inner {
+            cfg,
+            store,
+            catalog,
+            runner,
+            local: Mutex::new(Local::default()),
+            changing: tokio::sync::Mutex::new(()),
+            dirty_states: Mutex::new(HashSet::new()),
+            sync: Notify::new(),
+            generation: watch::channel(0).0,
+        });
+        *alias.0.lock() = Arc::downgrade(&inner);
+        let reg = Registry { inner };
+        reg.restore()?;
+        tokio::spawn(consume(reg.inner.clone(), updates, stop.clone()));
+        tokio::spawn(sync_loop(reg.inner.clone(), stop.clone()));
+        tokio::spawn(tick_loop(reg.inner.clone(), stop));
+        reg.inner.sync.notify_one();
+        Ok(reg)
+    }
+
+    pub fn node(&self) -> &str {
+        &self.inner.cfg.node
+    }
+
+    pub fn datacenter(&self) -> &str {
+        &self.inner.cfg.datacenter
+    }
+
+    fn restore(&self) -> Result<(), RegistryError> {
+        let rows =
+            persist::load(&self.inner.store).map_err(|e| RegistryError::Failed(e.to_string()))?;
+        let mut states: HashMap<String, Value> = HashMap::new();
+        let mut local = Local::default();
+        let mut standalone = Vec::new();
+        for (kind, id, body) in rows {
+            match kind {
+                RowKind::Service => {
+                    let raw = body["body"].clone();
+                    let origin = match body["file"].as_str() {
+                        Some(f) => Origin::File(f.to_string()),
+                        None => Origin::Api,
+                    };
+                    match ServiceDefinition::decode(&raw) {
+                        Ok(def) => {
+                            local
+                                .services
+                                .insert(def.id.clone(), LocalService { def, raw, origin });
+                        }
+                        Err(e) => {
+                            tracing::warn!(service = %id, error = %e, "skipping a saved service that no longer decodes")
+                        }
+                    }
+                }
+                RowKind::Check => standalone.push((id, body["body"].clone())),
+                RowKind::CheckState => {
+                    states.insert(id, body);
+                }
+                RowKind::Maintenance => {
+                    let reason = body["reason"].as_str().unwrap_or_default().to_string();
+                    local.maintenance.insert(id, reason);
+                }
+            }
+        }
+        let mut defs: Vec<(CheckDefinition, Option<Value>)> = Vec::new();
+        for s in local.services.values() {
+            defs.extend(s.def.checks.iter().cloned().map(|c| (c, None)));
+        }
+        for (id, raw) in standalone {
+            match raw.as_object().map(CheckDefinition::decode) {
+                Some(Ok(Some(mut c))) => {
+                    if c.id.is_empty() {
+                        c.id = c.name.clone();
+                    }
+                    defs.push((c, Some(raw)));
+                }
+                _ => tracing::warn!(check = %id, "skipping a saved check that no longer decodes"),
+            }
+        }
+        let now = now_ms();
+        for (def, raw) in defs {
+            let saved = states.get(&def.id);
+            let status = saved
+                .and_then(|s| s["status"].as_str())
+                .and_then(Status::parse)
+                .or(def.initial_status)
+                .unwrap_or(Status::Critical);
+            let output = saved
+                .and_then(|s| s["output"].as_str())
+                .unwrap_or_default()
+                .to_string();
+            let ttl_expires = saved.and_then(|s| s["ttl_expires_at_ms"].as_i64());
+            let ttl_left = ttl_expires.map(|t| Duration::from_millis((t - now).max(0) as u64));
+            self.inner.runner.add(
+                def.clone(),
+                Start {
+                    status,
+                    output: output.clone(),
+                    ttl_left,
+                },
+            );
+            local.checks.insert(
+                def.id.clone(),
+                LocalCheck {
+                    def,
+                    raw,
+                    status,
+                    published_output: output.clone(),
+                    output,
+                    output_due: None,
+                    critical_since: (status == Status::Critical).then(Instant::now),
+                    ttl_expires_at_ms: ttl_expires,
+                },
+            );
+        }
+        tracing::info!(
+            services = local.services.len(),
+            checks = local.checks.len(),
+            "native registrations restored"
+        );
+        *self.inner.local.lock() = local;
+        Ok(())
+    }
+
+    async fn save(&self, writes: Vec<Write>) -> Result<(), RegistryError> {
+        let store = self.inner.store.clone();
+        tokio::task::spawn_blocking(move || persist::save(&store, &writes))
+            .await
+            .map_err(|e| RegistryError::Failed(e.to_string()))?
+            .map_err(|e| RegistryError::Failed(format!("could not save the registration: {e}")))
+    }
+
+    fn changed(&self) {
+        self.inner.generation.send_modify(|g| *g += 1);
+        self.inner.sync.notify_one();
+    }
+
+    fn script_allowed(&self, origin: &Origin) -> bool {
+        self.inner.cfg.enable_script_checks
+            || (matches!(origin, Origin::File(_)) && self.inner.cfg.enable_local_script_checks)
+    }
+
+    fn vet_scripts<'a>(
+        &self,
+        checks: impl IntoIterator<Item = &'a CheckDefinition>,
+        origin: &Origin,
+    ) -> Result<(), RegistryError> {
+        for c in checks {
+            if c.kind.runs_programs() && !self.script_allowed(origin) {
+                return Err(RegistryError::Failed(match origin {
+                    Origin::Api => "Scripts are disabled on this agent from remote calls; to enable, configure 'enable_script_checks' to true".into(),
+                    Origin::File(_) => "Scripts are disabled on this agent; to enable, configure 'enable_script_checks' or 'enable_local_script_checks' to true".into(),
+                }));
+            }
+            if let Kind::Grpc { .. }
+            | Kind::H2Ping { .. }
+            | Kind::Docker { .. }
+            | Kind::Tcp { use_tls: true, .. } = c.kind
+            {
+                return Err(RegistryError::BadRequest(format!(
+                    "Invalid check: {} checks{} are not supported by this agent yet",
+                    c.kind.type_name(),
+                    if matches!(c.kind, Kind::Tcp { .. }) {
+                        " with TLS"
+                    } else {
+                        ""
+                    }
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// `PUT /v1/agent/service/register`: adds or replaces a service and its
+    /// checks. A re-registration keeps the state of checks it keeps;
+    /// `replace_existing_checks` removes the service's checks the body no
+    /// longer lists (without it they stay, as Consul).
+    pub async fn register_service(
+        &self,
+        raw: Value,
+        replace_existing_checks: bool,
+        origin: Origin,
+    ) -> Result<(), RegistryError> {
+        let def = ServiceDefinition::decode(&raw).map_err(|e| RegistryError::BadRequest(e.0))?;
+        self.vet_scripts(&def.checks, &origin)?;
+        let _one = self.inner.changing.lock().await;
+        let mut writes: Vec<Write> = Vec::new();
+        {
+            let mut local = self.inner.local.lock();
+            let listed: HashSet<&str> = def.checks.iter().map(|c| c.id.as_str()).collect();
+            if replace_existing_checks {
+                let drop: Vec<String> = local
+                    .checks
+                    .iter()
+                    .filter(|(id, c)| c.def.service_id == def.id && !listed.contains(id.as_str()))
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                for id in drop {
+                    local.checks.remove(&id);
+                    self.inner.runner.remove(&id);
+                    writes.push(((RowKind::CheckState, id.clone()), None));
+                    writes.push(((RowKind::Check, id), None));
+                }
+            }
+            for c in &def.checks {
+                add_check(&self.inner, &mut local, c.clone(), None, &mut writes);
+            }
+            writes.push((
+                (RowKind::Service, def.id.clone()),
+                Some(json!({"body": raw, "file": match &origin { Origin::File(f) => json!(f), Origin::Api => Value::Null }})),
+            ));
+            local
+                .services
+                .insert(def.id.clone(), LocalService { def, raw, origin });
+        }
+        self.save(writes).await?;
+        self.changed();
+        Ok(())
+    }
+
+    /// `PUT /v1/agent/service/deregister/:id`: the service and its checks.
+    pub async fn deregister_service(&self, id: &str) -> Result<(), RegistryError> {
+        let _one = self.inner.changing.lock().await;
+        let mut writes: Vec<Write> = Vec::new();
+        {
+            let mut local = self.inner.local.lock();
+            if local.services.remove(id).is_none() {
+                return Err(unknown_service(id));
+            }
+            writes.push(((RowKind::Service, id.to_string()), None));
+            let drop: Vec<String> = local
+                .checks
+                .iter()
+                .filter(|(_, c)| c.def.service_id == id)
+                .map(|(cid, _)| cid.clone())
+                .collect();
+            for cid in drop {
+                local.checks.remove(&cid);
+                self.inner.runner.remove(&cid);
+                writes.push(((RowKind::CheckState, cid.clone()), None));
+                writes.push(((RowKind::Check, cid), None));
+            }
+            if local.maintenance.remove(id).is_some() {
+                writes.push(((RowKind::Maintenance, id.to_string()), None));
+            }
+        }
+        self.save(writes).await?;
+        self.changed();
+        Ok(())
+    }
+
+    /// `PUT /v1/agent/check/register`.
+    pub async fn register_check(&self, raw: Value, origin: Origin) -> Result<(), RegistryError> {
+        let obj = raw.as_object().ok_or_else(|| {
+            RegistryError::BadRequest("Request decode failed: expected a JSON object".into())
+        })?;
+        // Consul checks the name before the check's own validation.
+        let named = corro_checks::fields::Fields::new(obj)
+            .string_or_empty(&["name"])
+            .map_err(|e| RegistryError::BadRequest(format!("Request decode failed: {e}")))?;
+        if named.is_empty() {
+            return Err(RegistryError::BadRequest("Missing check name".into()));
+        }
+        let mut def = CheckDefinition::decode(obj)
+            .map_err(check_error)?
+            .ok_or_else(|| {
+                check_error(CheckError::Invalid("TTL must be > 0 for TTL checks".into()))
+            })?;
+        if def.id.is_empty() {
+            def.id = def.name.clone();
+        }
+        self.vet_scripts([&def], &origin)?;
+        let _one = self.inner.changing.lock().await;
+        let mut writes = Vec::new();
+        {
+            let mut local = self.inner.local.lock();
+            if !def.service_id.is_empty() && !local.services.contains_key(&def.service_id) {
+                return Err(RegistryError::NotFound(format!(
+                    "ServiceID {:?} does not exist",
+                    def.service_id
+                )));
+            }
+            add_check(&self.inner, &mut local, def, Some(raw), &mut writes);
+        }
+        self.save(writes).await?;
+        self.changed();
+        Ok(())
+    }
+
+    /// `PUT /v1/agent/check/deregister/:id`.
+    pub async fn deregister_check(&self, id: &str) -> Result<(), RegistryError> {
+        let _one = self.inner.changing.lock().await;
+        {
+            let mut local = self.inner.local.lock();
+            if local.checks.remove(id).is_none() {
+                return Err(RegistryError::NotFound(format!(
+                    "Unknown check ID {id:?}. Ensure that the check ID is passed, not the check name."
+                )));
+            }
+            self.inner.runner.remove(id);
+        }
+        self.save(vec![
+            ((RowKind::CheckState, id.to_string()), None),
+            ((RowKind::Check, id.to_string()), None),
+        ])
+        .await?;
+        self.changed();
+        Ok(())
+    }
+
+    /// `PUT /v1/agent/check/{pass,warn,fail}/:id` and `…/update/:id`.
+    pub async fn update_ttl(
+        &self,
+        id: &str,
+        status: Status,
+        note: String,
+    ) -> Result<(), RegistryError> {
+        let ttl = {
+            let local = self.inner.local.lock();
+            let c = local.checks.get(id).ok_or_else(|| unknown_check(id))?;
+            match c.def.kind {
+                Kind::Ttl { ttl } => ttl,
+                _ => {
+                    return Err(RegistryError::Failed(format!(
+                        "CheckID {id:?} does not have associated TTL"
+                    )));
+                }
+            }
+        };
+        if !self.inner.runner.ttl(id, status, note).await {
+            return Err(unknown_check(id));
+        }
+        let mut local = self.inner.local.lock();
+        if let Some(c) = local.checks.get_mut(id) {
+            c.ttl_expires_at_ms = Some(now_ms() + ttl.as_millis() as i64);
+        }
+        self.inner.dirty_states.lock().insert(id.to_string());
+        Ok(())
+    }
+
+    /// `PUT /v1/agent/service/maintenance/:id` (`service` given) and
+    /// `PUT /v1/agent/maintenance` (the node).
+    pub async fn maintenance(
+        &self,
+        service: Option<&str>,
+        enable: bool,
+        reason: &str,
+    ) -> Result<(), RegistryError> {
+        let _one = self.inner.changing.lock().await;
+        let key = service.unwrap_or_default().to_string();
+        let write = {
+            let mut local = self.inner.local.lock();
+            if let Some(s) = service
+                && !local.services.contains_key(s)
+            {
+                return Err(unknown_service(s));
+            }
+            if enable {
+                let reason = if !reason.is_empty() {
+                    reason.to_string()
+                } else if service.is_some() {
+                    DEFAULT_SERVICE_MAINT_REASON.to_string()
+                } else {
+                    DEFAULT_NODE_MAINT_REASON.to_string()
+                };
+                local.maintenance.insert(key.clone(), reason.clone());
+                ((RowKind::Maintenance, key), Some(json!({"reason": reason})))
+            } else {
+                local.maintenance.remove(&key);
+                ((RowKind::Maintenance, key), None)
+            }
+        };
+        self.save(vec![write]).await?;
+        self.changed();
+        Ok(())
+    }
+
+    /// `/v1/agent/services`: ID → `AgentService`.
+    pub fn services_json(&self) -> BTreeMap<String, Value> {
+        let local = self.inner.local.lock();
+        local
+            .services
+            .iter()
+            .map(|(id, s)| (id.clone(), s.def.agent_json(&self.inner.cfg.datacenter)))
+            .collect()
+    }
+
+    /// `/v1/agent/service/:id`: the service with its `ContentHash`.
+    pub fn service_json(&self, id: &str) -> Option<(Value, String)> {
+        let local = self.inner.local.lock();
+        let s = local.services.get(id)?;
+        let mut v = s.def.agent_json(&self.inner.cfg.datacenter);
+        let hash = content_hash(&v);
+        v.as_object_mut()
+            .expect("an object")
+            .insert("ContentHash".into(), json!(hash));
+        Some((v, hash))
+    }
+
+    /// Waits until any service changes (or `wait` passes).
+    pub async fn wait_change(&self, wait: Duration) {
+        let mut rx = self.inner.generation.subscribe();
+        rx.mark_unchanged();
+        let _ = tokio::time::timeout(wait, rx.changed()).await;
+    }
+
+    /// `/v1/agent/checks`: ID → `HealthCheck` (with this agent's latest
+    /// output, which may be newer than the replicated one).
+    pub fn checks_json(&self) -> BTreeMap<String, Value> {
+        self.inner.local.lock().checks_json(&self.inner.cfg.node)
+    }
+
+    /// `/v1/agent/health/service/id/:id`: `(aggregated status, entry)`.
+    pub fn health_by_id(&self, id: &str) -> Option<(String, Value)> {
+        let local = self.inner.local.lock();
+        let s = local.services.get(id)?;
+        let (status, checks) = local.service_health(&self.inner.cfg.node, id);
+        Some((
+            status.clone(),
+            json!({
+                "AggregatedStatus": status,
+                "Service": s.def.agent_json(&self.inner.cfg.datacenter),
+                "Checks": checks,
+            }),
+        ))
+    }
+
+    /// `/v1/agent/health/service/name/:name`: every local instance of the
+    /// service (name compared case-insensitively, as Consul's catalog).
+    pub fn health_by_name(&self, name: &str) -> Vec<(String, Value)> {
+        let ids: Vec<String> = {
+            let local = self.inner.local.lock();
+            local
+                .services
+                .values()
+                .filter(|s| corro_catalog::same_name(&s.def.name, name))
+                .map(|s| s.def.id.clone())
+                .collect()
+        };
+        ids.iter().filter_map(|id| self.health_by_id(id)).collect()
+    }
+
+    /// Services registered from definition files, by file.
+    pub fn file_services(&self) -> BTreeMap<String, Vec<String>> {
+        let local = self.inner.local.lock();
+        let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for s in local.services.values() {
+            if let Origin::File(f) = &s.origin {
+                out.entry(f.clone()).or_default().push(s.def.id.clone());
+            }
+        }
+        out
+    }
+
+    /// The raw body and origin of a service (definition-file reloads compare
+    /// with it).
+    pub fn service_source(&self, id: &str) -> Option<(Value, Origin)> {
+        let local = self.inner.local.lock();
+        local
+            .services
+            .get(id)
+            .map(|s| (s.raw.clone(), s.origin.clone()))
+    }
+
+    /// Writes the replicated rows now (tests and `corrosion services`
+    /// use it to wait for a registration to be visible).
+    pub async fn sync_now(&self) -> Result<usize, RegistryError> {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || sync_once(&inner))
+            .await
+            .map_err(|e| RegistryError::Failed(e.to_string()))?
+    }
+}
+
+/// Adds or replaces a check in `local` and the runner; a re-registration
+/// with the same definition keeps the running check and its state.
+fn add_check(
+    inner: &Inner,
+    local: &mut Local,
+    def: CheckDefinition,
+    raw: Option<Value>,
+    writes: &mut Vec<Write>,
+) {
+    if let Some(raw) = &raw {
+        writes.push(((RowKind::Check, def.id.clone()), Some(json!({"body": raw}))));
+    }
+    if let Some(existing) = local.checks.get_mut(&def.id)
+        && existing.def == def
+    {
+        existing.raw = raw;
+        return;
+    }
+    let status = def.initial_status.unwrap_or(Status::Critical);
+    inner.runner.add(
+        def.clone(),
+        Start {
+            status,
+            output: String::new(),
+            ttl_left: None,
+        },
+    );
+    let ttl_expires = match def.kind {
+        Kind::Ttl { ttl } => Some(now_ms() + ttl.as_millis() as i64),
+        _ => None,
+    };
+    writes.push((
+        (RowKind::CheckState, def.id.clone()),
+        Some(json!({"status": status.as_str(), "output": "", "ttl_expires_at_ms": ttl_expires})),
+    ));
+    local.checks.insert(
+        def.id.clone(),
+        LocalCheck {
+            def,
+            raw,
+            status,
+            output: String::new(),
+            published_output: String::new(),
+            output_due: None,
+            critical_since: (status == Status::Critical).then(Instant::now),
+            ttl_expires_at_ms: ttl_expires,
+        },
+    );
+}
+
+/// Hex of a stable 64-bit hash of the service's JSON (clients only compare
+/// it with what this agent sent before).
+fn content_hash(v: &Value) -> String {
+    // FNV-1a over the canonical (sorted-key) JSON text.
+    let text = v.to_string();
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in text.bytes() {
+        h ^= u64::from(b);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    format!("{h:016x}")
+}
+
+/// Applies the runner's updates: status changes are published at once,
+/// output-only changes when due.
+async fn consume(
+    inner: Arc<Inner>,
+    mut rx: tokio::sync::mpsc::Receiver<Update>,
+    stop: CancellationToken,
+) {
+    loop {
+        let u = tokio::select! {
+            _ = stop.cancelled() => return,
+            u = rx.recv() => match u { Some(u) => u, None => return },
+        };
+        let mut urgent = false;
+        {
+            let mut local = inner.local.lock();
+            let mut batch = vec![u];
+            while let Ok(more) = rx.try_recv() {
+                batch.push(more);
+                if batch.len() >= 1024 {
+                    break;
+                }
+            }
+            for u in batch {
+                let Some(c) = local.checks.get_mut(&u.id) else {
+                    continue;
+                };
+                if c.status != u.status {
+                    c.critical_since = (u.status == Status::Critical).then(Instant::now);
+                    c.status = u.status;
+                    c.published_output = u.output.clone();
+                    c.output_due = None;
+                    urgent = true;
+                    inner.dirty_states.lock().insert(u.id.clone());
+                } else if c.output_due.is_none() && u.output != c.published_output {
+                    let d = inner.cfg.check_update_interval;
+                    let jitter =
+                        rand::rng().random_range(Duration::ZERO..d.max(Duration::from_millis(1)));
+                    c.output_due = Some(Instant::now() + d / 2 + jitter);
+                }
+                if let Kind::Ttl { .. } = c.def.kind
+                    && u.status == Status::Critical
+                    && u.output.starts_with("TTL expired")
+                {
+                    c.ttl_expires_at_ms = Some(now_ms());
+                }
+                c.output = u.output;
+            }
+        }
+        if urgent {
+            inner.sync.notify_one();
+        }
+    }
+}
+
+/// Writes the replicated rows whenever something urgent changed, and every
+/// minute regardless (repairs rows edited or lost elsewhere).
+async fn sync_loop(inner: Arc<Inner>, stop: CancellationToken) {
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = inner.sync.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+        }
+        let i = inner.clone();
+        let r = tokio::task::spawn_blocking(move || sync_once(&i)).await;
+        match r {
+            Ok(Ok(_)) => {
+                if failing {
+                    tracing::info!("native registrations written again");
+                }
+                failing = false;
+            }
+            Ok(Err(e)) => {
+                if !failing {
+                    tracing::warn!(error = %e, "could not write native registrations; retrying");
+                }
+                failing = true;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                inner.sync.notify_one();
+            }
+            Err(e) => tracing::error!(error = %e, "native registration sync panicked"),
+        }
+    }
+}
+
+/// Every second: publishes due outputs, saves changed check states, and
+/// deregisters services critical past `DeregisterCriticalServiceAfter`.
+async fn tick_loop(inner: Arc<Inner>, stop: CancellationToken) {
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => {
+                save_states(&inner);
+                return;
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
+        let now = Instant::now();
+        let mut due = false;
+        let mut reap = Vec::new();
+        {
+            let mut local = inner.local.lock();
+            for c in local.checks.values_mut() {
+                if c.output_due.is_some_and(|t| t <= now) {
+                    c.output_due = None;
+                    c.published_output = c.output.clone();
+                    due = true;
+                }
+                if let (Some(after), Some(since)) =
+                    (c.def.deregister_critical_after, c.critical_since)
+                {
+                    let after = after.max(corro_checks::definition::MIN_DEREGISTER_AFTER);
+                    if !c.def.service_id.is_empty() && now.duration_since(since) >= after {
+                        reap.push((c.def.service_id.clone(), c.def.id.clone()));
+                    }
+                }
+            }
+        }
+        if due {
+            inner.sync.notify_one();
+        }
+        let i = inner.clone();
+        let _ = tokio::task::spawn_blocking(move || save_states(&i)).await;
+        let reg = Registry {
+            inner: inner.clone(),
+        };
+        for (service, check) in reap {
+            if reg.deregister_service(&service).await.is_ok() {
+                tracing::info!(%service, %check, "deregistered: critical for longer than DeregisterCriticalServiceAfter");
+                metrics::counter!("corro_registry_reaped_total").increment(1);
+            }
+        }
+    }
+}
+
+fn save_states(inner: &Inner) {
+    let ids: Vec<String> = inner.dirty_states.lock().drain().collect();
+    if ids.is_empty() {
+        return;
+    }
+    let writes: Vec<Write> = {
+        let local = inner.local.lock();
+        ids.iter()
+            .filter_map(|id| {
+                let c = local.checks.get(id)?;
+                Some((
+                    (RowKind::CheckState, id.clone()),
+                    Some(json!({"status": c.status.as_str(), "output": c.output,
+                        "ttl_expires_at_ms": c.ttl_expires_at_ms})),
+                ))
+            })
+            .collect()
+    };
+    if let Err(e) = persist::save(&inner.store, &writes) {
+        tracing::warn!(error = %e, "could not save check states; retrying");
+        inner.dirty_states.lock().extend(ids);
+    }
+}
+
+const UPSERT_SERVICE: &str = "INSERT INTO consul_services (node, id, name, tags, meta, port, address, weights, tagged_addresses, updated_at, source) \
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'native') \
+ON CONFLICT (node, id) DO UPDATE SET name = excluded.name, tags = excluded.tags, meta = excluded.meta, port = excluded.port, \
+address = excluded.address, weights = excluded.weights, tagged_addresses = excluded.tagged_addresses, updated_at = excluded.updated_at, \
+source = 'native'";
+const DELETE_SERVICE: &str =
+    "DELETE FROM consul_services WHERE node = ?1 AND id = ?2 AND source = 'native'";
+const UPSERT_CHECK: &str = "INSERT INTO consul_checks (node, id, service_id, service_name, name, status, output, notes, type, updated_at, source) \
+VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'native') \
+ON CONFLICT (node, id) DO UPDATE SET service_id = excluded.service_id, service_name = excluded.service_name, name = excluded.name, \
+status = excluded.status, output = excluded.output, notes = excluded.notes, type = excluded.type, updated_at = excluded.updated_at, \
+source = 'native'";
+const DELETE_CHECK: &str =
+    "DELETE FROM consul_checks WHERE node = ?1 AND id = ?2 AND source = 'native'";
+
+fn text(s: &str) -> SqlValue {
+    SqlValue::Text(s.to_string())
+}
+
+fn json_text<T: serde::Serialize>(v: &T) -> SqlValue {
+    SqlValue::Text(serde_json::to_string(v).unwrap_or_default())
+}
+
+/// One comparison of wanted rows with the catalog's, and one transaction
+/// with the differences. Returns the statements written.
+fn sync_once(inner: &Inner) -> Result<usize, RegistryError> {
+    let failed = |e: &dyn std::fmt::Display| RegistryError::Failed(e.to_string());
+    // The catalog must have seen our last write before we compare with it.
+    inner.catalog.process_pending().map_err(|e| failed(&e))?;
+    let node = &inner.cfg.node;
+    let (services, checks) = {
+        let local = inner.local.lock();
+        let services: BTreeMap<String, ServiceDefinition> = local
+            .services
+            .iter()
+            .map(|(id, s)| (id.clone(), s.def.clone()))
+            .collect();
+        (services, local.check_rows())
+    };
+    let mut statements: Vec<(&str, Vec<SqlValue>)> = Vec::new();
+    let now = SqlValue::Integer(now_ms());
+    {
+        let index = inner.catalog.read();
+        let mut have_services = HashMap::new();
+        for s in index.exact_node_services(node) {
+            have_services.insert(s.id.clone(), s.clone());
+        }
+        for (id, d) in &services {
+            let same = have_services.get(id).is_some_and(|s| {
+                s.source.as_deref() == Some(SOURCE)
+                    && s.name == d.name
+                    && s.tags == d.tags
+                    && s.meta == d.meta
+                    && s.port == d.port
+                    && s.address == d.address
+                    && s.weights == d.weights
+                    && s.tagged_addresses == d.tagged_addresses
+            });
+            if !same {
+                statements.push((
+                    UPSERT_SERVICE,
+                    vec![
+                        text(node),
+                        text(id),
+                        text(&d.name),
+                        json_text(&d.tags),
+                        json_text(&d.meta),
+                        SqlValue::Integer(d.port),
+                        text(&d.address),
+                        json_text(&d.weights),
+                        json_text(&d.tagged_addresses),
+                        now.clone(),
+                    ],
+                ));
+            }
+        }
+        for (id, s) in &have_services {
+            if s.source.as_deref() == Some(SOURCE) && !services.contains_key(id) {
+                statements.push((DELETE_SERVICE, vec![text(node), text(id)]));
+            }
+        }
+        let mut have_checks = HashMap::new();
+        for c in index.exact_node_checks(node) {
+            have_checks.insert(c.id.clone(), c.clone());
+        }
+        for (id, want) in &checks {
+            let same = have_checks.get(id).is_some_and(|c| {
+                c.source.as_deref() == Some(SOURCE)
+                    && CheckRow {
+                        service_id: c.service_id.clone(),
+                        service_name: c.service_name.clone(),
+                        name: c.name.clone(),
+                        status: c.status.as_str().to_string(),
+                        output: c.output.clone(),
+                        notes: c.notes.clone(),
+                        kind: c.kind.clone(),
+                    } == *want
+            });
+            if !same {
+                statements.push((
+                    UPSERT_CHECK,
+                    vec![
+                        text(node),
+                        text(id),
+                        text(&want.service_id),
+                        text(&want.service_name),
+                        text(&want.name),
+                        text(&want.status),
+                        text(&want.output),
+                        text(&want.notes),
+                        text(&want.kind),
+                        now.clone(),
+                    ],
+                ));
+            }
+        }
+        for (id, c) in &have_checks {
+            if c.source.as_deref() == Some(SOURCE) && !checks.contains_key(id) {
+                statements.push((DELETE_CHECK, vec![text(node), text(id)]));
+            }
+        }
+    }
+    if statements.is_empty() {
+        return Ok(0);
+    }
+    let n = statements.len();
+    inner
+        .store
+        .transact(|tx| {
+            for (sql, params) in &statements {
+                tx.execute(sql, params)?;
+            }
+            Ok(())
+        })
+        .map_err(|e| failed(&e))?;
+    metrics::counter!("corro_registry_rows_written_total").increment(n as u64);
+    inner.catalog.process_pending().map_err(|e| failed(&e))?;
+    Ok(n)
+}
