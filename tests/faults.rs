@@ -39,11 +39,22 @@ fn await_identical(nodes: &[&Node], agents: &[&Agent], actors: usize, limit: Dur
         if complete && rows.iter().all(|r| r == &rows[0]) && books.iter().all(|b| b == &books[0]) {
             return rows[0].clone();
         }
-        assert!(
-            Instant::now() < deadline,
-            "not identical after {limit:?}:\nbooks {books:#?}\nrow counts {:?}",
-            rows.iter().map(|r| r.lines().count()).collect::<Vec<_>>()
-        );
+        if Instant::now() >= deadline {
+            // Each agent's own view of its health and peers, for the record.
+            let health: Vec<String> = agents
+                .iter()
+                .map(|a| {
+                    reqwest::blocking::get(a.url("/v1/health"))
+                        .and_then(|r| r.text())
+                        .unwrap_or_else(|e| e.to_string())
+                })
+                .collect();
+            let members: Vec<_> = agents.iter().map(|a| a.members()).collect();
+            panic!(
+                "not identical after {limit:?}:\nbooks {books:#?}\nrow counts {:?}\nhealth {health:#?}\nmembers {members:#?}",
+                rows.iter().map(|r| r.lines().count()).collect::<Vec<_>>()
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -52,14 +52,26 @@ impl RowKind {
 /// One write: a row's new body, or `None` to delete it.
 pub type Write = ((RowKind, String), Option<Value>);
 
-/// Every saved row (unparsable bodies are skipped with a warning).
+/// Every saved row (unparsable bodies are skipped with a warning). Reads
+/// only (a read connection): an agent restarted on a full disk still gets
+/// its registrations back; the table is created by the first save.
 pub fn load(store: &Store) -> Result<Vec<(RowKind, String, Value)>, StoreError> {
-    let rows: Vec<(String, String, String)> = store.local_write(|c| {
-        c.execute_batch(DDL)?;
-        let mut stmt = c.prepare("SELECT kind, id, body FROM __corro_native")?;
+    let conn = store.reader();
+    let exists: bool = conn
+        .query_row(
+            "SELECT count(*) FROM sqlite_master WHERE type = 'table' AND name = '__corro_native'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )
+        .map(|n| n > 0)?;
+    if !exists {
+        return Ok(Vec::new());
+    }
+    let rows: Vec<(String, String, String)> = {
+        let mut stmt = conn.prepare("SELECT kind, id, body FROM __corro_native")?;
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-            .collect()
-    })?;
+            .collect::<rusqlite::Result<_>>()?
+    };
     let mut out = Vec::with_capacity(rows.len());
     for (kind, id, body) in rows {
         match (RowKind::parse(&kind), serde_json::from_str(&body)) {
