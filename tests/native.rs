@@ -217,6 +217,63 @@ fn registrations_and_ttl_state_survive_kill_9() {
 }
 
 #[test]
+fn restarts_keep_deregistrations_drop_disabled_scripts_and_follow_a_rename() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = native_node(
+        dir.path(),
+        "host-a",
+        None,
+        "[services]\nenable_script_checks = true\n",
+    );
+    let a = node.start();
+    let body = r#"{"Name": "api", "ID": "api-1", "Checks": [
+        {"CheckID": "api-ttl", "TTL": "10m", "Status": "passing"},
+        {"CheckID": "api-script", "Args": ["true"], "Interval": "1s"}]}"#;
+    assert_eq!(put(&a, "/v1/agent/service/register", body).0, 200);
+    // A check of the service deregistered on its own stays gone.
+    assert_eq!(put(&a, "/v1/agent/check/deregister/api-ttl", "").0, 200);
+    a.stop();
+    let a = node.start();
+    let checks = get_json(&a, "/v1/agent/checks");
+    assert!(
+        checks.get("api-ttl").is_none(),
+        "a deregistered check came back: {checks}"
+    );
+    assert!(checks.get("api-script").is_some());
+    a.stop();
+    // Script checks turned off: the saved one does not run again.
+    node.replace_in_config(
+        "enable_script_checks = true",
+        "enable_script_checks = false",
+    );
+    let a = node.start();
+    assert!(get_json(&a, "/v1/agent/checks").get("api-script").is_none());
+    assert!(get_json(&a, "/v1/agent/services").get("api-1").is_some());
+    await_some(
+        Duration::from_secs(10),
+        "api in the catalog as host-a",
+        || {
+            let v = get_json(&a, "/v1/catalog/service/api");
+            (v.as_array()?.first()?["Node"] == "host-a").then_some(())
+        },
+    );
+    a.stop();
+    // Renamed: the rows follow the new name, none stay under the old one.
+    node.replace_in_config("node_name = \"host-a\"", "node_name = \"host-z\"");
+    let a = node.start();
+    await_some(Duration::from_secs(10), "api only under host-z", || {
+        let v = get_json(&a, "/v1/catalog/service/api");
+        let nodes: Vec<&str> = v
+            .as_array()?
+            .iter()
+            .filter_map(|e| e["Node"].as_str())
+            .collect();
+        (nodes == ["host-z"]).then_some(())
+    });
+    a.stop();
+}
+
+#[test]
 fn bad_bodies_and_unknown_ids_get_consuls_codes_and_change_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let node = native_node(dir.path(), "host-a", None, "");

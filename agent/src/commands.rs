@@ -71,7 +71,13 @@ pub(crate) async fn query(
 
 pub(crate) async fn reload(admin_path: &Path) -> anyhow::Result<()> {
     let result = admin::request(admin_path, &AdminRequest::Reload).await?;
-    println!("INFO corrosion: schema applied: {result}");
+    println!("INFO corrosion: schema applied: {}", result["schema"]);
+    if !result["services"].is_null() {
+        println!(
+            "INFO corrosion: service definitions: {}",
+            result["services"]
+        );
+    }
     Ok(())
 }
 

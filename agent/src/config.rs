@@ -68,6 +68,11 @@ pub(crate) struct Config {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(crate) struct ServicesConfig {
+    /// Service definition files (Consul's JSON or HCL format): directories
+    /// (their `*.json` and `*.hcl` files) or files, loaded at start and on
+    /// SIGHUP / `corrosion reload`.
+    #[serde(default)]
+    pub paths: Vec<PathBuf>,
     /// Script (`args`) checks registered through the API or files
     /// (Consul's `enable_script_checks`; off: any local process could run
     /// programs as the agent's user).
@@ -87,15 +92,24 @@ pub(crate) struct ServicesConfig {
     /// Check probes in flight at once.
     #[serde(default = "default_max_concurrent_probes")]
     pub max_concurrent_probes: usize,
+    /// Most services registered natively on this agent.
+    #[serde(default = "default_max_services")]
+    pub max_services: usize,
+    /// Most checks the agent runs.
+    #[serde(default = "default_max_checks")]
+    pub max_checks: usize,
 }
 
 impl Default for ServicesConfig {
     fn default() -> Self {
         ServicesConfig {
+            paths: Vec::new(),
             enable_script_checks: false,
             enable_local_script_checks: false,
             check_update_interval: default_check_update_interval(),
             max_concurrent_probes: default_max_concurrent_probes(),
+            max_services: default_max_services(),
+            max_checks: default_max_checks(),
         }
     }
 }
@@ -106,6 +120,14 @@ fn default_check_update_interval() -> std::time::Duration {
 
 fn default_max_concurrent_probes() -> usize {
     512
+}
+
+fn default_max_services() -> usize {
+    10_000
+}
+
+fn default_max_checks() -> usize {
+    50_000
 }
 
 /// `[[template]]`: a template the agent renders itself (the same as

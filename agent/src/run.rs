@@ -2,7 +2,8 @@
 //! API and the admin socket, and handles signals.
 //!
 //! SIGHUP re-applies the schema files (a rejected change is logged and the
-//! old schema stays). SIGTERM/SIGINT stop accepting requests, let in-flight
+//! old schema stays) and the service definition files (a refused file keeps
+//! its services' last good state). SIGTERM/SIGINT stop accepting requests, let in-flight
 //! ones finish (a write either commits or is rolled back, never half-done),
 //! then close the database. An exclusive lock on `<db>.lock` keeps a second
 //! agent, or `corrosion restore`, away from a database in use.
@@ -114,11 +115,39 @@ struct Handler {
     cluster: std::sync::OnceLock<crate::cluster::Cluster>,
     /// Set once the catalog is loaded.
     discovery: std::sync::OnceLock<crate::consul::Discovery>,
+    /// Set once the native registry runs.
+    registry: std::sync::OnceLock<corro_registry::Registry>,
+}
+
+impl Handler {
+    /// Re-reads the service definition files and brings the registry to
+    /// them; `Err` lists the refused files (the others are applied).
+    async fn reload_services(&self) -> Result<serde_json::Value, String> {
+        let Some(reg) = self.registry.get() else {
+            return Ok(serde_json::Value::Null);
+        };
+        let paths = self.config.services.paths.clone();
+        let loaded = tokio::task::spawn_blocking(move || corro_registry::files::load(&paths))
+            .await
+            .map_err(|e| e.to_string())?;
+        let r = corro_registry::files::reconcile(reg, loaded).await;
+        if !r.refused.is_empty() {
+            return Err(format!(
+                "service definitions refused (their services keep their last good state): {}",
+                r.refused.join("; ")
+            ));
+        }
+        Ok(serde_json::json!({
+            "registered": r.registered,
+            "deregistered": r.deregistered,
+            "unchanged": r.unchanged,
+        }))
+    }
 }
 
 impl AdminHandler for Handler {
     fn reload(&self) -> Result<serde_json::Value, String> {
-        tracing::info!("admin: re-applying schema files");
+        tracing::info!("admin: re-applying schema files and service definitions");
         let out = apply_schema(&self.store, &self.config)
             .map(|d| serde_json::to_value(d).unwrap_or_default())
             .map_err(|e| format!("{e:#}"))?;
@@ -128,7 +157,10 @@ impl AdminHandler for Handler {
         {
             tracing::warn!(error = %e, "catalog reload after the schema change failed");
         }
-        Ok(out)
+        // Called on a blocking thread (the admin socket and SIGHUP both
+        // spawn_blocking it): wait for the async reconciliation here.
+        let services = tokio::runtime::Handle::current().block_on(self.reload_services())?;
+        Ok(serde_json::json!({"schema": out, "services": services}))
     }
 
     fn books(&self) -> serde_json::Value {
@@ -305,6 +337,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         log,
         cluster: std::sync::OnceLock::new(),
         discovery: std::sync::OnceLock::new(),
+        registry: std::sync::OnceLock::new(),
     });
     let admin_task = admin::serve(config.admin.path.clone(), handler.clone(), stop.clone()).await?;
 
@@ -391,9 +424,17 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         cfg.enable_local_script_checks = config.services.enable_local_script_checks;
         cfg.check_update_interval = config.services.check_update_interval;
         cfg.max_concurrent_probes = config.services.max_concurrent_probes.max(1);
+        cfg.max_services = config.services.max_services;
+        cfg.max_checks = config.services.max_checks;
         corro_registry::Registry::start(store.clone(), discovery.catalog.clone(), cfg, stop.clone())
             .context("starting the native service registry")?
     };
+    let _ = handler.registry.set(registry.clone());
+    if !config.services.paths.is_empty()
+        && let Err(e) = handler.reload_services().await
+    {
+        tracing::error!("{e}");
+    }
     let token: Option<Arc<str>> = config.api.authz.bearer_token.as_deref().map(Arc::from);
     let consul = corro_consul_api::ConsulState::new(corro_consul_api::Shared {
         catalog: discovery.catalog.clone(),
@@ -467,11 +508,11 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
     loop {
         tokio::select! {
             _ = hup.recv() => {
-                tracing::info!("SIGHUP: re-applying schema files");
+                tracing::info!("SIGHUP: re-applying schema files and service definitions");
                 let h = handler.clone();
                 match tokio::task::spawn_blocking(move || h.reload()).await {
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::error!("schema not applied, the previous one stays in force: {e}"),
+                    Ok(Err(e)) => tracing::error!("reload incomplete: {e}"),
                     Err(e) => tracing::error!("schema reload task failed: {e}"),
                 }
             }

@@ -125,6 +125,8 @@ pub(crate) const METRICS: &[Metric] = &[
     m("corro_checks_probes_total", Counter, &["type", "status"], "check probes run, by check type and result"),
     m("corro_checks_probe_seconds", Histogram, &["type"], "check probe duration by check type"),
     m("corro_checks_updates_total", Counter, &["status"], "check status or output changes published, by new status"),
+    m("corro_registry_services", Gauge, &[], "services registered natively on this agent"),
+    m("corro_registry_checks", Gauge, &[], "checks registered natively on this agent"),
     m("corro_registry_rows_written_total", Counter, &[], "rows of native registrations written to the replicated tables"),
     m("corro_registry_reaped_total", Counter, &[], "services deregistered for staying critical past DeregisterCriticalServiceAfter"),
     m("corro_consul_cache_bytes", Gauge, &[], "bytes held by the Consul API answer cache"),

@@ -18,6 +18,11 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(30);
 /// Shortest `DeregisterCriticalServiceAfter` honoured (shorter ones wait this).
 pub const MIN_DEREGISTER_AFTER: Duration = Duration::from_secs(60);
+/// Longest probe timeout.
+pub const MAX_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest interval, TTL or deregistration delay honoured (longer ones are
+/// cut to this: the runner's timer queue holds at most about two years).
+pub const MAX_PERIOD: Duration = Duration::from_secs(365 * 86_400);
 
 /// An HTTP check's request.
 #[derive(Clone, Debug, PartialEq)]
@@ -138,8 +143,6 @@ pub enum CheckError {
 
 /// How many threshold counts a definition may ask for.
 const MAX_THRESHOLD: u64 = 1_000_000;
-/// Longest accepted output cap (Consul has none; 1 MiB keeps a check bounded).
-const MAX_OUTPUT: u64 = 1 << 20;
 
 impl CheckDefinition {
     /// Decodes a check object. `service` gives the owning service's ID when
@@ -260,17 +263,22 @@ impl CheckDefinition {
             timeout,
             initial_status: status,
             success_before_passing: count(&["successbeforepassing"])?.unwrap_or(0),
-            failures_before_warning: count(&["failuresbeforewarning"])?,
+            // 0 is Consul's "unset": the same as FailuresBeforeCritical.
+            failures_before_warning: count(&["failuresbeforewarning"])?.filter(|n| *n > 0),
             failures_before_critical: count(&["failuresbeforecritical"])?.unwrap_or(0),
             deregister_critical_after: f
                 .duration(&["deregistercriticalserviceafter"])
                 .map_err(d)?
                 .filter(|t| !t.is_zero()),
+            // Lowers the agent-wide cap (4 KiB, as Consul's
+            // check_output_max_size), never raises it.
             output_max_size: f
-                .uint(&["outputmaxsize"], MAX_OUTPUT)
+                .uint(&["outputmaxsize"], u64::MAX)
                 .map_err(d)?
                 .filter(|v| *v > 0)
-                .map_or(output::DEFAULT_MAX, |v| v as usize),
+                .map_or(output::DEFAULT_MAX, |v| {
+                    (v as usize).min(output::DEFAULT_MAX)
+                }),
             tls_server_name: s(&["tlsservername"])?,
             tls_skip_verify: use_tls(&["tlsskipverify"], false)?,
             kind,
@@ -303,19 +311,23 @@ impl CheckDefinition {
         }
     }
 
-    /// The interval the runner uses (at least [`MIN_INTERVAL`]).
+    /// The interval the runner uses (from [`MIN_INTERVAL`] to [`MAX_PERIOD`]).
     pub fn effective_interval(&self) -> Duration {
-        self.interval.max(MIN_INTERVAL)
+        self.interval.clamp(MIN_INTERVAL, MAX_PERIOD)
     }
 
-    /// The probe timeout the runner uses.
+    /// The probe timeout the runner uses: the given one or Consul's
+    /// default, but never longer than the interval (a probe cannot outlive
+    /// its next run) nor [`MAX_TIMEOUT`] (a slot of the shared probe pool is
+    /// held that long at most).
     pub fn effective_timeout(&self) -> Duration {
-        self.timeout.unwrap_or(match self.kind {
+        let t = self.timeout.unwrap_or(match self.kind {
             Kind::Script { .. } | Kind::Docker { .. } | Kind::OsService { .. } => {
                 DEFAULT_SCRIPT_TIMEOUT
             }
             _ => DEFAULT_TIMEOUT,
-        })
+        });
+        t.min(self.effective_interval()).min(MAX_TIMEOUT)
     }
 
     /// Consul's `Definition` object of a health check (`/v1/agent/checks`).
@@ -439,6 +451,33 @@ mod tests {
             decode(json!({"Name": "x", "TTL": "1s", "SuccessBeforePassing": -1})),
             Err(CheckError::Decode(_))
         ));
+    }
+
+    #[test]
+    fn caps_as_consul_and_bounded_timeouts() {
+        let c = decode(json!({"Name": "t", "TTL": "1s", "OutputMaxSize": 1_000_000,
+            "FailuresBeforeWarning": 0, "FailuresBeforeCritical": 5}))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            c.output_max_size, 4096,
+            "a check may lower the cap, not raise it"
+        );
+        assert_eq!(c.failures_before_warning, None, "0 means unset");
+        let c =
+            decode(json!({"Name": "h", "HTTP": "http://x/", "Interval": "5s", "Timeout": "1h"}))
+                .unwrap()
+                .unwrap();
+        assert_eq!(
+            c.effective_timeout(),
+            Duration::from_secs(5),
+            "never past the interval"
+        );
+        let c =
+            decode(json!({"Name": "h", "HTTP": "http://x/", "Interval": "24h", "Timeout": "1h"}))
+                .unwrap()
+                .unwrap();
+        assert_eq!(c.effective_timeout(), MAX_TIMEOUT);
     }
 
     #[test]

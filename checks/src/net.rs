@@ -99,13 +99,15 @@ impl Prober for NetProber {
                 } else {
                     node.clone()
                 };
-                let found = self
-                    .alias
-                    .as_ref()
-                    .and_then(|a| a.service_health(&node, service));
-                let name = check.name.clone();
-                let service = service.clone();
-                Box::pin(async move { alias(&name, &service, found) })
+                let source = self.alias.clone();
+                let (id, service) = (check.id.clone(), service.clone());
+                // The lookup runs in the probe's task, not in the runner's.
+                Box::pin(async move {
+                    let found = source.and_then(|a| a.service_checks(&node, &service, &id));
+                    let mut o = alias(&service, found);
+                    o.output = output::tail(o.output.as_bytes(), max);
+                    o
+                })
             }
             other => {
                 let kind = other.type_name();
@@ -379,16 +381,50 @@ async fn os_service(name: String, timeout: Duration) -> Outcome {
     }
 }
 
-fn alias(name: &str, service: &str, found: Option<(Status, String)>) -> Outcome {
-    match found {
-        None => Outcome::new(
+/// Consul's alias outcome: the worst of the checks, naming the failing one.
+fn alias(service: &str, found: Option<Vec<(String, Status, String)>>) -> Outcome {
+    let Some(checks) = found else {
+        return Outcome::new(
             Status::Critical,
             format!("Service {service} could not be found"),
-        ),
-        Some((Status::Passing, _)) => Outcome::new(Status::Passing, "All checks passing."),
-        Some((s, out)) if out.is_empty() => {
-            Outcome::new(s, format!("Aliased check {name:?} failing"))
+        );
+    };
+    if checks.is_empty() {
+        return Outcome::new(Status::Passing, "No checks found.");
+    }
+    let worst = checks.iter().max_by_key(|(_, s, _)| *s);
+    match worst {
+        Some((name, s, out)) if *s != Status::Passing => {
+            Outcome::new(*s, format!("Aliased check {name:?} failing: {out}"))
         }
-        Some((s, out)) => Outcome::new(s, format!("Aliased check {name:?} failing: {out}")),
+        _ => Outcome::new(Status::Passing, "All checks passing."),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn alias_outcomes_as_consuls() {
+        assert_eq!(alias("web", None).status, Status::Critical);
+        assert_eq!(alias("web", Some(vec![])).output, "No checks found.");
+        let ok = alias(
+            "web",
+            Some(vec![("a".into(), Status::Passing, "fine".into())]),
+        );
+        assert_eq!(
+            (ok.status, ok.output.as_str()),
+            (Status::Passing, "All checks passing.")
+        );
+        let bad = alias(
+            "web",
+            Some(vec![
+                ("a".into(), Status::Warning, "slow".into()),
+                ("b".into(), Status::Critical, "down".into()),
+            ]),
+        );
+        assert_eq!(bad.status, Status::Critical);
+        assert_eq!(bad.output, "Aliased check \"b\" failing: down");
     }
 }

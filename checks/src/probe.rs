@@ -35,10 +35,16 @@ pub trait Prober: Send + Sync + 'static {
     fn probe(&self, check: Arc<CheckDefinition>) -> ProbeFuture;
 }
 
-/// Looks up the health an alias check mirrors: the worst status of a
-/// service's checks and of its node's checks. `None`: no such service.
+/// Looks up the health an alias check mirrors: the checks of a service and
+/// of its node.
 pub trait AliasSource: Send + Sync + 'static {
-    /// `(status, output of the worst check)`; `Some((Passing, ""))` for a
-    /// service without checks.
-    fn service_health(&self, node: &str, service_id: &str) -> Option<(Status, String)>;
+    /// `(name, status, output)` of each check of service `service_id` on
+    /// `node` and of the node itself, without the alias check `exclude`;
+    /// `None`: no such service.
+    fn service_checks(
+        &self,
+        node: &str,
+        service_id: &str,
+        exclude: &str,
+    ) -> Option<Vec<(String, Status, String)>>;
 }

@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tokio_util::time::{DelayQueue, delay_queue};
 
-use crate::definition::{CheckDefinition, Kind};
+use crate::definition::{CheckDefinition, Kind, MAX_PERIOD};
 use crate::probe::{Outcome, Prober};
 use crate::state::{CheckState, Update};
 use crate::status::Status;
@@ -182,7 +182,7 @@ impl Loop {
                 self.generation += 1;
                 let state = CheckState::new(&def, start.status, start.output);
                 let first = match &def.kind {
-                    Kind::Ttl { ttl } => Some(start.ttl_left.unwrap_or(*ttl)),
+                    Kind::Ttl { ttl } => Some(start.ttl_left.unwrap_or(*ttl).min(MAX_PERIOD)),
                     k if k.is_probed() || matches!(k, Kind::Alias { .. }) => {
                         let every = alias_or_interval(&def);
                         Some(
@@ -223,6 +223,7 @@ impl Loop {
                     return;
                 };
                 // Every update restarts the TTL.
+                let ttl = ttl.min(MAX_PERIOD);
                 match e.timer {
                     Some(k) => self.timers.reset(&k, ttl),
                     None => e.timer = Some(self.timers.insert(id.clone(), ttl)),
@@ -311,4 +312,5 @@ fn alias_or_interval(def: &CheckDefinition) -> Duration {
         Kind::Alias { .. } => Duration::from_secs(1),
         _ => def.effective_interval(),
     }
+    .min(MAX_PERIOD)
 }

@@ -261,3 +261,32 @@ async fn probes_in_flight_are_bounded_and_hung_probes_time_out() {
     assert_eq!(prober.max_in_flight.load(Ordering::SeqCst), 4);
     stop.cancel();
 }
+
+#[tokio::test(start_paused = true)]
+async fn durations_beyond_the_timer_queue_do_not_stop_the_runner() {
+    let prober = Arc::new(Script::default());
+    let stop = CancellationToken::new();
+    let (runner, mut rx, task) =
+        Runner::start(prober.clone(), RunnerConfig::default(), stop.clone());
+    // 20,000 h (and 10^12 s) are past what the timer queue holds.
+    runner.add(
+        def(serde_json::json!({"ID": "long", "Name": "l", "TTL": "20000h"})),
+        start(Status::Critical),
+    );
+    runner.add(
+        def(serde_json::json!({"ID": "longer", "Name": "l", "TTL": "1000000000000s"})),
+        start(Status::Critical),
+    );
+    runner.add(def(serde_json::json!({"ID": "slow", "Name": "s", "TCP": "x:1", "Interval": "1000000000000s"})), start(Status::Critical));
+    assert!(runner.ttl("long", Status::Passing, "ok".into()).await);
+    assert_eq!(next(&mut rx).await.id, "long");
+    // Still running: a normal check keeps being probed.
+    runner.add(
+        def(serde_json::json!({"ID": "n", "Name": "n", "TCP": "x:1", "Interval": "1s"})),
+        start(Status::Critical),
+    );
+    let u = next(&mut rx).await;
+    assert_eq!(u.id, "n");
+    assert!(!task.is_finished());
+    stop.cancel();
+}

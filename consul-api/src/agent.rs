@@ -25,7 +25,7 @@ use crate::params::{MAX_WAIT, Params};
 use crate::{ConsulState, blocking, text_error};
 
 /// Largest registration body read (a service with many checks is a few KiB).
-pub(crate) const MAX_BODY: usize = 1 << 20;
+pub(crate) const MAX_BODY: usize = 256 * 1024;
 /// How long a body may take to arrive.
 const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -300,16 +300,72 @@ async fn check_update(
     ttl(&st, &id, status, output).await
 }
 
+/// An `AgentService` with every field (for checking filter selectors).
+fn service_sample() -> Value {
+    json!({"ID": "", "Service": "", "Tags": [""], "Meta": {}, "Port": 0, "Address": "",
+        "Weights": {"Passing": 1, "Warning": 1}, "EnableTagOverride": false, "Datacenter": "",
+        "Kind": "", "SocketPath": "", "TaggedAddresses": {}, "Proxy": {}, "Connect": {},
+        "Namespace": "", "Partition": "", "PeerName": "", "Locality": {}})
+}
+
+/// A `HealthCheck` with every field.
+fn check_sample() -> Value {
+    json!({"Node": "", "CheckID": "", "Name": "", "Status": "", "Notes": "", "Output": "",
+        "ServiceID": "", "ServiceName": "", "ServiceTags": [""], "Type": "", "Interval": "",
+        "Timeout": "", "ExposedPort": 0, "Definition": {}, "CreateIndex": 0, "ModifyIndex": 0})
+}
+
+/// Keeps the entries of `map` that `?filter=` selects (Consul filters the
+/// values of these maps); 400 for a filter that does not parse or names
+/// fields the entries do not have.
+#[expect(clippy::result_large_err, reason = "the error is the response to send")]
+fn filtered(
+    p: &Params,
+    map: std::collections::BTreeMap<String, Value>,
+    sample: Value,
+) -> Result<Value, Response> {
+    let Some(text) = p.filter.as_deref() else {
+        return Ok(json!(map));
+    };
+    let bad = |e: String| {
+        text_error(
+            StatusCode::BAD_REQUEST,
+            format!("Failed to create boolean expression evaluator: {e}"),
+        )
+    };
+    let compile = || -> Result<crate::filter::Expr, Response> {
+        let e = crate::filter::parse(text).map_err(bad)?;
+        crate::filter::validate(&e, &sample).map_err(bad)?;
+        Ok(e)
+    };
+    let e = if text.contains("matches") {
+        tokio::task::block_in_place(compile)?
+    } else {
+        compile()?
+    };
+    let mut out = serde_json::Map::new();
+    for (k, v) in map {
+        if crate::filter::eval(&e, &v).map_err(bad)? {
+            out.insert(k, v);
+        }
+    }
+    Ok(Value::Object(out))
+}
+
 async fn services(State(st): State<ConsulState>, RawQuery(q): RawQuery) -> Response {
     let p = match Params::parse(q.as_deref()) {
         Ok(p) => p,
         Err(e) => return text_error(StatusCode::BAD_REQUEST, e),
     };
-    let body = match &st.registry {
-        Some(r) => json!(r.services_json()),
-        None => json!({}),
-    };
-    blocking::plain(&p, body)
+    let map = st
+        .registry
+        .as_ref()
+        .map(Registry::services_json)
+        .unwrap_or_default();
+    match filtered(&p, map, service_sample()) {
+        Ok(body) => blocking::plain(&p, body),
+        Err(r) => r,
+    }
 }
 
 async fn checks(State(st): State<ConsulState>, RawQuery(q): RawQuery) -> Response {
@@ -317,11 +373,15 @@ async fn checks(State(st): State<ConsulState>, RawQuery(q): RawQuery) -> Respons
         Ok(p) => p,
         Err(e) => return text_error(StatusCode::BAD_REQUEST, e),
     };
-    let body = match &st.registry {
-        Some(r) => json!(r.checks_json()),
-        None => json!({}),
-    };
-    blocking::plain(&p, body)
+    let map = st
+        .registry
+        .as_ref()
+        .map(Registry::checks_json)
+        .unwrap_or_default();
+    match filtered(&p, map, check_sample()) {
+        Ok(body) => blocking::plain(&p, body),
+        Err(r) => r,
+    }
 }
 
 /// `GET /v1/agent/service/:id`, with `?hash=` blocking: answers at once
@@ -342,7 +402,11 @@ async fn service(
     };
     let want = query_map(q.as_deref()).remove("hash");
     let deadline = tokio::time::Instant::now() + p.wait.clamp(Duration::from_millis(1), MAX_WAIT);
+    // Subscribed before the first read: a change between reading the hash
+    // and waiting is not missed.
+    let mut changes = reg.watch();
     loop {
+        changes.borrow_and_update();
         let Some((v, hash)) = reg.service_json(&id) else {
             return text_error(StatusCode::NOT_FOUND, format!("unknown service ID: {id}"));
         };
@@ -356,7 +420,12 @@ async fn service(
             return resp;
         }
         tokio::select! {
-            _ = reg.wait_change(deadline - now) => {}
+            r = tokio::time::timeout(deadline - now, changes.changed()) => {
+                if matches!(r, Ok(Err(_))) {
+                    // The registry is gone (shutdown): answer what we have.
+                    tokio::time::sleep_until(deadline).await;
+                }
+            }
             _ = st.stop.cancelled() => {}
         }
     }

@@ -36,8 +36,10 @@ pub struct LocalService {
 #[derive(Clone, Debug)]
 pub struct LocalCheck {
     pub def: CheckDefinition,
-    /// The body of a check registered on its own (`None`: a service's).
+    /// The check's object as sent.
     pub raw: Option<Value>,
+    /// Where it came from (script checks are allowed by origin).
+    pub origin: Origin,
     pub status: Status,
     /// The latest output (served by this agent's API).
     pub output: String,
@@ -106,68 +108,89 @@ impl Local {
 
     /// The checks `/v1/agent/checks` lists, as Consul's `HealthCheck`.
     pub fn checks_json(&self, node: &str) -> BTreeMap<String, Value> {
-        let rows = self.check_rows();
-        rows.into_iter()
-            .map(|(id, row)| {
-                let local = self.checks.get(&id);
-                let tags = self
-                    .services
-                    .get(&row.service_id)
-                    .map(|s| json!(s.def.tags))
-                    .unwrap_or(json!([]));
-                let (interval, timeout, definition) = match local {
-                    Some(c) => (
-                        corro_checks::duration::format(c.def.interval),
-                        corro_checks::duration::format(c.def.timeout.unwrap_or_default()),
-                        c.def.definition_json(),
-                    ),
-                    None => ("".into(), "".into(), json!({})),
-                };
-                let output = local.map_or(row.output.clone(), |c| c.output.clone());
-                let v = json!({
-                    "Node": node,
-                    "CheckID": id,
-                    "Name": row.name,
-                    "Status": row.status,
-                    "Notes": row.notes,
-                    "Output": output,
-                    "ServiceID": row.service_id,
-                    "ServiceName": row.service_name,
-                    "ServiceTags": tags,
-                    "Type": row.kind,
-                    "Interval": interval,
-                    "Timeout": timeout,
-                    "ExposedPort": 0,
-                    "Definition": definition,
-                    "CreateIndex": 0,
-                    "ModifyIndex": 0,
-                });
-                (id, v)
-            })
-            .collect()
+        let mut out: BTreeMap<String, Value> = self
+            .checks
+            .iter()
+            .map(|(id, c)| (id.clone(), self.check_json(node, id, c)))
+            .collect();
+        for (target, reason) in &self.maintenance {
+            let (id, row) = maintenance_row(self, target, reason);
+            let v = self.row_json(node, &id, &row, None);
+            out.insert(id, v);
+        }
+        out
     }
 
-    /// A service's checks (its own and its maintenance check), as
-    /// `HealthCheck` objects, and the worst status (`maintenance` when a
-    /// maintenance check is on it or the node).
+    fn check_json(&self, node: &str, id: &str, c: &LocalCheck) -> Value {
+        let row = CheckRow {
+            service_id: c.def.service_id.clone(),
+            service_name: self
+                .services
+                .get(&c.def.service_id)
+                .map(|s| s.def.name.clone())
+                .unwrap_or_default(),
+            name: c.def.name.clone(),
+            status: c.status.as_str().to_string(),
+            output: c.output.clone(),
+            notes: c.def.notes.clone(),
+            kind: c.def.kind.type_name().to_string(),
+        };
+        self.row_json(node, id, &row, Some(c))
+    }
+
+    fn row_json(&self, node: &str, id: &str, row: &CheckRow, local: Option<&LocalCheck>) -> Value {
+        let tags = self
+            .services
+            .get(&row.service_id)
+            .map_or(json!([]), |s| json!(s.def.tags));
+        let (interval, timeout, definition) = match local {
+            Some(c) => (
+                corro_checks::duration::format(c.def.interval),
+                corro_checks::duration::format(c.def.timeout.unwrap_or_default()),
+                c.def.definition_json(),
+            ),
+            None => (String::new(), String::new(), json!({})),
+        };
+        json!({
+            "Node": node,
+            "CheckID": id,
+            "Name": row.name,
+            "Status": row.status,
+            "Notes": row.notes,
+            "Output": row.output,
+            "ServiceID": row.service_id,
+            "ServiceName": row.service_name,
+            "ServiceTags": tags,
+            "Type": row.kind,
+            "Interval": interval,
+            "Timeout": timeout,
+            "ExposedPort": 0,
+            "Definition": definition,
+            "CreateIndex": 0,
+            "ModifyIndex": 0,
+        })
+    }
+
+    /// A service's checks and its node's (maintenance included), as
+    /// `HealthCheck` objects, and the aggregated status: `maintenance` when
+    /// a maintenance check applies, else the worst (Consul's
+    /// `ChecksForService(id, true)`).
     pub fn service_health(&self, node: &str, service_id: &str) -> (String, Vec<Value>) {
-        let all = self.checks_json(node);
         let mut worst = Status::Passing;
         let mut maint = false;
         let mut list = Vec::new();
-        for (id, c) in all {
-            let mine = c["ServiceID"] == service_id;
-            let node_maint = id == NODE_MAINT_ID;
-            if !mine && !node_maint {
-                continue;
+        for (id, c) in &self.checks {
+            if c.def.service_id == service_id || c.def.service_id.is_empty() {
+                worst = worst.worst(c.status);
+                list.push(self.check_json(node, id, c));
             }
-            if id == NODE_MAINT_ID || id.starts_with(SERVICE_MAINT_PREFIX) {
+        }
+        for (target, reason) in &self.maintenance {
+            if target.is_empty() || target == service_id {
                 maint = true;
+                let (id, row) = maintenance_row(self, target, reason);
+                list.push(self.row_json(node, &id, &row, None));
             }
-            if let Some(s) = c["Status"].as_str().and_then(Status::parse) {
-                worst = worst.worst(s);
-            }
-            list.push(c);
         }
         let status = if maint {
             "maintenance".to_string()

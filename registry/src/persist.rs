@@ -20,12 +20,15 @@ const DDL: &str = "CREATE TABLE IF NOT EXISTS __corro_native (
 pub enum RowKind {
     /// `{"body": <registration>, "file": <path or null>}`
     Service,
-    /// `{"body": <check registration>}` (checks registered on their own)
+    /// `{"body": <the check's object as sent>, "id", "name", "service_id",
+    /// "file"}`: every check, its service's or registered on its own
     Check,
     /// `{"status", "output", "ttl_expires_at_ms"}`
     CheckState,
     /// `{"reason"}`; id `""` is the node
     Maintenance,
+    /// `{"name"}` under id `node`: the node name the rows were written as
+    Meta,
 }
 
 impl RowKind {
@@ -35,6 +38,7 @@ impl RowKind {
             RowKind::Check => "check",
             RowKind::CheckState => "check_state",
             RowKind::Maintenance => "maintenance",
+            RowKind::Meta => "meta",
         }
     }
 
@@ -44,6 +48,7 @@ impl RowKind {
             "check" => RowKind::Check,
             "check_state" => RowKind::CheckState,
             "maintenance" => RowKind::Maintenance,
+            "meta" => RowKind::Meta,
             _ => return None,
         })
     }

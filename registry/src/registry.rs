@@ -47,6 +47,10 @@ pub struct RegistryConfig {
     /// How long an output-only change may wait before it is replicated.
     pub check_update_interval: Duration,
     pub max_concurrent_probes: usize,
+    /// Most services and checks this agent holds (registrations beyond
+    /// are refused).
+    pub max_services: usize,
+    pub max_checks: usize,
 }
 
 impl RegistryConfig {
@@ -58,6 +62,8 @@ impl RegistryConfig {
             enable_local_script_checks: false,
             check_update_interval: Duration::from_secs(300),
             max_concurrent_probes: 512,
+            max_services: 10_000,
+            max_checks: 50_000,
         }
     }
 }
@@ -134,41 +140,52 @@ pub struct Registry {
 struct Alias(Mutex<Weak<Inner>>);
 
 impl AliasSource for Alias {
-    fn service_health(&self, node: &str, service_id: &str) -> Option<(Status, String)> {
+    fn service_checks(
+        &self,
+        node: &str,
+        service_id: &str,
+        exclude: &str,
+    ) -> Option<Vec<(String, Status, String)>> {
         let inner = self.0.lock().upgrade()?;
         if corro_catalog::same_name(node, &inner.cfg.node) {
             let local = inner.local.lock();
             local.services.get(service_id)?;
-            let mut worst = (Status::Passing, String::new());
-            for (id, row) in local.check_rows() {
-                if row.service_id == service_id || row.service_id.is_empty() {
-                    let s = Status::parse(&row.status).unwrap_or(Status::Critical);
-                    if s > worst.0 {
-                        let out = local
-                            .checks
-                            .get(&id)
-                            .map_or(row.notes, |c| c.output.clone());
-                        worst = (s, out);
-                    }
+            let mut out = Vec::new();
+            for (id, c) in &local.checks {
+                if id != exclude && (c.def.service_id == service_id || c.def.service_id.is_empty())
+                {
+                    out.push((c.def.name.clone(), c.status, c.output.clone()));
                 }
             }
-            return Some(worst);
+            for (target, reason) in &local.maintenance {
+                if target.is_empty() || target == service_id {
+                    out.push((
+                        "Maintenance Mode".to_string(),
+                        Status::Critical,
+                        reason.clone(),
+                    ));
+                }
+            }
+            return Some(out);
         }
         let index = inner.catalog.read();
         index
             .node_instances(node)
             .iter()
             .find(|i| i.service.id == service_id)?;
-        let mut worst = (Status::Passing, String::new());
-        for c in index.node_checks(node) {
-            if c.service_id == service_id || c.service_id.is_empty() {
-                let s = Status::parse(c.status.as_str()).unwrap_or(Status::Critical);
-                if s > worst.0 {
-                    worst = (s, c.output.clone());
-                }
-            }
-        }
-        Some(worst)
+        let out = index
+            .node_checks(node)
+            .iter()
+            .filter(|c| c.id != exclude && (c.service_id == service_id || c.service_id.is_empty()))
+            .map(|c| {
+                (
+                    c.name.clone(),
+                    Status::parse(c.status.as_str()).unwrap_or(Status::Critical),
+                    c.output.clone(),
+                )
+            })
+            .collect();
+        Some(out)
     }
 }
 
@@ -186,7 +203,7 @@ impl Registry {
             cfg.node.clone(),
             Some(alias.clone()),
         ));
-        let (runner, updates, _task) = Runner::start(
+        let (runner, updates, task) = Runner::start(
             prober,
             RunnerConfig {
                 max_concurrent: cfg.max_concurrent_probes,
@@ -205,6 +222,13 @@ impl Registry {
             generation: watch::channel(0).0,
         });
         *alias.0.lock() = Arc::downgrade(&inner);
+        tokio::spawn(async move {
+            if let Err(e) = task.await
+                && e.is_panic()
+            {
+                tracing::error!(error = %e, "the check runner panicked: no check runs until the agent restarts");
+            }
+        });
         let reg = Registry { inner };
         reg.restore()?;
         tokio::spawn(consume(reg.inner.clone(), updates, stop.clone()));
@@ -227,15 +251,13 @@ impl Registry {
             persist::load(&self.inner.store).map_err(|e| RegistryError::Failed(e.to_string()))?;
         let mut states: HashMap<String, Value> = HashMap::new();
         let mut local = Local::default();
-        let mut standalone = Vec::new();
+        let mut saved_checks = Vec::new();
+        let mut saved_node = None;
         for (kind, id, body) in rows {
             match kind {
                 RowKind::Service => {
                     let raw = body["body"].clone();
-                    let origin = match body["file"].as_str() {
-                        Some(f) => Origin::File(f.to_string()),
-                        None => Origin::Api,
-                    };
+                    let origin = origin_of(&body);
                     match ServiceDefinition::decode(&raw) {
                         Ok(def) => {
                             local
@@ -247,7 +269,7 @@ impl Registry {
                         }
                     }
                 }
-                RowKind::Check => standalone.push((id, body["body"].clone())),
+                RowKind::Check => saved_checks.push((id, body)),
                 RowKind::CheckState => {
                     states.insert(id, body);
                 }
@@ -255,36 +277,43 @@ impl Registry {
                     let reason = body["reason"].as_str().unwrap_or_default().to_string();
                     local.maintenance.insert(id, reason);
                 }
-            }
-        }
-        let mut defs: Vec<(CheckDefinition, Option<Value>)> = Vec::new();
-        for s in local.services.values() {
-            defs.extend(s.def.checks.iter().cloned().map(|c| (c, None)));
-        }
-        for (id, raw) in standalone {
-            match raw.as_object().map(CheckDefinition::decode) {
-                Some(Ok(Some(mut c))) => {
-                    if c.id.is_empty() {
-                        c.id = c.name.clone();
+                RowKind::Meta => {
+                    if id == "node" {
+                        saved_node = body["name"].as_str().map(str::to_string);
                     }
-                    defs.push((c, Some(raw)));
                 }
-                _ => tracing::warn!(check = %id, "skipping a saved check that no longer decodes"),
             }
         }
         let now = now_ms();
-        for (def, raw) in defs {
-            let saved = states.get(&def.id);
-            let status = saved
+        for (id, saved) in saved_checks {
+            let origin = origin_of(&saved);
+            let def = match decode_saved_check(&saved) {
+                Some(d) => d,
+                None => {
+                    tracing::warn!(check = %id, "skipping a saved check that no longer decodes");
+                    continue;
+                }
+            };
+            if !def.service_id.is_empty() && !local.services.contains_key(&def.service_id) {
+                continue;
+            }
+            // The config may have changed since: a script check the config
+            // no longer allows does not run again.
+            if def.kind.runs_programs() && !self.script_allowed(&origin) {
+                tracing::warn!(check = %id, "not restoring a script check: script checks are disabled in [services]");
+                continue;
+            }
+            let st = states.get(&def.id);
+            let status = st
                 .and_then(|s| s["status"].as_str())
                 .and_then(Status::parse)
                 .or(def.initial_status)
                 .unwrap_or(Status::Critical);
-            let output = saved
+            let output = st
                 .and_then(|s| s["output"].as_str())
                 .unwrap_or_default()
                 .to_string();
-            let ttl_expires = saved.and_then(|s| s["ttl_expires_at_ms"].as_i64());
+            let ttl_expires = st.and_then(|s| s["ttl_expires_at_ms"].as_i64());
             let ttl_left = ttl_expires.map(|t| Duration::from_millis((t - now).max(0) as u64));
             self.inner.runner.add(
                 def.clone(),
@@ -298,7 +327,8 @@ impl Registry {
                 def.id.clone(),
                 LocalCheck {
                     def,
-                    raw,
+                    raw: Some(saved["body"].clone()),
+                    origin,
                     status,
                     published_output: output.clone(),
                     output,
@@ -314,7 +344,57 @@ impl Registry {
             "native registrations restored"
         );
         *self.inner.local.lock() = local;
+        if let Some(old) = saved_node.filter(|n| *n != self.inner.cfg.node) {
+            self.forget_node(&old);
+        }
+        if let Err(e) = persist::save(
+            &self.inner.store,
+            &[(
+                (RowKind::Meta, "node".into()),
+                Some(json!({"name": self.inner.cfg.node})),
+            )],
+        ) {
+            tracing::warn!(error = %e, "could not save the node name");
+        }
         Ok(())
+    }
+
+    /// The node was renamed: its native rows under the old name go, if
+    /// that name is still this agent's in the catalog (a name another host
+    /// took since keeps its rows).
+    fn forget_node(&self, old: &str) {
+        let ours = {
+            let index = self.inner.catalog.read();
+            index.node(old).is_none_or(|n| {
+                n.actor_id.is_empty() || n.actor_id == self.inner.store.actor_id().to_string()
+            })
+        };
+        if !ours {
+            tracing::warn!(
+                old,
+                "the node was renamed and another host now uses the old name; leaving its rows"
+            );
+            return;
+        }
+        let r = self.inner.store.transact(|tx| {
+            tx.execute(
+                "DELETE FROM consul_services WHERE node = ?1 AND source = 'native'",
+                &[text(old)],
+            )?;
+            tx.execute(
+                "DELETE FROM consul_checks WHERE node = ?1 AND source = 'native'",
+                &[text(old)],
+            )?;
+            Ok(())
+        });
+        match r {
+            Ok(_) => {
+                tracing::info!(old, new = %self.inner.cfg.node, "node renamed: its native rows under the old name removed")
+            }
+            Err(e) => {
+                tracing::warn!(old, error = %e, "could not remove native rows of the old node name")
+            }
+        }
     }
 
     async fn save(&self, writes: Vec<Write>) -> Result<(), RegistryError> {
@@ -326,6 +406,11 @@ impl Registry {
     }
 
     fn changed(&self) {
+        {
+            let local = self.inner.local.lock();
+            metrics::gauge!("corro_registry_services").set(local.services.len() as f64);
+            metrics::gauge!("corro_registry_checks").set(local.checks.len() as f64);
+        }
         self.inner.generation.send_modify(|g| *g += 1);
         self.inner.sync.notify_one();
     }
@@ -382,6 +467,26 @@ impl Registry {
         let mut writes: Vec<Write> = Vec::new();
         {
             let mut local = self.inner.local.lock();
+            if !local.services.contains_key(&def.id)
+                && local.services.len() >= self.inner.cfg.max_services
+            {
+                return Err(RegistryError::BadRequest(format!(
+                    "Validation failed: this agent holds {} services, its limit ([services] max_services)",
+                    local.services.len()
+                )));
+            }
+            let new_checks = def
+                .checks
+                .iter()
+                .filter(|c| !local.checks.contains_key(&c.id))
+                .count();
+            if local.checks.len() + new_checks > self.inner.cfg.max_checks {
+                return Err(RegistryError::BadRequest(format!(
+                    "Validation failed: this agent holds {} checks, its limit is {} ([services] max_checks)",
+                    local.checks.len(),
+                    self.inner.cfg.max_checks
+                )));
+            }
             let listed: HashSet<&str> = def.checks.iter().map(|c| c.id.as_str()).collect();
             if replace_existing_checks {
                 let drop: Vec<String> = local
@@ -397,12 +502,19 @@ impl Registry {
                     writes.push(((RowKind::Check, id), None));
                 }
             }
-            for c in &def.checks {
-                add_check(&self.inner, &mut local, c.clone(), None, &mut writes);
+            for (c, body) in def.checks.iter().zip(&def.check_bodies) {
+                add_check(
+                    &self.inner,
+                    &mut local,
+                    c.clone(),
+                    body.clone(),
+                    &origin,
+                    &mut writes,
+                );
             }
             writes.push((
                 (RowKind::Service, def.id.clone()),
-                Some(json!({"body": raw, "file": match &origin { Origin::File(f) => json!(f), Origin::Api => Value::Null }})),
+                Some(json!({"body": raw, "file": file_of(&origin)})),
             ));
             local
                 .services
@@ -475,7 +587,15 @@ impl Registry {
                     def.service_id
                 )));
             }
-            add_check(&self.inner, &mut local, def, Some(raw), &mut writes);
+            if !local.checks.contains_key(&def.id)
+                && local.checks.len() >= self.inner.cfg.max_checks
+            {
+                return Err(RegistryError::BadRequest(format!(
+                    "Validation failed: this agent holds {} checks, its limit ([services] max_checks)",
+                    local.checks.len()
+                )));
+            }
+            add_check(&self.inner, &mut local, def, raw, &origin, &mut writes);
         }
         self.save(writes).await?;
         self.changed();
@@ -592,11 +712,11 @@ impl Registry {
         Some((v, hash))
     }
 
-    /// Waits until any service changes (or `wait` passes).
-    pub async fn wait_change(&self, wait: Duration) {
-        let mut rx = self.inner.generation.subscribe();
-        rx.mark_unchanged();
-        let _ = tokio::time::timeout(wait, rx.changed()).await;
+    /// A receiver that sees every later service change: subscribe before
+    /// reading what to compare, then await `changed()` (no change between
+    /// the read and the wait is missed).
+    pub fn watch(&self) -> watch::Receiver<u64> {
+        self.inner.generation.subscribe()
     }
 
     /// `/v1/agent/checks`: ID → `HealthCheck` (with this agent's latest
@@ -667,54 +787,99 @@ impl Registry {
     }
 }
 
-/// Adds or replaces a check in `local` and the runner; a re-registration
-/// with the same definition keeps the running check and its state.
+/// Adds or replaces a check in `local` and the runner, saving its
+/// definition as its own row (a check deregistered on its own stays gone
+/// after a restart, even when its service's body listed it). A
+/// re-registration with the same definition keeps the running check; a
+/// changed definition starts from the check's current status and output.
 fn add_check(
     inner: &Inner,
     local: &mut Local,
     def: CheckDefinition,
-    raw: Option<Value>,
+    body: Value,
+    origin: &Origin,
     writes: &mut Vec<Write>,
 ) {
-    if let Some(raw) = &raw {
-        writes.push(((RowKind::Check, def.id.clone()), Some(json!({"body": raw}))));
-    }
+    writes.push((
+        (RowKind::Check, def.id.clone()),
+        Some(json!({"body": body, "id": def.id, "name": def.name,
+            "service_id": def.service_id, "file": file_of(origin)})),
+    ));
     if let Some(existing) = local.checks.get_mut(&def.id)
         && existing.def == def
     {
-        existing.raw = raw;
+        existing.raw = Some(body);
+        existing.origin = origin.clone();
         return;
     }
-    let status = def.initial_status.unwrap_or(Status::Critical);
+    let (status, output) = match local.checks.get(&def.id) {
+        Some(old) => (old.status, old.output.clone()),
+        None => (
+            def.initial_status.unwrap_or(Status::Critical),
+            String::new(),
+        ),
+    };
+    let published = local
+        .checks
+        .get(&def.id)
+        .map_or_else(String::new, |c| c.published_output.clone());
     inner.runner.add(
         def.clone(),
         Start {
             status,
-            output: String::new(),
+            output: output.clone(),
             ttl_left: None,
         },
     );
     let ttl_expires = match def.kind {
-        Kind::Ttl { ttl } => Some(now_ms() + ttl.as_millis() as i64),
+        Kind::Ttl { ttl } => {
+            Some(now_ms() + ttl.min(corro_checks::definition::MAX_PERIOD).as_millis() as i64)
+        }
         _ => None,
     };
     writes.push((
         (RowKind::CheckState, def.id.clone()),
-        Some(json!({"status": status.as_str(), "output": "", "ttl_expires_at_ms": ttl_expires})),
+        Some(
+            json!({"status": status.as_str(), "output": output, "ttl_expires_at_ms": ttl_expires}),
+        ),
     ));
     local.checks.insert(
         def.id.clone(),
         LocalCheck {
             def,
-            raw,
+            raw: Some(body),
+            origin: origin.clone(),
             status,
-            output: String::new(),
-            published_output: String::new(),
+            output,
+            published_output: published,
             output_due: None,
             critical_since: (status == Status::Critical).then(Instant::now),
             ttl_expires_at_ms: ttl_expires,
         },
     );
+}
+
+/// A saved check's definition, with the ID, name and service Consul filled.
+fn decode_saved_check(saved: &Value) -> Option<CheckDefinition> {
+    let mut def = CheckDefinition::decode(saved["body"].as_object()?).ok()??;
+    def.id = saved["id"].as_str()?.to_string();
+    def.name = saved["name"].as_str().unwrap_or(&def.name).to_string();
+    def.service_id = saved["service_id"].as_str().unwrap_or_default().to_string();
+    Some(def)
+}
+
+fn origin_of(saved: &Value) -> Origin {
+    match saved["file"].as_str() {
+        Some(f) => Origin::File(f.to_string()),
+        None => Origin::Api,
+    }
+}
+
+fn file_of(origin: &Origin) -> Value {
+    match origin {
+        Origin::File(f) => json!(f),
+        Origin::Api => Value::Null,
+    }
 }
 
 /// Hex of a stable 64-bit hash of the service's JSON (clients only compare
@@ -851,8 +1016,13 @@ async fn tick_loop(inner: Arc<Inner>, stop: CancellationToken) {
         if due {
             inner.sync.notify_one();
         }
-        let i = inner.clone();
-        let _ = tokio::task::spawn_blocking(move || save_states(&i)).await;
+        {
+            // Under the change lock: a deregistration cannot delete a
+            // check's rows while its state is being written back.
+            let _one = inner.changing.lock().await;
+            let i = inner.clone();
+            let _ = tokio::task::spawn_blocking(move || save_states(&i)).await;
+        }
         let reg = Registry {
             inner: inner.clone(),
         };

@@ -34,6 +34,14 @@ const PASSTHROUGH: &[(&str, &str)] = &[
 ];
 
 const META_MAX_PAIRS: usize = 64;
+/// Limits Consul does not have, so that one registration stays small (its
+/// tags and addresses go to every node).
+pub const MAX_TAGS: usize = 256;
+pub const MAX_TAG_BYTES: usize = 1024;
+pub const MAX_TAGGED_ADDRESSES: usize = 32;
+pub const MAX_CHECKS: usize = 64;
+pub const MAX_PASSTHROUGH_BYTES: usize = 16 * 1024;
+pub const MAX_NAME_BYTES: usize = 1024;
 const META_KEY_MAX: usize = 128;
 const META_VALUE_MAX: usize = 512;
 
@@ -55,6 +63,8 @@ pub struct ServiceDefinition {
     pub extra: BTreeMap<String, Value>,
     /// Its checks, IDs and names filled as Consul fills them.
     pub checks: Vec<CheckDefinition>,
+    /// Each check's object as sent (same order as `checks`).
+    pub check_bodies: Vec<Value>,
 }
 
 /// Why a service body was refused: the 400 body text, Consul's wording.
@@ -126,10 +136,14 @@ impl ServiceDefinition {
         }
         let mut raw_checks: Vec<&Map<String, Value>> = Vec::new();
         if let Some(c) = f.get(&["check"]) {
-            raw_checks.push(
-                c.as_object()
-                    .ok_or_else(|| decode_failed("Check: expected an object".into()))?,
-            );
+            let c = c
+                .as_object()
+                .ok_or_else(|| decode_failed("Check: expected an object".into()))?;
+            // An empty `Check` is no check (Consul drops it); an empty entry
+            // of `Checks` is validated, and refused.
+            if !c.is_empty() {
+                raw_checks.push(c);
+            }
         }
         if let Some(list) = f.get(&["checks"]) {
             let list = list
@@ -146,6 +160,27 @@ impl ServiceDefinition {
         // Consul's order: name, address, weights, meta, validation, checks.
         if name.is_empty() {
             return Err(ServiceError("Missing service name".into()));
+        }
+        let too_big = |what: String| Err(ServiceError(format!("Validation failed: {what}")));
+        if name.len() > MAX_NAME_BYTES || id.len() > MAX_NAME_BYTES {
+            return too_big(format!("Name and ID are limited to {MAX_NAME_BYTES} bytes"));
+        }
+        if tags.len() > MAX_TAGS || tags.iter().any(|t| t.len() > MAX_TAG_BYTES) {
+            return too_big(format!(
+                "at most {MAX_TAGS} tags of at most {MAX_TAG_BYTES} bytes each"
+            ));
+        }
+        if tagged_addresses.len() > MAX_TAGGED_ADDRESSES {
+            return too_big(format!("at most {MAX_TAGGED_ADDRESSES} tagged addresses"));
+        }
+        if raw_checks.len() > MAX_CHECKS {
+            return too_big(format!("at most {MAX_CHECKS} checks per service"));
+        }
+        let passthrough: usize = extra.values().map(|v| v.to_string().len()).sum();
+        if passthrough > MAX_PASSTHROUGH_BYTES {
+            return too_big(format!(
+                "Proxy, Connect and the other stored-only fields are limited to {MAX_PASSTHROUGH_BYTES} bytes"
+            ));
         }
         if is_any_address(&address) {
             return Err(ServiceError("Invalid service address".into()));
@@ -190,6 +225,7 @@ impl ServiceDefinition {
         let id = if id.is_empty() { name.clone() } else { id };
         let count = raw_checks.len();
         let mut checks = Vec::with_capacity(count);
+        let mut check_bodies = Vec::with_capacity(count);
         let mut n = 0;
         for raw in raw_checks {
             let Some(mut c) = CheckDefinition::decode(raw).map_err(|e| match e {
@@ -199,8 +235,11 @@ impl ServiceDefinition {
                 CheckError::Missing(m) => ServiceError(m),
             })?
             else {
-                continue;
+                return Err(ServiceError(
+                    "Invalid check: TTL must be > 0 for TTL checks".into(),
+                ));
             };
+            check_bodies.push(Value::Object(raw.clone()));
             n += 1;
             if c.id.is_empty() {
                 c.id = if count == 1 {
@@ -229,6 +268,7 @@ impl ServiceDefinition {
             enable_tag_override,
             extra,
             checks,
+            check_bodies,
         })
     }
 
@@ -390,6 +430,15 @@ mod tests {
         assert!(e(json!([1])).starts_with("Request decode failed: "));
         let many: Map<String, Value> = (0..65).map(|i| (format!("k{i}"), json!("v"))).collect();
         assert!(e(json!({"Name": "a", "Meta": many})).contains("more than 64"));
+        let tags: Vec<String> = (0..300).map(|i| format!("t{i}")).collect();
+        assert!(
+            e(json!({"Name": "a", "Tags": tags}))
+                .starts_with("Validation failed: at most 256 tags")
+        );
+        assert!(
+            e(json!({"Name": "a", "Connect": {"x": "y".repeat(20_000)}}))
+                .starts_with("Validation failed")
+        );
     }
 
     #[test]

@@ -1,0 +1,261 @@
+//! Service definition files, as Consul's agent reads them from its config
+//! directory: JSON (`*.json`) or HCL (`*.hcl`) holding a `service` block
+//! (or several) or a `services` list, each a service definition with its
+//! `check`/`checks`. Keys in CamelCase or snake_case.
+//!
+//! [`load`] parses every file under the configured paths; [`reconcile`]
+//! brings the registry to them: services of new or changed files are
+//! registered, services whose file is gone or no longer lists them are
+//! deregistered. A file that does not parse or validate is refused whole,
+//! with its path, line (where the parser knows it) and reason, and the
+//! services it defined before stay as they were.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::Origin;
+use crate::registry::{Registry, RegistryError};
+use crate::service::ServiceDefinition;
+
+/// Largest definition file read.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+/// Most definition files read from the configured paths.
+pub const MAX_FILES: usize = 10_000;
+
+/// One file's services, or why it was refused.
+#[derive(Debug)]
+pub struct Loaded {
+    pub path: PathBuf,
+    pub services: Result<Vec<Value>, String>,
+}
+
+/// Reads every `*.json` and `*.hcl` file in `paths` (directories are read
+/// one level deep, in name order; a path may also name a file).
+pub fn load(paths: &[PathBuf]) -> Vec<Loaded> {
+    let mut files = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            match std::fs::read_dir(p) {
+                Ok(entries) => {
+                    let mut names: Vec<PathBuf> = entries
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|f| {
+                            f.is_file()
+                                && matches!(
+                                    f.extension().and_then(|x| x.to_str()),
+                                    Some("json") | Some("hcl")
+                                )
+                        })
+                        .collect();
+                    names.sort();
+                    files.extend(names);
+                }
+                Err(e) => {
+                    tracing::warn!(path = %p.display(), error = %e, "cannot read the service definition directory")
+                }
+            }
+        } else if p.exists() {
+            files.push(p.clone());
+        } else {
+            tracing::warn!(path = %p.display(), "service definition path does not exist");
+        }
+    }
+    if files.len() > MAX_FILES {
+        tracing::warn!(
+            files = files.len(),
+            max = MAX_FILES,
+            "too many service definition files; reading the first ones"
+        );
+        files.truncate(MAX_FILES);
+    }
+    files
+        .into_iter()
+        .map(|path| {
+            let services = parse_file(&path);
+            Loaded { path, services }
+        })
+        .collect()
+}
+
+/// The service bodies in one file.
+pub fn parse_file(path: &Path) -> Result<Vec<Value>, String> {
+    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
+    if meta.len() > MAX_FILE_BYTES {
+        return Err(format!("larger than {MAX_FILE_BYTES} bytes"));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let hcl = path.extension().and_then(|x| x.to_str()) == Some("hcl");
+    parse_text(&text, hcl)
+}
+
+/// The service bodies in a definition's text (JSON, or HCL when `hcl`),
+/// each validated.
+pub fn parse_text(text: &str, hcl: bool) -> Result<Vec<Value>, String> {
+    let doc: Value = if hcl {
+        hcl::from_str(text).map_err(|e| e.to_string())?
+    } else {
+        serde_json::from_str(text)
+            .map_err(|e| format!("line {}, column {}: {e}", e.line(), e.column()))?
+    };
+    let obj = doc
+        .as_object()
+        .ok_or("expected an object with a `service` or `services` key")?;
+    let mut bodies = Vec::new();
+    for (k, v) in obj {
+        match corro_checks::fields::fold(k).as_str() {
+            "service" | "services" => match v {
+                Value::Array(list) => bodies.extend(list.iter().cloned()),
+                Value::Object(_) => bodies.push(v.clone()),
+                _ => return Err(format!("`{k}` must be a block or a list of them")),
+            },
+            _ => {
+                return Err(format!(
+                    "unknown key `{k}` (expected `service` or `services`)"
+                ));
+            }
+        }
+    }
+    if bodies.is_empty() {
+        return Err("no `service` or `services` in it".into());
+    }
+    let mut ids = BTreeSet::new();
+    for (i, b) in bodies.iter().enumerate() {
+        let d = ServiceDefinition::decode(b).map_err(|e| format!("service {}: {e}", i + 1))?;
+        if !ids.insert(d.id.clone()) {
+            return Err(format!(
+                "service {}: the ID {:?} is defined twice",
+                i + 1,
+                d.id
+            ));
+        }
+    }
+    Ok(bodies)
+}
+
+/// What a reconciliation did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reconciled {
+    pub registered: Vec<String>,
+    pub deregistered: Vec<String>,
+    pub unchanged: usize,
+    /// Refused files: `path: reason`.
+    pub refused: Vec<String>,
+}
+
+/// Brings the registry's file-defined services to `loaded`.
+pub async fn reconcile(reg: &Registry, loaded: Vec<Loaded>) -> Reconciled {
+    let mut out = Reconciled::default();
+    let before = reg.file_services();
+    let mut keep_files = BTreeSet::new();
+    let mut wanted: BTreeMap<String, (String, Value)> = BTreeMap::new();
+    for l in loaded {
+        let file = l.path.display().to_string();
+        keep_files.insert(file.clone());
+        match l.services {
+            Err(reason) => {
+                tracing::error!(file = %file, %reason, "service definition file refused; its services stay as they were");
+                out.refused.push(format!("{file}: {reason}"));
+                // Last good state kept: its current services stay wanted.
+                for id in before.get(&file).into_iter().flatten() {
+                    if let Some((raw, _)) = reg.service_source(id) {
+                        wanted.insert(id.clone(), (file.clone(), raw));
+                    }
+                }
+            }
+            Ok(bodies) => {
+                for b in bodies {
+                    let id = match ServiceDefinition::decode(&b) {
+                        Ok(d) => d.id,
+                        Err(_) => continue,
+                    };
+                    if let Some((other, _)) = wanted.get(&id) {
+                        let reason = format!("service {id:?} is also defined in {other}");
+                        tracing::error!(file = %file, %reason, "service definition refused");
+                        out.refused.push(format!("{file}: {reason}"));
+                        continue;
+                    }
+                    wanted.insert(id, (file.clone(), b));
+                }
+            }
+        }
+    }
+    for (id, (file, raw)) in &wanted {
+        let same = reg
+            .service_source(id)
+            .is_some_and(|(r, o)| r == *raw && o == Origin::File(file.clone()));
+        if same {
+            out.unchanged += 1;
+            continue;
+        }
+        match reg
+            .register_service(raw.clone(), true, Origin::File(file.clone()))
+            .await
+        {
+            Ok(()) => out.registered.push(id.clone()),
+            Err(e) => {
+                tracing::error!(file = %file, service = %id, error = %e, "service definition refused");
+                out.refused.push(format!("{file}: service {id:?}: {e}"));
+            }
+        }
+    }
+    for ids in before.values() {
+        for id in ids {
+            if !wanted.contains_key(id) {
+                match reg.deregister_service(id).await {
+                    Ok(()) | Err(RegistryError::NotFound(_)) => out.deregistered.push(id.clone()),
+                    Err(e) => {
+                        tracing::warn!(service = %id, error = %e, "could not deregister a service whose definition file went away")
+                    }
+                }
+            }
+        }
+    }
+    tracing::info!(
+        registered = out.registered.len(),
+        deregistered = out.deregistered.len(),
+        unchanged = out.unchanged,
+        refused = out.refused.len(),
+        "service definition files reconciled"
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_and_hcl_definitions() {
+        let j = parse_text(
+            r#"{"service": {"name": "web", "port": 80, "check": {"http": "http://x/", "interval": "10s"}}}"#,
+            false,
+        )
+        .unwrap();
+        assert_eq!(j.len(), 1);
+        let h = parse_text(
+            "service {\n  name = \"web\"\n  port = 80\n  check {\n    tcp = \"x:1\"\n    interval = \"5s\"\n  }\n}\nservice {\n  name = \"db\"\n}\n",
+            true,
+        )
+        .unwrap();
+        assert_eq!(h.len(), 2);
+        let l = parse_text("services = [ { name = \"a\" }, { name = \"b\" } ]\n", true).unwrap();
+        assert_eq!(l.len(), 2);
+    }
+
+    #[test]
+    fn bad_files_say_where_and_why() {
+        let e = parse_text("{\n  \"service\": {\n    \"name\": \n}", false).unwrap_err();
+        assert!(e.starts_with("line 4"), "{e}");
+        let e = parse_text("service {\n  name = \n}\n", true).unwrap_err();
+        assert!(e.contains("line 2"), "{e}");
+        let e = parse_text(r#"{"service": {"port": 1}}"#, false).unwrap_err();
+        assert_eq!(e, "service 1: Missing service name");
+        let e = parse_text(r#"{"services": [{"name": "a"}, {"name": "a"}]}"#, false).unwrap_err();
+        assert!(e.contains("defined twice"), "{e}");
+        assert!(parse_text(r#"{"svc": {}}"#, false).is_err());
+        assert!(parse_text("[]", false).is_err());
+    }
+}
