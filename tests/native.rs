@@ -668,3 +668,159 @@ fn a_host_moves_from_the_bridge_to_native_registration_without_a_dns_gap() {
     );
     assert_eq!(ask(), 1);
 }
+
+#[test]
+fn service_definition_files_are_reconciled_on_reload_and_the_cli_registers() {
+    let dir = tempfile::tempdir().unwrap();
+    let defs = dir.path().join("services.d");
+    std::fs::create_dir_all(&defs).unwrap();
+    let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+    let tcp_port = tcp.local_addr().unwrap().port();
+    std::fs::write(
+        defs.join("web.json"),
+        r#"{"service": {"name": "web", "id": "web-1", "port": 8080, "tags": ["v1"],
+            "check": {"ttl": "10m", "status": "passing"}}}"#,
+    )
+    .unwrap();
+    std::fs::write(
+        defs.join("db.hcl"),
+        format!(
+            "service {{\n  name = \"db\"\n  port = {tcp_port}\n  check {{\n    tcp = \"127.0.0.1:{tcp_port}\"\n    interval = \"1s\"\n  }}\n}}\n"
+        ),
+    )
+    .unwrap();
+    let node = native_node(
+        &dir.path().join("a"),
+        "host-a",
+        None,
+        &format!("[services]\npaths = [\"{}\"]\n", defs.display()),
+    );
+    let a = node.start();
+    let services = |a: &Agent| -> Vec<String> {
+        get_json(a, "/v1/agent/services")
+            .as_object()
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(services(&a), ["db", "web-1"]);
+    await_some(Duration::from_secs(10), "db's TCP check passing", || {
+        (check_of(&a, "service:db")?["Status"] == "passing").then_some(())
+    });
+    // Changed on disk, applied on SIGHUP.
+    std::fs::write(
+        defs.join("web.json"),
+        r#"{"service": {"name": "web", "id": "web-1", "port": 8080, "tags": ["v2"],
+            "check": {"ttl": "10m", "status": "passing"}}}"#,
+    )
+    .unwrap();
+    a.signal("HUP");
+    await_some(Duration::from_secs(10), "web's new tags", || {
+        (get_json(&a, "/v1/agent/services")["web-1"]["Tags"] == json!(["v2"])).then_some(())
+    });
+    // A file added, and one broken: `corrosion reload` applies the first,
+    // refuses the second with its path and line, and db stays as it was.
+    std::fs::write(
+        defs.join("cache.json"),
+        r#"{"services": [{"name": "cache", "port": 6379}]}"#,
+    )
+    .unwrap();
+    std::fs::write(defs.join("db.hcl"), "service {\n  name = \n}\n").unwrap();
+    let out = node.cli(&["reload"]);
+    assert!(!out.status.success(), "a refused file fails the reload");
+    let err = common::stderr(&out);
+    assert!(err.contains("db.hcl") && err.contains("line 2"), "{err}");
+    assert_eq!(services(&a), ["cache", "db", "web-1"]);
+    assert_eq!(check_of(&a, "service:db").unwrap()["Status"], "passing");
+    // A file removed: its services go.
+    std::fs::remove_file(defs.join("web.json")).unwrap();
+    std::fs::remove_file(defs.join("db.hcl")).unwrap();
+    let out = node.cli(&["reload"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(
+        common::stdout(&out).contains("service definitions"),
+        "{}",
+        common::stdout(&out)
+    );
+    assert_eq!(services(&a), ["cache"]);
+
+    // The CLI, as `consul services` and `consul maint`.
+    let api = a.api.to_string();
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--api-addr", api.as_str()];
+        all.extend_from_slice(args);
+        node.cli(&all)
+    };
+    let out = cli(&[
+        "services",
+        "register",
+        "--name",
+        "api",
+        "--port",
+        "9000",
+        "--tag",
+        "x",
+        "--meta",
+        "team=core",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert!(common::stdout(&out).contains("Registered service: api"));
+    let api = &get_json(&a, "/v1/agent/services")["api"];
+    assert_eq!(
+        (api["Port"].as_i64(), &api["Tags"], &api["Meta"]),
+        (Some(9000), &json!(["x"]), &json!({"team": "core"}))
+    );
+    let file = dir.path().join("batch.hcl");
+    std::fs::write(
+        &file,
+        "services = [ { name = \"b1\" }, { name = \"b2\" } ]\n",
+    )
+    .unwrap();
+    assert!(
+        cli(&["services", "register", file.to_str().unwrap()])
+            .status
+            .success()
+    );
+    assert_eq!(services(&a), ["api", "b1", "b2", "cache"]);
+    assert!(
+        cli(&["services", "deregister", file.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let out = cli(&[
+        "maint",
+        "enable",
+        "--service",
+        "api",
+        "--reason",
+        "upgrading",
+    ]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    assert_eq!(
+        check_of(&a, "_service_maintenance:api").unwrap()["Notes"],
+        "upgrading"
+    );
+    assert!(cli(&["maint", "enable"]).status.success());
+    assert_eq!(
+        check_of(&a, "_node_maintenance").unwrap()["Status"],
+        "critical"
+    );
+    assert!(cli(&["maint", "disable"]).status.success());
+    assert!(
+        cli(&["maint", "disable", "--service", "api"])
+            .status
+            .success()
+    );
+    assert!(check_of(&a, "_node_maintenance").is_none());
+    assert!(check_of(&a, "_service_maintenance:api").is_none());
+    assert!(cli(&["services", "deregister", "api"]).status.success());
+    let out = cli(&["services", "deregister", "api"]);
+    assert!(!out.status.success());
+    assert!(
+        common::stderr(&out).contains("Unknown service ID"),
+        "{}",
+        common::stderr(&out)
+    );
+    assert_eq!(services(&a), ["cache"]);
+    drop(tcp);
+    a.stop();
+}

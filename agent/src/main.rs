@@ -14,6 +14,7 @@ mod consul;
 mod logging;
 mod run;
 mod service;
+mod services_cli;
 mod tasks;
 mod telemetry;
 mod templates;
@@ -122,6 +123,18 @@ enum Command {
         #[command(subcommand)]
         cmd: TlsCommand,
     },
+    /// This host's services, registered with the running agent (as
+    /// `consul services`)
+    Services {
+        #[command(subcommand)]
+        cmd: ServicesCommand,
+    },
+    /// Maintenance mode for this node or one of its services (as
+    /// `consul maint`): a critical check that takes it out of answers
+    Maint {
+        #[command(subcommand)]
+        cmd: MaintCommand,
+    },
     /// Restore the Corrosion DB from a backup (the agent must be stopped)
     Restore {
         /// The backup file
@@ -129,6 +142,56 @@ enum Command {
         /// Keep this node's actor id (only when restoring this node's own backup)
         #[arg(long)]
         keep_actor_id: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ServicesCommand {
+    /// Register the services of a definition file (Consul's JSON or HCL
+    /// format), or one service described by flags
+    Register {
+        /// A service definition file (`*.json` or `*.hcl`)
+        file: Option<PathBuf>,
+        /// Service name (instead of a file)
+        #[arg(long, conflicts_with = "file")]
+        name: Option<String>,
+        /// Service ID (default: the name)
+        #[arg(long, requires = "name")]
+        id: Option<String>,
+        /// Service address (default: the node's)
+        #[arg(long, requires = "name")]
+        address: Option<String>,
+        #[arg(long, requires = "name")]
+        port: Option<u16>,
+        /// A tag (repeat for more)
+        #[arg(long = "tag", requires = "name")]
+        tags: Vec<String>,
+        /// Metadata as KEY=VALUE (repeat for more)
+        #[arg(long = "meta", requires = "name")]
+        meta: Vec<String>,
+    },
+    /// Deregister a service by ID, or the services of a definition file
+    Deregister {
+        /// A service ID, or a definition file whose services to deregister
+        target: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum MaintCommand {
+    /// Put the node (or `--service`) into maintenance
+    Enable {
+        /// A service ID (default: the whole node)
+        #[arg(long)]
+        service: Option<String>,
+        /// Why (shown as the maintenance check's notes)
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Take the node (or `--service`) out of maintenance
+    Disable {
+        #[arg(long)]
+        service: Option<String>,
     },
 }
 
@@ -272,7 +335,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let needs_config = !(cli.api_addr.is_some()
         && matches!(
             cli.cmd,
-            Command::Exec { .. } | Command::Query { .. } | Command::Template { .. }
+            Command::Exec { .. }
+                | Command::Query { .. }
+                | Command::Template { .. }
+                | Command::Services { .. }
+                | Command::Maint { .. }
         ));
     let loaded = if needs_config || path.exists() {
         Some(Config::load(&path, explicit)?)
@@ -388,6 +455,48 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let config = config_of(config)?;
             logging::init_agent(&config.log);
             runtime()?.block_on(consul::sync_command::run(&config, token))
+        }
+        Command::Services { cmd } => {
+            logging::init_client();
+            let addr = api_addr.ok_or_else(|| anyhow::anyhow!("no API address"))?;
+            let client = corro_client::Client::new(addr, token);
+            runtime()?.block_on(async move {
+                match cmd {
+                    ServicesCommand::Register {
+                        file,
+                        name,
+                        id,
+                        address,
+                        port,
+                        tags,
+                        meta,
+                    } => {
+                        let bodies = match (file, name) {
+                            (Some(f), _) => services_cli::bodies_of(&f)?,
+                            (None, Some(name)) => {
+                                vec![services_cli::from_flags(
+                                    name, id, address, port, tags, meta,
+                                )?]
+                            }
+                            (None, None) => anyhow::bail!("give a definition file or --name"),
+                        };
+                        services_cli::register(&client, bodies).await
+                    }
+                    ServicesCommand::Deregister { target } => {
+                        services_cli::deregister(&client, &target).await
+                    }
+                }
+            })
+        }
+        Command::Maint { cmd } => {
+            logging::init_client();
+            let addr = api_addr.ok_or_else(|| anyhow::anyhow!("no API address"))?;
+            let client = corro_client::Client::new(addr, token);
+            let (enable, service, reason) = match cmd {
+                MaintCommand::Enable { service, reason } => (true, service, reason),
+                MaintCommand::Disable { service } => (false, service, None),
+            };
+            runtime()?.block_on(services_cli::maint(&client, enable, service, reason))
         }
         Command::Tls { .. } => unreachable!("handled above"),
         Command::Restore {

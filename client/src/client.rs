@@ -99,6 +99,21 @@ impl Client {
     }
 
     /// `POST /v1/transactions`: runs the statements as one transaction.
+    /// `PUT` to one of the Consul agent routes (`path` with its query
+    /// string), with a JSON body or none; `Ok` on 200.
+    pub async fn consul_put(
+        &self,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(), ClientError> {
+        let req = self.request(reqwest::Method::PUT, path);
+        let req = match body {
+            Some(b) => req.json(b),
+            None => req,
+        };
+        self.send(req).await.map(|_| ())
+    }
+
     pub async fn execute(&self, statements: &[Statement]) -> Result<ExecResponse, ClientError> {
         self.json(
             self.request(reqwest::Method::POST, "/v1/transactions")
