@@ -5,6 +5,7 @@
 //! `docs/BENCHMARKS.md` records. Run with `cargo run --release -p corro-bench -- store`.
 #![allow(clippy::print_stdout)]
 
+mod checks;
 mod cluster;
 mod consul;
 mod dns;
@@ -37,6 +38,12 @@ enum Cmd {
     StoreLimits(limits::LimitsArgs),
     /// Subscriptions on a large table under a steady write load.
     Subs(subs::SubsArgs),
+    /// Checks run by the agent: 10,000 HTTP + 10,000 TTL checks at rest,
+    /// registration throughput, a failing target leaving DNS.
+    Checks {
+        #[command(subcommand)]
+        cmd: checks::ChecksCmd,
+    },
     /// Real agents on loopback: convergence, latency, catch-up, failover.
     Cluster {
         #[command(subcommand)]
@@ -67,6 +74,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Store(args) => store::run(args),
         Cmd::StoreOnce(args) => store::once(args),
         Cmd::StoreLimits(args) => limits::run(args),
+        Cmd::Checks { cmd } => checks::run(cmd),
         Cmd::Cluster { cmd } => cluster::run(cmd),
         Cmd::Subs(args) => subs::run(args),
         Cmd::Consul { cmd } => consul::run(cmd),

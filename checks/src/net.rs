@@ -9,9 +9,12 @@
 //! | script | exit 0 | exit 1 | other codes, timeout |
 //! | OS service | `systemctl is-active` says active | unknown | inactive, failed |
 //!
-//! gRPC, H2PING, Docker and TCP-with-TLS checks are decoded and stored but
-//! this build cannot run them: they report critical with a message saying
-//! so (and registration refuses them before that, see the registry).
+//! | TCP with TLS | connected and the handshake verified | | anything else |
+//! | H2PING | an HTTP/2 PING answered (h2c, or TLS with ALPN `h2`) | | anything else |
+//!
+//! gRPC and Docker checks are decoded and stored but this build cannot run
+//! them: they report critical with a message saying so (and registration
+//! refuses them before that, see the registry).
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -86,10 +89,24 @@ impl Prober for NetProber {
                     }
                 })
             }
-            Kind::Tcp {
-                addr,
-                use_tls: false,
-            } => Box::pin(tcp(addr.clone(), timeout)),
+            Kind::Tcp { addr, use_tls } => {
+                let tls = use_tls.then(|| {
+                    (
+                        crate::tls::config(check.tls_skip_verify, &[]),
+                        check.tls_server_name.clone(),
+                    )
+                });
+                Box::pin(tcp(addr.clone(), tls, timeout))
+            }
+            Kind::H2Ping { addr, use_tls } => {
+                let tls = use_tls.then(|| {
+                    (
+                        crate::tls::config(check.tls_skip_verify, &[b"h2"]),
+                        check.tls_server_name.clone(),
+                    )
+                });
+                Box::pin(h2ping(addr.clone(), tls, timeout))
+            }
             Kind::Udp { addr } => Box::pin(udp(addr.clone(), timeout)),
             Kind::Script { args } => Box::pin(script(args.clone(), timeout, max)),
             Kind::OsService { name } => Box::pin(os_service(name.clone(), timeout)),
@@ -222,11 +239,68 @@ fn title_verb(verb: &str, url: &str) -> String {
     format!("{v} {url:?}")
 }
 
-async fn tcp(addr: String, timeout: Duration) -> Outcome {
-    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr.as_str())).await {
-        Ok(Ok(_)) => Outcome::new(Status::Passing, format!("TCP connect {addr}: Success")),
-        Ok(Err(e)) => Outcome::new(Status::Critical, format!("dial tcp {addr}: {e}")),
+/// TLS settings of a check: its client configuration and server name.
+type Tls = Option<(Result<Arc<rustls::ClientConfig>, String>, String)>;
+
+async fn tcp(addr: String, tls: Tls, timeout: Duration) -> Outcome {
+    let run = async {
+        let stream = tokio::net::TcpStream::connect(addr.as_str())
+            .await
+            .map_err(|e| format!("dial tcp {addr}: {e}"))?;
+        if let Some((cfg, name)) = tls {
+            crate::tls::handshake(stream, &addr, &name, cfg?).await?;
+        }
+        Ok::<(), String>(())
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(())) => Outcome::new(Status::Passing, format!("TCP connect {addr}: Success")),
+        Ok(Err(e)) => Outcome::new(Status::Critical, e),
         Err(_) => Outcome::new(Status::Critical, format!("dial tcp {addr}: i/o timeout")),
+    }
+}
+
+/// An HTTP/2 PING over a new connection (h2c, or TLS offering `h2`).
+async fn h2ping(addr: String, tls: Tls, timeout: Duration) -> Outcome {
+    async fn ping<T>(io: T) -> Result<(), String>
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (_send, mut conn) = h2::client::handshake(io)
+            .await
+            .map_err(|e| format!("HTTP2 handshake: {e}"))?;
+        let mut pings = conn.ping_pong().ok_or("HTTP2 pings unavailable")?;
+        let driver = tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let r = pings
+            .ping(h2::Ping::opaque())
+            .await
+            .map_err(|e| format!("HTTP2 ping: {e}"));
+        driver.abort();
+        r.map(|_| ())
+    }
+    let run = async {
+        let stream = tokio::net::TcpStream::connect(addr.as_str())
+            .await
+            .map_err(|e| format!("Failed to dial to {addr}: {e}"))?;
+        match tls {
+            Some((cfg, name)) => {
+                let s = crate::tls::handshake(stream, &addr, &name, cfg?).await?;
+                ping(s).await
+            }
+            None => ping(stream).await,
+        }
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(())) => Outcome::new(Status::Passing, "HTTP2 ping was successful"),
+        Ok(Err(e)) => Outcome::new(Status::Critical, e),
+        Err(_) => Outcome::new(
+            Status::Critical,
+            format!(
+                "HTTP2 ping to {addr}: timed out after {}",
+                crate::duration::format(timeout)
+            ),
+        ),
     }
 }
 

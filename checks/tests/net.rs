@@ -216,3 +216,132 @@ async fn scripts_exit_codes_output_and_timeout() {
     );
     assert!(o.output.ends_with("END\n"));
 }
+
+/// A self-signed certificate for `localhost` and its server config.
+fn tls_server(alpn: &[&[u8]]) -> tokio_rustls::TlsAcceptor {
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("a certificate");
+    let der = cert.cert.der().clone();
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(cert.signing_key.serialize_der().into());
+    let mut cfg = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("protocol versions")
+    .with_no_client_auth()
+    .with_single_cert(vec![der], key)
+    .expect("a server config");
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
+
+/// Serves HTTP/2 (answering pings) on every accepted connection, over TLS
+/// when `tls` is given.
+async fn h2_server(tls: Option<tokio_rustls::TlsAcceptor>) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a loopback port");
+    let addr = l.local_addr().expect("its address");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let tls = tls.clone();
+            tokio::spawn(async move {
+                async fn serve<T>(io: T)
+                where
+                    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+                {
+                    if let Ok(mut conn) = h2::server::handshake(io).await {
+                        while let Some(Ok(_)) = conn.accept().await {}
+                    }
+                }
+                match tls {
+                    Some(a) => {
+                        if let Ok(s) = a.accept(s).await {
+                            serve(s).await;
+                        }
+                    }
+                    None => serve(s).await,
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn h2ping_over_h2c_and_tls() {
+    let p = NetProber::new("n1".into(), None);
+    let plain = h2_server(None).await;
+    let o = p
+        .probe(def(
+            serde_json::json!({"Name": "h", "H2PING": plain.to_string(),
+            "H2PingUseTLS": false, "Interval": "10s", "Timeout": "2s"}),
+        ))
+        .await;
+    assert_eq!(
+        (o.status, o.output.as_str()),
+        (Status::Passing, "HTTP2 ping was successful")
+    );
+    let secure = h2_server(Some(tls_server(&[b"h2"]))).await;
+    let o = p
+        .probe(def(
+            serde_json::json!({"Name": "h", "H2PING": secure.to_string(),
+            "TLSSkipVerify": true, "Interval": "10s", "Timeout": "2s"}),
+        ))
+        .await;
+    assert_eq!(o.status, Status::Passing, "{}", o.output);
+    // Not trusted without skip-verify; an HTTP/1 server is no HTTP/2 peer.
+    let o = p
+        .probe(def(
+            serde_json::json!({"Name": "h", "H2PING": secure.to_string(),
+            "TLSServerName": "localhost", "Interval": "10s", "Timeout": "2s"}),
+        ))
+        .await;
+    assert_eq!(o.status, Status::Critical, "{}", o.output);
+    let url = http_server(200, "OK", "hi").await;
+    let http1 = url
+        .trim_start_matches("http://")
+        .trim_end_matches("/health")
+        .to_string();
+    let o = p
+        .probe(def(serde_json::json!({"Name": "h", "H2PING": http1,
+            "H2PingUseTLS": false, "Interval": "10s", "Timeout": "2s"})))
+        .await;
+    assert_eq!(o.status, Status::Critical, "{}", o.output);
+}
+
+#[tokio::test]
+async fn tcp_with_tls_verifies_unless_told_not_to() {
+    let p = NetProber::new("n1".into(), None);
+    let acceptor = tls_server(&[]);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let addr = l.local_addr().expect("its address");
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let a = acceptor.clone();
+            tokio::spawn(async move {
+                let _ = a.accept(s).await;
+            });
+        }
+    });
+    let o = p
+        .probe(def(
+            serde_json::json!({"Name": "t", "TCP": addr.to_string(), "TCPUseTLS": true,
+            "TLSSkipVerify": true, "Interval": "10s", "Timeout": "2s"}),
+        ))
+        .await;
+    assert_eq!(
+        (o.status, o.output),
+        (Status::Passing, format!("TCP connect {addr}: Success"))
+    );
+    let o = p
+        .probe(def(
+            serde_json::json!({"Name": "t", "TCP": addr.to_string(), "TCPUseTLS": true,
+            "TLSServerName": "localhost", "Interval": "10s", "Timeout": "2s"}),
+        ))
+        .await;
+    assert_eq!(o.status, Status::Critical);
+    assert!(o.output.contains("tls"), "{}", o.output);
+}
