@@ -360,10 +360,31 @@ fn bad_bodies_and_unknown_ids_get_consuls_codes_and_change_nothing() {
             "Scripts are disabled",
         ),
         (
+            "/v1/agent/service/register",
+            r#"{"Name": "x", "Checks": [{}]}"#.into(),
+            400,
+            "Invalid check: TTL must be > 0 for TTL checks",
+        ),
+        (
+            "/v1/agent/service/register",
+            format!(
+                r#"{{"Name": "x", "Tags": [{}]}}"#,
+                vec!["\"t\""; 300].join(",")
+            ),
+            400,
+            "Validation failed: at most 256 tags",
+        ),
+        (
             "/v1/agent/check/register",
             r#"{"TTL": "5s"}"#.into(),
             400,
             "Missing check name",
+        ),
+        (
+            "/v1/agent/check/register",
+            r#"{"Name": "c", "TTL": "5s", "Status": "ok"}"#.into(),
+            400,
+            "Bad check status",
         ),
         (
             "/v1/agent/check/register",
@@ -459,6 +480,38 @@ fn bad_bodies_and_unknown_ids_get_consuls_codes_and_change_nothing() {
         "nothing registered"
     );
     assert_eq!(get_json(&a, "/v1/agent/checks"), checks, "no check changed");
+    // ?filter= on the agent's own lists, as Consul.
+    let v = get_json(
+        &a,
+        "/v1/agent/services?filter=Service%20%3D%3D%20%22nomatch%22",
+    );
+    assert_eq!(v, json!({}));
+    let v = get_json(&a, "/v1/agent/services?filter=Service%20%3D%3D%20%22web%22");
+    assert!(v.get("web").is_some(), "{v}");
+    let r = reqwest::blocking::get(a.url("/v1/agent/checks?filter=Nope%20%3D%3D%201")).unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+    // A failing node-level check makes the service unhealthy for load
+    // balancers too (Consul counts the node's checks).
+    assert_eq!(put(&a, "/v1/agent/check/pass/service:web", "").0, 200);
+    let health = |a: &Agent| {
+        reqwest::blocking::get(a.url("/v1/agent/health/service/id/web?format=text"))
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(health(&a), 200);
+    assert_eq!(
+        put(
+            &a,
+            "/v1/agent/check/register",
+            r#"{"Name": "disk", "TTL": "1m"}"#
+        )
+        .0,
+        200
+    );
+    assert_eq!(health(&a), 503, "a critical node check");
+    assert_eq!(put(&a, "/v1/agent/check/warn/disk", "").0, 200);
+    assert_eq!(health(&a), 429);
     a.stop();
 
     // With script checks enabled in the config, the same body runs.

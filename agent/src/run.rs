@@ -148,9 +148,9 @@ impl Handler {
 impl AdminHandler for Handler {
     fn reload(&self) -> Result<serde_json::Value, String> {
         tracing::info!("admin: re-applying schema files and service definitions");
-        let out = apply_schema(&self.store, &self.config)
+        let schema = apply_schema(&self.store, &self.config)
             .map(|d| serde_json::to_value(d).unwrap_or_default())
-            .map_err(|e| format!("{e:#}"))?;
+            .map_err(|e| format!("schema not applied, the previous one stays in force: {e:#}"));
         // New discovery tables (or rows the catalog could not read before).
         if let Some(d) = self.discovery.get()
             && let Err(e) = d.catalog.reload()
@@ -159,8 +159,14 @@ impl AdminHandler for Handler {
         }
         // Called on a blocking thread (the admin socket and SIGHUP both
         // spawn_blocking it): wait for the async reconciliation here.
-        let services = tokio::runtime::Handle::current().block_on(self.reload_services())?;
-        Ok(serde_json::json!({"schema": out, "services": services}))
+        let services = tokio::runtime::Handle::current().block_on(self.reload_services());
+        match (schema, services) {
+            (Ok(schema), Ok(services)) => {
+                Ok(serde_json::json!({"schema": schema, "services": services}))
+            }
+            (Err(e), Ok(_)) | (Ok(_), Err(e)) => Err(e),
+            (Err(a), Err(b)) => Err(format!("{a}; {b}")),
+        }
     }
 
     fn books(&self) -> serde_json::Value {
@@ -512,7 +518,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
                 let h = handler.clone();
                 match tokio::task::spawn_blocking(move || h.reload()).await {
                     Ok(Ok(_)) => {}
-                    Ok(Err(e)) => tracing::error!("reload incomplete: {e}"),
+                    Ok(Err(e)) => tracing::error!("{e}"),
                     Err(e) => tracing::error!("schema reload task failed: {e}"),
                 }
             }

@@ -106,6 +106,33 @@ impl Local {
         out
     }
 
+    /// The wanted row of one check (maintenance checks included); `None`
+    /// when no such check is registered.
+    pub fn check_row(&self, id: &str) -> Option<CheckRow> {
+        if let Some(c) = self.checks.get(id) {
+            return Some(CheckRow {
+                service_id: c.def.service_id.clone(),
+                service_name: self
+                    .services
+                    .get(&c.def.service_id)
+                    .map(|s| s.def.name.clone())
+                    .unwrap_or_default(),
+                name: c.def.name.clone(),
+                status: c.status.as_str().to_string(),
+                output: c.published_output.clone(),
+                notes: c.def.notes.clone(),
+                kind: c.def.kind.type_name().to_string(),
+            });
+        }
+        let target = if id == NODE_MAINT_ID {
+            ""
+        } else {
+            id.strip_prefix(SERVICE_MAINT_PREFIX)?
+        };
+        let reason = self.maintenance.get(target)?;
+        Some(maintenance_row(self, target, reason).1)
+    }
+
     /// The checks `/v1/agent/checks` lists, as Consul's `HealthCheck`.
     pub fn checks_json(&self, node: &str) -> BTreeMap<String, Value> {
         let mut out: BTreeMap<String, Value> = self

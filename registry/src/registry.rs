@@ -112,6 +112,34 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
+/// Services and checks whose replicated rows may differ from what is
+/// wanted; `full`: compare everything.
+#[derive(Default)]
+struct Dirty {
+    full: bool,
+    services: HashSet<String>,
+    checks: HashSet<String>,
+}
+
+impl Inner {
+    fn mark_service(&self, local: &Local, id: &str) {
+        let mut d = self.dirty.lock();
+        d.services.insert(id.to_string());
+        // Its checks carry its name; its maintenance check goes with it.
+        for (cid, c) in &local.checks {
+            if c.def.service_id == id {
+                d.checks.insert(cid.clone());
+            }
+        }
+        d.checks
+            .insert(format!("{}{id}", crate::local::SERVICE_MAINT_PREFIX));
+    }
+
+    fn mark_check(&self, id: &str) {
+        self.dirty.lock().checks.insert(id.to_string());
+    }
+}
+
 struct Inner {
     cfg: RegistryConfig,
     store: Store,
@@ -123,6 +151,8 @@ struct Inner {
     changing: tokio::sync::Mutex<()>,
     /// Check states to save with the next batch.
     dirty_states: Mutex<HashSet<String>>,
+    /// What changed since the last catalog sync.
+    dirty: Mutex<Dirty>,
     /// Wakes the catalog sync.
     sync: Notify,
     /// Bumped on every service change (hash-based blocking reads wait on it).
@@ -218,6 +248,10 @@ impl Registry {
             local: Mutex::new(Local::default()),
             changing: tokio::sync::Mutex::new(()),
             dirty_states: Mutex::new(HashSet::new()),
+            dirty: Mutex::new(Dirty {
+                full: true,
+                ..Dirty::default()
+            }),
             sync: Notify::new(),
             generation: watch::channel(0).0,
         });
@@ -259,7 +293,10 @@ impl Registry {
                     let raw = body["body"].clone();
                     let origin = origin_of(&body);
                     match ServiceDefinition::decode(&raw) {
-                        Ok(def) => {
+                        Ok(mut def) => {
+                            // Its checks come back from their own rows.
+                            def.checks = Vec::new();
+                            def.check_bodies = Vec::new();
                             local
                                 .services
                                 .insert(def.id.clone(), LocalService { def, raw, origin });
@@ -498,6 +535,7 @@ impl Registry {
                 for id in drop {
                     local.checks.remove(&id);
                     self.inner.runner.remove(&id);
+                    self.inner.mark_check(&id);
                     writes.push(((RowKind::CheckState, id.clone()), None));
                     writes.push(((RowKind::Check, id), None));
                 }
@@ -516,9 +554,15 @@ impl Registry {
                 (RowKind::Service, def.id.clone()),
                 Some(json!({"body": raw, "file": file_of(&origin)})),
             ));
+            let id = def.id.clone();
+            // Kept once: the checks live in `local.checks`, the body as sent.
+            let mut def = def;
+            def.checks = Vec::new();
+            def.check_bodies = Vec::new();
             local
                 .services
-                .insert(def.id.clone(), LocalService { def, raw, origin });
+                .insert(id.clone(), LocalService { def, raw, origin });
+            self.inner.mark_service(&local, &id);
         }
         self.save(writes).await?;
         self.changed();
@@ -531,9 +575,11 @@ impl Registry {
         let mut writes: Vec<Write> = Vec::new();
         {
             let mut local = self.inner.local.lock();
-            if local.services.remove(id).is_none() {
+            if !local.services.contains_key(id) {
                 return Err(unknown_service(id));
             }
+            self.inner.mark_service(&local, id);
+            local.services.remove(id);
             writes.push(((RowKind::Service, id.to_string()), None));
             let drop: Vec<String> = local
                 .checks
@@ -569,7 +615,11 @@ impl Registry {
             return Err(RegistryError::BadRequest("Missing check name".into()));
         }
         let mut def = CheckDefinition::decode(obj)
-            .map_err(check_error)?
+            .map_err(|e| match e {
+                // check/register's own wording (service bodies use the other).
+                CheckError::BadStatus => RegistryError::BadRequest("Bad check status".into()),
+                e => check_error(e),
+            })?
             .ok_or_else(|| {
                 check_error(CheckError::Invalid("TTL must be > 0 for TTL checks".into()))
             })?;
@@ -612,6 +662,7 @@ impl Registry {
                     "Unknown check ID {id:?}. Ensure that the check ID is passed, not the check name."
                 )));
             }
+            self.inner.mark_check(id);
             self.inner.runner.remove(id);
         }
         self.save(vec![
@@ -670,6 +721,10 @@ impl Registry {
             {
                 return Err(unknown_service(s));
             }
+            self.inner.mark_check(&match service {
+                Some(s) => format!("{}{s}", crate::local::SERVICE_MAINT_PREFIX),
+                None => crate::local::NODE_MAINT_ID.to_string(),
+            });
             if enable {
                 let reason = if !reason.is_empty() {
                     reason.to_string()
@@ -800,6 +855,7 @@ fn add_check(
     origin: &Origin,
     writes: &mut Vec<Write>,
 ) {
+    inner.mark_check(&def.id);
     writes.push((
         (RowKind::Check, def.id.clone()),
         Some(json!({"body": body, "id": def.id, "name": def.name,
@@ -928,6 +984,7 @@ async fn consume(
                     c.output_due = None;
                     urgent = true;
                     inner.dirty_states.lock().insert(u.id.clone());
+                    inner.mark_check(&u.id);
                 } else if c.output_due.is_none() && u.output != c.published_output {
                     let d = inner.cfg.check_update_interval;
                     let jitter =
@@ -957,7 +1014,9 @@ async fn sync_loop(inner: Arc<Inner>, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = inner.sync.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {}
+            _ = tokio::time::sleep(Duration::from_secs(60)) => {
+                inner.dirty.lock().full = true;
+            }
         }
         let i = inner.clone();
         let r = tokio::task::spawn_blocking(move || sync_once(&i)).await;
@@ -997,10 +1056,11 @@ async fn tick_loop(inner: Arc<Inner>, stop: CancellationToken) {
         let mut reap = Vec::new();
         {
             let mut local = inner.local.lock();
-            for c in local.checks.values_mut() {
+            for (id, c) in local.checks.iter_mut() {
                 if c.output_due.is_some_and(|t| t <= now) {
                     c.output_due = None;
                     c.published_output = c.output.clone();
+                    inner.mark_check(id);
                     due = true;
                 }
                 if let (Some(after), Some(since)) =
@@ -1085,25 +1145,62 @@ fn json_text<T: serde::Serialize>(v: &T) -> SqlValue {
 /// One comparison of wanted rows with the catalog's, and one transaction
 /// with the differences. Returns the statements written.
 fn sync_once(inner: &Inner) -> Result<usize, RegistryError> {
+    let scope = std::mem::take(&mut *inner.dirty.lock());
+    let r = sync_scope(inner, &scope);
+    if r.is_err() {
+        // Compared again on the next attempt.
+        let mut d = inner.dirty.lock();
+        d.full |= scope.full;
+        d.services.extend(scope.services);
+        d.checks.extend(scope.checks);
+    }
+    r
+}
+
+/// Compares the wanted rows in `scope` (everything when `scope.full`) with
+/// the catalog's and writes the differences in one transaction.
+fn sync_scope(inner: &Inner, scope: &Dirty) -> Result<usize, RegistryError> {
     let failed = |e: &dyn std::fmt::Display| RegistryError::Failed(e.to_string());
+    if !scope.full && scope.services.is_empty() && scope.checks.is_empty() {
+        return Ok(0);
+    }
     // The catalog must have seen our last write before we compare with it.
     inner.catalog.process_pending().map_err(|e| failed(&e))?;
     let node = &inner.cfg.node;
+    let in_scope_service = |id: &str| scope.full || scope.services.contains(id);
+    let in_scope_check = |id: &str| scope.full || scope.checks.contains(id);
     let (services, checks) = {
         let local = inner.local.lock();
-        let services: BTreeMap<String, ServiceDefinition> = local
-            .services
-            .iter()
-            .map(|(id, s)| (id.clone(), s.def.clone()))
-            .collect();
-        (services, local.check_rows())
+        if scope.full {
+            let services: BTreeMap<String, ServiceDefinition> = local
+                .services
+                .iter()
+                .map(|(id, s)| (id.clone(), s.def.clone()))
+                .collect();
+            (services, local.check_rows())
+        } else {
+            let services = scope
+                .services
+                .iter()
+                .filter_map(|id| Some((id.clone(), local.services.get(id)?.def.clone())))
+                .collect();
+            let checks = scope
+                .checks
+                .iter()
+                .filter_map(|id| Some((id.clone(), local.check_row(id)?)))
+                .collect();
+            (services, checks)
+        }
     };
     let mut statements: Vec<(&str, Vec<SqlValue>)> = Vec::new();
     let now = SqlValue::Integer(now_ms());
     {
         let index = inner.catalog.read();
         let mut have_services = HashMap::new();
-        for s in index.exact_node_services(node) {
+        for s in index
+            .exact_node_services(node)
+            .filter(|s| in_scope_service(&s.id))
+        {
             have_services.insert(s.id.clone(), s.clone());
         }
         for (id, d) in &services {
@@ -1141,7 +1238,10 @@ fn sync_once(inner: &Inner) -> Result<usize, RegistryError> {
             }
         }
         let mut have_checks = HashMap::new();
-        for c in index.exact_node_checks(node) {
+        for c in index
+            .exact_node_checks(node)
+            .filter(|c| in_scope_check(&c.id))
+        {
             have_checks.insert(c.id.clone(), c.clone());
         }
         for (id, want) in &checks {
@@ -1181,6 +1281,13 @@ fn sync_once(inner: &Inner) -> Result<usize, RegistryError> {
             }
         }
     }
+    tracing::debug!(
+        full = scope.full,
+        services = scope.services.len(),
+        checks = scope.checks.len(),
+        statements = statements.len(),
+        "native registration sync"
+    );
     if statements.is_empty() {
         return Ok(0);
     }
