@@ -512,6 +512,36 @@ fn bad_bodies_and_unknown_ids_get_consuls_codes_and_change_nothing() {
     assert_eq!(health(&a), 503, "a critical node check");
     assert_eq!(put(&a, "/v1/agent/check/warn/disk", "").0, 200);
     assert_eq!(health(&a), 429);
+    // Every kind the agent runs is accepted through the API (the probes
+    // themselves are tested against real servers in corro-checks); Docker
+    // checks are refused (no Docker engine to exec in).
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let body = json!({"Name": "kinds", "Checks": [
+        {"CheckID": "k-grpc", "GRPC": format!("127.0.0.1:{port}/svc"), "Interval": "1s"},
+        {"CheckID": "k-h2", "H2PING": format!("127.0.0.1:{port}"), "H2PingUseTLS": false, "Interval": "1s"},
+        {"CheckID": "k-tls", "TCP": format!("127.0.0.1:{port}"), "TCPUseTLS": true, "Interval": "1s"}]});
+    assert_eq!(
+        put(&a, "/v1/agent/service/register", &body.to_string()),
+        (200, String::new())
+    );
+    for (id, kind) in [("k-grpc", "grpc"), ("k-h2", "h2ping"), ("k-tls", "tcp")] {
+        let c = await_some(Duration::from_secs(10), "the check ran", || {
+            check_of(&a, id).filter(|c| !c["Output"].as_str().unwrap_or_default().is_empty())
+        });
+        assert_eq!(
+            (c["Type"].as_str(), c["Status"].as_str()),
+            (Some(kind), Some("critical")),
+            "{c}"
+        );
+    }
+    let (code, text) = put(
+        &a,
+        "/v1/agent/check/register",
+        r#"{"Name": "d", "DockerContainerID": "abc", "Args": ["true"], "Interval": "5s"}"#,
+    );
+    assert!(code == 400 || code == 500, "{code} {text}");
     a.stop();
 
     // With script checks enabled in the config, the same body runs.

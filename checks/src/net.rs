@@ -12,9 +12,11 @@
 //! | TCP with TLS | connected and the handshake verified | | anything else |
 //! | H2PING | an HTTP/2 PING answered (h2c, or TLS with ALPN `h2`) | | anything else |
 //!
-//! gRPC and Docker checks are decoded and stored but this build cannot run
-//! them: they report critical with a message saying so (and registration
-//! refuses them before that, see the registry).
+//! | gRPC | `grpc.health.v1` answers SERVING (h2c, or TLS) | | anything else |
+//!
+//! Docker checks are decoded and stored but this build cannot run them
+//! (there is no Docker engine to exec in): they report critical with a
+//! message saying so, and registration refuses them before that.
 
 use std::collections::HashMap;
 use std::process::Stdio;
@@ -97,6 +99,15 @@ impl Prober for NetProber {
                     )
                 });
                 Box::pin(tcp(addr.clone(), tls, timeout))
+            }
+            Kind::Grpc { target, use_tls } => {
+                let tls = use_tls.then(|| {
+                    (
+                        crate::tls::config(check.tls_skip_verify, &[b"h2"]),
+                        check.tls_server_name.clone(),
+                    )
+                });
+                Box::pin(grpc(target.clone(), tls, timeout))
             }
             Kind::H2Ping { addr, use_tls } => {
                 let tls = use_tls.then(|| {
@@ -256,6 +267,69 @@ async fn tcp(addr: String, tls: Tls, timeout: Duration) -> Outcome {
         Ok(Ok(())) => Outcome::new(Status::Passing, format!("TCP connect {addr}: Success")),
         Ok(Err(e)) => Outcome::new(Status::Critical, e),
         Err(_) => Outcome::new(Status::Critical, format!("dial tcp {addr}: i/o timeout")),
+    }
+}
+
+/// A `grpc.health.v1.Health/Check` call (tonic-health's client) to
+/// `host:port[/service]`, over h2c or TLS.
+async fn grpc(target: String, tls: Tls, timeout: Duration) -> Outcome {
+    use tonic_health::pb::health_check_response::ServingStatus;
+    let (addr, service) = match target.split_once('/') {
+        Some((a, s)) => (a.to_string(), s.to_string()),
+        None => (target.clone(), String::new()),
+    };
+    let run = async {
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("{scheme}://{addr}"))
+            .map_err(|e| format!("gRPC check {target}: {e}"))?
+            .connect_timeout(timeout)
+            .timeout(timeout);
+        let channel = match tls {
+            None => endpoint.connect().await,
+            Some((cfg, name)) => {
+                let cfg = cfg?;
+                let addr = addr.clone();
+                endpoint
+                    .connect_with_connector(tower::service_fn(move |_uri| {
+                        let (cfg, name, addr) = (cfg.clone(), name.clone(), addr.clone());
+                        async move {
+                            let tcp = tokio::net::TcpStream::connect(addr.as_str()).await?;
+                            let s = crate::tls::handshake(tcp, &addr, &name, cfg)
+                                .await
+                                .map_err(std::io::Error::other)?;
+                            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(s))
+                        }
+                    }))
+                    .await
+            }
+        }
+        .map_err(|e| format!("gRPC check {target}: {}", chain(&e)))?;
+        let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
+        let resp = client
+            .check(tonic_health::pb::HealthCheckRequest { service })
+            .await
+            .map_err(|s| format!("gRPC check {target}: {}: {}", s.code(), s.message()))?;
+        Ok::<ServingStatus, String>(resp.into_inner().status())
+    };
+    match tokio::time::timeout(timeout, run).await {
+        Ok(Ok(ServingStatus::Serving)) => {
+            Outcome::new(Status::Passing, format!("gRPC check {target}: success"))
+        }
+        Ok(Ok(other)) => Outcome::new(
+            Status::Critical,
+            format!(
+                "gRPC check {target}: failed, service status: {}",
+                other.as_str_name()
+            ),
+        ),
+        Ok(Err(e)) => Outcome::new(Status::Critical, e),
+        Err(_) => Outcome::new(
+            Status::Critical,
+            format!(
+                "gRPC check {target}: timed out after {}",
+                crate::duration::format(timeout)
+            ),
+        ),
     }
 }
 

@@ -345,3 +345,53 @@ async fn tcp_with_tls_verifies_unless_told_not_to() {
     assert_eq!(o.status, Status::Critical);
     assert!(o.output.contains("tls"), "{}", o.output);
 }
+
+#[tokio::test]
+async fn grpc_health_serving_or_not() {
+    use tonic_health::ServingStatus;
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("app.Up", ServingStatus::Serving)
+        .await;
+    reporter
+        .set_service_status("app.Down", ServingStatus::NotServing)
+        .await;
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let addr = l.local_addr().expect("its address");
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+    );
+    let p = NetProber::new("n1".into(), None);
+    let check = |target: String| {
+        def(serde_json::json!({"Name": "g", "GRPC": target, "Interval": "10s", "Timeout": "3s"}))
+    };
+    let o = p.probe(check(format!("{addr}/app.Up"))).await;
+    assert_eq!(
+        (o.status, o.output),
+        (
+            Status::Passing,
+            format!("gRPC check {addr}/app.Up: success")
+        )
+    );
+    // The whole server (empty service name) is serving too.
+    assert_eq!(
+        p.probe(check(addr.to_string())).await.status,
+        Status::Passing
+    );
+    let o = p.probe(check(format!("{addr}/app.Down"))).await;
+    assert_eq!(o.status, Status::Critical);
+    assert!(o.output.contains("NOT_SERVING"), "{}", o.output);
+    let o = p.probe(check(format!("{addr}/app.Unknown"))).await;
+    assert_eq!(o.status, Status::Critical);
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("a port");
+    let gone = closed.local_addr().expect("its address");
+    drop(closed);
+    assert_eq!(
+        p.probe(check(gone.to_string())).await.status,
+        Status::Critical
+    );
+}

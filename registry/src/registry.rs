@@ -469,20 +469,10 @@ impl Registry {
                     Origin::File(_) => "Scripts are disabled on this agent; to enable, configure 'enable_script_checks' or 'enable_local_script_checks' to true".into(),
                 }));
             }
-            if let Kind::Grpc { .. }
-            | Kind::H2Ping { .. }
-            | Kind::Docker { .. }
-            | Kind::Tcp { use_tls: true, .. } = c.kind
-            {
-                return Err(RegistryError::BadRequest(format!(
-                    "Invalid check: {} checks{} are not supported by this agent yet",
-                    c.kind.type_name(),
-                    if matches!(c.kind, Kind::Tcp { .. }) {
-                        " with TLS"
-                    } else {
-                        ""
-                    }
-                )));
+            if let Kind::Docker { .. } = c.kind {
+                return Err(RegistryError::BadRequest(
+                    "Invalid check: Docker checks are not supported by this agent (it runs no Docker exec)".into(),
+                ));
             }
         }
         Ok(())
