@@ -81,12 +81,29 @@ impl Prober for NetProber {
         let timeout = check.effective_timeout();
         let max = check.output_max_size;
         match &check.kind {
+            Kind::Http(h) if !check.tls_server_name.is_empty() && h.url.starts_with("https://") => {
+                let (h, name, skip) = (
+                    h.clone(),
+                    check.tls_server_name.clone(),
+                    check.tls_skip_verify,
+                );
+                Box::pin(async move {
+                    match named_client(&h, &name, skip).await {
+                        Ok((client, h2)) => http(client, h2, timeout, max, &h.url).await,
+                        Err(e) => Outcome::new(
+                            Status::Critical,
+                            format!("{}: {e}", title_verb(&h.method, &h.url)),
+                        ),
+                    }
+                })
+            }
             Kind::Http(h) => {
                 let client = self.client(check.tls_skip_verify, !h.disable_redirects);
                 let h = h.clone();
                 Box::pin(async move {
+                    let shown = h.url.clone();
                     match client {
-                        Ok(c) => http(c, h, timeout, max).await,
+                        Ok(c) => http(c, h, timeout, max, &shown).await,
                         Err(e) => Outcome::new(Status::Critical, e),
                     }
                 })
@@ -165,7 +182,64 @@ fn chain(e: &dyn std::error::Error) -> String {
     out
 }
 
-async fn http(client: reqwest::Client, h: Http, timeout: Duration, max: usize) -> Outcome {
+/// A client for an HTTPS check with `TLSServerName`: the URL's host is
+/// replaced by the name (SNI and verification use it) and the name resolved
+/// to the URL's address; the `Host` header keeps the URL's host unless the
+/// check sets one. Built per probe (such checks are rare).
+async fn named_client(
+    h: &Http,
+    name: &str,
+    skip_verify: bool,
+) -> Result<(reqwest::Client, Http), String> {
+    let mut url = reqwest::Url::parse(&h.url).map_err(|e| e.to_string())?;
+    let host = url.host_str().ok_or("no host in the URL")?.to_string();
+    let port = url.port_or_known_default().ok_or("no port in the URL")?;
+    let addr = tokio::net::lookup_host((host.trim_start_matches('[').trim_end_matches(']'), port))
+        .await
+        .map_err(|e| e.to_string())?
+        .next()
+        .ok_or("the URL's host has no address")?;
+    url.set_host(Some(name)).map_err(|e| e.to_string())?;
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .pool_max_idle_per_host(0)
+        .danger_accept_invalid_certs(skip_verify)
+        .resolve(name, addr)
+        .redirect(if h.disable_redirects {
+            reqwest::redirect::Policy::none()
+        } else {
+            reqwest::redirect::Policy::limited(10)
+        })
+        .build()
+        .map_err(|e| chain(&e))?;
+    let mut out = h.clone();
+    out.url = url.to_string();
+    if !h
+        .headers
+        .iter()
+        .any(|(k, _)| k.eq_ignore_ascii_case("host"))
+    {
+        let host_header = match url_port(&h.url) {
+            Some(p) => format!("{host}:{p}"),
+            None => host,
+        };
+        out.headers.push(("Host".into(), vec![host_header]));
+    }
+    Ok((client, out))
+}
+
+/// The explicit port of a URL, if it has one.
+fn url_port(url: &str) -> Option<u16> {
+    reqwest::Url::parse(url).ok()?.port()
+}
+
+async fn http(
+    client: reqwest::Client,
+    h: Http,
+    timeout: Duration,
+    max: usize,
+    shown: &str,
+) -> Outcome {
     let method = match reqwest::Method::from_bytes(h.method.as_bytes()) {
         Ok(m) => m,
         Err(_) => {
@@ -190,7 +264,7 @@ async fn http(client: reqwest::Client, h: Http, timeout: Duration, max: usize) -
         req = req.body(h.body.clone());
     }
     let verb = &h.method;
-    let url = &h.url;
+    let url = shown;
     let mut resp = match req.send().await {
         Ok(r) => r,
         Err(e) => {

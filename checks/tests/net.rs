@@ -395,3 +395,67 @@ async fn grpc_health_serving_or_not() {
         Status::Critical
     );
 }
+
+#[tokio::test]
+async fn https_with_a_server_name_sends_it_as_sni_and_keeps_the_host() {
+    let acceptor = tls_server(&[b"http/1.1"]);
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("a port");
+    let addr = l.local_addr().expect("its address");
+    let seen = Arc::new(parking_lot::Mutex::new(
+        Vec::<(Option<String>, String)>::new(),
+    ));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let (a, record) = (acceptor.clone(), record.clone());
+            tokio::spawn(async move {
+                let Ok(mut tls) = a.accept(s).await else {
+                    return;
+                };
+                let sni = tls.get_ref().1.server_name().map(str::to_string);
+                let mut buf = vec![0u8; 4096];
+                let n = tls.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let host = req
+                    .lines()
+                    .find_map(|l| {
+                        l.strip_prefix("host: ")
+                            .or_else(|| l.strip_prefix("Host: "))
+                    })
+                    .unwrap_or_default()
+                    .to_string();
+                record.lock().push((sni, host));
+                let _ = tls
+                    .write_all(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+                    )
+                    .await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    let p = NetProber::new("n1".into(), None);
+    let url = format!("https://{addr}/health");
+    let o = p
+        .probe(def(
+            serde_json::json!({"Name": "s", "HTTP": url, "TLSServerName": "localhost",
+            "TLSSkipVerify": true, "Interval": "10s", "Timeout": "3s"}),
+        ))
+        .await;
+    assert_eq!(o.status, Status::Passing, "{}", o.output);
+    assert_eq!(o.output, format!("HTTP GET {url}: 200 OK Output: ok"));
+    assert_eq!(
+        seen.lock().last().cloned(),
+        Some((Some("localhost".to_string()), addr.to_string()))
+    );
+    // A self-signed certificate is not trusted without TLSSkipVerify.
+    let o = p
+        .probe(def(
+            serde_json::json!({"Name": "s", "HTTP": url, "TLSServerName": "localhost",
+            "Interval": "10s", "Timeout": "3s"}),
+        ))
+        .await;
+    assert_eq!(o.status, Status::Critical, "{}", o.output);
+}
