@@ -388,6 +388,12 @@ fn bad_bodies_and_unknown_ids_get_consuls_codes_and_change_nothing() {
         ),
         (
             "/v1/agent/check/register",
+            r#"{"Name": "m", "ID": "_node_maintenance", "TTL": "5s"}"#.into(),
+            400,
+            "reserved for maintenance checks",
+        ),
+        (
+            "/v1/agent/check/register",
             r#"{"Name": "c", "TTL": "5s", "ServiceID": "nope"}"#.into(),
             404,
             "ServiceID \"nope\" does not exist",
@@ -814,6 +820,24 @@ fn service_definition_files_are_reconciled_on_reload_and_the_cli_registers() {
     assert!(err.contains("db.hcl") && err.contains("line 2"), "{err}");
     assert_eq!(services(&a), ["cache", "db", "web-1"]);
     assert_eq!(check_of(&a, "service:db").unwrap()["Status"], "passing");
+    // The whole directory briefly gone (or unreadable): nothing is taken
+    // for removed; a device or FIFO named like a definition is refused
+    // without reading it.
+    let moved = dir.path().join("services.moved");
+    std::fs::rename(&defs, &moved).unwrap();
+    let out = node.cli(&["reload"]);
+    assert!(!out.status.success());
+    assert_eq!(services(&a), ["cache", "db", "web-1"]);
+    std::fs::rename(&moved, &defs).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", defs.join("zero.json")).unwrap();
+    let out = node.cli(&["reload"]);
+    assert!(
+        common::stderr(&out).contains("not a regular file"),
+        "{}",
+        common::stderr(&out)
+    );
+    std::fs::remove_file(defs.join("zero.json")).unwrap();
+    assert_eq!(services(&a), ["cache", "db", "web-1"]);
     // A file removed: its services go.
     std::fs::remove_file(defs.join("web.json")).unwrap();
     std::fs::remove_file(defs.join("db.hcl")).unwrap();

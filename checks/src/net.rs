@@ -34,6 +34,9 @@ use crate::status::Status;
 /// Probes over the network and this host's processes.
 pub struct NetProber {
     clients: Mutex<HashMap<(bool, bool), reqwest::Client>>,
+    /// TLS configurations by (skip verification, offer h2): built once
+    /// (the system's roots are parsed when one is built).
+    tls: Mutex<HashMap<(bool, bool), Arc<rustls::ClientConfig>>>,
     alias: Option<Arc<dyn AliasSource>>,
     node: String,
 }
@@ -47,9 +50,22 @@ impl NetProber {
         let _ = rustls::crypto::ring::default_provider().install_default();
         NetProber {
             clients: Mutex::new(HashMap::new()),
+            tls: Mutex::new(HashMap::new()),
             alias,
             node,
         }
+    }
+
+    /// The shared TLS configuration for (skip verification, offer h2).
+    fn tls_config(&self, skip_verify: bool, h2: bool) -> Result<Arc<rustls::ClientConfig>, String> {
+        let mut all = self.tls.lock();
+        if let Some(c) = all.get(&(skip_verify, h2)) {
+            return Ok(c.clone());
+        }
+        let alpn: &[&[u8]] = if h2 { &[b"h2"] } else { &[] };
+        let c = crate::tls::config(skip_verify, alpn)?;
+        all.insert((skip_verify, h2), c.clone());
+        Ok(c)
     }
 
     /// A shared client per (skip TLS verification, follow redirects):
@@ -111,7 +127,7 @@ impl Prober for NetProber {
             Kind::Tcp { addr, use_tls } => {
                 let tls = use_tls.then(|| {
                     (
-                        crate::tls::config(check.tls_skip_verify, &[]),
+                        self.tls_config(check.tls_skip_verify, false),
                         check.tls_server_name.clone(),
                     )
                 });
@@ -120,7 +136,7 @@ impl Prober for NetProber {
             Kind::Grpc { target, use_tls } => {
                 let tls = use_tls.then(|| {
                     (
-                        crate::tls::config(check.tls_skip_verify, &[b"h2"]),
+                        self.tls_config(check.tls_skip_verify, true),
                         check.tls_server_name.clone(),
                     )
                 });
@@ -129,7 +145,7 @@ impl Prober for NetProber {
             Kind::H2Ping { addr, use_tls } => {
                 let tls = use_tls.then(|| {
                     (
-                        crate::tls::config(check.tls_skip_verify, &[b"h2"]),
+                        self.tls_config(check.tls_skip_verify, true),
                         check.tls_server_name.clone(),
                     )
                 });

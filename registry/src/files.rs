@@ -32,61 +32,78 @@ pub struct Loaded {
 }
 
 /// Reads every `*.json` and `*.hcl` file in `paths` (directories are read
-/// one level deep, in name order; a path may also name a file).
+/// one level deep, in name order; a path may also name a file). A path that
+/// is missing or cannot be listed whole comes back as one refused entry
+/// (its path, the reason): the services of its files keep their state
+/// rather than being taken for removed.
 pub fn load(paths: &[PathBuf]) -> Vec<Loaded> {
-    let mut files = Vec::new();
+    let mut out = Vec::new();
+    let mut count = 0usize;
     for p in paths {
-        if p.is_dir() {
-            match std::fs::read_dir(p) {
-                Ok(entries) => {
-                    let mut names: Vec<PathBuf> = entries
-                        .flatten()
-                        .map(|e| e.path())
-                        .filter(|f| {
-                            f.is_file()
-                                && matches!(
-                                    f.extension().and_then(|x| x.to_str()),
-                                    Some("json") | Some("hcl")
-                                )
-                        })
-                        .collect();
-                    names.sort();
-                    files.extend(names);
+        match list(p) {
+            Ok(files) => {
+                count += files.len();
+                if count > MAX_FILES {
+                    out.push(Loaded {
+                        path: p.clone(),
+                        services: Err(format!(
+                            "more than {MAX_FILES} service definition files in the configured paths"
+                        )),
+                    });
+                    continue;
                 }
-                Err(e) => {
-                    tracing::warn!(path = %p.display(), error = %e, "cannot read the service definition directory")
+                for path in files {
+                    let services = parse_file(&path);
+                    out.push(Loaded { path, services });
                 }
             }
-        } else if p.exists() {
-            files.push(p.clone());
-        } else {
-            tracing::warn!(path = %p.display(), "service definition path does not exist");
+            Err(reason) => out.push(Loaded {
+                path: p.clone(),
+                services: Err(reason),
+            }),
         }
     }
-    if files.len() > MAX_FILES {
-        tracing::warn!(
-            files = files.len(),
-            max = MAX_FILES,
-            "too many service definition files; reading the first ones"
-        );
-        files.truncate(MAX_FILES);
+    out
+}
+
+/// The definition files a configured path names.
+fn list(p: &Path) -> Result<Vec<PathBuf>, String> {
+    let meta = std::fs::metadata(p).map_err(|e| format!("cannot read it: {e}"))?;
+    if !meta.is_dir() {
+        return Ok(vec![p.to_path_buf()]);
     }
-    files
-        .into_iter()
-        .map(|path| {
-            let services = parse_file(&path);
-            Loaded { path, services }
-        })
-        .collect()
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(p).map_err(|e| format!("cannot list it: {e}"))? {
+        let path = entry.map_err(|e| format!("cannot list it: {e}"))?.path();
+        if matches!(
+            path.extension().and_then(|x| x.to_str()),
+            Some("json") | Some("hcl")
+        ) {
+            names.push(path);
+        }
+    }
+    names.sort();
+    Ok(names)
 }
 
 /// The service bodies in one file.
 pub fn parse_file(path: &Path) -> Result<Vec<Value>, String> {
-    let meta = std::fs::metadata(path).map_err(|e| e.to_string())?;
-    if meta.len() > MAX_FILE_BYTES {
+    use std::io::Read;
+    // Only regular files (a FIFO would block the reload, a device would
+    // never end), and never more than the limit whatever the size said.
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let meta = file.metadata().map_err(|e| e.to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    let mut bytes = Vec::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.to_string())?;
+    if bytes.len() as u64 > MAX_FILE_BYTES {
         return Err(format!("larger than {MAX_FILE_BYTES} bytes"));
     }
-    let text = std::fs::read_to_string(path).map_err(|e| e.to_string())?;
+    let text = String::from_utf8(bytes).map_err(|_| "not UTF-8 text".to_string())?;
     let hcl = path.extension().and_then(|x| x.to_str()) == Some("hcl");
     parse_text(&text, hcl)
 }
@@ -135,6 +152,20 @@ pub fn parse_text(text: &str, hcl: bool) -> Result<Vec<Value>, String> {
     Ok(bodies)
 }
 
+/// A refusal reason cut to a readable length (a parser may quote a whole
+/// line of the file).
+fn shorten(reason: &str) -> String {
+    const MAX: usize = 300;
+    if reason.len() <= MAX {
+        return reason.to_string();
+    }
+    let mut cut = MAX;
+    while !reason.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!("{} ...", &reason[..cut])
+}
+
 /// What a reconciliation did.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Reconciled {
@@ -156,12 +187,19 @@ pub async fn reconcile(reg: &Registry, loaded: Vec<Loaded>) -> Reconciled {
         keep_files.insert(file.clone());
         match l.services {
             Err(reason) => {
+                let reason = shorten(&reason);
                 tracing::error!(file = %file, %reason, "service definition file refused; its services stay as they were");
                 out.refused.push(format!("{file}: {reason}"));
-                // Last good state kept: its current services stay wanted.
-                for id in before.get(&file).into_iter().flatten() {
+                // Last good state kept: the services of this file, or of
+                // every file under this path, stay wanted.
+                // Each keeps the file it came from.
+                let under = before
+                    .iter()
+                    .filter(|(f, _)| Path::new(f.as_str()).starts_with(&l.path))
+                    .flat_map(|(f, ids)| ids.iter().map(move |id| (f, id)));
+                for (f, id) in under {
                     if let Some((raw, _)) = reg.service_source(id) {
-                        wanted.insert(id.clone(), (file.clone(), raw));
+                        wanted.insert(id.clone(), (f.clone(), raw));
                     }
                 }
             }

@@ -98,6 +98,12 @@ fn unknown_check(id: &str) -> RegistryError {
     ))
 }
 
+/// Check IDs Consul keeps for maintenance checks (a user's check with one
+/// would be confused with the maintenance row).
+fn reserved_check_id(id: &str) -> bool {
+    id == crate::local::NODE_MAINT_ID || id.starts_with(crate::local::SERVICE_MAINT_PREFIX)
+}
+
 fn check_error(e: CheckError) -> RegistryError {
     RegistryError::BadRequest(match e {
         CheckError::Decode(m) => format!("Request decode failed: {m}"),
@@ -463,6 +469,12 @@ impl Registry {
         origin: &Origin,
     ) -> Result<(), RegistryError> {
         for c in checks {
+            if reserved_check_id(&c.id) {
+                return Err(RegistryError::BadRequest(format!(
+                    "Invalid check: the ID {:?} is reserved for maintenance checks",
+                    c.id
+                )));
+            }
             if c.kind.runs_programs() && !self.script_allowed(origin) {
                 return Err(RegistryError::Failed(match origin {
                     Origin::Api => "Scripts are disabled on this agent from remote calls; to enable, configure 'enable_script_checks' to true".into(),
@@ -1000,11 +1012,15 @@ async fn consume(
 /// minute regardless (repairs rows edited or lost elsewhere).
 async fn sync_loop(inner: Arc<Inner>, stop: CancellationToken) {
     let mut failing = false;
+    // A full compare every minute whatever else wakes the loop (a check
+    // flapping every second must not postpone it forever).
+    let mut full = tokio::time::interval(Duration::from_secs(60));
+    full.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = inner.sync.notified() => {}
-            _ = tokio::time::sleep(Duration::from_secs(60)) => {
+            _ = full.tick() => {
                 inner.dirty.lock().full = true;
             }
         }

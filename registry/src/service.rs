@@ -449,10 +449,17 @@ mod tests {
         assert_eq!(d.checks[0].id, "service:w1");
         assert_eq!(d.checks[0].name, "Service 'web' check");
         assert_eq!(d.checks[0].service_id, "w1");
-        let d = decode(json!({"Name": "web", "Checks": [
-            {"TTL": "10s"}, {"CheckID": "mine", "Name": "n", "TTL": "5s"}, {}]}))
+        let d = decode(json!({"Name": "web", "Check": {}, "Checks": [
+            {"TTL": "10s"}, {"CheckID": "mine", "Name": "n", "TTL": "5s"}]}))
         .unwrap();
         let ids: Vec<&str> = d.checks.iter().map(|c| c.id.as_str()).collect();
         assert_eq!(ids, ["service:web:1", "mine"]);
+        // An empty entry of Checks is validated (and refused), as Consul.
+        assert_eq!(
+            decode(json!({"Name": "web", "Checks": [{}]}))
+                .unwrap_err()
+                .0,
+            "Invalid check: TTL must be > 0 for TTL checks"
+        );
     }
 }
