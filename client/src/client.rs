@@ -98,7 +98,6 @@ impl Client {
         serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
     }
 
-    /// `POST /v1/transactions`: runs the statements as one transaction.
     /// `PUT` to one of the Consul agent routes (`path` with its query
     /// string), with a JSON body or none; `Ok` on 200.
     pub async fn consul_put(
@@ -114,6 +113,7 @@ impl Client {
         self.send(req).await.map(|_| ())
     }
 
+    /// `POST /v1/transactions`: runs the statements as one transaction.
     pub async fn execute(&self, statements: &[Statement]) -> Result<ExecResponse, ClientError> {
         self.json(
             self.request(reqwest::Method::POST, "/v1/transactions")
