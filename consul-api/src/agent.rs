@@ -43,9 +43,18 @@ pub(crate) fn routes() -> Router<ConsulState> {
         .route("/v1/agent/maintenance", put(node_maintenance))
         .route("/v1/agent/check/register", put(register_check))
         .route("/v1/agent/check/deregister/{*id}", put(deregister_check))
-        .route("/v1/agent/check/pass/{*id}", put(check_pass))
-        .route("/v1/agent/check/warn/{*id}", put(check_warn))
-        .route("/v1/agent/check/fail/{*id}", put(check_fail))
+        .route(
+            "/v1/agent/check/pass/{*id}",
+            put(|State(st), Path(id), RawQuery(q)| check_note(st, id, q, Status::Passing)),
+        )
+        .route(
+            "/v1/agent/check/warn/{*id}",
+            put(|State(st), Path(id), RawQuery(q)| check_note(st, id, q, Status::Warning)),
+        )
+        .route(
+            "/v1/agent/check/fail/{*id}",
+            put(|State(st), Path(id), RawQuery(q)| check_note(st, id, q, Status::Critical)),
+        )
         .route("/v1/agent/check/update/{*id}", put(check_update))
         .route("/v1/agent/services", get(services))
         .route("/v1/agent/checks", get(checks))
@@ -236,31 +245,10 @@ async fn ttl(st: &ConsulState, id: &str, status: Status, note: String) -> Respon
     }
 }
 
-async fn check_pass(
-    State(st): State<ConsulState>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> Response {
+/// `check/{pass,warn,fail}/:id?note=`: the route's status, the note as output.
+async fn check_note(st: ConsulState, id: String, q: Option<String>, status: Status) -> Response {
     let note = query_map(q.as_deref()).remove("note").unwrap_or_default();
-    ttl(&st, &id, Status::Passing, note).await
-}
-
-async fn check_warn(
-    State(st): State<ConsulState>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> Response {
-    let note = query_map(q.as_deref()).remove("note").unwrap_or_default();
-    ttl(&st, &id, Status::Warning, note).await
-}
-
-async fn check_fail(
-    State(st): State<ConsulState>,
-    Path(id): Path<String>,
-    RawQuery(q): RawQuery,
-) -> Response {
-    let note = query_map(q.as_deref()).remove("note").unwrap_or_default();
-    ttl(&st, &id, Status::Critical, note).await
+    ttl(&st, &id, status, note).await
 }
 
 async fn check_update(

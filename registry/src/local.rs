@@ -81,23 +81,7 @@ impl Local {
     pub fn check_rows(&self) -> BTreeMap<String, CheckRow> {
         let mut out = BTreeMap::new();
         for (id, c) in &self.checks {
-            let service_name = self
-                .services
-                .get(&c.def.service_id)
-                .map(|s| s.def.name.clone())
-                .unwrap_or_default();
-            out.insert(
-                id.clone(),
-                CheckRow {
-                    service_id: c.def.service_id.clone(),
-                    service_name,
-                    name: c.def.name.clone(),
-                    status: c.status.as_str().to_string(),
-                    output: c.published_output.clone(),
-                    notes: c.def.notes.clone(),
-                    kind: c.def.kind.type_name().to_string(),
-                },
-            );
+            out.insert(id.clone(), self.row_of(c, &c.published_output));
         }
         for (target, reason) in &self.maintenance {
             let (id, row) = maintenance_row(self, target, reason);
@@ -110,19 +94,7 @@ impl Local {
     /// when no such check is registered.
     pub fn check_row(&self, id: &str) -> Option<CheckRow> {
         if let Some(c) = self.checks.get(id) {
-            return Some(CheckRow {
-                service_id: c.def.service_id.clone(),
-                service_name: self
-                    .services
-                    .get(&c.def.service_id)
-                    .map(|s| s.def.name.clone())
-                    .unwrap_or_default(),
-                name: c.def.name.clone(),
-                status: c.status.as_str().to_string(),
-                output: c.published_output.clone(),
-                notes: c.def.notes.clone(),
-                kind: c.def.kind.type_name().to_string(),
-            });
+            return Some(self.row_of(c, &c.published_output));
         }
         let target = if id == NODE_MAINT_ID {
             ""
@@ -149,7 +121,14 @@ impl Local {
     }
 
     fn check_json(&self, node: &str, id: &str, c: &LocalCheck) -> Value {
-        let row = CheckRow {
+        // This agent's API shows the latest output, not the replicated one.
+        let row = self.row_of(c, &c.output);
+        self.row_json(node, id, &row, Some(c))
+    }
+
+    /// The row of a registered check, with `output`.
+    fn row_of(&self, c: &LocalCheck, output: &str) -> CheckRow {
+        CheckRow {
             service_id: c.def.service_id.clone(),
             service_name: self
                 .services
@@ -158,11 +137,10 @@ impl Local {
                 .unwrap_or_default(),
             name: c.def.name.clone(),
             status: c.status.as_str().to_string(),
-            output: c.output.clone(),
+            output: output.to_string(),
             notes: c.def.notes.clone(),
             kind: c.def.kind.type_name().to_string(),
-        };
-        self.row_json(node, id, &row, Some(c))
+        }
     }
 
     fn row_json(&self, node: &str, id: &str, row: &CheckRow, local: Option<&LocalCheck>) -> Value {
