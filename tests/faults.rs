@@ -645,13 +645,22 @@ fn a_full_disk_refuses_writes_loses_nothing_and_recovers_by_itself() {
         return;
     };
     let a_node = Node::new(&disk.path.join("a"), "");
+    // A also holds native registrations (its host-local saves share the disk).
+    a_node.with_consul_schema();
+    a_node.append_config("[consul]\nnode_name = \"a\"");
     let a = a_node.start();
     let b_node = Node::joining(&dir.path().join("b"), &a);
+    b_node.with_consul_schema();
     let b = b_node.start();
     for i in 0..50 {
         insert(&a, &format!("a-{i:03}"), "before");
     }
-    await_identical(&[&a_node, &b_node], &[&a, &b], 1, Duration::from_secs(30));
+    assert_eq!(
+        agent_put(&a, "/v1/agent/service/register", r#"{"Name":"kept"}"#).0,
+        200
+    );
+    // Two actors: B writes its own node's catalog row.
+    await_identical(&[&a_node, &b_node], &[&a, &b], 2, Duration::from_secs(30));
 
     // The disk fills up: A's next write that needs space is refused.
     let filler = disk.fill();
@@ -679,6 +688,24 @@ fn a_full_disk_refuses_writes_loses_nothing_and_recovers_by_itself() {
         serde_json::json!([["INSERT INTO todos (id, title) VALUES ('during', 'x')", []]]),
     );
     assert_eq!(r.status(), 507);
+    // Native registration is refused the same way and changes nothing,
+    // in memory or on disk: no new service, the old one stays.
+    let (code, body) = agent_put(&a, "/v1/agent/service/register", r#"{"Name":"new"}"#);
+    assert_eq!(code, 507, "{body}");
+    assert!(body.contains("nothing changed"), "{body}");
+    assert_eq!(
+        agent_put(&a, "/v1/agent/service/deregister/kept", "").0,
+        507
+    );
+    assert_eq!(
+        agent_put(&a, "/v1/agent/service/maintenance/kept?enable=true", "").0,
+        507
+    );
+    assert_eq!(
+        agent_put(&a, "/v1/agent/maintenance?enable=true", "").0,
+        507
+    );
+    assert_native(&a, &["kept"], 0);
     let health = reqwest::blocking::get(a.url("/v1/health")).unwrap();
     assert_eq!(health.status(), 503);
     let h: serde_json::Value = health.json().unwrap();
@@ -705,6 +732,7 @@ fn a_full_disk_refuses_writes_loses_nothing_and_recovers_by_itself() {
         ]]),
     );
     assert_eq!(r.status(), 507, "{}", r.text().unwrap());
+    assert_native(&a, &["kept"], 0);
 
     // Space comes back: A recovers by itself and catches up.
     std::fs::remove_file(filler).unwrap();
@@ -717,6 +745,11 @@ fn a_full_disk_refuses_writes_loses_nothing_and_recovers_by_itself() {
             .map(|_| ())
     });
     insert(&a, "after", "space is back");
+    assert_eq!(
+        agent_put(&a, "/v1/agent/service/register", r#"{"Name":"new"}"#).0,
+        200
+    );
+    assert_native(&a, &["kept", "new"], 0);
     await_identical(&[&a_node, &b_node], &[&a, &b], 2, Duration::from_secs(30));
     // Nothing is corrupted: SQLite's integrity check and the bookkeeping.
     for node in [&a_node, &b_node] {
@@ -727,6 +760,35 @@ fn a_full_disk_refuses_writes_loses_nothing_and_recovers_by_itself() {
     a.stop();
     b.stop();
     drop(disk);
+}
+
+fn agent_put(agent: &Agent, path: &str, body: &str) -> (u16, String) {
+    let r = reqwest::blocking::Client::new()
+        .put(agent.url(path))
+        .body(body.to_string())
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
+/// The agent's native services are exactly `services`, with `checks` checks.
+fn assert_native(agent: &Agent, services: &[&str], checks: usize) {
+    let got: serde_json::Value = reqwest::blocking::get(agent.url("/v1/agent/services"))
+        .unwrap()
+        .json()
+        .unwrap();
+    let ids: Vec<&str> = got
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(ids, services, "{got}");
+    let got: serde_json::Value = reqwest::blocking::get(agent.url("/v1/agent/checks"))
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(got.as_object().unwrap().len(), checks, "{got}");
 }
 
 fn nix_is_root() -> bool {

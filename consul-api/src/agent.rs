@@ -88,6 +88,7 @@ fn refused(e: RegistryError) -> Response {
         RegistryError::BadRequest(_) => StatusCode::BAD_REQUEST,
         RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
         RegistryError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        RegistryError::DiskFull(_) => StatusCode::INSUFFICIENT_STORAGE,
     };
     text_error(code, e.to_string())
 }

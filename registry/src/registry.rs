@@ -81,6 +81,9 @@ pub enum RegistryError {
     /// checks disabled, storage failures)
     #[error("{0}")]
     Failed(String),
+    /// 507, as the agent's other writes: the disk is full, nothing changed
+    #[error("{0}")]
+    DiskFull(String),
 }
 
 fn unknown_service(id: &str) -> RegistryError {
@@ -445,7 +448,14 @@ impl Registry {
         tokio::task::spawn_blocking(move || persist::save(&store, &writes))
             .await
             .map_err(|e| RegistryError::Failed(e.to_string()))?
-            .map_err(|e| RegistryError::Failed(format!("could not save the registration: {e}")))
+            .map_err(|e| {
+                let text = format!("could not save the registration, nothing changed: {e}");
+                if e.is_disk_full() {
+                    RegistryError::DiskFull(text)
+                } else {
+                    RegistryError::Failed(text)
+                }
+            })
     }
 
     fn changed(&self) {
@@ -503,9 +513,11 @@ impl Registry {
         let def = ServiceDefinition::decode(&raw).map_err(|e| RegistryError::BadRequest(e.0))?;
         self.vet_scripts(&def.checks, &origin)?;
         let _one = self.inner.changing.lock().await;
+        // Planned, saved, then applied: a save that fails leaves the agent
+        // as it was (nothing live that a restart would lose).
         let mut writes: Vec<Write> = Vec::new();
-        {
-            let mut local = self.inner.local.lock();
+        let drop: Vec<String> = {
+            let local = self.inner.local.lock();
             if !local.services.contains_key(&def.id)
                 && local.services.len() >= self.inner.cfg.max_services
             {
@@ -527,46 +539,50 @@ impl Registry {
                 )));
             }
             let listed: HashSet<&str> = def.checks.iter().map(|c| c.id.as_str()).collect();
-            if replace_existing_checks {
-                let drop: Vec<String> = local
+            let drop: Vec<String> = if replace_existing_checks {
+                local
                     .checks
                     .iter()
                     .filter(|(id, c)| c.def.service_id == def.id && !listed.contains(id.as_str()))
                     .map(|(id, _)| id.clone())
-                    .collect();
-                for id in drop {
-                    local.checks.remove(&id);
-                    self.inner.runner.remove(&id);
-                    self.inner.mark_check(&id);
-                    writes.push(((RowKind::CheckState, id.clone()), None));
-                    writes.push(((RowKind::Check, id), None));
-                }
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            for id in &drop {
+                writes.push(((RowKind::CheckState, id.clone()), None));
+                writes.push(((RowKind::Check, id.clone()), None));
             }
             for (c, body) in def.checks.iter().zip(&def.check_bodies) {
-                add_check(
-                    &self.inner,
-                    &mut local,
-                    c.clone(),
-                    body.clone(),
-                    &origin,
-                    &mut writes,
-                );
+                check_writes(&local, c, body, &origin, &mut writes);
             }
             writes.push((
                 (RowKind::Service, def.id.clone()),
                 Some(json!({"body": raw, "file": file_of(&origin)})),
             ));
-            let id = def.id.clone();
-            // Kept once: the checks live in `local.checks`, the body as sent.
+            drop
+        };
+        self.save(writes).await?;
+        {
+            let mut local = self.inner.local.lock();
+            for id in drop {
+                local.checks.remove(&id);
+                self.inner.runner.remove(&id);
+                self.inner.mark_check(&id);
+            }
             let mut def = def;
-            def.checks = Vec::new();
-            def.check_bodies = Vec::new();
+            let checks = std::mem::take(&mut def.checks);
+            let bodies = std::mem::take(&mut def.check_bodies);
+            for (c, body) in checks.into_iter().zip(bodies) {
+                apply_check(&self.inner, &mut local, c, body, &origin);
+            }
+            // Kept once: the checks live in `local.checks`, the body as sent.
+            let id = def.id.clone();
             local
                 .services
                 .insert(id.clone(), LocalService { def, raw, origin });
             self.inner.mark_service(&local, &id);
         }
-        self.save(writes).await?;
         self.changed();
         Ok(())
     }
@@ -575,13 +591,11 @@ impl Registry {
     pub async fn deregister_service(&self, id: &str) -> Result<(), RegistryError> {
         let _one = self.inner.changing.lock().await;
         let mut writes: Vec<Write> = Vec::new();
-        {
-            let mut local = self.inner.local.lock();
+        let drop: Vec<String> = {
+            let local = self.inner.local.lock();
             if !local.services.contains_key(id) {
                 return Err(unknown_service(id));
             }
-            self.inner.mark_service(&local, id);
-            local.services.remove(id);
             writes.push(((RowKind::Service, id.to_string()), None));
             let drop: Vec<String> = local
                 .checks
@@ -589,17 +603,26 @@ impl Registry {
                 .filter(|(_, c)| c.def.service_id == id)
                 .map(|(cid, _)| cid.clone())
                 .collect();
+            for cid in &drop {
+                writes.push(((RowKind::CheckState, cid.clone()), None));
+                writes.push(((RowKind::Check, cid.clone()), None));
+            }
+            if local.maintenance.contains_key(id) {
+                writes.push(((RowKind::Maintenance, id.to_string()), None));
+            }
+            drop
+        };
+        self.save(writes).await?;
+        {
+            let mut local = self.inner.local.lock();
+            self.inner.mark_service(&local, id);
+            local.services.remove(id);
             for cid in drop {
                 local.checks.remove(&cid);
                 self.inner.runner.remove(&cid);
-                writes.push(((RowKind::CheckState, cid.clone()), None));
-                writes.push(((RowKind::Check, cid), None));
             }
-            if local.maintenance.remove(id).is_some() {
-                writes.push(((RowKind::Maintenance, id.to_string()), None));
-            }
+            local.maintenance.remove(id);
         }
-        self.save(writes).await?;
         self.changed();
         Ok(())
     }
@@ -632,7 +655,7 @@ impl Registry {
         let _one = self.inner.changing.lock().await;
         let mut writes = Vec::new();
         {
-            let mut local = self.inner.local.lock();
+            let local = self.inner.local.lock();
             if !def.service_id.is_empty() && !local.services.contains_key(&def.service_id) {
                 return Err(RegistryError::NotFound(format!(
                     "ServiceID {:?} does not exist",
@@ -647,9 +670,10 @@ impl Registry {
                     local.checks.len()
                 )));
             }
-            add_check(&self.inner, &mut local, def, raw, &origin, &mut writes);
+            check_writes(&local, &def, &raw, &origin, &mut writes);
         }
         self.save(writes).await?;
+        apply_check(&self.inner, &mut self.inner.local.lock(), def, raw, &origin);
         self.changed();
         Ok(())
     }
@@ -657,21 +681,19 @@ impl Registry {
     /// `PUT /v1/agent/check/deregister/:id`.
     pub async fn deregister_check(&self, id: &str) -> Result<(), RegistryError> {
         let _one = self.inner.changing.lock().await;
-        {
-            let mut local = self.inner.local.lock();
-            if local.checks.remove(id).is_none() {
-                return Err(RegistryError::NotFound(format!(
-                    "Unknown check ID {id:?}. Ensure that the check ID is passed, not the check name."
-                )));
-            }
-            self.inner.mark_check(id);
-            self.inner.runner.remove(id);
+        if !self.inner.local.lock().checks.contains_key(id) {
+            return Err(RegistryError::NotFound(format!(
+                "Unknown check ID {id:?}. Ensure that the check ID is passed, not the check name."
+            )));
         }
         self.save(vec![
             ((RowKind::CheckState, id.to_string()), None),
             ((RowKind::Check, id.to_string()), None),
         ])
         .await?;
+        self.inner.local.lock().checks.remove(id);
+        self.inner.mark_check(id);
+        self.inner.runner.remove(id);
         self.changed();
         Ok(())
     }
@@ -716,33 +738,36 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         let _one = self.inner.changing.lock().await;
         let key = service.unwrap_or_default().to_string();
-        let write = {
-            let mut local = self.inner.local.lock();
-            if let Some(s) = service
-                && !local.services.contains_key(s)
-            {
-                return Err(unknown_service(s));
-            }
-            self.inner.mark_check(&match service {
-                Some(s) => format!("{}{s}", crate::local::SERVICE_MAINT_PREFIX),
-                None => crate::local::NODE_MAINT_ID.to_string(),
-            });
-            if enable {
-                let reason = if !reason.is_empty() {
-                    reason.to_string()
-                } else if service.is_some() {
-                    DEFAULT_SERVICE_MAINT_REASON.to_string()
-                } else {
-                    DEFAULT_NODE_MAINT_REASON.to_string()
-                };
-                local.maintenance.insert(key.clone(), reason.clone());
-                ((RowKind::Maintenance, key), Some(json!({"reason": reason})))
-            } else {
-                local.maintenance.remove(&key);
-                ((RowKind::Maintenance, key), None)
-            }
+        if let Some(s) = service
+            && !self.inner.local.lock().services.contains_key(s)
+        {
+            return Err(unknown_service(s));
+        }
+        let reason = if !enable {
+            None
+        } else if !reason.is_empty() {
+            Some(reason.to_string())
+        } else if service.is_some() {
+            Some(DEFAULT_SERVICE_MAINT_REASON.to_string())
+        } else {
+            Some(DEFAULT_NODE_MAINT_REASON.to_string())
         };
-        self.save(vec![write]).await?;
+        self.save(vec![(
+            (RowKind::Maintenance, key.clone()),
+            reason.as_ref().map(|r| json!({"reason": r})),
+        )])
+        .await?;
+        {
+            let mut local = self.inner.local.lock();
+            match reason {
+                Some(r) => local.maintenance.insert(key, r),
+                None => local.maintenance.remove(&key),
+            };
+        }
+        self.inner.mark_check(&match service {
+            Some(s) => format!("{}{s}", crate::local::SERVICE_MAINT_PREFIX),
+            None => crate::local::NODE_MAINT_ID.to_string(),
+        });
         self.changed();
         Ok(())
     }
@@ -844,25 +869,65 @@ impl Registry {
     }
 }
 
-/// Adds or replaces a check in `local` and the runner, saving its
-/// definition as its own row (a check deregistered on its own stays gone
-/// after a restart, even when its service's body listed it). A
-/// re-registration with the same definition keeps the running check; a
-/// changed definition starts from the check's current status and output.
-fn add_check(
-    inner: &Inner,
-    local: &mut Local,
-    def: CheckDefinition,
-    body: Value,
+/// The saved rows for adding or replacing a check: its definition as its
+/// own row (a check deregistered on its own stays gone after a restart,
+/// even when its service's body listed it) and, unless the same definition
+/// keeps running, its starting state.
+fn check_writes(
+    local: &Local,
+    def: &CheckDefinition,
+    body: &Value,
     origin: &Origin,
     writes: &mut Vec<Write>,
 ) {
-    inner.mark_check(&def.id);
     writes.push((
         (RowKind::Check, def.id.clone()),
         Some(json!({"body": body, "id": def.id, "name": def.name,
             "service_id": def.service_id, "file": file_of(origin)})),
     ));
+    if local.checks.get(&def.id).is_some_and(|c| c.def == *def) {
+        return;
+    }
+    let (status, output) = start_state(local, def);
+    writes.push((
+        (RowKind::CheckState, def.id.clone()),
+        Some(json!({"status": status.as_str(), "output": output,
+            "ttl_expires_at_ms": ttl_expiry(def)})),
+    ));
+}
+
+/// A new check starts as its `Status` says (critical unless given); a
+/// changed one from its current status and output.
+fn start_state(local: &Local, def: &CheckDefinition) -> (Status, String) {
+    match local.checks.get(&def.id) {
+        Some(old) => (old.status, old.output.clone()),
+        None => (
+            def.initial_status.unwrap_or(Status::Critical),
+            String::new(),
+        ),
+    }
+}
+
+fn ttl_expiry(def: &CheckDefinition) -> Option<i64> {
+    match def.kind {
+        Kind::Ttl { ttl } => {
+            Some(now_ms() + ttl.min(corro_checks::definition::MAX_PERIOD).as_millis() as i64)
+        }
+        _ => None,
+    }
+}
+
+/// Adds or replaces a check in `local` and the runner, once its rows
+/// ([`check_writes`]) are saved. A re-registration with the same
+/// definition keeps the running check.
+fn apply_check(
+    inner: &Inner,
+    local: &mut Local,
+    def: CheckDefinition,
+    body: Value,
+    origin: &Origin,
+) {
+    inner.mark_check(&def.id);
     if let Some(existing) = local.checks.get_mut(&def.id)
         && existing.def == def
     {
@@ -870,13 +935,7 @@ fn add_check(
         existing.origin = origin.clone();
         return;
     }
-    let (status, output) = match local.checks.get(&def.id) {
-        Some(old) => (old.status, old.output.clone()),
-        None => (
-            def.initial_status.unwrap_or(Status::Critical),
-            String::new(),
-        ),
-    };
+    let (status, output) = start_state(local, &def);
     let published = local
         .checks
         .get(&def.id)
@@ -889,18 +948,7 @@ fn add_check(
             ttl_left: None,
         },
     );
-    let ttl_expires = match def.kind {
-        Kind::Ttl { ttl } => {
-            Some(now_ms() + ttl.min(corro_checks::definition::MAX_PERIOD).as_millis() as i64)
-        }
-        _ => None,
-    };
-    writes.push((
-        (RowKind::CheckState, def.id.clone()),
-        Some(
-            json!({"status": status.as_str(), "output": output, "ttl_expires_at_ms": ttl_expires}),
-        ),
-    ));
+    let ttl_expires = ttl_expiry(&def);
     local.checks.insert(
         def.id.clone(),
         LocalCheck {
