@@ -849,6 +849,26 @@ fn service_definition_files_are_reconciled_on_reload_and_the_cli_registers() {
         common::stdout(&out)
     );
     assert_eq!(services(&a), ["cache"]);
+    // A second file defining the same ID (sorting before the owner's) is
+    // refused; the service stays as its own file says.
+    std::fs::write(
+        defs.join("a-copy.json"),
+        r#"{"service": {"name": "cache", "port": 1}}"#,
+    )
+    .unwrap();
+    let out = node.cli(&["reload"]);
+    assert!(!out.status.success());
+    let err = common::stderr(&out);
+    assert!(
+        err.contains("a-copy.json")
+            && err.contains("also defined in")
+            && err.contains("cache.json"),
+        "{err}"
+    );
+    assert_eq!(get_json(&a, "/v1/agent/services")["cache"]["Port"], 6379);
+    std::fs::remove_file(defs.join("a-copy.json")).unwrap();
+    assert!(node.cli(&["reload"]).status.success());
+    assert_eq!(get_json(&a, "/v1/agent/services")["cache"]["Port"], 6379);
 
     // The CLI, as `consul services` and `consul maint`.
     let api = a.api.to_string();

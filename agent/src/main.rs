@@ -5,6 +5,13 @@
 //! `agent` runs the agent (`run.rs`); the other commands are clients of a
 //! running agent or of its database (`commands.rs`).
 
+/// mimalloc instead of glibc's malloc: many threads allocating small,
+/// short-lived buffers (probes, requests) grew glibc's per-thread arenas
+/// and cost malloc time (measured in docs/BENCHMARKS.md, "Checks run by
+/// the agent").
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 mod admin;
 mod api;
 mod cluster;

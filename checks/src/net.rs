@@ -97,14 +97,20 @@ impl Prober for NetProber {
         let timeout = check.effective_timeout();
         let max = check.output_max_size;
         match &check.kind {
-            Kind::Http(h) if !check.tls_server_name.is_empty() && h.url.starts_with("https://") => {
-                let (h, name, skip) = (
-                    h.clone(),
-                    check.tls_server_name.clone(),
-                    check.tls_skip_verify,
-                );
+            Kind::Http(h)
+                if !check.tls_server_name.is_empty()
+                    && h.url
+                        .get(..8)
+                        .is_some_and(|s| s.eq_ignore_ascii_case("https://")) =>
+            {
+                let (h, name) = (h.clone(), check.tls_server_name.clone());
+                let tls = self.tls_config(check.tls_skip_verify, false);
                 Box::pin(async move {
-                    match named_client(&h, &name, skip).await {
+                    let named = match tls {
+                        Ok(tls) => named_client(&h, &name, &tls).await,
+                        Err(e) => Err(e),
+                    };
+                    match named {
                         Ok((client, h2)) => http(client, h2, timeout, max, &h.url).await,
                         Err(e) => Outcome::new(
                             Status::Critical,
@@ -201,11 +207,13 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// A client for an HTTPS check with `TLSServerName`: the URL's host is
 /// replaced by the name (SNI and verification use it) and the name resolved
 /// to the URL's address; the `Host` header keeps the URL's host unless the
-/// check sets one. Built per probe (such checks are rare).
+/// check sets one. Built per probe (the name's address may change), on the
+/// prober's shared TLS configuration (building one parses the system's
+/// roots).
 async fn named_client(
     h: &Http,
     name: &str,
-    skip_verify: bool,
+    tls: &rustls::ClientConfig,
 ) -> Result<(reqwest::Client, Http), String> {
     let mut url = reqwest::Url::parse(&h.url).map_err(|e| e.to_string())?;
     let host = url.host_str().ok_or("no host in the URL")?.to_string();
@@ -219,7 +227,7 @@ async fn named_client(
     let client = reqwest::Client::builder()
         .no_proxy()
         .pool_max_idle_per_host(0)
-        .danger_accept_invalid_certs(skip_verify)
+        .use_preconfigured_tls(tls.clone())
         .resolve(name, addr)
         .redirect(if h.disable_redirects {
             reqwest::redirect::Policy::none()

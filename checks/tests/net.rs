@@ -437,7 +437,8 @@ async fn https_with_a_server_name_sends_it_as_sni_and_keeps_the_host() {
         }
     });
     let p = NetProber::new("n1".into(), None);
-    let url = format!("https://{addr}/health");
+    // The scheme is case-insensitive, as in any URL.
+    let url = format!("HTTPS://{addr}/health");
     let o = p
         .probe(def(
             serde_json::json!({"Name": "s", "HTTP": url, "TLSServerName": "localhost",

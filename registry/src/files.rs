@@ -210,9 +210,22 @@ pub async fn reconcile(reg: &Registry, loaded: Vec<Loaded>) -> Reconciled {
                         Err(_) => continue,
                     };
                     if let Some((other, _)) = wanted.get(&id) {
-                        let reason = format!("service {id:?} is also defined in {other}");
-                        tracing::error!(file = %file, %reason, "service definition refused");
-                        out.refused.push(format!("{file}: {reason}"));
+                        // The file that holds it now keeps it; a second
+                        // file defining the same ID is refused.
+                        let owned_here = before
+                            .get(&file)
+                            .is_some_and(|ids| ids.iter().any(|i| *i == id));
+                        let (loser, winner) = if owned_here {
+                            (other.clone(), file.clone())
+                        } else {
+                            (file.clone(), other.clone())
+                        };
+                        let reason = format!("service {id:?} is also defined in {winner}");
+                        tracing::error!(file = %loser, %reason, "service definition refused");
+                        out.refused.push(format!("{loser}: {reason}"));
+                        if owned_here {
+                            wanted.insert(id, (file.clone(), b));
+                        }
                         continue;
                     }
                     wanted.insert(id, (file.clone(), b));

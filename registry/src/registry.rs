@@ -299,13 +299,14 @@ impl Registry {
         for (kind, id, body) in rows {
             match kind {
                 RowKind::Service => {
-                    let raw = body["body"].clone();
+                    let raw = &body["body"];
                     let origin = origin_of(&body);
-                    match ServiceDefinition::decode(&raw) {
+                    match ServiceDefinition::decode(raw) {
                         Ok(mut def) => {
                             // Its checks come back from their own rows.
                             def.checks = Vec::new();
                             def.check_bodies = Vec::new();
+                            let raw = raw.to_string().into_boxed_str();
                             local
                                 .services
                                 .insert(def.id.clone(), LocalService { def, raw, origin });
@@ -373,7 +374,6 @@ impl Registry {
                 def.id.clone(),
                 LocalCheck {
                     def,
-                    raw: Some(saved["body"].clone()),
                     origin,
                     status,
                     published_output: output.clone(),
@@ -572,12 +572,13 @@ impl Registry {
             }
             let mut def = def;
             let checks = std::mem::take(&mut def.checks);
-            let bodies = std::mem::take(&mut def.check_bodies);
-            for (c, body) in checks.into_iter().zip(bodies) {
-                apply_check(&self.inner, &mut local, c, body, &origin);
+            def.check_bodies = Vec::new();
+            for c in checks {
+                apply_check(&self.inner, &mut local, c, &origin);
             }
             // Kept once: the checks live in `local.checks`, the body as sent.
             let id = def.id.clone();
+            let raw = raw.to_string().into_boxed_str();
             local
                 .services
                 .insert(id.clone(), LocalService { def, raw, origin });
@@ -673,7 +674,7 @@ impl Registry {
             check_writes(&local, &def, &raw, &origin, &mut writes);
         }
         self.save(writes).await?;
-        apply_check(&self.inner, &mut self.inner.local.lock(), def, raw, &origin);
+        apply_check(&self.inner, &mut self.inner.local.lock(), def, &origin);
         self.changed();
         Ok(())
     }
@@ -853,10 +854,10 @@ impl Registry {
     /// with it).
     pub fn service_source(&self, id: &str) -> Option<(Value, Origin)> {
         let local = self.inner.local.lock();
-        local
-            .services
-            .get(id)
-            .map(|s| (s.raw.clone(), s.origin.clone()))
+        local.services.get(id).map(|s| {
+            let raw = serde_json::from_str(&s.raw).unwrap_or(Value::Null);
+            (raw, s.origin.clone())
+        })
     }
 
     /// Writes the replicated rows now (tests and `corrosion services`
@@ -920,18 +921,11 @@ fn ttl_expiry(def: &CheckDefinition) -> Option<i64> {
 /// Adds or replaces a check in `local` and the runner, once its rows
 /// ([`check_writes`]) are saved. A re-registration with the same
 /// definition keeps the running check.
-fn apply_check(
-    inner: &Inner,
-    local: &mut Local,
-    def: CheckDefinition,
-    body: Value,
-    origin: &Origin,
-) {
+fn apply_check(inner: &Inner, local: &mut Local, def: CheckDefinition, origin: &Origin) {
     inner.mark_check(&def.id);
     if let Some(existing) = local.checks.get_mut(&def.id)
         && existing.def == def
     {
-        existing.raw = Some(body);
         existing.origin = origin.clone();
         return;
     }
@@ -953,7 +947,6 @@ fn apply_check(
         def.id.clone(),
         LocalCheck {
             def,
-            raw: Some(body),
             origin: origin.clone(),
             status,
             output,
