@@ -214,7 +214,7 @@ pub async fn reconcile(reg: &Registry, loaded: Vec<Loaded>) -> Reconciled {
                         // file defining the same ID is refused.
                         let owned_here = before
                             .get(&file)
-                            .is_some_and(|ids| ids.iter().any(|i| *i == id));
+                            .is_some_and(|ids| ids.contains(&id));
                         let (loser, winner) = if owned_here {
                             (other.clone(), file.clone())
                         } else {
