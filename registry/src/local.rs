@@ -3,6 +3,7 @@
 //! replicated tables. No IO here; [`crate::Registry`] drives it.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Instant;
 
 use corro_checks::{CheckDefinition, Status};
@@ -37,7 +38,8 @@ pub struct LocalService {
 
 #[derive(Clone, Debug)]
 pub struct LocalCheck {
-    pub def: CheckDefinition,
+    /// Shared with the runner (one copy per check).
+    pub def: Arc<CheckDefinition>,
     /// Where it came from (script checks are allowed by origin).
     pub origin: Origin,
     pub status: Status,
@@ -206,6 +208,15 @@ impl Local {
     }
 }
 
+/// The maintenance check's ID for `target` (`""` for the node).
+pub fn maintenance_id(target: &str) -> String {
+    if target.is_empty() {
+        NODE_MAINT_ID.to_string()
+    } else {
+        format!("{SERVICE_MAINT_PREFIX}{target}")
+    }
+}
+
 fn maintenance_row(local: &Local, target: &str, reason: &str) -> (String, CheckRow) {
     if target.is_empty() {
         (
@@ -222,7 +233,7 @@ fn maintenance_row(local: &Local, target: &str, reason: &str) -> (String, CheckR
         )
     } else {
         (
-            format!("{SERVICE_MAINT_PREFIX}{target}"),
+            maintenance_id(target),
             CheckRow {
                 service_id: target.to_string(),
                 service_name: local

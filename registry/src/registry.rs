@@ -27,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::local::{
     CheckRow, DEFAULT_NODE_MAINT_REASON, DEFAULT_SERVICE_MAINT_REASON, Local, LocalCheck,
-    LocalService, Origin,
+    LocalService, Origin, maintenance_id,
 };
 use crate::persist::{self, RowKind, Write};
 use crate::service::ServiceDefinition;
@@ -140,8 +140,7 @@ impl Inner {
                 d.checks.insert(cid.clone());
             }
         }
-        d.checks
-            .insert(format!("{}{id}", crate::local::SERVICE_MAINT_PREFIX));
+        d.checks.insert(maintenance_id(id));
     }
 
     fn mark_check(&self, id: &str) {
@@ -242,13 +241,14 @@ impl Registry {
             cfg.node.clone(),
             Some(alias.clone()),
         ));
-        let (runner, updates, task) = Runner::start(
+        let (runner, updates, done) = Runner::start_on_thread(
             prober,
             RunnerConfig {
                 max_concurrent: cfg.max_concurrent_probes,
             },
             stop.clone(),
-        );
+        )
+        .map_err(|e| RegistryError::Failed(format!("could not start the check runner: {e}")))?;
         let inner = Arc::new(Inner {
             cfg,
             store,
@@ -266,10 +266,10 @@ impl Registry {
         });
         *alias.0.lock() = Arc::downgrade(&inner);
         tokio::spawn(async move {
-            if let Err(e) = task.await
-                && e.is_panic()
-            {
-                tracing::error!(error = %e, "the check runner panicked: no check runs until the agent restarts");
+            if done.await.is_err() {
+                tracing::error!(
+                    "the check runner panicked: no check runs until the agent restarts"
+                );
             }
         });
         let reg = Registry { inner };
@@ -362,6 +362,7 @@ impl Registry {
                 .to_string();
             let ttl_expires = st.and_then(|s| s["ttl_expires_at_ms"].as_i64());
             let ttl_left = ttl_expires.map(|t| Duration::from_millis((t - now).max(0) as u64));
+            let def = Arc::new(def);
             self.inner.runner.add(
                 def.clone(),
                 Start {
@@ -765,10 +766,8 @@ impl Registry {
                 None => local.maintenance.remove(&key),
             };
         }
-        self.inner.mark_check(&match service {
-            Some(s) => format!("{}{s}", crate::local::SERVICE_MAINT_PREFIX),
-            None => crate::local::NODE_MAINT_ID.to_string(),
-        });
+        self.inner
+            .mark_check(&maintenance_id(service.unwrap_or_default()));
         self.changed();
         Ok(())
     }
@@ -886,7 +885,7 @@ fn check_writes(
         Some(json!({"body": body, "id": def.id, "name": def.name,
             "service_id": def.service_id, "file": file_of(origin)})),
     ));
-    if local.checks.get(&def.id).is_some_and(|c| c.def == *def) {
+    if local.checks.get(&def.id).is_some_and(|c| *c.def == *def) {
         return;
     }
     let (status, output) = start_state(local, def);
@@ -924,12 +923,13 @@ fn ttl_expiry(def: &CheckDefinition) -> Option<i64> {
 fn apply_check(inner: &Inner, local: &mut Local, def: CheckDefinition, origin: &Origin) {
     inner.mark_check(&def.id);
     if let Some(existing) = local.checks.get_mut(&def.id)
-        && existing.def == def
+        && *existing.def == def
     {
         existing.origin = origin.clone();
         return;
     }
     let (status, output) = start_state(local, &def);
+    let def = Arc::new(def);
     let published = local
         .checks
         .get(&def.id)
@@ -1045,9 +1045,21 @@ async fn consume(
         }
         if urgent {
             inner.sync.notify_one();
+        } else {
+            // Only outputs moved: let more results gather before waking
+            // again (one wake per result cost two context switches, at
+            // thousands of probes a second). A status change arriving
+            // meanwhile waits at most this long.
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(COALESCE) => {}
+            }
         }
     }
 }
+
+/// How long output-only results gather before they are taken in.
+const COALESCE: Duration = Duration::from_millis(50);
 
 /// Writes the replicated rows whenever something urgent changed, and every
 /// minute regardless (repairs rows edited or lost elsewhere).
@@ -1189,144 +1201,76 @@ fn json_text<T: serde::Serialize>(v: &T) -> SqlValue {
     SqlValue::Text(serde_json::to_string(v).unwrap_or_default())
 }
 
+/// IDs compared per pass: a full compare copies at most this many wanted
+/// rows at a time (20,000 checks copied at once showed in the agent's
+/// peak memory).
+const SYNC_CHUNK: usize = 1024;
+
 /// One comparison of wanted rows with the catalog's, and one transaction
 /// with the differences. Returns the statements written.
 fn sync_once(inner: &Inner) -> Result<usize, RegistryError> {
     let scope = std::mem::take(&mut *inner.dirty.lock());
-    let r = sync_scope(inner, &scope);
-    if r.is_err() {
+    let full = scope.full;
+    let r = sync_scope(inner, scope);
+    if let Err((e, scope)) = r {
         // Compared again on the next attempt.
         let mut d = inner.dirty.lock();
-        d.full |= scope.full;
+        d.full |= full;
         d.services.extend(scope.services);
         d.checks.extend(scope.checks);
+        return Err(e);
     }
-    r
+    r.map_err(|(e, _)| e)
 }
 
 /// Compares the wanted rows in `scope` (everything when `scope.full`) with
-/// the catalog's and writes the differences in one transaction.
-fn sync_scope(inner: &Inner, scope: &Dirty) -> Result<usize, RegistryError> {
+/// the catalog's, a chunk of IDs at a time, and writes the differences in
+/// one transaction (a service appears with its checks). On failure, the
+/// scope back.
+fn sync_scope(inner: &Inner, mut scope: Dirty) -> Result<usize, (RegistryError, Dirty)> {
     let failed = |e: &dyn std::fmt::Display| RegistryError::Failed(e.to_string());
     if !scope.full && scope.services.is_empty() && scope.checks.is_empty() {
         return Ok(0);
     }
     // The catalog must have seen our last write before we compare with it.
-    inner.catalog.process_pending().map_err(|e| failed(&e))?;
+    if let Err(e) = inner.catalog.process_pending() {
+        return Err((failed(&e), scope));
+    }
     let node = &inner.cfg.node;
-    let in_scope_service = |id: &str| scope.full || scope.services.contains(id);
-    let in_scope_check = |id: &str| scope.full || scope.checks.contains(id);
-    let (services, checks) = {
-        let local = inner.local.lock();
-        if scope.full {
-            let services: BTreeMap<String, ServiceDefinition> = local
-                .services
-                .iter()
-                .map(|(id, s)| (id.clone(), s.def.clone()))
-                .collect();
-            (services, local.check_rows())
-        } else {
-            let services = scope
-                .services
-                .iter()
-                .filter_map(|id| Some((id.clone(), local.services.get(id)?.def.clone())))
-                .collect();
-            let checks = scope
-                .checks
-                .iter()
-                .filter_map(|id| Some((id.clone(), local.check_row(id)?)))
-                .collect();
-            (services, checks)
+    if scope.full {
+        // Every ID either side knows.
+        {
+            let local = inner.local.lock();
+            scope.services.extend(local.services.keys().cloned());
+            scope.checks.extend(local.checks.keys().cloned());
+            for target in local.maintenance.keys() {
+                scope.checks.insert(maintenance_id(target));
+            }
         }
-    };
-    let mut statements: Vec<(&str, Vec<SqlValue>)> = Vec::new();
-    let now = SqlValue::Integer(now_ms());
-    {
         let index = inner.catalog.read();
-        let mut have_services = HashMap::new();
-        for s in index
-            .exact_node_services(node)
-            .filter(|s| in_scope_service(&s.id))
-        {
-            have_services.insert(s.id.clone(), s.clone());
-        }
-        for (id, d) in &services {
-            let same = have_services.get(id).is_some_and(|s| {
-                s.source.as_deref() == Some(SOURCE)
-                    && s.name == d.name
-                    && s.tags == d.tags
-                    && s.meta == d.meta
-                    && s.port == d.port
-                    && s.address == d.address
-                    && s.weights == d.weights
-                    && s.tagged_addresses == d.tagged_addresses
-            });
-            if !same {
-                statements.push((
-                    UPSERT_SERVICE,
-                    vec![
-                        text(node),
-                        text(id),
-                        text(&d.name),
-                        json_text(&d.tags),
-                        json_text(&d.meta),
-                        SqlValue::Integer(d.port),
-                        text(&d.address),
-                        json_text(&d.weights),
-                        json_text(&d.tagged_addresses),
-                        now.clone(),
-                    ],
-                ));
-            }
-        }
-        for (id, s) in &have_services {
-            if s.source.as_deref() == Some(SOURCE) && !services.contains_key(id) {
-                statements.push((DELETE_SERVICE, vec![text(node), text(id)]));
-            }
-        }
-        let mut have_checks = HashMap::new();
-        for c in index
-            .exact_node_checks(node)
-            .filter(|c| in_scope_check(&c.id))
-        {
-            have_checks.insert(c.id.clone(), c.clone());
-        }
-        for (id, want) in &checks {
-            let same = have_checks.get(id).is_some_and(|c| {
-                c.source.as_deref() == Some(SOURCE)
-                    && CheckRow {
-                        service_id: c.service_id.clone(),
-                        service_name: c.service_name.clone(),
-                        name: c.name.clone(),
-                        status: c.status.as_str().to_string(),
-                        output: c.output.clone(),
-                        notes: c.notes.clone(),
-                        kind: c.kind.clone(),
-                    } == *want
-            });
-            if !same {
-                statements.push((
-                    UPSERT_CHECK,
-                    vec![
-                        text(node),
-                        text(id),
-                        text(&want.service_id),
-                        text(&want.service_name),
-                        text(&want.name),
-                        text(&want.status),
-                        text(&want.output),
-                        text(&want.notes),
-                        text(&want.kind),
-                        now.clone(),
-                    ],
-                ));
-            }
-        }
-        for (id, c) in &have_checks {
-            if c.source.as_deref() == Some(SOURCE) && !checks.contains_key(id) {
-                statements.push((DELETE_CHECK, vec![text(node), text(id)]));
-            }
-        }
+        let native = |s: &Option<String>| s.as_deref() == Some(SOURCE);
+        scope.services.extend(
+            index
+                .exact_node_services(node)
+                .filter(|s| native(&s.source))
+                .map(|s| s.id.clone()),
+        );
+        scope.checks.extend(
+            index
+                .exact_node_checks(node)
+                .filter(|c| native(&c.source))
+                .map(|c| c.id.clone()),
+        );
+    }
+    let now = SqlValue::Integer(now_ms());
+    let mut statements: Vec<(&str, Vec<SqlValue>)> = Vec::new();
+    let services: Vec<&String> = scope.services.iter().collect();
+    for part in services.chunks(SYNC_CHUNK) {
+        compare_services(inner, part, &now, &mut statements);
+    }
+    let checks: Vec<&String> = scope.checks.iter().collect();
+    for part in checks.chunks(SYNC_CHUNK) {
+        compare_checks(inner, part, &now, &mut statements);
     }
     tracing::debug!(
         full = scope.full,
@@ -1339,16 +1283,137 @@ fn sync_scope(inner: &Inner, scope: &Dirty) -> Result<usize, RegistryError> {
         return Ok(0);
     }
     let n = statements.len();
-    inner
-        .store
-        .transact(|tx| {
-            for (sql, params) in &statements {
-                tx.execute(sql, params)?;
-            }
-            Ok(())
-        })
-        .map_err(|e| failed(&e))?;
+    let r = inner.store.transact(|tx| {
+        for (sql, params) in &statements {
+            tx.execute(sql, params)?;
+        }
+        Ok(())
+    });
+    if let Err(e) = r {
+        return Err((failed(&e), scope));
+    }
     metrics::counter!("corro_registry_rows_written_total").increment(n as u64);
-    inner.catalog.process_pending().map_err(|e| failed(&e))?;
+    if let Err(e) = inner.catalog.process_pending() {
+        // Written; the next compare sees it.
+        tracing::warn!(error = %e, "the catalog could not take in native rows yet");
+    }
     Ok(n)
+}
+
+/// Statements that bring the services `ids` to what this agent wants.
+fn compare_services(
+    inner: &Inner,
+    ids: &[&String],
+    now: &SqlValue,
+    statements: &mut Vec<(&'static str, Vec<SqlValue>)>,
+) {
+    let node = &inner.cfg.node;
+    let wanted: Vec<(&String, Option<ServiceDefinition>)> = {
+        let local = inner.local.lock();
+        ids.iter()
+            .map(|id| (*id, local.services.get(*id).map(|s| s.def.clone())))
+            .collect()
+    };
+    let index = inner.catalog.read();
+    let part: HashSet<&str> = ids.iter().map(|s| s.as_str()).collect();
+    let have: HashMap<&str, &corro_catalog::model::Service> = index
+        .exact_node_services(node)
+        .filter(|s| part.contains(s.id.as_str()))
+        .map(|s| (s.id.as_str(), &***s))
+        .collect();
+    for (id, want) in wanted {
+        let have = have.get(id.as_str()).copied();
+        let native = have.is_some_and(|s| s.source.as_deref() == Some(SOURCE));
+        match want {
+            Some(d) => {
+                let same = native
+                    && have.is_some_and(|s| {
+                        s.name == d.name
+                            && s.tags == d.tags
+                            && s.meta == d.meta
+                            && s.port == d.port
+                            && s.address == d.address
+                            && s.weights == d.weights
+                            && s.tagged_addresses == d.tagged_addresses
+                    });
+                if !same {
+                    statements.push((
+                        UPSERT_SERVICE,
+                        vec![
+                            text(node),
+                            text(id),
+                            text(&d.name),
+                            json_text(&d.tags),
+                            json_text(&d.meta),
+                            SqlValue::Integer(d.port),
+                            text(&d.address),
+                            json_text(&d.weights),
+                            json_text(&d.tagged_addresses),
+                            now.clone(),
+                        ],
+                    ));
+                }
+            }
+            None if native => statements.push((DELETE_SERVICE, vec![text(node), text(id)])),
+            None => {}
+        }
+    }
+}
+
+/// Statements that bring the checks `ids` to what this agent wants.
+fn compare_checks(
+    inner: &Inner,
+    ids: &[&String],
+    now: &SqlValue,
+    statements: &mut Vec<(&'static str, Vec<SqlValue>)>,
+) {
+    let node = &inner.cfg.node;
+    let wanted: Vec<(&String, Option<CheckRow>)> = {
+        let local = inner.local.lock();
+        ids.iter().map(|id| (*id, local.check_row(id))).collect()
+    };
+    let index = inner.catalog.read();
+    let part: HashSet<&str> = ids.iter().map(|s| s.as_str()).collect();
+    let have: HashMap<&str, &corro_catalog::model::Check> = index
+        .exact_node_checks(node)
+        .filter(|c| part.contains(c.id.as_str()))
+        .map(|c| (c.id.as_str(), &***c))
+        .collect();
+    for (id, want) in wanted {
+        let have = have.get(id.as_str()).copied();
+        let native = have.is_some_and(|c| c.source.as_deref() == Some(SOURCE));
+        match want {
+            Some(w) => {
+                let same = native
+                    && have.is_some_and(|c| {
+                        c.service_id == w.service_id
+                            && c.service_name == w.service_name
+                            && c.name == w.name
+                            && c.status.as_str() == w.status
+                            && c.output == w.output
+                            && c.notes == w.notes
+                            && c.kind == w.kind
+                    });
+                if !same {
+                    statements.push((
+                        UPSERT_CHECK,
+                        vec![
+                            text(node),
+                            text(id),
+                            text(&w.service_id),
+                            text(&w.service_name),
+                            text(&w.name),
+                            text(&w.status),
+                            text(&w.output),
+                            text(&w.notes),
+                            text(&w.kind),
+                            now.clone(),
+                        ],
+                    ));
+                }
+            }
+            None if native => statements.push((DELETE_CHECK, vec![text(node), text(id)])),
+            None => {}
+        }
+    }
 }
