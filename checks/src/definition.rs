@@ -33,6 +33,9 @@ pub struct Http {
     pub headers: Vec<(String, Vec<String>)>,
     pub body: String,
     pub disable_redirects: bool,
+    /// The request parsed once, on the first probe (not part of the
+    /// definition: equal whatever it holds).
+    pub prepared: crate::net::Prepared,
 }
 
 /// What a check probes.
@@ -206,6 +209,7 @@ impl CheckDefinition {
                 headers,
                 body: s(&["body"])?,
                 disable_redirects: use_tls(&["disableredirects"], false)?,
+                prepared: Default::default(),
             })
         } else if !ttl.is_zero() {
             Kind::Ttl { ttl }

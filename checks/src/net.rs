@@ -111,7 +111,7 @@ impl Prober for NetProber {
                         Err(e) => Err(e),
                     };
                     match named {
-                        Ok((client, h2)) => http(client, h2, timeout, max, &h.url).await,
+                        Ok((client, h2)) => http(client, &h2, timeout, max, &h.url).await,
                         Err(e) => Outcome::new(
                             Status::Critical,
                             format!("{}: {e}", title_verb(&h.method, &h.url)),
@@ -121,12 +121,12 @@ impl Prober for NetProber {
             }
             Kind::Http(h) => {
                 let client = self.client(check.tls_skip_verify, !h.disable_redirects);
-                let h = h.clone();
+                let check = check.clone();
                 Box::pin(async move {
-                    let shown = h.url.clone();
-                    match client {
-                        Ok(c) => http(c, h, timeout, max, &shown).await,
-                        Err(e) => Outcome::new(Status::Critical, e),
+                    match (&check.kind, client) {
+                        (Kind::Http(h), Ok(c)) => http(c, h, timeout, max, &h.url).await,
+                        (_, Err(e)) => Outcome::new(Status::Critical, e),
+                        (_, Ok(_)) => Outcome::new(Status::Critical, "not an HTTP check"),
                     }
                 })
             }
@@ -257,33 +257,138 @@ fn url_port(url: &str) -> Option<u16> {
     reqwest::Url::parse(url).ok()?.port()
 }
 
+/// An HTTP check's request parsed once (URL, method, headers): parsing
+/// them on every probe showed in the agent's profile with thousands of
+/// checks. Equal to any other (it is derived from the definition).
+#[derive(Default)]
+pub struct Prepared(std::sync::OnceLock<Box<Result<PreparedRequest, String>>>);
+
+pub struct PreparedRequest {
+    method: reqwest::Method,
+    url: reqwest::Url,
+    headers: reqwest::header::HeaderMap,
+    /// For plain `http://`: the request target (path and query) and the
+    /// `Host` header (unless the check sets one).
+    target: Option<(hyper::Uri, Option<reqwest::header::HeaderValue>)>,
+    body: bytes::Bytes,
+}
+
+impl Clone for Prepared {
+    fn clone(&self) -> Prepared {
+        Prepared::default()
+    }
+}
+
+impl PartialEq for Prepared {
+    fn eq(&self, _: &Prepared) -> bool {
+        true
+    }
+}
+
+impl std::fmt::Debug for Prepared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Prepared")
+    }
+}
+
+impl Prepared {
+    fn get(&self, h: &Http) -> &Result<PreparedRequest, String> {
+        self.0.get_or_init(|| Box::new(prepare(h)))
+    }
+}
+
+fn prepare(h: &Http) -> Result<PreparedRequest, String> {
+    use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+    let method = reqwest::Method::from_bytes(h.method.as_bytes())
+        .map_err(|_| format!("net/http: invalid method {:?}", h.method))?;
+    let url = reqwest::Url::parse(&h.url).map_err(|e| e.to_string())?;
+    let mut headers = HeaderMap::new();
+    headers.insert(
+        reqwest::header::USER_AGENT,
+        HeaderValue::from_static("Consul Health Check"),
+    );
+    headers.insert(
+        reqwest::header::ACCEPT,
+        HeaderValue::from_static("text/plain, text/*, */*"),
+    );
+    headers.insert(
+        reqwest::header::CONNECTION,
+        HeaderValue::from_static("close"),
+    );
+    for (name, values) in &h.headers {
+        let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
+        // The check's own values replace the defaults of that name.
+        headers.remove(&name);
+        for v in values {
+            let v = HeaderValue::from_str(v).map_err(|e| e.to_string())?;
+            headers.append(name.clone(), v);
+        }
+    }
+    let target = if url.scheme() == "http" {
+        let path = match url.query() {
+            Some(q) => format!("{}?{q}", url.path()),
+            None => url.path().to_string(),
+        };
+        let host = match (url.host_str(), url.port()) {
+            (Some(h), Some(p)) => format!("{h}:{p}"),
+            (Some(h), None) => h.to_string(),
+            (None, _) => String::new(),
+        };
+        let host = (!headers.contains_key(reqwest::header::HOST))
+            .then(|| HeaderValue::from_str(&host))
+            .transpose()
+            .map_err(|e| e.to_string())?;
+        Some((path.parse::<hyper::Uri>().map_err(|e| e.to_string())?, host))
+    } else {
+        None
+    };
+    Ok(PreparedRequest {
+        method,
+        url,
+        headers,
+        target,
+        body: bytes::Bytes::from(h.body.clone()),
+    })
+}
+
 async fn http(
     client: reqwest::Client,
-    h: Http,
+    h: &Http,
     timeout: Duration,
     max: usize,
     shown: &str,
 ) -> Outcome {
-    let method = match reqwest::Method::from_bytes(h.method.as_bytes()) {
-        Ok(m) => m,
-        Err(_) => {
-            return Outcome::new(
-                Status::Critical,
-                format!("net/http: invalid method {:?}", h.method),
-            );
+    let p = match h.prepared.get(h) {
+        Ok(p) => p,
+        Err(e) => {
+            let e = if e.starts_with("net/http") {
+                e.clone()
+            } else {
+                format!("{}: {e}", title_verb(&h.method, shown))
+            };
+            return Outcome::new(Status::Critical, e);
         }
     };
-    let mut req = client
-        .request(method, &h.url)
-        .timeout(timeout)
-        .header(reqwest::header::USER_AGENT, "Consul Health Check")
-        .header(reqwest::header::ACCEPT, "text/plain, text/*, */*")
-        .header(reqwest::header::CONNECTION, "close");
-    for (name, values) in &h.headers {
-        for v in values {
-            req = req.header(name.as_str(), v.as_str());
+    if p.target.is_some() {
+        match tokio::time::timeout(timeout, http_direct(h, p, max, shown)).await {
+            Ok(Some(o)) => return o,
+            // A redirect to follow: reqwest does that.
+            Ok(None) => {}
+            Err(_) => {
+                return Outcome::new(
+                    Status::Critical,
+                    format!(
+                        "{}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)",
+                        title_verb(&h.method, shown)
+                    ),
+                );
+            }
         }
     }
+    let mut req = client
+        .request(p.method.clone(), p.url.clone())
+        .timeout(timeout)
+        .headers(p.headers.clone());
     if !h.body.is_empty() {
         req = req.body(h.body.clone());
     }
@@ -318,7 +423,17 @@ async fn http(
             }
         }
     }
-    let code = resp.status();
+    http_outcome(verb, url, resp.status(), &tail, max)
+}
+
+/// Consul's status and output for an HTTP answer.
+fn http_outcome(
+    verb: &str,
+    url: &str,
+    code: reqwest::StatusCode,
+    tail: &[u8],
+    max: usize,
+) -> Outcome {
     let status_text = match code.canonical_reason() {
         Some(r) => format!("{} {r}", code.as_u16()),
         None => code.as_u16().to_string(),
@@ -334,9 +449,100 @@ async fn http(
         status,
         format!(
             "HTTP {verb} {url}: {status_text} Output: {}",
-            output::tail(&tail, max)
+            output::tail(tail, max)
         ),
     )
+}
+
+/// A plain `http://` probe straight over hyper's HTTP/1.1 connection: one
+/// connect, one request, one close, on the prepared request. reqwest's
+/// client did the same through layers (pool, connector services, URL
+/// conversions) that cost about as much CPU as the kernel's TCP work, with
+/// thousands of checks (docs/BENCHMARKS.md). `None`: the answer is a
+/// redirect to follow (reqwest's path does it, asking again).
+async fn http_direct(h: &Http, p: &PreparedRequest, max: usize, shown: &str) -> Option<Outcome> {
+    let (target, host) = p.target.as_ref()?;
+    let fail = |e: String| {
+        Some(Outcome::new(
+            Status::Critical,
+            format!("{}: {e}", title_verb(&h.method, shown)),
+        ))
+    };
+    let name = p.url.host_str()?;
+    let port = p.url.port_or_known_default()?;
+    let addrs: Vec<std::net::SocketAddr> =
+        match name.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+            Ok(ip) => vec![(ip, port).into()],
+            Err(_) => match tokio::net::lookup_host((name, port)).await {
+                Ok(a) => a.collect(),
+                Err(e) => return fail(format!("dial tcp: lookup {name}: {e}")),
+            },
+        };
+    let mut stream = None;
+    let mut last = format!("dial tcp: lookup {name}: no such host");
+    for a in addrs {
+        match tokio::net::TcpStream::connect(a).await {
+            Ok(s) => {
+                stream = Some(s);
+                break;
+            }
+            Err(e) => last = format!("dial tcp {a}: connect: {e}"),
+        }
+    }
+    let Some(stream) = stream else {
+        return fail(last);
+    };
+    let (mut sender, conn) =
+        match hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await {
+            Ok(x) => x,
+            Err(e) => return fail(chain(&e)),
+        };
+    let mut req = hyper::Request::new(http_body_util::Full::new(p.body.clone()));
+    *req.method_mut() = p.method.clone();
+    *req.uri_mut() = target.clone();
+    *req.headers_mut() = p.headers.clone();
+    if let Some(host) = host {
+        req.headers_mut()
+            .insert(reqwest::header::HOST, host.clone());
+    }
+    let follow = !h.disable_redirects;
+    let exchange = async move {
+        use http_body_util::BodyExt;
+        let resp = sender.send_request(req).await?;
+        let code = resp.status();
+        if follow && code.is_redirection() && resp.headers().contains_key(reqwest::header::LOCATION)
+        {
+            return Ok(None);
+        }
+        // Keep the body's last `max` bytes (see `http`).
+        let mut body = resp.into_body();
+        let mut tail: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if let Some(d) = frame?.data_ref() {
+                tail.extend_from_slice(d);
+                if tail.len() > 2 * max.max(1) {
+                    tail.drain(..tail.len() - max);
+                }
+            }
+        }
+        Ok::<_, hyper::Error>(Some((code, tail)))
+    };
+    // The connection is driven here, not spawned: when the probe ends (or
+    // times out), its socket goes with it.
+    tokio::pin!(exchange);
+    tokio::pin!(conn);
+    let mut conn_done = false;
+    let r = loop {
+        tokio::select! {
+            r = &mut exchange => break r,
+            _ = &mut conn, if !conn_done => conn_done = true,
+        }
+    };
+    match r {
+        Ok(Some((code, tail))) => Some(http_outcome(&h.method, shown, code, &tail, max)),
+        Ok(None) => None,
+        Err(e) => fail(chain(&e)),
+    }
 }
 
 /// Go's error prefix for a failed request: `Get "http://…"`.

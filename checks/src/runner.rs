@@ -167,6 +167,8 @@ async fn run(
         generation: 0,
         out,
     };
+    // The gauges as last set (set again only when they move).
+    let mut shown = (usize::MAX, usize::MAX);
     loop {
         let timers_idle = l.timers.is_empty();
         let none_running = l.running.is_empty();
@@ -187,8 +189,12 @@ async fn run(
                 l.due(exp.into_inner()).await;
             }
         }
-        metrics::gauge!("corro_checks_running").set(l.running.len() as f64);
-        metrics::gauge!("corro_checks_waiting").set(l.waiting.len() as f64);
+        let now = (l.running.len(), l.waiting.len());
+        if now != shown {
+            shown = now;
+            metrics::gauge!("corro_checks_running").set(now.0 as f64);
+            metrics::gauge!("corro_checks_waiting").set(now.1 as f64);
+        }
     }
 }
 

@@ -77,6 +77,97 @@ async fn http_status_codes_map_as_consuls() {
     }
 }
 
+/// The check's method, headers and body go out as given, its headers
+/// replacing Consul's defaults of the same name, on every probe (the
+/// request is parsed once and reused).
+#[tokio::test]
+async fn http_sends_the_checks_method_headers_and_body() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let mut n = 0;
+                // Until the body ("payload") has arrived.
+                while n < buf.len() {
+                    match s.read(&mut buf[n..]).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(k) => n += k,
+                    }
+                    if buf[..n].ends_with(b"payload") {
+                        break;
+                    }
+                }
+                let echo = String::from_utf8_lossy(&buf[..n]).to_lowercase();
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{echo}",
+                    echo.len()
+                );
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    let p = NetProber::new("n1".into(), None);
+    let check = def(
+        serde_json::json!({"Name": "h", "HTTP": format!("http://{addr}/x"),
+        "Method": "POST", "Body": "payload", "Interval": "10s",
+        "Header": {"User-Agent": ["mine"], "X-A": ["1", "2"]}}),
+    );
+    for _ in 0..2 {
+        let o = p.probe(check.clone()).await;
+        assert_eq!(o.status, Status::Passing, "{}", o.output);
+        let out = &o.output;
+        assert!(out.contains("post /x http/1.1"), "{out}");
+        assert!(out.contains("user-agent: mine"), "{out}");
+        assert!(!out.contains("consul health check"), "{out}");
+        assert!(out.contains("x-a: 1") && out.contains("x-a: 2"), "{out}");
+        assert!(out.contains("accept: text/plain, text/*, */*"), "{out}");
+        assert!(out.ends_with("payload"), "{out}");
+    }
+}
+
+/// Redirects are followed (Go's client: up to 10) unless the check
+/// disables them; then the 3xx answer itself is the result (critical).
+#[tokio::test]
+async fn http_follows_redirects_unless_disabled() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 4096];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let resp = if req.starts_with("GET /old ") {
+                    "HTTP/1.1 302 Found\r\nLocation: /new\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                } else {
+                    "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\narrived"
+                        .to_string()
+                };
+                let _ = s.write_all(resp.as_bytes()).await;
+            });
+        }
+    });
+    let p = NetProber::new("n1".into(), None);
+    let url = format!("http://{addr}/old");
+    let o = p
+        .probe(def(
+            serde_json::json!({"Name": "h", "HTTP": url, "Interval": "10s"}),
+        ))
+        .await;
+    assert_eq!(o.status, Status::Passing, "{}", o.output);
+    assert_eq!(o.output, format!("HTTP GET {url}: 200 OK Output: arrived"));
+    let o = p
+        .probe(def(
+            serde_json::json!({"Name": "h", "HTTP": url, "Interval": "10s",
+            "DisableRedirects": true}),
+        ))
+        .await;
+    assert_eq!(o.status, Status::Critical, "{}", o.output);
+    assert_eq!(o.output, format!("HTTP GET {url}: 302 Found Output: "));
+}
+
 #[tokio::test]
 async fn http_refused_and_timeout_are_critical() {
     let p = NetProber::new("n1".into(), None);

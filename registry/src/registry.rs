@@ -1209,33 +1209,29 @@ const SYNC_CHUNK: usize = 1024;
 /// One comparison of wanted rows with the catalog's, and one transaction
 /// with the differences. Returns the statements written.
 fn sync_once(inner: &Inner) -> Result<usize, RegistryError> {
-    let scope = std::mem::take(&mut *inner.dirty.lock());
+    let mut scope = std::mem::take(&mut *inner.dirty.lock());
     let full = scope.full;
-    let r = sync_scope(inner, scope);
-    if let Err((e, scope)) = r {
+    let r = sync_scope(inner, &mut scope);
+    if r.is_err() {
         // Compared again on the next attempt.
         let mut d = inner.dirty.lock();
         d.full |= full;
         d.services.extend(scope.services);
         d.checks.extend(scope.checks);
-        return Err(e);
     }
-    r.map_err(|(e, _)| e)
+    r
 }
 
 /// Compares the wanted rows in `scope` (everything when `scope.full`) with
 /// the catalog's, a chunk of IDs at a time, and writes the differences in
-/// one transaction (a service appears with its checks). On failure, the
-/// scope back.
-fn sync_scope(inner: &Inner, mut scope: Dirty) -> Result<usize, (RegistryError, Dirty)> {
+/// one transaction (a service appears with its checks).
+fn sync_scope(inner: &Inner, scope: &mut Dirty) -> Result<usize, RegistryError> {
     let failed = |e: &dyn std::fmt::Display| RegistryError::Failed(e.to_string());
     if !scope.full && scope.services.is_empty() && scope.checks.is_empty() {
         return Ok(0);
     }
     // The catalog must have seen our last write before we compare with it.
-    if let Err(e) = inner.catalog.process_pending() {
-        return Err((failed(&e), scope));
-    }
+    inner.catalog.process_pending().map_err(|e| failed(&e))?;
     let node = &inner.cfg.node;
     if scope.full {
         // Every ID either side knows.
@@ -1289,9 +1285,7 @@ fn sync_scope(inner: &Inner, mut scope: Dirty) -> Result<usize, (RegistryError, 
         }
         Ok(())
     });
-    if let Err(e) = r {
-        return Err((failed(&e), scope));
-    }
+    r.map_err(|e| failed(&e))?;
     metrics::counter!("corro_registry_rows_written_total").increment(n as u64);
     if let Err(e) = inner.catalog.process_pending() {
         // Written; the next compare sees it.
