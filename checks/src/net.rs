@@ -324,21 +324,25 @@ fn prepare(h: &Http) -> Result<PreparedRequest, String> {
             headers.append(name.clone(), v);
         }
     }
+    // Credentials in the URL become Basic authorization, as Go's client
+    // and reqwest do (unless the check sends its own).
+    // (https:// goes through reqwest, which does it.)
+    if url.scheme() == "http"
+        && !url.username().is_empty()
+        && !headers.contains_key(reqwest::header::AUTHORIZATION)
+    {
+        use base64::Engine;
+        let user = percent_decode(url.username());
+        let pass = percent_decode(url.password().unwrap_or_default());
+        let token = base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"));
+        let v = HeaderValue::from_str(&format!("Basic {token}")).map_err(|e| e.to_string())?;
+        headers.insert(reqwest::header::AUTHORIZATION, v);
+    }
     let target = if url.scheme() == "http" {
-        let path = match url.query() {
-            Some(q) => format!("{}?{q}", url.path()),
-            None => url.path().to_string(),
-        };
-        let host = match (url.host_str(), url.port()) {
-            (Some(h), Some(p)) => format!("{h}:{p}"),
-            (Some(h), None) => h.to_string(),
-            (None, _) => String::new(),
-        };
         let host = (!headers.contains_key(reqwest::header::HOST))
-            .then(|| HeaderValue::from_str(&host))
-            .transpose()
-            .map_err(|e| e.to_string())?;
-        Some((path.parse::<hyper::Uri>().map_err(|e| e.to_string())?, host))
+            .then(|| host_header(&url))
+            .transpose()?;
+        Some((origin_form(&url)?, host))
     } else {
         None
     };
@@ -369,11 +373,19 @@ async fn http(
             return Outcome::new(Status::Critical, e);
         }
     };
+    // Plain http:// directly; reqwest takes over where a redirect leads to
+    // https:// (asked once, at the URL it leads to), and for https://.
+    let started = tokio::time::Instant::now();
+    let mut next = Hop {
+        url: p.url.clone(),
+        method: p.method.clone(),
+        headers: p.headers.clone(),
+        body: p.body.clone(),
+    };
     if p.target.is_some() {
         match tokio::time::timeout(timeout, http_direct(h, p, max, shown)).await {
-            Ok(Some(o)) => return o,
-            // A redirect to follow: reqwest does that.
-            Ok(None) => {}
+            Ok(Direct::Done(o)) => return o,
+            Ok(Direct::Elsewhere(hop)) => next = *hop,
             Err(_) => {
                 return Outcome::new(
                     Status::Critical,
@@ -385,12 +397,13 @@ async fn http(
             }
         }
     }
+    let left = timeout.saturating_sub(started.elapsed());
     let mut req = client
-        .request(p.method.clone(), p.url.clone())
-        .timeout(timeout)
-        .headers(p.headers.clone());
-    if !h.body.is_empty() {
-        req = req.body(h.body.clone());
+        .request(next.method, next.url)
+        .timeout(left.max(Duration::from_millis(1)))
+        .headers(next.headers);
+    if !next.body.is_empty() {
+        req = req.body(next.body);
     }
     let verb = &h.method;
     let url = shown;
@@ -454,34 +467,163 @@ fn http_outcome(
     )
 }
 
+/// A request to make: where, how, with what.
+struct Hop {
+    url: reqwest::Url,
+    method: reqwest::Method,
+    headers: reqwest::header::HeaderMap,
+    body: bytes::Bytes,
+}
+
+enum Direct {
+    Done(Outcome),
+    /// A redirect led off plain HTTP: this request is reqwest's to make.
+    Elsewhere(Box<Hop>),
+}
+
 /// A plain `http://` probe straight over hyper's HTTP/1.1 connection: one
 /// connect, one request, one close, on the prepared request. reqwest's
 /// client did the same through layers (pool, connector services, URL
 /// conversions) that cost about as much CPU as the kernel's TCP work, with
-/// thousands of checks (docs/BENCHMARKS.md). `None`: the answer is a
-/// redirect to follow (reqwest's path does it, asking again).
-async fn http_direct(h: &Http, p: &PreparedRequest, max: usize, shown: &str) -> Option<Outcome> {
-    let (target, host) = p.target.as_ref()?;
+/// thousands of checks (docs/BENCHMARKS.md). Redirects are followed as Go's
+/// client follows them (301/302/303 as GET without the body unless HEAD,
+/// 307/308 as they were; at most 10; credentials and cookies not sent to
+/// another host).
+async fn http_direct(h: &Http, p: &PreparedRequest, max: usize, shown: &str) -> Direct {
     let fail = |e: String| {
-        Some(Outcome::new(
+        Direct::Done(Outcome::new(
             Status::Critical,
             format!("{}: {e}", title_verb(&h.method, shown)),
         ))
     };
-    let name = p.url.host_str()?;
-    let port = p.url.port_or_known_default()?;
+    let Some((target, host)) = &p.target else {
+        return fail("not a plain HTTP URL".into());
+    };
+    let mut hop = Hop {
+        url: p.url.clone(),
+        method: p.method.clone(),
+        headers: p.headers.clone(),
+        body: p.body.clone(),
+    };
+    if let Some(host) = host {
+        hop.headers.insert(reqwest::header::HOST, host.clone());
+    }
+    let mut target = target.clone();
+    for redirects in 0.. {
+        let (code, location, tail) = match exchange(&hop, &target, max).await {
+            Ok(x) => x,
+            Err(e) => return fail(e),
+        };
+        let follow = !h.disable_redirects && matches!(code.as_u16(), 301 | 302 | 303 | 307 | 308);
+        let Some(location) = location.filter(|_| follow) else {
+            return Direct::Done(http_outcome(&h.method, shown, code, &tail, max));
+        };
+        if redirects >= 10 {
+            return fail("stopped after 10 redirects".into());
+        }
+        let next = match hop.url.join(&location) {
+            Ok(u) => u,
+            Err(e) => return fail(format!("failed to parse Location header {location:?}: {e}")),
+        };
+        if matches!(code.as_u16(), 301..=303) && hop.method != reqwest::Method::HEAD {
+            hop.method = reqwest::Method::GET;
+            hop.body = bytes::Bytes::new();
+            hop.headers.remove(reqwest::header::CONTENT_TYPE);
+        }
+        let absolute = reqwest::Url::parse(&location).is_ok();
+        if absolute {
+            if next.host_str() != hop.url.host_str()
+                || next.port_or_known_default() != hop.url.port_or_known_default()
+            {
+                hop.headers.remove(reqwest::header::AUTHORIZATION);
+                hop.headers.remove(reqwest::header::COOKIE);
+            }
+            hop.headers.remove(reqwest::header::HOST);
+        }
+        hop.url = next;
+        if hop.url.scheme() != "http" {
+            return Direct::Elsewhere(Box::new(hop));
+        }
+        if !hop.headers.contains_key(reqwest::header::HOST) {
+            match host_header(&hop.url) {
+                Ok(v) => {
+                    hop.headers.insert(reqwest::header::HOST, v);
+                }
+                Err(e) => return fail(e),
+            }
+        }
+        target = match origin_form(&hop.url) {
+            Ok(t) => t,
+            Err(e) => return fail(e),
+        };
+    }
+    fail("stopped after 10 redirects".into())
+}
+
+fn percent_decode(s: &str) -> String {
+    percent_encoding::percent_decode_str(s)
+        .decode_utf8_lossy()
+        .into_owned()
+}
+
+/// The request target of `url` in origin form (path and query).
+fn origin_form(url: &reqwest::Url) -> Result<hyper::Uri, String> {
+    let path = match url.query() {
+        Some(q) => format!("{}?{q}", url.path()),
+        None => url.path().to_string(),
+    };
+    path.parse::<hyper::Uri>().map_err(|e| e.to_string())
+}
+
+/// `Host` for `url`: its host, and its port when given.
+fn host_header(url: &reqwest::Url) -> Result<reqwest::header::HeaderValue, String> {
+    let host = match (url.host_str(), url.port()) {
+        (Some(h), Some(p)) => format!("{h}:{p}"),
+        (Some(h), None) => h.to_string(),
+        (None, _) => String::new(),
+    };
+    reqwest::header::HeaderValue::from_str(&host).map_err(|e| e.to_string())
+}
+
+/// One request over one new connection: the status, `Location`, and the
+/// body's last `max` bytes.
+async fn exchange(
+    hop: &Hop,
+    target: &hyper::Uri,
+    max: usize,
+) -> Result<(reqwest::StatusCode, Option<String>, Vec<u8>), String> {
+    let name = hop.url.host_str().ok_or("no host in the URL")?;
+    let port = hop
+        .url
+        .port_or_known_default()
+        .ok_or("no port in the URL")?;
     let addrs: Vec<std::net::SocketAddr> =
         match name.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
             Ok(ip) => vec![(ip, port).into()],
-            Err(_) => match tokio::net::lookup_host((name, port)).await {
-                Ok(a) => a.collect(),
-                Err(e) => return fail(format!("dial tcp: lookup {name}: {e}")),
-            },
+            Err(_) => tokio::net::lookup_host((name, port))
+                .await
+                .map_err(|e| format!("dial tcp: lookup {name}: {e}"))?
+                .collect(),
         };
+    // Each address in turn; one that does not answer gets 300 ms while
+    // others remain (as Go's fallback between address families).
     let mut stream = None;
     let mut last = format!("dial tcp: lookup {name}: no such host");
-    for a in addrs {
-        match tokio::net::TcpStream::connect(a).await {
+    let n = addrs.len();
+    for (i, a) in addrs.into_iter().enumerate() {
+        let attempt = tokio::net::TcpStream::connect(a);
+        let r = if i + 1 < n {
+            match tokio::time::timeout(Duration::from_millis(300), attempt).await {
+                Ok(r) => r,
+                Err(_) => {
+                    last = format!("dial tcp {a}: i/o timeout");
+                    continue;
+                }
+            }
+        } else {
+            attempt.await
+        };
+        match r {
             Ok(s) => {
                 stream = Some(s);
                 break;
@@ -489,31 +631,24 @@ async fn http_direct(h: &Http, p: &PreparedRequest, max: usize, shown: &str) -> 
             Err(e) => last = format!("dial tcp {a}: connect: {e}"),
         }
     }
-    let Some(stream) = stream else {
-        return fail(last);
-    };
+    let stream = stream.ok_or(last)?;
     let (mut sender, conn) =
-        match hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await {
-            Ok(x) => x,
-            Err(e) => return fail(chain(&e)),
-        };
-    let mut req = hyper::Request::new(http_body_util::Full::new(p.body.clone()));
-    *req.method_mut() = p.method.clone();
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+            .await
+            .map_err(|e| chain(&e))?;
+    let mut req = hyper::Request::new(http_body_util::Full::new(hop.body.clone()));
+    *req.method_mut() = hop.method.clone();
     *req.uri_mut() = target.clone();
-    *req.headers_mut() = p.headers.clone();
-    if let Some(host) = host {
-        req.headers_mut()
-            .insert(reqwest::header::HOST, host.clone());
-    }
-    let follow = !h.disable_redirects;
+    *req.headers_mut() = hop.headers.clone();
     let exchange = async move {
         use http_body_util::BodyExt;
         let resp = sender.send_request(req).await?;
         let code = resp.status();
-        if follow && code.is_redirection() && resp.headers().contains_key(reqwest::header::LOCATION)
-        {
-            return Ok(None);
-        }
+        let location = resp
+            .headers()
+            .get(reqwest::header::LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
         // Keep the body's last `max` bytes (see `http`).
         let mut body = resp.into_body();
         let mut tail: Vec<u8> = Vec::new();
@@ -525,7 +660,7 @@ async fn http_direct(h: &Http, p: &PreparedRequest, max: usize, shown: &str) -> 
                 }
             }
         }
-        Ok::<_, hyper::Error>(Some((code, tail)))
+        Ok::<_, hyper::Error>((code, location, tail))
     };
     // The connection is driven here, not spawned: when the probe ends (or
     // times out), its socket goes with it.
@@ -538,11 +673,7 @@ async fn http_direct(h: &Http, p: &PreparedRequest, max: usize, shown: &str) -> 
             _ = &mut conn, if !conn_done => conn_done = true,
         }
     };
-    match r {
-        Ok(Some((code, tail))) => Some(http_outcome(&h.method, shown, code, &tail, max)),
-        Ok(None) => None,
-        Err(e) => fail(chain(&e)),
-    }
+    r.map_err(|e| chain(&e))
 }
 
 /// Go's error prefix for a failed request: `Get "http://…"`.

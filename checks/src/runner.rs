@@ -57,7 +57,8 @@ enum Command {
         id: String,
         status: Status,
         note: String,
-        done: oneshot::Sender<bool>,
+        /// `None`: no TTL check of that ID; else the update it made.
+        done: oneshot::Sender<Option<Option<Update>>>,
     },
 }
 
@@ -119,14 +120,28 @@ impl Runner {
 
     /// A TTL check's update; `false` if the runner holds no TTL check `id`.
     pub async fn ttl(&self, id: &str, status: Status, note: String) -> bool {
+        self.ttl_update(id, status, note).await.is_some()
+    }
+
+    /// As [`Runner::ttl`], with the update it made (also sent on the
+    /// updates channel, with the same `seq`), so the caller can show it
+    /// before answering. `None`: no TTL check `id`.
+    pub async fn ttl_update(
+        &self,
+        id: &str,
+        status: Status,
+        note: String,
+    ) -> Option<Option<Update>> {
         let (done, rx) = oneshot::channel();
-        let sent = self.tx.send(Command::Ttl {
-            id: id.to_string(),
-            status,
-            note,
-            done,
-        });
-        sent.is_ok() && rx.await.unwrap_or(false)
+        self.tx
+            .send(Command::Ttl {
+                id: id.to_string(),
+                status,
+                note,
+                done,
+            })
+            .ok()?;
+        rx.await.ok().flatten()
     }
 }
 
@@ -147,6 +162,8 @@ struct Loop {
     waiting: VecDeque<(String, u64)>,
     running: JoinSet<(String, u64, Outcome, Duration)>,
     generation: u64,
+    /// The last update's `seq`.
+    seq: u64,
     out: mpsc::Sender<Update>,
 }
 
@@ -165,6 +182,7 @@ async fn run(
         waiting: VecDeque::new(),
         running: JoinSet::new(),
         generation: 0,
+        seq: 0,
         out,
     };
     // The gauges as last set (set again only when they move).
@@ -199,12 +217,14 @@ async fn run(
 }
 
 impl Loop {
-    async fn send(&self, u: Option<Update>) {
-        if let Some(u) = u {
-            metrics::counter!("corro_checks_updates_total", "status" => u.status.as_str())
-                .increment(1);
-            let _ = self.out.send(u).await;
-        }
+    /// Numbers and sends an update; returns it as sent.
+    async fn send(&mut self, u: Option<Update>) -> Option<Update> {
+        let mut u = u?;
+        self.seq += 1;
+        u.seq = self.seq;
+        metrics::counter!("corro_checks_updates_total", "status" => u.status.as_str()).increment(1);
+        let _ = self.out.send(u.clone()).await;
+        Some(u)
     }
 
     async fn command(&mut self, c: Command) {
@@ -247,11 +267,11 @@ impl Loop {
                 done,
             } => {
                 let Some(e) = self.checks.get_mut(&id) else {
-                    let _ = done.send(false);
+                    let _ = done.send(None);
                     return;
                 };
                 let Kind::Ttl { ttl } = e.def.kind else {
-                    let _ = done.send(false);
+                    let _ = done.send(None);
                     return;
                 };
                 // Every update restarts the TTL.
@@ -261,8 +281,8 @@ impl Loop {
                     None => e.timer = Some(self.timers.insert(id.clone(), ttl)),
                 }
                 let u = e.state.on_ttl(status, &note);
-                let _ = done.send(true);
-                self.send(u).await;
+                let u = self.send(u).await;
+                let _ = done.send(Some(u));
             }
         }
     }

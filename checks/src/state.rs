@@ -14,6 +14,9 @@ pub struct Update {
     pub id: String,
     pub status: Status,
     pub output: String,
+    /// The runner's order of updates (increasing): whoever applies them
+    /// drops one older than what it already applied.
+    pub seq: u64,
 }
 
 /// What a check shows now.
@@ -53,6 +56,7 @@ impl CheckState {
             id: self.id.clone(),
             status,
             output: self.output.clone(),
+            seq: 0,
         })
     }
 

@@ -125,6 +125,17 @@ async fn http_sends_the_checks_method_headers_and_body() {
         assert!(out.contains("accept: text/plain, text/*, */*"), "{out}");
         assert!(out.ends_with("payload"), "{out}");
     }
+    // Credentials in the URL go as Basic authorization.
+    let o = p
+        .probe(def(serde_json::json!({"Name": "h",
+            "HTTP": format!("http://user:pa%20ss@{addr}/x"), "Method": "POST", "Body": "payload",
+            "Interval": "10s"})))
+        .await;
+    assert!(
+        o.output.contains("authorization: basic dxnlcjpwysbzcw=="),
+        "{}",
+        o.output
+    );
 }
 
 /// Redirects are followed (Go's client: up to 10) unless the check
@@ -133,13 +144,17 @@ async fn http_sends_the_checks_method_headers_and_body() {
 async fn http_follows_redirects_unless_disabled() {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
+    let old = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = old.clone();
     tokio::spawn(async move {
         while let Ok((mut s, _)) = l.accept().await {
+            let seen = seen.clone();
             tokio::spawn(async move {
                 let mut buf = vec![0u8; 4096];
                 let n = s.read(&mut buf).await.unwrap_or(0);
                 let req = String::from_utf8_lossy(&buf[..n]).to_string();
-                let resp = if req.starts_with("GET /old ") {
+                let resp = if req.starts_with("GET /old ") || req.starts_with("POST /old ") {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     "HTTP/1.1 302 Found\r\nLocation: /new\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
                 } else {
                     "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\narrived"
@@ -158,6 +173,17 @@ async fn http_follows_redirects_unless_disabled() {
         .await;
     assert_eq!(o.status, Status::Passing, "{}", o.output);
     assert_eq!(o.output, format!("HTTP GET {url}: 200 OK Output: arrived"));
+    // Asked once: the redirect is followed, not the request repeated.
+    assert_eq!(old.load(std::sync::atomic::Ordering::SeqCst), 1);
+    // A POST redirected with 302 goes on as a GET (Go's rule).
+    let o = p
+        .probe(def(
+            serde_json::json!({"Name": "h", "HTTP": url, "Method": "POST",
+            "Body": "b", "Interval": "10s"}),
+        ))
+        .await;
+    assert_eq!(o.status, Status::Passing, "{}", o.output);
+    assert_eq!(old.load(std::sync::atomic::Ordering::SeqCst), 2);
     let o = p
         .probe(def(
             serde_json::json!({"Name": "h", "HTTP": url, "Interval": "10s",

@@ -55,6 +55,8 @@ pub struct LocalCheck {
     pub critical_since: Option<Instant>,
     /// TTL checks: wall-clock expiry (ms), saved for restarts.
     pub ttl_expires_at_ms: Option<i64>,
+    /// The `seq` of the last runner update applied (older ones are dropped).
+    pub seq: u64,
 }
 
 /// A row of `consul_checks` as this agent wants it.

@@ -382,6 +382,7 @@ impl Registry {
                     output_due: None,
                     critical_since: (status == Status::Critical).then(Instant::now),
                     ttl_expires_at_ms: ttl_expires,
+                    seq: 0,
                 },
             );
         }
@@ -719,14 +720,21 @@ impl Registry {
                 }
             }
         };
-        if !self.inner.runner.ttl(id, status, note).await {
+        let Some(update) = self.inner.runner.ttl_update(id, status, note).await else {
             return Err(unknown_check(id));
-        }
+        };
+        // Shown before answering, as Consul (the same update also reaches
+        // `consume`, which then drops it as already applied).
         let mut local = self.inner.local.lock();
+        let urgent = update.is_some_and(|u| apply_update(&self.inner, &mut local, u));
         if let Some(c) = local.checks.get_mut(id) {
             c.ttl_expires_at_ms = Some(now_ms() + ttl.as_millis() as i64);
         }
+        drop(local);
         self.inner.dirty_states.lock().insert(id.to_string());
+        if urgent {
+            self.inner.sync.notify_one();
+        }
         Ok(())
     }
 
@@ -954,6 +962,7 @@ fn apply_check(inner: &Inner, local: &mut Local, def: CheckDefinition, origin: &
             output_due: None,
             critical_since: (status == Status::Critical).then(Instant::now),
             ttl_expires_at_ms: ttl_expires,
+            seq: 0,
         },
     );
 }
@@ -1007,45 +1016,24 @@ async fn consume(
             u = rx.recv() => match u { Some(u) => u, None => return },
         };
         let mut urgent = false;
+        let mut drained = true;
         {
             let mut local = inner.local.lock();
             let mut batch = vec![u];
             while let Ok(more) = rx.try_recv() {
                 batch.push(more);
                 if batch.len() >= 1024 {
+                    drained = false;
                     break;
                 }
             }
             for u in batch {
-                let Some(c) = local.checks.get_mut(&u.id) else {
-                    continue;
-                };
-                if c.status != u.status {
-                    c.critical_since = (u.status == Status::Critical).then(Instant::now);
-                    c.status = u.status;
-                    c.published_output = u.output.clone();
-                    c.output_due = None;
-                    urgent = true;
-                    inner.dirty_states.lock().insert(u.id.clone());
-                    inner.mark_check(&u.id);
-                } else if c.output_due.is_none() && u.output != c.published_output {
-                    let d = inner.cfg.check_update_interval;
-                    let jitter =
-                        rand::rng().random_range(Duration::ZERO..d.max(Duration::from_millis(1)));
-                    c.output_due = Some(Instant::now() + d / 2 + jitter);
-                }
-                if let Kind::Ttl { .. } = c.def.kind
-                    && u.status == Status::Critical
-                    && u.output.starts_with("TTL expired")
-                {
-                    c.ttl_expires_at_ms = Some(now_ms());
-                }
-                c.output = u.output;
+                urgent |= apply_update(&inner, &mut local, u);
             }
         }
         if urgent {
             inner.sync.notify_one();
-        } else {
+        } else if drained {
             // Only outputs moved: let more results gather before waking
             // again (one wake per result cost two context switches, at
             // thousands of probes a second). A status change arriving
@@ -1060,6 +1048,41 @@ async fn consume(
 
 /// How long output-only results gather before they are taken in.
 const COALESCE: Duration = Duration::from_millis(50);
+
+/// Takes in one of the runner's updates (unless a newer one already was);
+/// `true` when the status changed (to replicate at once).
+fn apply_update(inner: &Inner, local: &mut Local, u: Update) -> bool {
+    let Some(c) = local.checks.get_mut(&u.id) else {
+        return false;
+    };
+    if u.seq <= c.seq {
+        return false;
+    }
+    c.seq = u.seq;
+    let mut urgent = false;
+    if c.status != u.status {
+        c.critical_since = (u.status == Status::Critical).then(Instant::now);
+        c.status = u.status;
+        c.published_output = u.output.clone();
+        c.output_due = None;
+        urgent = true;
+        inner.mark_check(&u.id);
+        // Saved for restarts (TTL updates mark their own).
+        inner.dirty_states.lock().insert(u.id.clone());
+    } else if c.output_due.is_none() && u.output != c.published_output {
+        let d = inner.cfg.check_update_interval;
+        let jitter = rand::rng().random_range(Duration::ZERO..d.max(Duration::from_millis(1)));
+        c.output_due = Some(Instant::now() + d / 2 + jitter);
+    }
+    if let Kind::Ttl { .. } = c.def.kind
+        && u.status == Status::Critical
+        && u.output.starts_with("TTL expired")
+    {
+        c.ttl_expires_at_ms = Some(now_ms());
+    }
+    c.output = u.output;
+    urgent
+}
 
 /// Writes the replicated rows whenever something urgent changed, and every
 /// minute regardless (repairs rows edited or lost elsewhere).
