@@ -151,6 +151,71 @@ fn py_consul_registers_services_and_checks_on_a_three_agent_cluster() {
     }
 }
 
+/// A gRPC target (tonic-health's real server) going `NOT_SERVING` takes
+/// its instance out of another agent's DNS answers; `SERVING` again brings
+/// it back.
+#[test]
+fn a_grpc_target_not_serving_leaves_another_agents_dns() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = native_node(&dir.path().join("a"), "host-a", None, "").start();
+    let b = native_node(&dir.path().join("b"), "host-b", Some(&a), "").start();
+    // The target: a gRPC health server on its own runtime.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (reporter, port) = rt.block_on(async {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("app.Api", tonic_health::ServingStatus::Serving)
+            .await;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = l.local_addr().unwrap().port();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+        );
+        (reporter, port)
+    });
+    let body = json!({"Name": "rpc", "ID": "rpc-1", "Port": port, "Address": "127.0.0.1",
+        "Check": {"GRPC": format!("127.0.0.1:{port}/app.Api"), "Interval": "1s", "Timeout": "1s"}});
+    assert_eq!(
+        put(&a, "/v1/agent/service/register", &body.to_string()),
+        (200, String::new())
+    );
+    let dns = b.dns_addr();
+    let ask = move || -> usize {
+        let out = Command::new("dig")
+            .arg(format!("@{}", dns.ip()))
+            .args([
+                "-p",
+                &dns.port().to_string(),
+                "+time=2",
+                "+tries=1",
+                "+short",
+            ])
+            .arg("rpc.service.consul")
+            .output()
+            .expect("dig (dnsutils) must be installed");
+        String::from_utf8_lossy(&out.stdout).lines().count()
+    };
+    await_some(Duration::from_secs(20), "rpc passing in B's DNS", || {
+        (ask() == 1).then_some(())
+    });
+    assert_eq!(
+        check_of(&a, "service:rpc-1").unwrap()["Output"],
+        format!("gRPC check 127.0.0.1:{port}/app.Api: success")
+    );
+    rt.block_on(reporter.set_service_status("app.Api", tonic_health::ServingStatus::NotServing));
+    await_some(Duration::from_secs(10), "rpc gone from B's DNS", || {
+        (ask() == 0).then_some(())
+    });
+    let c = check_of(&a, "service:rpc-1").unwrap();
+    assert_eq!(c["Status"], "critical", "{c}");
+    rt.block_on(reporter.set_service_status("app.Api", tonic_health::ServingStatus::Serving));
+    await_some(Duration::from_secs(10), "rpc back in B's DNS", || {
+        (ask() == 1).then_some(())
+    });
+}
+
 #[test]
 fn registrations_and_ttl_state_survive_kill_9() {
     let dir = tempfile::tempdir().unwrap();
@@ -930,6 +995,15 @@ fn service_definition_files_are_reconciled_on_reload_and_the_cli_registers() {
     assert_eq!(
         check_of(&a, "_node_maintenance").unwrap()["Status"],
         "critical"
+    );
+    // `maint` alone lists what is in maintenance, as `consul maint`.
+    let out = cli(&["maint"]);
+    assert!(out.status.success(), "{}", common::stderr(&out));
+    let listed = common::stdout(&out);
+    assert!(listed.contains("Node:"), "{listed}");
+    assert!(
+        listed.contains("ID:     api") && listed.contains("Reason: upgrading"),
+        "{listed}"
     );
     assert!(cli(&["maint", "disable"]).status.success());
     assert!(

@@ -137,10 +137,11 @@ enum Command {
         cmd: ServicesCommand,
     },
     /// Maintenance mode for this node or one of its services (as
-    /// `consul maint`): a critical check that takes it out of answers
+    /// `consul maint`): a critical check that takes it out of answers;
+    /// without a subcommand, what is in maintenance now
     Maint {
         #[command(subcommand)]
-        cmd: MaintCommand,
+        cmd: Option<MaintCommand>,
     },
     /// Restore the Corrosion DB from a backup (the agent must be stopped)
     Restore {
@@ -500,8 +501,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let addr = api_addr.ok_or_else(|| anyhow::anyhow!("no API address"))?;
             let client = corro_client::Client::new(addr, token);
             let (enable, service, reason) = match cmd {
-                MaintCommand::Enable { service, reason } => (true, service, reason),
-                MaintCommand::Disable { service } => (false, service, None),
+                None => return runtime()?.block_on(services_cli::maint_list(&client)),
+                Some(MaintCommand::Enable { service, reason }) => (true, service, reason),
+                Some(MaintCommand::Disable { service }) => (false, service, None),
             };
             runtime()?.block_on(services_cli::maint(&client, enable, service, reason))
         }

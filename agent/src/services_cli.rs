@@ -91,6 +91,27 @@ pub(crate) async fn deregister(client: &Client, target: &str) -> anyhow::Result<
     Ok(())
 }
 
+/// `corrosion maint` alone, as `consul maint`: the node and the services
+/// in maintenance, with their reasons.
+pub(crate) async fn maint_list(client: &Client) -> anyhow::Result<()> {
+    let checks = client.consul_get("/v1/agent/checks").await?;
+    let Some(checks) = checks.as_object() else {
+        anyhow::bail!("the agent's /v1/agent/checks is not an object");
+    };
+    for (id, c) in checks {
+        let reason = c["Notes"].as_str().unwrap_or_default();
+        if id == "_node_maintenance" {
+            println!(
+                "Node:\n  Name:   {}\n  Reason: {reason}",
+                c["Node"].as_str().unwrap_or_default()
+            );
+        } else if let Some(service) = id.strip_prefix("_service_maintenance:") {
+            println!("Service:\n  ID:     {service}\n  Reason: {reason}");
+        }
+    }
+    Ok(())
+}
+
 pub(crate) async fn maint(
     client: &Client,
     enable: bool,

@@ -315,11 +315,19 @@ fn prepare(h: &Http) -> Result<PreparedRequest, String> {
         reqwest::header::CONNECTION,
         HeaderValue::from_static("close"),
     );
+    let mut own = std::collections::HashSet::new();
     for (name, values) in &h.headers {
         let name = HeaderName::from_bytes(name.as_bytes()).map_err(|e| e.to_string())?;
-        // The check's own values replace the defaults of that name.
-        headers.remove(&name);
+        // The check's own values replace the defaults of that name (names
+        // differing only in case are one name).
+        if own.insert(name.clone()) {
+            headers.remove(&name);
+        }
         for v in values {
+            // One Host, the first (as Go's client).
+            if name == reqwest::header::HOST && headers.contains_key(&name) {
+                break;
+            }
             let v = HeaderValue::from_str(v).map_err(|e| e.to_string())?;
             headers.append(name.clone(), v);
         }
@@ -383,7 +391,10 @@ async fn http(
         body: p.body.clone(),
     };
     if p.target.is_some() {
-        match tokio::time::timeout(timeout, http_direct(h, p, max, shown)).await {
+        let deadline = started + timeout;
+        // A little grace: a body cut at `deadline` still gets its answer.
+        let backstop = deadline + Duration::from_millis(100);
+        match tokio::time::timeout_at(backstop, http_direct(h, p, max, shown, deadline)).await {
             Ok(Direct::Done(o)) => return o,
             Ok(Direct::Elsewhere(hop)) => next = *hop,
             Err(_) => {
@@ -428,11 +439,11 @@ async fn http(
                 }
             }
             Ok(None) => break,
+            // As Consul: a body that fails (or outlasts the timeout) is
+            // logged; the answer's code decides.
             Err(e) => {
-                return Outcome::new(
-                    Status::Critical,
-                    format!("{}: {}", title_verb(verb, url), chain(&e)),
-                );
+                tracing::debug!(url, error = %chain(&e), "HTTP check: error while reading the body");
+                break;
             }
         }
     }
@@ -489,7 +500,13 @@ enum Direct {
 /// client follows them (301/302/303 as GET without the body unless HEAD,
 /// 307/308 as they were; at most 10; credentials and cookies not sent to
 /// another host).
-async fn http_direct(h: &Http, p: &PreparedRequest, max: usize, shown: &str) -> Direct {
+async fn http_direct(
+    h: &Http,
+    p: &PreparedRequest,
+    max: usize,
+    shown: &str,
+    deadline: tokio::time::Instant,
+) -> Direct {
     let fail = |e: String| {
         Direct::Done(Outcome::new(
             Status::Critical,
@@ -510,7 +527,7 @@ async fn http_direct(h: &Http, p: &PreparedRequest, max: usize, shown: &str) -> 
     }
     let mut target = target.clone();
     for redirects in 0.. {
-        let (code, location, tail) = match exchange(&hop, &target, max).await {
+        let (code, location, tail) = match exchange(&hop, &target, max, deadline).await {
             Ok(x) => x,
             Err(e) => return fail(e),
         };
@@ -591,6 +608,7 @@ async fn exchange(
     hop: &Hop,
     target: &hyper::Uri,
     max: usize,
+    deadline: tokio::time::Instant,
 ) -> Result<(reqwest::StatusCode, Option<String>, Vec<u8>), String> {
     let name = hop.url.host_str().ok_or("no host in the URL")?;
     let port = hop
@@ -649,11 +667,13 @@ async fn exchange(
             .get(reqwest::header::LOCATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        // Keep the body's last `max` bytes (see `http`).
+        // Keep the body's last `max` bytes (see `http`). As Consul, a body
+        // that fails or outlasts the timeout ends there; the code decides.
         let mut body = resp.into_body();
         let mut tail: Vec<u8> = Vec::new();
-        while let Some(frame) = body.frame().await {
-            if let Some(d) = frame?.data_ref() {
+        while let Ok(Some(frame)) = tokio::time::timeout_at(deadline, body.frame()).await {
+            let Ok(frame) = frame else { break };
+            if let Some(d) = frame.data_ref() {
                 tail.extend_from_slice(d);
                 if tail.len() > 2 * max.max(1) {
                     tail.drain(..tail.len() - max);

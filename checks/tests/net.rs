@@ -194,6 +194,35 @@ async fn http_follows_redirects_unless_disabled() {
     assert_eq!(o.output, format!("HTTP GET {url}: 302 Found Output: "));
 }
 
+/// As Consul: a body that stalls past the timeout ends there, and the
+/// answer's code decides the status (the output has what arrived).
+#[tokio::test]
+async fn http_a_stalled_body_is_judged_by_the_code() {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = l.accept().await {
+            let mut buf = vec![0u8; 4096];
+            let _ = s.read(&mut buf).await;
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\npartial")
+                .await;
+            held.push(s);
+        }
+    });
+    let p = NetProber::new("n1".into(), None);
+    let url = format!("http://{addr}/");
+    let started = std::time::Instant::now();
+    let o = p
+        .probe(def(serde_json::json!({"Name": "h", "HTTP": url,
+            "Interval": "10s", "Timeout": "300ms"})))
+        .await;
+    assert_eq!(o.status, Status::Passing, "{}", o.output);
+    assert_eq!(o.output, format!("HTTP GET {url}: 200 OK Output: partial"));
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
 #[tokio::test]
 async fn http_refused_and_timeout_are_critical() {
     let p = NetProber::new("n1".into(), None);

@@ -113,6 +113,11 @@ impl Client {
         self.send(req).await.map(|_| ())
     }
 
+    /// `GET` of one of the Consul agent routes, decoded as JSON.
+    pub async fn consul_get(&self, path: &str) -> Result<serde_json::Value, ClientError> {
+        self.json(self.request(reqwest::Method::GET, path)).await
+    }
+
     /// `POST /v1/transactions`: runs the statements as one transaction.
     pub async fn execute(&self, statements: &[Statement]) -> Result<ExecResponse, ClientError> {
         self.json(

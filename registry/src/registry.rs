@@ -592,12 +592,25 @@ impl Registry {
 
     /// `PUT /v1/agent/service/deregister/:id`: the service and its checks.
     pub async fn deregister_service(&self, id: &str) -> Result<(), RegistryError> {
+        self.deregister_service_if(id, |_| true).await
+    }
+
+    /// Deregisters `id` if `still` holds under the change lock (the reaper
+    /// decides outside it; a re-registration or recovery since wins).
+    async fn deregister_service_if(
+        &self,
+        id: &str,
+        still: impl Fn(&Local) -> bool,
+    ) -> Result<(), RegistryError> {
         let _one = self.inner.changing.lock().await;
         let mut writes: Vec<Write> = Vec::new();
         let drop: Vec<String> = {
             let local = self.inner.local.lock();
             if !local.services.contains_key(id) {
                 return Err(unknown_service(id));
+            }
+            if !still(&local) {
+                return Err(RegistryError::Failed("no longer due".into()));
             }
             writes.push(((RowKind::Service, id.to_string()), None));
             let drop: Vec<String> = local
@@ -937,6 +950,11 @@ fn apply_check(inner: &Inner, local: &mut Local, def: CheckDefinition, origin: &
         return;
     }
     let (status, output) = start_state(local, &def);
+    if local.checks.contains_key(&def.id) {
+        // A replaced check's saved state may predate an update taken in
+        // while it was being saved.
+        inner.dirty_states.lock().insert(def.id.clone());
+    }
     let def = Arc::new(def);
     let published = local
         .checks
@@ -1169,7 +1187,17 @@ async fn tick_loop(inner: Arc<Inner>, stop: CancellationToken) {
             inner: inner.clone(),
         };
         for (service, check) in reap {
-            if reg.deregister_service(&service).await.is_ok() {
+            let still_due = |local: &Local| {
+                local.checks.get(&check).is_some_and(|c| {
+                    let after = c
+                        .def
+                        .deregister_critical_after
+                        .map(|a| a.max(corro_checks::definition::MIN_DEREGISTER_AFTER));
+                    c.def.service_id == service
+                        && matches!((after, c.critical_since), (Some(a), Some(s)) if s.elapsed() >= a)
+                })
+            };
+            if reg.deregister_service_if(&service, still_due).await.is_ok() {
                 tracing::info!(%service, %check, "deregistered: critical for longer than DeregisterCriticalServiceAfter");
                 metrics::counter!("corro_registry_reaped_total").increment(1);
             }
