@@ -289,6 +289,39 @@ fn mutual_tls_cluster_replicates_and_refuses_a_foreign_certificate() {
     assert_eq!(rows(&c, &agent_c), "");
 }
 
+/// `insecure = true`, server certificates only: peers accept each other's
+/// certificates unverified (here from two different CAs) and replicate
+/// over TLS.
+#[test]
+fn insecure_tls_accepts_unverified_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let (one, two) = (dir.path().join("one"), dir.path().join("two"));
+    generate(&one);
+    generate(&two);
+    let insecure = |node: &Node, certs: &std::path::Path| {
+        let text = std::fs::read_to_string(&node.config)
+            .unwrap()
+            .replace("plaintext = true", "plaintext = false");
+        let text = format!(
+            "{text}\n[gossip.tls]\ncert_file = \"{}\"\nkey_file = \"{}\"\ninsecure = true\n",
+            certs.join("server_cert.pem").display(),
+            certs.join("server_key.pem").display(),
+        );
+        std::fs::write(&node.config, text).unwrap();
+    };
+    let a = Node::new(&dir.path().join("a"), "");
+    insecure(&a, &one);
+    let agent_a = a.start();
+    let b = Node::joining(&dir.path().join("b"), &agent_a);
+    insecure(&b, &two);
+    let agent_b = b.start();
+    b.exec(
+        &agent_b,
+        "INSERT INTO todos (id, title) VALUES ('i', 'unverified')",
+    );
+    await_rows(&a, &agent_a, "i|unverified|\n");
+}
+
 #[test]
 fn a_restarted_node_rejoins_without_bootstrap() {
     let dir = tempfile::tempdir().unwrap();

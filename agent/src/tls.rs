@@ -17,10 +17,9 @@ use rcgen::{
     KeyUsagePurpose,
 };
 use rustls::RootCertStore;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::CryptoProvider;
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::config::TlsConfig;
 
@@ -88,7 +87,8 @@ pub(crate) fn client_config(tls: &TlsConfig) -> anyhow::Result<quinn::ClientConf
     let builder = if tls.insecure {
         builder
             .dangerous()
-            .with_custom_certificate_verifier(Arc::new(NoServerVerification(provider())))
+            // `insecure = true`: any server certificate (signatures still checked).
+            .with_custom_certificate_verifier(Arc::new(corro_checks::tls::AnyCert(provider())))
     } else {
         let ca = tls.ca_file.as_ref().ok_or_else(|| {
             anyhow::anyhow!(
@@ -106,55 +106,6 @@ pub(crate) fn client_config(tls: &TlsConfig) -> anyhow::Result<quinn::ClientConf
     config.alpn_protocols = vec![ALPN.to_vec()];
     let quic = quinn::crypto::rustls::QuicClientConfig::try_from(config)?;
     Ok(quinn::ClientConfig::new(Arc::new(quic)))
-}
-
-/// `insecure = true`: accept any server certificate (signatures are still checked).
-#[derive(Debug)]
-struct NoServerVerification(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for NoServerVerification {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &rustls::DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 fn write(dir: &Path, name: &str, pem: &str) -> anyhow::Result<PathBuf> {

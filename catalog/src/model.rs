@@ -66,6 +66,21 @@ impl Service {
     }
 }
 
+/// The columns of a `consul_checks` row its writer chooses (the node, ID
+/// and `source` are the writer's own): what the Consul bridge mirrors and
+/// what native registrations want written.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckRow {
+    pub service_id: String,
+    pub service_name: String,
+    pub name: String,
+    /// `passing`, `warning` or `critical` (anything else reads as critical).
+    pub status: String,
+    pub output: String,
+    pub notes: String,
+    pub kind: String,
+}
+
 /// A row of `consul_checks`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Check {

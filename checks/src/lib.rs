@@ -22,7 +22,7 @@ pub mod runner;
 pub mod state;
 pub mod status;
 pub mod thresholds;
-mod tls;
+pub mod tls;
 
 pub use definition::{CheckDefinition, CheckError, Kind};
 pub use probe::{AliasSource, Outcome, Prober};

@@ -958,6 +958,16 @@ async fn os_service(name: String, timeout: Duration) -> Outcome {
     match tokio::time::timeout(timeout, run).await {
         Ok(Ok(out)) => {
             let state = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            let said = String::from_utf8_lossy(&out.stderr);
+            let said = said.lines().next().unwrap_or_default().trim();
+            if state.is_empty() && !said.is_empty() {
+                // No answer about the unit (no systemd, no bus): unknown,
+                // a warning as Consul's.
+                return Outcome::new(
+                    Status::Warning,
+                    format!("Service \"{name}\": systemd did not answer: {said}"),
+                );
+            }
             match state.as_str() {
                 "active" => Outcome::new(Status::Passing, format!("Service \"{name}\" is healthy")),
                 "inactive" | "failed" | "deactivating" => Outcome::new(

@@ -223,6 +223,32 @@ async fn http_a_stalled_body_is_judged_by_the_code() {
     assert!(started.elapsed() < Duration::from_secs(2));
 }
 
+/// OS service checks ask `systemctl is-active`. Here (a container without
+/// systemd) the real systemctl cannot answer: a warning naming why, as
+/// Consul's check when systemd is unreachable. With systemd, `active` is
+/// passing and `inactive`/`failed` critical (not testable here).
+#[tokio::test]
+async fn os_service_without_systemd_is_a_warning_that_says_why() {
+    let booted = std::path::Path::new("/run/systemd/system").exists();
+    let p = NetProber::new("n1".into(), None);
+    let o = p
+        .probe(def(
+            serde_json::json!({"Name": "s", "OSService": "no-such-unit-xyz",
+            "Interval": "10s"}),
+        ))
+        .await;
+    if booted {
+        assert_eq!(o.status, Status::Critical, "{}", o.output);
+    } else {
+        assert_eq!(o.status, Status::Warning, "{}", o.output);
+        assert!(
+            o.output.starts_with("Service \"no-such-unit-xyz\""),
+            "{}",
+            o.output
+        );
+    }
+}
+
 #[tokio::test]
 async fn http_refused_and_timeout_are_critical() {
     let p = NetProber::new("n1".into(), None);

@@ -29,17 +29,7 @@ pub struct ServiceRow {
 }
 
 /// One check registered with the local Consul agent.
-#[derive(Debug, Clone, PartialEq)]
-pub struct CheckRow {
-    pub service_id: String,
-    pub service_name: String,
-    pub name: String,
-    /// `passing`, `warning` or `critical` (anything else reads as critical).
-    pub status: String,
-    pub output: String,
-    pub notes: String,
-    pub kind: String,
-}
+pub use corro_catalog::model::CheckRow;
 
 /// A node's services and checks by ID.
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -60,16 +60,7 @@ pub struct LocalCheck {
 }
 
 /// A row of `consul_checks` as this agent wants it.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct CheckRow {
-    pub service_id: String,
-    pub service_name: String,
-    pub name: String,
-    pub status: String,
-    pub output: String,
-    pub notes: String,
-    pub kind: String,
-}
+pub use corro_catalog::model::CheckRow;
 
 /// Everything registered here.
 #[derive(Default, Debug)]

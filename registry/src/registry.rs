@@ -879,15 +879,6 @@ impl Registry {
             (raw, s.origin.clone())
         })
     }
-
-    /// Writes the replicated rows now (tests and `corrosion services`
-    /// use it to wait for a registration to be visible).
-    pub async fn sync_now(&self) -> Result<usize, RegistryError> {
-        let inner = self.inner.clone();
-        tokio::task::spawn_blocking(move || sync_once(&inner))
-            .await
-            .map_err(|e| RegistryError::Failed(e.to_string()))?
-    }
 }
 
 /// The saved rows for adding or replacing a check: its definition as its
