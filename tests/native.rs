@@ -39,6 +39,23 @@ fn get_json(agent: &Agent, path: &str) -> Value {
         .unwrap()
 }
 
+/// How many lines `dig +short` prints for `name` asked of `dns`.
+fn dig_lines(dns: std::net::SocketAddr, name: &str) -> usize {
+    let out = Command::new("dig")
+        .arg(format!("@{}", dns.ip()))
+        .args([
+            "-p",
+            &dns.port().to_string(),
+            "+time=2",
+            "+tries=1",
+            "+short",
+            name,
+        ])
+        .output()
+        .expect("dig (dnsutils) must be installed");
+    String::from_utf8_lossy(&out.stdout).lines().count()
+}
+
 /// A node with the discovery schema, DNS, and `extra` config appended.
 fn native_node(dir: &std::path::Path, name: &str, seed: Option<&Agent>, extra: &str) -> Node {
     let n = match seed {
@@ -182,21 +199,7 @@ fn a_grpc_target_not_serving_leaves_another_agents_dns() {
         (200, String::new())
     );
     let dns = b.dns_addr();
-    let ask = move || -> usize {
-        let out = Command::new("dig")
-            .arg(format!("@{}", dns.ip()))
-            .args([
-                "-p",
-                &dns.port().to_string(),
-                "+time=2",
-                "+tries=1",
-                "+short",
-            ])
-            .arg("rpc.service.consul")
-            .output()
-            .expect("dig (dnsutils) must be installed");
-        String::from_utf8_lossy(&out.stdout).lines().count()
-    };
+    let ask = move || dig_lines(dns, "rpc.service.consul");
     await_some(Duration::from_secs(20), "rpc passing in B's DNS", || {
         (ask() == 1).then_some(())
     });
@@ -747,21 +750,7 @@ fn a_host_moves_from_the_bridge_to_native_registration_without_a_dns_gap() {
     let a = a_node.start();
     let b = native_node(&dir.path().join("b"), "host-b", Some(&a), "").start();
     let dns = b.dns_addr();
-    let ask = move || -> usize {
-        let out = Command::new("dig")
-            .arg(format!("@{}", dns.ip()))
-            .args([
-                "-p",
-                &dns.port().to_string(),
-                "+time=2",
-                "+tries=1",
-                "+short",
-                "web.service.consul",
-            ])
-            .output()
-            .expect("dig (dnsutils) must be installed");
-        String::from_utf8_lossy(&out.stdout).lines().count()
-    };
+    let ask = move || dig_lines(dns, "web.service.consul");
     await_some(Duration::from_secs(20), "web from the bridge on B", || {
         (ask() == 1).then_some(())
     });
