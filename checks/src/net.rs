@@ -392,8 +392,8 @@ async fn http(
     };
     if p.target.is_some() {
         let deadline = started + timeout;
-        // A little grace: a body cut at `deadline` still gets its answer.
-        let backstop = deadline + Duration::from_millis(100);
+        // A last resort only: every step stops at `deadline` itself.
+        let backstop = deadline + Duration::from_secs(1);
         match tokio::time::timeout_at(backstop, http_direct(h, p, max, shown, deadline)).await {
             Ok(Direct::Done(o)) => return o,
             Ok(Direct::Elsewhere(hop)) => next = *hop,
@@ -522,20 +522,23 @@ async fn http_direct(
         headers: p.headers.clone(),
         body: p.body.clone(),
     };
+    // The check set its own Host (kept through relative redirects, as Go).
+    let custom_host = host.is_none();
     if let Some(host) = host {
         hop.headers.insert(reqwest::header::HOST, host.clone());
     }
     let mut target = target.clone();
+    let follow = !h.disable_redirects;
     for redirects in 0.. {
-        let (code, location, tail) = match exchange(&hop, &target, max, deadline).await {
+        let (code, location, tail) = match exchange(&hop, &target, max, deadline, follow).await {
             Ok(x) => x,
             Err(e) => return fail(e),
         };
-        let follow = !h.disable_redirects && matches!(code.as_u16(), 301 | 302 | 303 | 307 | 308);
-        let Some(location) = location.filter(|_| follow) else {
+        let Some(location) = location.filter(|_| follow && is_followed(code)) else {
             return Direct::Done(http_outcome(&h.method, shown, code, &tail, max));
         };
-        if redirects >= 10 {
+        // Go's client makes at most 10 requests.
+        if redirects + 1 >= 10 {
             return fail("stopped after 10 redirects".into());
         }
         let next = match hop.url.join(&location) {
@@ -545,16 +548,24 @@ async fn http_direct(
         if matches!(code.as_u16(), 301..=303) && hop.method != reqwest::Method::HEAD {
             hop.method = reqwest::Method::GET;
             hop.body = bytes::Bytes::new();
-            hop.headers.remove(reqwest::header::CONTENT_TYPE);
         }
-        let absolute = reqwest::Url::parse(&location).is_ok();
-        if absolute {
-            if next.host_str() != hop.url.host_str()
-                || next.port_or_known_default() != hop.url.port_or_known_default()
-            {
-                hop.headers.remove(reqwest::header::AUTHORIZATION);
-                hop.headers.remove(reqwest::header::COOKIE);
+        // Credentials and cookies go only to the same host or its
+        // subdomains (Go's rule; ports do not matter).
+        let same_domain = match (next.host_str(), hop.url.host_str()) {
+            (Some(new), Some(old)) => {
+                let (new, old) = (new.to_ascii_lowercase(), old.to_ascii_lowercase());
+                new == old || new.ends_with(&format!(".{old}"))
             }
+            _ => false,
+        };
+        if !same_domain {
+            hop.headers.remove(reqwest::header::AUTHORIZATION);
+            hop.headers.remove(reqwest::header::COOKIE);
+        }
+        let has_scheme = location
+            .split_once(':')
+            .is_some_and(|(s, _)| !s.is_empty() && !s.contains('/'));
+        if !custom_host || has_scheme {
             hop.headers.remove(reqwest::header::HOST);
         }
         hop.url = next;
@@ -583,6 +594,11 @@ fn percent_decode(s: &str) -> String {
         .into_owned()
 }
 
+/// The redirects Go's client follows.
+fn is_followed(code: reqwest::StatusCode) -> bool {
+    matches!(code.as_u16(), 301 | 302 | 303 | 307 | 308)
+}
+
 /// The request target of `url` in origin form (path and query).
 fn origin_form(url: &reqwest::Url) -> Result<hyper::Uri, String> {
     let path = match url.query() {
@@ -603,12 +619,31 @@ fn host_header(url: &reqwest::Url) -> Result<reqwest::header::HeaderValue, Strin
 }
 
 /// One request over one new connection: the status, `Location`, and the
-/// body's last `max` bytes.
+/// body's last `max` bytes (none of a redirect to follow). Until the
+/// answer's head, `deadline` fails it; the body stops there.
 async fn exchange(
     hop: &Hop,
     target: &hyper::Uri,
     max: usize,
     deadline: tokio::time::Instant,
+    follow: bool,
+) -> Result<(reqwest::StatusCode, Option<String>, Vec<u8>), String> {
+    let late =
+        || "context deadline exceeded (Client.Timeout exceeded while awaiting headers)".to_string();
+    match tokio::time::timeout_at(deadline, exchange_inner(hop, target, max, deadline, follow))
+        .await
+    {
+        Ok(r) => r,
+        Err(_) => Err(late()),
+    }
+}
+
+async fn exchange_inner(
+    hop: &Hop,
+    target: &hyper::Uri,
+    max: usize,
+    deadline: tokio::time::Instant,
+    follow: bool,
 ) -> Result<(reqwest::StatusCode, Option<String>, Vec<u8>), String> {
     let name = hop.url.host_str().ok_or("no host in the URL")?;
     let port = hop
@@ -666,7 +701,12 @@ async fn exchange(
             .headers()
             .get(reqwest::header::LOCATION)
             .and_then(|v| v.to_str().ok())
+            .filter(|l| !l.is_empty())
             .map(str::to_string);
+        if follow && is_followed(code) && location.is_some() {
+            // Followed: its body is not read (the connection closes).
+            return Ok((code, location, Vec::new()));
+        }
         // Keep the body's last `max` bytes (see `http`). As Consul, a body
         // that fails or outlasts the timeout ends there; the code decides.
         let mut body = resp.into_body();

@@ -48,6 +48,9 @@ pub struct Start {
     /// TTL checks: time left before expiry (restored after a restart);
     /// `None` means a full TTL.
     pub ttl_left: Option<Duration>,
+    /// Echoed in this check's updates: the caller tells a replaced
+    /// check's late updates from the new one's.
+    pub epoch: u64,
 }
 
 enum Command {
@@ -232,7 +235,8 @@ impl Loop {
             Command::Add(def, start) => {
                 self.drop_check(&def.id);
                 self.generation += 1;
-                let state = CheckState::new(&def, start.status, start.output);
+                let mut state = CheckState::new(&def, start.status, start.output);
+                state.epoch = start.epoch;
                 let first = match &def.kind {
                     Kind::Ttl { ttl } => Some(start.ttl_left.unwrap_or(*ttl).min(MAX_PERIOD)),
                     k if k.is_probed() || matches!(k, Kind::Alias { .. }) => {

@@ -17,6 +17,8 @@ pub struct Update {
     /// The runner's order of updates (increasing): whoever applies them
     /// drops one older than what it already applied.
     pub seq: u64,
+    /// The [`crate::runner::Start::epoch`] the check was added with.
+    pub epoch: u64,
 }
 
 /// What a check shows now.
@@ -27,6 +29,8 @@ pub struct CheckState {
     pub output: String,
     thresholds: Thresholds,
     max_output: usize,
+    /// Echoed in updates (see [`Update::epoch`]).
+    pub epoch: u64,
 }
 
 impl CheckState {
@@ -43,6 +47,7 @@ impl CheckState {
                 def.failures_before_critical,
             ),
             max_output: def.output_max_size,
+            epoch: 0,
         }
     }
 
@@ -57,6 +62,7 @@ impl CheckState {
             status,
             output: self.output.clone(),
             seq: 0,
+            epoch: self.epoch,
         })
     }
 

@@ -153,9 +153,28 @@ async fn http_follows_redirects_unless_disabled() {
                 let mut buf = vec![0u8; 4096];
                 let n = s.read(&mut buf).await.unwrap_or(0);
                 let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                let redirect = |to: &str| {
+                    format!(
+                        "HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                    )
+                };
                 let resp = if req.starts_with("GET /old ") || req.starts_with("POST /old ") {
                     seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                    "HTTP/1.1 302 Found\r\nLocation: /new\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                    redirect("/new")
+                } else if req.starts_with("GET /loop ") {
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    redirect("/loop")
+                } else if req.starts_with("GET /away ") {
+                    // Another host name for the same server.
+                    redirect(&format!("http://localhost:{}/echo", addr.port()))
+                } else if req.starts_with("GET /near ") {
+                    redirect("/echo")
+                } else if req.starts_with("GET /echo ") {
+                    let echo = req.to_lowercase();
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{echo}",
+                        echo.len()
+                    )
                 } else {
                     "HTTP/1.1 200 OK\r\nContent-Length: 7\r\nConnection: close\r\n\r\narrived"
                         .to_string()
@@ -192,6 +211,34 @@ async fn http_follows_redirects_unless_disabled() {
         .await;
     assert_eq!(o.status, Status::Critical, "{}", o.output);
     assert_eq!(o.output, format!("HTTP GET {url}: 302 Found Output: "));
+    // At most 10 requests, as Go's client.
+    old.store(0, std::sync::atomic::Ordering::SeqCst);
+    let o = p
+        .probe(def(
+            serde_json::json!({"Name": "h", "HTTP": format!("http://{addr}/loop"),
+            "Interval": "10s"}),
+        ))
+        .await;
+    assert_eq!(o.status, Status::Critical, "{}", o.output);
+    assert!(
+        o.output.ends_with("stopped after 10 redirects"),
+        "{}",
+        o.output
+    );
+    assert_eq!(old.load(std::sync::atomic::Ordering::SeqCst), 10);
+    // Credentials follow a redirect on the same host, not to another.
+    let o = p
+        .probe(def(serde_json::json!({"Name": "h",
+            "HTTP": format!("http://u:p@{addr}/near"), "Interval": "10s"})))
+        .await;
+    assert!(o.output.contains("authorization: basic"), "{}", o.output);
+    let o = p
+        .probe(def(serde_json::json!({"Name": "h",
+            "HTTP": format!("http://u:p@{addr}/away"), "Interval": "10s"})))
+        .await;
+    assert_eq!(o.status, Status::Passing, "{}", o.output);
+    assert!(o.output.contains("host: localhost:"), "{}", o.output);
+    assert!(!o.output.contains("authorization"), "{}", o.output);
 }
 
 /// As Consul: a body that stalls past the timeout ends there, and the

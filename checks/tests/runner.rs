@@ -74,6 +74,7 @@ fn start(status: Status) -> Start {
         status,
         output: String::new(),
         ttl_left: None,
+        epoch: 0,
     }
 }
 
@@ -201,6 +202,7 @@ async fn a_restored_ttl_expires_when_it_would_have() {
             status: Status::Passing,
             output: "ok".into(),
             ttl_left: Some(Duration::from_secs(5)),
+            epoch: 0,
         },
     );
     let u = next(&mut rx).await;

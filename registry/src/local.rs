@@ -57,6 +57,9 @@ pub struct LocalCheck {
     pub ttl_expires_at_ms: Option<i64>,
     /// The `seq` of the last runner update applied (older ones are dropped).
     pub seq: u64,
+    /// This check's [`corro_checks::runner::Start::epoch`]: updates of a
+    /// check it replaced are dropped.
+    pub epoch: u64,
 }
 
 /// A row of `consul_checks` as this agent wants it.

@@ -163,6 +163,8 @@ struct Inner {
     dirty: Mutex<Dirty>,
     /// Wakes the catalog sync.
     sync: Notify,
+    /// The last [`corro_checks::runner::Start::epoch`] given out.
+    epochs: std::sync::atomic::AtomicU64,
     /// Bumped on every service change (hash-based blocking reads wait on it).
     generation: watch::Sender<u64>,
 }
@@ -262,6 +264,7 @@ impl Registry {
                 ..Dirty::default()
             }),
             sync: Notify::new(),
+            epochs: std::sync::atomic::AtomicU64::new(0),
             generation: watch::channel(0).0,
         });
         *alias.0.lock() = Arc::downgrade(&inner);
@@ -369,6 +372,7 @@ impl Registry {
                     status,
                     output: output.clone(),
                     ttl_left,
+                    epoch: 0,
                 },
             );
             local.checks.insert(
@@ -383,6 +387,7 @@ impl Registry {
                     critical_since: (status == Status::Critical).then(Instant::now),
                     ttl_expires_at_ms: ttl_expires,
                     seq: 0,
+                    epoch: 0,
                 },
             );
         }
@@ -941,6 +946,10 @@ fn apply_check(inner: &Inner, local: &mut Local, def: CheckDefinition, origin: &
         return;
     }
     let (status, output) = start_state(local, &def);
+    let epoch = inner
+        .epochs
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        + 1;
     if local.checks.contains_key(&def.id) {
         // A replaced check's saved state may predate an update taken in
         // while it was being saved.
@@ -957,6 +966,7 @@ fn apply_check(inner: &Inner, local: &mut Local, def: CheckDefinition, origin: &
             status,
             output: output.clone(),
             ttl_left: None,
+            epoch,
         },
     );
     let ttl_expires = ttl_expiry(&def);
@@ -972,6 +982,7 @@ fn apply_check(inner: &Inner, local: &mut Local, def: CheckDefinition, origin: &
             critical_since: (status == Status::Critical).then(Instant::now),
             ttl_expires_at_ms: ttl_expires,
             seq: 0,
+            epoch,
         },
     );
 }
@@ -1064,7 +1075,7 @@ fn apply_update(inner: &Inner, local: &mut Local, u: Update) -> bool {
     let Some(c) = local.checks.get_mut(&u.id) else {
         return false;
     };
-    if u.seq <= c.seq {
+    if u.epoch != c.epoch || u.seq <= c.seq {
         return false;
     }
     c.seq = u.seq;
