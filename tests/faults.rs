@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::relay::{Partition, Relay};
-use common::{Agent, Node};
+use common::{Agent, Node, put_text as agent_put};
 
 fn dump(node: &Node, agent: &Agent) -> String {
     node.query(
@@ -760,15 +760,6 @@ fn a_full_disk_refuses_writes_loses_nothing_and_recovers_by_itself() {
     a.stop();
     b.stop();
     drop(disk);
-}
-
-fn agent_put(agent: &Agent, path: &str, body: &str) -> (u16, String) {
-    let r = reqwest::blocking::Client::new()
-        .put(agent.url(path))
-        .body(body.to_string())
-        .send()
-        .unwrap();
-    (r.status().as_u16(), r.text().unwrap())
 }
 
 /// The agent's native services are exactly `services`, with `checks` checks.

@@ -19,18 +19,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::consul::{ConsulStandIn, check_json, service_json};
-use common::{Agent, Node, await_some};
+use common::{Agent, Node, await_some, put_text as put};
 use serde_json::{Value, json};
-
-fn put(agent: &Agent, path: &str, body: &str) -> (u16, String) {
-    let r = reqwest::blocking::Client::new()
-        .put(agent.url(path))
-        .body(body.to_string())
-        .send()
-        .unwrap();
-    let code = r.status().as_u16();
-    (code, r.text().unwrap())
-}
 
 fn get_json(agent: &Agent, path: &str) -> Value {
     reqwest::blocking::get(agent.url(path))

@@ -400,10 +400,7 @@ async fn http(
             Err(_) => {
                 return Outcome::new(
                     Status::Critical,
-                    format!(
-                        "{}: context deadline exceeded (Client.Timeout exceeded while awaiting headers)",
-                        title_verb(&h.method, shown)
-                    ),
+                    format!("{}: {LATE}", title_verb(&h.method, shown)),
                 );
             }
         }
@@ -628,15 +625,16 @@ async fn exchange(
     deadline: tokio::time::Instant,
     follow: bool,
 ) -> Result<(reqwest::StatusCode, Option<String>, Vec<u8>), String> {
-    let late =
-        || "context deadline exceeded (Client.Timeout exceeded while awaiting headers)".to_string();
     match tokio::time::timeout_at(deadline, exchange_inner(hop, target, max, deadline, follow))
         .await
     {
         Ok(r) => r,
-        Err(_) => Err(late()),
+        Err(_) => Err(LATE.to_string()),
     }
 }
+
+/// Go's text for a request past its deadline before the answer's head.
+const LATE: &str = "context deadline exceeded (Client.Timeout exceeded while awaiting headers)";
 
 async fn exchange_inner(
     hop: &Hop,

@@ -10,6 +10,16 @@
 
 pub use corro_testkit::*;
 
+/// `PUT` `body` to `path` on `agent`: the status code and the body.
+pub fn put_text(agent: &Agent, path: &str, body: &str) -> (u16, String) {
+    let r = reqwest::blocking::Client::new()
+        .put(agent.url(path))
+        .body(body.to_string())
+        .send()
+        .unwrap();
+    (r.status().as_u16(), r.text().unwrap())
+}
+
 /// The `corrosion` binary under test (see `corro_testkit::binary`).
 pub static BIN: std::sync::LazyLock<String> =
     std::sync::LazyLock::new(|| binary().to_string_lossy().into_owned());
