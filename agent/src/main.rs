@@ -18,6 +18,7 @@ mod cluster;
 mod commands;
 mod config;
 mod consul;
+mod kv_cli;
 mod logging;
 mod run;
 mod service;
@@ -143,6 +144,11 @@ enum Command {
         #[command(subcommand)]
         cmd: Option<MaintCommand>,
     },
+    /// Consul's KV store (as `consul kv`; Consul's `-flag` spellings work)
+    Kv {
+        #[command(subcommand)]
+        cmd: KvCommand,
+    },
     /// Restore the Corrosion DB from a backup (the agent must be stopped)
     Restore {
         /// The backup file
@@ -182,6 +188,54 @@ enum ServicesCommand {
     Deregister {
         /// A service ID, or a definition file whose services to deregister
         target: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum KvCommand {
+    /// Print a key's value; with --recurse every `key:value` under a
+    /// prefix; with --keys the keys under a prefix
+    Get {
+        /// Every key under KEY, as `key:value` lines
+        #[arg(long)]
+        recurse: bool,
+        /// List the keys under KEY (folders rolled up at --separator)
+        #[arg(long)]
+        keys: bool,
+        /// Folder separator for --keys ("" for none)
+        #[arg(long, default_value = "/")]
+        separator: String,
+        key: Option<String>,
+    },
+    /// Store a value: VALUE as given, `@FILE` for a file's bytes, `-` for
+    /// stdin, nothing for an empty value
+    Put {
+        /// Consul's opaque unsigned 64-bit flags
+        #[arg(long, default_value_t = 0)]
+        flags: u64,
+        key: String,
+        value: Option<String>,
+    },
+    /// Delete a key, or with --recurse every key under a prefix (the empty
+    /// prefix, every key, also needs --all)
+    Delete {
+        #[arg(long)]
+        recurse: bool,
+        /// With --recurse and no KEY: delete every key
+        #[arg(long, requires = "recurse")]
+        all: bool,
+        key: Option<String>,
+    },
+    /// Print every entry under PREFIX in `consul kv export`'s JSON
+    Export { prefix: Option<String> },
+    /// Write the entries of a `consul kv export` (`@FILE`, `-` for stdin,
+    /// or the JSON itself)
+    Import {
+        /// Put this before every imported key
+        #[arg(long, default_value = "")]
+        prefix: String,
+        #[arg(default_value = "-")]
+        data: String,
     },
 }
 
@@ -308,7 +362,8 @@ enum TlsClientCommand {
 fn main() {
     // One rustls crypto provider for the whole process (ring, as quinn uses).
     let _ = rustls::crypto::ring::default_provider().install_default();
-    if let Err(e) = run(Cli::parse()) {
+    let args = kv_cli::consul_style_flags(std::env::args().collect());
+    if let Err(e) = run(Cli::parse_from(args)) {
         eprintln!("Error: {e:#}");
         std::process::exit(1);
     }
@@ -348,6 +403,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 | Command::Template { .. }
                 | Command::Services { .. }
                 | Command::Maint { .. }
+                | Command::Kv { .. }
         ));
     let loaded = if needs_config || path.exists() {
         Some(Config::load(&path, explicit)?)
@@ -506,6 +562,42 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Some(MaintCommand::Disable { service }) => (false, service, None),
             };
             runtime()?.block_on(services_cli::maint(&client, enable, service, reason))
+        }
+        Command::Kv { cmd } => {
+            logging::init_client();
+            let addr = api_addr.ok_or_else(|| anyhow::anyhow!("no API address"))?;
+            let client = corro_client::Client::new(addr, token);
+            runtime()?.block_on(async move {
+                match cmd {
+                    KvCommand::Get {
+                        recurse,
+                        keys,
+                        separator,
+                        key,
+                    } => {
+                        kv_cli::get(
+                            &client,
+                            key.as_deref().unwrap_or(""),
+                            recurse,
+                            keys,
+                            &separator,
+                        )
+                        .await
+                    }
+                    KvCommand::Put { flags, key, value } => {
+                        kv_cli::put(&client, &key, value.as_deref(), flags).await
+                    }
+                    KvCommand::Delete { recurse, all, key } => {
+                        kv_cli::delete(&client, key.as_deref(), recurse, all).await
+                    }
+                    KvCommand::Export { prefix } => {
+                        kv_cli::export(&client, prefix.as_deref().unwrap_or("")).await
+                    }
+                    KvCommand::Import { prefix, data } => {
+                        kv_cli::import(&client, &data, &prefix).await
+                    }
+                }
+            })
         }
         Command::Tls { .. } => unreachable!("handled above"),
         Command::Restore {

@@ -455,6 +455,10 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         stop: stop.clone(),
         membership: Some(Arc::new(cluster.clone())),
         registry: Some(registry),
+        kv: Some(corro_consul_api::KvWriter::new(
+            store.clone(),
+            Some(cluster.writes_open_watch()),
+        )),
     });
     let state = ApiState::new(api::ApiShared {
         store: store.clone(),

@@ -29,6 +29,10 @@ use tokio::sync::watch;
 
 use crate::api::values as api_values;
 
+/// KV keys and folders `corrosion template` follows with one blocking
+/// query each; past this, one coarser watch covers the rest.
+const MAX_KV_FOLLOWS: usize = 256;
+
 /// How long the first render waits for the agent to catch up.
 const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -115,6 +119,14 @@ pub(crate) fn start(
         }));
     }
     {
+        // After the catalog shows them: a render woken here reads the new
+        // values.
+        let hub = hub.clone();
+        discovery
+            .catalog
+            .on_kv_change(Arc::new(move |keys| hub.kv_changed(keys)));
+    }
+    {
         let hub = hub.clone();
         let mut rx = discovery.catalog.subscribe();
         let stop = stop.clone();
@@ -150,6 +162,9 @@ pub(crate) struct HttpSource {
     runtime: tokio::runtime::Handle,
     hub: Hub,
     watched: Mutex<HashSet<String>>,
+    /// KV keys and folders followed (`true`: a folder).
+    kv_watched: Mutex<HashSet<(String, bool)>>,
+    kv_overflow: AtomicBool,
     discovery_watched: AtomicBool,
     warned_any_table: AtomicBool,
 }
@@ -196,6 +211,56 @@ impl HttpSource {
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        });
+    }
+
+    /// Follows one KV key or folder with a blocking KV query: each new
+    /// index (and the first answer, which may cover a change made since
+    /// the render read it) marks it changed.
+    fn follow_kv(&self, key: String, folder: bool) {
+        let (client, hub) = (self.client.clone(), self.hub.clone());
+        self.runtime.spawn(async move {
+            let query = if folder { "recurse" } else { "" };
+            let mut index = 0;
+            loop {
+                match client.kv_index(&key, query, index, 300).await {
+                    Ok(i) => {
+                        if i != index {
+                            index = i;
+                            hub.kv_changed(Some(std::slice::from_ref(&key)));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: corro_templates::LOG_TARGET, key = %key, error = %e, "cannot follow the KV key; retrying");
+                        index = 0;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        });
+    }
+
+    /// Past [`MAX_KV_FOLLOWS`] keys: the catalog index instead (it moves on
+    /// every KV change too), each move counting as "any key changed".
+    fn follow_kv_coarsely(&self) {
+        let (client, hub) = (self.client.clone(), self.hub.clone());
+        self.runtime.spawn(async move {
+            let mut index = 0;
+            loop {
+                match client.discovery_index(index, 300).await {
+                    Ok(i) => {
+                        if i != index {
+                            index = i;
+                            hub.kv_changed(None);
+                        }
+                    }
+                    Err(e) => {
+                        tracing::warn!(target: corro_templates::LOG_TARGET, error = %e, "cannot follow the catalog for KV changes; retrying");
+                        index = 0;
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
             }
         });
     }
@@ -292,6 +357,33 @@ impl Source for HttpSource {
         if deps.discovery && !self.discovery_watched.swap(true, Ordering::Relaxed) {
             self.follow_discovery();
         }
+        let wanted = deps
+            .kv_keys
+            .iter()
+            .map(|k| (k.clone(), false))
+            .chain(deps.kv_prefixes.iter().map(|p| (p.clone(), true)));
+        let new: Vec<(String, bool)> = {
+            let mut watched = self.kv_watched.lock();
+            let mut new = Vec::new();
+            for w in wanted {
+                if watched.contains(&w) {
+                    continue;
+                }
+                if watched.len() >= MAX_KV_FOLLOWS {
+                    if !self.kv_overflow.swap(true, Ordering::Relaxed) {
+                        tracing::warn!(target: corro_templates::LOG_TARGET, limit = MAX_KV_FOLLOWS, "templates read more KV keys and folders than are followed one by one; the rest re-render on any catalog change");
+                        self.follow_kv_coarsely();
+                    }
+                    break;
+                }
+                watched.insert(w.clone());
+                new.push(w);
+            }
+            new
+        };
+        for (k, folder) in new {
+            self.follow_kv(k, folder);
+        }
     }
 }
 
@@ -341,6 +433,8 @@ pub(crate) async fn command(
             hub: hub.clone(),
             watched: Mutex::default(),
             discovery_watched: AtomicBool::new(false),
+            kv_watched: Mutex::new(HashSet::new()),
+            kv_overflow: AtomicBool::new(false),
             warned_any_table: AtomicBool::new(false),
         }),
         hub,

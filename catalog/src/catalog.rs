@@ -45,7 +45,12 @@ struct Shared {
     counter: Mutex<IndexCounter>,
     /// The last counter write failed (logged once per streak).
     counter_failing: AtomicBool,
+    kv_listeners: Mutex<Vec<KvListener>>,
 }
+
+/// Called after KV keys changed in the index, with the keys (`None`: any
+/// key may have, after a full reload).
+pub type KvListener = Arc<dyn Fn(Option<&[String]>) + Send + Sync>;
 
 /// The discovery model, shared by every reader (cheap to clone).
 #[derive(Clone)]
@@ -70,6 +75,7 @@ impl Catalog {
             changed: watch::channel(start).0,
             counter: Mutex::new(counter),
             counter_failing: AtomicBool::new(false),
+            kv_listeners: Mutex::new(Vec::new()),
         });
         // Listen first, then load: a commit in between is queued and
         // re-read (re-reading is idempotent).
@@ -111,8 +117,25 @@ impl Catalog {
         drop(conn);
         let mut index = self.shared.index.write();
         index.replace_rows(rows);
-        self.finish(&mut index);
+        let changed = self.finish(&mut index);
+        drop(index);
+        if changed {
+            self.kv_changed(None);
+        }
         Ok(())
+    }
+
+    /// Calls `f` after KV keys change in the index (after the index shows
+    /// them, so a reader woken by it reads the new values).
+    pub fn on_kv_change(&self, f: KvListener) {
+        self.shared.kv_listeners.lock().push(f);
+    }
+
+    fn kv_changed(&self, keys: Option<&[String]>) {
+        let listeners = self.shared.kv_listeners.lock().clone();
+        for l in listeners {
+            l(keys);
+        }
     }
 
     /// Re-reads the rows the change feed queued and applies them; true when
@@ -137,11 +160,17 @@ impl Catalog {
                 return Err(e.into());
             }
         };
+        let kv_keys: Vec<String> = fresh.iter().filter_map(sql::Fresh::kv_key).collect();
         let mut index = self.shared.index.write();
         for f in fresh {
             sql::apply(&mut index, f);
         }
-        Ok(self.finish(&mut index))
+        let changed = self.finish(&mut index);
+        drop(index);
+        if !kv_keys.is_empty() {
+            self.kv_changed(Some(&kv_keys));
+        }
+        Ok(changed)
     }
 
     /// Re-reads the rows `rows` name (the latest report of each key).
@@ -201,6 +230,9 @@ impl Catalog {
         }
         metrics::gauge!("corro_catalog_index").set(value as f64);
         metrics::gauge!("corro_catalog_stamped_topics").set(index.stamped_topics() as f64);
+        let (keys, bytes) = index.kv_size();
+        metrics::gauge!("corro_kv_keys").set(keys as f64);
+        metrics::gauge!("corro_kv_value_bytes").set(bytes as f64);
         self.shared.changed.send_replace(value);
         true
     }

@@ -36,6 +36,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::health::{self, Liveness, SERF_CHECK_ID, Status};
+use crate::kv::{Kv, KvEntry, KvRow};
 use crate::model::{Check, Claim, Node, Service};
 
 /// What SWIM says of a member.
@@ -63,6 +64,10 @@ pub enum Topic {
     Checks,
     /// Node-name claims (bridge safety).
     Claims,
+    /// One KV key (exact, case-sensitive).
+    KvKey(String),
+    /// Every KV key starting with this prefix (case-sensitive).
+    KvPrefix(String),
 }
 
 impl Topic {
@@ -184,6 +189,13 @@ pub struct Index {
     /// Highest stamp dropped with a subject that went away.
     gone: u64,
     stamps: HashMap<Topic, u64>,
+    /// The KV store (its keys carry their own modify index; prefixes are
+    /// stamped per directory, see [`crate::kv`]).
+    kv: Kv,
+    /// Directories (hashes) changed since the last [`Index::finish`].
+    kv_dirty: HashSet<u64>,
+    /// A key or directory went away since the last [`Index::finish`].
+    kv_removed: bool,
 }
 
 impl Index {
@@ -209,6 +221,9 @@ impl Index {
             base: start,
             gone: 0,
             stamps: HashMap::new(),
+            kv: Kv::default(),
+            kv_dirty: HashSet::new(),
+            kv_removed: false,
         }
     }
 
@@ -226,10 +241,20 @@ impl Index {
     /// value; returns it, or `None` when nothing changed. Stamps of
     /// subjects that no longer exist are dropped (see the module doc).
     pub fn finish(&mut self) -> Option<u64> {
-        if self.dirty.is_empty() {
+        if self.dirty.is_empty() && self.kv_dirty.is_empty() {
             return None;
         }
         self.current += 1;
+        for h in std::mem::take(&mut self.kv_dirty) {
+            if self.kv.has_dir(h) {
+                self.kv.stamp_dir(h, self.current);
+            } else {
+                self.kv_removed = true;
+            }
+        }
+        if std::mem::take(&mut self.kv_removed) {
+            self.gone = self.current;
+        }
         for t in std::mem::take(&mut self.dirty) {
             let exists = match &t {
                 Topic::Service(n) => self.by_name.contains_key(n),
@@ -261,7 +286,11 @@ impl Index {
         let floor = self.base.max(self.gone);
         topics
             .into_iter()
-            .map(|t| self.stamps.get(&*t.folded()).copied().unwrap_or(floor))
+            .map(|t| match t {
+                Topic::KvKey(k) => self.kv.get(k).map_or(floor, |e| e.modify_index),
+                Topic::KvPrefix(p) => self.kv.prefix_stamp(p).unwrap_or(floor),
+                t => self.stamps.get(&*t.folded()).copied().unwrap_or(floor),
+            })
             .max()
             .unwrap_or(self.current)
     }
@@ -323,6 +352,23 @@ impl Index {
     }
 
     // ---- rows in ----
+
+    /// Sets a KV key (a row of `consul_kv`); the same value and flags again
+    /// change nothing (no index moves).
+    pub fn upsert_kv(&mut self, row: KvRow) {
+        let pending = self.pending();
+        let touched = self.kv.upsert(row, pending);
+        self.kv_dirty.extend(touched);
+    }
+
+    /// Removes a KV key (its row is gone).
+    pub fn remove_kv(&mut self, key: &str) {
+        let touched = self.kv.remove(key);
+        if !touched.is_empty() {
+            self.kv_removed = true;
+        }
+        self.kv_dirty.extend(touched);
+    }
 
     pub fn upsert_service(&mut self, s: Service) {
         let key = (s.node.clone(), s.id.clone());
@@ -631,6 +677,42 @@ impl Index {
         for c in rows.claims {
             self.upsert_claim(c);
         }
+        let keep_kv: HashSet<&str> = rows.kv.iter().map(|r| r.key.as_str()).collect();
+        let gone: Vec<Arc<str>> = self
+            .kv
+            .keys()
+            .filter(|k| !keep_kv.contains(&***k))
+            .cloned()
+            .collect();
+        drop(keep_kv);
+        for k in gone {
+            self.remove_kv(&k);
+        }
+        for r in rows.kv {
+            self.upsert_kv(r);
+        }
+    }
+
+    // ---- KV reads ----
+
+    /// One KV key.
+    pub fn kv_get(&self, key: &str) -> Option<&Arc<KvEntry>> {
+        self.kv.get(key)
+    }
+
+    /// Every KV entry whose key starts with `prefix`, in key order.
+    pub fn kv_under<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a Arc<KvEntry>> + 'a {
+        self.kv.under(prefix)
+    }
+
+    /// Consul's `?keys&separator=` listing (see [`crate::kv`]).
+    pub fn kv_keys(&self, prefix: &str, separator: &str) -> Vec<Arc<str>> {
+        self.kv.list_keys(prefix, separator)
+    }
+
+    /// Number of KV keys and the bytes of their values.
+    pub fn kv_size(&self) -> (usize, usize) {
+        (self.kv.len(), self.kv.value_bytes())
     }
 
     // ---- reads ----
@@ -953,6 +1035,7 @@ pub struct Rows {
     pub checks: Vec<Check>,
     pub nodes: Vec<Node>,
     pub claims: Vec<Claim>,
+    pub kv: Vec<KvRow>,
 }
 
 /// Whether `a` and `b` differ at most in the field `time` reaches
@@ -1099,6 +1182,66 @@ mod tests {
         // Only the fixed topics remain stamped.
         assert!(ix.stamped_topics() <= 6, "{}", ix.stamped_topics());
         assert!(ix.topic_index(&[Topic::service("never-seen")]) >= last);
+    }
+
+    fn kv(k: &str, v: &str, flags: u64) -> KvRow {
+        KvRow {
+            key: k.into(),
+            value: bytes::Bytes::copy_from_slice(v.as_bytes()),
+            flags,
+        }
+    }
+
+    #[test]
+    fn kv_indexes_move_only_for_what_changed_and_never_go_back() {
+        let mut ix = Index::new("me", 10);
+        let key = |k: &str| Topic::KvKey(k.into());
+        let pre = |p: &str| Topic::KvPrefix(p.into());
+        ix.upsert_kv(kv("app/a", "1", 0));
+        ix.upsert_kv(kv("other/x", "1", 0));
+        let i1 = ix.finish().unwrap();
+        assert_eq!(ix.kv_get("app/a").unwrap().modify_index, i1);
+        assert_eq!(ix.topic_index([&key("app/a")]), i1);
+        // The same value and flags again: nothing moves.
+        ix.upsert_kv(kv("app/a", "1", 0));
+        assert_eq!(ix.finish(), None);
+        // A change elsewhere moves neither the key nor the app/ prefix.
+        ix.upsert_kv(kv("other/x", "2", 0));
+        let i2 = ix.finish().unwrap();
+        assert_eq!(ix.topic_index([&key("app/a")]), i1);
+        assert_eq!(ix.topic_index([&pre("app/")]), i1);
+        assert_eq!(ix.topic_index([&pre("other/")]), i2);
+        // New flags are a change; CreateIndex stays.
+        ix.upsert_kv(kv("app/a", "1", 7));
+        let i3 = ix.finish().unwrap();
+        let e = ix.kv_get("app/a").unwrap();
+        assert_eq!((e.create_index, e.modify_index, e.flags), (i1, i3, 7));
+        assert_eq!(ix.topic_index([&pre("app/a")]), i3);
+        assert_eq!(ix.topic_index([&pre("ap")]), i3);
+        // A delete moves the key's and the prefix's index up, not back.
+        ix.remove_kv("app/a");
+        let i4 = ix.finish().unwrap();
+        assert!(ix.kv_get("app/a").is_none());
+        assert_eq!(ix.topic_index([&key("app/a")]), i4);
+        assert_eq!(ix.topic_index([&pre("app/")]), i4);
+        // Recreated: a new CreateIndex, above the delete.
+        ix.upsert_kv(kv("app/a", "1", 0));
+        let i5 = ix.finish().unwrap();
+        assert_eq!(ix.kv_get("app/a").unwrap().create_index, i5);
+        assert_eq!(ix.topic_index([&key("app/a")]), i5);
+        // A full reload without the key removes it; with the same rows it
+        // changes nothing.
+        let rows = || Rows {
+            kv: vec![kv("other/x", "2", 0)],
+            ..Rows::default()
+        };
+        ix.replace_rows(rows());
+        let i6 = ix.finish().unwrap();
+        assert!(ix.kv_get("app/a").is_none());
+        assert!(ix.topic_index([&key("app/a")]) >= i6);
+        ix.replace_rows(rows());
+        assert_eq!(ix.finish(), None);
+        assert_eq!(ix.kv_size(), (1, 1));
     }
 
     #[test]

@@ -4,8 +4,8 @@
 //! Every discovery reader (the Consul-compatible HTTP API, DNS, template
 //! helpers) reads the [`Catalog`]; none of them runs SQL per request. The
 //! catalog is kept current from the store's change feed (rows of
-//! `consul_services`, `consul_checks`, `consul_nodes` and
-//! `consul_node_claims`, re-read after each commit) and from membership
+//! `consul_services`, `consul_checks`, `consul_nodes`,
+//! `consul_node_claims` and `consul_kv`, re-read after each commit) and from membership
 //! snapshots the agent hands it ([`Catalog::set_membership`]).
 //!
 //! - [`model`]: the rows, parsed (JSON columns decoded leniently: a
@@ -13,6 +13,8 @@
 //! - [`health`]: check statuses and how an instance's status is aggregated;
 //! - [`index`]: the plain state (no IO, no locks), with per-topic
 //!   modification indexes for blocking queries;
+//! - [`kv`]: Consul's KV store in the index (keys, values, per-directory
+//!   stamps for blocking queries on prefixes);
 //! - [`catalog`](Catalog): the shared handle: loading from the store, the
 //!   feed hookup, the persisted `X-Consul-Index` counter, change
 //!   notification.
@@ -24,12 +26,14 @@ mod catalog;
 mod counter;
 pub mod health;
 pub mod index;
+pub mod kv;
 pub mod model;
 mod sql;
 
-pub use catalog::{Catalog, CatalogError};
+pub use catalog::{Catalog, CatalogError, KvListener};
 pub use counter::IndexCounter;
 pub use health::{Liveness, Status};
 pub use index::{Entry, Index, Instance, MemberState, Rows, Topic, fold, same_name};
+pub use kv::{KvEntry, KvRow};
 pub use model::{Check, Claim, Node, Service, TaggedAddress, Weights};
 pub use sql::TABLES;

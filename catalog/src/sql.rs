@@ -6,14 +6,16 @@ use rusqlite::{Connection, OptionalExtension, Row};
 
 use crate::health::Status;
 use crate::index::{Index, Rows};
+use crate::kv::KvRow;
 use crate::model::{self, Check, Claim, Node, Service};
 
 /// The tables the catalog reads, lower-case.
-pub const TABLES: [&str; 4] = [
+pub const TABLES: [&str; 5] = [
     "consul_services",
     "consul_checks",
     "consul_nodes",
     "consul_node_claims",
+    "consul_kv",
 ];
 
 const SERVICE_COLS: &str =
@@ -22,6 +24,7 @@ const CHECK_COLS: &str =
     "node, id, service_id, service_name, name, status, output, notes, type, updated_at, source";
 const NODE_COLS: &str = "node, actor_id, address, datacenter, meta, updated_at";
 const CLAIM_COLS: &str = "node, actor_id, started_at";
+const KV_COLS: &str = "key, value, flags";
 
 /// A column as text whatever its storage class (NULL: empty).
 fn text(row: &Row<'_>, i: usize) -> rusqlite::Result<String> {
@@ -97,6 +100,22 @@ fn node(row: &Row<'_>) -> rusqlite::Result<Node> {
     })
 }
 
+/// A KV row: the value's bytes whatever its storage class (a value written
+/// by hand as TEXT or a number reads as its text), the flags unsigned.
+fn kv(row: &Row<'_>) -> rusqlite::Result<KvRow> {
+    use rusqlite::types::ValueRef;
+    let value = match row.get_ref(1)? {
+        ValueRef::Null => bytes::Bytes::new(),
+        ValueRef::Text(t) | ValueRef::Blob(t) => bytes::Bytes::copy_from_slice(t),
+        _ => bytes::Bytes::from(text(row, 1)?),
+    };
+    Ok(KvRow {
+        key: text(row, 0)?,
+        value,
+        flags: int(row, 2)? as u64,
+    })
+}
+
 fn claim(row: &Row<'_>) -> rusqlite::Result<Claim> {
     Ok(Claim {
         node: text(row, 0)?,
@@ -134,6 +153,10 @@ pub(crate) fn read_all(conn: &Connection) -> rusqlite::Result<Rows> {
         let mut st = conn.prepare(&format!("SELECT {CLAIM_COLS} FROM consul_node_claims"))?;
         rows.claims = st.query_map([], claim)?.collect::<Result<_, _>>()?;
     }
+    if has_table(conn, "consul_kv")? {
+        let mut st = conn.prepare(&format!("SELECT {KV_COLS} FROM consul_kv"))?;
+        rows.kv = st.query_map([], kv)?.collect::<Result<_, _>>()?;
+    }
     Ok(rows)
 }
 
@@ -167,7 +190,20 @@ pub(crate) enum Fresh {
     NoNode(String),
     Claim(Claim),
     NoClaim(String, String),
+    Kv(KvRow),
+    NoKv(String),
     Other,
+}
+
+impl Fresh {
+    /// The KV key this row is about, if it is a KV row.
+    pub(crate) fn kv_key(&self) -> Option<String> {
+        match self {
+            Fresh::Kv(r) => Some(r.key.clone()),
+            Fresh::NoKv(k) => Some(k.clone()),
+            _ => None,
+        }
+    }
 }
 
 /// Re-reads one row a commit touched (`table` lower-case, `pk` its decoded
@@ -221,6 +257,17 @@ pub(crate) fn read_row(conn: &Connection, table: &str, pk: &[SqlValue]) -> rusql
                 None => Fresh::NoClaim(key_text(n), key_text(a)),
             }
         }
+        ("consul_kv", [k]) => {
+            let sql = format!("SELECT {KV_COLS} FROM consul_kv WHERE key = ?1");
+            match conn
+                .prepare_cached(&sql)?
+                .query_row([bind(k)], kv)
+                .optional()?
+            {
+                Some(r) => Fresh::Kv(r),
+                None => Fresh::NoKv(key_text(k)),
+            }
+        }
         _ => Fresh::Other,
     })
 }
@@ -236,6 +283,8 @@ pub(crate) fn apply(index: &mut Index, fresh: Fresh) {
         Fresh::NoNode(n) => index.remove_node(&n),
         Fresh::Claim(c) => index.upsert_claim(c),
         Fresh::NoClaim(n, a) => index.remove_claim(&n, &a),
+        Fresh::Kv(r) => index.upsert_kv(r),
+        Fresh::NoKv(k) => index.remove_kv(&k),
         Fresh::Other => {}
     }
 }

@@ -113,6 +113,102 @@ impl Client {
         self.send(req).await.map(|_| ())
     }
 
+    /// `GET /v1/kv/<key>` with the query `query` (`recurse`, `keys`,
+    /// `raw`...): the body, or `None` when the agent answers 404 (no such
+    /// key or nothing under the prefix).
+    pub async fn kv_get(
+        &self,
+        key: &str,
+        query: &str,
+    ) -> Result<Option<bytes::Bytes>, ClientError> {
+        let path = kv_path(key, query);
+        let resp = self
+            .request(reqwest::Method::GET, &path)
+            .send()
+            .await
+            .map_err(|source| ClientError::Http {
+                addr: self.addr,
+                source,
+            })?;
+        if resp.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            let message = resp.text().await.unwrap_or_default();
+            return Err(ClientError::Api { status, message });
+        }
+        resp.bytes()
+            .await
+            .map(Some)
+            .map_err(|source| ClientError::Http {
+                addr: self.addr,
+                source,
+            })
+    }
+
+    /// A blocking `GET /v1/kv/<key>?<query>&index=&wait=`: returns the
+    /// answer's `X-Consul-Index` once it differs from `index` (or after
+    /// `wait_secs`, with the same one). 404 is an answer like any other.
+    pub async fn kv_index(
+        &self,
+        key: &str,
+        query: &str,
+        index: u64,
+        wait_secs: u64,
+    ) -> Result<u64, ClientError> {
+        let q = if query.is_empty() {
+            format!("index={index}&wait={wait_secs}s")
+        } else {
+            format!("{query}&index={index}&wait={wait_secs}s")
+        };
+        let resp = self
+            .request(reqwest::Method::GET, &kv_path(key, &q))
+            .send()
+            .await
+            .map_err(|source| ClientError::Http {
+                addr: self.addr,
+                source,
+            })?;
+        let status = resp.status();
+        if !status.is_success() && status != reqwest::StatusCode::NOT_FOUND {
+            let message = resp.text().await.unwrap_or_default();
+            return Err(ClientError::Api {
+                status: status.as_u16(),
+                message,
+            });
+        }
+        let got = resp
+            .headers()
+            .get("x-consul-index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| ClientError::Decode("no X-Consul-Index on a KV answer".into()))?;
+        // Read the body so the connection can be reused.
+        let _ = resp.bytes().await;
+        Ok(got)
+    }
+
+    /// `PUT /v1/kv/<key>?flags=`: stores `value` under `key`.
+    pub async fn kv_put(&self, key: &str, value: Vec<u8>, flags: u64) -> Result<(), ClientError> {
+        let query = if flags == 0 {
+            String::new()
+        } else {
+            format!("flags={flags}")
+        };
+        let req = self
+            .request(reqwest::Method::PUT, &kv_path(key, &query))
+            .body(value);
+        self.send(req).await.map(|_| ())
+    }
+
+    /// `DELETE /v1/kv/<key>[?recurse]`.
+    pub async fn kv_delete(&self, key: &str, recurse: bool) -> Result<(), ClientError> {
+        let query = if recurse { "recurse" } else { "" };
+        let req = self.request(reqwest::Method::DELETE, &kv_path(key, query));
+        self.send(req).await.map(|_| ())
+    }
+
     /// `GET` of one of the Consul agent routes, decoded as JSON.
     pub async fn consul_get(&self, path: &str) -> Result<serde_json::Value, ClientError> {
         self.json(self.request(reqwest::Method::GET, path)).await
@@ -460,5 +556,24 @@ impl Subscription {
                 }
             }
         }
+    }
+}
+
+/// Characters of a KV key sent as they are in the path: RFC 3986's
+/// unreserved ones and `/` (everything else is percent-encoded).
+const KEY_KEEP: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~')
+    .remove(b'/');
+
+/// `/v1/kv/<key>[?query]`, the key percent-encoded.
+fn kv_path(key: &str, query: &str) -> String {
+    let key = percent_encoding::utf8_percent_encode(key, KEY_KEEP);
+    if query.is_empty() {
+        format!("/v1/kv/{key}")
+    } else {
+        format!("/v1/kv/{key}?{query}")
     }
 }

@@ -27,7 +27,7 @@ use crate::{ConsulState, blocking, text_error};
 /// Largest registration body read (a service with many checks is a few KiB).
 pub(crate) const MAX_BODY: usize = 256 * 1024;
 /// How long a body may take to arrive.
-const BODY_TIMEOUT: Duration = Duration::from_secs(30);
+pub(crate) const BODY_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(crate) fn routes() -> Router<ConsulState> {
     Router::new()

@@ -42,7 +42,7 @@
 
 use std::time::Duration;
 
-use axum::http::{StatusCode, header};
+use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use corro_catalog::{Index, Topic};
 use rand::Rng;
@@ -207,7 +207,7 @@ impl Drop for Held {
 }
 
 /// Why an evaluation gave no body.
-enum Failed {
+pub(crate) enum Failed {
     /// The filter could not be applied (the client's 400).
     Client(String),
     /// The render task died (the agent's 500).
@@ -215,11 +215,53 @@ enum Failed {
 }
 
 impl Failed {
-    fn response(self) -> Response {
+    pub(crate) fn response(self) -> Response {
         match self {
             Failed::Client(e) => text_error(StatusCode::BAD_REQUEST, e),
             Failed::Internal(e) => text_error(StatusCode::INTERNAL_SERVER_ERROR, e),
         }
+    }
+}
+
+/// An evaluated answer: its status and body (JSON, or a KV value's raw
+/// bytes). Two answers are the same answer when both are equal.
+#[derive(Clone, PartialEq)]
+pub(crate) struct Answer {
+    pub status: StatusCode,
+    pub body: bytes::Bytes,
+    /// The body is a KV value sent as is (`?raw`), with Consul's headers
+    /// against a browser running it.
+    pub raw: bool,
+}
+
+impl Answer {
+    pub(crate) fn json(body: bytes::Bytes) -> Answer {
+        Answer {
+            status: StatusCode::OK,
+            body,
+            raw: false,
+        }
+    }
+
+    fn into_response(self, index: u64) -> Response {
+        if self.status == StatusCode::OK && !self.raw {
+            return json_response(Some(index), self.body);
+        }
+        let mut resp = (self.status, axum::body::Body::from(self.body)).into_response();
+        if self.raw {
+            let h = resp.headers_mut();
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            h.insert(
+                "x-content-type-options",
+                HeaderValue::from_static("nosniff"),
+            );
+            h.insert(
+                "content-security-policy",
+                HeaderValue::from_static("sandbox"),
+            );
+        }
+        consul_headers(&mut resp, index);
+        resp
     }
 }
 
@@ -238,21 +280,15 @@ where
     G: Fn(&Index) -> R + Sync,
     R: FnOnce() -> Result<Value, String> + Send + 'static,
 {
-    // A request that may block subscribes before its first evaluation: a
-    // change landing in between must still wake it.
-    let mut changes = p.index.map(|_| {
-        let mut rx = d.catalog.subscribe();
-        rx.borrow_and_update();
-        rx
-    });
     let key = cache_key(route, &topics, p);
     let pretty = p.pretty;
-    let eval = async || -> Result<(u64, bytes::Bytes), Failed> {
+    let (key, topics_ref, gather) = (&key, &topics, &gather);
+    let eval = || async move {
         let (i, render) = {
             let index = d.catalog.read();
-            let i = index.topic_index(&topics);
+            let i = index.topic_index(topics_ref);
             if let Some(body) = key.as_deref().and_then(|k| st.answers.get(k, i)) {
-                return Ok((i, body));
+                return Ok::<_, Failed>((i, Answer::json(body)));
             }
             (i, gather(&index))
         };
@@ -261,11 +297,29 @@ where
             .map_err(|e| Failed::Internal(format!("building the answer failed: {e}")))?
             .map_err(Failed::Client)?;
         let body = bytes::Bytes::from(body);
-        if let Some(k) = &key {
+        if let Some(k) = key {
             st.answers.put(k.clone(), i, body.clone());
         }
-        Ok((i, body))
+        Ok((i, Answer::json(body)))
     };
+    hold(st, p, &topics, eval).await
+}
+
+/// Answers with `eval` (the answer's index and the answer), holding the
+/// request while `?index=` names the current answer, as the module doc
+/// says; `topics` are what the answer depends on.
+pub(crate) async fn hold<E, F>(st: &ConsulState, p: &Params, topics: &[Topic], eval: E) -> Response
+where
+    E: Fn() -> F,
+    F: Future<Output = Result<(u64, Answer), Failed>>,
+{
+    // A request that may block subscribes before its first evaluation: a
+    // change landing in between must still wake it.
+    let mut changes = p.index.map(|_| {
+        let mut rx = st.catalog.subscribe();
+        rx.borrow_and_update();
+        rx
+    });
     let (mut at, first) = match eval().await {
         Ok(x) => x,
         Err(e) => return e.response(),
@@ -276,7 +330,7 @@ where
     // differ, and it gets this answer at once.
     let (want, mut changes) = match (p.index, changes.take()) {
         (Some(n), Some(rx)) if n > 0 && n == at => (n, rx),
-        _ => return json_response(Some(at), first),
+        _ => return first.into_response(at),
     };
     let _held = Held::new();
     let jitter = p.wait / 16;
@@ -296,22 +350,22 @@ where
             _ = stop.cancelled() => break,
         }
         // Cheap first: did any topic of this answer move?
-        let now = d.catalog.read().topic_index(&topics);
+        let now = st.catalog.read().topic_index(topics);
         if now <= at || now <= want {
             continue;
         }
         match eval().await {
-            Ok((i, body)) => {
+            Ok((i, answer)) => {
                 at = i;
-                if body != first {
-                    return json_response(Some(at), body);
+                if answer != first {
+                    return answer.into_response(at);
                 }
-                latest = body;
+                latest = answer;
             }
             Err(e) => return e.response(),
         }
     }
-    json_response(Some(at), latest)
+    latest.into_response(at)
 }
 
 #[cfg(test)]

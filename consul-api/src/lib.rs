@@ -24,6 +24,9 @@
 //! - [`agent`](mod@agent): the agent's own services and checks (register,
 //!   deregister, TTL updates, maintenance, agent-local reads), answered by
 //!   the native registry (`corro-registry`).
+//! - [`kv`](mod@kv): Consul's KV store over the replicated `consul_kv`
+//!   table, and the refusals of compare-and-set, locks, sessions and
+//!   `/v1/txn` (see there why).
 //!
 //! Out of scope here: the listener and its connection limits (the agent's),
 //! the registry itself and the Consul bridge.
@@ -32,6 +35,7 @@ mod agent;
 mod blocking;
 pub use corro_checks::duration;
 mod filter;
+mod kv;
 mod params;
 mod render;
 mod routes;
@@ -49,6 +53,7 @@ use corro_catalog::Catalog;
 use tokio_util::sync::CancellationToken;
 
 pub use blocking::AnswerCache;
+pub use kv::{KvWriter, MAX_VALUE as KV_MAX_VALUE, validate_key as validate_kv_key};
 
 /// This agent's node in the catalog.
 #[derive(Debug, Clone)]
@@ -97,6 +102,9 @@ pub struct Shared {
     /// This host's native registrations (`None`: no discovery tables, the
     /// agent write routes answer 503).
     pub registry: Option<corro_registry::Registry>,
+    /// Writes to Consul's KV store (`None`: the KV write routes answer
+    /// 503).
+    pub kv: Option<KvWriter>,
 }
 
 impl ConsulState {
@@ -116,6 +124,7 @@ impl std::ops::Deref for ConsulState {
 pub fn router(state: ConsulState) -> Router {
     routes::routes()
         .merge(agent::routes())
+        .merge(kv::routes())
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
 }

@@ -41,7 +41,10 @@ pub(crate) fn routes() -> Router<ConsulState> {
 
 /// What every handler starts with: the discovery side and parsed params.
 #[expect(clippy::result_large_err, reason = "the error is the response to send")]
-fn prepare(st: &ConsulState, query: Option<&str>) -> Result<(Discovery, Params), Response> {
+pub(crate) fn prepare(
+    st: &ConsulState,
+    query: Option<&str>,
+) -> Result<(Discovery, Params), Response> {
     let d = st.clone();
     let p = Params::parse(query).map_err(|e| text_error(StatusCode::BAD_REQUEST, e))?;
     if let Some(dc) = &p.dc

@@ -56,3 +56,16 @@ CREATE TABLE consul_node_claims (
     started_at INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (node, actor_id)
 );
+
+-- Consul's KV store (`/v1/kv`, `corrosion kv`, the templates' key helpers).
+-- One row per key; a key's value is its bytes as given (any bytes, up to
+-- 512 KiB through the API), `flags` Consul's opaque unsigned 64-bit number
+-- stored as its two's-complement INTEGER (values above 2^63-1 read back
+-- negative in plain SQL; the API shows them unsigned). Concurrent writes of
+-- one key resolve by the store's last-writer-wins rules (docs/KV.md), and
+-- CreateIndex/ModifyIndex are each agent's own, kept in memory.
+CREATE TABLE consul_kv (
+    key TEXT NOT NULL PRIMARY KEY,
+    value BLOB NOT NULL DEFAULT x'',
+    flags INTEGER NOT NULL DEFAULT 0
+);

@@ -1,5 +1,5 @@
-//! Discovery helpers: what `services()`, `service()`, `checks()`, `nodes()`
-//! and `node()` return, computed from the discovery model's [`Index`] with
+//! Discovery helpers: what `services()`, `service()`, `checks()`, `nodes()`,
+//! `node()` and the KV helpers (`key()`, `ls()`, `tree()`...) return, computed from the discovery model's [`Index`] with
 //! the same health rules as the Consul HTTP catalog (an instance's status
 //! is the worst of its checks, its node's checks and the node's membership
 //! check `serfHealth`).
@@ -37,6 +37,53 @@ pub enum DiscoveryCall {
         #[serde(default)]
         name: Option<String>,
     },
+    /// One KV key: `{value, flags}`, or `()` when it does not exist.
+    Key { key: String },
+    /// The KV entries directly in the folder `prefix` (one level), keys
+    /// relative to it.
+    Ls { prefix: String },
+    /// Every KV entry under the folder `prefix`, keys relative to it,
+    /// folder keys (ending in `/`) left out.
+    Tree { prefix: String },
+}
+
+/// The folder a template's `ls()`/`tree()` names: without a leading `/`,
+/// with a trailing one (`"app"` and `"/app/"` are `"app/"`; `""` is the
+/// whole store), as consul-template reads it.
+pub fn kv_folder(prefix: &str) -> String {
+    let p = prefix.trim_start_matches('/');
+    if p.is_empty() || p.ends_with('/') {
+        p.to_string()
+    } else {
+        format!("{p}/")
+    }
+}
+
+fn kv_value(e: &corro_catalog::KvEntry) -> Value {
+    json!({
+        "value": String::from_utf8_lossy(&e.value),
+        "flags": e.flags,
+    })
+}
+
+fn kv_list(index: &Index, prefix: &str, one_level: bool) -> Value {
+    let folder = kv_folder(prefix);
+    Value::Array(
+        index
+            .kv_under(&folder)
+            .filter_map(|e| {
+                let rel = &e.key[folder.len()..];
+                let skip = rel.is_empty() || rel.ends_with('/') || (one_level && rel.contains('/'));
+                (!skip).then(|| {
+                    json!({
+                        "key": rel,
+                        "value": String::from_utf8_lossy(&e.value),
+                        "flags": e.flags,
+                    })
+                })
+            })
+            .collect(),
+    )
 }
 
 /// Answers `call` from the index; `local_node` is this host's node name.
@@ -88,6 +135,11 @@ pub fn answer(index: &Index, local_node: &str, call: &DiscoveryCall) -> Value {
                 Value::Null
             }
         }
+        DiscoveryCall::Key { key } => index
+            .kv_get(key.trim_start_matches('/'))
+            .map_or(Value::Null, |e| kv_value(e)),
+        DiscoveryCall::Ls { prefix } => kv_list(index, prefix, true),
+        DiscoveryCall::Tree { prefix } => kv_list(index, prefix, false),
     }
 }
 

@@ -91,6 +91,8 @@ struct State {
 pub struct Renderer {
     engine: rhai::Engine,
     state: Arc<Mutex<State>>,
+    /// What the last render read when it failed (empty after a success).
+    failed_deps: Mutex<Deps>,
     timed_out: Arc<AtomicBool>,
     limits: Limits,
 }
@@ -142,10 +144,12 @@ impl Renderer {
         register_values(&mut engine);
         register_sql(&mut engine, &state, &source, limits);
         register_discovery(&mut engine, &state, &source);
+        register_kv(&mut engine, &state, &source);
         register_helpers(&mut engine, hostname);
         Renderer {
             engine,
             state,
+            failed_deps: Mutex::new(Deps::default()),
             timed_out,
             limits,
         }
@@ -181,9 +185,22 @@ impl Renderer {
         let deps = std::mem::take(&mut s.deps);
         drop(s);
         match result {
-            Ok(()) => Ok(Rendered { output: out, deps }),
-            Err(e) => Err(self.error(*e)),
+            Ok(()) => {
+                *self.failed_deps.lock() = Deps::default();
+                Ok(Rendered { output: out, deps })
+            }
+            Err(e) => {
+                *self.failed_deps.lock() = deps;
+                Err(self.error(*e))
+            }
         }
+    }
+
+    /// What the last render read up to its failure (empty when it did not
+    /// fail): a render that failed on a missing key re-renders as soon as
+    /// that key appears.
+    pub fn failed_deps(&self) -> Deps {
+        self.failed_deps.lock().clone()
     }
 
     fn error(&self, mut e: EvalAltResult) -> RenderError {
@@ -463,6 +480,70 @@ fn register_discovery(
             name: Some(name.into()),
         })
     });
+}
+
+/// The KV helpers: `key(k)` (an error when the key does not exist, as
+/// consul-template waits for it), `key_or_default(k, d)`, `key_exists(k)`,
+/// `ls(folder)` and `tree(folder)`. Each records exactly the key or folder
+/// it read, so only a change there re-renders.
+fn register_kv(engine: &mut rhai::Engine, state: &Arc<Mutex<State>>, source: &Arc<dyn Source>) {
+    let read_key = {
+        let (st, src) = (state.clone(), source.clone());
+        move |k: &str| -> Fallible<serde_json::Value> {
+            let k = k.trim_start_matches('/').to_string();
+            st.lock().deps.kv_keys.insert(k.clone());
+            src.discovery(&DiscoveryCall::Key { key: k })
+                .or_else(|e| fail(e.to_string()))
+        }
+    };
+    let value = |v: &serde_json::Value| -> String {
+        v.get("value")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let r = read_key.clone();
+    engine.register_fn("key", move |k: &str| -> Fallible<String> {
+        let v = r(k)?;
+        if v.is_null() {
+            return fail(format!(
+                "key {k:?} does not exist (key_or_default() or key_exists() do not fail on a missing key)"
+            ));
+        }
+        Ok(value(&v))
+    });
+    let r = read_key.clone();
+    engine.register_fn(
+        "key_or_default",
+        move |k: &str, default: &str| -> Fallible<String> {
+            let v = r(k)?;
+            Ok(if v.is_null() {
+                default.to_string()
+            } else {
+                value(&v)
+            })
+        },
+    );
+    engine.register_fn("key_exists", move |k: &str| -> Fallible<bool> {
+        Ok(!read_key(k)?.is_null())
+    });
+    let list = {
+        let (st, src) = (state.clone(), source.clone());
+        move |prefix: &str, one_level: bool| -> Fallible<Dynamic> {
+            let folder = crate::discovery::kv_folder(prefix);
+            st.lock().deps.kv_prefixes.insert(folder.clone());
+            let call = if one_level {
+                DiscoveryCall::Ls { prefix: folder }
+            } else {
+                DiscoveryCall::Tree { prefix: folder }
+            };
+            let v = src.discovery(&call).or_else(|e| fail(e.to_string()))?;
+            rhai::serde::to_dynamic(v)
+        }
+    };
+    let l = list.clone();
+    engine.register_fn("ls", move |p: &str| l(p, true));
+    engine.register_fn("tree", move |p: &str| list(p, false));
 }
 
 fn register_helpers(engine: &mut rhai::Engine, hostname: String) {

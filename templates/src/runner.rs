@@ -216,6 +216,13 @@ impl TemplateSet {
                         if once {
                             return Err(e);
                         }
+                        // What the failed render read (a key it waits
+                        // for): a change there re-renders before the retry.
+                        let failed = renderer.failed_deps();
+                        if failed != Deps::default() {
+                            deps = failed;
+                            self.source.watch(&deps);
+                        }
                         retry_at = Some(Instant::now() + backoff);
                         backoff = (backoff * 2).min(Duration::from_secs(30));
                     }

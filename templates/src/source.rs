@@ -82,6 +82,10 @@ pub struct Deps {
     pub any_table: bool,
     /// A discovery helper was called.
     pub discovery: bool,
+    /// KV keys read (`key()`, `key_or_default()`, `key_exists()`).
+    pub kv_keys: BTreeSet<String>,
+    /// KV prefixes read (`ls()`, `tree()`): any key under one counts.
+    pub kv_prefixes: BTreeSet<String>,
 }
 
 impl Deps {
@@ -123,14 +127,29 @@ pub struct Slot {
 pub struct Pending {
     pub tables: HashSet<String>,
     pub discovery: bool,
+    /// KV keys changed (a watched prefix may stand for its keys).
+    pub kv: HashSet<String>,
+    /// Any KV key may have changed (a reload, a reconnection, or more
+    /// changed keys than [`KV_PENDING_MAX`]).
+    pub kv_all: bool,
 }
+
+/// Changed KV keys a slot keeps one by one; past this, "any key".
+pub const KV_PENDING_MAX: usize = 4096;
 
 impl Pending {
     /// Whether these changes touch what `deps` read.
     pub fn touches(&self, deps: &Deps) -> bool {
+        let reads_kv = !deps.kv_keys.is_empty() || !deps.kv_prefixes.is_empty();
         (deps.discovery && self.discovery)
             || (!self.tables.is_empty()
                 && (deps.any_table || self.tables.iter().any(|t| deps.tables.contains(t))))
+            || (reads_kv && self.kv_all)
+            || (reads_kv
+                && self.kv.iter().any(|k| {
+                    deps.kv_keys.contains(k)
+                        || deps.kv_prefixes.iter().any(|p| k.starts_with(p.as_str()))
+                }))
     }
 }
 
@@ -182,6 +201,25 @@ impl Hub {
         }
     }
 
+    /// KV keys changed (`None`: any may have).
+    pub fn kv_changed(&self, keys: Option<&[String]>) {
+        for slot in self.slots.lock().iter().filter_map(Weak::upgrade) {
+            {
+                let mut p = slot.pending.lock();
+                match keys {
+                    Some(keys) if !p.kv_all && p.kv.len() + keys.len() <= KV_PENDING_MAX => {
+                        p.kv.extend(keys.iter().cloned());
+                    }
+                    _ => {
+                        p.kv_all = true;
+                        p.kv.clear();
+                    }
+                }
+            }
+            slot.notify.notify_one();
+        }
+    }
+
     /// The discovery model changed.
     pub fn discovery_changed(&self) {
         for slot in self.slots.lock().iter().filter_map(Weak::upgrade) {
@@ -222,5 +260,30 @@ mod tests {
         deps.discovery = true;
         hub.discovery_changed();
         assert!(slot.take().touches(&deps));
+    }
+
+    #[test]
+    fn a_kv_change_touches_templates_reading_that_key_or_prefix_only() {
+        let hub = Hub::new();
+        let slot = hub.slot();
+        let mut deps = Deps::default();
+        deps.kv_keys.insert("cfg/max".into());
+        deps.kv_prefixes.insert("app/".into());
+        hub.kv_changed(Some(&["cfg/min".to_string(), "ap".to_string()]));
+        assert!(!slot.take().touches(&deps));
+        hub.kv_changed(Some(&["cfg/max".to_string()]));
+        assert!(slot.take().touches(&deps));
+        hub.kv_changed(Some(&["app/x/y".to_string()]));
+        assert!(slot.take().touches(&deps));
+        hub.kv_changed(None);
+        assert!(slot.take().touches(&deps));
+        // A template reading no key is not touched by any.
+        hub.kv_changed(None);
+        assert!(!slot.take().touches(&Deps::default()));
+        // Too many keys at once become "any key".
+        let many: Vec<String> = (0..KV_PENDING_MAX + 1).map(|i| format!("k{i}")).collect();
+        hub.kv_changed(Some(&many));
+        let p = slot.take();
+        assert!(p.kv_all && p.kv.is_empty());
     }
 }

@@ -377,6 +377,12 @@ impl Cluster {
         }
     }
 
+    /// The write fence's state (true: local writes may be numbered), for
+    /// writers outside this crate's tasks.
+    pub(crate) fn writes_open_watch(&self) -> watch::Receiver<bool> {
+        self.inner.writes_open.subscribe()
+    }
+
     /// Waits until local writes may be numbered (see the module doc);
     /// returns at once except right after a restart.
     pub(crate) async fn writes_open(&self) {
