@@ -73,7 +73,7 @@ pub(crate) fn run(cmd: ConsulCmd) -> anyhow::Result<()> {
     }
 }
 
-fn discovery_node(dir: &Path, name: &str, seed: Option<&Agent>) -> Node {
+pub(crate) fn discovery_node(dir: &Path, name: &str, seed: Option<&Agent>) -> Node {
     let node = match seed {
         Some(s) => Node::joining(dir, s),
         None => Node::new(dir, ""),
@@ -100,7 +100,7 @@ pub(crate) fn load(agent: &Agent, actor: &str, services: u32) -> anyhow::Result<
 }
 
 /// Requests/s and p99 (ms) from wrk's output.
-fn wrk(url: &str, script: &Path, secs: u32, conns: u32) -> anyhow::Result<(f64, f64)> {
+pub(crate) fn wrk(url: &str, script: &Path, secs: u32, conns: u32) -> anyhow::Result<(f64, f64)> {
     let out = Command::new("wrk")
         .args([
             "-t2",
@@ -154,7 +154,92 @@ fn http(dir: &Path, a: HttpArgs) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(50));
     };
-    // nginx serving the same bytes from a file, on 2 workers (the cores).
+    let (nginx, nginx_url) = nginx_fixed(dir, &body)?;
+    let ours_lua = dir.join("ours.lua");
+    let mut f = std::fs::File::create(&ours_lua)?;
+    writeln!(
+        f,
+        "math.randomseed(42)\nrequest = function() return wrk.format(\"GET\", \"/v1/health/service/svc-\" .. math.random(0, {}) .. \"?passing\") end",
+        a.services - 1
+    )?;
+    eprintln!(
+        "{} services x 3 instances; answer {} bytes; wrk -t2 -c{} -d{}s, alternating",
+        a.services,
+        body.len(),
+        a.connections,
+        a.seconds
+    );
+    let (ours, theirs) = alternate(
+        dir,
+        &format!("http://{}", agent.api),
+        &ours_lua,
+        &nginx_url,
+        a.rounds,
+        a.seconds,
+        a.connections,
+    )?;
+    stop_nginx(nginx);
+    println!(
+        "health/service?passing: corrosion {:.0} req/s (p99 {:.2} ms), nginx fixed body {:.0} req/s (p99 {:.2} ms): {:.2}x nginx",
+        mean(&ours),
+        max_p99(&ours),
+        mean(&theirs),
+        max_p99(&theirs),
+        mean(&ours) / mean(&theirs)
+    );
+    Ok(())
+}
+
+pub(crate) fn mean(v: &[(f64, f64)]) -> f64 {
+    v.iter().map(|x| x.0).sum::<f64>() / v.len() as f64
+}
+
+pub(crate) fn max_p99(v: &[(f64, f64)]) -> f64 {
+    v.iter().map(|x| x.1).fold(0.0, f64::max)
+}
+
+/// `rounds` alternating wrk runs: ours (`script` against `ours`), then
+/// nginx's fixed body; each run's (req/s, p99 ms).
+#[allow(clippy::type_complexity, reason = "two lists of pairs")]
+pub(crate) fn alternate(
+    dir: &Path,
+    ours: &str,
+    script: &Path,
+    nginx_url: &str,
+    rounds: u32,
+    secs: u32,
+    conns: u32,
+) -> anyhow::Result<(Vec<(f64, f64)>, Vec<(f64, f64)>)> {
+    let nginx_lua = dir.join("nginx.lua");
+    std::fs::write(
+        &nginx_lua,
+        "request = function() return wrk.format(\"GET\", \"/body.json\") end\n",
+    )?;
+    let (mut o, mut t) = (Vec::new(), Vec::new());
+    for round in 0..rounds {
+        let x = wrk(ours, script, secs, conns)?;
+        let n = wrk(nginx_url, &nginx_lua, secs, conns)?;
+        eprintln!(
+            "round {round}: corrosion {:.0} req/s p99 {:.2} ms | nginx {:.0} req/s p99 {:.2} ms",
+            x.0, x.1, n.0, n.1
+        );
+        o.push(x);
+        t.push(n);
+    }
+    Ok((o, t))
+}
+
+/// SIGTERM to the master stops its workers too (SIGKILL would orphan them).
+pub(crate) fn stop_nginx(mut nginx: std::process::Child) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &nginx.id().to_string()])
+        .status();
+    let _ = nginx.wait();
+}
+
+/// nginx serving `body` from a file as `/body.json` on 2 workers (the
+/// cores): the process and its base URL.
+pub(crate) fn nginx_fixed(dir: &Path, body: &[u8]) -> anyhow::Result<(std::process::Child, String)> {
     let www = dir.join("www");
     std::fs::create_dir_all(&www)?;
     std::fs::write(www.join("body.json"), &body)?;
@@ -168,7 +253,7 @@ fn http(dir: &Path, a: HttpArgs) -> anyhow::Result<()> {
             www = www.display()
         ),
     )?;
-    let mut nginx = Command::new("nginx")
+    let nginx = Command::new("nginx")
         .args(["-c"])
         .arg(&conf)
         .args(["-p"])
@@ -184,60 +269,10 @@ fn http(dir: &Path, a: HttpArgs) -> anyhow::Result<()> {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
-    let ours_lua = dir.join("ours.lua");
-    let mut f = std::fs::File::create(&ours_lua)?;
-    writeln!(
-        f,
-        "math.randomseed(42)\nrequest = function() return wrk.format(\"GET\", \"/v1/health/service/svc-\" .. math.random(0, {}) .. \"?passing\") end",
-        a.services - 1
-    )?;
-    let nginx_lua = dir.join("nginx.lua");
-    std::fs::write(
-        &nginx_lua,
-        "request = function() return wrk.format(\"GET\", \"/body.json\") end\n",
-    )?;
-    eprintln!(
-        "{} services x 3 instances; answer {} bytes; wrk -t2 -c{} -d{}s, alternating",
-        a.services,
-        body.len(),
-        a.connections,
-        a.seconds
-    );
-    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
-    for round in 0..a.rounds {
-        let o = wrk(
-            &format!("http://{}", agent.api),
-            &ours_lua,
-            a.seconds,
-            a.connections,
-        )?;
-        let n = wrk(&nginx_url, &nginx_lua, a.seconds, a.connections)?;
-        eprintln!(
-            "round {round}: corrosion {:.0} req/s p99 {:.2} ms | nginx {:.0} req/s p99 {:.2} ms",
-            o.0, o.1, n.0, n.1
-        );
-        ours.push(o);
-        theirs.push(n);
-    }
-    // SIGTERM to the master stops its workers too (SIGKILL would orphan them).
-    let _ = Command::new("kill")
-        .args(["-TERM", &nginx.id().to_string()])
-        .status();
-    let _ = nginx.wait();
-    let mean = |v: &[(f64, f64)]| v.iter().map(|x| x.0).sum::<f64>() / v.len() as f64;
-    let p99 = |v: &[(f64, f64)]| v.iter().map(|x| x.1).fold(0.0, f64::max);
-    println!(
-        "health/service?passing: corrosion {:.0} req/s (p99 {:.2} ms), nginx fixed body {:.0} req/s (p99 {:.2} ms): {:.2}x nginx",
-        mean(&ours),
-        p99(&ours),
-        mean(&theirs),
-        p99(&theirs),
-        mean(&ours) / mean(&theirs)
-    );
-    Ok(())
+    Ok((nginx, nginx_url))
 }
 
-fn three(dir: &Path) -> anyhow::Result<(Vec<Node>, Vec<Agent>)> {
+pub(crate) fn three(dir: &Path) -> anyhow::Result<(Vec<Node>, Vec<Agent>)> {
     let a_node = discovery_node(&dir.join("a"), "host-a", None);
     let a = a_node.start();
     let mut nodes = vec![a_node];
@@ -251,7 +286,7 @@ fn three(dir: &Path) -> anyhow::Result<(Vec<Node>, Vec<Agent>)> {
     Ok((nodes, agents))
 }
 
-fn get(url: &str) -> anyhow::Result<(u64, serde_json::Value)> {
+pub(crate) fn get(url: &str) -> anyhow::Result<(u64, serde_json::Value)> {
     let r = reqwest::blocking::Client::builder()
         .timeout(Duration::from_secs(120))
         .build()?
@@ -266,7 +301,7 @@ fn get(url: &str) -> anyhow::Result<(u64, serde_json::Value)> {
     Ok((idx, r.json()?))
 }
 
-fn percentile(v: &mut [Duration], p: f64) -> Duration {
+pub(crate) fn percentile(v: &mut [Duration], p: f64) -> Duration {
     v.sort();
     v[((v.len() as f64 - 1.0) * p).round() as usize]
 }

@@ -10,6 +10,7 @@ mod cluster;
 mod consul;
 mod dns;
 mod hostile;
+mod kv;
 mod limits;
 mod store;
 mod subs;
@@ -57,6 +58,12 @@ enum Cmd {
         #[command(subcommand)]
         cmd: consul::ConsulCmd,
     },
+    /// Consul KV through real agents: GET vs nginx, PUT throughput,
+    /// blocking wake-up across agents, 100,000 keys under one prefix.
+    Kv {
+        #[command(subcommand)]
+        cmd: kv::KvCmd,
+    },
     /// One agent's memory after each class of hostile client, next to its
     /// memory at rest.
     Hostile(hostile::HostileArgs),
@@ -78,6 +85,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Cluster { cmd } => cluster::run(cmd),
         Cmd::Subs(args) => subs::run(args),
         Cmd::Consul { cmd } => consul::run(cmd),
+        Cmd::Kv { cmd } => kv::run(cmd),
         Cmd::Dns(args) => dns::run(args),
         Cmd::Hostile(args) => hostile::run(args),
         Cmd::Templates { cmd } => templates::run(cmd),
