@@ -28,14 +28,17 @@ pub(crate) fn consul_style_flags(args: Vec<String>) -> Vec<String> {
     if !is_subcommand {
         return args;
     }
+    // After `kv` and its subcommand, flags until the first positional
+    // argument (as Go's flag package: `kv put k -Xmx512m` stores the
+    // value `-Xmx512m`).
     let mut out = Vec::with_capacity(args.len());
     let mut done = false;
     for (i, a) in args.into_iter().enumerate() {
-        if i <= at || done {
+        if i <= at + 1 || done {
             out.push(a);
             continue;
         }
-        if a == "--" {
+        if a == "--" || !a.starts_with('-') || a == "-" {
             done = true;
             out.push(a);
             continue;
@@ -81,9 +84,14 @@ fn decode_value(v: Option<&str>) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Strips the leading `/` Consul's CLI strips ("pairs cannot start with a
-/// /").
-fn clean(key: &str) -> &str {
-    key.strip_prefix('/').unwrap_or(key)
+/// /"), then checks the key as the agent will, before anything is sent (a
+/// `a/..` would otherwise be resolved by the HTTP client into another key).
+fn clean(key: &str) -> anyhow::Result<&str> {
+    let key = key.strip_prefix('/').unwrap_or(key);
+    if !key.is_empty() {
+        corro_consul_api::validate_kv_key(key).map_err(|m| anyhow::anyhow!("{key:?}: {m}"))?;
+    }
+    Ok(key)
 }
 
 /// `kv get`: the value as is; `-recurse`: `key:value` lines; `-keys`: the
@@ -96,7 +104,7 @@ pub(crate) async fn get(
     keys: bool,
     separator: &str,
 ) -> anyhow::Result<()> {
-    let key = clean(key);
+    let key = clean(key)?;
     let mut out = std::io::stdout().lock();
     if keys {
         let q = if separator.is_empty() {
@@ -147,7 +155,7 @@ pub(crate) async fn put(
     value: Option<&str>,
     flags: u64,
 ) -> anyhow::Result<()> {
-    let key = clean(key);
+    let key = clean(key)?;
     if key.is_empty() {
         anyhow::bail!("Missing KEY argument");
     }
@@ -180,7 +188,7 @@ pub(crate) async fn delete(
     recurse: bool,
     all: bool,
 ) -> anyhow::Result<()> {
-    let key = clean(key.unwrap_or(""));
+    let key = clean(key.unwrap_or(""))?;
     if key.is_empty() {
         if !recurse {
             anyhow::bail!("Missing KEY argument");
@@ -228,7 +236,7 @@ pub(crate) fn export_json(entries: &[Exported]) -> anyhow::Result<String> {
 
 /// `kv export [PREFIX]`: every entry under the prefix as JSON.
 pub(crate) async fn export(client: &Client, prefix: &str) -> anyhow::Result<()> {
-    let prefix = clean(prefix);
+    let prefix = clean(prefix)?;
     let entries: Vec<Entry> = match client.kv_get(prefix, "recurse").await? {
         Some(body) => serde_json::from_slice(&body).context("decoding the agent's answer")?,
         None => Vec::new(),
@@ -309,6 +317,17 @@ mod tests {
         assert_eq!(
             consul_style_flags(args(&["corrosion", "kv", "put", "--", "k", "-abc"])),
             args(&["corrosion", "kv", "put", "--", "k", "-abc"])
+        );
+        assert_eq!(
+            consul_style_flags(args(&[
+                "corrosion",
+                "kv",
+                "put",
+                "-flags=1",
+                "k",
+                "-Xmx512m"
+            ])),
+            args(&["corrosion", "kv", "put", "--flags=1", "k", "-Xmx512m"])
         );
         assert_eq!(
             consul_style_flags(args(&["corrosion", "query", "-recurse"])),

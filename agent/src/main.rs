@@ -214,6 +214,7 @@ enum KvCommand {
         #[arg(long, default_value_t = 0)]
         flags: u64,
         key: String,
+        #[arg(allow_hyphen_values = true)]
         value: Option<String>,
     },
     /// Delete a key, or with --recurse every key under a prefix (the empty

@@ -239,10 +239,13 @@ pub(crate) fn stop_nginx(mut nginx: std::process::Child) {
 
 /// nginx serving `body` from a file as `/body.json` on 2 workers (the
 /// cores): the process and its base URL.
-pub(crate) fn nginx_fixed(dir: &Path, body: &[u8]) -> anyhow::Result<(std::process::Child, String)> {
+pub(crate) fn nginx_fixed(
+    dir: &Path,
+    body: &[u8],
+) -> anyhow::Result<(std::process::Child, String)> {
     let www = dir.join("www");
     std::fs::create_dir_all(&www)?;
-    std::fs::write(www.join("body.json"), &body)?;
+    std::fs::write(www.join("body.json"), body)?;
     let port = free_port();
     let conf = dir.join("nginx.conf");
     std::fs::write(

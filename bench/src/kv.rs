@@ -100,7 +100,10 @@ fn get_bench(dir: &Path, a: GetArgs) -> anyhow::Result<()> {
             vec![b'v'; 100],
         )?;
     }
-    let body = c.get(agent.url("/v1/kv/app/config/key-1")).send()?.bytes()?;
+    let body = c
+        .get(agent.url("/v1/kv/app/config/key-1"))
+        .send()?
+        .bytes()?;
     let (nginx, nginx_url) = nginx_fixed(dir, &body)?;
     let script = dir.join("kv.lua");
     let mut f = std::fs::File::create(&script)?;
@@ -231,7 +234,10 @@ fn wake(dir: &Path, a: WakeArgs) -> anyhow::Result<()> {
     let on_c = agents[2].url("/v1/kv/app/watched?raw");
     let start = Instant::now();
     while index_of(&c, &on_c)?.1 != 200 {
-        anyhow::ensure!(start.elapsed() < Duration::from_secs(30), "the key never reached C");
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "the key never reached C"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     let mut took = Vec::new();
@@ -285,14 +291,14 @@ fn big(dir: &Path, a: BigArgs) -> anyhow::Result<()> {
             .map(|i| {
                 serde_json::json!([
                     "INSERT INTO consul_kv (key, value) VALUES (?, ?)",
-                    [format!("big/f{}/key-{i:06}", i % 10), format!("value-{i:06}-{}", "x".repeat(40))]
+                    [
+                        format!("big/f{}/key-{i:06}", i % 10),
+                        format!("value-{i:06}-{}", "x".repeat(40))
+                    ]
                 ])
             })
             .collect();
-        let r = c
-            .post(agent.url("/v1/transactions"))
-            .json(&rows)
-            .send()?;
+        let r = c.post(agent.url("/v1/transactions")).json(&rows).send()?;
         anyhow::ensure!(r.status().is_success(), "load failed: {}", r.text()?);
     }
     // Until the catalog holds them all.
@@ -301,7 +307,10 @@ fn big(dir: &Path, a: BigArgs) -> anyhow::Result<()> {
         if s == 200 && serde_json::from_slice::<Vec<String>>(&body)?.len() == a.keys / 10 {
             break;
         }
-        anyhow::ensure!(loaded.elapsed() < Duration::from_secs(120), "keys never loaded");
+        anyhow::ensure!(
+            loaded.elapsed() < Duration::from_secs(120),
+            "keys never loaded"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     std::thread::sleep(Duration::from_secs(2));

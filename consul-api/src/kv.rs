@@ -111,21 +111,27 @@ pub fn validate_key(key: &str) -> Result<(), String> {
     if key.contains("../") || key.contains("..\\") {
         return Err("Invalid key: the key contains a path traversal sequence".into());
     }
+    // `a/..`, `a/.` and `./b`: HTTP clients (and Go's router) resolve such
+    // segments before sending, so the key would not be the one addressed
+    // (`DELETE a/..?recurse` would arrive as a delete of everything).
+    if key.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err("Invalid key: a key must not have a \".\" or \"..\" path segment".into());
+    }
     if key.contains('\0') {
         return Err("Invalid key: the key contains a NUL character".into());
     }
     Ok(())
 }
 
-/// The query's keys, each with its last value (Consul tests most KV
-/// parameters for presence: `?recurse=false` still recurses).
+/// The query's keys, each with its first value as Go's `Values.Get`
+/// (Consul tests most KV parameters for presence: `?recurse=false` still
+/// recurses).
 fn query_keys(q: Option<&str>) -> BTreeMap<String, String> {
-    q.map(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect()
-    })
-    .unwrap_or_default()
+    let mut out = BTreeMap::new();
+    for (k, v) in form_urlencoded::parse(q.unwrap_or_default().as_bytes()) {
+        out.entry(k.into_owned()).or_insert_with(|| v.into_owned());
+    }
+    out
 }
 
 /// Consul's 400 when more than one of `flags` is given: `Conflicting
@@ -339,7 +345,14 @@ fn writer(st: &ConsulState) -> Result<&KvWriter, Refused> {
 /// number: a 500 with Go's `strconv` error (clients match Consul's codes).
 #[expect(clippy::result_large_err, reason = "the error is the response to send")]
 fn parse_u64(v: &str) -> Result<u64, Refused> {
-    v.parse::<u64>().map_err(|e| {
+    // Go's ParseUint takes digits only (Rust's would also take a `+`).
+    let digits = !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit());
+    let parsed = if digits {
+        v.parse::<u64>()
+    } else {
+        "x".parse::<u64>()
+    };
+    parsed.map_err(|e| {
         let why = if matches!(e.kind(), std::num::IntErrorKind::PosOverflow) {
             "value out of range"
         } else {
@@ -599,7 +612,9 @@ mod tests {
         ] {
             assert!(validate_key(ok).is_ok(), "{ok}");
         }
-        for bad in ["/a", " a", "a ", "a/../b", "..\\x", "a\0b", "\tx"] {
+        for bad in [
+            "/a", " a", "a ", "a/../b", "..\\x", "a\0b", "\tx", "a/..", ".", "./b", "a/./b",
+        ] {
             assert!(validate_key(bad).is_err(), "{bad:?}");
         }
     }
@@ -634,5 +649,7 @@ mod tests {
         assert!(parse_u64("18446744073709551616").is_err());
         assert!(parse_u64("-1").is_err());
         assert!(parse_u64("x").is_err());
+        assert!(parse_u64("+5").is_err());
+        assert!(parse_u64("").is_err());
     }
 }
