@@ -244,30 +244,20 @@ impl HttpSource {
     /// Past [`MAX_KV_FOLLOWS`] keys: the catalog index instead (it moves on
     /// every KV change too), each move counting as "any key changed".
     fn follow_kv_coarsely(&self) {
-        let (client, hub) = (self.client.clone(), self.hub.clone());
-        self.runtime.spawn(async move {
-            let mut index = 0;
-            loop {
-                match client.discovery_index(index, 300).await {
-                    Ok(i) => {
-                        if i != index {
-                            index = i;
-                            hub.kv_changed(None);
-                        }
-                    }
-                    Err(e) => {
-                        tracing::warn!(target: corro_templates::LOG_TARGET, error = %e, "cannot follow the catalog for KV changes; retrying");
-                        index = 0;
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                }
-            }
-        });
+        let hub = self.hub.clone();
+        self.follow_catalog_index("KV changes", move || hub.kv_changed(None));
     }
 
     /// Long-polls the catalog index; every move re-renders.
     fn follow_discovery(&self) {
-        let (client, hub) = (self.client.clone(), self.hub.clone());
+        let hub = self.hub.clone();
+        self.follow_catalog_index("the discovery catalog", move || hub.discovery_changed());
+    }
+
+    /// Long-polls the catalog index until the process ends, calling
+    /// `moved` at each new value (`what`: for the retry warning).
+    fn follow_catalog_index(&self, what: &'static str, moved: impl Fn() + Send + 'static) {
+        let client = self.client.clone();
         self.runtime.spawn(async move {
             let mut index = 0;
             loop {
@@ -275,11 +265,11 @@ impl HttpSource {
                     Ok(i) => {
                         if i != index {
                             index = i;
-                            hub.discovery_changed();
+                            moved();
                         }
                     }
                     Err(e) => {
-                        tracing::warn!(target: corro_templates::LOG_TARGET, error = %e, "cannot follow the discovery catalog; retrying");
+                        tracing::warn!(target: corro_templates::LOG_TARGET, error = %e, "cannot follow {what}; retrying");
                         index = 0;
                         tokio::time::sleep(Duration::from_secs(1)).await;
                     }
