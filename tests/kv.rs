@@ -194,6 +194,16 @@ fn values_are_bytes_up_to_512_kib_and_bad_input_writes_nothing() {
         assert_eq!(got, 501, "{path}: {text}");
         assert!(text.contains("Nothing was written"), "{path}: {text}");
     }
+    // Listing sessions tells the truth: there are none.
+    for path in [
+        "/v1/session/list",
+        "/v1/session/info/5f1b0a0e-0000-0000-0000-000000000000",
+        "/v1/session/node/a",
+    ] {
+        let (got, index, body) = get(&a, path);
+        assert_eq!((got, body), (200, b"[]".to_vec()), "{path}");
+        assert!(index > 0, "{path}: an X-Consul-Index");
+    }
     let (_, after, body) = get(&a, "/v1/kv/?recurse");
     assert_eq!(before, after, "no refused request moved the index");
     let keys: Vec<String> = serde_json::from_slice::<Vec<Value>>(&body)
@@ -226,6 +236,124 @@ fn values_are_bytes_up_to_512_kib_and_bad_input_writes_nothing() {
     assert_eq!(send(http().delete(a.url("/v1/kv/?recurse"))).0, 200);
     let (s, _, b) = get(&a, "/v1/kv/?keys");
     assert_eq!((s, b), (200, b"[]".to_vec()));
+}
+
+/// A blocking GET in a thread, returned once the agent holds it (its
+/// metrics on): (status, index, body) when it returns.
+fn hold(agent: &Agent, path: String) -> std::thread::JoinHandle<(u16, u64, Vec<u8>)> {
+    let held = || agent.gauge("corro_consul_blocking_queries");
+    let before = held();
+    let url = agent.url(&path);
+    let h = std::thread::spawn(move || send(http().get(url)));
+    await_some(Duration::from_secs(10), "the query held", || {
+        (held() > before || h.is_finished()).then_some(())
+    });
+    h
+}
+
+/// True once the thread ended (polled for up to `limit`).
+fn ends_within(h: &std::thread::JoinHandle<(u16, u64, Vec<u8>)>, limit: Duration) -> bool {
+    let until = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < until {
+        if h.is_finished() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    h.is_finished()
+}
+
+#[test]
+fn blocking_reads_wake_on_their_keys_only_and_indexes_survive_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = kv_node(dir.path(), None, "");
+    node.enable_metrics();
+    let a = node.start();
+    assert_eq!(put(&a, "/v1/kv/dir/a", b"1".to_vec()).0, 200);
+    // A blocking get of a missing key holds through a put elsewhere and
+    // answers the key's creation.
+    let (s, i0, _) = get(&a, "/v1/kv/later");
+    assert_eq!(s, 404);
+    let held = hold(&a, format!("/v1/kv/later?index={i0}&wait=20s"));
+    assert_eq!(put(&a, "/v1/kv/elsewhere", b"x".to_vec()).0, 200);
+    assert!(
+        !ends_within(&held, Duration::from_millis(700)),
+        "a put of another key woke a blocking get"
+    );
+    assert_eq!(put(&a, "/v1/kv/later", b"now".to_vec()).0, 200);
+    assert!(
+        ends_within(&held, Duration::from_secs(5)),
+        "not woken by its key's creation"
+    );
+    let (s, i1, body) = held.join().unwrap();
+    let e: Vec<Value> = serde_json::from_slice(&body).unwrap();
+    assert_eq!((s, e[0]["Key"].as_str()), (200, Some("later")));
+    assert!(i1 > i0);
+    // A blocking ?keys listing holds through a value change (same keys)
+    // and answers a new key.
+    let (_, k0, _) = get(&a, "/v1/kv/dir/?keys&separator=/");
+    let held = hold(
+        &a,
+        format!("/v1/kv/dir/?keys&separator=/&index={k0}&wait=20s"),
+    );
+    assert_eq!(put(&a, "/v1/kv/dir/a", b"2".to_vec()).0, 200);
+    if ends_within(&held, Duration::from_millis(700)) {
+        let (s, i, b) = held.join().unwrap();
+        panic!(
+            "a value change woke a key listing whose keys did not change: {s} {k0}->{i} {}",
+            String::from_utf8_lossy(&b)
+        );
+    }
+    assert_eq!(put(&a, "/v1/kv/dir/sub/b", b"3".to_vec()).0, 200);
+    assert!(
+        ends_within(&held, Duration::from_secs(5)),
+        "not woken by a new key"
+    );
+    let (_, _, body) = held.join().unwrap();
+    let keys: Vec<String> = serde_json::from_slice(&body).unwrap();
+    assert_eq!(keys, ["dir/a", "dir/sub/"]);
+    // KV writes and deletes do not move a catalog query's index.
+    let (s, c0, _) = get(&a, "/v1/catalog/services");
+    assert_eq!(s, 200);
+    let held = hold(&a, format!("/v1/catalog/services?index={c0}&wait=2s"));
+    assert_eq!(put(&a, "/v1/kv/dir/c", b"4".to_vec()).0, 200);
+    assert_eq!(send(http().delete(a.url("/v1/kv/elsewhere"))).0, 200);
+    let (s, c1, _) = held.join().unwrap();
+    assert_eq!((s, c1), (200, c0), "a KV change moved the catalog's index");
+    // An identical put takes no store version (the agent's own heartbeat
+    // writes may land in between: a few tries, each must see no version
+    // taken by the put for the assertion to pass).
+    let head = || {
+        let (_, _, body) = get(&a, "/v1/health");
+        serde_json::from_slice::<Value>(&body).unwrap()["head"]
+            .as_u64()
+            .unwrap()
+    };
+    let unchanged = (0..5).any(|_| {
+        let before = head();
+        assert_eq!(put(&a, "/v1/kv/dir/c", b"4".to_vec()).0, 200);
+        head() == before
+    });
+    assert!(unchanged, "every identical put took a store version");
+    let before = head();
+    assert_eq!(put(&a, "/v1/kv/dir/c", b"5".to_vec()).0, 200);
+    assert!(head() > before, "a changed value took no version");
+    // Indexes never go backwards across a restart.
+    let (_, before_restart, body) = get(&a, "/v1/kv/dir/c");
+    let modify = serde_json::from_slice::<Vec<Value>>(&body).unwrap()[0]["ModifyIndex"].clone();
+    a.stop();
+    let a = node.start();
+    let (s, after_restart, body) = get(&a, "/v1/kv/dir/c");
+    assert_eq!(s, 200);
+    assert!(
+        after_restart >= before_restart,
+        "{after_restart} < {before_restart}"
+    );
+    let e = &serde_json::from_slice::<Vec<Value>>(&body).unwrap()[0];
+    assert!(e["ModifyIndex"].as_u64() >= modify.as_u64());
+    assert_eq!(put(&a, "/v1/kv/dir/c", b"6".to_vec()).0, 200);
+    let (_, after_put, _) = get(&a, "/v1/kv/dir/c");
+    assert!(after_put > before_restart);
 }
 
 /// A blocking reader body that yields the given chunks (sent chunked).
@@ -368,9 +496,14 @@ fn templates_reading_keys_rerender_after_a_put_on_another_agent() {
             .spawn()
             .unwrap(),
     );
-    // key() waits for its key: nothing rendered yet; the first put on A
-    // renders both.
+    // key() waits for its key: nothing rendered yet, and no error (a
+    // missing key is waited for, not retried as a fault); the first put
+    // on A renders both.
+    await_some(Duration::from_secs(20), "a first render attempt", || {
+        (c.counter("corro_tpl_renders_total") >= 1.0).then_some(())
+    });
     assert!(!d.join("agent.txt").exists());
+    assert_eq!(c.counter("corro_tpl_render_errors_total"), 0.0);
     assert_eq!(put(&a, "/v1/kv/app/max", b"15".to_vec()).0, 200);
     let want = "max=15\nmode=safe\nflag=false\n";
     for f in ["agent.txt", "process.txt"] {

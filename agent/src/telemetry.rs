@@ -120,7 +120,7 @@ pub(crate) const METRICS: &[Metric] = &[
     m("corro_kv_keys", Gauge, &[], "keys in the KV store (consul_kv), as this agent's catalog holds them"),
     m("corro_kv_value_bytes", Gauge, &[], "bytes of the KV store's values held in memory"),
     m("corro_kv_writes_total", Counter, &["op"], "KV writes through this agent's /v1/kv, by op"),
-    m("corro_kv_refused_total", Counter, &["what"], "KV requests refused (compare-and-set, locks, sessions, transactions, oversized values)"),
+    m("corro_kv_refused_total", Counter, &["what"], "KV requests refused (compare-and-set, locks, sessions, transactions, oversized values, unreadable bodies)"),
     m("corro_catalog_counter_errors_total", Counter, &[], "failed writes of the X-Consul-Index counter file"),
     m("corro_consul_blocking_queries", Gauge, &[], "Consul blocking queries held right now"),
     m("corro_checks_registered", Gauge, &[], "health checks the agent runs (probed, TTL and alias)"),

@@ -223,18 +223,30 @@ impl HttpSource {
         self.runtime.spawn(async move {
             let query = if folder { "recurse" } else { "" };
             let mut index = 0;
+            let mut backoff = Duration::from_millis(250);
             loop {
                 match client.kv_index(&key, query, index, 300).await {
                     Ok(i) => {
+                        backoff = Duration::from_millis(250);
                         if i != index {
                             index = i;
                             hub.kv_changed(Some(std::slice::from_ref(&key)));
                         }
                     }
+                    Err(corro_client::ClientError::Api { status, message })
+                        if (400..500).contains(&status)
+                            && !matches!(status, 401 | 403 | 408 | 429) =>
+                    {
+                        // A key the agent refuses (the render reports it).
+                        tracing::debug!(target: corro_templates::LOG_TARGET, key = %key, %message, "not following the KV key");
+                        return;
+                    }
                     Err(e) => {
                         tracing::warn!(target: corro_templates::LOG_TARGET, key = %key, error = %e, "cannot follow the KV key; retrying");
                         index = 0;
-                        tokio::time::sleep(Duration::from_secs(1)).await;
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(10));
+                        continue;
                     }
                 }
             }

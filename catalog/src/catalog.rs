@@ -9,7 +9,8 @@
 //! table says after the commit is the truth.
 //!
 //! After every batch that changed something, the index value advances and
-//! [`Catalog::subscribe`]rs are woken with it.
+//! [`Catalog::subscribe`]rs (catalog topics) or [`Catalog::subscribe_kv`]rs
+//! (KV keys) are woken with it.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -41,7 +42,10 @@ struct Shared {
     /// Held while a batch is read and applied (batches never interleave).
     processing: Mutex<()>,
     wake: Notify,
+    /// Catalog topics changed (value: the new index).
     changed: watch::Sender<u64>,
+    /// KV keys changed (value: the new index).
+    kv_changes: watch::Sender<u64>,
     counter: Mutex<IndexCounter>,
     /// The last counter write failed (logged once per streak).
     counter_failing: AtomicBool,
@@ -73,6 +77,7 @@ impl Catalog {
             processing: Mutex::new(()),
             wake: Notify::new(),
             changed: watch::channel(start).0,
+            kv_changes: watch::channel(start).0,
             counter: Mutex::new(counter),
             counter_failing: AtomicBool::new(false),
             kv_listeners: Mutex::new(Vec::new()),
@@ -233,7 +238,13 @@ impl Catalog {
         let (keys, bytes) = index.kv_size();
         metrics::gauge!("corro_kv_keys").set(keys as f64);
         metrics::gauge!("corro_kv_value_bytes").set(bytes as f64);
-        self.shared.changed.send_replace(value);
+        let moved = index.moved();
+        if moved.catalog {
+            self.shared.changed.send_replace(value);
+        }
+        if moved.kv {
+            self.shared.kv_changes.send_replace(value);
+        }
         true
     }
 
@@ -242,10 +253,16 @@ impl Catalog {
         self.shared.index.read()
     }
 
-    /// A receiver that changes whenever the index does (value: the new
-    /// index).
+    /// A receiver that changes whenever a catalog topic (services, nodes,
+    /// checks, members) does; value: the new index. KV writes do not wake
+    /// it ([`Catalog::subscribe_kv`]).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.changed.subscribe()
+    }
+
+    /// A receiver that changes whenever a KV key does (value: the new index).
+    pub fn subscribe_kv(&self) -> watch::Receiver<u64> {
+        self.shared.kv_changes.subscribe()
     }
 
     /// Handles queued feed rows until `stop` flips: the task that keeps the

@@ -47,6 +47,15 @@ pub enum MemberState {
     Down,
 }
 
+/// What one [`Index::finish`] stamped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Moved {
+    /// Catalog topics (services, nodes, checks, members, claims).
+    pub catalog: bool,
+    /// KV keys or directories.
+    pub kv: bool,
+}
+
 /// A part of the catalog that answers depend on. Names in `Service` and
 /// `Node` are folded ([`Topic::service`], [`Topic::node`]); an unfolded
 /// name is folded on lookup.
@@ -71,6 +80,11 @@ pub enum Topic {
 }
 
 impl Topic {
+    /// True for KV keys and prefixes (woken by KV changes only).
+    pub fn is_kv(&self) -> bool {
+        matches!(self, Topic::KvKey(_) | Topic::KvPrefix(_))
+    }
+
     /// The topic of service `name` (any spelling).
     pub fn service(name: &str) -> Topic {
         Topic::Service(fold(name).into_owned())
@@ -186,8 +200,13 @@ pub struct Index {
     current: u64,
     /// Stamp of topics never changed since start.
     base: u64,
-    /// Highest stamp dropped with a subject that went away.
+    /// Highest stamp dropped with a catalog subject that went away.
     gone: u64,
+    /// The same for KV keys and directories (kept apart so a KV delete
+    /// does not move every catalog query's index, nor the reverse).
+    kv_gone: u64,
+    /// What the last [`Index::finish`] stamped.
+    moved: Moved,
     stamps: HashMap<Topic, u64>,
     /// The KV store (its keys carry their own modify index; prefixes are
     /// stamped per directory, see [`crate::kv`]).
@@ -220,6 +239,8 @@ impl Index {
             current: start,
             base: start,
             gone: 0,
+            kv_gone: 0,
+            moved: Moved::default(),
             stamps: HashMap::new(),
             kv: Kv::default(),
             kv_dirty: HashSet::new(),
@@ -245,6 +266,10 @@ impl Index {
             return None;
         }
         self.current += 1;
+        self.moved = Moved {
+            catalog: !self.dirty.is_empty(),
+            kv: !self.kv_dirty.is_empty(),
+        };
         for h in std::mem::take(&mut self.kv_dirty) {
             if self.kv.has_dir(h) {
                 self.kv.stamp_dir(h, self.current);
@@ -253,7 +278,7 @@ impl Index {
             }
         }
         if std::mem::take(&mut self.kv_removed) {
-            self.gone = self.current;
+            self.kv_gone = self.current;
         }
         for t in std::mem::take(&mut self.dirty) {
             let exists = match &t {
@@ -271,6 +296,12 @@ impl Index {
         Some(self.current)
     }
 
+    /// What the last [`Index::finish`] that returned a value stamped:
+    /// catalog topics, KV keys, or both.
+    pub fn moved(&self) -> Moved {
+        self.moved
+    }
+
     /// Topics marked since the last [`Index::finish`].
     pub fn dirty(&self) -> impl Iterator<Item = &Topic> {
         self.dirty.iter()
@@ -284,11 +315,12 @@ impl Index {
     /// The highest stamp over `topics` (never 0).
     pub fn topic_index<'a>(&self, topics: impl IntoIterator<Item = &'a Topic>) -> u64 {
         let floor = self.base.max(self.gone);
+        let kv_floor = self.base.max(self.kv_gone);
         topics
             .into_iter()
             .map(|t| match t {
-                Topic::KvKey(k) => self.kv.get(k).map_or(floor, |e| e.modify_index),
-                Topic::KvPrefix(p) => self.kv.prefix_stamp(p).unwrap_or(floor),
+                Topic::KvKey(k) => self.kv.get(k).map_or(kv_floor, |e| e.modify_index),
+                Topic::KvPrefix(p) => self.kv.prefix_stamp(p).unwrap_or(kv_floor),
                 t => self.stamps.get(&*t.folded()).copied().unwrap_or(floor),
             })
             .max()
@@ -1242,6 +1274,47 @@ mod tests {
         ix.replace_rows(rows());
         assert_eq!(ix.finish(), None);
         assert_eq!(ix.kv_size(), (1, 1));
+    }
+
+    #[test]
+    fn kv_changes_and_catalog_changes_keep_apart() {
+        let mut ix = Index::new("me", 1);
+        ix.upsert_service(svc("n", "w1", "web", &[]));
+        let c1 = ix.finish().unwrap();
+        assert_eq!(
+            ix.moved(),
+            Moved {
+                catalog: true,
+                kv: false
+            }
+        );
+        ix.upsert_kv(kv("app/a", "1", 0));
+        ix.finish().unwrap();
+        assert_eq!(
+            ix.moved(),
+            Moved {
+                catalog: false,
+                kv: true
+            }
+        );
+        // A KV delete folds nothing into the catalog's floor.
+        ix.remove_kv("app/a");
+        let k = ix.finish().unwrap();
+        for t in [
+            Topic::Services,
+            Topic::service("web"),
+            Topic::service("gone"),
+        ] {
+            assert!(ix.topic_index([&t]) <= c1, "{t:?}");
+        }
+        assert_eq!(ix.topic_index([&Topic::KvKey("app/a".into())]), k);
+        // And a service going away folds nothing into the KV floor.
+        ix.upsert_kv(kv("b", "1", 0));
+        let kb = ix.finish().unwrap();
+        ix.remove_service("n", "w1");
+        ix.finish().unwrap();
+        assert_eq!(ix.topic_index([&Topic::KvKey("missing".into())]), k);
+        assert_eq!(ix.topic_index([&Topic::KvKey("b".into())]), kb);
     }
 
     #[test]

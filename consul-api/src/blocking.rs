@@ -315,8 +315,14 @@ where
 {
     // A request that may block subscribes before its first evaluation: a
     // change landing in between must still wake it.
+    // KV answers wake on KV changes only, catalog answers on catalog ones.
+    let kv_only = !topics.is_empty() && topics.iter().all(Topic::is_kv);
     let mut changes = p.index.map(|_| {
-        let mut rx = st.catalog.subscribe();
+        let mut rx = if kv_only {
+            st.catalog.subscribe_kv()
+        } else {
+            st.catalog.subscribe()
+        };
         rx.borrow_and_update();
         rx
     });

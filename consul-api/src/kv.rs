@@ -53,8 +53,9 @@ use crate::{ConsulState, text_error};
 /// Consul's `kv_max_value_size` default: the largest value a `PUT` stores.
 pub const MAX_VALUE: usize = 512 * 1024;
 
-/// Answers with more entries than this are rendered on a blocking thread.
-const RENDER_INLINE_MAX: usize = 256;
+/// Answers over about this many bytes (keys plus values, before base64)
+/// are rendered on a blocking thread instead of a runtime worker.
+const RENDER_INLINE_BYTES: usize = 64 * 1024;
 
 /// What the KV write routes need: the store, and the agent's write fence
 /// (right after a restart, local writes wait until this node has its own
@@ -221,12 +222,14 @@ fn not_found() -> Answer {
     }
 }
 
-/// Renders a list inline when small, on a blocking thread when large.
+/// Renders a list inline when small (`bytes`: its keys' and values'
+/// size), on a blocking thread when large.
 async fn render_list<T: Send + 'static>(
     items: Vec<T>,
+    bytes: usize,
     render: impl FnOnce(Vec<T>) -> bytes::Bytes + Send + 'static,
 ) -> Result<Answer, Failed> {
-    if items.len() <= RENDER_INLINE_MAX {
+    if bytes <= RENDER_INLINE_BYTES {
         return Ok(Answer::json(render(items)));
     }
     tokio::task::spawn_blocking(move || Answer::json(render(items)))
@@ -296,7 +299,8 @@ async fn list_entries(st: &ConsulState, p: &Params, prefix: String) -> Response 
         if entries.is_empty() {
             return Ok((i, not_found()));
         }
-        let answer = render_list(entries, move |entries| {
+        let bytes = entries.iter().map(|e| e.key.len() + e.value.len()).sum();
+        let answer = render_list(entries, bytes, move |entries| {
             let list: Vec<EntryJson<'_>> = entries.iter().map(|e| entry_json(e)).collect();
             encode(pretty, &list)
         })
@@ -321,7 +325,8 @@ async fn list_keys(st: &ConsulState, p: &Params, prefix: String, sep: String) ->
         if keys.is_empty() && !prefix_ref.is_empty() {
             return Ok((i, not_found()));
         }
-        let answer = render_list(keys, move |keys| {
+        let bytes = keys.iter().map(|k| k.len()).sum();
+        let answer = render_list(keys, bytes, move |keys| {
             let list: Vec<&str> = keys.iter().map(|k| &**k).collect();
             encode(pretty, &list)
         })
@@ -392,7 +397,19 @@ async fn read_value(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, Ref
     .await
     {
         Ok(Ok(b)) => Ok(b),
-        Ok(Err(_)) => Err(too_large(format!("more than {MAX_VALUE}"))),
+        Ok(Err(e)) => {
+            let e = e.into_inner();
+            if e.is::<http_body_util::LengthLimitError>() {
+                Err(too_large(format!("more than {MAX_VALUE}")))
+            } else {
+                // A broken chunked encoding or a connection cut mid-body.
+                metrics::counter!("corro_kv_refused_total", "what" => "bad body").increment(1);
+                Err(text_error(
+                    StatusCode::BAD_REQUEST,
+                    format!("reading the request body failed ({e}); nothing was written"),
+                ))
+            }
+        }
         Err(_) => Err(text_error(
             StatusCode::REQUEST_TIMEOUT,
             "the request body did not arrive in time; nothing was written",
@@ -588,9 +605,26 @@ async fn txn() -> Response {
     )
 }
 
-/// `/v1/session/*`: refused (see the module doc).
-async fn session() -> Response {
-    unsupported("A session (/v1/session)", LOCK_WHY, LOCK_INSTEAD)
+/// `/v1/session/*`: reads answer the truth, that no session exists
+/// (`GET list`, `info/<id>`, `node/<node>` → `[]`, as Consul answers when
+/// there are none); creating, renewing or destroying one is refused (see
+/// the module doc).
+async fn session(
+    State(st): State<ConsulState>,
+    method: axum::http::Method,
+    axum::extract::Path(rest): axum::extract::Path<String>,
+) -> Response {
+    let read = method == axum::http::Method::GET
+        && (rest == "list"
+            || rest.strip_prefix("info/").is_some_and(|id| !id.is_empty())
+            || rest.strip_prefix("node/").is_some_and(|n| !n.is_empty()));
+    if !read {
+        return unsupported("A session (/v1/session)", LOCK_WHY, LOCK_INSTEAD);
+    }
+    let mut resp = ([(header::CONTENT_TYPE, "application/json")], "[]").into_response();
+    let index = st.catalog.read().current();
+    crate::consul_headers(&mut resp, index);
+    resp
 }
 
 #[cfg(test)]

@@ -85,6 +85,8 @@ struct State {
     out: String,
     deps: Deps,
     deadline: Instant,
+    /// The key a `key()` call found missing in this render.
+    missing_key: Option<String>,
 }
 
 /// One engine for one source (see the module doc).
@@ -93,6 +95,9 @@ pub struct Renderer {
     state: Arc<Mutex<State>>,
     /// What the last render read when it failed (empty after a success).
     failed_deps: Mutex<Deps>,
+    /// The missing key the last render failed on (consul-template waits
+    /// for it; so does the runner, without retrying).
+    waiting_for: Mutex<Option<String>>,
     timed_out: Arc<AtomicBool>,
     limits: Limits,
 }
@@ -113,6 +118,7 @@ impl Renderer {
             out: String::new(),
             deps: Deps::default(),
             deadline: Instant::now(),
+            missing_key: None,
         }));
         let timed_out = Arc::new(AtomicBool::new(false));
         let mut engine = rhai::Engine::new();
@@ -150,6 +156,7 @@ impl Renderer {
             engine,
             state,
             failed_deps: Mutex::new(Deps::default()),
+            waiting_for: Mutex::new(None),
             timed_out,
             limits,
         }
@@ -177,23 +184,37 @@ impl Renderer {
             s.out.clear();
             s.deps = Deps::default();
             s.deadline = Instant::now() + self.limits.timeout;
+            s.missing_key = None;
         }
         self.timed_out.store(false, Ordering::Relaxed);
         let result = self.engine.run_ast(&tpl.ast);
         let mut s = self.state.lock();
         let out = std::mem::take(&mut s.out);
         let deps = std::mem::take(&mut s.deps);
+        let missing = s.missing_key.take();
         drop(s);
         match result {
             Ok(()) => {
                 *self.failed_deps.lock() = Deps::default();
+                *self.waiting_for.lock() = None;
                 Ok(Rendered { output: out, deps })
             }
             Err(e) => {
                 *self.failed_deps.lock() = deps;
-                Err(self.error(*e))
+                let e = self.error(*e);
+                // Only when the render failed on that very miss (a script
+                // may catch it and fail later for another reason).
+                *self.waiting_for.lock() =
+                    missing.filter(|k| e.message.contains(&missing_key_message(k)));
+                Err(e)
             }
         }
+    }
+
+    /// The missing key the last render failed on: the render waits for
+    /// it to be written (no retry timer, no error).
+    pub fn waiting_for(&self) -> Option<String> {
+        self.waiting_for.lock().clone()
     }
 
     /// What the last render read up to its failure (empty when it did not
@@ -482,6 +503,11 @@ fn register_discovery(
     });
 }
 
+/// How a render that waits for key `k` says so.
+fn missing_key_message(k: &str) -> String {
+    format!("key {k:?} does not exist")
+}
+
 /// The KV helpers: `key(k)` (an error when the key does not exist, as
 /// consul-template waits for it), `key_or_default(k, d)`, `key_exists(k)`,
 /// `ls(folder)` and `tree(folder)`. Each records exactly the key or folder
@@ -503,11 +529,15 @@ fn register_kv(engine: &mut rhai::Engine, state: &Arc<Mutex<State>>, source: &Ar
             .to_string()
     };
     let r = read_key.clone();
+    let st = state.clone();
     engine.register_fn("key", move |k: &str| -> Fallible<String> {
         let v = r(k)?;
         if v.is_null() {
+            let k = k.trim_start_matches('/');
+            st.lock().missing_key = Some(k.to_string());
             return fail(format!(
-                "key {k:?} does not exist (key_or_default() or key_exists() do not fail on a missing key)"
+                "{} (key_or_default() or key_exists() do not fail on a missing key)",
+                missing_key_message(k)
             ));
         }
         Ok(value(&v))

@@ -14,9 +14,11 @@
 //!
 //! A failed render (script error, missing column, agent unreachable) keeps
 //! the last good file, logs the template, line and reason, and retries
-//! with backoff (1 s doubling to 30 s) as well as on the next change. With
-//! `once`, each template renders once and the set returns an error if any
-//! failed.
+//! with backoff (1 s doubling to 30 s) as well as on the next change. A
+//! render stopped by `key()` on a missing key is not a failure: as in
+//! consul-template it waits (an INFO line, no retry timer, no error count)
+//! until that key is written. With `once`, each template renders once and
+//! the set returns an error if any failed.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -219,12 +221,17 @@ impl TemplateSet {
                         // What the failed render read (a key it waits
                         // for): a change there re-renders before the retry.
                         let failed = renderer.failed_deps();
-                        if failed != Deps::default() {
+                        let watching = failed != Deps::default();
+                        if watching {
                             deps = failed;
                             self.source.watch(&deps);
                         }
-                        retry_at = Some(Instant::now() + backoff);
-                        backoff = (backoff * 2).min(Duration::from_secs(30));
+                        // Waiting for a key: its creation re-renders, no
+                        // retry timer (a missing key is not a fault).
+                        if !(watching && renderer.waiting_for().is_some()) {
+                            retry_at = Some(Instant::now() + backoff);
+                            backoff = (backoff * 2).min(Duration::from_secs(30));
+                        }
                     }
                 }
                 // Changes made while rendering, to what it read.
@@ -291,6 +298,11 @@ impl TemplateSet {
         let (rendered, written) = match result {
             Ok(v) => v,
             Err(e) => {
+                if let Some(key) = renderer.waiting_for() {
+                    // consul-template's behaviour: wait for the key, quietly.
+                    tracing::info!(target: crate::LOG_TARGET, template = %name, key = %key, "waiting for the KV key to exist; not rendered yet");
+                    return Err(e);
+                }
                 metrics::counter!("corro_tpl_render_errors_total", "template" => name.to_string())
                     .increment(1);
                 tracing::error!(target: crate::LOG_TARGET, template = %name, line = e.line, error = %e.message, "render failed; keeping the last good file");

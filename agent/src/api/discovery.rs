@@ -64,13 +64,16 @@ pub(crate) async fn wait(State(st): State<ApiState>, Query(p): Query<WaitParams>
             );
         }
     };
+    // Any change, catalog or KV (the index both share).
     let mut rx = d.catalog.subscribe();
+    let mut kv = d.catalog.subscribe_kv();
     let stop = st.stop.clone();
     let current = |d: &crate::consul::Discovery| d.catalog.read().current();
     if current(d) == p.index {
         let _ = tokio::time::timeout(wait, async {
             tokio::select! {
-                _ = rx.wait_for(|v| *v != p.index) => {}
+                _ = rx.wait_for(|v| *v > p.index) => {}
+                _ = kv.wait_for(|v| *v > p.index) => {}
                 _ = stop.cancelled() => {}
             }
         })
