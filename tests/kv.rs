@@ -194,6 +194,14 @@ fn values_are_bytes_up_to_512_kib_and_bad_input_writes_nothing() {
         assert_eq!(got, 501, "{path}: {text}");
         assert!(text.contains("Nothing was written"), "{path}: {text}");
     }
+    for (path, needle) in [
+        ("/v1/session/info/", "Missing session"),
+        ("/v1/session/node/", "Missing node name"),
+    ] {
+        let (got, _, body) = get(&a, path);
+        assert_eq!(got, 400, "{path}");
+        assert!(String::from_utf8_lossy(&body).contains(needle), "{path}");
+    }
     // Listing sessions tells the truth: there are none.
     for path in [
         "/v1/session/list",
@@ -312,9 +320,14 @@ fn blocking_reads_wake_on_their_keys_only_and_indexes_survive_a_restart() {
     let (_, _, body) = held.join().unwrap();
     let keys: Vec<String> = serde_json::from_slice(&body).unwrap();
     assert_eq!(keys, ["dir/a", "dir/sub/"]);
-    // KV writes and deletes do not move a catalog query's index.
-    let (s, c0, _) = get(&a, "/v1/catalog/services");
-    assert_eq!(s, 200);
+    // KV writes and deletes do not move a catalog query's index (once the
+    // agent's own node row and claim are written: two equal reads).
+    let c0 = await_some(Duration::from_secs(20), "a settled catalog index", || {
+        let (_, first, _) = get(&a, "/v1/catalog/services");
+        std::thread::sleep(Duration::from_millis(300));
+        let (_, second, _) = get(&a, "/v1/catalog/services");
+        (first == second).then_some(first)
+    });
     let held = hold(&a, format!("/v1/catalog/services?index={c0}&wait=2s"));
     assert_eq!(put(&a, "/v1/kv/dir/c", b"4".to_vec()).0, 200);
     assert_eq!(send(http().delete(a.url("/v1/kv/elsewhere"))).0, 200);
@@ -350,7 +363,7 @@ fn blocking_reads_wake_on_their_keys_only_and_indexes_survive_a_restart() {
         "{after_restart} < {before_restart}"
     );
     let e = &serde_json::from_slice::<Vec<Value>>(&body).unwrap()[0];
-    assert!(e["ModifyIndex"].as_u64() >= modify.as_u64());
+    assert!(e["ModifyIndex"].as_u64().unwrap() >= modify.as_u64().unwrap());
     assert_eq!(put(&a, "/v1/kv/dir/c", b"6".to_vec()).0, 200);
     let (_, after_put, _) = get(&a, "/v1/kv/dir/c");
     assert!(after_put > before_restart);

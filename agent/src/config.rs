@@ -61,6 +61,36 @@ pub(crate) struct Config {
     /// Native registration and the checks the agent runs.
     #[serde(default)]
     pub services: ServicesConfig,
+    /// The web UI at `/ui/`.
+    #[serde(default)]
+    pub ui: UiConfig,
+}
+
+/// `[ui]`: the web UI every agent serves at `/ui/` on the API listener
+/// (and on `[consul] http_addr`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct UiConfig {
+    /// Serve it (default true).
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// Most live-update requests held open at once (default 1024); more
+    /// are answered at once and those browsers poll once a second.
+    #[serde(default = "default_ui_max_held")]
+    pub max_held: usize,
+}
+
+fn default_ui_max_held() -> usize {
+    1024
+}
+
+impl Default for UiConfig {
+    fn default() -> Self {
+        UiConfig {
+            enabled: true,
+            max_held: default_ui_max_held(),
+        }
+    }
 }
 
 /// `[services]`: this host's services registered with the agent itself

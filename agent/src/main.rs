@@ -27,6 +27,7 @@ mod tasks;
 mod telemetry;
 mod templates;
 mod tls;
+mod ui;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

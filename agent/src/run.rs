@@ -379,11 +379,13 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
             .await
             .context("starting the discovery catalog")?;
     let _ = handler.discovery.set(discovery.clone());
+    let template_board = corro_templates::StatusBoard::default();
     crate::templates::start(
         &store,
         &discovery,
         cluster.caught_up(),
         config.template.iter().map(|t| t.spec()).collect(),
+        template_board.clone(),
         stop.clone(),
     );
     if let Some(dns) = &config.dns {
@@ -482,6 +484,11 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         max_conns: within_fd_limit(config.api.max_conns),
         header_timeout: Duration::from_secs(config.api.header_timeout_secs),
     });
+    let ui = if config.ui.enabled {
+        crate::ui::router(&state, template_board.clone(), &config.ui)
+    } else {
+        None
+    };
     let consul_task = match config.consul.http_addr {
         Some(addr) => {
             let listener = api::server::bind(addr)
@@ -492,7 +499,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
             );
             Some(crate::tasks::spawn(api::server::serve(
                 listener,
-                api::consul_router(consul.clone()),
+                api::consul_router(consul.clone(), ui.clone().map(|r| (r, state.clone()))),
                 serve_limits.clone(),
                 stop.clone(),
             )))
@@ -510,7 +517,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
     watch_disk_space(store.clone(), cluster.clone(), stop.clone());
     let api_task = crate::tasks::spawn(api::server::serve(
         listener,
-        api::router(state),
+        api::router(state, ui),
         serve_limits,
         stop.clone(),
     ));

@@ -152,6 +152,8 @@ pub(crate) const METRICS: &[Metric] = &[
     m("corro_dns_tcp_refused_total", Counter, &[], "DNS TCP connections closed on accept (1,024 already open)"),
     // Templates
     m("corro_tpl_renders_total", Counter, &["template"], "template renders"),
+    m("corro_ui_fragments_total", Counter, &["page"], "web UI fragment requests, by page"),
+    m("corro_ui_held_requests", Gauge, &[], "web UI live-update requests held open now (bound: ui.max_held)"),
     m("corro_tpl_render_errors_total", Counter, &["template"], "failed renders (compile, script, SQL, write)"),
     m("corro_tpl_writes_total", Counter, &["template"], "rendered files written (changed output)"),
     m("corro_tpl_commands_total", Counter, &["result"], "template commands by result (ok, failed, timeout, error)"),
@@ -323,6 +325,7 @@ mod tests {
             "registry",
             "dns",
             "templates",
+            "ui",
         ] {
             rust_files(&workspace().join(krate).join("src"), &mut files);
         }

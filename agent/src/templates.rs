@@ -103,6 +103,7 @@ pub(crate) fn start(
     discovery: &crate::consul::Discovery,
     caught_up: watch::Receiver<bool>,
     specs: Vec<Spec>,
+    status: corro_templates::StatusBoard,
     stop: CancellationToken,
 ) {
     if specs.is_empty() {
@@ -150,6 +151,7 @@ pub(crate) fn start(
         limits: Limits::default(),
         caught_up,
         catch_up_timeout: CATCH_UP_TIMEOUT,
+        status,
     };
     crate::tasks::spawn(async move {
         let _ = set.run(specs, false, stop).await;
@@ -199,7 +201,8 @@ impl HttpSource {
                         }
                     }
                     Err(corro_client::ClientError::Api { status, message })
-                        if (400..500).contains(&status) && status != 401 && status != 408 =>
+                        if (400..500).contains(&status)
+                            && !matches!(status, 401 | 403 | 408 | 429) =>
                     {
                         // A CTE or view name, not a replicated table.
                         tracing::debug!(target: corro_templates::LOG_TARGET, table = %table, %message, "not following");
@@ -237,8 +240,10 @@ impl HttpSource {
                         if (400..500).contains(&status)
                             && !matches!(status, 401 | 403 | 408 | 429) =>
                     {
-                        // A key the agent refuses (the render reports it).
-                        tracing::debug!(target: corro_templates::LOG_TARGET, key = %key, %message, "not following the KV key");
+                        // A key the agent refuses: render again so the
+                        // render reports it.
+                        tracing::warn!(target: corro_templates::LOG_TARGET, key = %key, %message, "not following the KV key");
+                        hub.kv_changed(Some(std::slice::from_ref(&key)));
                         return;
                     }
                     Err(e) => {
@@ -257,23 +262,30 @@ impl HttpSource {
     /// every KV change too), each move counting as "any key changed".
     fn follow_kv_coarsely(&self) {
         let hub = self.hub.clone();
-        self.follow_catalog_index("KV changes", move || hub.kv_changed(None));
+        self.follow_catalog_index("KV changes", "kv", move || hub.kv_changed(None));
     }
 
     /// Long-polls the catalog index; every move re-renders.
     fn follow_discovery(&self) {
         let hub = self.hub.clone();
-        self.follow_catalog_index("the discovery catalog", move || hub.discovery_changed());
+        self.follow_catalog_index("the discovery catalog", "catalog", move || {
+            hub.discovery_changed()
+        });
     }
 
     /// Long-polls the catalog index until the process ends, calling
     /// `moved` at each new value (`what`: for the retry warning).
-    fn follow_catalog_index(&self, what: &'static str, moved: impl Fn() + Send + 'static) {
+    fn follow_catalog_index(
+        &self,
+        what: &'static str,
+        kind: &'static str,
+        moved: impl Fn() + Send + 'static,
+    ) {
         let client = self.client.clone();
         self.runtime.spawn(async move {
             let mut index = 0;
             loop {
-                match client.discovery_index(index, 300).await {
+                match client.discovery_index(index, 300, kind).await {
                     Ok(i) => {
                         if i != index {
                             index = i;
@@ -444,6 +456,7 @@ pub(crate) async fn command(
         limits: Limits::default(),
         caught_up,
         catch_up_timeout: CATCH_UP_TIMEOUT,
+        status: corro_templates::StatusBoard::default(),
     };
     let stop = CancellationToken::new();
     let stop_on_signal = stop.clone();

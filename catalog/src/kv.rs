@@ -81,6 +81,31 @@ fn dir_hashes(key: &str) -> impl Iterator<Item = u64> + '_ {
     std::iter::once(root).chain(levels)
 }
 
+/// Consul's key rules (what `/v1/kv` refuses with a 400: a leading `/`,
+/// leading or trailing whitespace, `../`, `.` or `..` segments, NUL);
+/// `Err` is the 400's text.
+pub fn validate_key(key: &str) -> Result<(), String> {
+    if key.starts_with('/') {
+        return Err("Invalid key: a key must not begin with a '/'".into());
+    }
+    if key.starts_with(char::is_whitespace) || key.ends_with(char::is_whitespace) {
+        return Err("Invalid key: a key must not begin or end with whitespace".into());
+    }
+    if key.contains("../") || key.contains("..\\") {
+        return Err("Invalid key: the key contains a path traversal sequence".into());
+    }
+    // `a/..`, `a/.` and `./b`: HTTP clients (and Go's router) resolve such
+    // segments before sending, so the key would not be the one addressed
+    // (`DELETE a/..?recurse` would arrive as a delete of everything).
+    if key.split('/').any(|seg| seg == "." || seg == "..") {
+        return Err("Invalid key: a key must not have a \".\" or \"..\" path segment".into());
+    }
+    if key.contains('\0') {
+        return Err("Invalid key: the key contains a NUL character".into());
+    }
+    Ok(())
+}
+
 /// The hash of the directory holding every key that starts with `prefix`.
 fn prefix_dir(prefix: &str) -> u64 {
     dir_hashes(prefix).last().unwrap_or_default()

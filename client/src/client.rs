@@ -344,11 +344,17 @@ impl Client {
 
     /// `GET /v1/discovery/index`: waits (up to `wait_secs`) until the
     /// catalog index differs from `index`; the index then.
-    pub async fn discovery_index(&self, index: u64, wait_secs: u64) -> Result<u64, ClientError> {
+    /// `what`: `catalog`, `kv` or `any` (the changes that count).
+    pub async fn discovery_index(
+        &self,
+        index: u64,
+        wait_secs: u64,
+        what: &str,
+    ) -> Result<u64, ClientError> {
         let a: DiscoveryIndex = self
             .json(self.request(
                 reqwest::Method::GET,
-                &format!("/v1/discovery/index?index={index}&wait={wait_secs}s"),
+                &format!("/v1/discovery/index?index={index}&wait={wait_secs}s&what={what}"),
             ))
             .await?;
         Ok(a.index)

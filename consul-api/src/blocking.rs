@@ -315,8 +315,13 @@ where
 {
     // A request that may block subscribes before its first evaluation: a
     // change landing in between must still wake it.
-    // KV answers wake on KV changes only, catalog answers on catalog ones.
+    // KV answers wake on KV changes only, catalog answers on catalog ones
+    // (every caller's topics are of one kind).
     let kv_only = !topics.is_empty() && topics.iter().all(Topic::is_kv);
+    debug_assert!(
+        kv_only || !topics.iter().any(Topic::is_kv),
+        "a blocking answer mixing KV and catalog topics"
+    );
     let mut changes = p.index.map(|_| {
         let mut rx = if kv_only {
             st.catalog.subscribe_kv()

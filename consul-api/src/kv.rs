@@ -56,6 +56,8 @@ pub const MAX_VALUE: usize = 512 * 1024;
 /// Answers over about this many bytes (keys plus values, before base64)
 /// are rendered on a blocking thread instead of a runtime worker.
 const RENDER_INLINE_BYTES: usize = 64 * 1024;
+/// ... and over this many entries (their JSON framing counts too).
+const RENDER_INLINE_ENTRIES: usize = 256;
 
 /// What the KV write routes need: the store, and the agent's write fence
 /// (right after a restart, local writes wait until this node has its own
@@ -101,28 +103,7 @@ fn key_of(uri: &Uri) -> Result<String, Refused> {
     Ok(key)
 }
 
-/// Consul's key rules (see the module doc); `Err` is the 400's text.
-pub fn validate_key(key: &str) -> Result<(), String> {
-    if key.starts_with('/') {
-        return Err("Invalid key: a key must not begin with a '/'".into());
-    }
-    if key.starts_with(char::is_whitespace) || key.ends_with(char::is_whitespace) {
-        return Err("Invalid key: a key must not begin or end with whitespace".into());
-    }
-    if key.contains("../") || key.contains("..\\") {
-        return Err("Invalid key: the key contains a path traversal sequence".into());
-    }
-    // `a/..`, `a/.` and `./b`: HTTP clients (and Go's router) resolve such
-    // segments before sending, so the key would not be the one addressed
-    // (`DELETE a/..?recurse` would arrive as a delete of everything).
-    if key.split('/').any(|seg| seg == "." || seg == "..") {
-        return Err("Invalid key: a key must not have a \".\" or \"..\" path segment".into());
-    }
-    if key.contains('\0') {
-        return Err("Invalid key: the key contains a NUL character".into());
-    }
-    Ok(())
-}
+pub use corro_catalog::kv::validate_key;
 
 /// The query's keys, each with its first value as Go's `Values.Get`
 /// (Consul tests most KV parameters for presence: `?recurse=false` still
@@ -227,9 +208,10 @@ fn not_found() -> Answer {
 async fn render_list<T: Send + 'static>(
     items: Vec<T>,
     bytes: usize,
+    count: usize,
     render: impl FnOnce(Vec<T>) -> bytes::Bytes + Send + 'static,
 ) -> Result<Answer, Failed> {
-    if bytes <= RENDER_INLINE_BYTES {
+    if bytes <= RENDER_INLINE_BYTES && count <= RENDER_INLINE_ENTRIES {
         return Ok(Answer::json(render(items)));
     }
     tokio::task::spawn_blocking(move || Answer::json(render(items)))
@@ -300,7 +282,8 @@ async fn list_entries(st: &ConsulState, p: &Params, prefix: String) -> Response 
             return Ok((i, not_found()));
         }
         let bytes = entries.iter().map(|e| e.key.len() + e.value.len()).sum();
-        let answer = render_list(entries, bytes, move |entries| {
+        let count = entries.len();
+        let answer = render_list(entries, bytes, count, move |entries| {
             let list: Vec<EntryJson<'_>> = entries.iter().map(|e| entry_json(e)).collect();
             encode(pretty, &list)
         })
@@ -326,7 +309,8 @@ async fn list_keys(st: &ConsulState, p: &Params, prefix: String, sep: String) ->
             return Ok((i, not_found()));
         }
         let bytes = keys.iter().map(|k| k.len()).sum();
-        let answer = render_list(keys, bytes, move |keys| {
+        let count = keys.len();
+        let answer = render_list(keys, bytes, count, move |keys| {
             let list: Vec<&str> = keys.iter().map(|k| &**k).collect();
             encode(pretty, &list)
         })
@@ -607,24 +591,37 @@ async fn txn() -> Response {
 
 /// `/v1/session/*`: reads answer the truth, that no session exists
 /// (`GET list`, `info/<id>`, `node/<node>` → `[]`, as Consul answers when
-/// there are none); creating, renewing or destroying one is refused (see
-/// the module doc).
+/// there are none; blocking queries are held until `wait` as Consul holds
+/// them until something changes); creating, renewing or destroying one is
+/// refused (see the module doc).
 async fn session(
     State(st): State<ConsulState>,
     method: axum::http::Method,
     axum::extract::Path(rest): axum::extract::Path<String>,
+    RawQuery(q): RawQuery,
 ) -> Response {
     let read = method == axum::http::Method::GET
-        && (rest == "list"
-            || rest.strip_prefix("info/").is_some_and(|id| !id.is_empty())
-            || rest.strip_prefix("node/").is_some_and(|n| !n.is_empty()));
+        && (rest == "list" || rest.starts_with("info/") || rest.starts_with("node/"));
     if !read {
         return unsupported("A session (/v1/session)", LOCK_WHY, LOCK_INSTEAD);
     }
-    let mut resp = ([(header::CONTENT_TYPE, "application/json")], "[]").into_response();
-    let index = st.catalog.read().current();
-    crate::consul_headers(&mut resp, index);
-    resp
+    match rest.as_str() {
+        "info/" => return text_error(StatusCode::BAD_REQUEST, "Missing session"),
+        "node/" => return text_error(StatusCode::BAD_REQUEST, "Missing node name"),
+        _ => {}
+    }
+    let (st, p) = match crate::routes::prepare(&st, q.as_deref()) {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    // An answer that never changes, at an index that rarely moves.
+    let topics = [Topic::Claims];
+    let (st_ref, topics_ref) = (&st, &topics);
+    let eval = || async move {
+        let i = st_ref.catalog.read().topic_index(topics_ref);
+        Ok::<_, Failed>((i, Answer::json(bytes::Bytes::from_static(b"[]"))))
+    };
+    blocking::hold(&st, &p, &topics, eval).await
 }
 
 #[cfg(test)]

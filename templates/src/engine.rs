@@ -186,6 +186,7 @@ impl Renderer {
             s.deadline = Instant::now() + self.limits.timeout;
             s.missing_key = None;
         }
+        *self.waiting_for.lock() = None;
         self.timed_out.store(false, Ordering::Relaxed);
         let result = self.engine.run_ast(&tpl.ast);
         let mut s = self.state.lock();
@@ -517,6 +518,13 @@ fn register_kv(engine: &mut rhai::Engine, state: &Arc<Mutex<State>>, source: &Ar
         let (st, src) = (state.clone(), source.clone());
         move |k: &str| -> Fallible<serde_json::Value> {
             let k = k.trim_start_matches('/').to_string();
+            // A key no one can write is an error, not something to wait for.
+            if k.is_empty() {
+                return fail("a KV key must not be empty");
+            }
+            if let Err(e) = corro_catalog::kv::validate_key(&k) {
+                return fail(format!("{e}: {k:?}"));
+            }
             st.lock().deps.kv_keys.insert(k.clone());
             src.discovery(&DiscoveryCall::Key { key: k })
                 .or_else(|e| fail(e.to_string()))
@@ -561,6 +569,11 @@ fn register_kv(engine: &mut rhai::Engine, state: &Arc<Mutex<State>>, source: &Ar
         let (st, src) = (state.clone(), source.clone());
         move |prefix: &str, one_level: bool| -> Fallible<Dynamic> {
             let folder = crate::discovery::kv_folder(prefix);
+            if !folder.is_empty()
+                && let Err(e) = corro_catalog::kv::validate_key(&folder)
+            {
+                return fail(format!("{e}: {folder:?}"));
+            }
             st.lock().deps.kv_prefixes.insert(folder.clone());
             let call = if one_level {
                 DiscoveryCall::Ls { prefix: folder }

@@ -25,6 +25,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
+use crate::status::Outcome as Attempt;
+
 use tokio::sync::{mpsc, watch};
 
 use crate::command::{self, Outcome};
@@ -101,6 +103,8 @@ pub struct TemplateSet {
     pub caught_up: watch::Receiver<bool>,
     /// The longest the first render waits for `caught_up`.
     pub catch_up_timeout: Duration,
+    /// Where each template's last outcome is shown (the web UI).
+    pub status: crate::status::StatusBoard,
 }
 
 impl TemplateSet {
@@ -167,6 +171,9 @@ impl TemplateSet {
             spec.source.display(),
             spec.destination.display()
         );
+        let board = self
+            .status
+            .add(name.clone(), spec.destination.display().to_string());
         let renderer = Arc::new(Renderer::new(
             self.source.clone(),
             self.hostname.clone(),
@@ -190,6 +197,8 @@ impl TemplateSet {
                         render_now = true;
                     }
                     Err(e) => {
+                        self.status
+                            .record(board, Attempt::Failed(&format!("does not compile: {e}")));
                         metrics::counter!("corro_tpl_render_errors_total", "template" => name.clone())
                             .increment(1);
                         tracing::error!(target: crate::LOG_TARGET, template = %name, line = e.line, error = %e.message, "template does not compile; keeping the last good file");
@@ -205,7 +214,13 @@ impl TemplateSet {
                 retry_at = None;
                 // Changes up to here are covered by this render.
                 let _ = slot.take();
-                match self.render_and_write(&renderer, tpl, &spec, &name).await {
+                let outcome = self.render_and_write(&renderer, tpl, &spec, &name).await;
+                match (&outcome, renderer.waiting_for()) {
+                    (Ok(_), _) => self.status.record(board, Attempt::Rendered),
+                    (Err(_), Some(k)) => self.status.record(board, Attempt::Waiting(&k)),
+                    (Err(e), None) => self.status.record(board, Attempt::Failed(&e.to_string())),
+                }
+                match outcome {
                     Ok(d) => {
                         deps = d;
                         self.source.watch(&deps);

@@ -62,6 +62,8 @@ impl Source for Fake {
                 { "address": "10.0.0.1", "port": 80, "name": service, "tag": tag, "any": any }
             ]),
             DiscoveryCall::Node { name: None } => serde_json::json!({ "name": "here" }),
+            DiscoveryCall::Key { key } if key == "present" => serde_json::json!({ "value": "v" }),
+            DiscoveryCall::Key { .. } => serde_json::Value::Null,
             other => serde_json::json!({ "what": format!("{other:?}") }),
         })
     }
@@ -174,6 +176,33 @@ fn discovery_helpers_pass_their_arguments() {
     );
     let e = render(&src, r#"<%= service("web", #{bogus: 1}) %>"#).unwrap_err();
     assert!(e.message.contains("unknown option"), "{e}");
+}
+
+#[test]
+fn a_missing_key_is_waited_for_and_an_impossible_key_is_an_error() {
+    let src = Arc::new(Fake::default());
+    let r = renderer(&src);
+    let c = r.compile(r#"<%= key("present") %>"#).unwrap();
+    assert_eq!(r.render(&c).unwrap().output, "v");
+    assert_eq!(r.waiting_for(), None);
+    // Missing: the render stops and says which key it waits for.
+    let c = r.compile(r#"<%= key("/app/max") %>"#).unwrap();
+    assert!(r.render(&c).is_err());
+    assert_eq!(r.waiting_for().as_deref(), Some("app/max"));
+    // A key /v1/kv refuses can never be written: an error, not a wait.
+    for bad in ["", "a/../b", "a/./b", " x", "a/.."] {
+        let c = r.compile(&format!("<%= key({bad:?}) %>")).unwrap();
+        let e = r.render(&c).unwrap_err();
+        assert_eq!(r.waiting_for(), None, "{bad:?}: {e}");
+    }
+    // A caught miss followed by another failure is not a wait.
+    let c = r
+        .compile(r#"<% try { key("gone") } catch { } %><%= sql("SELECT * FROM nope") %>"#)
+        .unwrap();
+    assert!(r.render(&c).is_err());
+    assert_eq!(r.waiting_for(), None);
+    let e = render(&src, r#"<%= ls("a/../") %>"#).unwrap_err();
+    assert!(e.message.contains("Invalid key"), "{e}");
 }
 
 #[test]

@@ -45,6 +45,8 @@ pub(crate) struct WaitParams {
     #[serde(default)]
     index: u64,
     wait: Option<String>,
+    /// `catalog` (services, nodes, checks), `kv`, or both (default).
+    what: Option<String>,
 }
 
 pub(crate) async fn wait(State(st): State<ApiState>, Query(p): Query<WaitParams>) -> Response {
@@ -64,20 +66,37 @@ pub(crate) async fn wait(State(st): State<ApiState>, Query(p): Query<WaitParams>
             );
         }
     };
-    // Any change, catalog or KV (the index both share).
+    // The index of the latest change of the kind asked for (both share
+    // one counter; each channel holds the index of its latest change).
+    let (catalog_on, kv_on) = match p.what.as_deref() {
+        None | Some("") | Some("any") => (true, true),
+        Some("catalog") => (true, false),
+        Some("kv") => (false, true),
+        Some(other) => {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("what={other:?}: expected catalog, kv or any"),
+            );
+        }
+    };
     let mut rx = d.catalog.subscribe();
     let mut kv = d.catalog.subscribe_kv();
     let stop = st.stop.clone();
-    let current = |d: &crate::consul::Discovery| d.catalog.read().current();
-    if current(d) == p.index {
+    let latest = |rx: &tokio::sync::watch::Receiver<u64>,
+                  kv: &tokio::sync::watch::Receiver<u64>| {
+        let c = if catalog_on { *rx.borrow() } else { 0 };
+        let k = if kv_on { *kv.borrow() } else { 0 };
+        c.max(k)
+    };
+    if latest(&rx, &kv) == p.index {
         let _ = tokio::time::timeout(wait, async {
             tokio::select! {
-                _ = rx.wait_for(|v| *v > p.index) => {}
-                _ = kv.wait_for(|v| *v > p.index) => {}
+                _ = rx.wait_for(|v| *v > p.index), if catalog_on => {}
+                _ = kv.wait_for(|v| *v > p.index), if kv_on => {}
                 _ = stop.cancelled() => {}
             }
         })
         .await;
     }
-    axum::Json(serde_json::json!({ "index": current(d) })).into_response()
+    axum::Json(serde_json::json!({ "index": latest(&rx, &kv) })).into_response()
 }

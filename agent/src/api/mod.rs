@@ -14,7 +14,7 @@
 mod discovery;
 mod queries;
 pub(crate) mod server;
-mod stats;
+pub(crate) mod stats;
 mod subscriptions;
 mod transactions;
 pub(crate) mod values;
@@ -81,12 +81,14 @@ pub(crate) struct ApiShared {
     pub stop: CancellationToken,
 }
 
-pub(crate) fn router(state: ApiState) -> Router {
+/// The API listener's routes; `ui`: the web UI's routes, when it is on.
+pub(crate) fn router(state: ApiState, ui: Option<Router>) -> Router {
     let consul = state
         .consul
         .clone()
         .map(corro_consul_api::router)
         .unwrap_or_default();
+    let ui = ui.unwrap_or_default();
     Router::new()
         .route("/v1/transactions", post(transactions::handle))
         .route("/v1/queries", post(queries::handle))
@@ -101,14 +103,27 @@ pub(crate) fn router(state: ApiState) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), authorize))
         .with_state(state)
         .merge(consul)
+        .merge(ui)
         .fallback(not_found)
         .route_layer(middleware::from_fn(crate::telemetry::track_api))
 }
 
-/// The Consul-compatible routes alone (`[consul] http_addr`).
-pub(crate) fn consul_router(consul: corro_consul_api::ConsulState) -> Router {
-    corro_consul_api::router(consul)
-        .fallback(not_found)
+/// The Consul-compatible routes (`[consul] http_addr`), with the web UI
+/// and the read routes its SQL console uses when the UI is on.
+pub(crate) fn consul_router(
+    consul: corro_consul_api::ConsulState,
+    ui: Option<(Router, ApiState)>,
+) -> Router {
+    let mut r = corro_consul_api::router(consul);
+    if let Some((ui, state)) = ui {
+        let sql = Router::new()
+            .route("/v1/queries", post(queries::handle))
+            .route("/v1/subscriptions", post(subscriptions::subscribe))
+            .layer(middleware::from_fn_with_state(state.clone(), authorize))
+            .with_state(state);
+        r = r.merge(ui).merge(sql);
+    }
+    r.fallback(not_found)
         .route_layer(middleware::from_fn(crate::telemetry::track_api))
 }
 

@@ -71,6 +71,16 @@ fn default_max_sync_age() -> f64 {
     30.0
 }
 
+impl Default for HealthParams {
+    fn default() -> Self {
+        HealthParams {
+            max_missing: 0,
+            max_behind: 0,
+            max_sync_age: default_max_sync_age(),
+        }
+    }
+}
+
 /// 200 when the database works and this node is not behind (thresholds
 /// adjustable: `?max_missing=`, `?max_behind=`, `?max_sync_age=` seconds);
 /// 503 with `"status": "behind"` and the reasons otherwise,
@@ -87,10 +97,28 @@ pub(crate) async fn health(
             "max_missing and max_behind are version counts, max_sync_age seconds".into(),
         );
     };
-    let store = st.store.clone();
-    let missing = tokio::task::spawn_blocking(move || store.missing_versions())
-        .await
-        .unwrap_or(0);
+    let st2 = st.clone();
+    let body = match tokio::task::spawn_blocking(move || report(&st2, &params)).await {
+        Ok(b) => b,
+        Err(e) => {
+            return error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("health task failed: {e}"),
+            );
+        }
+    };
+    let status = if body.status == "ok" {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, axum::Json(body)).into_response()
+}
+
+/// The health report `GET /v1/health` answers (and the UI's overview
+/// shows) under `params`' thresholds. Blocks (counts missing versions).
+pub(crate) fn report(st: &ApiState, params: &HealthParams) -> HealthResponse {
+    let missing = st.store.missing_versions();
     let sync = st.cluster.as_ref().map(|c| c.sync_health());
     let mut reasons = Vec::new();
     if !st.healthy.load(Ordering::Relaxed) {
@@ -126,7 +154,7 @@ pub(crate) async fn health(
             });
         }
     }
-    let body = HealthResponse {
+    HealthResponse {
         status: if !st.healthy.load(Ordering::Relaxed) {
             "unhealthy"
         } else if full.is_some() {
@@ -161,13 +189,7 @@ pub(crate) async fn health(
                 schema: format!("{fp:016x}"),
             })
             .collect(),
-    };
-    let status = if body.status == "ok" {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (status, axum::Json(body)).into_response()
+    }
 }
 
 /// Peers this node knows, with state and round-trip time.

@@ -1,0 +1,364 @@
+// Corrosion web UI: loads each page's live part from the agent, keeps it
+// current with long polls (at most one repaint per second), asks for the
+// API token when the agent wants one, and runs the write actions and the
+// SQL console. Everything the agent sends as HTML is escaped by the agent;
+// everything this script shows itself goes through textContent.
+'use strict';
+
+(function () {
+  const TOKEN_KEY = 'corrosion.token';
+  const HOLD_SECS = 25;
+
+  const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+  const $ = (sel) => document.querySelector(sel);
+
+  // ---- token ----------------------------------------------------------
+  function token() {
+    try { return sessionStorage.getItem(TOKEN_KEY) || ''; } catch (e) { return ''; }
+  }
+  let asking = null;
+  function askToken(refused) {
+    if (asking) return asking;
+    const dialog = $('#token-dialog');
+    const form = $('#token-form');
+    const input = $('#token-input');
+    $('#token-error').hidden = !refused;
+    asking = new Promise((resolve) => {
+      form.addEventListener('submit', function done(ev) {
+        ev.preventDefault();
+        form.removeEventListener('submit', done);
+        try { sessionStorage.setItem(TOKEN_KEY, input.value); } catch (e) { /* private mode */ }
+        input.value = '';
+        dialog.close();
+        asking = null;
+        resolve();
+      });
+    });
+    if (!dialog.open) dialog.showModal();
+    input.focus();
+    return asking;
+  }
+
+  // fetch with the token; asks for it (again) on 401/403.
+  async function api(url, opts) {
+    opts = opts || {};
+    for (;;) {
+      const headers = Object.assign({}, opts.headers || {});
+      const t = token();
+      if (t) headers['Authorization'] = 'Bearer ' + t;
+      const r = await fetch(url, Object.assign({}, opts, {
+        headers, cache: 'no-store', credentials: 'omit',
+      }));
+      if (r.status === 401 || r.status === 403) {
+        await askToken(t !== '');
+        continue;
+      }
+      return r;
+    }
+  }
+
+  function flash(msg, bad) {
+    const f = $('#flash');
+    f.textContent = msg;
+    f.className = 'flash ' + (bad ? 'bad' : 'good');
+    f.hidden = false;
+  }
+
+  function setConn(ok) {
+    const c = $('#conn');
+    if (!c) return;
+    c.textContent = ok ? '' : 'reconnecting…';
+    c.className = ok ? 'conn' : 'conn bad';
+  }
+
+  // ---- live part ------------------------------------------------------
+  async function live(main) {
+    const base = main.dataset.fragment;
+    let hash = '';
+    let paints = 0;
+    for (;;) {
+      const sep = base.includes('?') ? '&' : '?';
+      const url = base + sep + 'hash=' + encodeURIComponent(hash) + (hash ? '&wait=' + HOLD_SECS : '');
+      const started = Date.now();
+      let r;
+      try {
+        r = await api(url);
+      } catch (e) {
+        setConn(false);
+        await sleep(2000);
+        continue;
+      }
+      setConn(true);
+      if (!r.ok) {
+        const msg = await r.text();
+        main.textContent = '';
+        const p = document.createElement('p');
+        p.className = 'error';
+        p.textContent = 'The agent answered ' + r.status + ': ' + msg;
+        main.appendChild(p);
+        main.setAttribute('aria-busy', 'false');
+        await sleep(5000);
+        continue;
+      }
+      const h = r.headers.get('x-ui-hash') || '';
+      const html = await r.text();
+      if (h !== hash) {
+        // The agent escaped every value in this HTML; the page's CSP
+        // forbids inline scripts and handlers.
+        main.innerHTML = html;
+        main.setAttribute('aria-busy', 'false');
+        hash = h;
+        paints += 1;
+        main.dataset.paints = String(paints);
+        main.dataset.paintedAt = String(Date.now());
+        // Coalesce: at most one repaint per second.
+        await sleep(1000);
+      } else if (Date.now() - started < 1000) {
+        // Answered at once with nothing new (the agent held too many):
+        // poll once a second.
+        await sleep(1000);
+      }
+    }
+  }
+
+  // ---- write actions --------------------------------------------------
+  const kvUrl = (key) => '/v1/kv/' + key.split('/').map(encodeURIComponent).join('/');
+
+  async function write(method, url, body, done) {
+    try {
+      const r = await api(url, { method, body });
+      const text = await r.text();
+      if (!r.ok) { flash('Refused (' + r.status + '): ' + text, true); return false; }
+      flash(done, false);
+      return true;
+    } catch (e) {
+      flash('The request failed: ' + e, true);
+      return false;
+    }
+  }
+
+  function hex(bytes) {
+    let out = '';
+    for (let i = 0; i < bytes.length; i += 16) {
+      const chunk = bytes.slice(i, i + 16);
+      out += i.toString(16).padStart(8, '0') + '  ';
+      out += Array.from(chunk, (b) => b.toString(16).padStart(2, '0')).join(' ').padEnd(48, ' ');
+      out += '  ' + Array.from(chunk, (b) => (b >= 32 && b < 127 ? String.fromCharCode(b) : '.')).join('') + '\n';
+    }
+    return out;
+  }
+
+  document.addEventListener('click', async (ev) => {
+    const b = ev.target.closest('[data-action]');
+    if (!b) return;
+    const action = b.dataset.action;
+    if (action === 'deregister') {
+      const id = b.dataset.serviceId;
+      if (!confirm('Deregister service instance "' + id + '" from this agent?')) return;
+      await write('PUT', '/v1/agent/service/deregister/' + encodeURIComponent(id), null, 'Deregistered ' + id + '.');
+    } else if (action === 'maintenance') {
+      const id = b.dataset.serviceId;
+      const enable = b.dataset.enable === 'true';
+      let reason = '';
+      if (enable) {
+        reason = prompt('Put "' + id + '" in maintenance. Reason (optional):', '');
+        if (reason === null) return;
+      } else if (!confirm('Take "' + id + '" out of maintenance?')) {
+        return;
+      }
+      const q = '?enable=' + enable + (reason ? '&reason=' + encodeURIComponent(reason) : '');
+      await write('PUT', '/v1/agent/service/maintenance/' + encodeURIComponent(id) + q, null,
+        (enable ? 'Maintenance on for ' : 'Maintenance off for ') + id + '.');
+    } else if (action === 'kv-delete') {
+      const key = b.dataset.key;
+      if (!confirm('Delete the key "' + key + '" on every agent?')) return;
+      if (await write('DELETE', kvUrl(key), null, 'Deleted ' + key + '.')) location.href = b.dataset.parent;
+    } else if (action === 'kv-edit') {
+      const form = $('#kv-edit');
+      const r = await api(kvUrl(b.dataset.key) + '?raw');
+      const bytes = new Uint8Array(await r.arrayBuffer());
+      let text;
+      try { text = new TextDecoder('utf-8', { fatal: true }).decode(bytes); } catch (e) { text = null; }
+      if (text === null) { flash('This value is not UTF-8 text; it cannot be edited here.', true); return; }
+      $('#kv-edit-value').value = text;
+      form.hidden = false;
+      $('#kv-edit-value').focus();
+    } else if (action === 'kv-edit-cancel') {
+      $('#kv-edit').hidden = true;
+    } else if (action === 'kv-load') {
+      const r = await api(kvUrl(b.dataset.key) + '?raw');
+      const bytes = new Uint8Array(await r.arrayBuffer());
+      const pre = $('#kv-loaded');
+      pre.textContent = b.dataset.view === 'hex' ? hex(bytes) : new TextDecoder().decode(bytes);
+      pre.hidden = false;
+      b.disabled = true;
+    }
+  });
+
+  function wireKvForms() {
+    const edit = $('#kv-edit');
+    if (edit) {
+      edit.addEventListener('submit', async (ev) => {
+        ev.preventDefault();
+        const key = edit.dataset.key;
+        if (!confirm('Write the new value of "' + key + '" (replicated to every agent)?')) return;
+        if (await write('PUT', kvUrl(key), $('#kv-edit-value').value, 'Saved ' + key + '.')) edit.hidden = true;
+      });
+    }
+    const create = $('#kv-create');
+    if (create) {
+      create.addEventListener('submit', async (ev) => {
+        ev.preventDefault();
+        const key = create.dataset.prefix + $('#kv-new-name').value;
+        if (!confirm('Create the key "' + key + '" (replicated to every agent)?')) return;
+        if (await write('PUT', kvUrl(key), $('#kv-new-value').value, 'Created ' + key + '.')) {
+          location.href = '/ui/kv/' + key.split('/').map(encodeURIComponent).join('/');
+        }
+      });
+    }
+  }
+
+  // ---- SQL console ----------------------------------------------------
+  function cellText(v) {
+    if (v === null) return 'NULL';
+    if (Array.isArray(v)) return "x'" + v.map((b) => Number(b).toString(16).padStart(2, '0')).join('') + "'";
+    if (typeof v === 'object') return JSON.stringify(v);
+    return String(v);
+  }
+
+  // Reads an NDJSON body line by line.
+  async function* lines(r) {
+    const reader = r.body.getReader();
+    const dec = new TextDecoder();
+    let buf = '';
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buf += dec.decode(value, { stream: true });
+      let i;
+      while ((i = buf.indexOf('\n')) >= 0) {
+        const line = buf.slice(0, i).trim();
+        buf = buf.slice(i + 1);
+        if (line) yield JSON.parse(line);
+      }
+    }
+    if (buf.trim()) yield JSON.parse(buf);
+  }
+
+  function wireSql() {
+    const form = $('#sql-form');
+    if (!form) return;
+    const table = $('#sql-result');
+    const status = $('#sql-status');
+    const stop = $('#sql-stop');
+    const MAX_ROWS = 5000;
+    let abort = null;
+
+    function row(id, cells) {
+      const tr = document.createElement('tr');
+      tr.dataset.rowid = String(id);
+      for (const c of cells) {
+        const td = document.createElement('td');
+        td.textContent = cellText(c);
+        tr.appendChild(td);
+      }
+      return tr;
+    }
+
+    stop.addEventListener('click', () => { if (abort) abort.abort(); });
+
+    form.addEventListener('submit', async (ev) => {
+      ev.preventDefault();
+      if (abort) abort.abort();
+      abort = new AbortController();
+      const liveMode = $('#sql-live').checked;
+      const thead = table.tHead;
+      const tbody = table.tBodies[0];
+      thead.textContent = '';
+      tbody.textContent = '';
+      status.textContent = 'Running…';
+      stop.disabled = false;
+      const rows = new Map();
+      let pending = [];
+      let timer = null;
+      let changes = 0;
+      const apply = () => {
+        timer = null;
+        for (const [kind, id, cells] of pending) {
+          const old = rows.get(id);
+          if (kind === 'delete') {
+            if (old) { old.remove(); rows.delete(id); }
+            continue;
+          }
+          const tr = row(id, cells);
+          tr.className = 'changed';
+          if (old) { old.replaceWith(tr); } else { tbody.appendChild(tr); }
+          rows.set(id, tr);
+        }
+        pending = [];
+        status.textContent = 'Live: ' + rows.size + ' rows, ' + changes + ' changes applied.';
+        table.dataset.changes = String(changes);
+      };
+      try {
+        const r = await api(liveMode ? '/v1/subscriptions' : '/v1/queries', {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify($('#sql-text').value),
+          signal: abort.signal,
+        });
+        if (!r.ok) {
+          let msg = await r.text();
+          try { msg = JSON.parse(msg).error || msg; } catch (e) { /* plain text */ }
+          status.textContent = 'Error (' + r.status + '): ' + msg;
+          return;
+        }
+        let count = 0;
+        for await (const ev of lines(r)) {
+          if (ev.columns) {
+            const tr = document.createElement('tr');
+            for (const c of ev.columns) {
+              const th = document.createElement('th');
+              th.scope = 'col';
+              th.textContent = c;
+              tr.appendChild(th);
+            }
+            thead.appendChild(tr);
+          } else if (ev.row) {
+            count += 1;
+            if (count <= MAX_ROWS) {
+              const tr = row(ev.row[0], ev.row[1]);
+              tbody.appendChild(tr);
+              rows.set(ev.row[0], tr);
+            } else if (!liveMode) {
+              abort.abort();
+              status.textContent = 'Showing the first ' + MAX_ROWS + ' rows.';
+              break;
+            }
+          } else if (ev.eoq) {
+            status.textContent = (liveMode ? 'Live: ' : '') + count + ' rows' +
+              (liveMode ? ', waiting for changes…' : ' in ' + (ev.eoq.time * 1000).toFixed(1) + ' ms.');
+            table.dataset.ready = '1';
+          } else if (ev.change) {
+            changes += 1;
+            pending.push([ev.change[0], ev.change[1], ev.change[2]]);
+            if (!timer) timer = setTimeout(apply, 1000);
+          } else if (ev.error) {
+            status.textContent = 'Error: ' + ev.error;
+          }
+        }
+      } catch (e) {
+        if (e.name !== 'AbortError') status.textContent = 'Error: ' + e;
+        else if (!status.textContent.startsWith('Showing')) status.textContent += ' Stopped.';
+      } finally {
+        stop.disabled = true;
+      }
+    });
+  }
+
+  document.addEventListener('DOMContentLoaded', () => {
+    const main = $('#main');
+    if (main && main.dataset.fragment) live(main);
+    wireKvForms();
+    wireSql();
+  });
+})();
