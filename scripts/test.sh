@@ -8,7 +8,8 @@ cd "$(dirname "$0")/.."
 # real outside programs: the sqlite3 shell reads the agent's database as an
 # operator would, py-consul talks to the Consul-compatible API and dig asks
 # the DNS responder, nginx and haproxy check the configs templates render,
-# systemd-analyze checks the shipped units.
+# systemd-analyze checks the shipped units, chromium (driven by
+# chromedriver) loads the web UI.
 need=""
 command -v sqlite3 >/dev/null || need="$need sqlite3"
 command -v dig >/dev/null || need="$need dnsutils"
@@ -18,6 +19,9 @@ command -v systemd-analyze >/dev/null || need="$need systemd"
 # The packaging test (packaging/test.sh) checks and installs the packages.
 command -v lintian >/dev/null || need="$need lintian"
 command -v rpm >/dev/null || need="$need rpm"
+# The web UI is tested in a real headless browser through WebDriver.
+command -v chromium >/dev/null || need="$need chromium"
+command -v chromedriver >/dev/null || [ -x /usr/lib/chromium/chromedriver ] || need="$need chromium-driver"
 if [ -n "$need" ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq && apt-get install -y -qq $need

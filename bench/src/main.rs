@@ -15,6 +15,7 @@ mod limits;
 mod store;
 mod subs;
 mod templates;
+mod ui;
 
 use clap::{Parser, Subcommand};
 
@@ -73,6 +74,9 @@ enum Cmd {
         #[command(subcommand)]
         cmd: templates::TemplatesCmd,
     },
+    /// The web UI at fleet size in a headless browser: time to interactive
+    /// and change-to-repaint (needs chromium and chromium-driver).
+    Ui(ui::UiArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -89,5 +93,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Dns(args) => dns::run(args),
         Cmd::Hostile(args) => hostile::run(args),
         Cmd::Templates { cmd } => templates::run(cmd),
+        Cmd::Ui(args) => ui::run(args),
     }
 }

@@ -12,6 +12,7 @@
     reason = "a test harness: failures should panic loudly"
 )]
 
+pub mod browser;
 pub mod consul;
 
 use std::io::{BufRead, BufReader};

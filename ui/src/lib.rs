@@ -125,6 +125,7 @@ pub fn router(state: UiState) -> Router {
         .route("/ui", get(|| async { Redirect::to("/ui/") }))
         .route("/ui/kv", get(|| async { Redirect::to("/ui/kv/") }))
         .route("/ui/assets/{file}", get(assets::serve))
+        .route("/ui/f/", get(live::fragment))
         .route("/ui/f/{*rest}", get(live::fragment))
         .route("/ui/", get(shell::page))
         .route("/ui/{*rest}", get(shell::page))
