@@ -275,7 +275,7 @@ fn with_a_token_the_ui_asks_for_it_refuses_a_wrong_one_and_writes_need_a_confirm
         None,
         "ui-t",
         "authz.bearer-token = \"s3cret\"",
-        "",
+        "http_addr = \"127.0.0.1:0\"",
     )
     .start();
     let put = |k: &str, v: &str| {
@@ -314,6 +314,49 @@ fn with_a_token_the_ui_asks_for_it_refuses_a_wrong_one_and_writes_need_a_confirm
         .unwrap();
     assert_eq!(with.status(), 200);
     assert_eq!(http().get(a.url("/")).send().unwrap().url().path(), "/ui/");
+    // The Consul listener serves the UI too, with the same token rules,
+    // and the SQL console's read route.
+    let consul: std::net::SocketAddr =
+        await_some(Duration::from_secs(10), "the Consul listener", || {
+            let line = a.saw("Starting Consul-compatible API server on tcp/")?;
+            line.rsplit("tcp/").next()?.trim().parse().ok()
+        });
+    let on_consul = |p: &str| format!("http://{consul}{p}");
+    assert_eq!(
+        http()
+            .get(on_consul("/ui/services"))
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    assert_eq!(
+        http()
+            .get(on_consul("/ui/f/services"))
+            .send()
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(
+        http()
+            .get(on_consul("/ui/f/services"))
+            .header("X-Consul-Token", "s3cret")
+            .send()
+            .unwrap()
+            .status(),
+        200
+    );
+    let sql = |token: Option<&str>| {
+        let mut r = http()
+            .post(on_consul("/v1/queries"))
+            .json(&json!("SELECT key FROM consul_kv"));
+        if let Some(t) = token {
+            r = r.bearer_auth(t);
+        }
+        r.send().unwrap().status().as_u16()
+    };
+    assert_eq!((sql(None), sql(Some("s3cret"))), (401, 200));
 
     let browser = Browser::start(1280, 900);
     browser.goto(&a.url("/ui/kv/app/mode"));

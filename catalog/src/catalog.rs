@@ -46,6 +46,8 @@ struct Shared {
     changed: watch::Sender<u64>,
     /// KV keys changed (value: the new index).
     kv_changes: watch::Sender<u64>,
+    /// A member's SWIM state changed (value: [`Index::member_generation`]).
+    member_changes: watch::Sender<u64>,
     counter: Mutex<IndexCounter>,
     /// The last counter write failed (logged once per streak).
     counter_failing: AtomicBool,
@@ -78,6 +80,7 @@ impl Catalog {
             wake: Notify::new(),
             changed: watch::channel(start).0,
             kv_changes: watch::channel(start).0,
+            member_changes: watch::channel(0).0,
             counter: Mutex::new(counter),
             counter_failing: AtomicBool::new(false),
             kv_listeners: Mutex::new(Vec::new()),
@@ -205,7 +208,14 @@ impl Catalog {
     ) -> Result<bool, CatalogError> {
         let mut index = self.shared.index.write();
         index.set_members(members, settled);
-        Ok(self.finish(&mut index))
+        let generation = index.member_generation();
+        let changed = self.finish(&mut index);
+        self.shared.member_changes.send_if_modified(|g| {
+            let moved = *g != generation;
+            *g = generation;
+            moved
+        });
+        Ok(changed)
     }
 
     /// Stamps what changed, persists the counter, wakes subscribers; true
@@ -258,6 +268,12 @@ impl Catalog {
     /// it ([`Catalog::subscribe_kv`]).
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.shared.changed.subscribe()
+    }
+
+    /// A receiver that changes whenever a member's SWIM state does (alive,
+    /// suspect, down; not RTT), whether or not the catalog index moved.
+    pub fn subscribe_members(&self) -> watch::Receiver<u64> {
+        self.shared.member_changes.subscribe()
     }
 
     /// A receiver that changes whenever a KV key does (value: the new index).

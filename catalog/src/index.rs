@@ -193,6 +193,8 @@ pub struct Index {
     liveness_changed: HashMap<String, u64>,
     claims: BTreeMap<Key, i64>,
     members: HashMap<String, (MemberState, Option<f64>)>,
+    /// Bumped whenever a member's state (not its RTT) changes.
+    member_gen: u64,
     local_actor: String,
     settled: bool,
     /// Topics changed since the last [`Index::finish`].
@@ -233,6 +235,7 @@ impl Index {
             liveness_changed: HashMap::new(),
             claims: BTreeMap::new(),
             members: HashMap::new(),
+            member_gen: 0,
             local_actor: local_actor.to_string(),
             settled: false,
             dirty: HashSet::new(),
@@ -628,6 +631,13 @@ impl Index {
                     map.insert(a, (s, rtt));
                 }
             }
+        }
+        let states_changed = map.len() != self.members.len()
+            || map
+                .iter()
+                .any(|(a, (s, _))| self.members.get(a).is_none_or(|(old, _)| old != s));
+        if states_changed {
+            self.member_gen += 1;
         }
         self.members = map;
         self.settled = settled;
@@ -1054,6 +1064,12 @@ impl Index {
             .collect()
     }
 
+    /// A counter that moves whenever a member's SWIM state (alive, suspect,
+    /// down) changes or a member comes or goes; RTT changes do not move it.
+    pub fn member_generation(&self) -> u64 {
+        self.member_gen
+    }
+
     /// Whether membership has settled (see [`Index::set_members`]).
     pub fn settled(&self) -> bool {
         self.settled
@@ -1274,6 +1290,19 @@ mod tests {
         ix.replace_rows(rows());
         assert_eq!(ix.finish(), None);
         assert_eq!(ix.kv_size(), (1, 1));
+    }
+
+    #[test]
+    fn member_generation_moves_on_states_not_on_rtt() {
+        let mut ix = Index::new("me", 1);
+        ix.set_members([("b".to_string(), MemberState::Alive, Some(1.0))], true);
+        let g = ix.member_generation();
+        ix.set_members([("b".to_string(), MemberState::Alive, Some(2.5))], true);
+        assert_eq!(ix.member_generation(), g, "an RTT change");
+        ix.set_members([("b".to_string(), MemberState::Suspect, Some(2.5))], true);
+        assert_eq!(ix.member_generation(), g + 1, "alive -> suspect");
+        ix.set_members(Vec::new(), true);
+        assert_eq!(ix.member_generation(), g + 2, "a member gone");
     }
 
     #[test]

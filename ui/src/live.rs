@@ -97,6 +97,8 @@ pub(crate) async fn fragment(
     let mut catalog = st.0.catalog.subscribe();
     let mut kv = st.0.catalog.subscribe_kv();
     let mut templates = st.0.view.templates_changed();
+    let mut members = st.0.catalog.subscribe_members();
+    members.borrow_and_update();
     catalog.borrow_and_update();
     kv.borrow_and_update();
     templates.borrow_and_update();
@@ -115,6 +117,7 @@ pub(crate) async fn fragment(
                     r = catalog.changed(), if wake.catalog => if r.is_err() { break },
                     r = kv.changed(), if wake.kv => if r.is_err() { break },
                     r = templates.changed(), if wake.templates => if r.is_err() { break },
+                    r = members.changed(), if wake.members => if r.is_err() { break },
                     _ = tokio::time::sleep(Duration::from_secs(1)), if wake.tick => {}
                     _ = tokio::time::sleep_until(deadline) => break,
                     _ = st.0.stop.cancelled() => break,

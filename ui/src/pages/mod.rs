@@ -148,6 +148,8 @@ pub(crate) struct Wake {
     pub catalog: bool,
     pub kv: bool,
     pub templates: bool,
+    /// Members' SWIM states (suspect does not move the catalog).
+    pub members: bool,
     /// Also re-render every second (times and replication figures).
     pub tick: bool,
 }
@@ -157,6 +159,11 @@ pub(crate) struct Wake {
 pub(crate) fn render(st: &UiState, page: &Page, q: &Query) -> Option<(Markup, Wake)> {
     let catalog = Wake {
         catalog: true,
+        ..Wake::default()
+    };
+    let with_members = Wake {
+        catalog: true,
+        members: true,
         ..Wake::default()
     };
     Some(match page {
@@ -171,8 +178,8 @@ pub(crate) fn render(st: &UiState, page: &Page, q: &Query) -> Option<(Markup, Wa
         ),
         Page::Services => (services::list(st, q), catalog),
         Page::Service(name) => (services::detail(st, name, q), catalog),
-        Page::Nodes => (nodes::list(st, q), catalog),
-        Page::Node(name) => (nodes::detail(st, name), catalog),
+        Page::Nodes => (nodes::list(st, q), with_members),
+        Page::Node(name) => (nodes::detail(st, name), with_members),
         Page::Kv(key) => (
             kv::render(st, key, q),
             Wake {
