@@ -287,7 +287,7 @@ fn with_a_token_the_ui_asks_for_it_refuses_a_wrong_one_and_writes_need_a_confirm
             .unwrap()
             .status()
     };
-    assert!(put("app/mode", "safe").is_success());
+    assert!(put("app/mode?flags=42", "safe").is_success());
     // Shells and assets carry no data and need no token; fragments do.
     let shell = http().get(a.url("/ui/kv/app/mode")).send().unwrap();
     assert_eq!(shell.status(), 200);
@@ -396,4 +396,13 @@ fn with_a_token_the_ui_asks_for_it_refuses_a_wrong_one_and_writes_need_a_confirm
         .text()
         .unwrap();
     assert_eq!(raw, "fast");
+    // The edit kept the key's flags.
+    let entry: Value = http()
+        .get(a.url("/v1/kv/app/mode"))
+        .bearer_auth("s3cret")
+        .send()
+        .unwrap()
+        .json()
+        .unwrap();
+    assert_eq!(entry[0]["Flags"], 42);
 }

@@ -281,6 +281,17 @@ impl Catalog {
         self.shared.kv_changes.subscribe()
     }
 
+    /// The index of the latest change to a catalog topic (KV changes do
+    /// not move it).
+    pub fn last_catalog_change(&self) -> u64 {
+        *self.shared.changed.borrow()
+    }
+
+    /// [`Index::member_generation`] as last published.
+    pub fn member_generation(&self) -> u64 {
+        *self.shared.member_changes.borrow()
+    }
+
     /// Handles queued feed rows until `stop` flips: the task that keeps the
     /// index current. Errors are logged and the rows retried on the next
     /// wake-up (a full reload after an error).

@@ -12,22 +12,56 @@
   const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
   const $ = (sel) => document.querySelector(sel);
 
+  // Attacker-chosen text (keys, ids) shown in a confirm(): no control
+  // characters (a newline could fake a second line), bounded length.
+  const clean = (s) => String(s).replace(/[\u0000-\u001f\u007f-\u009f\u2028\u2029\u202a-\u202e\u2066-\u2069]/g, '\ufffd').slice(0, 200);
+
   // ---- token ----------------------------------------------------------
+  // Kept in sessionStorage (this tab, gone when it closes); other tabs of
+  // the same agent hand theirs over through a BroadcastChannel (same
+  // origin only), so the UI asks once per browser session.
   function token() {
     try { return sessionStorage.getItem(TOKEN_KEY) || ''; } catch (e) { return ''; }
   }
+  function keep(t) {
+    try { sessionStorage.setItem(TOKEN_KEY, t); } catch (e) { /* private mode */ }
+  }
+  const channel = ('BroadcastChannel' in window) ? new BroadcastChannel('corrosion-token') : null;
+  if (channel) {
+    channel.onmessage = (ev) => {
+      const m = ev.data || {};
+      if (m.ask && token()) channel.postMessage({ token: token() });
+    };
+  }
+  function fromOtherTabs() {
+    if (!channel) return Promise.resolve('');
+    return new Promise((resolve) => {
+      const done = (t) => { channel.removeEventListener('message', on); resolve(t); };
+      const on = (ev) => { if (ev.data && typeof ev.data.token === 'string') done(ev.data.token); };
+      channel.addEventListener('message', on);
+      channel.postMessage({ ask: true });
+      setTimeout(() => done(''), 300);
+    });
+  }
   let asking = null;
-  function askToken(refused) {
+  async function askToken(refused) {
     if (asking) return asking;
+    if (!refused) {
+      const t = await fromOtherTabs();
+      if (t) { keep(t); return; }
+      if (asking) return asking;
+    }
     const dialog = $('#token-dialog');
     const form = $('#token-form');
     const input = $('#token-input');
     $('#token-error').hidden = !refused;
+    // Esc would close the dialog and leave every request waiting.
+    dialog.addEventListener('cancel', (ev) => ev.preventDefault());
     asking = new Promise((resolve) => {
       form.addEventListener('submit', function done(ev) {
         ev.preventDefault();
         form.removeEventListener('submit', done);
-        try { sessionStorage.setItem(TOKEN_KEY, input.value); } catch (e) { /* private mode */ }
+        keep(input.value);
         input.value = '';
         dialog.close();
         asking = null;
@@ -72,25 +106,60 @@
   }
 
   // ---- live part ------------------------------------------------------
+  // Until the tab is visible again (hidden tabs hold no request: browsers
+  // allow six connections per host, and a hidden page needs no repaint).
+  function visible() {
+    if (!document.hidden) return Promise.resolve();
+    return new Promise((resolve) => {
+      document.addEventListener('visibilitychange', function on() {
+        if (!document.hidden) { document.removeEventListener('visibilitychange', on); resolve(); }
+      });
+    });
+  }
+
+  // What has the focus inside `main`, as a selector that finds the same
+  // control after a repaint.
+  function focusKey(main) {
+    const a = document.activeElement;
+    if (!a || !main.contains(a)) return null;
+    if (a.getAttribute('href')) return 'a[href="' + CSS.escape(a.getAttribute('href')) + '"]';
+    if (a.dataset && a.dataset.action) {
+      let s = '[data-action="' + CSS.escape(a.dataset.action) + '"]';
+      if (a.dataset.serviceId) s += '[data-service-id="' + CSS.escape(a.dataset.serviceId) + '"]';
+      if (a.dataset.enable) s += '[data-enable="' + CSS.escape(a.dataset.enable) + '"]';
+      return s;
+    }
+    return null;
+  }
+
   async function live(main) {
     const base = main.dataset.fragment;
     let hash = '';
     let paints = 0;
     for (;;) {
+      await visible();
       const sep = base.includes('?') ? '&' : '?';
       const url = base + sep + 'hash=' + encodeURIComponent(hash) + (hash ? '&wait=' + HOLD_SECS : '');
       const started = Date.now();
+      const ctl = new AbortController();
+      const onHide = () => { if (document.hidden) ctl.abort(); };
+      document.addEventListener('visibilitychange', onHide);
       let r;
+      let html;
       try {
-        r = await api(url);
+        r = await api(url, { signal: ctl.signal });
+        html = await r.text();
       } catch (e) {
+        if (ctl.signal.aborted) continue;
         setConn(false);
         await sleep(2000);
         continue;
+      } finally {
+        document.removeEventListener('visibilitychange', onHide);
       }
       setConn(true);
       if (!r.ok) {
-        const msg = await r.text();
+        const msg = html;
         main.textContent = '';
         const p = document.createElement('p');
         p.className = 'error';
@@ -101,11 +170,15 @@
         continue;
       }
       const h = r.headers.get('x-ui-hash') || '';
-      const html = await r.text();
       if (h !== hash) {
         // The agent escaped every value in this HTML; the page's CSP
         // forbids inline scripts and handlers.
+        const focused = focusKey(main);
         main.innerHTML = html;
+        if (focused) {
+          const again = main.querySelector(focused);
+          if (again) again.focus();
+        }
         main.setAttribute('aria-busy', 'false');
         hash = h;
         paints += 1;
@@ -122,7 +195,12 @@
   }
 
   // ---- write actions --------------------------------------------------
-  const kvUrl = (key) => '/v1/kv/' + key.split('/').map(encodeURIComponent).join('/');
+  // A key's URL; refuses keys with '.' or '..' segments, which the browser
+  // would resolve to another path (the agent refuses such keys too).
+  const kvUrl = (key) => {
+    if (key.split('/').some((s) => s === '.' || s === '..')) throw new Error('a key with a "." or ".." segment cannot be addressed');
+    return '/v1/kv/' + key.split('/').map(encodeURIComponent).join('/');
+  };
 
   async function write(method, url, body, done) {
     try {
@@ -154,16 +232,16 @@
     const action = b.dataset.action;
     if (action === 'deregister') {
       const id = b.dataset.serviceId;
-      if (!confirm('Deregister service instance "' + id + '" from this agent?')) return;
+      if (!confirm('Deregister service instance "' + clean(id) + '" from this agent?')) return;
       await write('PUT', '/v1/agent/service/deregister/' + encodeURIComponent(id), null, 'Deregistered ' + id + '.');
     } else if (action === 'maintenance') {
       const id = b.dataset.serviceId;
       const enable = b.dataset.enable === 'true';
       let reason = '';
       if (enable) {
-        reason = prompt('Put "' + id + '" in maintenance. Reason (optional):', '');
+        reason = prompt('Put "' + clean(id) + '" in maintenance. Reason (optional):', '');
         if (reason === null) return;
-      } else if (!confirm('Take "' + id + '" out of maintenance?')) {
+      } else if (!confirm('Take "' + clean(id) + '" out of maintenance?')) {
         return;
       }
       const q = '?enable=' + enable + (reason ? '&reason=' + encodeURIComponent(reason) : '');
@@ -171,12 +249,16 @@
         (enable ? 'Maintenance on for ' : 'Maintenance off for ') + id + '.');
     } else if (action === 'kv-delete') {
       const key = b.dataset.key;
-      if (!confirm('Delete the key "' + key + '" on every agent?')) return;
+      if (!confirm('Delete the key "' + clean(key) + '" on every agent?')) return;
       if (await write('DELETE', kvUrl(key), null, 'Deleted ' + key + '.')) location.href = b.dataset.parent;
     } else if (action === 'kv-edit') {
       const form = $('#kv-edit');
-      const r = await api(kvUrl(b.dataset.key) + '?raw');
-      const bytes = new Uint8Array(await r.arrayBuffer());
+      const r = await api(kvUrl(b.dataset.key));
+      if (!r.ok) { flash('Cannot load the value (' + r.status + '): ' + clean(await r.text()), true); return; }
+      const entry = (await r.json())[0];
+      // Saved with the same flags (a PUT without ?flags= would zero them).
+      form.dataset.flags = String(entry.Flags || 0);
+      const bytes = Uint8Array.from(atob(entry.Value || ''), (c) => c.charCodeAt(0));
       let text;
       try { text = new TextDecoder('utf-8', { fatal: true }).decode(bytes); } catch (e) { text = null; }
       if (text === null) { flash('This value is not UTF-8 text; it cannot be edited here.', true); return; }
@@ -187,6 +269,7 @@
       $('#kv-edit').hidden = true;
     } else if (action === 'kv-load') {
       const r = await api(kvUrl(b.dataset.key) + '?raw');
+      if (!r.ok) { flash('Cannot load the value (' + r.status + ').', true); return; }
       const bytes = new Uint8Array(await r.arrayBuffer());
       const pre = $('#kv-loaded');
       pre.textContent = b.dataset.view === 'hex' ? hex(bytes) : new TextDecoder().decode(bytes);
@@ -201,8 +284,9 @@
       edit.addEventListener('submit', async (ev) => {
         ev.preventDefault();
         const key = edit.dataset.key;
-        if (!confirm('Write the new value of "' + key + '" (replicated to every agent)?')) return;
-        if (await write('PUT', kvUrl(key), $('#kv-edit-value').value, 'Saved ' + key + '.')) edit.hidden = true;
+        if (!confirm('Write the new value of "' + clean(key) + '" (replicated to every agent)?')) return;
+        const flags = edit.dataset.flags ? '?flags=' + encodeURIComponent(edit.dataset.flags) : '';
+        if (await write('PUT', kvUrl(key) + flags, $('#kv-edit-value').value, 'Saved ' + key + '.')) edit.hidden = true;
       });
     }
     const create = $('#kv-create');
@@ -210,7 +294,8 @@
       create.addEventListener('submit', async (ev) => {
         ev.preventDefault();
         const key = create.dataset.prefix + $('#kv-new-name').value;
-        if (!confirm('Create the key "' + key + '" (replicated to every agent)?')) return;
+        try { kvUrl(key); } catch (e) { flash(String(e.message), true); return; }
+        if (!confirm('Create the key "' + clean(key) + '" (replicated to every agent)?')) return;
         if (await write('PUT', kvUrl(key), $('#kv-new-value').value, 'Created ' + key + '.')) {
           location.href = '/ui/kv/' + key.split('/').map(encodeURIComponent).join('/');
         }
@@ -290,6 +375,7 @@
             if (old) { old.remove(); rows.delete(id); }
             continue;
           }
+          if (!old && rows.size >= MAX_ROWS) continue;
           const tr = row(id, cells);
           tr.className = 'changed';
           if (old) { old.replaceWith(tr); } else { tbody.appendChild(tr); }

@@ -52,16 +52,31 @@ pub(crate) fn num(n: usize) -> String {
     out
 }
 
-/// `4.2 s ago`, `3 min ago`.
+/// `under 5 s ago`, `20 s ago`, `3 min ago`: coarse on purpose, so a page
+/// showing it changes (and repaints) only when the bucket does.
 pub(crate) fn ago(secs: f64) -> String {
-    if secs < 10.0 {
-        format!("{secs:.1} s ago")
-    } else if secs < 120.0 {
-        format!("{secs:.0} s ago")
+    if secs < 5.0 {
+        "under 5 s ago".into()
+    } else if secs < 60.0 {
+        format!("{} s ago", (secs / 10.0).floor() as u64 * 10)
     } else if secs < 7200.0 {
-        format!("{:.0} min ago", secs / 60.0)
+        format!("{} min ago", (secs / 60.0).floor() as u64)
     } else {
-        format!("{:.1} h ago", secs / 3600.0)
+        format!("{} h ago", (secs / 3600.0).floor() as u64)
+    }
+}
+
+/// A duration in coarse buckets (`under 10 ms`, `40 ms`, `300 ms`, `1.2 s`).
+pub(crate) fn coarse_ms(secs: f64) -> String {
+    let ms = secs * 1000.0;
+    if ms < 10.0 {
+        "under 10 ms".into()
+    } else if ms < 100.0 {
+        format!("{} ms", (ms / 10.0).floor() as u64 * 10)
+    } else if ms < 1000.0 {
+        format!("{} ms", (ms / 100.0).floor() as u64 * 100)
+    } else {
+        format!("{:.1} s", secs)
     }
 }
 
@@ -191,6 +206,12 @@ mod tests {
         assert_eq!(page_range(101, 50, 3), (100, 101, 3));
         assert_eq!(page_range(0, 50, 9), (0, 0, 1));
         assert_eq!(page_range(10, 50, 0), (0, 10, 1));
+        assert_eq!(ago(4.9), "under 5 s ago");
+        assert_eq!(ago(27.0), "20 s ago");
+        assert_eq!(ago(130.0), "2 min ago");
+        assert_eq!(coarse_ms(0.0042), "under 10 ms");
+        assert_eq!(coarse_ms(0.047), "40 ms");
+        assert_eq!(coarse_ms(0.35), "300 ms");
     }
 
     #[test]

@@ -19,6 +19,8 @@ use crate::shell::secure;
 
 /// The longest a fragment request is held.
 pub const MAX_WAIT: Duration = Duration::from_secs(30);
+/// The least time between two renders of one held request.
+const MIN_RENDER_GAP: Duration = Duration::from_secs(1);
 
 fn hash_of(html: &str) -> String {
     let mut h = std::hash::DefaultHasher::new();
@@ -102,6 +104,7 @@ pub(crate) async fn fragment(
     catalog.borrow_and_update();
     kv.borrow_and_update();
     templates.borrow_and_update();
+    let mut stamp = pages::stamp(&st, &page);
     let Some((mut html, wake)) = render(&st, &page, &q).await else {
         return text(StatusCode::NOT_FOUND, "this page has no live part");
     };
@@ -112,6 +115,7 @@ pub(crate) async fn fragment(
         if let Ok(_permit) = st.0.held.try_acquire() {
             metrics::gauge!("corro_ui_held_requests").increment(1.0);
             let deadline = tokio::time::Instant::now() + wait;
+            let mut rendered_at = tokio::time::Instant::now();
             loop {
                 tokio::select! {
                     r = catalog.changed(), if wake.catalog => if r.is_err() { break },
@@ -122,6 +126,32 @@ pub(crate) async fn fragment(
                     _ = tokio::time::sleep_until(deadline) => break,
                     _ = st.0.stop.cancelled() => break,
                 }
+                // At most one render a second per held request, however
+                // fast the cluster changes (the browser repaints at most
+                // once a second anyway); wake-ups in between coalesce.
+                let next = rendered_at + MIN_RENDER_GAP;
+                if tokio::time::Instant::now() < next {
+                    tokio::select! {
+                        _ = tokio::time::sleep_until(next.min(deadline)) => {}
+                        _ = st.0.stop.cancelled() => break,
+                    }
+                    if tokio::time::Instant::now() >= deadline {
+                        break;
+                    }
+                }
+                let _ = (
+                    catalog.borrow_and_update(),
+                    kv.borrow_and_update(),
+                    templates.borrow_and_update(),
+                    members.borrow_and_update(),
+                );
+                // Nothing this page shows moved: no render.
+                let now_stamp = pages::stamp(&st, &page);
+                if now_stamp.is_some() && now_stamp == stamp {
+                    continue;
+                }
+                stamp = now_stamp;
+                rendered_at = tokio::time::Instant::now();
                 let Some((next, _)) = render(&st, &page, &q).await else {
                     break;
                 };

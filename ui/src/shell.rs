@@ -77,7 +77,7 @@ pub(crate) async fn page(State(st): State<UiState>, uri: Uri, RawQuery(raw): Raw
             @if page == Page::Sql {
                 main id="main" { (sql_console()) }
             } @else {
-                main id="main" data-fragment=(fragment) aria-live="polite" aria-busy="true" data-paints="0" {
+                main id="main" data-fragment=(fragment) aria-busy="true" data-paints="0" {
                     p class="muted" { "Loading…" }
                     noscript { p { "This page loads its data with JavaScript; the JSON API under /v1/ serves the same data." } }
                 }
@@ -103,8 +103,8 @@ fn layout(st: &UiState, page: Option<&Page>, title: &str, content: Markup) -> Ma
                 meta charset="utf-8";
                 meta name="viewport" content="width=device-width, initial-scale=1";
                 title { (title) " · " (st.0.cfg.node_name) " · Corrosion" }
-                link rel="stylesheet" href="/ui/assets/ui.css";
-                script src="/ui/assets/ui.js" defer {}
+                link rel="stylesheet" href={"/ui/assets/ui.css?v=" (crate::assets::version())};
+                script src={"/ui/assets/ui.js?v=" (crate::assets::version())} defer {}
             }
             body {
                 a class="skip" href="#main" { "Skip to content" }
@@ -166,7 +166,7 @@ fn forms(page: &Page, q: &Query) -> Markup {
                 label for="f-q" { "Search name or tag" }
                 input id="f-q" type="search" name="q" value=(q.q) maxlength="256";
                 label for="f-status" { "Status" }
-                (status_select(q, &[("", "any"), ("critical", "some critical"), ("warning", "some warning"), ("passing", "all passing")]))
+                (status_select(q, &[("", "any"), ("critical", "worst: critical"), ("maintenance", "worst: maintenance"), ("warning", "worst: warning"), ("passing", "all passing")]))
                 button type="submit" { "Filter" }
             }
         },
@@ -190,6 +190,9 @@ fn forms(page: &Page, q: &Query) -> Markup {
                     div class="actions" { button type="submit" { "Create…" } }
                 }
             }
+        },
+        Page::Kv(key) if corro_catalog::kv::validate_key(key).is_err() => html! {
+            p class="muted kv-actions" { "This key cannot be edited here (Consul's key rules refuse it; see docs/KV.md)." }
         },
         Page::Kv(key) => html! {
             div class="actions kv-actions" {

@@ -109,19 +109,25 @@ pub(crate) fn router(state: ApiState, ui: Option<Router>) -> Router {
 }
 
 /// The Consul-compatible routes (`[consul] http_addr`), with the web UI
-/// and the read routes its SQL console uses when the UI is on.
+/// when it is on, and the read routes its SQL console uses when a token is
+/// configured.
 pub(crate) fn consul_router(
     consul: corro_consul_api::ConsulState,
     ui: Option<(Router, ApiState)>,
 ) -> Router {
     let mut r = corro_consul_api::router(consul);
     if let Some((ui, state)) = ui {
-        let sql = Router::new()
-            .route("/v1/queries", post(queries::handle))
-            .route("/v1/subscriptions", post(subscriptions::subscribe))
-            .layer(middleware::from_fn_with_state(state.clone(), authorize))
-            .with_state(state);
-        r = r.merge(ui).merge(sql);
+        r = r.merge(ui);
+        // The SQL console's routes only when a token guards them: this
+        // listener is often reachable from further away than the API one.
+        if state.token.is_some() {
+            let sql = Router::new()
+                .route("/v1/queries", post(queries::handle))
+                .route("/v1/subscriptions", post(subscriptions::subscribe))
+                .layer(middleware::from_fn_with_state(state.clone(), authorize))
+                .with_state(state);
+            r = r.merge(sql);
+        }
     }
     r.fallback(not_found)
         .route_layer(middleware::from_fn(crate::telemetry::track_api))

@@ -154,6 +154,28 @@ pub(crate) struct Wake {
     pub tick: bool,
 }
 
+/// A cheap fingerprint of what `page` shows: when it has not moved since
+/// the last render, a wake-up renders nothing. `None`: no fingerprint
+/// (pages showing times re-render on each wake-up).
+pub(crate) fn stamp(st: &UiState, page: &Page) -> Option<(u64, u64)> {
+    use corro_catalog::Topic;
+    let c = &st.0.catalog;
+    Some(match page {
+        Page::Services => (c.last_catalog_change(), 0),
+        Page::Service(name) => (c.read().topic_index([&Topic::service(name)]), 0),
+        Page::Nodes => (c.last_catalog_change(), c.member_generation()),
+        Page::Node(name) => (
+            c.read().topic_index([&Topic::node(name)]),
+            c.member_generation(),
+        ),
+        Page::Kv(key) if key.is_empty() || key.ends_with('/') => {
+            (c.read().topic_index([&Topic::KvPrefix(key.clone())]), 0)
+        }
+        Page::Kv(key) => (c.read().topic_index([&Topic::KvKey(key.clone())]), 0),
+        Page::Overview | Page::Templates | Page::Sql => return None,
+    })
+}
+
 /// A rendered fragment: its HTML and what it depends on. `None`: no such
 /// page (the SQL console has no fragment).
 pub(crate) fn render(st: &UiState, page: &Page, q: &Query) -> Option<(Markup, Wake)> {
@@ -179,7 +201,7 @@ pub(crate) fn render(st: &UiState, page: &Page, q: &Query) -> Option<(Markup, Wa
         Page::Services => (services::list(st, q), catalog),
         Page::Service(name) => (services::detail(st, name, q), catalog),
         Page::Nodes => (nodes::list(st, q), with_members),
-        Page::Node(name) => (nodes::detail(st, name), with_members),
+        Page::Node(name) => (nodes::detail(st, name, q), with_members),
         Page::Kv(key) => (
             kv::render(st, key, q),
             Wake {

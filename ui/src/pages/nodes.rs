@@ -14,6 +14,8 @@ use crate::html::{Swim, badge, enc_name, num, page_range, pager, swim_badge};
 
 /// Nodes per page of the list.
 const PER_PAGE: usize = 100;
+/// Instances per page of a node.
+const INSTANCES_PER_PAGE: usize = 50;
 
 /// The SWIM state of the agent owning a node row.
 fn swim_state(
@@ -150,7 +152,7 @@ pub(crate) fn list(st: &UiState, q: &Query) -> Markup {
 }
 
 /// One node's page.
-pub(crate) fn detail(st: &UiState, name: &str) -> Markup {
+pub(crate) fn detail(st: &UiState, name: &str, q: &Query) -> Markup {
     let index = st.0.catalog.read();
     let node = index.node(name).cloned();
     let members = members(&index);
@@ -167,6 +169,8 @@ pub(crate) fn detail(st: &UiState, name: &str) -> Markup {
     let rtt_ms = index.rtt(name);
     drop(index);
     let local = &st.0.cfg.node_name;
+    let (start, end, _) = page_range(instances.len(), INSTANCES_PER_PAGE, q.page);
+    let href = |p: usize| format!("/ui/nodes/{}?{}", enc_name(name), q.with_page(p));
     html! {
         nav class="crumbs" aria-label="Breadcrumb" { a href="/ui/nodes" { "Nodes" } " / " }
         h1 { (name) " " (swim_badge(swim)) }
@@ -187,7 +191,10 @@ pub(crate) fn detail(st: &UiState, name: &str) -> Markup {
         (checks_table(&node_checks))
         h2 { "Service instances (" (num(instances.len())) ")" }
         @if instances.is_empty() { p class="muted" { "None." } }
-        @for i in &instances { (instance(i, local, true)) }
+        @else {
+            (pager(instances.len(), INSTANCES_PER_PAGE, q.page, "instances", href))
+            @for i in &instances[start..end] { (instance(i, local, true)) }
+        }
         @if instances.iter().any(|i| i.status != Status::Passing) {
             p class="muted" { "Worst instance: " (badge(instances.iter().map(|i| i.status).max().unwrap_or(Status::Passing))) }
         }

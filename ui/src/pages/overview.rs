@@ -7,7 +7,7 @@ use maud::{Markup, html};
 
 use super::services::{counts, summary};
 use crate::UiState;
-use crate::html::{ago, num};
+use crate::html::{ago, coarse_ms, num};
 
 pub(crate) fn render(st: &UiState) -> Markup {
     let h = st.0.view.health();
@@ -15,7 +15,8 @@ pub(crate) fn render(st: &UiState) -> Markup {
     let (members, nodes, kv) = {
         let index = st.0.catalog.read();
         let mut m = [1usize, 0, 0]; // this agent is alive to itself
-        for (_, s, _) in index.members() {
+        let me = index.local_actor().to_string();
+        for (_, s, _) in index.members().into_iter().filter(|(a, _, _)| *a != me) {
             m[match s {
                 MemberState::Alive => 0,
                 MemberState::Suspect => 1,
@@ -41,7 +42,7 @@ pub(crate) fn render(st: &UiState) -> Markup {
                 }
                 dl class="facts" {
                     dt { "Replication lag" }
-                    dd { @match h.replication_lag_secs { Some(l) => { (format!("{:.0} ms", l * 1000.0)) }, None => span class="muted" { "no remote change yet" } } }
+                    dd { @match h.replication_lag_secs { Some(l) => { (coarse_ms(l)) }, None => span class="muted" { "no remote change yet" } } }
                     dt { "Missing versions" } dd { (num(h.missing_versions as usize)) }
                     dt { "Behind peers by" } dd { (num(h.behind as usize)) " versions" }
                     dt { "Last sync" }
@@ -66,7 +67,11 @@ pub(crate) fn render(st: &UiState) -> Markup {
                     li class="st-passing" { span aria-hidden="true" { "✔ " } a href="/ui/services?status=passing" { strong { (num(sum.services[0])) } " passing" } }
                     li class="st-warning" { span aria-hidden="true" { "▲ " } a href="/ui/services?status=warning" { strong { (num(sum.services[1])) } " warning" } }
                     li class="st-critical" { span aria-hidden="true" { "✖ " } a href="/ui/services?status=critical" { strong { (num(sum.services[2])) } " critical" } }
+                    @if sum.services[3] > 0 {
+                        li class="st-maintenance" { span aria-hidden="true" { "⏸ " } a href="/ui/services?status=maintenance" { strong { (num(sum.services[3])) } " in maintenance" } }
+                    }
                 }
+                p class="muted" { "Each service counted once, by its worst instance." }
                 p { (num(sum.instances.iter().sum())) " instances: " (counts(sum.instances)) }
             }
             section class="card" aria-labelledby="ov-kv" {

@@ -25,14 +25,19 @@ pub(crate) struct ServiceRow {
     pub tags: Vec<String>,
     pub passing: usize,
     pub warning: usize,
-    /// Critical and maintenance.
     pub critical: usize,
+    /// Instances in maintenance (Consul's maintenance checks are critical
+    /// ones; shown apart so planned work does not look like an outage).
+    pub maintenance: usize,
 }
 
 impl ServiceRow {
+    /// The worst instance: critical, then maintenance, warning, passing.
     fn worst(&self) -> Status {
         if self.critical > 0 {
             Status::Critical
+        } else if self.maintenance > 0 {
+            Status::Maintenance
         } else if self.warning > 0 {
             Status::Warning
         } else {
@@ -41,7 +46,11 @@ impl ServiceRow {
     }
 
     fn instances(&self) -> usize {
-        self.passing + self.warning + self.critical
+        self.passing + self.warning + self.critical + self.maintenance
+    }
+
+    fn counts(&self) -> [usize; 4] {
+        [self.passing, self.warning, self.critical, self.maintenance]
     }
 }
 
@@ -49,28 +58,32 @@ impl ServiceRow {
 #[derive(Debug, Default)]
 pub(crate) struct Summary {
     pub rows: Vec<ServiceRow>,
-    pub instances: [usize; 3],
-    /// Services by their worst instance: passing, warning, critical.
-    pub services: [usize; 3],
+    /// Instances: passing, warning, critical, maintenance.
+    pub instances: [usize; 4],
+    /// Services by their worst instance, same order.
+    pub services: [usize; 4],
 }
 
-fn slot(s: Status) -> usize {
+pub(crate) fn slot(s: Status) -> usize {
     match s {
         Status::Passing => 0,
         Status::Warning => 1,
-        Status::Critical | Status::Maintenance => 2,
+        Status::Critical => 2,
+        Status::Maintenance => 3,
     }
 }
 
-/// The summary at the catalog's current index (computed once per index).
+/// The summary as of the latest catalog change (computed once per change,
+/// by one caller at a time: concurrent callers wait for it and share it).
 pub(crate) fn summary(st: &UiState) -> Arc<Summary> {
-    let index = st.0.catalog.read();
-    let at = index.current();
-    if let Some((i, s)) = &*st.0.summary.lock()
+    let mut cached = st.0.summary.lock();
+    let at = st.0.catalog.last_catalog_change();
+    if let Some((i, s)) = &*cached
         && *i == at
     {
         return s.clone();
     }
+    let index = st.0.catalog.read();
     let mut sum = Summary::default();
     for (name, tags) in index.service_names() {
         let mut row = ServiceRow {
@@ -79,12 +92,14 @@ pub(crate) fn summary(st: &UiState) -> Arc<Summary> {
             passing: 0,
             warning: 0,
             critical: 0,
+            maintenance: 0,
         };
         for i in index.instances(name) {
             match slot(i.status) {
                 0 => row.passing += 1,
                 1 => row.warning += 1,
-                _ => row.critical += 1,
+                2 => row.critical += 1,
+                _ => row.maintenance += 1,
             }
             sum.instances[slot(i.status)] += 1;
         }
@@ -93,16 +108,15 @@ pub(crate) fn summary(st: &UiState) -> Arc<Summary> {
     }
     drop(index);
     let sum = Arc::new(sum);
-    *st.0.summary.lock() = Some((at, sum.clone()));
+    *cached = Some((at, sum.clone()));
     sum
 }
 
 fn matches(row: &ServiceRow, q: &Query) -> bool {
+    // By worst status, as the overview counts them.
     let status_ok = match q.status.as_str() {
-        "critical" => row.critical > 0,
-        "warning" => row.warning > 0,
-        "passing" => row.worst() == Status::Passing,
-        _ => true,
+        "" => true,
+        s => row.worst().as_str() == s,
     };
     if !status_ok {
         return false;
@@ -115,13 +129,16 @@ fn matches(row: &ServiceRow, q: &Query) -> bool {
         || row.tags.iter().any(|t| t.to_lowercase().contains(&needle))
 }
 
-/// Counts as three badges-with-numbers.
-pub(crate) fn counts(c: [usize; 3]) -> Markup {
+/// Counts by status as icons with numbers (maintenance only when some).
+pub(crate) fn counts(c: [usize; 4]) -> Markup {
     html! {
         span class="counts" {
             span class="count st-passing" title="passing" { span aria-hidden="true" { "✔ " } (num(c[0])) span class="sr" { " passing" } }
             span class="count st-warning" title="warning" { span aria-hidden="true" { "▲ " } (num(c[1])) span class="sr" { " warning" } }
             span class="count st-critical" title="critical" { span aria-hidden="true" { "✖ " } (num(c[2])) span class="sr" { " critical" } }
+            @if c[3] > 0 {
+                span class="count st-maintenance" title="maintenance" { span aria-hidden="true" { "⏸ " } (num(c[3])) span class="sr" { " in maintenance" } }
+            }
         }
     }
 }
@@ -152,7 +169,7 @@ pub(crate) fn list(st: &UiState, q: &Query) -> Markup {
                         tr {
                             td { a href={"/ui/services/" (enc_name(&r.name))} { (r.name) } }
                             td { (badge(r.worst())) }
-                            td { (num(r.instances())) " " (counts([r.passing, r.warning, r.critical])) }
+                            td { (num(r.instances())) " " (counts(r.counts())) }
                             td class="tags" {
                                 @for t in r.tags.iter().take(TAGS_SHOWN) { span class="tag" { (t) } " " }
                                 @if r.tags.len() > TAGS_SHOWN { span class="more" { "+" (r.tags.len() - TAGS_SHOWN) " more" } }
@@ -247,7 +264,7 @@ pub(crate) fn checks_table(checks: &[Arc<corro_catalog::Entry<corro_catalog::Che
 /// One service's page.
 pub(crate) fn detail(st: &UiState, name: &str, q: &Query) -> Markup {
     let instances = st.0.catalog.read().instances(name);
-    let mut c = [0; 3];
+    let mut c = [0; 4];
     for i in &instances {
         c[slot(i.status)] += 1;
     }
