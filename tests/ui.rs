@@ -75,7 +75,9 @@ fn pages_show_the_cluster_live_and_hostile_names_as_text() {
     );
     let a = ui_node(&d.join("a"), None, "ui-a", "", "").start();
     let mut b = ui_node(&d.join("b"), Some(&a), "ui-b", "", "").start();
-    let c = ui_node(&d.join("c"), Some(&a), "ui-c", "", &tpl).start();
+    let c_node = ui_node(&d.join("c"), Some(&a), "ui-c", "", &tpl);
+    c_node.enable_metrics();
+    let c = c_node.start();
     register(
         &a,
         json!({"Name": "web", "ID": "web-1", "Port": 8080, "Tags": ["v1", "<b>bold</b>"],
@@ -157,6 +159,25 @@ fn pages_show_the_cluster_live_and_hostile_names_as_text() {
     );
     assert_eq!(browser.alert_text(), None);
     browser.screenshot(&shots().join("service.png"));
+    // Churn elsewhere does not re-render this page: 30 other services come
+    // and their catalog changes wake its held request, but what it shows
+    // (service web's index) did not move.
+    let renders = || c.counter("corro_ui_renders_total");
+    let before = renders();
+    for i in 0..30 {
+        register(&a, json!({"Name": format!("churn-{i}"), "Port": 7000 + i}));
+    }
+    await_some(Duration::from_secs(20), "the churn on C", || {
+        get_json(&c, "/v1/catalog/services")
+            .get("churn-29")
+            .map(|_| ())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    let rendered = renders() - before;
+    assert!(
+        rendered <= 1.0,
+        "{rendered} renders of a page nothing changed on"
+    );
     // The hostile service's own page (deep link, encoded name).
     let enc: String = HOSTILE
         .bytes()

@@ -153,6 +153,7 @@ pub(crate) const METRICS: &[Metric] = &[
     // Templates
     m("corro_tpl_renders_total", Counter, &["template"], "template renders"),
     m("corro_ui_fragments_total", Counter, &["page"], "web UI fragment requests, by page"),
+    m("corro_ui_renders_total", Counter, &["page"], "web UI fragments rendered, by page (held requests render only when what the page shows moved)"),
     m("corro_ui_held_requests", Gauge, &[], "web UI live-update requests held open now (bound: ui.max_held)"),
     m("corro_tpl_render_errors_total", Counter, &["template"], "failed renders (compile, script, SQL, write)"),
     m("corro_tpl_writes_total", Counter, &["template"], "rendered files written (changed output)"),

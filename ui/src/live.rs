@@ -55,6 +55,7 @@ fn text(status: StatusCode, msg: &str) -> Response {
 }
 
 async fn render(st: &UiState, page: &Page, q: &Query) -> Option<(String, pages::Wake)> {
+    metrics::counter!("corro_ui_renders_total", "page" => page.section()).increment(1);
     let (st, page, q) = (st.clone(), page.clone(), q.clone());
     tokio::task::spawn_blocking(move || {
         pages::render(&st, &page, &q).map(|(m, w)| (m.into_string(), w))
@@ -115,7 +116,9 @@ pub(crate) async fn fragment(
         if let Ok(_permit) = st.0.held.try_acquire() {
             metrics::gauge!("corro_ui_held_requests").increment(1.0);
             let deadline = tokio::time::Instant::now() + wait;
-            let mut rendered_at = tokio::time::Instant::now();
+            // When this request last rendered for nothing (same HTML): the
+            // first change renders at once, wasted renders stay one a second.
+            let mut wasted_at: Option<tokio::time::Instant> = None;
             loop {
                 tokio::select! {
                     r = catalog.changed(), if wake.catalog => if r.is_err() { break },
@@ -129,8 +132,9 @@ pub(crate) async fn fragment(
                 // At most one render a second per held request, however
                 // fast the cluster changes (the browser repaints at most
                 // once a second anyway); wake-ups in between coalesce.
-                let next = rendered_at + MIN_RENDER_GAP;
-                if tokio::time::Instant::now() < next {
+                if let Some(next) = wasted_at.map(|w| w + MIN_RENDER_GAP)
+                    && tokio::time::Instant::now() < next
+                {
                     tokio::select! {
                         _ = tokio::time::sleep_until(next.min(deadline)) => {}
                         _ = st.0.stop.cancelled() => break,
@@ -151,7 +155,7 @@ pub(crate) async fn fragment(
                     continue;
                 }
                 stamp = now_stamp;
-                rendered_at = tokio::time::Instant::now();
+                wasted_at = Some(tokio::time::Instant::now());
                 let Some((next, _)) = render(&st, &page, &q).await else {
                     break;
                 };
