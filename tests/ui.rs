@@ -75,7 +75,13 @@ fn pages_show_the_cluster_live_and_hostile_names_as_text() {
     );
     let a = ui_node(&d.join("a"), None, "ui-a", "", "").start();
     let mut b = ui_node(&d.join("b"), Some(&a), "ui-b", "", "").start();
-    let c_node = ui_node(&d.join("c"), Some(&a), "ui-c", "", &tpl);
+    let c_node = ui_node(
+        &d.join("c"),
+        Some(&a),
+        "ui-c",
+        "",
+        &format!("http_addr = \"127.0.0.1:0\"\n{tpl}"),
+    );
     c_node.enable_metrics();
     let c = c_node.start();
     register(
@@ -102,6 +108,26 @@ fn pages_show_the_cluster_live_and_hostile_names_as_text() {
         let s = get_json(&c, "/v1/catalog/services");
         (s.get("web").is_some() && s.get(HOSTILE).is_some()).then_some(())
     });
+    // Without a token the Consul listener serves the UI but not the SQL
+    // console's routes (it is often reachable from further away).
+    let consul: std::net::SocketAddr =
+        await_some(Duration::from_secs(10), "C's Consul listener", || {
+            let line = c.saw("Starting Consul-compatible API server on tcp/")?;
+            line.rsplit("tcp/").next()?.trim().parse().ok()
+        });
+    let status = |r: reqwest::blocking::RequestBuilder| r.send().unwrap().status().as_u16();
+    assert_eq!(
+        status(http().get(format!("http://{consul}/ui/f/services"))),
+        200
+    );
+    assert_eq!(
+        status(
+            http()
+                .post(format!("http://{consul}/v1/queries"))
+                .json(&json!("SELECT 1"))
+        ),
+        404
+    );
     let browser = Browser::start(1280, 900);
     let ui = |p: &str| c.url(p);
 
@@ -383,6 +409,14 @@ fn with_a_token_the_ui_asks_for_it_refuses_a_wrong_one_and_writes_need_a_confirm
     browser.goto(&a.url("/ui/kv/app/mode"));
     let dialog_open = "return document.querySelector('#token-dialog').open;";
     browser.wait_js("the token prompt", Duration::from_secs(20), dialog_open);
+    // Esc does not dismiss it (every request waits on it).
+    browser.type_into("#token-input", "\u{e00c}");
+    std::thread::sleep(Duration::from_millis(200));
+    assert_eq!(
+        browser.js(dialog_open, vec![]),
+        json!(true),
+        "Esc closed the token prompt"
+    );
     browser.type_into("#token-input", "wrong");
     browser.click("#token-form button[type=submit]");
     browser.wait_js(

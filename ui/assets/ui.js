@@ -23,14 +23,21 @@
   function token() {
     try { return sessionStorage.getItem(TOKEN_KEY) || ''; } catch (e) { return ''; }
   }
-  function keep(t) {
-    try { sessionStorage.setItem(TOKEN_KEY, t); } catch (e) { /* private mode */ }
+  // `ok`: the agent accepted it (only then is it handed to other tabs).
+  function keep(t, ok) {
+    try {
+      sessionStorage.setItem(TOKEN_KEY, t);
+      sessionStorage.setItem(TOKEN_KEY + '.ok', ok ? '1' : '');
+    } catch (e) { /* private mode */ }
+  }
+  function accepted() {
+    try { return sessionStorage.getItem(TOKEN_KEY + '.ok') === '1'; } catch (e) { return false; }
   }
   const channel = ('BroadcastChannel' in window) ? new BroadcastChannel('corrosion-token') : null;
   if (channel) {
     channel.onmessage = (ev) => {
       const m = ev.data || {};
-      if (m.ask && token()) channel.postMessage({ token: token() });
+      if (m.ask && token() && accepted()) channel.postMessage({ token: token() });
     };
   }
   function fromOtherTabs() {
@@ -48,24 +55,30 @@
     if (asking) return asking;
     if (!refused) {
       const t = await fromOtherTabs();
-      if (t) { keep(t); return; }
+      if (t) { keep(t, true); return; }
       if (asking) return asking;
     }
     const dialog = $('#token-dialog');
     const form = $('#token-form');
     const input = $('#token-input');
     $('#token-error').hidden = !refused;
-    // Esc would close the dialog and leave every request waiting.
-    dialog.addEventListener('cancel', (ev) => ev.preventDefault());
     asking = new Promise((resolve) => {
+      let submitted = false;
       form.addEventListener('submit', function done(ev) {
         ev.preventDefault();
         form.removeEventListener('submit', done);
-        keep(input.value);
+        submitted = true;
+        keep(input.value, false);
         input.value = '';
         dialog.close();
         asking = null;
         resolve();
+      });
+      // Esc (or anything else) closing it without a token: open it again,
+      // or every request would wait on this prompt forever.
+      dialog.addEventListener('close', function reopen() {
+        if (submitted) { dialog.removeEventListener('close', reopen); return; }
+        setTimeout(() => { if (!dialog.open) { dialog.showModal(); input.focus(); } }, 0);
       });
     });
     if (!dialog.open) dialog.showModal();
@@ -87,6 +100,7 @@
         await askToken(t !== '');
         continue;
       }
+      if (t && !accepted()) keep(t, true);
       return r;
     }
   }
@@ -174,10 +188,12 @@
         // The agent escaped every value in this HTML; the page's CSP
         // forbids inline scripts and handlers.
         const focused = focusKey(main);
+        const nth = focused ? [...main.querySelectorAll(focused)].indexOf(document.activeElement) : -1;
         main.innerHTML = html;
         if (focused) {
-          const again = main.querySelector(focused);
-          if (again) again.focus();
+          const all = main.querySelectorAll(focused);
+          const again = all[Math.max(0, Math.min(nth, all.length - 1))];
+          if (again) again.focus({ preventScroll: true });
         }
         main.setAttribute('aria-busy', 'false');
         hash = h;
@@ -255,13 +271,20 @@
       const form = $('#kv-edit');
       const r = await api(kvUrl(b.dataset.key));
       if (!r.ok) { flash('Cannot load the value (' + r.status + '): ' + clean(await r.text()), true); return; }
-      const entry = (await r.json())[0];
+      const raw = await r.text();
+      const entry = JSON.parse(raw)[0];
       // Saved with the same flags (a PUT without ?flags= would zero them).
-      form.dataset.flags = String(entry.Flags || 0);
+      // The digits as sent (flags go up to 2^64; JSON numbers lose them).
+      form.dataset.flags = (raw.match(/"Flags":\s*(\d+)/) || [0, '0'])[1];
       const bytes = Uint8Array.from(atob(entry.Value || ''), (c) => c.charCodeAt(0));
       let text;
-      try { text = new TextDecoder('utf-8', { fatal: true }).decode(bytes); } catch (e) { text = null; }
-      if (text === null) { flash('This value is not UTF-8 text; it cannot be edited here.', true); return; }
+      try { text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(bytes); } catch (e) { text = null; }
+      // A textarea rewrites CR and CRLF as LF: saving would change bytes
+      // nobody edited.
+      if (text === null || text.includes('\r')) {
+        flash('This value is not plain UTF-8 text with LF line ends; it cannot be edited here without changing it.', true);
+        return;
+      }
       $('#kv-edit-value').value = text;
       form.hidden = false;
       $('#kv-edit-value').focus();
@@ -395,7 +418,9 @@
         if (!r.ok) {
           let msg = await r.text();
           try { msg = JSON.parse(msg).error || msg; } catch (e) { /* plain text */ }
-          status.textContent = 'Error (' + r.status + '): ' + msg;
+          status.textContent = r.status === 404
+            ? 'The SQL console is not served on this listener: the Consul listener serves it only when an API token is configured. Use the API listener (api.addr).'
+            : 'Error (' + r.status + '): ' + msg;
           return;
         }
         let count = 0;
@@ -440,6 +465,13 @@
       }
     });
   }
+
+  // Esc must not close the token prompt (Chromium lets a dialog's cancel
+  // event through without a user gesture since it opened).
+  document.addEventListener('keydown', (ev) => {
+    const d = $('#token-dialog');
+    if (ev.key === 'Escape' && d && d.open) ev.preventDefault();
+  }, true);
 
   document.addEventListener('DOMContentLoaded', () => {
     const main = $('#main');

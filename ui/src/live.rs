@@ -65,6 +65,16 @@ async fn render(st: &UiState, page: &Page, q: &Query) -> Option<(String, pages::
     .flatten()
 }
 
+/// [`pages::stamp`] on a blocking thread (it takes the catalog's lock,
+/// which a writer may hold while it syncs the index counter to disk).
+async fn stamp_of(st: &UiState, page: &Page) -> Option<(u64, u64)> {
+    let (st, page) = (st.clone(), page.clone());
+    tokio::task::spawn_blocking(move || pages::stamp(&st, &page))
+        .await
+        .ok()
+        .flatten()
+}
+
 /// `GET /ui/f/{*rest}`.
 pub(crate) async fn fragment(
     State(st): State<UiState>,
@@ -105,7 +115,7 @@ pub(crate) async fn fragment(
     catalog.borrow_and_update();
     kv.borrow_and_update();
     templates.borrow_and_update();
-    let mut stamp = pages::stamp(&st, &page);
+    let mut stamp = stamp_of(&st, &page).await;
     let Some((mut html, wake)) = render(&st, &page, &q).await else {
         return text(StatusCode::NOT_FOUND, "this page has no live part");
     };
@@ -150,7 +160,7 @@ pub(crate) async fn fragment(
                     members.borrow_and_update(),
                 );
                 // Nothing this page shows moved: no render.
-                let now_stamp = pages::stamp(&st, &page);
+                let now_stamp = stamp_of(&st, &page).await;
                 if now_stamp.is_some() && now_stamp == stamp {
                     continue;
                 }

@@ -88,7 +88,9 @@ pub(crate) fn list(st: &UiState, q: &Query) -> Markup {
         let shown: Vec<NodeRow> = rows[start..end]
             .iter()
             .map(|n| {
-                let checks: Vec<_> = index.exact_node_checks(&n.node).collect();
+                // With the synthetic serfHealth check: a down node shows
+                // a critical check.
+                let checks = index.node_checks(&n.node);
                 NodeRow {
                     name: n.node.clone(),
                     address: n.address.clone(),
@@ -196,7 +198,7 @@ pub(crate) fn detail(st: &UiState, name: &str, q: &Query) -> Markup {
             @for i in &instances[start..end] { (instance(i, local, true)) }
         }
         @if instances.iter().any(|i| i.status != Status::Passing) {
-            p class="muted" { "Worst instance: " (badge(instances.iter().map(|i| i.status).max().unwrap_or(Status::Passing))) }
+            p class="muted" { "Worst instance: " (badge(instances.iter().map(|i| i.status).max_by_key(|s| super::services::severity(*s)).unwrap_or(Status::Passing))) }
         }
     }
 }

@@ -33,7 +33,7 @@ pub(crate) struct ServiceRow {
 
 impl ServiceRow {
     /// The worst instance: critical, then maintenance, warning, passing.
-    fn worst(&self) -> Status {
+    pub(crate) fn worst(&self) -> Status {
         if self.critical > 0 {
             Status::Critical
         } else if self.maintenance > 0 {
@@ -64,6 +64,17 @@ pub(crate) struct Summary {
     pub services: [usize; 4],
 }
 
+/// How bad a status is for an operator: critical (an outage) above
+/// maintenance (planned), then warning, passing.
+pub(crate) fn severity(s: Status) -> u8 {
+    match s {
+        Status::Passing => 0,
+        Status::Warning => 1,
+        Status::Maintenance => 2,
+        Status::Critical => 3,
+    }
+}
+
 pub(crate) fn slot(s: Status) -> usize {
     match s {
         Status::Passing => 0,
@@ -76,13 +87,16 @@ pub(crate) fn slot(s: Status) -> usize {
 /// The summary as of the latest catalog change (computed once per change,
 /// by one caller at a time: concurrent callers wait for it and share it).
 pub(crate) fn summary(st: &UiState) -> Arc<Summary> {
+    // What this caller needs at least; a summary computed by another caller
+    // while this one waited for the lock serves it too.
+    let wanted = st.0.catalog.last_catalog_change();
     let mut cached = st.0.summary.lock();
-    let at = st.0.catalog.last_catalog_change();
     if let Some((i, s)) = &*cached
-        && *i == at
+        && *i >= wanted
     {
         return s.clone();
     }
+    let at = st.0.catalog.last_catalog_change();
     let index = st.0.catalog.read();
     let mut sum = Summary::default();
     for (name, tags) in index.service_names() {
