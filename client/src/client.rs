@@ -71,11 +71,23 @@ impl Client {
     }
 
     async fn send(&self, req: reqwest::RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        self.send_accepting(req, false).await
+    }
+
+    /// [`Client::send`], with a 404 returned as an answer when `not_found`
+    /// is one (Consul's KV answers a missing key so).
+    async fn send_accepting(
+        &self,
+        req: reqwest::RequestBuilder,
+        not_found: bool,
+    ) -> Result<reqwest::Response, ClientError> {
         let resp = req.send().await.map_err(|source| ClientError::Http {
             addr: self.addr,
             source,
         })?;
-        if resp.status().is_success() {
+        if resp.status().is_success()
+            || (not_found && resp.status() == reqwest::StatusCode::NOT_FOUND)
+        {
             return Ok(resp);
         }
         let status = resp.status().as_u16();
@@ -121,22 +133,10 @@ impl Client {
         key: &str,
         query: &str,
     ) -> Result<Option<bytes::Bytes>, ClientError> {
-        let path = kv_path(key, query);
-        let resp = self
-            .request(reqwest::Method::GET, &path)
-            .send()
-            .await
-            .map_err(|source| ClientError::Http {
-                addr: self.addr,
-                source,
-            })?;
+        let req = self.request(reqwest::Method::GET, &kv_path(key, query));
+        let resp = self.send_accepting(req, true).await?;
         if resp.status() == reqwest::StatusCode::NOT_FOUND {
             return Ok(None);
-        }
-        if !resp.status().is_success() {
-            let status = resp.status().as_u16();
-            let message = resp.text().await.unwrap_or_default();
-            return Err(ClientError::Api { status, message });
         }
         resp.bytes()
             .await
@@ -162,22 +162,8 @@ impl Client {
         } else {
             format!("{query}&index={index}&wait={wait_secs}s")
         };
-        let resp = self
-            .request(reqwest::Method::GET, &kv_path(key, &q))
-            .send()
-            .await
-            .map_err(|source| ClientError::Http {
-                addr: self.addr,
-                source,
-            })?;
-        let status = resp.status();
-        if !status.is_success() && status != reqwest::StatusCode::NOT_FOUND {
-            let message = resp.text().await.unwrap_or_default();
-            return Err(ClientError::Api {
-                status: status.as_u16(),
-                message,
-            });
-        }
+        let req = self.request(reqwest::Method::GET, &kv_path(key, &q));
+        let resp = self.send_accepting(req, true).await?;
         let got = resp
             .headers()
             .get("x-consul-index")

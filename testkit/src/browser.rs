@@ -115,26 +115,24 @@ impl Browser {
         }
     }
 
+    /// The first element matching `css` (panics when none).
+    async fn find(&self, css: &str) -> fantoccini::elements::Element {
+        self.c()
+            .find(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}"))
+    }
+
     /// The text of the first element matching `css` (panics when none).
     pub fn text(&self, css: &str) -> String {
-        self.rt.block_on(async {
-            let e = self
-                .c()
-                .find(Locator::Css(css))
-                .await
-                .unwrap_or_else(|e| panic!("no {css}: {e}"));
-            e.text().await.unwrap_or_default()
-        })
+        self.rt
+            .block_on(async { self.find(css).await.text().await.unwrap_or_default() })
     }
 
     /// Types `text` into the element matching `css`.
     pub fn type_into(&self, css: &str, text: &str) {
         self.rt.block_on(async {
-            let e = self
-                .c()
-                .find(Locator::Css(css))
-                .await
-                .unwrap_or_else(|e| panic!("no {css}: {e}"));
+            let e = self.find(css).await;
             e.clear().await.ok();
             e.send_keys(text)
                 .await
@@ -145,12 +143,9 @@ impl Browser {
     /// Clicks the element matching `css`.
     pub fn click(&self, css: &str) {
         self.rt.block_on(async {
-            let e = self
-                .c()
-                .find(Locator::Css(css))
+            self.find(css)
                 .await
-                .unwrap_or_else(|e| panic!("no {css}: {e}"));
-            e.click()
+                .click()
                 .await
                 .unwrap_or_else(|e| panic!("clicking {css}: {e}"));
         })

@@ -9,18 +9,8 @@ Exits non-zero on the first failed expectation.
 
 import sys
 
-import consul
 
-
-def client(addr):
-    host, port = addr.rsplit(":", 1)
-    return consul.Consul(host=host, port=int(port))
-
-
-def expect(cond, what):
-    if not cond:
-        print(f"FAILED: {what}", flush=True)
-        sys.exit(1)
+from helpers import client, expect, wait_for
 
 
 a, b, c = (client(x) for x in sys.argv[1:4])

@@ -17,29 +17,7 @@ import time
 
 import consul
 
-
-def client(addr):
-    host, port = addr.rsplit(":", 1)
-    return consul.Consul(host=host, port=int(port))
-
-
-def expect(cond, what):
-    if not cond:
-        print(f"FAILED: {what}", flush=True)
-        sys.exit(1)
-
-
-def wait_for(what, f, limit=20.0):
-    """Polls f every 50 ms until it returns a true value."""
-    start = time.monotonic()
-    while True:
-        v = f()
-        if v:
-            return v
-        if time.monotonic() - start > limit:
-            print(f"FAILED: timed out waiting for {what}", flush=True)
-            sys.exit(1)
-        time.sleep(0.05)
+from helpers import client, expect, wait_for
 
 
 def value_on(c, key):
