@@ -14,10 +14,16 @@ use crate::api::stats::{HealthParams, report};
 struct View {
     api: ApiState,
     board: StatusBoard,
+    /// The last report and when it was made: every open Overview asks once
+    /// a second, and a report counts missing versions in the database.
+    health: parking_lot::Mutex<Option<(std::time::Instant, AgentHealth)>>,
 }
 
-impl AgentView for View {
-    fn health(&self) -> AgentHealth {
+/// How long one health report serves every Overview.
+const HEALTH_FRESH: std::time::Duration = std::time::Duration::from_millis(500);
+
+impl View {
+    fn report(&self) -> AgentHealth {
         let r = report(&self.api, &HealthParams::default());
         AgentHealth {
             status: r.status,
@@ -30,6 +36,20 @@ impl AgentView for View {
             replication_lag_secs: r.replication_lag_secs,
             broadcast_queue: r.broadcast_queue as u64,
         }
+    }
+}
+
+impl AgentView for View {
+    fn health(&self) -> AgentHealth {
+        let mut cached = self.health.lock();
+        if let Some((at, h)) = &*cached
+            && at.elapsed() < HEALTH_FRESH
+        {
+            return h.clone();
+        }
+        let h = self.report();
+        *cached = Some((std::time::Instant::now(), h.clone()));
+        h
     }
 
     fn templates(&self) -> Vec<TemplateRow> {
@@ -63,6 +83,7 @@ pub(crate) fn router(
     let view = Arc::new(View {
         api: api.clone(),
         board,
+        health: parking_lot::Mutex::new(None),
     });
     let state = UiState::new(
         discovery.catalog.clone(),

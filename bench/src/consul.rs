@@ -83,7 +83,7 @@ pub(crate) fn discovery_node(dir: &Path, name: &str, seed: Option<&Agent>) -> No
     node
 }
 
-fn post(agent: &Agent, body: serde_json::Value) -> anyhow::Result<()> {
+pub(crate) fn post(agent: &Agent, body: serde_json::Value) -> anyhow::Result<()> {
     let r = reqwest::blocking::Client::new()
         .post(agent.url("/v1/transactions"))
         .json(&body)

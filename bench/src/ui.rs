@@ -21,7 +21,7 @@ use corro_testkit::Agent;
 use corro_testkit::browser::Browser;
 use serde_json::json;
 
-use crate::consul::discovery_node;
+use crate::consul::{discovery_node, post};
 
 #[derive(Args)]
 pub(crate) struct UiArgs {
@@ -37,15 +37,6 @@ fn now_ms() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64() * 1000.0)
-}
-
-fn post(agent: &Agent, body: serde_json::Value) -> anyhow::Result<()> {
-    let r = reqwest::blocking::Client::new()
-        .post(agent.url("/v1/transactions"))
-        .json(&body)
-        .send()?;
-    anyhow::ensure!(r.status().is_success(), "write failed: {}", r.text()?);
-    Ok(())
 }
 
 fn load(agent: &Agent, services: u32, nodes: u32) -> anyhow::Result<()> {
