@@ -68,6 +68,10 @@ pub(crate) const METRICS: &[Metric] = &[
     m("corro_store_head_version", Gauge, &[], "this node's latest version"),
     m("corro_store_writer_local_active", Gauge, &[], "local transactions waiting for or holding the writer"),
     m("corro_store_writer_remote_waiting", Gauge, &[], "remote applications queued for the writer"),
+    m("corro_store_group_waiting", Gauge, &[], "local transactions queued for the next group commit"),
+    m("corro_store_group_commits_total", Counter, &[], "group commits (one SQLite transaction for several callers' transactions)"),
+    m("corro_store_group_transactions_total", Counter, &[], "callers' transactions run in group commits (divided by the commits: the mean group size)"),
+    m("corro_store_group_reruns_total", Counter, &[], "groups run again because a statement made SQLite roll back the whole transaction"),
     m("corro_store_apply_duration_seconds", Histogram, &[], "time to merge one batch of changesets received from peers"),
     m("corro_store_read_pool_size", Gauge, &[], "read-only SQLite connections in the pool"),
     m("corro_store_read_pool_in_use", Gauge, &[], "read connections lent out"),
@@ -252,6 +256,11 @@ pub(crate) fn sample(store: Store, cluster: Cluster, stop: CancellationToken) {
             let q = store.writer_stats();
             metrics::gauge!("corro_store_writer_local_active").set(q.local_active as f64);
             metrics::gauge!("corro_store_writer_remote_waiting").set(q.remote_waiting as f64);
+            let g = store.group_stats();
+            metrics::gauge!("corro_store_group_waiting").set(g.waiting as f64);
+            metrics::counter!("corro_store_group_commits_total").absolute(g.groups);
+            metrics::counter!("corro_store_group_transactions_total").absolute(g.transactions);
+            metrics::counter!("corro_store_group_reruns_total").absolute(g.reruns);
             metrics::gauge!("corro_store_head_version").set(store.head() as f64);
             let p = store.read_pool_stats();
             metrics::gauge!("corro_store_read_pool_size").set(p.size as f64);

@@ -10,6 +10,7 @@ mod cluster;
 mod consul;
 mod dns;
 mod hostile;
+mod http;
 mod kv;
 mod limits;
 mod store;
@@ -38,6 +39,12 @@ enum Cmd {
     /// What plain SQLite charges for the store's design: a trigger on
     /// inserts, and four pages per single-row commit.
     StoreLimits(limits::LimitsArgs),
+    /// The HTTP API's reads and writes: primary-key queries vs nginx,
+    /// one-row upserts vs plain SQLite commits.
+    Http {
+        #[command(subcommand)]
+        cmd: http::HttpCmd,
+    },
     /// Subscriptions on a large table under a steady write load.
     Subs(subs::SubsArgs),
     /// Checks run by the agent: 10,000 HTTP + 10,000 TTL checks at rest,
@@ -88,6 +95,7 @@ fn main() -> anyhow::Result<()> {
         Cmd::Checks { cmd } => checks::run(cmd),
         Cmd::Cluster { cmd } => cluster::run(cmd),
         Cmd::Subs(args) => subs::run(args),
+        Cmd::Http { cmd } => http::run(cmd),
         Cmd::Consul { cmd } => consul::run(cmd),
         Cmd::Kv { cmd } => kv::run(cmd),
         Cmd::Dns(args) => dns::run(args),

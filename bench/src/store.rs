@@ -70,7 +70,7 @@ pub(crate) fn plain(path: &Path) -> anyhow::Result<Connection> {
     Ok(c)
 }
 
-fn store(path: &Path) -> anyhow::Result<Store> {
+pub(crate) fn store(path: &Path) -> anyhow::Result<Store> {
     let s = Store::open(path, StoreOptions::default())?;
     let schema = path.with_extension("sql");
     std::fs::write(&schema, SCHEMA)?;

@@ -66,6 +66,8 @@ pub(crate) struct Inner {
     pub schema_fingerprint: std::sync::atomic::AtomicU64,
     /// Whether writes are refused for a full disk.
     pub space: crate::space::Space,
+    /// Transactions waiting to be committed together ([`Store::transact_grouped`]).
+    pub group: crate::group::GroupQueue,
 }
 
 pub(crate) struct Writer {
@@ -197,6 +199,7 @@ impl Store {
                 commit_listeners: RwLock::new(Vec::new()),
                 schema_fingerprint: fingerprint.into(),
                 space,
+                group: Default::default(),
             }),
         })
     }

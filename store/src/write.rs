@@ -46,17 +46,17 @@ pub struct Committed<T> {
     /// What changed, one compact record per row; [`Change`]s are produced
     /// from it on demand (a bulk load would otherwise hold three ~100-byte
     /// structs per row).
-    rows: Vec<RowChange>,
-    last_seq: u64,
+    pub(crate) rows: Vec<RowChange>,
+    pub(crate) last_seq: u64,
 }
 
 /// One row's part of a local version.
 #[derive(Debug)]
-struct RowChange {
-    meta: Arc<TableMeta>,
-    pk: Arc<[u8]>,
+pub(crate) struct RowChange {
+    pub(crate) meta: Arc<TableMeta>,
+    pub(crate) pk: Arc<[u8]>,
     /// Causal length after the change.
-    cl: u64,
+    pub(crate) cl: u64,
     /// Seq of the first change of this row; the rest follow consecutively.
     first_seq: u64,
     op: RowOp,
@@ -144,7 +144,11 @@ impl<T> Committed<T> {
     }
 }
 
-impl WriteTx<'_> {
+impl<'a> WriteTx<'a> {
+    pub(crate) fn new(conn: &'a Connection, writer: &'a Writer) -> Self {
+        WriteTx { conn, writer }
+    }
+
     /// Runs one statement with positional parameters; returns rows affected.
     pub fn execute(&mut self, sql: &str, params: &[SqlValue]) -> Result<usize, StoreError> {
         self.run(sql, |stmt| bind_positional(stmt, params))
@@ -369,7 +373,7 @@ impl Store {
 
     /// Turns the captured row images into clock updates and per-row change
     /// records; returns them with the number of changes (the next seq).
-    fn flush(
+    pub(crate) fn flush(
         &self,
         w: &Writer,
         version: u64,

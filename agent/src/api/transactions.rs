@@ -6,6 +6,7 @@
 //! naming the statement; more statements than `api.max_statements` or more
 //! changed rows than `api.max_changes` answer 413 and change nothing.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Body;
@@ -14,6 +15,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use corro_client::{ExecResponse, ExecResult, Statement};
 use corro_store::StoreError;
+use parking_lot::Mutex;
 
 use super::{ApiState, error, read_json, store_error, values};
 
@@ -50,8 +52,13 @@ pub(crate) async fn handle(State(st): State<ApiState>, headers: HeaderMap, body:
     let max_changes = st.limits.max_changes;
     let started = Instant::now();
     let outcome = tokio::task::spawn_blocking(move || {
-        let mut refusal: Option<Refusal> = None;
-        let r = store.transact(|tx| {
+        // Committed together with concurrent requests' transactions (group
+        // commit); the closure may run more than once, only its last run
+        // counts, so the refusal is reset on each.
+        let refused: Arc<Mutex<Option<Refusal>>> = Arc::default();
+        let refusal = refused.clone();
+        let r = store.transact_grouped(move |tx| {
+            *refusal.lock() = None;
             let mut results = Vec::with_capacity(statements.len());
             let mut total = 0usize;
             for (i, s) in statements.iter().enumerate() {
@@ -62,13 +69,13 @@ pub(crate) async fn handle(State(st): State<ApiState>, headers: HeaderMap, body:
                     Err(e) if e.is_disk_full() => return Err(e),
                     Err(e) => {
                         let msg = e.to_string();
-                        refusal = Some(Refusal::Statement(i, e));
+                        *refusal.lock() = Some(Refusal::Statement(i, e));
                         return Err(StoreError::NotAllowed(msg));
                     }
                 };
                 total += n;
                 if total > max_changes {
-                    refusal = Some(Refusal::TooManyChanges(total));
+                    *refusal.lock() = Some(Refusal::TooManyChanges(total));
                     return Err(StoreError::NotAllowed("too many changes".into()));
                 }
                 results.push(ExecResult {
@@ -78,6 +85,7 @@ pub(crate) async fn handle(State(st): State<ApiState>, headers: HeaderMap, body:
             }
             Ok(results)
         });
+        let refusal = refused.lock().take();
         (r, refusal, store.actor_id())
     })
     .await;

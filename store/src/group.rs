@@ -1,0 +1,415 @@
+//! Group commit: concurrent callers' write transactions committed together.
+//!
+//! [`Store::transact_grouped`] queues the caller's transaction. One caller
+//! at a time leads: it takes the writer and every queued transaction (up to
+//! [`MAX_GROUP`]), runs them in arrival order inside one SQLite transaction,
+//! each in its own savepoint, commits once and answers each caller. If more
+//! transactions queued up meanwhile, it hands the lead to the owner of the
+//! first of them and returns; the others sleep until their answer (or the
+//! lead) arrives, so only the leader ever waits for the writer.
+//!
+//! Each caller still gets its own result and its own version (consecutive,
+//! in the order the transactions ran, exactly as if they had committed one
+//! after the other), and is answered only after the shared commit. A
+//! transaction that fails is rolled back to its savepoint and fails alone;
+//! the others commit. A statement that makes SQLite roll back the whole
+//! transaction (`INSERT OR ROLLBACK`, an I/O error) fails its own caller
+//! and the group is run again without it; that is why the closure is
+//! `FnMut`: a transaction may run more than once, and only its last run
+//! counts. A failed commit fails every caller of the group (nothing of it
+//! was written).
+
+use std::any::Any;
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use parking_lot::{Condvar, Mutex};
+
+use crate::error::StoreError;
+use crate::store::{Store, Writer};
+use crate::write::{Committed, WriteTx, now_ms};
+
+/// Most transactions committed together.
+pub const MAX_GROUP: usize = 256;
+
+type AnyValue = Box<dyn Any + Send>;
+type Outcome = Result<Committed<AnyValue>, StoreError>;
+type Run = Box<dyn FnMut(&mut WriteTx<'_>) -> Result<AnyValue, StoreError> + Send>;
+
+/// Where a queued transaction's caller waits.
+#[derive(Default)]
+struct Slot {
+    state: Mutex<SlotState>,
+    cv: Condvar,
+}
+
+#[derive(Default)]
+enum SlotState {
+    #[default]
+    Waiting,
+    /// The caller leads the next group.
+    Lead,
+    Done(Outcome),
+}
+
+impl Slot {
+    fn set(&self, s: SlotState) {
+        *self.state.lock() = s;
+        self.cv.notify_one();
+    }
+}
+
+/// One caller's transaction and where its outcome goes.
+pub(crate) struct Job {
+    run: Run,
+    slot: Arc<Slot>,
+}
+
+#[derive(Default)]
+struct Queue {
+    jobs: std::collections::VecDeque<Job>,
+    /// A caller is leading (running a group or about to).
+    led: bool,
+}
+
+/// Transactions waiting for the next leader, and what the groups did.
+#[derive(Default)]
+pub(crate) struct GroupQueue {
+    queue: Mutex<Queue>,
+    groups: AtomicU64,
+    transactions: AtomicU64,
+    reruns: AtomicU64,
+}
+
+/// Group commit counters ([`Store::group_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GroupStats {
+    /// Transactions queued for the next group right now.
+    pub waiting: usize,
+    /// Groups committed (or failed) so far.
+    pub groups: u64,
+    /// Transactions run in those groups.
+    pub transactions: u64,
+    /// Groups run again after a statement made SQLite roll back the whole
+    /// transaction.
+    pub reruns: u64,
+}
+
+/// SQL of the group's transaction control (named `__corro` so a client's
+/// statements are never served these cached statements).
+const BEGIN: &str = "BEGIN IMMEDIATE /* __corro */";
+const COMMIT: &str = "COMMIT /* __corro */";
+const SAVEPOINT: &str = "SAVEPOINT corro_job /* __corro */";
+const RELEASE: &str = "RELEASE corro_job /* __corro */";
+const UNDO: &str = "ROLLBACK TO corro_job /* __corro */";
+
+/// One transaction's run inside the group, before the commit.
+struct Ran {
+    value: AnyValue,
+    version: u64,
+    rows: Vec<crate::write::RowChange>,
+    nchanges: u64,
+}
+
+impl Store {
+    /// What group commit has done so far.
+    pub fn group_stats(&self) -> GroupStats {
+        let g = &self.inner.group;
+        GroupStats {
+            waiting: g.queue.lock().jobs.len(),
+            groups: g.groups.load(Ordering::Relaxed),
+            transactions: g.transactions.load(Ordering::Relaxed),
+            reruns: g.reruns.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Runs `f` as one local write transaction, committed together with
+    /// other callers' concurrent transactions (see the module doc). All or
+    /// nothing for this caller, like [`Store::transact`]; `f` may run more
+    /// than once (only its last run is committed), so it must not have
+    /// effects outside the transaction it cannot repeat.
+    pub fn transact_grouped<T: Send + 'static>(
+        &self,
+        mut f: impl FnMut(&mut WriteTx<'_>) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<Committed<T>, StoreError> {
+        self.inner.space.check()?;
+        let slot: Arc<Slot> = Arc::default();
+        let lead = {
+            let mut q = self.inner.group.queue.lock();
+            q.jobs.push_back(Job {
+                run: Box::new(move |tx| f(tx).map(|v| Box::new(v) as AnyValue)),
+                slot: slot.clone(),
+            });
+            !std::mem::replace(&mut q.led, true)
+        };
+        if !lead {
+            let mut st = slot.state.lock();
+            while matches!(*st, SlotState::Waiting) {
+                slot.cv.wait(&mut st);
+            }
+        }
+        let outcome = loop {
+            let state = std::mem::take(&mut *slot.state.lock());
+            match state {
+                SlotState::Done(o) => break o,
+                SlotState::Lead | SlotState::Waiting => {
+                    // Ours is the first queued job: the one before us
+                    // handed over only with jobs left, and a fresh leader
+                    // found the queue empty.
+                    if let Err(panic) = self.lead(&slot) {
+                        std::panic::resume_unwind(panic);
+                    }
+                }
+            }
+        };
+        self.inner.space.note(&outcome);
+        let c = outcome?;
+        let value = c.value.downcast::<T>().map_err(|_| {
+            StoreError::Integrity("a grouped transaction's value changed type".into())
+        })?;
+        Ok(Committed {
+            value: *value,
+            version: c.version,
+            ts: c.ts,
+            rows: c.rows,
+            last_seq: c.last_seq,
+        })
+    }
+
+    /// Runs one group (with the leader's own transaction first), then hands
+    /// the lead to the next queued caller, or gives it up.
+    fn lead(&self, mine: &Arc<Slot>) -> Result<(), Box<dyn Any + Send>> {
+        let w = self.inner.writer.local();
+        let jobs: Vec<Job> = {
+            let mut q = self.inner.group.queue.lock();
+            let n = q.jobs.len().min(MAX_GROUP);
+            q.jobs.drain(..n).collect()
+        };
+        let r = self.run_group(&w, jobs, mine);
+        drop(w);
+        let mut q = self.inner.group.queue.lock();
+        match q.jobs.front() {
+            Some(next) => next.slot.set(SlotState::Lead),
+            None => q.led = false,
+        }
+        drop(q);
+        if !matches!(*mine.state.lock(), SlotState::Done(_)) {
+            mine.set(SlotState::Done(Err(StoreError::Integrity(
+                "a grouped transaction was not run".into(),
+            ))));
+        }
+        r
+    }
+
+    /// Runs `jobs` in one SQLite transaction and delivers each outcome to
+    /// its slot. `Err` carries a panic of the leader's own transaction
+    /// (`mine`), re-raised by the caller once the others are answered.
+    fn run_group(
+        &self,
+        w: &Writer,
+        mut jobs: Vec<Job>,
+        mine: &Arc<Slot>,
+    ) -> Result<(), Box<dyn Any + Send>> {
+        let n = jobs.len();
+        let g = &self.inner.group;
+        g.groups.fetch_add(1, Ordering::Relaxed);
+        g.transactions.fetch_add(n as u64, Ordering::Relaxed);
+        // Failures that are final, by job.
+        let mut failed: Vec<Option<StoreError>> = (0..n).map(|_| None).collect();
+        let mut my_panic = None;
+        let ran = loop {
+            match self.try_group(w, &mut jobs, &mut failed, mine, &mut my_panic) {
+                Attempt::Done(r) => break r,
+                Attempt::Again => {}
+            }
+        };
+        let ts = now_ms();
+        match ran {
+            Ok(ran) => {
+                // Committed: bookkeeping and listeners in version order,
+                // then every caller is answered.
+                let mut ran = ran;
+                for (i, job) in jobs.iter().enumerate() {
+                    let outcome = match (failed[i].take(), ran[i].take()) {
+                        (Some(e), _) => Err(e),
+                        (None, Some(r)) => Ok(self.committed(r, ts)),
+                        (None, None) => Err(StoreError::Integrity(
+                            "a grouped transaction has no outcome".into(),
+                        )),
+                    };
+                    job.slot.set(SlotState::Done(outcome));
+                }
+            }
+            Err(e) => {
+                let text = e.to_string();
+                for (i, job) in jobs.iter().enumerate() {
+                    let outcome = match failed[i].take() {
+                        Some(own) => own,
+                        None => StoreError::NotAllowed(format!(
+                            "the group commit failed ({text}); nothing was written"
+                        )),
+                    };
+                    job.slot.set(SlotState::Done(Err(outcome)));
+                }
+            }
+        }
+        match my_panic {
+            Some(p) => Err(p),
+            None => Ok(()),
+        }
+    }
+
+    /// Marks a committed run's version held and tells the listeners.
+    fn committed(&self, r: Ran, ts: u64) -> Committed<AnyValue> {
+        let version = if r.nchanges == 0 {
+            None
+        } else {
+            {
+                let mut books = self.inner.books.write();
+                books
+                    .entry(self.inner.self_idx)
+                    .or_default()
+                    .mark_held(r.version..=r.version);
+            }
+            self.notify(|| {
+                crate::feed::RowsChanged::from_rows(
+                    r.rows.iter().map(|c| (&c.meta.name, &c.pk, c.cl)),
+                    true,
+                )
+            });
+            Some(r.version)
+        };
+        let committed = Committed {
+            value: r.value,
+            version,
+            ts,
+            rows: r.rows,
+            last_seq: r.nchanges.saturating_sub(1),
+        };
+        if version.is_some() {
+            self.notify_commit(|| committed.changesets(self.inner.actor));
+        }
+        committed
+    }
+
+    /// One attempt at the group: every job not yet failed, each in its own
+    /// savepoint, then the commit.
+    fn try_group(
+        &self,
+        w: &Writer,
+        jobs: &mut [Job],
+        failed: &mut [Option<StoreError>],
+        mine: &Arc<Slot>,
+        my_panic: &mut Option<Box<dyn Any + Send>>,
+    ) -> Attempt {
+        let conn = &w.local;
+        let begun = conn.prepare_cached(BEGIN).and_then(|mut s| s.raw_execute());
+        if let Err(e) = begun {
+            return Attempt::Done(Err(e.into()));
+        }
+        let mut guard = GroupGuard {
+            writer: w,
+            armed: true,
+        };
+        let mut version = self.head() + 1;
+        let ts = now_ms();
+        let mut ran: Vec<Option<Ran>> = (0..jobs.len()).map(|_| None).collect();
+        for (i, job) in jobs.iter_mut().enumerate() {
+            if failed[i].is_some() {
+                continue;
+            }
+            if let Err(e) = conn
+                .prepare_cached(SAVEPOINT)
+                .and_then(|mut s| s.raw_execute())
+            {
+                return Attempt::Done(Err(e.into()));
+            }
+            w.capture.lock().reset(true);
+            let result = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                let value = (job.run)(&mut WriteTx::new(conn, w))?;
+                let (rows, nchanges) = self.flush(w, version, ts)?;
+                Ok::<_, StoreError>((value, rows, nchanges))
+            }));
+            w.capture.lock().reset(false);
+            let result = match result {
+                Ok(r) => r,
+                Err(panic) => {
+                    let own = Arc::ptr_eq(&job.slot, mine);
+                    if own {
+                        *my_panic = Some(panic);
+                    }
+                    Err(StoreError::Integrity(
+                        "the transaction's code panicked; nothing of it was written".into(),
+                    ))
+                }
+            };
+            match result {
+                Ok((value, rows, nchanges)) => {
+                    if let Err(e) = conn
+                        .prepare_cached(RELEASE)
+                        .and_then(|mut s| s.raw_execute())
+                    {
+                        return Attempt::Done(Err(e.into()));
+                    }
+                    ran[i] = Some(Ran {
+                        value,
+                        version,
+                        rows,
+                        nchanges,
+                    });
+                    if nchanges > 0 {
+                        version += 1;
+                    }
+                }
+                Err(e) if conn.is_autocommit() => {
+                    // SQLite rolled the whole transaction back: this one
+                    // fails, the others run again without it.
+                    guard.armed = false;
+                    failed[i] = Some(e);
+                    self.inner.group.reruns.fetch_add(1, Ordering::Relaxed);
+                    return Attempt::Again;
+                }
+                Err(e) => {
+                    let undone = conn
+                        .prepare_cached(UNDO)
+                        .and_then(|mut s| s.raw_execute())
+                        .and_then(|_| conn.prepare_cached(RELEASE)?.raw_execute());
+                    failed[i] = Some(e);
+                    if let Err(e) = undone {
+                        return Attempt::Done(Err(e.into()));
+                    }
+                }
+            }
+        }
+        if let Err(e) = conn
+            .prepare_cached(COMMIT)
+            .and_then(|mut s| s.raw_execute())
+        {
+            return Attempt::Done(Err(e.into()));
+        }
+        guard.armed = false;
+        Attempt::Done(Ok(ran))
+    }
+}
+
+enum Attempt {
+    Done(Result<Vec<Option<Ran>>, StoreError>),
+    Again,
+}
+
+/// Rolls the group's transaction back unless it was committed (or SQLite
+/// already rolled it back), however the attempt ends.
+struct GroupGuard<'a> {
+    writer: &'a Writer,
+    armed: bool,
+}
+
+impl Drop for GroupGuard<'_> {
+    fn drop(&mut self) {
+        self.writer.capture.lock().reset(false);
+        if self.armed && !self.writer.local.is_autocommit() {
+            let _ = self.writer.local.execute_batch("ROLLBACK");
+        }
+    }
+}

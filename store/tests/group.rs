@@ -1,0 +1,216 @@
+//! Group commit: concurrent callers' transactions committed in one SQLite
+//! transaction keep their own versions and results, a failing one fails
+//! alone (even one that makes SQLite roll back everything), and what they
+//! wrote replicates exactly as if each had committed alone.
+
+#![allow(clippy::unwrap_used, clippy::print_stdout, reason = "test code")]
+
+use std::path::Path;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use corro_store::{Committed, Store, StoreError, StoreOptions};
+
+const TODOS: &str = "CREATE TABLE todos (id BLOB NOT NULL PRIMARY KEY, title TEXT NOT NULL DEFAULT '', completed_at INTEGER);";
+
+fn open(dir: &Path, name: &str) -> Store {
+    let s = Store::open(dir.join(name), StoreOptions::default()).unwrap();
+    let schema = dir.join(format!("{name}.sql"));
+    std::fs::write(&schema, TODOS).unwrap();
+    s.apply_schema_paths(&[schema]).unwrap();
+    s
+}
+
+fn titles(s: &Store) -> Vec<(String, String)> {
+    let r = s.reader();
+    let mut stmt = r
+        .prepare("SELECT id, title FROM todos ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
+fn insert_grouped(
+    s: &Store,
+    sql: &'static str,
+    id: String,
+) -> Result<Committed<usize>, StoreError> {
+    s.transact_grouped(move |tx| tx.execute(sql, &[id.clone().into(), "t".into()]))
+}
+
+fn wait_for(what: &str, cond: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// Holds the writer (an ungrouped transaction that waits) until the
+/// returned sender is used, so grouped transactions queue up behind it.
+fn hold_writer(s: &Store) -> (mpsc::Sender<()>, std::thread::JoinHandle<()>) {
+    let (held_tx, held_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let s = s.clone();
+    let t = std::thread::spawn(move || {
+        s.transact(|_| {
+            held_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+            Ok(())
+        })
+        .unwrap();
+    });
+    held_rx.recv().unwrap();
+    (release_tx, t)
+}
+
+#[test]
+fn queued_transactions_commit_as_one_group_with_their_own_versions() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), "a.db");
+    let b = open(dir.path(), "b.db");
+    let (release, holder) = hold_writer(&a);
+    let callers: Vec<_> = (0..8)
+        .map(|i| {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                insert_grouped(
+                    &a,
+                    "INSERT INTO todos (id, title) VALUES (?, ?)",
+                    format!("r{i}"),
+                )
+            })
+        })
+        .collect();
+    wait_for("8 queued transactions", || a.group_stats().waiting == 8);
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let mut versions: Vec<u64> = callers
+        .into_iter()
+        .map(|c| {
+            let c = c.join().unwrap().unwrap();
+            assert_eq!(c.value, 1, "each caller gets its own result");
+            c.version.unwrap()
+        })
+        .collect();
+    versions.sort();
+    assert_eq!(
+        versions,
+        (1..=8).collect::<Vec<_>>(),
+        "consecutive, one each"
+    );
+    let g = a.group_stats();
+    assert_eq!(
+        (g.groups, g.transactions),
+        (1, 8),
+        "one commit for all 8: {g:?}"
+    );
+    // Under concurrent load, every transaction lands exactly once.
+    let workers: Vec<_> = (0..8)
+        .map(|t| {
+            let a = a.clone();
+            std::thread::spawn(move || {
+                (0..50)
+                    .map(|i| {
+                        insert_grouped(
+                            &a,
+                            "INSERT INTO todos (id, title) VALUES (?, ?)",
+                            format!("w{t}-{i}"),
+                        )
+                        .unwrap()
+                        .version
+                        .unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    let mut all: Vec<u64> = workers
+        .into_iter()
+        .flat_map(|w| w.join().unwrap())
+        .collect();
+    all.sort();
+    assert_eq!(all, (9..=408).collect::<Vec<_>>());
+    assert_eq!(a.head(), 408);
+    assert_eq!(titles(&a).len(), 408);
+    // Another node applying every version ends identical.
+    b.apply(a.changes_for(a.actor_id(), 1..=408).unwrap())
+        .unwrap();
+    assert_eq!(titles(&b), titles(&a));
+    assert_eq!(b.books(), a.books());
+    a.verify().unwrap();
+    b.verify().unwrap();
+}
+
+#[test]
+fn a_failing_transaction_fails_alone_even_when_sqlite_rolls_back_the_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), "a.db");
+    a.transact(|tx| tx.execute("INSERT INTO todos (id, title) VALUES ('dup', 'first')", &[]))
+        .unwrap();
+    let (release, holder) = hold_writer(&a);
+    let spawn = |sql: &'static str, id: &str| {
+        let (a, id) = (a.clone(), id.to_string());
+        std::thread::spawn(move || insert_grouped(&a, sql, id))
+    };
+    let plain = "INSERT INTO todos (id, title) VALUES (?, ?)";
+    let good1 = spawn(plain, "g1");
+    wait_for("1 queued", || a.group_stats().waiting == 1);
+    // A constraint error: SQLite undoes the statement only.
+    let dup = spawn(plain, "dup");
+    wait_for("2 queued", || a.group_stats().waiting == 2);
+    let good2 = spawn(plain, "g2");
+    wait_for("3 queued", || a.group_stats().waiting == 3);
+    // OR ROLLBACK: SQLite rolls back the whole (shared) transaction.
+    let killer = spawn(
+        "INSERT OR ROLLBACK INTO todos (id, title) VALUES (?, ?)",
+        "dup",
+    );
+    wait_for("4 queued", || a.group_stats().waiting == 4);
+    let panicky = {
+        let a = a.clone();
+        std::thread::spawn(move || {
+            a.transact_grouped(|tx| {
+                tx.execute("INSERT INTO todos (id, title) VALUES ('p', 'x')", &[])?;
+                if std::hint::black_box(true) {
+                    panic!("a caller's code panics mid-transaction");
+                }
+                Ok(())
+            })
+        })
+    };
+    wait_for("5 queued", || a.group_stats().waiting == 5);
+    let good3 = spawn(plain, "g3");
+    wait_for("6 queued", || a.group_stats().waiting == 6);
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let v1 = good1.join().unwrap().unwrap().version.unwrap();
+    let v2 = good2.join().unwrap().unwrap().version.unwrap();
+    let v3 = good3.join().unwrap().unwrap().version.unwrap();
+    assert_eq!((v1, v2, v3), (2, 3, 4), "in arrival order, no gaps");
+    let e = dup.join().unwrap().unwrap_err();
+    assert!(e.to_string().contains("UNIQUE"), "{e}");
+    let e = killer.join().unwrap().unwrap_err();
+    assert!(e.to_string().contains("UNIQUE"), "{e}");
+    match panicky.join() {
+        Err(_) => {} // it led the group: its own panic comes back to it
+        Ok(r) => assert!(r.is_err(), "a panicking transaction cannot commit"),
+    }
+    assert_eq!(
+        titles(&a),
+        [("dup", "first"), ("g1", "t"), ("g2", "t"), ("g3", "t")]
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+    );
+    let g = a.group_stats();
+    assert_eq!(g.reruns, 1, "{g:?}");
+    assert_eq!(a.head(), 4);
+    a.verify().unwrap();
+    // The store still takes writes, grouped or not.
+    insert_grouped(&a, plain, "after".into()).unwrap();
+    a.transact(|tx| tx.execute("INSERT INTO todos (id, title) VALUES ('after2', 'x')", &[]))
+        .unwrap();
+    assert_eq!(a.head(), 6);
+    a.verify().unwrap();
+}
