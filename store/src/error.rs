@@ -35,6 +35,10 @@ pub enum StoreError {
     /// Backup or restore could not proceed.
     #[error("{0}")]
     Backup(String),
+    /// Code run inside a transaction panicked (the transaction was rolled
+    /// back, or, when the panic came after the commit, see the message).
+    #[error("{0}")]
+    Panicked(String),
     /// An invariant check failed (see [`crate::Store::verify`]).
     #[error("integrity: {0}")]
     Integrity(String),

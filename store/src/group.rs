@@ -13,10 +13,12 @@
 //! after the other), and is answered only after the shared commit. A
 //! transaction that fails is rolled back to its savepoint and fails alone;
 //! the others commit. A statement that makes SQLite roll back the whole
-//! transaction (`INSERT OR ROLLBACK`, an I/O error) fails its own caller
-//! and the group is run again without it; that is why the closure is
-//! `FnMut`: a transaction may run more than once, and only its last run
-//! counts. A failed commit fails every caller of the group (nothing of it
+//! transaction (`INSERT OR ROLLBACK`, an I/O error) fails its own caller;
+//! the transactions before it are run again and committed, and those after
+//! it form the next SQLite transaction, so none runs more than twice. That
+//! is why the closure is `FnMut`: only its last run counts. A full disk
+//! fails the rest of the group with the same error. A failed commit fails
+//! every caller of its transaction with SQLite's own error (nothing of it
 //! was written).
 
 use std::any::Any;
@@ -91,8 +93,8 @@ pub struct GroupStats {
     pub groups: u64,
     /// Transactions run in those groups.
     pub transactions: u64,
-    /// Groups run again after a statement made SQLite roll back the whole
-    /// transaction.
+    /// Statements that made SQLite roll back a group's whole transaction
+    /// (each costs one extra run of the jobs before it).
     pub reruns: u64,
 }
 
@@ -108,6 +110,8 @@ const UNDO: &str = "ROLLBACK TO corro_job /* __corro */";
 struct Ran {
     value: AnyValue,
     version: u64,
+    /// Commit time as stored in the clocks and the version index.
+    ts: u64,
     rows: Vec<crate::write::RowChange>,
     nchanges: u64,
 }
@@ -178,7 +182,9 @@ impl Store {
     }
 
     /// Runs one group (with the leader's own transaction first), then hands
-    /// the lead to the next queued caller, or gives it up.
+    /// the lead to the next queued caller, or gives it up. However the group
+    /// ends (even by a panic in a change listener), every caller in it is
+    /// answered and the lead moves on.
     fn lead(&self, mine: &Arc<Slot>) -> Result<(), Box<dyn Any + Send>> {
         let w = self.inner.writer.local();
         let jobs: Vec<Job> = {
@@ -186,25 +192,34 @@ impl Store {
             let n = q.jobs.len().min(MAX_GROUP);
             q.jobs.drain(..n).collect()
         };
-        let r = self.run_group(&w, jobs, mine);
+        let slots: Vec<Arc<Slot>> = jobs.iter().map(|j| j.slot.clone()).collect();
+        let r = std::panic::catch_unwind(AssertUnwindSafe(|| self.run_group(&w, jobs, mine)))
+            .unwrap_or_else(Err);
         drop(w);
+        for s in &slots {
+            let answered = matches!(*s.state.lock(), SlotState::Done(_));
+            if !answered {
+                s.set(SlotState::Done(Err(StoreError::Panicked(
+                    "the group commit was interrupted by a panic; this transaction may or may not have been written".into(),
+                ))));
+            }
+        }
         let mut q = self.inner.group.queue.lock();
         match q.jobs.front() {
             Some(next) => next.slot.set(SlotState::Lead),
             None => q.led = false,
         }
         drop(q);
-        if !matches!(*mine.state.lock(), SlotState::Done(_)) {
-            mine.set(SlotState::Done(Err(StoreError::Integrity(
-                "a grouped transaction was not run".into(),
-            ))));
-        }
         r
     }
 
-    /// Runs `jobs` in one SQLite transaction and delivers each outcome to
-    /// its slot. `Err` carries a panic of the leader's own transaction
-    /// (`mine`), re-raised by the caller once the others are answered.
+    /// Runs `jobs` and delivers each outcome to its slot: normally one
+    /// SQLite transaction; when a statement makes SQLite roll back the
+    /// whole transaction, the jobs before it (known to run) are run again
+    /// and committed, and the ones after it form the next transaction, so
+    /// no job runs more than twice whatever its neighbours do. `Err`
+    /// carries a panic of the leader's own transaction (`mine`), re-raised
+    /// by the caller once the others are answered.
     fn run_group(
         &self,
         w: &Writer,
@@ -218,41 +233,73 @@ impl Store {
         // Failures that are final, by job.
         let mut failed: Vec<Option<StoreError>> = (0..n).map(|_| None).collect();
         let mut my_panic = None;
-        let ran = loop {
-            match self.try_group(w, &mut jobs, &mut failed, mine, &mut my_panic) {
-                Attempt::Done(r) => break r,
-                Attempt::Again => {}
-            }
-        };
-        let ts = now_ms();
-        match ran {
-            Ok(ran) => {
-                // Committed: bookkeeping and listeners in version order,
-                // then every caller is answered.
-                let mut ran = ran;
-                for (i, job) in jobs.iter().enumerate() {
-                    let outcome = match (failed[i].take(), ran[i].take()) {
-                        (Some(e), _) => Err(e),
-                        (None, Some(r)) => Ok(self.committed(r, ts)),
-                        (None, None) => Err(StoreError::Integrity(
-                            "a grouped transaction has no outcome".into(),
-                        )),
-                    };
-                    job.slot.set(SlotState::Done(outcome));
+        let mut start = 0;
+        while start < n {
+            let mut end = n;
+            let mut next = n;
+            let done = loop {
+                match self.try_group(w, &mut jobs, start..end, &mut failed, mine, &mut my_panic) {
+                    Attempt::Done(r) => break r,
+                    Attempt::Killed(k) => {
+                        g.reruns.fetch_add(1, Ordering::Relaxed);
+                        let disk_full = failed[k].as_ref().is_some_and(StoreError::is_disk_full);
+                        if disk_full {
+                            // Nothing more will commit: every other job
+                            // fails with the same error.
+                            let e = failed[k].as_ref().map(share);
+                            for f in failed[start..n].iter_mut().filter(|f| f.is_none()) {
+                                *f = e.as_ref().map(share);
+                            }
+                            self.inner.space.note::<()>(&Err(share(
+                                failed[k]
+                                    .as_ref()
+                                    .unwrap_or(&StoreError::DiskFull(String::new())),
+                            )));
+                            next = n;
+                            end = start;
+                        } else {
+                            next = k + 1;
+                            end = k;
+                        }
+                        if end == start {
+                            break Ok(Vec::new());
+                        }
+                    }
+                }
+            };
+            match done {
+                Ok(ran) => {
+                    // Committed: bookkeeping and listeners in version
+                    // order, then each caller is answered.
+                    let mut ran = ran.into_iter().peekable();
+                    for i in start..end {
+                        let outcome = match failed[i].take() {
+                            Some(e) => Err(e),
+                            None => match ran.next_if(|(j, _)| *j == i) {
+                                Some((_, r)) => Ok(self.committed(r)),
+                                None => Err(StoreError::Integrity(
+                                    "a grouped transaction has no outcome".into(),
+                                )),
+                            },
+                        };
+                        jobs[i].slot.set(SlotState::Done(outcome));
+                    }
+                }
+                Err(e) => {
+                    self.inner.space.note::<()>(&Err(share(&e)));
+                    for i in start..end {
+                        let outcome = failed[i].take().unwrap_or_else(|| share(&e));
+                        jobs[i].slot.set(SlotState::Done(Err(outcome)));
+                    }
                 }
             }
-            Err(e) => {
-                let text = e.to_string();
-                for (i, job) in jobs.iter().enumerate() {
-                    let outcome = match failed[i].take() {
-                        Some(own) => own,
-                        None => StoreError::NotAllowed(format!(
-                            "the group commit failed ({text}); nothing was written"
-                        )),
-                    };
-                    job.slot.set(SlotState::Done(Err(outcome)));
+            // Jobs between `end` and `next` failed on their own.
+            for i in end..next {
+                if let Some(e) = failed[i].take() {
+                    jobs[i].slot.set(SlotState::Done(Err(e)));
                 }
             }
+            start = next;
         }
         match my_panic {
             Some(p) => Err(p),
@@ -261,7 +308,7 @@ impl Store {
     }
 
     /// Marks a committed run's version held and tells the listeners.
-    fn committed(&self, r: Ran, ts: u64) -> Committed<AnyValue> {
+    fn committed(&self, r: Ran) -> Committed<AnyValue> {
         let version = if r.nchanges == 0 {
             None
         } else {
@@ -283,7 +330,7 @@ impl Store {
         let committed = Committed {
             value: r.value,
             version,
-            ts,
+            ts: r.ts,
             rows: r.rows,
             last_seq: r.nchanges.saturating_sub(1),
         };
@@ -293,12 +340,13 @@ impl Store {
         committed
     }
 
-    /// One attempt at the group: every job not yet failed, each in its own
-    /// savepoint, then the commit.
+    /// One SQLite transaction over `range` of the jobs (those not failed
+    /// yet), each in its own savepoint, then the commit.
     fn try_group(
         &self,
         w: &Writer,
         jobs: &mut [Job],
+        range: std::ops::Range<usize>,
         failed: &mut [Option<StoreError>],
         mine: &Arc<Slot>,
         my_panic: &mut Option<Box<dyn Any + Send>>,
@@ -314,11 +362,12 @@ impl Store {
         };
         let mut version = self.head() + 1;
         let ts = now_ms();
-        let mut ran: Vec<Option<Ran>> = (0..jobs.len()).map(|_| None).collect();
-        for (i, job) in jobs.iter_mut().enumerate() {
+        let mut ran: Vec<(usize, Ran)> = Vec::with_capacity(range.len());
+        for i in range {
             if failed[i].is_some() {
                 continue;
             }
+            let job = &mut jobs[i];
             if let Err(e) = conn
                 .prepare_cached(SAVEPOINT)
                 .and_then(|mut s| s.raw_execute())
@@ -335,11 +384,10 @@ impl Store {
             let result = match result {
                 Ok(r) => r,
                 Err(panic) => {
-                    let own = Arc::ptr_eq(&job.slot, mine);
-                    if own {
+                    if Arc::ptr_eq(&job.slot, mine) {
                         *my_panic = Some(panic);
                     }
-                    Err(StoreError::Integrity(
+                    Err(StoreError::Panicked(
                         "the transaction's code panicked; nothing of it was written".into(),
                     ))
                 }
@@ -352,23 +400,25 @@ impl Store {
                     {
                         return Attempt::Done(Err(e.into()));
                     }
-                    ran[i] = Some(Ran {
-                        value,
-                        version,
-                        rows,
-                        nchanges,
-                    });
+                    ran.push((
+                        i,
+                        Ran {
+                            value,
+                            version,
+                            ts,
+                            rows,
+                            nchanges,
+                        },
+                    ));
                     if nchanges > 0 {
                         version += 1;
                     }
                 }
                 Err(e) if conn.is_autocommit() => {
-                    // SQLite rolled the whole transaction back: this one
-                    // fails, the others run again without it.
+                    // SQLite rolled the whole transaction back.
                     guard.armed = false;
                     failed[i] = Some(e);
-                    self.inner.group.reruns.fetch_add(1, Ordering::Relaxed);
-                    return Attempt::Again;
+                    return Attempt::Killed(i);
                 }
                 Err(e) => {
                     let undone = conn
@@ -393,9 +443,24 @@ impl Store {
     }
 }
 
+/// The same error for another caller of a failed group: SQLite's code and
+/// message are kept (so a full disk or a busy database is reported as such).
+fn share(e: &StoreError) -> StoreError {
+    match e {
+        StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, m)) => {
+            StoreError::Sqlite(rusqlite::Error::SqliteFailure(*f, m.clone()))
+        }
+        StoreError::DiskFull(s) => StoreError::DiskFull(s.clone()),
+        other => StoreError::Integrity(format!("the group commit failed: {other}")),
+    }
+}
+
 enum Attempt {
-    Done(Result<Vec<Option<Ran>>, StoreError>),
-    Again,
+    /// Committed (the runs of the jobs that did not fail) or failed as a
+    /// whole.
+    Done(Result<Vec<(usize, Ran)>, StoreError>),
+    /// Job `.0` made SQLite roll back the whole transaction.
+    Killed(usize),
 }
 
 /// Rolls the group's transaction back unless it was committed (or SQLite

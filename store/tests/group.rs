@@ -214,3 +214,95 @@ fn a_failing_transaction_fails_alone_even_when_sqlite_rolls_back_the_group() {
     assert_eq!(a.head(), 6);
     a.verify().unwrap();
 }
+
+#[test]
+fn hostile_rollbacks_cost_each_neighbour_at_most_one_extra_run() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), "a.db");
+    a.transact(|tx| tx.execute("INSERT INTO todos (id, title) VALUES ('dup', 'first')", &[]))
+        .unwrap();
+    let (release, holder) = hold_writer(&a);
+    let mut callers = Vec::new();
+    let mut runs = Vec::new();
+    for i in 0..12 {
+        let hostile = i % 3 == 2;
+        let count = Arc::new(AtomicUsize::new(0));
+        runs.push((hostile, count.clone()));
+        let a2 = a.clone();
+        callers.push(std::thread::spawn(move || {
+            a2.transact_grouped(move |tx| {
+                count.fetch_add(1, Ordering::Relaxed);
+                if hostile {
+                    tx.execute(
+                        "INSERT OR ROLLBACK INTO todos (id, title) VALUES ('dup', 'x')",
+                        &[],
+                    )
+                } else {
+                    tx.execute(
+                        "INSERT INTO todos (id, title) VALUES (?, 'ok')",
+                        &[format!("g{i}").into()],
+                    )
+                }
+            })
+        }));
+        let queued = i + 1;
+        wait_for("queued", || a.group_stats().waiting == queued);
+    }
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let mut versions = Vec::new();
+    for (c, (hostile, count)) in callers.into_iter().zip(&runs) {
+        let r = c.join().unwrap();
+        assert_eq!(r.is_err(), *hostile);
+        if let Ok(c) = r {
+            versions.push(c.version.unwrap());
+        }
+        assert!(
+            count.load(Ordering::Relaxed) <= 2,
+            "a transaction ran more than twice"
+        );
+    }
+    assert_eq!(versions, (2..=9).collect::<Vec<_>>());
+    assert_eq!(a.group_stats().reruns, 4);
+    assert_eq!(titles(&a).len(), 9);
+    a.verify().unwrap();
+}
+
+#[test]
+fn a_panicking_commit_listener_does_not_stall_later_writes() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), "a.db");
+    let armed = Arc::new(AtomicBool::new(true));
+    let trip = armed.clone();
+    a.on_local_commit(Arc::new(move |_| {
+        if trip.swap(false, Ordering::Relaxed) {
+            panic!("a listener fails once");
+        }
+    }));
+    let first = std::thread::spawn({
+        let a = a.clone();
+        move || {
+            insert_grouped(
+                &a,
+                "INSERT INTO todos (id, title) VALUES (?, ?)",
+                "p".into(),
+            )
+        }
+    })
+    .join();
+    // Its own caller sees the panic (as with `transact`) or an error.
+    assert!(first.is_err() || first.unwrap().is_err());
+    assert!(!armed.load(Ordering::Relaxed));
+    // Later grouped writes are led and answered as usual.
+    let c = insert_grouped(
+        &a,
+        "INSERT INTO todos (id, title) VALUES (?, ?)",
+        "q".into(),
+    )
+    .unwrap();
+    assert!(c.version.is_some());
+}

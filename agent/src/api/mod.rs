@@ -193,6 +193,8 @@ pub(crate) fn store_error(st: &ApiState, e: StoreError) -> Response {
                 format!("database busy, try again: {}", msg.unwrap_or_default()),
             )
         }
+        // A bug in code run inside one transaction, not a broken database.
+        StoreError::Panicked(m) => error(StatusCode::INTERNAL_SERVER_ERROR, m),
         other => {
             tracing::error!(error = %other, "database failure; reporting unhealthy");
             st.healthy.store(false, Ordering::Relaxed);
