@@ -30,7 +30,7 @@ use parking_lot::{Condvar, Mutex};
 
 use crate::error::StoreError;
 use crate::store::{Store, Writer};
-use crate::write::{Committed, WriteTx, now_ms};
+use crate::write::{BEGIN, COMMIT, Committed, TxGuard, WriteTx, now_ms};
 
 /// Most transactions committed together.
 pub const MAX_GROUP: usize = 256;
@@ -98,10 +98,8 @@ pub struct GroupStats {
     pub reruns: u64,
 }
 
-/// SQL of the group's transaction control (named `__corro` so a client's
-/// statements are never served these cached statements).
-const BEGIN: &str = "BEGIN IMMEDIATE /* __corro */";
-const COMMIT: &str = "COMMIT /* __corro */";
+/// SQL of each job's savepoint (named `__corro` so a client's statements
+/// are never served these cached statements).
 const SAVEPOINT: &str = "SAVEPOINT corro_job /* __corro */";
 const RELEASE: &str = "RELEASE corro_job /* __corro */";
 const UNDO: &str = "ROLLBACK TO corro_job /* __corro */";
@@ -356,7 +354,7 @@ impl Store {
         if let Err(e) = begun {
             return Attempt::Done(Err(e.into()));
         }
-        let mut guard = GroupGuard {
+        let mut guard = TxGuard {
             writer: w,
             armed: true,
         };
@@ -461,20 +459,4 @@ enum Attempt {
     Done(Result<Vec<(usize, Ran)>, StoreError>),
     /// Job `.0` made SQLite roll back the whole transaction.
     Killed(usize),
-}
-
-/// Rolls the group's transaction back unless it was committed (or SQLite
-/// already rolled it back), however the attempt ends.
-struct GroupGuard<'a> {
-    writer: &'a Writer,
-    armed: bool,
-}
-
-impl Drop for GroupGuard<'_> {
-    fn drop(&mut self) {
-        self.writer.capture.lock().reset(false);
-        if self.armed && !self.writer.local.is_autocommit() {
-            let _ = self.writer.local.execute_batch("ROLLBACK");
-        }
-    }
 }

@@ -262,8 +262,8 @@ fn exec(
 /// Transaction control, prepared once: the comment names `__corro` so a
 /// client's `BEGIN`/`COMMIT` is never served these cached statements (see
 /// [`WriteTx::execute`]).
-const BEGIN: &str = "BEGIN IMMEDIATE /* __corro */";
-const COMMIT: &str = "COMMIT /* __corro */";
+pub(crate) const BEGIN: &str = "BEGIN IMMEDIATE /* __corro */";
+pub(crate) const COMMIT: &str = "COMMIT /* __corro */";
 
 pub(crate) fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -273,10 +273,10 @@ pub(crate) fn now_ms() -> u64 {
 
 /// Ends a local transaction however the closure exits (including a panic):
 /// capture is switched off, and the transaction is rolled back unless it
-/// was committed.
-struct TxGuard<'a> {
-    writer: &'a Writer,
-    armed: bool,
+/// was committed (or SQLite already rolled it back).
+pub(crate) struct TxGuard<'a> {
+    pub(crate) writer: &'a Writer,
+    pub(crate) armed: bool,
 }
 
 impl Drop for TxGuard<'_> {
@@ -284,7 +284,7 @@ impl Drop for TxGuard<'_> {
         {
             self.writer.capture.lock().reset(false);
         }
-        if self.armed {
+        if self.armed && !self.writer.local.is_autocommit() {
             let _ = self.writer.local.execute_batch("ROLLBACK");
         }
     }
