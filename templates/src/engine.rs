@@ -147,6 +147,7 @@ impl Renderer {
             });
         }
         register_output(&mut engine, &state, limits);
+        register_each(&mut engine, &state, limits);
         register_values(&mut engine);
         register_sql(&mut engine, &state, &source, limits);
         register_discovery(&mut engine, &state, &source);
@@ -287,6 +288,63 @@ fn register_output(engine: &mut rhai::Engine, state: &Arc<Mutex<State>>, limits:
         }
         push(after)
     });
+}
+
+/// `__each(rows, parts)`: the translator's native loop (`syntax.rs`): for
+/// each row, the literal parts and the named cells in turn, formatted as
+/// `__emit3` formats them. When a part names a column the query does not
+/// return it writes nothing and returns false: the interpreted loop then
+/// runs and reports the error at the line of the tag.
+fn register_each(engine: &mut rhai::Engine, state: &Arc<Mutex<State>>, limits: Limits) {
+    let state = state.clone();
+    engine.register_fn(
+        "__each",
+        move |rows: &mut Rows, parts: Array| -> Fallible<bool> {
+            let parts: Vec<ImmutableString> = parts
+                .into_iter()
+                .map(Dynamic::into_immutable_string)
+                .collect::<Result<_, _>>()
+                .or_else(|t| fail(format!("__each: a part is a {t}, not a string")))?;
+            let mut cols = Vec::with_capacity(parts.len() / 2);
+            for name in parts.iter().skip(1).step_by(2) {
+                match rows.columns.iter().position(|c| c == name.as_str()) {
+                    Some(i) => cols.push(i),
+                    None if rows.is_empty() => cols.push(0),
+                    None => return Ok(false),
+                }
+            }
+            let mut s = state.lock();
+            for (r, cells) in rows.rows.iter().enumerate() {
+                if r % 4096 == 4095 && Instant::now() > s.deadline {
+                    return fail(format!(
+                        "render took longer than {:?} and was stopped",
+                        limits.timeout
+                    ));
+                }
+                for (n, part) in parts.iter().enumerate() {
+                    if n % 2 == 0 {
+                        s.out.push_str(part);
+                        continue;
+                    }
+                    match cells.get(cols[n / 2]) {
+                        None | Some(corro_client::Value::Null) => {}
+                        Some(corro_client::Value::Text(t)) => s.out.push_str(t),
+                        Some(other) => {
+                            let text = values::to_dynamic(other).to_string();
+                            s.out.push_str(&text);
+                        }
+                    }
+                }
+                if s.out.len() > limits.max_output {
+                    return fail(format!(
+                        "output exceeds the limit of {} bytes",
+                        limits.max_output
+                    ));
+                }
+            }
+            Ok(true)
+        },
+    );
 }
 
 fn register_values(engine: &mut rhai::Engine) {

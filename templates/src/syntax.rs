@@ -239,12 +239,101 @@ pub fn translate(template: &str) -> Result<String, SyntaxError> {
     let (toks, trims) = tokenize(template)?;
     let toks = whitespace(toks, &trims);
     let mut out = String::with_capacity(template.len() * 2);
+    emit(&toks, &mut out);
+    Ok(out)
+}
+
+/// A loop the renderer can run without interpreting its body per row:
+/// `<% for v in EXPR { %>` ... `<% } %>` whose body is only literal text
+/// and `<%= v.column %>` tags.
+struct FastLoop<'t> {
+    var: &'t str,
+    expr: &'t str,
+    /// Literal, column, literal, ..., literal (always odd in length).
+    parts: Vec<String>,
+    /// Tokens of the body (for the fallback).
+    body: std::ops::Range<usize>,
+}
+
+fn is_ident(s: &str) -> bool {
+    let mut c = s.chars();
+    c.next()
+        .is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+        && c.all(|x| x.is_ascii_alphanumeric() || x == '_')
+}
+
+/// The fast loop starting at the statement token `toks[at]`, if it is one.
+fn fast_loop<'t>(toks: &[Tok<'t>], at: usize) -> Option<FastLoop<'t>> {
+    let Tok::Stmt(head) = &toks[at] else {
+        return None;
+    };
+    let head = head.trim().strip_prefix("for ")?.strip_suffix('{')?;
+    let (var, expr) = head.split_once(" in ")?;
+    let var = var.trim();
+    if !is_ident(var) || expr.trim().is_empty() {
+        return None;
+    }
+    let mut parts = vec![String::new()];
+    let mut j = at + 1;
+    loop {
+        match toks.get(j)? {
+            Tok::Text(s) => parts.last_mut()?.push_str(s),
+            Tok::Nl(s) => parts.last_mut()?.push_str(s),
+            Tok::Gap => {}
+            Tok::Expr(e) => {
+                let col = e.trim().strip_prefix(var)?.strip_prefix('.')?;
+                if !is_ident(col) {
+                    return None;
+                }
+                parts.push(col.to_string());
+                parts.push(String::new());
+            }
+            Tok::Stmt(s) if s.trim() == "}" => break,
+            Tok::Stmt(_) => return None,
+        }
+        j += 1;
+    }
+    Some(FastLoop {
+        var,
+        expr,
+        parts,
+        body: at + 1..j,
+    })
+}
+
+/// Writes the script for `toks`.
+fn emit(toks: &[Tok<'_>], out: &mut String) {
     let mut pending = Pending::default();
     let mut i = 0;
     while i < toks.len() {
         match &toks[i] {
+            Tok::Stmt(_) if let Some(f) = fast_loop(toks, i) => {
+                // Rows from `sql()` take the native loop (`__each`, no
+                // interpretation per row); anything else iterates as
+                // written. The script keeps the template's lines: the
+                // fast call sits on the `for` line, the fallback body
+                // holds the body's newlines.
+                pending.flush(out);
+                let var = format!("__rows_{i}");
+                out.push_str(&format!(
+                    "let {var} = {}; if type_of({var}) == \"Rows\" && __each({var}, [",
+                    f.expr
+                ));
+                for (n, p) in f.parts.iter().enumerate() {
+                    if n > 0 {
+                        out.push(',');
+                    }
+                    out.push('"');
+                    escape_into(out, p);
+                    out.push('"');
+                }
+                out.push_str(&format!("]) {{}} else {{ for {} in {var} {{", f.var));
+                emit(&toks[f.body.clone()], out);
+                out.push_str("} };");
+                i = f.body.end + 1;
+            }
             Tok::Stmt(body) => {
-                pending.flush(&mut out);
+                pending.flush(out);
                 out.push_str(body);
                 // Ends a bare statement (`<% let x = 1 %>`); an empty
                 // statement after a block is harmless.
@@ -257,9 +346,9 @@ pub fn translate(template: &str) -> Result<String, SyntaxError> {
                 // `server <%= s %>;\n` costs one native call per row
                 // instead of three.
                 out.push_str("__emit3(\"");
-                escape_into(&mut out, &pending.text);
+                escape_into(out, &pending.text);
                 out.push_str("\",");
-                push_newlines(&mut out, pending.lines);
+                push_newlines(out, pending.lines);
                 pending = Pending::default();
                 out.push_str(body);
                 i += 1;
@@ -269,9 +358,9 @@ pub fn translate(template: &str) -> Result<String, SyntaxError> {
                     i += 1;
                 }
                 out.push_str(",\"");
-                escape_into(&mut out, &after.text);
+                escape_into(out, &after.text);
                 out.push_str("\");");
-                push_newlines(&mut out, after.lines);
+                push_newlines(out, after.lines);
             }
             other => {
                 pending.add(other);
@@ -279,8 +368,7 @@ pub fn translate(template: &str) -> Result<String, SyntaxError> {
             }
         }
     }
-    pending.flush(&mut out);
-    Ok(out)
+    pending.flush(out);
 }
 
 /// Writes `text` escaped for a Rhai string literal.

@@ -322,3 +322,47 @@ fn rows_read_by_position_and_as_maps() {
     .unwrap_err();
     assert!(e.message.contains("out of range"), "{e}");
 }
+
+/// A loop whose body is only text and `<%= row.col %>` runs natively (no
+/// interpretation per row) and writes exactly what the interpreted loop
+/// writes; any other body, or a column the query lacks, is interpreted.
+#[test]
+fn simple_loops_render_natively_and_identically() {
+    let src = Arc::new(Fake::default());
+    let fast = "<% for r in sql(\"SELECT echo\", [\"a \\\"q\\\"\", (), 42, 1.5, -7]) { %>\
+        [<%= r.p0 %>|<%= r.p1 %>|<%= r.p2 %>|<%= r.p3 %>|<%= r.p4 %>]\n<% } %>";
+    let slow = fast
+        .replace("r.p", "r[\"p")
+        .replace(" %>|", "\"] %>|")
+        .replace(" %>]", "\"] %>]");
+    assert!(slow.contains("r[\"p0\"]"), "{slow}");
+    let a = render(&src, fast).unwrap();
+    assert_eq!(a, render(&src, &slow).unwrap());
+    assert_eq!(a, "[a \"q\"||42|1.5|-7]\n");
+    // 1,000 rows under a budget of 3,000 operations: only the native loop
+    // fits (the interpreted one spends several per row).
+    let limits = Limits {
+        max_operations: 3_000,
+        ..Limits::default()
+    };
+    let r = Renderer::new(src.clone(), "h".into(), limits);
+    let c = r
+        .compile("<% for x in sql(\"SELECT n FROM nums\") { %><%= x.n %>,<% } %>")
+        .unwrap();
+    let out = r.render(&c).unwrap().output;
+    assert_eq!(out.matches(',').count(), 1000);
+    assert!(out.starts_with("0,1,2,"), "{out}");
+    let c = r
+        .compile("<% for x in sql(\"SELECT n FROM nums\") { %><%= x[\"n\"] %>,<% } %>")
+        .unwrap();
+    assert!(r.render(&c).unwrap_err().message.contains("operations"));
+    // Not a query result: iterated as written.
+    assert_eq!(
+        render(
+            &src,
+            "<% for x in [#{a: 1}, #{a: 2}] { %><%= x.a %>;<% } %>"
+        )
+        .unwrap(),
+        "1;2;"
+    );
+}
