@@ -114,6 +114,7 @@ pub(crate) const METRICS: &[Metric] = &[
     // Subscriptions
     m("corro_subs_active", Gauge, &[], "subscriptions"),
     m("corro_subs_changes_total", Counter, &[], "subscription change events logged"),
+    m("corro_subs_skipped_total", Counter, &[], "subscription re-reads skipped: no changed row meets the subscription's row condition and none was in its result"),
     m("corro_subs_refresh_seconds", Histogram, &[], "time to refresh one subscription after a commit"),
     m("corro_subs_listeners_cut_total", Counter, &[], "subscription clients disconnected for lagging"),
     // Discovery: catalog, Consul API, bridge, DNS

@@ -38,7 +38,7 @@ use uuid::Uuid;
 use crate::SubError;
 use crate::diff::Fresh;
 use crate::matview::{Definition, LoggedChange, Matview};
-use crate::query::SubQuery;
+use crate::query::{RowFilter, SubQuery};
 use crate::values::{from_ref, to_sql, to_value};
 
 /// Keys per filtered re-read (each key binds its pk columns).
@@ -151,6 +151,10 @@ struct Sub {
     closed: AtomicBool,
     /// Filtered statements by (source, number of keys).
     filtered: Mutex<HashMap<(usize, usize), Arc<str>>>,
+    /// A one-table subscription's row condition: a change is matched
+    /// against it (with the other subscriptions' on the same table, in one
+    /// statement) before the subscription re-reads anything.
+    filter: Option<RowFilter>,
 }
 
 impl Sub {
@@ -193,6 +197,8 @@ struct Inner {
     updates: Mutex<HashMap<String, UpdateSender>>,
     /// The dispatcher and the reaper (see [`Subscriptions::stopped`]).
     tasks: tokio_util::task::TaskTracker,
+    /// Re-reads the row conditions made unnecessary ([`prefilter`]).
+    skipped: std::sync::atomic::AtomicU64,
 }
 
 /// The registry (cheap to clone).
@@ -286,6 +292,7 @@ impl Subscriptions {
             wake: Notify::new(),
             updates: Default::default(),
             tasks: Default::default(),
+            skipped: Default::default(),
         });
         let feed = Arc::downgrade(&inner);
         store.on_change(Arc::new(move |rows: &RowsChanged| {
@@ -329,6 +336,12 @@ impl Subscriptions {
         tasks.spawn(reap(subs.inner.clone(), shutdown));
         tasks.close();
         Ok(subs)
+    }
+
+    /// Subscription refreshes skipped so far because no changed row meets
+    /// the subscription's row condition and none was in its result.
+    pub fn skipped(&self) -> u64 {
+        self.inner.skipped.load(Ordering::Relaxed)
     }
 
     /// Resolves once the background tasks have ended (after the shutdown
@@ -395,6 +408,13 @@ impl Subscriptions {
     ) -> Arc<Sub> {
         let identity = format!("{}\u{0}{}", query.normalized, params.to_json());
         let (live, _) = broadcast::channel(self.inner.cfg.listener_buffer.max(1));
+        let filter = query.row_filter();
+        let mut view = view;
+        if filter.is_some()
+            && let Err(e) = view.track_keys()
+        {
+            tracing::warn!(id = %id, error = %e, "subscription keys not tracked; every change of its table is re-read");
+        }
         let sub = Arc::new(Sub {
             id,
             identity: identity.clone(),
@@ -407,6 +427,7 @@ impl Subscriptions {
             idle_since: Mutex::new(Some(Instant::now())),
             closed: AtomicBool::new(false),
             filtered: Mutex::new(HashMap::new()),
+            filter,
         });
         self.inner.subs.write().insert(id, sub.clone());
         self.inner.by_identity.lock().insert(identity, id);
@@ -711,6 +732,90 @@ fn refresh(inner: &Inner, sub: &Sub, changed: Vec<HashSet<Arc<[u8]>>>) -> Result
     Ok(())
 }
 
+/// Which of `work`'s subscriptions a round's changes can affect: all of
+/// them, except one-table subscriptions for which no changed row meets the
+/// row condition now and none was in the result before (their keys are
+/// tracked). The conditions of all such subscriptions on one table are
+/// tested together, one statement per chunk of keys, instead of each
+/// subscription re-reading every changed key.
+fn prefilter(store: &Store, work: &[Work]) -> Vec<bool> {
+    let mut affected = vec![true; work.len()];
+    // (table, reference) -> indexes into `work`.
+    let mut groups: HashMap<(String, String), Vec<usize>> = HashMap::new();
+    for (i, (sub, _)) in work.iter().enumerate() {
+        if let Some(f) = &sub.filter {
+            groups
+                .entry((f.table.to_ascii_lowercase(), f.reference.clone()))
+                .or_default()
+                .push(i);
+        }
+    }
+    for members in groups.into_values() {
+        let Some(filter) = members.first().and_then(|&i| work[i].0.filter.clone()) else {
+            continue;
+        };
+        let keys: Vec<&Arc<[u8]>> = work[members[0]].1[0].iter().collect();
+        let mut met = vec![false; members.len()];
+        let tested = (|| -> Result<(), SubError> {
+            for (c, conds) in members.chunks(MATCH_CONDITIONS).enumerate() {
+                let texts: Vec<&str> = conds
+                    .iter()
+                    .map(|&i| {
+                        work[i]
+                            .0
+                            .filter
+                            .as_ref()
+                            .map_or("TRUE", |f| f.condition.as_str())
+                    })
+                    .collect();
+                for chunk in keys.chunks(KEYS_PER_READ) {
+                    let mut values = Vec::new();
+                    for k in chunk {
+                        values.extend(
+                            decode_key(k)
+                                .map_err(|e| SubError::Corrupt(format!("changed key: {e}")))?,
+                        );
+                    }
+                    let sql = filter.match_sql(&texts, chunk.len());
+                    let conn = store.reader();
+                    let mut stmt = conn.prepare_user(&sql)?;
+                    for (n, v) in values.iter().enumerate() {
+                        stmt.raw_bind_parameter(n + 1, v)?;
+                    }
+                    let width = filter.pk.len();
+                    let mut rows = stmt.raw_query();
+                    while let Some(r) = rows.next()? {
+                        for j in 0..texts.len() {
+                            if r.get::<_, bool>(width + j)? {
+                                met[c * MATCH_CONDITIONS + j] = true;
+                            }
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = tested {
+            tracing::debug!(error = %e, table = %filter.table, "subscription conditions could not be tested together; re-reading in each");
+            continue;
+        }
+        for (n, &i) in members.iter().enumerate() {
+            if met[n] {
+                continue;
+            }
+            let held = work[i].0.view.lock().may_hold(keys.iter().map(|k| &k[..]));
+            affected[i] = held;
+        }
+    }
+    affected
+}
+
+/// A subscription and its changed keys per source, for one round.
+type Work = (Arc<Sub>, Vec<HashSet<Arc<[u8]>>>);
+
+/// Row conditions tested in one statement at most.
+const MATCH_CONDITIONS: usize = 200;
+
 /// Routes changed keys to the subscriptions that read their tables and
 /// refreshes them, all on one blocking thread per round: while a round runs,
 /// new changes pile up in the pending set and are taken together by the
@@ -756,8 +861,14 @@ async fn dispatch(inner: Arc<Inner>, shutdown: CancellationToken) {
         }
         let i = inner.clone();
         let round = tokio::task::spawn_blocking(move || {
-            for (sub, changed) in work {
+            let affected = prefilter(&i.store, &work);
+            for ((sub, changed), affected) in work.into_iter().zip(affected) {
                 if sub.closed.load(Ordering::Relaxed) {
+                    continue;
+                }
+                if !affected {
+                    i.skipped.fetch_add(1, Ordering::Relaxed);
+                    metrics::counter!("corro_subs_skipped_total").increment(1);
                     continue;
                 }
                 if let Err(e) = refresh(&i, &sub, changed) {

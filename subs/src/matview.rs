@@ -98,6 +98,50 @@ pub struct Matview {
     conn: Connection,
     path: PathBuf,
     last_change: u64,
+    /// The primary keys of the first source's rows the result holds, when
+    /// tracked ([`Matview::track_keys`]) and within [`KEYS_BUDGET`];
+    /// `None`: unknown (every change may matter).
+    keys: Option<KeySet>,
+    tracking: bool,
+}
+
+/// Bytes of held keys a view keeps in memory at most (key bytes plus
+/// [`KEY_OVERHEAD`] each); past it the view stops tracking its keys and
+/// every change of its table is re-read, as without tracking.
+pub const KEYS_BUDGET: usize = 4 << 20;
+const KEY_OVERHEAD: usize = 48;
+
+#[derive(Default)]
+struct KeySet {
+    keys: std::collections::HashSet<Vec<u8>>,
+    bytes: usize,
+}
+
+impl KeySet {
+    /// Adds `k`; false once over the budget.
+    fn add(&mut self, k: &[u8]) -> bool {
+        if !self.keys.contains(k) {
+            self.bytes += k.len() + KEY_OVERHEAD;
+            self.keys.insert(k.to_vec());
+        }
+        self.bytes <= KEYS_BUDGET
+    }
+
+    fn remove(&mut self, k: &[u8]) {
+        if self.keys.remove(k) {
+            self.bytes -= k.len() + KEY_OVERHEAD;
+        }
+    }
+
+    fn of<'a>(keys: impl IntoIterator<Item = &'a [u8]>) -> Option<KeySet> {
+        let mut s = KeySet::default();
+        for k in keys {
+            if !s.add(k) {
+                return None;
+            }
+        }
+        Some(s)
+    }
 }
 
 fn now_ms() -> i64 {
@@ -166,7 +210,52 @@ impl Matview {
             conn,
             path: path.to_path_buf(),
             last_change: last,
+            keys: None,
+            tracking: false,
         })
+    }
+
+    /// Keeps the first source's held primary keys in memory from now on
+    /// (for one-table subscriptions: [`Matview::may_hold`] answers without
+    /// reading the file).
+    pub fn track_keys(&mut self) -> Result<(), SubError> {
+        self.tracking = true;
+        let mut stmt = self
+            .conn
+            .prepare_cached("SELECT pk FROM row_keys WHERE src = 0")?;
+        let mut rows = stmt.query([])?;
+        let mut set = Some(KeySet::default());
+        while let Some(r) = rows.next()? {
+            let k: Vec<u8> = r.get(0)?;
+            if !set.as_mut().is_some_and(|s| s.add(&k)) {
+                set = None;
+                break;
+            }
+        }
+        drop(rows);
+        drop(stmt);
+        self.keys = set;
+        Ok(())
+    }
+
+    /// Whether the result may hold a row built from one of `keys` (first
+    /// source): false only when the keys are tracked and none is held.
+    pub fn may_hold<'a>(&self, mut keys: impl Iterator<Item = &'a [u8]>) -> bool {
+        match &self.keys {
+            None => true,
+            Some(s) => keys.any(|k| s.keys.contains(k)),
+        }
+    }
+
+    /// Tracked keys after the whole result became `fresh`.
+    fn retrack(&mut self, fresh: &[Fresh]) {
+        if self.tracking {
+            self.keys = KeySet::of(
+                fresh
+                    .iter()
+                    .filter_map(|f| f.source_keys.first().map(Vec::as_slice)),
+            );
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -188,6 +277,8 @@ impl Matview {
     /// Replaces the whole result with `rows`, logging no changes (the first
     /// run of a new subscription).
     pub fn fill(&mut self, rows: Vec<Fresh>) -> Result<(), SubError> {
+        self.keys = None;
+        self.retrack(&rows);
         let tx = self.conn.transaction()?;
         tx.execute("DELETE FROM rows", [])?;
         tx.execute("DELETE FROM row_keys", [])?;
@@ -277,13 +368,37 @@ impl Matview {
         fresh: Vec<Fresh>,
     ) -> Result<Vec<LoggedChange>, SubError> {
         let held = self.held_for(changed)?;
-        self.commit_ops(diff(held, fresh))
+        // The rows held for the changed keys become exactly `fresh`.
+        let now: Vec<Vec<u8>> = fresh
+            .iter()
+            .filter_map(|f| f.source_keys.first().cloned())
+            .collect();
+        let keys = self.keys.take();
+        let out = self.commit_ops(diff(held, fresh))?;
+        if let Some(mut s) = keys {
+            for k in changed.first().into_iter().flatten() {
+                s.remove(k);
+            }
+            let within = now.iter().all(|k| s.add(k));
+            self.keys = within.then_some(s);
+        }
+        Ok(out)
     }
 
     /// Compares the whole result with `fresh` (the query re-run in full).
     pub fn resync(&mut self, fresh: Vec<Fresh>) -> Result<Vec<LoggedChange>, SubError> {
         let held = self.held_all()?;
-        self.commit_ops(diff(held, fresh))
+        self.keys = None;
+        let tracked = self.tracking.then(|| {
+            KeySet::of(
+                fresh
+                    .iter()
+                    .filter_map(|f| f.source_keys.first().map(Vec::as_slice)),
+            )
+        });
+        let out = self.commit_ops(diff(held, fresh))?;
+        self.keys = tracked.flatten();
+        Ok(out)
     }
 
     fn commit_ops(&mut self, ops: Vec<Op>) -> Result<Vec<LoggedChange>, SubError> {

@@ -40,6 +40,68 @@ pub struct Source {
     pub key_offset: usize,
 }
 
+/// The row condition of a one-table subscription ([`SubQuery::row_filter`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RowFilter {
+    pub table: String,
+    /// How the condition refers to the table (alias or name).
+    pub reference: String,
+    pub pk: Vec<String>,
+    /// SQL text of the condition.
+    pub condition: String,
+}
+
+impl RowFilter {
+    /// `SELECT pk..., (c1) IS TRUE, ... FROM table AS reference WHERE pk IN
+    /// (n keys)`: which of `conditions` each of `n` rows (bound as `?1...`,
+    /// key columns in order per key) meets. Every condition must be one of
+    /// filters on the same table under the same reference.
+    pub fn match_sql(&self, conditions: &[&str], n: usize) -> String {
+        let cols: Vec<String> = self
+            .pk
+            .iter()
+            .map(|c| format!("{}.{}", quote(&self.reference), quote(c)))
+            .collect();
+        let width = self.pk.len();
+        let mut next = 0;
+        let tuples: Vec<String> = (0..n)
+            .map(|_| {
+                let ps: Vec<String> = (0..width)
+                    .map(|_| {
+                        next += 1;
+                        format!("?{next}")
+                    })
+                    .collect();
+                format!("({})", ps.join(", "))
+            })
+            .collect();
+        let tests: Vec<String> = conditions
+            .iter()
+            .map(|c| format!("({c}) IS TRUE"))
+            .collect();
+        let filter = if width == 1 {
+            format!(
+                "{} IN ({})",
+                cols[0],
+                tuples
+                    .iter()
+                    .map(|t| t.trim_matches(['(', ')']).to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        } else {
+            format!("({}) IN (VALUES {})", cols.join(", "), tuples.join(", "))
+        };
+        format!(
+            "SELECT {}, {} FROM {} AS {} WHERE {filter}",
+            cols.join(", "),
+            tests.join(", "),
+            quote(&self.table),
+            quote(&self.reference)
+        )
+    }
+}
+
 /// A parsed, accepted subscription query.
 #[derive(Debug, Clone)]
 pub struct SubQuery {
@@ -306,6 +368,31 @@ impl SubQuery {
             None => filter,
         });
         Ok(q.to_string())
+    }
+
+    /// For a query over one table without parameters: the condition a row
+    /// of that table must meet to be in the result (its `WHERE`, `TRUE`
+    /// without one), so a change can be matched against many such
+    /// subscriptions with one statement instead of re-reading it in each.
+    pub fn row_filter(&self) -> Option<RowFilter> {
+        let [s] = self.sources.as_slice() else {
+            return None;
+        };
+        if self.positional > 0 {
+            return None;
+        }
+        let SetExpr::Select(select) = self.query.body.as_ref() else {
+            return None;
+        };
+        Some(RowFilter {
+            table: s.table.clone(),
+            reference: s.reference.clone(),
+            pk: s.pk.clone(),
+            condition: select
+                .selection
+                .as_ref()
+                .map_or_else(|| "TRUE".to_string(), ToString::to_string),
+        })
     }
 
     /// Tables this subscription reads (each once).
