@@ -408,7 +408,16 @@ impl Subscriptions {
     ) -> Arc<Sub> {
         let identity = format!("{}\u{0}{}", query.normalized, params.to_json());
         let (live, _) = broadcast::channel(self.inner.cfg.listener_buffer.max(1));
-        let filter = query.row_filter();
+        // A condition that cannot be tested on its own (a result alias in
+        // WHERE, say) is not prefiltered: it would fail every group it is in.
+        let filter = query.row_filter().filter(|f| {
+            let sql = f.match_sql(&[f.condition.as_str()], 1);
+            let ok = self.inner.store.reader().prepare_user(&sql).is_ok();
+            if !ok {
+                tracing::debug!(id = %id, sql = %query.normalized, "subscription condition not testable alone; every change of its table is re-read");
+            }
+            ok
+        });
         let mut view = view;
         if filter.is_some()
             && let Err(e) = view.track_keys()
@@ -765,7 +774,7 @@ fn prefilter(store: &Store, work: &[Work]) -> Vec<bool> {
                             .0
                             .filter
                             .as_ref()
-                            .map_or("TRUE", |f| f.condition.as_str())
+                            .map_or("1", |f| f.condition.as_str())
                     })
                     .collect();
                 for chunk in keys.chunks(KEYS_PER_READ) {

@@ -105,11 +105,15 @@ pub struct Matview {
     tracking: bool,
 }
 
-/// Bytes of held keys a view keeps in memory at most (key bytes plus
+/// Bytes of held keys one view keeps in memory at most (key bytes plus
 /// [`KEY_OVERHEAD`] each); past it the view stops tracking its keys and
 /// every change of its table is re-read, as without tracking.
 pub const KEYS_BUDGET: usize = 4 << 20;
-const KEY_OVERHEAD: usize = 48;
+/// Bytes of held keys all views of the process keep at most.
+pub const ALL_KEYS_BUDGET: usize = 64 << 20;
+/// Counted per key besides its bytes (the set's slot, the heap block).
+const KEY_OVERHEAD: usize = 80;
+static ALL_KEYS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 #[derive(Default)]
 struct KeySet {
@@ -117,19 +121,37 @@ struct KeySet {
     bytes: usize,
 }
 
+impl Drop for KeySet {
+    fn drop(&mut self) {
+        ALL_KEYS.fetch_sub(self.bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 impl KeySet {
-    /// Adds `k`; false once over the budget.
+    /// Adds `k`; false once over this view's or the process's budget (the
+    /// set is then dropped by its owner).
     fn add(&mut self, k: &[u8]) -> bool {
-        if !self.keys.contains(k) {
-            self.bytes += k.len() + KEY_OVERHEAD;
-            self.keys.insert(k.to_vec());
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.keys.contains(k) {
+            return true;
         }
-        self.bytes <= KEYS_BUDGET
+        let n = k.len() + KEY_OVERHEAD;
+        if self.bytes + n > KEYS_BUDGET || ALL_KEYS.fetch_add(n, Relaxed) + n > ALL_KEYS_BUDGET {
+            if self.bytes + n <= KEYS_BUDGET {
+                ALL_KEYS.fetch_sub(n, Relaxed);
+            }
+            return false;
+        }
+        self.bytes += n;
+        self.keys.insert(k.to_vec());
+        true
     }
 
     fn remove(&mut self, k: &[u8]) {
         if self.keys.remove(k) {
-            self.bytes -= k.len() + KEY_OVERHEAD;
+            let n = k.len() + KEY_OVERHEAD;
+            self.bytes -= n;
+            ALL_KEYS.fetch_sub(n, std::sync::atomic::Ordering::Relaxed);
         }
     }
 

@@ -52,7 +52,7 @@ pub struct RowFilter {
 }
 
 impl RowFilter {
-    /// `SELECT pk..., (c1) IS TRUE, ... FROM table AS reference WHERE pk IN
+    /// `SELECT pk..., CASE WHEN (c1) THEN 1 ELSE 0 END, ... FROM table AS reference WHERE pk IN
     /// (n keys)`: which of `conditions` each of `n` rows (bound as `?1...`,
     /// key columns in order per key) meets. Every condition must be one of
     /// filters on the same table under the same reference.
@@ -77,7 +77,7 @@ impl RowFilter {
             .collect();
         let tests: Vec<String> = conditions
             .iter()
-            .map(|c| format!("({c}) IS TRUE"))
+            .map(|c| format!("CASE WHEN ({c}) THEN 1 ELSE 0 END"))
             .collect();
         let filter = if width == 1 {
             format!(
@@ -371,8 +371,8 @@ impl SubQuery {
     }
 
     /// For a query over one table without parameters: the condition a row
-    /// of that table must meet to be in the result (its `WHERE`, `TRUE`
-    /// without one), so a change can be matched against many such
+    /// of that table must meet to be in the result (its `WHERE`, `1`
+    /// without one; tested as `WHERE` tests it), so a change can be matched against many such
     /// subscriptions with one statement instead of re-reading it in each.
     pub fn row_filter(&self) -> Option<RowFilter> {
         let [s] = self.sources.as_slice() else {
@@ -391,7 +391,7 @@ impl SubQuery {
             condition: select
                 .selection
                 .as_ref()
-                .map_or_else(|| "TRUE".to_string(), ToString::to_string),
+                .map_or_else(|| "1".to_string(), ToString::to_string),
         })
     }
 

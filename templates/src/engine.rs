@@ -322,24 +322,26 @@ fn register_each(engine: &mut rhai::Engine, state: &Arc<Mutex<State>>, limits: L
                     ));
                 }
                 for (n, part) in parts.iter().enumerate() {
-                    if n % 2 == 0 {
-                        s.out.push_str(part);
-                        continue;
-                    }
-                    match cells.get(cols[n / 2]) {
-                        None | Some(corro_client::Value::Null) => {}
-                        Some(corro_client::Value::Text(t)) => s.out.push_str(t),
-                        Some(other) => {
-                            let text = values::to_dynamic(other).to_string();
-                            s.out.push_str(&text);
+                    let formatted;
+                    let text: &str = if n % 2 == 0 {
+                        part
+                    } else {
+                        match cells.get(cols[n / 2]) {
+                            None | Some(corro_client::Value::Null) => "",
+                            Some(corro_client::Value::Text(t)) => t,
+                            Some(other) => {
+                                formatted = values::to_dynamic(other).to_string();
+                                &formatted
+                            }
                         }
+                    };
+                    if s.out.len() + text.len() > limits.max_output {
+                        return fail(format!(
+                            "output exceeds the limit of {} bytes",
+                            limits.max_output
+                        ));
                     }
-                }
-                if s.out.len() > limits.max_output {
-                    return fail(format!(
-                        "output exceeds the limit of {} bytes",
-                        limits.max_output
-                    ));
+                    s.out.push_str(text);
                 }
             }
             Ok(true)

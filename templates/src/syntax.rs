@@ -267,10 +267,21 @@ fn fast_loop<'t>(toks: &[Tok<'t>], at: usize) -> Option<FastLoop<'t>> {
     let Tok::Stmt(head) = &toks[at] else {
         return None;
     };
+    // One line (the script keeps the template's line numbers), and an
+    // expression that cannot hold a block or end a statement: anything
+    // else is left to the interpreter as written.
+    if head.contains('\n') {
+        return None;
+    }
     let head = head.trim().strip_prefix("for ")?.strip_suffix('{')?;
     let (var, expr) = head.split_once(" in ")?;
     let var = var.trim();
-    if !is_ident(var) || expr.trim().is_empty() {
+    if !is_ident(var)
+        || expr.trim().is_empty()
+        || expr.contains(['{', '}', ';'])
+        || expr.contains("//")
+        || expr.contains("/*")
+    {
         return None;
     }
     let mut parts = vec![String::new()];
@@ -288,7 +299,7 @@ fn fast_loop<'t>(toks: &[Tok<'t>], at: usize) -> Option<FastLoop<'t>> {
                 parts.push(col.to_string());
                 parts.push(String::new());
             }
-            Tok::Stmt(s) if s.trim() == "}" => break,
+            Tok::Stmt(s) if s.trim() == "}" && !s.contains('\n') => break,
             Tok::Stmt(_) => return None,
         }
         j += 1;
@@ -316,7 +327,7 @@ fn emit(toks: &[Tok<'_>], out: &mut String) {
                 pending.flush(out);
                 let var = format!("__rows_{i}");
                 out.push_str(&format!(
-                    "let {var} = {}; if type_of({var}) == \"Rows\" && __each({var}, [",
+                    "{{ let {var} = {}; if type_of({var}) == \"Rows\" && __each({var}, [",
                     f.expr
                 ));
                 for (n, p) in f.parts.iter().enumerate() {
@@ -329,7 +340,7 @@ fn emit(toks: &[Tok<'_>], out: &mut String) {
                 }
                 out.push_str(&format!("]) {{}} else {{ for {} in {var} {{", f.var));
                 emit(&toks[f.body.clone()], out);
-                out.push_str("} };");
+                out.push_str("} } };");
                 i = f.body.end + 1;
             }
             Tok::Stmt(body) => {

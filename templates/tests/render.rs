@@ -356,6 +356,32 @@ fn simple_loops_render_natively_and_identically() {
         .compile("<% for x in sql(\"SELECT n FROM nums\") { %><%= x[\"n\"] %>,<% } %>")
         .unwrap();
     assert!(r.render(&c).unwrap_err().message.contains("operations"));
+    // Heads the native loop cannot take are interpreted as written: a
+    // block opened on the same tag, a tag over several lines.
+    assert_eq!(
+        render(
+            &src,
+            "<% for x in sql(\"SELECT n FROM nums\") { if x.n < 2 { %>[<%= x.n %>]<% } %><% } %>"
+        )
+        .unwrap(),
+        "[0][1]"
+    );
+    let e = render(
+        &src,
+        "<% for x in\nsql(\"SELECT n FROM nums\") { %>\n<%= x.missing %>\n<% } %>",
+    )
+    .unwrap_err();
+    assert_eq!(e.line, Some(3), "{e}");
+    // The output limit holds to the byte.
+    let limits = Limits {
+        max_output: 100,
+        ..Limits::default()
+    };
+    let r = Renderer::new(src.clone(), "h".into(), limits);
+    let c = r
+        .compile("<% try { %><% for x in sql(\"SELECT n FROM nums\") { %>abcdefg<%= x.n %><% } %><% } catch {} %>")
+        .unwrap();
+    assert!(r.render(&c).unwrap().output.len() <= 100);
     // Not a query result: iterated as written.
     assert_eq!(
         render(
