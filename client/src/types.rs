@@ -103,8 +103,9 @@ impl std::fmt::Display for Value {
     }
 }
 
-/// One SQL statement with its parameters.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+/// One SQL statement with its parameters: `"SQL"`, `["SQL", [params]]`,
+/// `["SQL", {named params}]` or `{"query", "params"?, "named_params"?}`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum Statement {
     Simple(String),
@@ -117,6 +118,92 @@ pub enum Statement {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         named_params: Option<BTreeMap<String, Value>>,
     },
+}
+
+/// The verbose form's fields.
+#[derive(Deserialize)]
+struct VerboseStatement {
+    query: String,
+    #[serde(default)]
+    params: Option<Vec<Value>>,
+    #[serde(default)]
+    named_params: Option<BTreeMap<String, Value>>,
+}
+
+/// A statement's parameters: a list or a map.
+enum Params {
+    List(Vec<Value>),
+    Named(BTreeMap<String, Value>),
+}
+
+impl<'de> Deserialize<'de> for Params {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Params;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of parameters or an object of named parameters")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, a: A) -> Result<Params, A::Error> {
+                Vec::deserialize(serde::de::value::SeqAccessDeserializer::new(a)).map(Params::List)
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, a: A) -> Result<Params, A::Error> {
+                BTreeMap::deserialize(serde::de::value::MapAccessDeserializer::new(a))
+                    .map(Params::Named)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// Reads each form directly (no buffering and retrying per form, which
+/// cost an error value per request on the read path).
+impl<'de> Deserialize<'de> for Statement {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Statement;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(
+                    "a statement: \"SQL\", [\"SQL\", [params]], [\"SQL\", {named params}] or {\"query\": ...}",
+                )
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Statement, E> {
+                Ok(Statement::Simple(s.to_string()))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<Statement, E> {
+                Ok(Statement::Simple(s))
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(
+                self,
+                mut a: A,
+            ) -> Result<Statement, A::Error> {
+                use serde::de::Error;
+                let sql: String = a
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let params: Option<Params> = a.next_element()?;
+                if a.next_element::<serde::de::IgnoredAny>()?.is_some() {
+                    return Err(A::Error::invalid_length(3, &self));
+                }
+                Ok(match params {
+                    None => Statement::Simple(sql),
+                    Some(Params::List(p)) => Statement::WithParams(sql, p),
+                    Some(Params::Named(p)) => Statement::WithNamedParams(sql, p),
+                })
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, a: A) -> Result<Statement, A::Error> {
+                let v =
+                    VerboseStatement::deserialize(serde::de::value::MapAccessDeserializer::new(a))?;
+                Ok(Statement::Verbose {
+                    query: v.query,
+                    params: v.params,
+                    named_params: v.named_params,
+                })
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 impl Statement {
@@ -290,6 +377,42 @@ pub struct ApiError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn malformed_statements_are_refused_and_forms_round_trip() {
+        for bad in [
+            "1",
+            "[]",
+            "[1]",
+            r#"["SELECT 1", 5]"#,
+            r#"["SELECT 1", [], []]"#,
+            r#"{"params": [1]}"#,
+            r#"{"query": 1}"#,
+            "null",
+        ] {
+            assert!(serde_json::from_str::<Statement>(bad).is_err(), "{bad}");
+        }
+        for s in [
+            Statement::Simple("SELECT 1".into()),
+            Statement::WithParams("SELECT ?".into(), vec![Value::Integer(1)]),
+            Statement::WithNamedParams(
+                "SELECT :a".into(),
+                [("a".to_string(), Value::Text("x".into()))].into(),
+            ),
+            Statement::Verbose {
+                query: "SELECT ?".into(),
+                params: Some(vec![Value::Null]),
+                named_params: None,
+            },
+        ] {
+            let text = serde_json::to_string(&s).unwrap();
+            assert_eq!(
+                serde_json::from_str::<Statement>(&text).unwrap(),
+                s,
+                "{text}"
+            );
+        }
+    }
 
     #[test]
     fn statement_forms_parse() {
