@@ -55,12 +55,11 @@ pub(crate) struct LocalSource {
 impl Source for LocalSource {
     fn query(&self, sql: &str, params: &Params, limits: QueryLimits) -> Result<Rows, SourceError> {
         let err = |e: &dyn std::fmt::Display| SourceError(e.to_string());
-        let mut conn = self.store.reader();
-        // SQLite itself stops at the render's deadline (the pool clears the
-        // handler when the connection goes back).
+        let conn = self.store.reader();
+        // SQLite itself stops at the render's deadline (the pool clears it
+        // when the connection goes back).
         let deadline = limits.deadline;
-        conn.progress_handler(1000, Some(move || std::time::Instant::now() > deadline))
-            .map_err(|e| err(&e))?;
+        conn.set_deadline(deadline);
         let late = |e: rusqlite::Error| {
             if std::time::Instant::now() > deadline {
                 limits.too_slow()

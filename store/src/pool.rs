@@ -36,7 +36,20 @@ const INFO_PRAGMAS: &[&str] = &[
 struct Pooled {
     conn: Connection,
     user_mode: Arc<AtomicBool>,
+    /// When the current query must stop: nanoseconds after [`epoch`], 0
+    /// for none. The connection's progress handler, installed once, reads
+    /// it ([`ReadConn::set_deadline`]).
+    deadline: Arc<AtomicU64>,
 }
+
+/// The zero of the pool's deadlines.
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+/// SQLite virtual-machine steps between two looks at the deadline.
+const DEADLINE_CHECK_STEPS: std::ffi::c_int = 100;
 
 pub(crate) struct ReadPool {
     idle: Mutex<Vec<Pooled>>,
@@ -96,7 +109,20 @@ impl ReadPool {
                     _ => Authorization::Deny,
                 }
             }))?;
-            pooled.push(Pooled { conn, user_mode });
+            let deadline = Arc::new(AtomicU64::new(0));
+            let at = deadline.clone();
+            conn.progress_handler(
+                DEADLINE_CHECK_STEPS,
+                Some(move || {
+                    let d = at.load(Ordering::Relaxed);
+                    d != 0 && epoch().elapsed().as_nanos() as u64 > d
+                }),
+            )?;
+            pooled.push(Pooled {
+                conn,
+                user_mode,
+                deadline,
+            });
         }
         Ok(ReadPool {
             size: pooled.len(),
@@ -223,6 +249,20 @@ impl std::ops::Deref for ReadConn<'_> {
     }
 }
 
+impl ReadConn<'_> {
+    /// Interrupts whatever this connection runs after `at` (the statement
+    /// fails with SQLite's interrupt error), until the connection returns
+    /// to the pool. Cheaper than installing a progress handler per query:
+    /// one is installed per connection, once. (Do not install another: it
+    /// would replace it.)
+    pub fn set_deadline(&self, at: Instant) {
+        let nanos = at.saturating_duration_since(epoch()).as_nanos() as u64;
+        if let Some(c) = &self.conn {
+            c.deadline.store(nanos.max(1), Ordering::Relaxed);
+        }
+    }
+}
+
 impl std::ops::DerefMut for ReadConn<'_> {
     fn deref_mut(&mut self) -> &mut Connection {
         &mut self
@@ -235,10 +275,9 @@ impl std::ops::DerefMut for ReadConn<'_> {
 
 impl Drop for ReadConn<'_> {
     fn drop(&mut self) {
-        if let Some(mut conn) = self.conn.take() {
-            // A progress handler installed for a query timeout must not
-            // outlive that query.
-            let _ = conn.conn.progress_handler(0, None::<fn() -> bool>);
+        if let Some(conn) = self.conn.take() {
+            // A query's deadline does not outlive it.
+            conn.deadline.store(0, Ordering::Relaxed);
             self.pool.idle.lock().push(conn);
             self.pool.ready.notify_one();
         }

@@ -956,3 +956,38 @@ fn a_database_of_a_newer_format_is_refused_with_a_clear_error() {
         .to_string();
     assert!(e.contains("format 99 is newer than this build"), "{e}");
 }
+
+#[test]
+fn a_read_deadline_stops_its_query_and_ends_with_the_borrow() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(
+        dir.path().join("a.db"),
+        StoreOptions {
+            readers: 1,
+            ..StoreOptions::default()
+        },
+    )
+    .unwrap();
+    let endless =
+        "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) SELECT count(*) FROM c";
+    {
+        let conn = s.reader();
+        conn.set_deadline(std::time::Instant::now() + std::time::Duration::from_millis(50));
+        let t = std::time::Instant::now();
+        let e = conn
+            .query_row(endless, [], |r| r.get::<_, i64>(0))
+            .unwrap_err();
+        assert!(e.to_string().contains("interrupt"), "{e}");
+        assert!(t.elapsed() < std::time::Duration::from_secs(5));
+    }
+    // The same (only) connection, borrowed again: no deadline left.
+    let conn = s.reader();
+    let n: i64 = conn
+        .query_row(
+            "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c WHERE x < 300000) SELECT count(*) FROM c",
+            [],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(n, 300_000);
+}

@@ -78,12 +78,8 @@ pub(crate) async fn handle(
     let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(256);
     let store = st.store.clone();
     tokio::task::spawn_blocking(move || {
-        let mut conn = store.reader();
-        let deadline = Instant::now() + timeout;
-        if let Err(e) = conn.progress_handler(1000, Some(move || Instant::now() > deadline)) {
-            let _ = start_tx.send(Start::Failed(StoreError::Sqlite(e)));
-            return;
-        }
+        let conn = store.reader();
+        conn.set_deadline(Instant::now() + timeout);
         let started = Instant::now();
         let mut stmt = match conn.prepare_user(statement.sql()) {
             Ok(s) => s,
@@ -216,10 +212,8 @@ const INLINE_BUDGET: Duration = Duration::from_micros(500);
 /// "not answered": the caller runs it on a blocking thread from the start,
 /// which is safe because queries are read-only.
 fn quick(st: &ApiState, statement: &Statement, timeout: Duration) -> Option<Response> {
-    let mut conn = st.store.try_reader()?;
-    let deadline = Instant::now() + INLINE_BUDGET.min(timeout);
-    conn.progress_handler(100, Some(move || Instant::now() > deadline))
-        .ok()?;
+    let conn = st.store.try_reader()?;
+    conn.set_deadline(Instant::now() + INLINE_BUDGET.min(timeout));
     let started = Instant::now();
     let mut stmt = match conn.prepare_user(statement.sql()) {
         Ok(s) => s,
