@@ -367,8 +367,11 @@ impl Subscriptions {
                 continue;
             };
             let loaded = (|| -> Result<Arc<Sub>, SubError> {
-                let (view, def) = Matview::open(&path)?;
+                let (mut view, def) = Matview::open(&path)?;
                 let query = SubQuery::parse(&def.sql, |t| self.inner.store.table_pk(t))?;
+                if query.row_filter().is_some() {
+                    view.track_keys()?;
+                }
                 let params = Params::from_json(&def.params)?;
                 Ok(self.register(id, query, params, def.columns, view))
             })();
@@ -418,12 +421,6 @@ impl Subscriptions {
             }
             ok
         });
-        let mut view = view;
-        if filter.is_some()
-            && let Err(e) = view.track_keys()
-        {
-            tracing::warn!(id = %id, error = %e, "subscription keys not tracked; every change of its table is re-read");
-        }
         let sub = Arc::new(Sub {
             id,
             identity: identity.clone(),
@@ -477,6 +474,10 @@ impl Subscriptions {
                 columns: columns.clone(),
             };
             let mut view = Matview::create(&path, &def)?;
+            if q.row_filter().is_some() {
+                // Empty now; `fill` tracks the first result's keys.
+                view.track_keys()?;
+            }
             view.fill(rows)?;
             Ok((view, columns))
         })
