@@ -307,35 +307,7 @@ impl Store {
 
     /// Marks a committed run's version held and tells the listeners.
     fn committed(&self, r: Ran) -> Committed<AnyValue> {
-        let version = if r.nchanges == 0 {
-            None
-        } else {
-            {
-                let mut books = self.inner.books.write();
-                books
-                    .entry(self.inner.self_idx)
-                    .or_default()
-                    .mark_held(r.version..=r.version);
-            }
-            self.notify(|| {
-                crate::feed::RowsChanged::from_rows(
-                    r.rows.iter().map(|c| (&c.meta.name, &c.pk, c.cl)),
-                    true,
-                )
-            });
-            Some(r.version)
-        };
-        let committed = Committed {
-            value: r.value,
-            version,
-            ts: r.ts,
-            rows: r.rows,
-            last_seq: r.nchanges.saturating_sub(1),
-        };
-        if version.is_some() {
-            self.notify_commit(|| committed.changesets(self.inner.actor));
-        }
-        committed
+        self.announce(r.value, r.version, r.ts, r.rows, r.nchanges)
     }
 
     /// One SQLite transaction over `range` of the jobs (those not failed

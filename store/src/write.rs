@@ -340,6 +340,19 @@ impl Store {
         let (value, version, ts, rows, nchanges) = result?;
         conn.prepare_cached(COMMIT)?.raw_execute()?;
         guard.armed = false;
+        Ok(self.announce(value, version, ts, rows, nchanges))
+    }
+
+    /// After a commit: marks `version` held (when the transaction changed
+    /// anything) and tells the change and commit listeners.
+    pub(crate) fn announce<T>(
+        &self,
+        value: T,
+        version: u64,
+        ts: u64,
+        rows: Vec<RowChange>,
+        nchanges: u64,
+    ) -> Committed<T> {
         let version = if nchanges == 0 {
             None
         } else {
@@ -368,7 +381,7 @@ impl Store {
         if version.is_some() {
             self.notify_commit(|| committed.changesets(self.inner.actor));
         }
-        Ok(committed)
+        committed
     }
 
     /// Turns the captured row images into clock updates and per-row change

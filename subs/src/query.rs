@@ -62,36 +62,11 @@ impl RowFilter {
             .iter()
             .map(|c| format!("{}.{}", quote(&self.reference), quote(c)))
             .collect();
-        let width = self.pk.len();
-        let mut next = 0;
-        let tuples: Vec<String> = (0..n)
-            .map(|_| {
-                let ps: Vec<String> = (0..width)
-                    .map(|_| {
-                        next += 1;
-                        format!("?{next}")
-                    })
-                    .collect();
-                format!("({})", ps.join(", "))
-            })
-            .collect();
         let tests: Vec<String> = conditions
             .iter()
             .map(|c| format!("CASE WHEN ({c}) THEN 1 ELSE 0 END"))
             .collect();
-        let filter = if width == 1 {
-            format!(
-                "{} IN ({})",
-                cols[0],
-                tuples
-                    .iter()
-                    .map(|t| t.trim_matches(['(', ')']).to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        } else {
-            format!("({}) IN (VALUES {})", cols.join(", "), tuples.join(", "))
-        };
+        let filter = keys_in(&cols, 0, n);
         format!(
             "SELECT {}, {} FROM {} AS {} WHERE {filter}",
             cols.join(", "),
@@ -124,6 +99,30 @@ fn unsupported(what: &str) -> SubError {
     SubError::Unsupported(format!(
         "{what} cannot be maintained incrementally; subscribe to a plain SELECT (joins allowed) and aggregate on the client"
     ))
+}
+
+/// `cols IN (n keys)`, the keys bound as `?{after+1}...` (key columns in
+/// order per key).
+fn keys_in(cols: &[String], after: usize, n: usize) -> String {
+    let width = cols.len();
+    let mut next = after;
+    let tuples: Vec<String> = (0..n)
+        .map(|_| {
+            let ps: Vec<String> = (0..width)
+                .map(|_| {
+                    next += 1;
+                    format!("?{next}")
+                })
+                .collect();
+            ps.join(", ")
+        })
+        .collect();
+    if width == 1 {
+        format!("{} IN ({})", cols[0], tuples.join(", "))
+    } else {
+        let tuples: Vec<String> = tuples.iter().map(|t| format!("({t})")).collect();
+        format!("({}) IN (VALUES {})", cols.join(", "), tuples.join(", "))
+    }
 }
 
 fn quote(ident: &str) -> String {
@@ -318,36 +317,11 @@ impl SubQuery {
     /// keys, bound as `?{positional+1}...` (key columns in order per key).
     pub fn filtered_sql(&self, source: usize, n: usize) -> Result<String, SubError> {
         let s = &self.sources[source];
-        let width = s.pk.len();
         let cols: Vec<String> =
             s.pk.iter()
                 .map(|c| format!("{}.{}", quote(&s.reference), quote(c)))
                 .collect();
-        let mut next = self.positional;
-        let tuples: Vec<String> = (0..n)
-            .map(|_| {
-                let ps: Vec<String> = (0..width)
-                    .map(|_| {
-                        next += 1;
-                        format!("?{next}")
-                    })
-                    .collect();
-                format!("({})", ps.join(", "))
-            })
-            .collect();
-        let filter = if width == 1 {
-            format!(
-                "{} IN ({})",
-                cols[0],
-                tuples
-                    .iter()
-                    .map(|t| t.trim_matches(['(', ')']).to_string())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        } else {
-            format!("({}) IN (VALUES {})", cols.join(", "), tuples.join(", "))
-        };
+        let filter = keys_in(&cols, self.positional, n);
         let dialect = SQLiteDialect {};
         let filter = Parser::new(&dialect)
             .try_with_sql(&filter)
