@@ -122,6 +122,7 @@ pub(crate) const METRICS: &[Metric] = &[
     m("corro_store_disk_full", Gauge, &[], "1 while the disk is full and writes are refused"),
     m("corro_store_writes_refused_total", Counter, &["reason"], "peer changes not applied because writes are refused"),
     m("corro_catalog_stamped_topics", Gauge, &[], "catalog topics holding their own index stamp"),
+    m("corro_catalog_watched_topics", Gauge, &[], "topics and KV keys or prefixes held queries wait on"),
     m("corro_kv_keys", Gauge, &[], "keys in the KV store (consul_kv), as this agent's catalog holds them"),
     m("corro_kv_value_bytes", Gauge, &[], "bytes of the KV store's values held in memory"),
     m("corro_kv_writes_total", Counter, &["op"], "KV writes through this agent's /v1/kv, by op"),

@@ -53,6 +53,13 @@ pub(crate) struct WakeArgs {
 pub(crate) struct HeldArgs {
     #[arg(long, default_value_t = 10_000)]
     queries: usize,
+    /// Also open this many idle keep-alive connections first (no request),
+    /// to separate a connection's cost from a held query's.
+    #[arg(long, default_value_t = 0)]
+    idle: usize,
+    /// Unrelated writes timed with and without the queries held.
+    #[arg(long, default_value_t = 200)]
+    churn: u32,
 }
 
 #[derive(Args)]
@@ -386,8 +393,88 @@ pub(crate) fn rss_kb(pid: u32) -> anyhow::Result<u64> {
     corro_testkit::rss_kb(pid).ok_or_else(|| anyhow::anyhow!("no VmRSS for process {pid}"))
 }
 
+/// Connections opened from one source address: the ephemeral port range
+/// holds ~28,000, so larger runs spread over 127.0.0.2, .3, ...
+const PER_SOURCE: usize = 20_000;
+
+/// A loopback source address for the `i`th connection.
+fn source(i: usize) -> std::net::SocketAddr {
+    let k = (i / PER_SOURCE) as u32 + 2;
+    std::net::SocketAddr::from(([127, (k >> 16) as u8, (k >> 8) as u8, k as u8], 0))
+}
+
+/// Raises this process's open-files limit (soft and hard) to at least
+/// `need`; the agent it starts inherits it. Raising the hard limit needs
+/// root (CAP_SYS_RESOURCE).
+fn raise_open_files(need: u64) -> anyhow::Result<()> {
+    let (soft, hard) = nofile()?;
+    if soft >= need {
+        return Ok(());
+    }
+    let hard = hard.max(need);
+    let out = Command::new("prlimit")
+        .arg(format!("--pid={}", std::process::id()))
+        .arg(format!("--nofile={need}:{hard}"))
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "raising the open-files limit to {need} failed (needs root): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(())
+}
+
+fn nofile() -> anyhow::Result<(u64, u64)> {
+    let limits = std::fs::read_to_string("/proc/self/limits")?;
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .ok_or_else(|| anyhow::anyhow!("no open-files line in /proc/self/limits"))?;
+    let mut nums = line
+        .split_whitespace()
+        .filter_map(|w| w.parse::<u64>().ok());
+    match (nums.next(), nums.next()) {
+        (Some(s), Some(h)) => Ok((s, h)),
+        _ => anyhow::bail!("unreadable open-files limit: {line}"),
+    }
+}
+
+/// Opens a connection from the `i`th source address.
+async fn connect(i: usize, to: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpStream> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(source(i))?;
+    socket.connect(to).await
+}
+
+/// Sends one GET on `stream` and reads the answer to its end (the request
+/// asks the agent to close); the status line's code.
+async fn get_once(mut stream: tokio::net::TcpStream, path: &str) -> std::io::Result<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let req = format!("GET {path} HTTP/1.1\r\nHost: agent\r\nConnection: close\r\n\r\n");
+    stream.write_all(req.as_bytes()).await?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).await?;
+    let code = answer
+        .get(9..12)
+        .and_then(|c| std::str::from_utf8(c).ok())
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok(code)
+}
+
 fn held(dir: &Path, a: HeldArgs) -> anyhow::Result<()> {
-    let node = discovery_node(&dir.join("a"), "host-a", None);
+    let conns = a.queries + a.idle;
+    // One descriptor per connection on each side, plus the agent's own.
+    raise_open_files(conns as u64 + 1024)?;
+    let node = Node::new(
+        &dir.join("a"),
+        &format!(
+            "max_conns = {n}\nmax_conns_per_client = {n}\n",
+            n = conns + 1024
+        ),
+    );
+    node.with_consul_schema();
+    node.append_config("[consul]\nnode_name = \"host-a\"\n");
     node.enable_metrics();
     let agent = node.start();
     // The agent writes its own node row (host-a).
@@ -399,63 +486,124 @@ fn held(dir: &Path, a: HeldArgs) -> anyhow::Result<()> {
     )?;
     set_status(&agent, "passing")?;
     let (idx, _) = get(&agent.url("/v1/health/service/web"))?;
-    let before = rss_kb(agent.child.id())?;
-    // Many connections from one process: a small async runtime.
+    let to = agent.api;
     let rt = tokio_runtime()?;
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(0)
-        .timeout(Duration::from_secs(300))
-        .build()?;
-    let url = agent.url(&format!("/v1/health/service/web?index={idx}&wait=240s"));
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
-    for _ in 0..a.queries {
-        let (client, url, tx) = (client.clone(), url.clone(), tx.clone());
-        rt.spawn(async move {
-            if let Ok(r) = client.get(url).send().await {
-                let _ = r.bytes().await;
-                let _ = tx.send(Instant::now());
-            }
-        });
-    }
-    drop(tx);
+    // Agent CPU for unrelated writes (another service) with nothing held:
+    // the baseline for the same writes with every query held.
+    let churn = |n: u32| -> anyhow::Result<f64> {
+        let cpu = crate::subs::cpu_secs(agent.child.id())?;
+        for i in 0..n {
+            post(
+                &agent,
+                serde_json::json!([format!(
+                    "UPDATE consul_services SET port = {} WHERE id = 'db-a'",
+                    6000 + i
+                )]),
+            )?;
+        }
+        Ok((crate::subs::cpu_secs(agent.child.id())? - cpu) / f64::from(n))
+    };
+    let quiet = churn(a.churn)?;
+    let base = rss_kb(agent.child.id())?;
+    // Idle keep-alive connections: accepted, no request.
+    let mut idle = Vec::with_capacity(a.idle);
+    rt.block_on(async {
+        for i in 0..a.idle {
+            idle.push(connect(i, to).await?);
+        }
+        Ok::<_, std::io::Error>(())
+    })?;
     let start = Instant::now();
-    while agent.counter("corro_consul_blocking_queries") < a.queries as f64 {
+    while agent.counter("corro_api_connections") < a.idle as f64 {
         anyhow::ensure!(
             start.elapsed() < Duration::from_secs(120),
-            "only {} of {} held",
-            agent.counter("corro_consul_blocking_queries"),
-            a.queries
+            "only {} of {} idle connections accepted",
+            agent.counter("corro_api_connections"),
+            a.idle
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let during = rss_kb(agent.child.id())?;
-    // An unrelated change (another service) wakes nobody.
-    post(
-        &agent,
-        serde_json::json!(["UPDATE consul_services SET port = 5433 WHERE id = 'db-a'"]),
-    )?;
+    let before = rss_kb(agent.child.id())?;
+    let path = format!("/v1/health/service/web?index={idx}&wait=240s");
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, u16)>();
+    // Two halves: the second half's growth is the marginal cost of a held
+    // query once the agent's shared structures have grown.
+    let half = a.queries / 2;
+    let mut rss = Vec::new();
+    for (from, to_n) in [(0, half), (half, a.queries)] {
+        rt.block_on(async {
+            for i in from..to_n {
+                let stream = connect(a.idle + i, to).await?;
+                let (path, tx) = (path.clone(), tx.clone());
+                tokio::spawn(async move {
+                    let code = get_once(stream, &path).await.unwrap_or(0);
+                    let _ = tx.send((Instant::now(), code));
+                });
+            }
+            Ok::<_, std::io::Error>(())
+        })?;
+        let start = Instant::now();
+        while agent.counter("corro_consul_blocking_queries") < to_n as f64 {
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(300),
+                "only {} of {} held",
+                agent.counter("corro_consul_blocking_queries"),
+                to_n
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        rss.push(rss_kb(agent.child.id())?);
+    }
+    drop(tx);
+    let (mid, during) = (rss[0], rss[1]);
+    // Unrelated changes (another service) answer nobody; their CPU cost.
+    let busy = churn(a.churn)?;
     std::thread::sleep(Duration::from_millis(500));
     let still = agent.counter("corro_consul_blocking_queries");
     let written = Instant::now();
     set_status(&agent, "critical")?;
     let mut last = written;
-    let mut n = 0;
+    let (mut n, mut ok) = (0, 0);
     rt.block_on(async {
-        while let Some(t) = rx.recv().await {
+        while let Some((t, code)) = rx.recv().await {
             last = t;
             n += 1;
+            ok += usize::from(code == 200);
         }
     });
-    anyhow::ensure!(n == a.queries, "{n} of {} returned", a.queries);
+    anyhow::ensure!(
+        ok == a.queries,
+        "{ok} of {} returned 200 ({n} returned)",
+        a.queries
+    );
+    drop(idle);
+    if a.idle > 0 {
+        println!(
+            "idle connections: {} on one agent; RSS {} KiB -> {} KiB ({:.1} KiB per idle connection)",
+            a.idle,
+            base,
+            before,
+            (before.saturating_sub(base)) as f64 / a.idle as f64
+        );
+    }
     println!(
-        "held blocking queries: {} on one agent; RSS {} KiB -> {} KiB ({:.1} KiB per held query); an unrelated change left {} held; one change -> all {} returned in {:.2?}",
+        "held blocking queries: {} on one agent, each on its own connection; RSS {} KiB -> {} KiB ({:.1} KiB per held query; the second {}: {:.1} KiB each); one change -> all {} returned in {:.2?}",
         a.queries,
         before,
         during,
         (during.saturating_sub(before)) as f64 / a.queries as f64,
-        still,
+        a.queries - half,
+        (during.saturating_sub(mid)) as f64 / (a.queries - half).max(1) as f64,
         n,
         last.duration_since(written)
+    );
+    println!(
+        "unrelated writes ({} to another service): {} still held after them; agent CPU per write {:.3} ms with all held vs {:.3} ms with none held in the same run ({:.2}x)",
+        a.churn,
+        still,
+        busy * 1e3,
+        quiet * 1e3,
+        busy / quiet.max(1e-9)
     );
     Ok(())
 }

@@ -10,7 +10,8 @@
 //!
 //! After every batch that changed something, the index value advances and
 //! [`Catalog::subscribe`]rs (catalog topics) or [`Catalog::subscribe_kv`]rs
-//! (KV keys) are woken with it.
+//! (KV keys) are woken with it; [`Catalog::watch`]ers only when one of
+//! their topics changed (see [`crate::wakers`]).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -22,8 +23,9 @@ use parking_lot::{Mutex, RwLock, RwLockReadGuard};
 use tokio::sync::{Notify, watch};
 
 use crate::counter::IndexCounter;
-use crate::index::{Index, MemberState};
+use crate::index::{Index, MemberState, Topic};
 use crate::sql;
+use crate::wakers::{TopicWatch, Wakers};
 
 /// Why the catalog could not load or refresh.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +54,8 @@ struct Shared {
     /// The last counter write failed (logged once per streak).
     counter_failing: AtomicBool,
     kv_listeners: Mutex<Vec<KvListener>>,
+    /// Held queries' topics.
+    wakers: Mutex<Wakers>,
 }
 
 /// Called after KV keys changed in the index, with the keys (`None`: any
@@ -84,6 +88,7 @@ impl Catalog {
             counter: Mutex::new(counter),
             counter_failing: AtomicBool::new(false),
             kv_listeners: Mutex::new(Vec::new()),
+            wakers: Mutex::new(Wakers::default()),
         });
         // Listen first, then load: a commit in between is queued and
         // re-read (re-reading is idempotent).
@@ -125,7 +130,7 @@ impl Catalog {
         drop(conn);
         let mut index = self.shared.index.write();
         index.replace_rows(rows);
-        let changed = self.finish(&mut index);
+        let changed = self.finish(&mut index, None);
         drop(index);
         if changed {
             self.kv_changed(None);
@@ -173,7 +178,7 @@ impl Catalog {
         for f in fresh {
             sql::apply(&mut index, f);
         }
-        let changed = self.finish(&mut index);
+        let changed = self.finish(&mut index, Some(&kv_keys));
         drop(index);
         if !kv_keys.is_empty() {
             self.kv_changed(Some(&kv_keys));
@@ -209,7 +214,7 @@ impl Catalog {
         let mut index = self.shared.index.write();
         index.set_members(members, settled);
         let generation = index.member_generation();
-        let changed = self.finish(&mut index);
+        let changed = self.finish(&mut index, Some(&[]));
         self.shared.member_changes.send_if_modified(|g| {
             let moved = *g != generation;
             *g = generation;
@@ -222,7 +227,16 @@ impl Catalog {
     /// when something changed. A counter file that cannot be written is
     /// logged and counted, and watchers are woken all the same: the change
     /// is in the index already (the counter retries on the next change).
-    fn finish(&self, index: &mut Index) -> bool {
+    /// `kv_keys`: the KV keys the batch changed (`None`: unknown, every KV
+    /// watcher is woken).
+    fn finish(&self, index: &mut Index, kv_keys: Option<&[String]>) -> bool {
+        let floors = index.floors();
+        let watched = self.shared.wakers.lock().len() > 0;
+        let dirty: Vec<Topic> = if watched {
+            index.dirty().cloned().collect()
+        } else {
+            Vec::new()
+        };
         let Some(value) = index.finish() else {
             return false;
         };
@@ -249,6 +263,26 @@ impl Catalog {
         metrics::gauge!("corro_kv_keys").set(keys as f64);
         metrics::gauge!("corro_kv_value_bytes").set(bytes as f64);
         let moved = index.moved();
+        if watched {
+            let wakers = self.shared.wakers.lock();
+            let (catalog_floor, kv_floor) = index.floors();
+            if moved.catalog {
+                if catalog_floor != floors.0 {
+                    wakers.wake_all(false);
+                } else {
+                    dirty.iter().for_each(|t| wakers.wake(t));
+                }
+            }
+            if moved.kv {
+                match kv_keys {
+                    Some(keys) if kv_floor == floors.1 => {
+                        keys.iter().for_each(|k| wakers.wake_key(k));
+                    }
+                    _ => wakers.wake_all(true),
+                }
+            }
+            wakers.wake_any();
+        }
         if moved.catalog {
             self.shared.changed.send_replace(value);
         }
@@ -256,6 +290,23 @@ impl Catalog {
             self.shared.kv_changes.send_replace(value);
         }
         true
+    }
+
+    /// What a held query waits on: it wakes when one of `topics` may have
+    /// changed (any change when `topics` is empty). Made before the answer
+    /// is first computed, so a change in between still wakes it.
+    pub fn watch(&self, topics: &[Topic]) -> TopicWatch {
+        let mut wakers = self.shared.wakers.lock();
+        let receivers = if topics.is_empty() {
+            vec![wakers.any()]
+        } else {
+            topics
+                .iter()
+                .map(|t| wakers.receiver(t.folded().into_owned()))
+                .collect()
+        };
+        metrics::gauge!("corro_catalog_watched_topics").set(wakers.len() as f64);
+        TopicWatch::new(receivers)
     }
 
     /// Read access to the index (hold it briefly: writers wait).

@@ -96,7 +96,7 @@ impl Topic {
     }
 
     /// This topic with its name folded (borrowed when it already is).
-    fn folded(&self) -> Cow<'_, Topic> {
+    pub(crate) fn folded(&self) -> Cow<'_, Topic> {
         match self {
             Topic::Service(n) if !is_folded(n) => Cow::Owned(Topic::service(n)),
             Topic::Node(n) if !is_folded(n) => Cow::Owned(Topic::node(n)),
@@ -308,6 +308,12 @@ impl Index {
     /// Topics marked since the last [`Index::finish`].
     pub fn dirty(&self) -> impl Iterator<Item = &Topic> {
         self.dirty.iter()
+    }
+
+    /// The index of unstamped catalog topics and of unstamped KV keys: a
+    /// watcher of any topic without a stamp must be woken when these move.
+    pub(crate) fn floors(&self) -> (u64, u64) {
+        (self.base.max(self.gone), self.base.max(self.kv_gone))
     }
 
     /// Number of topics holding their own stamp (for metrics and tests).

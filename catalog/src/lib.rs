@@ -29,6 +29,7 @@ pub mod index;
 pub mod kv;
 pub mod model;
 mod sql;
+pub mod wakers;
 
 pub use catalog::{Catalog, CatalogError, KvListener};
 pub use counter::IndexCounter;
@@ -37,3 +38,4 @@ pub use index::{Entry, Index, Instance, MemberState, Rows, Topic, fold, same_nam
 pub use kv::{KvEntry, KvRow};
 pub use model::{Check, Claim, Node, Service, TaggedAddress, Weights};
 pub use sql::TABLES;
+pub use wakers::{Closed, TopicWatch};

@@ -266,6 +266,35 @@ fn compare(
 
 /// Each service's full answer (instances with nodes, checks, health) and
 /// its topic index.
+/// Every catalog topic the ops can move, with held queries' spellings.
+fn watched_topics() -> Vec<Topic> {
+    let mut topics: Vec<Topic> = NAMES
+        .iter()
+        .map(|n| Topic::Service(n.to_string()))
+        .collect();
+    topics.extend((0..4).map(|n| Topic::Node(format!("n{n}"))));
+    topics.extend((0..4).map(|n| Topic::Node(format!("N{n}"))));
+    topics.extend([Topic::Services, Topic::Nodes, Topic::Checks, Topic::Claims]);
+    topics
+}
+
+/// One watch per topic, with the topic's index when it was made.
+fn watch_all(catalog: &Catalog) -> Vec<(Topic, u64, corro_catalog::TopicWatch)> {
+    watched_topics()
+        .into_iter()
+        .map(|t| {
+            let w = catalog.watch(std::slice::from_ref(&t));
+            let i = catalog.read().topic_index([&t]);
+            (t, i, w)
+        })
+        .collect()
+}
+
+fn woken(w: &mut corro_catalog::TopicWatch) -> bool {
+    use futures::FutureExt;
+    w.changed().now_or_never().is_some()
+}
+
 fn answers(catalog: &Catalog) -> Vec<(String, (u64, String))> {
     let index = catalog.read();
     NAMES
@@ -293,6 +322,7 @@ proptest! {
         let mut members = Vec::new();
         let mut settled = false;
         let mut seen = answers(&catalog);
+        let mut watches = watch_all(&catalog);
         for (i, op) in ops.iter().enumerate() {
             if let Some((m, s)) = apply(&store, op) {
                 members = m;
@@ -311,6 +341,13 @@ proptest! {
                     prop_assert!(was == is || idx > was_idx, "{name} changed without its index moving");
                 }
                 seen = now;
+                // Every held query whose topic moved was woken (its answer
+                // may have changed); membership changes included.
+                for (t, was, w) in &mut watches {
+                    let idx = catalog.read().topic_index([&*t]);
+                    prop_assert!(idx == *was || woken(w), "{t:?} moved {was} -> {idx} without waking its watchers");
+                }
+                watches = watch_all(&catalog);
             }
         }
         catalog.process_pending().unwrap();
@@ -541,4 +578,77 @@ fn watchers_are_woken_even_when_the_counter_file_cannot_be_written() {
     assert!(catalog.read().current() > reserved);
     assert!(rx.has_changed().unwrap(), "watchers were not woken");
     assert!(!counter_dir.exists());
+}
+
+#[test]
+fn held_queries_wake_only_for_their_own_topics() {
+    let (_dir, store) = open();
+    let catalog = Catalog::open(&store, None).unwrap();
+    let service = |node: u8, id: u8, name: u8| Op::Service {
+        node,
+        id,
+        name,
+        tags: vec![],
+    };
+    apply(&store, &service(1, 1, 0));
+    apply(&store, &service(2, 1, 1));
+    catalog.process_pending().unwrap();
+    let kv = |key: &str| {
+        store
+            .transact(|tx| {
+                tx.execute(
+                    "INSERT INTO consul_kv (key, value) VALUES (?, x'01') ON CONFLICT (key) DO UPDATE SET value = value || x'01'",
+                    &[text(key)],
+                )
+            })
+            .unwrap();
+        catalog.process_pending().unwrap();
+    };
+    kv("app/a/x");
+    kv("other/y");
+    let mut web = catalog.watch(&[Topic::Service("WEB".into())]);
+    let mut db = catalog.watch(&[Topic::Service("db".into())]);
+    let mut key = catalog.watch(&[Topic::KvKey("app/a/x".into())]);
+    let mut prefix = catalog.watch(&[Topic::KvPrefix("app/".into())]);
+    let mut both = catalog.watch(&[Topic::Service("db".into()), Topic::KvKey("other/y".into())]);
+    let mut any = catalog.watch(&[]);
+    // A change to web wakes web (in another spelling) and the catch-all.
+    apply(&store, &service(1, 2, 0));
+    catalog.process_pending().unwrap();
+    assert!(woken(&mut web) && woken(&mut any));
+    assert!(!woken(&mut db) && !woken(&mut key) && !woken(&mut prefix) && !woken(&mut both));
+    // A KV key under the prefix wakes the prefix, not the other key.
+    kv("app/b");
+    assert!(woken(&mut prefix) && woken(&mut any));
+    assert!(!woken(&mut key) && !woken(&mut web) && !woken(&mut db) && !woken(&mut both));
+    // The exact key wakes its watcher and the prefix.
+    kv("app/a/x");
+    assert!(woken(&mut key) && woken(&mut prefix));
+    assert!(!woken(&mut both));
+    // A watch on two topics wakes for either.
+    kv("other/y");
+    assert!(woken(&mut both) && !woken(&mut key) && !woken(&mut prefix));
+    apply(
+        &store,
+        &Op::Check {
+            node: 2,
+            id: 0,
+            service: Some(1),
+            status: 2,
+            maint: false,
+        },
+    );
+    catalog.process_pending().unwrap();
+    assert!(woken(&mut both) && woken(&mut db) && !woken(&mut web));
+    // A service that goes away moves every unstamped topic: all wake.
+    apply(&store, &Op::DropService { node: 1, id: 2 });
+    apply(&store, &Op::DropService { node: 1, id: 1 });
+    catalog.process_pending().unwrap();
+    assert!(woken(&mut web) && woken(&mut db));
+    // A watch made before a change is woken by it even if it waits later.
+    let mut late = catalog.watch(&[Topic::Service("db".into())]);
+    apply(&store, &service(2, 3, 1));
+    catalog.process_pending().unwrap();
+    assert!(woken(&mut late));
+    assert!(!woken(&mut late), "woken twice for one change");
 }

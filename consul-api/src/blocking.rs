@@ -11,9 +11,10 @@
 //! server side of that). Only `N` equal to the answer's index waits, woken by catalog changes, and returns early only when
 //! its topics moved past `N` **and** the answer itself differs from the one
 //! it started with. Consul wakes every watcher of an endpoint on any write
-//! (a thundering herd); here an unrelated change costs a hash lookup, and a
-//! related change that leaves this answer as it was costs one
-//! recomputation, no response. Without a change the request returns after
+//! (a thundering herd); here a held query is woken only by changes to its
+//! own topics ([`corro_catalog::Catalog::watch`]): an unrelated change
+//! wakes no held query at all, and a related change that leaves this
+//! answer as it was costs one recomputation, no response. Without a change the request returns after
 //! `wait` plus up to `wait/16` of jitter (so watchers started together do
 //! not return together), or at once when the agent shuts down.
 //!
@@ -314,23 +315,9 @@ where
     F: Future<Output = Result<(u64, Answer), Failed>>,
 {
     // A request that may block subscribes before its first evaluation: a
-    // change landing in between must still wake it.
-    // KV answers wake on KV changes only, catalog answers on catalog ones
-    // (every caller's topics are of one kind).
-    let kv_only = !topics.is_empty() && topics.iter().all(Topic::is_kv);
-    debug_assert!(
-        kv_only || !topics.iter().any(Topic::is_kv),
-        "a blocking answer mixing KV and catalog topics"
-    );
-    let mut changes = p.index.map(|_| {
-        let mut rx = if kv_only {
-            st.catalog.subscribe_kv()
-        } else {
-            st.catalog.subscribe()
-        };
-        rx.borrow_and_update();
-        rx
-    });
+    // change landing in between must still wake it. It is woken only by
+    // changes to its own topics.
+    let mut changes = p.index.map(|_| st.catalog.watch(topics));
     let (mut at, first) = match eval().await {
         Ok(x) => x,
         Err(e) => return e.response(),
