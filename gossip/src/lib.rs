@@ -1,7 +1,8 @@
 //! Typed gossip for other programs, over the membership and transport
 //! Corrosion's agents use: SWIM failure detection
-//! ([`corro_replication::membership`]) carried in QUIC datagrams, messages
-//! on QUIC streams.
+//! ([`corro_replication::membership`], run by the same driver as the
+//! agent's, [`corro_replication::swim`]) carried in QUIC datagrams,
+//! messages on QUIC streams.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), corro_gossip::GossipError> {

@@ -1,5 +1,5 @@
-//! One gossip node: the QUIC endpoint, the SWIM task, message fan-out and
-//! subscriptions (see the crate doc for the semantics).
+//! One gossip node: the QUIC endpoint, the SWIM driver's IO, message
+//! fan-out and subscriptions (see the crate doc for the semantics).
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::marker::PhantomData;
@@ -8,12 +8,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use corro_replication::membership::{Identity, Membership, Output, State, Timer};
+use corro_replication::membership::{Identity, Membership, Output, State};
+use corro_replication::swim::{SwimHandle, SwimIo};
 use parking_lot::Mutex;
 use rand::seq::IteratorRandom;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::wire::{Frame, MAX_FRAME_BYTES, VERSION};
 use crate::{FORWARD_FANOUT, GossipConfig, GossipError, SEEN_WINDOW};
@@ -64,12 +65,8 @@ impl<T: DeserializeOwned> Messages<T> {
 /// Where one subscription's raw messages go.
 type Subscriber = mpsc::Sender<(NodeId, Bytes)>;
 
-enum SwimIn {
-    Data(Bytes),
-    Timer(Timer<Identity>),
-    Announce(SocketAddr),
-    Leave(oneshot::Sender<()>),
-}
+/// Addresses remembered from [`Node::join`] for re-announcing.
+const MAX_SEEDS: usize = 64;
 
 struct Seen {
     set: HashSet<[u8; 16]>,
@@ -95,7 +92,9 @@ impl Seen {
 struct Inner {
     endpoint: quinn::Endpoint,
     me: Identity,
-    swim: mpsc::Sender<SwimIn>,
+    swim: SwimHandle,
+    /// Addresses given to [`Node::join`]: announced to again while alone.
+    seeds: Mutex<Vec<SocketAddr>>,
     conns: Mutex<HashMap<SocketAddr, quinn::Connection>>,
     members: Mutex<BTreeMap<SocketAddr, (Identity, State)>>,
     subs: Mutex<HashMap<String, Vec<Subscriber>>>,
@@ -134,11 +133,12 @@ impl Node {
             addr: local,
             ts,
         };
-        let (swim_tx, swim_rx) = mpsc::channel(4096);
+        let (swim_tx, swim_rx) = corro_replication::swim::queue();
         let inner = Arc::new(Inner {
             endpoint,
             me,
             swim: swim_tx,
+            seeds: Mutex::default(),
             conns: Mutex::default(),
             members: Mutex::default(),
             subs: Mutex::default(),
@@ -151,7 +151,10 @@ impl Node {
             stop: watch::channel(false).0,
         });
         let core = Membership::new(me, rand::random());
-        tokio::spawn(swim_task(inner.clone(), core, swim_rx));
+        let io = GossipIo {
+            inner: inner.clone(),
+        };
+        tokio::spawn(corro_replication::swim::run(core, swim_rx, io));
         tokio::spawn(accept_task(inner.clone()));
         Ok(Node { inner })
     }
@@ -167,10 +170,15 @@ impl Node {
     }
 
     /// Asks the nodes at `addrs` to let this node join (one reachable
-    /// member of a cluster is enough; SWIM spreads the rest).
+    /// member of a cluster is enough; SWIM spreads the rest). While this
+    /// node has no live member it asks them again every two seconds.
     pub fn join(&self, addrs: &[SocketAddr]) {
+        let mut seeds = self.inner.seeds.lock();
         for a in addrs {
-            let _ = self.inner.swim.try_send(SwimIn::Announce(*a));
+            self.inner.swim.announce(*a);
+            if !seeds.contains(a) && seeds.len() < MAX_SEEDS {
+                seeds.push(*a);
+            }
         }
     }
 
@@ -254,10 +262,7 @@ impl Node {
                 let _ = tokio::time::timeout(Duration::from_secs(1), s).await;
             }
         }
-        let (tx, rx) = oneshot::channel();
-        if self.inner.swim.send(SwimIn::Leave(tx)).await.is_ok() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), rx).await;
-        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.swim.leave()).await;
         self.close().await;
     }
 
@@ -270,6 +275,7 @@ impl Node {
 
     async fn close(&self) {
         self.inner.stop.send_replace(true);
+        self.inner.swim.stop().await;
         self.inner.subs.lock().clear();
         self.inner.endpoint.close(0u32.into(), b"leaving");
         let _ = tokio::time::timeout(Duration::from_secs(1), self.inner.endpoint.wait_idle()).await;
@@ -340,24 +346,24 @@ fn member_of(id: &Identity) -> Member {
     }
 }
 
-async fn swim_task(inner: Arc<Inner>, mut core: Membership, mut rx: mpsc::Receiver<SwimIn>) {
-    let mut stop = inner.stop.subscribe();
-    loop {
-        let (out, done) = tokio::select! {
-            _ = stop.changed() => break,
-            input = rx.recv() => match input {
-                None => break,
-                Some(SwimIn::Data(d)) => (core.handle_data(&d).unwrap_or_default(), None),
-                Some(SwimIn::Timer(t)) => (core.handle_timer(t).unwrap_or_default(), None),
-                Some(SwimIn::Announce(a)) => (core.announce(a), None),
-                Some(SwimIn::Leave(done)) => (core.leave(), Some(done)),
-            },
-        };
+/// The library's IO for the shared SWIM driver: datagrams prefixed with
+/// the library's version byte, the member list kept for [`Node::members`],
+/// transitions reported as [`MemberEvent`]s.
+struct GossipIo {
+    inner: Arc<Inner>,
+}
+
+impl SwimIo for GossipIo {
+    fn send(&mut self, to: SocketAddr, packet: Bytes) {
+        send_datagram(&self.inner, to, packet);
+    }
+
+    fn step(&mut self, members: Vec<(Identity, State)>, events: Vec<Output>) {
+        let inner = &self.inner;
         // The member list first, so an event never arrives before the
         // list it describes. Suspicion is a state, not a notification:
         // report transitions.
-        let now: BTreeMap<SocketAddr, (Identity, State)> = core
-            .members()
+        let now: BTreeMap<SocketAddr, (Identity, State)> = members
             .into_iter()
             .filter(|(id, _)| id.addr != inner.me.addr)
             .map(|(id, s)| (id.addr, (id, s)))
@@ -376,16 +382,8 @@ async fn swim_task(inner: Arc<Inner>, mut core: Membership, mut rx: mpsc::Receiv
         for m in suspects {
             let _ = inner.events.send(MemberEvent::Suspect(m));
         }
-        for o in out {
+        for o in events {
             match o {
-                Output::Send(to, packet) => send_datagram(&inner, to.addr, packet),
-                Output::Schedule(after, timer) => {
-                    let tx = inner.swim.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(after).await;
-                        let _ = tx.send(SwimIn::Timer(timer)).await;
-                    });
-                }
                 Output::Up(id) => {
                     let _ = inner.events.send(MemberEvent::Joined(member_of(&id)));
                 }
@@ -399,13 +397,14 @@ async fn swim_task(inner: Arc<Inner>, mut core: Membership, mut rx: mpsc::Receiv
                     inner.conns.lock().remove(&old.addr);
                     let _ = inner.events.send(MemberEvent::Joined(member_of(&new)));
                 }
-                Output::Rejoined(_) => {}
+                Output::Rejoined(_) | Output::Send(..) | Output::Schedule(..) => {}
             }
         }
-        if let Some(done) = done {
-            // Give the goodbye datagrams their sends before acknowledging.
-            tokio::task::yield_now().await;
-            let _ = done.send(());
+    }
+
+    fn alone(&mut self) {
+        for a in self.inner.seeds.lock().iter() {
+            self.inner.swim.announce(*a);
         }
     }
 }
@@ -428,7 +427,7 @@ async fn accept_task(inner: Arc<Inner>) {
                     d = conn.read_datagram() => {
                         let Ok(d) = d else { break };
                         if d.first() == Some(&VERSION) {
-                            let _ = inner.swim.try_send(SwimIn::Data(d.slice(1..)));
+                            inner.swim.received(d.slice(1..));
                         }
                     }
                     u = conn.accept_uni() => {

@@ -13,18 +13,20 @@
 //! [`session::Serve`]); [`round`] drives them over any [`round::Transport`]
 //! (the agent's QUIC streams, the simulation's lossy in-memory network), so
 //! both run the same code. [`broadcast::Relay`] decides what a received
-//! broadcast becomes.
+//! broadcast becomes. [`swim`] runs the SWIM core ([`membership`]) on
+//! tokio for the agent and the gossip library alike, each over its own IO.
 //! [`wire`](Envelope) defines the versioned peer messages;
 //! [`validate`](validate::validate) checks each decoded one before use.
 //!
-//! No sockets and no clocks here: the cluster's IO layer provides the
-//! transport, and the simulation tests provide an in-memory network with
+//! No sockets here, and no clocks outside [`swim`]'s timers: the
+//! cluster's IO layer provides the transport, and the simulation tests provide an in-memory network with
 //! loss, duplication and reordering.
 
 pub mod broadcast;
 pub mod membership;
 pub mod round;
 pub mod session;
+pub mod swim;
 mod sync;
 pub mod validate;
 mod wire;

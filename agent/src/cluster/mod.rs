@@ -31,7 +31,7 @@
 //! [`sync`] (both sides of a round, the periodic loop), [`broadcast`]
 //! (sending and forwarding), [`fence`] (the write fence), [`members`]
 //! (peers remembered across restarts), [`peers`] (the membership view and
-//! connection cache) and [`swim`] (the SWIM task).
+//! connection cache) and [`swim`] (the IO of the shared SWIM driver).
 
 mod broadcast;
 mod fence;
@@ -75,7 +75,7 @@ struct Inner {
     advertised: SocketAddr,
     peers: Peers,
     /// Queue of the SWIM task.
-    swim: mpsc::Sender<swim::SwimInput>,
+    swim: corro_replication::swim::SwimHandle,
     /// Wakes the sync loop early (a member joined, a broadcast was dropped).
     sync_soon: tokio::sync::Notify,
     /// `true` once local writes may be numbered (see the module doc).
@@ -186,7 +186,7 @@ impl Cluster {
             }
         }
         let (tx, rx) = mpsc::channel(BROADCAST_QUEUE);
-        let (swim_tx, swim_rx) = mpsc::channel(swim::SWIM_QUEUE);
+        let (swim_tx, swim_rx) = corro_replication::swim::queue();
         let started = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_millis() as u64);
@@ -264,7 +264,7 @@ impl Cluster {
         addrs.extend(self.inner.peers.known_addrs());
         addrs.remove(&self.inner.advertised);
         for a in &addrs {
-            let _ = self.inner.swim.try_send(swim::SwimInput::Announce(*a));
+            self.inner.swim.announce(*a);
         }
         self.inner.sync_soon.notify_one();
         tracing::info!(

@@ -1,8 +1,7 @@
-//! The IO shell around the SWIM core: one task owns the
-//! [`Membership`] state machine and feeds it received datagrams, fired
-//! timers and join requests; it carries out what the core asks (send a
-//! packet as a QUIC datagram, schedule a timer) and publishes the member
-//! list to [`Peers`](super::Peers) after every event.
+//! The agent's IO for the SWIM driver ([`corro_replication::swim`], the
+//! same driver the gossip library runs): packets go out as QUIC datagrams,
+//! the member list goes to [`Peers`](super::Peers) after every step, and
+//! members coming up or going down start syncs or drop connections.
 //!
 //! Datagrams start with the protocol version (`u16`, big-endian); packets of
 //! another version or that the core refuses are counted and dropped. While
@@ -12,30 +11,14 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use corro_replication::PROTOCOL_VERSION;
-use corro_replication::membership::{Identity, Membership, Output, Timer};
-use tokio::sync::mpsc;
+use corro_replication::membership::{Identity, Membership, MembershipError, Output, State};
+use corro_replication::swim::{SwimIo, SwimQueue};
 use tokio_util::sync::CancellationToken;
 
 use super::Inner;
-
-/// Inputs queued for the SWIM task beyond this are dropped (packets) or
-/// wait (timers, which must all be delivered).
-pub(crate) const SWIM_QUEUE: usize = 4096;
-/// How often a node with no active member re-announces itself.
-const REJOIN_EVERY: Duration = Duration::from_secs(2);
-
-pub(crate) enum SwimInput {
-    Data(Bytes),
-    Timer(Timer<Identity>),
-    /// Ask the node at this address to join us (a peer that synced with us
-    /// before SWIM told us of it: announcing makes it a member at once, so
-    /// our next broadcast reaches it).
-    Announce(SocketAddr),
-}
 
 /// Prefixes a SWIM packet with the protocol version.
 fn datagram(packet: &[u8]) -> Bytes {
@@ -45,7 +28,7 @@ fn datagram(packet: &[u8]) -> Bytes {
     Bytes::from(b)
 }
 
-/// Hands a received datagram to the SWIM task (never blocks).
+/// Hands a received datagram to the SWIM driver (never blocks).
 pub(crate) fn received(inner: &Inner, from: SocketAddr, data: Bytes) {
     metrics::counter!("corro_swim_packets_received_total").increment(1);
     if data.len() < 2 || data[..2] != PROTOCOL_VERSION.to_be_bytes() {
@@ -53,75 +36,77 @@ pub(crate) fn received(inner: &Inner, from: SocketAddr, data: Bytes) {
         tracing::debug!(peer = %from, len = data.len(), "dropping a datagram of another protocol version");
         return;
     }
-    if inner
-        .swim
-        .try_send(SwimInput::Data(data.slice(2..)))
-        .is_err()
-    {
+    if !inner.swim.received(data.slice(2..)) {
         metrics::counter!("corro_swim_packets_dropped_total").increment(1);
     }
 }
 
-/// Runs the SWIM core until shutdown, then announces this node's departure.
+/// Runs the SWIM driver until shutdown, then announces this node's
+/// departure (the goodbyes are queued when this returns; `run_rounds`
+/// waits for them to leave before it closes the endpoint).
 pub(crate) async fn run(
     inner: Arc<Inner>,
-    mut core: Membership,
-    mut rx: mpsc::Receiver<SwimInput>,
+    core: Membership,
+    queue: SwimQueue,
     bootstrap: Vec<String>,
     shutdown: CancellationToken,
 ) {
-    let mut rejoin = tokio::time::interval(REJOIN_EVERY);
-    loop {
-        let out = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            input = rx.recv() => match input {
-                None => break,
-                Some(SwimInput::Data(data)) => match core.handle_data(&data) {
-                    Ok(out) => out,
-                    Err(e) => {
-                        metrics::counter!("corro_swim_packets_refused_total").increment(1);
-                        tracing::debug!(error = %e, "dropping a SWIM packet");
-                        continue;
-                    }
-                },
-                // Stale timers (from before an identity change) are refused
-                // by the core; nothing to do.
-                Some(SwimInput::Timer(t)) => core.handle_timer(t).unwrap_or_default(),
-                Some(SwimInput::Announce(addr)) => core.announce(addr),
-            },
-            _ = rejoin.tick() => {
-                if !core.active().is_empty() {
-                    continue;
-                }
-                for b in &bootstrap {
-                    if let Ok(addrs) = super::peers::resolve(b).await {
-                        addrs.into_iter().for_each(|a| inner.peers.add_seed(a));
-                    }
-                }
-                let mut out = Vec::new();
-                for seed in inner.peers.seeds() {
-                    out.extend(core.announce(seed));
-                }
-                out
-            }
-        };
-        carry_out(&inner, out);
-        inner.peers.set_members(core.members());
-        metrics::gauge!("corro_swim_members_active").set(core.active().len() as f64);
-        member_state_gauges(&core.members());
-        metrics::gauge!("corro_swim_queue_depth").set((SWIM_QUEUE - inner.swim.capacity()) as f64);
+    let handle = inner.swim.clone();
+    let leave = crate::tasks::spawn(async move {
+        shutdown.cancelled().await;
+        handle.leave().await;
+        tracing::debug!("left the cluster");
+    });
+    let io = AgentIo {
+        inner,
+        bootstrap: Arc::new(bootstrap),
+    };
+    corro_replication::swim::run(core, queue, io).await;
+    leave.abort();
+}
+
+struct AgentIo {
+    inner: Arc<Inner>,
+    bootstrap: Arc<Vec<String>>,
+}
+
+impl SwimIo for AgentIo {
+    fn send(&mut self, to: SocketAddr, packet: Bytes) {
+        send(&self.inner, to, datagram(&packet));
     }
-    // The goodbyes are queued here; `sync::run_rounds` waits for them to
-    // leave before it closes the endpoint.
-    let out = core.leave();
-    let goodbyes = out.iter().filter(|o| matches!(o, Output::Send(..))).count();
-    tracing::debug!(goodbyes, "leaving the cluster");
-    carry_out(&inner, out);
+
+    fn step(&mut self, members: Vec<(Identity, State)>, events: Vec<Output>) {
+        events.into_iter().for_each(|o| event(&self.inner, o));
+        let active = members.iter().filter(|(_, s)| *s != State::Down).count();
+        member_state_gauges(&members);
+        self.inner.peers.set_members(members);
+        metrics::gauge!("corro_swim_members_active").set(active as f64);
+        metrics::gauge!("corro_swim_queue_depth").set(self.inner.swim.queue_depth() as f64);
+    }
+
+    fn refused(&mut self, error: MembershipError) {
+        metrics::counter!("corro_swim_packets_refused_total").increment(1);
+        tracing::debug!(error = %error, "dropping a SWIM packet");
+    }
+
+    fn alone(&mut self) {
+        // Resolving may take a while: off the driver's loop.
+        let (inner, bootstrap) = (self.inner.clone(), self.bootstrap.clone());
+        crate::tasks::spawn(async move {
+            for b in bootstrap.iter() {
+                if let Ok(addrs) = super::peers::resolve(b).await {
+                    addrs.into_iter().for_each(|a| inner.peers.add_seed(a));
+                }
+            }
+            for seed in inner.peers.seeds() {
+                inner.swim.announce(seed);
+            }
+        });
+    }
 }
 
 /// `corro_cluster_members{state}`: members by SWIM state (this node excluded).
-fn member_state_gauges(members: &[(Identity, corro_replication::membership::State)]) {
-    use corro_replication::membership::State;
+fn member_state_gauges(members: &[(Identity, State)]) {
     let (mut alive, mut suspect, mut down) = (0u32, 0u32, 0u32);
     for (_, st) in members {
         match st {
@@ -135,38 +120,30 @@ fn member_state_gauges(members: &[(Identity, corro_replication::membership::Stat
     metrics::gauge!("corro_cluster_members", "state" => "down").set(f64::from(down));
 }
 
-fn carry_out(inner: &Arc<Inner>, out: Vec<Output>) {
-    for o in out {
-        match o {
-            Output::Send(to, packet) => send(inner, to.addr, datagram(&packet)),
-            Output::Schedule(after, timer) => {
-                let tx = inner.swim.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(after).await;
-                    let _ = tx.send(SwimInput::Timer(timer)).await;
-                });
-            }
-            Output::Up(id) => {
-                tracing::info!(peer = %id.addr, actor = %id.actor, "member up");
-                metrics::counter!("corro_swim_member_up_total").increment(1);
-                inner.sync_soon.notify_one();
-            }
-            Output::Down(id) => {
-                tracing::warn!(peer = %id.addr, actor = %id.actor, "member down");
-                metrics::counter!("corro_swim_member_down_total").increment(1);
-                inner.peers.forget_connection(id.addr);
-            }
-            Output::Renamed { old, new } => {
-                tracing::info!(peer = %new.addr, old = ?old, new = ?new, "member restarted");
-                // A new incarnation: the connection we held went to the old
-                // process (which would only time out after a while).
-                inner.peers.forget_connection(new.addr);
-                inner.sync_soon.notify_one();
-            }
-            Output::Rejoined(id) => {
-                tracing::warn!(identity = ?id, "this node was declared down; rejoined");
-            }
+fn event(inner: &Arc<Inner>, o: Output) {
+    match o {
+        Output::Up(id) => {
+            tracing::info!(peer = %id.addr, actor = %id.actor, "member up");
+            metrics::counter!("corro_swim_member_up_total").increment(1);
+            inner.sync_soon.notify_one();
         }
+        Output::Down(id) => {
+            tracing::warn!(peer = %id.addr, actor = %id.actor, "member down");
+            metrics::counter!("corro_swim_member_down_total").increment(1);
+            inner.peers.forget_connection(id.addr);
+        }
+        Output::Renamed { old, new } => {
+            tracing::info!(peer = %new.addr, old = ?old, new = ?new, "member restarted");
+            // A new incarnation: the connection we held went to the old
+            // process (which would only time out after a while).
+            inner.peers.forget_connection(new.addr);
+            inner.sync_soon.notify_one();
+        }
+        Output::Rejoined(id) => {
+            tracing::warn!(identity = ?id, "this node was declared down; rejoined");
+        }
+        // Sends and timers are the driver's.
+        Output::Send(..) | Output::Schedule(..) => {}
     }
 }
 

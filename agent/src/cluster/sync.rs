@@ -244,7 +244,7 @@ pub(super) async fn respond_sync(
         // restarted member at a known address rejoins through SWIM's own
         // announce and renaming.)
         if !inner.peers.knows(from) && from != inner.advertised {
-            let _ = inner.swim.try_send(swim::SwimInput::Announce(from));
+            inner.swim.announce(from);
         }
         // The peer holds versions we lack: pull them now rather than at a
         // later round that may pick other peers.

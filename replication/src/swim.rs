@@ -1,0 +1,285 @@
+//! The SWIM driver: one task runs a [`Membership`] on tokio, feeding it
+//! received packets, fired timers and join requests, and handing what it
+//! asks for to a [`SwimIo`] (send a packet, report members and events).
+//! The agent and the gossip library both run this driver, each with its
+//! own IO (QUIC datagrams framed with its own version byte, its own
+//! member bookkeeping), so a fix to the loop reaches both.
+//!
+//! Inputs go through a bounded queue ([`SWIM_QUEUE`]): received packets
+//! beyond it are dropped (SWIM tolerates loss; the caller counts them),
+//! timers wait for room (every timer must be delivered). While the node
+//! has no active member the driver calls [`SwimIo::alone`] every
+//! [`REJOIN_EVERY`], for the IO to announce this node to its seeds again.
+//! The loop ends after [`SwimHandle::leave`] (goodbyes handed to the IO
+//! first) or [`SwimHandle::stop`] (none, as a crash).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::membership::{Identity, Membership, MembershipError, Output, State, Timer};
+
+/// Inputs queued for the driver beyond this are dropped (packets) or wait
+/// (timers).
+pub const SWIM_QUEUE: usize = 4096;
+/// How often a node with no active member asks its IO to re-announce it.
+pub const REJOIN_EVERY: Duration = Duration::from_secs(2);
+
+/// What the driver needs from its host.
+pub trait SwimIo: Send + 'static {
+    /// Sends one SWIM packet to `to`, best effort; must not block.
+    fn send(&mut self, to: SocketAddr, packet: Bytes);
+
+    /// After every step: the member list now, then what happened in the
+    /// step (the core's outputs other than sends and timers), in order.
+    fn step(&mut self, members: Vec<(Identity, State)>, events: Vec<Output>);
+
+    /// A received packet the core refused (undecodable, or not for us).
+    fn refused(&mut self, _error: MembershipError) {}
+
+    /// Called every [`REJOIN_EVERY`] while no member is active: the IO may
+    /// announce this node to its seeds ([`SwimHandle::announce`]).
+    fn alone(&mut self) {}
+}
+
+enum Input {
+    Data(Bytes),
+    Timer(Timer<Identity>),
+    Announce(SocketAddr),
+    Leave(oneshot::Sender<()>),
+    Stop,
+}
+
+/// Feeds the driver (cheap to clone).
+#[derive(Clone)]
+pub struct SwimHandle {
+    tx: mpsc::Sender<Input>,
+}
+
+/// The driver's end of the queue, for [`run`].
+pub struct SwimQueue {
+    rx: mpsc::Receiver<Input>,
+    tx: mpsc::Sender<Input>,
+}
+
+/// A new queue: the handle to feed the driver, and its end for [`run`].
+pub fn queue() -> (SwimHandle, SwimQueue) {
+    let (tx, rx) = mpsc::channel(SWIM_QUEUE);
+    (SwimHandle { tx: tx.clone() }, SwimQueue { rx, tx })
+}
+
+impl SwimHandle {
+    /// Queues a received packet (version framing already removed); false
+    /// when the queue is full or the driver is gone (the packet is
+    /// dropped).
+    pub fn received(&self, packet: Bytes) -> bool {
+        self.tx.try_send(Input::Data(packet)).is_ok()
+    }
+
+    /// Asks the node at `addr` to let this node join; false when it could
+    /// not be queued.
+    pub fn announce(&self, addr: SocketAddr) -> bool {
+        self.tx.try_send(Input::Announce(addr)).is_ok()
+    }
+
+    /// Leaves: the goodbyes are handed to the IO, then the driver stops.
+    /// Returns once they are (or at once if the driver is gone).
+    pub async fn leave(&self) {
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Input::Leave(done)).await.is_ok() {
+            let _ = wait.await;
+        }
+    }
+
+    /// Stops the driver without a goodbye.
+    pub async fn stop(&self) {
+        let _ = self.tx.send(Input::Stop).await;
+    }
+
+    /// Inputs waiting in the queue.
+    pub fn queue_depth(&self) -> usize {
+        SWIM_QUEUE - self.tx.capacity()
+    }
+}
+
+/// Runs `core` until [`SwimHandle::leave`] or [`SwimHandle::stop`].
+pub async fn run<I: SwimIo>(mut core: Membership, queue: SwimQueue, mut io: I) {
+    let SwimQueue { mut rx, tx } = queue;
+    let mut rejoin = tokio::time::interval(REJOIN_EVERY);
+    rejoin.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let (out, done) = tokio::select! {
+            input = rx.recv() => match input {
+                None | Some(Input::Stop) => break,
+                Some(Input::Data(d)) => match core.handle_data(&d) {
+                    Ok(out) => (out, None),
+                    Err(e) => {
+                        io.refused(e);
+                        continue;
+                    }
+                },
+                // Stale timers (from before an identity change) are
+                // refused by the core; nothing to do.
+                Some(Input::Timer(t)) => (core.handle_timer(t).unwrap_or_default(), None),
+                Some(Input::Announce(a)) => (core.announce(a), None),
+                Some(Input::Leave(done)) => (core.leave(), Some(done)),
+            },
+            _ = rejoin.tick() => {
+                if core.active().is_empty() {
+                    io.alone();
+                }
+                continue;
+            }
+        };
+        let mut events = Vec::new();
+        for o in out {
+            match o {
+                Output::Send(to, packet) => io.send(to.addr, packet),
+                Output::Schedule(after, timer) => {
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        tokio::time::sleep(after).await;
+                        let _ = tx.send(Input::Timer(timer)).await;
+                    });
+                }
+                other => events.push(other),
+            }
+        }
+        io.step(core.members(), events);
+        if let Some(done) = done {
+            // Give the goodbyes' sends a turn before acknowledging.
+            tokio::task::yield_now().await;
+            let _ = done.send(());
+            break;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+
+    /// Delivers packets between drivers in memory.
+    type Net = Arc<Mutex<HashMap<SocketAddr, SwimHandle>>>;
+
+    struct MemIo {
+        net: Net,
+        members: Arc<Mutex<Vec<(Identity, State)>>>,
+        seeds: Vec<SocketAddr>,
+        me: SocketAddr,
+    }
+
+    impl SwimIo for MemIo {
+        fn send(&mut self, to: SocketAddr, packet: Bytes) {
+            if let Some(h) = self.net.lock().unwrap_or_else(|e| e.into_inner()).get(&to) {
+                h.received(packet);
+            }
+        }
+        fn step(&mut self, members: Vec<(Identity, State)>, _events: Vec<Output>) {
+            *self.members.lock().unwrap_or_else(|e| e.into_inner()) = members;
+        }
+        fn alone(&mut self) {
+            let net = self.net.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(h) = net.get(&self.me) {
+                self.seeds.iter().for_each(|s| {
+                    h.announce(*s);
+                });
+            }
+        }
+    }
+
+    fn addr(i: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 7000 + i))
+    }
+
+    type Started = (
+        SwimHandle,
+        Arc<Mutex<Vec<(Identity, State)>>>,
+        tokio::task::JoinHandle<()>,
+    );
+
+    fn start(net: &Net, i: u16, seeds: Vec<SocketAddr>) -> Started {
+        let me = Identity {
+            actor: corro_store::ActorId::random(),
+            addr: addr(i),
+            ts: 1,
+        };
+        let (handle, queue) = queue();
+        net.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(me.addr, handle.clone());
+        let members = Arc::new(Mutex::new(Vec::new()));
+        let io = MemIo {
+            net: net.clone(),
+            members: members.clone(),
+            seeds,
+            me: me.addr,
+        };
+        let task = tokio::spawn(run(Membership::new(me, u64::from(i)), queue, io));
+        (handle, members, task)
+    }
+
+    fn states(m: &Arc<Mutex<Vec<(Identity, State)>>>) -> Vec<(SocketAddr, State)> {
+        let mut v: Vec<_> = m
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(id, s)| (id.addr, *s))
+            .collect();
+        v.sort_by_key(|(a, _)| *a);
+        v
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn members_join_through_rejoin_and_see_a_leave_and_a_crash() {
+        let net: Net = Arc::default();
+        let (a, am, _at) = start(&net, 0, vec![]);
+        // b and c only know a as a seed: the rejoin tick announces them.
+        let (b, _bm, bt) = start(&net, 1, vec![addr(0)]);
+        let (c, cm, ct) = start(&net, 2, vec![addr(0)]);
+        let all_alive = |m: &Arc<Mutex<Vec<(Identity, State)>>>, n: usize| {
+            let s = states(m);
+            s.len() == n && s.iter().all(|(_, st)| *st == State::Alive)
+        };
+        let mut waited = Duration::ZERO;
+        while !(all_alive(&am, 2) && all_alive(&cm, 2)) {
+            assert!(
+                waited < Duration::from_secs(30),
+                "no join: {:?}",
+                states(&am)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waited += Duration::from_millis(100);
+        }
+        // b leaves with a goodbye: its driver ends, a sees it down.
+        b.leave().await;
+        bt.await.ok();
+        // c crashes: no goodbye, detected by probes.
+        net.lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&addr(2));
+        c.stop().await;
+        ct.await.ok();
+        let mut waited = Duration::ZERO;
+        loop {
+            let s = states(&am);
+            let down = |i: u16| {
+                s.iter()
+                    .any(|(ad, st)| *ad == addr(i) && *st == State::Down)
+            };
+            // Down members may be forgotten altogether later.
+            let gone = |i: u16| !s.iter().any(|(ad, _)| *ad == addr(i));
+            if (down(1) || gone(1)) && (down(2) || gone(2)) {
+                break;
+            }
+            assert!(waited < Duration::from_secs(60), "not detected: {s:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            waited += Duration::from_millis(100);
+        }
+        assert!(a.queue_depth() < SWIM_QUEUE);
+    }
+}
