@@ -25,7 +25,7 @@ use tokio::sync::{Notify, watch};
 use crate::counter::IndexCounter;
 use crate::index::{Index, MemberState, Topic};
 use crate::sql;
-use crate::wakers::{TopicWatch, Wakers};
+use crate::wakers::{self, TopicWatch, Wakers};
 
 /// Why the catalog could not load or refresh.
 #[derive(Debug, thiserror::Error)]
@@ -130,8 +130,9 @@ impl Catalog {
         drop(conn);
         let mut index = self.shared.index.write();
         index.replace_rows(rows);
-        let changed = self.finish(&mut index, None);
+        let (changed, wakes) = self.finish(&mut index, None);
         drop(index);
+        wakers::send(wakes);
         if changed {
             self.kv_changed(None);
         }
@@ -178,8 +179,9 @@ impl Catalog {
         for f in fresh {
             sql::apply(&mut index, f);
         }
-        let changed = self.finish(&mut index, Some(&kv_keys));
+        let (changed, wakes) = self.finish(&mut index, Some(&kv_keys));
         drop(index);
+        wakers::send(wakes);
         if !kv_keys.is_empty() {
             self.kv_changed(Some(&kv_keys));
         }
@@ -214,7 +216,9 @@ impl Catalog {
         let mut index = self.shared.index.write();
         index.set_members(members, settled);
         let generation = index.member_generation();
-        let changed = self.finish(&mut index, Some(&[]));
+        let (changed, wakes) = self.finish(&mut index, Some(&[]));
+        drop(index);
+        wakers::send(wakes);
         self.shared.member_changes.send_if_modified(|g| {
             let moved = *g != generation;
             *g = generation;
@@ -228,9 +232,13 @@ impl Catalog {
     /// logged and counted, and watchers are woken all the same: the change
     /// is in the index already (the counter retries on the next change).
     /// `kv_keys`: the KV keys the batch changed (`None`: unknown, every KV
-    /// watcher is woken).
-    fn finish(&self, index: &mut Index, kv_keys: Option<&[String]>) -> bool {
-        let floors = index.floors();
+    /// watcher is woken). Returns the held queries' senders to wake, for
+    /// the caller to [`wakers::send`] once the index lock is released.
+    fn finish(
+        &self,
+        index: &mut Index,
+        kv_keys: Option<&[String]>,
+    ) -> (bool, Vec<Arc<watch::Sender<()>>>) {
         let watched = self.shared.wakers.lock().len() > 0;
         let dirty: Vec<Topic> = if watched {
             index.dirty().cloned().collect()
@@ -238,7 +246,7 @@ impl Catalog {
             Vec::new()
         };
         let Some(value) = index.finish() else {
-            return false;
+            return (false, Vec::new());
         };
         match self.shared.counter.lock().reach(value) {
             Ok(()) => {
@@ -263,33 +271,19 @@ impl Catalog {
         metrics::gauge!("corro_kv_keys").set(keys as f64);
         metrics::gauge!("corro_kv_value_bytes").set(bytes as f64);
         let moved = index.moved();
-        if watched {
-            let wakers = self.shared.wakers.lock();
-            let (catalog_floor, kv_floor) = index.floors();
-            if moved.catalog {
-                if catalog_floor != floors.0 {
-                    wakers.wake_all(false);
-                } else {
-                    dirty.iter().for_each(|t| wakers.wake(t));
-                }
-            }
-            if moved.kv {
-                match kv_keys {
-                    Some(keys) if kv_floor == floors.1 => {
-                        keys.iter().for_each(|k| wakers.wake_key(k));
-                    }
-                    _ => wakers.wake_all(true),
-                }
-            }
-            wakers.wake_any();
-        }
+        let wakes = if watched {
+            let kv_keys = if moved.kv { kv_keys } else { Some(&[][..]) };
+            self.shared.wakers.lock().collect(&dirty, kv_keys)
+        } else {
+            Vec::new()
+        };
         if moved.catalog {
             self.shared.changed.send_replace(value);
         }
         if moved.kv {
             self.shared.kv_changes.send_replace(value);
         }
-        true
+        (true, wakes)
     }
 
     /// What a held query waits on: it wakes when one of `topics` may have

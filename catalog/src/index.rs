@@ -312,7 +312,7 @@ impl Index {
 
     /// The index of unstamped catalog topics and of unstamped KV keys: a
     /// watcher of any topic without a stamp must be woken when these move.
-    pub(crate) fn floors(&self) -> (u64, u64) {
+    pub fn floors(&self) -> (u64, u64) {
         (self.base.max(self.gone), self.base.max(self.kv_gone))
     }
 

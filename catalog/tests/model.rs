@@ -278,21 +278,24 @@ fn watched_topics() -> Vec<Topic> {
     topics
 }
 
-/// One watch per topic, with the topic's index when it was made.
-fn watch_all(catalog: &Catalog) -> Vec<(Topic, u64, corro_catalog::TopicWatch)> {
+/// One watch per topic, with the topic's index when it was made and the
+/// index of unstamped topics then.
+type Watches = Vec<(Topic, u64, u64, corro_catalog::TopicWatch)>;
+
+fn watch_all(catalog: &Catalog) -> Watches {
     watched_topics()
         .into_iter()
         .map(|t| {
             let w = catalog.watch(std::slice::from_ref(&t));
-            let i = catalog.read().topic_index([&t]);
-            (t, i, w)
+            let index = catalog.read();
+            (t.clone(), index.topic_index([&t]), index.floors().0, w)
         })
         .collect()
 }
 
 fn woken(w: &mut corro_catalog::TopicWatch) -> bool {
     use futures::FutureExt;
-    w.changed().now_or_never().is_some()
+    matches!(w.changed().now_or_never(), Some(Ok(())))
 }
 
 fn answers(catalog: &Catalog) -> Vec<(String, (u64, String))> {
@@ -341,11 +344,20 @@ proptest! {
                     prop_assert!(was == is || idx > was_idx, "{name} changed without its index moving");
                 }
                 seen = now;
-                // Every held query whose topic moved was woken (its answer
-                // may have changed); membership changes included.
-                for (t, was, w) in &mut watches {
-                    let idx = catalog.read().topic_index([&*t]);
-                    prop_assert!(idx == *was || woken(w), "{t:?} moved {was} -> {idx} without waking its watchers");
+                // A held query is woken exactly when its topic changed: it
+                // moved to a stamp of its own, or from one (removed). A
+                // topic that only followed the floor of unstamped topics
+                // (something else was removed) stays asleep; its answer is
+                // the same. Membership changes included.
+                for (t, was, floor, w) in &mut watches {
+                    let (idx, floor_now) = {
+                        let index = catalog.read();
+                        (index.topic_index([&*t]), index.floors().0)
+                    };
+                    let changed = idx > *was && (idx != floor_now || *was != *floor);
+                    let woke = woken(w);
+                    prop_assert!(!changed || woke, "{t:?} moved {was} -> {idx} without waking its watchers");
+                    prop_assert!(!woke || idx > *was, "{t:?} woken without moving ({was})");
                 }
                 watches = watch_all(&catalog);
             }
@@ -640,11 +652,18 @@ fn held_queries_wake_only_for_their_own_topics() {
     );
     catalog.process_pending().unwrap();
     assert!(woken(&mut both) && woken(&mut db) && !woken(&mut web));
-    // A service that goes away moves every unstamped topic: all wake.
+    // A service that goes away wakes its own watchers only (the floor of
+    // unstamped topics moves; no other answer changes).
     apply(&store, &Op::DropService { node: 1, id: 2 });
     apply(&store, &Op::DropService { node: 1, id: 1 });
     catalog.process_pending().unwrap();
-    assert!(woken(&mut web) && woken(&mut db));
+    assert!(woken(&mut web) && !woken(&mut db));
+    // A KV key deleted wakes its key and prefixes only.
+    store
+        .transact(|tx| tx.execute("DELETE FROM consul_kv WHERE key = ?", &[text("other/y")]))
+        .unwrap();
+    catalog.process_pending().unwrap();
+    assert!(woken(&mut both) && !woken(&mut key) && !woken(&mut prefix));
     // A watch made before a change is woken by it even if it waits later.
     let mut late = catalog.watch(&[Topic::Service("db".into())]);
     apply(&store, &service(2, 3, 1));

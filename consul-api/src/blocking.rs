@@ -13,8 +13,9 @@
 //! it started with. Consul wakes every watcher of an endpoint on any write
 //! (a thundering herd); here a held query is woken only by changes to its
 //! own topics ([`corro_catalog::Catalog::watch`]): an unrelated change
-//! wakes no held query at all, and a related change that leaves this
-//! answer as it was costs one recomputation, no response. Without a change the request returns after
+//! (a write to another service, another service or node removed, another
+//! KV key deleted) wakes no held query at all, and a related change that
+//! leaves this answer as it was costs one recomputation, no response. Without a change the request returns after
 //! `wait` plus up to `wait/16` of jitter (so watchers started together do
 //! not return together), or at once when the agent shuts down.
 //!
@@ -317,7 +318,7 @@ where
     // A request that may block subscribes before its first evaluation: a
     // change landing in between must still wake it. It is woken only by
     // changes to its own topics.
-    let mut changes = p.index.map(|_| st.catalog.watch(topics));
+    let mut changes = p.index.filter(|n| *n > 0).map(|_| st.catalog.watch(topics));
     let (mut at, first) = match eval().await {
         Ok(x) => x,
         Err(e) => return e.response(),
@@ -362,6 +363,16 @@ where
             }
             Err(e) => return e.response(),
         }
+    }
+    // The deadline: answer with the topics' current index. Changes that
+    // left this answer as it was move it without waking this query (a
+    // topic removed elsewhere moves every unstamped topic's index), so the
+    // answer is computed again at that index; otherwise the client's next
+    // request would return at once.
+    if st.catalog.read().topic_index(topics) > at
+        && let Ok((i, answer)) = eval().await
+    {
+        return answer.into_response(i);
     }
     latest.into_response(at)
 }
