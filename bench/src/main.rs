@@ -13,6 +13,7 @@ mod hostile;
 mod http;
 mod kv;
 mod limits;
+mod sim;
 mod store;
 mod subs;
 mod templates;
@@ -84,6 +85,9 @@ enum Cmd {
     /// The web UI at fleet size in a headless browser: time to interactive
     /// and change-to-repaint (needs chromium and chromium-driver).
     Ui(ui::UiArgs),
+    /// SWIM at fleet size in virtual time (the agents' own core):
+    /// formation, traffic, crash detection, false downs, partitions.
+    Sim(sim::SimArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -102,5 +106,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Hostile(args) => hostile::run(args),
         Cmd::Templates { cmd } => templates::run(cmd),
         Cmd::Ui(args) => ui::run(args),
+        Cmd::Sim(args) => sim::run(args),
     }
 }

@@ -14,7 +14,8 @@
 //! (the agent's QUIC streams, the simulation's lossy in-memory network), so
 //! both run the same code. [`broadcast::Relay`] decides what a received
 //! broadcast becomes. [`swim`] runs the SWIM core ([`membership`]) on
-//! tokio for the agent and the gossip library alike, each over its own IO.
+//! tokio for the agent and the gossip library alike, each over its own IO;
+//! [`sim`] runs many of those cores in virtual time.
 //! [`wire`](Envelope) defines the versioned peer messages;
 //! [`validate`](validate::validate) checks each decoded one before use.
 //!
@@ -26,6 +27,7 @@ pub mod broadcast;
 pub mod membership;
 pub mod round;
 pub mod session;
+pub mod sim;
 pub mod swim;
 mod sync;
 pub mod validate;

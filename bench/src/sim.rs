@@ -1,0 +1,194 @@
+//! `corro-bench sim`: SWIM membership at fleet size in virtual time
+//! ([`corro_replication::sim`]: the agents' own SWIM core, many of them
+//! over a seeded in-memory network). Prints, for one cluster size:
+//! formation time, SWIM traffic per node at rest, time for a crash to be
+//! seen everywhere, false `Down` verdicts under 1 % and 5 % loss, and the
+//! time for views to merge after a partition of 30 % of the nodes heals.
+//! Seeded and reproducible; simulated time, so it runs in minutes.
+//!
+//! Not yet in here (issue 24, item 1): broadcast and anti-entropy of
+//! writes (reach times, bytes per write, redundant receipts); those are
+//! simulated in `replication/tests/spread.rs` and `tests/sim.rs` so far.
+
+use std::time::Instant;
+
+use clap::Args;
+use corro_replication::membership::State;
+use corro_replication::sim::SwimSim;
+
+#[derive(Args)]
+pub(crate) struct SimArgs {
+    /// Cluster size.
+    #[arg(long, default_value_t = 1000)]
+    nodes: usize,
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// One-way link delay range, ms.
+    #[arg(long, default_value_t = 1)]
+    latency_min: u64,
+    #[arg(long, default_value_t = 20)]
+    latency_max: u64,
+    /// Crashes to time (one after another).
+    #[arg(long, default_value_t = 5)]
+    crashes: usize,
+    /// Simulated seconds allowed for the full view to form.
+    #[arg(long, default_value_t = 1800)]
+    form_secs: u64,
+    /// Simulated seconds watched for false downs at each loss rate.
+    #[arg(long, default_value_t = 300)]
+    watch_secs: u64,
+}
+
+/// The smallest and the mean number of active members in running nodes'
+/// views.
+fn views(sim: &SwimSim) -> (usize, f64) {
+    let up: Vec<usize> = sim
+        .nodes
+        .iter()
+        .filter(|x| x.up)
+        .map(|x| x.core.active().len())
+        .collect();
+    let mean = up.iter().sum::<usize>() as f64 / up.len().max(1) as f64;
+    (up.iter().copied().min().unwrap_or(0), mean)
+}
+
+/// Every running node knows at least 99.9 % of the other running nodes.
+fn nearly_full(sim: &SwimSim) -> bool {
+    let up = sim.nodes.iter().filter(|x| x.up).count();
+    let want = ((up - 1) as f64 * 0.999).floor() as usize;
+    views(sim).0 >= want
+}
+
+fn pct(v: &mut [u64], p: f64) -> u64 {
+    v.sort_unstable();
+    v.get(((v.len() as f64 * p).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or(0)
+}
+
+pub(crate) fn run(a: SimArgs) -> anyhow::Result<()> {
+    let n = a.nodes;
+    anyhow::ensure!(n >= 4, "--nodes must be at least 4");
+    let wall = Instant::now();
+    let latency = (a.latency_min, a.latency_max.max(a.latency_min));
+    let mut sim = SwimSim::new(n, a.seed, 0.0, latency);
+    // Everyone announces to node 0, again every second while alone (as
+    // the agents do); progress every simulated minute.
+    (1..n).for_each(|i| sim.announce(i, 0));
+    // Formed: every running node knows 99.9 % of the others (a few
+    // members can miss one or two peers for a long time; the minimum is
+    // reported).
+    let mut formed = None;
+    while sim.now < a.form_secs * 1000 {
+        if nearly_full(&sim) {
+            formed = Some(sim.now);
+            break;
+        }
+        for i in 1..n {
+            if sim.nodes[i].core.active().is_empty() {
+                sim.announce(i, 0);
+            }
+        }
+        sim.run_until(sim.now + 1_000);
+    }
+    let formed = formed.ok_or_else(|| {
+        let (min, mean) = views(&sim);
+        anyhow::anyhow!(
+            "{n} members did not form a view in {} s (simulated): views min {min}, mean {mean:.1}",
+            a.form_secs
+        )
+    })?;
+    let full = sim.run_while_not(120_000, 1000, SwimSim::everyone_sees_everyone);
+    println!(
+        "sim: {n} nodes, seed {}, links {}-{} ms; wall time so far {:.1?}",
+        a.seed,
+        latency.0,
+        latency.1,
+        wall.elapsed()
+    );
+    println!("| measure | result |");
+    println!("|---|---|");
+    println!("| view of 99.9 % formed (everyone announced to one seed) | {formed} ms |");
+    let (min, _) = views(&sim);
+    println!(
+        "| complete view on every node | {} |",
+        full.map_or(
+            format!("not within 120 s more (smallest view {min} of {})", n - 1),
+            |t| format!("{} ms", formed + t)
+        )
+    );
+
+    // Traffic at rest.
+    sim.run_until(sim.now + 10_000);
+    let (t0, start) = (sim.traffic, sim.now);
+    sim.run_until(sim.now + 60_000);
+    let secs = (sim.now - start) as f64 / 1000.0;
+    let per_node = |x: u64| x as f64 / secs / n as f64;
+    println!(
+        "| SWIM traffic at rest, per node | {:.1} packets/s, {:.0} bytes/s |",
+        per_node(sim.traffic.packets - t0.packets),
+        per_node(sim.traffic.bytes - t0.bytes)
+    );
+
+    // Crashes, one after another: time until every running node sees it
+    // down (or has forgotten it).
+    let mut took = Vec::new();
+    for k in 0..a.crashes.min(n / 4) {
+        let victim = 1 + k * (n / a.crashes.max(1)).max(1) % (n - 1);
+        sim.crash(victim);
+        let t = sim
+            .run_while_not(60_000, 250, |s| s.all_see(victim, State::Down))
+            .ok_or_else(|| anyhow::anyhow!("crash of node {victim} not seen everywhere in 60 s"))?;
+        took.push(t);
+        sim.run_until(sim.now + 5_000);
+    }
+    let crashes = took.len();
+    println!(
+        "| crash -> down on every other node ({crashes} crashes) | p50 {} ms, max {} ms |",
+        pct(&mut took.clone(), 0.5),
+        pct(&mut took, 1.0)
+    );
+
+    // False downs under loss: nobody else crashes; any Down verdict about
+    // a running node is false.
+    for loss in [0.01, 0.05] {
+        sim.loss = loss;
+        let before = sim.traffic.false_downs;
+        sim.run_until(sim.now + a.watch_secs * 1000);
+        let falses = sim.traffic.false_downs - before;
+        let node_hours = (n - crashes) as f64 * a.watch_secs as f64 / 3600.0;
+        println!(
+            "| false downs at {:.0} % loss over {} s | {falses} ({:.3} per node-hour) |",
+            loss * 100.0,
+            a.watch_secs,
+            falses as f64 / node_hours
+        );
+    }
+    sim.loss = 0.0;
+    // Let any falsely downed node rejoin before the partition.
+    sim.run_while_not(120_000, 1000, nearly_full);
+
+    // A partition of 30 %: the majority declares the minority down; then
+    // it heals and views merge.
+    let minority: Vec<usize> = (0..n).filter(|i| i % 10 < 3).collect();
+    sim.cut = minority.iter().copied().collect();
+    let probe = *minority.last().unwrap_or(&0);
+    let split = sim.run_while_not(120_000, 1000, |s| {
+        (0..s.nodes.len())
+            .filter(|i| i % 10 >= 3 && s.nodes[*i].up)
+            .all(|i| s.state_of(i, probe).is_none_or(|st| st == State::Down))
+    });
+    sim.cut.clear();
+    let healed = sim.run_while_not(600_000, 1000, nearly_full);
+    println!(
+        "| partition of 30 %: split seen / views 99.9 % merged after healing | {} / {} |",
+        split.map_or("not within 120 s".into(), |t| format!("{t} ms")),
+        healed.map_or("not within 600 s".into(), |t| format!("{t} ms"))
+    );
+    println!(
+        "wall time {:.1?}; simulated {} s",
+        wall.elapsed(),
+        sim.now / 1000
+    );
+    Ok(())
+}

@@ -1,0 +1,318 @@
+//! SWIM in virtual time: many [`Membership`] cores (the code the agents
+//! run) over a seeded in-memory network with latency, loss, partitions,
+//! crashes and pauses. No sockets and no wall clock: every figure is in
+//! simulated milliseconds and identical on every run of a seed. The tests
+//! and `corro-bench sim` drive it.
+//!
+//! Cost: each member keeps a view of every other, so memory grows with
+//! the square of the cluster size (about 100 bytes per entry).
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::net::SocketAddr;
+
+use corro_store::ActorId;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::membership::{Identity, Membership, Output, State, Timer};
+
+enum Event {
+    Packet {
+        to: usize,
+        data: bytes::Bytes,
+    },
+    Timer {
+        node: usize,
+        epoch: u32,
+        timer: Timer<Identity>,
+    },
+}
+
+/// One simulated member.
+pub struct SimNode {
+    pub core: Membership,
+    /// Bumped on restart: timers of the previous run are ignored.
+    pub epoch: u32,
+    pub up: bool,
+    /// Paused (a stalled process): packets and timers wait until then.
+    pub paused_until: u64,
+}
+
+/// Counters over a run.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Traffic {
+    pub packets: u64,
+    pub bytes: u64,
+    /// `Down` verdicts about a member that was up and not paused.
+    pub false_downs: u64,
+}
+
+/// The simulated cluster.
+pub struct SwimSim {
+    pub now: u64,
+    seq: u64,
+    queue: BinaryHeap<Reverse<(u64, u64)>>,
+    events: HashMap<u64, Event>,
+    pub nodes: Vec<SimNode>,
+    by_addr: HashMap<SocketAddr, usize>,
+    rng: StdRng,
+    /// Share of packets lost.
+    pub loss: f64,
+    /// One-way delay, uniformly in this range (ms).
+    pub latency: (u64, u64),
+    /// Nodes on the minority side of a partition.
+    pub cut: HashSet<usize>,
+    pub traffic: Traffic,
+}
+
+/// The simulated address of member `i`.
+pub fn addr(i: usize) -> SocketAddr {
+    SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 8787))
+}
+
+/// The simulated actor id of member `i`.
+pub fn actor(i: usize) -> ActorId {
+    let mut b = [0u8; 16];
+    b[..8].copy_from_slice(&(i as u64 + 1).to_be_bytes());
+    ActorId(b)
+}
+
+/// A core for member `i` (start stamp `ts`).
+pub fn core(i: usize, ts: u64, seed: u64) -> Membership {
+    Membership::new(
+        Identity {
+            actor: actor(i),
+            addr: addr(i),
+            ts,
+        },
+        seed ^ (i as u64).wrapping_mul(7919),
+    )
+}
+
+impl SwimSim {
+    /// `n` members that know nobody yet.
+    pub fn new(n: usize, seed: u64, loss: f64, latency: (u64, u64)) -> SwimSim {
+        let nodes = (0..n)
+            .map(|i| SimNode {
+                core: core(i, 1, seed),
+                epoch: 0,
+                up: true,
+                paused_until: 0,
+            })
+            .collect();
+        SwimSim {
+            now: 0,
+            seq: 0,
+            queue: BinaryHeap::new(),
+            events: HashMap::new(),
+            nodes,
+            by_addr: (0..n).map(|i| (addr(i), i)).collect(),
+            rng: StdRng::seed_from_u64(seed),
+            loss,
+            latency,
+            cut: HashSet::new(),
+            traffic: Traffic::default(),
+        }
+    }
+
+    fn push(&mut self, at: u64, e: Event) {
+        self.seq += 1;
+        self.queue.push(Reverse((at, self.seq)));
+        self.events.insert(self.seq, e);
+    }
+
+    fn outputs(&mut self, from: usize, out: Vec<Output>) {
+        for o in out {
+            match o {
+                Output::Send(to, data) => {
+                    let (Some(&dst), true) = (self.by_addr.get(&to.addr), self.nodes[from].up)
+                    else {
+                        continue;
+                    };
+                    self.traffic.packets += 1;
+                    self.traffic.bytes += data.len() as u64;
+                    if self.rng.random_bool(self.loss)
+                        || self.cut.contains(&from) != self.cut.contains(&dst)
+                    {
+                        continue;
+                    }
+                    let delay = self.rng.random_range(self.latency.0..=self.latency.1);
+                    self.push(self.now + delay, Event::Packet { to: dst, data });
+                }
+                Output::Schedule(after, timer) => {
+                    let epoch = self.nodes[from].epoch;
+                    self.push(
+                        self.now + after.as_millis() as u64,
+                        Event::Timer {
+                            node: from,
+                            epoch,
+                            timer,
+                        },
+                    );
+                }
+                Output::Down(id) => {
+                    if let Some(&i) = self.by_addr.get(&id.addr) {
+                        let n = &self.nodes[i];
+                        if n.up && n.paused_until <= self.now && n.core.identity().ts == id.ts {
+                            self.traffic.false_downs += 1;
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Member `from` asks member `to` to let it join.
+    pub fn announce(&mut self, from: usize, to: usize) {
+        let out = self.nodes[from].core.announce(addr(to));
+        self.outputs(from, out);
+    }
+
+    /// Member `i` stops (a crash: no goodbye).
+    pub fn crash(&mut self, i: usize) {
+        self.nodes[i].up = false;
+    }
+
+    /// Member `i` starts again as a new incarnation (stamp `ts`) and
+    /// announces itself to `seed`.
+    pub fn restart(&mut self, i: usize, ts: u64, seed: usize) {
+        let epoch = self.nodes[i].epoch + 1;
+        let s = self.rng.random();
+        self.nodes[i] = SimNode {
+            core: core(i, ts, s),
+            epoch,
+            up: true,
+            paused_until: 0,
+        };
+        self.announce(i, seed);
+    }
+
+    /// Runs the network until simulated time `until` (ms).
+    pub fn run_until(&mut self, until: u64) {
+        while let Some(&Reverse((at, seq))) = self.queue.peek() {
+            if at > until {
+                break;
+            }
+            self.queue.pop();
+            self.now = at;
+            let Some(event) = self.events.remove(&seq) else {
+                continue;
+            };
+            match event {
+                Event::Packet { to, data } => {
+                    if !self.nodes[to].up {
+                        continue;
+                    }
+                    if self.nodes[to].paused_until > self.now {
+                        // The socket buffers what arrives while paused.
+                        let at = self.nodes[to].paused_until;
+                        self.push(at, Event::Packet { to, data });
+                        continue;
+                    }
+                    // Packets between simulated members are valid; a
+                    // refused one would be a finding of its own.
+                    if let Ok(out) = self.nodes[to].core.handle_data(&data) {
+                        self.outputs(to, out);
+                    }
+                }
+                Event::Timer { node, epoch, timer } => {
+                    let n = &self.nodes[node];
+                    if !n.up || n.epoch != epoch {
+                        continue;
+                    }
+                    if n.paused_until > self.now {
+                        // A paused process fires its timers when it resumes.
+                        let at = n.paused_until;
+                        self.push(at, Event::Timer { node, epoch, timer });
+                        continue;
+                    }
+                    // Stale timers (old tokens) are refused by foca; harmless.
+                    if let Ok(out) = self.nodes[node].core.handle_timer(timer) {
+                        self.outputs(node, out);
+                    }
+                }
+            }
+        }
+        self.now = until;
+    }
+
+    /// Runs until `cond` holds, checking every `step` ms, for at most
+    /// `limit` ms; the time it took.
+    pub fn run_while_not(
+        &mut self,
+        limit: u64,
+        step: u64,
+        cond: impl Fn(&SwimSim) -> bool,
+    ) -> Option<u64> {
+        let start = self.now;
+        while self.now - start <= limit {
+            if cond(self) {
+                return Some(self.now - start);
+            }
+            self.run_until(self.now + step);
+        }
+        None
+    }
+
+    /// How `observer` sees `target` (`None`: not in its view).
+    pub fn state_of(&self, observer: usize, target: usize) -> Option<State> {
+        let a = addr(target);
+        self.nodes[observer]
+            .core
+            .members()
+            .into_iter()
+            .find(|(id, _)| id.addr == a)
+            .map(|(_, s)| s)
+    }
+
+    /// Every running member has every other running member active.
+    pub fn everyone_sees_everyone(&self) -> bool {
+        let up = self.nodes.iter().filter(|x| x.up).count();
+        self.nodes
+            .iter()
+            .filter(|x| x.up)
+            .all(|x| x.core.active().len() >= up - 1)
+    }
+
+    /// Every running member other than `target` sees it as `want`
+    /// (for `Down`: or has forgotten it).
+    pub fn all_see(&self, target: usize, want: State) -> bool {
+        (0..self.nodes.len())
+            .filter(|&i| i != target && self.nodes[i].up)
+            .all(|i| match self.state_of(i, target) {
+                None => want == State::Down,
+                s => s == Some(want),
+            })
+    }
+
+    /// A cluster of `n` formed by everyone announcing to member 0, retried
+    /// every second while alone (as the agents do); with the time it took.
+    pub fn formed(
+        n: usize,
+        seed: u64,
+        loss: f64,
+        latency: (u64, u64),
+        limit: u64,
+    ) -> Option<(SwimSim, u64)> {
+        let mut sim = SwimSim::new(n, seed, loss, latency);
+        for i in 1..n {
+            sim.announce(i, 0);
+        }
+        let start = sim.now;
+        while !sim.everyone_sees_everyone() {
+            if sim.now - start >= limit {
+                return None;
+            }
+            for i in 1..n {
+                if sim.nodes[i].core.active().is_empty() {
+                    sim.announce(i, 0);
+                }
+            }
+            sim.run_until(sim.now + 1_000);
+        }
+        let took = sim.now - start;
+        Some((sim, took))
+    }
+}
