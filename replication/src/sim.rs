@@ -16,6 +16,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::membership::{Identity, Membership, Output, State, Timer};
+use crate::swim::REJOIN_EVERY;
 
 enum Event {
     Packet {
@@ -37,15 +38,22 @@ pub struct SimNode {
     pub up: bool,
     /// Paused (a stalled process): packets and timers wait until then.
     pub paused_until: u64,
+    /// The start stamp this process began with.
+    pub started: u64,
 }
 
 /// Counters over a run.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Traffic {
+    /// Packets sent (lost ones included) and their bytes.
     pub packets: u64,
     pub bytes: u64,
-    /// `Down` verdicts about a member that was up and not paused.
+    /// False downs: incidents, counted once per (member, incarnation), in
+    /// which some member declared down a member that was running, not
+    /// paused, and on the same side of any partition.
     pub false_downs: u64,
+    /// Packets a core refused (between simulated members: a finding).
+    pub refused: u64,
 }
 
 /// The simulated cluster.
@@ -64,6 +72,8 @@ pub struct SwimSim {
     /// Nodes on the minority side of a partition.
     pub cut: HashSet<usize>,
     pub traffic: Traffic,
+    /// (member, start stamp) already counted as a false down.
+    falsely_downed: HashSet<(usize, u64)>,
 }
 
 /// The simulated address of member `i`.
@@ -99,6 +109,7 @@ impl SwimSim {
                 epoch: 0,
                 up: true,
                 paused_until: 0,
+                started: 1,
             })
             .collect();
         SwimSim {
@@ -113,6 +124,7 @@ impl SwimSim {
             latency,
             cut: HashSet::new(),
             traffic: Traffic::default(),
+            falsely_downed: HashSet::new(),
         }
     }
 
@@ -152,11 +164,16 @@ impl SwimSim {
                     );
                 }
                 Output::Down(id) => {
-                    if let Some(&i) = self.by_addr.get(&id.addr) {
-                        let n = &self.nodes[i];
-                        if n.up && n.paused_until <= self.now && n.core.identity().ts == id.ts {
-                            self.traffic.false_downs += 1;
-                        }
+                    let Some(&i) = self.by_addr.get(&id.addr) else {
+                        continue;
+                    };
+                    let n = &self.nodes[i];
+                    // The running process's own incarnations only (a
+                    // member renews its stamp when it finds itself down).
+                    let running = n.up && n.paused_until <= self.now && n.started <= id.ts;
+                    let same_side = self.cut.contains(&from) == self.cut.contains(&i);
+                    if running && same_side && self.falsely_downed.insert((i, id.ts)) {
+                        self.traffic.false_downs += 1;
                     }
                 }
                 _ => {}
@@ -185,6 +202,7 @@ impl SwimSim {
             epoch,
             up: true,
             paused_until: 0,
+            started: ts,
         };
         self.announce(i, seed);
     }
@@ -212,9 +230,10 @@ impl SwimSim {
                         continue;
                     }
                     // Packets between simulated members are valid; a
-                    // refused one would be a finding of its own.
-                    if let Ok(out) = self.nodes[to].core.handle_data(&data) {
-                        self.outputs(to, out);
+                    // refused one is a finding of its own (counted).
+                    match self.nodes[to].core.handle_data(&data) {
+                        Ok(out) => self.outputs(to, out),
+                        Err(_) => self.traffic.refused += 1,
                     }
                 }
                 Event::Timer { node, epoch, timer } => {
@@ -288,7 +307,8 @@ impl SwimSim {
     }
 
     /// A cluster of `n` formed by everyone announcing to member 0, retried
-    /// every second while alone (as the agents do); with the time it took.
+    /// every [`REJOIN_EVERY`] while alone (as the agents do); with the time
+    /// it took.
     pub fn formed(
         n: usize,
         seed: u64,
@@ -310,7 +330,7 @@ impl SwimSim {
                     sim.announce(i, 0);
                 }
             }
-            sim.run_until(sim.now + 1_000);
+            sim.run_until(sim.now + REJOIN_EVERY.as_millis() as u64);
         }
         let took = sim.now - start;
         Some((sim, took))

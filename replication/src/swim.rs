@@ -11,7 +11,10 @@
 //! has no active member the driver calls [`SwimIo::alone`] every
 //! [`REJOIN_EVERY`], for the IO to announce this node to its seeds again.
 //! The loop ends after [`SwimHandle::leave`] (goodbyes handed to the IO
-//! first) or [`SwimHandle::stop`] (none, as a crash).
+//! first) or [`SwimHandle::stop`] (none, as a crash); both go on a control
+//! channel read before the inputs, so a full queue does not delay them.
+//! Timer tasks hold a sender, so the driver does not end by itself when
+//! its handles are dropped: the host leaves or stops it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -32,8 +35,10 @@ pub trait SwimIo: Send + 'static {
     /// Sends one SWIM packet to `to`, best effort; must not block.
     fn send(&mut self, to: SocketAddr, packet: Bytes);
 
-    /// After every step: the member list now, then what happened in the
-    /// step (the core's outputs other than sends and timers), in order.
+    /// After every step, before its packets are sent: the member list now
+    /// (entries at this node's own address, its stale incarnations, left out),
+    /// then what happened in the step (the core's outputs other than sends
+    /// and timers), in order.
     fn step(&mut self, members: Vec<(Identity, State)>, events: Vec<Output>);
 
     /// A received packet the core refused (undecodable, or not for us).
@@ -48,6 +53,11 @@ enum Input {
     Data(Bytes),
     Timer(Timer<Identity>),
     Announce(SocketAddr),
+}
+
+/// Leaving and stopping go on their own channel, read before the inputs:
+/// a full input queue must not delay them.
+enum Control {
     Leave(oneshot::Sender<()>),
     Stop,
 }
@@ -56,18 +66,25 @@ enum Input {
 #[derive(Clone)]
 pub struct SwimHandle {
     tx: mpsc::Sender<Input>,
+    control: mpsc::Sender<Control>,
 }
 
 /// The driver's end of the queue, for [`run`].
 pub struct SwimQueue {
     rx: mpsc::Receiver<Input>,
     tx: mpsc::Sender<Input>,
+    control: mpsc::Receiver<Control>,
 }
 
 /// A new queue: the handle to feed the driver, and its end for [`run`].
 pub fn queue() -> (SwimHandle, SwimQueue) {
     let (tx, rx) = mpsc::channel(SWIM_QUEUE);
-    (SwimHandle { tx: tx.clone() }, SwimQueue { rx, tx })
+    let (control_tx, control) = mpsc::channel(4);
+    let handle = SwimHandle {
+        tx: tx.clone(),
+        control: control_tx,
+    };
+    (handle, SwimQueue { rx, tx, control })
 }
 
 impl SwimHandle {
@@ -88,14 +105,15 @@ impl SwimHandle {
     /// Returns once they are (or at once if the driver is gone).
     pub async fn leave(&self) {
         let (done, wait) = oneshot::channel();
-        if self.tx.send(Input::Leave(done)).await.is_ok() {
+        if self.control.send(Control::Leave(done)).await.is_ok() {
             let _ = wait.await;
         }
     }
 
-    /// Stops the driver without a goodbye.
+    /// Stops the driver without a goodbye (as a crash would); it stops
+    /// before it handles any other input.
     pub async fn stop(&self) {
-        let _ = self.tx.send(Input::Stop).await;
+        let _ = self.control.send(Control::Stop).await;
     }
 
     /// Inputs waiting in the queue.
@@ -106,13 +124,22 @@ impl SwimHandle {
 
 /// Runs `core` until [`SwimHandle::leave`] or [`SwimHandle::stop`].
 pub async fn run<I: SwimIo>(mut core: Membership, queue: SwimQueue, mut io: I) {
-    let SwimQueue { mut rx, tx } = queue;
+    let SwimQueue {
+        mut rx,
+        tx,
+        mut control,
+    } = queue;
     let mut rejoin = tokio::time::interval(REJOIN_EVERY);
     rejoin.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (out, done) = tokio::select! {
+            biased;
+            c = control.recv() => match c {
+                None | Some(Control::Stop) => break,
+                Some(Control::Leave(done)) => (core.leave(), Some(done)),
+            },
             input = rx.recv() => match input {
-                None | Some(Input::Stop) => break,
+                None => break,
                 Some(Input::Data(d)) => match core.handle_data(&d) {
                     Ok(out) => (out, None),
                     Err(e) => {
@@ -124,7 +151,6 @@ pub async fn run<I: SwimIo>(mut core: Membership, queue: SwimQueue, mut io: I) {
                 // refused by the core; nothing to do.
                 Some(Input::Timer(t)) => (core.handle_timer(t).unwrap_or_default(), None),
                 Some(Input::Announce(a)) => (core.announce(a), None),
-                Some(Input::Leave(done)) => (core.leave(), Some(done)),
             },
             _ = rejoin.tick() => {
                 if core.active().is_empty() {
@@ -133,10 +159,12 @@ pub async fn run<I: SwimIo>(mut core: Membership, queue: SwimQueue, mut io: I) {
                 continue;
             }
         };
-        let mut events = Vec::new();
+        // Events first: a member down or restarted drops its connection
+        // before this step's packets (a reply to the new incarnation) go.
+        let (mut events, mut sends) = (Vec::new(), Vec::new());
         for o in out {
             match o {
-                Output::Send(to, packet) => io.send(to.addr, packet),
+                Output::Send(to, packet) => sends.push((to.addr, packet)),
                 Output::Schedule(after, timer) => {
                     let tx = tx.clone();
                     tokio::spawn(async move {
@@ -147,7 +175,12 @@ pub async fn run<I: SwimIo>(mut core: Membership, queue: SwimQueue, mut io: I) {
                 other => events.push(other),
             }
         }
-        io.step(core.members(), events);
+        let me = core.identity().addr;
+        let members = core.members().into_iter().filter(|(id, _)| id.addr != me);
+        io.step(members.collect(), events);
+        for (to, packet) in sends {
+            io.send(to, packet);
+        }
         if let Some(done) = done {
             // Give the goodbyes' sends a turn before acknowledging.
             tokio::task::yield_now().await;
@@ -234,52 +267,68 @@ mod tests {
         v
     }
 
+    /// Waits (virtual time) until `cond` holds; the time it took.
+    async fn until(limit: Duration, cond: impl Fn() -> bool) -> Option<Duration> {
+        let mut waited = Duration::ZERO;
+        while !cond() {
+            if waited >= limit {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            waited += Duration::from_millis(50);
+        }
+        Some(waited)
+    }
+
+    fn sees(m: &Arc<Mutex<Vec<(Identity, State)>>>, i: u16, want: Option<State>) -> bool {
+        let s = states(m);
+        s.iter().find(|(a, _)| *a == addr(i)).map(|(_, st)| *st) == want
+    }
+
     #[tokio::test(start_paused = true)]
     async fn members_join_through_rejoin_and_see_a_leave_and_a_crash() {
         let net: Net = Arc::default();
-        let (a, am, _at) = start(&net, 0, vec![]);
-        // b and c only know a as a seed: the rejoin tick announces them.
+        // b and c only know a as a seed, and a is not reachable yet: their
+        // first announces are lost, the rejoin tick retries them.
         let (b, _bm, bt) = start(&net, 1, vec![addr(0)]);
         let (c, cm, ct) = start(&net, 2, vec![addr(0)]);
+        tokio::time::sleep(3 * REJOIN_EVERY).await;
+        assert!(states(&cm).is_empty(), "joined an unreachable seed");
+        let (_a, am, _at) = start(&net, 0, vec![]);
         let all_alive = |m: &Arc<Mutex<Vec<(Identity, State)>>>, n: usize| {
             let s = states(m);
             s.len() == n && s.iter().all(|(_, st)| *st == State::Alive)
         };
-        let mut waited = Duration::ZERO;
-        while !(all_alive(&am, 2) && all_alive(&cm, 2)) {
-            assert!(
-                waited < Duration::from_secs(30),
-                "no join: {:?}",
-                states(&am)
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            waited += Duration::from_millis(100);
-        }
-        // b leaves with a goodbye: its driver ends, a sees it down.
+        until(Duration::from_secs(30), || {
+            all_alive(&am, 2) && all_alive(&cm, 2)
+        })
+        .await
+        .unwrap_or_else(|| panic!("no join: {:?}", states(&am)));
+        // b leaves with a goodbye: a sees it down at once (probing alone
+        // takes seconds), and b's driver ends.
         b.leave().await;
-        bt.await.ok();
-        // c crashes: no goodbye, detected by probes.
-        net.lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&addr(2));
+        tokio::time::timeout(Duration::from_secs(5), bt)
+            .await
+            .expect("the driver ends after leaving")
+            .ok();
+        until(Duration::from_millis(500), || {
+            sees(&am, 1, Some(State::Down)) || sees(&am, 1, None)
+        })
+        .await
+        .expect("the goodbye marks b down at once");
+        // c stops as a crash: no goodbye, so a still sees it alive for a
+        // while, then probes mark it down.
         c.stop().await;
-        ct.await.ok();
-        let mut waited = Duration::ZERO;
-        loop {
-            let s = states(&am);
-            let down = |i: u16| {
-                s.iter()
-                    .any(|(ad, st)| *ad == addr(i) && *st == State::Down)
-            };
-            // Down members may be forgotten altogether later.
-            let gone = |i: u16| !s.iter().any(|(ad, _)| *ad == addr(i));
-            if (down(1) || gone(1)) && (down(2) || gone(2)) {
-                break;
-            }
-            assert!(waited < Duration::from_secs(60), "not detected: {s:?}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            waited += Duration::from_millis(100);
-        }
-        assert!(a.queue_depth() < SWIM_QUEUE);
+        tokio::time::timeout(Duration::from_secs(5), ct)
+            .await
+            .expect("the driver ends when stopped")
+            .ok();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        assert!(sees(&am, 2, Some(State::Alive)), "a crash said goodbye");
+        until(Duration::from_secs(60), || {
+            sees(&am, 2, Some(State::Down)) || sees(&am, 2, None)
+        })
+        .await
+        .expect("the crash is detected by probes");
     }
 }

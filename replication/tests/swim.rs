@@ -5,8 +5,8 @@
 
 #![allow(clippy::print_stdout, clippy::expect_used, reason = "test code")]
 
-use corro_replication::membership::{Identity, Membership, State};
-use corro_replication::sim::{SimNode, SwimSim as Sim, actor, addr};
+use corro_replication::membership::State;
+use corro_replication::sim::{SwimSim as Sim, addr};
 
 fn formed(n: usize, seed: u64, loss: f64, latency: (u64, u64)) -> Sim {
     let (sim, took) = Sim::formed(n, seed, loss, latency, 120_000)
@@ -35,6 +35,11 @@ fn a_dead_member_is_marked_down_everywhere_within_ten_seconds() {
             .run_while_not(30_000, 100, |s| s.all_see(victim, State::Down))
             .unwrap_or_else(|| panic!("seed {seed}: member {victim} never marked down everywhere"));
         worst = worst.max(took);
+        assert_eq!(sim.traffic.refused, 0, "seed {seed}: packets refused");
+        assert_eq!(
+            sim.traffic.false_downs, 0,
+            "seed {seed}: a crash is no false down"
+        );
         assert!(
             took < 10_000,
             "seed {seed}: marked down everywhere only after {took} ms"
@@ -86,20 +91,7 @@ fn a_restarted_member_replaces_its_old_incarnation() {
     let r = 4;
     sim.nodes[r].up = false;
     sim.run_until(sim.now + 1_000);
-    sim.nodes[r] = SimNode {
-        core: Membership::new(
-            Identity {
-                actor: actor(r),
-                addr: addr(r),
-                ts: 2,
-            },
-            99,
-        ),
-        epoch: sim.nodes[r].epoch + 1,
-        up: true,
-        paused_until: 0,
-    };
-    sim.announce(r, 0);
+    sim.restart(r, 2, 0);
     sim.run_while_not(20_000, 100, |s| {
         (0..10).filter(|&i| i != r).all(|i| {
             let m = s.nodes[i].core.members();
@@ -128,4 +120,34 @@ fn views_merge_after_a_partition_heals() {
         .run_while_not(120_000, 100, |s| s.everyone_sees_everyone())
         .expect("views merge after healing");
     println!("partition healed: full view again after {took} ms (simulated)");
+}
+
+/// False downs are counted, once per member and incarnation: with every
+/// packet lost for a while, running members are declared down.
+#[test]
+fn false_downs_are_counted_once_per_incarnation() {
+    let mut sim = formed(10, 3, 0.0, (1, 5));
+    sim.loss = 1.0;
+    sim.run_until(sim.now + 30_000);
+    let counted = sim.traffic.false_downs;
+    assert!(
+        (1..=10).contains(&counted),
+        "{counted} false downs for 10 members"
+    );
+    // Loss gone, members alone announce to a seed again (as the agents
+    // do every 2 s) and views merge.
+    sim.loss = 0.0;
+    for _ in 0..60 {
+        if sim.everyone_sees_everyone() {
+            break;
+        }
+        for i in 1..10 {
+            if sim.nodes[i].core.active().is_empty() {
+                sim.announce(i, 0);
+            }
+        }
+        sim.run_until(sim.now + 2_000);
+    }
+    assert!(sim.everyone_sees_everyone(), "views merge again");
+    assert_eq!(sim.traffic.refused, 0);
 }

@@ -11,6 +11,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use corro_replication::PROTOCOL_VERSION;
@@ -60,6 +61,7 @@ pub(crate) async fn run(
     let io = AgentIo {
         inner,
         bootstrap: Arc::new(bootstrap),
+        resolving: Arc::default(),
     };
     corro_replication::swim::run(core, queue, io).await;
     leave.abort();
@@ -68,6 +70,9 @@ pub(crate) async fn run(
 struct AgentIo {
     inner: Arc<Inner>,
     bootstrap: Arc<Vec<String>>,
+    /// A re-announce (with its name lookups) is under way: a slow DNS
+    /// server must not pile lookups up, one per tick.
+    resolving: Arc<AtomicBool>,
 }
 
 impl SwimIo for AgentIo {
@@ -90,8 +95,12 @@ impl SwimIo for AgentIo {
     }
 
     fn alone(&mut self) {
-        // Resolving may take a while: off the driver's loop.
+        // Resolving may take a while: off the driver's loop, one at a time.
+        if self.resolving.swap(true, Ordering::AcqRel) {
+            return;
+        }
         let (inner, bootstrap) = (self.inner.clone(), self.bootstrap.clone());
+        let resolving = self.resolving.clone();
         crate::tasks::spawn(async move {
             for b in bootstrap.iter() {
                 if let Ok(addrs) = super::peers::resolve(b).await {
@@ -101,6 +110,7 @@ impl SwimIo for AgentIo {
             for seed in inner.peers.seeds() {
                 inner.swim.announce(seed);
             }
+            resolving.store(false, Ordering::Release);
         });
     }
 }
