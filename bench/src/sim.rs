@@ -78,20 +78,7 @@ pub(crate) fn run(a: SimArgs) -> anyhow::Result<()> {
     // Formed: every running node misses at most 0.1 % of the others (at
     // least one may be missing: a few members can miss a peer for a long
     // time; the smallest view is reported).
-    let mut formed = None;
-    while sim.now < a.form_secs * 1000 {
-        if nearly_full(&sim) {
-            formed = Some(sim.now);
-            break;
-        }
-        for i in 1..n {
-            if sim.nodes[i].core.active().is_empty() {
-                sim.announce(i, 0);
-            }
-        }
-        sim.run_until(sim.now + corro_replication::swim::REJOIN_EVERY.as_millis() as u64);
-    }
-    let formed = formed.ok_or_else(|| {
+    let formed = sim.rejoin_until(a.form_secs * 1000, nearly_full).ok_or_else(|| {
         let (min, mean) = views(&sim);
         anyhow::anyhow!(
             "{n} members did not form a view in {} s (simulated): views min {min}, mean {mean:.1}",

@@ -320,19 +320,27 @@ impl SwimSim {
         for i in 1..n {
             sim.announce(i, 0);
         }
-        let start = sim.now;
-        while !sim.everyone_sees_everyone() {
-            if sim.now - start >= limit {
+        let took = sim.rejoin_until(limit, SwimSim::everyone_sees_everyone)?;
+        Some((sim, took))
+    }
+
+    /// Runs until `cond` holds, for at most `limit` ms, while every running
+    /// member with no active member announces itself to member 0 again
+    /// every [`REJOIN_EVERY`] (as the agents do to their seeds); the time
+    /// it took.
+    pub fn rejoin_until(&mut self, limit: u64, cond: impl Fn(&SwimSim) -> bool) -> Option<u64> {
+        let start = self.now;
+        while !cond(self) {
+            if self.now - start >= limit {
                 return None;
             }
-            for i in 1..n {
-                if sim.nodes[i].core.active().is_empty() {
-                    sim.announce(i, 0);
+            for i in 1..self.nodes.len() {
+                if self.nodes[i].up && self.nodes[i].core.active().is_empty() {
+                    self.announce(i, 0);
                 }
             }
-            sim.run_until(sim.now + REJOIN_EVERY.as_millis() as u64);
+            self.run_until(self.now + REJOIN_EVERY.as_millis() as u64);
         }
-        let took = sim.now - start;
-        Some((sim, took))
+        Some(self.now - start)
     }
 }

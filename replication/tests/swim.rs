@@ -137,17 +137,7 @@ fn false_downs_are_counted_once_per_incarnation() {
     // Loss gone, members alone announce to a seed again (as the agents
     // do every 2 s) and views merge.
     sim.loss = 0.0;
-    for _ in 0..60 {
-        if sim.everyone_sees_everyone() {
-            break;
-        }
-        for i in 1..10 {
-            if sim.nodes[i].core.active().is_empty() {
-                sim.announce(i, 0);
-            }
-        }
-        sim.run_until(sim.now + 2_000);
-    }
-    assert!(sim.everyone_sees_everyone(), "views merge again");
+    sim.rejoin_until(120_000, Sim::everyone_sees_everyone)
+        .expect("views merge again");
     assert_eq!(sim.traffic.refused, 0);
 }
