@@ -872,13 +872,14 @@ async fn dispatch(inner: Arc<Inner>, shutdown: CancellationToken) {
         let i = inner.clone();
         let round = tokio::task::spawn_blocking(move || {
             let affected = prefilter(&i.store, &work);
+            // Skips are counted for the whole round before any refresh
+            // delivers, so a listener that sees this round's event also
+            // sees its skips counted.
+            let skipped = affected.iter().filter(|a| !**a).count() as u64;
+            i.skipped.fetch_add(skipped, Ordering::Relaxed);
+            metrics::counter!("corro_subs_skipped_total").increment(skipped);
             for ((sub, changed), affected) in work.into_iter().zip(affected) {
-                if sub.closed.load(Ordering::Relaxed) {
-                    continue;
-                }
-                if !affected {
-                    i.skipped.fetch_add(1, Ordering::Relaxed);
-                    metrics::counter!("corro_subs_skipped_total").increment(1);
+                if !affected || sub.closed.load(Ordering::Relaxed) {
                     continue;
                 }
                 if let Err(e) = refresh(&i, &sub, changed) {
