@@ -1,20 +1,24 @@
-//! `corro-bench sim`: SWIM membership at fleet size in virtual time
-//! ([`corro_replication::sim`]: the agents' own SWIM core, many of them
-//! over a seeded in-memory network). Prints, for one cluster size:
-//! formation time, SWIM traffic per node at rest, time for a crash to be
-//! seen everywhere, false `Down` verdicts under 1 % and 5 % loss, and the
-//! time for views to merge after a partition of 30 % of the nodes heals.
-//! Seeded and reproducible; simulated time, so it runs in minutes.
+//! `corro-bench sim`: the cluster protocol at fleet size in virtual time
+//! ([`corro_replication::sim`]: the agents' own code over a seeded
+//! in-memory network). Prints, for one cluster size, two tables:
 //!
-//! Not yet in here (issue 24, item 1): broadcast and anti-entropy of
-//! writes (reach times, bytes per write, redundant receipts); those are
-//! simulated in `replication/tests/spread.rs` and `tests/sim.rs` so far.
+//! - membership (`--part swim`): formation time, SWIM traffic per node at
+//!   rest, time for a crash to be seen everywhere, false `Down` verdicts
+//!   under 1 % and 5 % loss, and the time for views to split and merge
+//!   around a partition of 30 % of the nodes;
+//! - spread of writes (`--part spread`): at 10 and 100 writes/s across
+//!   the cluster, the time until 99 % and 100 % of nodes hold a write,
+//!   broadcast messages and redundant receipts, what sync repaired, and
+//!   bytes sent per node per second by kind.
+//!
+//! Seeded and reproducible; simulated time, so it runs in minutes.
 
 use std::time::Instant;
 
 use clap::Args;
 use corro_replication::membership::State;
 use corro_replication::sim::SwimSim;
+use corro_replication::sim::spread::{SpreadConfig, simulate};
 
 #[derive(Args)]
 pub(crate) struct SimArgs {
@@ -37,6 +41,20 @@ pub(crate) struct SimArgs {
     /// Simulated seconds watched for false downs at each loss rate.
     #[arg(long, default_value_t = 300)]
     watch_secs: u64,
+    /// Which tables: swim, spread or all.
+    #[arg(long, default_value = "all", value_parser = ["swim", "spread", "all"])]
+    part: String,
+    /// Cluster-wide write rates for the spread table.
+    #[arg(long, value_delimiter = ',', default_value = "10,100")]
+    rates: Vec<f64>,
+    /// Writes measured at each rate (about; the window is this many over
+    /// the rate, after 10 s of warm-up).
+    #[arg(long, default_value_t = 1000)]
+    spread_writes: u64,
+    /// Share of broadcast sends and sync exchanges that fail in the spread
+    /// table.
+    #[arg(long, default_value_t = 0.01)]
+    spread_loss: f64,
 }
 
 /// The smallest and the mean number of active members in running nodes'
@@ -46,7 +64,7 @@ fn views(sim: &SwimSim) -> (usize, f64) {
         .nodes
         .iter()
         .filter(|x| x.up)
-        .map(|x| x.core.active().len())
+        .map(|x| x.core.active_count())
         .collect();
     let mean = up.iter().sum::<usize>() as f64 / up.len().max(1) as f64;
     (up.iter().copied().min().unwrap_or(0), mean)
@@ -59,6 +77,19 @@ fn nearly_full(sim: &SwimSim) -> bool {
     views(sim).0 + (others / 1000).max(1) >= others
 }
 
+/// The share of running nodes whose view misses at most 0.1 % (at least
+/// one) of the other running nodes.
+fn share_nearly_full(sim: &SwimSim) -> f64 {
+    let up = sim.nodes.iter().filter(|x| x.up).count();
+    let others = up - 1;
+    let ok = sim
+        .nodes
+        .iter()
+        .filter(|x| x.up && x.core.active_count() + (others / 1000).max(1) >= others)
+        .count();
+    ok as f64 / up.max(1) as f64
+}
+
 fn pct(v: &mut [u64], p: f64) -> u64 {
     v.sort_unstable();
     v.get(((v.len() as f64 * p).ceil() as usize).saturating_sub(1))
@@ -67,8 +98,85 @@ fn pct(v: &mut [u64], p: f64) -> u64 {
 }
 
 pub(crate) fn run(a: SimArgs) -> anyhow::Result<()> {
+    anyhow::ensure!(a.nodes >= 4, "--nodes must be at least 4");
+    if a.part != "spread" {
+        swim(&a)?;
+    }
+    if a.part != "swim" {
+        spread(&a)?;
+    }
+    Ok(())
+}
+
+/// The spread table: one row per write rate.
+fn spread(a: &SimArgs) -> anyhow::Result<()> {
+    let wall = Instant::now();
+    let latency = (a.latency_min, a.latency_max.max(a.latency_min));
+    println!(
+        "spread: {} nodes, seed {}, links {}-{} ms, {:.0} % of sends and sync exchanges failing; about {} writes measured per rate, after 10 s",
+        a.nodes,
+        a.seed,
+        latency.0,
+        latency.1,
+        a.spread_loss * 100.0,
+        a.spread_writes
+    );
+    println!(
+        "| writes/s | writes | reach 99 % p50 / p99 | reach 100 % p50 / p99 / max | broadcasts per write | redundant receipts per delivery | by sync / repaired per write | bytes/node/s: broadcast + sync state + sync changes = total |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let mut sizes = (0, 0);
+    for &rate in &a.rates {
+        let r = simulate(SpreadConfig {
+            nodes: a.nodes,
+            seed: a.seed,
+            writes_per_sec: rate,
+            warm_ms: 10_000,
+            measure_ms: (a.spread_writes as f64 / rate.max(0.001) * 1000.0) as u64,
+            drain_ms: 60_000,
+            latency,
+            loss: a.spread_loss,
+        });
+        anyhow::ensure!(
+            r.unreached == 0,
+            "{} of {} writes did not reach every node within 60 s",
+            r.unreached,
+            r.writes
+        );
+        sizes = (r.write_frame, r.state_frame);
+        println!(
+            "| {rate} | {} | {} / {} ms | {} / {} / {} ms | {:.0} ({:.1} per node) | {:.2} | {:.2} % / {:.3} | {:.0} + {:.0} + {:.0} = {:.0} |",
+            r.writes,
+            r.reach_99.0,
+            r.reach_99.1,
+            r.reach_all.0,
+            r.reach_all.1,
+            r.reach_all.2,
+            r.broadcasts_per_write,
+            r.broadcasts_per_write / a.nodes as f64,
+            r.redundant_per_delivery,
+            r.by_sync * 100.0,
+            r.repaired_per_write,
+            r.broadcast_bytes,
+            r.state_bytes,
+            r.sync_change_bytes,
+            r.broadcast_bytes + r.state_bytes + r.sync_change_bytes
+        );
+    }
+    println!(
+        "frames: one write broadcast {} B, one sync state {} B ({} actors), plus {} B per message below the frame; wall time {:.1?}",
+        sizes.0,
+        sizes.1,
+        a.nodes,
+        corro_replication::sim::spread::WIRE_OVERHEAD,
+        wall.elapsed()
+    );
+    Ok(())
+}
+
+/// The membership table.
+fn swim(a: &SimArgs) -> anyhow::Result<()> {
     let n = a.nodes;
-    anyhow::ensure!(n >= 4, "--nodes must be at least 4");
     let wall = Instant::now();
     let latency = (a.latency_min, a.latency_max.max(a.latency_min));
     let mut sim = SwimSim::new(n, a.seed, 0.0, latency);
@@ -161,7 +269,28 @@ pub(crate) fn run(a: SimArgs) -> anyhow::Result<()> {
     // heals and views merge.
     let minority: Vec<usize> = (0..n).filter(|i| i % 10 < 3).collect();
     sim.cut = minority.iter().copied().collect();
+    let sides = |s: &SwimSim| {
+        let (mut lo, mut hi) = ((usize::MAX, 0), (usize::MAX, 0));
+        for (i, x) in s.nodes.iter().enumerate().filter(|(_, x)| x.up) {
+            let c = x.core.active_count();
+            let side = if s.cut.contains(&i) || (s.cut.is_empty() && i % 10 < 3) {
+                &mut lo
+            } else {
+                &mut hi
+            };
+            side.0 = side.0.min(c);
+            side.1 = side.1.max(c);
+        }
+        format!(
+            "minority views {}..{}, majority views {}..{}",
+            lo.0, lo.1, hi.0, hi.1
+        )
+    };
+    let t0 = sim.now;
     let split = sim.run_while_not(300_000, 1000, |s| {
+        if (s.now - t0).is_multiple_of(30_000) {
+            eprintln!("  partition: t={} s: {}", (s.now - t0) / 1000, sides(s));
+        }
         // Every running node's view has shrunk to its own side's size.
         s.nodes
             .iter()
@@ -173,15 +302,39 @@ pub(crate) fn run(a: SimArgs) -> anyhow::Result<()> {
                 } else {
                     n - minority.len()
                 };
-                x.core.active().len() < same_side
+                x.core.active_count() < same_side
             })
     });
     sim.cut.clear();
-    let healed = sim.run_while_not(600_000, 1000, nearly_full);
+    let t0 = sim.now;
+    let reconnects = sim.traffic.reconnects;
+    let most = std::cell::Cell::new(None);
+    let healed = sim.run_while_not(600_000, 1000, |s| {
+        if (s.now - t0).is_multiple_of(30_000) {
+            eprintln!("  healing: t={} s: {}", (s.now - t0) / 1000, sides(s));
+        }
+        if most.get().is_none() && share_nearly_full(s) >= 0.99 {
+            most.set(Some(s.now - t0));
+        }
+        nearly_full(s)
+    });
     println!(
-        "| partition of 30 %: each side sees only itself / views merged again after healing | {} / {} |",
-        split.map_or("not within 300 s".into(), |t| format!("{t} ms")),
-        healed.map_or("not within 600 s".into(), |t| format!("{t} ms"))
+        "| partition of 30 %: each side sees only itself | {} |",
+        split.map_or("not within 300 s".into(), |t| format!("{t} ms"))
+    );
+    println!(
+        "| after healing: 99 % of nodes / every node miss at most 0.1 % (at least 1) | {} / {} ({} reconnect announces) |",
+        most.get()
+            .map_or("not within 600 s".into(), |t| format!("{t} ms")),
+        healed.map_or(
+            format!(
+                "not within 600 s (smallest view {} of {})",
+                views(&sim).0,
+                n - 2
+            ),
+            |t| format!("{t} ms")
+        ),
+        sim.traffic.reconnects - reconnects
     );
     println!(
         "wall time {:.1?}; simulated {} s; packets refused {}",

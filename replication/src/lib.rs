@@ -15,7 +15,9 @@
 //! both run the same code. [`broadcast::Relay`] decides what a received
 //! broadcast becomes. [`swim`] runs the SWIM core ([`membership`]) on
 //! tokio for the agent and the gossip library alike, each over its own IO;
-//! [`sim`] runs many of those cores in virtual time.
+//! [`reconnect`] decides when it talks to members it holds as down;
+//! [`sim`] runs many of those cores, and the spread of writes, in virtual
+//! time; [`schedule`] says when sync rounds run.
 //! [`wire`](Envelope) defines the versioned peer messages;
 //! [`validate`](validate::validate) checks each decoded one before use.
 //!
@@ -25,7 +27,9 @@
 
 pub mod broadcast;
 pub mod membership;
+pub mod reconnect;
 pub mod round;
+pub mod schedule;
 pub mod session;
 pub mod sim;
 pub mod swim;

@@ -9,7 +9,10 @@
 //! beyond it are dropped (SWIM tolerates loss; the caller counts them),
 //! timers wait for room (every timer must be delivered). While the node
 //! has no active member the driver calls [`SwimIo::alone`] every
-//! [`REJOIN_EVERY`], for the IO to announce this node to its seeds again.
+//! [`REJOIN_EVERY`], for the IO to announce this node to its seeds again;
+//! and every [`RECONNECT_EVERY`] it may announce the node to one member it
+//! holds as down ([`Reconnect`]), which is how the views merge again after
+//! a partition heals.
 //! The loop ends after [`SwimHandle::leave`] (goodbyes handed to the IO
 //! first) or [`SwimHandle::stop`] (none, as a crash); both go on a control
 //! channel read before the inputs, so a full queue does not delay them.
@@ -23,6 +26,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::membership::{Identity, Membership, MembershipError, Output, State, Timer};
+use crate::reconnect::{RECONNECT_EVERY, Reconnect};
 
 /// Inputs queued for the driver beyond this are dropped (packets) or wait
 /// (timers).
@@ -47,11 +51,15 @@ pub trait SwimIo: Send + 'static {
     /// Called every [`REJOIN_EVERY`] while no member is active: the IO may
     /// announce this node to its seeds ([`SwimHandle::announce`]).
     fn alone(&mut self) {}
+
+    /// The driver announces this node to `to`, a member it holds as down
+    /// (one of `candidates` remembered addresses).
+    fn reconnecting(&mut self, _to: SocketAddr, _candidates: usize) {}
 }
 
 enum Input {
     Data(Bytes),
-    Timer(Timer<Identity>),
+    Timer(Timer),
     Announce(SocketAddr),
 }
 
@@ -131,6 +139,11 @@ pub async fn run<I: SwimIo>(mut core: Membership, queue: SwimQueue, mut io: I) {
     } = queue;
     let mut rejoin = tokio::time::interval(REJOIN_EVERY);
     rejoin.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let start = tokio::time::Instant::now();
+    let mut reconnect = Reconnect::new(core.identity().addr);
+    let mut reconnect_tick = tokio::time::interval_at(start + RECONNECT_EVERY, RECONNECT_EVERY);
+    reconnect_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(rand::random());
     loop {
         let (out, done) = tokio::select! {
             biased;
@@ -153,15 +166,27 @@ pub async fn run<I: SwimIo>(mut core: Membership, queue: SwimQueue, mut io: I) {
                 Some(Input::Announce(a)) => (core.announce(a), None),
             },
             _ = rejoin.tick() => {
-                if core.active().is_empty() {
+                if core.active_count() == 0 {
                     io.alone();
                 }
                 continue;
             }
+            _ = reconnect_tick.tick() => {
+                let now = start.elapsed().as_millis() as u64;
+                match reconnect.pick(now, core.active_count(), &mut rng) {
+                    Some(to) => {
+                        io.reconnecting(to, reconnect.len());
+                        (core.announce(to), None)
+                    }
+                    None => continue,
+                }
+            }
         };
+        let now = start.elapsed().as_millis() as u64;
         // Events first: a member down or restarted drops its connection
         // before this step's packets (a reply to the new incarnation) go.
         let (mut events, mut sends) = (Vec::new(), Vec::new());
+        let mut returned = false;
         for o in out {
             match o {
                 Output::Send(to, packet) => sends.push((to.addr, packet)),
@@ -172,7 +197,10 @@ pub async fn run<I: SwimIo>(mut core: Membership, queue: SwimQueue, mut io: I) {
                         let _ = tx.send(Input::Timer(timer)).await;
                     });
                 }
-                other => events.push(other),
+                other => {
+                    returned |= reconnect.observe(now, &other);
+                    events.push(other);
+                }
             }
         }
         let me = core.identity().addr;
@@ -180,6 +208,10 @@ pub async fn run<I: SwimIo>(mut core: Membership, queue: SwimQueue, mut io: I) {
         io.step(members.collect(), events);
         for (to, packet) in sends {
             io.send(to, packet);
+        }
+        if returned && let Some(to) = reconnect.pick_early(now, core.active_count(), &mut rng) {
+            io.reconnecting(to, reconnect.len());
+            let _ = tx.try_send(Input::Announce(to));
         }
         if let Some(done) = done {
             // Give the goodbyes' sends a turn before acknowledging.

@@ -22,7 +22,9 @@ use crate::sync::SyncState;
 /// The protocol this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
 
-/// How many times a broadcast is forwarded at most.
+/// The largest hop count a broadcast carries; one carrying it is not
+/// forwarded (a small cluster's direct sends). Forwarded broadcasts count
+/// up to one below and stay there (see [`crate::broadcast`]).
 pub const MAX_HOPS: u8 = 6;
 
 /// Largest frame accepted (a broadcast carries ~8 KiB chunks; a sync answer

@@ -122,6 +122,30 @@ fn views_merge_after_a_partition_heals() {
     println!("partition healed: full view again after {took} ms (simulated)");
 }
 
+/// A long partition: each side holds the other down, so no probe or
+/// gossip crosses when it heals; only the drivers' reconnects (announces
+/// to the addresses of members held as down) bring the views together.
+#[test]
+fn views_merge_after_a_long_partition_through_reconnects() {
+    let mut sim = formed(40, 12, 0.01, (1, 20));
+    sim.cut = (0..12).collect();
+    sim.run_until(sim.now + 600_000);
+    assert!(
+        (12..40).all(|i| sim.state_of(i, 0) == Some(State::Down)),
+        "the majority holds the minority down"
+    );
+    let before = sim.traffic.reconnects;
+    sim.cut.clear();
+    let took = sim
+        .run_while_not(180_000, 1_000, |s| s.everyone_sees_everyone())
+        .expect("views merge after a long partition heals");
+    assert!(sim.traffic.reconnects > before);
+    println!(
+        "10-minute partition healed: full view again after {took} ms (simulated), {} reconnect announces",
+        sim.traffic.reconnects - before
+    );
+}
+
 /// False downs are counted, once per member and incarnation: with every
 /// packet lost for a while, running members are declared down.
 #[test]

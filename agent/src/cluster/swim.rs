@@ -94,6 +94,12 @@ impl SwimIo for AgentIo {
         tracing::debug!(error = %error, "dropping a SWIM packet");
     }
 
+    fn reconnecting(&mut self, to: SocketAddr, candidates: usize) {
+        tracing::debug!(peer = %to, candidates, "announcing to a member held as down");
+        metrics::counter!("corro_swim_reconnects_total").increment(1);
+        metrics::gauge!("corro_swim_reconnect_candidates").set(candidates as f64);
+    }
+
     fn alone(&mut self) {
         // Resolving may take a while: off the driver's loop, one at a time.
         if self.resolving.swap(true, Ordering::AcqRel) {

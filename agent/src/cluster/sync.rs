@@ -29,14 +29,7 @@ pub(super) const CATCH_UP_ROUND: usize = 1_000;
 /// Changesets per `SyncChanges` frame.
 pub(super) const FRAME_CHANGESETS: usize = 64;
 
-/// Sync interval while rounds find things to repair (jittered ±50%).
-pub(super) const SYNC_BASE: Duration = Duration::from_secs(1);
-
-/// Peers each sync round exchanges bookkeeping with.
-pub(super) const SYNC_PEERS: usize = 3;
-
-/// Longest sync interval after idle rounds.
-pub(super) const SYNC_MAX: Duration = Duration::from_secs(4);
+use corro_replication::schedule::{SYNC_BASE, SYNC_PEERS, jittered, next_interval};
 
 /// Changes read from the store per step while serving a sync round: a step
 /// ends after the version that reaches it (one big version is one step;
@@ -372,11 +365,7 @@ pub(super) async fn run_rounds(
                 }
             }
             // Back off while rounds find nothing to repair.
-            interval = if moved == 0 {
-                (interval * 2).min(SYNC_MAX)
-            } else {
-                SYNC_BASE
-            };
+            interval = next_interval(interval, moved);
         }
         metrics::gauge!("corro_sync_interval_seconds").set(interval.as_secs_f64());
         let streak = moved >= CATCH_UP_ROUND;
@@ -389,7 +378,7 @@ pub(super) async fn run_rounds(
             // serving and applying it.
             Duration::ZERO
         } else {
-            interval.mul_f64(rand::rng().random_range(0.5..1.5))
+            jittered(interval, rand::rng().random_range(0.5..1.5))
         };
     }
     persist_members(&sync, &mut persisted).await;

@@ -4,6 +4,12 @@
 //! simulated milliseconds and identical on every run of a seed. The tests
 //! and `corro-bench sim` drive it.
 //!
+//! Each member also does what the agents' SWIM driver ([`crate::swim`])
+//! does besides the core: every [`REJOIN_EVERY`], a member with no active
+//! member announces itself to member 0 (its seed), and every
+//! [`RECONNECT_EVERY`] it may announce itself to a member it holds as
+//! down ([`Reconnect`]).
+//!
 //! Cost: each member keeps a view of every other, so memory grows with
 //! the square of the cluster size (about 100 bytes per entry).
 
@@ -16,6 +22,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::membership::{Identity, Membership, Output, State, Timer};
+use crate::reconnect::{RECONNECT_EVERY, Reconnect};
 use crate::swim::REJOIN_EVERY;
 
 enum Event {
@@ -26,7 +33,13 @@ enum Event {
     Timer {
         node: usize,
         epoch: u32,
-        timer: Timer<Identity>,
+        timer: Timer,
+    },
+    /// The host's periodic work (rejoin while alone, reconnect).
+    Host {
+        node: usize,
+        epoch: u32,
+        tick: u64,
     },
 }
 
@@ -40,6 +53,8 @@ pub struct SimNode {
     pub paused_until: u64,
     /// The start stamp this process began with.
     pub started: u64,
+    /// Down members' addresses it may announce itself to.
+    pub reconnect: Reconnect,
 }
 
 /// Counters over a run.
@@ -54,6 +69,8 @@ pub struct Traffic {
     pub false_downs: u64,
     /// Packets a core refused (between simulated members: a finding).
     pub refused: u64,
+    /// Announces to members held as down ([`Reconnect`]).
+    pub reconnects: u64,
 }
 
 /// The simulated cluster.
@@ -110,9 +127,10 @@ impl SwimSim {
                 up: true,
                 paused_until: 0,
                 started: 1,
+                reconnect: Reconnect::new(addr(i)),
             })
             .collect();
-        SwimSim {
+        let mut sim = SwimSim {
             now: 0,
             seq: 0,
             queue: BinaryHeap::new(),
@@ -125,7 +143,53 @@ impl SwimSim {
             cut: HashSet::new(),
             traffic: Traffic::default(),
             falsely_downed: HashSet::new(),
+        };
+        for i in 0..n {
+            sim.start_host(i);
         }
+        sim
+    }
+
+    /// Schedules member `i`'s first host tick, at a random offset.
+    fn start_host(&mut self, i: usize) {
+        let every = REJOIN_EVERY.as_millis() as u64;
+        let at = self.now + self.rng.random_range(1..=every);
+        let epoch = self.nodes[i].epoch;
+        self.push(
+            at,
+            Event::Host {
+                node: i,
+                epoch,
+                tick: 1,
+            },
+        );
+    }
+
+    /// Member `i`'s host tick: rejoin through member 0 while alone; every
+    /// [`RECONNECT_EVERY`], maybe announce to a member held as down.
+    fn host_tick(&mut self, i: usize, tick: u64) {
+        if i != 0 && self.nodes[i].core.active_count() == 0 {
+            self.announce(i, 0);
+        }
+        let every = (RECONNECT_EVERY.as_millis() / REJOIN_EVERY.as_millis()).max(1) as u64;
+        if tick.is_multiple_of(every) {
+            let (now, active) = (self.now, self.nodes[i].core.active_count());
+            let picked = self.nodes[i].reconnect.pick(now, active, &mut self.rng);
+            if let Some(to) = picked {
+                self.traffic.reconnects += 1;
+                let out = self.nodes[i].core.announce(to);
+                self.outputs(i, out);
+            }
+        }
+        let epoch = self.nodes[i].epoch;
+        self.push(
+            self.now + REJOIN_EVERY.as_millis() as u64,
+            Event::Host {
+                node: i,
+                epoch,
+                tick: tick + 1,
+            },
+        );
     }
 
     fn push(&mut self, at: u64, e: Event) {
@@ -135,6 +199,7 @@ impl SwimSim {
     }
 
     fn outputs(&mut self, from: usize, out: Vec<Output>) {
+        let mut returned = false;
         for o in out {
             match o {
                 Output::Send(to, data) => {
@@ -164,6 +229,9 @@ impl SwimSim {
                     );
                 }
                 Output::Down(id) => {
+                    returned |= self.nodes[from]
+                        .reconnect
+                        .observe(self.now, &Output::Down(id));
                     let Some(&i) = self.by_addr.get(&id.addr) else {
                         continue;
                     };
@@ -176,7 +244,21 @@ impl SwimSim {
                         self.traffic.false_downs += 1;
                     }
                 }
+                other @ (Output::Up(_) | Output::Renamed { .. }) => {
+                    returned |= self.nodes[from].reconnect.observe(self.now, &other);
+                }
                 _ => {}
+            }
+        }
+        if returned && self.nodes[from].up {
+            let (now, active) = (self.now, self.nodes[from].core.active_count());
+            let picked = self.nodes[from]
+                .reconnect
+                .pick_early(now, active, &mut self.rng);
+            if let Some(to) = picked {
+                self.traffic.reconnects += 1;
+                let out = self.nodes[from].core.announce(to);
+                self.outputs(from, out);
             }
         }
     }
@@ -203,7 +285,9 @@ impl SwimSim {
             up: true,
             paused_until: 0,
             started: ts,
+            reconnect: Reconnect::new(addr(i)),
         };
+        self.start_host(i);
         self.announce(i, seed);
     }
 
@@ -252,6 +336,18 @@ impl SwimSim {
                         self.outputs(node, out);
                     }
                 }
+                Event::Host { node, epoch, tick } => {
+                    let n = &self.nodes[node];
+                    if !n.up || n.epoch != epoch {
+                        continue;
+                    }
+                    if n.paused_until > self.now {
+                        let at = n.paused_until;
+                        self.push(at, Event::Host { node, epoch, tick });
+                        continue;
+                    }
+                    self.host_tick(node, tick);
+                }
             }
         }
         self.now = until;
@@ -292,7 +388,7 @@ impl SwimSim {
         self.nodes
             .iter()
             .filter(|x| x.up)
-            .all(|x| x.core.active().len() >= up - 1)
+            .all(|x| x.core.active_count() >= up - 1)
     }
 
     /// Every running member other than `target` sees it as `want`
@@ -306,9 +402,9 @@ impl SwimSim {
             })
     }
 
-    /// A cluster of `n` formed by everyone announcing to member 0, retried
-    /// every [`REJOIN_EVERY`] while alone (as the agents do); with the time
-    /// it took.
+    /// A cluster of `n` formed by everyone announcing to member 0 (retried
+    /// by the host ticks while alone, as the agents do); with the time it
+    /// took.
     pub fn formed(
         n: usize,
         seed: u64,
@@ -324,23 +420,9 @@ impl SwimSim {
         Some((sim, took))
     }
 
-    /// Runs until `cond` holds, for at most `limit` ms, while every running
-    /// member with no active member announces itself to member 0 again
-    /// every [`REJOIN_EVERY`] (as the agents do to their seeds); the time
-    /// it took.
+    /// Runs until `cond` holds, checked every [`REJOIN_EVERY`], for at
+    /// most `limit` ms; the time it took.
     pub fn rejoin_until(&mut self, limit: u64, cond: impl Fn(&SwimSim) -> bool) -> Option<u64> {
-        let start = self.now;
-        while !cond(self) {
-            if self.now - start >= limit {
-                return None;
-            }
-            for i in 1..self.nodes.len() {
-                if self.nodes[i].up && self.nodes[i].core.active().is_empty() {
-                    self.announce(i, 0);
-                }
-            }
-            self.run_until(self.now + REJOIN_EVERY.as_millis() as u64);
-        }
-        Some(self.now - start)
+        self.run_while_not(limit, REJOIN_EVERY.as_millis() as u64, cond)
     }
 }
