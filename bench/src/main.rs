@@ -9,6 +9,7 @@ mod checks;
 mod cluster;
 mod consul;
 mod dns;
+mod fleet;
 mod hostile;
 mod http;
 mod kv;
@@ -85,9 +86,13 @@ enum Cmd {
     /// The web UI at fleet size in a headless browser: time to interactive
     /// and change-to-repaint (needs chromium and chromium-driver).
     Ui(ui::UiArgs),
-    /// SWIM at fleet size in virtual time (the agents' own core):
-    /// formation, traffic, crash detection, false downs, partitions.
+    /// The cluster protocol at fleet size in virtual time (the agents' own
+    /// code): membership (formation, traffic, crash detection, false
+    /// downs, partitions) and the spread of writes (reach, bytes, sync).
     Sim(sim::SimArgs),
+    /// What a fleet's catalog costs one agent: memory, disk, CPU at rest,
+    /// read times, catch-up of a new agent.
+    Fleet(fleet::FleetArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -107,5 +112,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Templates { cmd } => templates::run(cmd),
         Cmd::Ui(args) => ui::run(args),
         Cmd::Sim(args) => sim::run(args),
+        Cmd::Fleet(args) => fleet::run(args),
     }
 }

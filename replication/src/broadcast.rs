@@ -20,13 +20,23 @@
 //! forwarded: 30 % of 1,000 members did not forward, and about one member
 //! in two thousand per write waited for sync (seconds) instead of the
 //! broadcast (milliseconds). Counts stay within what older builds accept
-//! and mean the same to them.
+//! (to them a 5 is one more hop, then they stop).
+//!
+//! Since hops no longer stop a broadcast, "new" must be exact, and the
+//! store's answer is not always (a cleared range, a piece of a version
+//! still incomplete, a version waiting for its table all apply as "new"
+//! every time they arrive). [`Forwarded`] remembers the pieces this node
+//! forwarded lately, and a piece is forwarded once per node whatever the
+//! store said: the cost bound holds for any input, a hostile peer's too.
 //!
 //! The caller passes the current active members and an rng; nothing here
 //! keeps state, so the simulation and the agent make the same choices.
 //! [`Pending`] is the whole decision as one value: a broadcast to send (a
 //! local commit, or a received one worth forwarding: [`Pending::received`]),
 //! whose targets are drawn from the members at send time.
+
+use std::collections::{HashSet, VecDeque};
+use std::hash::{Hash, Hasher};
 
 use corro_store::Changeset;
 use rand::Rng;
@@ -76,6 +86,66 @@ impl<P: Copy + PartialEq> Pending<P> {
             ),
         }
     }
+}
+
+/// Pieces remembered by [`Forwarded`] (about 16 bytes each).
+pub const FORWARDED_MAX: usize = 65_536;
+
+/// The pieces (actor, version and seq range, or cleared range) this node
+/// has forwarded lately, the oldest forgotten past [`FORWARDED_MAX`]: at
+/// 100 writes a second, ten minutes of them.
+#[derive(Debug, Default)]
+pub struct Forwarded {
+    seen: HashSet<u64>,
+    order: VecDeque<u64>,
+}
+
+impl Forwarded {
+    /// True when some piece of `sets` was not forwarded before (the
+    /// broadcast may go on); every piece is remembered.
+    pub fn first(&mut self, sets: &[Changeset]) -> bool {
+        let mut any = false;
+        for set in sets {
+            let k = piece_key(set);
+            if self.seen.insert(k) {
+                any = true;
+                self.order.push_back(k);
+                if self.order.len() > FORWARDED_MAX
+                    && let Some(old) = self.order.pop_front()
+                {
+                    self.seen.remove(&old);
+                }
+            }
+        }
+        any
+    }
+
+    /// Pieces remembered now.
+    pub fn len(&self) -> usize {
+        self.order.len()
+    }
+
+    /// True when nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.order.is_empty()
+    }
+}
+
+/// A piece's identity (a collision only stops one forward; sync repairs).
+fn piece_key(set: &Changeset) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    match set {
+        Changeset::Version {
+            actor,
+            version,
+            seqs,
+            ..
+        } => (0u8, actor.0, *version, *seqs.start(), *seqs.end()).hash(&mut h),
+        Changeset::Cleared { actor, versions } => {
+            (1u8, actor.0, *versions.start(), *versions.end()).hash(&mut h)
+        }
+    }
+    h.finish()
 }
 
 /// Up to this many other members, the origin sends to all of them directly.
@@ -170,6 +240,43 @@ mod tests {
         let (to, hops) = Pending::<u32>::local(vec![]).targets(&members[..10], &mut rng);
         assert_eq!((to.len(), hops), (10, MAX_HOPS));
         assert_eq!(Pending::received(1u32, hops, vec![], true), None);
+    }
+
+    #[test]
+    fn a_piece_is_forwarded_once_whatever_the_store_says() {
+        use corro_store::ActorId;
+        let cleared = Changeset::Cleared {
+            actor: ActorId([1; 16]),
+            versions: 3..=9,
+        };
+        let piece = |start, end| Changeset::Version {
+            actor: ActorId([2; 16]),
+            version: 7,
+            seqs: start..=end,
+            last_seq: 20,
+            ts: 0,
+            changes: vec![],
+        };
+        let mut f = Forwarded::default();
+        assert!(f.first(std::slice::from_ref(&cleared)));
+        assert!(
+            !f.first(std::slice::from_ref(&cleared)),
+            "a repeat is not forwarded"
+        );
+        assert!(f.first(&[piece(0, 9)]));
+        assert!(!f.first(&[piece(0, 9)]));
+        // Another piece of the same version is its own.
+        assert!(f.first(&[piece(10, 20), piece(0, 9)]));
+        assert_eq!(f.len(), 3);
+        // Bounded: the oldest are forgotten.
+        for v in 0..FORWARDED_MAX as u64 {
+            f.first(&[Changeset::Cleared {
+                actor: ActorId([3; 16]),
+                versions: v + 1..=v + 1,
+            }]);
+        }
+        assert_eq!(f.len(), FORWARDED_MAX);
+        assert!(f.first(std::slice::from_ref(&cleared)), "forgotten by now");
     }
 
     #[test]

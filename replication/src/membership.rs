@@ -162,8 +162,9 @@ pub struct Membership {
 /// down members for 24 hours. Talking to down members (so the sides of a
 /// healed partition merge) is the driver's
 /// [`crate::reconnect::Reconnect`], not foca's periodic announce to down
-/// members: that one costs every node a packet to every dead address every
-/// few seconds, whatever the cluster size.
+/// members: that one sends every node's announce to 2 random down members
+/// every 10 s, whatever the cluster size and for as long as they are
+/// remembered, with no back-off.
 ///
 /// Down members are remembered long because a forgotten one can come
 /// back: a member still holding it as alive (at the far side of a
@@ -223,20 +224,27 @@ impl Membership {
         self.drain()
     }
 
-    /// Handles a received packet.
-    pub fn handle_data(&mut self, data: &[u8]) -> Result<Vec<Output>, MembershipError> {
+    /// Handles a received packet. The outputs are to be carried out even
+    /// when there is an error too: foca may have applied part of the packet
+    /// (and scheduled timers) before it failed.
+    pub fn handle_data(&mut self, data: &[u8]) -> (Vec<Output>, Result<(), MembershipError>) {
         let result = self.foca.handle_data(data, &mut self.runtime);
         let out = self.drain();
-        match result {
-            Ok(()) => Ok(out),
+        let result = match result {
+            Ok(()) => Ok(()),
             // Our own echo (e.g. an announce that looped back) is harmless.
-            Err(foca::Error::DataFromOurselves) => Ok(out),
+            Err(foca::Error::DataFromOurselves) => Ok(()),
             Err(e) => Err(MembershipError::Packet(e)),
-        }
+        };
+        (out, result)
     }
 
-    /// Handles a timer scheduled by an earlier [`Output::Schedule`].
-    pub fn handle_timer(&mut self, timer: Timer) -> Result<Vec<Output>, MembershipError> {
+    /// Handles a timer scheduled by an earlier [`Output::Schedule`]. As
+    /// with [`Membership::handle_data`], the outputs are to be carried out
+    /// even with an error: foca reports an incomplete probe cycle (after a
+    /// stall) only after it scheduled the next probe, and dropping that
+    /// timer would stop this node probing for good.
+    pub fn handle_timer(&mut self, timer: Timer) -> (Vec<Output>, Result<(), MembershipError>) {
         let result = match timer {
             Timer::Swim(t) => self.foca.handle_timer(t, &mut self.runtime),
             Timer::Suspicion => {
@@ -245,7 +253,7 @@ impl Membership {
             }
         };
         let out = self.drain();
-        result.map(|()| out).map_err(MembershipError::Timer)
+        (out, result.map_err(MembershipError::Timer))
     }
 
     /// foca runs the suspect-to-down timer only on the member whose probe
@@ -259,10 +267,12 @@ impl Membership {
     /// discovery. As in the SWIM paper, every member therefore times
     /// suspicion out on its own too: a member held as suspect at the same
     /// incarnation for [`SUSPECT_CHECK_SWEEPS`] sweeps is asked directly
-    /// (twice), and one still suspect at [`SUSPECT_DOWN_SWEEPS`] is declared
-    /// down here and the verdict gossiped. Declaring down without asking
-    /// first turned missed refutations into false downs (2 in 300 s at
-    /// 1,000 members and 5 % loss, against none without the sweep).
+    /// (twice: an announce, whose answer carries the member's incarnation,
+    /// so a refutation we missed clears the suspicion), and one still
+    /// suspect at [`SUSPECT_DOWN_SWEEPS`] is declared down in this view
+    /// only. A gossiped verdict without asking first turned missed
+    /// refutations into false downs for everyone (2 in 300 s at 1,000
+    /// members and 5 % loss, against none without the sweep).
     fn sweep_suspects(&mut self) -> Result<(), foca::Error> {
         let mut now = HashMap::new();
         let (mut ask, mut expired) = (Vec::new(), Vec::new());
@@ -285,13 +295,19 @@ impl Membership {
         }
         self.suspects = now;
         for id in ask {
-            self.foca.announce(id, &mut self.runtime)?;
+            // Best effort: one failed send must not skip the rest.
+            let _ = self.foca.announce(id, &mut self.runtime);
         }
         if expired.is_empty() {
             return Ok(());
         }
+        // Here only, not gossiped: every member runs its own sweep, and a
+        // member with poor connectivity must not declare others down for
+        // the whole cluster. A member declared down here that is in fact
+        // alive learns it from this node's answer to its next packet and
+        // rejoins under a renewed identity.
         self.foca
-            .apply_many(expired.into_iter(), true, &mut self.runtime)
+            .apply_many(expired.into_iter(), false, &mut self.runtime)
     }
 
     /// Tells the cluster this node is leaving (on shutdown).
@@ -397,8 +413,9 @@ mod tests {
     }
 
     fn sweep(m: &mut Membership) -> Vec<Output> {
-        m.handle_timer(Timer::Suspicion)
-            .unwrap_or_else(|e| panic!("{e}"))
+        let (out, result) = m.handle_timer(Timer::Suspicion);
+        result.unwrap_or_else(|e| panic!("{e}"));
+        out
     }
 
     fn asked(out: &[Output], x: Identity) -> bool {

@@ -6,8 +6,11 @@
 //! member bookkeeping), so a fix to the loop reaches both.
 //!
 //! Inputs go through a bounded queue ([`SWIM_QUEUE`]): received packets
-//! beyond it are dropped (SWIM tolerates loss; the caller counts them),
-//! timers wait for room (every timer must be delivered). While the node
+//! beyond it are dropped (SWIM tolerates loss; the caller counts them).
+//! Timers live in the driver's own delay queue, read before the inputs (a
+//! flood of packets does not delay probes), and vanish with the driver
+//! (foca keeps down members for a day, each with a removal timer: no task
+//! per timer). While the node
 //! has no active member the driver calls [`SwimIo::alone`] every
 //! [`REJOIN_EVERY`], for the IO to announce this node to its seeds again;
 //! and every [`RECONNECT_EVERY`] it may announce the node to one member it
@@ -16,8 +19,9 @@
 //! The loop ends after [`SwimHandle::leave`] (goodbyes handed to the IO
 //! first) or [`SwimHandle::stop`] (none, as a crash); both go on a control
 //! channel read before the inputs, so a full queue does not delay them.
-//! Timer tasks hold a sender, so the driver does not end by itself when
-//! its handles are dropped: the host leaves or stops it.
+//! The driver holds a sender of its own queue (for early reconnects), so
+//! it does not end by itself when its handles are dropped: the host leaves
+//! or stops it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -52,14 +56,14 @@ pub trait SwimIo: Send + 'static {
     /// announce this node to its seeds ([`SwimHandle::announce`]).
     fn alone(&mut self) {}
 
-    /// The driver announces this node to `to`, a member it holds as down
-    /// (one of `candidates` remembered addresses).
-    fn reconnecting(&mut self, _to: SocketAddr, _candidates: usize) {}
+    /// Every [`RECONNECT_EVERY`], and after an early try: the address of
+    /// a member held as down that this node is announcing itself to, if
+    /// any, and how many such addresses it remembers.
+    fn reconnect_tick(&mut self, _announced: Option<SocketAddr>, _candidates: usize) {}
 }
 
 enum Input {
     Data(Bytes),
-    Timer(Timer),
     Announce(SocketAddr),
 }
 
@@ -144,6 +148,7 @@ pub async fn run<I: SwimIo>(mut core: Membership, queue: SwimQueue, mut io: I) {
     let mut reconnect_tick = tokio::time::interval_at(start + RECONNECT_EVERY, RECONNECT_EVERY);
     reconnect_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(rand::random());
+    let mut timers: tokio_util::time::DelayQueue<Timer> = tokio_util::time::DelayQueue::new();
     loop {
         let (out, done) = tokio::select! {
             biased;
@@ -151,18 +156,22 @@ pub async fn run<I: SwimIo>(mut core: Membership, queue: SwimQueue, mut io: I) {
                 None | Some(Control::Stop) => break,
                 Some(Control::Leave(done)) => (core.leave(), Some(done)),
             },
+            // A timer's error (an incomplete probe cycle after a stall)
+            // comes with outputs to carry out: the next probe.
+            Some(t) = std::future::poll_fn(|cx| timers.poll_expired(cx)), if !timers.is_empty() => {
+                (core.handle_timer(t.into_inner()).0, None)
+            }
             input = rx.recv() => match input {
                 None => break,
-                Some(Input::Data(d)) => match core.handle_data(&d) {
-                    Ok(out) => (out, None),
-                    Err(e) => {
+                Some(Input::Data(d)) => {
+                    // What the core did before an error still counts.
+                    let (out, result) = core.handle_data(&d);
+                    if let Err(e) = result {
                         io.refused(e);
-                        continue;
                     }
-                },
-                // Stale timers (from before an identity change) are
-                // refused by the core; nothing to do.
-                Some(Input::Timer(t)) => (core.handle_timer(t).unwrap_or_default(), None),
+                    (out, None)
+                }
+
                 Some(Input::Announce(a)) => (core.announce(a), None),
             },
             _ = rejoin.tick() => {
@@ -173,11 +182,10 @@ pub async fn run<I: SwimIo>(mut core: Membership, queue: SwimQueue, mut io: I) {
             }
             _ = reconnect_tick.tick() => {
                 let now = start.elapsed().as_millis() as u64;
-                match reconnect.pick(now, core.active_count(), &mut rng) {
-                    Some(to) => {
-                        io.reconnecting(to, reconnect.len());
-                        (core.announce(to), None)
-                    }
+                let picked = reconnect.pick(now, core.active_count(), &mut rng);
+                io.reconnect_tick(picked, reconnect.len());
+                match picked {
+                    Some(to) => (core.announce(to), None),
                     None => continue,
                 }
             }
@@ -191,11 +199,7 @@ pub async fn run<I: SwimIo>(mut core: Membership, queue: SwimQueue, mut io: I) {
             match o {
                 Output::Send(to, packet) => sends.push((to.addr, packet)),
                 Output::Schedule(after, timer) => {
-                    let tx = tx.clone();
-                    tokio::spawn(async move {
-                        tokio::time::sleep(after).await;
-                        let _ = tx.send(Input::Timer(timer)).await;
-                    });
+                    timers.insert(timer, after);
                 }
                 other => {
                     returned |= reconnect.observe(now, &other);
@@ -209,9 +213,11 @@ pub async fn run<I: SwimIo>(mut core: Membership, queue: SwimQueue, mut io: I) {
         for (to, packet) in sends {
             io.send(to, packet);
         }
-        if returned && let Some(to) = reconnect.pick_early(now, core.active_count(), &mut rng) {
-            io.reconnecting(to, reconnect.len());
-            let _ = tx.try_send(Input::Announce(to));
+        if returned
+            && let Some(to) = reconnect.pick_early(now, core.active_count(), &mut rng)
+            && tx.try_send(Input::Announce(to)).is_ok()
+        {
+            io.reconnect_tick(Some(to), reconnect.len());
         }
         if let Some(done) = done {
             // Give the goodbyes' sends a turn before acknowledging.

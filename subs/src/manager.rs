@@ -875,7 +875,11 @@ async fn dispatch(inner: Arc<Inner>, shutdown: CancellationToken) {
             // Skips are counted for the whole round before any refresh
             // delivers, so a listener that sees this round's event also
             // sees its skips counted.
-            let skipped = affected.iter().filter(|a| !**a).count() as u64;
+            let skipped = work
+                .iter()
+                .zip(&affected)
+                .filter(|((sub, _), a)| !**a && !sub.closed.load(Ordering::Relaxed))
+                .count() as u64;
             i.skipped.fetch_add(skipped, Ordering::Relaxed);
             metrics::counter!("corro_subs_skipped_total").increment(skipped);
             for ((sub, changed), affected) in work.into_iter().zip(affected) {

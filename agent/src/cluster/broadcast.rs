@@ -37,6 +37,9 @@ pub(super) async fn receive_changes(
         match env.message {
             Message::Changes { sets, hops } => {
                 let fresh = apply(inner, sets.clone(), "broadcast").await?;
+                // Forwarded once per piece, whatever the store said (see
+                // `corro_replication::broadcast`).
+                let fresh = fresh && inner.forwarded.lock().first(&sets);
                 if let Some(forward) = Pending::received(env.addr, hops, sets, fresh)
                     && inner.outgoing.try_send(forward).is_err()
                 {

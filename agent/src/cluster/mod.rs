@@ -83,6 +83,8 @@ struct Inner {
     /// Peers a pull is under way from outside the periodic rounds (one at
     /// a time per peer).
     pulling: parking_lot::Mutex<std::collections::HashSet<SocketAddr>>,
+    /// Broadcast pieces forwarded lately (each is forwarded once).
+    forwarded: parking_lot::Mutex<corro_replication::broadcast::Forwarded>,
     /// The periodic rounds are running back to back (catching up a long
     /// history): extra pulls would fetch the same versions twice.
     catching_up: std::sync::atomic::AtomicBool,
@@ -216,6 +218,7 @@ impl Cluster {
             writes_open: watch::channel(!fenced).0,
             caught_up: watch::channel(peers_empty).0,
             pulling: Default::default(),
+            forwarded: Default::default(),
             catching_up: Default::default(),
             sends: tokio_util::task::TaskTracker::new(),
             last_sync: Default::default(),

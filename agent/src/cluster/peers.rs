@@ -125,8 +125,12 @@ impl Peers {
     }
 
     /// Whether membership knows `addr` in any state (down included).
-    pub(crate) fn knows(&self, addr: SocketAddr) -> bool {
-        self.members.lock().contains_key(&addr)
+    /// True when membership holds a member at `addr` as alive or suspect.
+    pub(crate) fn knows_active(&self, addr: SocketAddr) -> bool {
+        self.members
+            .lock()
+            .get(&addr)
+            .is_some_and(|(_, s)| *s != State::Down)
     }
 
     pub(crate) fn active_addrs(&self) -> Vec<SocketAddr> {

@@ -94,10 +94,12 @@ impl SwimIo for AgentIo {
         tracing::debug!(error = %error, "dropping a SWIM packet");
     }
 
-    fn reconnecting(&mut self, to: SocketAddr, candidates: usize) {
-        tracing::debug!(peer = %to, candidates, "announcing to a member held as down");
-        metrics::counter!("corro_swim_reconnects_total").increment(1);
+    fn reconnect_tick(&mut self, announced: Option<SocketAddr>, candidates: usize) {
         metrics::gauge!("corro_swim_reconnect_candidates").set(candidates as f64);
+        if let Some(to) = announced {
+            tracing::debug!(peer = %to, candidates, "announcing to a member held as down");
+            metrics::counter!("corro_swim_reconnects_total").increment(1);
+        }
     }
 
     fn alone(&mut self) {

@@ -230,13 +230,13 @@ pub(super) async fn respond_sync(
     if let (Message::SyncState(theirs), Some(from)) = (&first, stream.from)
         && theirs.validate().is_ok()
     {
-        // A peer syncing with us that membership has not told us of yet:
-        // ask it to join, so the next broadcast reaches it (a cluster
-        // bootstrapped as a chain otherwise learns of its far ends a second
-        // or two late). (Only an address membership has never seen: a
-        // restarted member at a known address rejoins through SWIM's own
-        // announce and renaming.)
-        if !inner.peers.knows(from) && from != inner.advertised {
+        // A peer syncing with us that membership has not told us of yet,
+        // or holds as down (it can reach us: a healed partition): ask it
+        // to join, so the next broadcast reaches it (a cluster bootstrapped
+        // as a chain otherwise learns of its far ends a second or two
+        // late). (Not for an active member: a restarted member at a known
+        // address rejoins through SWIM's own announce and renaming.)
+        if !inner.peers.knows_active(from) && from != inner.advertised {
             inner.swim.announce(from);
         }
         // The peer holds versions we lack: pull them now rather than at a

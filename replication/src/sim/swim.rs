@@ -244,7 +244,7 @@ impl SwimSim {
                         self.traffic.false_downs += 1;
                     }
                 }
-                other @ (Output::Up(_) | Output::Renamed { .. }) => {
+                other @ Output::Up(_) => {
                     returned |= self.nodes[from].reconnect.observe(self.now, &other);
                 }
                 _ => {}
@@ -315,10 +315,11 @@ impl SwimSim {
                     }
                     // Packets between simulated members are valid; a
                     // refused one is a finding of its own (counted).
-                    match self.nodes[to].core.handle_data(&data) {
-                        Ok(out) => self.outputs(to, out),
-                        Err(_) => self.traffic.refused += 1,
+                    let (out, result) = self.nodes[to].core.handle_data(&data);
+                    if result.is_err() {
+                        self.traffic.refused += 1;
                     }
+                    self.outputs(to, out);
                 }
                 Event::Timer { node, epoch, timer } => {
                     let n = &self.nodes[node];
@@ -331,10 +332,11 @@ impl SwimSim {
                         self.push(at, Event::Timer { node, epoch, timer });
                         continue;
                     }
-                    // Stale timers (old tokens) are refused by foca; harmless.
-                    if let Ok(out) = self.nodes[node].core.handle_timer(timer) {
-                        self.outputs(node, out);
-                    }
+                    // Stale timers (old tokens) are ignored by foca; an
+                    // error (an incomplete probe cycle) still comes with
+                    // outputs to carry out.
+                    let (out, _) = self.nodes[node].core.handle_timer(timer);
+                    self.outputs(node, out);
                 }
                 Event::Host { node, epoch, tick } => {
                     let n = &self.nodes[node];
