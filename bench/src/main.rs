@@ -6,6 +6,7 @@
 #![allow(clippy::print_stdout)]
 
 mod checks;
+mod churn;
 mod cluster;
 mod consul;
 mod dns;
@@ -93,6 +94,9 @@ enum Cmd {
     /// What a fleet's catalog costs one agent: memory, disk, CPU at rest,
     /// read times, catch-up of a new agent.
     Fleet(fleet::FleetArgs),
+    /// Real agents under churn: SIGKILL and restart while writes go on;
+    /// convergence, lost writes, false downs, stale DNS answers.
+    Churn(churn::ChurnArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -113,5 +117,6 @@ fn main() -> anyhow::Result<()> {
         Cmd::Ui(args) => ui::run(args),
         Cmd::Sim(args) => sim::run(args),
         Cmd::Fleet(args) => fleet::run(args),
+        Cmd::Churn(args) => churn::run(args),
     }
 }

@@ -13,6 +13,7 @@
 )]
 
 pub mod browser;
+pub mod churn;
 pub mod consul;
 
 use std::io::{BufRead, BufReader};
@@ -248,6 +249,16 @@ impl Agent {
                 }
             }
         }
+    }
+
+    /// Every log line printed since the last read (without waiting).
+    pub fn drain(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Ok(l) = self.lines.try_recv() {
+            out.push(l);
+        }
+        self.seen.borrow_mut().extend(out.iter().cloned());
+        out
     }
 
     /// A line already read that contains `needle`.
