@@ -1,6 +1,7 @@
 //! Agents under churn, CI-sized (issue 24, item 3; the full-size run is
 //! `corro-bench churn --agents 50`): 8 real agents on loopback, each with
-//! a service and a TTL check registered through the Consul agent API; for
+//! a service and a TTL check registered through the Consul agent API,
+//! gossiping through relays that delay (5 ms) and drop (1 %) packets; for
 //! 30 s one agent is killed with SIGKILL every 5 s (the previous one
 //! restarted on its addresses) while KV writes go to random live agents
 //! and every live agent's DNS is asked for the service. At the end every
@@ -14,6 +15,7 @@
 use std::time::Duration;
 
 use corro_testkit::churn::{ChurnConfig, run};
+use corro_testkit::relay::Impairment;
 
 #[test]
 fn eight_agents_under_churn_converge_lose_no_write_and_flap_no_one() {
@@ -25,6 +27,11 @@ fn eight_agents_under_churn_converge_lose_no_write_and_flap_no_one() {
         share: 0.1,
         write_every: Duration::from_millis(50),
         converge_limit: Duration::from_secs(60),
+        // Gossip through relays: 5 ms each way, 1 % of packets dropped.
+        impairment: Some(Impairment {
+            delay: Duration::from_millis(5),
+            loss: 0.01,
+        }),
     };
     let r = run(dir.path(), &cfg).unwrap();
     println!("{r:#?}");

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::Args;
 use corro_testkit::churn::{ChurnConfig, run as churn};
+use corro_testkit::relay::Impairment;
 
 #[derive(Args)]
 pub(crate) struct ChurnArgs {
@@ -26,6 +27,13 @@ pub(crate) struct ChurnArgs {
     /// Milliseconds between KV writes.
     #[arg(long, default_value_t = 20)]
     write_ms: u64,
+    /// Gossip through relays that delay every packet this many ms (both
+    /// ways) ...
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// ... and drop this share of them.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
 }
 
 pub(crate) fn run(a: ChurnArgs) -> anyhow::Result<()> {
@@ -38,15 +46,21 @@ pub(crate) fn run(a: ChurnArgs) -> anyhow::Result<()> {
         share: a.share,
         write_every: Duration::from_millis(a.write_ms),
         converge_limit: Duration::from_secs(300),
+        impairment: (a.delay_ms > 0 || a.loss > 0.0).then_some(Impairment {
+            delay: Duration::from_millis(a.delay_ms),
+            loss: a.loss,
+        }),
     };
     let r = churn(dir.path(), &cfg).map_err(anyhow::Error::msg)?;
     println!(
-        "churn: {} agents, {:.0} % killed (SIGKILL) and restarted every {} s for {} s, a KV write every {} ms",
+        "churn: {} agents, {:.0} % killed (SIGKILL) and restarted every {} s for {} s, a KV write every {} ms; gossip relays: {} ms delay each way, {:.1} % loss",
         a.agents,
         a.share * 100.0,
         a.every,
         a.secs,
-        a.write_ms
+        a.write_ms,
+        a.delay_ms,
+        a.loss * 100.0
     );
     println!("| measure | result |");
     println!("|---|---|");

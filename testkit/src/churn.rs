@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::relay::{Impairment, Partition, Relay};
 use crate::{Agent, Node};
 
 /// One run.
@@ -37,6 +38,9 @@ pub struct ChurnConfig {
     pub write_every: Duration,
     /// Longest wait for identical tables at the end.
     pub converge_limit: Duration,
+    /// When set, every agent's gossip goes through a relay that delays and
+    /// drops packets both ways (the agents advertise the relay).
+    pub impairment: Option<Impairment>,
 }
 
 /// What a run measured.
@@ -77,11 +81,15 @@ struct Shared {
     dead_since: Vec<Option<Instant>>,
 }
 
-fn node_config(dir: &Path, i: usize, seed: Option<SocketAddr>) -> Node {
-    let n = match seed {
-        Some(s) => Node::with(dir, &format!("bootstrap = [\"{s}\"]"), ""),
-        None => Node::new(dir, ""),
-    };
+fn node_config(dir: &Path, i: usize, seed: Option<SocketAddr>, relay: Option<SocketAddr>) -> Node {
+    let mut gossip = String::new();
+    if let Some(r) = relay {
+        gossip.push_str(&format!("external_addr = \"{r}\"\n"));
+    }
+    if let Some(s) = seed {
+        gossip.push_str(&format!("bootstrap = [\"{s}\"]\n"));
+    }
+    let n = Node::with(dir, &gossip, "");
     n.with_consul_schema();
     n.append_config(&format!(
         "[consul]\nnode_name = \"n{i}\"\n[dns]\naddr = \"127.0.0.1:0\"\n"
@@ -193,10 +201,25 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
     let mut nodes = Vec::new();
     let mut agents: Vec<Option<Agent>> = Vec::new();
     let mut addrs = Vec::new();
+    let relays: Vec<Relay> = cfg
+        .impairment
+        .map(|imp| {
+            (0..n)
+                .map(|_| Relay::impaired(Partition::default(), imp))
+                .collect()
+        })
+        .unwrap_or_default();
+    // Where peers reach agent i: its relay, or its own gossip address.
+    let mut advertised = Vec::new();
     for i in 0..n {
-        let seed = addrs.first().map(|a: &Addrs| a.gossip);
-        let node = node_config(&dir.join(format!("n{i}")), i, seed);
+        let relay = relays.get(i).map(|r| r.addr);
+        let seed = advertised.first().copied();
+        let node = node_config(&dir.join(format!("n{i}")), i, seed, relay);
         let agent = node.start();
+        if let Some(r) = relays.get(i) {
+            r.forward_to(agent.gossip);
+        }
+        advertised.push(relay.unwrap_or(agent.gossip));
         let a = Addrs {
             api: agent.api,
             gossip: agent.gossip,
@@ -208,10 +231,10 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
         nodes.push(node);
         agents.push(Some(agent));
     }
-    let by_gossip: HashMap<SocketAddr, usize> = addrs
+    let by_gossip: HashMap<SocketAddr, usize> = advertised
         .iter()
         .enumerate()
-        .map(|(i, a)| (a.gossip, i))
+        .map(|(i, a)| (*a, i))
         .collect();
     // Everyone sees the service on every node before the churn starts.
     let sock = UdpSocket::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
@@ -232,6 +255,7 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
             ));
         }
         if all {
+            eprintln!("churn: {n} agents formed in {:.1?}", start.elapsed());
             break 'formed;
         }
         std::thread::sleep(Duration::from_millis(250));
@@ -347,6 +371,10 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
             }
         }
     };
+    eprintln!(
+        "churn: killing {per} agent(s) every {:?} for {:?}",
+        cfg.every, cfg.churn
+    );
     while churn_start.elapsed() < cfg.churn {
         for &v in &victims {
             let agent = nodes[v].start();
@@ -390,12 +418,28 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
     let acked = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut converged = None;
     let mut last: Vec<Option<Vec<String>>> = Vec::new();
+    let mut reported = Instant::now();
     while last_write.elapsed() < cfg.converge_limit {
         drain(&agents, &mut logs);
         last = agents.iter().map(|a| a.as_ref().and_then(tables)).collect();
         if last.iter().all(|t| t.is_some() && *t == last[0]) {
             converged = Some(last_write.elapsed());
             break;
+        }
+        if reported.elapsed() > Duration::from_secs(10) {
+            reported = Instant::now();
+            let rows: Vec<Vec<usize>> = last
+                .iter()
+                .map(|t| {
+                    t.as_ref()
+                        .map(|t| t.iter().map(|x| x.lines().count()).collect())
+                        .unwrap_or_default()
+                })
+                .collect();
+            eprintln!(
+                "churn: not converged {:.0?} after the last write; rows per agent (kv, services, checks, nodes): {rows:?}",
+                last_write.elapsed()
+            );
         }
         std::thread::sleep(Duration::from_millis(250));
     }

@@ -358,6 +358,91 @@ pub mod relay {
         }
     }
 
+    /// What a relay does to the packets it passes, both ways: a fixed
+    /// delay and a share dropped (`tc netem` does not work on these
+    /// machines).
+    #[derive(Clone, Copy, Debug, Default)]
+    pub struct Impairment {
+        pub delay: Duration,
+        pub loss: f64,
+    }
+
+    /// Sends packets after the impairment's delay, or drops them.
+    #[derive(Clone)]
+    struct Link {
+        impairment: Impairment,
+        rng: Arc<std::sync::atomic::AtomicU64>,
+        delayed: Option<std::sync::mpsc::Sender<(std::time::Instant, Delivery)>>,
+    }
+
+    enum Delivery {
+        To(Arc<UdpSocket>, SocketAddr, Vec<u8>),
+        Connected(Arc<UdpSocket>, Vec<u8>),
+    }
+
+    impl Delivery {
+        fn send(self) {
+            let _ = match self {
+                Delivery::To(s, to, b) => s.send_to(&b, to),
+                Delivery::Connected(s, b) => s.send(&b),
+            };
+        }
+    }
+
+    impl Link {
+        fn new(impairment: Impairment) -> Link {
+            let delayed = (!impairment.delay.is_zero()).then(|| {
+                let (tx, rx) = std::sync::mpsc::channel::<(std::time::Instant, Delivery)>();
+                // One delay for every packet: arrival order is due order.
+                std::thread::spawn(move || {
+                    while let Ok((due, d)) = rx.recv() {
+                        let now = std::time::Instant::now();
+                        if due > now {
+                            std::thread::sleep(due - now);
+                        }
+                        d.send();
+                    }
+                });
+                tx
+            });
+            let seed = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+                | 1;
+            Link {
+                impairment,
+                rng: Arc::new(std::sync::atomic::AtomicU64::new(seed)),
+                delayed,
+            }
+        }
+
+        fn lost(&self) -> bool {
+            if self.impairment.loss <= 0.0 {
+                return false;
+            }
+            // xorshift64: good enough to drop a share of packets.
+            let mut x = self.rng.load(std::sync::atomic::Ordering::Relaxed);
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            self.rng.store(x, std::sync::atomic::Ordering::Relaxed);
+            (x >> 11) as f64 / (1u64 << 53) as f64 <= self.impairment.loss
+        }
+
+        fn pass(&self, d: Delivery) {
+            if self.lost() {
+                return;
+            }
+            match &self.delayed {
+                Some(tx) => {
+                    let due = std::time::Instant::now() + self.impairment.delay;
+                    let _ = tx.send((due, d));
+                }
+                None => d.send(),
+            }
+        }
+    }
+
     /// A running relay (its threads live as long as the process).
     pub struct Relay {
         pub addr: SocketAddr,
@@ -366,6 +451,12 @@ pub mod relay {
 
     impl Relay {
         pub fn start(partition: Partition) -> Relay {
+            Relay::impaired(partition, Impairment::default())
+        }
+
+        /// A relay that also delays and drops packets, both ways.
+        pub fn impaired(partition: Partition, impairment: Impairment) -> Relay {
+            let link = Link::new(impairment);
             let front = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
             let addr = front.local_addr().unwrap();
             let target: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
@@ -387,19 +478,42 @@ pub mod relay {
                         let up = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
                         up.connect(target).unwrap();
                         let (up2, front2, p) = (up.clone(), front.clone(), partition.clone());
+                        let back = link.clone();
                         std::thread::spawn(move || {
                             let mut buf = vec![0u8; 65_536];
                             up2.set_read_timeout(Some(Duration::from_secs(3600)))
                                 .unwrap();
-                            while let Ok(n) = up2.recv(&mut buf) {
+                            loop {
+                                let n = match up2.recv(&mut buf) {
+                                    Ok(n) => n,
+                                    // The target was down a moment (a
+                                    // connected socket reports the ICMP
+                                    // error): keep relaying for when it
+                                    // is back.
+                                    Err(e)
+                                        if matches!(
+                                            e.kind(),
+                                            std::io::ErrorKind::ConnectionRefused
+                                                | std::io::ErrorKind::WouldBlock
+                                                | std::io::ErrorKind::TimedOut
+                                        ) =>
+                                    {
+                                        continue;
+                                    }
+                                    Err(_) => break,
+                                };
                                 if p.passes(client, target) {
-                                    let _ = front2.send_to(&buf[..n], client);
+                                    back.pass(Delivery::To(
+                                        front2.clone(),
+                                        client,
+                                        buf[..n].to_vec(),
+                                    ));
                                 }
                             }
                         });
                         up
                     });
-                    let _ = up.send(&buf[..n]);
+                    link.pass(Delivery::Connected(up.clone(), buf[..n].to_vec()));
                 }
             });
             Relay { addr, target }
