@@ -18,7 +18,7 @@ use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use crate::relay::{Impairment, Partition, Relay};
 use crate::{Agent, Node};
@@ -27,14 +27,13 @@ use crate::{Agent, Node};
 #[derive(Debug, Clone)]
 pub struct ChurnConfig {
     pub agents: usize,
-    /// How long agents are killed and restarted.
-    pub churn: Duration,
-    /// Every this often a share of the agents is killed (and the previous
-    /// victims restarted).
+    /// Kill rounds (the last round's victims are restarted at the end).
+    pub periods: usize,
+    /// Time between kill rounds (victims stay dead this long).
     pub every: Duration,
     /// Share of the agents killed each period (at least one).
     pub share: f64,
-    /// One KV write every this often.
+    /// One KV write started every this often (to the live agents in turn).
     pub write_every: Duration,
     /// Longest wait for identical tables at the end.
     pub converge_limit: Duration,
@@ -49,21 +48,32 @@ pub struct ChurnReport {
     pub kills: usize,
     pub writes_acked: usize,
     pub writes_failed: usize,
-    /// Acknowledged writes missing from some agent at the end.
+    /// Acknowledged writes missing from the final tables (checked on every
+    /// agent's table, which are identical once converged).
     pub writes_missing: usize,
-    /// From the last write (and every agent running again) to identical
-    /// tables everywhere; `None` if not within the limit.
-    pub converged_after: Option<Duration>,
-    /// Down verdicts about agents that were running (and not killed in
-    /// the 30 s before), and agents that were told they were down.
+    /// Identical tables everywhere, counted from the last acknowledged
+    /// write and from the start of the last restart; `None` if not within
+    /// the limit. `poll` is how long one comparison of every agent took.
+    pub converged_after_write: Option<Duration>,
+    pub converged_after_restart: Option<Duration>,
+    pub poll: Duration,
+    /// Down verdicts about an agent that was not dead (outside its kill to
+    /// restart window plus 10 s, by the log line's own timestamp), and
+    /// agents told they were down.
     pub false_downs: Vec<String>,
-    /// The longest an agent's DNS kept answering a dead agent's instance
-    /// after its death, and how many DNS questions were asked.
-    pub max_stale: Duration,
+    /// "member down" lines that could not be tied to an agent.
+    pub unclassified_downs: usize,
+    /// Per (answering agent, death): how long until that agent's DNS
+    /// stopped naming the dead agent's instance. p50, p99, max.
+    pub removal: (Duration, Duration, Duration),
+    pub removals: usize,
+    /// Deaths an answering agent still named when the dead agent restarted.
+    pub not_removed: usize,
+    /// SRV answers asked for, unanswered (timeouts), and answers that named
+    /// an instance dead for more than 5 s.
     pub dns_questions: u64,
-    /// Answers that named a dead agent's instance more than 5 s after its
-    /// death.
-    pub stale_over_5s: u64,
+    pub dns_timeouts: u64,
+    pub stale_answers: u64,
 }
 
 /// Where an agent can be reached (stable across its restarts).
@@ -77,8 +87,10 @@ struct Addrs {
 /// Shared between the orchestrator, the writer and the DNS watcher.
 #[derive(Default)]
 struct Shared {
-    /// Per agent: killed at (None while running).
+    /// Per agent: killed at (None while running or restarting).
     dead_since: Vec<Option<Instant>>,
+    /// Per agent: how many times it was killed (names a death).
+    deaths: Vec<u32>,
 }
 
 fn node_config(dir: &Path, i: usize, seed: Option<SocketAddr>, relay: Option<SocketAddr>) -> Node {
@@ -182,17 +194,55 @@ fn tables(a: &Agent) -> Option<Vec<String>> {
         "SELECT node, id, status, service_id FROM consul_checks ORDER BY node, id",
         "SELECT node, actor_id, address FROM consul_nodes ORDER BY node",
     ] {
-        let body = client
+        let r = client
             .post(a.url("/v1/queries"))
             .json(&serde_json::json!(sql))
             .send()
-            .ok()?
-            .text()
             .ok()?;
+        if !r.status().is_success() {
+            return None;
+        }
+        let body = r.text().ok()?;
+        // A complete answer ends with its end-of-query event.
+        if !body.lines().any(|l| l.starts_with("{\"eoq\"")) {
+            return None;
+        }
         let rows: Vec<&str> = body.lines().filter(|l| l.contains("\"row\"")).collect();
         out.push(rows.join("\n"));
     }
     Some(out)
+}
+
+/// A log line's own time (tracing's RFC 3339 UTC prefix).
+fn line_time(line: &str) -> Option<SystemTime> {
+    let ts = line.split_whitespace().next()?;
+    let (date, time) = ts.strip_suffix('Z')?.split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (h, min) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let sec: f64 = t.next()?.parse().ok()?;
+    // Days since the epoch of a civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    let secs = days * 86_400 + h * 3600 + min * 60;
+    let total = Duration::from_secs(u64::try_from(secs).ok()?) + Duration::from_secs_f64(sec);
+    Some(UNIX_EPOCH + total)
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v.get(((v.len() as f64 * p).ceil() as usize).saturating_sub(1))
+        .copied()
+        .unwrap_or_default()
 }
 
 /// Runs the scenario with agents under `dir`.
@@ -263,12 +313,16 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
 
     let shared = Arc::new(Mutex::new(Shared {
         dead_since: vec![None; n],
+        deaths: vec![0; n],
     }));
     let stop = Arc::new(AtomicBool::new(false));
     let mut report = ChurnReport::default();
-    let acked: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let acked: Arc<Mutex<(Vec<u64>, Option<Instant>)>> = Arc::default();
     let failed = Arc::new(Mutex::new(0usize));
-    let stale = Arc::new(Mutex::new((Duration::ZERO, 0u64, 0u64)));
+    // Watcher results: per (answerer, victim, death) the removal time once
+    // seen; counts of questions, timeouts and stale answers.
+    type Removals = HashMap<(usize, usize, u32), Option<Duration>>;
+    let watched: Arc<Mutex<(Removals, u64, u64, u64)>> = Arc::default();
 
     let writer = {
         let (shared, stop, acked, failed) =
@@ -281,6 +335,7 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
                 .build()
                 .unwrap_or_default();
             let mut seq = 0u64;
+            let start = Instant::now();
             while !stop.load(Ordering::Relaxed) {
                 let live: Vec<usize> = {
                     let s = shared.lock().unwrap_or_else(|e| e.into_inner());
@@ -299,19 +354,23 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
                         .and_then(|r| r.text().ok())
                         .is_some_and(|t| t.trim() == "true");
                     if ok {
-                        acked.lock().unwrap_or_else(|e| e.into_inner()).push(seq);
+                        let mut a = acked.lock().unwrap_or_else(|e| e.into_inner());
+                        a.0.push(seq);
+                        a.1 = Some(Instant::now());
                     } else {
                         *failed.lock().unwrap_or_else(|e| e.into_inner()) += 1;
                     }
                     seq += 1;
                 }
-                std::thread::sleep(every);
+                // A steady rate: the next write starts on its own schedule.
+                let next = start + every * u32::try_from(seq).unwrap_or(u32::MAX);
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
             }
         })
     };
 
     let watcher = {
-        let (shared, stop, stale) = (shared.clone(), stop.clone(), stale.clone());
+        let (shared, stop, watched) = (shared.clone(), stop.clone(), watched.clone());
         let dns: Vec<SocketAddr> = addrs.iter().map(|a| a.dns).collect();
         std::thread::spawn(move || {
             let Ok(sock) = UdpSocket::bind("127.0.0.1:0") else {
@@ -320,30 +379,37 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
             let _ = sock.set_read_timeout(Some(Duration::from_millis(300)));
             let mut q = 0u16;
             while !stop.load(Ordering::Relaxed) {
-                for (i, d) in dns.iter().enumerate() {
-                    if shared.lock().unwrap_or_else(|e| e.into_inner()).dead_since[i].is_some() {
+                for (a, d) in dns.iter().enumerate() {
+                    if shared.lock().unwrap_or_else(|e| e.into_inner()).dead_since[a].is_some() {
                         continue;
                     }
                     q = q.wrapping_add(1);
-                    let Some(named) = srv_nodes(&sock, *d, q) else {
-                        continue;
-                    };
+                    let answer = srv_nodes(&sock, *d, q);
                     let now = Instant::now();
                     let s = shared.lock().unwrap_or_else(|e| e.into_inner());
-                    let mut st = stale.lock().unwrap_or_else(|e| e.into_inner());
-                    st.1 += 1;
-                    for name in named {
-                        let Some(k) = name.strip_prefix('n').and_then(|k| k.parse::<usize>().ok())
-                        else {
-                            continue;
-                        };
-                        if let Some(Some(since)) = s.dead_since.get(k) {
-                            let age = now.duration_since(*since);
-                            st.0 = st.0.max(age);
-                            if age > Duration::from_secs(5) {
-                                st.2 += 1;
+                    let mut w = watched.lock().unwrap_or_else(|e| e.into_inner());
+                    w.1 += 1;
+                    let Some(named) = answer else {
+                        w.2 += 1;
+                        continue;
+                    };
+                    let mut stale = false;
+                    for (v, since) in s.dead_since.iter().enumerate() {
+                        let Some(since) = since else { continue };
+                        let age = now.duration_since(*since);
+                        let key = (a, v, s.deaths[v]);
+                        if named.iter().any(|x| x.as_str() == format!("n{v}")) {
+                            stale |= age > Duration::from_secs(5);
+                            w.0.entry(key).or_insert(None);
+                        } else {
+                            let e = w.0.entry(key).or_insert(None);
+                            if e.is_none() {
+                                *e = Some(age);
                             }
                         }
+                    }
+                    if stale {
+                        w.3 += 1;
                     }
                 }
                 std::thread::sleep(Duration::from_millis(100));
@@ -356,74 +422,72 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
     let per = ((n as f64 * cfg.share).round() as usize).max(1);
     let mut victims: Vec<usize> = Vec::new();
     let mut next = 1usize;
-    let mut killed_at: Vec<Vec<Instant>> = vec![Vec::new(); n];
-    let churn_start = Instant::now();
-    let mut logs: Vec<(Instant, usize, String)> = Vec::new();
-    let drain = |agents: &Vec<Option<Agent>>, logs: &mut Vec<(Instant, usize, String)>| {
-        let now = Instant::now();
-        for (i, a) in agents.iter().enumerate() {
-            if let Some(a) = a {
-                for l in a.drain() {
-                    if l.contains("member down") || l.contains("was declared down") {
-                        logs.push((now, i, l));
-                    }
-                }
-            }
+    // Per agent: (killed, restart begun) wall-clock windows.
+    let mut windows: Vec<Vec<(SystemTime, Option<SystemTime>)>> = vec![Vec::new(); n];
+    let mut graveyard: Vec<(usize, Agent)> = Vec::new();
+    let restart = |v: usize,
+                   agents: &mut Vec<Option<Agent>>,
+                   windows: &mut Vec<Vec<(SystemTime, Option<SystemTime>)>>|
+     -> Instant {
+        // Not dead from here on: the new process gossips before its API is
+        // up, so answers naming it are not stale.
+        shared.lock().unwrap_or_else(|e| e.into_inner()).dead_since[v] = None;
+        if let Some(w) = windows[v].last_mut() {
+            w.1 = Some(SystemTime::now());
         }
+        let began = Instant::now();
+        let agent = nodes[v].start();
+        let _ = pass(&agent);
+        agents[v] = Some(agent);
+        began
     };
     eprintln!(
-        "churn: killing {per} agent(s) every {:?} for {:?}",
-        cfg.every, cfg.churn
+        "churn: killing {per} agent(s) every {:?}, {} times",
+        cfg.every, cfg.periods
     );
-    while churn_start.elapsed() < cfg.churn {
+    let mut last_restart = Instant::now();
+    for _ in 0..cfg.periods {
         for &v in &victims {
-            let agent = nodes[v].start();
-            shared.lock().unwrap_or_else(|e| e.into_inner()).dead_since[v] = None;
-            let _ = pass(&agent);
-            agents[v] = Some(agent);
+            last_restart = restart(v, &mut agents, &mut windows);
         }
         victims.clear();
         for _ in 0..per {
             let v = next % n;
             next += 1;
-            drain(&agents, &mut logs);
             if let Some(mut a) = agents[v].take() {
-                let now = Instant::now();
-                shared.lock().unwrap_or_else(|e| e.into_inner()).dead_since[v] = Some(now);
-                killed_at[v].push(now);
+                {
+                    let mut s = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    s.dead_since[v] = Some(Instant::now());
+                    s.deaths[v] += 1;
+                }
+                windows[v].push((SystemTime::now(), None));
                 let _ = a.child.kill();
                 let _ = a.child.wait();
+                graveyard.push((v, a));
                 report.kills += 1;
                 victims.push(v);
             }
         }
-        let until = Instant::now() + cfg.every;
-        while Instant::now() < until {
-            drain(&agents, &mut logs);
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-    for &v in &victims {
-        let agent = nodes[v].start();
-        shared.lock().unwrap_or_else(|e| e.into_inner()).dead_since[v] = None;
-        let _ = pass(&agent);
-        agents[v] = Some(agent);
+        std::thread::sleep(cfg.every);
     }
     stop.store(true, Ordering::Relaxed);
     let _ = writer.join();
+    for &v in &victims {
+        last_restart = restart(v, &mut agents, &mut windows);
+    }
     let _ = watcher.join();
-    let last_write = Instant::now();
+    let (acked, last_ack) = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
 
     // Identical tables everywhere, and every acknowledged write in them.
-    let acked = acked.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    let mut converged = None;
     let mut last: Vec<Option<Vec<String>>> = Vec::new();
     let mut reported = Instant::now();
-    while last_write.elapsed() < cfg.converge_limit {
-        drain(&agents, &mut logs);
+    while last_restart.elapsed() < cfg.converge_limit {
+        let t = Instant::now();
         last = agents.iter().map(|a| a.as_ref().and_then(tables)).collect();
+        report.poll = t.elapsed();
         if last.iter().all(|t| t.is_some() && *t == last[0]) {
-            converged = Some(last_write.elapsed());
+            report.converged_after_restart = Some(last_restart.elapsed());
+            report.converged_after_write = last_ack.map(|t| t.elapsed());
             break;
         }
         if reported.elapsed() > Duration::from_secs(10) {
@@ -437,36 +501,63 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
                 })
                 .collect();
             eprintln!(
-                "churn: not converged {:.0?} after the last write; rows per agent (kv, services, checks, nodes): {rows:?}",
-                last_write.elapsed()
+                "churn: not converged {:.0?} after the last restart; rows per agent (kv, services, checks, nodes): {rows:?}",
+                last_restart.elapsed()
             );
         }
         std::thread::sleep(Duration::from_millis(250));
     }
-    report.converged_after = converged;
-    let kv = last
-        .first()
-        .cloned()
-        .flatten()
-        .map(|t| t[0].clone())
-        .unwrap_or_default();
     report.writes_missing = acked
         .iter()
-        .filter(|s| !kv.contains(&format!("\"churn/k{s:08}\"")))
+        .filter(|s| {
+            let key = format!("\"churn/k{s:08}\"");
+            !last
+                .iter()
+                .all(|t| t.as_ref().is_some_and(|t| t[0].contains(&key)))
+        })
         .count();
     report.writes_acked = acked.len();
     report.writes_failed = *failed.lock().unwrap_or_else(|e| e.into_inner());
-    let st = *stale.lock().unwrap_or_else(|e| e.into_inner());
-    (report.max_stale, report.dns_questions, report.stale_over_5s) = st;
+    {
+        let w = watched.lock().unwrap_or_else(|e| e.into_inner());
+        let mut removed: Vec<Duration> = w.0.values().filter_map(|x| *x).collect();
+        report.removals = removed.len();
+        report.not_removed = w.0.values().filter(|x| x.is_none()).count();
+        report.removal = (
+            pct(&mut removed, 0.5),
+            pct(&mut removed, 0.99),
+            pct(&mut removed, 1.0),
+        );
+        (
+            report.dns_questions,
+            report.dns_timeouts,
+            report.stale_answers,
+        ) = (w.1, w.2, w.3);
+    }
 
-    // Down verdicts: legitimate only about an agent killed in the 30 s
-    // before the verdict was read.
-    let window = Duration::from_secs(30);
-    for (at, observer, line) in logs {
+    // Down verdicts, from every log line every process printed (killed
+    // ones included), by the line's own time: legitimate only about an
+    // agent between its kill and 10 s after its restart began.
+    let grace = Duration::from_secs(10);
+    let mut lines: Vec<(usize, String)> = Vec::new();
+    for (i, a) in agents.iter().enumerate() {
+        if let Some(a) = a {
+            a.drain();
+            lines.extend(a.seen.borrow().iter().map(|l| (i, l.clone())));
+        }
+    }
+    for (i, a) in &graveyard {
+        a.drain();
+        lines.extend(a.seen.borrow().iter().map(|l| (*i, l.clone())));
+    }
+    for (observer, line) in lines {
         if line.contains("was declared down") {
             report
                 .false_downs
                 .push(format!("n{observer} was told it was down: {line}"));
+            continue;
+        }
+        if !line.contains("member down") {
             continue;
         }
         let peer = line
@@ -474,12 +565,14 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
             .nth(1)
             .and_then(|p| p.split_whitespace().next())
             .and_then(|p| p.parse::<SocketAddr>().ok());
-        let Some(&target) = peer.and_then(|p| by_gossip.get(&p)) else {
+        let (Some(&target), Some(at)) = (peer.and_then(|p| by_gossip.get(&p)), line_time(&line))
+        else {
+            report.unclassified_downs += 1;
             continue;
         };
-        let legit = killed_at[target]
+        let legit = windows[target]
             .iter()
-            .any(|&k| at >= k && at.duration_since(k) <= window);
+            .any(|(killed, restarted)| at >= *killed && restarted.is_none_or(|r| at <= r + grace));
         if !legit {
             report
                 .false_downs

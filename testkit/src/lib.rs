@@ -420,13 +420,15 @@ pub mod relay {
             if self.impairment.loss <= 0.0 {
                 return false;
             }
-            // xorshift64: good enough to drop a share of packets.
-            let mut x = self.rng.load(std::sync::atomic::Ordering::Relaxed);
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            self.rng.store(x, std::sync::atomic::Ordering::Relaxed);
-            (x >> 11) as f64 / (1u64 << 53) as f64 <= self.impairment.loss
+            // splitmix64 over an atomic counter: threads never draw the
+            // same value.
+            let mut x = self
+                .rng
+                .fetch_add(0x9E37_79B9_7F4A_7C15, std::sync::atomic::Ordering::Relaxed);
+            x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            x ^= x >> 31;
+            ((x >> 11) as f64 / (1u64 << 53) as f64) < self.impairment.loss
         }
 
         fn pass(&self, d: Delivery) {
@@ -500,7 +502,13 @@ pub mod relay {
                                     {
                                         continue;
                                     }
-                                    Err(_) => break,
+                                    // Anything else: keep the pair
+                                    // usable (a break would leave a
+                                    // one-way black hole in the map).
+                                    Err(_) => {
+                                        std::thread::sleep(Duration::from_millis(10));
+                                        continue;
+                                    }
                                 };
                                 if p.passes(client, target) {
                                     back.pass(Delivery::To(
