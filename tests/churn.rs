@@ -45,6 +45,8 @@ fn eight_agents_under_churn_converge_lose_no_write_and_flap_no_one() {
     );
     assert_eq!(r.writes_missing, 0, "acknowledged writes lost: {r:?}");
     assert!(r.false_downs.is_empty(), "{:#?}", r.false_downs);
+    // Restarted agents told their new identity was down (a known defect,
+    // docs/SCALE.md) are reported, not asserted.
     assert_eq!(r.unclassified_downs, 0, "{r:?}");
     assert!(r.dns_questions > 100, "{r:?}");
     // Every agent's DNS dropped every dead agent's instance before that

@@ -80,8 +80,9 @@ pub(crate) fn run(a: ChurnArgs) -> anyhow::Result<()> {
         secs(r.poll)
     );
     println!(
-        "| false downs / down lines not tied to an agent | {} / {} |",
+        "| false downs / restarted agents told their new identity was down / down lines not tied to an agent | {} / {} / {} |",
         r.false_downs.len(),
+        r.restart_renewals.len(),
         r.unclassified_downs
     );
     println!(
@@ -101,6 +102,9 @@ pub(crate) fn run(a: ChurnArgs) -> anyhow::Result<()> {
     );
     for f in &r.false_downs {
         println!("false down: {f}");
+    }
+    for f in &r.restart_renewals {
+        println!("renewed after restart: {f}");
     }
     println!("wall time {:.0?}", wall.elapsed());
     Ok(())

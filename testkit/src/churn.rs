@@ -63,6 +63,10 @@ pub struct ChurnReport {
     pub false_downs: Vec<String>,
     /// "member down" lines that could not be tied to an agent.
     pub unclassified_downs: usize,
+    /// Restarted agents told, within 15 s of their restart, that their new
+    /// identity was down (they renew it and rejoin): a known defect, kept
+    /// apart from the false downs of agents that were running all along.
+    pub restart_renewals: Vec<String>,
     /// Per (answering agent, death): how long until that agent's DNS
     /// stopped naming the dead agent's instance. p50, p99, max.
     pub removal: (Duration, Duration, Duration),
@@ -550,11 +554,21 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
         a.drain();
         lines.extend(a.seen.borrow().iter().map(|l| (*i, l.clone())));
     }
+    let after_restart = Duration::from_secs(15);
     for (observer, line) in lines {
         if line.contains("was declared down") {
-            report
-                .false_downs
-                .push(format!("n{observer} was told it was down: {line}"));
+            let at = line_time(&line);
+            let restarted = windows[observer].iter().any(|(_, restarted)| {
+                restarted
+                    .zip(at)
+                    .is_some_and(|(r, at)| at >= r && at <= r + after_restart)
+            });
+            let note = format!("n{observer} was told it was down: {line}");
+            if restarted {
+                report.restart_renewals.push(note);
+            } else {
+                report.false_downs.push(note);
+            }
             continue;
         }
         if !line.contains("member down") {
