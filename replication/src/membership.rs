@@ -415,20 +415,23 @@ mod tests {
     /// it did not raise).
     fn holding_a_suspect(x: Identity, y: Identity) -> Membership {
         let mut m = Membership::new(id(1), 7);
+        learn(
+            &mut m,
+            [
+                foca::Member::new(y, 0, State::Alive),
+                foca::Member::new(x, 0, State::Alive),
+                foca::Member::new(x, 0, State::Suspect),
+            ],
+        );
+        m
+    }
+
+    /// `m` applies `updates` as if they had come in gossip.
+    fn learn<const N: usize>(m: &mut Membership, updates: [foca::Member<Identity>; N]) {
         m.foca
-            .apply_many(
-                [
-                    foca::Member::new(y, 0, State::Alive),
-                    foca::Member::new(x, 0, State::Alive),
-                    foca::Member::new(x, 0, State::Suspect),
-                ]
-                .into_iter(),
-                true,
-                &mut m.runtime,
-            )
+            .apply_many(updates.into_iter(), true, &mut m.runtime)
             .unwrap_or_else(|e| panic!("{e}"));
         m.drain();
-        m
     }
 
     fn sweep(m: &mut Membership) -> Vec<Output> {
@@ -507,28 +510,14 @@ mod tests {
             sweep(&mut m);
         }
         // Its answer to the ask carries its new incarnation.
-        m.foca
-            .apply_many(
-                std::iter::once(foca::Member::new(x, 1, State::Alive)),
-                true,
-                &mut m.runtime,
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-        m.drain();
+        learn(&mut m, [foca::Member::new(x, 1, State::Alive)]);
         for _ in 0..2 * SUSPECT_DOWN_SWEEPS {
             let out = sweep(&mut m);
             assert!(!out.contains(&Output::Down(x)));
         }
         assert_eq!(m.active_count(), 2);
         // Suspected again at the new incarnation: the count starts over.
-        m.foca
-            .apply_many(
-                std::iter::once(foca::Member::new(x, 1, State::Suspect)),
-                true,
-                &mut m.runtime,
-            )
-            .unwrap_or_else(|e| panic!("{e}"));
-        m.drain();
+        learn(&mut m, [foca::Member::new(x, 1, State::Suspect)]);
         for _ in 1..SUSPECT_DOWN_SWEEPS {
             assert!(!sweep(&mut m).contains(&Output::Down(x)));
         }
