@@ -93,8 +93,8 @@ pub(crate) fn run(a: ChurnArgs) -> anyhow::Result<()> {
         r.removals
     );
     println!(
-        "| (agent, death) pairs still answering the dead agent when it restarted | {} |",
-        r.not_removed
+        "| (agent, death) pairs still answering the dead agent when it restarted (of which the answering agent had itself started < 15 s before the death or during it) | {} ({}) |",
+        r.not_removed, r.not_removed_fresh
     );
     println!(
         "| SRV questions / unanswered / answers naming an instance dead > 5 s | {} / {} / {} |",

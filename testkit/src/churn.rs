@@ -73,6 +73,12 @@ pub struct ChurnReport {
     pub removals: usize,
     /// Deaths an answering agent still named when the dead agent restarted.
     pub not_removed: usize,
+    /// Of those, deaths whose answering agent had itself (re)started less
+    /// than 15 s before the death, or during it: an agent that joins while
+    /// the death is being detected can learn the dead agent as alive from
+    /// a member that has not detected it yet, and then has to detect it on
+    /// its own.
+    pub not_removed_fresh: usize,
     /// SRV answers asked for, unanswered (timeouts), and answers that named
     /// an instance dead for more than 5 s.
     pub dns_questions: u64,
@@ -527,6 +533,20 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
         let mut removed: Vec<Duration> = w.0.values().filter_map(|x| *x).collect();
         report.removals = removed.len();
         report.not_removed = w.0.values().filter(|x| x.is_none()).count();
+        report.not_removed_fresh =
+            w.0.iter()
+                .filter(|(_, x)| x.is_none())
+                .filter(|((a, v, death), _)| {
+                    let Some(&(killed, _)) = windows[*v].get((*death as usize).saturating_sub(1))
+                    else {
+                        return false;
+                    };
+                    windows[*a]
+                        .iter()
+                        .filter_map(|(_, r)| *r)
+                        .any(|r| r + Duration::from_secs(15) >= killed && r <= killed + cfg.every)
+                })
+                .count();
         report.removal = (
             pct(&mut removed, 0.5),
             pct(&mut removed, 0.99),

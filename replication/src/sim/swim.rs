@@ -67,6 +67,9 @@ pub struct Traffic {
     /// which some member declared down a member that was running, not
     /// paused, and on the same side of any partition.
     pub false_downs: u64,
+    /// Running members that renewed their identity (they were told they
+    /// were down).
+    pub renewals: u64,
     /// Packets a core refused (between simulated members: a finding).
     pub refused: u64,
     /// Announces to members held as down ([`Reconnect`]).
@@ -244,6 +247,7 @@ impl SwimSim {
                         self.traffic.false_downs += 1;
                     }
                 }
+                Output::Rejoined(_) => self.traffic.renewals += 1,
                 other @ Output::Up(_) => {
                     returned |= self.nodes[from].reconnect.observe(self.now, &other);
                 }
