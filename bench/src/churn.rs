@@ -86,20 +86,50 @@ pub(crate) fn run(a: ChurnArgs) -> anyhow::Result<()> {
         r.unclassified_downs
     );
     println!(
-        "| a dead agent dropped from an agent's DNS answers, per (agent, death): p50 / p99 / max | {:.1} / {:.1} / {:.1} s over {} |",
+        "| a dead agent dropped from a running agent's DNS answers, per (agent, death): p50 / p99 / max | {:.1} / {:.1} / {:.1} s over {} |",
         secs(r.removal.0),
         secs(r.removal.1),
         secs(r.removal.2),
         r.removals
     );
     println!(
-        "| (agent, death) pairs still answering the dead agent when it restarted (of which the answering agent had itself started < 15 s before the death or during it) | {} ({}) |",
-        r.not_removed, r.not_removed_fresh
+        "| the same, answering agents that (re)started < 15 s before the death or during it (unknown nodes count as alive for an agent's first 5 s) | {:.1} / {:.1} / {:.1} s over {} |",
+        secs(r.removal_fresh.0),
+        secs(r.removal_fresh.1),
+        secs(r.removal_fresh.2),
+        r.removals_fresh
+    );
+    println!(
+        "| (agent, death) pairs still named when the dead agent restarted: running / (re)started agents; left out: answering agent killed first | {} / {} ; {} |",
+        r.not_removed, r.not_removed_fresh, r.answerer_died
     );
     println!(
         "| SRV questions / unanswered / answers naming an instance dead > 5 s | {} / {} / {} |",
         r.dns_questions, r.dns_timeouts, r.stale_answers
     );
+    // The watcher asks the live agents one after another: removal times
+    // above are late by up to one round of it.
+    let churn_secs = (a.periods as f64) * (a.every as f64);
+    let live = a.agents as f64 * (1.0 - a.share);
+    println!(
+        "| each live agent asked about every (removal times are late by up to this) | {:.1} s |",
+        churn_secs * live / (r.dns_questions.max(1) as f64)
+    );
+    if !r.not_removed_pairs.is_empty() {
+        let deaths: std::collections::BTreeSet<(usize, u32)> =
+            r.not_removed_pairs.iter().map(|p| (p.1, p.2)).collect();
+        let answering: std::collections::BTreeSet<usize> =
+            r.not_removed_pairs.iter().map(|p| p.0).collect();
+        println!(
+            "still named at restart: {} pairs over {} deaths and {} answering agents",
+            r.not_removed_pairs.len(),
+            deaths.len(),
+            answering.len()
+        );
+        for (a, v, d, last) in &r.not_removed_pairs {
+            eprintln!("  n{a} still named n{v} (death {d}) {last:.1} s after it died");
+        }
+    }
     for f in &r.false_downs {
         println!("false down: {f}");
     }

@@ -134,6 +134,21 @@ impl SwimHandle {
     }
 }
 
+/// Hands one queued input to the core.
+fn handle_input<I: SwimIo>(core: &mut Membership, io: &mut I, input: Input) -> Vec<Output> {
+    match input {
+        Input::Data(d) => {
+            // What the core did before an error still counts.
+            let (out, result) = core.handle_data(&d);
+            if let Err(e) = result {
+                io.refused(e);
+            }
+            out
+        }
+        Input::Announce(a) => core.announce(a),
+    }
+}
+
 /// Runs `core` until [`SwimHandle::leave`] or [`SwimHandle::stop`].
 pub async fn run<I: SwimIo>(mut core: Membership, queue: SwimQueue, mut io: I) {
     let SwimQueue {
@@ -159,20 +174,25 @@ pub async fn run<I: SwimIo>(mut core: Membership, queue: SwimQueue, mut io: I) {
             // A timer's error (an incomplete probe cycle after a stall)
             // comes with outputs to carry out: the next probe.
             Some(t) = std::future::poll_fn(|cx| timers.poll_expired(cx)), if !timers.is_empty() => {
-                (core.handle_timer(t.into_inner()).0, None)
+                // Packets that arrived before the timer is handled go
+                // first: after this process stalled (a saturated CPU), a
+                // suspect's refutation waiting in the queue must clear the
+                // suspicion before the suspicion's own timer, which
+                // expired during the stall too, declares it down. Bounded
+                // by the queue's size, so a flood cannot starve timers.
+                let mut out = Vec::new();
+                for _ in 0..SWIM_QUEUE {
+                    match rx.try_recv() {
+                        Ok(input) => out.extend(handle_input(&mut core, &mut io, input)),
+                        Err(_) => break,
+                    }
+                }
+                out.extend(core.handle_timer(t.into_inner()).0);
+                (out, None)
             }
             input = rx.recv() => match input {
                 None => break,
-                Some(Input::Data(d)) => {
-                    // What the core did before an error still counts.
-                    let (out, result) = core.handle_data(&d);
-                    if let Err(e) = result {
-                        io.refused(e);
-                    }
-                    (out, None)
-                }
-
-                Some(Input::Announce(a)) => (core.announce(a), None),
+                Some(input) => (handle_input(&mut core, &mut io, input), None),
             },
             _ = rejoin.tick() => {
                 if core.active_count() == 0 {

@@ -67,18 +67,31 @@ pub struct ChurnReport {
     /// identity was down (they renew it and rejoin): a known defect, kept
     /// apart from the false downs of agents that were running all along.
     pub restart_renewals: Vec<String>,
-    /// Per (answering agent, death): how long until that agent's DNS
-    /// stopped naming the dead agent's instance. p50, p99, max.
+    /// Per (answering agent, death), answering agents that ran through
+    /// the whole death: how long until that agent's DNS stopped naming the
+    /// dead agent's instance. p50, p99, max.
     pub removal: (Duration, Duration, Duration),
     pub removals: usize,
-    /// Deaths an answering agent still named when the dead agent restarted.
+    /// The same for answering agents that (re)started less than 15 s
+    /// before the death or during it. A starting agent counts nodes its
+    /// SWIM view does not hold yet as alive for its first 5 s (so that it
+    /// does not report the whole cluster critical), which includes the
+    /// dead: they stay in its answers until then.
+    pub removal_fresh: (Duration, Duration, Duration),
+    pub removals_fresh: usize,
+    /// Deaths an answering agent still named when the dead agent restarted
+    /// (answering agents that ran through the whole death).
     pub not_removed: usize,
-    /// Of those, deaths whose answering agent had itself (re)started less
-    /// than 15 s before the death, or during it: an agent that joins while
-    /// the death is being detected can learn the dead agent as alive from
-    /// a member that has not detected it yet, and then has to detect it on
-    /// its own.
+    /// The same, answering agents that (re)started shortly before or
+    /// during the death.
     pub not_removed_fresh: usize,
+    /// Pairs left out: the answering agent was itself killed before the
+    /// dead agent restarted (named it in its last answers, then died).
+    pub answerer_died: usize,
+    /// The pairs counted in `not_removed`: (answering agent, dead agent,
+    /// its death number, seconds since the death at the last answer
+    /// naming it).
+    pub not_removed_pairs: Vec<(usize, usize, u32, f64)>,
     /// SRV answers asked for, unanswered (timeouts), and answers that named
     /// an instance dead for more than 5 s.
     pub dns_questions: u64,
@@ -330,9 +343,11 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
     let acked: Arc<Mutex<(Vec<u64>, Option<Instant>)>> = Arc::default();
     let failed = Arc::new(Mutex::new(0usize));
     // Watcher results: per (answerer, victim, death) the removal time once
-    // seen; counts of questions, timeouts and stale answers.
+    // seen; counts of questions, timeouts and stale answers; per pair the
+    // age of the death at the last answer naming the dead agent.
     type Removals = HashMap<(usize, usize, u32), Option<Duration>>;
-    let watched: Arc<Mutex<(Removals, u64, u64, u64)>> = Arc::default();
+    type LastNamed = HashMap<(usize, usize, u32), Duration>;
+    let watched: Arc<Mutex<(Removals, u64, u64, u64, LastNamed)>> = Arc::default();
 
     let writer = {
         let (shared, stop, acked, failed) =
@@ -411,6 +426,7 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
                         if named.iter().any(|x| x.as_str() == format!("n{v}")) {
                             stale |= age > Duration::from_secs(5);
                             w.0.entry(key).or_insert(None);
+                            w.4.insert(key, age);
                         } else {
                             let e = w.0.entry(key).or_insert(None);
                             if e.is_none() {
@@ -530,23 +546,43 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
     report.writes_failed = *failed.lock().unwrap_or_else(|e| e.into_inner());
     {
         let w = watched.lock().unwrap_or_else(|e| e.into_inner());
-        let mut removed: Vec<Duration> = w.0.values().filter_map(|x| *x).collect();
+        // Per pair: was the answering agent fresh (started < 15 s before
+        // the death, or during it), or killed itself during the death?
+        let class = |a: usize, v: usize, death: u32| -> (bool, bool) {
+            let Some(&(killed, restarted)) = windows[v].get((death as usize).saturating_sub(1))
+            else {
+                return (false, false);
+            };
+            let during = |t: SystemTime| t > killed && restarted.is_none_or(|r| t < r);
+            let fresh = windows[a].iter().filter_map(|(_, r)| *r).any(|r| {
+                r + Duration::from_secs(15) >= killed && restarted.is_none_or(|end| r <= end)
+            });
+            let died = windows[a].iter().any(|(k, _)| during(*k));
+            (fresh, died)
+        };
+        let (mut removed, mut removed_fresh) = (Vec::new(), Vec::new());
+        for (&(a, v, death), x) in &w.0 {
+            let (fresh, died) = class(a, v, death);
+            match x {
+                Some(t) if fresh => removed_fresh.push(*t),
+                Some(t) => removed.push(*t),
+                None if died => report.answerer_died += 1,
+                None if fresh => report.not_removed_fresh += 1,
+                None => {
+                    report.not_removed += 1;
+                    let last = w.4.get(&(a, v, death)).map_or(0.0, Duration::as_secs_f64);
+                    report.not_removed_pairs.push((a, v, death, last));
+                }
+            }
+        }
+        report.not_removed_pairs.sort_by_key(|p| (p.1, p.2, p.0));
         report.removals = removed.len();
-        report.not_removed = w.0.values().filter(|x| x.is_none()).count();
-        report.not_removed_fresh =
-            w.0.iter()
-                .filter(|(_, x)| x.is_none())
-                .filter(|((a, v, death), _)| {
-                    let Some(&(killed, _)) = windows[*v].get((*death as usize).saturating_sub(1))
-                    else {
-                        return false;
-                    };
-                    windows[*a]
-                        .iter()
-                        .filter_map(|(_, r)| *r)
-                        .any(|r| r + Duration::from_secs(15) >= killed && r <= killed + cfg.every)
-                })
-                .count();
+        report.removals_fresh = removed_fresh.len();
+        report.removal_fresh = (
+            pct(&mut removed_fresh, 0.5),
+            pct(&mut removed_fresh, 0.99),
+            pct(&mut removed_fresh, 1.0),
+        );
         report.removal = (
             pct(&mut removed, 0.5),
             pct(&mut removed, 0.99),
