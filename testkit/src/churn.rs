@@ -347,7 +347,8 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
     // age of the death at the last answer naming the dead agent.
     type Removals = HashMap<(usize, usize, u32), Option<Duration>>;
     type LastNamed = HashMap<(usize, usize, u32), Duration>;
-    let watched: Arc<Mutex<(Removals, u64, u64, u64, LastNamed)>> = Arc::default();
+    type Watched = (Removals, u64, u64, u64, LastNamed);
+    let watched: Arc<Mutex<Watched>> = Arc::default();
 
     let writer = {
         let (shared, stop, acked, failed) =
