@@ -231,6 +231,7 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
     // down (or has forgotten it); then the victim restarts (a new stamp)
     // and the next crash waits until everyone holds it again.
     let mut took = Vec::new();
+    let mut slow_rejoins = 0;
     let mut pick = a.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
     for _ in 0..a.crashes {
         pick ^= pick << 13;
@@ -246,15 +247,19 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
         took.push(t);
         let ts = sim.now + 1;
         sim.restart(victim, ts, if victim == 1 { 2 } else { 1 });
-        sim.rejoin_until(120_000, SwimSim::everyone_sees_everyone)
-            .ok_or_else(|| {
-                anyhow::anyhow!("node {victim} not back everywhere 120 s after restart")
-            })?;
+        // Back in every view (other members may still miss others: the
+        // membership tail at 1,000 nodes).
+        if sim
+            .rejoin_until(120_000, |s| s.all_see(victim, State::Alive))
+            .is_none()
+        {
+            slow_rejoins += 1;
+        }
         sim.run_until(sim.now + 2_000);
     }
     let crashes = took.len();
     println!(
-        "| crash -> down on every other node ({crashes} crashes, each restarted after) | p50 {} ms, p99 {} ms, max {} ms |",
+        "| crash -> down on every other node ({crashes} crashes, each restarted after; {slow_rejoins} restarted nodes not alive in every view within 120 s) | p50 {} ms, p99 {} ms, max {} ms |",
         pct(&mut took.clone(), 0.5),
         pct(&mut took.clone(), 0.99),
         pct(&mut took, 1.0)

@@ -184,7 +184,7 @@ pub struct Membership {
 
 /// SWIM settings for a cluster of `size` members: probe every
 /// [`PROBE_PERIOD`] (400 ms) with a [`PROBE_RTT`] (200 ms) round trip
-/// allowance and 3 indirect probes; piggyback each update on at least 8
+/// allowance and 3 indirect probes; piggyback each update on at least 12
 /// messages; suspect for `max(2 s, 1 s × log10(size))`
 /// ([`SUSPICION_MIN`], [`SUSPICION_PER_DECADE`]) before declaring down,
 /// while telling the suspect directly ([`Membership::tell_suspect`]);
@@ -206,10 +206,14 @@ pub struct Membership {
 pub fn tuned_config(size: u32) -> Config {
     let size = NonZeroU32::new(size.max(1)).unwrap_or(NonZeroU32::MIN);
     let mut c = Config::new_lan(size);
-    // Piggybacked updates are cheap; send each often enough to survive
-    // loss in clusters of any size up to ~100 (more for bigger ones).
+    // Piggybacked updates are cheap; send each at least 12 times (foca's
+    // count for 1,000 members; more for bigger clusters). A member misses
+    // an update with a chance of about e^-count: with 8 (foca's count for
+    // 100), one member in ~3,000 missed a `Down` and waited for its own
+    // sweep (3 suspicion periods), the tail of crash detection in the
+    // 50-member simulation (6.3 s at p99 over 100 crashes).
     c.max_transmissions =
-        Config::new_lan(size.max(NonZeroU32::new(100).unwrap_or(size))).max_transmissions;
+        Config::new_lan(size.max(NonZeroU32::new(1000).unwrap_or(size))).max_transmissions;
     c.probe_period = PROBE_PERIOD;
     c.probe_rtt = PROBE_RTT;
     c.suspect_to_down_after = SUSPICION_PER_DECADE
