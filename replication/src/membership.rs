@@ -73,8 +73,10 @@ pub const SUSPICION_PER_DECADE: Duration = Duration::from_secs(1);
 pub const SUSPICION_MIN: Duration = Duration::from_secs(2);
 
 /// A member held as suspect in this many sweeps in a row, at the same
-/// incarnation, is asked directly (an announce: its answer carries its
-/// current incarnation, which clears the suspicion if it refuted it).
+/// incarnation, is asked directly: told it is suspected
+/// ([`Membership::tell_suspect`]; a live member refutes and its ack carries
+/// the new incarnation), and sent an announce (which any identity at that
+/// address answers, so a member that restarted is renamed here).
 /// Sweeps run every half suspicion period, so that is 1.5 to 2 suspicion
 /// periods after it was suspected. The next sweep asks again.
 pub const SUSPECT_CHECK_SWEEPS: u32 = 4;
@@ -327,16 +329,17 @@ impl Membership {
     /// foca runs the suspect-to-down timer only on the member whose probe
     /// failed; the others hold the member as suspect until that one's
     /// `Down` (or the member's refutation) reaches them, or until they
-    /// probe it themselves (one probe per second over the whole
-    /// membership: up to N seconds). When that gossip is lost (its
+    /// probe it themselves (one probe per probe period over the whole
+    /// membership: up to N periods). When that gossip is lost (its
     /// senders' gossip went mostly to members they could not reach, as
     /// after a partition), suspects lingered for minutes in the simulation
     /// at 300 and 1,000 members, and a suspect counts as alive for
     /// discovery. As in the SWIM paper, every member therefore times
     /// suspicion out on its own too: a member held as suspect at the same
     /// incarnation for [`SUSPECT_CHECK_SWEEPS`] sweeps is asked directly
-    /// (twice: an announce, whose answer carries the member's incarnation,
-    /// so a refutation we missed clears the suspicion), and one still
+    /// (twice: a tell and an announce, whose answers carry the member's
+    /// incarnation or its new identity, so a refutation or a restart we
+    /// missed clears the suspicion), and one still
     /// suspect at [`SUSPECT_DOWN_SWEEPS`] is declared down in this view
     /// only. A gossiped verdict without asking first turned missed
     /// refutations into false downs for everyone (2 in 300 s at 1,000
@@ -364,6 +367,8 @@ impl Membership {
         self.suspects = now;
         for (id, incarnation) in ask {
             self.tell_suspect(id, incarnation);
+            // Best effort: one failed send must not skip the rest.
+            let _ = self.foca.announce(id, &mut self.runtime);
         }
         if expired.is_empty() {
             return Ok(());
@@ -635,6 +640,46 @@ mod tests {
             "{out:?}"
         );
         assert_ne!(m.identity(), &new);
+    }
+
+    /// A tell reaches a live suspect, which refutes, and its answer alone
+    /// clears the suspicion at the teller.
+    #[test]
+    fn a_told_suspect_refutes_in_one_round_trip() {
+        let (x, y) = (id(2), id(3));
+        let mut teller = holding_a_suspect(x, y);
+        let mut suspect = Membership::new(x, 11);
+        learn(&mut suspect, [foca::Member::new(y, 0, State::Alive)]);
+        teller.tell_suspect(x, 0);
+        let tells: Vec<Bytes> = teller
+            .drain()
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Send(to, data) if to == x => Some(data),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(tells.len(), 1);
+        let (out, result) = suspect.handle_data(&tells[0]);
+        result.unwrap_or_else(|e| panic!("{e}"));
+        let answers: Vec<Bytes> = out
+            .into_iter()
+            .filter_map(|o| match o {
+                Output::Send(to, data) if to == id(1) => Some(data),
+                _ => None,
+            })
+            .collect();
+        assert!(!answers.is_empty(), "the suspect answered nothing");
+        for a in &answers {
+            let (_, result) = teller.handle_data(a);
+            result.unwrap_or_else(|e| panic!("{e}"));
+        }
+        let held = teller
+            .foca
+            .iter_membership_state()
+            .find(|m| *m.id() == x)
+            .map(|m| (m.state(), m.incarnation()));
+        assert_eq!(held, Some((State::Alive, 1)));
     }
 
     #[test]

@@ -8,7 +8,9 @@
 //! Inputs go through a bounded queue ([`SWIM_QUEUE`]): received packets
 //! beyond it are dropped (SWIM tolerates loss; the caller counts them).
 //! Timers live in the driver's own delay queue, read before the inputs (a
-//! flood of packets does not delay probes), and vanish with the driver
+//! flood of packets does not delay probes: before an expired timer, at
+//! most [`DRAIN_BEFORE_TIMER`] packets already queued are handled, so that
+//! a refutation that arrived during a stall counts), and vanish with the driver
 //! (foca keeps down members for a day, each with a removal timer: no task
 //! per timer). While the node
 //! has no active member the driver calls [`SwimIo::alone`] every
@@ -35,6 +37,9 @@ use crate::reconnect::{RECONNECT_EVERY, Reconnect};
 /// Inputs queued for the driver beyond this are dropped (packets) or wait
 /// (timers).
 pub const SWIM_QUEUE: usize = 4096;
+
+/// Queued packets handled before an expired timer (see the loop).
+pub const DRAIN_BEFORE_TIMER: usize = 64;
 /// How often a node with no active member asks its IO to re-announce it.
 pub const REJOIN_EVERY: Duration = Duration::from_secs(2);
 
@@ -178,10 +183,11 @@ pub async fn run<I: SwimIo>(mut core: Membership, queue: SwimQueue, mut io: I) {
                 // first: after this process stalled (a saturated CPU), a
                 // suspect's refutation waiting in the queue must clear the
                 // suspicion before the suspicion's own timer, which
-                // expired during the stall too, declares it down. Bounded
-                // by the queue's size, so a flood cannot starve timers.
+                // expired during the stall too, declares it down. Bounded,
+                // so a flood delays a timer (and a stop) by at most that
+                // many packets.
                 let mut out = Vec::new();
-                for _ in 0..SWIM_QUEUE {
+                for _ in 0..DRAIN_BEFORE_TIMER {
                     match rx.try_recv() {
                         Ok(input) => out.extend(handle_input(&mut core, &mut io, input)),
                         Err(_) => break,
