@@ -50,8 +50,22 @@ fn await_identical(nodes: &[&Node], agents: &[&Agent], actors: usize, limit: Dur
                 })
                 .collect();
             let members: Vec<_> = agents.iter().map(|a| a.members()).collect();
+            // Each agent's membership log lines, for the record.
+            let logs: Vec<Vec<String>> = agents
+                .iter()
+                .map(|a| {
+                    a.drain();
+                    let seen = a.seen.borrow();
+                    let swim: Vec<String> = seen
+                        .iter()
+                        .filter(|l| l.contains("WARN") || l.contains("swim") || l.contains("member") || l.contains("cluster"))
+                        .cloned()
+                        .collect();
+                    swim[swim.len().saturating_sub(40)..].to_vec()
+                })
+                .collect();
             panic!(
-                "not identical after {limit:?}:\nbooks {books:#?}\nrow counts {:?}\nhealth {health:#?}\nmembers {members:#?}",
+                "not identical after {limit:?}:\nbooks {books:#?}\nrow counts {:?}\nhealth {health:#?}\nmembers {members:#?}\nmembership log lines {logs:#?}",
                 rows.iter().map(|r| r.lines().count()).collect::<Vec<_>>()
             );
         }
