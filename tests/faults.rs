@@ -58,7 +58,12 @@ fn await_identical(nodes: &[&Node], agents: &[&Agent], actors: usize, limit: Dur
                     let seen = a.seen.borrow();
                     let swim: Vec<String> = seen
                         .iter()
-                        .filter(|l| l.contains("WARN") || l.contains("swim") || l.contains("member") || l.contains("cluster"))
+                        .filter(|l| {
+                            l.contains("WARN")
+                                || l.contains("swim")
+                                || l.contains("member")
+                                || l.contains("cluster")
+                        })
                         .cloned()
                         .collect();
                     swim[swim.len().saturating_sub(40)..].to_vec()
