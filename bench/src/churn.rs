@@ -85,19 +85,23 @@ pub(crate) fn run(a: ChurnArgs) -> anyhow::Result<()> {
         r.restart_renewals.len(),
         r.unclassified_downs
     );
-    println!(
-        "| a dead agent dropped from a running agent's DNS answers, per (agent, death): p50 / p99 / max | {:.1} / {:.1} / {:.1} s over {} |",
-        secs(r.removal.0),
-        secs(r.removal.1),
-        secs(r.removal.2),
-        r.removals
+    let removal = |what: &str, (p50, p99, max): (Duration, Duration, Duration), n: usize| {
+        println!(
+            "| {what}: p50 / p99 / max | {:.1} / {:.1} / {:.1} s over {n} |",
+            secs(p50),
+            secs(p99),
+            secs(max)
+        );
+    };
+    removal(
+        "a dead agent dropped from a running agent's DNS answers, per (agent, death)",
+        r.removal,
+        r.removals,
     );
-    println!(
-        "| the same, answering agents that (re)started < 15 s before the death or during it (unknown nodes count as alive for an agent's first 5 s) | {:.1} / {:.1} / {:.1} s over {} |",
-        secs(r.removal_fresh.0),
-        secs(r.removal_fresh.1),
-        secs(r.removal_fresh.2),
-        r.removals_fresh
+    removal(
+        "the same, answering agents that (re)started < 15 s before the death or during it (unknown nodes count as alive for an agent's first 5 s)",
+        r.removal_fresh,
+        r.removals_fresh,
     );
     println!(
         "| (agent, death) pairs still named when the dead agent restarted: running / (re)started agents; left out: answering agent killed first | {} / {} ; {} |",
