@@ -486,26 +486,45 @@ async fn the_update_feed_reports_every_row_change_of_its_table() {
 }
 
 /// A subscription created while rows are being written ends up with every
-/// row: initial rows plus changes cover everything committed.
+/// row: initial rows plus changes cover everything committed. The writer
+/// starts before the subscription and goes on until after its first answer,
+/// whatever the machine's speed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscription_created_during_writes_misses_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     let dir = tempfile::tempdir().unwrap();
     let s = store(dir.path());
     let stop = tokio_util::sync::CancellationToken::new();
     let subs = Subscriptions::start(s.clone(), config(dir.path()), stop).unwrap();
+    let written = Arc::new(AtomicUsize::new(0));
+    let answered = Arc::new(AtomicBool::new(false));
     let writer = {
-        let s = s.clone();
+        let (s, written, answered) = (s.clone(), written.clone(), answered.clone());
         tokio::task::spawn_blocking(move || {
-            for i in 0..600 {
+            // Write until the subscription has answered, then 200 more rows.
+            let mut after = 0;
+            let mut i = 0;
+            while after < 200 {
                 exec(
                     &s,
                     "INSERT INTO todos (id) VALUES (?)",
-                    &[SqlValue::Text(format!("r{i:04}"))],
+                    &[SqlValue::Text(format!("r{i:06}"))],
                 );
+                i += 1;
+                written.store(i, Ordering::SeqCst);
+                if answered.load(Ordering::SeqCst) {
+                    after += 1;
+                }
             }
+            i
         })
     };
-    tokio::time::sleep(Duration::from_millis(20)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while written.load(Ordering::SeqCst) < 20 {
+        assert!(tokio::time::Instant::now() < deadline, "the writer started");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     let mut l = subs
         .subscribe("SELECT id FROM todos", Params::None, None)
         .await
@@ -520,13 +539,19 @@ async fn a_subscription_created_during_writes_misses_nothing() {
             _ => {}
         }
     }
+    answered.store(true, Ordering::SeqCst);
     let initial = have.len();
-    while have.len() < 600 {
+    let total = writer.await.unwrap();
+    assert!(
+        initial >= 20 && initial < total,
+        "{initial} of {total} rows in the first answer: the subscription was made during the writes"
+    );
+    while have.len() < total {
         let e = match tokio::time::timeout(Duration::from_secs(10), l.next()).await {
             Ok(e) => e.expect("the stream is open"),
             Err(_) => {
-                let missing: Vec<String> = (0..600)
-                    .map(|i| format!("[\"r{i:04}\"]"))
+                let missing: Vec<String> = (0..total)
+                    .map(|i| format!("[\"r{i:06}\"]"))
                     .filter(|k| !have.contains(k))
                     .collect();
                 panic!(
@@ -543,12 +568,7 @@ async fn a_subscription_created_during_writes_misses_nothing() {
             other => panic!("{other:?}"),
         }
     }
-    writer.await.unwrap();
-    println!("{initial} rows in the first answer, the rest as changes");
-    assert!(
-        initial < 600,
-        "the subscription was created before the writes ended"
-    );
+    println!("{initial} of {total} rows in the first answer, the rest as changes");
 }
 
 /// Named parameters (with or without their `:`) bind, and the key filter's
