@@ -50,6 +50,28 @@ fn await_identical(nodes: &[&Node], agents: &[&Agent], actors: usize, limit: Dur
                 })
                 .collect();
             let members: Vec<_> = agents.iter().map(|a| a.members()).collect();
+            // The peers each node remembers (its way back after a restart).
+            let remembered: Vec<Vec<String>> = nodes
+                .iter()
+                .map(|n| {
+                    let c = rusqlite::Connection::open_with_flags(
+                        &n.db,
+                        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+                    );
+                    c.and_then(|c| {
+                        let mut st = c.prepare("SELECT addr, updated_at FROM __corro_members")?;
+                        st.query_map([], |r| {
+                            Ok(format!(
+                                "{} at {}",
+                                r.get::<_, String>(0)?,
+                                r.get::<_, i64>(1)?
+                            ))
+                        })?
+                        .collect()
+                    })
+                    .unwrap_or_else(|e| vec![e.to_string()])
+                })
+                .collect();
             // Each agent's membership log lines, for the record.
             let logs: Vec<Vec<String>> = agents
                 .iter()
@@ -66,11 +88,11 @@ fn await_identical(nodes: &[&Node], agents: &[&Agent], actors: usize, limit: Dur
                         })
                         .cloned()
                         .collect();
-                    swim[swim.len().saturating_sub(40)..].to_vec()
+                    swim[swim.len().saturating_sub(60)..].to_vec()
                 })
                 .collect();
             panic!(
-                "not identical after {limit:?}:\nbooks {books:#?}\nrow counts {:?}\nhealth {health:#?}\nmembers {members:#?}\nmembership log lines {logs:#?}",
+                "not identical after {limit:?}:\nbooks {books:#?}\nrow counts {:?}\nhealth {health:#?}\nmembers {members:#?}\nremembered {remembered:#?}\nmembership log lines {logs:#?}",
                 rows.iter().map(|r| r.lines().count()).collect::<Vec<_>>()
             );
         }

@@ -6,8 +6,8 @@
 //! Datagrams start with the protocol version (`u16`, big-endian); packets of
 //! another version or that the core refuses are counted and dropped. While
 //! this node has no active member it re-announces itself to its seeds (the
-//! bootstrap list, re-resolved each time, and remembered peers) every two
-//! seconds.
+//! bootstrap list, re-resolved each time, and up to [`ALONE_FANOUT`]
+//! remembered peers picked at random) every two seconds.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -17,9 +17,14 @@ use bytes::Bytes;
 use corro_replication::PROTOCOL_VERSION;
 use corro_replication::membership::{Identity, Membership, MembershipError, Output, State};
 use corro_replication::swim::{SwimIo, SwimQueue};
+use rand::seq::IteratorRandom;
 use tokio_util::sync::CancellationToken;
 
 use super::Inner;
+
+/// How many remembered peers a node with no active member announces
+/// itself to per attempt (besides every bootstrap address).
+const ALONE_FANOUT: usize = 16;
 
 /// Prefixes a SWIM packet with the protocol version.
 fn datagram(packet: &[u8]) -> Bytes {
@@ -81,10 +86,13 @@ impl SwimIo for AgentIo {
     }
 
     fn step(&mut self, members: Vec<(Identity, State)>, events: Vec<Output>) {
-        events.into_iter().for_each(|o| event(&self.inner, o));
         let active = members.iter().filter(|(_, s)| *s != State::Down).count();
         member_state_gauges(&members);
+        // The view first, then the events: a sync round that a member
+        // coming up starts must find that member (and save it among the
+        // remembered peers), whichever thread it runs on.
         self.inner.peers.set_members(members);
+        events.into_iter().for_each(|o| event(&self.inner, o));
         metrics::gauge!("corro_swim_members_active").set(active as f64);
         metrics::gauge!("corro_swim_queue_depth").set(self.inner.swim.queue_depth() as f64);
     }
@@ -110,12 +118,25 @@ impl SwimIo for AgentIo {
         let (inner, bootstrap) = (self.inner.clone(), self.bootstrap.clone());
         let resolving = self.resolving.clone();
         crate::tasks::spawn(async move {
+            let mut targets = std::collections::BTreeSet::new();
             for b in bootstrap.iter() {
                 if let Ok(addrs) = super::peers::resolve(b).await {
-                    addrs.into_iter().for_each(|a| inner.peers.add_seed(a));
+                    for a in addrs {
+                        inner.peers.add_seed(a);
+                        targets.insert(a);
+                    }
                 }
             }
-            for seed in inner.peers.seeds() {
+            // Every bootstrap address, and a few of the remembered peers
+            // (there may be thousands): a different few each time.
+            let remembered = inner
+                .peers
+                .seeds()
+                .into_iter()
+                .filter(|a| !targets.contains(a));
+            targets.extend(remembered.choose_multiple(&mut rand::rng(), ALONE_FANOUT));
+            tracing::debug!(seeds = ?targets, "no active member: announcing to seeds");
+            for seed in targets {
                 inner.swim.announce(seed);
             }
             resolving.store(false, Ordering::Release);
