@@ -134,6 +134,29 @@ pub(crate) fn run(a: ChurnArgs) -> anyhow::Result<()> {
             eprintln!("  n{a} still named n{v} (death {d}) {last:.1} s after it died");
         }
     }
+    if !r.not_removed_fresh_pairs.is_empty() {
+        let logged = r
+            .not_removed_fresh_pairs
+            .iter()
+            .filter(|p| p.down_logged.is_some())
+            .count();
+        println!(
+            "(re)started agents still naming a dead agent at its restart: {} pairs, {logged} of them had logged it down (DNS lagged SWIM), the rest never did",
+            r.not_removed_fresh_pairs.len()
+        );
+        for p in &r.not_removed_fresh_pairs {
+            eprintln!(
+                "  n{} (started {:+.1} s from the death) still named n{} (death {}) {:.1} s after it died; logged down: {}",
+                p.answering,
+                p.started_after,
+                p.dead,
+                p.death,
+                p.last_named,
+                p.down_logged
+                    .map_or("never".to_string(), |d| format!("{d:.1} s after"))
+            );
+        }
+    }
     for f in &r.false_downs {
         println!("false down: {f}");
     }

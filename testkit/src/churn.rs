@@ -92,11 +92,30 @@ pub struct ChurnReport {
     /// its death number, seconds since the death at the last answer
     /// naming it).
     pub not_removed_pairs: Vec<(usize, usize, u32, f64)>,
+    /// The pairs counted in `not_removed_fresh`, for diagnosis.
+    pub not_removed_fresh_pairs: Vec<FreshPair>,
     /// SRV answers asked for, unanswered (timeouts), and answers that named
     /// an instance dead for more than 5 s.
     pub dns_questions: u64,
     pub dns_timeouts: u64,
     pub stale_answers: u64,
+}
+
+/// A (re)started answering agent that still named a dead agent when the
+/// dead one restarted.
+#[derive(Debug, Clone)]
+pub struct FreshPair {
+    pub answering: usize,
+    pub dead: usize,
+    pub death: u32,
+    /// The answering agent's (re)start, in seconds after the death
+    /// (negative: before it).
+    pub started_after: f64,
+    /// Seconds after the death of its last answer naming the dead agent.
+    pub last_named: f64,
+    /// When the answering agent logged the dead agent "member down", in
+    /// seconds after the death (None: it never did).
+    pub down_logged: Option<f64>,
 }
 
 /// Where an agent can be reached (stable across its restarts).
@@ -170,10 +189,10 @@ fn pass(a: &Agent) -> Result<(), String> {
     }
 }
 
-/// Node names in the SRV answer for `web.service.consul`.
-fn srv_nodes(sock: &UdpSocket, dns: SocketAddr, id: u16) -> Option<Vec<String>> {
+/// The SRV question for `web.service.consul` with message id `id`.
+fn srv_question(id: u16) -> Option<Vec<u8>> {
     use hickory_proto::op::{Edns, Message, Query};
-    use hickory_proto::rr::{Name, RData, RecordType};
+    use hickory_proto::rr::{Name, RecordType};
     let mut m = Message::query();
     m.metadata.id = id;
     // With EDNS the answer holds every instance (without it, 3 at random).
@@ -184,24 +203,76 @@ fn srv_nodes(sock: &UdpSocket, dns: SocketAddr, id: u16) -> Option<Vec<String>> 
         Name::from_ascii("web.service.consul.").ok()?,
         RecordType::SRV,
     ));
-    sock.send_to(&m.to_vec().ok()?, dns).ok()?;
+    m.to_vec().ok()
+}
+
+/// An answer's message id and the node names in its SRV records.
+fn srv_answer(packet: &[u8]) -> Option<(u16, Vec<String>)> {
+    use hickory_proto::op::Message;
+    use hickory_proto::rr::RData;
+    let r = Message::from_vec(packet).ok()?;
+    let names = r
+        .answers
+        .iter()
+        .filter_map(|rec| match &rec.data {
+            RData::SRV(srv) => srv.target.to_ascii().split('.').next().map(str::to_string),
+            _ => None,
+        })
+        .collect();
+    Some((r.metadata.id, names))
+}
+
+/// Node names in the SRV answer for `web.service.consul`.
+fn srv_nodes(sock: &UdpSocket, dns: SocketAddr, id: u16) -> Option<Vec<String>> {
+    sock.send_to(&srv_question(id)?, dns).ok()?;
     let mut buf = [0u8; 65_535];
     loop {
         let (n, _) = sock.recv_from(&mut buf).ok()?;
-        let r = Message::from_vec(&buf[..n]).ok()?;
-        if r.metadata.id != id {
-            continue;
+        match srv_answer(&buf[..n]) {
+            Some((got, names)) if got == id => return Some(names),
+            _ => continue,
         }
-        return Some(
-            r.answers
-                .iter()
-                .filter_map(|rec| match &rec.data {
-                    RData::SRV(srv) => srv.target.to_ascii().split('.').next().map(str::to_string),
-                    _ => None,
-                })
-                .collect(),
-        );
     }
+}
+
+/// One round of the watcher: the question goes to every agent in `dns` at
+/// once, and each answer is timed when it arrives (within `limit`).
+/// Returns (agent, arrival, node names) per answer and how many went
+/// unanswered.
+fn ask_all(
+    sock: &UdpSocket,
+    dns: &[(usize, SocketAddr)],
+    next_id: &mut u16,
+    limit: Duration,
+) -> (Vec<(usize, Instant, Vec<String>)>, usize) {
+    let mut pending: HashMap<u16, usize> = HashMap::new();
+    for (a, d) in dns {
+        *next_id = next_id.wrapping_add(1);
+        if let Some(q) = srv_question(*next_id)
+            && sock.send_to(&q, d).is_ok()
+        {
+            pending.insert(*next_id, *a);
+        }
+    }
+    let unsent = dns.len() - pending.len();
+    let deadline = Instant::now() + limit;
+    let mut answers = Vec::new();
+    let mut buf = [0u8; 65_535];
+    while !pending.is_empty() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || sock.set_read_timeout(Some(left)).is_err() {
+            break;
+        }
+        let Ok((n, _)) = sock.recv_from(&mut buf) else {
+            break;
+        };
+        if let Some((id, names)) = srv_answer(&buf[..n])
+            && let Some(a) = pending.remove(&id)
+        {
+            answers.push((a, Instant::now(), names));
+        }
+    }
+    (answers, unsent + pending.len())
 }
 
 /// Every agent's table contents, as one string per table.
@@ -402,27 +473,34 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
             let Ok(sock) = UdpSocket::bind("127.0.0.1:0") else {
                 return;
             };
-            let _ = sock.set_read_timeout(Some(Duration::from_millis(300)));
             let mut q = 0u16;
             while !stop.load(Ordering::Relaxed) {
-                for (a, d) in dns.iter().enumerate() {
-                    if shared.lock().unwrap_or_else(|e| e.into_inner()).dead_since[a].is_some() {
+                // Every live agent at once: an answer is timed when it
+                // arrives, so removal times are late by about one round
+                // (the questions, the answers, then 50 ms).
+                let live: Vec<(usize, SocketAddr)> = {
+                    let s = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    dns.iter()
+                        .enumerate()
+                        .filter(|(a, _)| s.dead_since[*a].is_none())
+                        .map(|(a, d)| (a, *d))
+                        .collect()
+                };
+                let (answers, unanswered) =
+                    ask_all(&sock, &live, &mut q, Duration::from_millis(300));
+                let s = shared.lock().unwrap_or_else(|e| e.into_inner());
+                let mut w = watched.lock().unwrap_or_else(|e| e.into_inner());
+                w.1 += live.len() as u64;
+                w.2 += unanswered as u64;
+                for (a, at, named) in answers {
+                    // Killed since it was asked: its answer predates its death.
+                    if s.dead_since[a].is_some() {
                         continue;
                     }
-                    q = q.wrapping_add(1);
-                    let answer = srv_nodes(&sock, *d, q);
-                    let now = Instant::now();
-                    let s = shared.lock().unwrap_or_else(|e| e.into_inner());
-                    let mut w = watched.lock().unwrap_or_else(|e| e.into_inner());
-                    w.1 += 1;
-                    let Some(named) = answer else {
-                        w.2 += 1;
-                        continue;
-                    };
                     let mut stale = false;
                     for (v, since) in s.dead_since.iter().enumerate() {
                         let Some(since) = since else { continue };
-                        let age = now.duration_since(*since);
+                        let age = at.saturating_duration_since(*since);
                         let key = (a, v, s.deaths[v]);
                         if named.iter().any(|x| x.as_str() == format!("n{v}")) {
                             stale |= age > Duration::from_secs(5);
@@ -439,7 +517,8 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
                         w.3 += 1;
                     }
                 }
-                std::thread::sleep(Duration::from_millis(100));
+                drop((s, w));
+                std::thread::sleep(Duration::from_millis(50));
             }
         })
     };
@@ -568,7 +647,28 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
                 Some(t) if fresh => removed_fresh.push(*t),
                 Some(t) => removed.push(*t),
                 None if died => report.answerer_died += 1,
-                None if fresh => report.not_removed_fresh += 1,
+                None if fresh => {
+                    report.not_removed_fresh += 1;
+                    let killed = windows[v][(death as usize).saturating_sub(1)].0;
+                    let secs = |t: SystemTime| match t.duration_since(killed) {
+                        Ok(d) => d.as_secs_f64(),
+                        Err(e) => -e.duration().as_secs_f64(),
+                    };
+                    // The answering agent's start nearest the death.
+                    let started_after = windows[a]
+                        .iter()
+                        .filter_map(|(_, r)| r.map(secs))
+                        .min_by(|x, y| x.abs().total_cmp(&y.abs()))
+                        .unwrap_or(f64::NAN);
+                    report.not_removed_fresh_pairs.push(FreshPair {
+                        answering: a,
+                        dead: v,
+                        death,
+                        started_after,
+                        last_named: w.4.get(&(a, v, death)).map_or(0.0, Duration::as_secs_f64),
+                        down_logged: None,
+                    });
+                }
                 None => {
                     report.not_removed += 1;
                     let last = w.4.get(&(a, v, death)).map_or(0.0, Duration::as_secs_f64);
@@ -612,6 +712,7 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
         lines.extend(a.seen.borrow().iter().map(|l| (*i, l.clone())));
     }
     let after_restart = Duration::from_secs(15);
+    let mut downs: HashMap<(usize, usize), Vec<SystemTime>> = HashMap::new();
     for (observer, line) in lines {
         if line.contains("was declared down") {
             let at = line_time(&line);
@@ -641,6 +742,7 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
             report.unclassified_downs += 1;
             continue;
         };
+        downs.entry((observer, target)).or_default().push(at);
         let legit = windows[target]
             .iter()
             .any(|(killed, restarted)| at >= *killed && restarted.is_none_or(|r| at <= r + grace));
@@ -649,6 +751,16 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
                 .false_downs
                 .push(format!("n{observer} declared n{target} down: {line}"));
         }
+    }
+    for p in &mut report.not_removed_fresh_pairs {
+        let killed = windows[p.dead][(p.death as usize).saturating_sub(1)].0;
+        p.down_logged = downs
+            .get(&(p.answering, p.dead))
+            .into_iter()
+            .flatten()
+            .filter_map(|t| t.duration_since(killed).ok())
+            .min()
+            .map(|d| d.as_secs_f64());
     }
     Ok(report)
 }
