@@ -30,13 +30,35 @@ pub(super) const REMEMBER_FOR_SECS: i64 = 72 * 3600;
 /// that changed, hosts gone), the most recently seen kept.
 pub(super) const REMEMBER_INACTIVE: i64 = 1024;
 
-/// Records the active members when the peer set changed since `persisted`.
-pub(super) async fn persist_members(inner: &Arc<Inner>, persisted: &mut u64) {
+/// How often the active members are stamped again while the peer set does
+/// not change (the 72-hour rule counts from a member's last stamp).
+pub(super) const RESTAMP_EVERY: Duration = Duration::from_secs(3600);
+
+/// What was last saved: the peer set's generation, and when.
+#[derive(Default)]
+pub(super) struct Persisted {
+    generation: Option<u64>,
+    at: Option<std::time::Instant>,
+}
+
+/// Records the active members when the peer set changed since the last
+/// save, or it is [`RESTAMP_EVERY`] old.
+pub(super) async fn persist_members(inner: &Arc<Inner>, persisted: &mut Persisted) {
     let generation = inner.peers.generation();
-    if generation == *persisted {
+    let fresh = persisted.at.is_some_and(|t| t.elapsed() < RESTAMP_EVERY);
+    if persisted.generation == Some(generation) && fresh {
         return;
     }
     let members = inner.peers.active();
+    let saved = Persisted {
+        generation: Some(generation),
+        at: Some(std::time::Instant::now()),
+    };
+    if members.is_empty() {
+        // Nothing to stamp, and nothing is forgotten while alone.
+        *persisted = saved;
+        return;
+    }
     let store = inner.store.clone();
     let result = tokio::task::spawn_blocking(move || {
         let now = std::time::SystemTime::now()
@@ -46,14 +68,15 @@ pub(super) async fn persist_members(inner: &Arc<Inner>, persisted: &mut u64) {
     })
     .await;
     match result {
-        Ok(Ok(())) => *persisted = generation,
+        Ok(Ok(())) => *persisted = saved,
         Ok(Err(e)) => tracing::warn!(error = %e, "could not save the member list"),
         Err(e) => tracing::warn!(error = %e, "saving the member list failed"),
     }
 }
 
-/// Adds or refreshes `active` (stamped `now`) in the members table. Peers
-/// no longer active stay remembered: a member this node holds as down (a
+/// Adds or refreshes `active` (stamped `now`; [`persist_members`] saves at
+/// every change of the active set and at least hourly) in the members
+/// table. Peers no longer active stay remembered: a member this node holds as down (a
 /// partition, its own stall) is still the way back after a restart, and a
 /// node that knows nobody at the moment forgets nothing. Forgotten: an
 /// actor's older address when it shows up at a new one, and, while some

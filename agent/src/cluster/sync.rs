@@ -320,7 +320,8 @@ pub(super) async fn run_rounds(
     shutdown: CancellationToken,
     swim: tokio::task::JoinHandle<()>,
 ) {
-    let mut persisted = sync.peers.generation();
+    // Nothing saved yet: the first round saves whoever is active by then.
+    let mut persisted = Persisted::default();
     let mut interval = SYNC_BASE;
     // The first round starts at once (it opens the write fence).
     let mut wait = Duration::ZERO;
