@@ -362,6 +362,48 @@ fn a_restarted_node_rejoins_without_bootstrap() {
     await_rows(&b, &agent_b, "after||\nbefore||\n");
 }
 
+/// A peer held as down when this node stopped is still remembered, and is
+/// the way back. A (gossip port 0, no bootstrap) sees B leave, stops, and
+/// comes back on a new port; B comes back at its old address knowing only
+/// A's old one. A's remembered row for B is the only path between them.
+#[test]
+fn a_peer_down_when_this_node_stopped_is_still_the_way_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::new(&dir.path().join("a"), "");
+    let agent_a = a.start();
+    let b = Node::joining(&dir.path().join("b"), &agent_a);
+    b.set_gossip_addr(&format!("127.0.0.1:{}", common::free_port()));
+    let agent_b = b.start();
+    let b_addr = agent_b.gossip.to_string();
+    a.exec(&agent_a, "INSERT INTO todos (id) VALUES ('before')");
+    await_rows(&b, &agent_b, "before||\n");
+    common::await_some(Duration::from_secs(15), "A remembers B", || {
+        let conn = rusqlite::Connection::open(&a.db).ok()?;
+        conn.query_row(
+            "SELECT 1 FROM __corro_members WHERE addr = ?1",
+            [&b_addr],
+            |_| Ok(()),
+        )
+        .ok()
+    });
+    agent_b.stop();
+    common::await_some(Duration::from_secs(15), "A sees B gone", || {
+        agent_a
+            .members()
+            .iter()
+            .all(|(addr, state)| addr != &b_addr || state != "alive")
+            .then_some(())
+    });
+    let a_before = agent_a.gossip;
+    agent_a.stop();
+    let agent_a = a.start();
+    assert_ne!(agent_a.gossip, a_before, "A came back on its old port");
+    let agent_b = b.start();
+    assert_eq!(agent_b.gossip.to_string(), b_addr);
+    a.exec(&agent_a, "INSERT INTO todos (id) VALUES ('after')");
+    await_rows(&b, &agent_b, "after||\nbefore||\n");
+}
+
 /// Bootstrap by DNS name, and retried while alone: B starts first with
 /// `bootstrap = ["localhost:<port>"]`; A comes up on that port later; B joins
 /// and replicates without a restart.

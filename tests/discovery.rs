@@ -481,6 +481,58 @@ fn a_killed_node_turns_critical_everywhere_and_comes_back() {
     }
 }
 
+/// Push-pull membership: an agent that joins after a node died learns, in
+/// its first sync round and before the rows naming the node arrive, that
+/// the node is down. Every answer it gives names the dead node's instance
+/// as critical (or not at all); before, it took an actor it had never
+/// heard of for alive during its first 5 s (the settling time) and
+/// answered the dead instance as passing.
+#[test]
+fn a_joining_agent_knows_from_its_first_round_that_a_dead_node_is_down() {
+    let consul = ConsulStandIn::start();
+    consul.set_service("web-a", service_json("web-a", "web", &[], 80));
+    let dir = tempfile::tempdir().unwrap();
+    let (_nodes, mut agents) = three(dir.path(), &consul, "");
+    for agent in &agents {
+        await_some(Duration::from_secs(15), "web-a passing everywhere", || {
+            (health(agent, "web") == [("host-a".into(), "web-a".into(), "passing".into())])
+                .then_some(())
+        });
+    }
+    let mut a = agents.remove(0);
+    a.child.kill().unwrap();
+    let _ = a.child.wait();
+    for agent in &agents {
+        await_some(
+            Duration::from_secs(15),
+            "web-a critical on the others",
+            || (health(agent, "web")[0].2 == "critical").then_some(()),
+        );
+    }
+    let d_node = joining(&dir.path().join("d"), "host-d", &agents[0], None);
+    let d = d_node.start();
+    let started = Instant::now();
+    // Watched from its start until past the settling time.
+    let mut listed = None;
+    while started.elapsed() < Duration::from_secs(7) {
+        let h = health(&d, "web");
+        assert!(
+            h.iter().all(|(_, _, status)| status == "critical"),
+            "the new agent answered {h:?} {:?} after its start",
+            started.elapsed()
+        );
+        if !h.is_empty() && listed.is_none() {
+            listed = Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let listed = listed.expect("the new agent never listed web-a");
+    d.drain();
+    let applied = d.saw("applied a peer's member view");
+    assert!(applied.is_some(), "no member view applied");
+    println!("web-a listed as critical {listed:?} after the new agent's start");
+}
+
 #[test]
 fn a_node_down_longer_than_reap_after_is_reaped_and_republishes_on_return() {
     let consul = ConsulStandIn::start();

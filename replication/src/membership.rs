@@ -137,6 +137,45 @@ impl foca::Identity for Identity {
     }
 }
 
+/// One member as a peer's whole view carries it ([`Membership::view`],
+/// [`Membership::apply_view`]): its identity, incarnation and state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ViewEntry {
+    pub id: Identity,
+    pub incarnation: foca::Incarnation,
+    /// 0 alive, 1 suspect, 2 down (any other value is refused).
+    pub state: u8,
+}
+
+impl ViewEntry {
+    fn from_member(m: &foca::Member<Identity>) -> Self {
+        let state = match m.state() {
+            State::Alive => 0,
+            State::Suspect => 1,
+            State::Down => 2,
+        };
+        ViewEntry {
+            id: *m.id(),
+            incarnation: m.incarnation(),
+            state,
+        }
+    }
+
+    fn to_member(self) -> Option<foca::Member<Identity>> {
+        let state = match self.state {
+            0 => State::Alive,
+            1 => State::Suspect,
+            2 => State::Down,
+            _ => return None,
+        };
+        Some(foca::Member::new(self.id, self.incarnation, state))
+    }
+}
+
+/// A peer's view longer than this is refused whole ([`Membership::apply_view`]):
+/// four times the largest clusters this design is sized for.
+pub const MAX_VIEW_ENTRIES: usize = 160_000;
+
 /// What the caller must do after a call.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
@@ -162,6 +201,8 @@ pub enum MembershipError {
     Packet(foca::Error),
     #[error("membership timer failed: {0}")]
     Timer(foca::Error),
+    #[error("a peer's member view of {0} entries is over the {MAX_VIEW_ENTRIES} limit")]
+    ViewTooLarge(usize),
 }
 
 /// One member's view of the cluster.
@@ -437,6 +478,53 @@ impl Membership {
             .collect()
     }
 
+    /// Every member this node knows, down ones included, as a peer that
+    /// just joined asks for it (push-pull: a join's feed carries only what
+    /// fits one packet, and no down member, so a joiner could take a member
+    /// the cluster has declared down for alive, or not know it at all,
+    /// until its own probes got round to it).
+    ///
+    /// This node is in it too (alive): the asker may have reached it as a
+    /// seed before SWIM told it of this node, and an applied view counts as
+    /// knowing every member.
+    pub fn view(&self) -> Vec<ViewEntry> {
+        let me = *self.foca.identity();
+        let (seen, incarnation) = self.incarnation;
+        let mut view: Vec<ViewEntry> = self
+            .foca
+            .iter_membership_state()
+            .map(ViewEntry::from_member)
+            .collect();
+        view.push(ViewEntry {
+            id: me,
+            incarnation: if seen == me { incarnation } else { 0 },
+            state: 0,
+        });
+        view
+    }
+
+    /// Applies a peer's [`Membership::view`] as if it had come in gossip,
+    /// without passing it on (every other member holds it already).
+    /// Entries with an unknown state or a placeholder identity are skipped;
+    /// a view over [`MAX_VIEW_ENTRIES`] is refused whole. Entries about this
+    /// node are foca's as usual: a down verdict about this identity renews
+    /// it, one about an earlier identity at this address is ignored.
+    pub fn apply_view(
+        &mut self,
+        view: Vec<ViewEntry>,
+    ) -> (Vec<Output>, Result<(), MembershipError>) {
+        if view.len() > MAX_VIEW_ENTRIES {
+            return (Vec::new(), Err(MembershipError::ViewTooLarge(view.len())));
+        }
+        let members = view
+            .into_iter()
+            .filter(|e| e.id.actor != ActorId([0; 16]) && e.id.ts != 0)
+            .filter_map(ViewEntry::to_member);
+        let result = self.foca.apply_many(members, false, &mut self.runtime);
+        let out = self.drain();
+        (out, result.map_err(MembershipError::Packet))
+    }
+
     /// How many members are active (alive or suspect), this node excluded.
     pub fn active_count(&self) -> usize {
         self.foca.num_members()
@@ -702,5 +790,90 @@ mod tests {
             assert!(!sweep(&mut m).contains(&Output::Down(x)));
         }
         assert!(sweep(&mut m).contains(&Output::Down(x)));
+    }
+
+    #[test]
+    fn a_joiner_applying_a_peers_view_learns_its_down_members() {
+        let (x, y, z) = (id(2), id(3), id(4));
+        // The responder holds y alive, x and z down.
+        let mut responder = Membership::new(id(5), 3);
+        learn(
+            &mut responder,
+            [
+                foca::Member::new(y, 0, State::Alive),
+                foca::Member::new(x, 0, State::Alive),
+                foca::Member::new(z, 0, State::Alive),
+                foca::Member::down(x),
+                foca::Member::down(z),
+            ],
+        );
+        let view = responder.view();
+        assert_eq!(view.len(), 4, "three members and the responder");
+        // The joiner took x for alive from a join feed, and never heard
+        // of z.
+        let mut joiner = Membership::new(id(1), 4);
+        learn(
+            &mut joiner,
+            [
+                foca::Member::new(id(5), 0, State::Alive),
+                foca::Member::new(x, 0, State::Alive),
+            ],
+        );
+        let (out, result) = joiner.apply_view(view);
+        result.unwrap_or_else(|e| panic!("{e}"));
+        assert!(out.contains(&Output::Down(x)), "{out:?}");
+        assert!(out.contains(&Output::Up(y)), "{out:?}");
+        assert!(!out.contains(&Output::Up(z)), "{out:?}");
+        let mut held = joiner.members();
+        held.sort_by_key(|(i, _)| i.addr);
+        assert_eq!(
+            held,
+            vec![
+                (x, State::Down),
+                (y, State::Alive),
+                (z, State::Down),
+                (id(5), State::Alive)
+            ]
+        );
+        // Not passed on: the responder's members know it already.
+        assert_eq!(joiner.active_count(), 2);
+    }
+
+    #[test]
+    fn a_view_about_this_node_and_bad_entries() {
+        let me = id(1);
+        let earlier = Identity { ts: 0, ..me };
+        let older = Identity {
+            ts: me.ts.saturating_sub(1).max(1),
+            ..me
+        };
+        let mut m = Membership::new(Identity { ts: 5, ..me }, 2);
+        let entry = |id: Identity, state: u8| ViewEntry {
+            id,
+            incarnation: 0,
+            state,
+        };
+        // A placeholder, an unknown state, and an earlier identity at this
+        // address held down: nothing happens to this node.
+        let (out, result) = m.apply_view(vec![entry(earlier, 2), entry(id(2), 9), entry(older, 2)]);
+        result.unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !out.iter().any(|o| matches!(o, Output::Rejoined(_))),
+            "{out:?}"
+        );
+        assert_eq!(m.identity().ts, 5);
+        assert!(m.members().iter().all(|(i, _)| i.addr != id(2).addr));
+        // Down about this very identity: it renews.
+        let now = *m.identity();
+        let (out, _) = m.apply_view(vec![entry(now, 2)]);
+        assert!(
+            out.iter().any(|o| matches!(o, Output::Rejoined(_))),
+            "{out:?}"
+        );
+        assert_ne!(*m.identity(), now);
+        // Too long: refused whole.
+        let (out, result) = m.apply_view(vec![entry(id(3), 0); MAX_VIEW_ENTRIES + 1]);
+        assert!(matches!(result, Err(MembershipError::ViewTooLarge(_))));
+        assert!(out.is_empty());
     }
 }

@@ -31,7 +31,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::membership::{Identity, Membership, MembershipError, Output, State, Timer};
+use crate::membership::{Identity, Membership, MembershipError, Output, State, Timer, ViewEntry};
 use crate::reconnect::{RECONNECT_EVERY, Reconnect};
 
 /// Inputs queued for the driver beyond this are dropped (packets) or wait
@@ -70,6 +70,11 @@ pub trait SwimIo: Send + 'static {
 enum Input {
     Data(Bytes),
     Announce(SocketAddr),
+    /// A copy of the whole view, for a peer that joined.
+    View(oneshot::Sender<Vec<ViewEntry>>),
+    /// A peer's whole view, to apply; answered once the member list that
+    /// results was handed to the IO.
+    ApplyView(Vec<ViewEntry>, oneshot::Sender<()>),
 }
 
 /// Leaving and stopping go on their own channel, read before the inputs:
@@ -133,14 +138,41 @@ impl SwimHandle {
         let _ = self.control.send(Control::Stop).await;
     }
 
+    /// This node's whole member view, down members included
+    /// ([`Membership::view`]); `None` when the queue is full or the driver
+    /// is gone.
+    pub async fn view(&self) -> Option<Vec<ViewEntry>> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.try_send(Input::View(tx)).ok()?;
+        rx.await.ok()
+    }
+
+    /// Applies a peer's whole view ([`Membership::apply_view`]); returns
+    /// true once the member list that results has been handed to the IO
+    /// ([`SwimIo::step`]), false when it could not be queued or the driver
+    /// is gone.
+    pub async fn apply_view(&self, view: Vec<ViewEntry>) -> bool {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.try_send(Input::ApplyView(view, tx)).is_err() {
+            return false;
+        }
+        rx.await.is_ok()
+    }
+
     /// Inputs waiting in the queue.
     pub fn queue_depth(&self) -> usize {
         SWIM_QUEUE - self.tx.capacity()
     }
 }
 
-/// Hands one queued input to the core.
-fn handle_input<I: SwimIo>(core: &mut Membership, io: &mut I, input: Input) -> Vec<Output> {
+/// Hands one queued input to the core; answers to send once the step's
+/// member list went to the IO go to `after_step`.
+fn handle_input<I: SwimIo>(
+    core: &mut Membership,
+    io: &mut I,
+    input: Input,
+    after_step: &mut Vec<oneshot::Sender<()>>,
+) -> Vec<Output> {
     match input {
         Input::Data(d) => {
             // What the core did before an error still counts.
@@ -151,6 +183,18 @@ fn handle_input<I: SwimIo>(core: &mut Membership, io: &mut I, input: Input) -> V
             out
         }
         Input::Announce(a) => core.announce(a),
+        Input::View(reply) => {
+            let _ = reply.send(core.view());
+            Vec::new()
+        }
+        Input::ApplyView(view, done) => {
+            let (out, result) = core.apply_view(view);
+            if let Err(e) = result {
+                io.refused(e);
+            }
+            after_step.push(done);
+            out
+        }
     }
 }
 
@@ -169,6 +213,7 @@ pub async fn run<I: SwimIo>(mut core: Membership, queue: SwimQueue, mut io: I) {
     reconnect_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(rand::random());
     let mut timers: tokio_util::time::DelayQueue<Timer> = tokio_util::time::DelayQueue::new();
+    let mut after_step = Vec::new();
     loop {
         let (out, done) = tokio::select! {
             biased;
@@ -189,7 +234,9 @@ pub async fn run<I: SwimIo>(mut core: Membership, queue: SwimQueue, mut io: I) {
                 let mut out = Vec::new();
                 for _ in 0..DRAIN_BEFORE_TIMER {
                     match rx.try_recv() {
-                        Ok(input) => out.extend(handle_input(&mut core, &mut io, input)),
+                        Ok(input) => {
+                            out.extend(handle_input(&mut core, &mut io, input, &mut after_step))
+                        }
                         Err(_) => break,
                     }
                 }
@@ -198,7 +245,7 @@ pub async fn run<I: SwimIo>(mut core: Membership, queue: SwimQueue, mut io: I) {
             }
             input = rx.recv() => match input {
                 None => break,
-                Some(input) => (handle_input(&mut core, &mut io, input), None),
+                Some(input) => (handle_input(&mut core, &mut io, input, &mut after_step), None),
             },
             _ = rejoin.tick() => {
                 if core.active_count() == 0 {
@@ -236,6 +283,9 @@ pub async fn run<I: SwimIo>(mut core: Membership, queue: SwimQueue, mut io: I) {
         let me = core.identity().addr;
         let members = core.members().into_iter().filter(|(id, _)| id.addr != me);
         io.step(members.collect(), events);
+        for done in after_step.drain(..) {
+            let _ = done.send(());
+        }
         for (to, packet) in sends {
             io.send(to, packet);
         }
@@ -394,5 +444,38 @@ mod tests {
         })
         .await
         .expect("the crash is detected by probes");
+    }
+
+    /// Push-pull through the driver: a copy of one node's whole view,
+    /// applied by another, is in the second's member list (the list the IO
+    /// gets) by the time `apply_view` returns, down members included.
+    #[tokio::test(start_paused = true)]
+    async fn a_view_copied_through_the_driver_is_in_the_member_list_when_applied() {
+        let net: Net = Arc::default();
+        let (a, am, _at) = start(&net, 0, vec![]);
+        let (_b, _bm, _bt) = start(&net, 1, vec![addr(0)]);
+        let (c, _cm, _ct) = start(&net, 2, vec![addr(0)]);
+        until(Duration::from_secs(30), || states(&am).len() == 2)
+            .await
+            .expect("b and c joined a");
+        // c crashes; a holds it as down.
+        c.stop().await;
+        until(Duration::from_secs(60), || sees(&am, 2, Some(State::Down)))
+            .await
+            .expect("a holds c as down");
+        let view = a.view().await.expect("a's view");
+        assert_eq!(view.len(), 3, "b, c and a itself: {view:?}");
+        // d is isolated (nobody knows it): only the view tells it anything.
+        let d_net: Net = Arc::default();
+        let (d, dm, _dt) = start(&d_net, 3, vec![]);
+        assert!(d.apply_view(view).await);
+        assert_eq!(
+            states(&dm),
+            vec![
+                (addr(0), State::Alive),
+                (addr(1), State::Alive),
+                (addr(2), State::Down)
+            ]
+        );
     }
 }

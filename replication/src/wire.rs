@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use corro_store::{ActorId, Changeset};
 use serde::{Deserialize, Serialize};
 
+use crate::membership::ViewEntry;
 use crate::sync::SyncState;
 
 /// The protocol this build speaks.
@@ -57,11 +58,21 @@ pub enum Message {
 }
 
 /// Optional fields after the envelope (see the module doc). Sent with
-/// `SyncState`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+/// `SyncState`. Fields are only ever appended: a decoder reads the fields
+/// it knows while bytes remain ([`decode_with_trailer`]), so a trailer from
+/// an earlier build (fewer fields) or a later one (more) decodes here, and
+/// builds that know only `schema` read it and ignore the rest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Trailer {
     /// The sender's replicated-schema fingerprint.
     pub schema: u64,
+    /// The sender (a round's initiator that has had no member view since
+    /// it started or was last alone) asks for the responder's whole member
+    /// view with its answer.
+    pub want_view: bool,
+    /// The sender's whole member view, down members included, when asked
+    /// (push-pull membership; see `Membership::view`).
+    pub view: Option<Vec<ViewEntry>>,
 }
 
 /// Why a frame was refused.
@@ -99,12 +110,29 @@ pub fn encode_with_trailer(env: &Envelope, trailer: &Trailer) -> Result<Vec<u8>,
 pub fn decode_with_trailer(frame: &[u8]) -> Result<(Envelope, Option<Trailer>), WireError> {
     let env = decode(frame)?;
     let (_, rest) = postcard::take_from_bytes::<Envelope>(frame)?;
-    let trailer = if rest.is_empty() {
-        None
-    } else {
-        postcard::from_bytes(rest).ok()
+    Ok((env, decode_trailer(rest)))
+}
+
+/// Reads a trailer's fields in order while bytes remain (see [`Trailer`]);
+/// `None` when there is none or its first field is malformed. A malformed
+/// later field ends the reading: what came before it counts.
+fn decode_trailer(bytes: &[u8]) -> Option<Trailer> {
+    if bytes.is_empty() {
+        return None;
+    }
+    let (schema, rest) = postcard::take_from_bytes::<u64>(bytes).ok()?;
+    let mut t = Trailer {
+        schema,
+        ..Trailer::default()
     };
-    Ok((env, trailer))
+    let Ok((want_view, rest)) = postcard::take_from_bytes::<bool>(rest) else {
+        return Some(t);
+    };
+    t.want_view = want_view;
+    if let Ok((view, _)) = postcard::take_from_bytes::<Option<Vec<ViewEntry>>>(rest) {
+        t.view = view;
+    }
+    Some(t)
 }
 
 /// Decodes a frame, checking size and version first.
@@ -159,11 +187,15 @@ mod tests {
         let e = env(Message::SyncState(SyncState::default()));
         let t = Trailer {
             schema: 0xfeed_beef,
+            ..Trailer::default()
         };
         let with = encode_with_trailer(&e, &t).unwrap();
         // What an earlier build does with it: the envelope, nothing else.
         assert_eq!(decode(&with).unwrap(), e);
-        assert_eq!(decode_with_trailer(&with).unwrap(), (e.clone(), Some(t)));
+        assert_eq!(
+            decode_with_trailer(&with).unwrap(),
+            (e.clone(), Some(t.clone()))
+        );
         let without = encode(&e).unwrap();
         assert_eq!(decode_with_trailer(&without).unwrap(), (e.clone(), None));
         let mut junk = without.clone();
@@ -194,5 +226,52 @@ mod tests {
             decode(&vec![0; MAX_FRAME_BYTES + 1]),
             Err(WireError::TooLarge(_))
         ));
+    }
+
+    /// The trailer of the build before the member view (`schema` alone).
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct SchemaOnly {
+        schema: u64,
+    }
+
+    #[test]
+    fn trailers_decode_across_builds_with_fewer_or_more_fields() {
+        let e = env(Message::SyncState(SyncState::default()));
+        let id = crate::membership::Identity {
+            actor: ActorId([3; 16]),
+            addr: "127.0.0.1:9000".parse().unwrap(),
+            ts: 42,
+        };
+        let full = Trailer {
+            schema: 7,
+            want_view: true,
+            view: Some(vec![ViewEntry {
+                id,
+                incarnation: 2,
+                state: 2,
+            }]),
+        };
+        let bytes = encode_with_trailer(&e, &full).unwrap();
+        assert_eq!(decode_with_trailer(&bytes).unwrap().1, Some(full.clone()));
+        // An earlier build reads the schema and ignores the rest.
+        let (_, rest) = postcard::take_from_bytes::<Envelope>(&bytes).unwrap();
+        let old: SchemaOnly = postcard::from_bytes(rest).unwrap();
+        assert_eq!(old, SchemaOnly { schema: 7 });
+        // Its trailer decodes here, with the newer fields at their defaults.
+        let mut from_old = encode(&e).unwrap();
+        from_old.extend(postcard::to_stdvec(&SchemaOnly { schema: 9 }).unwrap());
+        let want = Trailer {
+            schema: 9,
+            ..Trailer::default()
+        };
+        assert_eq!(decode_with_trailer(&from_old).unwrap().1, Some(want));
+        // A later build's extra field is ignored.
+        let mut from_later = bytes.clone();
+        from_later.extend([0x05, 0x01]);
+        assert_eq!(decode_with_trailer(&from_later).unwrap().1, Some(full));
+        // A truncated view: the fields before it count.
+        let cut = &bytes[..bytes.len() - 3];
+        let t = decode_with_trailer(cut).unwrap().1.unwrap();
+        assert_eq!((t.schema, t.want_view, t.view), (7, true, None));
     }
 }

@@ -30,18 +30,35 @@ pub(super) async fn write_bytes(send: &mut quinn::SendStream, bytes: &[u8]) -> a
     Ok(())
 }
 
-/// Sends a `SyncState` message with this node's schema fingerprint as
-/// trailer.
+/// Sends a message with a trailer: this node's schema fingerprint (read
+/// from `SyncState` only), whether it asks for the peer's member view, and
+/// its own view when the peer asked (left out, with a warning, if it would
+/// make the frame too large).
 pub(super) async fn write_state(
     inner: &Inner,
     send: &mut quinn::SendStream,
     state: Message,
+    want_view: bool,
+    view: Option<Vec<ViewEntry>>,
 ) -> anyhow::Result<()> {
     let env = envelope(inner, state);
-    let trailer = Trailer {
+    let mut trailer = Trailer {
         schema: inner.store.schema_fingerprint(),
+        want_view,
+        view,
     };
-    write_bytes(send, &encode_with_trailer(&env, &trailer)?).await
+    let bytes = match encode_with_trailer(&env, &trailer) {
+        Err(WireError::TooLarge(n)) if trailer.view.is_some() => {
+            tracing::warn!(
+                bytes = n,
+                "member view too large for one frame; answering without it"
+            );
+            trailer.view = None;
+            encode_with_trailer(&env, &trailer)?
+        }
+        other => other?,
+    };
+    write_bytes(send, &bytes).await
 }
 
 /// Reads one frame and its trailer; `None` at a clean end of stream.

@@ -10,12 +10,15 @@ pub(super) const MEMBERS_DDL: &str = "CREATE TABLE IF NOT EXISTS __corro_members
     addr TEXT NOT NULL PRIMARY KEY,
     actor_id BLOB NOT NULL,
     updated_at INTEGER NOT NULL
-) WITHOUT ROWID";
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS __corro_members_actor ON __corro_members (actor_id)";
 
+/// The remembered peers, most recently seen first.
 pub(super) fn load_members(store: &Store) -> anyhow::Result<Vec<SocketAddr>> {
     let rows: Vec<String> = store.local_write(|c| {
         c.execute_batch(MEMBERS_DDL)?;
-        let mut stmt = c.prepare("SELECT addr FROM __corro_members")?;
+        let mut stmt =
+            c.prepare("SELECT addr FROM __corro_members ORDER BY updated_at DESC, addr")?;
         stmt.query_map([], |r| r.get(0))?.collect()
     })?;
     Ok(rows.into_iter().filter_map(|a| a.parse().ok()).collect())
@@ -173,5 +176,8 @@ mod tests {
         assert!(kept.contains(&addr(1)));
         // The oldest ten went.
         assert!(!kept.contains(&addr(10 + 9)) && kept.contains(&addr(10 + 10)));
+        // Loaded most recently seen first (announces try those first).
+        let loaded = load_members(&store).unwrap();
+        assert_eq!(loaded[..3], [addr(1), addr(10 + n - 1), addr(10 + n - 2)]);
     }
 }

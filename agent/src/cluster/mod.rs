@@ -26,6 +26,18 @@
 //! streams from the store a change budget at a time; the initiator applies
 //! in large batches cut at version boundaries, overlapping with receiving.
 //!
+//! Push-pull membership: a node that has applied no member view since it
+//! started or was last alone asks for one in its `SyncState`'s trailer;
+//! the responder adds its whole SWIM view (down members and itself
+//! included) to the trailer of its first frame, and the initiator applies
+//! it (without gossiping it on) before that frame's changes. A joiner thus
+//! knows at once every member the cluster knows and which of them are
+//! down, instead of taking a dead member for alive (or not knowing it)
+//! until its own probes reach it; discovery counts membership as settled
+//! from then on. Peers of earlier builds neither ask nor answer (they read
+//! the trailer's first field only), and the joiner waits out the settling
+//! time as before.
+//!
 //! Submodules, one job each: [`transport`] (endpoint, accept, dispatch),
 //! [`frame`] (framing; the one place peer input is decoded and validated),
 //! [`sync`] (both sides of a round, the periodic loop), [`broadcast`]
@@ -48,10 +60,10 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use anyhow::Context;
-use corro_replication::membership::{Identity, Membership};
+use corro_replication::membership::{Identity, Membership, ViewEntry};
 use corro_replication::{
-    Envelope, MAX_FRAME_BYTES, Message, PROTOCOL_VERSION, SyncState, Trailer, decode_with_trailer,
-    encode, encode_with_trailer, plan,
+    Envelope, MAX_FRAME_BYTES, Message, PROTOCOL_VERSION, SyncState, Trailer, WireError,
+    decode_with_trailer, encode, encode_with_trailer, plan,
 };
 use corro_store::ActorId;
 use corro_store::{Changeset, Store};
@@ -104,6 +116,13 @@ struct Inner {
     /// `true` once this node has caught up with the cluster: a sync round
     /// was answered and no version is missing (or there is no peer to ask).
     caught_up: watch::Sender<bool>,
+    /// This node asks the peers it syncs with for their whole member view
+    /// (set at start and whenever it has no active member; cleared when a
+    /// view was applied): see [`sync`]'s module doc.
+    want_view: std::sync::atomic::AtomicBool,
+    /// Whether a peer's whole member view has been applied since start
+    /// (membership then counts as settled for discovery).
+    view_applied: watch::Sender<bool>,
     /// Peers whose last `SyncState` carried a schema fingerprint other than
     /// ours: actor -> (address, their fingerprint).
     schema_mismatches: parking_lot::Mutex<std::collections::BTreeMap<ActorId, (SocketAddr, u64)>>,
@@ -112,17 +131,17 @@ struct Inner {
 impl Inner {
     /// Notes the schema fingerprint a peer sent with its `SyncState` (none
     /// from builds that predate it: treated as unknown, not a mismatch).
-    fn schema_seen(&self, env: &Envelope, trailer: Option<Trailer>) {
+    fn schema_seen(&self, env: &Envelope, schema: Option<u64>) {
         let ours = self.store.schema_fingerprint();
         let mut map = self.schema_mismatches.lock();
-        match trailer {
-            Some(t) if t.schema != ours => {
-                let before = map.insert(env.from, (env.addr, t.schema));
-                if before.map(|b| b.1) != Some(t.schema) {
+        match schema {
+            Some(theirs) if theirs != ours => {
+                let before = map.insert(env.from, (env.addr, theirs));
+                if before.map(|b| b.1) != Some(theirs) {
                     tracing::warn!(
                         peer = %env.addr,
                         actor_id = %env.from,
-                        theirs = %format!("{:016x}", t.schema),
+                        theirs = %format!("{theirs:016x}"),
                         ours = %format!("{ours:016x}"),
                         "peer has a different replicated schema; changes naming tables or columns a node lacks wait there until the schema files match"
                     );
@@ -136,7 +155,31 @@ impl Inner {
         }
         metrics::gauge!("corro_schema_mismatched_peers").set(map.len() as f64);
     }
+
+    /// Applies the whole member view a round's responder sent (this node
+    /// asked for it: see [`Inner::want_view`]), waiting at most
+    /// [`VIEW_APPLY_WAIT`] for the SWIM driver.
+    async fn view_received(&self, from: SocketAddr, view: Vec<ViewEntry>) {
+        let (entries, down) = (view.len(), view.iter().filter(|e| e.state == 2).count());
+        let applied = tokio::time::timeout(VIEW_APPLY_WAIT, self.swim.apply_view(view)).await;
+        if applied != Ok(true) {
+            tracing::debug!(peer = %from, "a peer's member view could not be applied (SWIM queue full or slow)");
+            return;
+        }
+        self.want_view
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        metrics::counter!("corro_swim_views_applied_total").increment(1);
+        if !self.view_applied.send_replace(true) {
+            tracing::info!(peer = %from, entries, down, "applied a peer's member view");
+        } else {
+            tracing::debug!(peer = %from, entries, down, "applied a peer's member view");
+        }
+    }
 }
+
+/// How long a sync round waits for the SWIM driver to apply a peer's
+/// member view (the round goes on without it after that).
+const VIEW_APPLY_WAIT: Duration = Duration::from_secs(1);
 
 /// Replication health as this node sees it.
 #[derive(Debug, Clone, Copy)]
@@ -226,6 +269,8 @@ impl Cluster {
             behind: Default::default(),
             stopped: watch::channel(false).0,
             schema_mismatches: Default::default(),
+            want_view: std::sync::atomic::AtomicBool::new(true),
+            view_applied: watch::channel(false).0,
         });
         if fenced {
             spawn_fence_timeout(&inner);
@@ -275,6 +320,13 @@ impl Cluster {
             "rejoining: announced to seeds and known members"
         );
         addrs.len()
+    }
+
+    /// Whether a peer's whole member view has been applied since start:
+    /// from then on this node knows every member the cluster knows,
+    /// down ones included (discovery counts membership as settled).
+    pub(crate) fn view_applied(&self) -> watch::Receiver<bool> {
+        self.inner.view_applied.subscribe()
     }
 
     /// Starts a sync round now instead of at the next interval (after the

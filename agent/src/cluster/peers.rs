@@ -13,7 +13,7 @@
 //! connection attempt per peer at a time; datagram senders skip a peer whose
 //! connection is still being set up instead of queueing behind it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -49,7 +49,9 @@ pub(crate) struct Peers {
     members: Mutex<BTreeMap<SocketAddr, (Identity, State)>>,
     /// Bumped whenever any member's state changes (the catalog follows).
     states: tokio::sync::watch::Sender<u64>,
-    seeds: Mutex<BTreeSet<SocketAddr>>,
+    /// Addresses to join through, in the order added (remembered peers
+    /// come most recently seen first).
+    seeds: Mutex<Vec<SocketAddr>>,
     conns: Mutex<BTreeMap<SocketAddr, Slot>>,
 }
 
@@ -60,15 +62,16 @@ impl Peers {
             generation: AtomicU64::new(0),
             members: Mutex::new(BTreeMap::new()),
             states: tokio::sync::watch::channel(0).0,
-            seeds: Mutex::new(BTreeSet::new()),
+            seeds: Mutex::new(Vec::new()),
             conns: Mutex::new(BTreeMap::new()),
         }
     }
 
     /// Adds an address to join through.
     pub(crate) fn add_seed(&self, addr: SocketAddr) {
-        if addr != self.me {
-            self.seeds.lock().insert(addr);
+        let mut seeds = self.seeds.lock();
+        if addr != self.me && !seeds.contains(&addr) {
+            seeds.push(addr);
         }
     }
 
@@ -319,6 +322,7 @@ async fn resolve_via(host_port: &str, server: &str) -> anyhow::Result<Vec<Socket
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeSet;
 
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], port))

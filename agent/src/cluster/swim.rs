@@ -7,7 +7,8 @@
 //! another version or that the core refuses are counted and dropped. While
 //! this node has no active member it re-announces itself to its seeds (the
 //! bootstrap list, re-resolved each time, and up to [`ALONE_FANOUT`]
-//! remembered peers picked at random) every two seconds.
+//! remembered peers: the [`ALONE_NEWEST`] most recently seen, the rest
+//! picked at random) every two seconds.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -23,8 +24,10 @@ use tokio_util::sync::CancellationToken;
 use super::Inner;
 
 /// How many remembered peers a node with no active member announces
-/// itself to per attempt (besides every bootstrap address).
+/// itself to per attempt (besides every bootstrap address) ...
 const ALONE_FANOUT: usize = 16;
+/// ... of which the most recently seen (the rest are picked at random).
+const ALONE_NEWEST: usize = 8;
 
 /// Prefixes a SWIM packet with the protocol version.
 fn datagram(packet: &[u8]) -> Bytes {
@@ -92,6 +95,11 @@ impl SwimIo for AgentIo {
         // coming up starts must find that member (and save it among the
         // remembered peers), whichever thread it runs on.
         self.inner.peers.set_members(members);
+        if active == 0 {
+            // Alone (at start, or cut off): the next peer to answer a sync
+            // round is asked for its whole view.
+            self.inner.want_view.store(true, Ordering::Relaxed);
+        }
         events.into_iter().for_each(|o| event(&self.inner, o));
         metrics::gauge!("corro_swim_members_active").set(active as f64);
         metrics::gauge!("corro_swim_queue_depth").set(self.inner.swim.queue_depth() as f64);
@@ -128,13 +136,20 @@ impl SwimIo for AgentIo {
                 }
             }
             // Every bootstrap address, and a few of the remembered peers
-            // (there may be thousands): a different few each time.
-            let remembered = inner
+            // (there may be thousands, most of them gone): the most
+            // recently seen ones, and a different random few each time.
+            let remembered: Vec<SocketAddr> = inner
                 .peers
                 .seeds()
                 .into_iter()
-                .filter(|a| !targets.contains(a));
-            targets.extend(remembered.choose_multiple(&mut rand::rng(), ALONE_FANOUT));
+                .filter(|a| !targets.contains(a))
+                .collect();
+            let (newest, rest) = remembered.split_at(ALONE_NEWEST.min(remembered.len()));
+            targets.extend(newest);
+            targets.extend(
+                rest.iter()
+                    .choose_multiple(&mut rand::rng(), ALONE_FANOUT - ALONE_NEWEST),
+            );
             tracing::debug!(seeds = ?targets, "no active member: announcing to seeds");
             for seed in targets {
                 inner.swim.announce(seed);

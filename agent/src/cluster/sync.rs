@@ -2,7 +2,9 @@
 //!
 //! A round is `corro_replication::round` (the same driver the simulation
 //! runs) over this module's [`QuicTransport`]/[`QuicRound`] (frames with
-//! the schema trailer, input validated in `frame::read_frame`) and
+//! the trailer: schema fingerprint, and the member view a joiner asks for
+//! and the responder's first frame carries; input validated in
+//! `frame::read_frame`) and
 //! [`NodeStore`] (served a change budget at a time, applied with metrics).
 //! Around it: the responder announces itself over SWIM to an initiator
 //! membership has never seen and pulls at once from an initiator that holds
@@ -30,6 +32,10 @@ pub(super) const CATCH_UP_ROUND: usize = 1_000;
 pub(super) const FRAME_CHANGESETS: usize = 64;
 
 use corro_replication::schedule::{SYNC_BASE, SYNC_PEERS, jittered, next_interval};
+
+/// How long a responder waits for the SWIM driver's copy of its member
+/// view (the answer goes without it after that).
+const VIEW_READ_WAIT: Duration = Duration::from_millis(500);
 
 /// Changes read from the store per step while serving a sync round: a step
 /// ends after the version that reaches it (one big version is one step;
@@ -141,12 +147,41 @@ pub(super) struct QuicRound {
     initiator: bool,
     /// The address the last received message came from.
     from: Option<SocketAddr>,
+    /// The initiator asked for this node's member view (responder side).
+    peer_wants_view: bool,
+    /// The view went out with this stream's first frame (responder side).
+    view_sent: bool,
+    /// This node asked for the responder's view and has not had it yet
+    /// (initiator side): a view nobody asked for is ignored.
+    view_asked: bool,
 }
 
 impl RoundStream for QuicRound {
     async fn send(&mut self, msg: Message) -> Result<(), BoxError> {
+        // The responder's first frame, whatever it is, carries its member
+        // view when the initiator asked: the initiator applies it before
+        // the changes in that frame (a joiner must know a dead member is
+        // down before the rows naming it arrive).
+        let view = if !self.initiator && self.peer_wants_view && !self.view_sent {
+            self.view_sent = true;
+            tokio::time::timeout(VIEW_READ_WAIT, self.inner.swim.view())
+                .await
+                .ok()
+                .flatten()
+        } else {
+            None
+        };
         let sent = if matches!(msg, Message::SyncState(_)) {
-            write_state(&self.inner, &mut self.send, msg).await
+            // The initiator asks for the view while it wants one.
+            let want = self.initiator
+                && self
+                    .inner
+                    .want_view
+                    .load(std::sync::atomic::Ordering::Relaxed);
+            self.view_asked |= want;
+            write_state(&self.inner, &mut self.send, msg, want, view).await
+        } else if view.is_some() {
+            write_state(&self.inner, &mut self.send, msg, false, view).await
         } else {
             write_frame(&mut self.send, &envelope(&self.inner, msg)).await
         };
@@ -158,7 +193,17 @@ impl RoundStream for QuicRound {
             return Ok(None);
         };
         if let Message::SyncState(_) = &env.message {
-            self.inner.schema_seen(&env, trailer);
+            self.inner
+                .schema_seen(&env, trailer.as_ref().map(|t| t.schema));
+            if !self.initiator {
+                self.peer_wants_view = trailer.as_ref().is_some_and(|t| t.want_view);
+            }
+        }
+        if self.view_asked
+            && let Some(view) = trailer.and_then(|t| t.view)
+        {
+            self.view_asked = false;
+            self.inner.view_received(env.addr, view).await;
         }
         self.from = Some(env.addr);
         Ok(Some(env.message))
@@ -190,6 +235,9 @@ impl Transport for QuicTransport {
             recv,
             initiator: true,
             from: None,
+            peer_wants_view: false,
+            view_sent: false,
+            view_asked: false,
         })
     }
 }
@@ -221,6 +269,9 @@ pub(super) async fn respond_sync(
         recv,
         initiator: false,
         from: None,
+        peer_wants_view: false,
+        view_sent: false,
+        view_asked: false,
     };
     let Some(first) = stream.recv().await.map_err(|e| anyhow::anyhow!(e))? else {
         return Ok(());

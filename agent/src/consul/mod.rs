@@ -4,8 +4,10 @@
 //!
 //! - **Membership → catalog**: every member state change (and a tick each
 //!   second, for round-trip times) hands the member list to the catalog.
-//!   The view counts as settled [`SETTLE`] after start: from then on, an
-//!   actor SWIM does not know is down.
+//!   The view counts as settled once a peer's whole member view was
+//!   applied (the first sync round after joining brings it), or
+//!   [`SETTLE`] after start: from then on, an actor SWIM does not know is
+//!   down.
 //! - **Node identity**: once local writes are open (see the cluster's write
 //!   fence), the agent upserts its `consul_nodes` row (node, actor id,
 //!   address, datacenter, meta) and its claim on the node name, and
@@ -67,6 +69,9 @@ pub(crate) struct Discovery {
     /// name: the bridge must not run.
     pub bridge_allowed: Arc<AtomicBool>,
     started: Instant,
+    /// Whether a peer's whole member view has been applied (see
+    /// [`Discovery::settled`]).
+    view_applied: tokio::sync::watch::Receiver<bool>,
 }
 
 /// The host's name, for the default node name.
@@ -135,6 +140,7 @@ impl Discovery {
             started_at: now_ms(),
             bridge_allowed: Arc::new(AtomicBool::new(true)),
             started: Instant::now(),
+            view_applied: cluster.view_applied(),
         };
         crate::tasks::spawn(catalog.run(stop.clone()));
         crate::tasks::spawn(follow_membership(d.clone(), cluster.clone(), stop.clone()));
@@ -159,9 +165,12 @@ impl Discovery {
         Ok(d)
     }
 
-    /// Whether membership has had time to learn every live member.
+    /// Whether membership knows every live member: a peer's whole view
+    /// was applied (the first sync round after joining brings it), or
+    /// [`SETTLE`] has passed since start (a peer of an earlier build does
+    /// not send its view; a node alone has nobody to ask).
     pub(crate) fn settled(&self) -> bool {
-        self.started.elapsed() >= SETTLE
+        *self.view_applied.borrow() || self.started.elapsed() >= SETTLE
     }
 }
 
@@ -172,12 +181,14 @@ type MemberKey = Vec<(String, MemberState, Option<u64>)>;
 /// round-trip times and settling).
 async fn follow_membership(d: Discovery, cluster: Cluster, stop: CancellationToken) {
     let mut changes = cluster.member_changes();
+    let mut view = cluster.view_applied();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut last: Option<(MemberKey, bool)> = None;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = changes.changed() => {}
+            Ok(()) = view.changed() => {}
             _ = tick.tick() => {}
         }
         let members: Vec<(String, MemberState, Option<f64>)> = cluster
