@@ -519,6 +519,9 @@ impl Membership {
         let members = view
             .into_iter()
             .filter(|e| e.id.actor != ActorId([0; 16]) && e.id.ts != 0)
+            // Nobody can be reached at 0.0.0.0 or port 0: such an entry
+            // would only be probed for nothing until it is declared down.
+            .filter(|e| !e.id.addr.ip().is_unspecified() && e.id.addr.port() != 0)
             .filter_map(ViewEntry::to_member);
         let result = self.foca.apply_many(members, false, &mut self.runtime);
         let out = self.drain();
@@ -853,10 +856,26 @@ mod tests {
             incarnation: 0,
             state,
         };
-        // A placeholder, an unknown state, and an earlier identity at this
-        // address held down: nothing happens to this node.
-        let (out, result) = m.apply_view(vec![entry(earlier, 2), entry(id(2), 9), entry(older, 2)]);
+        // A placeholder, an unknown state, an unreachable address, and an
+        // earlier identity at this address held down: nothing happens to
+        // this node and nobody is added.
+        let nowhere = Identity {
+            addr: "0.0.0.0:7000".parse().unwrap(),
+            ..id(4)
+        };
+        let port_zero = Identity {
+            addr: "127.0.0.9:0".parse().unwrap(),
+            ..id(5)
+        };
+        let (out, result) = m.apply_view(vec![
+            entry(earlier, 2),
+            entry(id(2), 9),
+            entry(older, 2),
+            entry(nowhere, 0),
+            entry(port_zero, 0),
+        ]);
         result.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(m.active_count(), 0, "{:?}", m.members());
         assert!(
             !out.iter().any(|o| matches!(o, Output::Rejoined(_))),
             "{out:?}"
