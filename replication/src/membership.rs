@@ -148,16 +148,19 @@ pub struct ViewEntry {
 }
 
 impl ViewEntry {
-    fn from_member(m: &foca::Member<Identity>) -> Self {
-        let state = match m.state() {
+    fn state_code(state: State) -> u8 {
+        match state {
             State::Alive => 0,
             State::Suspect => 1,
             State::Down => 2,
-        };
+        }
+    }
+
+    fn from_member(m: &foca::Member<Identity>) -> Self {
         ViewEntry {
             id: *m.id(),
             incarnation: m.incarnation(),
-            state,
+            state: Self::state_code(m.state()),
         }
     }
 
@@ -486,7 +489,12 @@ impl Membership {
     ///
     /// This node is in it too (alive): the asker may have reached it as a
     /// seed before SWIM told it of this node, and an applied view counts as
-    /// knowing every member.
+    /// knowing every member. Members this node's own sweep declared down
+    /// are in it too, although the sweep does not gossip its verdicts:
+    /// left out, a joiner took such a member for alive from gossip still
+    /// going round about it, and served its services as passing. The cost
+    /// when the member was in fact alive: it renews its identity when it
+    /// next reaches the joiner (told it is down), as with this node.
     pub fn view(&self) -> Vec<ViewEntry> {
         let me = *self.foca.identity();
         let (seen, incarnation) = self.incarnation;
@@ -505,7 +513,9 @@ impl Membership {
 
     /// Applies a peer's [`Membership::view`] as if it had come in gossip,
     /// without passing it on (every other member holds it already).
-    /// Entries with an unknown state or a placeholder identity are skipped;
+    /// Entries with an unknown state, a placeholder identity or an
+    /// unreachable address are skipped, and so are those this node holds
+    /// already;
     /// a view over [`MAX_VIEW_ENTRIES`] is refused whole. Entries about this
     /// node are foca's as usual: a down verdict about this identity renews
     /// it, one about an earlier identity at this address is ignored.
@@ -516,8 +526,25 @@ impl Membership {
         if view.len() > MAX_VIEW_ENTRIES {
             return (Vec::new(), Err(MembershipError::ViewTooLarge(view.len())));
         }
+        // What this node holds already (the same incarnation and state, or
+        // down, which foca never takes back) is skipped: re-applying a view
+        // then costs a hash lookup per member, not foca's linear search.
+        // The rest is foca's as gossip would be: a down verdict beats an
+        // alive one. A responder with no active member sends no view.
+        let known: HashMap<Identity, (foca::Incarnation, State)> = self
+            .foca
+            .iter_membership_state()
+            .map(|m| (*m.id(), (m.incarnation(), m.state())))
+            .collect();
         let members = view
             .into_iter()
+            .filter(|e| match known.get(&e.id) {
+                Some((_, State::Down)) => false,
+                Some(&(inc, state)) => {
+                    !(inc == e.incarnation && ViewEntry::state_code(state) == e.state)
+                }
+                None => true,
+            })
             .filter(|e| e.id.actor != ActorId([0; 16]) && e.id.ts != 0)
             // Nobody can be reached at 0.0.0.0 or port 0: such an entry
             // would only be probed for nothing until it is declared down.
@@ -824,6 +851,8 @@ mod tests {
         );
         let (out, result) = joiner.apply_view(view);
         result.unwrap_or_else(|e| panic!("{e}"));
+        // x, which the joiner took for alive, is down as gossip would have
+        // it; y and z it learns, z as down.
         assert!(out.contains(&Output::Down(x)), "{out:?}");
         assert!(out.contains(&Output::Up(y)), "{out:?}");
         assert!(!out.contains(&Output::Up(z)), "{out:?}");
@@ -838,8 +867,15 @@ mod tests {
                 (id(5), State::Alive)
             ]
         );
-        // Not passed on: the responder's members know it already.
         assert_eq!(joiner.active_count(), 2);
+        // Applied again: nothing new, nothing happens.
+        let (out, result) = joiner.apply_view(responder.view());
+        result.unwrap_or_else(|e| panic!("{e}"));
+        assert!(
+            !out.iter()
+                .any(|o| matches!(o, Output::Up(_) | Output::Down(_))),
+            "{out:?}"
+        );
     }
 
     #[test]

@@ -74,7 +74,7 @@ enum Input {
     View(oneshot::Sender<Vec<ViewEntry>>),
     /// A peer's whole view, to apply; answered once the member list that
     /// results was handed to the IO.
-    ApplyView(Vec<ViewEntry>, oneshot::Sender<()>),
+    ApplyView(Vec<ViewEntry>, oneshot::Sender<bool>),
 }
 
 /// Leaving and stopping go on their own channel, read before the inputs:
@@ -149,14 +149,14 @@ impl SwimHandle {
 
     /// Applies a peer's whole view ([`Membership::apply_view`]); returns
     /// true once the member list that results has been handed to the IO
-    /// ([`SwimIo::step`]), false when it could not be queued or the driver
-    /// is gone.
+    /// ([`SwimIo::step`]), false when it could not be queued, the core
+    /// refused it (too long, or foca failed part-way) or the driver is gone.
     pub async fn apply_view(&self, view: Vec<ViewEntry>) -> bool {
         let (tx, rx) = oneshot::channel();
         if self.tx.try_send(Input::ApplyView(view, tx)).is_err() {
             return false;
         }
-        rx.await.is_ok()
+        rx.await.unwrap_or(false)
     }
 
     /// Inputs waiting in the queue.
@@ -171,7 +171,7 @@ fn handle_input<I: SwimIo>(
     core: &mut Membership,
     io: &mut I,
     input: Input,
-    after_step: &mut Vec<oneshot::Sender<()>>,
+    after_step: &mut Vec<(oneshot::Sender<bool>, bool)>,
 ) -> Vec<Output> {
     match input {
         Input::Data(d) => {
@@ -189,10 +189,11 @@ fn handle_input<I: SwimIo>(
         }
         Input::ApplyView(view, done) => {
             let (out, result) = core.apply_view(view);
+            let ok = result.is_ok();
             if let Err(e) = result {
                 io.refused(e);
             }
-            after_step.push(done);
+            after_step.push((done, ok));
             out
         }
     }
@@ -283,8 +284,8 @@ pub async fn run<I: SwimIo>(mut core: Membership, queue: SwimQueue, mut io: I) {
         let me = core.identity().addr;
         let members = core.members().into_iter().filter(|(id, _)| id.addr != me);
         io.step(members.collect(), events);
-        for done in after_step.drain(..) {
-            let _ = done.send(());
+        for (done, ok) in after_step.drain(..) {
+            let _ = done.send(ok);
         }
         for (to, packet) in sends {
             io.send(to, packet);

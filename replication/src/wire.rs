@@ -73,6 +73,11 @@ pub struct Trailer {
     /// The sender's whole member view, down members included, when asked
     /// (push-pull membership; see `Membership::view`).
     pub view: Option<Vec<ViewEntry>>,
+    /// The view comes from a settled node (one that applied a settled
+    /// peer's view, or has been connected a while on its own gossip): it
+    /// names every member the cluster knows. A view from a node that just
+    /// started is applied all the same but the asker asks again.
+    pub view_settled: bool,
 }
 
 /// Why a frame was refused.
@@ -129,8 +134,12 @@ fn decode_trailer(bytes: &[u8]) -> Option<Trailer> {
         return Some(t);
     };
     t.want_view = want_view;
-    if let Ok((view, _)) = postcard::take_from_bytes::<Option<Vec<ViewEntry>>>(rest) {
-        t.view = view;
+    let Ok((view, rest)) = postcard::take_from_bytes::<Option<Vec<ViewEntry>>>(rest) else {
+        return Some(t);
+    };
+    t.view = view;
+    if let Ok((settled, _)) = postcard::take_from_bytes::<bool>(rest) {
+        t.view_settled = settled;
     }
     Some(t)
 }
@@ -250,6 +259,7 @@ mod tests {
                 incarnation: 2,
                 state: 2,
             }]),
+            view_settled: true,
         };
         let bytes = encode_with_trailer(&e, &full).unwrap();
         assert_eq!(decode_with_trailer(&bytes).unwrap().1, Some(full.clone()));
@@ -270,8 +280,16 @@ mod tests {
         from_later.extend([0x05, 0x01]);
         assert_eq!(decode_with_trailer(&from_later).unwrap().1, Some(full));
         // A truncated view: the fields before it count.
-        let cut = &bytes[..bytes.len() - 3];
+        let cut = &bytes[..bytes.len() - 4];
         let t = decode_with_trailer(cut).unwrap().1.unwrap();
-        assert_eq!((t.schema, t.want_view, t.view), (7, true, None));
+        assert_eq!(
+            (t.schema, t.want_view, t.view, t.view_settled),
+            (7, true, None, false)
+        );
+        // A view without the settled flag (the first build that sent
+        // views): applied, not settled.
+        let no_flag = &bytes[..bytes.len() - 1];
+        let t = decode_with_trailer(no_flag).unwrap().1.unwrap();
+        assert_eq!((t.view.is_some(), t.view_settled), (true, false));
     }
 }

@@ -32,33 +32,37 @@ pub(super) async fn write_bytes(send: &mut quinn::SendStream, bytes: &[u8]) -> a
 
 /// Sends a message with a trailer: this node's schema fingerprint (read
 /// from `SyncState` only), whether it asks for the peer's member view, and
-/// its own view when the peer asked (left out, with a warning, if it would
-/// make the frame too large).
+/// its own view when the peer asked (left out, with a debug line, if it
+/// would make the frame too large). Returns whether the view went out.
 pub(super) async fn write_state(
     inner: &Inner,
     send: &mut quinn::SendStream,
     state: Message,
     want_view: bool,
-    view: Option<Vec<ViewEntry>>,
-) -> anyhow::Result<()> {
+    view: Option<(Vec<ViewEntry>, bool)>,
+) -> anyhow::Result<bool> {
     let env = envelope(inner, state);
     let mut trailer = Trailer {
         schema: inner.store.schema_fingerprint(),
         want_view,
-        view,
+        view_settled: view.as_ref().is_some_and(|(_, settled)| *settled),
+        view: view.map(|(entries, _)| entries),
     };
+    let with_view = trailer.view.is_some();
     let bytes = match encode_with_trailer(&env, &trailer) {
-        Err(WireError::TooLarge(n)) if trailer.view.is_some() => {
-            tracing::warn!(
+        Err(WireError::TooLarge(n)) if with_view => {
+            tracing::debug!(
                 bytes = n,
-                "member view too large for one frame; answering without it"
+                "member view too large for this frame; sending the frame without it"
             );
             trailer.view = None;
-            encode_with_trailer(&env, &trailer)?
+            return write_bytes(send, &encode_with_trailer(&env, &trailer)?)
+                .await
+                .map(|()| false);
         }
         other => other?,
     };
-    write_bytes(send, &bytes).await
+    write_bytes(send, &bytes).await.map(|()| with_view)
 }
 
 /// Reads one frame and its trailer; `None` at a clean end of stream.

@@ -13,12 +13,14 @@ pub(super) const MEMBERS_DDL: &str = "CREATE TABLE IF NOT EXISTS __corro_members
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS __corro_members_actor ON __corro_members (actor_id)";
 
-/// The remembered peers, most recently seen first.
+/// The remembered peers, most recently seen first (ties, such as every
+/// member stamped by one save, in random order: otherwise every node would
+/// try the same few addresses first).
 pub(super) fn load_members(store: &Store) -> anyhow::Result<Vec<SocketAddr>> {
     let rows: Vec<String> = store.local_write(|c| {
         c.execute_batch(MEMBERS_DDL)?;
         let mut stmt =
-            c.prepare("SELECT addr FROM __corro_members ORDER BY updated_at DESC, addr")?;
+            c.prepare("SELECT addr FROM __corro_members ORDER BY updated_at DESC, random()")?;
         stmt.query_map([], |r| r.get(0))?.collect()
     })?;
     Ok(rows.into_iter().filter_map(|a| a.parse().ok()).collect())

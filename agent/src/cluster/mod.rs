@@ -118,11 +118,18 @@ struct Inner {
     caught_up: watch::Sender<bool>,
     /// This node asks the peers it syncs with for their whole member view
     /// (set at start and whenever it has no active member; cleared when a
-    /// view was applied): see [`sync`]'s module doc.
+    /// view was applied, or once it has had active members for
+    /// [`swim::SETTLED_AFTER`] on its own gossip): see the module doc.
+    /// While set it gives no view either.
     want_view: std::sync::atomic::AtomicBool,
     /// Whether a peer's whole member view has been applied since start
     /// (membership then counts as settled for discovery).
     view_applied: watch::Sender<bool>,
+    /// Up to which member-state change the catalog has taken in (`None`:
+    /// no consumer): see [`Cluster::member_changes_taken`].
+    members_taken: watch::Sender<Option<u64>>,
+    /// The last copy of this node's member view given to a peer, and when.
+    view_cache: parking_lot::Mutex<Option<(std::time::Instant, Vec<ViewEntry>)>>,
     /// Peers whose last `SyncState` carried a schema fingerprint other than
     /// ours: actor -> (address, their fingerprint).
     schema_mismatches: parking_lot::Mutex<std::collections::BTreeMap<ActorId, (SocketAddr, u64)>>,
@@ -158,24 +165,95 @@ impl Inner {
 
     /// Applies the whole member view a round's responder sent (this node
     /// asked for it: see [`Inner::want_view`]), waiting at most
-    /// [`VIEW_APPLY_WAIT`] for the SWIM driver.
-    async fn view_received(&self, from: SocketAddr, view: Vec<ViewEntry>) {
-        let (entries, down) = (view.len(), view.iter().filter(|e| e.state == 2).count());
-        let applied = tokio::time::timeout(VIEW_APPLY_WAIT, self.swim.apply_view(view)).await;
-        if applied != Ok(true) {
-            tracing::debug!(peer = %from, "a peer's member view could not be applied (SWIM queue full or slow)");
+    /// [`VIEW_APPLY_WAIT`] for the SWIM driver. A view from a settled
+    /// responder ends the asking (the flag is taken first, so of several
+    /// rounds answering at once one such view is applied, and a node that
+    /// is alone again meanwhile asks anew) and counts as settled for
+    /// discovery; one from a responder that is not settled itself is
+    /// applied for what it holds, and the next round asks again.
+    async fn view_received(&self, from: SocketAddr, view: Vec<ViewEntry>, settled: bool) {
+        use std::sync::atomic::Ordering;
+        let taken = if settled {
+            self.want_view
+                .compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire)
+                .is_ok()
+        } else {
+            self.want_view.load(Ordering::Acquire)
+        };
+        if !taken {
             return;
         }
-        self.want_view
-            .store(false, std::sync::atomic::Ordering::Relaxed);
+        let (entries, down) = (view.len(), view.iter().filter(|e| e.state == 2).count());
+        let applied = tokio::time::timeout(VIEW_APPLY_WAIT, self.swim.apply_view(view)).await;
+        match applied {
+            Ok(true) => {}
+            Ok(false) => {
+                // Refused (too long), or not queued: ask the next peer.
+                self.want_view.store(true, Ordering::Release);
+                tracing::debug!(peer = %from, entries, "a peer's member view was not applied");
+                return;
+            }
+            Err(_) => {
+                // Queued, and applied when the driver gets to it: not
+                // asked again, but not counted as settled either.
+                tracing::debug!(peer = %from, entries, "the SWIM driver is slow to apply a peer's member view");
+                return;
+            }
+        }
         metrics::counter!("corro_swim_views_applied_total").increment(1);
-        if !self.view_applied.send_replace(true) {
-            tracing::info!(peer = %from, entries, down, "applied a peer's member view");
+        // The catalog takes in the new states before this round's rows.
+        let n = *self.peers.state_changes().borrow();
+        let mut taken = self.members_taken.subscribe();
+        if taken.borrow().is_some() {
+            let _ = tokio::time::timeout(
+                VIEW_APPLY_WAIT,
+                taken.wait_for(|t| t.is_some_and(|t| t >= n)),
+            )
+            .await;
+        }
+        let before = *self.view_applied.borrow();
+        if settled {
+            self.view_applied.send_replace(true);
+        }
+        if !before {
+            // Until a settled one: a few lines at start, one a round.
+            tracing::info!(peer = %from, entries, down, settled, "applied a peer's member view");
         } else {
-            tracing::debug!(peer = %from, entries, down, "applied a peer's member view");
+            tracing::debug!(peer = %from, entries, down, settled, "applied a peer's member view");
         }
     }
+
+    /// This node's member view for a peer that asked, and whether this
+    /// node is settled itself (it does not want a view: see
+    /// [`Inner::want_view`]); `None` while it has no active member (its
+    /// view would say everyone is down) or SWIM is slow. One copy serves
+    /// every peer asking within [`VIEW_CACHE_FOR`]: asking costs the SWIM
+    /// driver a pass over every member.
+    async fn view_for_peer(&self) -> Option<(Vec<ViewEntry>, bool)> {
+        let settled = !self.want_view.load(std::sync::atomic::Ordering::Acquire);
+        if !self.peers.any_active() {
+            return None;
+        }
+        if let Some((at, view)) = &*self.view_cache.lock()
+            && at.elapsed() < VIEW_CACHE_FOR
+        {
+            return Some((view.clone(), settled));
+        }
+        let view = tokio::time::timeout(VIEW_READ_WAIT, self.swim.view())
+            .await
+            .ok()
+            .flatten()?;
+        *self.view_cache.lock() = Some((std::time::Instant::now(), view.clone()));
+        Some((view, settled))
+    }
 }
+
+/// How long a responder waits for the SWIM driver's copy of its member
+/// view (the answer goes without it after that).
+const VIEW_READ_WAIT: Duration = Duration::from_millis(500);
+
+/// How long one copy of this node's member view answers peers asking.
+const VIEW_CACHE_FOR: Duration = Duration::from_secs(1);
 
 /// How long a sync round waits for the SWIM driver to apply a peer's
 /// member view (the round goes on without it after that).
@@ -271,6 +349,8 @@ impl Cluster {
             schema_mismatches: Default::default(),
             want_view: std::sync::atomic::AtomicBool::new(true),
             view_applied: watch::channel(false).0,
+            view_cache: Default::default(),
+            members_taken: watch::channel(None).0,
         });
         if fenced {
             spawn_fence_timeout(&inner);
@@ -368,6 +448,15 @@ impl Cluster {
     /// Changes whenever a member's state changes.
     pub(crate) fn member_changes(&self) -> watch::Receiver<u64> {
         self.inner.peers.state_changes()
+    }
+
+    /// The consumer of [`Cluster::member_changes`] (discovery's catalog)
+    /// has taken in the member states up to change `n`. A sync round that
+    /// applied a peer's member view waits for this (briefly) before it
+    /// applies that round's changes: rows naming a member the view says is
+    /// down must not be served as if the member were alive meanwhile.
+    pub(crate) fn member_changes_taken(&self, n: u64) {
+        self.inner.members_taken.send_replace(Some(n));
     }
 
     /// The gossip address this node advertises.

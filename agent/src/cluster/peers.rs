@@ -51,7 +51,7 @@ pub(crate) struct Peers {
     states: tokio::sync::watch::Sender<u64>,
     /// Addresses to join through, in the order added (remembered peers
     /// come most recently seen first).
-    seeds: Mutex<Vec<SocketAddr>>,
+    seeds: Mutex<(Vec<SocketAddr>, std::collections::HashSet<SocketAddr>)>,
     conns: Mutex<BTreeMap<SocketAddr, Slot>>,
 }
 
@@ -62,7 +62,7 @@ impl Peers {
             generation: AtomicU64::new(0),
             members: Mutex::new(BTreeMap::new()),
             states: tokio::sync::watch::channel(0).0,
-            seeds: Mutex::new(Vec::new()),
+            seeds: Mutex::default(),
             conns: Mutex::new(BTreeMap::new()),
         }
     }
@@ -70,13 +70,13 @@ impl Peers {
     /// Adds an address to join through.
     pub(crate) fn add_seed(&self, addr: SocketAddr) {
         let mut seeds = self.seeds.lock();
-        if addr != self.me && !seeds.contains(&addr) {
-            seeds.push(addr);
+        if addr != self.me && seeds.1.insert(addr) {
+            seeds.0.push(addr);
         }
     }
 
     pub(crate) fn seeds(&self) -> Vec<SocketAddr> {
-        self.seeds.lock().iter().copied().collect()
+        self.seeds.lock().0.clone()
     }
 
     /// Replaces the membership snapshot (from the SWIM core).
@@ -136,6 +136,11 @@ impl Peers {
             .is_some_and(|(_, s)| *s != State::Down)
     }
 
+    /// Whether any member is active (alive or suspect).
+    pub(crate) fn any_active(&self) -> bool {
+        self.members.lock().values().any(|(_, s)| *s != State::Down)
+    }
+
     pub(crate) fn active_addrs(&self) -> Vec<SocketAddr> {
         self.active().into_iter().map(|(a, _)| a).collect()
     }
@@ -147,6 +152,7 @@ impl Peers {
         if members.is_empty() {
             self.seeds
                 .lock()
+                .0
                 .iter()
                 .copied()
                 .choose(&mut rand::rng())

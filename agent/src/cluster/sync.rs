@@ -33,9 +33,9 @@ pub(super) const FRAME_CHANGESETS: usize = 64;
 
 use corro_replication::schedule::{SYNC_BASE, SYNC_PEERS, jittered, next_interval};
 
-/// How long a responder waits for the SWIM driver's copy of its member
-/// view (the answer goes without it after that).
-const VIEW_READ_WAIT: Duration = Duration::from_millis(500);
+/// How many of a stream's frames a responder tries to attach its member
+/// view to (a frame it would make too large goes without it).
+const VIEW_TRIES: u8 = 3;
 
 /// Changes read from the store per step while serving a sync round: a step
 /// ends after the version that reaches it (one big version is one step;
@@ -149,8 +149,9 @@ pub(super) struct QuicRound {
     from: Option<SocketAddr>,
     /// The initiator asked for this node's member view (responder side).
     peer_wants_view: bool,
-    /// The view went out with this stream's first frame (responder side).
-    view_sent: bool,
+    /// Frames this stream tried to attach the view to (responder side;
+    /// [`VIEW_TRIES`] once it went out or cannot).
+    view_tries: u8,
     /// This node asked for the responder's view and has not had it yet
     /// (initiator side): a view nobody asked for is ignored.
     view_asked: bool,
@@ -161,13 +162,17 @@ impl RoundStream for QuicRound {
         // The responder's first frame, whatever it is, carries its member
         // view when the initiator asked: the initiator applies it before
         // the changes in that frame (a joiner must know a dead member is
-        // down before the rows naming it arrive).
-        let view = if !self.initiator && self.peer_wants_view && !self.view_sent {
-            self.view_sent = true;
-            tokio::time::timeout(VIEW_READ_WAIT, self.inner.swim.view())
-                .await
-                .ok()
-                .flatten()
+        // down before the rows naming it arrive). A frame the view would
+        // make too large goes without it, and the next one tries again
+        // (up to VIEW_TRIES frames).
+        let view = if !self.initiator && self.peer_wants_view && self.view_tries < VIEW_TRIES {
+            self.view_tries += 1;
+            let view = self.inner.view_for_peer().await;
+            if view.is_none() {
+                // Alone, or SWIM too slow: no view this round.
+                self.view_tries = VIEW_TRIES;
+            }
+            view
         } else {
             None
         };
@@ -183,8 +188,14 @@ impl RoundStream for QuicRound {
         } else if view.is_some() {
             write_state(&self.inner, &mut self.send, msg, false, view).await
         } else {
-            write_frame(&mut self.send, &envelope(&self.inner, msg)).await
+            write_frame(&mut self.send, &envelope(&self.inner, msg))
+                .await
+                .map(|()| false)
         };
+        if sent.as_ref().is_ok_and(|with_view| *with_view) {
+            self.view_tries = VIEW_TRIES;
+        }
+        let sent = sent.map(drop);
         sent.map_err(Into::into)
     }
 
@@ -200,10 +211,10 @@ impl RoundStream for QuicRound {
             }
         }
         if self.view_asked
-            && let Some(view) = trailer.and_then(|t| t.view)
+            && let Some((view, settled)) = trailer.and_then(|t| Some((t.view?, t.view_settled)))
         {
             self.view_asked = false;
-            self.inner.view_received(env.addr, view).await;
+            self.inner.view_received(env.addr, view, settled).await;
         }
         self.from = Some(env.addr);
         Ok(Some(env.message))
@@ -236,7 +247,7 @@ impl Transport for QuicTransport {
             initiator: true,
             from: None,
             peer_wants_view: false,
-            view_sent: false,
+            view_tries: 0,
             view_asked: false,
         })
     }
@@ -270,7 +281,7 @@ pub(super) async fn respond_sync(
         initiator: false,
         from: None,
         peer_wants_view: false,
-        view_sent: false,
+        view_tries: 0,
         view_asked: false,
     };
     let Some(first) = stream.recv().await.map_err(|e| anyhow::anyhow!(e))? else {

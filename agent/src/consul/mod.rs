@@ -191,6 +191,7 @@ async fn follow_membership(d: Discovery, cluster: Cluster, stop: CancellationTok
             Ok(()) = view.changed() => {}
             _ = tick.tick() => {}
         }
+        let generation = *changes.borrow_and_update();
         let members: Vec<(String, MemberState, Option<f64>)> = cluster
             .members()
             .into_iter()
@@ -210,13 +211,13 @@ async fn follow_membership(d: Discovery, cluster: Cluster, stop: CancellationTok
             .iter()
             .map(|(a, s, r)| (a.clone(), *s, r.map(|r| r as u64)))
             .collect();
-        if last.as_ref() == Some(&(key.clone(), settled)) {
-            continue;
+        if last.as_ref() != Some(&(key.clone(), settled)) {
+            last = Some((key, settled));
+            if let Err(e) = d.catalog.set_membership(members, settled) {
+                tracing::warn!(error = %e, "catalog: membership update failed");
+            }
         }
-        last = Some((key, settled));
-        if let Err(e) = d.catalog.set_membership(members, settled) {
-            tracing::warn!(error = %e, "catalog: membership update failed");
-        }
+        cluster.member_changes_taken(generation);
     }
 }
 
