@@ -151,7 +151,7 @@ fn node_config(dir: &Path, i: usize, seed: Option<SocketAddr>, relay: Option<Soc
     n
 }
 
-/// Pins the addresses an agent got at its first start, so restarts keep
+/// Pins an agent's addresses before its first start, so restarts keep
 /// them (a restart is then the same member renewed, as on a real host).
 fn pin(node: &Node, a: &Addrs) {
     node.set_api_addr(&a.api.to_string());
@@ -359,17 +359,21 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
         let relay = relays.get(i).map(|r| r.addr);
         let seed = advertised.first().copied();
         let node = node_config(&dir.join(format!("n{i}")), i, seed, relay);
+        // Fixed from the first start, below the ephemeral port range: an
+        // hour of restarts at the same addresses otherwise meets a port
+        // some outgoing socket took while the agent was down.
+        let local = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        let a = Addrs {
+            api: local(crate::fixed_port()),
+            gossip: local(crate::fixed_port()),
+            dns: local(crate::fixed_port()),
+        };
+        pin(&node, &a);
         let agent = node.start();
         if let Some(r) = relays.get(i) {
             r.forward_to(agent.gossip);
         }
         advertised.push(relay.unwrap_or(agent.gossip));
-        let a = Addrs {
-            api: agent.api,
-            gossip: agent.gossip,
-            dns: agent.dns_addr(),
-        };
-        pin(&node, &a);
         register(&agent, i)?;
         addrs.push(a);
         nodes.push(node);

@@ -694,6 +694,25 @@ impl Agent {
 
 /// A port free for both TCP and UDP on 127.0.0.1 right now (for configs
 /// that must name one).
+/// A port free for TCP and UDP on 127.0.0.1 below the usual ephemeral
+/// range (32768-60999), never handed out twice by this process: for an
+/// agent that restarts at the same address, whose port an outgoing
+/// socket could otherwise take while it is down.
+pub fn fixed_port() -> u16 {
+    static NEXT: std::sync::Mutex<Option<u16>> = std::sync::Mutex::new(None);
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut port = next.unwrap_or(20_000 + (std::process::id() % 10_000) as u16);
+    loop {
+        port = if port >= 32_000 { 20_000 } else { port + 1 };
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            *next = Some(port);
+            return port;
+        }
+    }
+}
+
 pub fn free_port() -> u16 {
     loop {
         let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
