@@ -33,6 +33,10 @@ pub(super) const FRAME_CHANGESETS: usize = 64;
 
 use corro_replication::schedule::{SYNC_BASE, SYNC_PEERS, jittered, next_interval};
 
+/// How long the first sync round waits for SWIM to find an active member
+/// (see `run_rounds`).
+const FIRST_ROUND_WAIT: Duration = Duration::from_secs(1);
+
 /// How many of a stream's frames a responder tries to attach its member
 /// view to (a frame it would make too large goes without it).
 const VIEW_TRIES: u8 = 3;
@@ -385,7 +389,26 @@ pub(super) async fn run_rounds(
     // Nothing saved yet: the first round saves whoever is active by then.
     let mut persisted = Persisted::default();
     let mut interval = SYNC_BASE;
-    // The first round starts at once (it opens the write fence).
+    // The first round starts at once (it opens the write fence), once SWIM
+    // has found an active member if there are seeds to join through (for
+    // at most FIRST_ROUND_WAIT): with none yet, the round would go to one
+    // seed picked at random, perhaps a remembered peer that is gone, and
+    // the member view this node asks for would come a round later, while
+    // it serves the rows on its disk with every member unknown.
+    if !sync.peers.any_active() && !sync.peers.seeds().is_empty() {
+        let mut changes = sync.peers.state_changes();
+        let found = async {
+            while !sync.peers.any_active() {
+                if changes.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        tokio::select! {
+            _ = shutdown.cancelled() => {}
+            _ = tokio::time::timeout(FIRST_ROUND_WAIT, found) => {}
+        }
+    }
     let mut wait = Duration::ZERO;
     loop {
         tokio::select! {
