@@ -75,6 +75,11 @@ impl Peers {
         }
     }
 
+    /// Whether there is any address to join through.
+    pub(crate) fn has_seeds(&self) -> bool {
+        !self.seeds.lock().0.is_empty()
+    }
+
     pub(crate) fn seeds(&self) -> Vec<SocketAddr> {
         self.seeds.lock().0.clone()
     }

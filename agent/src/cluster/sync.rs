@@ -199,8 +199,7 @@ impl RoundStream for QuicRound {
         if sent.as_ref().is_ok_and(|with_view| *with_view) {
             self.view_tries = VIEW_TRIES;
         }
-        let sent = sent.map(drop);
-        sent.map_err(Into::into)
+        sent.map(drop).map_err(Into::into)
     }
 
     async fn recv(&mut self) -> Result<Option<Message>, BoxError> {
@@ -395,7 +394,7 @@ pub(super) async fn run_rounds(
     // seed picked at random, perhaps a remembered peer that is gone, and
     // the member view this node asks for would come a round later, while
     // it serves the rows on its disk with every member unknown.
-    if !sync.peers.any_active() && !sync.peers.seeds().is_empty() {
+    if !sync.peers.any_active() && sync.peers.has_seeds() {
         let mut changes = sync.peers.state_changes();
         let found = async {
             while !sync.peers.any_active() {
