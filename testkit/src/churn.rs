@@ -556,7 +556,17 @@ pub fn run(dir: &Path, cfg: &ChurnConfig) -> Result<ChurnReport, String> {
         cfg.every, cfg.periods
     );
     let mut last_restart = Instant::now();
-    for _ in 0..cfg.periods {
+    let began = Instant::now();
+    for round in 0..cfg.periods {
+        if round > 0 && round % 10 == 0 {
+            let acked_so_far = acked.lock().unwrap_or_else(|e| e.into_inner()).0.len();
+            eprintln!(
+                "churn: round {round}/{} after {:.0?}, {} kills, {acked_so_far} writes acked",
+                cfg.periods,
+                began.elapsed(),
+                report.kills
+            );
+        }
         for &v in &victims {
             last_restart = restart(v, &mut agents, &mut windows);
         }
