@@ -840,3 +840,29 @@ fn three_agents_export_the_documented_metrics_and_see_a_member_go_down() {
         });
     }
 }
+
+/// Periodic push-pull: once settled, each agent pulls a peer's whole
+/// member view again now and then (every 10-15 s at three members), and
+/// says so in its metrics.
+#[test]
+fn settled_agents_refresh_their_member_view_from_a_peer() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Node::new(&dir.path().join("a"), "");
+    a.enable_metrics();
+    let agent_a = a.start();
+    let b = Node::joining(&dir.path().join("b"), &agent_a);
+    b.enable_metrics();
+    let agent_b = b.start();
+    let c = Node::joining(&dir.path().join("c"), &agent_a);
+    c.enable_metrics();
+    let agent_c = c.start();
+    for ag in [&agent_a, &agent_b, &agent_c] {
+        common::await_some(Duration::from_secs(60), "a refreshed view", || {
+            let s = scrape(ag);
+            (s.get(r#"corro_swim_views_applied_total{kind="refresh"}"#)
+                .is_some_and(|v| v >= 1.0)
+                && s.get("corro_swim_members_active") == Some(2.0))
+            .then_some(())
+        });
+    }
+}

@@ -144,6 +144,22 @@ pub(crate) fn run(a: ChurnArgs) -> anyhow::Result<()> {
             "(re)started agents still naming a dead agent at its restart: {} pairs, {logged} of them had logged it down (DNS lagged SWIM), the rest never did",
             r.not_removed_fresh_pairs.len()
         );
+        // How long after its own start each such agent still named the
+        // dead one (its disk's rows served before its first member view).
+        let mut own: Vec<f64> = r
+            .not_removed_fresh_pairs
+            .iter()
+            .filter(|p| p.started_after.is_finite() && p.started_after > 0.0)
+            .map(|p| p.last_named - p.started_after)
+            .collect();
+        own.sort_by(f64::total_cmp);
+        if let (Some(first), Some(last)) = (own.first(), own.last()) {
+            println!(
+                "those started after the death named it until {first:.1}..{last:.1} s (median {:.1} s) after their own start ({} pairs)",
+                own[own.len() / 2],
+                own.len()
+            );
+        }
         for p in &r.not_removed_fresh_pairs {
             eprintln!(
                 "  n{} (started {:+.1} s from the death) still named n{} (death {}) {:.1} s after it died; logged down: {}",

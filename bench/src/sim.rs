@@ -55,6 +55,10 @@ pub(crate) struct SimArgs {
     /// table.
     #[arg(long, default_value_t = 0.01)]
     spread_loss: f64,
+    /// Leave out the member-view push-pull of the agents' sync rounds
+    /// (to see what it changes).
+    #[arg(long)]
+    no_pull: bool,
 }
 
 /// The smallest and the mean number of active members in running nodes'
@@ -180,6 +184,7 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
     let wall = Instant::now();
     let latency = (a.latency_min, a.latency_max.max(a.latency_min));
     let mut sim = SwimSim::new(n, a.seed, 0.0, latency);
+    sim.pull = !a.no_pull;
     // Everyone announces to node 0, again every 2 s while alone (as the
     // agents do).
     (1..n).for_each(|i| sim.announce(i, 0));
@@ -195,10 +200,11 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
     })?;
     let full = sim.run_while_not(120_000, 1000, SwimSim::everyone_sees_everyone);
     println!(
-        "sim: {n} nodes, seed {}, links {}-{} ms; wall time so far {:.1?}",
+        "sim: {n} nodes, seed {}, links {}-{} ms, member-view push-pull {}; wall time so far {:.1?}",
         a.seed,
         latency.0,
         latency.1,
+        if sim.pull { "on" } else { "off" },
         wall.elapsed()
     );
     println!("| measure | result |");
@@ -301,14 +307,33 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
             side.0 = side.0.min(c);
             side.1 = side.1.max(c);
         }
+        // Members of the other side still held active, by state, summed
+        // over each side's nodes (what a split is waiting for: members
+        // never heard to be suspect, or suspects not yet swept).
+        let mut across = [[0u64; 2]; 2];
+        for (i, x) in s.nodes.iter().enumerate().filter(|(_, x)| x.up) {
+            let mine = s.cut.contains(&i) || (s.cut.is_empty() && i % 10 < 3);
+            for (id, state) in x.core.members() {
+                let Some(j) = s.index_of(id.addr) else {
+                    continue;
+                };
+                let theirs = s.cut.contains(&j) || (s.cut.is_empty() && j % 10 < 3);
+                match state {
+                    _ if mine == theirs => {}
+                    State::Alive => across[usize::from(mine)][0] += 1,
+                    State::Suspect => across[usize::from(mine)][1] += 1,
+                    State::Down => {}
+                }
+            }
+        }
         format!(
-            "minority views {}..{}, majority views {}..{}",
-            lo.0, lo.1, hi.0, hi.1
+            "minority views {}..{}, majority views {}..{}; other side held alive/suspect: by minority {}/{}, by majority {}/{}",
+            lo.0, lo.1, hi.0, hi.1, across[1][0], across[1][1], across[0][0], across[0][1]
         )
     };
     let t0 = sim.now;
     let split = sim.run_while_not(300_000, 1000, |s| {
-        if (s.now - t0).is_multiple_of(30_000) {
+        if (s.now - t0).is_multiple_of(10_000) {
             eprintln!("  partition: t={} s: {}", (s.now - t0) / 1000, sides(s));
         }
         // Every running node's view has shrunk to its own side's size.
@@ -357,10 +382,14 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
         sim.traffic.reconnects - reconnects
     );
     println!(
-        "wall time {:.1?}; simulated {} s; packets refused {}",
+        "wall time {:.1?}; simulated {} s; packets refused {}; member views pulled {} ({} entries; {} refreshes), exchanges given up {}",
         wall.elapsed(),
         sim.now / 1000,
-        sim.traffic.refused
+        sim.traffic.refused,
+        sim.traffic.views,
+        sim.traffic.view_entries,
+        sim.traffic.view_refreshes,
+        sim.traffic.views_lost
     );
     Ok(())
 }

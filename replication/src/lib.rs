@@ -16,6 +16,7 @@
 //! broadcast becomes. [`swim`] runs the SWIM core ([`membership`]) on
 //! tokio for the agent and the gossip library alike, each over its own IO;
 //! [`reconnect`] decides when it talks to members it holds as down;
+//! [`viewpull`] when a node pulls a sync peer's whole member view;
 //! [`sim`] runs many of those cores, and the spread of writes, in virtual
 //! time; [`schedule`] says when sync rounds run.
 //! [`wire`](Envelope) defines the versioned peer messages;
@@ -35,6 +36,7 @@ pub mod sim;
 pub mod swim;
 mod sync;
 pub mod validate;
+pub mod viewpull;
 mod wire;
 
 pub use sync::{InvalidState, MAX_STATE_ACTORS, MAX_STATE_RANGES, SyncRequest, SyncState, plan};

@@ -186,3 +186,59 @@ fn false_downs_are_counted_once_per_incarnation() {
         .expect("views merge again");
     assert_eq!(sim.traffic.refused, 0);
 }
+
+/// Push-pull in sync rounds: a member that restarts while another is dead
+/// learns the dead one's `Down` from the first member view it pulls (a
+/// join's answer names active members only), and stops asking once a
+/// settled view came. Without the pull it does not know the dead member.
+#[test]
+fn a_restarted_member_learns_from_its_first_view_that_a_dead_one_is_down() {
+    for pull in [true, false] {
+        let mut sim = formed(20, 5, 0.0, (1, 5));
+        sim.pull = pull;
+        let views_before = sim.traffic.views;
+        let (dead, restarted) = (7, 12);
+        sim.nodes[dead].up = false;
+        sim.run_while_not(30_000, 100, |s| s.all_see(dead, State::Down))
+            .expect("the dead member is down everywhere");
+        // Long enough for the `Down` gossip to have stopped circulating.
+        sim.run_until(sim.now + 30_000);
+        sim.nodes[restarted].up = false;
+        sim.run_until(sim.now + 500);
+        sim.restart(restarted, 2, 0);
+        let learned = sim.run_while_not(3_000, 50, |s| {
+            s.state_of(restarted, dead) == Some(State::Down)
+        });
+        if pull {
+            let took = learned.expect("the restarted member holds the dead one down");
+            println!("restart -> dead member held down: {took} ms (simulated)");
+            assert!(sim.traffic.views > views_before, "a view was pulled");
+            sim.run_until(sim.now + 3_000);
+            assert!(
+                sim.nodes[restarted].view_pull.settled(),
+                "a settled view ends the asking"
+            );
+        } else {
+            assert_eq!(learned, None, "without push-pull it learns of it later");
+            assert_eq!(sim.traffic.views, views_before, "no view pulled");
+        }
+    }
+}
+
+/// Settled members refresh their view from a peer now and then (every
+/// 20-30 s at 40 members), and a refresh changes nothing in a steady
+/// cluster: no false down, nobody renewed.
+#[test]
+fn settled_members_refresh_their_view_now_and_then() {
+    let mut sim = formed(40, 9, 0.0, (1, 5));
+    let before = sim.traffic.view_refreshes;
+    sim.run_until(sim.now + 120_000);
+    let refreshes = sim.traffic.view_refreshes - before;
+    assert!(
+        (40 * 3..=40 * 6).contains(&refreshes),
+        "{refreshes} refreshes by 40 members in 120 s"
+    );
+    assert_eq!(sim.traffic.false_downs, 0);
+    assert_eq!(sim.traffic.renewals, 0);
+    assert!(Sim::everyone_sees_everyone(&sim));
+}

@@ -36,7 +36,11 @@
 //! until its own probes reach it; discovery counts membership as settled
 //! from then on. Peers of earlier builds neither ask nor answer (they read
 //! the trailer's first field only), and the joiner waits out the settling
-//! time as before.
+//! time as before. Once settled, a node asks again now and then
+//! ([`corro_replication::viewpull`]: every 20 s at 50 members, 60 s at
+//! 1,000) and applies the first settled view that comes back, so an entry
+//! its gossip missed (a member's `Down`, a rejoin) is put right within
+//! that time instead of when its own probe cycle reaches that member.
 //!
 //! Submodules, one job each: [`transport`] (endpoint, accept, dispatch),
 //! [`frame`] (framing; the one place peer input is decoded and validated),
@@ -61,6 +65,7 @@ use tokio_util::sync::CancellationToken;
 
 use anyhow::Context;
 use corro_replication::membership::{Identity, Membership, ViewEntry};
+use corro_replication::viewpull::{Take, ViewPull};
 use corro_replication::{
     Envelope, MAX_FRAME_BYTES, Message, PROTOCOL_VERSION, SyncState, Trailer, WireError,
     decode_with_trailer, encode, encode_with_trailer, plan,
@@ -116,12 +121,16 @@ struct Inner {
     /// `true` once this node has caught up with the cluster: a sync round
     /// was answered and no version is missing (or there is no peer to ask).
     caught_up: watch::Sender<bool>,
-    /// This node asks the peers it syncs with for their whole member view
-    /// (set at start and whenever it has no active member; cleared when a
-    /// view was applied, or once it has had active members for
-    /// [`swim::SETTLED_AFTER`] on its own gossip): see the module doc.
-    /// While set it gives no view either.
-    want_view: std::sync::atomic::AtomicBool,
+    /// When this node asks the peers it syncs with for their whole member
+    /// view: joining (from start and whenever it has no active member,
+    /// until a settled view was applied or it has had active members for
+    /// [`corro_replication::viewpull::SETTLED_AFTER_MS`]; the views it
+    /// gives meanwhile say it is not settled), then a refresh now and
+    /// then. The SWIM driver's IO updates it after every step (with
+    /// milliseconds since [`Inner::started`]); see the module doc.
+    view_pull: parking_lot::Mutex<ViewPull>,
+    /// The clock [`Inner::view_pull`] counts from.
+    started: std::time::Instant,
     /// Whether a peer's whole member view has been applied since start
     /// (membership then counts as settled for discovery).
     view_applied: watch::Sender<bool>,
@@ -164,23 +173,15 @@ impl Inner {
     }
 
     /// Applies the whole member view a round's responder sent (this node
-    /// asked for it: see [`Inner::want_view`]), waiting at most
+    /// asked for it: see [`Inner::view_pull`]), waiting at most
     /// [`VIEW_APPLY_WAIT`] for the SWIM driver. A view from a settled
-    /// responder ends the asking (the flag is taken first, so of several
-    /// rounds answering at once one such view is applied, and a node that
-    /// is alone again meanwhile asks anew) and counts as settled for
-    /// discovery; one from a responder that is not settled itself is
-    /// applied for what it holds, and the next round asks again.
+    /// responder ends joining, or the due refresh (taken once, so of
+    /// several rounds answering at once one such view is applied); one
+    /// from a responder that is not settled itself is applied while
+    /// joining, for what it holds, and the next round asks again.
     async fn view_received(&self, from: SocketAddr, view: Vec<ViewEntry>, settled: bool) {
-        use std::sync::atomic::Ordering;
-        let taken = if settled {
-            self.want_view
-                .compare_exchange(true, false, Ordering::AcqRel, Ordering::Acquire)
-                .is_ok()
-        } else {
-            self.want_view.load(Ordering::Acquire)
-        };
-        if !taken {
+        let take = self.view_pull.lock().arrived(settled);
+        if take == Take::Drop {
             return;
         }
         let (entries, down) = (view.len(), view.iter().filter(|e| e.state == 2).count());
@@ -188,8 +189,11 @@ impl Inner {
         match applied {
             Ok(true) => {}
             Ok(false) => {
-                // Refused (too long), or not queued: ask the next peer.
-                self.want_view.store(true, Ordering::Release);
+                // Refused (too long), or not queued: a joiner asks the
+                // next peer (a refresh waits for the next one).
+                if take == Take::Join {
+                    self.view_pull.lock().refused();
+                }
                 tracing::debug!(peer = %from, entries, "a peer's member view was not applied");
                 return;
             }
@@ -200,7 +204,11 @@ impl Inner {
                 return;
             }
         }
-        metrics::counter!("corro_swim_views_applied_total").increment(1);
+        metrics::counter!("corro_swim_views_applied_total", "kind" => match take {
+            Take::Refresh => "refresh",
+            _ => "join",
+        })
+        .increment(1);
         // The catalog takes in the new states before this round's rows.
         let n = *self.peers.state_changes().borrow();
         let mut taken = self.members_taken.subscribe();
@@ -215,7 +223,7 @@ impl Inner {
         if settled {
             self.view_applied.send_replace(true);
         }
-        if !before {
+        if !before && take == Take::Join {
             // Until a settled one: a few lines at start, one a round.
             tracing::info!(peer = %from, entries, down, settled, "applied a peer's member view");
         } else {
@@ -224,13 +232,13 @@ impl Inner {
     }
 
     /// This node's member view for a peer that asked, and whether this
-    /// node is settled itself (it does not want a view: see
-    /// [`Inner::want_view`]); `None` while it has no active member (its
+    /// node is settled itself (it is not joining: see
+    /// [`Inner::view_pull`]); `None` while it has no active member (its
     /// view would say everyone is down) or SWIM is slow. One copy serves
     /// every peer asking within [`VIEW_CACHE_FOR`]: asking costs the SWIM
     /// driver a pass over every member.
     async fn view_for_peer(&self) -> Option<(Vec<ViewEntry>, bool)> {
-        let settled = !self.want_view.load(std::sync::atomic::Ordering::Acquire);
+        let settled = self.view_pull.lock().settled();
         if !self.peers.any_active() {
             return None;
         }
@@ -347,7 +355,8 @@ impl Cluster {
             behind: Default::default(),
             stopped: watch::channel(false).0,
             schema_mismatches: Default::default(),
-            want_view: std::sync::atomic::AtomicBool::new(true),
+            view_pull: parking_lot::Mutex::new(ViewPull::new()),
+            started: std::time::Instant::now(),
             view_applied: watch::channel(false).0,
             view_cache: Default::default(),
             members_taken: watch::channel(None).0,

@@ -13,7 +13,6 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use corro_replication::PROTOCOL_VERSION;
@@ -29,10 +28,6 @@ use super::Inner;
 const ALONE_FANOUT: usize = 16;
 /// ... of which the most recently seen (the rest are picked at random).
 const ALONE_NEWEST: usize = 8;
-
-/// A node connected this long without having applied a peer's member view
-/// stops asking for one and starts giving its own (see `Inner::want_view`).
-pub(super) const SETTLED_AFTER: Duration = Duration::from_secs(5);
 
 /// Prefixes a SWIM packet with the protocol version.
 fn datagram(packet: &[u8]) -> Bytes {
@@ -75,7 +70,6 @@ pub(crate) async fn run(
         inner,
         bootstrap: Arc::new(bootstrap),
         resolving: Arc::default(),
-        active_since: None,
     };
     corro_replication::swim::run(core, queue, io).await;
     leave.abort();
@@ -87,8 +81,6 @@ struct AgentIo {
     /// A re-announce (with its name lookups) is under way: a slow DNS
     /// server must not pile lookups up, one per tick.
     resolving: Arc<AtomicBool>,
-    /// Since when this node has had an active member (`None` while alone).
-    active_since: Option<Instant>,
 }
 
 impl SwimIo for AgentIo {
@@ -103,20 +95,14 @@ impl SwimIo for AgentIo {
         // coming up starts must find that member (and save it among the
         // remembered peers), whichever thread it runs on.
         self.inner.peers.set_members(members);
-        if active == 0 {
-            // Alone (at start, or cut off): the next peer to answer a sync
-            // round is asked for its whole view.
-            self.active_since = None;
-            self.inner.want_view.store(true, Ordering::Release);
-        } else {
-            // Connected this long without any peer's view (a cluster
-            // started all at once, peers of earlier builds): its own
-            // gossip has told it what there is to know.
-            let since = *self.active_since.get_or_insert_with(Instant::now);
-            if since.elapsed() >= SETTLED_AFTER {
-                self.inner.want_view.store(false, Ordering::Release);
-            }
-        }
+        // Alone (at start, or cut off): the next peer to answer a sync
+        // round is asked for its whole view; connected for a while without
+        // any (a cluster started all at once, peers of earlier builds): its
+        // own gossip has told it what there is to know; settled: a refresh
+        // now and then.
+        let now = self.inner.started.elapsed().as_millis() as u64;
+        let jitter = rand::random::<f64>();
+        self.inner.view_pull.lock().members(now, active, jitter);
         events.into_iter().for_each(|o| event(&self.inner, o));
         metrics::gauge!("corro_swim_members_active").set(active as f64);
         metrics::gauge!("corro_swim_queue_depth").set(self.inner.swim.queue_depth() as f64);

@@ -182,11 +182,7 @@ impl RoundStream for QuicRound {
         };
         let sent = if matches!(msg, Message::SyncState(_)) {
             // The initiator asks for the view while it wants one.
-            let want = self.initiator
-                && self
-                    .inner
-                    .want_view
-                    .load(std::sync::atomic::Ordering::Relaxed);
+            let want = self.initiator && self.inner.view_pull.lock().asks();
             self.view_asked |= want;
             write_state(&self.inner, &mut self.send, msg, want, view).await
         } else if view.is_some() {

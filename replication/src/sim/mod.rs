@@ -8,4 +8,4 @@
 pub mod spread;
 mod swim;
 
-pub use swim::{SimNode, SwimSim, Traffic, actor, addr, core};
+pub use swim::{PULL_EVERY_MS, SimNode, SwimSim, Traffic, actor, addr, core};

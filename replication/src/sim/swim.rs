@@ -10,6 +10,17 @@
 //! [`RECONNECT_EVERY`] it may announce itself to a member it holds as
 //! down ([`Reconnect`]).
 //!
+//! And what the agents' sync rounds do for membership (push-pull, when
+//! [`SwimSim::pull`] is on): every [`PULL_EVERY_MS`] a member updates its
+//! [`ViewPull`] (joining until a settled view or 5 s with active members,
+//! then a refresh now and then) and, while that asks, asks a random active
+//! member (member 0 while it has none) for its whole view
+//! ([`Membership::view`]), applying the answer one round trip later
+//! ([`Membership::apply_view`]) as [`ViewPull::arrived`] says. The
+//! exchange runs on a stream, so a lost packet is resent (up to four sends
+//! each way, 200 ms apart, then the round gives up). A member with no
+//! active member gives no view.
+//!
 //! Cost: each member keeps a view of every other, so memory grows with
 //! the square of the cluster size (about 100 bytes per entry).
 
@@ -21,9 +32,10 @@ use corro_store::ActorId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::membership::{Identity, Membership, Output, State, Timer};
+use crate::membership::{Identity, Membership, Output, State, Timer, ViewEntry};
 use crate::reconnect::{RECONNECT_EVERY, Reconnect};
 use crate::swim::REJOIN_EVERY;
+use crate::viewpull::{Take, ViewPull};
 
 enum Event {
     Packet {
@@ -41,7 +53,29 @@ enum Event {
         epoch: u32,
         tick: u64,
     },
+    /// A sync round's chance to ask for a member view.
+    Pull {
+        node: usize,
+        epoch: u32,
+    },
+    /// A member view arriving at `to`.
+    View {
+        to: usize,
+        epoch: u32,
+        view: Vec<ViewEntry>,
+        settled: bool,
+    },
 }
+
+/// The agents' sync round period (a member that wants a view asks once a
+/// round).
+pub const PULL_EVERY_MS: u64 = 1000;
+
+/// A sync stream's resend delay after a lost packet (QUIC's probe
+/// timeout, roughly).
+const STREAM_RESEND_MS: u64 = 200;
+/// Sends of one direction of a sync stream before the round gives up.
+const STREAM_SENDS: u32 = 4;
 
 /// One simulated member.
 pub struct SimNode {
@@ -55,6 +89,8 @@ pub struct SimNode {
     pub started: u64,
     /// Down members' addresses it may announce itself to.
     pub reconnect: Reconnect,
+    /// When it asks for member views (push-pull).
+    pub view_pull: ViewPull,
 }
 
 /// Counters over a run.
@@ -74,6 +110,13 @@ pub struct Traffic {
     pub refused: u64,
     /// Announces to members held as down ([`Reconnect`]).
     pub reconnects: u64,
+    /// Member views applied (push-pull), and their entries.
+    pub views: u64,
+    pub view_entries: u64,
+    /// Of those, periodic refreshes (not joining).
+    pub view_refreshes: u64,
+    /// View exchanges given up on (every send of one direction lost).
+    pub views_lost: u64,
 }
 
 /// The simulated cluster.
@@ -94,6 +137,9 @@ pub struct SwimSim {
     pub traffic: Traffic,
     /// (member, start stamp) already counted as a false down.
     falsely_downed: HashSet<(usize, u64)>,
+    /// Push-pull of member views in sync rounds (on by default, as in the
+    /// agents; off to see what it changes).
+    pub pull: bool,
 }
 
 /// The simulated address of member `i`.
@@ -131,6 +177,7 @@ impl SwimSim {
                 paused_until: 0,
                 started: 1,
                 reconnect: Reconnect::new(addr(i)),
+                view_pull: ViewPull::new(),
             })
             .collect();
         let mut sim = SwimSim {
@@ -146,6 +193,7 @@ impl SwimSim {
             cut: HashSet::new(),
             traffic: Traffic::default(),
             falsely_downed: HashSet::new(),
+            pull: true,
         };
         for i in 0..n {
             sim.start_host(i);
@@ -166,6 +214,69 @@ impl SwimSim {
                 tick: 1,
             },
         );
+        let at = self.now + self.rng.random_range(1..=PULL_EVERY_MS);
+        self.push(at, Event::Pull { node: i, epoch });
+    }
+
+    /// Member `i`'s sync round: update its [`ViewPull`]; while that asks,
+    /// ask a random active member (member 0 while it has none) for a view.
+    fn pull_tick(&mut self, i: usize) {
+        let now = self.now;
+        let jitter = self.rng.random::<f64>();
+        let n = &mut self.nodes[i];
+        let active = n.core.active_count();
+        n.view_pull.members(now, active, jitter);
+        let epoch = n.epoch;
+        if self.pull && n.view_pull.asks() {
+            let peer = if active > 0 {
+                let members = n.core.active();
+                let pick = members[self.rng.random_range(0..members.len())];
+                self.by_addr.get(&pick.addr).copied()
+            } else {
+                (i != 0).then_some(0)
+            };
+            let reachable = |s: &SwimSim, p: usize| {
+                let x = &s.nodes[p];
+                x.up && x.paused_until <= now && s.cut.contains(&i) == s.cut.contains(&p)
+            };
+            if let Some(p) = peer.filter(|&p| reachable(self, p))
+                && self.nodes[p].core.active_count() > 0
+            {
+                let there = self.stream_delay();
+                let back = self.stream_delay();
+                if let (Some(there), Some(back)) = (there, back) {
+                    let view = self.nodes[p].core.view();
+                    let settled = self.nodes[p].view_pull.settled();
+                    self.push(
+                        now + there + back,
+                        Event::View {
+                            to: i,
+                            epoch,
+                            view,
+                            settled,
+                        },
+                    );
+                } else {
+                    self.traffic.views_lost += 1;
+                }
+            }
+        }
+        self.push(now + PULL_EVERY_MS, Event::Pull { node: i, epoch });
+    }
+
+    /// One direction of a sync stream (QUIC): each send is lost with the
+    /// link's loss and resent after [`STREAM_RESEND_MS`]; after
+    /// [`STREAM_SENDS`] lost sends the round gives up (`None`).
+    fn stream_delay(&mut self) -> Option<u64> {
+        let mut waited = 0;
+        for _ in 0..STREAM_SENDS {
+            let latency = self.rng.random_range(self.latency.0..=self.latency.1);
+            if !self.rng.random_bool(self.loss) {
+                return Some(waited + latency);
+            }
+            waited += STREAM_RESEND_MS;
+        }
+        None
     }
 
     /// Member `i`'s host tick: rejoin through member 0 while alone; every
@@ -290,6 +401,7 @@ impl SwimSim {
             paused_until: 0,
             started: ts,
             reconnect: Reconnect::new(addr(i)),
+            view_pull: ViewPull::new(),
         };
         self.start_host(i);
         self.announce(i, seed);
@@ -354,6 +466,59 @@ impl SwimSim {
                     }
                     self.host_tick(node, tick);
                 }
+                Event::Pull { node, epoch } => {
+                    let n = &self.nodes[node];
+                    if !n.up || n.epoch != epoch {
+                        continue;
+                    }
+                    if n.paused_until > self.now {
+                        let at = n.paused_until;
+                        self.push(at, Event::Pull { node, epoch });
+                        continue;
+                    }
+                    self.pull_tick(node);
+                }
+                Event::View {
+                    to,
+                    epoch,
+                    view,
+                    settled,
+                } => {
+                    let n = &self.nodes[to];
+                    if !n.up || n.epoch != epoch {
+                        continue;
+                    }
+                    if n.paused_until > self.now {
+                        let at = n.paused_until;
+                        let e = Event::View {
+                            to,
+                            epoch,
+                            view,
+                            settled,
+                        };
+                        self.push(at, e);
+                        continue;
+                    }
+                    let take = self.nodes[to].view_pull.arrived(settled);
+                    if take == Take::Drop {
+                        continue;
+                    }
+                    let entries = view.len() as u64;
+                    let (out, result) = self.nodes[to].core.apply_view(view);
+                    if result.is_ok() {
+                        self.traffic.views += 1;
+                        self.traffic.view_entries += entries;
+                        if take == Take::Refresh {
+                            self.traffic.view_refreshes += 1;
+                        }
+                    } else {
+                        self.traffic.refused += 1;
+                        if take == Take::Join {
+                            self.nodes[to].view_pull.refused();
+                        }
+                    }
+                    self.outputs(to, out);
+                }
             }
         }
         self.now = until;
@@ -375,6 +540,11 @@ impl SwimSim {
             self.run_until(self.now + step);
         }
         None
+    }
+
+    /// The member at a simulated address.
+    pub fn index_of(&self, a: SocketAddr) -> Option<usize> {
+        self.by_addr.get(&a).copied()
     }
 
     /// How `observer` sees `target` (`None`: not in its view).
