@@ -518,10 +518,12 @@ fn a_joining_agent_knows_from_its_first_round_that_a_dead_node_is_down() {
         let h = health(&d, "web");
         if !h.iter().all(|(_, _, status)| status == "critical") {
             std::thread::sleep(Duration::from_millis(200));
+            let others: Vec<String> = agents.iter().map(|a| a.drain().join("\n")).collect();
             panic!(
-                "the new agent answered {h:?} {:?} after its start; its log:\n{}",
+                "the new agent answered {h:?} {:?} after its start; its log:\n{}\nthe others' logs:\n{}",
                 started.elapsed(),
-                d.drain().join("\n")
+                d.drain().join("\n"),
+                others.join("\n----\n")
             );
         }
         if !h.is_empty() && listed.is_none() {
