@@ -114,6 +114,7 @@ pub(crate) const METRICS: &[Metric] = &[
     m("corro_swim_reconnects_total", Counter, &[], "announces to members held as down (partition healing)"),
     m("corro_swim_reconnect_candidates", Gauge, &[], "addresses of down members still tried (bound 4,096)"),
     m("corro_swim_views_applied_total", Counter, &["kind"], "whole member views applied from a sync peer (push-pull), by kind: join or refresh"),
+    m("corro_swim_views_withheld_total", Counter, &[], "member views not given to a peer that asked (one per peer per 2 s)"),
     // Subscriptions
     m("corro_subs_active", Gauge, &[], "subscriptions"),
     m("corro_subs_changes_total", Counter, &[], "subscription change events logged"),

@@ -175,6 +175,20 @@ impl ViewEntry {
     }
 }
 
+/// Why a peer's view is applied ([`Membership::apply_view`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViewKind {
+    /// This node is joining: the view is taken as it comes, down verdicts
+    /// included (it knows nothing better).
+    Join,
+    /// A settled node's periodic refresh: a down verdict about a member
+    /// this node holds active is taken as a suspicion only (the member is
+    /// told, and refutes if it is alive), so one node's local verdict (its
+    /// suspect sweep, a poorly connected node's) does not spread through
+    /// everyone's refreshes.
+    Refresh,
+}
+
 /// A peer's view longer than this is refused whole ([`Membership::apply_view`]):
 /// four times the largest clusters this design is sized for.
 pub const MAX_VIEW_ENTRIES: usize = 160_000;
@@ -512,7 +526,10 @@ impl Membership {
     }
 
     /// Applies a peer's [`Membership::view`] as if it had come in gossip,
-    /// without passing it on (every other member holds it already).
+    /// without passing it on (every other member holds it already); in a
+    /// [`ViewKind::Refresh`], a down verdict about a member held active
+    /// here (at that incarnation or an earlier one) becomes a suspicion,
+    /// told to the member.
     /// Entries with an unknown state, a placeholder identity or an
     /// unreachable address are skipped, and so are those this node holds
     /// already;
@@ -522,6 +539,7 @@ impl Membership {
     pub fn apply_view(
         &mut self,
         view: Vec<ViewEntry>,
+        kind: ViewKind,
     ) -> (Vec<Output>, Result<(), MembershipError>) {
         if view.len() > MAX_VIEW_ENTRIES {
             return (Vec::new(), Err(MembershipError::ViewTooLarge(view.len())));
@@ -536,8 +554,21 @@ impl Membership {
             .iter_membership_state()
             .map(|m| (*m.id(), (m.incarnation(), m.state())))
             .collect();
+        let mut suspected = Vec::new();
         let members = view
             .into_iter()
+            .map(|mut e| {
+                if kind == ViewKind::Refresh
+                    && e.state == 2
+                    && known
+                        .get(&e.id)
+                        .is_some_and(|&(inc, st)| st != State::Down && inc <= e.incarnation)
+                {
+                    e.state = 1;
+                    suspected.push((e.id, e.incarnation));
+                }
+                e
+            })
             .filter(|e| match known.get(&e.id) {
                 Some((_, State::Down)) => false,
                 Some(&(inc, state)) => {
@@ -551,6 +582,9 @@ impl Membership {
             .filter(|e| !e.id.addr.ip().is_unspecified() && e.id.addr.port() != 0)
             .filter_map(ViewEntry::to_member);
         let result = self.foca.apply_many(members, false, &mut self.runtime);
+        for (id, incarnation) in suspected {
+            self.tell_suspect(id, incarnation);
+        }
         let out = self.drain();
         (out, result.map_err(MembershipError::Packet))
     }
@@ -849,7 +883,7 @@ mod tests {
                 foca::Member::new(x, 0, State::Alive),
             ],
         );
-        let (out, result) = joiner.apply_view(view);
+        let (out, result) = joiner.apply_view(view, ViewKind::Join);
         result.unwrap_or_else(|e| panic!("{e}"));
         // x, which the joiner took for alive, is down as gossip would have
         // it; y and z it learns, z as down.
@@ -869,13 +903,52 @@ mod tests {
         );
         assert_eq!(joiner.active_count(), 2);
         // Applied again: nothing new, nothing happens.
-        let (out, result) = joiner.apply_view(responder.view());
+        let (out, result) = joiner.apply_view(responder.view(), ViewKind::Join);
         result.unwrap_or_else(|e| panic!("{e}"));
         assert!(
             !out.iter()
                 .any(|o| matches!(o, Output::Up(_) | Output::Down(_))),
             "{out:?}"
         );
+    }
+
+    /// A refresh does not spread one node's down verdicts: a down entry
+    /// about a member held alive here becomes a suspicion, told to the
+    /// member (which refutes if alive); one about a member unknown here
+    /// is taken as down; a joiner takes it as it comes.
+    #[test]
+    fn a_refresh_takes_a_down_verdict_about_an_active_member_as_a_suspicion() {
+        let (x, unknown) = (id(2), id(3));
+        let down = |i: Identity| ViewEntry {
+            id: i,
+            incarnation: 0,
+            state: 2,
+        };
+        let mut m = Membership::new(id(1), 4);
+        learn(&mut m, [foca::Member::new(x, 0, State::Alive)]);
+        let (out, result) = m.apply_view(vec![down(x), down(unknown)], ViewKind::Refresh);
+        result.unwrap_or_else(|e| panic!("{e}"));
+        assert!(!out.contains(&Output::Down(x)), "{out:?}");
+        assert!(
+            out.iter()
+                .any(|o| matches!(o, Output::Send(to, _) if *to == x)),
+            "x is told it is suspected: {out:?}"
+        );
+        let mut held = m.members();
+        held.sort_by_key(|(i, _)| i.addr);
+        assert_eq!(held, vec![(x, State::Suspect), (unknown, State::Down)]);
+        // x refutes (a higher incarnation): alive again, never down.
+        learn(&mut m, [foca::Member::new(x, 1, State::Alive)]);
+        assert!(
+            m.members().contains(&(x, State::Alive)),
+            "{:?}",
+            m.members()
+        );
+        // The same view while joining: down at once.
+        let mut joiner = Membership::new(id(1), 5);
+        learn(&mut joiner, [foca::Member::new(x, 0, State::Alive)]);
+        let (out, _) = joiner.apply_view(vec![down(x)], ViewKind::Join);
+        assert!(out.contains(&Output::Down(x)), "{out:?}");
     }
 
     #[test]
@@ -903,13 +976,16 @@ mod tests {
             addr: "127.0.0.9:0".parse().unwrap(),
             ..id(5)
         };
-        let (out, result) = m.apply_view(vec![
-            entry(earlier, 2),
-            entry(id(2), 9),
-            entry(older, 2),
-            entry(nowhere, 0),
-            entry(port_zero, 0),
-        ]);
+        let (out, result) = m.apply_view(
+            vec![
+                entry(earlier, 2),
+                entry(id(2), 9),
+                entry(older, 2),
+                entry(nowhere, 0),
+                entry(port_zero, 0),
+            ],
+            ViewKind::Join,
+        );
         result.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(m.active_count(), 0, "{:?}", m.members());
         assert!(
@@ -920,14 +996,15 @@ mod tests {
         assert!(m.members().iter().all(|(i, _)| i.addr != id(2).addr));
         // Down about this very identity: it renews.
         let now = *m.identity();
-        let (out, _) = m.apply_view(vec![entry(now, 2)]);
+        let (out, _) = m.apply_view(vec![entry(now, 2)], ViewKind::Join);
         assert!(
             out.iter().any(|o| matches!(o, Output::Rejoined(_))),
             "{out:?}"
         );
         assert_ne!(*m.identity(), now);
         // Too long: refused whole.
-        let (out, result) = m.apply_view(vec![entry(id(3), 0); MAX_VIEW_ENTRIES + 1]);
+        let (out, result) =
+            m.apply_view(vec![entry(id(3), 0); MAX_VIEW_ENTRIES + 1], ViewKind::Join);
         assert!(matches!(result, Err(MembershipError::ViewTooLarge(_))));
         assert!(out.is_empty());
     }

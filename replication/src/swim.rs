@@ -31,7 +31,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::membership::{Identity, Membership, MembershipError, Output, State, Timer, ViewEntry};
+use crate::membership::{
+    Identity, Membership, MembershipError, Output, State, Timer, ViewEntry, ViewKind,
+};
 use crate::reconnect::{RECONNECT_EVERY, Reconnect};
 
 /// Inputs queued for the driver beyond this are dropped (packets) or wait
@@ -74,7 +76,7 @@ enum Input {
     View(oneshot::Sender<Vec<ViewEntry>>),
     /// A peer's whole view, to apply; answered once the member list that
     /// results was handed to the IO.
-    ApplyView(Vec<ViewEntry>, oneshot::Sender<bool>),
+    ApplyView(Vec<ViewEntry>, ViewKind, oneshot::Sender<bool>),
 }
 
 /// Leaving and stopping go on their own channel, read before the inputs:
@@ -151,9 +153,9 @@ impl SwimHandle {
     /// true once the member list that results has been handed to the IO
     /// ([`SwimIo::step`]), false when it could not be queued, the core
     /// refused it (too long, or foca failed part-way) or the driver is gone.
-    pub async fn apply_view(&self, view: Vec<ViewEntry>) -> bool {
+    pub async fn apply_view(&self, view: Vec<ViewEntry>, kind: ViewKind) -> bool {
         let (tx, rx) = oneshot::channel();
-        if self.tx.try_send(Input::ApplyView(view, tx)).is_err() {
+        if self.tx.try_send(Input::ApplyView(view, kind, tx)).is_err() {
             return false;
         }
         rx.await.unwrap_or(false)
@@ -187,8 +189,8 @@ fn handle_input<I: SwimIo>(
             let _ = reply.send(core.view());
             Vec::new()
         }
-        Input::ApplyView(view, done) => {
-            let (out, result) = core.apply_view(view);
+        Input::ApplyView(view, kind, done) => {
+            let (out, result) = core.apply_view(view, kind);
             let ok = result.is_ok();
             if let Err(e) = result {
                 io.refused(e);
@@ -469,7 +471,7 @@ mod tests {
         // d is isolated (nobody knows it): only the view tells it anything.
         let d_net: Net = Arc::default();
         let (d, dm, _dt) = start(&d_net, 3, vec![]);
-        assert!(d.apply_view(view).await);
+        assert!(d.apply_view(view, ViewKind::Join).await);
         assert_eq!(
             states(&dm),
             vec![

@@ -32,6 +32,11 @@ pub const SETTLED_AFTER_MS: u64 = 5_000;
 /// members; larger ones wait longer.
 pub const REFRESH_BASE_MS: u64 = 10_000;
 
+/// A due refresh is asked of one sync round at a time: again only after
+/// this long without a settled view (the rounds of one node run side by
+/// side; each would otherwise ask, and all views but one be dropped).
+pub const REFRESH_RETRY_MS: u64 = 5_000;
+
 /// Clusters up to this size refresh every [`REFRESH_BASE_MS`].
 pub const REFRESH_SCALE_FROM: usize = 32;
 
@@ -74,6 +79,8 @@ pub struct ViewPull {
     active_since: Option<u64>,
     /// When the next refresh is due (set once settled).
     next_refresh: Option<u64>,
+    /// When a round last asked for the due refresh.
+    refresh_asked: Option<u64>,
 }
 
 impl Default for ViewPull {
@@ -90,12 +97,32 @@ impl ViewPull {
             refresh: false,
             active_since: None,
             next_refresh: None,
+            refresh_asked: None,
         }
     }
 
-    /// Whether its sync rounds ask for a view.
+    /// Whether its sync rounds ask for a view (some round will).
     pub fn asks(&self) -> bool {
         self.want || self.refresh
+    }
+
+    /// Whether the round starting `now` asks for a view: every round while
+    /// joining; one round per [`REFRESH_RETRY_MS`] while a refresh is due.
+    pub fn ask(&mut self, now: u64) -> bool {
+        if self.want {
+            return true;
+        }
+        if !self.refresh {
+            return false;
+        }
+        if self
+            .refresh_asked
+            .is_some_and(|at| now.saturating_sub(at) < REFRESH_RETRY_MS)
+        {
+            return false;
+        }
+        self.refresh_asked = Some(now);
+        true
     }
 
     /// Whether it is settled (not joining): the views it gives say so.
@@ -134,6 +161,7 @@ impl ViewPull {
             None => self.next_refresh = Some(now + every + spread),
             Some(at) if now >= at => {
                 self.refresh = true;
+                self.refresh_asked = None;
                 self.next_refresh = Some(now + every + spread);
             }
             Some(_) => {}
@@ -199,12 +227,18 @@ mod tests {
         assert!(!p.asks());
         p.members(11_000, 3, 0.0);
         assert!(p.asks() && p.settled(), "refresh due; still settled");
+        assert!(p.ask(11_000), "one round asks");
+        assert!(!p.ask(11_001), "not the rounds beside it");
+        assert!(!p.ask(15_999));
+        assert!(p.ask(16_000), "again after REFRESH_RETRY_MS without a view");
         assert_eq!(
             p.arrived(false),
             Take::Drop,
             "a refresh wants a settled view"
         );
+        assert!(p.asks(), "and goes on asking after an unsettled one");
         assert_eq!(p.arrived(true), Take::Refresh);
+        assert!(!p.ask(30_000), "not asked again once it came");
         assert!(!p.asks());
         p.members(21_000, 3, 0.0);
         assert!(p.asks(), "the next one 10 s later");

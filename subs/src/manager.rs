@@ -199,6 +199,43 @@ struct Inner {
     tasks: tokio_util::task::TaskTracker,
     /// Re-reads the row conditions made unnecessary ([`prefilter`]).
     skipped: std::sync::atomic::AtomicU64,
+    /// [`prefilter`]'s statements by (subscriptions tested, in order;
+    /// number of keys): the same subscriptions on the same table build the
+    /// same text every round. Bounded by [`MATCH_SQL_CACHE_BYTES`].
+    match_sql: Mutex<MatchSqlCache>,
+}
+
+/// [`Inner::match_sql`]'s statements, and their bytes.
+#[derive(Default)]
+struct MatchSqlCache {
+    by_subs: HashMap<(Vec<Uuid>, usize), Arc<str>>,
+    bytes: usize,
+}
+
+/// Bytes of statement text (and keys) [`Inner::match_sql`] keeps at most;
+/// past it the cache starts over.
+const MATCH_SQL_CACHE_BYTES: usize = 1 << 20;
+
+impl Inner {
+    /// The statement testing the conditions of subscriptions `ids` on `n`
+    /// keys: cached, or built by `build`.
+    fn match_sql(&self, ids: Vec<Uuid>, n: usize, build: impl FnOnce() -> String) -> Arc<str> {
+        let key = (ids, n);
+        if let Some(sql) = self.match_sql.lock().by_subs.get(&key) {
+            return sql.clone();
+        }
+        let sql: Arc<str> = build().into();
+        let cost = sql.len() + key.0.len() * size_of::<Uuid>();
+        let mut cache = self.match_sql.lock();
+        if cache.bytes + cost > MATCH_SQL_CACHE_BYTES {
+            cache.by_subs.clear();
+            cache.bytes = 0;
+        }
+        if cost <= MATCH_SQL_CACHE_BYTES && cache.by_subs.insert(key, sql.clone()).is_none() {
+            cache.bytes += cost;
+        }
+        sql
+    }
 }
 
 /// The registry (cheap to clone).
@@ -293,6 +330,7 @@ impl Subscriptions {
             updates: Default::default(),
             tasks: Default::default(),
             skipped: Default::default(),
+            match_sql: Default::default(),
         });
         let feed = Arc::downgrade(&inner);
         store.on_change(Arc::new(move |rows: &RowsChanged| {
@@ -495,21 +533,21 @@ impl Subscriptions {
         };
         let sub = self.register(id, query, params, columns, view);
         let captured = self.inner.capture.lock().take().unwrap_or_default();
-        let changed: Vec<HashSet<Arc<[u8]>>> = sub
+        let changed: Vec<Changed> = sub
             .query
             .sources
             .iter()
             .map(|src| {
                 captured
                     .get(&src.table.to_ascii_lowercase())
-                    .cloned()
+                    .map(|keys| Arc::new(keys.clone()))
                     .unwrap_or_default()
             })
             .collect();
         if changed.iter().any(|c| !c.is_empty()) {
             let inner = self.inner.clone();
             let s = sub.clone();
-            tokio::task::spawn_blocking(move || refresh(&inner, &s, changed))
+            tokio::task::spawn_blocking(move || refresh(&inner, &s, &changed))
                 .await
                 .map_err(|e| SubError::Corrupt(e.to_string()))??;
         }
@@ -710,7 +748,7 @@ fn publish(sub: &Sub, changes: Vec<LoggedChange>) {
 }
 
 /// Re-reads the rows built from `changed` keys and logs the difference.
-fn refresh(inner: &Inner, sub: &Sub, changed: Vec<HashSet<Arc<[u8]>>>) -> Result<(), SubError> {
+fn refresh(inner: &Inner, sub: &Sub, changed: &[Changed]) -> Result<(), SubError> {
     let started = Instant::now();
     // Read and update under the view's lock: two refreshes of one
     // subscription (a creation's captured keys and a dispatcher round) must
@@ -732,8 +770,8 @@ fn refresh(inner: &Inner, sub: &Sub, changed: Vec<HashSet<Arc<[u8]>>>) -> Result
         }
     }
     let changed: Vec<Vec<Vec<u8>>> = changed
-        .into_iter()
-        .map(|set| set.into_iter().map(|k| k.to_vec()).collect())
+        .iter()
+        .map(|set| set.iter().map(|k| k.to_vec()).collect())
         .collect();
     let changes = view.update(&changed, fresh)?;
     drop(view);
@@ -748,7 +786,8 @@ fn refresh(inner: &Inner, sub: &Sub, changed: Vec<HashSet<Arc<[u8]>>>) -> Result
 /// tracked). The conditions of all such subscriptions on one table are
 /// tested together, one statement per chunk of keys, instead of each
 /// subscription re-reading every changed key.
-fn prefilter(store: &Store, work: &[Work]) -> Vec<bool> {
+fn prefilter(inner: &Inner, work: &[Work]) -> Vec<bool> {
+    let store = &inner.store;
     let mut affected = vec![true; work.len()];
     // (table, reference) -> indexes into `work`.
     let mut groups: HashMap<(String, String), Vec<usize>> = HashMap::new();
@@ -786,7 +825,9 @@ fn prefilter(store: &Store, work: &[Work]) -> Vec<bool> {
                                 .map_err(|e| SubError::Corrupt(format!("changed key: {e}")))?,
                         );
                     }
-                    let sql = filter.match_sql(&texts, chunk.len());
+                    let ids: Vec<Uuid> = conds.iter().map(|&i| work[i].0.id).collect();
+                    let sql =
+                        inner.match_sql(ids, chunk.len(), || filter.match_sql(&texts, chunk.len()));
                     let conn = store.reader();
                     let mut stmt = conn.prepare_user(&sql)?;
                     for (n, v) in values.iter().enumerate() {
@@ -820,8 +861,12 @@ fn prefilter(store: &Store, work: &[Work]) -> Vec<bool> {
     affected
 }
 
+/// One table's changed keys in a round, shared by the subscriptions
+/// reading it.
+type Changed = Arc<HashSet<Arc<[u8]>>>;
+
 /// A subscription and its changed keys per source, for one round.
-type Work = (Arc<Sub>, Vec<HashSet<Arc<[u8]>>>);
+type Work = (Arc<Sub>, Vec<Changed>);
 
 /// Row conditions tested in one statement at most.
 const MATCH_CONDITIONS: usize = 200;
@@ -848,10 +893,16 @@ async fn dispatch(inner: Arc<Inner>, shutdown: CancellationToken) {
                     .extend(keys.iter().cloned());
             }
         }
+        // One shared set per table: every subscription reading it gets the
+        // same copy (not a clone of the set each).
+        let pending: HashMap<String, Changed> = pending
+            .into_iter()
+            .map(|(table, keys)| (table, Arc::new(keys)))
+            .collect();
         let subs: Vec<Arc<Sub>> = inner.subs.read().values().cloned().collect();
         let mut work = Vec::new();
         for sub in subs {
-            let changed: Vec<HashSet<Arc<[u8]>>> = sub
+            let changed: Vec<Changed> = sub
                 .query
                 .sources
                 .iter()
@@ -871,7 +922,7 @@ async fn dispatch(inner: Arc<Inner>, shutdown: CancellationToken) {
         }
         let i = inner.clone();
         let round = tokio::task::spawn_blocking(move || {
-            let affected = prefilter(&i.store, &work);
+            let affected = prefilter(&i, &work);
             // Skips are counted for the whole round before any refresh
             // delivers, so a listener that sees this round's event also
             // sees its skips counted.
@@ -886,7 +937,7 @@ async fn dispatch(inner: Arc<Inner>, shutdown: CancellationToken) {
                 if !affected || sub.closed.load(Ordering::Relaxed) {
                     continue;
                 }
-                if let Err(e) = refresh(&i, &sub, changed) {
+                if let Err(e) = refresh(&i, &sub, &changed) {
                     tracing::warn!(id = %sub.id, error = %e, "subscription refresh failed; re-running it in full");
                     if let Err(e) = resync(&i, &sub) {
                         tracing::error!(id = %sub.id, error = %e, "subscription re-run failed");

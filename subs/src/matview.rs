@@ -115,9 +115,13 @@ pub const ALL_KEYS_BUDGET: usize = 64 << 20;
 const KEY_OVERHEAD: usize = 80;
 static ALL_KEYS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
+/// A view's held keys. Hashed with foldhash (seeded per process, so row
+/// keys a writer picks cannot be made to collide on purpose): a round
+/// tests every changed key against every subscription's set on its table,
+/// and SipHash was a fifth of that test.
 #[derive(Default)]
 struct KeySet {
-    keys: std::collections::HashSet<Vec<u8>>,
+    keys: std::collections::HashSet<Vec<u8>, foldhash::fast::RandomState>,
     bytes: usize,
 }
 

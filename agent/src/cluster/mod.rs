@@ -64,7 +64,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use anyhow::Context;
-use corro_replication::membership::{Identity, Membership, ViewEntry};
+use corro_replication::membership::{Identity, Membership, ViewEntry, ViewKind};
 use corro_replication::viewpull::{Take, ViewPull};
 use corro_replication::{
     Envelope, MAX_FRAME_BYTES, Message, PROTOCOL_VERSION, SyncState, Trailer, WireError,
@@ -131,6 +131,8 @@ struct Inner {
     view_pull: parking_lot::Mutex<ViewPull>,
     /// The clock [`Inner::view_pull`] counts from.
     started: std::time::Instant,
+    /// When a member view last went to each peer (connection address).
+    views_given: parking_lot::Mutex<std::collections::HashMap<SocketAddr, std::time::Instant>>,
     /// Whether a peer's whole member view has been applied since start
     /// (membership then counts as settled for discovery).
     view_applied: watch::Sender<bool>,
@@ -185,7 +187,11 @@ impl Inner {
             return;
         }
         let (entries, down) = (view.len(), view.iter().filter(|e| e.state == 2).count());
-        let applied = tokio::time::timeout(VIEW_APPLY_WAIT, self.swim.apply_view(view)).await;
+        let kind = match take {
+            Take::Refresh => ViewKind::Refresh,
+            _ => ViewKind::Join,
+        };
+        let applied = tokio::time::timeout(VIEW_APPLY_WAIT, self.swim.apply_view(view, kind)).await;
         match applied {
             Ok(true) => {}
             Ok(false) => {
@@ -231,13 +237,46 @@ impl Inner {
         }
     }
 
+    /// Whether this round asks its responder for a member view (see
+    /// [`ViewPull::ask`]: a joiner asks every round, a due refresh once
+    /// per [`corro_replication::viewpull::REFRESH_RETRY_MS`]).
+    fn ask_for_view(&self) -> bool {
+        let now = self.started.elapsed().as_millis() as u64;
+        self.view_pull.lock().ask(now)
+    }
+
+    /// Notes that a member view went to `peer` (see [`Inner::view_for_peer`]).
+    fn view_given(&self, peer: SocketAddr) {
+        let now = std::time::Instant::now();
+        let mut given = self.views_given.lock();
+        if given.len() >= VIEWS_GIVEN_MAX {
+            given.retain(|_, at| now.duration_since(*at) < VIEW_PEER_GAP);
+        }
+        if given.len() < VIEWS_GIVEN_MAX {
+            given.insert(peer, now);
+        }
+    }
+
     /// This node's member view for a peer that asked, and whether this
     /// node is settled itself (it is not joining: see
     /// [`Inner::view_pull`]); `None` while it has no active member (its
     /// view would say everyone is down) or SWIM is slow. One copy serves
     /// every peer asking within [`VIEW_CACHE_FOR`]: asking costs the SWIM
     /// driver a pass over every member.
-    async fn view_for_peer(&self) -> Option<(Vec<ViewEntry>, bool)> {
+    async fn view_for_peer(&self, peer: SocketAddr) -> Option<(Vec<ViewEntry>, bool)> {
+        {
+            // One view per connection address per VIEW_PEER_GAP, and none
+            // while the record of whom views went to is full: a peer
+            // asking in every stream gets no more.
+            let given = self.views_given.lock();
+            let recent = given
+                .get(&peer)
+                .is_some_and(|at| at.elapsed() < VIEW_PEER_GAP);
+            if recent || (given.len() >= VIEWS_GIVEN_MAX && !given.contains_key(&peer)) {
+                metrics::counter!("corro_swim_views_withheld_total").increment(1);
+                return None;
+            }
+        }
         let settled = self.view_pull.lock().settled();
         if !self.peers.any_active() {
             return None;
@@ -259,6 +298,16 @@ impl Inner {
 /// How long a responder waits for the SWIM driver's copy of its member
 /// view (the answer goes without it after that).
 const VIEW_READ_WAIT: Duration = Duration::from_millis(500);
+
+/// A peer (by connection address) gets at most one member view per this
+/// long: a joiner asks every round (about a second apart), a settled node
+/// once per refresh, so an honest peer never hits it.
+const VIEW_PEER_GAP: Duration = Duration::from_secs(2);
+
+/// Peers [`Inner::view_given`] remembers at once (entries older than
+/// [`VIEW_PEER_GAP`] are dropped when it fills; while it is full of recent
+/// ones, new peers get no view).
+const VIEWS_GIVEN_MAX: usize = 4096;
 
 /// How long one copy of this node's member view answers peers asking.
 const VIEW_CACHE_FOR: Duration = Duration::from_secs(1);
@@ -357,6 +406,7 @@ impl Cluster {
             schema_mismatches: Default::default(),
             view_pull: parking_lot::Mutex::new(ViewPull::new()),
             started: std::time::Instant::now(),
+            views_given: Default::default(),
             view_applied: watch::channel(false).0,
             view_cache: Default::default(),
             members_taken: watch::channel(None).0,

@@ -149,6 +149,9 @@ pub(super) struct QuicRound {
     /// The initiator waits for the responder's end of stream before
     /// dropping it; the responder does not wait on the initiator.
     initiator: bool,
+    /// The connection's remote address (responder side: whom a member
+    /// view goes to, see [`Inner::view_for_peer`]).
+    remote: Option<SocketAddr>,
     /// The address the last received message came from.
     from: Option<SocketAddr>,
     /// The initiator asked for this node's member view (responder side).
@@ -171,7 +174,10 @@ impl RoundStream for QuicRound {
         // (up to VIEW_TRIES frames).
         let view = if !self.initiator && self.peer_wants_view && self.view_tries < VIEW_TRIES {
             self.view_tries += 1;
-            let view = self.inner.view_for_peer().await;
+            let view = match self.remote {
+                Some(remote) => self.inner.view_for_peer(remote).await,
+                None => None,
+            };
             if view.is_none() {
                 // Alone, or SWIM too slow: no view this round.
                 self.view_tries = VIEW_TRIES;
@@ -182,7 +188,7 @@ impl RoundStream for QuicRound {
         };
         let sent = if matches!(msg, Message::SyncState(_)) {
             // The initiator asks for the view while it wants one.
-            let want = self.initiator && self.inner.view_pull.lock().asks();
+            let want = self.initiator && self.inner.ask_for_view();
             self.view_asked |= want;
             write_state(&self.inner, &mut self.send, msg, want, view).await
         } else if view.is_some() {
@@ -194,6 +200,9 @@ impl RoundStream for QuicRound {
         };
         if sent.as_ref().is_ok_and(|with_view| *with_view) {
             self.view_tries = VIEW_TRIES;
+            if let Some(remote) = self.remote {
+                self.inner.view_given(remote);
+            }
         }
         sent.map(drop).map_err(Into::into)
     }
@@ -244,6 +253,7 @@ impl Transport for QuicTransport {
             send,
             recv,
             initiator: true,
+            remote: None,
             from: None,
             peer_wants_view: false,
             view_tries: 0,
@@ -270,6 +280,7 @@ pub(super) fn state_of(inner: &Inner) -> SyncState {
 /// acting on the initiator's state.
 pub(super) async fn respond_sync(
     inner: &Arc<Inner>,
+    remote: SocketAddr,
     send: quinn::SendStream,
     recv: quinn::RecvStream,
 ) -> anyhow::Result<()> {
@@ -278,6 +289,7 @@ pub(super) async fn respond_sync(
         send,
         recv,
         initiator: false,
+        remote: Some(remote),
         from: None,
         peer_wants_view: false,
         view_tries: 0,

@@ -43,7 +43,7 @@ pub(super) async fn serve_connection(
                 let (send, recv) = bi?;
                 let inner = inner.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = respond_sync(&inner, send, recv).await {
+                    if let Err(e) = respond_sync(&inner, remote, send, recv).await {
                         if disk_full(&e) {
                             metrics::counter!("corro_store_writes_refused_total", "reason" => "disk_full").increment(1);
                             tracing::debug!(error = %e, "a peer's sync round was not applied: the disk is full");

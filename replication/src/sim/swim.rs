@@ -32,7 +32,7 @@ use corro_store::ActorId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::membership::{Identity, Membership, Output, State, Timer, ViewEntry};
+use crate::membership::{Identity, Membership, Output, State, Timer, ViewEntry, ViewKind};
 use crate::reconnect::{RECONNECT_EVERY, Reconnect};
 use crate::swim::REJOIN_EVERY;
 use crate::viewpull::{Take, ViewPull};
@@ -227,7 +227,7 @@ impl SwimSim {
         let active = n.core.active_count();
         n.view_pull.members(now, active, jitter);
         let epoch = n.epoch;
-        if self.pull && n.view_pull.asks() {
+        if self.pull && n.view_pull.ask(now) {
             let peer = if active > 0 {
                 let members = n.core.active();
                 let pick = members[self.rng.random_range(0..members.len())];
@@ -504,7 +504,11 @@ impl SwimSim {
                         continue;
                     }
                     let entries = view.len() as u64;
-                    let (out, result) = self.nodes[to].core.apply_view(view);
+                    let kind = match take {
+                        Take::Refresh => ViewKind::Refresh,
+                        _ => ViewKind::Join,
+                    };
+                    let (out, result) = self.nodes[to].core.apply_view(view, kind);
                     if result.is_ok() {
                         self.traffic.views += 1;
                         self.traffic.view_entries += entries;
