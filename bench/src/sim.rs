@@ -293,6 +293,7 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
 
     // A partition of 30 %: each side declares the other down; then it
     // heals and views merge.
+    let renewals_before = sim.traffic.renewals;
     let minority: Vec<usize> = (0..n).filter(|i| i % 10 < 3).collect();
     sim.cut = minority.iter().copied().collect();
     let sides = |s: &SwimSim| {
@@ -380,6 +381,10 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
             |t| format!("{t} ms")
         ),
         sim.traffic.reconnects - reconnects
+    );
+    println!(
+        "| identities renewed through the partition and healing (each side declared the other down) | {} |",
+        sim.traffic.renewals - renewals_before
     );
     println!(
         "wall time {:.1?}; simulated {} s; packets refused {}; member views pulled {} ({} entries; {} refreshes), exchanges given up {}",

@@ -151,7 +151,7 @@ impl Reconnect {
         if !rng.random_bool(p) {
             return None;
         }
-        let due: Vec<SocketAddr> = self
+        let mut due: Vec<SocketAddr> = self
             .down
             .iter()
             .filter(|(_, e)| e.next <= now_ms)
@@ -160,6 +160,9 @@ impl Reconnect {
         if due.is_empty() {
             return None;
         }
+        // In address order, not the map's (seeded per process): the same
+        // seed picks the same address, so a simulation run repeats.
+        due.sort_unstable();
         let to = due[rng.random_range(0..due.len())];
         if let Some(e) = self.down.get_mut(&to) {
             e.tries = e.tries.saturating_add(1);

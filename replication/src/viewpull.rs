@@ -17,8 +17,10 @@
 //!   without ending its asking.
 //! - **Refreshing**: once settled, every [`refresh_every_ms`] (longer in
 //!   larger clusters, like memberlist's push-pull, so the bytes stay
-//!   bounded) it asks once more, and applies the first settled view that
-//!   comes back.
+//!   bounded) it asks once more ([`ViewPull::ask`]: one round at a time,
+//!   again after [`REFRESH_RETRY_MS`]), and applies the first settled view
+//!   that comes back, a down verdict about a member it holds active as a
+//!   suspicion only (`ViewKind::Refresh` in `membership`).
 //!
 //! [`ViewPull`] holds that state; the agent and the simulation both drive
 //! it, the agent with milliseconds since its start, the simulation with
@@ -43,9 +45,9 @@ pub const REFRESH_SCALE_FROM: usize = 32;
 /// How often a settled node in a cluster of `members` pulls a peer's view:
 /// the base interval, times one more for each doubling of the cluster
 /// beyond [`REFRESH_SCALE_FROM`] (10 s up to 32 members, 20 s at 50, 60 s
-/// at 1,000, 100 s at 10,000). A view costs about 35 bytes per member,
-/// so a node receives about 0.6 KB/s at 1,000 members and 3.5 KB/s at
-/// 10,000.
+/// at 1,000, 100 s at 10,000). A view costs 31 bytes per member over
+/// IPv4 (down members included), so with the jitter a node receives about
+/// 0.4 KB/s at 1,000 members and 2.5 KB/s at 10,000.
 pub fn refresh_every_ms(members: usize) -> u64 {
     if members <= REFRESH_SCALE_FROM {
         return REFRESH_BASE_MS;

@@ -66,9 +66,9 @@ pub enum Message {
 pub struct Trailer {
     /// The sender's replicated-schema fingerprint.
     pub schema: u64,
-    /// The sender (a round's initiator that has had no member view since
-    /// it started or was last alone) asks for the responder's whole member
-    /// view with its answer.
+    /// The sender (a round's initiator joining, or refreshing its view:
+    /// see `viewpull`) asks for the responder's whole member view with
+    /// its answer.
     pub want_view: bool,
     /// The sender's whole member view, down members included, when asked
     /// (push-pull membership; see `Membership::view`).

@@ -38,9 +38,13 @@
 //! the trailer's first field only), and the joiner waits out the settling
 //! time as before. Once settled, a node asks again now and then
 //! ([`corro_replication::viewpull`]: every 20 s at 50 members, 60 s at
-//! 1,000) and applies the first settled view that comes back, so an entry
-//! its gossip missed (a member's `Down`, a rejoin) is put right within
-//! that time instead of when its own probe cycle reaches that member.
+//! 1,000; one round asks at a time) and applies the first settled view
+//! that comes back, so an entry its gossip missed (a member's `Down`, a
+//! rejoin) is put right within about that time instead of when its own
+//! probe cycle reaches that member; a down verdict about a member it holds
+//! active is taken as a suspicion (told to the member, which refutes if
+//! alive), so no node's local verdict spreads this way. A responder gives
+//! one view per peer per [`VIEW_PEER_GAP`].
 //!
 //! Submodules, one job each: [`transport`] (endpoint, accept, dispatch),
 //! [`frame`] (framing; the one place peer input is decoded and validated),

@@ -2,8 +2,8 @@
 //!
 //! A round is `corro_replication::round` (the same driver the simulation
 //! runs) over this module's [`QuicTransport`]/[`QuicRound`] (frames with
-//! the trailer: schema fingerprint, and the member view a joiner asks for
-//! and the responder's first frame carries; input validated in
+//! the trailer: schema fingerprint, and the member view a joiner or a
+//! refreshing node asks for and the responder's first frame carries; input validated in
 //! `frame::read_frame`) and
 //! [`NodeStore`] (served a change budget at a time, applied with metrics).
 //! Around it: the responder announces itself over SWIM to an initiator
