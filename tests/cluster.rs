@@ -745,21 +745,31 @@ fn documented_unlabelled() -> Vec<String> {
         .collect()
 }
 
+/// Three agents with metrics, b and c joining through a (`a_config`
+/// appended to a's configuration).
+fn three_with_metrics(dir: &std::path::Path, a_config: &str) -> ([Node; 3], [Agent; 3]) {
+    let a = Node::new(&dir.join("a"), "");
+    a.enable_metrics();
+    if !a_config.is_empty() {
+        a.append_config(a_config);
+    }
+    let agent_a = a.start();
+    let b = Node::joining(&dir.join("b"), &agent_a);
+    b.enable_metrics();
+    let agent_b = b.start();
+    let c = Node::joining(&dir.join("c"), &agent_a);
+    c.enable_metrics();
+    let agent_c = c.start();
+    ([a, b, c], [agent_a, agent_b, agent_c])
+}
+
 #[test]
 fn three_agents_export_the_documented_metrics_and_see_a_member_go_down() {
     use hickory_proto::op::{Message, Query};
     use hickory_proto::rr::{Name, RecordType};
     let dir = tempfile::tempdir().unwrap();
-    let a = Node::new(&dir.path().join("a"), "");
-    a.enable_metrics();
-    a.append_config("[dns]\naddr = \"127.0.0.1:0\"");
-    let agent_a = a.start();
-    let b = Node::joining(&dir.path().join("b"), &agent_a);
-    b.enable_metrics();
-    let agent_b = b.start();
-    let c = Node::joining(&dir.path().join("c"), &agent_a);
-    c.enable_metrics();
-    let mut agent_c = c.start();
+    let ([a, b, c], [agent_a, agent_b, mut agent_c]) =
+        three_with_metrics(dir.path(), "[dns]\naddr = \"127.0.0.1:0\"");
     let nodes = [(&a, &agent_a), (&b, &agent_b), (&c, &agent_c)];
     for (i, (n, ag)) in nodes.iter().enumerate() {
         n.exec(
@@ -847,16 +857,8 @@ fn three_agents_export_the_documented_metrics_and_see_a_member_go_down() {
 #[test]
 fn settled_agents_refresh_their_member_view_from_a_peer() {
     let dir = tempfile::tempdir().unwrap();
-    let a = Node::new(&dir.path().join("a"), "");
-    a.enable_metrics();
-    let agent_a = a.start();
-    let b = Node::joining(&dir.path().join("b"), &agent_a);
-    b.enable_metrics();
-    let agent_b = b.start();
-    let c = Node::joining(&dir.path().join("c"), &agent_a);
-    c.enable_metrics();
-    let agent_c = c.start();
-    for ag in [&agent_a, &agent_b, &agent_c] {
+    let (_nodes, agents) = three_with_metrics(dir.path(), "");
+    for ag in &agents {
         common::await_some(Duration::from_secs(60), "a refreshed view", || {
             let s = scrape(ag);
             (s.get(r#"corro_swim_views_applied_total{kind="refresh"}"#)
