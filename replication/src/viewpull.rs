@@ -132,11 +132,6 @@ impl ViewPull {
         !self.want
     }
 
-    /// Whether it is joining (wants a view, not a refresh).
-    pub fn joining(&self) -> bool {
-        self.want
-    }
-
     /// Its member list changed or a timer fired: `active` members other
     /// than itself, at `now` (ms). `jitter` in `[0, 1)` spreads refreshes:
     /// the next one is due after `refresh_every_ms(active + 1) × (1 +
@@ -250,19 +245,19 @@ mod tests {
     fn settles_on_its_own_gossip_and_joins_again_when_alone() {
         let mut p = ViewPull::new();
         p.members(0, 0, 0.0);
-        assert!(p.joining());
+        assert!(!p.settled());
         p.members(100, 2, 0.0);
         p.members(5_099, 2, 0.0);
-        assert!(p.joining());
+        assert!(!p.settled());
         p.members(5_100, 2, 0.0);
         assert!(p.settled() && !p.asks());
         p.members(6_000, 0, 0.0);
-        assert!(p.joining() && p.asks(), "alone: joining again");
+        assert!(!p.settled() && p.asks(), "alone: joining again");
         p.members(6_100, 2, 0.0);
-        assert!(p.joining(), "the 5 s start over");
+        assert!(!p.settled(), "the 5 s start over");
         assert_eq!(p.arrived(true), Take::Join);
         p.refused();
-        assert!(p.joining(), "a view it could not apply: asks again");
+        assert!(!p.settled(), "a view it could not apply: asks again");
     }
 
     #[test]
