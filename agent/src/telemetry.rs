@@ -160,6 +160,7 @@ pub(crate) const METRICS: &[Metric] = &[
     m("corro_dns_cache_evictions_total", Counter, &[], "DNS answers evicted from the cache"),
     m("corro_dns_encode_errors_total", Counter, &[], "DNS answers that could not be encoded (answered SERVFAIL)"),
     m("corro_dns_tcp_refused_total", Counter, &[], "DNS TCP connections closed on accept (1,024 already open)"),
+    m("corro_dns_udp_reads_total", Counter, &[], "UDP receive calls that returned queries (several per call where batched: queries per call = responses / reads)"),
     // Templates
     m("corro_tpl_renders_total", Counter, &["template"], "template renders"),
     m("corro_ui_fragments_total", Counter, &["page"], "web UI fragment requests, by page"),

@@ -20,6 +20,7 @@ pub mod name;
 mod responder;
 mod server;
 mod settings;
+mod udp;
 
 pub use name::Lookup;
 pub use responder::Responder;

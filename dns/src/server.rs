@@ -2,7 +2,8 @@
 //!
 //! UDP: one socket (with a 4 MiB receive buffer, so bursts are not dropped
 //! by the kernel) read by several tasks (as many as `workers`), each
-//! answering on the spot. TCP: each connection carries length-prefixed
+//! answering what it read on the spot, in batches where the system allows
+//! (`udp`). TCP: each connection carries length-prefixed
 //! messages (RFC 1035 4.2.2), answered in order; a connection idle, stalled
 //! mid-message or not reading its answers for 10 s is closed, and at most
 //! 1,024 connections (64 per client address) are served at once.
@@ -81,26 +82,10 @@ pub async fn serve(
     let udp_addr = udp.local_addr()?;
     let tcp_addr = tcp.local_addr()?;
     let tasks = tokio_util::task::TaskTracker::new();
+    let reader = crate::udp::Reader::for_socket(&udp);
     for _ in 0..workers.max(1) {
-        let (udp, r, stop) = (udp.clone(), responder.clone(), stop.clone());
-        tasks.spawn(async move {
-            let mut buf = vec![0u8; 65_535];
-            loop {
-                let (n, peer) = tokio::select! {
-                    _ = stop.cancelled() => return,
-                    got = udp.recv_from(&mut buf) => match got {
-                        Ok(x) => x,
-                        Err(e) => {
-                            tracing::debug!(error = %e, "dns: udp receive failed");
-                            continue;
-                        }
-                    },
-                };
-                if let Some(answer) = r.respond(&buf[..n], true) {
-                    let _ = udp.send_to(&answer, peer).await;
-                }
-            }
-        });
+        let (udp, reader, r, stop) = (udp.clone(), reader.clone(), responder.clone(), stop.clone());
+        tasks.spawn(crate::udp::worker(udp, reader, r, stop));
     }
     let stop_tcp = stop.clone();
     let connections = tasks.clone();
