@@ -184,18 +184,24 @@ impl ReadConn<'_> {
     /// assignments, transaction control and writes are refused with
     /// [`StoreError::NotAllowed`].
     ///
-    /// Statements are cached per connection. That is safe because the
-    /// authorizer runs when a statement is prepared: a client's cached
-    /// statement passed the client rules, and the store's own cached reads are
-    /// plain SELECTs or name `__corro` objects, and client SQL naming those is
-    /// prepared afresh.
+    /// Statements are cached per connection, under their text with
+    /// [`CLIENT_TAG`] in front. That is safe because the authorizer runs
+    /// when a statement is prepared: a client's cached statement passed the
+    /// client rules, and the tag keeps client text from ever matching one
+    /// of the store's own cached statements (prepared under the internal
+    /// rules, which allow `__corro` objects). Errors are reported for the
+    /// text as the client sent it.
     pub fn prepare_user(&self, sql: &str) -> Result<UserStatement<'_>, StoreError> {
         let p = self.pooled();
         p.user_mode.store(true, Ordering::Relaxed);
-        let stmt = if sql.contains("__corro") {
-            p.conn.prepare(sql).map(UserStatement::Fresh)
-        } else {
-            p.conn.prepare_cached(sql).map(UserStatement::Cached)
+        let mut tagged = String::with_capacity(CLIENT_TAG.len() + sql.len());
+        tagged.push_str(CLIENT_TAG);
+        tagged.push_str(sql);
+        let stmt = match p.conn.prepare_cached(&tagged) {
+            Ok(s) => Ok(UserStatement::Cached(s)),
+            // Prepared again untagged, so the error (and any offset in it)
+            // is about the client's own text.
+            Err(_) => p.conn.prepare(sql).map(UserStatement::Fresh),
         };
         p.user_mode.store(false, Ordering::Relaxed);
         let stmt = stmt.map_err(|e| {
@@ -216,6 +222,11 @@ impl ReadConn<'_> {
         Ok(stmt)
     }
 }
+
+/// Put in front of a client's statement text for the statement cache, so
+/// that client text never finds a statement the store prepared for itself.
+/// A comment: SQLite skips it.
+const CLIENT_TAG: &str = "/* client */ ";
 
 /// A client statement from [`ReadConn::prepare_user`].
 pub enum UserStatement<'a> {

@@ -30,7 +30,7 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use corro_client::Value;
-use corro_store::{RowsChanged, SqlValue, Store, decode_key, encode_key};
+use corro_store::{ReadConn, RowsChanged, SqlValue, Store, decode_key, encode_key};
 use parking_lot::Mutex;
 use tokio::sync::{Notify, broadcast};
 use uuid::Uuid;
@@ -547,7 +547,7 @@ impl Subscriptions {
         if changed.iter().any(|c| !c.is_empty()) {
             let inner = self.inner.clone();
             let s = sub.clone();
-            tokio::task::spawn_blocking(move || refresh(&inner, &s, &changed))
+            tokio::task::spawn_blocking(move || refresh(&s, &changed, &inner.store.reader()))
                 .await
                 .map_err(|e| SubError::Corrupt(e.to_string()))??;
         }
@@ -658,19 +658,18 @@ fn run_full(
     q: &SubQuery,
     params: &Params,
 ) -> Result<(Vec<String>, Vec<Fresh>), SubError> {
-    read(store, q, params, &q.full_sql(), &[])
+    read(&store.reader(), q, params, &q.full_sql(), &[])
 }
 
-/// Prepares `sql` on a read-only user connection, binds the user's
+/// Prepares `sql` as a client statement on `conn`, binds the user's
 /// parameters then `extra` (numbered after them), and reads result rows.
 fn read(
-    store: &Store,
+    conn: &ReadConn<'_>,
     q: &SubQuery,
     params: &Params,
     sql: &str,
     extra: &[SqlValue],
 ) -> Result<(Vec<String>, Vec<Fresh>), SubError> {
-    let conn = store.reader();
     let mut stmt = conn.prepare_user(sql)?;
     stmt.clear_bindings();
     match params {
@@ -747,8 +746,9 @@ fn publish(sub: &Sub, changes: Vec<LoggedChange>) {
     }
 }
 
-/// Re-reads the rows built from `changed` keys and logs the difference.
-fn refresh(inner: &Inner, sub: &Sub, changed: &[Changed]) -> Result<(), SubError> {
+/// Re-reads (on `conn`) the rows built from `changed` keys and logs the
+/// difference.
+fn refresh(sub: &Sub, changed: &[Changed], conn: &ReadConn<'_>) -> Result<(), SubError> {
     let started = Instant::now();
     // Read and update under the view's lock: two refreshes of one
     // subscription (a creation's captured keys and a dispatcher round) must
@@ -765,7 +765,7 @@ fn refresh(inner: &Inner, sub: &Sub, changed: &[Changed]) -> Result<(), SubError
                 );
             }
             let sql = sub.filtered_sql(src, chunk.len())?;
-            let (_, rows) = read(&inner.store, &sub.query, &sub.params, &sql, &values)?;
+            let (_, rows) = read(conn, &sub.query, &sub.params, &sql, &values)?;
             fresh.extend(rows);
         }
     }
@@ -786,8 +786,7 @@ fn refresh(inner: &Inner, sub: &Sub, changed: &[Changed]) -> Result<(), SubError
 /// tracked). The conditions of all such subscriptions on one table are
 /// tested together, one statement per chunk of keys, instead of each
 /// subscription re-reading every changed key.
-fn prefilter(inner: &Inner, work: &[Work]) -> Vec<bool> {
-    let store = &inner.store;
+fn prefilter(inner: &Inner, work: &[Work], conn: &ReadConn<'_>) -> Vec<bool> {
     let mut affected = vec![true; work.len()];
     // (table, reference) -> indexes into `work`.
     let mut groups: HashMap<(String, String), Vec<usize>> = HashMap::new();
@@ -828,7 +827,6 @@ fn prefilter(inner: &Inner, work: &[Work]) -> Vec<bool> {
                     let ids: Vec<Uuid> = conds.iter().map(|&i| work[i].0.id).collect();
                     let sql =
                         inner.match_sql(ids, chunk.len(), || filter.match_sql(&texts, chunk.len()));
-                    let conn = store.reader();
                     let mut stmt = conn.prepare_user(&sql)?;
                     for (n, v) in values.iter().enumerate() {
                         stmt.raw_bind_parameter(n + 1, v)?;
@@ -922,7 +920,18 @@ async fn dispatch(inner: Arc<Inner>, shutdown: CancellationToken) {
         }
         let i = inner.clone();
         let round = tokio::task::spawn_blocking(move || {
-            let affected = prefilter(&i, &work);
+            // One connection and one snapshot for the round: the rows the
+            // condition test reads are still in its page cache when the
+            // affected subscriptions re-read them (a reader's cache is
+            // dropped whenever a commit happened since its last read), and
+            // every subscription sees the same state. Changes committed
+            // after the snapshot are in the next round's pending keys.
+            let conn = i.store.reader();
+            let snapshot = conn.unchecked_transaction();
+            if let Err(e) = &snapshot {
+                tracing::debug!(error = %e, "subscription round: no shared snapshot; reading in autocommit");
+            }
+            let affected = prefilter(&i, &work, &conn);
             // Skips are counted for the whole round before any refresh
             // delivers, so a listener that sees this round's event also
             // sees its skips counted.
@@ -937,7 +946,7 @@ async fn dispatch(inner: Arc<Inner>, shutdown: CancellationToken) {
                 if !affected || sub.closed.load(Ordering::Relaxed) {
                     continue;
                 }
-                if let Err(e) = refresh(&i, &sub, &changed) {
+                if let Err(e) = refresh(&sub, &changed, &conn) {
                     tracing::warn!(id = %sub.id, error = %e, "subscription refresh failed; re-running it in full");
                     if let Err(e) = resync(&i, &sub) {
                         tracing::error!(id = %sub.id, error = %e, "subscription re-run failed");

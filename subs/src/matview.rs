@@ -476,10 +476,9 @@ impl Matview {
                 });
             }
         }
-        tx.execute(
-            "INSERT OR REPLACE INTO meta (k, v) VALUES ('last_change', ?1)",
-            [next.to_string()],
-        )?;
+        // `last_change` is the log's largest id; `meta` keeps it only for
+        // when pruning empties the log (written there, not per commit: one
+        // page fewer to write per change).
         tx.commit()?;
         self.last_change = next;
         Ok(out)
@@ -524,14 +523,14 @@ impl Matview {
     ) -> Result<usize, SubError> {
         let cutoff_id = self.last_change.saturating_sub(max_count) as i64;
         let cutoff_ts = now_ms() - max_age_ms as i64;
-        let mut removed = self.conn.execute(
+        let tx = self.conn.transaction()?;
+        let mut removed = tx.execute(
             "DELETE FROM changes WHERE id <= ?1 AND ts < ?2",
             params![cutoff_id, cutoff_ts],
         )?;
         // The newest change whose suffix of the log (it and everything
         // after it) is over the cap: it and all before it go.
-        let over: Option<i64> = self
-            .conn
+        let over: Option<i64> = tx
             .query_row(
                 "SELECT id FROM (
                      SELECT id, sum(length(cells) + ?1) OVER (ORDER BY id DESC) AS tail
@@ -542,10 +541,16 @@ impl Matview {
             )
             .optional()?;
         if let Some(id) = over {
-            removed += self
-                .conn
-                .execute("DELETE FROM changes WHERE id <= ?1", [id])?;
+            removed += tx.execute("DELETE FROM changes WHERE id <= ?1", [id])?;
         }
+        if removed > 0 {
+            // The log may now be empty: its last id must survive that.
+            tx.execute(
+                "INSERT OR REPLACE INTO meta (k, v) VALUES ('last_change', ?1)",
+                [self.last_change.to_string()],
+            )?;
+        }
+        tx.commit()?;
         Ok(removed)
     }
 

@@ -652,6 +652,43 @@ fn the_change_log_is_capped_in_bytes() {
         view.prune(1_000_000, 3_600_000, 10 * per_change).unwrap(),
         0
     );
+    // Pruned to nothing, the log's last id survives a reopen: the next
+    // change is 51, not 1 (a client resuming from 50 must not miss it).
+    assert_eq!(view.prune(1_000_000, 3_600_000, 0).unwrap(), 10);
+    drop(view);
+    let (mut view, _) = Matview::open(&dir.path().join("v.sqlite")).unwrap();
+    assert_eq!(view.last_change(), 50);
+    rows.push(row(50));
+    view.resync(rows).unwrap();
+    assert_eq!(view.last_change(), 51);
+    assert_eq!(view.changes_between(50, 51).unwrap().len(), 1);
+}
+
+/// Reopened with changes still in its log, a view continues from the
+/// log's largest id.
+#[test]
+fn a_reopened_view_continues_its_change_ids() {
+    use corro_subs::diff::Fresh;
+    use corro_subs::matview::{Definition, Matview};
+    let dir = tempfile::tempdir().unwrap();
+    let def = Definition {
+        sql: "SELECT id FROM t".into(),
+        params: "[]".into(),
+        columns: vec!["id".into()],
+    };
+    let mut view = Matview::create(&dir.path().join("v.sqlite"), &def).unwrap();
+    let mut rows = Vec::new();
+    for i in 0..5u8 {
+        rows.push(Fresh {
+            key: vec![i],
+            source_keys: vec![vec![i]],
+            cells: format!("[{i}]"),
+        });
+        view.resync(rows.clone()).unwrap();
+    }
+    drop(view);
+    let (view, _) = Matview::open(&dir.path().join("v.sqlite")).unwrap();
+    assert_eq!(view.last_change(), 5);
 }
 
 /// One-table subscriptions are matched against a change together; only
