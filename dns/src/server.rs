@@ -82,7 +82,14 @@ pub async fn serve(
     let udp_addr = udp.local_addr()?;
     let tcp_addr = tcp.local_addr()?;
     let tasks = tokio_util::task::TaskTracker::new();
-    let reader = crate::udp::Reader::for_socket(&udp);
+    let (udp, reader) = match crate::udp::Reader::for_socket(&udp) {
+        Ok(reader) => (udp, reader),
+        Err(crate::udp::Tainted) => {
+            // Same address (and port) on a socket nobody configured.
+            drop(udp);
+            (Arc::new(udp_socket(udp_addr)?), crate::udp::Reader::Single)
+        }
+    };
     for _ in 0..workers.max(1) {
         let (udp, reader, r, stop) = (udp.clone(), reader.clone(), responder.clone(), stop.clone());
         tasks.spawn(crate::udp::worker(udp, reader, r, stop));

@@ -38,36 +38,41 @@ pub(crate) enum Reader {
     Single,
 }
 
+/// The batched set-up failed after it may have changed the socket's
+/// options (GRO on, fragmentation forbidden): the socket must not be
+/// read one datagram at a time either; bind a fresh one.
+#[derive(Debug)]
+pub(crate) struct Tainted;
+
 impl Reader {
     /// Picks the reader for `udp` and prepares the socket for it.
-    pub(crate) fn for_socket(udp: &UdpSocket) -> Reader {
+    pub(crate) fn for_socket(udp: &UdpSocket) -> Result<Reader, Tainted> {
         if !cfg!(target_os = "linux") || quinn_udp::BATCH_SIZE < 2 {
-            return Reader::Single;
+            return Ok(Reader::Single);
         }
         let Ok(SocketAddr::V4(_)) = udp.local_addr() else {
-            return Reader::Single;
+            return Ok(Reader::Single);
         };
         let before = match rustix::net::sockopt::ip_mtu_discover(udp) {
             Ok(v) => v,
             Err(e) => {
                 tracing::debug!(error = %e, "dns: reading IP_MTU_DISCOVER failed; one query per call");
-                return Reader::Single;
+                return Ok(Reader::Single);
             }
         };
         let state = match quinn_udp::UdpSocketState::new(udp.into()) {
             Ok(s) => s,
             Err(e) => {
-                tracing::debug!(error = %e, "dns: batched UDP unavailable; one query per call");
-                return Reader::Single;
+                tracing::warn!(error = %e, "dns: batched UDP unavailable; one query per call on a fresh socket");
+                return Err(Tainted);
             }
         };
         if let Err(e) = rustix::net::sockopt::set_ip_mtu_discover(udp, before) {
-            // Answers must stay fragmentable; without that, the simple
-            // path (which never touched the option) is the safe one.
-            tracing::warn!(error = %e, "dns: could not restore IP_MTU_DISCOVER; one query per call");
-            return Reader::Single;
+            // Answers must stay fragmentable.
+            tracing::warn!(error = %e, "dns: could not restore IP_MTU_DISCOVER; one query per call on a fresh socket");
+            return Err(Tainted);
         }
-        Reader::Batched(Arc::new(state))
+        Ok(Reader::Batched(Arc::new(state)))
     }
 }
 
@@ -123,8 +128,9 @@ async fn batched(
         tokio::select! {
             _ = stop.cancelled() => return,
             ready = udp.readable() => if let Err(e) = ready {
-                tracing::debug!(error = %e, "dns: udp socket not readable");
-                continue;
+                // Only when the runtime's I/O driver is gone.
+                tracing::warn!(error = %e, "dns: udp socket no longer pollable; worker ends");
+                return;
             },
         }
         let got = {
@@ -211,7 +217,7 @@ mod tests {
     async fn an_ipv4_socket_is_read_in_batches_and_stays_fragmentable() {
         let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let before = rustix::net::sockopt::ip_mtu_discover(&udp).unwrap();
-        let reader = Reader::for_socket(&udp);
+        let reader = Reader::for_socket(&udp).unwrap();
         if cfg!(target_os = "linux") {
             assert!(matches!(reader, Reader::Batched(_)));
         }
@@ -223,6 +229,6 @@ mod tests {
         let Ok(udp) = UdpSocket::bind("[::1]:0").await else {
             return; // no IPv6 loopback here
         };
-        assert!(matches!(Reader::for_socket(&udp), Reader::Single));
+        assert!(matches!(Reader::for_socket(&udp), Ok(Reader::Single)));
     }
 }

@@ -728,9 +728,14 @@ fn read(
 }
 
 /// Re-runs the whole query and logs the difference; how many changes.
+///
+/// Lock order, here and everywhere: a read connection first, then a
+/// view. Nothing holds a view while waiting for a read connection.
 fn resync(inner: &Inner, sub: &Sub) -> Result<usize, SubError> {
+    let conn = inner.store.reader();
     let mut view = sub.view.lock();
-    let (_, rows) = run_full(&inner.store, &sub.query, &sub.params)?;
+    let (_, rows) = read(&conn, &sub.query, &sub.params, &sub.query.full_sql(), &[])?;
+    drop(conn);
     let changes = view.resync(rows)?;
     drop(view);
     let n = changes.len();
@@ -920,17 +925,14 @@ async fn dispatch(inner: Arc<Inner>, shutdown: CancellationToken) {
         }
         let i = inner.clone();
         let round = tokio::task::spawn_blocking(move || {
-            // One connection and one snapshot for the round: the rows the
-            // condition test reads are still in its page cache when the
-            // affected subscriptions re-read them (a reader's cache is
-            // dropped whenever a commit happened since its last read), and
-            // every subscription sees the same state. Changes committed
-            // after the snapshot are in the next round's pending keys.
+            // One connection for the round: the rows the condition test
+            // read are still in its page cache when the affected
+            // subscriptions re-read them, unless something was committed
+            // in between (a reader's cache is dropped whenever a commit
+            // happened since its last read). No shared snapshot: each
+            // refresh reads the latest state under its view's lock, so a
+            // refresh never applies an older read after a newer one.
             let conn = i.store.reader();
-            let snapshot = conn.unchecked_transaction();
-            if let Err(e) = &snapshot {
-                tracing::debug!(error = %e, "subscription round: no shared snapshot; reading in autocommit");
-            }
             let affected = prefilter(&i, &work, &conn);
             // Skips are counted for the whole round before any refresh
             // delivers, so a listener that sees this round's event also
@@ -942,15 +944,23 @@ async fn dispatch(inner: Arc<Inner>, shutdown: CancellationToken) {
                 .count() as u64;
             i.skipped.fetch_add(skipped, Ordering::Relaxed);
             metrics::counter!("corro_subs_skipped_total").increment(skipped);
+            let mut failed = Vec::new();
             for ((sub, changed), affected) in work.into_iter().zip(affected) {
                 if !affected || sub.closed.load(Ordering::Relaxed) {
                     continue;
                 }
                 if let Err(e) = refresh(&sub, &changed, &conn) {
                     tracing::warn!(id = %sub.id, error = %e, "subscription refresh failed; re-running it in full");
-                    if let Err(e) = resync(&i, &sub) {
-                        tracing::error!(id = %sub.id, error = %e, "subscription re-run failed");
-                    }
+                    failed.push(sub);
+                }
+            }
+            // Re-run after giving the round's connection back: a re-run
+            // takes a connection of its own (with one reader, it would
+            // otherwise wait for ever on the round's).
+            drop(conn);
+            for sub in failed {
+                if let Err(e) = resync(&i, &sub) {
+                    tracing::error!(id = %sub.id, error = %e, "subscription re-run failed");
                 }
             }
         });

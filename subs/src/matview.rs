@@ -221,17 +221,19 @@ impl Matview {
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.execute_batch(DDL)?;
-        let last: Option<i64> = conn.query_row("SELECT max(id) FROM changes", [], |r| r.get(0))?;
-        let last = match last {
-            Some(l) => l as u64,
-            None => conn
-                .query_row("SELECT v FROM meta WHERE k = 'last_change'", [], |r| {
-                    r.get::<_, String>(0)
-                })
-                .optional()?
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0),
-        };
+        // The log's largest id, or the one `prune` recorded if larger (the
+        // log emptied, or lost its newest entries to the age rule after the
+        // clock stepped back): ids must never be issued twice.
+        let logged: Option<i64> =
+            conn.query_row("SELECT max(id) FROM changes", [], |r| r.get(0))?;
+        let recorded: u64 = conn
+            .query_row("SELECT v FROM meta WHERE k = 'last_change'", [], |r| {
+                r.get::<_, String>(0)
+            })
+            .optional()?
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let last = logged.map_or(0, |l| l.max(0) as u64).max(recorded);
         Ok(Matview {
             conn,
             path: path.to_path_buf(),

@@ -789,3 +789,104 @@ async fn changes_reach_exactly_the_subscriptions_they_affect() {
     assert_eq!(subs.skipped() - before, 9);
     assert!(before > 0);
 }
+
+/// With a single read connection in the store's pool, restored
+/// subscriptions catching up, a creation and the dispatcher's rounds all
+/// run during writes without waiting on each other for ever (a read
+/// connection is always taken before a subscription's view), and every
+/// subscription ends with every row.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_read_connection_serves_every_subscription_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let one_reader = |dir: &Path| {
+        let s = Store::open(
+            dir.join("state.db"),
+            StoreOptions {
+                readers: 1,
+                ..StoreOptions::default()
+            },
+        )
+        .unwrap();
+        let schema = dir.join("schema.sql");
+        std::fs::write(&schema, SCHEMA).unwrap();
+        s.apply_schema_paths(&[schema]).unwrap();
+        s
+    };
+    let ids: Vec<_> = {
+        let s = one_reader(dir.path());
+        let stop = tokio_util::sync::CancellationToken::new();
+        let subs = Subscriptions::start(s.clone(), config(dir.path()), stop.clone()).unwrap();
+        let mut ids = Vec::new();
+        for sql in [
+            "SELECT id, title FROM todos",
+            "SELECT id FROM todos WHERE done = 0",
+        ] {
+            let mut l = subs.subscribe(sql, Params::None, None).await.unwrap();
+            initial(&mut l).await;
+            ids.push(l.id);
+        }
+        stop.cancel();
+        subs.stopped().await;
+        ids
+    };
+    let s = one_reader(dir.path());
+    for i in 0..50 {
+        exec(
+            &s,
+            "INSERT INTO todos (id, title, done) VALUES (?, 't', 0)",
+            &[format!("a{i}").into()],
+        );
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    // Restored subscriptions re-run their queries while writes go on.
+    let subs = Subscriptions::start(s.clone(), config(dir.path()), stop.clone()).unwrap();
+    let writer = {
+        let s = s.clone();
+        std::thread::spawn(move || {
+            for i in 0..200 {
+                exec(
+                    &s,
+                    "INSERT INTO todos (id, title, done) VALUES (?, 't', 0)",
+                    &[format!("b{i}").into()],
+                );
+            }
+        })
+    };
+    let mut created = tokio::time::timeout(
+        Duration::from_secs(30),
+        subs.subscribe(
+            "SELECT id FROM todos WHERE done = 0 AND title = 't'",
+            Params::None,
+            None,
+        ),
+    )
+    .await
+    .expect("creation stalled")
+    .unwrap();
+    initial(&mut created).await;
+    writer.join().unwrap();
+    let want: usize = 250;
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    for id in ids.into_iter().chain([created.id]) {
+        loop {
+            let mut l = tokio::time::timeout(Duration::from_secs(30), subs.attach(id, None))
+                .await
+                .expect("attach stalled")
+                .unwrap();
+            let rows = initial(&mut l)
+                .await
+                .iter()
+                .filter(|e| e.starts_with("{\"row\""))
+                .count();
+            if rows == want {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "subscription {id} holds {rows} of {want} rows"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    stop.cancel();
+}
