@@ -10,22 +10,13 @@ use std::net::IpAddr;
 
 use corro_catalog::{Catalog, Liveness, MemberState, Status};
 use corro_dns::{DnsSettings, Responder};
-use corro_store::{SqlValue, Store, StoreOptions};
+use corro_store::{SqlValue, Store};
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use proptest::prelude::*;
 
-fn open() -> (tempfile::TempDir, Store, Catalog) {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(dir.path().join("state.db"), StoreOptions::default()).unwrap();
-    store
-        .apply_schema_paths(&[
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/schema/consul.sql")
-        ])
-        .unwrap();
-    let catalog = Catalog::open(&store, None).unwrap();
-    (dir, store, catalog)
-}
+mod common;
+use common::open;
 
 fn query(name: &str, qtype: RecordType) -> Vec<u8> {
     let mut m = Message::query();

@@ -8,23 +8,19 @@ use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use corro_catalog::Catalog;
 use corro_dns::{DnsSettings, Responder};
-use corro_store::{Store, StoreOptions};
 use hickory_proto::op::{Message, Query, ResponseCode};
 use hickory_proto::rr::{Name, RecordType};
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
-fn responder(dir: &tempfile::TempDir) -> Responder {
-    let store = Store::open(dir.path().join("state.db"), StoreOptions::default()).unwrap();
-    store
-        .apply_schema_paths(&[
-            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/schema/consul.sql")
-        ])
-        .unwrap();
-    let catalog = Catalog::open(&store, None).unwrap();
-    Responder::new(catalog, DnsSettings::default())
+mod common;
+
+/// A responder over an empty catalog (every name here is missing), and
+/// the directory its store lives in.
+fn responder() -> (tempfile::TempDir, Responder) {
+    let (dir, _store, catalog) = common::open();
+    (dir, Responder::new(catalog, DnsSettings::default()))
 }
 
 fn query(id: u16) -> Vec<u8> {
@@ -80,11 +76,9 @@ async fn burst(
 }
 
 async fn every_query_of_a_burst_is_answered_once(bind: SocketAddr, client: SocketAddr) {
-    let dir = tempfile::tempdir().unwrap();
+    let (_dir, r) = responder();
     let stop = CancellationToken::new();
-    let l = corro_dns::serve(responder(&dir), bind, 2, stop.clone())
-        .await
-        .unwrap();
+    let l = corro_dns::serve(r, bind, 2, stop.clone()).await.unwrap();
     // 300 back to back: more than one batch, within the socket's buffer.
     let got = burst(l.udp, client, 300, None).await;
     assert_eq!(got, (0..300).collect::<BTreeSet<u16>>());
@@ -113,16 +107,11 @@ async fn ipv6_burst_answered_once_each() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_datagram_costs_nobody_else_their_answer() {
-    let dir = tempfile::tempdir().unwrap();
+    let (_dir, r) = responder();
     let stop = CancellationToken::new();
-    let l = corro_dns::serve(
-        responder(&dir),
-        "127.0.0.1:0".parse().unwrap(),
-        2,
-        stop.clone(),
-    )
-    .await
-    .unwrap();
+    let l = corro_dns::serve(r, "127.0.0.1:0".parse().unwrap(), 2, stop.clone())
+        .await
+        .unwrap();
     // The largest IPv4 UDP payload, a query header followed by garbage.
     let mut big = query(9999);
     big.resize(65_507, 0xab);

@@ -19,7 +19,11 @@ CREATE TABLE tags (todo TEXT NOT NULL, tag TEXT NOT NULL, PRIMARY KEY (todo, tag
 ";
 
 fn store(dir: &Path) -> Store {
-    let s = Store::open(dir.join("state.db"), StoreOptions::default()).unwrap();
+    store_with(dir, StoreOptions::default())
+}
+
+fn store_with(dir: &Path, opts: StoreOptions) -> Store {
+    let s = Store::open(dir.join("state.db"), opts).unwrap();
     let schema = dir.join("schema.sql");
     std::fs::write(&schema, SCHEMA).unwrap();
     s.apply_schema_paths(&[schema]).unwrap();
@@ -611,19 +615,23 @@ async fn named_parameters_bind_alongside_the_key_filter() {
     );
 }
 
+/// A view of `SELECT id FROM t`, for tests of the view file alone.
+fn one_column() -> corro_subs::matview::Definition {
+    corro_subs::matview::Definition {
+        sql: "SELECT id FROM t".into(),
+        params: "[]".into(),
+        columns: vec!["id".into()],
+    }
+}
+
 /// The change log is capped in bytes whatever the count and age rules keep:
 /// the oldest changes go first, and the log ends at or under the cap.
 #[test]
 fn the_change_log_is_capped_in_bytes() {
     use corro_subs::diff::Fresh;
-    use corro_subs::matview::{CHANGE_OVERHEAD, Definition, Matview};
+    use corro_subs::matview::{CHANGE_OVERHEAD, Matview};
     let dir = tempfile::tempdir().unwrap();
-    let def = Definition {
-        sql: "SELECT id FROM t".into(),
-        params: "[]".into(),
-        columns: vec!["id".into()],
-    };
-    let mut view = Matview::create(&dir.path().join("v.sqlite"), &def).unwrap();
+    let mut view = Matview::create(&dir.path().join("v.sqlite"), &one_column()).unwrap();
     let row = |i: usize| Fresh {
         key: vec![i as u8],
         source_keys: vec![vec![i as u8]],
@@ -669,14 +677,9 @@ fn the_change_log_is_capped_in_bytes() {
 #[test]
 fn a_reopened_view_continues_its_change_ids() {
     use corro_subs::diff::Fresh;
-    use corro_subs::matview::{Definition, Matview};
+    use corro_subs::matview::Matview;
     let dir = tempfile::tempdir().unwrap();
-    let def = Definition {
-        sql: "SELECT id FROM t".into(),
-        params: "[]".into(),
-        columns: vec!["id".into()],
-    };
-    let mut view = Matview::create(&dir.path().join("v.sqlite"), &def).unwrap();
+    let mut view = Matview::create(&dir.path().join("v.sqlite"), &one_column()).unwrap();
     let mut rows = Vec::new();
     for i in 0..5u8 {
         rows.push(Fresh {
@@ -799,18 +802,13 @@ async fn changes_reach_exactly_the_subscriptions_they_affect() {
 async fn one_read_connection_serves_every_subscription_path() {
     let dir = tempfile::tempdir().unwrap();
     let one_reader = |dir: &Path| {
-        let s = Store::open(
-            dir.join("state.db"),
+        store_with(
+            dir,
             StoreOptions {
                 readers: 1,
                 ..StoreOptions::default()
             },
         )
-        .unwrap();
-        let schema = dir.join("schema.sql");
-        std::fs::write(&schema, SCHEMA).unwrap();
-        s.apply_schema_paths(&[schema]).unwrap();
-        s
     };
     let ids: Vec<_> = {
         let s = one_reader(dir.path());
