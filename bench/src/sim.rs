@@ -59,6 +59,21 @@ pub(crate) struct SimArgs {
     /// (to see what it changes).
     #[arg(long)]
     no_pull: bool,
+    /// How the membership table's cluster forms: `announce` (everyone
+    /// announces to node 0 and SWIM spreads the rest; formation is timed)
+    /// or `formed` (every node starts holding a whole view, as after a
+    /// settled join: for 10,000 nodes and more, where forming by gossip
+    /// takes hours of wall time).
+    #[arg(long, default_value = "announce", value_parser = ["announce", "formed"])]
+    start: String,
+    /// Loss rates (%) watched for false downs, each for `--watch-secs`.
+    #[arg(long, value_delimiter = ',', default_value = "1,5")]
+    losses: Vec<f64>,
+    /// Leave out the 30 % partition (at 10,000 nodes its tens of
+    /// thousands of membership updates, each searched linearly in foca's
+    /// member list on every node, take hours of wall time).
+    #[arg(long)]
+    no_partition: bool,
 }
 
 /// The smallest and the mean number of active members in running nodes'
@@ -183,22 +198,36 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
     let n = a.nodes;
     let wall = Instant::now();
     let latency = (a.latency_min, a.latency_max.max(a.latency_min));
-    let mut sim = SwimSim::new(n, a.seed, 0.0, latency);
+    let preformed = a.start == "formed";
+    let mut sim = if preformed {
+        eprintln!("sim: building {n} whole views ({n} × {n} members)...");
+        let sim = SwimSim::preformed(n, a.seed, 0.0, latency);
+        eprintln!("sim: views built in {:.1?}", wall.elapsed());
+        sim
+    } else {
+        SwimSim::new(n, a.seed, 0.0, latency)
+    };
     sim.pull = !a.no_pull;
-    // Everyone announces to node 0, again every 2 s while alone (as the
-    // agents do).
-    (1..n).for_each(|i| sim.announce(i, 0));
-    // Formed: every running node misses at most 0.1 % of the others (at
-    // least one may be missing: a few members can miss a peer for a long
-    // time; the smallest view is reported).
-    let formed = sim.rejoin_until(a.form_secs * 1000, nearly_full).ok_or_else(|| {
-        let (min, mean) = views(&sim);
-        anyhow::anyhow!(
-            "{n} members did not form a view in {} s (simulated): views min {min}, mean {mean:.1}",
-            a.form_secs
-        )
-    })?;
-    let full = sim.run_while_not(120_000, 1000, SwimSim::everyone_sees_everyone);
+    let (formed, full) = if preformed {
+        (None, Some(0))
+    } else {
+        // Everyone announces to node 0, again every 2 s while alone (as the
+        // agents do).
+        (1..n).for_each(|i| sim.announce(i, 0));
+        // Formed: every running node misses at most 0.1 % of the others (at
+        // least one may be missing: a few members can miss a peer for a long
+        // time; the smallest view is reported).
+        let formed = sim.rejoin_until(a.form_secs * 1000, nearly_full).ok_or_else(|| {
+            let (min, mean) = views(&sim);
+            anyhow::anyhow!(
+                "{n} members did not form a view in {} s (simulated): views min {min}, mean {mean:.1}",
+                a.form_secs
+            )
+        })?;
+        let full = sim.run_while_not(120_000, 1000, SwimSim::everyone_sees_everyone);
+        (Some(formed), full)
+    };
+
     println!(
         "sim: {n} nodes, seed {}, links {}-{} ms, member-view push-pull {}; wall time so far {:.1?}",
         a.seed,
@@ -209,17 +238,24 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
     );
     println!("| measure | result |");
     println!("|---|---|");
-    println!(
-        "| views formed: every node misses at most 0.1 % (at least 1) of the others | {formed} ms |"
-    );
-    let (min, _) = views(&sim);
-    println!(
-        "| complete view on every node | {} |",
-        full.map_or(
-            format!("not within 120 s more (smallest view {min} of {})", n - 1),
-            |t| format!("{} ms", formed + t)
-        )
-    );
+    match formed {
+        Some(formed) => {
+            println!(
+                "| views formed: every node misses at most 0.1 % (at least 1) of the others | {formed} ms |"
+            );
+            let (min, _) = views(&sim);
+            println!(
+                "| complete view on every node | {} |",
+                full.map_or(
+                    format!("not within 120 s more (smallest view {min} of {})", n - 1),
+                    |t| format!("{} ms", formed + t)
+                )
+            );
+        }
+        None => println!(
+            "| views formed | not measured: started formed (`--start formed`), probe cycles at random points |"
+        ),
+    }
 
     // Traffic at rest.
     sim.run_until(sim.now + 10_000);
@@ -264,6 +300,10 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
         sim.run_until(sim.now + 2_000);
     }
     let crashes = took.len();
+    eprintln!(
+        "sim: {crashes} crashes timed; wall time so far {:.1?}",
+        wall.elapsed()
+    );
     println!(
         "| crash -> down on every other node ({crashes} crashes, each restarted after; {slow_rejoins} restarted nodes not alive in every view within 120 s) | p50 {} ms, p99 {} ms, max {} ms |",
         pct(&mut took.clone(), 0.5),
@@ -273,8 +313,9 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
 
     // False downs under loss: nobody else crashes; any Down verdict about
     // a running node is false.
-    for loss in [0.01, 0.05] {
+    for loss in a.losses.iter().map(|l| l / 100.0) {
         sim.loss = loss;
+        let step = wall.elapsed();
         let (before, renewed) = (sim.traffic.false_downs, sim.traffic.renewals);
         sim.run_until(sim.now + a.watch_secs * 1000);
         let falses = sim.traffic.false_downs - before;
@@ -286,11 +327,37 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
             falses as f64 / node_hours,
             sim.traffic.renewals - renewed
         );
+        eprintln!(
+            "sim: {:.0} % loss watched in {:.1?}",
+            loss * 100.0,
+            wall.elapsed() - step
+        );
     }
     sim.loss = 0.0;
     // Let any falsely downed node rejoin before the partition.
     sim.run_while_not(120_000, 1000, nearly_full);
 
+    if a.no_partition {
+        println!("| partition of 30 % | not run (`--no-partition`) |");
+    } else {
+        partition(&mut sim, n);
+    }
+    println!(
+        "wall time {:.1?}; simulated {} s; packets refused {}; member views pulled {} ({} entries; {} refreshes), exchanges given up {}",
+        wall.elapsed(),
+        sim.now / 1000,
+        sim.traffic.refused,
+        sim.traffic.views,
+        sim.traffic.view_entries,
+        sim.traffic.view_refreshes,
+        sim.traffic.views_lost
+    );
+    Ok(())
+}
+
+/// A partition of 30 %: each side declares the other down; then it heals
+/// and views merge. Prints its rows.
+fn partition(sim: &mut SwimSim, n: usize) {
     // A partition of 30 %: each side declares the other down; then it
     // heals and views merge.
     let renewals_before = sim.traffic.renewals;
@@ -314,7 +381,7 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
         let mut across = [[0u64; 2]; 2];
         for (i, x) in s.nodes.iter().enumerate().filter(|(_, x)| x.up) {
             let mine = s.cut.contains(&i) || (s.cut.is_empty() && i % 10 < 3);
-            for (id, state) in x.core.members() {
+            for (id, state) in x.core.iter_members() {
                 let Some(j) = s.index_of(id.addr) else {
                     continue;
                 };
@@ -375,7 +442,7 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
         healed.map_or(
             format!(
                 "not within 600 s (smallest view {} of {})",
-                views(&sim).0,
+                views(sim).0,
                 n - 2
             ),
             |t| format!("{t} ms")
@@ -386,15 +453,4 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
         "| identities renewed through the partition and healing (each side declared the other down) | {} |",
         sim.traffic.renewals - renewals_before
     );
-    println!(
-        "wall time {:.1?}; simulated {} s; packets refused {}; member views pulled {} ({} entries; {} refreshes), exchanges given up {}",
-        wall.elapsed(),
-        sim.now / 1000,
-        sim.traffic.refused,
-        sim.traffic.views,
-        sim.traffic.view_entries,
-        sim.traffic.view_refreshes,
-        sim.traffic.views_lost
-    );
-    Ok(())
 }

@@ -88,6 +88,11 @@ pub const SUSPECT_DOWN_SWEEPS: u32 = 6;
 /// 1,200-byte MTU (QUIC and UDP/IP headers take the rest).
 pub const MAX_PACKET_BYTES: usize = 1_100;
 
+/// A call that left more than this many notifications, packets and
+/// timers in foca's runtime queues gets fresh (empty) queues after they
+/// are drained, so their capacity does not stay at the largest batch.
+const SHRINK_RUNTIME_AFTER: usize = 256;
+
 /// A cluster member's identity.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Identity {
@@ -589,6 +594,23 @@ impl Membership {
         (out, result.map_err(MembershipError::Packet))
     }
 
+    /// The state this node holds for the member at `addr` (`None`: not in
+    /// its view). A search of the member list, without copying it.
+    pub fn state_of(&self, addr: SocketAddr) -> Option<State> {
+        self.foca
+            .iter_membership_state()
+            .find(|m| m.id().addr == addr)
+            .map(|m| m.state())
+    }
+
+    /// Every member this node knows, with its state, without copying the
+    /// list ([`Membership::members`] copies it).
+    pub fn iter_members(&self) -> impl Iterator<Item = (&Identity, State)> {
+        self.foca
+            .iter_membership_state()
+            .map(|m| (m.id(), m.state()))
+    }
+
     /// How many members are active (alive or suspect), this node excluded.
     pub fn active_count(&self) -> usize {
         self.foca.num_members()
@@ -601,6 +623,7 @@ impl Membership {
 
     fn drain(&mut self) -> Vec<Output> {
         let mut out = Vec::new();
+        let queued = self.runtime.backlog();
         while let Some(n) = self.runtime.to_notify() {
             match n {
                 OwnedNotification::MemberUp(id) => out.push(Output::Up(id)),
@@ -649,6 +672,13 @@ impl Membership {
             }
         }
         out.extend(self.told.drain(..).map(|(to, data)| Output::Send(to, data)));
+        // The runtime's queues keep their capacity: after a whole view was
+        // applied (one notification per member) that is ~100 bytes per
+        // member for good, as much as the member list itself. They are
+        // empty now; start afresh after a large batch.
+        if queued > SHRINK_RUNTIME_AFTER {
+            self.runtime = AccumulatingRuntime::new();
+        }
         self.retune();
         if !self.sweeping {
             self.sweeping = true;

@@ -242,3 +242,45 @@ fn settled_members_refresh_their_view_now_and_then() {
     assert_eq!(sim.traffic.renewals, 0);
     assert!(Sim::everyone_sees_everyone(&sim));
 }
+
+/// A cluster that starts formed (every member has applied a whole view,
+/// as after a settled join: how the bench starts clusters too large to
+/// form by gossip in minutes) is the same cluster as one formed by
+/// announcing: views stay whole with no false down, the probe cycles are
+/// spread out (no burst of suspicions from members probing in step), a
+/// dead member is down everywhere within 5 s, and its restart is back in
+/// every view.
+#[test]
+fn a_preformed_cluster_behaves_as_a_formed_one() {
+    let n = 300;
+    let mut sim = Sim::preformed(n, 3, 0.01, (1, 20));
+    assert!(sim.everyone_sees_everyone(), "every view whole at start");
+    for i in [0, 7, n - 1] {
+        assert_eq!(sim.nodes[i].core.active_count(), n - 1, "member {i}");
+        assert_eq!(sim.state_of(i, (i + 1) % n), Some(State::Alive));
+    }
+    sim.run_until(30_000);
+    assert!(sim.everyone_sees_everyone(), "views whole after 30 s");
+    assert_eq!(sim.traffic.false_downs, 0);
+    assert_eq!(sim.traffic.renewals, 0);
+    assert_eq!(sim.traffic.refused, 0);
+    // Probing runs: every member sends about 2.5 pings a second and
+    // answers as many (and joins nobody: no announce storm at start).
+    let per_node = sim.traffic.packets as f64 / 30.0 / n as f64;
+    assert!(
+        (4.0..8.0).contains(&per_node),
+        "{per_node:.1} packets/s per member"
+    );
+    let victim = 42;
+    sim.crash(victim);
+    let took = sim
+        .run_while_not(30_000, 10, |s| s.all_see(victim, State::Down))
+        .unwrap_or_else(|| panic!("member {victim} never marked down everywhere"));
+    assert!(took < 5_000, "down everywhere only after {took} ms");
+    let ts = sim.now + 1;
+    sim.restart(victim, ts, 1);
+    sim.rejoin_until(60_000, |s| s.all_see(victim, State::Alive))
+        .unwrap_or_else(|| panic!("restarted member {victim} not back in every view"));
+    assert_eq!(sim.traffic.false_downs, 0);
+    println!("preformed {n}: crash down everywhere in {took} ms (simulated)");
+}

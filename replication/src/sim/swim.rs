@@ -32,7 +32,9 @@ use corro_store::ActorId;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::membership::{Identity, Membership, Output, State, Timer, ViewEntry, ViewKind};
+use crate::membership::{
+    Identity, Membership, Output, PROBE_PERIOD, State, Timer, ViewEntry, ViewKind,
+};
 use crate::reconnect::{RECONNECT_EVERY, Reconnect};
 use crate::swim::REJOIN_EVERY;
 use crate::viewpull::{Take, ViewPull};
@@ -198,6 +200,84 @@ impl SwimSim {
         for i in 0..n {
             sim.start_host(i);
         }
+        sim
+    }
+
+    /// `n` members that start formed, as a settled cluster is: each has
+    /// applied a whole view holding every other member alive (the agents'
+    /// join push-pull, [`Membership::apply_view`]) and starts its probe
+    /// cycle at a random point of the first [`PROBE_PERIOD`]. For sizes
+    /// where forming by announcing through a seed takes hours of wall time
+    /// (foca searches its member list linearly for every update, so a
+    /// member that learns N others does ~N²/2 comparisons, and gossip
+    /// delivers each update many times); the views are built on every
+    /// core of the machine. Formation itself is measured with
+    /// [`SwimSim::new`] and announces, at sizes where that runs.
+    pub fn preformed(n: usize, seed: u64, loss: f64, latency: (u64, u64)) -> SwimSim {
+        let mut sim = SwimSim::new(n, seed, loss, latency);
+        let everyone: Vec<ViewEntry> = (0..n)
+            .map(|i| ViewEntry {
+                id: Identity {
+                    actor: actor(i),
+                    addr: addr(i),
+                    ts: 1,
+                },
+                incarnation: 0,
+                state: 0,
+            })
+            .collect();
+        let threads = std::thread::available_parallelism().map_or(1, |t| t.get());
+        let chunk = n.div_ceil(threads).max(1);
+        let everyone = &everyone;
+        let formed: Vec<(Vec<Output>, bool)> = std::thread::scope(|s| {
+            let workers: Vec<_> = sim
+                .nodes
+                .chunks_mut(chunk)
+                .enumerate()
+                .map(|(c, nodes)| {
+                    s.spawn(move || {
+                        nodes
+                            .iter_mut()
+                            .enumerate()
+                            .map(|(k, node)| {
+                                let me = addr(c * chunk + k);
+                                let view = everyone
+                                    .iter()
+                                    .filter(|e| e.id.addr != me)
+                                    .copied()
+                                    .collect();
+                                let (out, result) = node.core.apply_view(view, ViewKind::Join);
+                                node.view_pull.arrived(true);
+                                // Every other member came up: nothing the
+                                // host does with that at start.
+                                let mut out: Vec<Output> = out
+                                    .into_iter()
+                                    .filter(|o| !matches!(o, Output::Up(_)))
+                                    .collect();
+                                // (Collected in place: without this each
+                                // keeps room for N outputs until the end.)
+                                out.shrink_to_fit();
+                                (out, result.is_ok())
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_else(|p| std::panic::resume_unwind(p)))
+                .collect()
+        });
+        let period = PROBE_PERIOD.as_millis() as u64;
+        for (i, (out, ok)) in formed.into_iter().enumerate() {
+            if !ok {
+                sim.traffic.refused += 1;
+            }
+            // Each member starts at its own point of the probe cycle.
+            sim.now = sim.rng.random_range(0..period);
+            sim.outputs(i, out);
+        }
+        sim.now = 0;
         sim
     }
 
@@ -553,13 +633,7 @@ impl SwimSim {
 
     /// How `observer` sees `target` (`None`: not in its view).
     pub fn state_of(&self, observer: usize, target: usize) -> Option<State> {
-        let a = addr(target);
-        self.nodes[observer]
-            .core
-            .members()
-            .into_iter()
-            .find(|(id, _)| id.addr == a)
-            .map(|(_, s)| s)
+        self.nodes[observer].core.state_of(addr(target))
     }
 
     /// Every running member has every other running member active.
