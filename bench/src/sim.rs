@@ -2,10 +2,12 @@
 //! ([`corro_replication::sim`]: the agents' own code over a seeded
 //! in-memory network). Prints, for one cluster size, two tables:
 //!
-//! - membership (`--part swim`): formation time, SWIM traffic per node at
-//!   rest, time for a crash to be seen everywhere, false `Down` verdicts
-//!   under 1 % and 5 % loss, and the time for views to split and merge
-//!   around a partition of 30 % of the nodes;
+//! - membership (`--part swim`): formation time (or, with `--start
+//!   formed`, a cluster that starts with whole views), SWIM traffic per
+//!   node at rest, time for a crash to be seen everywhere, false `Down`
+//!   verdicts under each of `--losses` (1 % and 5 %), and unless
+//!   `--no-partition` the time for views to split and merge around a
+//!   partition of 30 % of the nodes;
 //! - spread of writes (`--part spread`): at 10 and 100 writes/s across
 //!   the cluster, the time until 99 % and 100 % of nodes hold a write,
 //!   broadcast messages and redundant receipts, what sync repaired, and
@@ -118,6 +120,14 @@ fn pct(v: &mut [u64], p: f64) -> u64 {
 
 pub(crate) fn run(a: SimArgs) -> anyhow::Result<()> {
     anyhow::ensure!(a.nodes >= 4, "--nodes must be at least 4");
+    anyhow::ensure!(
+        a.losses.iter().all(|l| (0.0..=100.0).contains(l)),
+        "--losses are percentages from 0 to 100"
+    );
+    anyhow::ensure!(
+        (0.0..=1.0).contains(&a.spread_loss),
+        "--spread-loss is a share from 0 to 1"
+    );
     if a.part != "spread" {
         swim(&a)?;
     }
@@ -208,8 +218,8 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
         SwimSim::new(n, a.seed, 0.0, latency)
     };
     sim.pull = !a.no_pull;
-    let (formed, full) = if preformed {
-        (None, Some(0))
+    let formed = if preformed {
+        None
     } else {
         // Everyone announces to node 0, again every 2 s while alone (as the
         // agents do).
@@ -225,7 +235,7 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
             )
         })?;
         let full = sim.run_while_not(120_000, 1000, SwimSim::everyone_sees_everyone);
-        (Some(formed), full)
+        Some((formed, full))
     };
 
     println!(
@@ -239,7 +249,7 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
     println!("| measure | result |");
     println!("|---|---|");
     match formed {
-        Some(formed) => {
+        Some((formed, full)) => {
             println!(
                 "| views formed: every node misses at most 0.1 % (at least 1) of the others | {formed} ms |"
             );
@@ -253,7 +263,7 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
             );
         }
         None => println!(
-            "| views formed | not measured: started formed (`--start formed`), probe cycles at random points |"
+            "| views formed | not measured: started formed (`--start formed`: whole views, every node tuned for {n} members, probe cycles and announces at random points) |"
         ),
     }
 
@@ -313,23 +323,22 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
 
     // False downs under loss: nobody else crashes; any Down verdict about
     // a running node is false.
-    for loss in a.losses.iter().map(|l| l / 100.0) {
-        sim.loss = loss;
+    for &percent in &a.losses {
+        sim.loss = percent / 100.0;
         let step = wall.elapsed();
         let (before, renewed) = (sim.traffic.false_downs, sim.traffic.renewals);
         sim.run_until(sim.now + a.watch_secs * 1000);
         let falses = sim.traffic.false_downs - before;
         let node_hours = n as f64 * a.watch_secs as f64 / 3600.0;
         println!(
-            "| false downs (incidents) at {:.0} % loss over {} s | {falses} ({:.4} per node-hour); {} renewals of running members |",
-            loss * 100.0,
+            "| false downs (incidents) at {} % loss over {} s | {falses} ({:.4} per node-hour); {} renewals of running members |",
+            percent,
             a.watch_secs,
             falses as f64 / node_hours,
             sim.traffic.renewals - renewed
         );
         eprintln!(
-            "sim: {:.0} % loss watched in {:.1?}",
-            loss * 100.0,
+            "sim: {percent} % loss watched in {:.1?}",
             wall.elapsed() - step
         );
     }
@@ -358,8 +367,6 @@ fn swim(a: &SimArgs) -> anyhow::Result<()> {
 /// A partition of 30 %: each side declares the other down; then it heals
 /// and views merge. Prints its rows.
 fn partition(sim: &mut SwimSim, n: usize) {
-    // A partition of 30 %: each side declares the other down; then it
-    // heals and views merge.
     let renewals_before = sim.traffic.renewals;
     let minority: Vec<usize> = (0..n).filter(|i| i % 10 < 3).collect();
     sim.cut = minority.iter().copied().collect();

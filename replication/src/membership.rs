@@ -84,6 +84,10 @@ pub const SUSPECT_CHECK_SWEEPS: u32 = 4;
 /// in a row (after two direct asks) is declared down here.
 pub const SUSPECT_DOWN_SWEEPS: u32 = 6;
 
+/// Each member announces itself to one random active member this often
+/// (foca's periodic announce; the answer names a sample of members).
+pub const ANNOUNCE_EVERY: Duration = Duration::from_secs(10);
+
 /// Largest SWIM packet: fits a QUIC datagram on a path with the minimum
 /// 1,200-byte MTU (QUIC and UDP/IP headers take the rest).
 pub const MAX_PACKET_BYTES: usize = 1_100;
@@ -287,7 +291,7 @@ pub fn tuned_config(size: u32) -> Config {
     c.max_packet_size = NonZeroUsize::new(MAX_PACKET_BYTES).unwrap_or(NonZeroUsize::MIN);
     c.remove_down_after = Some(crate::reconnect::RECONNECT_FOR);
     c.periodic_announce = Some(foca::PeriodicParams {
-        frequency: Duration::from_secs(10),
+        frequency: ANNOUNCE_EVERY,
         num_members: NonZeroUsize::MIN,
     });
     c.periodic_announce_to_down_members = None;
@@ -603,8 +607,8 @@ impl Membership {
             .map(|m| m.state())
     }
 
-    /// Every member this node knows, with its state, without copying the
-    /// list ([`Membership::members`] copies it).
+    /// Every member this node knows, down ones included, with its state,
+    /// without copying the list ([`Membership::members`] copies it).
     pub fn iter_members(&self) -> impl Iterator<Item = (&Identity, State)> {
         self.foca
             .iter_membership_state()
@@ -678,6 +682,9 @@ impl Membership {
         // empty now; start afresh after a large batch.
         if queued > SHRINK_RUNTIME_AFTER {
             self.runtime = AccumulatingRuntime::new();
+        }
+        if self.told.capacity() > SHRINK_RUNTIME_AFTER {
+            self.told = Vec::new();
         }
         self.retune();
         if !self.sweeping {
