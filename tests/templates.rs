@@ -299,12 +299,18 @@ fn a_render_error_keeps_the_last_good_file_and_an_edit_recompiles() {
         "INSERT INTO todos (id, title) VALUES ('1', 'first')",
     );
     await_file(&out, "first\n");
-    // An edit that reads a column the query does not return.
-    std::fs::write(
-        &src,
-        "header\n<% for t in sql(\"SELECT title FROM todos\") { %><%= t.nope %>\n<% } %>",
-    )
-    .unwrap();
+    // An edit that reads a column the query does not return, saved the
+    // way some editors do: truncated, then written a moment later. The
+    // empty file in between is never compiled (it would render "").
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&src).unwrap();
+        std::thread::sleep(Duration::from_millis(30));
+        f.write_all(
+            b"header\n<% for t in sql(\"SELECT title FROM todos\") { %><%= t.nope %>\n<% } %>",
+        )
+        .unwrap();
+    }
     let line = agent.expect("render failed");
     assert!(line.contains("line=2"), "{line}");
     assert!(line.contains("nope"), "{line}");

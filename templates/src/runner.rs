@@ -185,6 +185,11 @@ impl TemplateSet {
         let mut retry_at: Option<Instant> = None;
         let mut backoff = Duration::from_secs(1);
         let (mut reload, mut render_now) = (true, true);
+        // An edit is read once the file has been quiet for SOURCE_SETTLE
+        // (an editor's truncate-then-write would otherwise compile the
+        // empty file between the two and render it), at most SOURCE_SETTLE_MAX
+        // after the first event of a burst.
+        let mut reload_at: Option<(Instant, Instant)> = None;
         loop {
             if shutdown.is_cancelled() {
                 return Ok(());
@@ -255,10 +260,10 @@ impl TemplateSet {
                 }
                 continue;
             }
-            let deadline = match (q.deadline(spec.wait), retry_at) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let deadline = [q.deadline(spec.wait), retry_at, reload_at.map(|(at, _)| at)]
+                .into_iter()
+                .flatten()
+                .min();
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = slot.changed() => {
@@ -267,11 +272,17 @@ impl TemplateSet {
                     }
                 }
                 Some(()) = file_rx.recv() => {
-                    tracing::info!(target: crate::LOG_TARGET, template = %name, "template file changed; recompiling");
-                    reload = true;
+                    let now = Instant::now();
+                    let first = reload_at.map_or(now, |(_, first)| first);
+                    reload_at = Some(((now + SOURCE_SETTLE).min(first + SOURCE_SETTLE_MAX), first));
                 }
                 _ = sleep_until(deadline), if deadline.is_some() => {
                     let now = Instant::now();
+                    if reload_at.is_some_and(|(at, _)| at <= now) {
+                        reload_at = None;
+                        tracing::info!(target: crate::LOG_TARGET, template = %name, "template file changed; recompiling");
+                        reload = true;
+                    }
                     if q.due(spec.wait, now) || retry_at.is_some_and(|r| r <= now) {
                         render_now = true;
                     }
@@ -408,6 +419,11 @@ async fn compile(renderer: &Arc<Renderer>, path: &Path) -> Result<Compiled, Rend
             })
         })
 }
+
+/// How long a template file must be quiet after an edit before it is read.
+const SOURCE_SETTLE: Duration = Duration::from_millis(100);
+/// A file written to without pause is still read this long after it began.
+const SOURCE_SETTLE_MAX: Duration = Duration::from_secs(1);
 
 async fn sleep_until(deadline: Option<Instant>) {
     if let Some(d) = deadline {
