@@ -89,7 +89,7 @@ impl Store {
             .filter(|a| !catalog.actor_idx.contains_key(a))
             .collect();
         if !unknown.is_empty() {
-            let tx = conn.unchecked_transaction()?;
+            let tx = crate::txn::CachedTx::deferred(conn)?;
             let mut cat = (*catalog).clone();
             for a in unknown {
                 let idx = actor_index(&tx, &a)?;
@@ -100,7 +100,7 @@ impl Store {
             *self.inner.catalog.write() = catalog.clone();
         }
 
-        let tx = conn.unchecked_transaction()?;
+        let tx = crate::txn::CachedTx::deferred(conn)?;
         let mut out = ApplyOutcome::default();
         let mut staged: HashMap<u32, ActorBooks> = HashMap::default();
         let mut groups: BTreeMap<(u32, u64), Pieces> = BTreeMap::new();
@@ -210,7 +210,7 @@ impl Store {
     /// publishes the books and reports the merged rows to the change feed.
     fn commit_applied(
         &self,
-        tx: rusqlite::Transaction<'_>,
+        tx: crate::txn::CachedTx<'_>,
         staged: HashMap<u32, ActorBooks>,
         ready: &[Ready],
     ) -> Result<(), StoreError> {
@@ -253,7 +253,7 @@ impl Store {
         if pending.is_empty() {
             return Ok(0);
         }
-        let tx = w.apply.unchecked_transaction()?;
+        let tx = crate::txn::CachedTx::deferred(&w.apply)?;
         let mut ready = Vec::new();
         for (idx, version, last_seq, ts) in pending {
             let changes = read_buffered(&tx, idx, version)?;

@@ -50,7 +50,7 @@ impl Store {
         max_changes: usize,
     ) -> Result<(Vec<Changeset>, Option<u64>), StoreError> {
         let conn = self.reader();
-        let tx = conn.unchecked_transaction()?;
+        let tx = crate::txn::CachedTx::deferred(&conn)?;
         let row: Option<(u32, u64, Vec<u8>)> = tx
             .prepare_cached("SELECT idx, head, books FROM __corro_actors WHERE actor_id = ?1")?
             .query_row([&actor.0[..]], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))

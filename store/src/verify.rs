@@ -8,6 +8,8 @@
 
 use std::collections::BTreeSet;
 
+use rusqlite::OptionalExtension;
+
 use crate::bookkeeping::ActorBooks;
 use crate::clock::RowClock;
 use crate::error::StoreError;
@@ -99,6 +101,21 @@ impl Store {
                     }
                 }
             }
+        }
+        // A cleared version keeps its small row and nothing of its row list.
+        let stale: Option<(u32, u64)> = tx
+            .query_row(
+                "SELECT actor, version FROM __corro_versions v WHERE live <= 0
+                   AND (rows IS NOT NULL OR EXISTS (SELECT 1 FROM __corro_version_rows p
+                        WHERE p.actor = v.actor AND p.version = v.version)) LIMIT 1",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .optional()?;
+        if let Some((a, v)) = stale {
+            return bad(format!(
+                "version {v} of actor #{a} is cleared but still lists rows"
+            ));
         }
         if let Some(((a, v), n)) = live.into_iter().next() {
             return bad(format!(

@@ -104,19 +104,30 @@ impl RefChanges {
             }
         }
         for ((actor, version), n) in self.removed {
-            let left: Option<i64> = conn
+            // One statement in the common case. At zero the version is
+            // cleared: its small row stays (it records the version existed)
+            // and its row list goes. An inline list is dropped here; a list
+            // kept in parts (`rows` NULL) leaves an empty blob behind as a
+            // mark, and its parts are deleted below.
+            let left: Option<(i64, bool)> = conn
                 .prepare_cached(
-                    "UPDATE __corro_versions SET live = live - ?3 WHERE actor = ?1 AND version = ?2 RETURNING live",
+                    "UPDATE __corro_versions SET live = live - ?3,
+                       rows = CASE WHEN live - ?3 > 0 THEN rows WHEN rows IS NULL THEN X'' ELSE NULL END
+                     WHERE actor = ?1 AND version = ?2 RETURNING live, rows IS NOT NULL",
                 )?
-                .query_row(rusqlite::params![actor, version, n], |r| r.get(0))
+                .query_row(rusqlite::params![actor, version, n], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
                 .optional()?;
-            if left.is_some_and(|l| l <= 0) {
-                // Cleared: keep the small row (it records the version existed),
-                // drop the row list.
-                conn.prepare_cached("UPDATE __corro_versions SET live = 0, rows = NULL WHERE actor = ?1 AND version = ?2")?
-                    .execute(rusqlite::params![actor, version])?;
+            if let Some((l, true)) = left
+                && l <= 0
+            {
                 conn.prepare_cached(
                     "DELETE FROM __corro_version_rows WHERE actor = ?1 AND version = ?2",
+                )?
+                .execute(rusqlite::params![actor, version])?;
+                conn.prepare_cached(
+                    "UPDATE __corro_versions SET rows = NULL WHERE actor = ?1 AND version = ?2",
                 )?
                 .execute(rusqlite::params![actor, version])?;
             }

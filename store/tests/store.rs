@@ -394,6 +394,56 @@ fn fully_overwritten_versions_are_served_as_cleared() {
 }
 
 #[test]
+fn a_version_whose_row_list_is_kept_in_parts_is_cleared_whole() {
+    // More rows than fit inline (512): the row list is kept in parts.
+    let dir = tempfile::tempdir().unwrap();
+    let a = open_with(dir.path(), "a.db", TODOS);
+    let b = open_with(dir.path(), "b.db", TODOS);
+    let fill = |title: &'static str, rows: std::ops::Range<u32>| {
+        a.transact(move |tx| {
+            for i in rows.clone() {
+                tx.execute(
+                    "INSERT INTO todos (id, title) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET title = excluded.title",
+                    &[SqlValue::Text(format!("r{i:04}")), title.into()],
+                )?;
+            }
+            Ok(())
+        })
+        .unwrap()
+    };
+    fill("one", 0..700);
+    // Half overwritten: still live, still listed in parts.
+    fill("two", 0..350);
+    a.verify().unwrap();
+    let served = a.changes_for(a.actor_id(), 1..=1).unwrap();
+    assert!(
+        matches!(&served[0], Changeset::Version { version: 1, .. }),
+        "{served:?}"
+    );
+    // Every row deleted, one per transaction: the version is cleared on
+    // the last one, and its parts go.
+    for i in 0..700 {
+        a.transact(|tx| {
+            tx.execute(
+                "DELETE FROM todos WHERE id = ?",
+                &[SqlValue::Text(format!("r{i:04}"))],
+            )
+        })
+        .unwrap();
+    }
+    a.verify().unwrap();
+    let served = a.changes_for(a.actor_id(), 1..=1).unwrap();
+    assert!(
+        matches!(&served[0], Changeset::Cleared { versions, .. } if *versions == (1..=1)),
+        "{served:?}"
+    );
+    b.apply(a.changes_for(a.actor_id(), 1..=a.head()).unwrap())
+        .unwrap();
+    assert_eq!(titles(&b), titles(&a));
+    b.verify().unwrap();
+}
+
+#[test]
 fn serving_with_a_change_budget_splits_only_between_versions() {
     let dir = tempfile::tempdir().unwrap();
     let a = open_with(dir.path(), "a.db", TODOS);

@@ -179,8 +179,8 @@ fn now_ms() -> i64 {
 impl Matview {
     /// Creates the file for a new subscription.
     pub fn create(path: &Path, def: &Definition) -> Result<Matview, SubError> {
-        let mut v = Matview::open_file(path)?;
-        let tx = v.conn.transaction()?;
+        let v = Matview::open_file(path)?;
+        let tx = corro_store::CachedTx::deferred(&v.conn)?;
         for (k, val) in [
             ("sql", def.sql.clone()),
             ("params", def.params.clone()),
@@ -307,7 +307,7 @@ impl Matview {
     pub fn fill(&mut self, rows: Vec<Fresh>) -> Result<(), SubError> {
         self.keys = None;
         self.retrack(&rows);
-        let tx = self.conn.transaction()?;
+        let tx = corro_store::CachedTx::deferred(&self.conn)?;
         tx.execute("DELETE FROM rows", [])?;
         tx.execute("DELETE FROM row_keys", [])?;
         {
@@ -436,7 +436,7 @@ impl Matview {
         let ts = now_ms();
         let mut next = self.last_change;
         let mut out = Vec::with_capacity(ops.len());
-        let tx = self.conn.transaction()?;
+        let tx = corro_store::CachedTx::deferred(&self.conn)?;
         {
             let mut log = tx.prepare_cached(
                 "INSERT INTO changes (id, kind, row, cells, ts) VALUES (?1, ?2, ?3, ?4, ?5)",
@@ -525,7 +525,7 @@ impl Matview {
     ) -> Result<usize, SubError> {
         let cutoff_id = self.last_change.saturating_sub(max_count) as i64;
         let cutoff_ts = now_ms() - max_age_ms as i64;
-        let tx = self.conn.transaction()?;
+        let tx = corro_store::CachedTx::deferred(&self.conn)?;
         let mut removed = tx.execute(
             "DELETE FROM changes WHERE id <= ?1 AND ts < ?2",
             params![cutoff_id, cutoff_ts],
