@@ -20,6 +20,13 @@
 //! fails the rest of the group with the same error. A failed commit fails
 //! every caller of its transaction with SQLite's own error (nothing of it
 //! was written).
+//!
+//! Async callers use [`Store::submit_grouped`] instead: the outcome goes to
+//! a callback run on the leader's thread, nobody blocks on a slot, and a
+//! caller starts a leader (on a thread that may block) only when none is
+//! running. A leader keeps running groups while the next queued job is such
+//! a callback job, so under load requests reach the writer without a
+//! thread hop each.
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
@@ -62,10 +69,73 @@ impl Slot {
     }
 }
 
+/// Where a queued transaction's outcome goes.
+enum Reply {
+    /// A caller's thread waits on the slot (and may be handed the lead).
+    Wait(Arc<Slot>),
+    /// Called once with the outcome, on the leader's thread; `None` once
+    /// called.
+    Call(Option<Callback>),
+}
+
+type Callback = Box<dyn FnOnce(Outcome) + Send>;
+
 /// One caller's transaction and where its outcome goes.
 pub(crate) struct Job {
     run: Run,
-    slot: Arc<Slot>,
+    reply: Reply,
+}
+
+impl Job {
+    fn is_mine(&self, mine: Option<&Arc<Slot>>) -> bool {
+        matches!((&self.reply, mine), (Reply::Wait(s), Some(m)) if Arc::ptr_eq(s, m))
+    }
+
+    /// Delivers the outcome (once: later calls are ignored).
+    fn answer(&mut self, outcome: Outcome) {
+        match &mut self.reply {
+            Reply::Wait(slot) => slot.set(SlotState::Done(outcome)),
+            Reply::Call(cb) => {
+                if let Some(cb) = cb.take() {
+                    cb(outcome);
+                }
+            }
+        }
+    }
+
+    fn answered(&self) -> bool {
+        match &self.reply {
+            Reply::Wait(slot) => matches!(*slot.state.lock(), SlotState::Done(_)),
+            Reply::Call(cb) => cb.is_none(),
+        }
+    }
+}
+
+/// The lead of the group commit, taken by [`Store::submit_grouped`] when no
+/// leader was running: [`GroupLead::run`] runs the queued groups on the
+/// current thread (which may block on the writer). Dropping it runs them
+/// too, so the queue never stalls.
+#[must_use = "queued transactions wait until the lead runs"]
+pub struct GroupLead {
+    store: Option<Store>,
+}
+
+impl GroupLead {
+    /// Runs groups until the queue is empty or a waiting caller's thread
+    /// takes the lead over.
+    pub fn run(mut self) {
+        if let Some(store) = self.store.take() {
+            store.lead_from_queue();
+        }
+    }
+}
+
+impl Drop for GroupLead {
+    fn drop(&mut self) {
+        if let Some(store) = self.store.take() {
+            store.lead_from_queue();
+        }
+    }
 }
 
 #[derive(Default)]
@@ -141,7 +211,7 @@ impl Store {
             let mut q = self.inner.group.queue.lock();
             q.jobs.push_back(Job {
                 run: Box::new(move |tx| f(tx).map(|v| Box::new(v) as AnyValue)),
-                slot: slot.clone(),
+                reply: Reply::Wait(slot.clone()),
             });
             !std::mem::replace(&mut q.led, true)
         };
@@ -159,7 +229,7 @@ impl Store {
                     // Ours is the first queued job: the one before us
                     // handed over only with jobs left, and a fresh leader
                     // found the queue empty.
-                    if let Err(panic) = self.lead(&slot) {
+                    if let Err(panic) = self.lead(Some(&slot)) {
                         std::panic::resume_unwind(panic);
                     }
                 }
@@ -179,36 +249,124 @@ impl Store {
         })
     }
 
-    /// Runs one group (with the leader's own transaction first), then hands
-    /// the lead to the next queued caller, or gives it up. However the group
-    /// ends (even by a panic in a change listener), every caller in it is
-    /// answered and the lead moves on.
-    fn lead(&self, mine: &Arc<Slot>) -> Result<(), Box<dyn Any + Send>> {
-        let w = self.inner.writer.local();
-        let jobs: Vec<Job> = {
+    /// Queues `f` like [`Store::transact_grouped`] without blocking: `done`
+    /// is called with the outcome, on the thread that runs the group (keep
+    /// it short: send it somewhere). When no leader is running, the caller
+    /// gets the lead and must run it on a thread that may block
+    /// ([`GroupLead::run`]); otherwise the running leader takes `f` in a
+    /// coming group. `f` may run more than once, as with `transact_grouped`.
+    pub fn submit_grouped<T: Send + 'static>(
+        &self,
+        mut f: impl FnMut(&mut WriteTx<'_>) -> Result<T, StoreError> + Send + 'static,
+        done: impl FnOnce(Result<Committed<T>, StoreError>) + Send + 'static,
+    ) -> Result<Option<GroupLead>, StoreError> {
+        self.inner.space.check()?;
+        let store = self.clone();
+        let reply: Callback = Box::new(move |outcome: Outcome| {
+            store.inner.space.note(&outcome);
+            done(outcome.and_then(|c| {
+                let value = c.value.downcast::<T>().map_err(|_| {
+                    StoreError::Integrity("a grouped transaction's value changed type".into())
+                })?;
+                Ok(Committed {
+                    value: *value,
+                    version: c.version,
+                    ts: c.ts,
+                    rows: c.rows,
+                    last_seq: c.last_seq,
+                })
+            }));
+        });
+        let mut q = self.inner.group.queue.lock();
+        q.jobs.push_back(Job {
+            run: Box::new(move |tx| f(tx).map(|v| Box::new(v) as AnyValue)),
+            reply: Reply::Call(Some(reply)),
+        });
+        let lead = !std::mem::replace(&mut q.led, true);
+        Ok(lead.then(|| GroupLead {
+            store: Some(self.clone()),
+        }))
+    }
+
+    /// Leads for a [`GroupLead`]: no transaction of its own; a panic in a
+    /// listener is logged (its callers were answered).
+    fn lead_from_queue(&self) {
+        if let Err(panic) = self.lead(None) {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, "a group commit panicked; its callers were answered with an error");
+        }
+    }
+
+    /// Runs groups (the first with the leader's own transaction, `mine`,
+    /// first), then hands the lead to the next queued caller that waits
+    /// on its thread, or gives it up when the queue is empty. While the
+    /// next queued job is answered by a callback, this thread runs the next
+    /// group itself. However a group ends (even by a panic in a change
+    /// listener), every caller in it is answered and the lead moves on.
+    fn lead(&self, mine: Option<&Arc<Slot>>) -> Result<(), Box<dyn Any + Send>> {
+        let mut result = Ok(());
+        loop {
+            let w = self.inner.writer.local();
+            let jobs: Vec<Job> = {
+                let mut q = self.inner.group.queue.lock();
+                let n = q.jobs.len().min(MAX_GROUP);
+                q.jobs.drain(..n).collect()
+            };
+            let mut jobs = jobs;
+            let r =
+                std::panic::catch_unwind(AssertUnwindSafe(|| self.run_group(&w, &mut jobs, mine)))
+                    .unwrap_or_else(Err);
+            drop(w);
+            for j in &mut jobs {
+                if !j.answered() {
+                    j.answer(Err(StoreError::Panicked(
+                        "the group commit was interrupted by a panic; this transaction may or may not have been written".into(),
+                    )));
+                }
+            }
+            if r.is_err() && result.is_ok() {
+                result = r;
+            }
             let mut q = self.inner.group.queue.lock();
-            let n = q.jobs.len().min(MAX_GROUP);
-            q.jobs.drain(..n).collect()
-        };
-        let slots: Vec<Arc<Slot>> = jobs.iter().map(|j| j.slot.clone()).collect();
-        let r = std::panic::catch_unwind(AssertUnwindSafe(|| self.run_group(&w, jobs, mine)))
-            .unwrap_or_else(Err);
-        drop(w);
-        for s in &slots {
-            let answered = matches!(*s.state.lock(), SlotState::Done(_));
-            if !answered {
-                s.set(SlotState::Done(Err(StoreError::Panicked(
-                    "the group commit was interrupted by a panic; this transaction may or may not have been written".into(),
-                ))));
+            match q.jobs.front() {
+                Some(Job {
+                    reply: Reply::Wait(slot),
+                    ..
+                }) => {
+                    slot.set(SlotState::Lead);
+                    return result;
+                }
+                Some(_) => {
+                    // A callback job: nobody waits to lead it.
+                    drop(q);
+                    if result.is_err() && mine.is_some() {
+                        // The caller re-raises its panic; hand over first.
+                        self.hand_over();
+                        return result;
+                    }
+                }
+                None => {
+                    q.led = false;
+                    return result;
+                }
             }
         }
-        let mut q = self.inner.group.queue.lock();
-        match q.jobs.front() {
-            Some(next) => next.slot.set(SlotState::Lead),
-            None => q.led = false,
+    }
+
+    /// Gives the lead to a fresh thread (the current leader must return).
+    fn hand_over(&self) {
+        let store = self.clone();
+        let spawned = std::thread::Builder::new()
+            .name("corro-group".into())
+            .spawn(move || store.lead_from_queue());
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "cannot start a group commit leader; leading on this thread");
+            self.lead_from_queue();
         }
-        drop(q);
-        r
     }
 
     /// Runs `jobs` and delivers each outcome to its slot: normally one
@@ -221,8 +379,8 @@ impl Store {
     fn run_group(
         &self,
         w: &Writer,
-        mut jobs: Vec<Job>,
-        mine: &Arc<Slot>,
+        jobs: &mut [Job],
+        mine: Option<&Arc<Slot>>,
     ) -> Result<(), Box<dyn Any + Send>> {
         let n = jobs.len();
         let g = &self.inner.group;
@@ -236,7 +394,7 @@ impl Store {
             let mut end = n;
             let mut next = n;
             let done = loop {
-                match self.try_group(w, &mut jobs, start..end, &mut failed, mine, &mut my_panic) {
+                match self.try_group(w, jobs, start..end, &mut failed, mine, &mut my_panic) {
                     Attempt::Done(r) => break r,
                     Attempt::Killed(k) => {
                         g.reruns.fetch_add(1, Ordering::Relaxed);
@@ -280,21 +438,21 @@ impl Store {
                                 )),
                             },
                         };
-                        jobs[i].slot.set(SlotState::Done(outcome));
+                        jobs[i].answer(outcome);
                     }
                 }
                 Err(e) => {
                     self.inner.space.note::<()>(&Err(share(&e)));
                     for i in start..end {
                         let outcome = failed[i].take().unwrap_or_else(|| share(&e));
-                        jobs[i].slot.set(SlotState::Done(Err(outcome)));
+                        jobs[i].answer(Err(outcome));
                     }
                 }
             }
             // Jobs between `end` and `next` failed on their own.
             for i in end..next {
                 if let Some(e) = failed[i].take() {
-                    jobs[i].slot.set(SlotState::Done(Err(e)));
+                    jobs[i].answer(Err(e));
                 }
             }
             start = next;
@@ -318,7 +476,7 @@ impl Store {
         jobs: &mut [Job],
         range: std::ops::Range<usize>,
         failed: &mut [Option<StoreError>],
-        mine: &Arc<Slot>,
+        mine: Option<&Arc<Slot>>,
         my_panic: &mut Option<Box<dyn Any + Send>>,
     ) -> Attempt {
         let conn = &w.local;
@@ -354,7 +512,7 @@ impl Store {
             let result = match result {
                 Ok(r) => r,
                 Err(panic) => {
-                    if Arc::ptr_eq(&job.slot, mine) {
+                    if job.is_mine(mine) {
                         *my_panic = Some(panic);
                     }
                     Err(StoreError::Panicked(

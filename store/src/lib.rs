@@ -52,7 +52,7 @@ pub use change::{CHUNK_BYTES, Change, Changeset, chunk_version};
 pub use corro_schema::{Schema, SchemaDiff};
 pub use error::StoreError;
 pub use feed::{ChangeListener, CommitListener, RowChanged, RowsChanged};
-pub use group::{GroupStats, MAX_GROUP};
+pub use group::{GroupLead, GroupStats, MAX_GROUP};
 pub use pool::{ReadConn, ReadPoolStats, UserStatement};
 pub use space::MIN_FREE;
 pub use store::{Store, StoreOptions};

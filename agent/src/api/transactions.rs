@@ -51,13 +51,16 @@ pub(crate) async fn handle(State(st): State<ApiState>, headers: HeaderMap, body:
     let store = st.store.clone();
     let max_changes = st.limits.max_changes;
     let started = Instant::now();
-    let outcome = tokio::task::spawn_blocking(move || {
-        // Committed together with concurrent requests' transactions (group
-        // commit); the closure may run more than once, only its last run
-        // counts, so the refusal is reset on each.
-        let refused: Arc<Mutex<Option<Refusal>>> = Arc::default();
-        let refusal = refused.clone();
-        let r = store.transact_grouped(move |tx| {
+    // Committed together with concurrent requests' transactions (group
+    // commit); the closure may run more than once, only its last run
+    // counts, so the refusal is reset on each. The outcome comes back by
+    // callback: under load a running leader takes this transaction in its
+    // next group and no thread is woken for the request.
+    let refused: Arc<Mutex<Option<Refusal>>> = Arc::default();
+    let refusal = refused.clone();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let submitted = store.submit_grouped(
+        move |tx| {
             *refusal.lock() = None;
             let mut results = Vec::with_capacity(statements.len());
             let mut total = 0usize;
@@ -84,20 +87,31 @@ pub(crate) async fn handle(State(st): State<ApiState>, headers: HeaderMap, body:
                 });
             }
             Ok(results)
-        });
-        let refusal = refused.lock().take();
-        (r, refusal, store.actor_id())
-    })
-    .await;
-    let (result, refusal, actor) = match outcome {
-        Ok(o) => o,
-        Err(e) => {
-            return error(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("transaction task failed: {e}"),
-            );
+        },
+        move |r| {
+            let _ = done_tx.send(r);
+        },
+    );
+    let result = match submitted {
+        Ok(lead) => {
+            if let Some(lead) = lead {
+                // Nobody was leading: run the queue on a blocking thread.
+                drop(tokio::task::spawn_blocking(move || lead.run()));
+            }
+            match done_rx.await {
+                Ok(r) => r,
+                Err(_) => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "the transaction was dropped without an outcome".into(),
+                    );
+                }
+            }
         }
+        Err(e) => Err(e),
     };
+    let refusal = refused.lock().take();
+    let actor = store.actor_id();
     match (result, refusal) {
         (Ok(c), _) => {
             if let Some(v) = c.version {
