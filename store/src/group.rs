@@ -24,9 +24,12 @@
 //! Async callers use [`Store::submit_grouped`] instead: the outcome goes to
 //! a callback run on the leader's thread, nobody blocks on a slot, and a
 //! caller starts a leader (on a thread that may block) only when none is
-//! running. A leader keeps running groups while the next queued job is such
+//! running. Such a leader keeps running groups while the next queued job is
 //! a callback job, so under load requests reach the writer without a
-//! thread hop each.
+//! thread hop each; a caller's own thread leads one group and returns,
+//! handing a callback job at the head to a fresh leader. Outcomes are
+//! delivered after the writer is released, and a callback that panics is
+//! logged without stopping the lead.
 
 use std::any::Any;
 use std::panic::AssertUnwindSafe;
@@ -84,31 +87,63 @@ type Callback = Box<dyn FnOnce(Outcome) + Send>;
 pub(crate) struct Job {
     run: Run,
     reply: Reply,
+    /// The outcome, once the group has settled it; delivered after the
+    /// writer is released ([`Job::deliver`]).
+    settled: Option<Outcome>,
 }
 
 impl Job {
+    fn new(run: Run, reply: Reply) -> Job {
+        Job {
+            run,
+            reply,
+            settled: None,
+        }
+    }
+
     fn is_mine(&self, mine: Option<&Arc<Slot>>) -> bool {
         matches!((&self.reply, mine), (Reply::Wait(s), Some(m)) if Arc::ptr_eq(s, m))
     }
 
-    /// Delivers the outcome (once: later calls are ignored).
-    fn answer(&mut self, outcome: Outcome) {
-        match &mut self.reply {
+    /// Records the outcome (the first one counts).
+    fn settle(&mut self, outcome: Outcome) {
+        if self.settled.is_none() {
+            self.settled = Some(outcome);
+        }
+    }
+
+    /// Delivers the settled outcome, or an error if the group was
+    /// interrupted before settling it. A callback that panics is logged:
+    /// it cannot stop the lead.
+    fn deliver(self) {
+        let outcome = self.settled.unwrap_or_else(|| {
+            Err(StoreError::Panicked(
+                "the group commit was interrupted by a panic; this transaction may or may not have been written".into(),
+            ))
+        });
+        match self.reply {
             Reply::Wait(slot) => slot.set(SlotState::Done(outcome)),
             Reply::Call(cb) => {
-                if let Some(cb) = cb.take() {
-                    cb(outcome);
+                if let Some(cb) = cb
+                    && let Err(panic) =
+                        std::panic::catch_unwind(AssertUnwindSafe(move || cb(outcome)))
+                {
+                    tracing::error!(
+                        panic = %panic_text(&*panic),
+                        "a group commit caller's callback panicked"
+                    );
                 }
             }
         }
     }
+}
 
-    fn answered(&self) -> bool {
-        match &self.reply {
-            Reply::Wait(slot) => matches!(*slot.state.lock(), SlotState::Done(_)),
-            Reply::Call(cb) => cb.is_none(),
-        }
-    }
+fn panic_text(panic: &(dyn Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
 }
 
 /// The lead of the group commit, taken by [`Store::submit_grouped`] when no
@@ -159,6 +194,8 @@ pub(crate) struct GroupQueue {
 pub struct GroupStats {
     /// Transactions queued for the next group right now.
     pub waiting: usize,
+    /// A leader is running groups (or about to).
+    pub leading: bool,
     /// Groups committed (or failed) so far.
     pub groups: u64,
     /// Transactions run in those groups.
@@ -188,8 +225,10 @@ impl Store {
     /// What group commit has done so far.
     pub fn group_stats(&self) -> GroupStats {
         let g = &self.inner.group;
+        let q = g.queue.lock();
         GroupStats {
-            waiting: g.queue.lock().jobs.len(),
+            waiting: q.jobs.len(),
+            leading: q.led,
             groups: g.groups.load(Ordering::Relaxed),
             transactions: g.transactions.load(Ordering::Relaxed),
             reruns: g.reruns.load(Ordering::Relaxed),
@@ -209,10 +248,10 @@ impl Store {
         let slot: Arc<Slot> = Arc::default();
         let lead = {
             let mut q = self.inner.group.queue.lock();
-            q.jobs.push_back(Job {
-                run: Box::new(move |tx| f(tx).map(|v| Box::new(v) as AnyValue)),
-                reply: Reply::Wait(slot.clone()),
-            });
+            q.jobs.push_back(Job::new(
+                Box::new(move |tx| f(tx).map(|v| Box::new(v) as AnyValue)),
+                Reply::Wait(slot.clone()),
+            ));
             !std::mem::replace(&mut q.led, true)
         };
         if !lead {
@@ -278,10 +317,10 @@ impl Store {
             }));
         });
         let mut q = self.inner.group.queue.lock();
-        q.jobs.push_back(Job {
-            run: Box::new(move |tx| f(tx).map(|v| Box::new(v) as AnyValue)),
-            reply: Reply::Call(Some(reply)),
-        });
+        q.jobs.push_back(Job::new(
+            Box::new(move |tx| f(tx).map(|v| Box::new(v) as AnyValue)),
+            Reply::Call(Some(reply)),
+        ));
         let lead = !std::mem::replace(&mut q.led, true);
         Ok(lead.then(|| GroupLead {
             store: Some(self.clone()),
@@ -292,44 +331,46 @@ impl Store {
     /// listener is logged (its callers were answered).
     fn lead_from_queue(&self) {
         if let Err(panic) = self.lead(None) {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| (*s).to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
-            tracing::error!(panic = %what, "a group commit panicked; its callers were answered with an error");
+            tracing::error!(panic = %panic_text(&*panic), "a group commit panicked; its callers were answered");
         }
     }
 
     /// Runs groups (the first with the leader's own transaction, `mine`,
-    /// first), then hands the lead to the next queued caller that waits
-    /// on its thread, or gives it up when the queue is empty. While the
-    /// next queued job is answered by a callback, this thread runs the next
-    /// group itself. However a group ends (even by a panic in a change
-    /// listener), every caller in it is answered and the lead moves on.
+    /// first), then hands the lead to the next queued caller that waits on
+    /// its thread, or gives it up when the queue is empty. While the next
+    /// queued job is answered by a callback, a leader without a caller of
+    /// its own (`mine` is `None`) runs the next group itself; a caller's
+    /// thread hands such a job to a fresh leader and returns with its own
+    /// outcome. However a group ends (even by a panic in a change
+    /// listener), every caller in it is answered, after the writer is
+    /// released, and the lead moves on.
     fn lead(&self, mine: Option<&Arc<Slot>>) -> Result<(), Box<dyn Any + Send>> {
         let mut result = Ok(());
         loop {
+            // The writer first: what queues while it is busy joins this group.
             let w = self.inner.writer.local();
-            let jobs: Vec<Job> = {
+            let mut jobs: Vec<Job> = {
                 let mut q = self.inner.group.queue.lock();
                 let n = q.jobs.len().min(MAX_GROUP);
                 q.jobs.drain(..n).collect()
             };
-            let mut jobs = jobs;
-            let r =
-                std::panic::catch_unwind(AssertUnwindSafe(|| self.run_group(&w, &mut jobs, mine)))
-                    .unwrap_or_else(Err);
-            drop(w);
-            for j in &mut jobs {
-                if !j.answered() {
-                    j.answer(Err(StoreError::Panicked(
-                        "the group commit was interrupted by a panic; this transaction may or may not have been written".into(),
-                    )));
+            if let Err(e) = self.inner.space.check() {
+                // The disk filled up since these were queued.
+                for j in &mut jobs {
+                    j.settle(Err(share(&e)));
+                }
+            } else {
+                let r = std::panic::catch_unwind(AssertUnwindSafe(|| {
+                    self.run_group(&w, &mut jobs, mine)
+                }))
+                .unwrap_or_else(Err);
+                if r.is_err() && result.is_ok() {
+                    result = r;
                 }
             }
-            if r.is_err() && result.is_ok() {
-                result = r;
+            drop(w);
+            for j in jobs {
+                j.deliver();
             }
             let mut q = self.inner.group.queue.lock();
             match q.jobs.front() {
@@ -340,15 +381,14 @@ impl Store {
                     slot.set(SlotState::Lead);
                     return result;
                 }
-                Some(_) => {
-                    // A callback job: nobody waits to lead it.
+                Some(_) if mine.is_some() => {
+                    // A callback job, and this thread's caller is answered:
+                    // it goes back to its caller; a fresh leader goes on.
                     drop(q);
-                    if result.is_err() && mine.is_some() {
-                        // The caller re-raises its panic; hand over first.
-                        self.hand_over();
-                        return result;
-                    }
+                    self.hand_over();
+                    return result;
                 }
+                Some(_) => {}
                 None => {
                     q.led = false;
                     return result;
@@ -432,27 +472,27 @@ impl Store {
                         let outcome = match failed[i].take() {
                             Some(e) => Err(e),
                             None => match ran.next_if(|(j, _)| *j == i) {
-                                Some((_, r)) => Ok(self.committed(r)),
+                                Some((_, r)) => self.committed_guarded(r),
                                 None => Err(StoreError::Integrity(
                                     "a grouped transaction has no outcome".into(),
                                 )),
                             },
                         };
-                        jobs[i].answer(outcome);
+                        jobs[i].settle(outcome);
                     }
                 }
                 Err(e) => {
                     self.inner.space.note::<()>(&Err(share(&e)));
                     for i in start..end {
                         let outcome = failed[i].take().unwrap_or_else(|| share(&e));
-                        jobs[i].answer(Err(outcome));
+                        jobs[i].settle(Err(outcome));
                     }
                 }
             }
             // Jobs between `end` and `next` failed on their own.
             for i in end..next {
                 if let Some(e) = failed[i].take() {
-                    jobs[i].answer(Err(e));
+                    jobs[i].settle(Err(e));
                 }
             }
             start = next;
@@ -463,9 +503,23 @@ impl Store {
         }
     }
 
-    /// Marks a committed run's version held and tells the listeners.
-    fn committed(&self, r: Ran) -> Committed<AnyValue> {
-        self.announce(r.value, r.version, r.ts, r.rows, r.nchanges)
+    /// Marks a committed run's version held and tells the listeners. A
+    /// listener that panics does not stop the runs after it from being
+    /// announced (their versions would otherwise stay unheld and be
+    /// reused); its caller gets an error saying its transaction was
+    /// written, and the panic is logged.
+    fn committed_guarded(&self, r: Ran) -> Outcome {
+        let version = r.version;
+        std::panic::catch_unwind(AssertUnwindSafe(|| {
+            self.announce(r.value, r.version, r.ts, r.rows, r.nchanges)
+        }))
+        .map_err(|panic| {
+            let text = panic_text(&*panic);
+            tracing::error!(version, panic = %text, "a change listener panicked after a group commit");
+            StoreError::Panicked(format!(
+                "written as version {version}, but a change listener panicked: {text}"
+            ))
+        })
     }
 
     /// One SQLite transaction over `range` of the jobs (those not failed

@@ -111,7 +111,7 @@ impl RefChanges {
             // mark, and its parts are deleted below.
             let left: Option<(i64, bool)> = conn
                 .prepare_cached(
-                    "UPDATE __corro_versions SET live = live - ?3,
+                    "UPDATE __corro_versions SET live = max(live - ?3, 0),
                        rows = CASE WHEN live - ?3 > 0 THEN rows WHEN rows IS NULL THEN X'' ELSE NULL END
                      WHERE actor = ?1 AND version = ?2 RETURNING live, rows IS NOT NULL",
                 )?

@@ -363,6 +363,37 @@ fn submitted_transactions_are_answered_by_callback_and_share_groups_with_waiting
         .collect();
     assert_eq!(versions, (1..=6).collect::<Vec<_>>(), "in queue order");
     assert_eq!(a.group_stats().groups, 1, "{:?}", a.group_stats());
+    // Callback callers and a caller waiting on its thread, queued together:
+    // one group, versions in queue order.
+    let (release, holder) = hold_writer(&a);
+    let mut pending = vec![
+        submit(&a, INSERT, "x1".into()),
+        submit(&a, INSERT, "x2".into()),
+    ];
+    wait_for("2 queued", || a.group_stats().waiting == 2);
+    let waiting = {
+        let a = a.clone();
+        std::thread::spawn(move || insert_grouped(&a, INSERT, "x3".into()))
+    };
+    wait_for("3 queued", || a.group_stats().waiting == 3);
+    pending.push(submit(&a, INSERT, "x4".into()));
+    wait_for("4 queued", || a.group_stats().waiting == 4);
+    let groups = a.group_stats().groups;
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let got: Vec<u64> = pending
+        .into_iter()
+        .map(|rx| {
+            rx.recv_timeout(Duration::from_secs(20))
+                .unwrap()
+                .unwrap()
+                .version
+                .unwrap()
+        })
+        .collect();
+    let mine = waiting.join().unwrap().unwrap().version.unwrap();
+    assert_eq!((got, mine), (vec![7, 8, 10], 9));
+    assert_eq!(a.group_stats().groups, groups + 1, "one group for all four");
     // Callback callers and waiting callers mixed under load: every
     // transaction lands exactly once, and the queue always drains.
     let workers: Vec<_> = (0..8)
@@ -390,9 +421,10 @@ fn submitted_transactions_are_answered_by_callback_and_share_groups_with_waiting
         .flat_map(|w| w.join().unwrap())
         .collect();
     all.sort();
-    assert_eq!(all, (7..=326).collect::<Vec<_>>());
+    assert_eq!(all, (11..=330).collect::<Vec<_>>());
     assert_eq!(a.group_stats().waiting, 0);
     // A lead dropped unrun still runs the queue.
+    wait_for("the last leader to finish", || !a.group_stats().leading);
     let (tx, rx) = mpsc::channel();
     let lead = a
         .submit_grouped(
@@ -404,10 +436,137 @@ fn submitted_transactions_are_answered_by_callback_and_share_groups_with_waiting
         .unwrap();
     assert!(lead.is_some(), "nobody else was leading");
     drop(lead);
-    assert_eq!(rx.try_recv().unwrap().unwrap().version, Some(327));
+    assert_eq!(rx.try_recv().unwrap().unwrap().version, Some(331));
     b.apply(a.changes_for(a.actor_id(), 1..=a.head()).unwrap())
         .unwrap();
     assert_eq!(titles(&b), titles(&a));
     a.verify().unwrap();
     b.verify().unwrap();
+}
+
+/// A job whose transaction blocks until told to go on, so the group it is
+/// in stays running; returns (started, go on).
+fn blocking_job() -> (
+    mpsc::Receiver<()>,
+    mpsc::Sender<()>,
+    impl FnMut(&mut corro_store::WriteTx<'_>) -> Result<usize, StoreError> + Send + 'static,
+) {
+    let (started_tx, started_rx) = mpsc::channel();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let go_rx = std::sync::Mutex::new(go_rx);
+    let job = move |t: &mut corro_store::WriteTx<'_>| {
+        let _ = started_tx.send(());
+        let _ = go_rx.lock().unwrap().recv();
+        t.execute(
+            "INSERT INTO todos (id, title) VALUES ('blocker', 't') ON CONFLICT (id) DO UPDATE SET title = title || '+'",
+            &[],
+        )
+    };
+    (started_rx, go_tx, job)
+}
+
+#[test]
+fn the_lead_passes_between_callback_leaders_and_waiting_callers() {
+    const INSERT: &str = "INSERT INTO todos (id, title) VALUES (?, ?)";
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), "a.db");
+    // 1. A callback leader's group is running; a caller that waits on its
+    //    thread queues behind it, then a callback job: after the group the
+    //    waiting caller's thread leads, and takes the callback job along.
+    let (started, go, job) = blocking_job();
+    let (tx, first) = mpsc::channel();
+    let lead = a
+        .submit_grouped(job, move |r| {
+            let _ = tx.send(r);
+        })
+        .unwrap()
+        .expect("nobody was leading");
+    let leader = std::thread::spawn(move || lead.run());
+    started.recv().unwrap();
+    let waiting = {
+        let a = a.clone();
+        std::thread::spawn(move || insert_grouped(&a, INSERT, "w".into()))
+    };
+    wait_for("the waiting caller queued", || a.group_stats().waiting == 1);
+    let after = submit(&a, INSERT, "c".into());
+    wait_for("both queued", || a.group_stats().waiting == 2);
+    let groups = a.group_stats().groups;
+    go.send(()).unwrap();
+    leader.join().unwrap();
+    assert_eq!(first.recv().unwrap().unwrap().version, Some(1));
+    assert_eq!(waiting.join().unwrap().unwrap().version, Some(2));
+    assert_eq!(
+        after
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap()
+            .unwrap()
+            .version,
+        Some(3)
+    );
+    // The blocked group, then the waiting caller's with the callback job.
+    assert_eq!(a.group_stats().groups, groups + 1, "{:?}", a.group_stats());
+    // 2. A caller's thread leads and a callback job queues behind its
+    //    group: the caller returns with its own outcome after one group and
+    //    a fresh leader runs the callback job.
+    let (started, go, job) = blocking_job();
+    let (done_tx, done_rx) = mpsc::channel();
+    {
+        let a = a.clone();
+        std::thread::spawn(move || done_tx.send(a.transact_grouped(job)));
+    }
+    started.recv().unwrap();
+    let (started2, go2, job2) = blocking_job();
+    let (tx, behind) = mpsc::channel();
+    let lead = a
+        .submit_grouped(job2, move |r| {
+            let _ = tx.send(r);
+        })
+        .unwrap();
+    assert!(lead.is_none(), "the caller's thread leads");
+    wait_for("queued behind", || a.group_stats().waiting == 1);
+    go.send(()).unwrap();
+    // The callback job's group runs (and blocks) on another thread while
+    // the caller has its answer.
+    started2.recv().unwrap();
+    let own = done_rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    assert_eq!(own.unwrap().version, Some(4));
+    go2.send(()).unwrap();
+    assert_eq!(
+        behind
+            .recv_timeout(Duration::from_secs(20))
+            .unwrap()
+            .unwrap()
+            .version,
+        Some(5)
+    );
+    // 3. A callback that panics is the only one hurt: its neighbours in
+    //    the group are answered, versions stay consecutive, later writes
+    //    go on.
+    let (release, holder) = hold_writer(&a);
+    let before = submit(&a, INSERT, "e1".into());
+    let lead = a
+        .submit_grouped(
+            |t| t.execute(INSERT, &["e2".into(), "t".into()]),
+            |_| panic!("a caller's callback fails"),
+        )
+        .unwrap();
+    assert!(lead.is_none(), "a leader is queued already");
+    let next = submit(&a, INSERT, "e3".into());
+    wait_for("3 queued", || a.group_stats().waiting == 3);
+    release.send(()).unwrap();
+    holder.join().unwrap();
+    let v = |rx: mpsc::Receiver<Result<Committed<usize>, StoreError>>| {
+        rx.recv_timeout(Duration::from_secs(20))
+            .unwrap()
+            .unwrap()
+            .version
+            .unwrap()
+    };
+    // (The hold wrote nothing: no version.) The panicking caller's
+    // transaction was written as version 7.
+    assert_eq!((v(before), v(next)), (6, 8));
+    assert_eq!(v(submit(&a, INSERT, "e4".into())), 9);
+    assert_eq!(a.head(), 9);
+    assert_eq!(titles(&a).len(), 7);
+    a.verify().unwrap();
 }
