@@ -63,10 +63,15 @@ impl Deref for CachedTx<'_> {
 impl Drop for CachedTx<'_> {
     fn drop(&mut self) {
         if !self.committed && !self.conn.is_autocommit() {
-            let _ = self
+            let rolled_back = self
                 .conn
                 .prepare_cached(ROLLBACK)
                 .and_then(|mut s| s.execute([]));
+            if let Err(e) = rolled_back {
+                // The connection stays inside the transaction; its next
+                // BEGIN fails and says so.
+                tracing::error!(error = %e, "rolling back a transaction failed");
+            }
         }
     }
 }
