@@ -436,8 +436,11 @@ async fn apply(st: &ConsulState, w: Write) -> Response {
     let op = w.op();
     let catalog = st.catalog.clone();
     let store = writer.store.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let r = store.transact(|tx| match &w {
+    // Group-committed with concurrent writes (KV and `POST
+    // /v1/transactions`); the outcome comes back by callback.
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    let submitted = store.submit_grouped(
+        move |tx| match &w {
             Write::Put { key, value, flags } => tx.execute(
                 "INSERT INTO consul_kv (key, value, flags) VALUES (?1, ?2, ?3) \
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value, flags = excluded.flags",
@@ -461,16 +464,37 @@ async fn apply(st: &ConsulState, w: Write) -> Response {
                     &[SqlValue::Text(prefix.clone())],
                 ),
             },
-        });
-        if r.is_ok()
-            && let Err(e) = catalog.process_pending()
-        {
-            // The write is committed; the catalog's own task retries.
-            tracing::warn!(error = %e, "refreshing the catalog after a KV write failed");
+        },
+        move |r| {
+            let _ = done_tx.send(r);
+        },
+    );
+    let written = match submitted {
+        Ok(lead) => {
+            if let Some(lead) = lead {
+                // Nobody was leading: run the queue on a blocking thread.
+                drop(tokio::task::spawn_blocking(move || lead.run()));
+            }
+            done_rx.await.unwrap_or_else(|_| {
+                Err(corro_store::StoreError::Integrity(
+                    "the write was dropped without an outcome".into(),
+                ))
+            })
         }
-        r
-    })
-    .await;
+        Err(e) => Err(e),
+    };
+    let result =
+        match written {
+            Ok(c) => tokio::task::spawn_blocking(move || {
+                if let Err(e) = catalog.process_pending() {
+                    // The write is committed; the catalog's own task retries.
+                    tracing::warn!(error = %e, "refreshing the catalog after a KV write failed");
+                }
+                Ok(c)
+            })
+            .await,
+            Err(e) => Ok(Err(e)),
+        };
     match result {
         Ok(Ok(c)) => {
             metrics::counter!("corro_kv_writes_total", "op" => op).increment(1);
