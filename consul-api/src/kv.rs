@@ -476,8 +476,9 @@ async fn apply(st: &ConsulState, w: Write) -> Response {
                 drop(tokio::task::spawn_blocking(move || lead.run()));
             }
             done_rx.await.unwrap_or_else(|_| {
-                Err(corro_store::StoreError::Integrity(
-                    "the write was dropped without an outcome".into(),
+                Err(corro_store::StoreError::Panicked(
+                    "the write was dropped without an outcome; it may or may not have been written"
+                        .into(),
                 ))
             })
         }
@@ -485,6 +486,8 @@ async fn apply(st: &ConsulState, w: Write) -> Response {
     };
     let result =
         match written {
+            // Nothing changed (a DELETE of a missing key): nothing to refresh.
+            Ok(c) if c.version.is_none() => Ok(Ok(c)),
             Ok(c) => tokio::task::spawn_blocking(move || {
                 if let Err(e) = catalog.process_pending() {
                     // The write is committed; the catalog's own task retries.
@@ -512,6 +515,12 @@ async fn apply(st: &ConsulState, w: Write) -> Response {
         Ok(Err(e)) if e.is_disk_full() => text_error(
             StatusCode::INSUFFICIENT_STORAGE,
             format!("the disk is full; nothing was written: {e}"),
+        ),
+        // The transaction may have been written (a change listener or the
+        // group's leader failed after the commit).
+        Ok(Err(e @ corro_store::StoreError::Panicked(_))) => text_error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the write's outcome is unknown: {e}"),
         ),
         Ok(Err(e)) => text_error(
             StatusCode::INTERNAL_SERVER_ERROR,

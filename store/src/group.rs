@@ -633,6 +633,8 @@ fn share(e: &StoreError) -> StoreError {
             StoreError::Sqlite(rusqlite::Error::SqliteFailure(*f, m.clone()))
         }
         StoreError::DiskFull(s) => StoreError::DiskFull(s.clone()),
+        // An I/O error for lack of space stays a full disk for every caller.
+        other if other.is_disk_full() => StoreError::DiskFull(other.to_string()),
         other => StoreError::Integrity(format!("the group commit failed: {other}")),
     }
 }

@@ -103,7 +103,7 @@ pub(crate) async fn handle(State(st): State<ApiState>, headers: HeaderMap, body:
                 Err(_) => {
                     return error(
                         StatusCode::INTERNAL_SERVER_ERROR,
-                        "the transaction was dropped without an outcome".into(),
+                        "the transaction was dropped without an outcome; it may or may not have been written".into(),
                     );
                 }
             }
