@@ -138,6 +138,21 @@ impl Job {
     }
 }
 
+/// A caller's outcome with its value back in the caller's type.
+fn typed<T: 'static>(c: Committed<AnyValue>) -> Result<Committed<T>, StoreError> {
+    let value = c
+        .value
+        .downcast::<T>()
+        .map_err(|_| StoreError::Integrity("a grouped transaction's value changed type".into()))?;
+    Ok(Committed {
+        value: *value,
+        version: c.version,
+        ts: c.ts,
+        rows: c.rows,
+        last_seq: c.last_seq,
+    })
+}
+
 fn panic_text(panic: &(dyn Any + Send)) -> String {
     panic
         .downcast_ref::<&str>()
@@ -275,17 +290,7 @@ impl Store {
             }
         };
         self.inner.space.note(&outcome);
-        let c = outcome?;
-        let value = c.value.downcast::<T>().map_err(|_| {
-            StoreError::Integrity("a grouped transaction's value changed type".into())
-        })?;
-        Ok(Committed {
-            value: *value,
-            version: c.version,
-            ts: c.ts,
-            rows: c.rows,
-            last_seq: c.last_seq,
-        })
+        outcome.and_then(typed)
     }
 
     /// Queues `f` like [`Store::transact_grouped`] without blocking: `done`
@@ -303,18 +308,7 @@ impl Store {
         let store = self.clone();
         let reply: Callback = Box::new(move |outcome: Outcome| {
             store.inner.space.note(&outcome);
-            done(outcome.and_then(|c| {
-                let value = c.value.downcast::<T>().map_err(|_| {
-                    StoreError::Integrity("a grouped transaction's value changed type".into())
-                })?;
-                Ok(Committed {
-                    value: *value,
-                    version: c.version,
-                    ts: c.ts,
-                    rows: c.rows,
-                    last_seq: c.last_seq,
-                })
-            }));
+            done(outcome.and_then(typed));
         });
         let mut q = self.inner.group.queue.lock();
         q.jobs.push_back(Job::new(
