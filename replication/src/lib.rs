@@ -9,6 +9,10 @@
 //! with [`corro_store::Store::apply`]. Cost follows what is missing, not the
 //! database size.
 //!
+//! A round between nodes that both speak it opens with a [`digest`] of the
+//! state instead (a hash per bucket of actors), and only the buckets that
+//! differ are exchanged in full.
+//!
 //! [`session`] runs one sync round as two state machines ([`session::Pull`],
 //! [`session::Serve`]); [`round`] drives them over any [`round::Transport`]
 //! (the agent's QUIC streams, the simulation's lossy in-memory network), so
@@ -27,6 +31,7 @@
 //! loss, duplication and reordering.
 
 pub mod broadcast;
+pub mod digest;
 pub mod membership;
 pub mod reconnect;
 pub mod round;

@@ -20,7 +20,7 @@ use corro_store::{ActorId, Changeset};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
-use crate::session::{Pull, Serve, SessionError, Step};
+use crate::session::{Opened, Pull, Serve, SessionError, Step};
 use crate::sync::{SyncRequest, SyncState};
 use crate::wire::Message;
 
@@ -36,6 +36,9 @@ pub trait RoundStream: Send {
     fn recv(&mut self) -> impl Future<Output = Result<Option<Message>, BoxError>> + Send;
     /// This side sends nothing more.
     fn finish(&mut self) -> impl Future<Output = Result<(), BoxError>> + Send;
+    /// Whether the peer answers digest rounds (the initiator then opens
+    /// with a digest: see [`crate::digest`]).
+    fn digest(&self) -> bool;
 }
 
 /// Opens round streams to peers.
@@ -103,17 +106,25 @@ pub struct Pulled {
     /// Changesets received.
     pub received: usize,
     /// The responder's state at the end of its part (its heads: what this
-    /// node should hold now).
+    /// node should hold now). In a digest round, this node's state at the
+    /// opening with the differing buckets replaced by the responder's.
     pub theirs: Option<SyncState>,
+    /// The round opened with a digest.
+    pub digest: bool,
 }
 
 /// What serving a round did.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct Served {
     /// Changesets sent.
     pub sent: usize,
     /// Changesets received (from initiators that push).
     pub received: usize,
+    /// The round opened with a digest.
+    pub digest: bool,
+    /// The initiator's state (in a digest round, for the differing buckets
+    /// only; `None` when none differed).
+    pub theirs: Option<SyncState>,
 }
 
 /// Applies a session's batches on a task of their own, one after the
@@ -175,19 +186,19 @@ pub async fn pull<S: RoundStream, St: RoundStore>(
     store: &St,
     limits: &Limits,
 ) -> Result<Pulled, RoundError> {
-    let (mut session, first) = Pull::open(store.state(), limits.batch_changes);
+    let (mut session, first) = if stream.digest() {
+        Pull::open_digest(store.state(), limits.batch_changes)
+    } else {
+        Pull::open(store.state(), limits.batch_changes)
+    };
     stream.send(first).await.map_err(transport)?;
     let mut applier = Applier::new(store.clone());
-    let mut theirs = None;
     loop {
         let msg = stream
             .recv()
             .await
             .map_err(transport)?
             .ok_or(RoundError::Ended)?;
-        if let Message::SyncState(state) = &msg {
-            theirs = Some(state.clone());
-        }
         let steps = session.on_message(msg)?;
         if carry_out(stream, &mut applier, steps).await? {
             break;
@@ -196,7 +207,8 @@ pub async fn pull<S: RoundStream, St: RoundStore>(
     stream.finish().await.map_err(transport)?;
     Ok(Pulled {
         received: session.received(),
-        theirs,
+        digest: session.is_digest(),
+        theirs: session.theirs(),
     })
 }
 
@@ -213,8 +225,9 @@ pub async fn pull_from<T: Transport, St: RoundStore>(
 
 /// The responder's side, given the initiator's first message and this
 /// node's state `mine` (both read by the caller, who may act on them
-/// first): serves what the initiator lacks, sends this node's state then,
-/// takes anything pushed until `SyncDone`.
+/// first): in a digest round, answers with the differing buckets and reads
+/// the initiator's state for them; serves what the initiator lacks, sends
+/// this node's state then, takes anything pushed until `SyncDone`.
 pub async fn serve<S: RoundStream, St: RoundStore>(
     stream: &mut S,
     first: Message,
@@ -222,13 +235,33 @@ pub async fn serve<S: RoundStream, St: RoundStore>(
     store: &St,
     limits: &Limits,
 ) -> Result<Served, RoundError> {
-    let (mut session, _theirs, requests) =
+    let (mut session, opened) =
         Serve::open(first, mine, limits.max_versions, limits.batch_changes)?;
-    let sent = send_missing(stream, store, requests, limits).await?;
-    stream
-        .send(session.served(store.state()))
-        .await
-        .map_err(transport)?;
+    let (theirs, requests) = match opened {
+        Opened::Serve { theirs, requests } => (Some(theirs), Some(requests)),
+        Opened::Buckets(list) => {
+            stream.send(list).await.map_err(transport)?;
+            if session.awaits_state() {
+                let msg = stream
+                    .recv()
+                    .await
+                    .map_err(transport)?
+                    .ok_or(RoundError::Ended)?;
+                let (theirs, requests) = session.on_state(msg, mine)?;
+                (Some(theirs), Some(requests))
+            } else {
+                (None, None)
+            }
+        }
+    };
+    let mut sent = 0;
+    if let Some(requests) = requests {
+        sent = send_missing(stream, store, requests, limits).await?;
+        stream
+            .send(session.served(store.state()))
+            .await
+            .map_err(transport)?;
+    }
     let mut applier = Applier::new(store.clone());
     loop {
         let Some(msg) = stream.recv().await.map_err(transport)? else {
@@ -246,6 +279,8 @@ pub async fn serve<S: RoundStream, St: RoundStore>(
     Ok(Served {
         sent,
         received: session.received(),
+        digest: session.is_digest(),
+        theirs,
     })
 }
 

@@ -16,9 +16,17 @@
 //! then its own state; the initiator applies what arrived and ends with
 //! `SyncDone`. Rounds pull: the initiator does not push (a responder still
 //! accepts `SyncChanges` before `SyncDone`, from peers that push).
+//!
+//! A digest round ([`Pull::open_digest`]) opens with a [`Digest`] of the
+//! initiator's state instead; the responder answers with the buckets that
+//! differ (`SyncBuckets`), the initiator sends its state for those buckets
+//! only, and the round goes on as above over the actors in them (the
+//! responder's closing state is restricted the same way). When no bucket
+//! differs the initiator ends the round at once.
 
 use corro_store::Changeset;
 
+use crate::digest::{Buckets, Digest, InvalidDigest, buckets_for};
 use crate::sync::{InvalidState, SyncRequest, SyncState, plan};
 use crate::wire::Message;
 
@@ -55,6 +63,12 @@ pub enum SessionError {
     AfterDone,
     #[error("the peer's sync state: {0}")]
     State(#[from] InvalidState),
+    #[error("the peer's digest or bucket list: {0}")]
+    Digest(#[from] InvalidDigest),
+    /// A state in a digest round naming an actor outside the buckets the
+    /// round is about.
+    #[error("actor {0} is outside the buckets of this digest round")]
+    OutsideBuckets(corro_store::ActorId),
     /// A changeset for a version beyond what the sender's own state says
     /// it holds (a lying or broken peer).
     #[error("version {version} of {actor} is beyond the sender's advertised head {head}")]
@@ -99,6 +113,8 @@ pub fn kind(m: &Message) -> &'static str {
         Message::SyncState(_) => "SyncState",
         Message::SyncChanges(_) => "SyncChanges",
         Message::SyncDone => "SyncDone",
+        Message::SyncDigest(_) => "SyncDigest",
+        Message::SyncBuckets(_) => "SyncBuckets",
     }
 }
 
@@ -174,6 +190,29 @@ fn apply_steps(batches: Vec<Vec<Changeset>>) -> Vec<Step> {
 pub struct Pull {
     batcher: Batcher,
     done: bool,
+    digest: Option<DigestPull>,
+    /// The responder's whole state once its part ended (in a digest round,
+    /// this node's state at the opening with the differing buckets
+    /// replaced by the responder's).
+    theirs: Option<SyncState>,
+}
+
+/// What the initiator of a digest round keeps.
+#[derive(Debug, Clone)]
+struct DigestPull {
+    /// This node's state at the opening.
+    mine: SyncState,
+    buckets: u32,
+    /// The responder's answer, once it came.
+    differing: Option<Buckets>,
+}
+
+/// Checks that every actor `state` names falls in `buckets`.
+fn within(state: &SyncState, buckets: &Buckets) -> Result<(), SessionError> {
+    match state.heads.keys().find(|a| !buckets.contains(a)) {
+        Some(a) => Err(SessionError::OutsideBuckets(*a)),
+        None => Ok(()),
+    }
 }
 
 impl Pull {
@@ -184,8 +223,30 @@ impl Pull {
             Pull {
                 batcher: Batcher::new(batch),
                 done: false,
+                digest: None,
+                theirs: None,
             },
             Message::SyncState(mine),
+        )
+    }
+
+    /// Opens a digest round from state `mine` (only with a responder that
+    /// answers them: see [`crate::Trailer::digest`]).
+    pub fn open_digest(mine: SyncState, batch: usize) -> (Pull, Message) {
+        let buckets = buckets_for(mine.heads.len());
+        let first = Message::SyncDigest(Digest::of(&mine, buckets));
+        (
+            Pull {
+                batcher: Batcher::new(batch),
+                done: false,
+                digest: Some(DigestPull {
+                    mine,
+                    buckets,
+                    differing: None,
+                }),
+                theirs: None,
+            },
+            first,
         )
     }
 
@@ -193,6 +254,25 @@ impl Pull {
     pub fn on_message(&mut self, msg: Message) -> Result<Vec<Step>, SessionError> {
         if self.done {
             return Err(SessionError::AfterDone);
+        }
+        // A digest round: the bucket list comes first, and nothing else
+        // before it.
+        if let Some(d) = &mut self.digest
+            && d.differing.is_none()
+        {
+            let Message::SyncBuckets(list) = msg else {
+                return Err(SessionError::Unexpected(kind(&msg)));
+            };
+            let differing = Buckets::new(d.buckets, list)?;
+            if differing.is_empty() {
+                // Nothing differs: the responder holds what this node does.
+                self.done = true;
+                self.theirs = Some(std::mem::take(&mut d.mine));
+                return Ok(vec![Step::Send(Message::SyncDone), Step::Done]);
+            }
+            let part = d.mine.restrict(&differing);
+            d.differing = Some(differing);
+            return Ok(vec![Step::Send(Message::SyncState(part))]);
         }
         match msg {
             Message::SyncChanges(sets) => Ok(apply_steps(self.batcher.add(sets))),
@@ -212,6 +292,18 @@ impl Pull {
                         });
                     }
                 }
+                let theirs = match &mut self.digest {
+                    Some(DigestPull {
+                        mine,
+                        differing: Some(differing),
+                        ..
+                    }) => {
+                        within(&theirs, differing)?;
+                        std::mem::take(mine).merged(differing, &theirs)
+                    }
+                    _ => theirs,
+                };
+                self.theirs = Some(theirs);
                 self.done = true;
                 let mut steps: Vec<Step> =
                     self.batcher.rest().into_iter().map(Step::Apply).collect();
@@ -227,6 +319,16 @@ impl Pull {
     pub fn received(&self) -> usize {
         self.batcher.received()
     }
+
+    /// The responder's whole state, once the round is done (see the field).
+    pub fn theirs(&mut self) -> Option<SyncState> {
+        self.theirs.take()
+    }
+
+    /// Whether this is a digest round.
+    pub fn is_digest(&self) -> bool {
+        self.digest.is_some()
+    }
 }
 
 /// The responder's side of a round.
@@ -236,43 +338,109 @@ pub struct Serve {
     done: bool,
     /// The initiator's advertised heads: what it pushes must be within.
     theirs_heads: std::collections::BTreeMap<corro_store::ActorId, u64>,
+    /// A digest round: the buckets it is about (`None`: a whole-state
+    /// round).
+    differing: Option<Buckets>,
+    /// A digest round waits for the initiator's state for its buckets.
+    awaiting_state: bool,
+    max_versions: u64,
+}
+
+/// What a responder does after the opening message.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Opened {
+    /// Serve these requests, then send [`Serve::served`].
+    Serve {
+        /// The initiator's state.
+        theirs: SyncState,
+        requests: Vec<SyncRequest>,
+    },
+    /// A digest round: send this (the differing buckets); then, if
+    /// [`Serve::awaits_state`], pass the initiator's next message to
+    /// [`Serve::on_state`].
+    Buckets(Message),
 }
 
 impl Serve {
-    /// The initiator's first message, checked; with this node's state
-    /// `mine`: the session, the initiator's state and what to serve it.
+    /// The initiator's first message, checked, with this node's state
+    /// `mine`: the session and what to do.
     pub fn open(
         first: Message,
         mine: &SyncState,
         max_versions: u64,
         batch: usize,
-    ) -> Result<(Serve, SyncState, Vec<SyncRequest>), SessionError> {
-        let Message::SyncState(theirs) = first else {
-            return Err(SessionError::NotOpened(kind(&first)));
+    ) -> Result<(Serve, Opened), SessionError> {
+        let mut serve = Serve {
+            batcher: Batcher::new(batch),
+            done: false,
+            theirs_heads: Default::default(),
+            differing: None,
+            awaiting_state: false,
+            max_versions,
+        };
+        match first {
+            Message::SyncState(theirs) => {
+                theirs.validate()?;
+                let requests = plan(&theirs, mine, max_versions);
+                serve.theirs_heads = theirs.heads.clone();
+                Ok((serve, Opened::Serve { theirs, requests }))
+            }
+            Message::SyncDigest(digest) => {
+                digest.validate()?;
+                let list = Digest::of(mine, digest.buckets).differing(&digest);
+                let differing = Buckets::new(digest.buckets, list.clone())?;
+                serve.awaiting_state = !differing.is_empty();
+                serve.differing = Some(differing);
+                Ok((serve, Opened::Buckets(Message::SyncBuckets(list))))
+            }
+            other => Err(SessionError::NotOpened(kind(&other))),
+        }
+    }
+
+    /// Whether a digest round waits for the initiator's state.
+    pub fn awaits_state(&self) -> bool {
+        self.awaiting_state
+    }
+
+    /// In a digest round, the initiator's state for the differing buckets,
+    /// with this node's state `mine`: the initiator's state and the
+    /// requests to serve.
+    pub fn on_state(
+        &mut self,
+        msg: Message,
+        mine: &SyncState,
+    ) -> Result<(SyncState, Vec<SyncRequest>), SessionError> {
+        let (true, Some(differing)) = (self.awaiting_state, &self.differing) else {
+            return Err(SessionError::Unexpected(kind(&msg)));
+        };
+        let Message::SyncState(theirs) = msg else {
+            return Err(SessionError::Unexpected(kind(&msg)));
         };
         theirs.validate()?;
-        let requests = plan(&theirs, mine, max_versions);
-        Ok((
-            Serve {
-                batcher: Batcher::new(batch),
-                done: false,
-                theirs_heads: theirs.heads.clone(),
-            },
-            theirs,
-            requests,
-        ))
+        within(&theirs, differing)?;
+        let requests = plan(&theirs, &mine.restrict(differing), self.max_versions);
+        self.theirs_heads = theirs.heads.clone();
+        self.awaiting_state = false;
+        Ok((theirs, requests))
     }
 
     /// The message that ends this side's part, once the requests are
-    /// served: this node's state now.
+    /// served: this node's state now (in a digest round, for the round's
+    /// buckets).
     pub fn served(&self, mine: SyncState) -> Message {
-        Message::SyncState(mine)
+        match &self.differing {
+            Some(d) => Message::SyncState(mine.restrict(d)),
+            None => Message::SyncState(mine),
+        }
     }
 
     /// The initiator's next message.
     pub fn on_message(&mut self, msg: Message) -> Result<Vec<Step>, SessionError> {
         if self.done {
             return Err(SessionError::AfterDone);
+        }
+        if self.awaiting_state {
+            return Err(SessionError::Unexpected(kind(&msg)));
         }
         match msg {
             Message::SyncChanges(sets) => {
@@ -294,6 +462,11 @@ impl Serve {
     pub fn received(&self) -> usize {
         self.batcher.received()
     }
+
+    /// Whether this is a digest round.
+    pub fn is_digest(&self) -> bool {
+        self.differing.is_some()
+    }
 }
 
 #[cfg(test)]
@@ -313,7 +486,10 @@ mod tests {
         let mut mine = SyncState::default();
         mine.heads.insert(ActorId([1; 16]), 3);
         let (mut pull, first) = Pull::open(SyncState::default(), 2);
-        let (mut serve, _theirs, requests) = Serve::open(first, &mine, 100, 2).unwrap();
+        let (mut serve, opened) = Serve::open(first, &mine, 100, 2).unwrap();
+        let Opened::Serve { requests, .. } = opened else {
+            panic!("a whole-state round")
+        };
         assert_eq!(requests.len(), 1);
         let steps = pull
             .on_message(Message::SyncChanges(vec![
@@ -369,7 +545,7 @@ mod tests {
         // refused before anything is applied.
         let mut theirs = SyncState::default();
         theirs.heads.insert(actor, 2);
-        let (mut serve, _, _) =
+        let (mut serve, _) =
             Serve::open(Message::SyncState(theirs), &SyncState::default(), 10, 10).unwrap();
         assert!(matches!(
             serve.on_message(Message::SyncChanges(vec![cleared(4)])),
@@ -391,6 +567,129 @@ mod tests {
         assert_eq!(
             pull.on_message(Message::SyncDone),
             Err(SessionError::Unexpected("SyncDone"))
+        );
+    }
+
+    fn heads(entries: &[(u8, u64)]) -> SyncState {
+        let mut s = SyncState::default();
+        for (a, h) in entries {
+            s.heads.insert(ActorId([*a; 16]), *h);
+        }
+        s
+    }
+
+    #[test]
+    fn a_digest_round_exchanges_only_the_differing_buckets() {
+        // 40 actors (3 buckets); the responder holds two more versions of
+        // actor 5 and knows actor 200, which the initiator does not.
+        let common: Vec<(u8, u64)> = (1..=40).map(|a| (a, 10)).collect();
+        let initiator = heads(&common);
+        let mut responder = initiator.clone();
+        responder.heads.insert(ActorId([5; 16]), 12);
+        responder.heads.insert(ActorId([200; 16]), 1);
+        let (mut pull, first) = Pull::open_digest(initiator.clone(), 100);
+        assert!(matches!(&first, Message::SyncDigest(d) if d.buckets == 3));
+        let (mut serve, opened) = Serve::open(first, &responder, 100, 100).unwrap();
+        let Opened::Buckets(buckets) = opened else {
+            panic!("a digest round")
+        };
+        assert!(serve.awaits_state());
+        // Refused before the initiator's state: anything else.
+        assert!(serve.clone().on_message(Message::SyncDone).is_err());
+        let steps = pull.on_message(buckets).unwrap();
+        let [Step::Send(part)] = &steps[..] else {
+            panic!("{steps:?}")
+        };
+        let Message::SyncState(part_state) = part else {
+            panic!("{part:?}")
+        };
+        assert!(part_state.heads.len() < 40, "only the differing buckets");
+        assert!(part_state.heads.contains_key(&ActorId([5; 16])));
+        let (_, requests) = serve.on_state(part.clone(), &responder).unwrap();
+        let mut got: Vec<(ActorId, (u64, u64))> = requests
+            .into_iter()
+            .map(|r| (r.actor, (*r.versions.start(), *r.versions.end())))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![(ActorId([5; 16]), (11, 12)), (ActorId([200; 16]), (1, 1))]
+        );
+        let end = serve.served(responder.clone());
+        let Message::SyncState(end_state) = &end else {
+            panic!()
+        };
+        assert!(
+            end_state.heads.len() < 41,
+            "restricted: {}",
+            end_state.heads.len()
+        );
+        let steps = pull.on_message(end).unwrap();
+        assert_eq!(steps, vec![Step::Send(Message::SyncDone), Step::Done]);
+        // What the initiator learns is the responder's whole state.
+        assert_eq!(pull.theirs(), Some(responder));
+        assert_eq!(
+            serve.on_message(Message::SyncDone).unwrap(),
+            vec![Step::Done]
+        );
+    }
+
+    #[test]
+    fn a_digest_round_between_equal_states_ends_after_the_bucket_list() {
+        let s = heads(&(1..=100).map(|a| (a, 3)).collect::<Vec<_>>());
+        let (mut pull, first) = Pull::open_digest(s.clone(), 100);
+        let (mut serve, opened) = Serve::open(first, &s, 100, 100).unwrap();
+        assert_eq!(opened, Opened::Buckets(Message::SyncBuckets(vec![])));
+        assert!(!serve.awaits_state());
+        let steps = pull.on_message(Message::SyncBuckets(vec![])).unwrap();
+        assert_eq!(steps, vec![Step::Send(Message::SyncDone), Step::Done]);
+        assert_eq!(pull.theirs(), Some(s));
+        assert_eq!(
+            serve.on_message(Message::SyncDone).unwrap(),
+            vec![Step::Done]
+        );
+    }
+
+    #[test]
+    fn a_lying_digest_responder_is_refused() {
+        let s = heads(&(1..=40).map(|a| (a, 3)).collect::<Vec<_>>());
+        // A bucket past the count, or changes before the bucket list.
+        let (mut pull, _) = Pull::open_digest(s.clone(), 100);
+        assert!(matches!(
+            pull.clone().on_message(Message::SyncBuckets(vec![7])),
+            Err(SessionError::Digest(_))
+        ));
+        assert!(matches!(
+            pull.clone().on_message(Message::SyncChanges(vec![])),
+            Err(SessionError::Unexpected("SyncChanges"))
+        ));
+        // A closing state about actors outside the asked buckets.
+        pull.on_message(Message::SyncBuckets(vec![0])).unwrap();
+        let outside = (1..=40u8)
+            .map(|a| ActorId([a; 16]))
+            .find(|a| crate::digest::bucket_of(a, 3) != 0)
+            .unwrap();
+        let mut lie = SyncState::default();
+        lie.heads.insert(outside, 3);
+        assert_eq!(
+            pull.on_message(Message::SyncState(lie)),
+            Err(SessionError::OutsideBuckets(outside))
+        );
+        // The responder side: a state outside the differing buckets.
+        let mut other = s.clone();
+        let inside = ActorId([1; 16]);
+        *other.heads.get_mut(&inside).unwrap() = 4;
+        let (_, first) = Pull::open_digest(other, 100);
+        let (mut serve, _) = Serve::open(first, &s, 100, 100).unwrap();
+        let mut lie = SyncState::default();
+        let far = (1..=40u8)
+            .map(|a| ActorId([a; 16]))
+            .find(|a| crate::digest::bucket_of(a, 3) != crate::digest::bucket_of(&inside, 3))
+            .unwrap();
+        lie.heads.insert(far, 3);
+        assert_eq!(
+            serve.on_state(Message::SyncState(lie), &s).map(|_| ()),
+            Err(SessionError::OutsideBuckets(far))
         );
     }
 }

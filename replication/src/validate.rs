@@ -21,6 +21,7 @@ use std::net::SocketAddr;
 
 use corro_store::{ActorId, Changeset};
 
+use crate::digest::{InvalidDigest, MAX_DIGEST_BUCKETS, validate_list};
 use crate::sync::{InvalidState, SyncState};
 use crate::wire::{Envelope, MAX_HOPS, Message};
 
@@ -81,6 +82,8 @@ pub enum InvalidMessage {
     },
     #[error("sync state: {0}")]
     State(#[from] InvalidState),
+    #[error("sync digest: {0}")]
+    Digest(#[from] InvalidDigest),
 }
 
 impl InvalidMessage {
@@ -97,6 +100,7 @@ impl InvalidMessage {
             InvalidMessage::ChangeSeq { .. } => "change_seq",
             InvalidMessage::Change { .. } => "change",
             InvalidMessage::State(_) => "sync_state",
+            InvalidMessage::Digest(_) => "sync_digest",
         }
     }
 }
@@ -119,6 +123,18 @@ pub fn validate(env: &Envelope) -> Result<(), InvalidMessage> {
         Message::SyncChanges(sets) => changesets(sets),
         Message::SyncState(state) => state_ok(state),
         Message::SyncDone => Ok(()),
+        Message::SyncDigest(d) => Ok(d.validate()?),
+        // The bucket count is the initiator's: the session checks the list
+        // against it; here only its size and order.
+        Message::SyncBuckets(list) => {
+            if list.len() > MAX_DIGEST_BUCKETS as usize {
+                return Err(InvalidMessage::Digest(InvalidDigest::List {
+                    buckets: MAX_DIGEST_BUCKETS,
+                    at: list.len() as u32,
+                }));
+            }
+            Ok(validate_list(list, MAX_DIGEST_BUCKETS)?)
+        }
     }
 }
 
@@ -297,6 +313,14 @@ pub fn invalid_examples(valid: &Envelope) -> Vec<(&'static str, Envelope)> {
         ),
         ("sync_state", with(Message::SyncState(state))),
         ("version", with(Message::SyncState(huge_head))),
+        (
+            "sync_digest",
+            with(Message::SyncDigest(crate::digest::Digest {
+                buckets: 4,
+                hashes: vec![[0; 8]; 3],
+            })),
+        ),
+        ("sync_digest", with(Message::SyncBuckets(vec![3, 1]))),
     ]
 }
 

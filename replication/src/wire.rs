@@ -17,6 +17,7 @@ use std::net::SocketAddr;
 use corro_store::{ActorId, Changeset};
 use serde::{Deserialize, Serialize};
 
+use crate::digest::Digest;
 use crate::membership::ViewEntry;
 use crate::sync::SyncState;
 
@@ -55,6 +56,14 @@ pub enum Message {
     SyncChanges(Vec<Changeset>),
     /// Ends one direction of a sync round.
     SyncDone,
+    /// Opens a digest round: a hash per bucket of the sender's state
+    /// (see [`crate::digest`]). Sent only to peers whose trailer said they
+    /// answer it ([`Trailer::digest`]).
+    SyncDigest(Digest),
+    /// The responder's answer to a digest: the buckets whose hashes
+    /// differ, in increasing order. The round goes on over their actors
+    /// only (empty: nothing differs, the initiator ends the round).
+    SyncBuckets(Vec<u32>),
 }
 
 /// Optional fields after the envelope (see the module doc). Sent with
@@ -78,6 +87,9 @@ pub struct Trailer {
     /// names every member the cluster knows. A view from a node that just
     /// started is applied all the same but the asker asks again.
     pub view_settled: bool,
+    /// The sender answers digest rounds ([`Message::SyncDigest`]); a peer
+    /// opens rounds with it by a digest from then on.
+    pub digest: bool,
 }
 
 /// Why a frame was refused.
@@ -138,8 +150,12 @@ fn decode_trailer(bytes: &[u8]) -> Option<Trailer> {
         return Some(t);
     };
     t.view = view;
-    if let Ok((settled, _)) = postcard::take_from_bytes::<bool>(rest) {
-        t.view_settled = settled;
+    let Ok((settled, rest)) = postcard::take_from_bytes::<bool>(rest) else {
+        return Some(t);
+    };
+    t.view_settled = settled;
+    if let Ok((digest, _)) = postcard::take_from_bytes::<bool>(rest) {
+        t.digest = digest;
     }
     Some(t)
 }
@@ -185,6 +201,8 @@ mod tests {
             Message::SyncState(SyncState::default()),
             Message::SyncChanges(vec![cs]),
             Message::SyncDone,
+            Message::SyncDigest(Digest::of(&SyncState::default(), 3)),
+            Message::SyncBuckets(vec![0, 2]),
         ] {
             let e = env(m);
             assert_eq!(decode(&encode(&e).unwrap()).unwrap(), e);
@@ -260,6 +278,7 @@ mod tests {
                 state: 2,
             }]),
             view_settled: true,
+            digest: true,
         };
         let bytes = encode_with_trailer(&e, &full).unwrap();
         assert_eq!(decode_with_trailer(&bytes).unwrap().1, Some(full.clone()));
@@ -286,9 +305,14 @@ mod tests {
             (t.schema, t.want_view, t.view, t.view_settled),
             (7, true, None, false)
         );
+        // The build before digest rounds: no digest flag, so rounds with
+        // it stay whole-state rounds.
+        let no_digest = &bytes[..bytes.len() - 1];
+        let t = decode_with_trailer(no_digest).unwrap().1.unwrap();
+        assert_eq!((t.view_settled, t.digest), (true, false));
         // A view without the settled flag (the first build that sent
         // views): applied, not settled.
-        let no_flag = &bytes[..bytes.len() - 1];
+        let no_flag = &bytes[..bytes.len() - 2];
         let t = decode_with_trailer(no_flag).unwrap().1.unwrap();
         assert_eq!((t.view.is_some(), t.view_settled), (true, false));
     }

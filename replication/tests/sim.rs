@@ -54,6 +54,8 @@ struct Net {
     rng: StdRng,
     loss: f64,
     dup: f64,
+    /// Share of rounds that open with a digest.
+    digest: f64,
 }
 
 impl Net {
@@ -91,12 +93,15 @@ struct Faults {
     rng: StdRng,
     loss: f64,
     dup: f64,
+    digest: f64,
 }
 
 /// One end of an in-memory round stream. The responder's end loses,
 /// duplicates and reorders `SyncChanges` frames (held back and released
 /// shuffled before its next other message); other messages arrive as sent.
 struct MemStream {
+    /// The initiator opens with a digest (a share of the rounds, at random).
+    digest: bool,
     tx: Option<mpsc::UnboundedSender<Message>>,
     rx: mpsc::UnboundedReceiver<Message>,
     faults: Option<Arc<Mutex<Faults>>>,
@@ -109,12 +114,14 @@ impl MemStream {
         let (b_tx, a_rx) = mpsc::unbounded_channel();
         (
             MemStream {
+                digest: false,
                 tx: Some(a_tx),
                 rx: a_rx,
                 faults: None,
                 held: Vec::new(),
             },
             MemStream {
+                digest: false,
                 tx: Some(b_tx),
                 rx: b_rx,
                 faults: Some(faults),
@@ -165,6 +172,10 @@ impl RoundStream for MemStream {
         self.tx = None;
         Ok(())
     }
+
+    fn digest(&self) -> bool {
+        self.digest
+    }
 }
 
 /// Rounds between the simulated nodes: `open(b)` connects to node `b`,
@@ -190,7 +201,12 @@ impl Transport for MemTransport<'_> {
         if lost {
             return Err("the opening exchange was lost".into());
         }
-        let (mine, mut theirs) = MemStream::pair(self.faults.clone());
+        let (mut mine, mut theirs) = MemStream::pair(self.faults.clone());
+        mine.digest = {
+            let mut f = self.faults.lock().unwrap();
+            let share = f.digest;
+            f.rng.random_bool(share)
+        };
         let store = SimStore(self.stores[peer].clone());
         let limits = self.limits;
         self.responders
@@ -225,6 +241,7 @@ fn sync_round(
             rng: StdRng::seed_from_u64(net.rng.random()),
             loss: net.loss,
             dup: net.dup,
+            digest: net.digest,
         })),
         limits: Limits {
             max_versions: 100,
@@ -350,7 +367,7 @@ fn dump(s: &Store) -> Vec<(i64, Option<String>, i64)> {
         .collect()
 }
 
-fn simulate(seed: u64, nodes: usize, rounds: usize, writes_per_round: usize) -> usize {
+fn simulate(seed: u64, nodes: usize, rounds: usize, writes_per_round: usize, digest: f64) -> usize {
     let dir = tempfile::tempdir().unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
@@ -361,6 +378,7 @@ fn simulate(seed: u64, nodes: usize, rounds: usize, writes_per_round: usize) -> 
         rng: StdRng::seed_from_u64(seed ^ 0x5eed),
         loss: 0.1,
         dup: 0.1,
+        digest,
     };
     let members: Vec<Vec<usize>> = (0..nodes)
         .map(|i| (0..nodes).filter(|&j| j != i).collect())
@@ -445,16 +463,22 @@ fn simulate(seed: u64, nodes: usize, rounds: usize, writes_per_round: usize) -> 
 
 #[test]
 fn a_hundred_nodes_converge_through_loss_partitions_and_crashes() {
+    // Half the rounds open with a digest (a cluster in a rolling upgrade
+    // mixes both).
     for seed in 1..=2 {
-        let rounds = simulate(seed, 100, 12, 4);
+        let rounds = simulate(seed, 100, 12, 4, 0.5);
         println!("seed {seed}: 100 nodes identical {rounds} sync rounds after healing");
     }
 }
 
 #[test]
 fn small_clusters_converge_under_many_seeds() {
+    // Whole-state rounds only, then digest rounds only.
     for seed in 10..=25 {
-        let rounds = simulate(seed, 6, 40, 3);
-        println!("seed {seed}: 6 nodes identical {rounds} sync rounds after healing");
+        let digest = if seed < 18 { 0.0 } else { 1.0 };
+        let rounds = simulate(seed, 6, 40, 3, digest);
+        println!(
+            "seed {seed}: 6 nodes identical {rounds} sync rounds after healing (digest share {digest})"
+        );
     }
 }

@@ -31,9 +31,10 @@ pub(super) async fn write_bytes(send: &mut quinn::SendStream, bytes: &[u8]) -> a
 }
 
 /// Sends a message with a trailer: this node's schema fingerprint (read
-/// from `SyncState` only), whether it asks for the peer's member view, and
-/// its own view when the peer asked (left out, with a debug line, if it
-/// would make the frame too large). Returns whether the view went out.
+/// from `SyncState` and `SyncDigest` only), whether it asks for the peer's
+/// member view, its own view when the peer asked (left out, with a debug
+/// line, if it would make the frame too large), and that it answers digest
+/// rounds. Returns whether the view went out.
 pub(super) async fn write_state(
     inner: &Inner,
     send: &mut quinn::SendStream,
@@ -47,6 +48,7 @@ pub(super) async fn write_state(
         want_view,
         view_settled: view.as_ref().is_some_and(|(_, settled)| *settled),
         view: view.map(|(entries, _)| entries),
+        digest: true,
     };
     let with_view = trailer.view.is_some();
     let bytes = match encode_with_trailer(&env, &trailer) {
@@ -87,7 +89,7 @@ pub(super) async fn read_frame(
     // Hostile until validated: nothing of a message is used before this.
     if let Err(e) = corro_replication::validate::validate(&env) {
         metrics::counter!("corro_peer_messages_refused_total", "class" => e.class()).increment(1);
-        if let Message::SyncState(_) = env.message {
+        if let Message::SyncState(_) | Message::SyncDigest(_) = env.message {
             metrics::counter!("corro_sync_states_refused_total").increment(1);
         }
         tracing::warn!(peer = %env.addr, actor = %env.from, class = e.class(), error = %e, "refusing a peer message");

@@ -148,9 +148,37 @@ struct Inner {
     /// Peers whose last `SyncState` carried a schema fingerprint other than
     /// ours: actor -> (address, their fingerprint).
     schema_mismatches: parking_lot::Mutex<std::collections::BTreeMap<ActorId, (SocketAddr, u64)>>,
+    /// Peers (gossip addresses) whose frames said they answer digest
+    /// rounds: rounds with them open with a digest (see `sync`). At most
+    /// [`DIGEST_PEERS_MAX`]; a failed round forgets the peer (a rolled
+    /// back build is asked with a whole state again).
+    digest_peers: parking_lot::Mutex<std::collections::HashSet<SocketAddr>>,
 }
 
+/// Most peers remembered as answering digest rounds (past it the record
+/// starts over: whole-state rounds until each peer says so again).
+const DIGEST_PEERS_MAX: usize = 65_536;
+
 impl Inner {
+    /// Notes whether the peer at `addr` answers digest rounds (from the
+    /// trailer of its last state or digest frame).
+    fn digest_seen(&self, addr: SocketAddr, digest: bool) {
+        let mut peers = self.digest_peers.lock();
+        if !digest {
+            peers.remove(&addr);
+            return;
+        }
+        if peers.len() >= DIGEST_PEERS_MAX && !peers.contains(&addr) {
+            peers.clear();
+        }
+        peers.insert(addr);
+    }
+
+    /// Whether rounds with the peer at `addr` open with a digest.
+    fn speaks_digest(&self, addr: SocketAddr) -> bool {
+        self.digest_peers.lock().contains(&addr)
+    }
+
     /// Notes the schema fingerprint a peer sent with its `SyncState` (none
     /// from builds that predate it: treated as unknown, not a mismatch).
     fn schema_seen(&self, env: &Envelope, schema: Option<u64>) {
@@ -408,6 +436,7 @@ impl Cluster {
             behind: Default::default(),
             stopped: watch::channel(false).0,
             schema_mismatches: Default::default(),
+            digest_peers: Default::default(),
             view_pull: parking_lot::Mutex::new(ViewPull::new()),
             started: std::time::Instant::now(),
             views_given: Default::default(),

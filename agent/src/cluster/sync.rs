@@ -162,6 +162,12 @@ pub(super) struct QuicRound {
     /// This node asked for the responder's view and has not had it yet
     /// (initiator side): a view nobody asked for is ignored.
     view_asked: bool,
+    /// The round opens with a digest (initiator side: the peer said it
+    /// answers them).
+    digest: bool,
+    /// This side has sent its first frame (the initiator asks for the
+    /// member view in its first frame only).
+    sent_first: bool,
 }
 
 impl RoundStream for QuicRound {
@@ -186,9 +192,11 @@ impl RoundStream for QuicRound {
         } else {
             None
         };
-        let sent = if matches!(msg, Message::SyncState(_)) {
-            // The initiator asks for the view while it wants one.
-            let want = self.initiator && self.inner.ask_for_view();
+        let first = !std::mem::replace(&mut self.sent_first, true);
+        let sent = if matches!(msg, Message::SyncState(_) | Message::SyncDigest(_)) {
+            // The initiator asks for the view while it wants one, in the
+            // round's first frame (a digest round sends a state later too).
+            let want = self.initiator && first && self.inner.ask_for_view();
             self.view_asked |= want;
             write_state(&self.inner, &mut self.send, msg, want, view).await
         } else if view.is_some() {
@@ -211,11 +219,13 @@ impl RoundStream for QuicRound {
         let Some((env, trailer)) = read_frame(&mut self.recv).await? else {
             return Ok(None);
         };
-        if let Message::SyncState(_) = &env.message {
+        if let Message::SyncState(_) | Message::SyncDigest(_) = &env.message {
             self.inner
                 .schema_seen(&env, trailer.as_ref().map(|t| t.schema));
+            self.inner
+                .digest_seen(env.addr, trailer.as_ref().is_some_and(|t| t.digest));
             if !self.initiator {
-                self.peer_wants_view = trailer.as_ref().is_some_and(|t| t.want_view);
+                self.peer_wants_view |= trailer.as_ref().is_some_and(|t| t.want_view);
             }
         }
         if self.view_asked
@@ -235,6 +245,10 @@ impl RoundStream for QuicRound {
             let _ = self.recv.read_to_end(1024).await;
         }
         Ok(())
+    }
+
+    fn digest(&self) -> bool {
+        self.digest
     }
 }
 
@@ -258,6 +272,8 @@ impl Transport for QuicTransport {
             peer_wants_view: false,
             view_tries: 0,
             view_asked: false,
+            digest: self.0.speaks_digest(peer),
+            sent_first: false,
         })
     }
 }
@@ -294,15 +310,15 @@ pub(super) async fn respond_sync(
         peer_wants_view: false,
         view_tries: 0,
         view_asked: false,
+        digest: false,
+        sent_first: false,
     };
     let Some(first) = stream.recv().await.map_err(|e| anyhow::anyhow!(e))? else {
         return Ok(());
     };
     // This node's state, read once: for the decisions below and the plan.
     let mine = state_of(inner);
-    if let (Message::SyncState(theirs), Some(from)) = (&first, stream.from)
-        && theirs.validate().is_ok()
-    {
+    if let (Message::SyncState(_) | Message::SyncDigest(_), Some(from)) = (&first, stream.from) {
         // A peer syncing with us that membership has not told us of yet,
         // or holds as down (it can reach us: a healed partition): ask it
         // to join, so the next broadcast reaches it (a cluster bootstrapped
@@ -313,8 +329,12 @@ pub(super) async fn respond_sync(
             inner.swim.announce(from);
         }
         // The peer holds versions we lack: pull them now rather than at a
-        // later round that may pick other peers.
-        if !plan(&mine, theirs, 1).is_empty() {
+        // later round that may pick other peers. (A digest round shows
+        // them only once the round is under way: see below.)
+        if let Message::SyncState(theirs) = &first
+            && theirs.validate().is_ok()
+            && !plan(&mine, theirs, 1).is_empty()
+        {
             pull_from(inner, from);
         }
     }
@@ -327,9 +347,17 @@ pub(super) async fn respond_sync(
     )
     .await
     .inspect_err(|e| refused(e, stream.from))?;
+    // A digest round showed the initiator's state for the differing
+    // buckets only now: pull if it holds versions we lack there.
+    if served.digest
+        && let (Some(theirs), Some(from)) = (&served.theirs, stream.from)
+        && !plan(&mine, theirs, 1).is_empty()
+    {
+        pull_from(inner, from);
+    }
     metrics::counter!("corro_sync_changesets_sent_total").increment(served.sent as u64);
     metrics::counter!("corro_sync_changesets_received_total").increment(served.received as u64);
-    metrics::counter!("corro_sync_rounds_total").increment(1);
+    metrics::counter!("corro_sync_rounds_total", "opening" => opening(served.digest)).increment(1);
     Ok(())
 }
 
@@ -358,6 +386,7 @@ pub(super) fn pull_from(inner: &Arc<Inner>, peer: SocketAddr) {
             Err(e) => {
                 tracing::debug!(peer = %peer, error = %e, "pull from a peer failed");
                 inner.peers.forget_connection(peer);
+                inner.digest_seen(peer, false);
             }
         }
     });
@@ -382,8 +411,13 @@ pub(super) async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::R
         *inner.last_sync.lock() = Some(std::time::Instant::now());
     }
     metrics::counter!("corro_sync_changesets_received_total").increment(pulled.received as u64);
-    metrics::counter!("corro_sync_rounds_total").increment(1);
+    metrics::counter!("corro_sync_rounds_total", "opening" => opening(pulled.digest)).increment(1);
     Ok(pulled.received)
+}
+
+/// The `opening` label of a round's metrics.
+fn opening(digest: bool) -> &'static str {
+    if digest { "digest" } else { "state" }
 }
 
 /// The periodic rounds until shutdown (see the module doc); then saves the
@@ -440,6 +474,9 @@ pub(super) async fn run_rounds(
                 Err(e) => {
                     tracing::debug!(peer = %peer, error = %e, "sync round failed");
                     sync.peers.forget_connection(peer);
+                    // A peer rolled back to a build without digest rounds
+                    // fails them: the next round opens with a whole state.
+                    sync.digest_seen(peer, false);
                 }
             }
         }
