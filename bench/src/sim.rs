@@ -11,7 +11,8 @@
 //! - spread of writes (`--part spread`): at 10 and 100 writes/s across
 //!   the cluster, the time until 99 % and 100 % of nodes hold a write,
 //!   broadcast messages and redundant receipts, what sync repaired, and
-//!   bytes sent per node per second by kind.
+//!   bytes sent per node per second by kind (sync exchanges opening with
+//!   a digest, as agents do, or with `--whole-states` a whole state).
 //!
 //! Seeded and reproducible; simulated time, so it runs in minutes.
 
@@ -61,6 +62,11 @@ pub(crate) struct SimArgs {
     /// (to see what it changes).
     #[arg(long)]
     no_pull: bool,
+    /// Sync exchanges in the spread table open with a whole state (as
+    /// builds before digest rounds, and the first round with each peer)
+    /// instead of a digest.
+    #[arg(long)]
+    whole_states: bool,
     /// How the membership table's cluster forms: `announce` (everyone
     /// announces to node 0 and SWIM spreads the rest; formation is timed)
     /// or `formed` (every node starts holding a whole view, as after a
@@ -154,7 +160,8 @@ fn spread(a: &SimArgs) -> anyhow::Result<()> {
         "| writes/s | writes | reach 99 % p50 / p99 | reach 100 % p50 / p99 / max | broadcasts per write | redundant receipts per delivery | by sync / repaired per write | bytes/node/s: broadcast + sync state + sync changes = total |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    let mut sizes = (0, 0);
+    let mut sizes = (0, 0, 0);
+    let mut digest_differing = Vec::new();
     for &rate in &a.rates {
         let r = simulate(SpreadConfig {
             nodes: a.nodes,
@@ -165,6 +172,7 @@ fn spread(a: &SimArgs) -> anyhow::Result<()> {
             drain_ms: 60_000,
             latency,
             loss: a.spread_loss,
+            digest: !a.whole_states,
         });
         anyhow::ensure!(
             r.unreached == 0,
@@ -172,7 +180,10 @@ fn spread(a: &SimArgs) -> anyhow::Result<()> {
             r.unreached,
             r.writes
         );
-        sizes = (r.write_frame, r.state_frame);
+        sizes = (r.write_frame, r.state_frame, r.digest_frame);
+        if !a.whole_states {
+            digest_differing.push(r.digest_differing);
+        }
         println!(
             "| {rate} | {} | {} / {} ms | {} / {} / {} ms | {:.0} ({:.1} per node) | {:.2} | {:.2} % / {:.3} | {:.0} + {:.0} + {:.0} = {:.0} |",
             r.writes,
@@ -193,13 +204,26 @@ fn spread(a: &SimArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "frames: one write broadcast {} B, one sync state {} B ({} actors), plus {} B per message below the frame; wall time {:.1?}",
+        "frames: one write broadcast {} B, one sync state {} B ({} actors), its digest {} B, plus {} B per message below the frame; wall time {:.1?}",
         sizes.0,
         sizes.1,
         a.nodes,
+        sizes.2,
         corro_replication::sim::spread::WIRE_OVERHEAD,
         wall.elapsed()
     );
+    if a.whole_states {
+        println!("sync exchanges open with whole states (--whole-states)");
+    } else {
+        println!(
+            "sync exchanges open with a digest; share finding some bucket differing, per rate: {}",
+            digest_differing
+                .iter()
+                .map(|d| format!("{:.1} %", d * 100.0))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
     Ok(())
 }
 

@@ -20,6 +20,14 @@
 //! and each missing write comes back as that row's changeset; plus
 //! [`WIRE_OVERHEAD`] per message for the headers below the frame.
 //!
+//! With [`SpreadConfig::digest`] (what agents do once a peer has said it
+//! answers digests) an exchange opens with the encoded [`Digest`] of such
+//! a state instead; the responder answers with the buckets that differ
+//! (the buckets of the writers of every write one side holds and the other
+//! lacks), and only when some differ do both sides send their state for
+//! those buckets' actors (encoded), the writes following as before, one
+//! round trip later.
+//!
 //! Membership is static and complete here (every node knows every other):
 //! [`super::SwimSim`] measures membership on its own.
 
@@ -32,6 +40,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 use crate::broadcast::Pending;
+use crate::digest::{Digest, bucket_of, buckets_for};
 use crate::schedule::{SYNC_BASE, SYNC_PEERS, jittered, next_interval};
 use crate::sync::SyncState;
 use crate::wire::{Envelope, Message, PROTOCOL_VERSION};
@@ -58,6 +67,9 @@ pub struct SpreadConfig {
     pub latency: (u64, u64),
     /// Share of broadcast sends and of sync exchanges that fail.
     pub loss: f64,
+    /// Sync exchanges open with a digest (see the module doc); otherwise
+    /// with a whole state.
+    pub digest: bool,
 }
 
 /// What a run measured.
@@ -89,9 +101,14 @@ pub struct SpreadReport {
     pub sync_change_bytes: f64,
     /// Sync rounds started per node per second in the window.
     pub rounds_per_sec: f64,
-    /// Encoded sizes used: one broadcast frame, one sync-state frame.
+    /// Encoded sizes used: one broadcast frame, one sync-state frame, one
+    /// digest frame (of that state).
     pub write_frame: usize,
     pub state_frame: usize,
+    pub digest_frame: usize,
+    /// Digest exchanges in the window that found some bucket differing,
+    /// out of all digest exchanges.
+    pub digest_differing: f64,
 }
 
 /// A typical catalog write: one `consul_services` row inserted (a
@@ -169,9 +186,9 @@ pub fn sync_write_bytes() -> usize {
     postcard::to_stdvec(&typical_write(ActorId([7; 16]), 123_456)).map_or(0, |b| b.len())
 }
 
-/// Encoded size of the sync state of a node that knows `actors` actors
-/// (heads drawn between 10,000 and 1,000,000; nothing needed).
-pub fn state_frame_bytes(actors: usize, seed: u64) -> usize {
+/// The sync state of a node that knows `actors` actors (heads drawn
+/// between 10,000 and 1,000,000; nothing needed).
+fn typical_state(actors: usize, seed: u64) -> SyncState {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut state = SyncState::default();
     for _ in 0..actors {
@@ -179,7 +196,26 @@ pub fn state_frame_bytes(actors: usize, seed: u64) -> usize {
             .heads
             .insert(ActorId(rng.random()), rng.random_range(10_000..1_000_000));
     }
+    state
+}
+
+/// Encoded size of the sync state of a node that knows `actors` actors
+/// (heads drawn between 10,000 and 1,000,000; nothing needed).
+pub fn state_frame_bytes(actors: usize, seed: u64) -> usize {
+    let state = typical_state(actors, seed);
     crate::wire::encode(&envelope(Message::SyncState(state))).map_or(0, |f| f.len())
+}
+
+/// Encoded size of the digest that opens a round of a node that knows
+/// `actors` actors.
+pub fn digest_frame_bytes(actors: usize, seed: u64) -> usize {
+    let state = typical_state(actors, seed);
+    let digest = Digest::of(&state, buckets_for(actors));
+    crate::wire::encode(&envelope(Message::SyncDigest(digest))).map_or(0, |f| f.len())
+}
+
+fn frame_bytes(message: Message) -> u64 {
+    crate::wire::encode(&envelope(message)).map_or(0, |f| f.len()) as u64
 }
 
 enum Ev {
@@ -196,8 +232,14 @@ enum Ev {
     Round {
         node: u32,
     },
-    /// The round's current peer receives `node`'s state and answers.
+    /// The round's current peer receives `node`'s state (or digest) and
+    /// answers.
     Serve {
+        node: u32,
+    },
+    /// A digest round with differing buckets: the peer receives `node`'s
+    /// state for them and answers with the writes `node` lacks.
+    ServePart {
         node: u32,
     },
     /// `node` receives the writes it lacked from its current peer.
@@ -214,6 +256,8 @@ struct RoundState {
     next: usize,
     moved: usize,
     interval_ms: u64,
+    /// In a digest exchange, actors in the differing buckets.
+    part_actors: usize,
 }
 
 struct Sim {
@@ -251,6 +295,17 @@ struct Sim {
     write_frame: u64,
     sync_write: u64,
     state_frame: u64,
+    /// Digest rounds: per node its actor's bucket, actors per bucket, the
+    /// digest frame, encoded partial states by actor count, the end frame.
+    bucket: Vec<u32>,
+    bucket_actors: Vec<u32>,
+    digest_frame: u64,
+    part_frames: std::collections::HashMap<usize, u64>,
+    done_frame: u64,
+    /// Per write, the node that committed it (its actor).
+    writer: Vec<u32>,
+    w_digests: u64,
+    w_digests_differing: u64,
 }
 
 impl Sim {
@@ -340,7 +395,12 @@ impl Sim {
             return;
         }
         if self.in_window() {
-            self.w_state_bytes += self.state_frame + WIRE_OVERHEAD;
+            let opening = if self.cfg.digest {
+                self.digest_frame
+            } else {
+                self.state_frame
+            };
+            self.w_state_bytes += opening + WIRE_OVERHEAD;
         }
         if self.rng.random_bool(self.cfg.loss) {
             // The exchange fails; the round goes on with the next peer.
@@ -409,33 +469,69 @@ impl Sim {
                     self.start_exchange(node);
                 }
                 Ev::Serve { node } => {
+                    if !self.cfg.digest {
+                        self.answer(node);
+                        continue;
+                    }
+                    // The responder compares digests: the buckets of the
+                    // writers of what one side holds and the other lacks.
                     let r = &self.rounds[node as usize];
                     let peer = r.peers[r.next] as usize;
-                    let mine = &self.held[node as usize];
-                    let theirs = &self.held[peer];
-                    let mut missing = Vec::new();
-                    for (i, (t, m)) in theirs.iter().zip(mine).enumerate() {
-                        let mut lack = t & !m;
-                        while lack != 0 {
-                            let b = lack.trailing_zeros();
-                            missing.push((i * 64) as u32 + b);
-                            lack &= lack - 1;
+                    let mut differing: Vec<u32> = Vec::new();
+                    for (i, (t, m)) in self.held[peer]
+                        .iter()
+                        .zip(&self.held[node as usize])
+                        .enumerate()
+                    {
+                        let mut diff = t ^ m;
+                        while diff != 0 {
+                            let b = diff.trailing_zeros();
+                            let w = (i * 64) as u32 + b;
+                            differing.push(self.bucket[self.writer[w as usize] as usize]);
+                            diff &= diff - 1;
                         }
                     }
-                    if self.in_window() {
-                        // The answer: the writes, then the peer's own state.
-                        self.w_change_bytes += missing.len() as u64 * self.sync_write;
-                        self.w_state_bytes += self.state_frame + WIRE_OVERHEAD;
+                    differing.sort_unstable();
+                    differing.dedup();
+                    let window = self.in_window();
+                    if window {
+                        self.w_digests += 1;
+                        self.w_digests_differing += u64::from(!differing.is_empty());
                     }
                     let at = self.now + self.link();
-                    self.push(
-                        at,
-                        Ev::Pulled {
-                            node,
-                            writes: missing,
-                        },
-                    );
+                    if differing.is_empty() {
+                        // Nothing differs: the bucket list back, the end.
+                        if window {
+                            self.w_state_bytes += frame_bytes(Message::SyncBuckets(Vec::new()))
+                                + self.done_frame
+                                + 2 * WIRE_OVERHEAD;
+                        }
+                        self.push(
+                            at,
+                            Ev::Pulled {
+                                node,
+                                writes: Vec::new(),
+                            },
+                        );
+                        continue;
+                    }
+                    if window {
+                        // The list back, then each side's state for those
+                        // buckets (the responder's closes its answer, in
+                        // `answer`).
+                        let actors: usize = differing
+                            .iter()
+                            .map(|b| self.bucket_actors[*b as usize] as usize)
+                            .sum();
+                        self.rounds[node as usize].part_actors = actors;
+                        let part = self.part_frame(actors);
+                        self.w_state_bytes +=
+                            frame_bytes(Message::SyncBuckets(differing)) + part + 2 * WIRE_OVERHEAD;
+                    }
+                    let at = at + self.link();
+                    self.push(at, Ev::ServePart { node });
                 }
+                Ev::ServePart { node } => self.answer(node),
                 Ev::Pulled { node, writes } => {
                     let mut moved = 0;
                     for w in writes {
@@ -454,6 +550,54 @@ impl Sim {
                 }
             }
         }
+    }
+
+    /// The round's current peer answers `node` with the writes it lacks,
+    /// then its own state (whole, or for the differing buckets).
+    fn answer(&mut self, node: u32) {
+        let r = &self.rounds[node as usize];
+        let peer = r.peers[r.next] as usize;
+        let mine = &self.held[node as usize];
+        let theirs = &self.held[peer];
+        let mut missing = Vec::new();
+        for (i, (t, m)) in theirs.iter().zip(mine).enumerate() {
+            let mut lack = t & !m;
+            while lack != 0 {
+                let b = lack.trailing_zeros();
+                missing.push((i * 64) as u32 + b);
+                lack &= lack - 1;
+            }
+        }
+        if self.in_window() {
+            // The answer: the writes, then the peer's own state; then the
+            // initiator's end of the round.
+            self.w_change_bytes += missing.len() as u64 * self.sync_write;
+            let closing = if self.cfg.digest {
+                // The same buckets' actors as the initiator's part.
+                let actors = self.rounds[node as usize].part_actors;
+                self.part_frame(actors)
+            } else {
+                self.state_frame
+            };
+            self.w_state_bytes += closing + self.done_frame + 2 * WIRE_OVERHEAD;
+        }
+        let at = self.now + self.link();
+        self.push(
+            at,
+            Ev::Pulled {
+                node,
+                writes: missing,
+            },
+        );
+    }
+
+    /// Encoded size of a state naming `actors` actors (cached by count).
+    fn part_frame(&mut self, actors: usize) -> u64 {
+        let seed = self.cfg.seed;
+        *self
+            .part_frames
+            .entry(actors)
+            .or_insert_with(|| state_frame_bytes(actors, seed) as u64)
     }
 
     fn measured(&self, w: usize) -> bool {
@@ -523,8 +667,26 @@ pub fn simulate(cfg: SpreadConfig) -> SpreadReport {
         write_frame: write_frame_bytes() as u64,
         sync_write: sync_write_bytes() as u64,
         state_frame: state_frame_bytes(n, cfg.seed) as u64,
+        bucket: Vec::new(),
+        bucket_actors: Vec::new(),
+        digest_frame: digest_frame_bytes(n, cfg.seed) as u64,
+        part_frames: Default::default(),
+        done_frame: frame_bytes(Message::SyncDone),
+        writer: commits.iter().map(|(_, node)| *node).collect(),
+        w_digests: 0,
+        w_digests_differing: 0,
         cfg: SpreadConfig { nodes: n, ..cfg },
     };
+    // Each node's actor, and its bucket in a digest of n actors.
+    let buckets = buckets_for(n);
+    let mut ids = StdRng::seed_from_u64(sim.cfg.seed ^ 0xac70);
+    sim.bucket = (0..n)
+        .map(|_| bucket_of(&ActorId(ids.random()), buckets))
+        .collect();
+    sim.bucket_actors = vec![0; buckets as usize];
+    for b in &sim.bucket {
+        sim.bucket_actors[*b as usize] += 1;
+    }
     for (w, &(at, node)) in commits.iter().enumerate() {
         // Write ids follow commit order (commits are generated in order).
         sim.committed_at[w] = at;
@@ -563,5 +725,7 @@ pub fn simulate(cfg: SpreadConfig) -> SpreadReport {
         rounds_per_sec: sim.w_rounds as f64 / secs / n as f64,
         write_frame: sim.write_frame as usize,
         state_frame: sim.state_frame as usize,
+        digest_frame: sim.digest_frame as usize,
+        digest_differing: sim.w_digests_differing as f64 / sim.w_digests.max(1) as f64,
     }
 }
