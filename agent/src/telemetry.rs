@@ -183,7 +183,7 @@ const HISTOGRAM_BUCKETS: &[f64] = &[
 const UPKEEP_EVERY: Duration = Duration::from_secs(5);
 
 /// Gives the recorder every metric's help text and registers the unlabelled
-/// counters and gauges at zero.
+/// counters and gauges at zero (and the sync round counter's two series).
 fn describe() {
     for d in METRICS {
         match d.kind {
@@ -201,6 +201,10 @@ fn describe() {
             }
             Histogram => metrics::describe_histogram!(d.name, d.help),
         }
+    }
+    // Labelled series whose label values are known up front.
+    for opening in ["digest", "state"] {
+        metrics::counter!("corro_sync_rounds_total", "opening" => opening).absolute(0);
     }
 }
 

@@ -20,9 +20,13 @@
 //! The bucket count is chosen by the initiator from its own actor count
 //! ([`buckets_for`]: about [`ACTORS_PER_BUCKET`] actors a bucket, so the
 //! digest is ~0.5 byte per actor and a differing bucket costs ~16 actors'
-//! entries each way). The hashes are SipHash-1-3 with fixed keys over a
-//! fixed byte layout ([`entry_hash`]), so every build on every platform
-//! computes the same digest.
+//! entries each way). The hashes are SipHash-1-3 over a fixed byte layout
+//! ([`entry_hash`]), keyed by a salt the initiator draws for each round and
+//! sends with the digest, so every build on every platform computes the
+//! same digest for a round, and a collision (two different states with
+//! equal bucket hashes) lasts one round: it cannot be found ahead of time
+//! by a peer that crafts actor ids, nor repeat between the same two
+//! states.
 
 use std::collections::BTreeMap;
 use std::hash::Hasher;
@@ -40,7 +44,8 @@ pub const ACTORS_PER_BUCKET: usize = 16;
 /// state of [`crate::MAX_STATE_ACTORS`] actors needs 6,250).
 pub const MAX_DIGEST_BUCKETS: u32 = 65_536;
 
-/// Keys of the digest's hashes: fixed, part of the protocol.
+/// Keys of the digest's hashes, mixed with the round's salt: part of the
+/// protocol.
 const KEYS: (u64, u64) = (0x636f_7272_6f73_696f, 0x6e2d_6469_6765_7374);
 
 /// One hash per bucket of a node's sync state.
@@ -48,6 +53,8 @@ const KEYS: (u64, u64) = (0x636f_7272_6f73_696f, 0x6e2d_6469_6765_7374);
 pub struct Digest {
     /// How many buckets the actors are spread over.
     pub buckets: u32,
+    /// The round's salt (drawn by the initiator), mixed into every hash.
+    pub salt: u64,
     /// Per bucket, in order: the sum (wrapping) of its actors' entry
     /// hashes; all zeros for an empty bucket. Fixed 8 bytes each on the
     /// wire (a random 64-bit number costs 9-10 bytes as a varint).
@@ -72,17 +79,24 @@ pub fn buckets_for(actors: usize) -> u32 {
         .clamp(1, MAX_DIGEST_BUCKETS as usize) as u32
 }
 
-/// The bucket of `actor` among `buckets` (at least 1).
-pub fn bucket_of(actor: &ActorId, buckets: u32) -> u32 {
-    let mut h = SipHasher13::new_with_keys(KEYS.1, KEYS.0);
+/// The bucket of `actor` among `buckets` (at least 1) in a round salted
+/// with `salt`.
+pub fn bucket_of(actor: &ActorId, buckets: u32, salt: u64) -> u32 {
+    let mut h = SipHasher13::new_with_keys(KEYS.1 ^ salt, KEYS.0);
     h.write(&actor.0);
     (h.finish() % u64::from(buckets.max(1))) as u32
 }
 
-/// The hash of one actor's entry in a state: its id, head and needed
-/// ranges, as little-endian bytes in that order.
-pub fn entry_hash(actor: &ActorId, head: u64, needs: &[std::ops::RangeInclusive<u64>]) -> u64 {
-    let mut h = SipHasher13::new_with_keys(KEYS.0, KEYS.1);
+/// The hash of one actor's entry in a state, in a round salted with
+/// `salt`: its id, head and needed ranges, as little-endian bytes in that
+/// order.
+pub fn entry_hash(
+    salt: u64,
+    actor: &ActorId,
+    head: u64,
+    needs: &[std::ops::RangeInclusive<u64>],
+) -> u64 {
+    let mut h = SipHasher13::new_with_keys(KEYS.0, KEYS.1 ^ salt);
     h.write(&actor.0);
     h.write(&head.to_le_bytes());
     h.write(&(needs.len() as u64).to_le_bytes());
@@ -95,17 +109,18 @@ pub fn entry_hash(actor: &ActorId, head: u64, needs: &[std::ops::RangeInclusive<
 
 impl Digest {
     /// The digest of `state` over `buckets` buckets (clamped to the valid
-    /// range).
-    pub fn of(state: &SyncState, buckets: u32) -> Digest {
+    /// range), salted with `salt`.
+    pub fn of(state: &SyncState, buckets: u32, salt: u64) -> Digest {
         let buckets = buckets.clamp(1, MAX_DIGEST_BUCKETS);
         let mut sums = vec![0u64; buckets as usize];
         for (actor, &head) in &state.heads {
             let needs = state.needs.get(actor).map_or(&[][..], Vec::as_slice);
-            let b = bucket_of(actor, buckets) as usize;
-            sums[b] = sums[b].wrapping_add(entry_hash(actor, head, needs));
+            let b = bucket_of(actor, buckets, salt) as usize;
+            sums[b] = sums[b].wrapping_add(entry_hash(salt, actor, head, needs));
         }
         Digest {
             buckets,
+            salt,
             hashes: sums.into_iter().map(u64::to_le_bytes).collect(),
         }
     }
@@ -149,19 +164,26 @@ pub fn validate_list(list: &[u32], buckets: u32) -> Result<(), InvalidDigest> {
     Ok(())
 }
 
-/// A set of buckets out of a count, for restricting states to it.
+/// A set of buckets out of a count (in a round's salt), for restricting
+/// states to it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Buckets {
     count: u32,
+    salt: u64,
     /// Sorted, unique, each below `count`.
     list: Vec<u32>,
 }
 
 impl Buckets {
-    /// `list` (validated with [`validate_list`]) out of `count` buckets.
-    pub fn new(count: u32, list: Vec<u32>) -> Result<Buckets, InvalidDigest> {
-        validate_list(&list, count)?;
-        Ok(Buckets { count, list })
+    /// `list` (validated with [`validate_list`]) out of the buckets of
+    /// `digest`.
+    pub fn new(digest: &Digest, list: Vec<u32>) -> Result<Buckets, InvalidDigest> {
+        validate_list(&list, digest.buckets)?;
+        Ok(Buckets {
+            count: digest.buckets,
+            salt: digest.salt,
+            list,
+        })
     }
 
     /// Whether `actor` falls in one of these buckets.
@@ -169,7 +191,7 @@ impl Buckets {
         !self.list.is_empty()
             && self
                 .list
-                .binary_search(&bucket_of(actor, self.count))
+                .binary_search(&bucket_of(actor, self.count, self.salt))
                 .is_ok()
     }
 
@@ -240,30 +262,28 @@ mod tests {
         let a = state(1000);
         let buckets = buckets_for(a.heads.len());
         assert_eq!(buckets, 63);
+        let salt = 0x5a17;
         let mut b = a.clone();
-        assert!(
-            Digest::of(&a, buckets)
-                .differing(&Digest::of(&b, buckets))
-                .is_empty()
-        );
+        let da = Digest::of(&a, buckets, salt);
+        assert!(da.differing(&Digest::of(&b, buckets, salt)).is_empty());
         // A newer head of one actor.
         *b.heads.get_mut(&actor(17)).unwrap() += 1;
-        let diff = Digest::of(&a, buckets).differing(&Digest::of(&b, buckets));
-        assert_eq!(diff, vec![bucket_of(&actor(17), buckets)]);
+        let diff = da.differing(&Digest::of(&b, buckets, salt));
+        assert_eq!(diff, vec![bucket_of(&actor(17), buckets, salt)]);
         // A needed range of another, and an actor only one side knows.
         b.needs.insert(actor(400), vec![3..=5]);
         b.heads.insert(actor(5000), 9);
-        let diff = Digest::of(&a, buckets).differing(&Digest::of(&b, buckets));
+        let diff = da.differing(&Digest::of(&b, buckets, salt));
         let mut want: Vec<u32> = [17, 400, 5000]
             .iter()
-            .map(|i| bucket_of(&actor(*i), buckets))
+            .map(|i| bucket_of(&actor(*i), buckets, salt))
             .collect();
         want.sort_unstable();
         want.dedup();
         assert_eq!(diff, want);
         // Restricted to the differing buckets, the states hold every
         // difference, and merging gives back the other side's whole state.
-        let set = Buckets::new(buckets, diff).unwrap();
+        let set = Buckets::new(&da, diff).unwrap();
         let (ra, rb) = (a.restrict(&set), b.restrict(&set));
         assert!(ra.heads.len() < 100, "{} actors", ra.heads.len());
         assert_eq!(rb.heads[&actor(5000)], 9);
@@ -274,9 +294,9 @@ mod tests {
 
     #[test]
     fn the_digest_is_fixed_by_the_protocol() {
-        // Every build must compute the same bytes: a changed hash or
-        // layout would make every bucket differ between versions.
-        let d = Digest::of(&state(3), 2);
+        // Every build must compute the same bytes for a round: a changed
+        // hash or layout would make every bucket differ between versions.
+        let d = Digest::of(&state(3), 2, 0);
         assert_eq!(
             d.hashes
                 .iter()
@@ -285,12 +305,22 @@ mod tests {
             [0x7c1f_e4f6_a15c_830a, 0xb44c_d338_45fd_3a7a]
         );
         let bytes = postcard::to_stdvec(&d).unwrap();
-        assert_eq!(bytes.len(), 2 + 2 * 8, "two counts, then 8 bytes a bucket");
+        assert_eq!(
+            bytes.len(),
+            3 + 2 * 8,
+            "bucket count, salt, hash count, then 8 bytes a bucket"
+        );
+        // Another salt: other hashes, and (over enough actors) other
+        // buckets, so a collision does not repeat between two states.
+        let s = state(1000);
+        let (x, y) = (Digest::of(&s, 63, 1), Digest::of(&s, 63, 2));
+        assert_eq!(x.differing(&y).len(), 63);
+        assert!((0..1000).any(|i| bucket_of(&actor(i), 63, 1) != bucket_of(&actor(i), 63, 2)));
     }
 
     #[test]
     fn hostile_digests_and_lists_are_refused() {
-        let ok = Digest::of(&state(10), 4);
+        let ok = Digest::of(&state(10), 4, 9);
         assert_eq!(ok.validate(), Ok(()));
         let mut short = ok.clone();
         short.hashes.pop();
@@ -300,11 +330,13 @@ mod tests {
         ));
         let none = Digest {
             buckets: 0,
+            salt: 0,
             hashes: vec![],
         };
         assert_eq!(none.validate(), Err(InvalidDigest::Buckets(0)));
         let huge = Digest {
             buckets: MAX_DIGEST_BUCKETS + 1,
+            salt: 0,
             hashes: vec![],
         };
         assert!(huge.validate().is_err());
@@ -312,9 +344,9 @@ mod tests {
         assert!(validate_list(&[0, 4], 4).is_err(), "past the count");
         assert!(validate_list(&[2, 2], 4).is_err(), "repeated");
         assert!(validate_list(&[3, 1], 4).is_err(), "unordered");
-        assert!(Buckets::new(4, vec![1, 0]).is_err());
+        assert!(Buckets::new(&ok, vec![1, 0]).is_err());
         // An empty set restricts to nothing.
-        let empty = Buckets::new(4, vec![]).unwrap();
+        let empty = Buckets::new(&ok, vec![]).unwrap();
         assert_eq!(state(10).restrict(&empty), SyncState::default());
     }
 
@@ -325,6 +357,6 @@ mod tests {
         assert_eq!(buckets_for(17), 2);
         assert_eq!(buckets_for(10_000), 625);
         assert_eq!(buckets_for(usize::MAX), MAX_DIGEST_BUCKETS);
-        assert_eq!(Digest::of(&state(5), 0).buckets, 1);
+        assert_eq!(Digest::of(&state(5), 0, 0).buckets, 1);
     }
 }

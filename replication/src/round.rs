@@ -187,7 +187,7 @@ pub async fn pull<S: RoundStream, St: RoundStore>(
     limits: &Limits,
 ) -> Result<Pulled, RoundError> {
     let (mut session, first) = if stream.digest() {
-        Pull::open_digest(store.state(), limits.batch_changes)
+        Pull::open_digest(store.state(), limits.batch_changes, rand::random())
     } else {
         Pull::open(store.state(), limits.batch_changes)
     };

@@ -202,7 +202,8 @@ pub struct Pull {
 struct DigestPull {
     /// This node's state at the opening.
     mine: SyncState,
-    buckets: u32,
+    /// The digest's bucket count and salt (its hashes are not kept).
+    digest: Digest,
     /// The responder's answer, once it came.
     differing: Option<Buckets>,
 }
@@ -230,23 +231,28 @@ impl Pull {
         )
     }
 
-    /// Opens a digest round from state `mine` (only with a responder that
-    /// answers them: see [`crate::Trailer::digest`]).
-    pub fn open_digest(mine: SyncState, batch: usize) -> (Pull, Message) {
-        let buckets = buckets_for(mine.heads.len());
-        let first = Message::SyncDigest(Digest::of(&mine, buckets));
+    /// Opens a digest round from state `mine`, salted with `salt` (drawn
+    /// at random for each round: see [`crate::digest`]), with a responder
+    /// that answers them (see [`crate::Trailer::digest`]).
+    pub fn open_digest(mine: SyncState, batch: usize, salt: u64) -> (Pull, Message) {
+        let digest = Digest::of(&mine, buckets_for(mine.heads.len()), salt);
+        let kept = Digest {
+            buckets: digest.buckets,
+            salt,
+            hashes: Vec::new(),
+        };
         (
             Pull {
                 batcher: Batcher::new(batch),
                 done: false,
                 digest: Some(DigestPull {
                     mine,
-                    buckets,
+                    digest: kept,
                     differing: None,
                 }),
                 theirs: None,
             },
-            first,
+            Message::SyncDigest(digest),
         )
     }
 
@@ -263,7 +269,7 @@ impl Pull {
             let Message::SyncBuckets(list) = msg else {
                 return Err(SessionError::Unexpected(kind(&msg)));
             };
-            let differing = Buckets::new(d.buckets, list)?;
+            let differing = Buckets::new(&d.digest, list)?;
             if differing.is_empty() {
                 // Nothing differs: the responder holds what this node does.
                 self.done = true;
@@ -387,8 +393,8 @@ impl Serve {
             }
             Message::SyncDigest(digest) => {
                 digest.validate()?;
-                let list = Digest::of(mine, digest.buckets).differing(&digest);
-                let differing = Buckets::new(digest.buckets, list.clone())?;
+                let list = Digest::of(mine, digest.buckets, digest.salt).differing(&digest);
+                let differing = Buckets::new(&digest, list.clone())?;
                 serve.awaiting_state = !differing.is_empty();
                 serve.differing = Some(differing);
                 Ok((serve, Opened::Buckets(Message::SyncBuckets(list))))
@@ -587,7 +593,7 @@ mod tests {
         let mut responder = initiator.clone();
         responder.heads.insert(ActorId([5; 16]), 12);
         responder.heads.insert(ActorId([200; 16]), 1);
-        let (mut pull, first) = Pull::open_digest(initiator.clone(), 100);
+        let (mut pull, first) = Pull::open_digest(initiator.clone(), 100, 7);
         assert!(matches!(&first, Message::SyncDigest(d) if d.buckets == 3));
         let (mut serve, opened) = Serve::open(first, &responder, 100, 100).unwrap();
         let Opened::Buckets(buckets) = opened else {
@@ -637,7 +643,7 @@ mod tests {
     #[test]
     fn a_digest_round_between_equal_states_ends_after_the_bucket_list() {
         let s = heads(&(1..=100).map(|a| (a, 3)).collect::<Vec<_>>());
-        let (mut pull, first) = Pull::open_digest(s.clone(), 100);
+        let (mut pull, first) = Pull::open_digest(s.clone(), 100, 7);
         let (mut serve, opened) = Serve::open(first, &s, 100, 100).unwrap();
         assert_eq!(opened, Opened::Buckets(Message::SyncBuckets(vec![])));
         assert!(!serve.awaits_state());
@@ -654,7 +660,7 @@ mod tests {
     fn a_lying_digest_responder_is_refused() {
         let s = heads(&(1..=40).map(|a| (a, 3)).collect::<Vec<_>>());
         // A bucket past the count, or changes before the bucket list.
-        let (mut pull, _) = Pull::open_digest(s.clone(), 100);
+        let (mut pull, _) = Pull::open_digest(s.clone(), 100, 7);
         assert!(matches!(
             pull.clone().on_message(Message::SyncBuckets(vec![7])),
             Err(SessionError::Digest(_))
@@ -667,7 +673,7 @@ mod tests {
         pull.on_message(Message::SyncBuckets(vec![0])).unwrap();
         let outside = (1..=40u8)
             .map(|a| ActorId([a; 16]))
-            .find(|a| crate::digest::bucket_of(a, 3) != 0)
+            .find(|a| crate::digest::bucket_of(a, 3, 7) != 0)
             .unwrap();
         let mut lie = SyncState::default();
         lie.heads.insert(outside, 3);
@@ -679,12 +685,12 @@ mod tests {
         let mut other = s.clone();
         let inside = ActorId([1; 16]);
         *other.heads.get_mut(&inside).unwrap() = 4;
-        let (_, first) = Pull::open_digest(other, 100);
+        let (_, first) = Pull::open_digest(other, 100, 7);
         let (mut serve, _) = Serve::open(first, &s, 100, 100).unwrap();
         let mut lie = SyncState::default();
         let far = (1..=40u8)
             .map(|a| ActorId([a; 16]))
-            .find(|a| crate::digest::bucket_of(a, 3) != crate::digest::bucket_of(&inside, 3))
+            .find(|a| crate::digest::bucket_of(a, 3, 7) != crate::digest::bucket_of(&inside, 3, 7))
             .unwrap();
         lie.heads.insert(far, 3);
         assert_eq!(

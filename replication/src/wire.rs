@@ -57,8 +57,9 @@ pub enum Message {
     /// Ends one direction of a sync round.
     SyncDone,
     /// Opens a digest round: a hash per bucket of the sender's state
-    /// (see [`crate::digest`]). Sent only to peers whose trailer said they
-    /// answer it ([`Trailer::digest`]).
+    /// (see [`crate::digest`]). Not sent to peers known not to answer it
+    /// (their trailer lacks [`Trailer::digest`], or a round with them
+    /// failed).
     SyncDigest(Digest),
     /// The responder's answer to a digest: the buckets whose hashes
     /// differ, in increasing order. The round goes on over their actors
@@ -67,7 +68,8 @@ pub enum Message {
 }
 
 /// Optional fields after the envelope (see the module doc). Sent with
-/// `SyncState`. Fields are only ever appended: a decoder reads the fields
+/// `SyncState`, `SyncDigest` and `SyncBuckets` (and with any frame a
+/// member view rides on). Fields are only ever appended: a decoder reads the fields
 /// it knows while bytes remain ([`decode_with_trailer`]), so a trailer from
 /// an earlier build (fewer fields) or a later one (more) decodes here, and
 /// builds that know only `schema` read it and ignore the rest.
@@ -87,8 +89,9 @@ pub struct Trailer {
     /// names every member the cluster knows. A view from a node that just
     /// started is applied all the same but the asker asks again.
     pub view_settled: bool,
-    /// The sender answers digest rounds ([`Message::SyncDigest`]); a peer
-    /// opens rounds with it by a digest from then on.
+    /// The sender answers digest rounds ([`Message::SyncDigest`]). A frame
+    /// without it (an older build) makes the receiver open its rounds with
+    /// the sender by a whole state.
     pub digest: bool,
 }
 
@@ -201,7 +204,7 @@ mod tests {
             Message::SyncState(SyncState::default()),
             Message::SyncChanges(vec![cs]),
             Message::SyncDone,
-            Message::SyncDigest(Digest::of(&SyncState::default(), 3)),
+            Message::SyncDigest(Digest::of(&SyncState::default(), 3, 11)),
             Message::SyncBuckets(vec![0, 2]),
         ] {
             let e = env(m);

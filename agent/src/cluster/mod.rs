@@ -20,14 +20,17 @@
 //! postcard [`Envelope`]). A uni stream carries `Changes` frames. A sync round
 //! is one bi stream: the initiator sends its `SyncState`; the responder sends
 //! the changesets the initiator lacks (`SyncChanges`...), then its own
-//! `SyncState`; the initiator answers `SyncDone` (rounds pull: each node
+//! `SyncState`; the initiator answers `SyncDone`. With a peer not known to
+//! lack them, a round opens with a `SyncDigest` instead, the responder names
+//! the buckets that differ (`SyncBuckets`), and the states that follow cover
+//! those buckets' actors only (`sync`, `corro_replication::digest`). (Rounds pull: each node
 //! pulls what it lacks in its own rounds; a responder still accepts
 //! `SyncChanges` before `SyncDone` from peers that push). The responder
 //! streams from the store a change budget at a time; the initiator applies
 //! in large batches cut at version boundaries, overlapping with receiving.
 //!
 //! Push-pull membership: a node that has applied no member view since it
-//! started or was last alone asks for one in its `SyncState`'s trailer;
+//! started or was last alone asks for one in its round's first frame's trailer;
 //! the responder adds its whole SWIM view (down members and itself
 //! included) to the trailer of its first frame, and the initiator applies
 //! it (without gossiping it on) before that frame's changes. A joiner thus
@@ -148,27 +151,32 @@ struct Inner {
     /// Peers whose last `SyncState` carried a schema fingerprint other than
     /// ours: actor -> (address, their fingerprint).
     schema_mismatches: parking_lot::Mutex<std::collections::BTreeMap<ActorId, (SocketAddr, u64)>>,
-    /// Peers (gossip addresses) whose frames said they answer digest
-    /// rounds: rounds with them open with a digest (see `sync`). At most
-    /// [`DIGEST_PEERS_MAX`]; a failed round forgets the peer (a rolled
-    /// back build is asked with a whole state again).
-    digest_peers: parking_lot::Mutex<std::collections::HashSet<SocketAddr>>,
+    /// Peers (gossip addresses) that do not answer digest rounds, as far
+    /// as this node knows: their last frame's trailer lacked the flag, or
+    /// the last round with them failed (a build without digest rounds
+    /// fails one). Rounds with them open with a whole state; with every
+    /// other peer, with a digest (see `sync`). A frame carrying the flag
+    /// takes the peer out. At most [`WHOLE_STATE_PEERS_MAX`].
+    whole_state_peers: parking_lot::Mutex<std::collections::HashSet<SocketAddr>>,
 }
 
-/// Most peers remembered as answering digest rounds (past it the record
-/// starts over: whole-state rounds until each peer says so again).
-const DIGEST_PEERS_MAX: usize = 65_536;
+/// Most peers remembered as not answering digest rounds (past it the
+/// record starts over: an older build then fails one more digest round).
+const WHOLE_STATE_PEERS_MAX: usize = 65_536;
 
 impl Inner {
     /// Notes whether the peer at `addr` answers digest rounds (from the
-    /// trailer of its last state or digest frame).
+    /// trailer of its last state, digest or bucket-list frame; `false`
+    /// also after a failed round with it).
     fn digest_seen(&self, addr: SocketAddr, digest: bool) {
-        let mut peers = self.digest_peers.lock();
-        if !digest {
-            peers.remove(&addr);
+        let mut peers = self.whole_state_peers.lock();
+        if digest {
+            if peers.remove(&addr) {
+                tracing::debug!(peer = %addr, "peer answers digest rounds");
+            }
             return;
         }
-        if peers.len() >= DIGEST_PEERS_MAX && !peers.contains(&addr) {
+        if peers.len() >= WHOLE_STATE_PEERS_MAX && !peers.contains(&addr) {
             peers.clear();
         }
         peers.insert(addr);
@@ -176,7 +184,7 @@ impl Inner {
 
     /// Whether rounds with the peer at `addr` open with a digest.
     fn speaks_digest(&self, addr: SocketAddr) -> bool {
-        self.digest_peers.lock().contains(&addr)
+        !self.whole_state_peers.lock().contains(&addr)
     }
 
     /// Notes the schema fingerprint a peer sent with its `SyncState` (none
@@ -436,7 +444,7 @@ impl Cluster {
             behind: Default::default(),
             stopped: watch::channel(false).0,
             schema_mismatches: Default::default(),
-            digest_peers: Default::default(),
+            whole_state_peers: Default::default(),
             view_pull: parking_lot::Mutex::new(ViewPull::new()),
             started: std::time::Instant::now(),
             views_given: Default::default(),

@@ -2,14 +2,18 @@
 //!
 //! A round is `corro_replication::round` (the same driver the simulation
 //! runs) over this module's [`QuicTransport`]/[`QuicRound`] (frames with
-//! the trailer: schema fingerprint, and the member view a joiner or a
-//! refreshing node asks for and the responder's first frame carries; input validated in
+//! the trailer: schema fingerprint, the member view a joiner or a
+//! refreshing node asks for and the responder's first frame carries, and
+//! the flag saying a node answers digest rounds; input validated in
 //! `frame::read_frame`) and
 //! [`NodeStore`] (served a change budget at a time, applied with metrics).
 //! Around it: the responder announces itself over SWIM to an initiator
 //! membership has never seen and pulls at once from an initiator that holds
 //! versions it lacks ([`pull_from`]); the initiator records how far behind
-//! the peer's heads it still is. [`run_rounds`] is the periodic loop: a few
+//! the peer's heads it still is. Rounds with a peer that said it answers
+//! them open with a digest (`corro_replication::digest`); the first with
+//! each peer, and the next after a failed one, with a whole state.
+//! [`run_rounds`] is the periodic loop: a few
 //! random members per round, jittered, backing off while nothing moves,
 //! back to back while catching up a long history.
 
@@ -162,9 +166,12 @@ pub(super) struct QuicRound {
     /// This node asked for the responder's view and has not had it yet
     /// (initiator side): a view nobody asked for is ignored.
     view_asked: bool,
-    /// The round opens with a digest (initiator side: the peer said it
-    /// answers them).
+    /// The round opens with a digest (initiator side: the peer is not
+    /// known not to answer them).
     digest: bool,
+    /// The peer this node dialed (initiator side): what it learns of the
+    /// peer's digest support is recorded under this address.
+    dialed: Option<SocketAddr>,
     /// This side has sent its first frame (the initiator asks for the
     /// member view in its first frame only).
     sent_first: bool,
@@ -193,7 +200,10 @@ impl RoundStream for QuicRound {
             None
         };
         let first = !std::mem::replace(&mut self.sent_first, true);
-        let sent = if matches!(msg, Message::SyncState(_) | Message::SyncDigest(_)) {
+        let sent = if matches!(
+            msg,
+            Message::SyncState(_) | Message::SyncDigest(_) | Message::SyncBuckets(_)
+        ) {
             // The initiator asks for the view while it wants one, in the
             // round's first frame (a digest round sends a state later too).
             let want = self.initiator && first && self.inner.ask_for_view();
@@ -219,11 +229,17 @@ impl RoundStream for QuicRound {
         let Some((env, trailer)) = read_frame(&mut self.recv).await? else {
             return Ok(None);
         };
-        if let Message::SyncState(_) | Message::SyncDigest(_) = &env.message {
+        if let Message::SyncState(_) | Message::SyncDigest(_) | Message::SyncBuckets(_) =
+            &env.message
+        {
             self.inner
                 .schema_seen(&env, trailer.as_ref().map(|t| t.schema));
-            self.inner
-                .digest_seen(env.addr, trailer.as_ref().is_some_and(|t| t.digest));
+            // The initiator records what it learns under the address it
+            // dialed (the one its next round uses).
+            self.inner.digest_seen(
+                self.dialed.unwrap_or(env.addr),
+                trailer.as_ref().is_some_and(|t| t.digest),
+            );
             if !self.initiator {
                 self.peer_wants_view |= trailer.as_ref().is_some_and(|t| t.want_view);
             }
@@ -273,19 +289,26 @@ impl Transport for QuicTransport {
             view_tries: 0,
             view_asked: false,
             digest: self.0.speaks_digest(peer),
+            dialed: Some(peer),
             sent_first: false,
         })
     }
 }
 
 /// Counts and logs a round refused because the peer sent versions beyond
-/// its own advertised heads (other failures are logged by the caller).
+/// its own advertised heads, or broke a digest round (a bucket past the
+/// count, a state about actors outside the round's buckets); other
+/// failures are logged by the caller.
 fn refused(e: &round::RoundError, peer: Option<SocketAddr>) {
-    if let round::RoundError::Session(SessionError::BeyondHeads { .. }) = e {
-        metrics::counter!("corro_peer_messages_refused_total", "class" => "beyond_heads")
-            .increment(1);
-        tracing::warn!(peer = ?peer, error = %e, class = "beyond_heads", "refusing a peer's sync round");
-    }
+    let class = match e {
+        round::RoundError::Session(SessionError::BeyondHeads { .. }) => "beyond_heads",
+        round::RoundError::Session(SessionError::Digest(_) | SessionError::OutsideBuckets(_)) => {
+            "sync_digest"
+        }
+        _ => return,
+    };
+    metrics::counter!("corro_peer_messages_refused_total", "class" => class).increment(1);
+    tracing::warn!(peer = ?peer, error = %e, class, "refusing a peer's sync round");
 }
 
 pub(super) fn state_of(inner: &Inner) -> SyncState {
@@ -311,6 +334,7 @@ pub(super) async fn respond_sync(
         view_tries: 0,
         view_asked: false,
         digest: false,
+        dialed: None,
         sent_first: false,
     };
     let Some(first) = stream.recv().await.map_err(|e| anyhow::anyhow!(e))? else {

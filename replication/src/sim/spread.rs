@@ -26,7 +26,9 @@
 //! (the buckets of the writers of every write one side holds and the other
 //! lacks), and only when some differ do both sides send their state for
 //! those buckets' actors (encoded), the writes following as before, one
-//! round trip later.
+//! round trip later. Each node's actor keeps one bucket for the whole run
+//! (agents draw a salt per round, which moves actors between buckets at
+//! random: the same distribution of bucket sizes and differing buckets).
 //!
 //! Membership is static and complete here (every node knows every other):
 //! [`super::SwimSim`] measures membership on its own.
@@ -210,7 +212,9 @@ pub fn state_frame_bytes(actors: usize, seed: u64) -> usize {
 /// `actors` actors.
 pub fn digest_frame_bytes(actors: usize, seed: u64) -> usize {
     let state = typical_state(actors, seed);
-    let digest = Digest::of(&state, buckets_for(actors));
+    // A salt is a random 64-bit number (9-10 bytes as a varint).
+    let salt = StdRng::seed_from_u64(seed ^ 0x5a17).random();
+    let digest = Digest::of(&state, buckets_for(actors), salt);
     crate::wire::encode(&envelope(Message::SyncDigest(digest))).map_or(0, |f| f.len())
 }
 
@@ -515,15 +519,15 @@ impl Sim {
                         );
                         continue;
                     }
+                    let actors: usize = differing
+                        .iter()
+                        .map(|b| self.bucket_actors[*b as usize] as usize)
+                        .sum();
+                    self.rounds[node as usize].part_actors = actors;
                     if window {
                         // The list back, then each side's state for those
                         // buckets (the responder's closes its answer, in
                         // `answer`).
-                        let actors: usize = differing
-                            .iter()
-                            .map(|b| self.bucket_actors[*b as usize] as usize)
-                            .sum();
-                        self.rounds[node as usize].part_actors = actors;
                         let part = self.part_frame(actors);
                         self.w_state_bytes +=
                             frame_bytes(Message::SyncBuckets(differing)) + part + 2 * WIRE_OVERHEAD;
@@ -681,7 +685,7 @@ pub fn simulate(cfg: SpreadConfig) -> SpreadReport {
     let buckets = buckets_for(n);
     let mut ids = StdRng::seed_from_u64(sim.cfg.seed ^ 0xac70);
     sim.bucket = (0..n)
-        .map(|_| bucket_of(&ActorId(ids.random()), buckets))
+        .map(|_| bucket_of(&ActorId(ids.random()), buckets, 0))
         .collect();
     sim.bucket_actors = vec![0; buckets as usize];
     for b in &sim.bucket {
