@@ -31,7 +31,7 @@ pub(super) async fn write_bytes(send: &mut quinn::SendStream, bytes: &[u8]) -> a
 }
 
 /// Sends a message with a trailer: this node's schema fingerprint (read
-/// from `SyncState` and `SyncDigest` only), whether it asks for the peer's
+/// from `SyncState`, `SyncDigest` and `SyncBuckets` only), whether it asks for the peer's
 /// member view, its own view when the peer asked (left out, with a debug
 /// line, if it would make the frame too large), and that it answers digest
 /// rounds. Returns whether the view went out.

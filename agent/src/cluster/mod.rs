@@ -148,15 +148,16 @@ struct Inner {
     members_taken: watch::Sender<Option<u64>>,
     /// The last copy of this node's member view given to a peer, and when.
     view_cache: parking_lot::Mutex<Option<(std::time::Instant, Vec<ViewEntry>)>>,
-    /// Peers whose last `SyncState` carried a schema fingerprint other than
+    /// Peers whose last state, digest or bucket-list frame carried a schema fingerprint other than
     /// ours: actor -> (address, their fingerprint).
     schema_mismatches: parking_lot::Mutex<std::collections::BTreeMap<ActorId, (SocketAddr, u64)>>,
     /// Peers (gossip addresses) that do not answer digest rounds, as far
     /// as this node knows: their last frame's trailer lacked the flag, or
     /// the last round with them failed (a build without digest rounds
     /// fails one). Rounds with them open with a whole state; with every
-    /// other peer, with a digest (see `sync`). A frame carrying the flag
-    /// takes the peer out. At most [`WHOLE_STATE_PEERS_MAX`].
+    /// other peer, with a digest (see `sync`). A frame carrying the flag,
+    /// in a round this node opened with the peer, takes the peer out. At
+    /// most [`WHOLE_STATE_PEERS_MAX`].
     whole_state_peers: parking_lot::Mutex<std::collections::HashSet<SocketAddr>>,
 }
 
@@ -187,7 +188,7 @@ impl Inner {
         !self.whole_state_peers.lock().contains(&addr)
     }
 
-    /// Notes the schema fingerprint a peer sent with its `SyncState` (none
+    /// Notes the schema fingerprint a peer sent with a state, digest or bucket-list frame (none
     /// from builds that predate it: treated as unknown, not a mismatch).
     fn schema_seen(&self, env: &Envelope, schema: Option<u64>) {
         let ours = self.store.schema_fingerprint();

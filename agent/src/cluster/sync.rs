@@ -10,9 +10,11 @@
 //! Around it: the responder announces itself over SWIM to an initiator
 //! membership has never seen and pulls at once from an initiator that holds
 //! versions it lacks ([`pull_from`]); the initiator records how far behind
-//! the peer's heads it still is. Rounds with a peer that said it answers
-//! them open with a digest (`corro_replication::digest`); the first with
-//! each peer, and the next after a failed one, with a whole state.
+//! the peer's heads it still is. Rounds open with a digest
+//! (`corro_replication::digest`), except with a peer known not to answer
+//! them (its frames lack the trailer's flag, or the last round with it
+//! failed): a whole state then, until a round's frames from it carry the
+//! flag.
 //! [`run_rounds`] is the periodic loop: a few
 //! random members per round, jittered, backing off while nothing moves,
 //! back to back while catching up a long history.
@@ -235,11 +237,16 @@ impl RoundStream for QuicRound {
             self.inner
                 .schema_seen(&env, trailer.as_ref().map(|t| t.schema));
             // The initiator records what it learns under the address it
-            // dialed (the one its next round uses).
-            self.inner.digest_seen(
-                self.dialed.unwrap_or(env.addr),
-                trailer.as_ref().is_some_and(|t| t.digest),
-            );
+            // dialed (the one its next round uses). A responder only notes
+            // an initiator that lacks the flag: the address is the
+            // sender's claim, and taking a mark off on it would let any
+            // peer point digest rounds at an older build.
+            let flag = trailer.as_ref().is_some_and(|t| t.digest);
+            match self.dialed {
+                Some(dialed) => self.inner.digest_seen(dialed, flag),
+                None if !flag => self.inner.digest_seen(env.addr, false),
+                None => {}
+            }
             if !self.initiator {
                 self.peer_wants_view |= trailer.as_ref().is_some_and(|t| t.want_view);
             }
