@@ -238,6 +238,79 @@ impl SyncState {
     }
 }
 
+/// Most peers remembered as not answering digest rounds (past it the
+/// record starts over: an older build then fails one more digest round).
+pub const WHOLE_STATE_PEERS_MAX: usize = 65_536;
+
+/// Which peers a node opens its rounds with by a whole state: those known
+/// not to answer digest rounds. A peer is marked when a frame of its
+/// lacks the trailer's `digest` flag, or when a round with it failed (an
+/// older build fails a digest round); the mark comes off when a frame
+/// with the flag arrives in a round this node opened with it (dialed by
+/// this node, so the address is not merely the sender's claim: a
+/// responder only ever adds marks). Bounded by [`WHOLE_STATE_PEERS_MAX`].
+#[derive(Debug, Clone)]
+pub struct WholeStatePeers<A> {
+    marked: std::collections::HashSet<A>,
+    max: usize,
+}
+
+impl<A: std::hash::Hash + Eq + Copy> Default for WholeStatePeers<A> {
+    fn default() -> Self {
+        Self::with_max(WHOLE_STATE_PEERS_MAX)
+    }
+}
+
+impl<A: std::hash::Hash + Eq + Copy> WholeStatePeers<A> {
+    /// At most `max` marks.
+    pub fn with_max(max: usize) -> Self {
+        WholeStatePeers {
+            marked: Default::default(),
+            max: max.max(1),
+        }
+    }
+
+    /// A state, digest or bucket-list frame from `peer`, with or without
+    /// the flag; `dialed`: in a round this node opened with `peer`.
+    /// Returns true when the peer's mark came off.
+    pub fn frame(&mut self, peer: A, flag: bool, dialed: bool) -> bool {
+        match (flag, dialed) {
+            (true, true) => self.marked.remove(&peer),
+            (true, false) => false,
+            (false, _) => {
+                self.mark(peer);
+                false
+            }
+        }
+    }
+
+    /// A round with `peer` failed.
+    pub fn failed(&mut self, peer: A) {
+        self.mark(peer);
+    }
+
+    fn mark(&mut self, peer: A) {
+        if self.marked.len() >= self.max && !self.marked.contains(&peer) {
+            self.marked.clear();
+        }
+        self.marked.insert(peer);
+    }
+
+    /// Whether a round with `peer` opens with a digest.
+    pub fn digest(&self, peer: &A) -> bool {
+        !self.marked.contains(peer)
+    }
+
+    /// Peers marked.
+    pub fn len(&self) -> usize {
+        self.marked.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.marked.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -358,5 +431,32 @@ mod tests {
         assert_eq!(buckets_for(10_000), 625);
         assert_eq!(buckets_for(usize::MAX), MAX_DIGEST_BUCKETS);
         assert_eq!(Digest::of(&state(5), 0, 0).buckets, 1);
+    }
+
+    #[test]
+    fn peers_known_not_to_answer_digests_get_whole_states_until_a_dialed_round_says_otherwise() {
+        let mut p = WholeStatePeers::with_max(3);
+        // Everyone is asked with a digest until shown otherwise.
+        assert!(p.digest(&1));
+        // An older build: its frames lack the flag, or a digest round
+        // with it fails.
+        p.frame(1, false, false);
+        p.failed(2);
+        assert!(!p.digest(&1) && !p.digest(&2));
+        // A responder never takes a mark off on the initiator's claimed
+        // address...
+        assert!(!p.frame(1, true, false));
+        assert!(!p.digest(&1));
+        // ...a round this node opened does (the peer was upgraded, or the
+        // failure was the network).
+        assert!(p.frame(1, true, true));
+        assert!(p.digest(&1));
+        // Bounded: past the limit the record starts over.
+        p.failed(3);
+        p.failed(4);
+        assert_eq!(p.len(), 3);
+        p.failed(5);
+        assert_eq!(p.len(), 1);
+        assert!(p.digest(&2) && !p.digest(&5));
     }
 }

@@ -71,6 +71,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use anyhow::Context;
+use corro_replication::digest::WholeStatePeers;
 use corro_replication::membership::{Identity, Membership, ViewEntry, ViewKind};
 use corro_replication::viewpull::{Take, ViewPull};
 use corro_replication::{
@@ -151,41 +152,30 @@ struct Inner {
     /// Peers whose last state, digest or bucket-list frame carried a schema fingerprint other than
     /// ours: actor -> (address, their fingerprint).
     schema_mismatches: parking_lot::Mutex<std::collections::BTreeMap<ActorId, (SocketAddr, u64)>>,
-    /// Peers (gossip addresses) that do not answer digest rounds, as far
-    /// as this node knows: their last frame's trailer lacked the flag, or
-    /// the last round with them failed (a build without digest rounds
-    /// fails one). Rounds with them open with a whole state; with every
-    /// other peer, with a digest (see `sync`). A frame carrying the flag,
-    /// in a round this node opened with the peer, takes the peer out. At
-    /// most [`WHOLE_STATE_PEERS_MAX`].
-    whole_state_peers: parking_lot::Mutex<std::collections::HashSet<SocketAddr>>,
+    /// Peers (gossip addresses) rounds open with a whole state with: known
+    /// not to answer digest rounds (see [`WholeStatePeers`]).
+    whole_state_peers: parking_lot::Mutex<WholeStatePeers<SocketAddr>>,
 }
 
-/// Most peers remembered as not answering digest rounds (past it the
-/// record starts over: an older build then fails one more digest round).
-const WHOLE_STATE_PEERS_MAX: usize = 65_536;
-
 impl Inner {
-    /// Notes whether the peer at `addr` answers digest rounds (from the
-    /// trailer of its last state, digest or bucket-list frame; `false`
-    /// also after a failed round with it).
-    fn digest_seen(&self, addr: SocketAddr, digest: bool) {
-        let mut peers = self.whole_state_peers.lock();
-        if digest {
-            if peers.remove(&addr) {
-                tracing::debug!(peer = %addr, "peer answers digest rounds");
-            }
-            return;
+    /// Notes a state, digest or bucket-list frame from the peer at `addr`
+    /// with or without the digest flag (`dialed`: in a round this node
+    /// opened with it).
+    fn digest_seen(&self, addr: SocketAddr, digest: bool, dialed: bool) {
+        if self.whole_state_peers.lock().frame(addr, digest, dialed) {
+            tracing::debug!(peer = %addr, "peer answers digest rounds");
         }
-        if peers.len() >= WHOLE_STATE_PEERS_MAX && !peers.contains(&addr) {
-            peers.clear();
-        }
-        peers.insert(addr);
+    }
+
+    /// A round with the peer at `addr` failed: the next opens with a whole
+    /// state (an older build fails digest rounds).
+    fn round_failed(&self, addr: SocketAddr) {
+        self.whole_state_peers.lock().failed(addr);
     }
 
     /// Whether rounds with the peer at `addr` open with a digest.
     fn speaks_digest(&self, addr: SocketAddr) -> bool {
-        !self.whole_state_peers.lock().contains(&addr)
+        self.whole_state_peers.lock().digest(&addr)
     }
 
     /// Notes the schema fingerprint a peer sent with a state, digest or bucket-list frame (none

@@ -243,9 +243,8 @@ impl RoundStream for QuicRound {
             // peer point digest rounds at an older build.
             let flag = trailer.as_ref().is_some_and(|t| t.digest);
             match self.dialed {
-                Some(dialed) => self.inner.digest_seen(dialed, flag),
-                None if !flag => self.inner.digest_seen(env.addr, false),
-                None => {}
+                Some(dialed) => self.inner.digest_seen(dialed, flag, true),
+                None => self.inner.digest_seen(env.addr, flag, false),
             }
             if !self.initiator {
                 self.peer_wants_view |= trailer.as_ref().is_some_and(|t| t.want_view);
@@ -417,7 +416,7 @@ pub(super) fn pull_from(inner: &Arc<Inner>, peer: SocketAddr) {
             Err(e) => {
                 tracing::debug!(peer = %peer, error = %e, "pull from a peer failed");
                 inner.peers.forget_connection(peer);
-                inner.digest_seen(peer, false);
+                inner.round_failed(peer);
             }
         }
     });
@@ -507,7 +506,7 @@ pub(super) async fn run_rounds(
                     sync.peers.forget_connection(peer);
                     // A peer rolled back to a build without digest rounds
                     // fails them: the next round opens with a whole state.
-                    sync.digest_seen(peer, false);
+                    sync.round_failed(peer);
                 }
             }
         }
