@@ -98,26 +98,30 @@ fn two_node_quick_start_replicates_both_ways() {
     );
 }
 
+/// Inserts one `todos` row per id, all with `title`, in one transaction.
+fn insert_rows(agent: &Agent, ids: impl Iterator<Item = String>, title: &str) {
+    let stmts: Vec<serde_json::Value> = ids
+        .map(|id| serde_json::json!(["INSERT INTO todos (id, title) VALUES (?, ?)", [id, title]]))
+        .collect();
+    let r = reqwest::blocking::Client::new()
+        .post(agent.url("/v1/transactions"))
+        .json(&stmts)
+        .send()
+        .unwrap();
+    assert!(r.status().is_success());
+}
+
 #[test]
 fn a_node_that_was_down_catches_up_through_sync() {
     let dir = tempfile::tempdir().unwrap();
     let a = Node::new(&dir.path().join("a"), "");
     let agent_a = a.start();
     // Writes before B exists: only anti-entropy can bring them over.
-    let stmts: Vec<serde_json::Value> = (0..500)
-        .map(|i| {
-            serde_json::json!([
-                "INSERT INTO todos (id, title) VALUES (?, ?)",
-                [format!("id-{i:04}"), "x".repeat(100)]
-            ])
-        })
-        .collect();
-    let r = reqwest::blocking::Client::new()
-        .post(agent_a.url("/v1/transactions"))
-        .json(&stmts)
-        .send()
-        .unwrap();
-    assert!(r.status().is_success());
+    insert_rows(
+        &agent_a,
+        (0..500).map(|i| format!("id-{i:04}")),
+        &"x".repeat(100),
+    );
     let b = Node::joining(&dir.path().join("b"), &agent_a);
     let agent_b = b.start();
     let want = rows(&a, &agent_a);
@@ -881,20 +885,7 @@ fn sync_rounds_open_with_a_digest_and_a_joiner_catches_up_through_them() {
     let a = Node::new(&dir.path().join("a"), "");
     a.enable_metrics();
     let agent_a = a.start();
-    let stmts: Vec<serde_json::Value> = (0..200)
-        .map(|i| {
-            serde_json::json!([
-                "INSERT INTO todos (id, title) VALUES (?, 'x')",
-                [format!("first-{i:03}")]
-            ])
-        })
-        .collect();
-    let r = reqwest::blocking::Client::new()
-        .post(agent_a.url("/v1/transactions"))
-        .json(&stmts)
-        .send()
-        .unwrap();
-    assert!(r.status().is_success());
+    insert_rows(&agent_a, (0..200).map(|i| format!("first-{i:03}")), "x");
     let want = rows(&a, &agent_a);
     let b = Node::joining(&dir.path().join("b"), &agent_a);
     b.enable_metrics();
