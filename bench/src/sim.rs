@@ -204,11 +204,12 @@ fn spread(a: &SimArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "frames: one write broadcast {} B, one sync state {} B ({} actors), its digest {} B, plus {} B per message below the frame; wall time {:.1?}",
+        "frames: one write broadcast {} B, one sync state {} B ({} actors), its digest {} B, a {} B trailer on each state, digest and bucket list, plus {} B per message below the frame; wall time {:.1?}",
         sizes.0,
         sizes.1,
         a.nodes,
         sizes.2,
+        corro_replication::sim::spread::trailer_bytes(a.seed),
         corro_replication::sim::spread::WIRE_OVERHEAD,
         wall.elapsed()
     );

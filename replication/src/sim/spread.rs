@@ -17,8 +17,10 @@
 //! one typical catalog row ([`typical_write`], a `consul_services` insert),
 //! a sync round opens with the encoded [`SyncState`] of a node that has
 //! heard from every node (one actor per agent: each writes its own rows),
-//! and each missing write comes back as that row's changeset; plus
-//! [`WIRE_OVERHEAD`] per message for the headers below the frame.
+//! and each missing write comes back as that row's changeset; plus the
+//! trailer agents put on state, digest and bucket-list frames
+//! ([`trailer_bytes`]), and [`WIRE_OVERHEAD`] per message for the headers
+//! below the frame.
 //!
 //! With [`SpreadConfig::digest`] (what agents do once a peer has said it
 //! answers digests) an exchange opens with the encoded [`Digest`] of such
@@ -218,6 +220,17 @@ pub fn digest_frame_bytes(actors: usize, seed: u64) -> usize {
     crate::wire::encode(&envelope(Message::SyncDigest(digest))).map_or(0, |f| f.len())
 }
 
+/// Encoded size of the trailer agents put on state, digest and bucket-list
+/// frames (a schema fingerprint, the flags; no member view).
+pub fn trailer_bytes(seed: u64) -> usize {
+    let trailer = crate::Trailer {
+        schema: StdRng::seed_from_u64(seed ^ 0x5c4e).random(),
+        digest: true,
+        ..Default::default()
+    };
+    postcard::to_stdvec(&trailer).map_or(0, |b| b.len())
+}
+
 fn frame_bytes(message: Message) -> u64 {
     crate::wire::encode(&envelope(message)).map_or(0, |f| f.len()) as u64
 }
@@ -304,6 +317,8 @@ struct Sim {
     bucket: Vec<u32>,
     bucket_actors: Vec<u32>,
     digest_frame: u64,
+    /// The trailer on every state, digest and bucket-list frame.
+    trailer: u64,
     part_frames: std::collections::HashMap<usize, u64>,
     done_frame: u64,
     /// Per write, the node that committed it (its actor).
@@ -404,7 +419,7 @@ impl Sim {
             } else {
                 self.state_frame
             };
-            self.w_state_bytes += opening + WIRE_OVERHEAD;
+            self.w_state_bytes += opening + self.trailer + WIRE_OVERHEAD;
         }
         if self.rng.random_bool(self.cfg.loss) {
             // The exchange fails; the round goes on with the next peer.
@@ -507,6 +522,7 @@ impl Sim {
                         // Nothing differs: the bucket list back, the end.
                         if window {
                             self.w_state_bytes += frame_bytes(Message::SyncBuckets(Vec::new()))
+                                + self.trailer
                                 + self.done_frame
                                 + 2 * WIRE_OVERHEAD;
                         }
@@ -529,8 +545,9 @@ impl Sim {
                         // buckets (the responder's closes its answer, in
                         // `answer`).
                         let part = self.part_frame(actors);
-                        self.w_state_bytes +=
-                            frame_bytes(Message::SyncBuckets(differing)) + part + 2 * WIRE_OVERHEAD;
+                        self.w_state_bytes += frame_bytes(Message::SyncBuckets(differing))
+                            + part
+                            + 2 * (self.trailer + WIRE_OVERHEAD);
                     }
                     let at = at + self.link();
                     self.push(at, Ev::ServePart { node });
@@ -583,7 +600,7 @@ impl Sim {
             } else {
                 self.state_frame
             };
-            self.w_state_bytes += closing + self.done_frame + 2 * WIRE_OVERHEAD;
+            self.w_state_bytes += closing + self.trailer + self.done_frame + 2 * WIRE_OVERHEAD;
         }
         let at = self.now + self.link();
         self.push(
@@ -674,6 +691,7 @@ pub fn simulate(cfg: SpreadConfig) -> SpreadReport {
         bucket: Vec::new(),
         bucket_actors: Vec::new(),
         digest_frame: digest_frame_bytes(n, cfg.seed) as u64,
+        trailer: trailer_bytes(cfg.seed) as u64,
         part_frames: Default::default(),
         done_frame: frame_bytes(Message::SyncDone),
         writer: commits.iter().map(|(_, node)| *node).collect(),
