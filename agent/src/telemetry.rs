@@ -97,6 +97,7 @@ pub(crate) const METRICS: &[Metric] = &[
     m("corro_gossip_connections_refused_total", Counter, &[], "incoming QUIC connections refused (TLS)"),
     m("corro_sync_rounds_total", Counter, &["opening"], "completed anti-entropy rounds (either side), by how they opened: digest or whole state"),
     m("corro_sync_pulls_total", Counter, &[], "pulls started outside the periodic rounds"),
+    m("corro_sync_whole_state_peers", Gauge, &[], "peers sync rounds open with a whole state: known not to answer digests, or their last round failed (bound 65,536)"),
     m("corro_sync_changesets_sent_total", Counter, &[], "changesets sent by sync rounds"),
     m("corro_sync_changesets_received_total", Counter, &[], "changesets received by sync rounds"),
     m("corro_sync_states_refused_total", Counter, &[], "sync states and digests refused by validation"),

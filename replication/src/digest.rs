@@ -198,10 +198,6 @@ impl Buckets {
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
     }
-
-    pub fn list(&self) -> &[u32] {
-        &self.list
-    }
 }
 
 impl SyncState {

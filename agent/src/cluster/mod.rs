@@ -162,15 +162,19 @@ impl Inner {
     /// with or without the digest flag (`dialed`: in a round this node
     /// opened with it).
     fn digest_seen(&self, addr: SocketAddr, digest: bool, dialed: bool) {
-        if self.whole_state_peers.lock().frame(addr, digest, dialed) {
+        let mut peers = self.whole_state_peers.lock();
+        if peers.frame(addr, digest, dialed) {
             tracing::debug!(peer = %addr, "peer answers digest rounds");
         }
+        metrics::gauge!("corro_sync_whole_state_peers").set(peers.len() as f64);
     }
 
     /// A round with the peer at `addr` failed: the next opens with a whole
     /// state (an older build fails digest rounds).
     fn round_failed(&self, addr: SocketAddr) {
-        self.whole_state_peers.lock().failed(addr);
+        let mut peers = self.whole_state_peers.lock();
+        peers.failed(addr);
+        metrics::gauge!("corro_sync_whole_state_peers").set(peers.len() as f64);
     }
 
     /// Whether rounds with the peer at `addr` open with a digest.
