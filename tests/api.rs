@@ -500,3 +500,130 @@ fn concurrent_transactions_commit_together_and_fail_alone() {
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
+
+/// The first cell of the first row of a `/v1/queries` answer.
+fn first_cell(body: &str) -> Value {
+    let row: Value = serde_json::from_str(body.lines().nth(1).unwrap()).unwrap();
+    row["row"][1][0].clone()
+}
+
+/// `POST /v1/queries` answers are kept until the next write: a repeated
+/// query is answered from the cache (counted in the metrics) with the same
+/// rows, a write ends every kept answer (readers never see a value older
+/// than the last acknowledged write, checked while writes and reads race),
+/// parameters are part of the key, and volatile statements are never kept.
+#[test]
+fn repeated_queries_are_answered_from_the_cache_until_the_next_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let node = Node::new(dir.path(), "");
+    let mut text = std::fs::read_to_string(&node.config).unwrap();
+    text.push_str("\n[telemetry]\nprometheus.addr = \"127.0.0.1:0\"\n");
+    std::fs::write(&node.config, text).unwrap();
+    let agent = node.start();
+    let line = agent
+        .saw("Starting Prometheus metrics on tcp/")
+        .expect("metrics listener line");
+    let metrics_addr = line.rsplit("tcp/").next().unwrap().trim().to_string();
+    let write = |sql: &str| {
+        let (status, body) = post(&agent, "/v1/transactions", &json!([sql]).to_string());
+        assert_eq!(status, 200, "{body}");
+    };
+    write("INSERT INTO todos (id, title) VALUES ('a', 'one'), ('b', 'bee')");
+
+    let by_id = r#"["SELECT title FROM todos WHERE id = ?", ["a"]]"#;
+    let first = post(&agent, "/v1/queries", by_id);
+    let second = post(&agent, "/v1/queries", by_id);
+    assert_eq!((first.0, second.0), (200, 200));
+    assert_eq!(first_cell(&first.1), "one");
+    // The same lines but the final eoq (its time is the request's own).
+    let rows = |b: &str| {
+        b.lines()
+            .filter(|l| !l.contains("\"eoq\""))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(rows(&first.1), rows(&second.1));
+    assert!(second.1.lines().last().unwrap().contains("\"eoq\""));
+    let other = post(
+        &agent,
+        "/v1/queries",
+        r#"["SELECT title FROM todos WHERE id = ?", ["b"]]"#,
+    );
+    assert_eq!(
+        first_cell(&other.1),
+        "bee",
+        "parameters are part of the key"
+    );
+
+    write("UPDATE todos SET title = 'two' WHERE id = 'a'");
+    assert_eq!(first_cell(&post(&agent, "/v1/queries", by_id).1), "two");
+
+    let randoms: std::collections::HashSet<String> = (0..5)
+        .map(|_| first_cell(&post(&agent, "/v1/queries", r#""SELECT random()""#).1).to_string())
+        .collect();
+    assert!(
+        randoms.len() > 1,
+        "random() answered from the cache: {randoms:?}"
+    );
+
+    // Writes and reads race: every answer holds at least the value of the
+    // last write acknowledged before the query was sent.
+    write("INSERT INTO todos (id, title) VALUES ('n', '0')");
+    let acked = std::sync::atomic::AtomicI64::new(0);
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let counter = r#""SELECT CAST(title AS INTEGER) FROM todos WHERE id = 'n'""#;
+    let queries = agent.url("/v1/queries");
+    std::thread::scope(|s| {
+        for _ in 0..3 {
+            s.spawn(|| {
+                let client = Client::new();
+                let mut reads = 0;
+                while !done.load(std::sync::atomic::Ordering::SeqCst) || reads < 10 {
+                    let floor = acked.load(std::sync::atomic::Ordering::SeqCst);
+                    let r = client
+                        .post(&queries)
+                        .header("content-type", "application/json")
+                        .body(counter)
+                        .send()
+                        .unwrap();
+                    assert_eq!(r.status().as_u16(), 200);
+                    let v = first_cell(&r.text().unwrap()).as_i64().unwrap();
+                    assert!(v >= floor, "read {v} after write {floor} was acknowledged");
+                    reads += 1;
+                }
+            });
+        }
+        for i in 1..=150 {
+            write(&format!("UPDATE todos SET title = '{i}' WHERE id = 'n'"));
+            acked.store(i, std::sync::atomic::Ordering::SeqCst);
+        }
+        done.store(true, std::sync::atomic::Ordering::SeqCst);
+    });
+    assert_eq!(first_cell(&post(&agent, "/v1/queries", counter).1), 150);
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let body = Client::new()
+            .get(format!("http://{metrics_addr}/metrics"))
+            .send()
+            .unwrap()
+            .text()
+            .unwrap();
+        let value = |name: &str| {
+            body.lines()
+                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        if value("corro_query_cache_hits_total ") >= 1.0
+            && value("corro_query_cache_entries ") >= 1.0
+            && value("corro_query_cache_bytes ") > 0.0
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "cache metrics missing:\n{body}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}

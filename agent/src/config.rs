@@ -406,6 +406,14 @@ pub(crate) struct ApiConfig {
     /// an idle keep-alive connection stays open (default 30).
     #[serde(default = "default_header_timeout")]
     pub header_timeout_secs: u64,
+    /// Bytes of `POST /v1/queries` answers kept until the next write
+    /// (default 16 MiB; 0 keeps none). Read at start.
+    #[serde(default = "default_query_cache")]
+    pub cache_max_bytes: u64,
+}
+
+fn default_query_cache() -> u64 {
+    16 << 20
 }
 
 fn default_max_conns_per_client() -> usize {
@@ -450,6 +458,7 @@ impl Default for ApiConfig {
             max_conns_per_client: default_max_conns_per_client(),
             max_conns: default_max_conns(),
             header_timeout_secs: default_header_timeout(),
+            cache_max_bytes: default_query_cache(),
         }
     }
 }

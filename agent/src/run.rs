@@ -326,7 +326,11 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
     raise_fd_limit();
     let _lock = lock_db(&config.db.path)?;
     let db = config.db.path.clone();
-    let store = tokio::task::spawn_blocking(move || Store::open(&db, StoreOptions::default()))
+    let opts = StoreOptions {
+        answer_cache_bytes: config.api.cache_max_bytes,
+        ..StoreOptions::default()
+    };
+    let store = tokio::task::spawn_blocking(move || Store::open(&db, opts))
         .await?
         .with_context(|| format!("opening {}", config.db.path.display()))?;
     tracing::info!("Actor ID: {}", store.actor_id());

@@ -77,6 +77,11 @@ pub(crate) const METRICS: &[Metric] = &[
     m("corro_store_read_pool_in_use", Gauge, &[], "read connections lent out"),
     m("corro_store_read_pool_waits_total", Counter, &[], "reads that found every connection busy and waited"),
     m("corro_store_read_pool_waited_seconds", Gauge, &[], "time reads spent waiting for a connection, since start"),
+    m("corro_query_cache_bytes", Gauge, &[], "bytes held by the POST /v1/queries answer cache"),
+    m("corro_query_cache_entries", Gauge, &[], "answers held by the POST /v1/queries answer cache (current or stale)"),
+    m("corro_query_cache_hits_total", Counter, &[], "queries answered from the cache"),
+    m("corro_query_cache_misses_total", Counter, &[], "queries that found no answer read since the last write"),
+    m("corro_query_cache_evictions_total", Counter, &[], "answers evicted to stay within api.cache_max_bytes"),
     m("corro_store_missing_versions", Gauge, &[], "versions of other actors known to exist and not held yet"),
     // Replication
     m("corro_replication_lag_seconds", Histogram, &["via"], "origin commit to merge here, per version, by path (broadcast or sync; sync includes catch-up of old history)"),
@@ -280,6 +285,12 @@ pub(crate) fn sample(store: Store, cluster: Cluster, stop: CancellationToken) {
             metrics::counter!("corro_store_read_pool_waits_total").absolute(p.waits);
             metrics::gauge!("corro_store_read_pool_waited_seconds")
                 .set(p.waited_nanos as f64 / 1e9);
+            let a = store.answer_stats();
+            metrics::gauge!("corro_query_cache_bytes").set(a.bytes as f64);
+            metrics::gauge!("corro_query_cache_entries").set(a.entries as f64);
+            metrics::counter!("corro_query_cache_hits_total").absolute(a.hits);
+            metrics::counter!("corro_query_cache_misses_total").absolute(a.misses);
+            metrics::counter!("corro_query_cache_evictions_total").absolute(a.evictions);
             let h = cluster.sync_health();
             metrics::gauge!("corro_sync_behind_versions").set(h.behind as f64);
             metrics::gauge!("corro_sync_last_round_age_seconds")

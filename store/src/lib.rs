@@ -14,7 +14,9 @@
 //!   versions that arrive in pieces until they are complete;
 //! - [`Store::changes_for`] serves stored versions to peers (anti-entropy),
 //!   reporting versions whose changes were all overwritten as cleared;
-//! - [`Store::books`] exposes per-actor bookkeeping ([`ActorBooks`]).
+//! - [`Store::books`] exposes per-actor bookkeeping ([`ActorBooks`]);
+//! - [`Store::kept_answer`] serves client query answers read since the last
+//!   write ([`Store::data_generation`], `answers.rs`).
 //!
 //! There is one writer (two connections behind one lock: one that captures
 //! local writes, one with triggers disabled for remote changes) and a pool of
@@ -23,6 +25,7 @@
 //! their own modules and are tested without SQLite.
 
 mod actor;
+mod answers;
 mod apply;
 mod backup;
 mod bookkeeping;
@@ -45,6 +48,7 @@ mod write;
 mod writer;
 
 pub use actor::ActorId;
+pub use answers::AnswerStats;
 pub use apply::ApplyOutcome;
 pub use backup::{RestoreOptions, restore};
 pub use bookkeeping::{ActorBooks, Partial, PieceOutcome};
@@ -53,7 +57,7 @@ pub use corro_schema::{Schema, SchemaDiff};
 pub use error::StoreError;
 pub use feed::{ChangeListener, CommitListener, RowChanged, RowsChanged};
 pub use group::{GroupLead, GroupStats, MAX_GROUP};
-pub use pool::{ReadConn, ReadPoolStats, UserStatement};
+pub use pool::{CACHED_SQL_MAX, ReadConn, ReadPoolStats, UserStatement, VOLATILE_FUNCTIONS};
 pub use space::MIN_FREE;
 pub use store::{Store, StoreOptions};
 pub use txn::CachedTx;

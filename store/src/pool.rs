@@ -9,6 +9,11 @@
 //! assignments and any write (the connection is read-only anyway), so a
 //! client cannot leave a pooled connection in a changed state. The store's own
 //! reads prepare normally.
+//!
+//! The same authorizer notes whether a client statement's answer depends on
+//! anything but the database's content ([`ReadConn::is_pure`]): a call of
+//! one of [`VOLATILE_FUNCTIONS`] or any pragma makes it volatile, and its
+//! answers are never cached.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,9 +38,56 @@ const INFO_PRAGMAS: &[&str] = &[
     "quick_check",
 ];
 
+/// SQLite's built-in functions whose result may differ between two runs over
+/// the same database: random values, the connection's own counters, and the
+/// date and time functions (which read the clock for `'now'` or no argument;
+/// all their forms are counted, as the authorizer does not see arguments).
+/// The reader connections register no functions of their own, so every
+/// other function a query can call is deterministic. Pragmas, in either
+/// form (`PRAGMA x` or the table-valued `pragma_x`), and `sqlite_stmt` are
+/// volatile too.
+pub const VOLATILE_FUNCTIONS: &[&str] = &[
+    "random",
+    "randomblob",
+    "changes",
+    "total_changes",
+    "last_insert_rowid",
+    "date",
+    "time",
+    "datetime",
+    "julianday",
+    "unixepoch",
+    "strftime",
+    "timediff",
+    "current_date",
+    "current_time",
+    "current_timestamp",
+    "sqlite_offset",
+];
+
+fn starts_with_ignore_case(s: &str, prefix: &str) -> bool {
+    s.len() >= prefix.len() && s.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+/// Purity verdicts kept per connection; the map is emptied when full.
+const VERDICTS_MAX: usize = 1024;
+
+/// Client statements longer than this are neither kept in the statement
+/// cache nor judged pure (so their answers are never cached): what a
+/// connection keeps per client statement stays bounded in bytes.
+pub const CACHED_SQL_MAX: usize = 4096;
+
 struct Pooled {
     conn: Connection,
     user_mode: Arc<AtomicBool>,
+    /// Set by the authorizer, in user mode, when the statement being
+    /// prepared calls a volatile function or reads a pragma.
+    volatile: Arc<AtomicBool>,
+    /// Set by the authorizer on any call in user mode: the statement was
+    /// prepared (not taken from the statement cache).
+    authorized: Arc<AtomicBool>,
+    /// Client statement text → pure.
+    verdicts: std::cell::RefCell<std::collections::HashMap<Box<str>, bool>>,
     /// When the current query must stop: nanoseconds after [`epoch`], 0
     /// for none. The connection's progress handler, installed once, reads
     /// it ([`ReadConn::set_deadline`]).
@@ -83,10 +135,33 @@ impl ReadPool {
         let mut pooled = Vec::with_capacity(conns.len());
         for mut conn in conns {
             let user_mode = Arc::new(AtomicBool::new(false));
+            let volatile = Arc::new(AtomicBool::new(false));
+            let authorized = Arc::new(AtomicBool::new(false));
             let flag = user_mode.clone();
+            let (seen_volatile, seen) = (volatile.clone(), authorized.clone());
             conn.authorizer(Some(move |ctx: AuthContext<'_>| {
                 if !flag.load(Ordering::Relaxed) {
                     return Authorization::Allow;
+                }
+                seen.store(true, Ordering::Relaxed);
+                match ctx.action {
+                    AuthAction::Function { function_name }
+                        if VOLATILE_FUNCTIONS
+                            .iter()
+                            .any(|f| f.eq_ignore_ascii_case(function_name)) =>
+                    {
+                        seen_volatile.store(true, Ordering::Relaxed);
+                    }
+                    AuthAction::Pragma { .. } => seen_volatile.store(true, Ordering::Relaxed),
+                    // Pragmas as table-valued functions, and the list of
+                    // this connection's own statements.
+                    AuthAction::Read { table_name, .. }
+                        if starts_with_ignore_case(table_name, "pragma_")
+                            || table_name.eq_ignore_ascii_case("sqlite_stmt") =>
+                    {
+                        seen_volatile.store(true, Ordering::Relaxed)
+                    }
+                    _ => {}
                 }
                 match ctx.action {
                     AuthAction::Read { .. } | AuthAction::Select | AuthAction::Recursive => {
@@ -121,6 +196,9 @@ impl ReadPool {
             pooled.push(Pooled {
                 conn,
                 user_mode,
+                volatile,
+                authorized,
+                verdicts: Default::default(),
                 deadline,
             });
         }
@@ -190,18 +268,31 @@ impl ReadConn<'_> {
     /// client rules, and the tag keeps client text from ever matching one
     /// of the store's own cached statements (prepared under the internal
     /// rules, which allow `__corro` objects). Errors are reported for the
-    /// text as the client sent it.
+    /// text as the client sent it. Statements over [`CACHED_SQL_MAX`] bytes
+    /// are prepared every time.
     pub fn prepare_user(&self, sql: &str) -> Result<UserStatement<'_>, StoreError> {
         let p = self.pooled();
         p.user_mode.store(true, Ordering::Relaxed);
-        let mut tagged = String::with_capacity(CLIENT_TAG.len() + sql.len());
-        tagged.push_str(CLIENT_TAG);
-        tagged.push_str(sql);
-        let stmt = match p.conn.prepare_cached(&tagged) {
-            Ok(s) => Ok(UserStatement::Cached(s)),
-            // Prepared again untagged, so the error (and any offset in it)
-            // is about the client's own text.
-            Err(_) => p.conn.prepare(sql).map(UserStatement::Fresh),
+        p.volatile.store(false, Ordering::Relaxed);
+        p.authorized.store(false, Ordering::Relaxed);
+        let stmt = if sql.len() > CACHED_SQL_MAX {
+            p.conn.prepare(sql).map(UserStatement::Fresh)
+        } else {
+            let mut tagged = String::with_capacity(CLIENT_TAG.len() + sql.len());
+            tagged.push_str(CLIENT_TAG);
+            tagged.push_str(sql);
+            match p.conn.prepare_cached(&tagged) {
+                Ok(s) => {
+                    if p.authorized.load(Ordering::Relaxed) {
+                        // Prepared just now: the authorizer saw every call.
+                        p.remember(sql, !p.volatile.load(Ordering::Relaxed));
+                    }
+                    Ok(UserStatement::Cached(s))
+                }
+                // Prepared again untagged, so the error (and any offset in
+                // it) is about the client's own text.
+                Err(_) => p.conn.prepare(sql).map(UserStatement::Fresh),
+            }
         };
         p.user_mode.store(false, Ordering::Relaxed);
         let stmt = stmt.map_err(|e| {
@@ -220,6 +311,40 @@ impl ReadConn<'_> {
             ));
         }
         Ok(stmt)
+    }
+
+    /// Whether the answers of the client statement `sql` depend only on
+    /// the database's content (no volatile function, no pragma; see
+    /// [`VOLATILE_FUNCTIONS`]). Known from [`ReadConn::prepare_user`] when
+    /// it prepared `sql`; otherwise `sql` is prepared once more, uncached,
+    /// to find out. `false` when it does not prepare.
+    pub fn is_pure(&self, sql: &str) -> bool {
+        let p = self.pooled();
+        if sql.len() > CACHED_SQL_MAX {
+            return false;
+        }
+        if let Some(v) = p.verdicts.borrow().get(sql) {
+            return *v;
+        }
+        p.user_mode.store(true, Ordering::Relaxed);
+        p.volatile.store(false, Ordering::Relaxed);
+        let prepared = p.conn.prepare(sql).is_ok();
+        p.user_mode.store(false, Ordering::Relaxed);
+        let pure = prepared && !p.volatile.load(Ordering::Relaxed);
+        if prepared {
+            p.remember(sql, pure);
+        }
+        pure
+    }
+}
+
+impl Pooled {
+    fn remember(&self, sql: &str, pure: bool) {
+        let mut v = self.verdicts.borrow_mut();
+        if v.len() >= VERDICTS_MAX {
+            v.clear();
+        }
+        v.insert(sql.into(), pure);
     }
 }
 

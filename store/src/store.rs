@@ -32,6 +32,9 @@ pub struct StoreOptions {
     pub readers: usize,
     /// How long a connection waits for a lock before failing.
     pub busy_timeout: std::time::Duration,
+    /// Bytes of client query answers kept until the data changes
+    /// ([`Store::kept_answer`]); 0 keeps none.
+    pub answer_cache_bytes: u64,
 }
 
 impl Default for StoreOptions {
@@ -39,6 +42,7 @@ impl Default for StoreOptions {
         StoreOptions {
             readers: 4,
             busy_timeout: std::time::Duration::from_secs(5),
+            answer_cache_bytes: 0,
         }
     }
 }
@@ -68,6 +72,8 @@ pub(crate) struct Inner {
     pub space: crate::space::Space,
     /// Transactions waiting to be committed together ([`Store::transact_grouped`]).
     pub group: crate::group::GroupQueue,
+    /// Client query answers, while the data is unchanged.
+    pub answers: Option<crate::answers::AnswerCache>,
 }
 
 pub(crate) struct Writer {
@@ -193,6 +199,7 @@ impl Store {
                     mode,
                 }),
                 readers,
+                answers: crate::answers::AnswerCache::new(opts.answer_cache_bytes),
                 catalog: RwLock::new(Arc::new(catalog)),
                 books: RwLock::new(books),
                 listeners: RwLock::new(Vec::new()),
@@ -287,6 +294,49 @@ impl Store {
     /// A read-only connection if one is idle right now (never waits).
     pub fn try_reader(&self) -> Option<ReadConn<'_>> {
         self.inner.readers.try_get()
+    }
+
+    /// The data generation: odd while a writer holds the database, a new
+    /// even number after each hold. Read it before a read whose answer may
+    /// be kept ([`Store::keep_answer`]).
+    pub fn data_generation(&self) -> u64 {
+        self.inner.writer.generation()
+    }
+
+    /// The answer kept for `key`, if it was read at the current data
+    /// generation (nothing was written since). Always `None` when answers
+    /// are not kept (`answer_cache_bytes` = 0).
+    pub fn kept_answer(&self, key: &[u8]) -> Option<bytes::Bytes> {
+        let answers = self.inner.answers.as_ref()?;
+        answers.get(key, self.data_generation())
+    }
+
+    /// Keeps `answer` for `key`, read by a query that started at data
+    /// generation `generation` and has finished (its read transaction
+    /// ended); kept only if the generation was even and has not moved
+    /// since, and only for pure statements (the caller asks
+    /// [`ReadConn::is_pure`]).
+    pub fn keep_answer(&self, key: bytes::Bytes, generation: u64, answer: bytes::Bytes) {
+        let Some(answers) = self.inner.answers.as_ref() else {
+            return;
+        };
+        if generation.is_multiple_of(2) && self.data_generation() == generation {
+            answers.put(key, generation, answer);
+        }
+    }
+
+    /// Whether answers are kept at all.
+    pub fn keeps_answers(&self) -> bool {
+        self.inner.answers.is_some()
+    }
+
+    /// What the answer cache holds and did (zeros when answers are not kept).
+    pub fn answer_stats(&self) -> crate::AnswerStats {
+        self.inner
+            .answers
+            .as_ref()
+            .map(|a| a.stats())
+            .unwrap_or_default()
     }
 
     /// Snapshot of the bookkeeping of every actor this node knows a version of.

@@ -6,7 +6,14 @@
 //! running, but never longer than [`MAX_REMOTE_WAIT`], so a steady stream of
 //! local writes cannot starve replication. Neither side waits for more than
 //! one transaction of the other once it is at the front.
+//!
+//! The lock also keeps the store's data generation ([`WriterLock::generation`]):
+//! odd while anyone holds the writer, moved to the next even number when they
+//! let go. A reader that saw the same even generation before and after a
+//! query read the database as it still is (answers cached on that are
+//! exact; `answers.rs`).
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -29,6 +36,7 @@ pub(crate) struct WriterLock {
     writer: Mutex<Writer>,
     gate: Mutex<WriterStats>,
     turn: Condvar,
+    generation: AtomicU64,
 }
 
 /// Exclusive access to the writer; lets the next one in on drop.
@@ -44,6 +52,7 @@ impl WriterLock {
             writer: Mutex::new(writer),
             gate: Mutex::new(WriterStats::default()),
             turn: Condvar::new(),
+            generation: AtomicU64::new(0),
         }
     }
 
@@ -51,7 +60,7 @@ impl WriterLock {
     pub(crate) fn local(&self) -> WriterGuard<'_> {
         self.gate.lock().local_active += 1;
         WriterGuard {
-            guard: Some(self.writer.lock()),
+            guard: Some(self.acquire()),
             lock: self,
             local: true,
         }
@@ -68,10 +77,25 @@ impl WriterLock {
             gate.remote_waiting -= 1;
         }
         WriterGuard {
-            guard: Some(self.writer.lock()),
+            guard: Some(self.acquire()),
             lock: self,
             local: false,
         }
+    }
+
+    /// Takes the writer and makes the generation odd: from here until the
+    /// guard drops, a commit may land.
+    fn acquire(&self) -> MutexGuard<'_, Writer> {
+        let w = self.writer.lock();
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        w
+    }
+
+    /// The data generation: even while nobody holds the writer, and
+    /// different after every hold. Two equal even readings bracket a time in
+    /// which no transaction committed.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
     }
 
     pub(crate) fn stats(&self) -> WriterStats {
@@ -90,6 +114,9 @@ impl std::ops::Deref for WriterGuard<'_> {
 
 impl Drop for WriterGuard<'_> {
     fn drop(&mut self) {
+        // Whatever the holder committed is visible now: even again, and
+        // past every answer read before.
+        self.lock.generation.fetch_add(1, Ordering::SeqCst);
         drop(self.guard.take());
         if self.local {
             self.lock.gate.lock().local_active -= 1;

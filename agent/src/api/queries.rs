@@ -9,6 +9,13 @@
 //! (progress handler), so a runaway query stops using CPU. Rows flow through
 //! a bounded channel once the answer passes 64 KiB (smaller answers go out
 //! in one piece): a slow reader slows the query instead of growing memory.
+//!
+//! Answers that went out in one piece are kept by the store, keyed by the
+//! request body, until the next write (`api.cache_max_bytes`;
+//! `corro_store::Store::kept_answer`): the same request again is answered
+//! without SQLite, with the rows it would read. Statements that call a
+//! volatile function (`random()`, the clock) or read a pragma are never
+//! kept.
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +27,7 @@ use corro_client::{QueryEvent, Statement};
 use corro_store::StoreError;
 use serde::Deserialize;
 
-use super::{ApiState, error, read_json, store_error, values};
+use super::{ApiState, error, parse_json, read_body, store_error, values};
 
 #[derive(Debug, Deserialize)]
 pub(crate) struct QueryParams {
@@ -52,7 +59,8 @@ pub(crate) async fn handle(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    let statement: Statement = match read_json(&st, &headers, body).await {
+    let started = Instant::now();
+    let request = match read_body(&st, &headers, body).await {
         Ok(v) => v,
         Err(r) => return r,
     };
@@ -71,7 +79,21 @@ pub(crate) async fn handle(
         }
         None => st.limits.query_timeout,
     };
-    if let Some(answer) = quick(&st, &statement, timeout) {
+    if let Some(answer) = st.store.kept_answer(&request) {
+        return ndjson(Body::from(finish(&answer, started)));
+    }
+    // Taken before the query reads: the answer is kept only if no write
+    // began in between (`Store::keep_answer`).
+    let generation = st.store.data_generation();
+    let statement: Statement = match parse_json(&request) {
+        Ok(v) => v,
+        Err(r) => return r,
+    };
+    let keep = Keep {
+        key: request,
+        generation,
+    };
+    if let Some(answer) = quick(&st, &statement, timeout, &keep) {
         return answer;
     }
     let (start_tx, start_rx) = tokio::sync::oneshot::channel::<Start>();
@@ -161,14 +183,20 @@ pub(crate) async fn handle(
                 }
             };
         }
+        let eoq = QueryEvent::EndOfQuery {
+            time,
+            change_id: None,
+        };
         if ok {
-            emit(&QueryEvent::EndOfQuery {
-                time,
-                change_id: None,
-            });
+            emit(&eoq);
         }
         match start_tx.take() {
             Some(s) => {
+                drop(rows);
+                if ok {
+                    let answer_len = buf.len().saturating_sub(line(&eoq).len());
+                    keep.offer(&store, &conn, statement.sql(), &buf[..answer_len]);
+                }
                 let _ = s.send(Start::Full(buf));
             }
             None if !buf.is_empty() => {
@@ -211,7 +239,7 @@ const INLINE_BUDGET: Duration = Duration::from_micros(500);
 /// switches per request, which dominate short primary-key reads. `None` means
 /// "not answered": the caller runs it on a blocking thread from the start,
 /// which is safe because queries are read-only.
-fn quick(st: &ApiState, statement: &Statement, timeout: Duration) -> Option<Response> {
+fn quick(st: &ApiState, statement: &Statement, timeout: Duration, keep: &Keep) -> Option<Response> {
     let conn = st.store.try_reader()?;
     conn.set_deadline(Instant::now() + INLINE_BUDGET.min(timeout));
     let started = Instant::now();
@@ -248,11 +276,52 @@ fn quick(st: &ApiState, statement: &Statement, timeout: Duration) -> Option<Resp
             return None;
         }
     }
+    drop(rows);
+    keep.offer(&st.store, &conn, statement.sql(), &buf);
     buf.extend_from_slice(&line(&QueryEvent::EndOfQuery {
         time: time.unwrap_or_default(),
         change_id: None,
     }));
     Some(ndjson(Body::from(buf)))
+}
+
+/// Where an answer would be kept: the request body it answers, and the
+/// data generation taken before the query read anything.
+struct Keep {
+    key: bytes::Bytes,
+    generation: u64,
+}
+
+impl Keep {
+    /// Offers `answer` (every line but the final `eoq`) to the store's
+    /// answer cache, if the statement is pure.
+    fn offer(
+        &self,
+        store: &corro_store::Store,
+        conn: &corro_store::ReadConn<'_>,
+        sql: &str,
+        answer: &[u8],
+    ) {
+        if store.keeps_answers() && conn.is_pure(sql) {
+            store.keep_answer(
+                self.key.clone(),
+                self.generation,
+                bytes::Bytes::copy_from_slice(answer),
+            );
+        }
+    }
+}
+
+/// A kept answer followed by its `eoq` line (the time is this request's).
+fn finish(answer: &[u8], started: Instant) -> Vec<u8> {
+    let eoq = line(&QueryEvent::EndOfQuery {
+        time: started.elapsed().as_secs_f64(),
+        change_id: None,
+    });
+    let mut body = Vec::with_capacity(answer.len() + eoq.len());
+    body.extend_from_slice(answer);
+    body.extend_from_slice(&eoq);
+    body
 }
 
 fn ndjson(body: Body) -> Response {

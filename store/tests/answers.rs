@@ -1,0 +1,166 @@
+//! Kept client answers: the data generation that makes them exact, what
+//! ends them (local writes, remote changes, group commits), and which
+//! statements count as pure.
+
+#![allow(clippy::unwrap_used, reason = "test code")]
+
+use std::path::Path;
+
+use bytes::Bytes;
+use corro_store::{CACHED_SQL_MAX, Store, StoreOptions};
+
+const TODOS: &str = "CREATE TABLE todos (id BLOB NOT NULL PRIMARY KEY, title TEXT NOT NULL DEFAULT '', completed_at INTEGER);";
+
+fn open(dir: &Path, name: &str, cache: u64) -> Store {
+    let s = Store::open(
+        dir.join(name),
+        StoreOptions {
+            readers: 2,
+            answer_cache_bytes: cache,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let schema = dir.join(format!("{name}.sql"));
+    std::fs::write(&schema, TODOS).unwrap();
+    s.apply_schema_paths(&[schema]).unwrap();
+    s
+}
+
+fn insert(s: &Store, id: &str, title: &str) {
+    s.transact(|tx| {
+        tx.execute(
+            "INSERT INTO todos (id, title) VALUES (?, ?) ON CONFLICT (id) DO UPDATE SET title = excluded.title",
+            &[id.into(), title.into()],
+        )
+    })
+    .unwrap();
+}
+
+/// Keeps `answer` for `key` the way the API does: generation first, then
+/// the read, then the offer.
+fn read_and_keep(s: &Store, key: &'static [u8], answer: &'static [u8]) {
+    let g = s.data_generation();
+    assert_eq!(g % 2, 0, "nobody holds the writer");
+    s.keep_answer(Bytes::from_static(key), g, Bytes::from_static(answer));
+}
+
+#[test]
+fn answers_are_kept_until_the_next_local_or_remote_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), "a.db", 1 << 20);
+    let b = open(dir.path(), "b.db", 0);
+    insert(&a, "x", "one");
+
+    read_and_keep(&a, b"q", b"one");
+    assert_eq!(a.kept_answer(b"q").as_deref(), Some(&b"one"[..]));
+    assert_eq!(a.kept_answer(b"q").as_deref(), Some(&b"one"[..]));
+
+    insert(&a, "x", "two");
+    assert_eq!(a.kept_answer(b"q"), None, "a local write ends it");
+
+    read_and_keep(&a, b"q", b"two");
+    assert!(a.kept_answer(b"q").is_some());
+    insert(&b, "y", "from b");
+    a.apply(b.changes_for(b.actor_id(), 1..=b.head()).unwrap())
+        .unwrap();
+    assert_eq!(a.kept_answer(b"q"), None, "a remote change ends it");
+
+    read_and_keep(&a, b"q", b"three");
+    a.transact_grouped(|tx| tx.execute("UPDATE todos SET title = 'grouped' WHERE id = 'x'", &[]))
+        .unwrap();
+    assert_eq!(a.kept_answer(b"q"), None, "a group commit ends it");
+
+    let stats = a.answer_stats();
+    assert_eq!(stats.hits, 3);
+    assert!(stats.bytes > 0 && stats.bytes <= stats.max_bytes);
+
+    assert!(!b.keeps_answers());
+    read_and_keep(&b, b"q", b"nothing");
+    assert_eq!(b.kept_answer(b"q"), None, "0 bytes keeps nothing");
+}
+
+#[test]
+fn an_answer_read_across_a_write_is_not_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), "a.db", 1 << 20);
+    let before = a.data_generation();
+    insert(&a, "x", "one");
+    a.keep_answer(Bytes::from_static(b"q"), before, Bytes::from_static(b"old"));
+    assert_eq!(a.kept_answer(b"q"), None);
+
+    // Read while a writer holds the database: odd, never kept.
+    let (a2, key) = (a.clone(), Bytes::from_static(b"q"));
+    a.transact(move |tx| {
+        let during = a2.data_generation();
+        assert_eq!(during % 2, 1, "odd while the writer is held");
+        a2.keep_answer(key, during, Bytes::from_static(b"mid-write"));
+        tx.execute("UPDATE todos SET title = 'two'", &[])
+    })
+    .unwrap();
+    assert_eq!(a.kept_answer(b"q"), None);
+    assert_ne!(a.data_generation(), before);
+    assert_eq!(a.data_generation() % 2, 0);
+}
+
+#[test]
+fn only_statements_whose_answers_depend_on_the_data_alone_are_pure() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), "a.db", 1 << 20);
+    insert(&a, "x", "one");
+    let r = a.reader();
+    let volatile = [
+        "SELECT random()",
+        "SELECT abs(random()) % 10 FROM todos",
+        "SELECT randomblob(4)",
+        "SELECT datetime('now')",
+        "SELECT CURRENT_TIMESTAMP",
+        "SELECT current_date, title FROM todos",
+        "SELECT strftime('%s', 'now')",
+        "SELECT unixepoch()",
+        "SELECT julianday('2024-01-01')",
+        "SELECT changes()",
+        "SELECT total_changes()",
+        "SELECT last_insert_rowid()",
+        "PRAGMA table_info(todos)",
+        "SELECT name FROM pragma_table_info('todos')",
+        "SELECT title FROM todos WHERE completed_at < unixepoch()",
+    ];
+    let pure = [
+        "SELECT title FROM todos WHERE id = ?",
+        "SELECT upper(title), length(title), json_object('t', title) FROM todos",
+        "SELECT count(*), group_concat(title) FROM todos",
+        "SELECT title, row_number() OVER (ORDER BY id) FROM todos",
+        "SELECT value FROM json_each('[1,2,3]')",
+        "SELECT 1",
+    ];
+    // Asked first (prepared just to judge), then again after prepare_user
+    // (remembered from the authorizer): the same verdict both ways.
+    for sql in volatile {
+        assert!(!r.is_pure(sql), "{sql} must not be pure");
+        r.prepare_user(sql).unwrap();
+        assert!(!r.is_pure(sql), "{sql} must not be pure");
+    }
+    for sql in pure {
+        r.prepare_user(sql).unwrap();
+        assert!(r.is_pure(sql), "{sql} is pure");
+    }
+    // Judged on the other connection without a prepare_user first.
+    drop(r);
+    let (r1, r2) = (a.reader(), a.reader());
+    for sql in pure {
+        assert!(r1.is_pure(sql) && r2.is_pure(sql), "{sql}");
+    }
+    for sql in volatile {
+        assert!(!r1.is_pure(sql) && !r2.is_pure(sql), "{sql}");
+    }
+    assert!(
+        !r1.is_pure("SELECT nonsense FROM nowhere"),
+        "does not prepare"
+    );
+    let long = format!("SELECT '{}'", "x".repeat(CACHED_SQL_MAX));
+    assert!(!r1.is_pure(&long), "over CACHED_SQL_MAX: never kept");
+    let mut stmt = r1.prepare_user(&long).unwrap();
+    let v: String = stmt.query_row([], |row| row.get(0)).unwrap();
+    assert_eq!(v.len(), CACHED_SQL_MAX);
+}
