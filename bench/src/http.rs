@@ -50,16 +50,24 @@ const READ_SQL: &str = "SELECT id, title, completed_at FROM todos WHERE id = ?";
 const UPSERT_SQL: &str = "INSERT INTO todos (id, title, completed_at) VALUES (?, ?, ?) ON CONFLICT (id) DO UPDATE SET title = excluded.title, completed_at = excluded.completed_at";
 
 fn seeded(dir: &Path, rows: u64) -> anyhow::Result<(Node, corro_testkit::Agent)> {
-    let node = Node::new(&dir.join("agent"), "max_statements = 100000\n");
+    seeded_with(&dir.join("agent"), rows, "")
+}
+
+fn seeded_with(dir: &Path, rows: u64, api: &str) -> anyhow::Result<(Node, corro_testkit::Agent)> {
+    let node = Node::new(dir, &format!("max_statements = 100000\n{api}"));
     node.enable_metrics();
     let agent = node.start();
     agent.bulk_load(rows);
     Ok((node, agent))
 }
 
+/// Two agents (answers kept: the default; and `api.cache_max_bytes = 0`,
+/// every query read from SQLite) against nginx, one after another in each
+/// round, so each ratio has a baseline from the same minutes.
 fn reads(dir: &Path, a: HttpArgs) -> anyhow::Result<()> {
     let conns = a.connections.unwrap_or(32);
     let (_node, agent) = seeded(dir, a.rows)?;
+    let (_plain_node, plain) = seeded_with(&dir.join("uncached"), a.rows, "cache_max_bytes = 0\n")?;
     let script = dir.join("read.lua");
     std::fs::write(
         &script,
@@ -80,30 +88,51 @@ fn reads(dir: &Path, a: HttpArgs) -> anyhow::Result<()> {
         String::from_utf8_lossy(&body)
     );
     let (nginx, nginx_url) = crate::consul::nginx_fixed(dir, &body)?;
+    let nginx_lua = dir.join("nginx.lua");
+    std::fs::write(
+        &nginx_lua,
+        "request = function() return wrk.format(\"GET\", \"/body.json\") end\n",
+    )?;
     eprintln!(
-        "{} rows; answer {} bytes; wrk -t2 -c{conns} -d{}s, alternating with nginx (2 workers)",
+        "{} rows, a random one per request; answer {} bytes; wrk -t2 -c{conns} -d{}s; each round: answers kept (warm after round 0), every query read from SQLite (api.cache_max_bytes = 0), nginx (2 workers)",
         a.rows,
         body.len(),
         a.seconds
     );
-    let measured = crate::consul::alternate(
-        dir,
-        &agent.url(""),
-        &script,
-        &nginx_url,
-        a.rounds,
-        a.seconds,
-        conns,
-    );
+    let measured = (|| -> anyhow::Result<_> {
+        let (mut kept, mut read, mut fixed) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..a.rounds {
+            let k = crate::consul::wrk(&agent.url(""), &script, a.seconds, conns)?;
+            let r = crate::consul::wrk(&plain.url(""), &script, a.seconds, conns)?;
+            let n = crate::consul::wrk(&nginx_url, &nginx_lua, a.seconds, conns)?;
+            eprintln!(
+                "round {round}: kept {:.0} req/s p99 {:.2} ms | read {:.0} req/s p99 {:.2} ms | nginx {:.0} req/s p99 {:.2} ms",
+                k.0, k.1, r.0, r.1, n.0, n.1
+            );
+            kept.push(k);
+            read.push(r);
+            fixed.push(n);
+        }
+        Ok((kept, read, fixed))
+    })();
     crate::consul::stop_nginx(nginx);
-    let (o, t) = measured?;
+    let (k, r, t) = measured?;
+    // The agent samples its cache counters every second.
+    std::thread::sleep(Duration::from_millis(1100));
+    let hits = agent.counter("corro_query_cache_hits_total");
+    let misses = agent.counter("corro_query_cache_misses_total");
+    let nginx_rate = crate::consul::mean(&t);
     println!(
-        "http reads: corrosion {:.0} req/s (p99 {:.2} ms), nginx {:.0} req/s (p99 {:.2} ms): {:.2}x nginx",
-        crate::consul::mean(&o),
-        crate::consul::max_p99(&o),
-        crate::consul::mean(&t),
+        "http reads: answers kept {:.0} req/s (p99 {:.2} ms, {:.0} % hits): {:.2}x nginx; read from SQLite {:.0} req/s (p99 {:.2} ms): {:.2}x nginx; nginx {:.0} req/s (p99 {:.2} ms)",
+        crate::consul::mean(&k),
+        crate::consul::max_p99(&k),
+        100.0 * hits / (hits + misses).max(1.0),
+        crate::consul::mean(&k) / nginx_rate,
+        crate::consul::mean(&r),
+        crate::consul::max_p99(&r),
+        crate::consul::mean(&r) / nginx_rate,
+        nginx_rate,
         crate::consul::max_p99(&t),
-        crate::consul::mean(&o) / crate::consul::mean(&t)
     );
     Ok(())
 }
