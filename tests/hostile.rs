@@ -11,6 +11,9 @@
 //!   used to overflow a worker's stack and abort the agent);
 //! - thousands of distinct filters over a large catalog (the answer cache
 //!   used to keep every one: 30 MiB to 4.4 GiB);
+//! - thousands of distinct `POST /v1/queries` bodies, each on a fresh
+//!   connection (kept answers used to pin each connection's whole read
+//!   buffer under a key weighed at a few bytes);
 //! - random DNS names, types and EDNS sizes;
 //! - half-open, slow-loris and over-the-limit connections.
 
@@ -194,6 +197,48 @@ fn distinct_filters_do_not_grow_memory_and_hot_answers_stay_cached() {
     }
     assert!(agent.counter("corro_consul_cache_hits_total") >= hits + 2.0);
     intact(&agent, 400);
+}
+
+#[test]
+fn distinct_queries_on_fresh_connections_keep_the_answer_cache_within_its_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_node, agent) = loaded(dir.path(), 20, "cache_max_bytes = 1048576\n");
+    let url = agent.url("/v1/queries");
+    let at_rest = agent.rss_kb();
+    std::thread::scope(|s| {
+        for t in 0..4 {
+            let url = &url;
+            s.spawn(move || {
+                // No idle connections kept: every request opens its own.
+                let c = reqwest::blocking::Client::builder()
+                    .pool_max_idle_per_host(0)
+                    .build()
+                    .unwrap();
+                for i in (t..12_000).step_by(4) {
+                    let r = c
+                        .post(url)
+                        .header("content-type", "application/json")
+                        .body(format!(r#"["SELECT ?", [{i}]]"#))
+                        .send()
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                    assert!(r.text().unwrap().contains(&format!("[{i}]")));
+                }
+            });
+        }
+    });
+    // 12,000 answers of ~180 bytes fill the 1 MiB budget twice over;
+    // each pinning an 8 KiB read buffer, the kept ones would hold ~60 MiB.
+    assert_rss(&agent, at_rest, 24, "distinct queries");
+    common::await_some(Duration::from_secs(10), "cache metrics", || {
+        let held = agent.gauge("corro_query_cache_bytes");
+        let evicted = agent.counter("corro_query_cache_evictions_total");
+        println!("cache: {held} bytes held, {evicted} evicted");
+        (held > 0.0 && evicted > 0.0).then_some(held)
+    });
+    let held = agent.gauge("corro_query_cache_bytes");
+    assert!(held <= (1 << 20) as f64, "cache holds {held} bytes");
+    intact(&agent, 20);
 }
 
 const ROUTES: [&str; 13] = [

@@ -8,10 +8,10 @@
 #![allow(clippy::print_stdout, reason = "command output")]
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use corro_client::{Client, Statement, Value};
-use corro_store::{RestoreOptions, Store, StoreOptions};
+use corro_store::RestoreOptions;
 
 use crate::admin::{self, AdminRequest};
 
@@ -105,16 +105,10 @@ pub(crate) async fn members(admin_path: &Path, json: bool) -> anyhow::Result<()>
     Ok(())
 }
 
-pub(crate) fn backup(db: &Path, dest: &PathBuf) -> anyhow::Result<()> {
-    let store = Store::open(
-        db,
-        StoreOptions {
-            readers: 1,
-            ..Default::default()
-        },
-    )
-    .map_err(|e| anyhow::anyhow!("opening {}: {e}", db.display()))?;
-    store.backup(dest)?;
+pub(crate) fn backup(db: &Path, dest: &Path) -> anyhow::Result<()> {
+    // Read-only: an agent may be running on this database.
+    corro_store::backup(db, dest)
+        .map_err(|e| anyhow::anyhow!("backing up {}: {e}", db.display()))?;
     tracing::info!(target: "corrosion", "backup written to {}", dest.display());
     Ok(())
 }

@@ -80,8 +80,8 @@ pub(crate) const METRICS: &[Metric] = &[
     m("corro_query_cache_bytes", Gauge, &[], "bytes held by the POST /v1/queries answer cache"),
     m("corro_query_cache_entries", Gauge, &[], "answers held by the POST /v1/queries answer cache (current or stale)"),
     m("corro_query_cache_hits_total", Counter, &[], "queries answered from the cache"),
-    m("corro_query_cache_misses_total", Counter, &[], "queries that found no answer read since the last write"),
-    m("corro_query_cache_evictions_total", Counter, &[], "answers evicted to stay within api.cache_max_bytes"),
+    m("corro_query_cache_misses_total", Counter, &[], "request bodies that found no answer read since the last write"),
+    m("corro_query_cache_evictions_total", Counter, &[], "answers evicted to stay within api.cache_max_bytes (replacements not counted)"),
     m("corro_store_missing_versions", Gauge, &[], "versions of other actors known to exist and not held yet"),
     // Replication
     m("corro_replication_lag_seconds", Histogram, &["via"], "origin commit to merge here, per version, by path (broadcast or sync; sync includes catch-up of old history)"),

@@ -14,12 +14,11 @@
 //! Only answers of pure statements are kept ([`crate::ReadConn::is_pure`]:
 //! no `random()`, no clock, no pragma). The cache is bounded in bytes (keys,
 //! answers and a per-entry overhead; answers over an eighth of the budget
-//! are not kept) and scan resistant: a new entry enters a small
-//! probationary part and is promoted only when asked for again, so a client
-//! sending one-off queries cannot push out the answers others keep asking
-//! for.
+//! are not kept) and, once full, scan resistant: a new entry then enters a
+//! small probationary part and is promoted only when asked for again, so a
+//! client sending one-off queries cannot push out the answers others keep
+//! asking for.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
@@ -36,24 +35,28 @@ impl quick_cache::Weighter<Bytes, (u64, Bytes)> for Weigh {
     }
 }
 
+/// Collects the keys an insert pushed out (quick_cache also reports the
+/// value an insert replaces under the same key, which is no eviction).
 #[derive(Clone, Default)]
-struct CountEvictions(Arc<AtomicU64>);
+struct Pushed;
 
-impl quick_cache::Lifecycle<Bytes, (u64, Bytes)> for CountEvictions {
-    type RequestState = ();
-    fn begin_request(&self) -> Self::RequestState {}
-    fn on_evict(&self, _: &mut (), _: Bytes, _: (u64, Bytes)) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+impl quick_cache::Lifecycle<Bytes, (u64, Bytes)> for Pushed {
+    type RequestState = Vec<Bytes>;
+    fn begin_request(&self) -> Self::RequestState {
+        Vec::new()
+    }
+    fn on_evict(&self, pushed: &mut Vec<Bytes>, key: Bytes, _: (u64, Bytes)) {
+        pushed.push(key);
     }
 }
 
-type Inner = quick_cache::sync::Cache<
-    Bytes,
-    (u64, Bytes),
-    Weigh,
-    quick_cache::DefaultHashBuilder,
-    CountEvictions,
->;
+type Inner =
+    quick_cache::sync::Cache<Bytes, (u64, Bytes), Weigh, quick_cache::DefaultHashBuilder, Pushed>;
+
+/// Shards of the cache: a few, so two readers rarely wait on one lock,
+/// and each shard (which refuses entries over 90 % of its part of the
+/// budget) still takes the largest answer kept, an eighth of the budget.
+const SHARDS: usize = 4;
 
 /// What the answer cache holds and did (for metrics).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -78,7 +81,7 @@ pub(crate) struct AnswerCache {
     max_answer: usize,
     hits: AtomicU64,
     misses: AtomicU64,
-    evictions: Arc<AtomicU64>,
+    evictions: AtomicU64,
 }
 
 impl AnswerCache {
@@ -87,17 +90,16 @@ impl AnswerCache {
         if max_bytes == 0 {
             return None;
         }
-        let evictions = CountEvictions::default();
-        let counter = evictions.0.clone();
         let items = (max_bytes / 512).clamp(16, 1 << 20) as usize;
         let options = quick_cache::OptionsBuilder::new()
             .estimated_items_capacity(items)
             .weight_capacity(max_bytes)
             .hot_allocation(0.9)
+            .shards(SHARDS)
             .build();
         let inner = match options {
-            Ok(o) => Inner::with_options(o, Weigh, Default::default(), evictions),
-            Err(_) => Inner::with(items, max_bytes, Weigh, Default::default(), evictions),
+            Ok(o) => Inner::with_options(o, Weigh, Default::default(), Pushed),
+            Err(_) => Inner::with(items, max_bytes, Weigh, Default::default(), Pushed),
         };
         Some(AnswerCache {
             inner,
@@ -105,7 +107,7 @@ impl AnswerCache {
             max_answer: (max_bytes / 8) as usize,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
-            evictions: counter,
+            evictions: AtomicU64::new(0),
         })
     }
 
@@ -129,7 +131,11 @@ impl AnswerCache {
         if key.len() + answer.len() > self.max_answer {
             return;
         }
-        self.inner.insert(key, (generation, answer));
+        let pushed = self
+            .inner
+            .insert_with_lifecycle(key.clone(), (generation, answer));
+        let evicted = pushed.iter().filter(|k| **k != key).count();
+        self.evictions.fetch_add(evicted as u64, Ordering::Relaxed);
     }
 
     pub(crate) fn stats(&self) -> AnswerStats {
@@ -174,6 +180,13 @@ mod tests {
         let s = c.stats();
         assert!(s.bytes <= max, "{} bytes held, bound {max}", s.bytes);
         assert!(s.evictions > 0);
+        // Keeping a key again (a newer read) replaces it: no eviction.
+        let small = AnswerCache::new(max).expect("enabled");
+        for g in 0..100 {
+            small.put(Bytes::from_static(b"q"), 2 * g, Bytes::from_static(b"a"));
+        }
+        assert_eq!(small.stats().evictions, 0);
+        assert_eq!(small.stats().entries, 1);
         c.put(
             Bytes::from_static(b"big"),
             2,

@@ -26,27 +26,40 @@ impl Store {
     /// Writes a consistent copy of the database to `dest` without this node's
     /// actor id. `dest` must not exist.
     pub fn backup(&self, dest: impl AsRef<Path>) -> Result<(), StoreError> {
-        let dest = dest.as_ref();
-        if dest.exists() {
-            return Err(StoreError::Backup(format!(
-                "{} already exists",
-                dest.display()
-            )));
-        }
-        let dest_str = dest
-            .to_str()
-            .ok_or_else(|| StoreError::Backup(format!("{} is not valid UTF-8", dest.display())))?;
-        {
-            let r = self.reader();
-            r.execute("VACUUM INTO ?1", [dest_str])?;
-        }
-        let copy = Connection::open(dest)?;
-        let tx = copy.unchecked_transaction()?;
-        crate::store::retire_identity(&tx)?;
-        tx.commit()?;
-        tracing::info!(dest = %dest.display(), "backup written");
-        Ok(())
+        copy_without_identity(&self.reader(), dest.as_ref())
     }
+}
+
+/// [`Store::backup`] of the database at `db` through one read-only
+/// connection: what `corrosion backup` runs, possibly beside a running agent.
+/// Nothing is written to `db` (opening a [`Store`] would set up its writer
+/// and could rewrite its identity).
+pub fn backup(db: &Path, dest: &Path) -> Result<(), StoreError> {
+    let conn = Connection::open_with_flags(
+        db,
+        OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    copy_without_identity(&conn, dest)
+}
+
+fn copy_without_identity(conn: &Connection, dest: &Path) -> Result<(), StoreError> {
+    if dest.exists() {
+        return Err(StoreError::Backup(format!(
+            "{} already exists",
+            dest.display()
+        )));
+    }
+    let dest_str = dest
+        .to_str()
+        .ok_or_else(|| StoreError::Backup(format!("{} is not valid UTF-8", dest.display())))?;
+    conn.execute("VACUUM INTO ?1", [dest_str])?;
+    let copy = Connection::open(dest)?;
+    let tx = copy.unchecked_transaction()?;
+    crate::store::retire_identity(&tx)?;
+    tx.commit()?;
+    tracing::info!(dest = %dest.display(), "backup written");
+    Ok(())
 }
 
 /// Replaces the database at `db_path` with the backup at `backup`.

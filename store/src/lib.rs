@@ -50,7 +50,7 @@ mod writer;
 pub use actor::ActorId;
 pub use answers::AnswerStats;
 pub use apply::ApplyOutcome;
-pub use backup::{RestoreOptions, restore};
+pub use backup::{RestoreOptions, backup, restore};
 pub use bookkeeping::{ActorBooks, Partial, PieceOutcome};
 pub use change::{CHUNK_BYTES, Change, Changeset, chunk_version};
 pub use corro_schema::{Schema, SchemaDiff};

@@ -86,8 +86,9 @@ struct Pooled {
     /// Set by the authorizer on any call in user mode: the statement was
     /// prepared (not taken from the statement cache).
     authorized: Arc<AtomicBool>,
-    /// Client statement text → pure.
+    /// Client statement text → pure, as of schema epoch `verdicts_epoch`.
     verdicts: std::cell::RefCell<std::collections::HashMap<Box<str>, bool>>,
+    verdicts_epoch: std::cell::Cell<u64>,
     /// When the current query must stop: nanoseconds after [`epoch`], 0
     /// for none. The connection's progress handler, installed once, reads
     /// it ([`ReadConn::set_deadline`]).
@@ -109,6 +110,8 @@ pub(crate) struct ReadPool {
     size: usize,
     waits: AtomicU64,
     waited_nanos: AtomicU64,
+    /// Moved by every schema change: purity verdicts from before are void.
+    schema_epoch: AtomicU64,
 }
 
 /// How busy the read pool is (for metrics).
@@ -199,6 +202,7 @@ impl ReadPool {
                 volatile,
                 authorized,
                 verdicts: Default::default(),
+                verdicts_epoch: Default::default(),
                 deadline,
             });
         }
@@ -208,6 +212,7 @@ impl ReadPool {
             ready: Condvar::new(),
             waits: AtomicU64::new(0),
             waited_nanos: AtomicU64::new(0),
+            schema_epoch: AtomicU64::new(0),
         })
     }
 
@@ -237,6 +242,12 @@ impl ReadPool {
             waiting_since.get_or_insert_with(Instant::now);
             self.ready.wait(&mut idle);
         }
+    }
+
+    /// Voids every connection's purity verdicts (the schema changed: a
+    /// view may now call something else).
+    pub(crate) fn schema_changed(&self) {
+        self.schema_epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     pub(crate) fn stats(&self) -> ReadPoolStats {
@@ -285,7 +296,7 @@ impl ReadConn<'_> {
                 Ok(s) => {
                     if p.authorized.load(Ordering::Relaxed) {
                         // Prepared just now: the authorizer saw every call.
-                        p.remember(sql, !p.volatile.load(Ordering::Relaxed));
+                        self.remember(sql, !p.volatile.load(Ordering::Relaxed));
                     }
                     Ok(UserStatement::Cached(s))
                 }
@@ -323,6 +334,7 @@ impl ReadConn<'_> {
         if sql.len() > CACHED_SQL_MAX {
             return false;
         }
+        self.current_verdicts();
         if let Some(v) = p.verdicts.borrow().get(sql) {
             return *v;
         }
@@ -332,15 +344,24 @@ impl ReadConn<'_> {
         p.user_mode.store(false, Ordering::Relaxed);
         let pure = prepared && !p.volatile.load(Ordering::Relaxed);
         if prepared {
-            p.remember(sql, pure);
+            self.remember(sql, pure);
         }
         pure
     }
-}
 
-impl Pooled {
+    /// Empties the verdicts if the schema changed since they were made.
+    fn current_verdicts(&self) {
+        let p = self.pooled();
+        let epoch = self.pool.schema_epoch.load(Ordering::SeqCst);
+        if p.verdicts_epoch.get() != epoch {
+            p.verdicts.borrow_mut().clear();
+            p.verdicts_epoch.set(epoch);
+        }
+    }
+
     fn remember(&self, sql: &str, pure: bool) {
-        let mut v = self.verdicts.borrow_mut();
+        self.current_verdicts();
+        let mut v = self.pooled().verdicts.borrow_mut();
         if v.len() >= VERDICTS_MAX {
             v.clear();
         }

@@ -160,7 +160,7 @@ impl Store {
         let mode = Arc::new(AtomicU8::new(Mode::Internal as u8));
         install_authorizer(&mut local, mode.clone(), capture.clone()).map_err(open_err)?;
 
-        let apply = Connection::open(&path).map_err(open_err)?;
+        let mut apply = Connection::open(&path).map_err(open_err)?;
         pragmas(&apply, opts.busy_timeout).map_err(open_err)?;
         apply
             .set_db_config(DbConfig::SQLITE_DBCONFIG_ENABLE_TRIGGER, false)
@@ -187,17 +187,25 @@ impl Store {
         let books = load_books(&local, self_idx)?;
         tracing::info!(actor_id = %actor, path = %path.display(), tables = catalog.tables.len(), "store opened");
         let space = crate::space::Space::new(&path);
+        // From here on every write goes through the writer lock, whose data
+        // generation learns from these hooks whether anything committed.
+        let committed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        crate::writer::commit_flag(&mut local, &committed).map_err(open_err)?;
+        crate::writer::commit_flag(&mut apply, &committed).map_err(open_err)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 path,
                 actor,
                 self_idx,
-                writer: WriterLock::new(Writer {
-                    local,
-                    apply,
-                    capture,
-                    mode,
-                }),
+                writer: WriterLock::new(
+                    Writer {
+                        local,
+                        apply,
+                        capture,
+                        mode,
+                    },
+                    committed,
+                ),
                 readers,
                 answers: crate::answers::AnswerCache::new(opts.answer_cache_bytes),
                 catalog: RwLock::new(Arc::new(catalog)),
@@ -428,6 +436,8 @@ impl Store {
         if diff.is_empty() {
             return Ok(diff);
         }
+        // Statements judged pure before may read what changes now.
+        self.inner.readers.schema_changed();
         let tx = conn.unchecked_transaction()?;
         let ctx = |table: &str, e: rusqlite::Error| {
             StoreError::Schema(corro_schema::SchemaError::Table {

@@ -8,12 +8,14 @@
 //! one transaction of the other once it is at the front.
 //!
 //! The lock also keeps the store's data generation ([`WriterLock::generation`]):
-//! odd while anyone holds the writer, moved to the next even number when they
-//! let go. A reader that saw the same even generation before and after a
-//! query read the database as it still is (answers cached on that are
-//! exact; `answers.rs`).
+//! odd while anyone holds the writer; when they let go, the next even number
+//! if a transaction committed meanwhile (the writer connections' commit
+//! hooks say so), or back to the even number it was otherwise. A reader that
+//! saw the same even generation before and after a query read the database
+//! as it still is (answers cached on that are exact; `answers.rs`).
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex, MutexGuard};
@@ -37,6 +39,8 @@ pub(crate) struct WriterLock {
     gate: Mutex<WriterStats>,
     turn: Condvar,
     generation: AtomicU64,
+    /// Set by the writer connections' commit hooks.
+    committed: Arc<AtomicBool>,
 }
 
 /// Exclusive access to the writer; lets the next one in on drop.
@@ -47,8 +51,11 @@ pub(crate) struct WriterGuard<'a> {
 }
 
 impl WriterLock {
-    pub(crate) fn new(writer: Writer) -> Self {
+    /// `committed` must be set by a commit hook on every connection of
+    /// `writer` (see [`commit_flag`]).
+    pub(crate) fn new(writer: Writer, committed: Arc<AtomicBool>) -> Self {
         WriterLock {
+            committed,
             writer: Mutex::new(writer),
             gate: Mutex::new(WriterStats::default()),
             turn: Condvar::new(),
@@ -87,6 +94,7 @@ impl WriterLock {
     /// guard drops, a commit may land.
     fn acquire(&self) -> MutexGuard<'_, Writer> {
         let w = self.writer.lock();
+        self.committed.store(false, Ordering::SeqCst);
         self.generation.fetch_add(1, Ordering::SeqCst);
         w
     }
@@ -103,6 +111,19 @@ impl WriterLock {
     }
 }
 
+/// Installs a commit hook on `conn` that raises `flag` (before each commit of
+/// a write transaction, DDL included; read-only transactions do not commit).
+pub(crate) fn commit_flag(
+    conn: &mut rusqlite::Connection,
+    flag: &Arc<AtomicBool>,
+) -> rusqlite::Result<()> {
+    let flag = flag.clone();
+    conn.commit_hook(Some(move || {
+        flag.store(true, Ordering::SeqCst);
+        false // let the commit go on
+    }))
+}
+
 impl std::ops::Deref for WriterGuard<'_> {
     type Target = Writer;
     fn deref(&self) -> &Writer {
@@ -114,9 +135,14 @@ impl std::ops::Deref for WriterGuard<'_> {
 
 impl Drop for WriterGuard<'_> {
     fn drop(&mut self) {
-        // Whatever the holder committed is visible now: even again, and
-        // past every answer read before.
-        self.lock.generation.fetch_add(1, Ordering::SeqCst);
+        // Whatever the holder committed is visible now: even again, and past
+        // every answer read before; back where it was if nothing committed
+        // (the hook runs before each commit, so a failed commit counts too).
+        if self.lock.committed.load(Ordering::SeqCst) {
+            self.lock.generation.fetch_add(1, Ordering::SeqCst);
+        } else {
+            self.lock.generation.fetch_sub(1, Ordering::SeqCst);
+        }
         drop(self.guard.take());
         if self.local {
             self.lock.gate.lock().local_active -= 1;

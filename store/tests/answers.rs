@@ -81,6 +81,28 @@ fn answers_are_kept_until_the_next_local_or_remote_write() {
 }
 
 #[test]
+fn holding_the_writer_without_committing_keeps_answers() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), "a.db", 1 << 20);
+    insert(&a, "x", "one");
+    let g = a.data_generation();
+    read_and_keep(&a, b"q", b"one");
+    // The writer is taken and only read through: nothing commits, the
+    // generation goes back and the answer stays.
+    let n: i64 = a
+        .local_write(|c| c.query_row("SELECT count(*) FROM todos", [], |r| r.get(0)))
+        .unwrap();
+    assert_eq!(n, 1);
+    assert_eq!(a.data_generation(), g);
+    assert_eq!(a.kept_answer(b"q").as_deref(), Some(&b"one"[..]));
+    // A transaction that changes no row still commits: counted as a write.
+    a.transact(|tx| tx.execute("UPDATE todos SET title = 'z' WHERE id = 'none'", &[]))
+        .unwrap();
+    assert_ne!(a.data_generation(), g);
+    assert_eq!(a.kept_answer(b"q"), None);
+}
+
+#[test]
 fn an_answer_read_across_a_write_is_not_kept() {
     let dir = tempfile::tempdir().unwrap();
     let a = open(dir.path(), "a.db", 1 << 20);

@@ -294,7 +294,11 @@ struct Keep {
 
 impl Keep {
     /// Offers `answer` (every line but the final `eoq`) to the store's
-    /// answer cache, if the statement is pure.
+    /// answer cache: only when nothing was written since the query began
+    /// (checked first, before any copying), the connection read in its own
+    /// transaction (not one a failed rollback left open, with an older
+    /// snapshot), and the statement is pure. The key is copied: the request
+    /// body may be a slice of the connection's whole read buffer.
     fn offer(
         &self,
         store: &corro_store::Store,
@@ -302,9 +306,13 @@ impl Keep {
         sql: &str,
         answer: &[u8],
     ) {
-        if store.keeps_answers() && conn.is_pure(sql) {
+        if store.keeps_answers()
+            && store.data_generation() == self.generation
+            && conn.is_autocommit()
+            && conn.is_pure(sql)
+        {
             store.keep_answer(
-                self.key.clone(),
+                bytes::Bytes::copy_from_slice(&self.key),
                 self.generation,
                 bytes::Bytes::copy_from_slice(answer),
             );
@@ -312,7 +320,8 @@ impl Keep {
     }
 }
 
-/// A kept answer followed by its `eoq` line (the time is this request's).
+/// A kept answer followed by its `eoq` line (the time is this request's,
+/// reading its body included).
 fn finish(answer: &[u8], started: Instant) -> Vec<u8> {
     let eoq = line(&QueryEvent::EndOfQuery {
         time: started.elapsed().as_secs_f64(),
