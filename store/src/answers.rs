@@ -3,15 +3,15 @@
 //! An answer (a client read's encoded result, keyed by the request that
 //! asked for it) is kept with the data generation it was read at
 //! ([`crate::Store::data_generation`]: odd while a writer holds the
-//! database, a new even number after every hold) and served only while
-//! that generation is current. The reader takes the generation before its
+//! database, a new even number after every hold that committed) and served
+//! only while that generation is current. The reader takes the generation before its
 //! read and the store keeps the answer only if the generation was even
 //! then and has not moved since, so a kept answer is exactly what reading
 //! again would give: no transaction committed in between. Any write ends
 //! every kept answer; nothing has to find and evict them, stale entries are
 //! simply never served and age out.
 //!
-//! Only answers of pure statements are kept ([`crate::ReadConn::is_pure`]:
+//! Only answers of pure statements are kept ([`crate::ReadConn::is_pure_as_run`]:
 //! no `random()`, no clock, no pragma). The cache is bounded in bytes (keys,
 //! answers and a per-entry overhead; answers over an eighth of the budget
 //! are not kept) and, once full, scan resistant: a new entry then enters a

@@ -194,6 +194,12 @@ impl Store {
             out.pending_schema += 1;
         }
 
+        if ready.is_empty() && out.cleared == 0 && out.buffered == 0 && out.pending_schema == 0 {
+            // Nothing new (duplicates, ranges already held): roll back
+            // rather than commit unchanged books, so nothing commits (the
+            // data generation stays; answers kept by readers stay valid).
+            return Ok(out);
+        }
         merge(&tx, &catalog, &ready)?;
         for r in &ready {
             if let Some(b) = staged.get_mut(&r.actor) {

@@ -50,14 +50,39 @@ fn copy_without_identity(conn: &Connection, dest: &Path) -> Result<(), StoreErro
             dest.display()
         )));
     }
-    let dest_str = dest
+    // Written beside `dest` and renamed once the identity is gone: a backup
+    // that fails half-way never leaves a copy that still names this node.
+    let name = dest
+        .file_name()
+        .ok_or_else(|| StoreError::Backup(format!("{} names no file", dest.display())))?;
+    let partial = dest.with_file_name(format!(
+        ".{}.partial-{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let partial_str = partial
         .to_str()
         .ok_or_else(|| StoreError::Backup(format!("{} is not valid UTF-8", dest.display())))?;
-    conn.execute("VACUUM INTO ?1", [dest_str])?;
-    let copy = Connection::open(dest)?;
-    let tx = copy.unchecked_transaction()?;
-    crate::store::retire_identity(&tx)?;
-    tx.commit()?;
+    let _ = std::fs::remove_file(&partial);
+    let written = (|| -> Result<(), StoreError> {
+        conn.execute("VACUUM INTO ?1", [partial_str])?;
+        let copy = Connection::open(&partial)?;
+        let tx = copy.unchecked_transaction()?;
+        crate::store::retire_identity(&tx)?;
+        tx.commit()?;
+        drop(copy);
+        std::fs::rename(&partial, dest).map_err(|e| {
+            StoreError::Backup(format!(
+                "renaming {} to {}: {e}",
+                partial.display(),
+                dest.display()
+            ))
+        })
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&partial);
+    }
+    written?;
     tracing::info!(dest = %dest.display(), "backup written");
     Ok(())
 }

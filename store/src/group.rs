@@ -608,6 +608,11 @@ impl Store {
                 }
             }
         }
+        if ran.is_empty() {
+            // Every job failed: nothing to commit. The guard rolls back, so
+            // no commit happens (and answers kept by readers stay valid).
+            return Attempt::Done(Ok(ran));
+        }
         if let Err(e) = conn
             .prepare_cached(COMMIT)
             .and_then(|mut s| s.raw_execute())

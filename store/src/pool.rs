@@ -86,9 +86,11 @@ struct Pooled {
     /// Set by the authorizer on any call in user mode: the statement was
     /// prepared (not taken from the statement cache).
     authorized: Arc<AtomicBool>,
-    /// Client statement text → pure, as of schema epoch `verdicts_epoch`.
+    /// Client statement text → pure. A verdict is about the schema the
+    /// statement was judged on; a statement SQLite re-prepared (the schema
+    /// changed: a view may now call something else) is judged again
+    /// ([`ReadConn::is_pure_as_run`]).
     verdicts: std::cell::RefCell<std::collections::HashMap<Box<str>, bool>>,
-    verdicts_epoch: std::cell::Cell<u64>,
     /// When the current query must stop: nanoseconds after [`epoch`], 0
     /// for none. The connection's progress handler, installed once, reads
     /// it ([`ReadConn::set_deadline`]).
@@ -110,8 +112,6 @@ pub(crate) struct ReadPool {
     size: usize,
     waits: AtomicU64,
     waited_nanos: AtomicU64,
-    /// Moved by every schema change: purity verdicts from before are void.
-    schema_epoch: AtomicU64,
 }
 
 /// How busy the read pool is (for metrics).
@@ -202,7 +202,6 @@ impl ReadPool {
                 volatile,
                 authorized,
                 verdicts: Default::default(),
-                verdicts_epoch: Default::default(),
                 deadline,
             });
         }
@@ -212,7 +211,6 @@ impl ReadPool {
             ready: Condvar::new(),
             waits: AtomicU64::new(0),
             waited_nanos: AtomicU64::new(0),
-            schema_epoch: AtomicU64::new(0),
         })
     }
 
@@ -242,12 +240,6 @@ impl ReadPool {
             waiting_since.get_or_insert_with(Instant::now);
             self.ready.wait(&mut idle);
         }
-    }
-
-    /// Voids every connection's purity verdicts (the schema changed: a
-    /// view may now call something else).
-    pub(crate) fn schema_changed(&self) {
-        self.schema_epoch.fetch_add(1, Ordering::SeqCst);
     }
 
     pub(crate) fn stats(&self) -> ReadPoolStats {
@@ -334,7 +326,6 @@ impl ReadConn<'_> {
         if sql.len() > CACHED_SQL_MAX {
             return false;
         }
-        self.current_verdicts();
         if let Some(v) = p.verdicts.borrow().get(sql) {
             return *v;
         }
@@ -349,18 +340,19 @@ impl ReadConn<'_> {
         pure
     }
 
-    /// Empties the verdicts if the schema changed since they were made.
-    fn current_verdicts(&self) {
-        let p = self.pooled();
-        let epoch = self.pool.schema_epoch.load(Ordering::SeqCst);
-        if p.verdicts_epoch.get() != epoch {
-            p.verdicts.borrow_mut().clear();
-            p.verdicts_epoch.set(epoch);
+    /// [`ReadConn::is_pure`] for a client statement `stmt` (of text `sql`)
+    /// that has just run: if SQLite re-prepared it since it was judged (the
+    /// schema changed underneath; the re-prepare ran without the client
+    /// rules, so the authorizer did not see it), it is judged again on the
+    /// schema it ran against.
+    pub fn is_pure_as_run(&self, stmt: &rusqlite::Statement<'_>, sql: &str) -> bool {
+        if stmt.reset_status(rusqlite::StatementStatus::RePrepare) > 0 {
+            self.pooled().verdicts.borrow_mut().remove(sql);
         }
+        self.is_pure(sql)
     }
 
     fn remember(&self, sql: &str, pure: bool) {
-        self.current_verdicts();
         let mut v = self.pooled().verdicts.borrow_mut();
         if v.len() >= VERDICTS_MAX {
             v.clear();

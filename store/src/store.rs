@@ -304,9 +304,10 @@ impl Store {
         self.inner.readers.try_get()
     }
 
-    /// The data generation: odd while a writer holds the database, a new
-    /// even number after each hold. Read it before a read whose answer may
-    /// be kept ([`Store::keep_answer`]).
+    /// The data generation: odd while a writer holds the database; after a
+    /// hold, a new even number if anything committed, the even number from
+    /// before otherwise. Read it before a read whose answer may be kept
+    /// ([`Store::keep_answer`]).
     pub fn data_generation(&self) -> u64 {
         self.inner.writer.generation()
     }
@@ -323,7 +324,7 @@ impl Store {
     /// generation `generation` and has finished (its read transaction
     /// ended); kept only if the generation was even and has not moved
     /// since, and only for pure statements (the caller asks
-    /// [`ReadConn::is_pure`]).
+    /// [`ReadConn::is_pure_as_run`]).
     pub fn keep_answer(&self, key: bytes::Bytes, generation: u64, answer: bytes::Bytes) {
         let Some(answers) = self.inner.answers.as_ref() else {
             return;
@@ -436,8 +437,6 @@ impl Store {
         if diff.is_empty() {
             return Ok(diff);
         }
-        // Statements judged pure before may read what changes now.
-        self.inner.readers.schema_changed();
         let tx = conn.unchecked_transaction()?;
         let ctx = |table: &str, e: rusqlite::Error| {
             StoreError::Schema(corro_schema::SchemaError::Table {

@@ -99,9 +99,15 @@ impl WriterLock {
         w
     }
 
-    /// The data generation: even while nobody holds the writer, and
-    /// different after every hold. Two equal even readings bracket a time in
-    /// which no transaction committed.
+    /// The data generation: even while nobody holds the writer, a new even
+    /// value after every hold in which a transaction committed, the same
+    /// value after one in which none did. Two equal even readings bracket a
+    /// time in which no transaction committed.
+    ///
+    /// What a commit hook does not see: `VACUUM` commits through SQLite's
+    /// copy path, not a commit. None of the store's own code runs it on the
+    /// writer, and client statements cannot: they always run inside a
+    /// transaction, where SQLite refuses `VACUUM`.
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
     }

@@ -95,6 +95,24 @@ fn holding_the_writer_without_committing_keeps_answers() {
     assert_eq!(n, 1);
     assert_eq!(a.data_generation(), g);
     assert_eq!(a.kept_answer(b"q").as_deref(), Some(&b"one"[..]));
+    // Versions already held, received again (a duplicate broadcast): the
+    // writer is taken, nothing commits.
+    let b = open(dir.path(), "b.db", 0);
+    insert(&b, "y", "from b");
+    let sets = b.changes_for(b.actor_id(), 1..=b.head()).unwrap();
+    a.apply(sets.clone()).unwrap();
+    let g = a.data_generation();
+    read_and_keep(&a, b"q", b"with b");
+    let again = a.apply(sets).unwrap();
+    assert_eq!(again.duplicates, 1);
+    assert_eq!(a.data_generation(), g);
+    assert_eq!(a.kept_answer(b"q").as_deref(), Some(&b"with b"[..]));
+    // A transaction that fails commits nothing either.
+    assert!(
+        a.transact_grouped(|tx| tx.execute("INSERT INTO todos (id) VALUES (NULL)", &[]))
+            .is_err()
+    );
+    assert_eq!(a.data_generation(), g);
     // A transaction that changes no row still commits: counted as a write.
     a.transact(|tx| tx.execute("UPDATE todos SET title = 'z' WHERE id = 'none'", &[]))
         .unwrap();
@@ -185,4 +203,60 @@ fn only_statements_whose_answers_depend_on_the_data_alone_are_pure() {
     let mut stmt = r1.prepare_user(&long).unwrap();
     let v: String = stmt.query_row([], |row| row.get(0)).unwrap();
     assert_eq!(v.len(), CACHED_SQL_MAX);
+}
+
+#[test]
+fn a_view_redefined_to_call_random_makes_its_readers_volatile() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = Store::open(
+        dir.path().join("a.db"),
+        StoreOptions {
+            readers: 1,
+            answer_cache_bytes: 1 << 20,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    a.local_write(|c| c.execute_batch("CREATE VIEW v AS SELECT 1 AS x"))
+        .unwrap();
+    let sql = "SELECT x FROM v";
+    let run = |expect_pure: bool| {
+        let r = a.reader();
+        let mut stmt = r.prepare_user(sql).unwrap();
+        let _: i64 = stmt.query_row([], |row| row.get(0)).unwrap();
+        assert_eq!(r.is_pure_as_run(&stmt, sql), expect_pure, "{sql}");
+    };
+    run(true);
+    run(true); // from the statement cache, verdict remembered
+    // The view now calls random(); the cached statement is re-prepared by
+    // SQLite when it next runs, outside the client rules.
+    a.local_write(|c| c.execute_batch("DROP VIEW v; CREATE VIEW v AS SELECT random() AS x"))
+        .unwrap();
+    run(false);
+    run(false);
+}
+
+#[test]
+fn a_failed_backup_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = open(dir.path(), "a.db", 0);
+    insert(&a, "x", "one");
+    let dest = dir.path().join("b.db");
+    corro_store::backup(&dir.path().join("a.db"), &dest).unwrap();
+    assert!(dest.exists());
+    assert!(
+        corro_store::backup(&dir.path().join("a.db"), &dest).is_err(),
+        "exists"
+    );
+    // Not a database: VACUUM INTO fails; no copy, no partial file.
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, b"not sqlite at all, just bytes").unwrap();
+    let dest2 = dir.path().join("c.db");
+    assert!(corro_store::backup(&junk, &dest2).is_err());
+    let left: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains("partial") || n == "c.db")
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }

@@ -195,7 +195,7 @@ pub(crate) async fn handle(
                 drop(rows);
                 if ok {
                     let answer_len = buf.len().saturating_sub(line(&eoq).len());
-                    keep.offer(&store, &conn, statement.sql(), &buf[..answer_len]);
+                    keep.offer(&store, &conn, &stmt, statement.sql(), &buf[..answer_len]);
                 }
                 let _ = s.send(Start::Full(buf));
             }
@@ -277,7 +277,7 @@ fn quick(st: &ApiState, statement: &Statement, timeout: Duration, keep: &Keep) -
         }
     }
     drop(rows);
-    keep.offer(&st.store, &conn, statement.sql(), &buf);
+    keep.offer(&st.store, &conn, &stmt, statement.sql(), &buf);
     buf.extend_from_slice(&line(&QueryEvent::EndOfQuery {
         time: time.unwrap_or_default(),
         change_id: None,
@@ -303,13 +303,14 @@ impl Keep {
         &self,
         store: &corro_store::Store,
         conn: &corro_store::ReadConn<'_>,
+        stmt: &rusqlite::Statement<'_>,
         sql: &str,
         answer: &[u8],
     ) {
         if store.keeps_answers()
             && store.data_generation() == self.generation
             && conn.is_autocommit()
-            && conn.is_pure(sql)
+            && conn.is_pure_as_run(stmt, sql)
         {
             store.keep_answer(
                 bytes::Bytes::copy_from_slice(&self.key),
