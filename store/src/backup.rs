@@ -44,26 +44,37 @@ pub fn backup(db: &Path, dest: &Path) -> Result<(), StoreError> {
 }
 
 fn copy_without_identity(conn: &Connection, dest: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    static SERIAL: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     if dest.exists() {
         return Err(StoreError::Backup(format!(
             "{} already exists",
             dest.display()
         )));
     }
-    // Written beside `dest` and renamed once the identity is gone: a backup
-    // that fails half-way never leaves a copy that still names this node.
+    // Written beside `dest` and published once the identity is gone, so a
+    // backup that fails never leaves a copy that still names this node. The
+    // partial file is created empty first, by this call alone and readable
+    // by its owner only (SQLite writes into an existing empty file and keeps
+    // its mode; it would create a new one world-readable).
     let name = dest
         .file_name()
         .ok_or_else(|| StoreError::Backup(format!("{} names no file", dest.display())))?;
     let partial = dest.with_file_name(format!(
-        ".{}.partial-{}",
+        ".{}.partial-{}-{}",
         name.to_string_lossy(),
-        std::process::id()
+        std::process::id(),
+        SERIAL.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     ));
     let partial_str = partial
         .to_str()
         .ok_or_else(|| StoreError::Backup(format!("{} is not valid UTF-8", dest.display())))?;
-    let _ = std::fs::remove_file(&partial);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&partial)
+        .map_err(|e| StoreError::Backup(format!("creating {}: {e}", partial.display())))?;
     let written = (|| -> Result<(), StoreError> {
         conn.execute("VACUUM INTO ?1", [partial_str])?;
         let copy = Connection::open(&partial)?;
@@ -71,17 +82,24 @@ fn copy_without_identity(conn: &Connection, dest: &Path) -> Result<(), StoreErro
         crate::store::retire_identity(&tx)?;
         tx.commit()?;
         drop(copy);
-        std::fs::rename(&partial, dest).map_err(|e| {
+        // A hard link fails if `dest` appeared meanwhile: never replaces
+        // it. Filesystems without hard links get a rename after one more
+        // look.
+        let published = match std::fs::hard_link(&partial, dest) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists && !dest.exists() => {
+                std::fs::rename(&partial, dest)
+            }
+            other => other,
+        };
+        published.map_err(|e| {
             StoreError::Backup(format!(
-                "renaming {} to {}: {e}",
+                "publishing {} as {}: {e}",
                 partial.display(),
                 dest.display()
             ))
         })
     })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&partial);
-    }
+    let _ = std::fs::remove_file(&partial);
     written?;
     tracing::info!(dest = %dest.display(), "backup written");
     Ok(())

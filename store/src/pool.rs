@@ -293,8 +293,12 @@ impl ReadConn<'_> {
                     Ok(UserStatement::Cached(s))
                 }
                 // Prepared again untagged, so the error (and any offset in
-                // it) is about the client's own text.
-                Err(_) => p.conn.prepare(sql).map(UserStatement::Fresh),
+                // it) is about the client's own text. Should that succeed
+                // (a transient failure), the verdict is judged again later.
+                Err(_) => {
+                    p.verdicts.borrow_mut().remove(sql);
+                    p.conn.prepare(sql).map(UserStatement::Fresh)
+                }
             }
         };
         p.user_mode.store(false, Ordering::Relaxed);

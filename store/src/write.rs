@@ -284,8 +284,13 @@ impl Drop for TxGuard<'_> {
         {
             self.writer.capture.lock().reset(false);
         }
-        if self.armed && !self.writer.local.is_autocommit() {
-            let _ = self.writer.local.execute_batch("ROLLBACK");
+        if self.armed
+            && !self.writer.local.is_autocommit()
+            && let Err(e) = self.writer.local.execute_batch("ROLLBACK")
+        {
+            // The connection stays inside the transaction; the next BEGIN
+            // fails and says so.
+            tracing::error!(error = %e, "rolling back a local transaction failed");
         }
     }
 }

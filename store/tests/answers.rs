@@ -253,10 +253,23 @@ fn a_failed_backup_leaves_nothing_behind() {
     std::fs::write(&junk, b"not sqlite at all, just bytes").unwrap();
     let dest2 = dir.path().join("c.db");
     assert!(corro_store::backup(&junk, &dest2).is_err());
+    // A SQLite file that is not a store: the copy is made, removing the
+    // identity fails, and the copy is gone.
+    let other = dir.path().join("other.db");
+    rusqlite::Connection::open(&other)
+        .unwrap()
+        .execute_batch("CREATE TABLE t (x); INSERT INTO t VALUES (1);")
+        .unwrap();
+    let dest3 = dir.path().join("d.db");
+    assert!(corro_store::backup(&other, &dest3).is_err());
+    assert!(!dest3.exists());
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&dest).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "a backup is readable by its owner only");
     let left: Vec<_> = std::fs::read_dir(dir.path())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .filter(|n| n.contains("partial") || n == "c.db")
+        .filter(|n| n.contains("partial") || n == "c.db" || n == "d.db")
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
