@@ -516,14 +516,8 @@ fn first_cell(body: &str) -> Value {
 fn repeated_queries_are_answered_from_the_cache_until_the_next_write() {
     let dir = tempfile::tempdir().unwrap();
     let node = Node::new(dir.path(), "");
-    let mut text = std::fs::read_to_string(&node.config).unwrap();
-    text.push_str("\n[telemetry]\nprometheus.addr = \"127.0.0.1:0\"\n");
-    std::fs::write(&node.config, text).unwrap();
+    node.enable_metrics();
     let agent = node.start();
-    let line = agent
-        .saw("Starting Prometheus metrics on tcp/")
-        .expect("metrics listener line");
-    let metrics_addr = line.rsplit("tcp/").next().unwrap().trim().to_string();
     let write = |sql: &str| {
         let (status, body) = post(&agent, "/v1/transactions", &json!([sql]).to_string());
         assert_eq!(status, 200, "{body}");
@@ -601,29 +595,10 @@ fn repeated_queries_are_answered_from_the_cache_until_the_next_write() {
     });
     assert_eq!(first_cell(&post(&agent, "/v1/queries", counter).1), 150);
 
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    loop {
-        let body = Client::new()
-            .get(format!("http://{metrics_addr}/metrics"))
-            .send()
-            .unwrap()
-            .text()
-            .unwrap();
-        let value = |name: &str| {
-            body.lines()
-                .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
-        if value("corro_query_cache_hits_total ") >= 1.0
-            && value("corro_query_cache_entries ") >= 1.0
-            && value("corro_query_cache_bytes ") > 0.0
-        {
-            break;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "cache metrics missing:\n{body}"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(100));
-    }
+    common::await_some(std::time::Duration::from_secs(10), "cache metrics", || {
+        (agent.counter("corro_query_cache_hits_total") >= 1.0
+            && agent.gauge("corro_query_cache_entries") >= 1.0
+            && agent.gauge("corro_query_cache_bytes") > 0.0)
+            .then_some(())
+    });
 }
