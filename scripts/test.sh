@@ -45,9 +45,14 @@ fi
 
 # The end-to-end suite (tests/, package corro-e2e) runs the built binary:
 # build it first (cargo does not for another package's tests).
-cargo build -p corrosion --locked
-cargo test --workspace --locked "$@"
+step() {
+  local start=$SECONDS
+  "$@"
+  echo "test.sh: '$*' took $((SECONDS - start)) s" >&2
+}
+step cargo build -p corrosion --locked
+step cargo test --workspace --locked "$@"
 
 # Build the .deb and .rpm and install, upgrade, remove and purge the .deb
 # on this machine (as root; skipped otherwise).
-bash packaging/test.sh
+step bash packaging/test.sh
