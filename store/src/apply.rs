@@ -135,7 +135,7 @@ impl Store {
                         ts,
                         changes,
                     } => {
-                        validate_piece(&actor, &seqs, last_seq, &changes)?;
+                        validate_piece(&actor, version, &seqs, last_seq, &changes)?;
                         if books.holds(version) {
                             out.duplicates += 1;
                             continue;
@@ -308,6 +308,7 @@ fn persist_books(conn: &Connection, staged: &HashMap<u32, ActorBooks>) -> Result
 
 fn validate_piece(
     actor: &ActorId,
+    version: u64,
     seqs: &std::ops::RangeInclusive<u64>,
     last_seq: u64,
     changes: &[Change],
@@ -316,6 +317,11 @@ fn validate_piece(
         actor: actor.to_string(),
         reason,
     };
+    // Versions count from 1: a piece of version 0 could never be held,
+    // so it would sit in the buffer table for good.
+    if version == 0 {
+        return Err(bad("version 0 (versions start at 1)".into()));
+    }
     if seqs.start() > seqs.end() || *seqs.end() > last_seq {
         return Err(bad(format!("seq range {seqs:?} outside 0..={last_seq}")));
     }

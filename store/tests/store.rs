@@ -685,6 +685,18 @@ fn malformed_changes_from_peers_are_rejected_and_change_nothing() {
             },
             "outside its piece",
         ),
+        (
+            // Never held, so never taken out of the buffer again.
+            Changeset::Version {
+                actor,
+                version: 0,
+                seqs: 0..=0,
+                last_seq: 3,
+                ts: 0,
+                changes: vec![cell("d", None, 1, 0)],
+            },
+            "version 0",
+        ),
     ];
     for (set, want) in cases {
         let mut batch = good.clone();
@@ -695,6 +707,11 @@ fn malformed_changes_from_peers_are_rejected_and_change_nothing() {
     }
     b.apply(good).unwrap();
     assert_eq!(titles(&b).len(), 1);
+    let buffered: i64 = b
+        .reader()
+        .query_row("SELECT count(*) FROM __corro_buffered", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(buffered, 0, "nothing of a refused batch stays buffered");
     b.verify().unwrap();
 }
 
