@@ -58,10 +58,10 @@ pub enum Timer {
 pub const SUSPECT_TELLS_AFTER: u32 = 4;
 
 /// Probe period: each member probes one other member this often.
-pub const PROBE_PERIOD: Duration = Duration::from_millis(400);
+pub const PROBE_PERIOD: Duration = Duration::from_millis(250);
 /// Time a probed member has to answer a direct ping before indirect
 /// probes are sent (the rest of the probe period is theirs).
-pub const PROBE_RTT: Duration = Duration::from_millis(200);
+pub const PROBE_RTT: Duration = Duration::from_millis(125);
 /// Suspicion lasts this long times `log10(cluster size)`, and at least
 /// [`SUSPICION_MIN`].
 pub const SUSPICION_PER_DECADE: Duration = Duration::from_secs(1);

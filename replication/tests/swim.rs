@@ -260,19 +260,20 @@ fn a_preformed_cluster_behaves_as_a_formed_one() {
         assert_eq!(sim.nodes[i].core.active_count(), n - 1, "member {i}");
         assert_eq!(sim.state_of(i, (i + 1) % n), Some(State::Alive));
     }
-    // First probes at a random point of [400, 800) ms: none before, and
-    // by 600 ms about half the members have pinged (and been answered);
-    // in step, all n pings and n acks would be out by then.
-    sim.run_until(399);
+    // First probes at a random point of the second probe period [P, 2P):
+    // none before, and by 1.5 P about half the members have pinged (and
+    // been answered); in step, all n pings and n acks would be out by then.
+    let period = corro_replication::membership::PROBE_PERIOD.as_millis() as u64;
+    sim.run_until(period - 1);
     assert_eq!(
         sim.traffic.packets, 0,
         "nothing sent before the first probes"
     );
-    sim.run_until(599);
+    sim.run_until(period * 3 / 2 - 1);
     let early = sim.traffic.packets as f64 / n as f64;
     assert!(
         (0.6..1.4).contains(&early),
-        "{early:.2} packets per member by 600 ms"
+        "{early:.2} packets per member by 1.5 probe periods"
     );
     sim.run_until(30_000);
     assert!(sim.everyone_sees_everyone(), "views whole after 30 s");
