@@ -19,7 +19,7 @@
 //! renews its stamp and rejoins.
 //!
 //! Failure detection is tuned for discovery ([`tuned_config`]): probes every
-//! 400 ms, suspicion before down (so one slow probe never flaps a member
+//! 250 ms, suspicion before down (so one slow probe never flaps a member
 //! out) during which the suspect is told directly so that a live one
 //! refutes in one round trip, and a suspicion time of 2 s up to 100
 //! members, growing with the log of the cluster size beyond: a killed
@@ -57,7 +57,12 @@ pub enum Timer {
 /// then this many more times, evenly spread over the suspicion period.
 pub const SUSPECT_TELLS_AFTER: u32 = 4;
 
-/// Probe period: each member probes one other member this often.
+/// Probe period: each member probes one other member this often. The wait
+/// for a dead member's first probe is the largest part of the detection
+/// tail (each of the n-1 others reaches it at a random point of its own
+/// cycle of n-1 periods: at 50 members p99 about 4.6 periods), so the
+/// period is short; a probe costs two small packets (8.2 packets/s and
+/// about 540 B/s sent per member at rest, against 5.2 and 380 at 400 ms).
 pub const PROBE_PERIOD: Duration = Duration::from_millis(250);
 /// Time a probed member has to answer a direct ping before indirect
 /// probes are sent (the rest of the probe period is theirs).
@@ -67,7 +72,7 @@ pub const PROBE_RTT: Duration = Duration::from_millis(125);
 pub const SUSPICION_PER_DECADE: Duration = Duration::from_secs(1);
 /// The shortest suspicion. A member that stalls (a GC pause, SIGSTOP, a
 /// saturated CPU) is declared down no sooner than a probe period plus
-/// this after the stall began, so stalls under 2.4 s are at most
+/// this after the stall began, so stalls under 2.25 s are at most
 /// suspected; longer ones look like a crash, and detecting a crash
 /// within 5 s everywhere leaves no room to wait them out.
 pub const SUSPICION_MIN: Duration = Duration::from_secs(2);
@@ -252,7 +257,7 @@ pub struct Membership {
 }
 
 /// SWIM settings for a cluster of `size` members: probe every
-/// [`PROBE_PERIOD`] (400 ms) with a [`PROBE_RTT`] (200 ms) round trip
+/// [`PROBE_PERIOD`] (250 ms) with a [`PROBE_RTT`] (125 ms) round trip
 /// allowance and 3 indirect probes; piggyback each update on at least 12
 /// messages; suspect for `max(2 s, 1 s × log10(size))`
 /// ([`SUSPICION_MIN`], [`SUSPICION_PER_DECADE`]) before declaring down,

@@ -5,7 +5,7 @@
 //! number of times each; a node that misses every copy of one (it joined
 //! late, it was busy, a partition healed and hundreds of updates competed
 //! for the same packets) holds a stale entry until its own probe cycle
-//! reaches that member, which at 1,000 members and 400 ms a probe is
+//! reaches that member, which at 1,000 members and 250 ms a probe is
 //! minutes away. So a node also pulls a peer's whole view, down members
 //! included, in a sync round (the request rides on the round's opening
 //! state, the view on the answer):
