@@ -13,7 +13,12 @@ cd "$(dirname "$0")/.."
 fail() { echo "packaging test: $*" >&2; exit 1; }
 [ "$(id -u)" = 0 ] || { echo "packaging test: skipped (needs root for dpkg -i)"; exit 0; }
 
-bash packaging/build.sh --dev 2>&1 | grep -v "dev profile\|To enable debug" || true
+# Packages left by an earlier run must not pass for this one's.
+rm -rf target/packages
+log=$(mktemp)
+bash packaging/build.sh --dev >"$log" 2>&1 || { cat "$log" >&2; fail "building the packages failed"; }
+grep -v "dev profile\|To enable debug" "$log" || true
+rm -f "$log"
 deb=$(ls target/packages/corrosion_*_amd64.deb)
 rpm=$(ls target/packages/corrosion-*.rpm)
 

@@ -46,9 +46,10 @@ fi
 # The end-to-end suite (tests/, package corro-e2e) runs the built binary:
 # build it first (cargo does not for another package's tests).
 step() {
-  local start=$SECONDS
-  "$@"
-  echo "test.sh: '$*' took $((SECONDS - start)) s" >&2
+  local start=$SECONDS rc=0
+  "$@" || rc=$?
+  echo "test.sh: '$*' took $((SECONDS - start)) s$([ $rc = 0 ] || echo ", failed ($rc)")" >&2
+  return $rc
 }
 step cargo build -p corrosion --locked
 step cargo test --workspace --locked "$@"

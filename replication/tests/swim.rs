@@ -50,7 +50,7 @@ fn a_dead_member_is_marked_down_everywhere_within_five_seconds() {
 }
 
 /// Suspicion before down: a member that stalls for less than a probe
-/// period plus the shortest suspicion (2.4 s; a GC pause, a slow disk) is
+/// period plus the shortest suspicion (2.25 s; a GC pause, a slow disk) is
 /// suspected at most, never declared down.
 #[test]
 fn a_briefly_paused_member_is_not_declared_down() {
