@@ -1,7 +1,8 @@
 //! The DNS responder through the real binary, asked by `dig` (dnsutils)
 //! over UDP and TCP: every name form, record type and response code, EDNS
-//! and truncation, health changes, and a 3-agent cluster where a service
-//! registered on A is answered on C and leaves C's answers when A is killed.
+//! and truncation, health changes, a 3-agent cluster where a service
+//! registered on A is answered on C and leaves C's answers when A is killed,
+//! and a restarted agent's answers waiting for a peer's member view.
 
 #![allow(clippy::unwrap_used, clippy::print_stdout, reason = "test code")]
 
@@ -299,6 +300,101 @@ fn a_service_on_a_is_answered_on_c_until_a_is_killed() {
         "web left B's and C's answers {:?} after kill -9",
         killed.elapsed()
     );
+}
+
+/// After a restart, DNS waits for a peer's member view (`[dns]
+/// start_wait`): B, killed and restarted while A died, would otherwise
+/// answer from its disk, where A is alive, and a resolver downstream would
+/// keep that answer. All three behind relays; C (the only live peer) is
+/// cut off while B restarts, so B's first question is held until the
+/// partition heals and C's view (A down) is in B's catalog.
+#[test]
+fn a_restarted_agent_does_not_answer_for_a_host_that_died_while_it_was_down() {
+    use common::relay::{Partition, Relay};
+    let consul = ConsulStandIn::start();
+    consul.set_service("web-a", service_json("web-a", "web", &[], 80));
+    let dir = tempfile::tempdir().unwrap();
+    let partition = Partition::default();
+    let relays: Vec<Relay> = (0..3).map(|_| Relay::start(partition.clone())).collect();
+    let mut nodes = Vec::new();
+    let mut agents: Vec<Agent> = Vec::new();
+    for (i, name) in ["host-a", "host-b", "host-c"].into_iter().enumerate() {
+        let bootstrap = if i == 0 {
+            String::new()
+        } else {
+            format!("bootstrap = [\"{}\"]\n", relays[0].addr)
+        };
+        let node = Node::with(
+            &dir.path().join(name),
+            &format!("external_addr = \"{}\"\n{bootstrap}", relays[i].addr),
+            "",
+        );
+        node.with_consul_schema();
+        let mut text = format!("[consul]\nnode_name = \"{name}\"\n");
+        if i == 0 {
+            text.push_str(&format!(
+                "[consul.client]\naddr = \"{}\"\npoll_interval = \"100ms\"\n",
+                consul.addr
+            ));
+        }
+        text.push_str("[dns]\naddr = \"127.0.0.1:0\"\nstart_wait = \"60s\"\n");
+        node.append_config(&text);
+        let agent = node.start();
+        relays[i].forward_to(agent.gossip);
+        nodes.push(node);
+        agents.push(agent);
+    }
+    for agent in &agents {
+        await_true(Duration::from_secs(20), "web-a answered everywhere", || {
+            short(agent, &["_web._tcp.service.consul", "SRV"]) == ["1 1 80 host-a.node.dc1.consul."]
+        });
+    }
+    // B goes down, then A dies while B is down; C sees A go.
+    let mut c = agents.pop().unwrap();
+    let mut b = agents.pop().unwrap();
+    let mut a = agents.pop().unwrap();
+    for victim in [&mut b, &mut a] {
+        victim.child.kill().unwrap();
+        let _ = victim.child.wait();
+    }
+    await_true(Duration::from_secs(15), "web-a gone from C", || {
+        status(&c, &["web.service.consul"]) == "NXDOMAIN"
+    });
+    // B restarts while C, its only live peer, is unreachable.
+    partition.isolate(c.gossip);
+    let b = nodes[1].start();
+    relays[1].forward_to(b.gossip);
+    let addr = b.dns_addr();
+    let asked = Instant::now();
+    let question = std::thread::spawn(move || {
+        let out = Command::new("dig")
+            .arg(format!("@{}", addr.ip()))
+            .args(["-p", &addr.port().to_string(), "+time=60", "+tries=1"])
+            .arg("web.service.consul")
+            .output()
+            .expect("dig (dnsutils) must be installed");
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            asked.elapsed(),
+        )
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(
+        !question.is_finished(),
+        "B answered before it had a peer's member view"
+    );
+    partition.heal();
+    let (answer, took) = question.join().unwrap();
+    assert!(
+        answer.contains("status: NXDOMAIN"),
+        "B's first answer after its restart names the dead host-a (after {took:?}):\n{answer}"
+    );
+    b.expect("dns: answering: a peer's member view is in the catalog");
+    println!("B's first DNS answer after its restart came {took:?} after it was asked");
+    // The others still answer at once (they were never restarted).
+    assert_eq!(status(&c, &["web.service.consul"]), "NXDOMAIN");
+    c.child.kill().unwrap();
+    let _ = c.child.wait();
 }
 
 #[test]

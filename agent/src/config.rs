@@ -699,6 +699,19 @@ pub(crate) struct DnsConfig {
     /// Bytes of encoded answers kept cached (default 16 MiB).
     #[serde(default = "default_dns_cache")]
     pub cache_max_bytes: u64,
+    /// After a start, questions wait (at most this long, default 3 s)
+    /// until a peer's member view is in the catalog, so that a restarted
+    /// agent does not name a host that died while it was down; an agent
+    /// that knows no peer answers at once, and "0s" never waits.
+    #[serde(
+        default = "default_dns_start_wait",
+        deserialize_with = "crate::consul::duration::deserialize"
+    )]
+    pub start_wait: std::time::Duration,
+}
+
+fn default_dns_start_wait() -> std::time::Duration {
+    std::time::Duration::from_secs(3)
 }
 
 fn default_dns_cache() -> u64 {

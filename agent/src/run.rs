@@ -417,7 +417,8 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         };
         let responder = corro_dns::Responder::new(discovery.catalog.clone(), settings);
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let bound = corro_dns::serve(responder, dns.addr, workers, stop.clone())
+        let open = members_known(cluster.clone(), dns.start_wait);
+        let bound = corro_dns::serve_after(responder, dns.addr, workers, stop.clone(), open)
             .await
             .with_context(|| format!("binding DNS on {}", dns.addr))?;
         tracing::info!(
@@ -563,4 +564,29 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
     drop(store);
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Resolves when DNS may answer after a start (`[dns] start_wait`): once a
+/// peer's member view is in the catalog, at once when this node knows no
+/// peer (nobody to ask; a single agent), or after `wait`. Until then a
+/// restarted agent holds every member it remembered as alive, so it would
+/// name a host that died while it was down, and resolvers downstream would
+/// keep that answer for its TTL; questions wait in the sockets' queues
+/// instead (typically a sync round: well under a second on a LAN).
+async fn members_known(cluster: crate::cluster::Cluster, wait: Duration) {
+    let started = Instant::now();
+    if wait.is_zero() || !cluster.sync_health().has_peers {
+        return;
+    }
+    let mut known = cluster.view_in_catalog();
+    match tokio::time::timeout(wait, known.wait_for(|k| *k)).await {
+        Ok(Ok(_)) => tracing::info!(
+            waited_ms = started.elapsed().as_millis() as u64,
+            "dns: answering: a peer's member view is in the catalog"
+        ),
+        _ => tracing::warn!(
+            ?wait,
+            "dns: answering from the local copy: no peer's member view arrived within start_wait (hosts that died while this agent was down may be named until it does)"
+        ),
+    }
 }

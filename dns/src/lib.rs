@@ -11,7 +11,8 @@
 //! - [`Responder`]: one packet in, one packet out: parsing, response codes
 //!   for everything that is not a plain question (FORMERR, NOTIMP,
 //!   REFUSED), truncation for UDP, answer shuffling;
-//! - [`serve`]: the UDP and TCP listeners.
+//! - [`serve`]: the UDP and TCP listeners ([`serve_after`]: answering only
+//!   once a future resolves).
 //!
 //! Out of scope here: writing anything (DNS only reads the catalog).
 
@@ -24,5 +25,5 @@ mod udp;
 
 pub use name::Lookup;
 pub use responder::Responder;
-pub use server::{Listeners, serve};
+pub use server::{Listeners, serve, serve_after};
 pub use settings::{DnsSettings, SoaSettings};

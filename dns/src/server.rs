@@ -6,7 +6,8 @@
 //! (`udp`). TCP: each connection carries length-prefixed
 //! messages (RFC 1035 4.2.2), answered in order; a connection idle, stalled
 //! mid-message or not reading its answers for 10 s is closed, and at most
-//! 1,024 connections (64 per client address) are served at once.
+//! 1,024 connections (64 per client address) are served at once. With
+//! [`serve_after`], neither answers before a given future resolves.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,6 +69,24 @@ pub async fn serve(
     workers: usize,
     stop: CancellationToken,
 ) -> std::io::Result<Listeners> {
+    serve_after(responder, addr, workers, stop, std::future::ready(())).await
+}
+
+/// Like [`serve`], but nothing is answered before `open` resolves: both
+/// sockets are bound at once, and questions asked meanwhile wait (UDP in
+/// the socket's receive buffer, TCP connections in the listen backlog)
+/// and are answered once it has. The agent holds its answers this way
+/// after a start until the catalog has a peer's member view.
+pub async fn serve_after<F>(
+    responder: Responder,
+    addr: SocketAddr,
+    workers: usize,
+    stop: CancellationToken,
+    open: F,
+) -> std::io::Result<Listeners>
+where
+    F: Future<Output = ()> + Send + 'static,
+{
     // With port 0 the TCP side takes the port the UDP side got; when that
     // port is taken for TCP, try another pair.
     let mut attempt = 0;
@@ -90,16 +109,35 @@ pub async fn serve(
             (Arc::new(udp_socket(udp_addr)?), crate::udp::Reader::Single)
         }
     };
+    let (opened_tx, opened) = tokio::sync::watch::channel(false);
+    {
+        let stop = stop.clone();
+        tasks.spawn(async move {
+            tokio::select! {
+                _ = open => { opened_tx.send_replace(true); }
+                _ = stop.cancelled() => {}
+            }
+        });
+    }
     for _ in 0..workers.max(1) {
         let (udp, reader, r, stop) = (udp.clone(), reader.clone(), responder.clone(), stop.clone());
-        tasks.spawn(crate::udp::worker(udp, reader, r, stop));
+        let mut opened = opened.clone();
+        tasks.spawn(async move {
+            if wait_open(&mut opened, &stop).await {
+                crate::udp::worker(udp, reader, r, stop).await;
+            }
+        });
     }
     let stop_tcp = stop.clone();
     let connections = tasks.clone();
     let slots = Arc::new(tokio::sync::Semaphore::new(TCP_MAX_CONNECTIONS));
     let per_client: Arc<parking_lot::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>> =
         Arc::default();
+    let mut opened_tcp = opened;
     tasks.spawn(async move {
+        if !wait_open(&mut opened_tcp, &stop_tcp).await {
+            return;
+        }
         loop {
             let conn = tokio::select! {
                 _ = stop_tcp.cancelled() => return,
@@ -141,6 +179,17 @@ pub async fn serve(
         tcp: tcp_addr,
         tasks,
     })
+}
+
+/// Waits until the listeners may answer; false when stopped first.
+async fn wait_open(
+    opened: &mut tokio::sync::watch::Receiver<bool>,
+    stop: &CancellationToken,
+) -> bool {
+    tokio::select! {
+        r = opened.wait_for(|o| *o) => r.is_ok(),
+        _ = stop.cancelled() => false,
+    }
 }
 
 async fn tcp_connection(r: Responder, mut s: TcpStream, stop: CancellationToken) {

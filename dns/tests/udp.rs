@@ -120,3 +120,85 @@ async fn an_oversized_datagram_costs_nobody_else_their_answer() {
     stop.cancel();
     l.stopped().await;
 }
+
+/// `serve_after`: questions asked before the listeners open are held (UDP
+/// in the socket's buffer, TCP in the backlog), not refused or dropped,
+/// and each is answered once they open; a stop before opening ends the
+/// listeners without answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn questions_before_the_listeners_open_wait_and_are_answered_after() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (_dir, r) = responder();
+    let stop = CancellationToken::new();
+    let (open, opened) = tokio::sync::oneshot::channel::<()>();
+    let l = corro_dns::serve_after(
+        r.clone(),
+        "127.0.0.1:0".parse().unwrap(),
+        2,
+        stop.clone(),
+        async move {
+            let _ = opened.await;
+        },
+    )
+    .await
+    .unwrap();
+    let udp = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for id in 0..20u16 {
+        udp.send_to(&query(id), l.udp).await.unwrap();
+    }
+    let mut tcp = tokio::net::TcpStream::connect(l.tcp).await.unwrap();
+    let q = query(77);
+    let mut framed = (q.len() as u16).to_be_bytes().to_vec();
+    framed.extend_from_slice(&q);
+    tcp.write_all(&framed).await.unwrap();
+    let mut buf = vec![0u8; 65_535];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(300), udp.recv(&mut buf))
+            .await
+            .is_err(),
+        "a UDP question was answered before the listeners opened"
+    );
+    let mut len = [0u8; 2];
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), tcp.read_exact(&mut len))
+            .await
+            .is_err(),
+        "a TCP question was answered before the listeners opened"
+    );
+    open.send(()).unwrap();
+    let mut got = BTreeSet::new();
+    while got.len() < 20 {
+        let n = tokio::time::timeout(Duration::from_secs(10), udp.recv(&mut buf))
+            .await
+            .expect("held UDP questions answered once open")
+            .unwrap();
+        let m = Message::from_vec(&buf[..n]).unwrap();
+        assert_eq!(m.metadata.response_code, ResponseCode::NXDomain);
+        assert!(got.insert(m.metadata.id), "answered twice");
+    }
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_exact(&mut len))
+        .await
+        .expect("the held TCP question answered once open")
+        .unwrap();
+    let mut answer = vec![0u8; usize::from(u16::from_be_bytes(len))];
+    tcp.read_exact(&mut answer).await.unwrap();
+    assert_eq!(Message::from_vec(&answer).unwrap().metadata.id, 77);
+    stop.cancel();
+    l.stopped().await;
+
+    // Stopped before it opened: the listeners end, nothing is answered.
+    let stop = CancellationToken::new();
+    let l = corro_dns::serve_after(
+        r,
+        "127.0.0.1:0".parse().unwrap(),
+        2,
+        stop.clone(),
+        std::future::pending(),
+    )
+    .await
+    .unwrap();
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(5), l.stopped())
+        .await
+        .expect("listeners that never opened end on stop");
+}
