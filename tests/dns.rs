@@ -389,7 +389,7 @@ fn a_restarted_agent_does_not_answer_for_a_host_that_died_while_it_was_down() {
         answer.contains("status: NXDOMAIN"),
         "B's first answer after its restart names the dead host-a (after {took:?}):\n{answer}"
     );
-    b.expect("dns: answering: a peer's member view is in the catalog");
+    b.expect("dns: answering: membership is settled in the catalog");
     println!("B's first DNS answer after its restart came {took:?} after it was asked");
     // The others still answer at once (they were never restarted).
     assert_eq!(status(&c, &["web.service.consul"]), "NXDOMAIN");

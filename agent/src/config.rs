@@ -835,6 +835,14 @@ impl Config {
             if dns.udp_answer_limit == 0 {
                 anyhow::bail!("{origin}: dns.udp_answer_limit must be positive");
             }
+            // Held questions time out in resolvers after a few seconds
+            // anyway; a typo ("1h") must not silence DNS for an hour.
+            if dns.start_wait > std::time::Duration::from_secs(60) {
+                anyhow::bail!(
+                    "{origin}: dns.start_wait = {:?} is too long (at most 60s)",
+                    dns.start_wait
+                );
+            }
         }
         if self
             .consul
@@ -928,12 +936,13 @@ mod tests {
             "off without [dns]"
         );
         let c = Config::parse(
-            &format!("{base}[dns]\naddr = '127.0.0.1:53'\ndomain = 'corp.'\nonly_passing = true\nnode_ttl = '30s'\nservice_ttl = {{ '*' = '5s', web = 10 }}\nudp_answer_limit = 5\na_record_limit = 2\nenable_truncate = true\n[dns.soa]\nmin_ttl = 7\n"),
+            &format!("{base}[dns]\naddr = '127.0.0.1:53'\ndomain = 'corp.'\nonly_passing = true\nnode_ttl = '30s'\nservice_ttl = {{ '*' = '5s', web = 10 }}\nudp_answer_limit = 5\na_record_limit = 2\nenable_truncate = true\nstart_wait = '500ms'\n[dns.soa]\nmin_ttl = 7\n"),
             "dns",
         )
         .unwrap();
         let dns = c.dns.unwrap();
         assert_eq!(dns.node_ttl.secs(), 30);
+        assert_eq!(dns.start_wait, std::time::Duration::from_millis(500));
         assert_eq!(dns.service_ttl["*"].secs(), 5);
         assert_eq!(dns.service_ttl["web"].secs(), 10);
         assert_eq!(
@@ -952,7 +961,9 @@ mod tests {
         assert_eq!(d.addr, "127.0.0.1:8600".parse().unwrap());
         assert_eq!(d.domain, "consul.");
         assert_eq!(d.udp_answer_limit, 3);
+        assert_eq!(d.start_wait, std::time::Duration::from_secs(3));
         for (bad, want) in [
+            ("[dns]\nstart_wait = '1h'\n", "at most 60s"),
             ("[dns]\nrecursors = []\n", "recursors"),
             ("[dns]\nnode_ttl = 'soon'\n", "invalid duration"),
             ("[dns]\ndomain = 'a..b'\n", "not a domain name"),

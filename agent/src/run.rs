@@ -417,7 +417,7 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
         };
         let responder = corro_dns::Responder::new(discovery.catalog.clone(), settings);
         let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let open = members_known(cluster.clone(), dns.start_wait);
+        let open = members_known(cluster.clone(), discovery.clone(), dns.start_wait);
         let bound = corro_dns::serve_after(responder, dns.addr, workers, stop.clone(), open)
             .await
             .with_context(|| format!("binding DNS on {}", dns.addr))?;
@@ -566,27 +566,34 @@ pub(crate) async fn agent(config: Config, source: Source, log: LogHandle) -> any
     Ok(())
 }
 
-/// Resolves when DNS may answer after a start (`[dns] start_wait`): once a
-/// peer's member view is in the catalog, at once when this node knows no
-/// peer (nobody to ask; a single agent), or after `wait`. Until then a
-/// restarted agent holds every member it remembered as alive, so it would
-/// name a host that died while it was down, and resolvers downstream would
-/// keep that answer for its TTL; questions wait in the sockets' queues
-/// instead (typically a sync round: well under a second on a LAN).
-async fn members_known(cluster: crate::cluster::Cluster, wait: Duration) {
+/// Resolves when DNS may answer after a start (`[dns] start_wait`): once
+/// the catalog has taken in membership as settled (a settled peer's member
+/// view, down members included, arrived with a sync round), at once when
+/// this node knows no peer (no `bootstrap`, no remembered member: nobody
+/// to ask), or after `wait`. Until then a restarted agent holds every
+/// member it remembered as alive, and counts members it never heard of as
+/// alive, so it would name a host that died while it was down, and
+/// resolvers downstream would keep that answer for its TTL; questions wait
+/// in the sockets' queues instead (typically one sync round: well under a
+/// second on a LAN).
+async fn members_known(
+    cluster: crate::cluster::Cluster,
+    discovery: crate::consul::Discovery,
+    wait: Duration,
+) {
     let started = Instant::now();
     if wait.is_zero() || !cluster.sync_health().has_peers {
         return;
     }
-    let mut known = cluster.view_in_catalog();
+    let mut known = discovery.settled_in_catalog();
     match tokio::time::timeout(wait, known.wait_for(|k| *k)).await {
         Ok(Ok(_)) => tracing::info!(
             waited_ms = started.elapsed().as_millis() as u64,
-            "dns: answering: a peer's member view is in the catalog"
+            "dns: answering: membership is settled in the catalog"
         ),
         _ => tracing::warn!(
             ?wait,
-            "dns: answering from the local copy: no peer's member view arrived within start_wait (hosts that died while this agent was down may be named until it does)"
+            "dns: answering from the local copy: membership did not settle within start_wait (no settled peer's member view yet; hosts that died while this agent was down may be named until one arrives)"
         ),
     }
 }

@@ -303,6 +303,8 @@ fn failover(dir: &Path, a: FailoverArgs) -> anyhow::Result<()> {
     let bn = node(&dir.join("b"), "host-b", Some(&agent_a), "");
     let agent_b = bn.start();
     let dns = agent_b.dns_addr();
+    // A joiner's DNS answers once its membership settled ([dns] start_wait).
+    agent_b.expect("dns: answering");
     let sock = UdpSocket::bind("127.0.0.1:0")?;
     sock.set_read_timeout(Some(Duration::from_secs(2)))?;
     let body = serde_json::json!({"Name": "fo", "ID": "fo-1", "Port": port,

@@ -144,10 +144,6 @@ struct Inner {
     /// Whether a peer's whole member view has been applied since start
     /// (membership then counts as settled for discovery).
     view_applied: watch::Sender<bool>,
-    /// Whether any peer's member view (settled or not, joining or
-    /// refreshing) has been applied and taken in by the catalog since
-    /// start: see [`Cluster::view_in_catalog`].
-    view_in_catalog: watch::Sender<bool>,
     /// Up to which member-state change the catalog has taken in (`None`:
     /// no consumer): see [`Cluster::member_changes_taken`].
     members_taken: watch::Sender<Option<u64>>,
@@ -264,8 +260,6 @@ impl Inner {
             )
             .await;
         }
-        self.view_in_catalog
-            .send_if_modified(|v| !std::mem::replace(v, true));
         let before = *self.view_applied.borrow();
         if settled {
             self.view_applied.send_replace(true);
@@ -450,7 +444,6 @@ impl Cluster {
             started: std::time::Instant::now(),
             views_given: Default::default(),
             view_applied: watch::channel(false).0,
-            view_in_catalog: watch::channel(false).0,
             view_cache: Default::default(),
             members_taken: watch::channel(None).0,
         });
@@ -509,14 +502,6 @@ impl Cluster {
     /// down ones included (discovery counts membership as settled).
     pub(crate) fn view_applied(&self) -> watch::Receiver<bool> {
         self.inner.view_applied.subscribe()
-    }
-
-    /// Becomes true once a peer's member view (down members included) has
-    /// been applied and the catalog has taken in its states, settled or
-    /// not: from then on this node does not name a member only because it
-    /// died while this node was down. DNS waits for it after a start.
-    pub(crate) fn view_in_catalog(&self) -> watch::Receiver<bool> {
-        self.inner.view_in_catalog.subscribe()
     }
 
     /// Starts a sync round now instead of at the next interval (after the

@@ -72,6 +72,9 @@ pub(crate) struct Discovery {
     /// Whether a peer's whole member view has been applied (see
     /// [`Discovery::settled`]).
     view_applied: tokio::sync::watch::Receiver<bool>,
+    /// Whether the catalog has taken in membership as settled (see
+    /// [`Discovery::settled_in_catalog`]).
+    settled_in_catalog: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 /// The host's name, for the default node name.
@@ -141,6 +144,7 @@ impl Discovery {
             bridge_allowed: Arc::new(AtomicBool::new(true)),
             started: Instant::now(),
             view_applied: cluster.view_applied(),
+            settled_in_catalog: Arc::new(tokio::sync::watch::channel(false).0),
         };
         crate::tasks::spawn(catalog.run(stop.clone()));
         crate::tasks::spawn(follow_membership(d.clone(), cluster.clone(), stop.clone()));
@@ -171,6 +175,15 @@ impl Discovery {
     /// not send its view; a node alone has nobody to ask).
     pub(crate) fn settled(&self) -> bool {
         *self.view_applied.borrow() || self.started.elapsed() >= SETTLE
+    }
+
+    /// Becomes true once the catalog has taken in membership as settled
+    /// ([`Discovery::settled`]): from then on a member that no view holds
+    /// counts as down, and one a peer's view says is down is down here, so
+    /// a host that died while this agent was down is no longer named. DNS
+    /// waits for it after a start (`[dns] start_wait`).
+    pub(crate) fn settled_in_catalog(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.settled_in_catalog.subscribe()
     }
 }
 
@@ -213,8 +226,17 @@ async fn follow_membership(d: Discovery, cluster: Cluster, stop: CancellationTok
             .collect();
         if last.as_ref() != Some(&(key.clone(), settled)) {
             last = Some((key, settled));
-            if let Err(e) = d.catalog.set_membership(members, settled) {
-                tracing::warn!(error = %e, "catalog: membership update failed");
+            match d.catalog.set_membership(members, settled) {
+                Ok(_) if settled => {
+                    d.settled_in_catalog
+                        .send_if_modified(|s| !std::mem::replace(s, true));
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    // Taken again on the next change or tick.
+                    last = None;
+                    tracing::warn!(error = %e, "catalog: membership update failed");
+                }
             }
         }
         cluster.member_changes_taken(generation);
