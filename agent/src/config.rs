@@ -699,10 +699,12 @@ pub(crate) struct DnsConfig {
     /// Bytes of encoded answers kept cached (default 16 MiB).
     #[serde(default = "default_dns_cache")]
     pub cache_max_bytes: u64,
-    /// After a start, questions wait (at most this long, default 3 s)
-    /// until a peer's member view is in the catalog, so that a restarted
-    /// agent does not name a host that died while it was down; an agent
-    /// that knows no peer answers at once, and "0s" never waits.
+    /// After a start, questions wait (at most this long, default 3 s, at
+    /// most 5 s: membership counts as settled 5 s after start anyway)
+    /// until the catalog has taken in settled membership (a settled peer's
+    /// member view), so that a restarted agent does not name a host that
+    /// died while it was down; an agent that knows no peer answers at
+    /// once, and "0s" never waits.
     #[serde(
         default = "default_dns_start_wait",
         deserialize_with = "crate::consul::duration::deserialize"
@@ -835,12 +837,14 @@ impl Config {
             if dns.udp_answer_limit == 0 {
                 anyhow::bail!("{origin}: dns.udp_answer_limit must be positive");
             }
-            // Held questions time out in resolvers after a few seconds
-            // anyway; a typo ("1h") must not silence DNS for an hour.
-            if dns.start_wait > std::time::Duration::from_secs(60) {
+            // Membership counts as settled 5 s after start whatever
+            // happens (`consul::SETTLE`), which ends the wait: a longer
+            // value would promise what it cannot do.
+            if dns.start_wait > crate::consul::SETTLE {
                 anyhow::bail!(
-                    "{origin}: dns.start_wait = {:?} is too long (at most 60s)",
-                    dns.start_wait
+                    "{origin}: dns.start_wait = {:?} is too long (at most {:?}: membership counts as settled by then)",
+                    dns.start_wait,
+                    crate::consul::SETTLE
                 );
             }
         }
@@ -963,7 +967,7 @@ mod tests {
         assert_eq!(d.udp_answer_limit, 3);
         assert_eq!(d.start_wait, std::time::Duration::from_secs(3));
         for (bad, want) in [
-            ("[dns]\nstart_wait = '1h'\n", "at most 60s"),
+            ("[dns]\nstart_wait = '6s'\n", "at most 5s"),
             ("[dns]\nrecursors = []\n", "recursors"),
             ("[dns]\nnode_ttl = 'soon'\n", "invalid duration"),
             ("[dns]\ndomain = 'a..b'\n", "not a domain name"),

@@ -586,14 +586,15 @@ async fn members_known(
         return;
     }
     let mut known = discovery.settled_in_catalog();
+    let by_view = cluster.view_applied();
     match tokio::time::timeout(wait, known.wait_for(|k| *k)).await {
-        Ok(Ok(_)) => tracing::info!(
+        Ok(Ok(_)) if *by_view.borrow() => tracing::info!(
             waited_ms = started.elapsed().as_millis() as u64,
-            "dns: answering: membership is settled in the catalog"
+            "dns: answering: membership is settled in the catalog (a settled peer's member view)"
         ),
         _ => tracing::warn!(
             ?wait,
-            "dns: answering from the local copy: membership did not settle within start_wait (no settled peer's member view yet; hosts that died while this agent was down may be named until one arrives)"
+            "dns: answering from the local copy: no settled peer's member view within start_wait (hosts that died while this agent was down may be named until one arrives or this agent's own probes find them down)"
         ),
     }
 }

@@ -303,7 +303,9 @@ fn failover(dir: &Path, a: FailoverArgs) -> anyhow::Result<()> {
     let bn = node(&dir.join("b"), "host-b", Some(&agent_a), "");
     let agent_b = bn.start();
     let dns = agent_b.dns_addr();
-    // A joiner's DNS answers once its membership settled ([dns] start_wait).
+    // B's DNS answers once its membership has settled or `[dns]
+    // start_wait` (3 s) has passed: A started alone and is not settled
+    // yet, so here it is the wait.
     agent_b.expect("dns: answering");
     let sock = UdpSocket::bind("127.0.0.1:0")?;
     sock.set_read_timeout(Some(Duration::from_secs(2)))?;
