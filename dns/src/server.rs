@@ -76,7 +76,8 @@ pub async fn serve(
 /// sockets are bound at once, and questions asked meanwhile wait (UDP in
 /// the socket's receive buffer, TCP connections in the listen backlog)
 /// and are answered once it has. The agent holds its answers this way
-/// after a start until the catalog has a peer's member view.
+/// after a start until its catalog has taken in settled membership
+/// (`[dns] start_wait`).
 pub async fn serve_after<F>(
     responder: Responder,
     addr: SocketAddr,
