@@ -302,12 +302,15 @@ fn a_service_on_a_is_answered_on_c_until_a_is_killed() {
     );
 }
 
-/// After a restart, DNS waits for a peer's member view (`[dns]
+/// After a restart, DNS waits until membership has settled (`[dns]
 /// start_wait`): B, killed and restarted while A died, would otherwise
 /// answer from its disk, where A is alive, and a resolver downstream would
 /// keep that answer. All three behind relays; C (the only live peer) is
-/// cut off while B restarts, so B's first question is held until the
-/// partition heals and C's view (A down) is in B's catalog.
+/// cut off while B restarts, so B's first question is held past the
+/// first second; after the partition heals it is answered once C's view
+/// is in or the wait ends (by then B's own probes have found A down:
+/// which of the two opened DNS is printed, not asserted), and never
+/// names A.
 #[test]
 fn a_restarted_agent_does_not_answer_for_a_host_that_died_while_it_was_down() {
     use common::relay::{Partition, Relay};
@@ -381,7 +384,7 @@ fn a_restarted_agent_does_not_answer_for_a_host_that_died_while_it_was_down() {
     std::thread::sleep(Duration::from_secs(1));
     assert!(
         !question.is_finished(),
-        "B answered before it had a peer's member view"
+        "B answered before its membership settled"
     );
     partition.heal();
     let (answer, took) = question.join().unwrap();
