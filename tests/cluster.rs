@@ -963,3 +963,77 @@ fn sync_rounds_open_with_a_digest_and_a_joiner_catches_up_through_them() {
     let books: Vec<serde_json::Value> = nodes.iter().map(|n| n.books()).collect();
     assert!(books.iter().all(|b| b == &books[0]), "{books:#?}");
 }
+
+/// A restarted node's first sync round does not wait out the connection
+/// attempts to members that are unreachable from it: four agents behind
+/// relays; D writes and stops; A and B then talk only to each other and C
+/// (so C, and through C's member list the restarted D, hold them alive,
+/// while D's connection attempts to them go unanswered for the 3 s
+/// timeout). D's first round holds A, B and C and reaches C: its write
+/// fence opens while the attempts to A and B are still under way.
+#[test]
+fn a_restarted_node_does_not_wait_for_unreachable_members_in_its_first_round() {
+    use common::relay::{Partition, Relay};
+    let dir = tempfile::tempdir().unwrap();
+    let partition = Partition::default();
+    let relays: Vec<Relay> = (0..4).map(|_| Relay::start(partition.clone())).collect();
+    let mut nodes = Vec::new();
+    let mut agents = Vec::new();
+    for (i, name) in ["a", "b", "c", "d"].into_iter().enumerate() {
+        let bootstrap = if i == 0 {
+            String::new()
+        } else {
+            format!("bootstrap = [\"{}\"]\n", relays[0].addr)
+        };
+        let node = Node::with(
+            &dir.path().join(name),
+            &format!("external_addr = \"{}\"\n{bootstrap}", relays[i].addr),
+            "",
+        );
+        if i == 3 {
+            node.enable_metrics();
+        }
+        let agent = node.start();
+        relays[i].forward_to(agent.gossip);
+        nodes.push(node);
+        agents.push(agent);
+    }
+    let d = agents.pop().unwrap();
+    common::await_some(
+        Duration::from_secs(20),
+        "D sees three members alive",
+        || {
+            let m = d.members();
+            (m.len() == 3 && m.iter().all(|(_, s)| s == "alive")).then_some(())
+        },
+    );
+    // D has a history of its own: a restart fences its writes until a
+    // peer answers a sync round.
+    nodes[3].exec(&d, "INSERT INTO todos (id) VALUES ('from-d')");
+    d.stop();
+    let (a, b, c) = (agents[0].gossip, agents[1].gossip, agents[2].gossip);
+    partition.only_with(a, &[b, c]);
+    partition.only_with(b, &[a, c]);
+    let d = nodes[3].start();
+    relays[3].forward_to(d.gossip);
+    let opened = d.expect("accepting local writes");
+    let failed = d.counter("corro_gossip_connect_failures_total");
+    assert!(
+        opened.contains("first sync round done"),
+        "D's fence opened some other way: {opened}"
+    );
+    assert_eq!(
+        failed, 0.0,
+        "D's writes opened only after a connection attempt to an unreachable member gave up"
+    );
+    // Attempts to A and B were made (by the round, or by SWIM) and failed.
+    common::await_some(
+        Duration::from_secs(20),
+        "D's attempts to A and B fail",
+        || (d.counter("corro_gossip_connect_failures_total") >= 2.0).then_some(()),
+    );
+    for agent in agents {
+        agent.stop();
+    }
+    d.stop();
+}

@@ -99,6 +99,7 @@ pub(crate) const METRICS: &[Metric] = &[
     m("corro_gossip_changesets_received_total", Counter, &[], "changesets received by broadcast and sync"),
     m("corro_gossip_frames_refused_total", Counter, &[], "peer streams refused (bad frame, wrong version, failed round)"),
     m("corro_gossip_connections_opened_total", Counter, &[], "QUIC connections this node opened"),
+    m("corro_gossip_connect_failures_total", Counter, &[], "QUIC connection attempts that failed or went unanswered for 3 s"),
     m("corro_gossip_connections_refused_total", Counter, &[], "incoming QUIC connections refused (TLS)"),
     m("corro_sync_rounds_total", Counter, &["opening"], "completed anti-entropy rounds (either side), by how they opened: digest or whole state"),
     m("corro_sync_pulls_total", Counter, &[], "pulls started outside the periodic rounds"),

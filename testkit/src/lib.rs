@@ -335,10 +335,12 @@ pub mod relay {
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
-    /// Which agents (by real gossip address) are cut off from the rest.
+    /// Which agents (by real gossip address) are cut off from the rest,
+    /// and which talk only to a few others.
     #[derive(Clone, Default)]
     pub struct Partition {
         isolated: Arc<Mutex<HashSet<SocketAddr>>>,
+        only: Arc<Mutex<HashMap<SocketAddr, HashSet<SocketAddr>>>>,
     }
 
     impl Partition {
@@ -348,13 +350,29 @@ pub mod relay {
             self.isolated.lock().unwrap().insert(real);
         }
 
+        /// Packets to and from `real` pass only from and to `peers` (real
+        /// gossip addresses): to everyone else it looks dead, while the
+        /// listed peers see it alive.
+        pub fn only_with(&self, real: SocketAddr, peers: &[SocketAddr]) {
+            self.only
+                .lock()
+                .unwrap()
+                .insert(real, peers.iter().copied().collect());
+        }
+
         pub fn heal(&self) {
             self.isolated.lock().unwrap().clear();
+            self.only.lock().unwrap().clear();
         }
 
         fn passes(&self, a: SocketAddr, b: SocketAddr) -> bool {
             let s = self.isolated.lock().unwrap();
-            s.contains(&a) == s.contains(&b)
+            if s.contains(&a) != s.contains(&b) {
+                return false;
+            }
+            let only = self.only.lock().unwrap();
+            only.get(&a).is_none_or(|ok| ok.contains(&b))
+                && only.get(&b).is_none_or(|ok| ok.contains(&a))
         }
     }
 

@@ -267,7 +267,9 @@ async fn connect_in(
     let connecting = endpoint.connect(addr, &addr.ip().to_string())?;
     let conn = tokio::select! {
         c = tokio::time::timeout(CONNECT_TIMEOUT, connecting) => c
-            .map_err(|_| anyhow::anyhow!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))??,
+            .map_err(|_| anyhow::anyhow!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))
+            .and_then(|c| Ok(c?))
+            .inspect_err(|_| metrics::counter!("corro_gossip_connect_failures_total").increment(1))?,
         _ = seen.notified() => anyhow::bail!("{addr} came back; connecting afresh"),
     };
     metrics::counter!("corro_gossip_connections_opened_total").increment(1);

@@ -489,41 +489,8 @@ pub(super) async fn run_rounds(
         }
         metrics::gauge!("corro_gossip_members").set(sync.peers.active().len() as f64);
         persist_members(&sync, &mut persisted).await;
-        // A few peers, one after the other: each pulls only what
-        // the ones before it did not already bring.
-        let (mut moved, mut answered) = (0, false);
-        for peer in sync.peers.random_few(SYNC_PEERS) {
-            // A pull already under way with this peer covers it.
-            if !sync.pulling.lock().insert(peer) {
-                continue;
-            }
-            let result = sync_with(&sync, peer).await;
-            sync.pulling.lock().remove(&peer);
-            match result {
-                Ok(n) => (moved, answered) = (moved + n, true),
-                Err(e) => {
-                    tracing::debug!(peer = %peer, error = %e, "sync round failed");
-                    sync.peers.forget_connection(peer);
-                    // A peer rolled back to a build without digest rounds
-                    // fails them: the next round opens with a whole state.
-                    sync.round_failed(peer);
-                }
-            }
-        }
+        let (moved, answered) = one_round(&sync).await;
         if answered {
-            sync.open_writes("first sync round done");
-            if !*sync.caught_up.borrow() {
-                let store = sync.store.clone();
-                let complete = tokio::task::spawn_blocking(move || {
-                    store.books().values().all(|b| b.needed().is_empty())
-                })
-                .await
-                .unwrap_or(false);
-                if complete {
-                    tracing::info!(head = sync.store.head(), "caught up with the cluster");
-                    sync.caught_up.send_replace(true);
-                }
-            }
             // Back off while rounds find nothing to repair.
             interval = next_interval(interval, moved);
         }
@@ -543,6 +510,88 @@ pub(super) async fn run_rounds(
     }
     persist_members(&sync, &mut persisted).await;
     shut_down(&sync, swim).await;
+}
+
+/// One periodic round: a few random members, dialed at once, then pulled
+/// from one after the other in the order their connections came up (each
+/// pulls only what the ones before it did not already bring). Dialing at
+/// once keeps a peer that died but is still held active (members a
+/// restarted node remembers, a crash SWIM has not declared yet) from
+/// holding up the others for its whole connection timeout: a restarted
+/// node's first member view (which opens its DNS), its write fence and its
+/// templates wait for the first peer that answers, not for the dead.
+/// Returns the changesets moved and whether any peer answered.
+async fn one_round(sync: &Arc<Inner>) -> (usize, bool) {
+    use futures::stream::{FuturesUnordered, StreamExt};
+    // A pull already under way with a peer covers it.
+    let peers: Vec<SocketAddr> = sync
+        .peers
+        .random_few(SYNC_PEERS)
+        .into_iter()
+        .filter(|&peer| sync.pulling.lock().insert(peer))
+        .collect();
+    let mut dials: FuturesUnordered<_> = peers
+        .into_iter()
+        .map(|peer| {
+            let inner = sync.clone();
+            // A task, so the attempt goes on while another peer is pulled
+            // from (the connection is cached for the round's stream).
+            let dial = tokio::spawn(async move {
+                inner
+                    .peers
+                    .connection(&inner.endpoint, peer)
+                    .await
+                    .map(drop)
+            });
+            async move { (peer, dial.await) }
+        })
+        .collect();
+    let (mut moved, mut answered) = (0, false);
+    while let Some((peer, dialed)) = dials.next().await {
+        let reached = matches!(dialed, Ok(Ok(())));
+        let result = match dialed {
+            Ok(Ok(())) => sync_with(sync, peer).await,
+            Ok(Err(e)) => Err(e),
+            Err(e) => Err(anyhow::anyhow!("connection attempt ended: {e}")),
+        };
+        sync.pulling.lock().remove(&peer);
+        match result {
+            Ok(n) => {
+                moved += n;
+                answered = true;
+                first_answers(sync).await;
+            }
+            Err(e) => {
+                tracing::debug!(peer = %peer, reached, error = %e, "sync round failed");
+                sync.peers.forget_connection(peer);
+                // A peer rolled back to a build without digest rounds
+                // fails them: the next round opens with a whole state. A
+                // peer never reached says nothing about its build.
+                if reached {
+                    sync.round_failed(peer);
+                }
+            }
+        }
+    }
+    (moved, answered)
+}
+
+/// A peer answered a round: opens the write fence (once), and says the
+/// node caught up once nothing is missing from its books.
+async fn first_answers(sync: &Arc<Inner>) {
+    sync.open_writes("first sync round done");
+    if *sync.caught_up.borrow() {
+        return;
+    }
+    let store = sync.store.clone();
+    let complete =
+        tokio::task::spawn_blocking(move || store.books().values().all(|b| b.needed().is_empty()))
+            .await
+            .unwrap_or(false);
+    if complete {
+        tracing::info!(head = sync.store.head(), "caught up with the cluster");
+        sync.caught_up.send_replace(true);
+    }
 }
 
 /// The end of the cluster: the SWIM task has queued its goodbyes; wait for
