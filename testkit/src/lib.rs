@@ -482,7 +482,12 @@ pub mod relay {
             let target: Arc<Mutex<Option<SocketAddr>>> = Arc::default();
             let t = target.clone();
             std::thread::spawn(move || {
-                let mut upstreams: HashMap<SocketAddr, Arc<UdpSocket>> = HashMap::new();
+                // Per client: the upstream socket and the target it is
+                // connected to (a restarted agent may listen on a new port:
+                // the socket is connected to the new one at the next
+                // packet).
+                let mut upstreams: HashMap<SocketAddr, (Arc<UdpSocket>, SocketAddr)> =
+                    HashMap::new();
                 let mut buf = vec![0u8; 65_536];
                 loop {
                     let Ok((n, client)) = front.recv_from(&mut buf) else {
@@ -494,11 +499,11 @@ pub mod relay {
                     if !partition.passes(client, target) {
                         continue;
                     }
-                    let up = upstreams.entry(client).or_insert_with(|| {
+                    let (up, connected) = upstreams.entry(client).or_insert_with(|| {
                         let up = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
                         up.connect(target).unwrap();
                         let (up2, front2, p) = (up.clone(), front.clone(), partition.clone());
-                        let back = link.clone();
+                        let (back, t2) = (link.clone(), t.clone());
                         std::thread::spawn(move || {
                             let mut buf = vec![0u8; 65_536];
                             up2.set_read_timeout(Some(Duration::from_secs(3600)))
@@ -528,7 +533,8 @@ pub mod relay {
                                         continue;
                                     }
                                 };
-                                if p.passes(client, target) {
+                                let target = *t2.lock().unwrap();
+                                if target.is_some_and(|target| p.passes(client, target)) {
                                     back.pass(Delivery::To(
                                         front2.clone(),
                                         client,
@@ -537,8 +543,14 @@ pub mod relay {
                                 }
                             }
                         });
-                        up
+                        (up, target)
                     });
+                    if *connected != target {
+                        if up.connect(target).is_err() {
+                            continue;
+                        }
+                        *connected = target;
+                    }
                     link.pass(Delivery::Connected(up.clone(), buf[..n].to_vec()));
                 }
             });

@@ -150,8 +150,9 @@ impl Peers {
         self.active().into_iter().map(|(a, _)| a).collect()
     }
 
-    /// Up to `n` distinct random active members; one random seed while no
-    /// member is known.
+    /// Up to `n` distinct random active members; while no member is
+    /// known, up to `n` random seeds (a round dials its peers at once, so
+    /// a seed that is gone costs the others nothing).
     pub(crate) fn random_few(&self, n: usize) -> Vec<SocketAddr> {
         let members = self.active_addrs();
         if members.is_empty() {
@@ -160,9 +161,7 @@ impl Peers {
                 .0
                 .iter()
                 .copied()
-                .choose(&mut rand::rng())
-                .into_iter()
-                .collect()
+                .choose_multiple(&mut rand::rng(), n)
         } else {
             members.into_iter().choose_multiple(&mut rand::rng(), n)
         }
@@ -357,6 +356,13 @@ mod tests {
         let peers = Peers::new(addr(1));
         peers.add_seed(addr(9));
         assert_eq!(peers.random_few(3), [addr(9)], "a seed while alone");
+        for p in 10..14 {
+            peers.add_seed(addr(p));
+        }
+        let seeds = peers.random_few(3);
+        let distinct: BTreeSet<_> = seeds.iter().copied().collect();
+        assert_eq!((seeds.len(), distinct.len()), (3, 3), "{seeds:?}");
+        assert!(distinct.iter().all(|a| (9..14).contains(&a.port())));
         peers.set_members(vec![
             member(1, State::Alive), // this node
             member(2, State::Alive),
