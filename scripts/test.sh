@@ -44,14 +44,20 @@ if ! python3 -c 'import consul' 2>/dev/null; then
 fi
 
 # The end-to-end suite (tests/, package corro-e2e) runs the built binary:
-# build it first (cargo does not for another package's tests).
+# build it first (cargo does not for another package's tests), together
+# with every test target, so the binary and the tests share one resolution
+# of dependency features. Built alone (`-p corrosion`) the binary's
+# dependencies get fewer features than the tests' (syn, tokio, reqwest,
+# quinn), and `cargo test` then compiled most of them a second time
+# (about 5 minutes on a 2-core machine). The packages are built from
+# `-p corrosion` with release features (packaging/build.sh).
 step() {
   local start=$SECONDS rc=0
   "$@" || rc=$?
   echo "test.sh: '$*' took $((SECONDS - start)) s$([ $rc = 0 ] || echo ", failed ($rc)")" >&2
   return $rc
 }
-step cargo build -p corrosion --locked
+step cargo build --workspace --all-targets --locked
 step cargo test --workspace --locked "$@"
 
 # Build the .deb and .rpm and install, upgrade, remove and purge the .deb
