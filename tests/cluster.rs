@@ -992,6 +992,9 @@ fn a_restarted_node_does_not_wait_for_unreachable_members_in_its_first_round() {
         );
         if i == 3 {
             node.enable_metrics();
+            // The same port after its restart: its relay forwards there
+            // from the first packet.
+            node.set_gossip_addr(&format!("127.0.0.1:{}", common::free_port()));
         }
         let agent = node.start();
         relays[i].forward_to(agent.gossip);
@@ -1016,8 +1019,16 @@ fn a_restarted_node_does_not_wait_for_unreachable_members_in_its_first_round() {
     partition.only_with(b, &[a, c]);
     let d = nodes[3].start();
     relays[3].forward_to(d.gossip);
-    let opened = d.expect("accepting local writes");
+    // (The line may have come before the start-up lines `start` waits for.)
+    let seen = d
+        .seen
+        .borrow()
+        .iter()
+        .find(|l| l.contains("accepting local writes"))
+        .cloned();
+    let opened = seen.unwrap_or_else(|| d.expect("accepting local writes"));
     let failed = d.counter("corro_gossip_connect_failures_total");
+    let members = d.members();
     assert!(
         opened.contains("first sync round done"),
         "D's fence opened some other way: {opened}"
@@ -1026,6 +1037,16 @@ fn a_restarted_node_does_not_wait_for_unreachable_members_in_its_first_round() {
         failed, 0.0,
         "D's writes opened only after a connection attempt to an unreachable member gave up"
     );
+    // A and B were members D held alive (learned from C), so its round
+    // could draw them.
+    for unreachable in [&relays[0].addr, &relays[1].addr] {
+        assert!(
+            members
+                .iter()
+                .any(|(addr, state)| addr == &unreachable.to_string() && state == "alive"),
+            "D did not hold {unreachable} alive when its fence opened: {members:?}"
+        );
+    }
     // Attempts to A and B were made (by the round, or by SWIM) and failed.
     common::await_some(
         Duration::from_secs(20),

@@ -52,8 +52,13 @@ pub(crate) struct Peers {
     /// Addresses to join through, in the order added (remembered peers
     /// come most recently seen first).
     seeds: Mutex<(Vec<SocketAddr>, std::collections::HashSet<SocketAddr>)>,
+    /// Addresses found to reach this node itself (never seeds again).
+    aliases: Mutex<std::collections::HashSet<SocketAddr>>,
     conns: Mutex<BTreeMap<SocketAddr, Slot>>,
 }
+
+/// Most addresses remembered as this node's own ([`Peers::is_this_node`]).
+const ALIASES_MAX: usize = 64;
 
 impl Peers {
     pub(crate) fn new(me: SocketAddr) -> Self {
@@ -63,16 +68,36 @@ impl Peers {
             members: Mutex::new(BTreeMap::new()),
             states: tokio::sync::watch::channel(0).0,
             seeds: Mutex::default(),
+            aliases: Mutex::default(),
             conns: Mutex::new(BTreeMap::new()),
         }
     }
 
     /// Adds an address to join through.
     pub(crate) fn add_seed(&self, addr: SocketAddr) {
+        if self.aliases.lock().contains(&addr) {
+            return;
+        }
         let mut seeds = self.seeds.lock();
         if addr != self.me && seeds.1.insert(addr) {
             seeds.0.push(addr);
         }
+    }
+
+    /// `addr` answered with this node's own actor id: it is no longer a
+    /// seed, and is not taken as one again (at most [`ALIASES_MAX`]
+    /// remembered). True the first time.
+    pub(crate) fn is_this_node(&self, addr: SocketAddr) -> bool {
+        let mut aliases = self.aliases.lock();
+        if aliases.contains(&addr) || aliases.len() >= ALIASES_MAX {
+            return false;
+        }
+        aliases.insert(addr);
+        let mut seeds = self.seeds.lock();
+        if seeds.1.remove(&addr) {
+            seeds.0.retain(|a| *a != addr);
+        }
+        true
     }
 
     /// Whether there is any address to join through.
@@ -262,13 +287,20 @@ async fn connect_in(
     if let Some(c) = cached.as_ref().filter(|c| c.close_reason().is_none()) {
         return Ok(c.clone());
     }
+    let failed = |e: anyhow::Error| {
+        metrics::counter!("corro_gossip_connect_failures_total").increment(1);
+        e
+    };
     // Server certificates name the node's IP (`corrosion tls server generate <IP>`).
-    let connecting = endpoint.connect(addr, &addr.ip().to_string())?;
+    let connecting = endpoint
+        .connect(addr, &addr.ip().to_string())
+        .map_err(|e| failed(e.into()))?;
     let conn = tokio::select! {
         c = tokio::time::timeout(CONNECT_TIMEOUT, connecting) => c
             .map_err(|_| anyhow::anyhow!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))
             .and_then(|c| Ok(c?))
-            .inspect_err(|_| metrics::counter!("corro_gossip_connect_failures_total").increment(1))?,
+            .map_err(failed)?,
+        // Not a failure: the attempt is dropped for a fresh one.
         _ = seen.notified() => anyhow::bail!("{addr} came back; connecting afresh"),
     };
     metrics::counter!("corro_gossip_connections_opened_total").increment(1);
@@ -363,6 +395,14 @@ mod tests {
         let distinct: BTreeSet<_> = seeds.iter().copied().collect();
         assert_eq!((seeds.len(), distinct.len()), (3, 3), "{seeds:?}");
         assert!(distinct.iter().all(|a| (9..14).contains(&a.port())));
+        // A seed that turns out to be this node is dropped for good.
+        assert!(peers.is_this_node(addr(10)));
+        assert!(!peers.is_this_node(addr(10)), "once");
+        peers.add_seed(addr(10));
+        assert!(!peers.seeds().contains(&addr(10)));
+        for _ in 0..20 {
+            assert!(!peers.random_few(3).contains(&addr(10)));
+        }
         peers.set_members(vec![
             member(1, State::Alive), // this node
             member(2, State::Alive),

@@ -231,6 +231,17 @@ impl RoundStream for QuicRound {
         let Some((env, trailer)) = read_frame(&mut self.recv).await? else {
             return Ok(None);
         };
+        if env.from == self.inner.store.actor_id() {
+            // This node under another of its addresses (a seed that names
+            // it: a NAT address, another interface), or a copy of its
+            // database on another host: no round with itself.
+            if let Some(dialed) = self.dialed
+                && self.inner.peers.is_this_node(dialed)
+            {
+                tracing::warn!(peer = %dialed, actor_id = %env.from, "a seed answers with this node's own actor id (another address of this node, or a copy of its database elsewhere): no longer used as a seed");
+            }
+            return Err("the peer has this node's actor id".into());
+        }
         if let Message::SyncState(_) | Message::SyncDigest(_) | Message::SyncBuckets(_) =
             &env.message
         {
@@ -406,18 +417,27 @@ pub(super) fn pull_from(inner: &Arc<Inner>, peer: SocketAddr) {
     }
     let inner = inner.clone();
     crate::tasks::spawn(async move {
-        let result = sync_with(&inner, peer).await;
+        // Connected first, so that a peer never reached is not taken for
+        // one that fails digest rounds.
+        let result = match inner.peers.connection(&inner.endpoint, peer).await {
+            Ok(_) => Some(sync_with(&inner, peer).await),
+            Err(e) => {
+                tracing::debug!(peer = %peer, error = %e, "pull from a peer: no connection");
+                None
+            }
+        };
         inner.pulling.lock().remove(&peer);
         match result {
-            Ok(n) => {
+            Some(Ok(n)) => {
                 metrics::counter!("corro_sync_pulls_total").increment(1);
                 tracing::debug!(peer = %peer, changesets = n, "pulled from a peer that held more");
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::debug!(peer = %peer, error = %e, "pull from a peer failed");
                 inner.peers.forget_connection(peer);
                 inner.round_failed(peer);
             }
+            None => {}
         }
     });
 }
@@ -462,10 +482,10 @@ pub(super) async fn run_rounds(
     let mut interval = SYNC_BASE;
     // The first round starts at once (it opens the write fence), once SWIM
     // has found an active member if there are seeds to join through (for
-    // at most FIRST_ROUND_WAIT): with none yet, the round would go to one
-    // seed picked at random, perhaps a remembered peer that is gone, and
-    // the member view this node asks for would come a round later, while
-    // it serves the rows on its disk with every member unknown.
+    // at most FIRST_ROUND_WAIT): with none yet, the round would go to a
+    // few seeds picked at random, perhaps remembered peers that are gone,
+    // and the member view this node asks for could come a round later,
+    // while it serves the rows on its disk with every member unknown.
     if !sync.peers.any_active() && sync.peers.has_seeds() {
         let mut changes = sync.peers.state_changes();
         let found = async {
@@ -512,14 +532,26 @@ pub(super) async fn run_rounds(
     shut_down(&sync, swim).await;
 }
 
-/// One periodic round: a few random members, dialed at once, then pulled
-/// from one after the other in the order their connections came up (each
-/// pulls only what the ones before it did not already bring). Dialing at
-/// once keeps a peer that died but is still held active (members a
-/// restarted node remembers, a crash SWIM has not declared yet) from
-/// holding up the others for its whole connection timeout: a restarted
-/// node's first member view (which opens its DNS), its write fence and its
-/// templates wait for the first peer that answers, not for the dead.
+/// How long a round waits, once a peer has answered it, for connections
+/// to its other peers that are still being set up. A live peer on a LAN
+/// connects in milliseconds (or is connected already); one that is still
+/// connecting after this is most likely dead, and waiting out its
+/// connection timeout would hold up the fence, `caught_up` and the next
+/// round.
+const ROUND_DIAL_GRACE: Duration = Duration::from_millis(500);
+
+/// One periodic round: a few random members (or seeds), dialed at once,
+/// then pulled from one after the other in the order their connections
+/// came up (each pulls only what the ones before it did not already
+/// bring). Dialing at once keeps a peer that died but is still held active
+/// (a crash SWIM has not declared yet; a member a restarted node learned
+/// from a first answer before its death was known) from holding up the
+/// others for its connection timeout. Once a peer has answered, the round
+/// waits [`ROUND_DIAL_GRACE`] more for connections still being set up and
+/// leaves the rest to finish on their own (a connection that comes up is
+/// cached for later rounds). Then, if any peer answered, it opens the write
+/// fence and checks whether the node caught up: after every peer that
+/// connected in time was pulled from, as the fence requires.
 /// Returns the changesets moved and whether any peer answered.
 async fn one_round(sync: &Arc<Inner>) -> (usize, bool) {
     use futures::stream::{FuturesUnordered, StreamExt};
@@ -537,50 +569,88 @@ async fn one_round(sync: &Arc<Inner>) -> (usize, bool) {
             // A task, so the attempt goes on while another peer is pulled
             // from (the connection is cached for the round's stream).
             let dial = tokio::spawn(async move {
-                inner
-                    .peers
-                    .connection(&inner.endpoint, peer)
-                    .await
-                    .map(drop)
+                let dialed = inner.peers.connection(&inner.endpoint, peer).await;
+                if dialed.is_err() {
+                    // At once, not when the round gets to it: a pull from
+                    // this peer (it may connect to us meanwhile) is not
+                    // held off by a round that will not pull from it.
+                    inner.pulling.lock().remove(&peer);
+                }
+                dialed.map(drop)
             });
             async move { (peer, dial.await) }
         })
         .collect();
-    let (mut moved, mut answered) = (0, false);
-    while let Some((peer, dialed)) = dials.next().await {
-        let reached = matches!(dialed, Ok(Ok(())));
-        let result = match dialed {
-            Ok(Ok(())) => sync_with(sync, peer).await,
-            Ok(Err(e)) => Err(e),
-            Err(e) => Err(anyhow::anyhow!("connection attempt ended: {e}")),
+    let (mut moved, mut answered, mut behind) = (0, false, false);
+    let mut grace_ends: Option<tokio::time::Instant> = None;
+    loop {
+        let next = match grace_ends {
+            None => dials.next().await,
+            Some(at) => match tokio::time::timeout_at(at, dials.next()).await {
+                Ok(next) => next,
+                Err(_) => break,
+            },
         };
+        let Some((peer, dialed)) = next else {
+            break;
+        };
+        match dialed {
+            Ok(Ok(())) => {}
+            // Never reached (no connection to forget; `pulling` was
+            // cleared by the attempt): nothing is learned of its build,
+            // so the next round with it still opens with a digest.
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %peer, error = %e, "sync round: no connection");
+                continue;
+            }
+            Err(e) => {
+                sync.pulling.lock().remove(&peer);
+                tracing::debug!(peer = %peer, error = %e, "sync round: the connection attempt ended");
+                continue;
+            }
+        }
+        let result = sync_with(sync, peer).await;
         sync.pulling.lock().remove(&peer);
         match result {
             Ok(n) => {
                 moved += n;
                 answered = true;
-                first_answers(sync).await;
+                behind |= sync.behind.lock().get(&peer).is_some_and(|&b| b > 0);
+                grace_ends.get_or_insert_with(|| tokio::time::Instant::now() + ROUND_DIAL_GRACE);
             }
             Err(e) => {
-                tracing::debug!(peer = %peer, reached, error = %e, "sync round failed");
+                tracing::debug!(peer = %peer, error = %e, "sync round failed");
                 sync.peers.forget_connection(peer);
                 // A peer rolled back to a build without digest rounds
-                // fails them: the next round opens with a whole state. A
-                // peer never reached says nothing about its build.
-                if reached {
-                    sync.round_failed(peer);
-                }
+                // fails them: the next round opens with a whole state.
+                sync.round_failed(peer);
             }
         }
+    }
+    if !dials.is_empty() {
+        // Still connecting after the grace: not pulled from this round.
+        let inner = sync.clone();
+        tokio::spawn(async move {
+            while let Some((peer, dialed)) = dials.next().await {
+                if !matches!(dialed, Ok(Err(_))) {
+                    inner.pulling.lock().remove(&peer);
+                }
+            }
+        });
+    }
+    if answered {
+        round_answered(sync, behind).await;
     }
     (moved, answered)
 }
 
-/// A peer answered a round: opens the write fence (once), and says the
-/// node caught up once nothing is missing from its books.
-async fn first_answers(sync: &Arc<Inner>) {
+/// A round that a peer answered: opens the write fence (once), and says
+/// the node caught up once nothing is missing from its books and no peer
+/// of the round held versions beyond what it brought (a round moves at
+/// most [`SYNC_MAX_VERSIONS`], and a cut history has no gaps to show).
+async fn round_answered(sync: &Arc<Inner>, behind: bool) {
     sync.open_writes("first sync round done");
-    if *sync.caught_up.borrow() {
+    if *sync.caught_up.borrow() || behind {
         return;
     }
     let store = sync.store.clone();
