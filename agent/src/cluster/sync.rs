@@ -231,13 +231,15 @@ impl RoundStream for QuicRound {
         let Some((env, trailer)) = read_frame(&mut self.recv).await? else {
             return Ok(None);
         };
-        if env.from == self.inner.store.actor_id() {
-            // This node under another of its addresses (a seed that names
-            // it: a NAT address, another interface), or a copy of its
-            // database on another host: no round with itself.
-            if let Some(dialed) = self.dialed
-                && self.inner.peers.is_this_node(dialed)
-            {
+        // The initiator's side: the peer dialed is this node under another
+        // of its addresses (a seed that names it: a NAT address, another
+        // interface), or a copy of its database on another host. No round
+        // with itself; the responder (this same node, then) serves the
+        // first frame so that the initiator can tell.
+        if let Some(dialed) = self.dialed
+            && env.from == self.inner.store.actor_id()
+        {
+            if self.inner.peers.is_this_node(dialed) {
                 tracing::warn!(peer = %dialed, actor_id = %env.from, "a seed answers with this node's own actor id (another address of this node, or a copy of its database elsewhere): no longer used as a seed");
             }
             return Err("the peer has this node's actor id".into());
