@@ -45,12 +45,12 @@ pub fn binary() -> PathBuf {
         let bin = dir.join("corrosion");
         assert!(
             bin.exists(),
-            "{} not found: build it (cargo build -p corrosion) or set CORROSION_BIN",
+            "{} not found: build it (cargo build --workspace --all-targets, as scripts/test.sh does) or set CORROSION_BIN",
             bin.display()
         );
         if let Some(newer) = newer_source(&bin) {
             panic!(
-                "{} is older than {}: build it again (cargo build -p corrosion) or set CORROSION_BIN",
+                "{} is older than {}: build it again (cargo build --workspace --all-targets) or set CORROSION_BIN",
                 bin.display(),
                 newer.display()
             );

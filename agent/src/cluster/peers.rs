@@ -35,7 +35,18 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 struct SlotInner {
     conn: tokio::sync::Mutex<Option<quinn::Connection>>,
     seen: tokio::sync::Notify,
+    /// When the last connection attempt failed (cleared by a success, or
+    /// when the peer connects to this node).
+    failed_at: Mutex<Option<std::time::Instant>>,
 }
+
+/// After a failed connection attempt, further attempts to that peer fail
+/// at once for this long instead of each waiting its own
+/// [`CONNECT_TIMEOUT`] in turn: the broadcasts queued behind the attempt
+/// (each holding one of the node's in-flight sends) drain at once instead
+/// of over minutes, until SWIM declares the peer down or it connects to
+/// this node ([`Peers::seen`]).
+const RETRY_AFTER: Duration = Duration::from_secs(2);
 
 type Slot = Arc<SlotInner>;
 
@@ -75,7 +86,10 @@ impl Peers {
 
     /// Adds an address to join through.
     pub(crate) fn add_seed(&self, addr: SocketAddr) {
-        if self.aliases.lock().contains(&addr) {
+        // Held while the seed goes in: `is_this_node` takes the same two
+        // locks in the same order, so an alias is never added back.
+        let aliases = self.aliases.lock();
+        if aliases.contains(&addr) {
             return;
         }
         let mut seeds = self.seeds.lock();
@@ -205,7 +219,7 @@ impl Peers {
     ) -> anyhow::Result<quinn::Connection> {
         let slot = self.slot(addr);
         let mut guard = slot.conn.lock().await;
-        connect_in(&mut guard, &slot.seen, endpoint, addr).await
+        connect_in(&mut guard, &slot, endpoint, addr).await
     }
 
     /// Like [`Self::connection`], but gives up when another task's
@@ -220,13 +234,14 @@ impl Peers {
         let mut guard = tokio::time::timeout(SEND_WAIT, slot.conn.lock())
             .await
             .ok()?;
-        Some(connect_in(&mut guard, &slot.seen, endpoint, addr).await)
+        Some(connect_in(&mut guard, &slot, endpoint, addr).await)
     }
 
     /// A peer connected to this node from `addr`: abort a connection attempt
     /// to it that may have started while it was down.
     pub(crate) fn seen(&self, addr: SocketAddr) {
         if let Some(slot) = self.conns.lock().get(&addr) {
+            *slot.failed_at.lock() = None;
             slot.seen.notify_waiters();
         }
     }
@@ -280,30 +295,40 @@ impl Peers {
 
 async fn connect_in(
     cached: &mut Option<quinn::Connection>,
-    seen: &tokio::sync::Notify,
+    slot: &SlotInner,
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
 ) -> anyhow::Result<quinn::Connection> {
     if let Some(c) = cached.as_ref().filter(|c| c.close_reason().is_none()) {
         return Ok(c.clone());
     }
+    if let Some(ago) = slot.failed_at.lock().map(|at| at.elapsed())
+        && ago < RETRY_AFTER
+    {
+        anyhow::bail!("{addr} did not answer a connection attempt {ago:.1?} ago");
+    }
     let failed = |e: anyhow::Error| {
         metrics::counter!("corro_gossip_connect_failures_total").increment(1);
+        *slot.failed_at.lock() = Some(std::time::Instant::now());
         e
     };
     // Server certificates name the node's IP (`corrosion tls server generate <IP>`).
-    let connecting = endpoint
-        .connect(addr, &addr.ip().to_string())
-        .map_err(|e| failed(e.into()))?;
+    let connecting = match endpoint.connect(addr, &addr.ip().to_string()) {
+        Ok(c) => c,
+        // Shutting down: not the peer's failure.
+        Err(e @ quinn::ConnectError::EndpointStopping) => return Err(e.into()),
+        Err(e) => return Err(failed(e.into())),
+    };
     let conn = tokio::select! {
         c = tokio::time::timeout(CONNECT_TIMEOUT, connecting) => c
             .map_err(|_| anyhow::anyhow!("no answer from {addr} within {CONNECT_TIMEOUT:?}"))
             .and_then(|c| Ok(c?))
             .map_err(failed)?,
         // Not a failure: the attempt is dropped for a fresh one.
-        _ = seen.notified() => anyhow::bail!("{addr} came back; connecting afresh"),
+        _ = slot.seen.notified() => anyhow::bail!("{addr} came back; connecting afresh"),
     };
     metrics::counter!("corro_gossip_connections_opened_total").increment(1);
+    *slot.failed_at.lock() = None;
     *cached = Some(conn.clone());
     Ok(conn)
 }
@@ -381,6 +406,33 @@ mod tests {
             },
             state,
         )
+    }
+
+    /// A peer that did not answer a connection attempt is not dialed again
+    /// for [`RETRY_AFTER`] (attempts fail at once), until it connects to
+    /// this node. The "peer" is a UDP socket that never answers.
+    #[tokio::test]
+    async fn a_peer_that_did_not_answer_is_not_dialed_again_at_once() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let config: crate::config::GossipConfig =
+            toml::from_str("addr = \"127.0.0.1:0\"\nplaintext = true").unwrap();
+        let endpoint = super::super::transport::endpoint(&config).unwrap();
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let dead = silent.local_addr().unwrap();
+        let peers = Peers::new(endpoint.local_addr().unwrap());
+        let first = peers.connection(&endpoint, dead).await.unwrap_err();
+        assert!(first.to_string().contains("no answer"), "{first}");
+        let second = peers.connection(&endpoint, dead).await.unwrap_err();
+        assert!(
+            second
+                .to_string()
+                .contains("did not answer a connection attempt"),
+            "{second}"
+        );
+        // It connected to this node: the next attempt is a real one.
+        peers.seen(dead);
+        let third = peers.connection(&endpoint, dead).await.unwrap_err();
+        assert!(third.to_string().contains("no answer"), "{third}");
     }
 
     #[test]

@@ -617,7 +617,11 @@ async fn one_round(sync: &Arc<Inner>) -> (usize, bool) {
             Ok(n) => {
                 moved += n;
                 answered = true;
-                behind |= sync.behind.lock().get(&peer).is_some_and(|&b| b > 0);
+                // A round cut by its budget (a history longer than a
+                // round moves): more to come. (Not any lag at all: under
+                // steady writes a peer is always a little ahead.)
+                behind |=
+                    n >= CATCH_UP_ROUND && sync.behind.lock().get(&peer).is_some_and(|&b| b > 0);
                 grace_ends.get_or_insert_with(|| tokio::time::Instant::now() + ROUND_DIAL_GRACE);
             }
             Err(e) => {
@@ -642,14 +646,22 @@ async fn one_round(sync: &Arc<Inner>) -> (usize, bool) {
     }
     if answered {
         round_answered(sync, behind).await;
+    } else if !sync.peers.has_seeds() && !sync.peers.any_active() {
+        // Every seed turned out to be this node itself: a node without
+        // peers, which has nobody to wait for.
+        sync.open_writes("no peer to ask: the only seeds were this node's own addresses");
+        if !sync.caught_up.send_replace(true) {
+            tracing::info!("caught up: no peer to ask");
+        }
     }
     (moved, answered)
 }
 
 /// A round that a peer answered: opens the write fence (once), and says
-/// the node caught up once nothing is missing from its books and no peer
-/// of the round held versions beyond what it brought (a round moves at
-/// most [`SYNC_MAX_VERSIONS`], and a cut history has no gaps to show).
+/// the node caught up once nothing is missing from its books and the
+/// round was not cut by its budget with versions left at a peer (a round
+/// moves at most [`SYNC_MAX_VERSIONS`], and a cut history has no gaps to
+/// show).
 async fn round_answered(sync: &Arc<Inner>, behind: bool) {
     sync.open_writes("first sync round done");
     if *sync.caught_up.borrow() || behind {
