@@ -35,7 +35,15 @@ mkdir -p "$out"
 # Both tools map the `target/release/` asset paths to the profile's
 # directory, so `--dev` packages target/debug/corrosion without touching a
 # release binary.
-cargo build --locked --profile "$profile" -p corrosion
+if [ "$profile" = dev ]; then
+  # The test packages take the binary the test suite built
+  # (scripts/test.sh: every target at once, one feature resolution for the
+  # binary and the tests); `-p corrosion` alone resolves fewer dependency
+  # features and would compile most dependencies again (~5 min on 2 cores).
+  cargo build --locked --workspace --all-targets
+else
+  cargo build --locked --profile "$profile" -p corrosion
+fi
 cargo deb --no-build --profile "$profile" -p corrosion -o "$out/"
 # The dev binary is unstripped (~500 MB): compressing it would take minutes,
 # so the test package is left uncompressed.

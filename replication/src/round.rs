@@ -105,6 +105,9 @@ fn transport(e: BoxError) -> RoundError {
 pub struct Pulled {
     /// Changesets received.
     pub received: usize,
+    /// Versions received (a cleared range counts its length): as many as
+    /// the responder's budget means the round was probably cut short.
+    pub versions: u64,
     /// The responder's state at the end of its part (its heads: what this
     /// node should hold now). In a digest round, this node's state at the
     /// opening with the differing buckets replaced by the responder's.
@@ -207,6 +210,7 @@ pub async fn pull<S: RoundStream, St: RoundStore>(
     stream.finish().await.map_err(transport)?;
     Ok(Pulled {
         received: session.received(),
+        versions: session.versions_received(),
         digest: session.is_digest(),
         theirs: session.theirs(),
     })

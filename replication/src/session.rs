@@ -124,6 +124,9 @@ pub struct Batcher {
     pending: Vec<Changeset>,
     pending_changes: usize,
     received: usize,
+    /// Versions received whole: a cleared range counts its length, a
+    /// version counts at its last piece.
+    versions: u64,
     batch: usize,
     /// Per actor, the highest version received (checked against the
     /// sender's heads once they are known).
@@ -137,6 +140,7 @@ impl Batcher {
             pending: Vec::new(),
             pending_changes: 0,
             received: 0,
+            versions: 0,
             batch: batch.max(1),
             highest: Default::default(),
         }
@@ -156,6 +160,13 @@ impl Batcher {
             let boundary = match &set {
                 Changeset::Version { seqs, last_seq, .. } => seqs.end() == last_seq,
                 Changeset::Cleared { .. } => true,
+            };
+            self.versions += match &set {
+                Changeset::Version { .. } => u64::from(boundary),
+                Changeset::Cleared { versions, .. } => versions
+                    .end()
+                    .saturating_sub(*versions.start())
+                    .saturating_add(1),
             };
             self.pending.push(set);
             if (boundary && self.pending_changes >= self.batch)
@@ -178,6 +189,11 @@ impl Batcher {
     /// Changesets received so far.
     pub fn received(&self) -> usize {
         self.received
+    }
+
+    /// Versions received so far (see the field).
+    pub fn versions(&self) -> u64 {
+        self.versions
     }
 }
 
@@ -324,6 +340,12 @@ impl Pull {
     /// Changesets received so far.
     pub fn received(&self) -> usize {
         self.batcher.received()
+    }
+
+    /// Versions received so far: a round that brought the responder's
+    /// whole budget (`max_versions`) was probably cut short.
+    pub fn versions_received(&self) -> u64 {
+        self.batcher.versions()
     }
 
     /// The responder's whole state, once the round is done (see the field).
@@ -485,6 +507,32 @@ mod tests {
             actor: ActorId([1; 16]),
             versions: v..=v,
         }
+    }
+
+    /// A cleared range counts its length; a version counts once, at the
+    /// piece that ends it.
+    #[test]
+    fn the_batcher_counts_versions_received() {
+        let actor = ActorId([1; 16]);
+        let piece = |seqs: std::ops::RangeInclusive<u64>| Changeset::Version {
+            actor,
+            version: 9,
+            seqs,
+            last_seq: 3,
+            ts: 1,
+            changes: Vec::new(),
+        };
+        let mut b = Batcher::new(100);
+        b.add(vec![
+            Changeset::Cleared {
+                actor,
+                versions: 1..=6,
+            },
+            piece(0..=1),
+        ]);
+        assert_eq!((b.received(), b.versions()), (2, 6));
+        b.add(vec![piece(2..=3), cleared(8)]);
+        assert_eq!((b.received(), b.versions()), (4, 8));
     }
 
     #[test]

@@ -104,10 +104,10 @@ pub(super) async fn broadcast_loop(
             let frames = frames.clone();
             tokio::spawn(async move {
                 let _permit = permit;
-                let mut connected = false;
+                let mut connected = None;
                 let result = async {
                     let conn = inner.peers.connection(&inner.endpoint, peer).await?;
-                    connected = true;
+                    connected = Some(conn.clone());
                     let mut send = conn.open_uni().await?;
                     for f in frames.iter() {
                         send.write_all(&(f.len() as u32).to_be_bytes()).await?;
@@ -127,10 +127,11 @@ pub(super) async fn broadcast_loop(
                     Err(e) => {
                         metrics::counter!("corro_gossip_broadcasts_failed_total").increment(1);
                         tracing::debug!(peer = %peer, error = %e, "broadcast failed; sync will repair");
-                        // (No connection: nothing to forget, and the
-                        // peer's record of a failed attempt stays.)
-                        if connected {
-                            inner.peers.forget_connection(peer);
+                        // The connection this send used, if it had one (no
+                        // connection: nothing to forget, and the peer's
+                        // record of a failed attempt stays).
+                        if let Some(conn) = connected {
+                            inner.peers.forget_connection_if(peer, &conn);
                         }
                     }
                 }

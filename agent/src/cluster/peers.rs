@@ -219,7 +219,7 @@ impl Peers {
     ) -> anyhow::Result<quinn::Connection> {
         let slot = self.slot(addr);
         let mut guard = slot.conn.lock().await;
-        connect_in(&mut guard, &slot, endpoint, addr).await
+        connect_in(&mut guard, &slot, endpoint, addr, true).await
     }
 
     /// Like [`Self::connection`], but gives up when another task's
@@ -234,7 +234,11 @@ impl Peers {
         let mut guard = tokio::time::timeout(SEND_WAIT, slot.conn.lock())
             .await
             .ok()?;
-        Some(connect_in(&mut guard, &slot, endpoint, addr).await)
+        // SWIM packets skip the fast failure after a failed attempt: they
+        // do not queue, and a probe or ack to a peer that came back (and
+        // kept its old connection to this node, so `seen` was not called)
+        // must not be dropped for 2 s.
+        Some(connect_in(&mut guard, &slot, endpoint, addr, false).await)
     }
 
     /// A peer connected to this node from `addr`: abort a connection attempt
@@ -243,6 +247,28 @@ impl Peers {
         if let Some(slot) = self.conns.lock().get(&addr) {
             *slot.failed_at.lock() = None;
             slot.seen.notify_waiters();
+        }
+    }
+
+    /// Drops the cached connection if it is still `conn` (a send on it
+    /// failed; another task may have replaced it with a working one since).
+    pub(crate) fn forget_connection_if(&self, addr: SocketAddr, conn: &quinn::Connection) {
+        let mut conns = self.conns.lock();
+        let Some(slot) = conns.get(&addr) else {
+            return;
+        };
+        let Ok(mut c) = slot.conn.try_lock() else {
+            // An attempt is under way: it replaces the connection anyway.
+            return;
+        };
+        if c.as_ref()
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+        {
+            if let Some(old) = c.take() {
+                old.close(0u32.into(), b"peer replaced");
+            }
+            drop(c);
+            conns.remove(&addr);
         }
     }
 
@@ -298,11 +324,13 @@ async fn connect_in(
     slot: &SlotInner,
     endpoint: &quinn::Endpoint,
     addr: SocketAddr,
+    fast_fail: bool,
 ) -> anyhow::Result<quinn::Connection> {
     if let Some(c) = cached.as_ref().filter(|c| c.close_reason().is_none()) {
         return Ok(c.clone());
     }
     if let Some(ago) = slot.failed_at.lock().map(|at| at.elapsed())
+        && fast_fail
         && ago < RETRY_AFTER
     {
         anyhow::bail!("{addr} did not answer a connection attempt {ago:.1?} ago");

@@ -430,9 +430,9 @@ pub(super) fn pull_from(inner: &Arc<Inner>, peer: SocketAddr) {
         };
         inner.pulling.lock().remove(&peer);
         match result {
-            Some(Ok(n)) => {
+            Some(Ok(pull)) => {
                 metrics::counter!("corro_sync_pulls_total").increment(1);
-                tracing::debug!(peer = %peer, changesets = n, "pulled from a peer that held more");
+                tracing::debug!(peer = %peer, changesets = pull.changesets, "pulled from a peer that held more");
             }
             Some(Err(e)) => {
                 tracing::debug!(peer = %peer, error = %e, "pull from a peer failed");
@@ -444,9 +444,18 @@ pub(super) fn pull_from(inner: &Arc<Inner>, peer: SocketAddr) {
     });
 }
 
-/// One sync round with `peer` (`corro_replication::round::pull_from`);
-/// how many changesets it brought.
-pub(super) async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::Result<usize> {
+/// What one round with a peer brought.
+pub(super) struct Pull {
+    pub changesets: usize,
+    /// The round was cut short by its version budget (it brought the
+    /// budget's worth, or [`CATCH_UP_ROUND`] changesets from a responder
+    /// whose budget may differ) and the peer still held versions this node
+    /// lacks: more to come.
+    pub cut: bool,
+}
+
+/// One sync round with `peer` (`corro_replication::round::pull_from`).
+pub(super) async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::Result<Pull> {
     let pulled = round::pull_from(
         &QuicTransport(inner.clone()),
         peer,
@@ -455,16 +464,21 @@ pub(super) async fn sync_with(inner: &Arc<Inner>, peer: SocketAddr) -> anyhow::R
     )
     .await
     .inspect_err(|e| refused(e, Some(peer)))?;
+    let mut behind = 0;
     if let Some(theirs) = pulled.theirs {
         // What we still lack of what the peer holds, now that the round's
         // changes are applied (a round moves at most SYNC_MAX_VERSIONS).
-        let behind = lacking(&inner.store.books(), &theirs.heads);
+        behind = lacking(&inner.store.books(), &theirs.heads);
         inner.behind.lock().insert(peer, behind);
         *inner.last_sync.lock() = Some(std::time::Instant::now());
     }
     metrics::counter!("corro_sync_changesets_received_total").increment(pulled.received as u64);
     metrics::counter!("corro_sync_rounds_total", "opening" => opening(pulled.digest)).increment(1);
-    Ok(pulled.received)
+    let full = pulled.versions >= SYNC_MAX_VERSIONS || pulled.received >= CATCH_UP_ROUND;
+    Ok(Pull {
+        changesets: pulled.received,
+        cut: full && behind > 0,
+    })
 }
 
 /// The `opening` label of a round's metrics.
@@ -511,13 +525,17 @@ pub(super) async fn run_rounds(
         }
         metrics::gauge!("corro_gossip_members").set(sync.peers.active().len() as f64);
         persist_members(&sync, &mut persisted).await;
-        let (moved, answered) = one_round(&sync).await;
+        let Round {
+            moved,
+            answered,
+            cut,
+        } = one_round(&sync).await;
         if answered {
             // Back off while rounds find nothing to repair.
             interval = next_interval(interval, moved);
         }
         metrics::gauge!("corro_sync_interval_seconds").set(interval.as_secs_f64());
-        let streak = moved >= CATCH_UP_ROUND;
+        let streak = moved >= CATCH_UP_ROUND || cut;
         sync.catching_up
             .store(streak, std::sync::atomic::Ordering::Relaxed);
         wait = if streak {
@@ -554,8 +572,7 @@ const ROUND_DIAL_GRACE: Duration = Duration::from_millis(500);
 /// cached for later rounds). Then, if any peer answered, it opens the write
 /// fence and checks whether the node caught up: after every peer that
 /// connected in time was pulled from, as the fence requires.
-/// Returns the changesets moved and whether any peer answered.
-async fn one_round(sync: &Arc<Inner>) -> (usize, bool) {
+async fn one_round(sync: &Arc<Inner>) -> Round {
     use futures::stream::{FuturesUnordered, StreamExt};
     // A pull already under way with a peer covers it.
     let peers: Vec<SocketAddr> = sync
@@ -583,7 +600,7 @@ async fn one_round(sync: &Arc<Inner>) -> (usize, bool) {
             async move { (peer, dial.await) }
         })
         .collect();
-    let (mut moved, mut answered, mut behind) = (0, false, false);
+    let (mut moved, mut answered, mut cut) = (0, false, false);
     let mut grace_ends: Option<tokio::time::Instant> = None;
     loop {
         let next = match grace_ends {
@@ -614,14 +631,12 @@ async fn one_round(sync: &Arc<Inner>) -> (usize, bool) {
         let result = sync_with(sync, peer).await;
         sync.pulling.lock().remove(&peer);
         match result {
-            Ok(n) => {
-                moved += n;
+            Ok(pull) => {
+                moved += pull.changesets;
                 answered = true;
-                // A round cut by its budget (a history longer than a
-                // round moves): more to come. (Not any lag at all: under
-                // steady writes a peer is always a little ahead.)
-                behind |=
-                    n >= CATCH_UP_ROUND && sync.behind.lock().get(&peer).is_some_and(|&b| b > 0);
+                // Cut by its budget: more to come. (Not any lag at all:
+                // under steady writes a peer is always a little ahead.)
+                cut |= pull.cut;
                 grace_ends.get_or_insert_with(|| tokio::time::Instant::now() + ROUND_DIAL_GRACE);
             }
             Err(e) => {
@@ -645,7 +660,7 @@ async fn one_round(sync: &Arc<Inner>) -> (usize, bool) {
         });
     }
     if answered {
-        round_answered(sync, behind).await;
+        round_answered(sync, cut).await;
     } else if !sync.peers.has_seeds() && !sync.peers.any_active() {
         // Every seed turned out to be this node itself: a node without
         // peers, which has nobody to wait for.
@@ -654,7 +669,21 @@ async fn one_round(sync: &Arc<Inner>) -> (usize, bool) {
             tracing::info!("caught up: no peer to ask");
         }
     }
-    (moved, answered)
+    Round {
+        moved,
+        answered,
+        cut,
+    }
+}
+
+/// What a periodic round did.
+struct Round {
+    /// Changesets pulled.
+    moved: usize,
+    /// A peer answered.
+    answered: bool,
+    /// A pull was cut short by its budget with more left at the peer.
+    cut: bool,
 }
 
 /// A round that a peer answered: opens the write fence (once), and says
@@ -662,9 +691,9 @@ async fn one_round(sync: &Arc<Inner>) -> (usize, bool) {
 /// round was not cut by its budget with versions left at a peer (a round
 /// moves at most [`SYNC_MAX_VERSIONS`], and a cut history has no gaps to
 /// show).
-async fn round_answered(sync: &Arc<Inner>, behind: bool) {
+async fn round_answered(sync: &Arc<Inner>, cut: bool) {
     sync.open_writes("first sync round done");
-    if *sync.caught_up.borrow() || behind {
+    if *sync.caught_up.borrow() || cut {
         return;
     }
     let store = sync.store.clone();
