@@ -980,16 +980,7 @@ fn a_restarted_node_does_not_wait_for_unreachable_members_in_its_first_round() {
     let mut nodes = Vec::new();
     let mut agents = Vec::new();
     for (i, name) in ["a", "b", "c", "d"].into_iter().enumerate() {
-        let bootstrap = if i == 0 {
-            String::new()
-        } else {
-            format!("bootstrap = [\"{}\"]\n", relays[0].addr)
-        };
-        let node = Node::with(
-            &dir.path().join(name),
-            &format!("external_addr = \"{}\"\n{bootstrap}", relays[i].addr),
-            "",
-        );
+        let node = Node::behind_relay(&dir.path().join(name), &relays, i);
         if i == 3 {
             node.enable_metrics();
             // The same port after its restart: its relay forwards there

@@ -322,16 +322,7 @@ fn a_restarted_agent_does_not_answer_for_a_host_that_died_while_it_was_down() {
     let mut nodes = Vec::new();
     let mut agents: Vec<Agent> = Vec::new();
     for (i, name) in ["host-a", "host-b", "host-c"].into_iter().enumerate() {
-        let bootstrap = if i == 0 {
-            String::new()
-        } else {
-            format!("bootstrap = [\"{}\"]\n", relays[0].addr)
-        };
-        let node = Node::with(
-            &dir.path().join(name),
-            &format!("external_addr = \"{}\"\n{bootstrap}", relays[i].addr),
-            "",
-        );
+        let node = Node::behind_relay(&dir.path().join(name), &relays, i);
         node.with_consul_schema();
         let mut text = format!("[consul]\nnode_name = \"{name}\"\n");
         if i == 0 {

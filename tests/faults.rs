@@ -175,16 +175,7 @@ fn a_partitioned_agent_converges_after_healing() {
     let mut nodes = Vec::new();
     let mut agents = Vec::new();
     for (i, relay) in relays.iter().enumerate() {
-        let bootstrap = if i == 0 {
-            String::new()
-        } else {
-            format!("bootstrap = [\"{}\"]\n", relays[0].addr)
-        };
-        let n = Node::with(
-            &dir.path().join(format!("n{i}")),
-            &format!("external_addr = \"{}\"\n{bootstrap}", relay.addr),
-            "",
-        );
+        let n = Node::behind_relay(&dir.path().join(format!("n{i}")), &relays, i);
         let a = n.start();
         relay.forward_to(a.gossip);
         nodes.push(n);

@@ -566,6 +566,22 @@ pub mod relay {
 }
 
 impl Node {
+    /// A node behind `relays[i]`: it advertises the relay's address and,
+    /// unless it is the first, joins through `relays[0]` (forward the relay
+    /// to the agent once started: [`relay::Relay::forward_to`]).
+    pub fn behind_relay(dir: &Path, relays: &[relay::Relay], i: usize) -> Node {
+        let bootstrap = if i == 0 {
+            String::new()
+        } else {
+            format!("bootstrap = [\"{}\"]\n", relays[0].addr)
+        };
+        Node::with(
+            dir,
+            &format!("external_addr = \"{}\"\n{bootstrap}", relays[i].addr),
+            "",
+        )
+    }
+
     /// Per-actor bookkeeping from the node's admin socket.
     pub fn books(&self) -> serde_json::Value {
         admin(&self.dir.join("admin.sock"), r#"{"cmd":"books"}"#)["result"].clone()
